@@ -43,7 +43,7 @@ def murmur2(const unsigned char[::1] key):
 def partitions_for_keys(keys, int partitions):
     """Partition of every key: (murmur2(key) & 0x7fffffffU) % partitions, as Kafka's default partitioner.
 
-    Keys must be bytes (None is not allowed here: keyless records are spread by the caller).
+    A None key gets -1: keyless records are placed by the caller.
     """
     if partitions <= 0:
         raise ValueError("partitions must be positive")
@@ -55,7 +55,10 @@ def partitions_for_keys(keys, int partitions):
         k = keys[i]
         if not PyBytes_CheckExact(k):
             if k is None:
-                raise TypeError("a null key has no partition")
+                o[i] = -1
+                continue
+            if isinstance(k, str):
+                raise TypeError("record keys must be bytes-like or None, not str (encode it first)")
             k = bytes(memoryview(k))
         o[i] = <int32_t>((_murmur2(<const unsigned char*>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
                           & 0x7fffffffU) % <uint32_t>partitions)

@@ -1,0 +1,360 @@
+"""Engine: the embedded broker. Topics, produce, fetch, offsets, flush, close.
+
+The same object serves in-process users and the gRPC server (which only translates). Thread-safe:
+a lock guards the topic table; each partition orders its own appends, so appends to different
+partitions run in parallel. Opening takes an exclusive lock on the data directory, and a marker file
+tells a clean stop from a crash (recovery re-validates only after a crash).
+
+Data directory layout (see docs/FORMAT.md):
+    .lock                      held by the process that has the directory open
+    .clean_shutdown            present only between a clean close and the next open
+    meta/topics/<topic>.json   a topic exists iff this file does
+    <topic>-<partition>/       segments: <base>.log, <base>.index, <base>.timeindex, recovery-point
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from ..codec import batch as batch_codec
+from ..config import EngineConfig, TopicConfig
+from ..log.partition_log import PartitionLog
+from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, TopicExistsError,
+                      UnknownTopicError)
+from ..storage.fs import FileSystem
+from .housekeeper import Housekeeper
+from .partitioner import Partitioner
+from .results import FetchResult, PartitionDescription, PartitionOffsets, ProduceResult, TopicDescription
+from .topic import Topic, partition_dir, validate_topic_name
+
+log = logging.getLogger("tidelog.engine")
+
+CLEAN_SHUTDOWN_MARKER = ".clean_shutdown"
+EARLIEST = -2
+LATEST = -1
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    def __init__(self, path: str, config: EngineConfig, fs: FileSystem, clock: Callable[[], int]) -> None:
+        """Use Engine.open()."""
+        self.path = os.path.abspath(path)
+        self.config = config
+        self._fs = fs
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._topics: dict[str, Topic] = {}
+        self._partitioner = Partitioner()
+        self._closed = False
+        self._meta_dir = os.path.join(self.path, "meta", "topics")
+        fs.makedirs(self._meta_dir)
+        self._lock_fd = fs.lock_dir(self.path)
+        try:
+            self.clean_start = self._consume_clean_marker()
+            started = time.monotonic()
+            self._load_topics()
+            self.recovery_seconds = time.monotonic() - started
+        except BaseException:
+            self._close_topics()
+            fs.unlock_dir(self._lock_fd)
+            raise
+        self._housekeeper = Housekeeper(
+            self._flush_dirty if config.fsync == "interval" else None, config.fsync_interval_ms / 1000,
+            self.enforce_retention, config.retention_check_interval_ms / 1000)
+        self._housekeeper.start()
+        log.info("opened %s (%s start, %d topics, recovery %.3fs)", self.path,
+                 "clean" if self.clean_start else "unclean", len(self._topics), self.recovery_seconds)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, config: EngineConfig | Mapping[str, Any] | None = None, *,
+             fs: FileSystem | None = None, clock: Callable[[], int] | None = None, **overrides: Any) -> "Engine":
+        """Open (creating if needed) the data directory at path. Settings: EngineConfig fields.
+
+        Raises DataDirLockedError if another process (or another Engine) has it open.
+        """
+        if config is None:
+            config = EngineConfig()
+        elif isinstance(config, Mapping):
+            config = EngineConfig().with_overrides(config)
+        config = config.with_overrides(overrides)
+        return cls(os.fspath(path), config, fs or FileSystem(), clock or wall_clock_ms)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- startup -------------------------------------------------------------------------------------
+    def _consume_clean_marker(self) -> bool:
+        # The marker must be gone from disk before anything is written, or a crash later in this run
+        # would be mistaken for a clean stop on the next open.
+        marker = os.path.join(self.path, CLEAN_SHUTDOWN_MARKER)
+        if not self._fs.exists(marker):
+            return False
+        self._fs.remove(marker)
+        self._fs.fsync_dir(self.path)
+        return True
+
+    def _load_topics(self) -> None:
+        names = set()
+        for entry in self._fs.listdir(self._meta_dir):
+            path = os.path.join(self._meta_dir, entry)
+            if entry.endswith(".tmp"):
+                self._fs.remove(path)
+                continue
+            if not entry.endswith(".json"):
+                continue
+            meta = Topic.read_meta(self._fs, path)
+            topic = Topic.open(self._fs, self.path, meta, self.config.fsync, self._clock, self.clean_start)
+            self._topics[topic.name] = topic
+            names.add(topic.name)
+        self._remove_orphans(names)
+
+    def _remove_orphans(self, names: set[str]) -> None:
+        """Partition directories without a topic: a create or delete that a crash interrupted."""
+        for entry in self._fs.listdir(self.path):
+            topic, sep, index = entry.rpartition("-")
+            if not sep or not index.isdigit() or not os.path.isdir(os.path.join(self.path, entry)):
+                continue
+            known = self._topics.get(topic)
+            if known is None or int(index) >= len(known.partitions):
+                log.warning("removing %s: it belongs to no topic (interrupted create or delete)", entry)
+                self._fs.rmtree(os.path.join(self.path, entry))
+
+    # -- topics --------------------------------------------------------------------------------------
+    def create_topic(self, name: str, partitions: int = 1, config: TopicConfig | Mapping[str, Any] | None = None,
+                     **overrides: Any) -> TopicDescription:
+        """Create a topic. Settings not given come from the engine's topic_defaults."""
+        validate_topic_name(name)
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise InvalidRequestError(f"partitions must be a positive integer, got {partitions!r}")
+        if partitions > self.config.max_partitions_per_topic:
+            raise ResourceLimitError(f"{partitions} partitions is over max_partitions_per_topic="
+                                     f"{self.config.max_partitions_per_topic}")
+        base = config if isinstance(config, TopicConfig) else self.config.topic_defaults.with_overrides(config)
+        topic_config = base.with_overrides(overrides)
+        with self._lock:
+            self._check_open()
+            if name in self._topics:
+                raise TopicExistsError(f"topic {name!r} already exists", topic=name)
+            if len(self._topics) >= self.config.max_topics:
+                raise ResourceLimitError(f"the engine already has max_topics={self.config.max_topics} topics")
+            logs = []
+            try:
+                for p in range(partitions):
+                    directory = partition_dir(self.path, name, p)
+                    self._fs.rmtree(directory)  # leftovers of an interrupted create
+                    logs.append(PartitionLog(self._fs, directory, topic_config, self.config.fsync,
+                                             self._clock, clean=True))
+                topic = Topic(name, topic_config, logs, self._clock())
+                self._fs.fsync_dir(self.path)
+                topic.write_meta(self._fs, self._meta_dir)  # the topic exists from this write on
+            except BaseException:
+                for plog in logs:
+                    plog.delete_files()
+                raise
+            self._topics[name] = topic
+        log.info("created topic %s with %d partition(s)", name, partitions)
+        return self.describe(name)
+
+    def delete_topic(self, name: str) -> None:
+        with self._lock:
+            self._check_open()
+            topic = self._topic(name)
+            self._fs.remove(Topic.meta_path(self._meta_dir, name))  # the topic is gone from here on
+            self._fs.fsync_dir(self._meta_dir)
+            del self._topics[name]
+        for plog in topic.partitions:
+            plog.delete_files()
+        log.info("deleted topic %s", name)
+
+    def list_topics(self) -> list[str]:
+        with self._lock:
+            return sorted(self._topics)
+
+    def describe(self, name: str) -> TopicDescription:
+        topic = self._topic(name)
+        parts = [PartitionDescription(i, *plog.info()) for i, plog in enumerate(topic.partitions)]
+        return TopicDescription(topic.name, topic.config, parts, topic.created_ms)
+
+    def partitions(self, name: str) -> int:
+        return len(self._topic(name).partitions)
+
+    def _topic(self, name: str) -> Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            self._check_open()
+            if not isinstance(name, str):
+                validate_topic_name(name)
+            raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
+        return topic
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError("the engine is closed")
+
+    # -- produce -------------------------------------------------------------------------------------
+    def produce(self, topic: str, values: Sequence, keys: Sequence | None = None,
+                headers: Sequence | None = None, *, partition: int | None = None,
+                timestamps: Sequence[int] | None = None, timestamp: int | None = None) -> list[ProduceResult]:
+        """Append records; returns one ProduceResult per partition written, by partition.
+
+        values: bytes-like (or None) per record; keys, headers ([(str, bytes)] per record) and
+        timestamps (ms) are optional and one per value. Keyed records go to Kafka's murmur2 partition,
+        keyless ones to one partition per call; `partition` overrides both. Records to one partition
+        keep their order and get consecutive offsets.
+        """
+        t = self._topic(topic)
+        if isinstance(values, (bytes, bytearray, memoryview, str)) or not isinstance(values, Sequence):
+            raise InvalidRequestError("values must be a sequence of records (wrap a single value in a list)")
+        if len(values) == 0:
+            return []
+        n = len(values)
+        for what, seq in (("keys", keys), ("headers", headers), ("timestamps", timestamps)):
+            if seq is not None and len(seq) != n:
+                raise InvalidRequestError(f"got {len(seq)} {what} for {n} values")
+        now = self._clock() if timestamp is None else timestamp
+        if partition is not None:
+            t.partition(partition)  # validates it
+            groups = [(partition, None)]
+        else:
+            groups = self._partitioner.split(len(t.partitions), keys)
+        results = []
+        for p, idx in groups:
+            if idx is None:
+                part_values, part_keys, part_headers, part_ts = values, keys, headers, timestamps
+            else:
+                pick = idx.tolist()
+                part_values = [values[i] for i in pick]
+                part_keys = None if keys is None else [keys[i] for i in pick]
+                part_headers = None if headers is None else [headers[i] for i in pick]
+                part_ts = None if timestamps is None else [timestamps[i] for i in pick]
+            batches = batch_codec.build_batches(part_values, part_keys, part_headers, part_ts, timestamp=now,
+                                                compression_name=t.config.compression,
+                                                max_batch_bytes=t.config.max_batch_bytes)
+            chunks = [(b, [batch_codec.BatchInfo(0, len(b), *_counts(b))]) for b in batches]
+            first, last = t.partition(p).append(chunks)
+            results.append(ProduceResult(topic, p, first, last))
+        return results
+
+    def append(self, topic: str, partition: int, data) -> ProduceResult:
+        """Append pre-encoded record batches (one or more, concatenated) verbatim after validating them.
+
+        The batches' base offsets are replaced by the ones the log assigns; everything covered by the
+        CRC is stored exactly as received. A batch that fails validation appends nothing.
+        """
+        t = self._topic(topic)
+        plog = t.partition(partition)
+        infos = batch_codec.validate(data, t.config.max_batch_bytes)
+        first, last = plog.append([(data, infos)])
+        return ProduceResult(topic, partition, first, last)
+
+    # -- fetch and offsets -----------------------------------------------------------------------------
+    def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20, *,
+              copy: bool = True, max_wait_ms: int = 0) -> FetchResult:
+        """Whole batches from the one holding `offset`, up to max_bytes (at least one batch).
+
+        Offsets must be within [log start, high watermark]; at the high watermark the result is empty
+        (after waiting up to max_wait_ms for data). copy=False makes iterated records' keys and values
+        zero-copy memoryviews of the segment.
+        """
+        t = self._topic(topic)
+        plog = t.partition(partition)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise InvalidRequestError(f"offset must be an integer, not {type(offset).__name__}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        max_bytes = min(max_bytes, self.config.max_fetch_bytes)
+        result = plog.read(offset, max_bytes)
+        if not result.data and max_wait_ms > 0 and plog.wait_for_data(offset, max_wait_ms / 1000):
+            result = plog.read(offset, max_bytes)
+        return FetchResult(topic, partition, offset, result.next_offset, result.high_watermark,
+                           result.log_start, result.data, copy)
+
+    def list_offsets(self, topic: str, partition: int, at: int | str | None = None):
+        """Offsets of a partition.
+
+        at=None: PartitionOffsets (log_start, log_end, high_watermark, flushed; .earliest, .latest).
+        at="earliest"/EARLIEST or "latest"/LATEST: that offset. at=<timestamp ms>: the first offset
+        whose record timestamp is >= at, or None when every record is older.
+        """
+        plog = self._topic(topic).partition(partition)
+        o = plog.offsets
+        if at is None:
+            with plog._lock:
+                return PartitionOffsets(o.log_start, o.log_end, o.high_watermark, o.flushed)
+        if at in ("earliest", EARLIEST):
+            return o.log_start
+        if at in ("latest", LATEST):
+            return o.high_watermark
+        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+            raise InvalidRequestError(f"at must be 'earliest', 'latest' or a timestamp in ms, got {at!r}")
+        return plog.offset_for_time(at)
+
+    def wait_for_data(self, topic: str, partition: int, offset: int, timeout_ms: int) -> bool:
+        """Block until the partition has a record at or after offset visible (or timeout)."""
+        return self._topic(topic).partition(partition).wait_for_data(offset, timeout_ms / 1000)
+
+    # -- durability, retention, shutdown --------------------------------------------------------------
+    def flush(self) -> None:
+        """fsync every partition with unflushed data (whatever the fsync policy)."""
+        for plog in self._all_partitions():
+            plog.sync()
+
+    def _flush_dirty(self) -> None:
+        for plog in self._all_partitions():
+            if plog.dirty:
+                plog.sync()
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Apply retention to every partition now; returns the number of segments deleted."""
+        now = self._clock() if now_ms is None else now_ms
+        return sum(plog.apply_retention(now) for plog in self._all_partitions())
+
+    def _all_partitions(self):
+        with self._lock:
+            topics = list(self._topics.values())
+        return [plog for t in topics for plog in t.partitions]
+
+    def close(self) -> None:
+        """Flush everything, release the files, and mark the stop as clean."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._housekeeper.stop()
+        try:
+            ok = self._close_topics()
+            if ok:
+                self._fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
+        finally:
+            self._fs.unlock_dir(self._lock_fd)
+        log.info("closed %s (%s)", self.path, "clean" if ok else "with errors; next open recovers")
+
+    def _close_topics(self) -> bool:
+        ok = True
+        for topic in list(self._topics.values()):
+            try:
+                topic.close()
+            except Exception:  # keep closing the rest; the missing marker makes the next open recover
+                log.exception("closing topic %s failed", topic.name)
+                ok = False
+        return ok
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _counts(batch: bytes) -> tuple[int, int, int, int]:
+    """(record count, first timestamp, max timestamp, attributes) from a batch we just built."""
+    view = batch_codec.BatchView(batch)
+    return view.count, view.first_timestamp, view.max_timestamp, view.attributes

@@ -1,0 +1,85 @@
+"""A topic: a name, a config and its partitions' logs; persisted as meta/topics/<name>.json.
+
+Thread-safe for reads; created, opened and deleted by the engine under its lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable
+
+from ..config import TopicConfig
+from ..errors import InvalidPartitionError, InvalidTopicError
+from ..log.partition_log import PartitionLog
+from ..storage.fs import FileSystem
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+META_VERSION = 1
+
+
+def validate_topic_name(name: object) -> str:
+    """Kafka's rule: 1-249 of [A-Za-z0-9._-], not "." or "..". So a name is always a safe file name."""
+    if not isinstance(name, str):
+        raise InvalidTopicError(f"topic name must be a string, not {type(name).__name__}")
+    if not _NAME.match(name) or name in (".", ".."):
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise InvalidTopicError(
+            f"invalid topic name {shown!r}: use 1-249 characters from letters, digits, '.', '_' and '-' "
+            f"(not '.' or '..')")
+    return name
+
+
+def partition_dir(data_dir: str, topic: str, partition: int) -> str:
+    return os.path.join(data_dir, f"{topic}-{partition}")
+
+
+class Topic:
+    def __init__(self, name: str, config: TopicConfig, partitions: list[PartitionLog], created_ms: int) -> None:
+        self.name = name
+        self.config = config
+        self.partitions = partitions
+        self.created_ms = created_ms
+
+    def partition(self, index: object) -> PartitionLog:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise InvalidPartitionError(f"partition must be an integer, not {type(index).__name__}")
+        if not 0 <= index < len(self.partitions):
+            raise InvalidPartitionError(
+                f"topic {self.name!r} has partitions 0 to {len(self.partitions) - 1}; there is no partition {index}",
+                topic=self.name, partition=index)
+        return self.partitions[index]
+
+    # -- persistence -------------------------------------------------------------------------------
+    @staticmethod
+    def meta_path(meta_dir: str, name: str) -> str:
+        return os.path.join(meta_dir, name + ".json")
+
+    def write_meta(self, fs: FileSystem, meta_dir: str) -> None:
+        doc = {"version": META_VERSION, "name": self.name, "partitions": len(self.partitions),
+               "created_ms": self.created_ms, "config": self.config.to_dict()}
+        fs.write_file_atomic(self.meta_path(meta_dir, self.name), json.dumps(doc, indent=1).encode())
+
+    @staticmethod
+    def read_meta(fs: FileSystem, path: str) -> dict:
+        return json.loads(fs.read_file(path))
+
+    @classmethod
+    def open(cls, fs: FileSystem, data_dir: str, meta: dict, fsync: str, clock: Callable[[], int],
+             clean: bool) -> "Topic":
+        config = TopicConfig(**meta["config"])
+        name = meta["name"]
+        logs = [PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean)
+                for p in range(int(meta["partitions"]))]
+        return cls(name, config, logs, int(meta.get("created_ms", 0)))
+
+    def close(self) -> None:
+        errors = []
+        for log in self.partitions:
+            try:
+                log.close()
+            except Exception as exc:  # close every partition even if one fails; report the first
+                errors.append(exc)
+        if errors:
+            raise errors[0]

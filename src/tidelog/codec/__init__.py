@@ -1,0 +1,1 @@
+"""Record batch framing and compression: the one implementation shared by engine, server and client."""

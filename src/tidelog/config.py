@@ -1,0 +1,118 @@
+"""Typed, frozen, validated configuration. Units are the last part of every name.
+
+Validated once where it enters (Engine.open, create_topic, later the CLI and server) and passed down;
+the core never reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import InvalidConfigError
+
+COMPRESSIONS = ("none", "lz4")
+FSYNC_POLICIES = ("always", "interval", "never")
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Per-topic settings, with Kafka's names and defaults where Kafka has them."""
+
+    segment_bytes: int = 1 << 30
+    """Roll to a new segment when the active one would exceed this size (Kafka: segment.bytes)."""
+    segment_ms: int = 7 * DAY_MS
+    """Roll a non-empty active segment this long after its first append (segment.ms)."""
+    retention_ms: int = 7 * DAY_MS
+    """Delete sealed segments whose newest record is older than this; -1 keeps forever (retention.ms)."""
+    retention_bytes: int = -1
+    """Delete oldest sealed segments while the partition is larger than this; -1: no limit."""
+    compression: str = "none"
+    """Codec for batches the engine encodes (produce); appended batches keep their own codec."""
+    max_batch_bytes: int = 8 << 20
+    """Largest record batch accepted (Kafka: max.message.bytes)."""
+    index_interval_bytes: int = 4096
+    """Bytes of log between two entries of the sparse offset and time indexes."""
+    max_index_bytes: int = 10 << 20
+    """Size each index file is preallocated to; a full index rolls the segment."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "segment_bytes", minimum=4096)
+        if self.segment_bytes > (1 << 31) - 1:
+            raise InvalidConfigError(
+                f"segment_bytes must be below 2 GiB (index positions are 32-bit), got {self.segment_bytes}")
+        _positive(self, "segment_ms", minimum=1)
+        _positive(self, "retention_ms", minimum=0, allow_minus_one=True)
+        _positive(self, "retention_bytes", minimum=0, allow_minus_one=True)
+        _positive(self, "max_batch_bytes", minimum=128)
+        _positive(self, "index_interval_bytes", minimum=1)
+        _positive(self, "max_index_bytes", minimum=64)
+        if self.compression not in COMPRESSIONS:
+            raise InvalidConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.max_batch_bytes > self.segment_bytes:
+            raise InvalidConfigError(
+                f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "TopicConfig":
+        return _replace(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one engine (one data directory)."""
+
+    fsync: str = "interval"
+    """always: fsync before produce returns (group commit); interval: every fsync_interval_ms; never: the OS decides."""
+    fsync_interval_ms: int = 1000
+    """Period of the background flush under fsync="interval"."""
+    retention_check_interval_ms: int = 60_000
+    """How often retention runs in the background (it also runs on every segment roll)."""
+    max_topics: int = 10_000
+    """Limit on topics in one engine."""
+    max_partitions_per_topic: int = 10_000
+    """Limit on partitions of one topic."""
+    max_fetch_bytes: int = 64 << 20
+    """Upper bound on a single fetch's max_bytes."""
+    topic_defaults: TopicConfig = field(default_factory=TopicConfig)
+    """Settings for topics created without their own."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topic_defaults, Mapping):  # accept a plain dict, e.g. from a TOML file
+            object.__setattr__(self, "topic_defaults", TopicConfig().with_overrides(self.topic_defaults))
+        if self.fsync not in FSYNC_POLICIES:
+            raise InvalidConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
+        _positive(self, "fsync_interval_ms", minimum=1)
+        _positive(self, "retention_check_interval_ms", minimum=1)
+        _positive(self, "max_topics", minimum=1)
+        _positive(self, "max_partitions_per_topic", minimum=1)
+        _positive(self, "max_fetch_bytes", minimum=1)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "EngineConfig":
+        return _replace(self, overrides)
+
+
+def _positive(obj: object, name: str, minimum: int, allow_minus_one: bool = False) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidConfigError(f"{name} must be an integer, got {value!r}")
+    if allow_minus_one and value == -1:
+        return
+    if value < minimum:
+        raise InvalidConfigError(
+            f"{name} must be at least {minimum}{' (or -1 for no limit)' if allow_minus_one else ''}, got {value}")
+
+
+def _replace(obj, overrides):
+    if not overrides:
+        return obj
+    known = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return dataclasses.replace(obj, **overrides)

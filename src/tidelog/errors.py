@@ -1,0 +1,149 @@
+"""The one tree of tidelog errors.
+
+Every error a caller can act on has a stable numeric `code`, the same number on the wire (server and
+client) and in the engine. Where Kafka has an equivalent error, the code is Kafka's; the names may
+change, the codes may not. Each class also says whether retrying the same request can succeed.
+"""
+
+from __future__ import annotations
+
+
+class TidelogError(Exception):
+    """Base of every tidelog error. `code` is stable; `retriable` says if the same call may succeed later."""
+
+    code = -1
+    retriable = False
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
+        self.message = str(self.args[0])
+        self.details = details
+
+    def __reduce__(self):  # keep details across pickling (process pools, subprocess tests)
+        return (_rebuild, (self.__class__, self.message, self.details))
+
+
+def _rebuild(cls, message, details):
+    return cls(message, **details)
+
+
+class UnknownTopicError(TidelogError):
+    """The topic does not exist."""
+
+    code = 3
+
+
+class TopicExistsError(TidelogError):
+    """A topic with this name already exists."""
+
+    code = 36
+
+
+class InvalidTopicError(TidelogError):
+    """The topic name is not valid."""
+
+    code = 17
+
+
+class InvalidPartitionError(TidelogError):
+    """The partition does not exist in this topic."""
+
+    code = 37
+
+
+class OffsetOutOfRangeError(TidelogError):
+    """The requested offset is outside the partition's [log start, log end] range."""
+
+    code = 1
+
+    @property
+    def log_start(self) -> int:
+        return int(self.details.get("log_start", -1))
+
+    @property
+    def log_end(self) -> int:
+        return int(self.details.get("log_end", -1))
+
+
+class CorruptBatchError(TidelogError):
+    """A record batch failed validation (size, magic, CRC-32C, offsets or record layout)."""
+
+    code = 2
+
+
+class RecordTooLargeError(TidelogError):
+    """A record or batch is larger than the topic's max_batch_bytes."""
+
+    code = 10
+
+
+class InvalidRequestError(TidelogError):
+    """An argument is invalid (wrong type, wrong length, impossible value)."""
+
+    code = 42
+
+
+class InvalidConfigError(TidelogError):
+    """A configuration value is invalid."""
+
+    code = 40
+
+
+class UnsupportedCompressionError(TidelogError):
+    """The compression codec is not supported."""
+
+    code = 76
+
+
+class ResourceLimitError(TidelogError):
+    """A configured limit (topics, partitions, in-flight bytes) would be exceeded."""
+
+    code = 89
+    retriable = True
+
+
+class StorageError(TidelogError):
+    """The disk refused an operation; the log stays consistent up to the last acknowledged write."""
+
+    code = 56
+
+
+class DiskFullError(StorageError):
+    """No space left on the device; nothing of the failed write is visible or acknowledged."""
+
+    code = 1001
+    retriable = True
+
+
+class CorruptLogError(StorageError):
+    """Data on disk is corrupt where it cannot be repaired automatically."""
+
+    code = 1002
+
+
+class DataDirLockedError(TidelogError):
+    """The data directory is in use by another process."""
+
+    code = 1003
+
+
+class EngineClosedError(TidelogError):
+    """The engine is closed (or shutting down)."""
+
+    code = 1004
+    retriable = True
+
+
+ALL_ERRORS: tuple[type[TidelogError], ...] = (
+    TidelogError, UnknownTopicError, TopicExistsError, InvalidTopicError, InvalidPartitionError,
+    OffsetOutOfRangeError, CorruptBatchError, RecordTooLargeError, InvalidRequestError,
+    InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError,
+    CorruptLogError, DataDirLockedError, EngineClosedError,
+)
+
+BY_CODE: dict[int, type[TidelogError]] = {cls.code: cls for cls in ALL_ERRORS}
+
+
+def from_code(code: int, message: str, **details: object) -> TidelogError:
+    """Rebuild the error a code stands for (the client side of the wire)."""
+    return BY_CODE.get(code, TidelogError)(message, **details)

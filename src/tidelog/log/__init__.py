@@ -1,0 +1,1 @@
+"""A partition's log: segments plus named offsets, ordered by one lock."""

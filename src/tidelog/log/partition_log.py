@@ -1,0 +1,309 @@
+"""One partition: its segments, its named offsets, and the one lock that orders its appends.
+
+Thread-safe. Appends take the lock, assign offsets, write with pwrite (the GIL is released during the
+write, so appends to other partitions proceed), index, and publish the new end; reads take the lock
+only to pick a segment and a bound, then search and slice the map without it. Under fsync="always"
+the fsync happens outside the append lock, under a second lock: a producer that arrives while an
+fsync runs finds its data covered by the next one, so concurrent producers share fsyncs (group commit).
+After a failed fsync the partition refuses writes: what the kernel dropped cannot be known.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from .._native import batch_scan
+from ..codec.batch import BatchInfo, BatchView, base_offset_header
+from ..config import EngineConfig, TopicConfig
+from ..errors import EngineClosedError, OffsetOutOfRangeError, StorageError
+from ..storage import recovery, retention
+from ..storage.fs import FileSystem
+from ..storage.segment import AppendedBatch, Segment
+from ..storage.segment_set import SegmentSet
+from .offsets import Offsets
+
+CHECKPOINT_EVERY_S = 1.0
+
+
+class ReadResult(NamedTuple):
+    """Whole batches read from one segment: zero-copy bytes and where the next read starts."""
+
+    data: memoryview
+    next_offset: int
+    high_watermark: int
+    log_start: int
+
+
+class PartitionInfo(NamedTuple):
+    log_start: int
+    log_end: int
+    high_watermark: int
+    flushed: int
+    size_bytes: int
+    segments: int
+
+
+class PartitionLog:
+    def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: str,
+                 clock: Callable[[], int], clean: bool) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.config = config
+        self.fsync_policy = fsync
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self._data_arrived = threading.Condition(self._lock)
+        self._failed: StorageError | None = None
+        self._closed = False
+        self._last_checkpoint = 0.0
+        fs.makedirs(directory)
+        segments, self.recovery = recovery.open_segments(fs, directory, config, clean)
+        self._segments = SegmentSet(segments)
+        end = self._segments.active.next_offset
+        # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
+        self._segments.active.flush()
+        self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
+        self._visible = (self._segments.active, self._segments.active.size)
+        if not clean:
+            self._write_checkpoint(self._segments.active, self._segments.active.size, force=True)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]]) -> tuple[int, int]:
+        """Append validated batches verbatim, assigning offsets; returns (first offset, last offset).
+
+        chunks: (buffer, batch infos in that buffer). Returns once the data is acknowledged under the
+        fsync policy (after the fsync under "always").
+        """
+        with self._lock:
+            self._check_writable()
+            first = next_offset = self._offsets.log_end
+            iov: list = []
+            batches: list[AppendedBatch] = []
+            nbytes = 0
+            for data, infos in chunks:
+                view = memoryview(data)
+                for info in infos:
+                    last = next_offset + info.count - 1
+                    batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
+                    iov.append(base_offset_header(next_offset))
+                    iov.append(view[info.pos + 8:info.pos + info.size])
+                    nbytes += info.size
+                    next_offset = last + 1
+            self._write(iov, batches, nbytes)
+            self._offsets.advance_log_end(next_offset)
+            if self.fsync_policy != "always":
+                self._publish(self._segments.active, self._segments.active.size, next_offset)
+        if self.fsync_policy == "always":
+            self.sync(next_offset)
+        return first, next_offset - 1
+
+    def _write(self, iov: list, batches: list[AppendedBatch], nbytes: int) -> None:
+        seg = self._segments.active
+        if seg.size and self._roll_due(seg, batches):
+            seg = self._roll()
+        if not seg.room_for(nbytes, len(batches), batches[-1].last_offset):
+            if len(batches) > 1:
+                return self._write_split(iov, batches)
+            assert seg.size, "one batch always fits an empty segment (max_batch_bytes <= segment_bytes)"
+            seg = self._roll()
+        seg.append(iov, batches, nbytes)
+
+    def _write_split(self, iov: list, batches: list[AppendedBatch]) -> None:
+        """An append too large for one segment goes batch by batch, rolling as needed."""
+        for i, b in enumerate(batches):
+            one = [AppendedBatch(0, b.size, b.base_offset, b.last_offset, b.max_timestamp)]
+            self._write(iov[2 * i:2 * i + 2], one, b.size)
+
+    def _roll_due(self, seg: Segment, batches: list[AppendedBatch]) -> bool:
+        newest = max(b.max_timestamp for b in batches)
+        return seg.first_batch_timestamp >= 0 and newest - seg.first_batch_timestamp >= self.config.segment_ms
+
+    def _roll(self) -> Segment:
+        """Seal the active segment (fsync, trim) and start a new one at the log end."""
+        old = self._segments.active
+        new = Segment.create(self.fs, self.directory, self._offsets.log_end, self.config)
+        try:
+            old.seal()
+        except StorageError as exc:
+            new.delete()
+            self._failed = exc
+            raise
+        self._segments.add(new)
+        self._offsets.advance_flushed(new.base_offset)
+        if self.fsync_policy == "always":
+            self._publish(old, old.size, new.base_offset)
+        self._write_checkpoint(new, 0, force=True)
+        self._apply_retention_locked(self._clock())
+        return new
+
+    def _publish(self, segment: Segment, position: int, offset: int) -> None:
+        """Make offsets below `offset` (bytes below `position` of `segment`) visible to readers."""
+        self._offsets.advance_high_watermark(offset)
+        vis_seg, vis_pos = self._visible
+        if segment.base_offset > vis_seg.base_offset or (segment is vis_seg and position > vis_pos):
+            self._visible = (segment, position)
+        self._data_arrived.notify_all()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise EngineClosedError(f"partition {self.directory} is closed")
+        if self._failed is not None:
+            raise StorageError(f"partition {self.directory} refuses writes after a storage failure "
+                               f"({self._failed.message}); restart to recover", path=self.directory)
+
+    # -- durability ----------------------------------------------------------------------------------
+    def sync(self, upto: int | None = None) -> None:
+        """Make everything written (or at least everything below `upto`) durable."""
+        with self._sync_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._offsets.flushed >= (upto if upto is not None else self._offsets.log_end):
+                    return
+                seg, pos, end = self._segments.active, self._segments.active.size, self._offsets.log_end
+                failed = self._failed
+            if failed is not None:
+                raise StorageError(f"partition {self.directory} cannot make data durable after a storage "
+                                   f"failure ({failed.message})", path=self.directory)
+            try:
+                seg.flush()
+            except StorageError as exc:
+                with self._lock:
+                    self._failed = exc
+                raise
+            with self._lock:
+                self._offsets.advance_flushed(end)
+                if self.fsync_policy == "always":
+                    self._publish(seg, pos, end)
+                self._write_checkpoint(seg, pos)
+
+    def _write_checkpoint(self, segment: Segment, position: int, force: bool = False) -> None:
+        """Remember that the log is durable up to `position` of `segment` (rate-limited)."""
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < CHECKPOINT_EVERY_S:
+            return
+        self._last_checkpoint = now
+        recovery.write_checkpoint(self.fs, self.directory, segment.base_offset, position)
+
+    @property
+    def dirty(self) -> bool:
+        return self._offsets.flushed < self._offsets.log_end
+
+    # -- reading -------------------------------------------------------------------------------------
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        """Whole batches from the one holding `offset`, up to max_bytes (at least one batch)."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError(f"partition {self.directory} is closed")
+            start, hw = self._offsets.log_start, self._offsets.high_watermark
+            if offset < start or offset > hw:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is out of range; valid offsets are {start} to {hw}",
+                    log_start=start, log_end=hw, offset=offset)
+            if offset == hw:
+                return ReadResult(memoryview(b""), offset, hw, start)
+            seg = self._segments.floor(offset)
+            vis_seg, vis_pos = self._visible
+            end = vis_pos if seg is vis_seg else seg.size
+        pos, _ = seg.position_of(offset, end)
+        if pos < 0:
+            return ReadResult(memoryview(b""), offset, hw, start)
+        stop, next_offset = batch_scan.span_batches(seg.buffer, pos, end, max_bytes)
+        return ReadResult(seg.view(pos, stop), next_offset, hw, start)
+
+    def wait_for_data(self, offset: int, timeout_s: float) -> bool:
+        """Block until the high watermark passes offset (or timeout); True if data is there."""
+        with self._data_arrived:
+            self._data_arrived.wait_for(lambda: self._closed or self._offsets.high_watermark > offset,
+                                        timeout=timeout_s)
+            return not self._closed and self._offsets.high_watermark > offset
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """The first offset whose record timestamp is >= timestamp, or None if there is none."""
+        with self._lock:
+            segments = list(self._segments)
+            vis_seg, vis_pos = self._visible
+            start, hw = self._offsets.log_start, self._offsets.high_watermark
+        for seg in segments:
+            if seg.base_offset >= hw:
+                break
+            if seg.max_timestamp < timestamp:
+                continue
+            end = vis_pos if seg is vis_seg else seg.size
+            pos = seg.position_of_time(timestamp, end)
+            while 0 <= pos < end:
+                batch = BatchView(seg.buffer, pos)
+                if batch.max_timestamp >= timestamp:
+                    table = batch.table()
+                    hits = np.flatnonzero(table["timestamp"] >= timestamp)
+                    if len(hits):
+                        offset = int(table["offset"][hits[0]])
+                        return offset if start <= offset < hw else None
+                pos += batch.size
+        return None
+
+    # -- retention and lifecycle -----------------------------------------------------------------------
+    def apply_retention(self, now_ms: int | None = None) -> int:
+        """Delete sealed segments past retention; returns how many went."""
+        with self._lock:
+            if self._closed:
+                return 0
+            return self._apply_retention_locked(self._clock() if now_ms is None else now_ms)
+
+    def _apply_retention_locked(self, now_ms: int) -> int:
+        sealed = self._segments.sealed
+        n = retention.segments_to_delete([(s.size, s.max_timestamp) for s in sealed],
+                                         self._segments.total_size(), now_ms,
+                                         self.config.retention_ms, self.config.retention_bytes)
+        if n == 0:
+            return 0
+        for seg in self._segments.remove_oldest(n):
+            seg.delete()
+        self._offsets.advance_log_start(self._segments.first.base_offset)
+        return n
+
+    def info(self) -> PartitionInfo:
+        with self._lock:
+            o = self._offsets
+            return PartitionInfo(o.log_start, o.log_end, o.high_watermark, o.flushed,
+                                 self._segments.total_size(), len(self._segments))
+
+    @property
+    def offsets(self) -> Offsets:
+        return self._offsets
+
+    def segments(self) -> list[Segment]:
+        with self._lock:
+            return list(self._segments)
+
+    def close(self) -> None:
+        """Flush, trim the active segment's preallocation and release the files."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._data_arrived.notify_all()
+                clean = self._failed is None
+                if clean:
+                    active = self._segments.active
+                    self._write_checkpoint(active, active.size, force=True)
+                for seg in self._segments:
+                    seg.close(trim=clean)
+
+    def delete_files(self) -> None:
+        """Close and remove the partition's directory (topic deletion)."""
+        with self._lock:
+            self._closed = True
+            self._data_arrived.notify_all()
+            for seg in self._segments:
+                seg.delete()
+        self.fs.rmtree(self.directory)

@@ -1,0 +1,115 @@
+"""A file of fixed-size big-endian entries, read through numpy over a read-only mmap.
+
+The shared body of the offset and time indexes. The file is preallocated to `max_bytes` while its
+segment is active (the map then never has to grow) and trimmed to the written entries when the segment
+is sealed. Entries are written with pwrite, never through the map, so a full disk is an error and not
+a SIGBUS. `entries` counts the valid ones; bytes after them are ignored and overwritten.
+
+Not thread-safe for writers (the partition log's lock serialises them). Readers may call `view()`
+concurrently with an append: they see the entries counted when they asked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fs import FileSystem
+
+
+class IndexFile:
+    dtype: np.dtype  # set by subclasses
+
+    def __init__(self, fs: FileSystem, path: str, max_bytes: int, create: bool) -> None:
+        self._fs = fs
+        self.path = path
+        self._entry = self.dtype.itemsize
+        self._fd = fs.open(path, create=create)
+        size = fs.size(self._fd)
+        self.entries = 0 if create else size // self._entry
+        self._capacity_bytes = max(max_bytes - max_bytes % self._entry, self._entry)
+        self._map = None
+        self._map_len = 0
+        # A new index is the active segment's and grows; an existing one is opened as it is (sealed
+        # until `activate`), so opening a data directory never rewrites files it only reads.
+        self.sealed = not create
+        if create:
+            self._preallocate()
+        else:
+            self._remap(size)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _preallocate(self) -> None:
+        want = max(self._capacity_bytes, self.entries * self._entry)
+        if self._fs.size(self._fd) != want:
+            self._fs.truncate(self._fd, want, self.path)
+        self._remap(want)
+
+    def _remap(self, length: int) -> None:
+        # The old map is dropped, not closed: a concurrent reader may still be looking through it,
+        # and it stays valid for the entries it covers (they are within the file's new length).
+        self._map = self._fs.map_read(self._fd, length)
+        self._map_len = length if self._map is not None else 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity_bytes // self._entry if not self.sealed else self.entries
+
+    def is_full(self, extra: int = 1) -> bool:
+        return self.entries + extra > self.capacity
+
+    def seal(self) -> None:
+        """Trim the file to its entries and make them durable (the segment stops growing)."""
+        self._fs.truncate(self._fd, self.entries * self._entry, self.path)
+        self._fs.fsync(self._fd, self.path)
+        self.sealed = True
+        self._remap(self.entries * self._entry)
+
+    def activate(self) -> None:
+        """Extend a trimmed index to its preallocated size so that it can take appends."""
+        self.sealed = False
+        self._preallocate()
+
+    def grow(self, entries: int) -> None:
+        """Make room for at least `entries` entries (rebuilding an index larger than max_bytes)."""
+        self._capacity_bytes = max(self._capacity_bytes, entries * self._entry)
+        self.sealed = False
+        self._preallocate()
+
+    def mark_sealed(self) -> None:
+        """The file is already trimmed and durable (found so on open)."""
+        self.sealed = True
+
+    def close(self, trim: bool = False) -> None:
+        if trim and not self.sealed:
+            self._fs.truncate(self._fd, self.entries * self._entry, self.path)
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a reader still holds a view; the map closes when it lets go
+        self._map = None
+        self._fs.close(self._fd)
+
+    def flush(self) -> None:
+        self._fs.fsync(self._fd, self.path)
+
+    # -- entries -----------------------------------------------------------------------------------
+    def view(self) -> np.ndarray:
+        """The valid entries as a structured numpy array (zero-copy over the map)."""
+        n = self.entries
+        if n == 0 or self._map is None:
+            return np.empty(0, dtype=self.dtype)
+        return np.frombuffer(self._map, dtype=self.dtype, count=n)
+
+    def append_entries(self, rows: np.ndarray) -> None:
+        """Write rows (of self.dtype) after the current entries; counted only once written."""
+        if len(rows) == 0:
+            return
+        if self.entries + len(rows) > self.capacity:
+            raise AssertionError(f"{self.path}: index full; the segment should have rolled first")
+        self._fs.pwrite(self._fd, rows.tobytes(), self.entries * self._entry, self.path)
+        self.entries += len(rows)
+
+    def truncate_entries(self, n: int) -> None:
+        """Forget entries from n on (recovery and truncation)."""
+        self.entries = min(self.entries, max(n, 0))

@@ -1,0 +1,366 @@
+"""One segment: a .log file of record batches and its .index and .timeindex, named by base offset.
+
+The .log is preallocated to `segment_bytes` (a sparse file) and mapped read-only once, so readers get
+zero-copy views and the map never grows. Appends use pwrite: measured faster here than copying into
+the map, and a full disk then fails the write with ENOSPC instead of killing the process with SIGBUS.
+Every read is bounded by `size`, the end of the last whole batch, so nothing past it (unwritten zeros
+or a torn write) is ever visible. Sealing trims the files to their contents and fsyncs them; every
+access stays below the trimmed length, so shrinking the file under the map is safe.
+
+Not thread-safe: the partition log serialises appends, sealing and truncation under its lock. Views
+handed out stay valid after the segment is sealed, deleted or closed (the map lives until they go).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+from .._native import batch_scan
+from ..config import TopicConfig
+from .fs import FileSystem
+from .offset_index import OffsetIndex
+from .time_index import TimeIndex
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIME_INDEX_SUFFIX = ".timeindex"
+MAX_RELATIVE_OFFSET = (1 << 31) - 1
+
+_OFFSET = struct.Struct(">q")
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}"
+
+
+class AppendedBatch(NamedTuple):
+    """A batch in an append call: position relative to the append's start, and its log metadata."""
+
+    rel_pos: int
+    size: int
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+
+
+class ScanResult(NamedTuple):
+    """Outcome of walking a segment's batches: where valid data ends and why the walk stopped."""
+
+    end_pos: int
+    next_offset: int
+    max_timestamp: int
+    reason: int
+    batches: int
+
+
+class Segment:
+    def __init__(self, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
+                 create: bool) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.base_offset = base_offset
+        self.config = config
+        stem = os.path.join(directory, segment_name(base_offset))
+        self.log_path = stem + LOG_SUFFIX
+        self._fd = fs.open(self.log_path, create=create)
+        index_path, time_path = stem + INDEX_SUFFIX, stem + TIME_INDEX_SUFFIX
+        self.indexes_missing = not create and not (fs.exists(index_path) and fs.exists(time_path))
+        self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
+        self.time_index = TimeIndex(fs, time_path, config.max_index_bytes, create or not fs.exists(time_path))
+        self.size = 0
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.first_batch_timestamp = -1
+        self.sealed = False
+        self.deleted = False
+        self._last_bucket = -1
+        self._map = None
+        self._map_len = 0
+
+    # -- opening -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig) -> "Segment":
+        seg = cls(fs, directory, base_offset, config, create=True)
+        seg._map_file(config.segment_bytes)
+        return seg
+
+    @classmethod
+    def load(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig) -> "Segment":
+        """Open existing files; the caller then calls `recover` or `restore` to find the contents."""
+        seg = cls(fs, directory, base_offset, config, create=False)
+        seg._map_file(max(fs.size(seg._fd), 0))
+        return seg
+
+    def _map_file(self, length: int) -> None:
+        if self.fs.size(self._fd) < length:
+            self.fs.truncate(self._fd, length, self.log_path)
+        self._map = self.fs.map_read(self._fd, length)
+        self._map_len = length
+
+    @property
+    def file_size(self) -> int:
+        return self._map_len
+
+    def restore(self) -> ScanResult:
+        """Find the end of a segment whose indexes are trusted: scan only past the last index entry."""
+        _, start = self.index.last()
+        self._last_bucket = start // self.config.index_interval_bytes if self.index.entries else -1
+        ts, _ = self.time_index.last()
+        self.max_timestamp = ts
+        result = self.scan(start, verify=False, expected_offset=-1)
+        self._set_end(result)
+        self._load_first_timestamp()
+        return result
+
+    def recover(self, start_pos: int) -> ScanResult:
+        """Validate batches from start_pos (CRC, offset continuity), cut a torn or corrupt tail, and
+        rebuild both indexes. Bytes before start_pos are trusted (they were fsynced)."""
+        head = self.scan(0, verify=False, expected_offset=self.base_offset, stop=start_pos) if start_pos else None
+        if head is not None and head.end_pos != start_pos:
+            start_pos = head.end_pos  # the trusted part did not end on a batch boundary: validate from there
+        tail = self.scan(start_pos, verify=True,
+                         expected_offset=head.next_offset if head else self.base_offset)
+        self.rebuild_indexes(tail.end_pos)
+        if tail.end_pos < self._map_len:
+            self._zero_tail(tail.end_pos)
+        return tail
+
+    def _zero_tail(self, end_pos: int) -> None:
+        # Cut everything after the last valid batch, then re-extend: the preallocated space reads as
+        # zeros again, so no later scan can mistake old bytes for data. No view reaches past end_pos.
+        length = self._map_len
+        self.fs.truncate(self._fd, end_pos, self.log_path)
+        if not self.sealed:
+            self.fs.truncate(self._fd, length, self.log_path)
+        self.fs.fsync(self._fd, self.log_path)
+
+    def _load_first_timestamp(self) -> None:
+        if self.size >= 61:
+            self.first_batch_timestamp = int(struct.unpack_from(">q", self._map, 35)[0])
+
+    def _set_end(self, result: ScanResult) -> None:
+        self.size = result.end_pos
+        if result.batches or result.end_pos:
+            self.next_offset = result.next_offset
+        self.max_timestamp = max(self.max_timestamp, result.max_timestamp)
+
+    # -- scanning ------------------------------------------------------------------------------------
+    def scan(self, start: int, verify: bool, expected_offset: int, stop: int | None = None,
+             on_batches=None) -> ScanResult:
+        """Walk batches from start to the first invalid one (or `stop`), in chunks of headers.
+
+        on_batches(rows) receives each chunk's (pos, size, base, last, max_ts) rows.
+        """
+        end = self._map_len if stop is None else min(stop, self._map_len)
+        buf = self._map if self._map is not None else b""
+        rows_out = np.empty((65536, batch_scan.N_COLS), dtype=np.int64)
+        pos, next_offset, max_ts, total = start, expected_offset, -1, 0
+        last_offset = -1
+        while True:
+            n, pos, reason, nxt = batch_scan.scan_batches(buf, pos, end, verify, next_offset, rows_out)
+            if n:
+                chunk = rows_out[:n]
+                max_ts = max(max_ts, int(chunk[:, batch_scan.COL_MAX_TIMESTAMP].max()))
+                last_offset = int(chunk[-1, batch_scan.COL_LAST_OFFSET])
+                total += n
+                if on_batches is not None:
+                    on_batches(chunk)
+            if expected_offset >= 0:
+                next_offset = nxt
+            if reason != batch_scan.FULL:
+                break
+        if expected_offset < 0:
+            next_offset = last_offset + 1 if total else self.next_offset
+        return ScanResult(pos, next_offset, max_ts, reason, total)
+
+    def rebuild_indexes(self, end_pos: int | None = None) -> ScanResult:
+        """Recreate .index and .timeindex from the log (headers only; the data was validated)."""
+        self.index.truncate_entries(0)
+        self.time_index.truncate_entries(0)
+        self._last_bucket = -1
+        self.max_timestamp = -1
+        result = self.scan(0, verify=False, expected_offset=-1, stop=end_pos, on_batches=self._index_rows)
+        self._set_end(result)
+        self._load_first_timestamp()
+        return result
+
+    def _index_rows(self, rows: np.ndarray) -> None:
+        """Vectorised twin of the rule in `append`: index the first batch starting in each interval."""
+        pos = rows[:, batch_scan.COL_POS]
+        buckets = pos // self.config.index_interval_bytes
+        prev = np.concatenate(([self._last_bucket], buckets[:-1]))
+        mask = buckets > prev
+        running = np.maximum.accumulate(np.maximum(rows[:, batch_scan.COL_MAX_TIMESTAMP], self.max_timestamp))
+        rel = rows[:, batch_scan.COL_BASE_OFFSET] - self.base_offset
+        picked_run = running[mask]
+        prev_ts = np.concatenate(([self.time_index.last()[0]], picked_run[:-1]))
+        tmask = picked_run > prev_ts
+        self._ensure_index_room(int(mask.sum()))
+        self.index.append_entries(OffsetIndex.rows(rel[mask], pos[mask]))
+        self.time_index.append_entries(TimeIndex.rows(picked_run[tmask], rel[mask][tmask]))
+        if mask.any():
+            self._last_bucket = int(buckets[mask][-1])
+        self.max_timestamp = int(running[-1])
+
+    def _ensure_index_room(self, n: int) -> None:
+        # A rebuilt index needs as many entries as the log has windows; if max_index_bytes shrank
+        # since the segment was written, grow the file rather than lose entries.
+        for idx in (self.index, self.time_index):
+            if idx.sealed or idx.entries + n > idx.capacity:
+                idx.grow(idx.entries + n)
+
+    # -- appending -----------------------------------------------------------------------------------
+    def room_for(self, nbytes: int, nbatches: int, last_offset: int) -> bool:
+        """Whether an append of this size fits without rolling."""
+        return (self.size + nbytes <= self._map_len and not self.sealed
+                and last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
+                and not self.index.is_full(nbatches) and not self.time_index.is_full(nbatches + 1))
+
+    def append(self, buffers: list, batches: list[AppendedBatch], nbytes: int) -> None:
+        """Write buffers (whole batches, offsets already assigned) at the end and index them.
+
+        Nothing is counted until every write succeeded: a failed write (e.g. a full disk) leaves the
+        segment exactly as it was, and the next append overwrites the partial bytes.
+        """
+        assert not self.sealed, "append to a sealed segment"
+        start = self.size
+        interval = self.config.index_interval_bytes
+        idx_rows, time_rows = [], []
+        bucket, max_ts, last_time = self._last_bucket, self.max_timestamp, self.time_index.last()[0]
+        for b in batches:
+            pos = start + b.rel_pos
+            if b.max_timestamp > max_ts:
+                max_ts = b.max_timestamp
+            if pos // interval > bucket:
+                bucket = pos // interval
+                rel = b.base_offset - self.base_offset
+                idx_rows.append((rel, pos))
+                if max_ts > last_time:
+                    time_rows.append((max_ts, rel))
+                    last_time = max_ts
+        self.fs.pwritev(self._fd, buffers, start, self.log_path)
+        if idx_rows:
+            self.index.append_entries(np.array(idx_rows, dtype=OffsetIndex.dtype))
+        if time_rows:
+            self.time_index.append_entries(np.array(time_rows, dtype=TimeIndex.dtype))
+        if self.size == 0:
+            self.first_batch_timestamp = batches[0].max_timestamp
+        self.size = start + nbytes
+        self.next_offset = batches[-1].last_offset + 1
+        self.max_timestamp = max_ts
+        self._last_bucket = bucket
+
+    # -- reading -------------------------------------------------------------------------------------
+    @property
+    def buffer(self):
+        """The mapped file for native scans; read only below `size` (or a position known valid)."""
+        return self._map if self._map is not None else b""
+
+    def view(self, start: int, end: int) -> memoryview:
+        """Zero-copy view of log bytes [start, end), end <= size."""
+        if self._map is None:
+            return memoryview(b"")
+        return memoryview(self._map)[start:end]
+
+    def position_of(self, offset: int, end: int) -> tuple[int, int]:
+        """(position, base offset) of the batch holding offset, searching below end; (-1, -1) if none."""
+        start = self.index.lookup(offset - self.base_offset)
+        pos, base, _ = batch_scan.find_batch(self.buffer, start, end, offset)
+        return pos, base
+
+    def position_of_time(self, timestamp: int, end: int) -> int:
+        """Position of the first batch whose max timestamp is >= timestamp, or -1."""
+        rel = self.time_index.scan_start(timestamp)
+        start = self.index.lookup(rel)
+        pos, _ = batch_scan.find_timestamp(self.buffer, start, end, timestamp)
+        return pos
+
+    # -- durability and lifecycle --------------------------------------------------------------------
+    def flush(self) -> None:
+        self.fs.fsync(self._fd, self.log_path)
+
+    def seal(self) -> None:
+        """Stop growing: record the final time entry, trim every file to its contents, fsync them."""
+        if self.sealed:
+            return
+        ts, rel = self.time_index.last()
+        if self.max_timestamp > ts and self.size:
+            last_rel = self._last_batch_rel()
+            if self.time_index.is_full(1):
+                self._ensure_index_room(1)
+            self.time_index.append_entries(TimeIndex.rows([self.max_timestamp], [last_rel]))
+        self.fs.truncate(self._fd, self.size, self.log_path)
+        self.fs.fsync(self._fd, self.log_path)
+        self.index.seal()
+        self.time_index.seal()
+        self.sealed = True
+
+    def _last_batch_rel(self) -> int:
+        _, pos = self.index.last()
+        last_base = self.base_offset
+        for base in self._batch_bases_from(pos):
+            last_base = base
+        return last_base - self.base_offset
+
+    def _batch_bases_from(self, pos: int):
+        rows = np.empty((4096, batch_scan.N_COLS), dtype=np.int64)
+        while pos < self.size:
+            n, pos, reason, _ = batch_scan.scan_batches(self.buffer, pos, self.size, False, -1, rows)
+            yield from rows[:n, batch_scan.COL_BASE_OFFSET].tolist()
+            if reason != batch_scan.FULL:
+                break
+
+    def activate(self) -> None:
+        """Make this (last) segment the one appends go to: extend its files to their preallocation."""
+        self.sealed = False
+        self.index.activate()
+        self.time_index.activate()
+        if self._map_len < self.config.segment_bytes:
+            self._map_file(max(self.config.segment_bytes, self.size))
+
+    def mark_sealed(self) -> None:
+        """Found trimmed and complete on open: nothing to write."""
+        self.sealed = True
+        self.index.mark_sealed()
+        self.time_index.mark_sealed()
+
+    def truncate_to(self, end_pos: int, next_offset: int) -> None:
+        """Cut the log at a batch boundary (recovery); indexes forget entries past it."""
+        self.index.truncate_to_position(end_pos)
+        self.time_index.truncate_to_offset(next_offset - self.base_offset)
+        self.size = end_pos
+        self.next_offset = next_offset
+        self._zero_tail(end_pos)
+
+    def close(self, trim: bool = False) -> None:
+        """Release files. trim=True (clean shutdown) cuts the preallocated space off the files."""
+        if trim and not self.sealed and not self.deleted:
+            self.fs.truncate(self._fd, self.size, self.log_path)
+            self.fs.fsync(self._fd, self.log_path)
+        self.index.close(trim=trim and not self.deleted)
+        self.time_index.close(trim=trim and not self.deleted)
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a reader still holds a view of it; it is unmapped when the view goes
+        self._map = None
+        self.fs.close(self._fd)
+
+    def delete(self) -> None:
+        """Remove the files. Views already handed out keep working until released."""
+        self.deleted = True
+        for path in (self.log_path, self.index.path, self.time_index.path):
+            self.fs.remove(path)
+        self.index.close()
+        self.time_index.close()
+        self._map = None  # not closed: a concurrent reader may still hold it
+        self.fs.close(self._fd)
+
+    def __repr__(self) -> str:
+        return (f"Segment(base={self.base_offset}, size={self.size}, next={self.next_offset}, "
+                f"sealed={self.sealed})")
