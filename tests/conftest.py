@@ -1,0 +1,41 @@
+"""Shared fixtures and hypothesis profiles.
+
+Profiles: "ci" (default; bounded examples, no deadline: the machine is shared and noisy) and "long"
+(select with HYPOTHESIS_PROFILE=long for a deeper search).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+class ManualClock:
+    """An injected clock (ms) that moves only when a test says so."""
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self.now = start_ms
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> str:
+    return str(tmp_path / "data")
