@@ -33,7 +33,7 @@ class TopicConfig:
     compression: str = "none"
     """Codec for batches the engine encodes (produce); appended batches keep their own codec."""
     max_batch_bytes: int = 8 << 20
-    """Largest record batch accepted (Kafka: max.message.bytes)."""
+    """Largest record batch accepted (Kafka: max.message.bytes); capped at segment_bytes."""
     index_interval_bytes: int = 4096
     """Bytes of log between two entries of the sparse offset and time indexes."""
     max_index_bytes: int = 10 << 20
@@ -53,8 +53,8 @@ class TopicConfig:
         if self.compression not in COMPRESSIONS:
             raise InvalidConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.max_batch_bytes > self.segment_bytes:
-            raise InvalidConfigError(
-                f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes ({self.segment_bytes})")
+            # A batch never spans segments, so a segment bounds the batch size.
+            object.__setattr__(self, "max_batch_bytes", self.segment_bytes)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "TopicConfig":
         return _replace(self, overrides)
