@@ -95,23 +95,28 @@ class PartitionLog:
                     nbytes += info.size
                     next_offset = last + 1
             self._write(iov, batches, nbytes)
-            self._offsets.advance_log_end(next_offset)
-            if self.fsync_policy != "always":
-                self._publish(self._segments.active, self._segments.active.size, next_offset)
         if self.fsync_policy == "always":
             self.sync(next_offset)
         return first, next_offset - 1
 
     def _write(self, iov: list, batches: list[AppendedBatch], nbytes: int) -> None:
+        """Write batches to the active segment (rolling first if needed) and advance the log end.
+
+        An append that needs several segments is written segment by segment; if a later part
+        fails, the parts already written stay (with their offsets) and the error is raised.
+        """
         seg = self._segments.active
         if seg.size and self._roll_due(seg, batches):
-            seg = self._roll()
+            seg = self._roll(batches[0].base_offset)
         if not seg.room_for(nbytes, len(batches), batches[-1].last_offset):
             if len(batches) > 1:
                 return self._write_split(iov, batches)
             assert seg.size, "one batch always fits an empty segment (max_batch_bytes <= segment_bytes)"
-            seg = self._roll()
+            seg = self._roll(batches[0].base_offset)
         seg.append(iov, batches, nbytes)
+        self._offsets.advance_log_end(batches[-1].last_offset + 1)
+        if self.fsync_policy != "always":
+            self._publish(seg, seg.size, self._offsets.log_end)
 
     def _write_split(self, iov: list, batches: list[AppendedBatch]) -> None:
         """An append too large for one segment goes batch by batch, rolling as needed."""
@@ -123,10 +128,11 @@ class PartitionLog:
         newest = max(b.max_timestamp for b in batches)
         return seg.first_batch_timestamp >= 0 and newest - seg.first_batch_timestamp >= self.config.segment_ms
 
-    def _roll(self) -> Segment:
-        """Seal the active segment (fsync, trim) and start a new one at the log end."""
+    def _roll(self, base_offset: int) -> Segment:
+        """Seal the active segment (fsync, trim) and start a new one at base_offset (the log end)."""
         old = self._segments.active
-        new = Segment.create(self.fs, self.directory, self._offsets.log_end, self.config)
+        assert base_offset == old.next_offset, "a new segment starts where the last one ends"
+        new = Segment.create(self.fs, self.directory, base_offset, self.config)
         try:
             old.seal()
         except StorageError as exc:
