@@ -512,6 +512,7 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
         elif decompress is not None:
             inner = decompress(codec, buf[pos + HEADER_SIZE:pos + size])
             if inner.shape[0] == 0:
+                err_index = 0
                 rc = REC_TRUNCATED
             else:
                 with nogil:
@@ -520,6 +521,7 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
         else:
             rec_max = max_ts
         if rc == REC_OK and rec_max != max_ts and not (attrs & ATTR_TIMESTAMP_TYPE):
+            # LogAppendTime batches carry the append time in max timestamp, whatever the records say
             rc = REC_TIMESTAMP
         if rc != REC_OK:
             raise ValueError(f"batch {bi} at byte {pos}, record {err_index}: {_REC_MESSAGES[rc]}")
@@ -530,10 +532,11 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
 
 
 def decode_table(const unsigned char[::1] buf, Py_ssize_t pos, Py_ssize_t end, int32_t count,
-                 int64_t base_offset, int64_t base_ts):
+                 int64_t base_offset, int64_t base_ts, int64_t append_time=-1):
     """Locate every record of an uncompressed records section buf[pos:end] → RECORD_DTYPE array.
 
     Positions in the table are relative to buf, so key i is buf[key_pos : key_pos + key_len].
+    append_time >= 0 (a LogAppendTime batch's max timestamp) is every record's timestamp, as in Kafka.
     """
     if pos < 0 or end > buf.shape[0] or pos > end or count < 0:
         raise ValueError("record section bounds are outside the buffer")
@@ -549,6 +552,8 @@ def decode_table(const unsigned char[::1] buf, Py_ssize_t pos, Py_ssize_t end, i
                            base_offset, &err_index)
     if rc != REC_OK:
         raise ValueError(f"record {err_index}: {_REC_MESSAGES[rc]}")
+    if append_time >= 0:
+        table["timestamp"] = append_time
     return table
 
 
@@ -572,13 +577,13 @@ cdef tuple _headers(const unsigned char* p, int32_t count):
 
 def records(object source, const unsigned char[::1] buf, Py_ssize_t pos, Py_ssize_t end, int32_t count,
             int64_t base_offset, int64_t base_ts, int64_t min_offset=0, bint copy=True,
-            int64_t max_offset=0x7FFFFFFFFFFFFFFF):
+            int64_t max_offset=0x7FFFFFFFFFFFFFFF, int64_t append_time=-1):
     """Record objects for the records of buf[pos:end] with min_offset <= offset < max_offset.
 
     copy=True gives bytes keys and values; copy=False gives memoryview slices of `source` (which must
     expose the same bytes as buf), so nothing is copied.
     """
-    table = decode_table(buf, pos, end, count, base_offset, base_ts)
+    table = decode_table(buf, pos, end, count, base_offset, base_ts, append_time)
     cdef RecordRow[::1] rows = table
     cdef list out = []
     cdef Py_ssize_t i

@@ -25,7 +25,8 @@ class TopicConfig:
     segment_bytes: int = 1 << 30
     """Roll to a new segment when the active one would exceed this size (Kafka: segment.bytes)."""
     segment_ms: int = 7 * DAY_MS
-    """Roll a non-empty active segment this long after its first append (segment.ms)."""
+    """Roll when an append's newest record timestamp is this much later than the active segment's
+    first batch (segment.ms; record time, as Kafka does, checked on append)."""
     retention_ms: int = 7 * DAY_MS
     """Delete sealed segments whose newest record is older than this; -1 keeps forever (retention.ms)."""
     retention_bytes: int = -1

@@ -27,7 +27,6 @@ from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError
                       UnknownTopicError)
 from ..storage.fs import FileSystem
 from .housekeeper import Housekeeper
-from .partitioner import Partitioner
 from .results import FetchResult, PartitionDescription, PartitionOffsets, ProduceResult, TopicDescription
 from .topic import Topic, partition_dir, validate_topic_name
 
@@ -51,7 +50,6 @@ class Engine:
         self._clock = clock
         self._lock = threading.RLock()
         self._topics: dict[str, Topic] = {}
-        self._partitioner = Partitioner()
         self._closed = False
         self._meta_dir = os.path.join(self.path, "meta", "topics")
         fs.makedirs(self._meta_dir)
@@ -226,7 +224,7 @@ class Engine:
             t.partition(partition)  # validates it
             groups = [(partition, None)]
         else:
-            groups = self._partitioner.split(len(t.partitions), keys)
+            groups = t.partitioner.split(len(t.partitions), keys)
         results = []
         for p, idx in groups:
             if idx is None:

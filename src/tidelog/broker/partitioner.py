@@ -2,8 +2,8 @@
 
 Keyed records: Kafka's default partitioner, (murmur2(key) & 0x7fffffff) % partitions, so a key maps to
 the same partition here, in our client and in any Kafka client. Keyless records: all records of one
-produce call go to one partition, the next call to the next (Kafka's sticky partitioning), so a call
-becomes one batch. Thread-safe.
+produce call go to one partition, and the topic's next call to the next (Kafka's sticky partitioning),
+so the keyless part of a call stays together. One Partitioner per topic; thread-safe.
 """
 
 from __future__ import annotations

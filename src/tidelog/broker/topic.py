@@ -11,9 +11,10 @@ import re
 from typing import Callable
 
 from ..config import TopicConfig
-from ..errors import InvalidPartitionError, InvalidTopicError
+from ..errors import CorruptLogError, InvalidPartitionError, InvalidTopicError
 from ..log.partition_log import PartitionLog
 from ..storage.fs import FileSystem
+from .partitioner import Partitioner
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 META_VERSION = 1
@@ -37,6 +38,7 @@ def partition_dir(data_dir: str, topic: str, partition: int) -> str:
 
 class Topic:
     def __init__(self, name: str, config: TopicConfig, partitions: list[PartitionLog], created_ms: int) -> None:
+        self.partitioner = Partitioner()
         self.name = name
         self.config = config
         self.partitions = partitions
@@ -68,6 +70,9 @@ class Topic:
     @classmethod
     def open(cls, fs: FileSystem, data_dir: str, meta: dict, fsync: str, clock: Callable[[], int],
              clean: bool) -> "Topic":
+        if meta.get("version") != META_VERSION:
+            raise CorruptLogError(f"topic metadata for {meta.get('name')!r} has version {meta.get('version')!r}; "
+                                  f"this tidelog reads version {META_VERSION}")
         config = TopicConfig(**meta["config"])
         name = meta["name"]
         logs = [PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean)

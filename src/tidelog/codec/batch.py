@@ -47,7 +47,7 @@ def build_batches(values: Sequence, keys: Sequence | None = None, headers: Seque
     codec = compression.codec_id(compression_name)
     try:
         batch = _encode(values, keys, headers, timestamps, timestamp, codec)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(str(exc)) from None
     if len(batch) <= max_batch_bytes:
         return [batch]
@@ -82,7 +82,7 @@ def build_batch(values: Sequence, keys: Sequence | None = None, headers: Sequenc
     codec = compression.codec_id(compression_name)
     try:
         return _encode(values, keys, headers, timestamps, timestamp, codec)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(str(exc)) from None
 
 
@@ -144,6 +144,11 @@ class BatchView:
         return compression.CODEC_NAMES.get(self.attributes & _rb.CODEC_MASK, "unknown")
 
     @property
+    def _append_time(self) -> int:
+        """For LogAppendTime batches every record's timestamp is the batch's max timestamp."""
+        return self.max_timestamp if self.attributes & _rb.TIMESTAMP_TYPE_MASK else -1
+
+    @property
     def raw(self) -> memoryview:
         """The batch's bytes, exactly as stored."""
         return memoryview(self.buffer)[self.pos:self.pos + self.size]
@@ -178,7 +183,8 @@ class BatchView:
         """One RECORD_DTYPE row per record (offsets, timestamps, key/value positions in `records_buffer`)."""
         buf, start, end = self._section()
         try:
-            return _rb.decode_table(buf, start, end, self.count, self.base_offset, self.first_timestamp)
+            return _rb.decode_table(buf, start, end, self.count, self.base_offset, self.first_timestamp,
+                                    self._append_time)
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
@@ -192,7 +198,7 @@ class BatchView:
         buf, start, end = self._section()
         try:
             return _rb.records(buf, buf, start, end, self.count, self.base_offset, self.first_timestamp,
-                               min_offset, copy, max_offset)
+                               min_offset, copy, max_offset, self._append_time)
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 

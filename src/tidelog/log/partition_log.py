@@ -132,12 +132,17 @@ class PartitionLog:
         """Seal the active segment (fsync, trim) and start a new one at base_offset (the log end)."""
         old = self._segments.active
         assert base_offset == old.next_offset, "a new segment starts where the last one ends"
-        new = Segment.create(self.fs, self.directory, base_offset, self.config)
+        # Seal (fsync) first: when a segment file exists, every older segment is durable, which is
+        # what recovery relies on when it has no recovery point.
         try:
             old.seal()
         except StorageError as exc:
-            new.delete()
             self._failed = exc
+            raise
+        try:
+            new = Segment.create(self.fs, self.directory, base_offset, self.config)
+        except StorageError:
+            old.activate()  # e.g. a full disk: keep appending to the old segment once space is back
             raise
         self._segments.add(new)
         self._offsets.advance_flushed(new.base_offset)
@@ -270,6 +275,7 @@ class PartitionLog:
             return 0
         for seg in self._segments.remove_oldest(n):
             seg.delete()
+        self.fs.fsync_dir(self.directory)
         self._offsets.advance_log_start(self._segments.first.base_offset)
         return n
 
@@ -304,6 +310,9 @@ class PartitionLog:
                     self._write_checkpoint(active, active.size, force=True)
                 for seg in self._segments:
                     seg.close(trim=clean)
+            if self._failed is not None:
+                raise StorageError(f"partition {self.directory} closed after a storage failure "
+                                   f"({self._failed.message}); the next open recovers it", path=self.directory)
 
     def delete_files(self) -> None:
         """Close and remove the partition's directory (topic deletion)."""

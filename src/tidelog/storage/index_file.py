@@ -81,7 +81,9 @@ class IndexFile:
 
     def close(self, trim: bool = False) -> None:
         if trim and not self.sealed:
+            # A clean stop trusts these entries on the next open: make them durable first.
             self._fs.truncate(self._fd, self.entries * self._entry, self.path)
+            self._fs.fsync(self._fd, self.path)
         if self._map is not None:
             try:
                 self._map.close()

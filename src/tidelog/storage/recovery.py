@@ -33,7 +33,8 @@ class RecoveryReport(NamedTuple):
 
     segments: int
     scanned_bytes: int
-    truncated_bytes: int
+    truncated_at: int
+    """Byte position in the segment where an invalid tail was cut, or -1."""
     deleted_segments: int
     rebuilt_indexes: int
     stop_reason: str
@@ -87,12 +88,13 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
     """Load every segment of a partition, recovering as needed; the last one is left active."""
     bases = list_segment_bases(fs, directory)
     if not bases:
-        return [Segment.create(fs, directory, 0, config)], RecoveryReport(1, 0, 0, 0, 0, "new")
+        return [Segment.create(fs, directory, 0, config)], RecoveryReport(1, 0, -1, 0, 0, "new")
     checkpoint = None if clean else read_checkpoint(fs, directory)
     if not clean and (checkpoint is None or checkpoint[0] not in bases):
         checkpoint = (bases[-1], 0)  # sealed segments were fsynced when they were sealed
     segments: list[Segment] = []
-    scanned = truncated = rebuilt = 0
+    scanned = rebuilt = 0
+    truncated = -1
     reason = "clean" if clean else "recovered"
     for i, base in enumerate(bases):
         seg = Segment.load(fs, directory, base, config)
@@ -109,11 +111,10 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
             scanned += result.end_pos - start
             rebuilt += 1
             if result.reason not in (batch_scan.END, batch_scan.ZERO):
-                cut = seg.file_size - result.end_pos
                 reason = batch_scan.STOP_NAMES[result.reason]
-                log.warning("%s: %s at byte %d of segment %d; cut %d bytes and %d later segment(s)",
-                            directory, reason, result.end_pos, base, cut, len(bases) - i - 1)
-                truncated += cut
+                log.warning("%s: %s at byte %d of segment %d; the log is cut there and %d later "
+                            "segment(s) removed", directory, reason, result.end_pos, base, len(bases) - i - 1)
+                truncated = result.end_pos
                 segments.append(seg)
                 _delete_from(fs, directory, bases[i + 1:])
                 return _finish(segments, scanned, truncated, len(bases) - i - 1, rebuilt, reason)

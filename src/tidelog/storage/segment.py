@@ -86,6 +86,7 @@ class Segment:
     def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig) -> "Segment":
         seg = cls(fs, directory, base_offset, config, create=True)
         seg._map_file(config.segment_bytes)
+        fs.fsync_dir(directory)  # the new files' names must survive a crash with the data in them
         return seg
 
     @classmethod
