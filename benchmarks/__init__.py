@@ -1,0 +1,1 @@
+"""tidelog benchmark scripts (run them as modules, e.g. `python -m benchmarks.embedded`); not tests."""
