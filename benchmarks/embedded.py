@@ -565,6 +565,7 @@ def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
         tidelog_produce(eng, pool, size, n_batches, big)
         conn = sqlite_open(os.path.join(s_dir, "bench.db"))
         sqlite_insert(conn, rows_pool, size, n_batches, big)
+        del rows_pool  # ~10^5 GC-tracked tuples would otherwise tax every reader's garbage collections
         naive_path = os.path.join(n_dir, "bench.log")
         naive_write(naive_path, pool, size, n_batches, big, "join")
         expect = n_batches * BATCH
