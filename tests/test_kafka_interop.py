@@ -313,10 +313,6 @@ def test_log_append_time_batch_appended_to_the_engine_is_fetched_with_the_append
         assert [r.timestamp for r in fetched.records()] == [1_800_000_000_000] * len(SAMPLE)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BatchView passes append_time=-1 as the 'not LogAppendTime' sentinel, so a LogAppendTime batch "
-    "whose max timestamp is negative (e.g. -1, Kafka's NO_TIMESTAMP) decodes per-record create "
-    "times, while Kafka/kafka-python give every record the max timestamp whatever its value"))
 @pytest.mark.parametrize("append_time", [-1, -1000])
 def test_log_append_time_applies_even_when_the_max_timestamp_is_negative(append_time):
     raw = _log_append_time_batch(SAMPLE, append_time)

@@ -93,7 +93,9 @@ class FetchResult:
         return out
 
     def __iter__(self) -> Iterator[Record]:
-        return iter(self.records())
+        # Batch by batch: a large fetch never holds all of its Record objects at once.
+        for batch in self.batches():
+            yield from batch.records(self.offset, self.copy)
 
     def __bool__(self) -> bool:
         return len(self.data) > 0

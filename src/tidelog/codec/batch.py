@@ -98,8 +98,8 @@ def validate(data, max_batch_bytes: int = 0) -> list[BatchInfo]:
         raise RecordTooLargeError(str(exc), limit=max_batch_bytes) from None
     except ValueError as exc:
         raise CorruptBatchError(str(exc)) from None
-    except TypeError as exc:
-        raise InvalidRequestError(f"batch data must be bytes-like: {exc}") from None
+    except (TypeError, BufferError) as exc:
+        raise InvalidRequestError(f"batch data must be contiguous bytes-like: {exc}") from None
     return [BatchInfo(*i) for i in infos]
 
 
@@ -144,9 +144,9 @@ class BatchView:
         return compression.CODEC_NAMES.get(self.attributes & _rb.CODEC_MASK, "unknown")
 
     @property
-    def _append_time(self) -> int:
-        """For LogAppendTime batches every record's timestamp is the batch's max timestamp."""
-        return self.max_timestamp if self.attributes & _rb.TIMESTAMP_TYPE_MASK else -1
+    def log_append_time(self) -> bool:
+        """In a LogAppendTime batch every record's timestamp is the batch's max timestamp."""
+        return bool(self.attributes & _rb.TIMESTAMP_TYPE_MASK)
 
     @property
     def raw(self) -> memoryview:
@@ -184,7 +184,7 @@ class BatchView:
         buf, start, end = self._section()
         try:
             return _rb.decode_table(buf, start, end, self.count, self.base_offset, self.first_timestamp,
-                                    self._append_time)
+                                    self.log_append_time, self.max_timestamp)
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
@@ -198,7 +198,7 @@ class BatchView:
         buf, start, end = self._section()
         try:
             return _rb.records(buf, buf, start, end, self.count, self.base_offset, self.first_timestamp,
-                               min_offset, copy, max_offset, self._append_time)
+                               min_offset, copy, max_offset, self.log_append_time, self.max_timestamp)
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
