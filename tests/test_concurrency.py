@@ -1,0 +1,115 @@
+"""Thread safety: producers and readers at once, on the same and on different partitions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tidelog import Engine
+
+PER_THREAD = 300
+
+
+def run_threads(targets):
+    errors = []
+
+    def guard(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # surfaced in the main thread below
+                errors.append(exc)
+        return run
+
+    threads = [threading.Thread(target=guard(t)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("fsync", ["never", "always"])
+def test_producers_on_one_partition_keep_each_producers_order_and_lose_nothing(data_dir, fsync):
+    with Engine.open(data_dir, fsync=fsync) as eng:
+        eng.create_topic("t", segment_bytes=64 * 1024)
+
+        def producer(tid):
+            def run():
+                for seq in range(PER_THREAD):
+                    eng.produce("t", [b"%d:%d" % (tid, seq)] * (1 + seq % 3), partition=0)
+            return run
+
+        run_threads([producer(t) for t in range(4)])
+        offset, seen = 0, {t: [] for t in range(4)}
+        while True:
+            r = eng.fetch("t", 0, offset, max_bytes=1 << 20)
+            if not r:
+                break
+            for rec in r:
+                assert rec.offset == offset
+                tid, seq = map(int, rec.value.split(b":"))
+                seen[tid].append(seq)
+                offset += 1
+        for tid in range(4):
+            expected = [s for s in range(PER_THREAD) for _ in range(1 + s % 3)]
+            assert seen[tid] == expected
+
+
+def test_readers_tailing_partitions_never_see_a_partial_batch(data_dir):
+    with Engine.open(data_dir, fsync="never") as eng:
+        eng.create_topic("t", partitions=4, segment_bytes=32 * 1024)
+        done = threading.Event()
+
+        def producer(p):
+            def run():
+                try:
+                    for seq in range(PER_THREAD):
+                        eng.produce("t", [b"p%d-%d-" % (p, seq) + b"x" * (seq % 200)] * 5, partition=p)
+                finally:
+                    done.set()
+            return run
+
+        def reader(p):
+            def run():
+                offset = 0
+                while offset < PER_THREAD * 5:
+                    r = eng.fetch("t", p, offset, max_bytes=4096, max_wait_ms=200)
+                    expect = offset
+                    for batch in r.batches():
+                        assert batch.crc_ok()
+                        assert batch.base_offset <= expect <= batch.last_offset
+                        expect = batch.last_offset + 1
+                    for rec in r:
+                        assert rec.offset == offset
+                        seq = offset // 5
+                        assert rec.value == b"p%d-%d-" % (p, seq) + b"x" * (seq % 200)
+                        offset += 1
+                    if not r and done.is_set() and eng.list_offsets("t", p).high_watermark == offset:
+                        break
+                assert offset == PER_THREAD * 5
+            return run
+
+        run_threads([producer(p) for p in range(4)] + [reader(p) for p in range(4)])
+
+
+def test_topic_admin_while_producing_elsewhere(data_dir):
+    with Engine.open(data_dir) as eng:
+        eng.create_topic("busy")
+
+        def producer():
+            for i in range(PER_THREAD):
+                eng.produce("busy", [b"x"])
+
+        def admin():
+            for i in range(30):
+                eng.create_topic(f"tmp{i}", partitions=2)
+                eng.produce(f"tmp{i}", [b"y"])
+                eng.delete_topic(f"tmp{i}")
+
+        run_threads([producer, admin])
+        assert eng.list_topics() == ["busy"]
+        assert eng.list_offsets("busy", 0).log_end == PER_THREAD

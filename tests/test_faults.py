@@ -1,0 +1,157 @@
+"""Storage faults through the file-system seam: full disk, failing fsync, and group commit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from tidelog import Engine
+from tidelog.errors import DiskFullError, StorageError
+from tidelog.storage.fs import FileSystem
+
+
+class FaultyFS(FileSystem):
+    """Fails writes or fsyncs on demand; counts fsyncs of segment logs."""
+
+    def __init__(self) -> None:
+        self.disk_full = False
+        self.fail_fsync = False
+        self.fsync_delay_s = 0.0
+        self.log_fsyncs = 0
+        self._lock = threading.Lock()
+
+    def pwritev(self, fd, buffers, offset, path=""):
+        if self.disk_full:
+            # tear the write: half of it lands, then the disk is full
+            data = b"".join(bytes(b) for b in buffers)
+            super().pwritev(fd, [data[: len(data) // 2]], offset, path)
+            raise DiskFullError(f"no space left on device while writing {path}", path=path)
+        return super().pwritev(fd, buffers, offset, path)
+
+    def open(self, path, create=False):
+        if self.disk_full and create:
+            raise DiskFullError(f"no space left on device while opening {path}", path=path)
+        return super().open(path, create)
+
+    def fsync(self, fd, path=""):
+        if path.endswith(".log"):
+            with self._lock:
+                self.log_fsyncs += 1
+            if self.fsync_delay_s:
+                time.sleep(self.fsync_delay_s)  # a slow disk, so that producers overlap an fsync
+            if self.fail_fsync:
+                raise StorageError(f"syncing {path} failed: Input/output error", path=path)
+        return super().fsync(fd, path)
+
+
+def values_of(eng, topic="t", partition=0):
+    out, offset = [], 0
+    while True:
+        result = eng.fetch(topic, partition, offset, max_bytes=1 << 24)
+        if not result:
+            return out
+        out += [r.value for r in result]
+        offset = result.next_offset
+
+
+def test_disk_full_fails_the_produce_and_leaves_the_log_consistent(data_dir):
+    fs = FaultyFS()
+    with Engine.open(data_dir, fs=fs) as eng:
+        eng.create_topic("t")
+        eng.produce("t", [b"a", b"b"])
+        fs.disk_full = True
+        with pytest.raises(DiskFullError):
+            eng.produce("t", [b"c" * 1000] * 10)
+        assert eng.list_offsets("t", 0).log_end == 2
+        assert values_of(eng) == [b"a", b"b"]
+        fs.disk_full = False  # space freed
+        assert eng.produce("t", [b"d"])[0].base_offset == 2
+        assert values_of(eng) == [b"a", b"b", b"d"]
+    with Engine.open(data_dir) as eng:
+        assert values_of(eng) == [b"a", b"b", b"d"]
+
+
+def test_disk_full_while_rolling_keeps_appending_to_the_old_segment_once_space_returns(data_dir):
+    fs = FaultyFS()
+    with Engine.open(data_dir, fs=fs) as eng:
+        eng.create_topic("t", segment_bytes=4096)
+        while len([f for f in os.listdir(os.path.join(data_dir, "t-0")) if f.endswith(".log")]) < 2:
+            eng.produce("t", [b"x" * 500])
+        written = eng.list_offsets("t", 0).log_end
+        fs.disk_full = True
+        with pytest.raises(DiskFullError):
+            for _ in range(20):  # until a roll needs a new segment file
+                eng.produce("t", [b"y" * 500])
+        assert values_of(eng)[:written] == [b"x" * 500] * written
+        fs.disk_full = False
+        before = eng.list_offsets("t", 0).log_end
+        for _ in range(10):
+            eng.produce("t", [b"z" * 500])
+        assert eng.list_offsets("t", 0).log_end == before + 10
+        assert values_of(eng)[-10:] == [b"z" * 500] * 10
+
+
+def test_after_a_failed_fsync_the_partition_refuses_writes_and_the_next_open_recovers(tmp_path):
+    data_dir = str(tmp_path / "d")
+    fs = FaultyFS()
+    eng = Engine.open(data_dir, fs=fs, fsync="always")
+    eng.create_topic("t")
+    eng.produce("t", [b"durable"])
+    fs.fail_fsync = True
+    with pytest.raises(StorageError):
+        eng.produce("t", [b"not acknowledged"])
+    fs.fail_fsync = False
+    with pytest.raises(StorageError, match="refuses writes"):
+        eng.produce("t", [b"refused"])
+    assert values_of(eng) == [b"durable"]  # the unacknowledged record is not visible either
+    eng.close()
+    assert not os.path.exists(os.path.join(data_dir, ".clean_shutdown"))
+    with Engine.open(data_dir) as again:
+        assert not again.clean_start
+        assert values_of(again)[0] == b"durable"
+        again.produce("t", [b"works again"])
+
+
+def test_concurrent_producers_share_fsyncs_under_always(data_dir):
+    fs = FaultyFS()
+    with Engine.open(data_dir, fs=fs, fsync="always") as eng:
+        eng.create_topic("t")
+        fs.fsync_delay_s = 0.005
+        fs.log_fsyncs = 0
+        produced = []
+
+        def producer(tid):
+            for seq in range(25):
+                res = eng.produce("t", [b"%d-%d" % (tid, seq)], partition=0)[0]
+                # acknowledged under "always" means already fsynced
+                assert eng.list_offsets("t", 0).flushed > res.last_offset
+                produced.append(res)
+
+        threads = [threading.Thread(target=producer, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(produced) == 200
+        assert fs.log_fsyncs < len(produced) / 2, f"{fs.log_fsyncs} fsyncs for {len(produced)} produces"
+
+
+def test_a_snapshot_taken_during_disk_full_recovers_to_the_acknowledged_records(tmp_path):
+    data_dir = str(tmp_path / "d")
+    fs = FaultyFS()
+    eng = Engine.open(data_dir, fs=fs)
+    eng.create_topic("t", segment_bytes=1 << 16)
+    eng.produce("t", [b"a"] * 3)
+    fs.disk_full = True
+    with pytest.raises(DiskFullError):
+        eng.produce("t", [b"b" * 100] * 30)  # half of this batch lands on disk: a torn write
+    snap = str(tmp_path / "snap")
+    shutil.copytree(data_dir, snap)
+    fs.disk_full = False
+    eng.close()
+    with Engine.open(snap) as crashed:
+        assert values_of(crashed) == [b"a"] * 3
