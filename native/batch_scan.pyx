@@ -5,7 +5,7 @@ Pure functions over buffers, run without the GIL. They read batch headers (and, 
 the CRC-32C of the whole batch); they never look inside records.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint32_t
 
 from wire cimport *
 
@@ -33,7 +33,10 @@ COL_SIZE = 1
 COL_BASE_OFFSET = 2
 COL_LAST_OFFSET = 3
 COL_MAX_TIMESTAMP = 4
-N_COLS = 5
+COL_PRODUCER_ID = 5
+COL_PRODUCER_EPOCH = 6
+COL_BASE_SEQUENCE = 7
+N_COLS = 8
 
 
 cdef bint _all_zero(const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -97,6 +100,9 @@ def scan_batches(const unsigned char[::1] buf, Py_ssize_t start, Py_ssize_t end,
             out[rows, 2] = bo
             out[rows, 3] = bo + lod
             out[rows, 4] = <int64_t>tl_ld64(p + OFF_MAX_TIMESTAMP)
+            out[rows, 5] = <int64_t>tl_ld64(p + OFF_PRODUCER_ID)
+            out[rows, 6] = <int16_t>tl_ld16(p + OFF_PRODUCER_EPOCH)
+            out[rows, 7] = <int32_t>tl_ld32(p + OFF_BASE_SEQUENCE)
             rows += 1
             if expected_offset >= 0:
                 expected_offset = bo + lod + 1

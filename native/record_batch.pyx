@@ -457,7 +457,8 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
 
     Sizes, magic, CRC-32C, codec, record count, offset deltas and every record's lengths. Compressed
     batches are checked inside too when `decompress(codec, payload_view) -> bytes` is given.
-    Returns a list of (pos, size, count, first_ts, max_ts, attributes), one per batch.
+    Returns a list of (pos, size, count, first_ts, max_ts, attributes, producer_id, producer_epoch,
+    base_sequence), one per batch.
     """
     cdef Py_ssize_t n = buf.shape[0]
     cdef Py_ssize_t pos = 0, size, bi = 0, err_index = 0
@@ -529,7 +530,8 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
             rc = REC_TIMESTAMP
         if rc != REC_OK:
             raise ValueError(f"batch {bi} at byte {pos}, record {err_index}: {_REC_MESSAGES[rc]}")
-        out.append((pos, size, count, first_ts, max_ts, attrs))
+        out.append((pos, size, count, first_ts, max_ts, attrs, <int64_t>tl_ld64(p + OFF_PRODUCER_ID),
+                    <int16_t>tl_ld16(p + OFF_PRODUCER_EPOCH), <int32_t>tl_ld32(p + OFF_BASE_SEQUENCE)))
         pos += size
         bi += 1
     return out

@@ -237,7 +237,7 @@ def _with_base(batch: bytes, base_offset: int) -> bytes:
 def _segment(counts, bases=None, first_ts=1_000):
     """Concatenated batches with `counts[i]` records each; consecutive offsets unless bases given.
 
-    Returns (buffer, [(pos, size, base, last, max_ts)]).
+    Returns (buffer, [(pos, size, base, last, max_ts, producer_id, producer_epoch, base_sequence)]).
     """
     batches, rows, pos, base = [], [], 0, 0
     for i, n in enumerate(counts):
@@ -245,7 +245,7 @@ def _segment(counts, bases=None, first_ts=1_000):
         ts = [first_ts + 100 * i + j for j in range(n)]
         raw = _with_base(build_batch([b"v%d-%d" % (i, j) for j in range(n)], timestamps=ts, timestamp=0), b)
         batches.append(raw)
-        rows.append((pos, len(raw), b, b + n - 1, max(ts)))
+        rows.append((pos, len(raw), b, b + n - 1, max(ts), -1, -1, -1))
         pos += len(raw)
         base = b + n
     return b"".join(batches), rows
@@ -264,8 +264,9 @@ def test_scan_reads_every_batch_of_a_clean_buffer_and_stops_at_end():
     assert (n, stop, reason, nxt) == (4, len(buf), batch_scan.END, 11)
     assert got == rows
     cols = (batch_scan.COL_POS, batch_scan.COL_SIZE, batch_scan.COL_BASE_OFFSET, batch_scan.COL_LAST_OFFSET,
-            batch_scan.COL_MAX_TIMESTAMP)
-    assert cols == (0, 1, 2, 3, 4) and batch_scan.N_COLS == 5
+            batch_scan.COL_MAX_TIMESTAMP, batch_scan.COL_PRODUCER_ID, batch_scan.COL_PRODUCER_EPOCH,
+            batch_scan.COL_BASE_SEQUENCE)
+    assert cols == (0, 1, 2, 3, 4, 5, 6, 7) and batch_scan.N_COLS == 8
 
 
 @pytest.mark.parametrize("zeros", [1, 12, HS - 1, HS, 4096])
@@ -402,7 +403,7 @@ def test_scan_of_any_prefix_stops_at_the_last_whole_batch(counts, data):
 
 def test_find_batch_returns_the_batch_holding_each_offset():
     buf, rows = _segment([1, 3, 2, 4])
-    for pos, _size, base, last, _ts in rows:
+    for pos, _size, base, last, _ts, *_producer in rows:
         for target in range(base, last + 1):
             assert batch_scan.find_batch(buf, 0, len(buf), target) == (pos, base, last)
     assert batch_scan.find_batch(buf, 0, len(buf), rows[-1][3] + 1) == (-1, -1, -1)

@@ -77,6 +77,24 @@ class RecordTooLargeError(TidelogError):
     code = 10
 
 
+class OutOfOrderSequenceError(TidelogError):
+    """An idempotent producer's batch does not follow its previous one (a gap in sequence numbers)."""
+
+    code = 45
+
+
+class DuplicateSequenceError(TidelogError):
+    """An idempotent producer resent a batch older than the broker still remembers."""
+
+    code = 46
+
+
+class InvalidProducerEpochError(TidelogError):
+    """A batch comes from an older epoch of a producer that has since restarted (a zombie)."""
+
+    code = 47
+
+
 class InvalidRequestError(TidelogError):
     """An argument is invalid (wrong type, wrong length, impossible value)."""
 
@@ -138,7 +156,8 @@ ALL_ERRORS: tuple[type[TidelogError], ...] = (
     TidelogError, UnknownTopicError, TopicExistsError, InvalidTopicError, InvalidPartitionError,
     OffsetOutOfRangeError, CorruptBatchError, RecordTooLargeError, InvalidRequestError,
     InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError,
-    CorruptLogError, DataDirLockedError, EngineClosedError,
+    CorruptLogError, DataDirLockedError, EngineClosedError, OutOfOrderSequenceError,
+    DuplicateSequenceError, InvalidProducerEpochError,
 )
 
 BY_CODE: dict[int, type[TidelogError]] = {cls.code: cls for cls in ALL_ERRORS}

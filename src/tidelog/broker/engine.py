@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
 from ..log.partition_log import PartitionLog
-from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, TopicExistsError,
-                      UnknownTopicError)
+from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, TidelogError,
+                      TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem
 from .housekeeper import Housekeeper
 from .results import FetchResult, PartitionDescription, PartitionOffsets, ProduceResult, TopicDescription
@@ -238,7 +238,7 @@ class Engine:
             batches = batch_codec.build_batches(part_values, part_keys, part_headers, part_ts, timestamp=now,
                                                 compression_name=t.config.compression,
                                                 max_batch_bytes=t.config.max_batch_bytes)
-            chunks = [(b, [batch_codec.BatchInfo(0, len(b), *_counts(b))]) for b in batches]
+            chunks = [(b, [_info(b)]) for b in batches]
             first, last = t.partition(p).append(chunks)
             results.append(ProduceResult(topic, p, first, last))
         return results
@@ -254,6 +254,36 @@ class Engine:
         infos = batch_codec.validate(data, t.config.max_batch_bytes)
         first, last = plog.append([(data, infos)])
         return ProduceResult(topic, partition, first, last)
+
+    def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
+        """Append several pre-encoded requests, in order, sharing fsyncs (one per partition).
+
+        Returns, per request, its ProduceResult or the TidelogError that refused it (a refused
+        request appends nothing and does not stop the others).
+        """
+        results: list[ProduceResult | TidelogError] = []
+        pending: dict[int, tuple[PartitionLog, int]] = {}
+        for topic, partition, data in requests:
+            try:
+                t = self._topic(topic)
+                plog = t.partition(partition)
+                infos = batch_codec.validate(data, t.config.max_batch_bytes)
+                first, last = plog.append([(data, infos)], sync=False)
+                pending[id(plog)] = (plog, max(last + 1, pending.get(id(plog), (plog, 0))[1]))
+                results.append(ProduceResult(topic, partition, first, last))
+            except TidelogError as exc:
+                results.append(exc)
+        if self.config.fsync == "always":
+            for plog, upto in pending.values():
+                try:
+                    plog.sync(upto)
+                except TidelogError as exc:  # nothing on this partition is acknowledged
+                    results = [exc if isinstance(r, ProduceResult) and self._topic_partition(r) is plog else r
+                               for r in results]
+        return results
+
+    def _topic_partition(self, result: ProduceResult) -> PartitionLog:
+        return self._topic(result.topic).partition(result.partition)
 
     # -- fetch and offsets -----------------------------------------------------------------------------
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20, *,
@@ -352,7 +382,8 @@ class Engine:
         return self._closed
 
 
-def _counts(batch: bytes) -> tuple[int, int, int, int]:
-    """(record count, first timestamp, max timestamp, attributes) from a batch we just built."""
+def _info(batch: bytes) -> batch_codec.BatchInfo:
+    """What the log needs to know of a batch the engine just built (no producer id: not idempotent)."""
     view = batch_codec.BatchView(batch)
-    return view.count, view.first_timestamp, view.max_timestamp, view.attributes
+    return batch_codec.BatchInfo(0, len(batch), view.count, view.first_timestamp, view.max_timestamp,
+                                 view.attributes)

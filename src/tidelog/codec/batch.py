@@ -34,6 +34,9 @@ class BatchInfo(NamedTuple):
     first_timestamp: int
     max_timestamp: int
     attributes: int
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
 
 
 def build_batches(values: Sequence, keys: Sequence | None = None, headers: Sequence | None = None,

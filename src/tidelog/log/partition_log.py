@@ -19,12 +19,13 @@ import numpy as np
 from .._native import batch_scan
 from ..codec.batch import BatchInfo, BatchView, base_offset_header
 from ..config import EngineConfig, TopicConfig
-from ..errors import EngineClosedError, OffsetOutOfRangeError, StorageError
+from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, StorageError
 from ..storage import recovery, retention
 from ..storage.fs import FileSystem
 from ..storage.segment import AppendedBatch, Segment
 from ..storage.segment_set import SegmentSet
 from .offsets import Offsets
+from .producer_state import STATE_WINDOW_BYTES, ProducerState
 
 CHECKPOINT_EVERY_S = 1.0
 
@@ -68,34 +69,57 @@ class PartitionLog:
         # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
         self._segments.active.flush()
         self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
+        self._producers = ProducerState()
+        active = self._segments.active
+        active.scan(active.index.floor_position(active.size - STATE_WINDOW_BYTES), verify=False,
+                    expected_offset=-1, stop=active.size, on_batches=self._producers.load)
         self._visible = (self._segments.active, self._segments.active.size)
         if not clean:
             self._write_checkpoint(self._segments.active, self._segments.active.size, force=True)
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]]) -> tuple[int, int]:
+    def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:
         """Append validated batches verbatim, assigning offsets; returns (first offset, last offset).
 
         chunks: (buffer, batch infos in that buffer). Returns once the data is acknowledged under the
-        fsync policy (after the fsync under "always").
+        fsync policy (after the fsync under "always"), unless sync=False: then the caller calls
+        `sync(last + 1)` before acknowledging (to share one fsync among several appends).
         """
         with self._lock:
             self._check_writable()
             first = next_offset = self._offsets.log_end
             iov: list = []
             batches: list[AppendedBatch] = []
+            idempotent: list[tuple[BatchInfo, int, int]] = []
+            retried: list = []
+            pending: dict[int, int] = {}
             nbytes = 0
             for data, infos in chunks:
                 view = memoryview(data)
                 for info in infos:
+                    if info.producer_id >= 0:
+                        original = self._producers.check(info.producer_id, info.producer_epoch,
+                                                         info.base_sequence, info.count, pending)
+                        if original is not None:
+                            retried.append(original)
+                            continue
+                        idempotent.append((info, next_offset, next_offset + info.count - 1))
                     last = next_offset + info.count - 1
                     batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
                     iov.append(base_offset_header(next_offset))
                     iov.append(view[info.pos + 8:info.pos + info.size])
                     nbytes += info.size
                     next_offset = last + 1
-            self._write(iov, batches, nbytes)
-        if self.fsync_policy == "always":
+            if retried and batches:
+                raise InvalidRequestError("an append mixes retried and new batches of idempotent producers")
+            if retried:  # written before, its ack was lost: answer with the original offsets
+                first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
+            else:
+                self._write(iov, batches, nbytes)
+            for info, base, last in idempotent:
+                self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence,
+                                       info.count, base, last)
+        if sync and self.fsync_policy == "always":
             self.sync(next_offset)
         return first, next_offset - 1
 

@@ -26,6 +26,14 @@ class OffsetIndex(IndexFile):
         i = int(np.searchsorted(entries["rel"], rel_offset, side="right")) - 1
         return int(entries["pos"][i]) if i >= 0 else 0
 
+    def floor_position(self, pos: int) -> int:
+        """Position of the last indexed batch starting at or before pos (0 if none)."""
+        entries = self.view()
+        if len(entries) == 0:
+            return 0
+        i = int(np.searchsorted(entries["pos"], pos, side="right")) - 1
+        return int(entries["pos"][i]) if i >= 0 else 0
+
     def last(self) -> tuple[int, int]:
         """(relative offset, position) of the last entry, or (-1, 0) when empty."""
         entries = self.view()
