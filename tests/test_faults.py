@@ -137,7 +137,8 @@ def test_concurrent_producers_share_fsyncs_under_always(data_dir):
         for t in threads:
             t.join()
         assert len(produced) == 200
-        assert fs.log_fsyncs < len(produced) / 2, f"{fs.log_fsyncs} fsyncs for {len(produced)} produces"
+        # without sharing there would be one fsync per produce
+        assert fs.log_fsyncs < 0.75 * len(produced), f"{fs.log_fsyncs} fsyncs for {len(produced)} produces"
 
 
 def test_a_snapshot_taken_during_disk_full_recovers_to_the_acknowledged_records(tmp_path):
