@@ -1,17 +1,236 @@
 """The `tidelog` command line: argument parsing and wiring, nothing else.
 
-Exit codes: 0 success, 1 the operation failed (a tidelog error, one line on stderr), 2 bad usage.
+Exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage (argparse).
+Server settings come from flags, then TIDELOG_* environment variables, then a TOML file (--config),
+then the defaults (config.ServerConfig).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
 from . import __version__
 from .errors import TidelogError
 
+ENV_SETTINGS = {"TIDELOG_HOST": "host", "TIDELOG_PORT": "port", "TIDELOG_DATA_DIR": "data_dir"}
+ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
+
+
+class UsageError(Exception):
+    """Bad input on the command line or in the config file: exit code 2."""
+
+
+# -- serve -------------------------------------------------------------------------------------------
+
+def load_server_config(args: argparse.Namespace):
+    from .config import ServerConfig
+
+    settings: dict = {}
+    path = args.config or os.environ.get("TIDELOG_CONFIG")
+    if path:
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            with open(path, "rb") as f:
+                settings = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read config file {path}: {exc}") from None
+    engine = dict(settings.pop("engine", {}))
+    for env, name in ENV_SETTINGS.items():
+        if env in os.environ:
+            settings[name] = int(os.environ[env]) if name == "port" else os.environ[env]
+    for env, name in ENV_ENGINE_SETTINGS.items():
+        if env in os.environ:
+            engine[name] = os.environ[env]
+    for name in ("host", "port", "data_dir"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.fsync is not None:
+        engine["fsync"] = args.fsync
+    return ServerConfig(engine=engine, **settings) if engine else ServerConfig(**settings)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .server.app import serve
+    from .tuning import tune_malloc
+
+    config = load_server_config(args)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    tune_malloc()
+    asyncio.run(serve(config, ready=lambda port: print(f"tidelog serving on {config.host}:{port}",
+                                                      file=sys.stderr, flush=True)))
+    return 0
+
+
+# -- topics ------------------------------------------------------------------------------------------
+
+def _admin(args):
+    from .client import Admin
+
+    return Admin(args.server)
+
+
+def _topics_create(args) -> int:
+    config = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set takes NAME=VALUE, got {item!r}")
+        config[name] = value
+    with _admin(args) as admin:
+        desc = admin.create_topic(args.topic, args.partitions, **config)
+    print(f"created topic {desc.name} with {len(desc.partitions)} partition(s)")
+    return 0
+
+
+def _topics_list(args) -> int:
+    with _admin(args) as admin:
+        for name in admin.list_topics():
+            print(name)
+    return 0
+
+
+def _topics_describe(args) -> int:
+    with _admin(args) as admin:
+        desc = admin.describe(args.topic)
+    if args.format == "json":
+        print(json.dumps({**desc, "partitions": [p._asdict() for p in desc["partitions"]]}, indent=2))
+        return 0
+    print(f"topic {desc['name']}  partitions {len(desc['partitions'])}")
+    print("  " + "  ".join(f"{k}={v}" for k, v in sorted(desc["config"].items())))
+    print(f"  {'partition':>9} {'start':>12} {'end':>12} {'high_wm':>12} {'bytes':>14} {'segments':>8}")
+    for p in desc["partitions"]:
+        print(f"  {p.partition:>9} {p.log_start:>12} {p.log_end:>12} {p.high_watermark:>12} "
+              f"{p.size_bytes:>14} {p.segments:>8}")
+    return 0
+
+
+def _topics_delete(args) -> int:
+    with _admin(args) as admin:
+        admin.delete_topic(args.topic)
+    print(f"deleted topic {args.topic}")
+    return 0
+
+
+# -- produce / consume -------------------------------------------------------------------------------
+
+def _produce(args) -> int:
+    from tqdm import tqdm
+
+    from .client import Producer
+
+    delimiter = args.delimiter.encode()
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer
+    sent = 0
+    failures: list[BaseException] = []
+
+    def check(future):
+        if future.exception() is not None and not failures:
+            failures.append(future.exception())
+
+    progress = tqdm(unit=" records", file=sys.stderr, disable=not sys.stderr.isatty() or args.quiet)
+    with Producer(args.server, linger_ms=args.linger_ms, batch_bytes=args.batch_bytes,
+                  compression=args.compression) as producer:
+        for line in source:
+            line = line.rstrip(b"\r\n")
+            key = None
+            if args.key_field is not None:
+                fields = line.split(delimiter)
+                if args.key_field > len(fields):
+                    raise UsageError(f"line {sent + 1} has {len(fields)} field(s); --key-field is {args.key_field}")
+                key = fields[args.key_field - 1]
+            producer.send(args.topic, line, key=key, partition=args.partition).add_done_callback(check)
+            sent += 1
+            progress.update(1)
+            if failures:
+                break
+        producer.flush()
+    progress.close()
+    if args.file:
+        source.close()
+    if failures:
+        raise failures[0]
+    if not args.quiet:
+        print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _format_record(rec, partition: int, fmt: str) -> str:
+    def text(b):
+        return None if b is None else bytes(b).decode("utf-8", "replace")
+
+    if fmt == "json":
+        return json.dumps({"partition": partition, "offset": rec.offset, "timestamp": rec.timestamp,
+                           "key": text(rec.key), "value": text(rec.value),
+                           "headers": {k: text(v) for k, v in rec.headers}})
+    if fmt == "value":
+        return text(rec.value) or ""
+    return f"{partition}\t{rec.offset}\t{text(rec.key) or ''}\t{text(rec.value) or ''}"
+
+
+def _consume(args) -> int:
+    from .client import Consumer
+
+    with _admin(args) as admin:
+        partitions = [args.partition] if args.partition is not None else list(range(admin.partitions(args.topic)))
+    if args.offset is not None:
+        start = args.offset
+    else:
+        start = "earliest" if args.from_beginning else "latest"
+    consumers = [Consumer(args.server, args.topic, p, start) for p in partitions]
+    shown = 0
+    idle_since = time.monotonic()
+    try:
+        while args.max is None or shown < args.max:
+            got = False
+            for p, consumer in zip(partitions, consumers):
+                for rec in consumer.poll(0.05 if len(consumers) > 1 else 0.2):
+                    print(_format_record(rec, p, args.format), flush=False)
+                    shown += 1
+                    got = True
+                    if args.max is not None and shown >= args.max:
+                        break
+                if args.max is not None and shown >= args.max:
+                    break
+            sys.stdout.flush()
+            if got:
+                idle_since = time.monotonic()
+            elif args.timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= args.timeout_ms:
+                break
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    return 0
+
+
+def _health(args) -> int:
+    """Ask the broker's gRPC health service; exit 0 when it is SERVING (container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.server) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
+                                                               timeout=args.timeout_s)
+        except grpc.RpcError as err:
+            print(f"tidelog: error: health check of {args.server} failed: {err.code().name}", file=sys.stderr)
+            return 1
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(state)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+# -- demo --------------------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
     """Open the embedded engine on a local directory, write a few records and read them back."""
@@ -25,13 +244,11 @@ def _demo(args: argparse.Namespace) -> int:
         for res in engine.produce(args.topic, values, keys=keys):
             print(f"produced {res.count} record(s) to {res.topic}[{res.partition}] at offsets "
                   f"{res.base_offset}..{res.last_offset}")
-        for part in engine.describe(args.topic).partitions:
-            start = max(part.high_watermark - 2, part.log_start)
-            for rec in engine.fetch(args.topic, part.partition, start):
-                print(f"  {args.topic}[{part.partition}] offset {rec.offset}: key={rec.key!r} value={rec.value!r}")
         print(f"data directory: {engine.path}")
     return 0
 
+
+# -- parser ------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-like partitioned commit log.")
@@ -39,12 +256,84 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="write and read a few records with the embedded engine",
+    def client_parser(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
+                       help="broker address (default: localhost:50051, or $TIDELOG_SERVER)")
+        return p
+
+    serve = sub.add_parser("serve", help="run the broker (gRPC) on a local data directory",
+                           description="Run the broker. Settings: flags > TIDELOG_* env > --config TOML > defaults.")
+    serve.add_argument("--data-dir", dest="data_dir", help="data directory (default ./data; $TIDELOG_DATA_DIR)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; $TIDELOG_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 50051; $TIDELOG_PORT)")
+    serve.add_argument("--fsync", choices=["always", "interval", "never"], help="fsync policy (default interval)")
+    serve.add_argument("--config", help="TOML config file ($TIDELOG_CONFIG)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+    topics = sub.add_parser("topics", help="create, list, describe and delete topics",
+                            description="Create, list, describe and delete topics.")
+    tsub = topics.add_subparsers(dest="action", metavar="ACTION")
+    tsub.required = True
+
+    def topics_parser(name, help_text):
+        p = tsub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
+                       help="broker address (default: localhost:50051)")
+        return p
+
+    create = topics_parser("create", "create a topic")
+    create.add_argument("topic")
+    create.add_argument("--partitions", type=int, default=1)
+    create.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="topic setting, e.g. retention_ms=3600000 (repeatable)")
+    create.set_defaults(run=_topics_create)
+    lst = topics_parser("list", "list topics")
+    lst.set_defaults(run=_topics_list)
+    describe = topics_parser("describe", "partitions with start/end offsets and sizes")
+    describe.add_argument("topic")
+    describe.add_argument("--format", choices=["text", "json"], default="text")
+    describe.set_defaults(run=_topics_describe)
+    delete = topics_parser("delete", "delete a topic and its data")
+    delete.add_argument("topic")
+    delete.set_defaults(run=_topics_delete)
+
+    produce = client_parser("produce", "produce one record per input line (stdin or --file)")
+    produce.add_argument("topic")
+    produce.add_argument("--file", help="read lines from this file instead of stdin")
+    produce.add_argument("--key-field", type=int, metavar="N",
+                         help="use the N-th field (1-based) of each line, split by --delimiter, as the key")
+    produce.add_argument("--delimiter", default="\t", help="field delimiter for --key-field (default: tab)")
+    produce.add_argument("--partition", type=int, help="write every record to this partition")
+    produce.add_argument("--compression", choices=["none", "lz4"], default="none")
+    produce.add_argument("--linger-ms", type=float, default=5)
+    produce.add_argument("--batch-bytes", type=int, default=1 << 20)
+    produce.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
+    produce.set_defaults(run=_produce)
+
+    consume = client_parser("consume", "print records of a topic")
+    consume.add_argument("topic")
+    consume.add_argument("--partition", type=int, help="only this partition (default: all)")
+    consume.add_argument("--offset", type=int, help="start at this offset")
+    consume.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument("--max", type=int, help="stop after this many records")
+    consume.add_argument("--timeout-ms", type=int, help="stop after this long without a new record")
+    consume.add_argument("--format", choices=["text", "json", "value"], default="text",
+                         help="text: partition, offset, key, value (tab-separated); json; value only")
+    consume.set_defaults(run=_consume)
+
+    health = client_parser("health", "check that the broker is serving (exit 0) or not (exit 1)")
+    health.add_argument("--service", default="", help="service name (default: the whole server)")
+    health.add_argument("--timeout-s", type=float, default=3.0)
+    health.set_defaults(run=_health)
+
+    demo = sub.add_parser("demo", help="write a few records with the embedded engine (no server)",
                           description=_demo.__doc__)
     demo.add_argument("--data-dir", default="./data", help="data directory (default: ./data)")
-    demo.add_argument("--topic", default="demo", help="topic to use (default: demo)")
-    demo.add_argument("--partitions", type=int, default=2, help="partitions if the topic is new")
-    demo.add_argument("--records", type=int, default=8, help="records to write")
+    demo.add_argument("--topic", default="demo")
+    demo.add_argument("--partitions", type=int, default=2)
+    demo.add_argument("--records", type=int, default=8)
     demo.set_defaults(run=_demo)
     return parser
 
@@ -54,11 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as exc:
+        print(f"tidelog: error: {exc}", file=sys.stderr)
+        return 2
     except TidelogError as exc:
         print(f"tidelog: error: {exc.message}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"tidelog: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -117,3 +117,50 @@ def _replace(obj, overrides):
     if unknown:
         raise InvalidConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return dataclasses.replace(obj, **overrides)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of `tidelog serve`: flags > environment (TIDELOG_*) > TOML file > these defaults."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 to serve other hosts, as in the container)."""
+    port: int = 50051
+    """gRPC port."""
+    data_dir: str = "./data"
+    """The engine's data directory."""
+    max_message_bytes: int = 64 << 20
+    """Largest gRPC message accepted or sent (must hold the largest batch plus framing)."""
+    max_inflight_bytes_per_stream: int = 64 << 20
+    """Produce requests read ahead of their acks, per stream; past it the server stops reading (backpressure)."""
+    default_fetch_bytes: int = 1 << 20
+    """max_bytes of a fetch that asks for 0."""
+    max_subscribe_message_bytes: int = 4 << 20
+    """Largest response a subscription sends, whatever the credit."""
+    max_fetch_wait_ms: int = 30_000
+    """Upper bound of a long-poll's max_wait_ms."""
+    max_concurrent_rpcs: int = 1000
+    """RPCs served at once; more are refused with RESOURCE_EXHAUSTED."""
+    io_threads: int = 16
+    """Threads that run blocking engine calls."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM/SIGINT: how long in-flight RPCs may take to finish."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Settings of the engine (fsync policy, topic defaults, limits)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.engine, Mapping):
+            object.__setattr__(self, "engine", EngineConfig().with_overrides(dict(self.engine)))
+        if not isinstance(self.host, str) or not self.host:
+            raise InvalidConfigError(f"host must be a non-empty string, got {self.host!r}")
+        _positive(self, "port", minimum=0)
+        if self.port > 65535:
+            raise InvalidConfigError(f"port must be at most 65535, got {self.port}")
+        for name in ("max_message_bytes", "max_inflight_bytes_per_stream", "default_fetch_bytes",
+                     "max_subscribe_message_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs", "io_threads"):
+            _positive(self, name, minimum=1)
+        if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
+            raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "ServerConfig":
+        return _replace(self, overrides)

@@ -145,6 +145,20 @@ class DataDirLockedError(TidelogError):
     code = 1003
 
 
+class BrokerUnavailableError(TidelogError):
+    """The broker cannot be reached (client side), or is not serving yet."""
+
+    code = 1005
+    retriable = True
+
+
+class RequestTimeoutError(TidelogError):
+    """The request did not complete within its deadline."""
+
+    code = 7
+    retriable = True
+
+
 class EngineClosedError(TidelogError):
     """The engine is closed (or shutting down)."""
 
@@ -157,7 +171,7 @@ ALL_ERRORS: tuple[type[TidelogError], ...] = (
     OffsetOutOfRangeError, CorruptBatchError, RecordTooLargeError, InvalidRequestError,
     InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError,
     CorruptLogError, DataDirLockedError, EngineClosedError, OutOfOrderSequenceError,
-    DuplicateSequenceError, InvalidProducerEpochError,
+    DuplicateSequenceError, InvalidProducerEpochError, BrokerUnavailableError, RequestTimeoutError,
 )
 
 BY_CODE: dict[int, type[TidelogError]] = {cls.code: cls for cls in ALL_ERRORS}

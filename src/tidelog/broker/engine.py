@@ -96,7 +96,7 @@ class Engine:
         # would be mistaken for a clean stop on the next open.
         marker = os.path.join(self.path, CLEAN_SHUTDOWN_MARKER)
         if not self._fs.exists(marker):
-            return False
+            return not self._fs.listdir(self._meta_dir)  # a new directory has nothing to recover
         self._fs.remove(marker)
         self._fs.fsync_dir(self.path)
         return True
@@ -331,6 +331,17 @@ class Engine:
         """Block until the partition has a record at or after offset visible (or timeout)."""
         return self._topic(topic).partition(partition).wait_for_data(offset, timeout_ms / 1000)
 
+    def high_watermark(self, topic: str, partition: int) -> int:
+        return self._topic(topic).partition(partition).offsets.high_watermark
+
+    def add_listener(self, topic: str, partition: int, listener) -> None:
+        """Call listener() (from the appending thread, under the partition lock: keep it quick)
+        whenever the partition's high watermark moves."""
+        self._topic(topic).partition(partition).add_listener(listener)
+
+    def remove_listener(self, topic: str, partition: int, listener) -> None:
+        self._topic(topic).partition(partition).remove_listener(listener)
+
     # -- durability, retention, shutdown --------------------------------------------------------------
     def flush(self) -> None:
         """fsync every partition with unflushed data (whatever the fsync policy)."""
@@ -380,6 +391,10 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def clock(self) -> int:
+        """The engine's clock, in ms (what records are stamped with)."""
+        return self._clock()
 
 
 def _info(batch: bytes) -> batch_codec.BatchInfo:

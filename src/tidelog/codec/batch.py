@@ -72,19 +72,25 @@ def build_batches(values: Sequence, keys: Sequence | None = None, headers: Seque
     return out
 
 
-def _encode(values, keys, headers, timestamps, timestamp, codec) -> bytes:
+def _encode(values, keys, headers, timestamps, timestamp, codec, producer=(-1, -1, -1)) -> bytes:
     if codec == compression.NONE:
-        return _rb.encode_batch(values, keys, headers, timestamps, timestamp)
+        return _rb.encode_batch(values, keys, headers, timestamps, timestamp, 0, *producer)
     payload, count, first_ts, max_ts = _rb.encode_records(values, keys, headers, timestamps, timestamp)
-    return _rb.frame_batch(compression.compress(codec, payload), count, first_ts, max_ts, codec)
+    return _rb.frame_batch(compression.compress(codec, payload), count, first_ts, max_ts, codec, *producer)
 
 
 def build_batch(values: Sequence, keys: Sequence | None = None, headers: Sequence | None = None,
-                timestamps: Sequence[int] | None = None, *, timestamp: int, compression_name: str = "none") -> bytes:
-    """Exactly one batch holding all the records, whatever its size."""
+                timestamps: Sequence[int] | None = None, *, timestamp: int, compression_name: str = "none",
+                producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+    """Exactly one batch holding all the records, whatever its size.
+
+    An idempotent producer sets producer_id (>= 0), producer_epoch and base_sequence (the sequence
+    number of the first record, counted per partition), so the broker can drop a retried duplicate.
+    """
     codec = compression.codec_id(compression_name)
     try:
-        return _encode(values, keys, headers, timestamps, timestamp, codec)
+        return _encode(values, keys, headers, timestamps, timestamp, codec,
+                       (producer_id, producer_epoch, base_sequence))
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(str(exc)) from None
 

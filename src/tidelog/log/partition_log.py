@@ -62,6 +62,7 @@ class PartitionLog:
         self._failed: StorageError | None = None
         self._closed = False
         self._last_checkpoint = 0.0
+        self._listeners: list[Callable[[], None]] = []
         fs.makedirs(directory)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean)
         self._segments = SegmentSet(segments)
@@ -183,6 +184,8 @@ class PartitionLog:
         if segment.base_offset > vis_seg.base_offset or (segment is vis_seg and position > vis_pos):
             self._visible = (segment, position)
         self._data_arrived.notify_all()
+        for listener in self._listeners:
+            listener()
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -257,6 +260,16 @@ class PartitionLog:
             self._data_arrived.wait_for(lambda: self._closed or self._offsets.high_watermark > offset,
                                         timeout=timeout_s)
             return not self._closed and self._offsets.high_watermark > offset
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call listener (quickly, under the partition lock) whenever the high watermark moves."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """The first offset whose record timestamp is >= timestamp, or None if there is none."""

@@ -1,0 +1,39 @@
+"""Channels to a broker and the translation of failed calls back into tidelog errors."""
+
+from __future__ import annotations
+
+import functools
+
+import grpc
+
+from ..server.status import error_from_rpc
+
+MAX_MESSAGE_BYTES = 64 << 20
+DEFAULT_TARGET = "localhost:50051"
+
+OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+           ("grpc.enable_retries", 0)]
+
+
+def sync_channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=OPTIONS)
+
+
+def aio_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=OPTIONS)
+
+
+def unary(channel, method: str, request_type, response_type, target: str, timeout_s: float):
+    """A callable making one unary call; a failed call raises the tidelog error the broker raised."""
+    stub = channel.unary_unary(method, request_serializer=request_type.SerializeToString,
+                               response_deserializer=response_type.FromString if response_type else None)
+
+    @functools.wraps(stub)
+    def call(request, timeout=None):
+        try:
+            return stub(request, timeout=timeout if timeout is not None else timeout_s)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, target) from None
+
+    return call

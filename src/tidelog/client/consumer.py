@@ -1,0 +1,202 @@
+"""Consumers of one partition over the streaming Subscribe RPC: a sync iterator and an asyncio one.
+
+The broker pushes whole batches as they arrive, never more bytes than the credit granted; the
+consumer grants back what it has handed to the caller, so at most `credit_bytes` wait in memory.
+Records come in offset order, from the starting position (an offset, "earliest", "latest" or a
+timestamp), and `seek()` moves the position in-band without a new stream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import AsyncIterator, Iterator
+
+import grpc
+
+from ..codec import protowire
+from ..codec.batch import Record, iter_batches
+from ..errors import TidelogError
+from ..server.status import error_from_rpc
+from ..v1 import tidelog_pb2 as pb
+from .channel import DEFAULT_TARGET, aio_channel, sync_channel
+
+SUBSCRIBE = "/tidelog.v1.Consumer/Subscribe"
+_END = object()
+
+
+def position_message(offset: int | str | None = None, timestamp_ms: int | None = None) -> pb.Position:
+    pos = pb.Position()
+    if timestamp_ms is not None:
+        pos.timestamp_ms = timestamp_ms
+    elif offset in (None, "earliest"):
+        pos.boundary = pb.EARLIEST
+    elif offset == "latest":
+        pos.boundary = pb.LATEST
+    elif isinstance(offset, int) and not isinstance(offset, bool):
+        pos.offset = offset
+    else:
+        raise ValueError(f"offset must be an int, 'earliest' or 'latest', not {offset!r}")
+    return pos
+
+
+def _records(raw: bytes, position: int | None, copy: bool) -> tuple[list[Record], int, int]:
+    """Records at or after position from one SubscribeResponse; (records, next offset, high watermark).
+
+    A response that does not hold `position` was sent for a position before a seek: it is dropped.
+    """
+    msg = protowire.parse_subscribe_response(raw)
+    out: list[Record] = []
+    for i, batch in enumerate(iter_batches(msg.batches)):
+        if i == 0 and position is not None and not batch.base_offset <= position < msg.next_offset:
+            return [], msg.next_offset, msg.high_watermark
+        out += batch.records(position or 0, copy)
+    return out, msg.next_offset, msg.high_watermark
+
+
+class Consumer:
+    """Records of one partition, in order. Iterate it, or call poll(timeout_s).
+
+        for rec in Consumer("localhost:50051", "orders", partition=0, offset=0):
+            ...
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
+                 offset: int | str | None = "earliest", *, timestamp_ms: int | None = None,
+                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True) -> None:
+        self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
+        self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
+        self.high_watermark = -1
+        self._channel = sync_channel(target)
+        self._requests: queue.Queue = queue.Queue()
+        self._responses: queue.Queue = queue.Queue()
+        self._pending: list[Record] = []
+        self._closed = False
+        self._requests.put(pb.SubscribeRequest(start=pb.SubscribeStart(
+            topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
+            credit_bytes=credit_bytes, max_message_bytes=max_message_bytes)))
+        stub = self._channel.stream_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
+                                           response_deserializer=None)
+        self._call = stub(iter(self._requests.get, _END))
+        self._reader = threading.Thread(target=self._read, name="tidelog-consumer", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self._call:
+                self._responses.put(raw)
+        except grpc.RpcError as err:
+            if not self._closed:
+                self._responses.put(error_from_rpc(err, self.target))
+        finally:
+            self._responses.put(_END)
+
+    def poll(self, timeout_s: float | None = None) -> list[Record]:
+        """The records that arrived (waiting up to timeout_s for some); [] on timeout."""
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        try:
+            item = self._responses.get(timeout=timeout_s)
+        except queue.Empty:
+            return []
+        if item is _END:
+            self._responses.put(_END)
+            raise StopIteration
+        if isinstance(item, TidelogError):
+            self._responses.put(_END)
+            raise item
+        records, next_offset, self.high_watermark = _records(item, self.position, self.copy)
+        self._requests.put(pb.SubscribeRequest(credit_bytes=len(item)))  # hand the credit back
+        if records:
+            self.position = records[-1].offset + 1
+        return records
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            try:
+                records = self.poll(None)
+            except StopIteration:
+                return
+            yield from records
+
+    def seek(self, offset: int | str, timestamp_ms: int | None = None) -> None:
+        """Continue from another position (records already received for the old one are dropped)."""
+        self._pending = []
+        self.position = offset if isinstance(offset, int) else None
+        self._requests.put(pb.SubscribeRequest(seek=position_message(offset, timestamp_ms)))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(_END)
+        self._call.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncConsumer:
+    """The asyncio form of Consumer:
+
+        async with AsyncConsumer("localhost:50051", "orders", partition=0, offset=0) as c:
+            async for rec in c:
+                ...
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
+                 offset: int | str | None = "earliest", *, timestamp_ms: int | None = None,
+                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True) -> None:
+        self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
+        self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
+        self.high_watermark = -1
+        self._start = pb.SubscribeRequest(start=pb.SubscribeStart(
+            topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
+            credit_bytes=credit_bytes, max_message_bytes=max_message_bytes))
+        self._channel = None
+        self._call = None
+
+    async def _open(self) -> None:
+        self._channel = aio_channel(self.target)
+        stub = self._channel.stream_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
+                                           response_deserializer=None)
+        self._call = stub()
+        await self._call.write(self._start)
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        if self._call is None:
+            await self._open()
+        try:
+            while True:
+                raw = await self._call.read()
+                if raw is grpc.aio.EOF:
+                    return
+                records, next_offset, self.high_watermark = _records(raw, self.position, self.copy)
+                await self._call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
+                for rec in records:
+                    self.position = rec.offset + 1
+                    yield rec
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, self.target) from None
+
+    async def seek(self, offset: int | str, timestamp_ms: int | None = None) -> None:
+        self.position = offset if isinstance(offset, int) else None
+        await self._call.write(pb.SubscribeRequest(seek=position_message(offset, timestamp_ms)))
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncConsumer":
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,304 @@
+"""Producer: batches records client-side and streams them to the broker with acks.
+
+`send()` adds a record to its partition's open batch and returns a Future of RecordMetadata
+(partition, offset). A batch goes out when it reaches batch_bytes or has waited linger_ms; it is
+encoded once (RecordBatch v2, optionally lz4) by the same codec the engine uses, and the broker
+appends it verbatim. Keys pick partitions exactly as the engine does (Kafka's murmur2); keyless
+records stick to one partition until its batch is sent.
+
+Delivery: one bidirectional stream with many requests in flight, acked in order. The producer is
+idempotent: every batch carries a producer id and per-partition sequence numbers, so when the
+stream breaks, the unacknowledged requests are resent in their original order and the broker drops
+any it had already appended. Records of a partition are therefore never reordered or duplicated.
+Retries stop after delivery_timeout_s, failing the futures with the last error.
+
+A background thread runs the network side (an asyncio loop with a grpc.aio channel); send() and
+flush() may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import random
+import secrets
+import threading
+import time
+from typing import NamedTuple
+
+import grpc
+
+from ..broker.partitioner import key_partition
+from ..codec import batch as batch_codec
+from ..codec import protowire
+from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidRequestError, RequestTimeoutError,
+                      TidelogError)
+from ..server.status import error_from_message, error_from_rpc
+from ..v1 import tidelog_pb2 as pb
+from .admin import Admin
+from .channel import DEFAULT_TARGET, aio_channel
+
+PRODUCE = "/tidelog.v1.Producer/Produce"
+
+
+class RecordMetadata(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _OpenBatch:
+    __slots__ = ("values", "keys", "headers", "timestamps", "futures", "size", "created")
+
+    def __init__(self) -> None:
+        self.values: list = []
+        self.keys: list = []
+        self.headers: list = []
+        self.timestamps: list = []
+        self.futures: list[concurrent.futures.Future] = []
+        self.size = 0
+        self.created = time.monotonic()
+
+
+class _Request(NamedTuple):
+    sequence: int
+    topic: str
+    partition: int
+    raw: bytes
+    futures: list
+
+
+class Producer:
+    def __init__(self, target: str = DEFAULT_TARGET, *, linger_ms: float = 5, batch_bytes: int = 1 << 20,
+                 compression: str = "none", max_in_flight_bytes: int = 64 << 20,
+                 delivery_timeout_s: float = 120.0, idempotent: bool = True) -> None:
+        if batch_bytes < 1 or linger_ms < 0:
+            raise InvalidRequestError("batch_bytes must be positive and linger_ms not negative")
+        batch_codec.compression.codec_id(compression)  # fail early on an unknown codec
+        self.target = target
+        self.linger_s = linger_ms / 1000
+        self.batch_bytes = batch_bytes
+        self.compression = compression
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.delivery_timeout_s = delivery_timeout_s
+        self.producer_id = secrets.randbits(62) if idempotent else -1
+        self._admin = Admin(target)
+        self._partitions: dict[str, int] = {}
+        self._sticky: dict[str, int] = {}
+        self._sequences: dict[tuple[str, int], int] = {}
+        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._wake: asyncio.Event | None = None
+        self._idle = threading.Condition(self._lock)
+        self._unfinished = 0
+        self._thread = threading.Thread(target=self._run, name="tidelog-producer", daemon=True)
+        started = threading.Event()
+        self._thread.start()
+        self._loop.call_soon_threadsafe(started.set)
+        started.wait()
+
+    # -- the caller's side -------------------------------------------------------------------------
+    def send(self, topic: str, value, key=None, *, partition: int | None = None, headers=None,
+             timestamp_ms: int | None = None) -> concurrent.futures.Future:
+        """Queue one record; the future resolves to RecordMetadata(topic, partition, offset)."""
+        if self._closed:
+            raise EngineClosedError("the producer is closed")
+        if partition is None:
+            partition = self._choose_partition(topic, key)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + 16
+        with self._lock:
+            batch = self._open.get((topic, partition))
+            if batch is None:
+                batch = self._open[(topic, partition)] = _OpenBatch()
+            batch.values.append(value)
+            batch.keys.append(key)
+            batch.headers.append(headers)
+            batch.timestamps.append(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
+            batch.futures.append(future)
+            batch.size += size
+            self._unfinished += 1
+            full = batch.size >= self.batch_bytes
+        if full or len(batch.values) == 1:
+            self._loop.call_soon_threadsafe(self._kick)
+        return future
+
+    def _choose_partition(self, topic: str, key) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = self._admin.partitions(topic)
+        if key is not None:
+            return key_partition(bytes(key), count)
+        sticky = self._sticky.get(topic)
+        if sticky is None:
+            sticky = self._sticky[topic] = random.randrange(count)
+        return sticky
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued and wait until every record sent so far is acknowledged (or failed)."""
+        self._loop.call_soon_threadsafe(self._kick, True)
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._unfinished == 0, timeout=timeout_s):
+                raise RequestTimeoutError(f"flush did not finish within {timeout_s}s")
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush, then stop the network thread."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._kick)
+            self._thread.join(timeout=timeout_s)
+            self._admin.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the network side (the producer's thread) ------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._wake = asyncio.Event()
+        self._flush_now = False
+        try:
+            self._loop.run_until_complete(self._sender())
+        finally:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    def _kick(self, flush: bool = False) -> None:
+        if flush:
+            self._flush_now = True
+        self._wake.set()
+
+    def _take_ready(self, everything: bool) -> list[tuple[str, int, _OpenBatch]]:
+        now = time.monotonic()
+        with self._lock:
+            ready = [(t, p, b) for (t, p), b in self._open.items()
+                     if everything or b.size >= self.batch_bytes or now - b.created >= self.linger_s]
+            for t, p, _ in ready:
+                del self._open[(t, p)]
+                if self._sticky.get(t) == p and self._partitions.get(t, 1) > 1:
+                    self._sticky[t] = (p + 1) % self._partitions[t]  # the next keyless batch goes elsewhere
+        return ready
+
+    def _encode(self, topic: str, partition: int, batch: _OpenBatch, sequence: int) -> _Request:
+        seq_key = (topic, partition)
+        base_seq = self._sequences.get(seq_key, 0)
+        self._sequences[seq_key] = (base_seq + len(batch.values)) & 0x7FFFFFFF
+        raw = batch_codec.build_batch(
+            batch.values, batch.keys if any(k is not None for k in batch.keys) else None,
+            batch.headers if any(batch.headers) else None, batch.timestamps, timestamp=0,
+            compression_name=self.compression, producer_id=self.producer_id,
+            producer_epoch=0 if self.producer_id >= 0 else -1,
+            base_sequence=base_seq if self.producer_id >= 0 else -1)
+        return _Request(sequence, topic, partition, protowire.encode_produce_request(sequence, topic, partition, raw),
+                        batch.futures)
+
+    async def _sender(self) -> None:
+        sequence = 0
+        in_flight: dict[int, _Request] = {}
+        backlog: list[_Request] = []  # encoded, not yet written on the current stream
+        deadline_broken: float | None = None
+        while True:
+            channel = aio_channel(self.target)
+            call = channel.stream_stream(PRODUCE, request_serializer=None,
+                                         response_deserializer=pb.ProduceResponse.FromString)()
+            backlog = sorted(in_flight.values(), key=lambda r: r.sequence) + backlog
+            in_flight_bytes = 0
+            reader = asyncio.ensure_future(self._read_acks(call, in_flight))
+            try:
+                while True:
+                    if reader.done():
+                        reader.result()  # raises the stream's error
+                        break
+                    if not backlog:
+                        with self._lock:
+                            lingering = min((b.created for b in self._open.values()), default=None)
+                        timeout = None if lingering is None else max(lingering + self.linger_s - time.monotonic(), 0)
+                        woken = asyncio.ensure_future(self._wake.wait())
+                        await asyncio.wait({woken, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                        woken.cancel()
+                        self._wake.clear()
+                        everything, self._flush_now = self._flush_now or self._closed, False
+                        for topic, partition, batch in self._take_ready(everything):
+                            try:
+                                backlog.append(self._encode(topic, partition, batch, sequence))
+                            except TidelogError as exc:
+                                self._fail(batch.futures, exc)
+                                continue
+                            sequence += 1
+                        if self._closed and not backlog and not in_flight and not self._open:
+                            await call.done_writing()
+                            await asyncio.wait({reader}, timeout=5)  # the broker ends the stream
+                            return
+                    while backlog:
+                        request = backlog[0]
+                        in_flight_bytes = sum(len(r.raw) for r in in_flight.values())
+                        if in_flight and in_flight_bytes + len(request.raw) > self.max_in_flight_bytes:
+                            await asyncio.wait({reader}, timeout=0.05)  # wait for acks to make room
+                            if reader.done():
+                                break
+                            continue
+                        in_flight[request.sequence] = request
+                        backlog.pop(0)
+                        await call.write(request.raw)
+                    deadline_broken = None
+            except (grpc.RpcError, grpc.aio.AioRpcError, TidelogError) as exc:
+                err = exc if isinstance(exc, TidelogError) else error_from_rpc(exc, self.target)
+                now = time.monotonic()
+                deadline_broken = deadline_broken or now + self.delivery_timeout_s
+                if now >= deadline_broken:
+                    for request in list(in_flight.values()) + backlog:
+                        self._fail(request.futures, err)
+                    in_flight.clear()
+                    backlog = []
+                    deadline_broken = None
+                await asyncio.sleep(min(0.05 * (1 + random.random()), 1.0))
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await channel.close()
+
+    async def _read_acks(self, call, in_flight: dict[int, _Request]) -> None:
+        async for response in call:
+            for result in response.results:
+                request = in_flight.get(result.sequence)
+                if request is None:
+                    continue
+                if result.HasField("error"):
+                    err = error_from_message(result.error)
+                    if err.retriable:
+                        raise err  # reconnect and resend from this request on, in order
+                    del in_flight[result.sequence]
+                    self._fail(request.futures, err)
+                else:
+                    del in_flight[result.sequence]
+                    self._succeed(request, result.base_offset)
+        raise BrokerUnavailableError(f"the broker at {self.target} closed the produce stream")
+
+    def _succeed(self, request: _Request, base_offset: int) -> None:
+        for i, future in enumerate(request.futures):
+            future.set_result(RecordMetadata(request.topic, request.partition, base_offset + i))
+        self._finished(len(request.futures))
+
+    def _fail(self, futures: list, err: TidelogError) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(err)
+        self._finished(len(futures))
+
+    def _finished(self, n: int) -> None:
+        with self._lock:
+            self._unfinished -= n
+            if self._unfinished == 0:
+                self._idle.notify_all()

@@ -1,0 +1,1 @@
+"""The gRPC server: thin servicers over the Engine (decode → call → encode) and its lifecycle."""

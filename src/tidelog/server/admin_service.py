@@ -1,0 +1,106 @@
+"""tidelog.v1.Admin: topics and offsets. One method per RPC, translation only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+
+from ..broker.async_engine import AsyncEngine
+from ..broker.results import TopicDescription
+from ..config import TopicConfig
+from ..errors import InvalidConfigError, TidelogError
+from ..v1 import tidelog_pb2 as pb
+from . import status
+from .consume_service import ConsumeService
+
+SERVICE = "tidelog.v1.Admin"
+_TOPIC_FIELDS = {f.name: f.type for f in dataclasses.fields(TopicConfig)}
+
+
+def parse_topic_config(settings) -> dict:
+    """Text values from the wire → typed TopicConfig overrides (validated by TopicConfig)."""
+    out = {}
+    for name, text in settings.items():
+        if name not in _TOPIC_FIELDS:
+            raise InvalidConfigError(f"unknown topic setting {name!r}; known: {', '.join(sorted(_TOPIC_FIELDS))}")
+        if _TOPIC_FIELDS[name] in ("int", int):
+            try:
+                out[name] = int(text)
+            except ValueError:
+                raise InvalidConfigError(f"{name} must be an integer, got {text!r}") from None
+        else:
+            out[name] = text
+    return out
+
+
+def describe_message(desc: TopicDescription) -> pb.TopicDescription:
+    msg = pb.TopicDescription(name=desc.name, created_ms=desc.created_ms)
+    for key, value in desc.config.to_dict().items():
+        msg.config[key] = str(value)
+    for p in desc.partitions:
+        msg.partitions.add(partition=p.partition, log_start=p.log_start, log_end=p.log_end,
+                           high_watermark=p.high_watermark, flushed=p.flushed, size_bytes=p.size_bytes,
+                           segments=p.segments)
+    return msg
+
+
+class AdminService:
+    def __init__(self, engine: AsyncEngine, consume: ConsumeService) -> None:
+        self.engine = engine
+        self.consume = consume
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn, request_type, response_type):
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString)
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "CreateTopic": unary(self.create_topic, pb.CreateTopicRequest, pb.TopicDescription),
+            "DeleteTopic": unary(self.delete_topic, pb.DeleteTopicRequest, pb.DeleteTopicResponse),
+            "ListTopics": unary(self.list_topics, pb.ListTopicsRequest, pb.ListTopicsResponse),
+            "DescribeTopic": unary(self.describe_topic, pb.DescribeTopicRequest, pb.TopicDescription),
+            "ListOffsets": unary(self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsResponse),
+        })
+
+    async def _call(self, context, fn, *args, **kwargs):
+        try:
+            return await self.engine.run(fn, *args, **kwargs)
+        except TidelogError as exc:
+            await status.abort(context, exc)
+
+    async def create_topic(self, request, context):
+        try:
+            settings = parse_topic_config(request.config)
+        except TidelogError as exc:
+            await status.abort(context, exc)
+        desc = await self._call(context, self.engine.engine.create_topic, request.name,
+                                request.partitions or 1, **settings)
+        return describe_message(desc)
+
+    async def delete_topic(self, request, context):
+        await self._call(context, self.engine.engine.delete_topic, request.name)
+        return pb.DeleteTopicResponse()
+
+    async def list_topics(self, request, context):
+        return pb.ListTopicsResponse(topics=await self._call(context, self.engine.engine.list_topics))
+
+    async def describe_topic(self, request, context):
+        return describe_message(await self._call(context, self.engine.engine.describe, request.name))
+
+    async def list_offsets(self, request, context):
+        engine = self.engine.engine
+        offsets = await self._call(context, engine.list_offsets, request.topic, request.partition)
+        response = pb.ListOffsetsResponse(offset=-1, log_start=offsets.log_start, log_end=offsets.log_end,
+                                          high_watermark=offsets.high_watermark, flushed=offsets.flushed)
+        kind = request.position.WhichOneof("kind") if request.HasField("position") else None
+        if kind == "timestamp_ms":
+            found = await self._call(context, engine.list_offsets, request.topic, request.partition,
+                                     request.position.timestamp_ms)
+            response.offset = -1 if found is None else found
+        elif kind is not None:
+            try:
+                response.offset = await self.consume.resolve(request.topic, request.partition, request.position)
+            except TidelogError as exc:
+                await status.abort(context, exc)
+        return response

@@ -1,0 +1,142 @@
+"""tidelog.v1.Producer: streaming produce of pre-encoded batches, and a per-record unary form.
+
+Produce reads requests as raw bytes (no protobuf copy of the batches), keeps up to
+max_inflight_bytes_per_stream read ahead of their acks (then stops reading: backpressure travels to
+the client through gRPC flow control), appends everything that has arrived in one engine call (one
+fsync per partition under fsync="always") and answers with one ranged ack for all of it, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from ..broker.async_engine import AsyncEngine
+from ..broker.results import ProduceResult
+from ..codec import protowire
+from ..config import ServerConfig
+from ..errors import InvalidRequestError, TidelogError
+from ..v1 import tidelog_pb2 as pb
+from . import status
+
+log = logging.getLogger("tidelog.server")
+
+SERVICE = "tidelog.v1.Producer"
+
+
+class _Budget:
+    """Bytes in flight on one stream; acquire blocks while the stream is over its budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            # A message larger than the whole budget still passes when nothing else is in flight.
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class ProduceService:
+    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Produce": grpc.stream_stream_rpc_method_handler(
+                self.produce, request_deserializer=None, response_serializer=pb.ProduceResponse.SerializeToString),
+            "ProduceRecords": grpc.unary_unary_rpc_method_handler(
+                self.produce_records, request_deserializer=pb.ProduceRecordsRequest.FromString,
+                response_serializer=pb.ProduceRecordsResponse.SerializeToString),
+        })
+
+    async def produce(self, request_iterator, context):
+        queue: asyncio.Queue = asyncio.Queue()
+        budget = _Budget(self.config.max_inflight_bytes_per_stream)
+
+        async def read_ahead() -> None:
+            try:
+                async for raw in request_iterator:
+                    await budget.acquire(len(raw))
+                    queue.put_nowait(raw)
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.create_task(read_ahead())
+        try:
+            done = False
+            while not done:
+                item = await queue.get()
+                if item is None:
+                    break
+                raws = [item]
+                while not queue.empty():
+                    item = queue.get_nowait()
+                    if item is None:
+                        done = True
+                        break
+                    raws.append(item)
+                yield await self._append(raws)
+                await budget.release(sum(len(r) for r in raws))
+            if reader.done() and reader.exception() is not None:
+                raise reader.exception()
+        finally:
+            reader.cancel()
+
+    async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
+        parsed: list[protowire.ProduceRequestView | TidelogError] = []
+        for raw in raws:
+            try:
+                parsed.append(protowire.parse_produce_request(raw))
+            except (ValueError, UnicodeDecodeError) as exc:
+                parsed.append(InvalidRequestError(f"malformed ProduceRequest: {exc}"))
+        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, TidelogError)]
+        outcomes = iter(await self.engine.run(self.engine.engine.append_many, requests) if requests else [])
+        response = pb.ProduceResponse()
+        for p in parsed:
+            if isinstance(p, TidelogError):
+                response.results.add(error=status.error_message(p))
+                continue
+            outcome = next(outcomes)
+            if isinstance(outcome, ProduceResult):
+                response.results.add(sequence=p.sequence, topic=p.topic, partition=p.partition,
+                                     base_offset=outcome.base_offset, last_offset=outcome.last_offset)
+            else:
+                response.results.add(sequence=p.sequence, topic=p.topic, partition=p.partition,
+                                     error=status.error_message(outcome))
+        return response
+
+    async def produce_records(self, request: pb.ProduceRecordsRequest, context) -> pb.ProduceRecordsResponse:
+        records = request.records
+        values = [r.value if r.HasField("value") else None for r in records]
+        keys = [r.key if r.HasField("key") else None for r in records]
+        headers = [[(h.key, h.value if h.HasField("value") else None) for h in r.headers] for r in records]
+        stamped = [r.HasField("timestamp_ms") for r in records]
+        try:
+            timestamps = None
+            if any(stamped):
+                now = self.engine.engine.clock()
+                timestamps = [r.timestamp_ms if s else now for r, s in zip(records, stamped)]
+            results = await self.engine.run(
+                self.engine.engine.produce, request.topic, values,
+                keys if any(k is not None for k in keys) else None,
+                headers if any(headers) else None,
+                partition=request.partition if request.HasField("partition") else None,
+                timestamps=timestamps)
+        except TidelogError as exc:
+            await status.abort(context, exc)
+        response = pb.ProduceRecordsResponse()
+        for r in results:
+            response.results.add(topic=r.topic, partition=r.partition, base_offset=r.base_offset,
+                                 last_offset=r.last_offset)
+        return response
