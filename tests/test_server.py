@@ -1,0 +1,282 @@
+"""The gRPC server through the Python client, against a real `tidelog serve` subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import grpc
+import pytest
+
+import tidelog
+from tidelog.broker.partitioner import key_partition
+from tidelog.client import Admin, AsyncConsumer, Consumer, Producer
+from tidelog.codec import protowire
+from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTopicError, OffsetOutOfRangeError,
+                            TopicExistsError, UnknownTopicError)
+from tidelog.server import status
+from tidelog.v1 import tidelog_pb2 as pb
+
+from .server_process import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(str(tmp_path_factory.mktemp("srv") / "data")).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture
+def admin(server):
+    with Admin(server.target) as a:
+        yield a
+
+
+_names = iter(range(10**6))
+
+
+@pytest.fixture
+def topic(admin):
+    name = f"t{next(_names)}"
+    admin.create_topic(name, 3)
+    return name
+
+
+def consume(target, topic, partition, count, offset=0, timeout_s=20.0):
+    out = []
+    deadline = time.monotonic() + timeout_s
+    with Consumer(target, topic, partition, offset) as c:
+        while len(out) < count and time.monotonic() < deadline:
+            out += c.poll(0.5)
+    return out
+
+
+def test_producer_to_consumer_round_trip_with_keys_headers_and_offsets(server, topic):
+    with Producer(server.target, linger_ms=2) as p:
+        futures = [p.send(topic, b"value-%d" % i, key=b"key-%d" % (i % 5), headers=[("n", b"%d" % i)])
+                   for i in range(200)]
+        p.flush()
+    metas = [f.result(timeout=10) for f in futures]
+    for i, meta in enumerate(metas):
+        assert meta.partition == key_partition(b"key-%d" % (i % 5), 3)  # the engine's partitioner
+    for part in range(3):
+        sent = [(m.offset, i) for i, m in enumerate(metas) if m.partition == part]
+        got = consume(server.target, topic, part, len(sent))
+        assert [r.offset for r in got] == [o for o, _ in sent] == list(range(len(sent)))
+        assert [r.value for r in got] == [b"value-%d" % i for _, i in sent]
+        assert all(r.headers == (("n", r.value.split(b"-")[1]),) for r in got)
+
+
+def test_many_producers_keep_per_partition_order(server, topic):
+    def run(pid):
+        with Producer(server.target, linger_ms=1, batch_bytes=4096) as p:
+            for seq in range(300):
+                p.send(topic, b"%d:%d" % (pid, seq), partition=seq % 3)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for part in range(3):
+        got = consume(server.target, topic, part, 400)
+        assert len(got) == 400
+        for pid in range(4):
+            seqs = [int(r.value.split(b":")[1]) for r in got if r.value.startswith(b"%d:" % pid)]
+            assert seqs == [s for s in range(300) if s % 3 == part]
+
+
+def test_lz4_producer_batches_are_stored_compressed_and_read_back(server, topic, admin):
+    values = [b'{"user": %d, "event": "click"}' % i for i in range(500)]
+    with Producer(server.target, compression="lz4", linger_ms=50) as p:
+        for v in values:
+            p.send(topic, v, partition=1)
+    assert [r.value for r in consume(server.target, topic, 1, 500)] == values
+    assert admin.describe(topic)["partitions"][1].size_bytes < sum(map(len, values)) / 2
+
+
+def test_subscribe_receives_records_produced_after_it_started(server, topic):
+    with Consumer(server.target, topic, 0, "latest") as c:
+        assert c.poll(0.3) == []
+        with Producer(server.target) as p:
+            p.send(topic, b"late", partition=0)
+        got = []
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got = c.poll(0.5)
+    assert [r.value for r in got] == [b"late"]
+
+
+def test_consumer_seek_moves_the_position_in_band(server, topic):
+    with Producer(server.target) as p:
+        for i in range(10):
+            p.send(topic, b"%d" % i, partition=2)
+    with Consumer(server.target, topic, 2, 0) as c:
+        first = []
+        while len(first) < 10:
+            first += c.poll(5)
+        c.seek(7)
+        again = []
+        deadline = time.monotonic() + 10
+        while len(again) < 3 and time.monotonic() < deadline:
+            again += c.poll(0.5)
+    assert [r.offset for r in again] == [7, 8, 9]
+
+
+def test_async_consumer_streams_records(server, topic):
+    with Producer(server.target) as p:
+        for i in range(20):
+            p.send(topic, b"a%d" % i, partition=0)
+
+    async def read():
+        out = []
+        async with AsyncConsumer(server.target, topic, 0, 5) as c:
+            async for rec in c:
+                out.append(rec)
+                if len(out) == 15:
+                    break
+        return out
+
+    got = asyncio.run(asyncio.wait_for(read(), 20))
+    assert [r.offset for r in got] == list(range(5, 20))
+
+
+def _fetch_stub(channel):
+    return channel.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
+                               response_deserializer=pb.FetchResponse.FromString)
+
+
+def test_long_poll_fetch_waits_and_wakes_when_data_arrives(server, topic):
+    def late_record():
+        with Producer(server.target) as p:
+            p.send(topic, b"wake", partition=0).result(10)
+
+    timer = threading.Timer(0.3, late_record)
+    with grpc.insecure_channel(server.target) as channel:
+        timer.start()
+        started = time.monotonic()
+        reply = _fetch_stub(channel)(pb.FetchRequest(topic=topic, partition=0, offset=0, max_wait_ms=20_000),
+                                     timeout=30)
+        waited = time.monotonic() - started
+        timer.join()
+    records = [r for b in tidelog.iter_batches(reply.batches) for r in b.records()]
+    assert [r.value for r in records] == [b"wake"] and reply.next_offset == 1
+    assert waited < 20  # woken by the record, not by the deadline
+
+
+def test_long_poll_fetch_times_out_empty(server, topic):
+    with grpc.insecure_channel(server.target) as channel:
+        reply = _fetch_stub(channel)(pb.FetchRequest(topic=topic, partition=1, offset=0, max_wait_ms=100), timeout=10)
+    assert reply.batches == b"" and reply.next_offset == 0 and reply.high_watermark == 0
+
+
+def test_errors_come_back_as_statuses_and_the_same_exceptions(server, admin, topic):
+    with pytest.raises(UnknownTopicError):
+        admin.describe("missing")
+    with pytest.raises(TopicExistsError):
+        admin.create_topic(topic)
+    with pytest.raises(InvalidTopicError):
+        admin.create_topic("../escape")
+    assert not os.path.exists(os.path.join(os.path.dirname(server.data_dir), "escape-0"))
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _fetch_stub(channel)(pb.FetchRequest(topic=topic, partition=0, offset=99), timeout=10)
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    meta = dict(info.value.trailing_metadata())
+    assert meta[status.CODE_KEY] == str(OffsetOutOfRangeError.code)
+    assert (meta[status.LOG_START_KEY], meta[status.LOG_END_KEY]) == ("0", "0")
+    with Consumer(server.target, topic, 0, 50) as c:
+        with pytest.raises(OffsetOutOfRangeError) as err:
+            c.poll(10)
+    assert (err.value.log_start, err.value.log_end) == (0, 0)
+
+
+def _raw_produce(target, requests):
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
+                                     response_deserializer=pb.ProduceResponse.FromString)
+        return [r for resp in call(iter(requests), timeout=30) for r in resp.results]
+
+
+def test_a_malformed_batch_is_rejected_in_stream_and_appends_nothing(server, admin, topic):
+    good = tidelog.build_batch([b"ok"], timestamp=1_700_000_000_000)
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    results = _raw_produce(server.target, [
+        protowire.encode_produce_request(1, topic, 0, bytes(bad)),
+        protowire.encode_produce_request(2, topic, 0, good),
+        protowire.encode_produce_request(3, "missing-topic", 0, good),
+        b"\xff\xff\xff",  # not a protobuf message at all
+    ])
+    assert [r.sequence for r in results[:3]] == [1, 2, 3]
+    assert results[0].error.code == CorruptBatchError.code
+    assert results[0].error.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not results[1].HasField("error") and results[1].base_offset == 0
+    assert results[2].error.code == UnknownTopicError.code
+    assert results[3].error.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert admin.list_offsets(topic, 0).log_end == 1
+
+
+def test_a_client_without_tidelog_code_uses_reflection(server, topic):
+    grpc_requests = pytest.importorskip("grpc_requests")
+    client = grpc_requests.Client.get_by_endpoint(server.target)
+    services = set(client.service_names)
+    assert {"tidelog.v1.Admin", "tidelog.v1.Producer", "tidelog.v1.Consumer", "grpc.health.v1.Health"} <= services
+    assert topic in client.request("tidelog.v1.Admin", "ListTopics", {})["topics"]
+    produced = client.request("tidelog.v1.Producer", "ProduceRecords", {
+        "topic": topic, "partition": 2,
+        "records": [{"key": "azE=", "value": "aGVsbG8="}, {"value": "d29ybGQ=", "headers": [{"key": "h", "value": "eA=="}]}],
+    })
+    assert produced["results"][0]["partition"] == 2
+    fetched = client.request("tidelog.v1.Consumer", "FetchRecords", {"topic": topic, "partition": 2, "offset": 0})
+    import base64
+    values = [base64.b64decode(r["value"]) for r in fetched["records"]]
+    assert values == [b"hello", b"world"]
+
+
+def test_unreachable_server_is_a_clear_error():
+    with Admin(f"127.0.0.1:{free_port()}", timeout_s=2) as a:
+        with pytest.raises(BrokerUnavailableError, match="cannot reach the broker"):
+            a.list_topics()
+
+
+def test_sigterm_under_load_loses_no_acknowledged_record(tmp_path):
+    srv = ServerProcess(str(tmp_path / "data"), "--fsync", "always").start()
+    with Admin(srv.target) as a:
+        a.create_topic("load", 2)
+    acked: dict[int, bytes] = {}
+    stop = threading.Event()
+
+    def produce():
+        p = Producer(srv.target, linger_ms=1, delivery_timeout_s=3)
+        i = 0
+        while not stop.is_set() and i < 50_000:
+            fut = p.send("load", b"%d" % i, partition=i % 2)
+            fut.add_done_callback(lambda f, i=i: acked.__setitem__(i, f.result()) if not f.exception() else None)
+            i += 1
+            if i % 500 == 0:
+                time.sleep(0.01)
+        try:
+            p.close(timeout_s=10)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=produce)
+    t.start()
+    while len(acked) < 2000:
+        time.sleep(0.01)
+    assert srv.stop() == 0, srv.log()
+    stop.set()
+    t.join(60)
+    assert "closed" in srv.log() and "(clean)" in srv.log()
+    srv.start()
+    try:
+        for part in range(2):
+            mine = {meta.offset: i for i, meta in list(acked.items()) if meta.partition == part}
+            got = {r.offset: r.value for r in consume(srv.target, "load", part, max(mine) + 1)}
+            assert all(got.get(off) == b"%d" % i for off, i in mine.items())
+    finally:
+        assert srv.stop() == 0
