@@ -16,7 +16,7 @@ from tidelog.client import Admin, AsyncConsumer, Consumer, Producer
 from tidelog.codec import protowire
 from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTopicError, OffsetOutOfRangeError,
                             TopicExistsError, UnknownTopicError)
-from tidelog.server import status
+from tidelog.errors import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .server_process import ServerProcess, free_port
@@ -186,8 +186,8 @@ def test_errors_come_back_as_statuses_and_the_same_exceptions(server, admin, top
             _fetch_stub(channel)(pb.FetchRequest(topic=topic, partition=0, offset=99), timeout=10)
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     meta = dict(info.value.trailing_metadata())
-    assert meta[status.CODE_KEY] == str(OffsetOutOfRangeError.code)
-    assert (meta[status.LOG_START_KEY], meta[status.LOG_END_KEY]) == ("0", "0")
+    assert meta[CODE_KEY] == str(OffsetOutOfRangeError.code)
+    assert (meta[LOG_START_KEY], meta[LOG_END_KEY]) == ("0", "0")
     with Consumer(server.target, topic, 0, 50) as c:
         with pytest.raises(OffsetOutOfRangeError) as err:
             c.poll(10)

@@ -8,6 +8,12 @@ change, the codes may not. Each class also says whether retrying the same reques
 from __future__ import annotations
 
 
+# Trailing metadata of a failed RPC (server/status.py writes them, client/errors.py reads them).
+CODE_KEY = "tidelog-error-code"
+LOG_START_KEY = "tidelog-log-start"
+LOG_END_KEY = "tidelog-log-end"
+
+
 class TidelogError(Exception):
     """Base of every tidelog error. `code` is stable; `retriable` says if the same call may succeed later."""
 

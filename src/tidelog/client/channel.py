@@ -6,7 +6,7 @@ import functools
 
 import grpc
 
-from ..server.status import error_from_rpc
+from .errors import error_from_rpc
 
 MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_TARGET = "localhost:50051"

@@ -17,7 +17,7 @@ import grpc
 from ..codec import protowire
 from ..codec.batch import Record, iter_batches
 from ..errors import TidelogError
-from ..server.status import error_from_rpc
+from .errors import error_from_rpc
 from ..v1 import tidelog_pb2 as pb
 from .channel import DEFAULT_TARGET, aio_channel, sync_channel
 

@@ -33,7 +33,7 @@ from ..codec import batch as batch_codec
 from ..codec import protowire
 from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidRequestError, RequestTimeoutError,
                       TidelogError)
-from ..server.status import error_from_message, error_from_rpc
+from .errors import error_from_message, error_from_rpc
 from ..v1 import tidelog_pb2 as pb
 from .admin import Admin
 from .channel import DEFAULT_TARGET, aio_channel

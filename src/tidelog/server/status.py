@@ -1,9 +1,9 @@
-"""The only place where tidelog errors become gRPC statuses (and the only table the client reads back).
+"""The only place where tidelog errors become gRPC statuses.
 
 A failed RPC carries the status code, the error's message as details, and trailing metadata:
 `tidelog-error-code` (the stable numeric code) and, for OffsetOutOfRangeError, `tidelog-log-start`
 and `tidelog-log-end` (the valid range). Errors inside a stream travel as an Error message with the
-same fields.
+same fields. The client turns both back into exceptions by the numeric code (client/errors.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import grpc
 from .. import errors
 from ..v1 import tidelog_pb2 as pb
 
-CODE_KEY = "tidelog-error-code"
-LOG_START_KEY = "tidelog-log-start"
-LOG_END_KEY = "tidelog-log-end"
+from ..errors import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 
 _STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.UnknownTopicError: grpc.StatusCode.NOT_FOUND,
@@ -68,33 +66,3 @@ def error_message(exc: errors.TidelogError) -> pb.Error:
     if isinstance(exc, errors.OffsetOutOfRangeError):
         msg.log_start, msg.log_end = exc.log_start, exc.log_end
     return msg
-
-
-# -- the client side of the same table -------------------------------------------------------------
-
-def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
-    """Turn a failed RPC back into the tidelog error the broker raised."""
-    code = err.code() if hasattr(err, "code") else None
-    details = (err.details() if hasattr(err, "details") else None) or str(err)
-    meta = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    if CODE_KEY in meta:
-        extra = {}
-        if LOG_START_KEY in meta:
-            extra = {"log_start": int(meta[LOG_START_KEY]), "log_end": int(meta[LOG_END_KEY])}
-        return errors.from_code(int(meta[CODE_KEY]), details, **extra)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.BrokerUnavailableError(f"cannot reach the broker{' at ' + target if target else ''}: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.RequestTimeoutError(f"request timed out: {details}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceLimitError(details)
-    if code == grpc.StatusCode.CANCELLED:
-        return errors.BrokerUnavailableError(f"the call was cancelled: {details}")
-    return errors.TidelogError(f"{code.name if code else 'error'}: {details}")
-
-
-def error_from_message(msg: pb.Error) -> errors.TidelogError:
-    extra = {}
-    if msg.code == errors.OffsetOutOfRangeError.code:
-        extra = {"log_start": msg.log_start, "log_end": msg.log_end}
-    return errors.from_code(msg.code, msg.message, **extra)
