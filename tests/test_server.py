@@ -280,3 +280,29 @@ def test_sigterm_under_load_loses_no_acknowledged_record(tmp_path):
             assert all(got.get(off) == b"%d" % i for off, i in mine.items())
     finally:
         assert srv.stop() == 0
+
+
+def test_producer_retries_across_a_broker_crash_without_loss_or_duplicates(tmp_path):
+    srv = ServerProcess(str(tmp_path / "data"), "--fsync", "always").start()
+    with Admin(srv.target) as a:
+        a.create_topic("retry", 1)
+    futures = []
+    with Producer(srv.target, linger_ms=1, batch_bytes=2048, delivery_timeout_s=60) as p:
+        for i in range(3000):
+            futures.append(p.send("retry", b"%06d" % i, partition=0))
+            if i == 1000:
+                srv.kill()  # SIGKILL: acks in flight are lost; the producer must resend
+                srv.start()
+            if i % 200 == 0:
+                time.sleep(0.005)
+        p.flush(60)
+        assert p.reconnects >= 1
+    try:
+        offsets = [f.result(timeout=60).offset for f in futures]
+        assert offsets == list(range(3000))  # acked in order, each record exactly once
+        got = consume(srv.target, "retry", 0, 3000)
+        assert [r.value for r in got] == [b"%06d" % i for i in range(3000)]
+        with Admin(srv.target) as a:
+            assert a.list_offsets("retry", 0).log_end == 3000
+    finally:
+        srv.stop()

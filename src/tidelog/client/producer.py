@@ -82,6 +82,8 @@ class Producer:
         self.max_in_flight_bytes = max_in_flight_bytes
         self.delivery_timeout_s = delivery_timeout_s
         self.producer_id = secrets.randbits(62) if idempotent else -1
+        self.reconnects = 0
+        """Times the stream broke and was opened again (requests in flight were resent)."""
         self._admin = Admin(target)
         self._partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
@@ -255,6 +257,7 @@ class Producer:
                     deadline_broken = None
             except (grpc.RpcError, grpc.aio.AioRpcError, TidelogError) as exc:
                 err = exc if isinstance(exc, TidelogError) else error_from_rpc(exc, self.target)
+                self.reconnects += 1
                 now = time.monotonic()
                 deadline_broken = deadline_broken or now + self.delivery_timeout_s
                 if now >= deadline_broken:
