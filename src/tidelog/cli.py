@@ -178,8 +178,39 @@ def _format_record(rec, partition: int, fmt: str) -> str:
     return f"{partition}\t{rec.offset}\t{text(rec.key) or ''}\t{text(rec.value) or ''}"
 
 
+def _consume_group(args) -> int:
+    from .client import Consumer
+
+    consumer = Consumer(args.server, group_id=args.group, topics=[args.topic], auto_commit=True,
+                        auto_offset_reset="earliest" if args.from_beginning else "latest")
+    shown = 0
+    idle_since = time.monotonic()
+    try:
+        while args.max is None or shown < args.max:
+            records = consumer.poll(0.2)
+            for rec in records[: None if args.max is None else args.max - shown]:
+                print(_format_record(rec, rec.partition, args.format))
+                shown += 1
+            sys.stdout.flush()
+            if records:
+                idle_since = time.monotonic()
+                positions = {}
+                for rec in records[: shown if args.max is not None else None]:
+                    positions[(rec.topic, rec.partition)] = rec.offset + 1
+                consumer.commit(positions)  # only what was printed
+            elif args.timeout_ms is not None and (time.monotonic() - idle_since) * 1000 >= args.timeout_ms:
+                break
+    finally:
+        consumer.auto_commit = False  # everything printed is committed above; never more
+        consumer.close()
+    return 0
+
+
 def _consume(args) -> int:
     from .client import Consumer
+
+    if args.group:
+        return _consume_group(args)
 
     with _admin(args) as admin:
         partitions = [args.partition] if args.partition is not None else list(range(admin.partitions(args.topic)))
@@ -228,6 +259,65 @@ def _health(args) -> int:
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(state)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+# -- groups ------------------------------------------------------------------------------------------
+
+def _groups_list(args) -> int:
+    with _admin(args) as admin:
+        for name in admin.list_groups():
+            print(name)
+    return 0
+
+
+def _groups_describe(args) -> int:
+    with _admin(args) as admin:
+        info = admin.describe_group(args.group)
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"group {info['group_id']}  state {info['state']}  generation {info['generation']}  "
+          f"members {len(info['members'])}  rebalances {info['rebalances']}")
+    for m in info["members"]:
+        parts = ", ".join(f"{t}[{p}]" for t, p in m["assignment"]) or "-"
+        print(f"  member {m['member_id']}  topics {','.join(m['topics'])}  assigned {parts}")
+    print(f"  {'topic':<20} {'partition':>9} {'committed':>12} {'end':>12} {'lag':>10} {'time_lag_ms':>12}  owner")
+    for p in info["partitions"]:
+        def show(v):
+            return "-" if v is None else str(v)
+        print(f"  {p['topic']:<20} {p['partition']:>9} {show(p['committed']):>12} {p['end']:>12} "
+              f"{show(p['lag']):>10} {show(p['time_lag_ms']):>12}  {p['owner'] or '-'}")
+    return 0
+
+
+def _groups_reset(args) -> int:
+    import datetime
+
+    kwargs = {}
+    if args.to_earliest:
+        to = "earliest"
+    elif args.to_latest:
+        to = "latest"
+    elif args.to_offset is not None:
+        to = args.to_offset
+    else:
+        try:
+            when = datetime.datetime.fromisoformat(args.to_datetime)
+        except ValueError:
+            raise UsageError(f"--to-datetime takes an ISO date-time, got {args.to_datetime!r}") from None
+        to, kwargs = "timestamp", {"timestamp_ms": int(when.timestamp() * 1000)}
+    with _admin(args) as admin:
+        offsets = admin.reset_offsets(args.group, args.topic, to, partitions=args.partition, **kwargs)
+    for (topic, partition), offset in sorted(offsets.items()):
+        print(f"{topic}\t{partition}\t{offset}")
+    return 0
+
+
+def _groups_delete(args) -> int:
+    with _admin(args) as admin:
+        admin.delete_group(args.group)
+    print(f"deleted group {args.group}")
+    return 0
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -317,11 +407,42 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--partition", type=int, help="only this partition (default: all)")
     consume.add_argument("--offset", type=int, help="start at this offset")
     consume.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    consume.add_argument("--group", help="consume as a member of this consumer group (commits what it prints)")
     consume.add_argument("--max", type=int, help="stop after this many records")
     consume.add_argument("--timeout-ms", type=int, help="stop after this long without a new record")
     consume.add_argument("--format", choices=["text", "json", "value"], default="text",
                          help="text: partition, offset, key, value (tab-separated); json; value only")
     consume.set_defaults(run=_consume)
+
+    groups = sub.add_parser("groups", help="list, describe, reset and delete consumer groups",
+                            description="List, describe, reset offsets of and delete consumer groups.")
+    gsub = groups.add_subparsers(dest="action", metavar="ACTION")
+    gsub.required = True
+
+    def groups_parser(name, help_text):
+        p = gsub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
+                       help="broker address (default: localhost:50051)")
+        return p
+
+    groups_parser("list", "list consumer groups").set_defaults(run=_groups_list)
+    gdesc = groups_parser("describe", "members, generation, assignment, and per partition committed/end/lag")
+    gdesc.add_argument("group")
+    gdesc.add_argument("--format", choices=["text", "json"], default="text")
+    gdesc.set_defaults(run=_groups_describe)
+    greset = groups_parser("reset-offsets", "move a group's committed offsets (the group must have no members)")
+    greset.add_argument("group")
+    greset.add_argument("--topic", required=True)
+    target = greset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true")
+    target.add_argument("--to-latest", action="store_true")
+    target.add_argument("--to-offset", type=int, metavar="N")
+    target.add_argument("--to-datetime", metavar="ISO", help="e.g. 2026-11-28T10:00:00 (local time) or with +00:00")
+    greset.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
+    greset.set_defaults(run=_groups_reset)
+    gdel = groups_parser("delete", "delete a group and its committed offsets (no members)")
+    gdel.add_argument("group")
+    gdel.set_defaults(run=_groups_delete)
 
     health = client_parser("health", "check that the broker is serving (exit 0) or not (exit 1)")
     health.add_argument("--service", default="", help="service name (default: the whole server)")

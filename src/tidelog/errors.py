@@ -101,6 +101,36 @@ class InvalidProducerEpochError(TidelogError):
     code = 47
 
 
+class UnknownGroupError(TidelogError):
+    """The consumer group does not exist (no members and no committed offsets)."""
+
+    code = 69
+
+
+class UnknownMemberError(TidelogError):
+    """The group has no such member (it left, or was removed after missing its session timeout)."""
+
+    code = 25
+
+
+class StaleGenerationError(TidelogError):
+    """The member's generation is not the group's current one: it must rejoin to learn its assignment."""
+
+    code = 22
+
+
+class GroupNotEmptyError(TidelogError):
+    """The operation needs a group without active members."""
+
+    code = 68
+
+
+class PartitionNotAssignedError(TidelogError):
+    """The member does not own this partition in the current generation."""
+
+    code = 1006
+
+
 class InvalidRequestError(TidelogError):
     """An argument is invalid (wrong type, wrong length, impossible value)."""
 
@@ -178,6 +208,7 @@ ALL_ERRORS: tuple[type[TidelogError], ...] = (
     InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError,
     CorruptLogError, DataDirLockedError, EngineClosedError, OutOfOrderSequenceError,
     DuplicateSequenceError, InvalidProducerEpochError, BrokerUnavailableError, RequestTimeoutError,
+    UnknownGroupError, UnknownMemberError, StaleGenerationError, GroupNotEmptyError, PartitionNotAssignedError,
 )
 
 BY_CODE: dict[int, type[TidelogError]] = {cls.code: cls for cls in ALL_ERRORS}

@@ -174,9 +174,10 @@ class Engine:
             plog.delete_files()
         log.info("deleted topic %s", name)
 
-    def list_topics(self) -> list[str]:
+    def list_topics(self, include_internal: bool = False) -> list[str]:
+        """Topic names, sorted; internal topics (named "__...", e.g. committed offsets) only if asked."""
         with self._lock:
-            return sorted(self._topics)
+            return sorted(t for t in self._topics if include_internal or not t.startswith("__"))
 
     def describe(self, name: str) -> TopicDescription:
         topic = self._topic(name)

@@ -1,7 +1,9 @@
 """Python client of a tidelog server: Producer, Consumer (sync and asyncio) and Admin."""
 
 from .admin import Admin
-from .consumer import AsyncConsumer, Consumer
+from .consumer import AsyncConsumer, Consumer, PartitionConsumer
+from .group_consumer import GroupConsumer
 from .producer import Producer, RecordMetadata
 
-__all__ = ["Admin", "AsyncConsumer", "Consumer", "Producer", "RecordMetadata"]
+__all__ = ["Admin", "AsyncConsumer", "Consumer", "GroupConsumer", "PartitionConsumer", "Producer",
+           "RecordMetadata"]

@@ -23,6 +23,16 @@ class Admin:
         self._describe = rpc("DescribeTopic", pb.DescribeTopicRequest, pb.TopicDescription)
         self._offsets = rpc("ListOffsets", pb.ListOffsetsRequest, pb.ListOffsetsResponse)
 
+        def grp(name, req, resp):
+            return unary(self._channel, f"/tidelog.v1.Groups/{name}", req, resp, target, timeout_s)
+
+        self._list_groups = grp("ListGroups", pb.ListGroupsRequest, pb.ListGroupsResponse)
+        self._describe_group = grp("DescribeGroup", pb.DescribeGroupRequest, pb.GroupDescription)
+        self._delete_group = grp("DeleteGroup", pb.DeleteGroupRequest, pb.DeleteGroupResponse)
+        self._reset = grp("ResetOffsets", pb.ResetOffsetsRequest, pb.ResetOffsetsResponse)
+        self._committed = grp("FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest,
+                              pb.FetchCommittedOffsetsResponse)
+
     def create_topic(self, name: str, partitions: int = 1, **config) -> pb.TopicDescription:
         return self._create(pb.CreateTopicRequest(name=name, partitions=partitions,
                                                   config={k: str(v) for k, v in config.items()}))
@@ -54,6 +64,42 @@ class Admin:
         if at is None:
             return PartitionOffsets(msg.log_start, msg.log_end, msg.high_watermark, msg.flushed)
         return None if msg.offset < 0 else msg.offset
+
+    # -- consumer groups -----------------------------------------------------------------------------
+    def list_groups(self) -> list[str]:
+        return list(self._list_groups(pb.ListGroupsRequest()).groups)
+
+    def describe_group(self, group_id: str) -> dict:
+        """state, generation, members (with assignments) and per partition committed, end, lag, time lag."""
+        msg = self._describe_group(pb.DescribeGroupRequest(group_id=group_id))
+        return {
+            "group_id": msg.group_id, "state": msg.state, "generation": msg.generation, "assignor": msg.assignor,
+            "rebalances": msg.rebalances,
+            "members": [{"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
+                         "assignment": [(tp.topic, tp.partition) for tp in m.assignment]} for m in msg.members],
+            "partitions": [{"topic": p.topic, "partition": p.partition, "end": p.end, "owner": p.owner or None,
+                            **{k: (getattr(p, k) if p.HasField(k) else None) for k in ("committed", "lag", "time_lag_ms")}}
+                           for p in msg.partitions],
+        }
+
+    def committed_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
+        reply = self._committed(pb.FetchCommittedOffsetsRequest(group_id=group_id))
+        return {(o.topic, o.partition): o.offset for o in reply.offsets}
+
+    def delete_group(self, group_id: str) -> None:
+        self._delete_group(pb.DeleteGroupRequest(group_id=group_id))
+
+    def reset_offsets(self, group_id: str, topic: str, to: str | int, *, timestamp_ms: int | None = None,
+                      partitions: list[int] | None = None) -> dict[tuple[str, int], int]:
+        """to: "earliest", "latest", an offset, or "timestamp" with timestamp_ms. Groups without members only."""
+        request = pb.ResetOffsetsRequest(group_id=group_id, topic=topic, partitions=partitions or [])
+        if to in ("earliest", "latest"):
+            request.boundary = pb.LATEST if to == "latest" else pb.EARLIEST
+        elif to == "timestamp":
+            request.timestamp_ms = int(timestamp_ms)
+        else:
+            request.offset = int(to)
+        return {(o.topic, o.partition): o.offset for o in self._reset(request).offsets}
 
     def close(self) -> None:
         self._channel.close()

@@ -54,7 +54,7 @@ def _records(raw: bytes, position: int | None, copy: bool) -> tuple[list[Record]
     return out, msg.next_offset, msg.high_watermark
 
 
-class Consumer:
+class PartitionConsumer:
     """Records of one partition, in order. Iterate it, or call poll(timeout_s).
 
         for rec in Consumer("localhost:50051", "orders", partition=0, offset=0):
@@ -134,11 +134,26 @@ class Consumer:
         self._call.cancel()
         self._channel.close()
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> "PartitionConsumer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def Consumer(target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
+             offset: int | str | None = "earliest", *, group_id: str | None = None, topics=None, **options):
+    """A consumer: of one partition at a position, or, with group_id, a member of a consumer group.
+
+        Consumer("localhost:50051", "orders", partition=0, offset=0)            # PartitionConsumer
+        Consumer("localhost:50051", group_id="billing", topics=["orders"],      # GroupConsumer
+                 auto_commit=False, on_assign=..., on_revoke=...)
+    """
+    if group_id is not None:
+        from .group_consumer import GroupConsumer
+
+        return GroupConsumer(target, group_id, topics or ([topic] if topic else []), **options)
+    return PartitionConsumer(target, topic, partition, offset, **options)
 
 
 class AsyncConsumer:

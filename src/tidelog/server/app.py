@@ -21,11 +21,12 @@ from ..broker.engine import Engine
 from ..config import ServerConfig
 from ..errors import StorageError
 from ..v1 import tidelog_pb2 as pb
-from . import admin_service, consume_service, produce_service
+from ..groups.coordinator import GroupCoordinator
+from . import admin_service, consume_service, groups_service, produce_service
 
 log = logging.getLogger("tidelog.server")
 
-SERVICE_NAMES = (produce_service.SERVICE, consume_service.SERVICE, admin_service.SERVICE)
+SERVICE_NAMES = (produce_service.SERVICE, consume_service.SERVICE, admin_service.SERVICE, groups_service.SERVICE)
 
 
 class Server:
@@ -37,12 +38,15 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._stopped = asyncio.Event()
+        self._groups: groups_service.GroupsService | None = None
 
     async def start(self) -> int:
         """Open the engine (recovering if needed), bind the port, and start serving; returns the port."""
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
+        self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
+        self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
@@ -53,6 +57,7 @@ class Server:
             produce_service.ProduceService(self.async_engine, self.config).handler(),
             consume.handler(),
             admin_service.AdminService(self.async_engine, consume).handler(),
+            self._groups.handler(),
         ))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -72,6 +77,7 @@ class Server:
             raise OSError(f"cannot listen on {address}: {detail}")
         self.port = port
         await self._server.start()
+        self._groups.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d (data %s, fsync=%s)", ", ".join(SERVICE_NAMES), self.config.host, port,
                  self.engine.path, self.engine.config.fsync)
@@ -90,6 +96,8 @@ class Server:
         self._stopped.set()
         log.info("shutting down: finishing in-flight calls (grace %.1fs)", self.config.shutdown_grace_s)
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._groups is not None:
+            self._groups.stop()
         if self._server is not None:
             stopping = asyncio.ensure_future(self._server.stop(self.config.shutdown_grace_s))
             if self.async_engine is not None:

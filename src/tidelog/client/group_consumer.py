@@ -1,0 +1,76 @@
+"""A consumer-group member over gRPC: the Groups service for membership and commits, one Subscribe
+stream per assigned partition for records (see groups/member.py for the protocol)."""
+
+from __future__ import annotations
+
+from ..groups.member import GroupMember, MemberState
+from ..v1 import tidelog_pb2 as pb
+from .channel import DEFAULT_TARGET, sync_channel, unary
+from .consumer import PartitionConsumer
+
+
+def _tp_messages(tps):
+    return [pb.TopicPartition(topic=t, partition=p) for t, p in tps]
+
+
+class GroupConsumer(GroupMember):
+    def __init__(self, target: str = DEFAULT_TARGET, group_id: str = "", topics=(), *,
+                 timeout_s: float = 30.0, credit_bytes: int = 8 << 20, **options) -> None:
+        self.target = target
+        self.credit_bytes = credit_bytes
+        self._channel = sync_channel(target)
+
+        def rpc(name, req, resp):
+            return unary(self._channel, f"/tidelog.v1.Groups/{name}", req, resp, target, timeout_s)
+
+        self._rpc_join = rpc("JoinGroup", pb.JoinGroupRequest, pb.MemberAssignment)
+        self._rpc_heartbeat = rpc("Heartbeat", pb.HeartbeatRequest, pb.MemberAssignment)
+        self._rpc_leave = rpc("LeaveGroup", pb.LeaveGroupRequest, pb.LeaveGroupResponse)
+        self._rpc_commit = rpc("CommitOffsets", pb.CommitOffsetsRequest, pb.CommitOffsetsResponse)
+        self._rpc_committed = rpc("FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest,
+                                  pb.FetchCommittedOffsetsResponse)
+        self._rpc_offsets = unary(self._channel, "/tidelog.v1.Admin/ListOffsets", pb.ListOffsetsRequest,
+                                  pb.ListOffsetsResponse, target, timeout_s)
+        super().__init__(group_id, topics, **options)
+
+    @staticmethod
+    def _state(msg):
+        return MemberState(msg.member_id, msg.generation, [(tp.topic, tp.partition) for tp in msg.partitions],
+                           msg.heartbeat_interval_ms)
+
+    def _join(self, member_id, owned):
+        return self._state(self._rpc_join(pb.JoinGroupRequest(
+            group_id=self.group_id, topics=self.topics, session_timeout_ms=self.session_timeout_ms,
+            assignor=self.assignor, client_id=self.client_id, member_id=member_id or "",
+            owned=_tp_messages(owned))))
+
+    def _heartbeat(self, member_id, generation, owned):
+        return self._state(self._rpc_heartbeat(pb.HeartbeatRequest(
+            group_id=self.group_id, member_id=member_id, generation=generation, owned=_tp_messages(owned))))
+
+    def _leave(self, member_id):
+        self._rpc_leave(pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id))
+
+    def _commit(self, member_id, generation, offsets):
+        self._rpc_commit(pb.CommitOffsetsRequest(
+            group_id=self.group_id, member_id=member_id, generation=generation,
+            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())]))
+
+    def _committed(self, partitions):
+        reply = self._rpc_committed(pb.FetchCommittedOffsetsRequest(group_id=self.group_id,
+                                                                    partitions=_tp_messages(partitions)))
+        return {(o.topic, o.partition): o.offset for o in reply.offsets}
+
+    def _start(self, tp, where):
+        request = pb.ListOffsetsRequest(topic=tp[0], partition=tp[1])
+        request.position.boundary = pb.LATEST if where == "latest" else pb.EARLIEST
+        return self._rpc_offsets(request).offset
+
+    def _reader(self, tp, offset):
+        return PartitionConsumer(self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._channel.close()

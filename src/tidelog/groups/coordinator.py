@@ -1,0 +1,323 @@
+"""The group coordinator: membership, generations, session timeouts, rebalances, commits and lag.
+
+Assignment is computed here, on the broker (as Kafka's KIP-848 does), by a deterministic assignor,
+and re-run whenever members, subscriptions or partition counts change; each change starts a new
+generation. A partition is never owned by two members at once: a member is granted a partition of
+its target assignment only once no other member holds it, and a member holds a partition from the
+moment it is granted until it reports (in a heartbeat) that it stopped consuming it. So the old owner
+revokes first; the new owner gets the partition on its next heartbeat after that.
+
+Fencing: heartbeats and commits must name a known member and the group's current generation;
+commits only for partitions the member holds (granted, or being revoked and not yet released). A member missing heartbeats for its
+session_timeout_ms is removed (on the next `expire()`, which the server runs periodically and every
+call runs first), and a zombie's later calls are refused.
+
+Thread-safe (one lock). Time is injected, so tests move a manual clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from ..broker.engine import Engine
+from ..errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeError, PartitionNotAssignedError,
+                      StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from .assignor import ASSIGNORS, TopicPartition
+from .member import MemberState
+from .offset_store import OffsetStore
+
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+MIN_SESSION_TIMEOUT_MS = 100
+MAX_SESSION_TIMEOUT_MS = 300_000
+
+
+@dataclass
+class _Member:
+    member_id: str
+    client_id: str
+    topics: tuple[str, ...]
+    session_timeout_ms: int
+    last_seen_ms: int
+    granted: list[TopicPartition] = field(default_factory=list)
+    reported: set[TopicPartition] = field(default_factory=set)
+
+    def holding(self) -> set[TopicPartition]:
+        return set(self.granted) | self.reported
+
+
+@dataclass
+class _Group:
+    group_id: str
+    assignor: str = "sticky"
+    generation: int = 0
+    members: dict[str, _Member] = field(default_factory=dict)
+    target: dict[str, list[TopicPartition]] = field(default_factory=dict)
+    partition_counts: dict[str, int] = field(default_factory=dict)
+    rebalances: int = 0
+
+
+class GroupCoordinator:
+    def __init__(self, engine: Engine, offsets: OffsetStore | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.engine = engine
+        self.offsets = offsets or OffsetStore(engine)
+        self.clock = clock or engine.clock
+        self._lock = threading.RLock()
+        self._groups: dict[str, _Group] = {}
+        self._ids = itertools.count(1)
+
+    # -- membership ------------------------------------------------------------------------------
+    def join(self, group_id: str, topics: Sequence[str], *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+             assignor: str = "sticky", client_id: str = "", member_id: str | None = None,
+             owned: Iterable[TopicPartition] = ()) -> MemberState:
+        """Join (or rejoin with member_id) and get the member's current grant."""
+        _check_group_id(group_id)
+        if assignor not in ASSIGNORS:
+            raise InvalidRequestError(f"assignor must be one of {', '.join(ASSIGNORS)}, got {assignor!r}")
+        if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+            raise InvalidRequestError(f"session_timeout_ms must be within {MIN_SESSION_TIMEOUT_MS}.."
+                                      f"{MAX_SESSION_TIMEOUT_MS}, got {session_timeout_ms}")
+        topics = tuple(sorted(set(topics)))
+        if not topics:
+            raise InvalidRequestError("a member subscribes to at least one topic")
+        for t in topics:
+            self.engine.partitions(t)  # UnknownTopicError for a topic that does not exist
+        with self._lock:
+            self.expire()
+            group = self._groups.setdefault(group_id, _Group(group_id, assignor))
+            member = group.members.get(member_id) if member_id else None
+            if member_id and member is None:
+                raise UnknownMemberError(f"group {group_id!r} has no member {member_id!r}; join as a new member",
+                                         group=group_id)
+            now = self.clock()
+            if member is None:
+                member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
+                member = _Member(member_id, client_id, topics, session_timeout_ms, now)
+                group.members[member_id] = member
+                self._rebalance(group)
+            else:
+                member.last_seen_ms = now
+                member.reported = set(owned)
+                if member.topics != topics or member.session_timeout_ms != session_timeout_ms:
+                    member.topics, member.session_timeout_ms = topics, session_timeout_ms
+                    self._rebalance(group)
+            return self._grant(group, member)
+
+    def heartbeat(self, group_id: str, member_id: str, generation: int,
+                  owned: Iterable[TopicPartition]) -> MemberState:
+        """Keep the member alive and report what it consumes; returns its grant for this generation.
+
+        A member whose generation is behind gets StaleGenerationError and rejoins (join with its
+        member_id) to learn the new generation and assignment.
+        """
+        with self._lock:
+            self.expire()
+            group, member = self._member(group_id, member_id)
+            member.last_seen_ms = self.clock()
+            member.reported = set(owned)
+            self._check_partition_counts(group)
+            if generation != group.generation:
+                raise StaleGenerationError(
+                    f"generation {generation} is stale; group {group_id!r} is at generation {group.generation}",
+                    group=group_id, generation=group.generation)
+            return self._grant(group, member)
+
+    def leave(self, group_id: str, member_id: str) -> None:
+        with self._lock:
+            group, member = self._member(group_id, member_id)
+            del group.members[member_id]
+            self._rebalance(group)
+
+    def expire(self) -> list[str]:
+        """Remove members whose session timed out; returns their ids."""
+        now = self.clock()
+        gone = []
+        with self._lock:
+            for group in self._groups.values():
+                dead = [m for m in group.members.values() if now - m.last_seen_ms > m.session_timeout_ms]
+                for m in dead:
+                    del group.members[m.member_id]
+                    gone.append(m.member_id)
+                if dead:
+                    self._rebalance(group)
+        return gone
+
+    def _member(self, group_id: str, member_id: str) -> tuple[_Group, _Member]:
+        group = self._groups.get(group_id)
+        member = group.members.get(member_id) if group else None
+        if member is None:
+            raise UnknownMemberError(f"group {group_id!r} has no member {member_id!r} (it left or its session "
+                                     f"timed out); rejoin as a new member", group=group_id)
+        return group, member
+
+    def _check_partition_counts(self, group: _Group) -> None:
+        counts = self._counts(group)
+        if counts != group.partition_counts:
+            self._rebalance(group)
+
+    def _counts(self, group: _Group) -> dict[str, int]:
+        counts = {}
+        for t in sorted({t for m in group.members.values() for t in m.topics}):
+            try:
+                counts[t] = self.engine.partitions(t)
+            except UnknownTopicError:
+                pass  # deleted: its partitions simply leave the assignment
+        return counts
+
+    def _rebalance(self, group: _Group) -> None:
+        group.generation += 1
+        group.rebalances += 1
+        group.partition_counts = self._counts(group)
+        subscriptions = {m.member_id: m.topics for m in group.members.values()}
+        group.target = ASSIGNORS[group.assignor](subscriptions, group.partition_counts, group.target)
+
+    def _grant(self, group: _Group, member: _Member) -> MemberState:
+        held_by_others = set()
+        for other in group.members.values():
+            if other is not member:
+                held_by_others |= other.holding()
+        member.granted = [tp for tp in group.target.get(member.member_id, []) if tp not in held_by_others]
+        return MemberState(member.member_id, group.generation, list(member.granted),
+                           max(member.session_timeout_ms // 3, 1))
+
+    # -- offsets ---------------------------------------------------------------------------------
+    def commit(self, group_id: str, member_id: str | None, generation: int,
+               offsets: dict[TopicPartition, int], metadata: str = "") -> None:
+        """Commit offsets (next to consume). Members must be current and own the partitions; with no
+        member_id, only a group without active members may be committed to (admin tools)."""
+        with self._lock:
+            self.expire()
+            group = self._groups.get(group_id)
+            if member_id:
+                group, member = self._member(group_id, member_id)
+                if generation != group.generation:
+                    raise StaleGenerationError(
+                        f"commit from generation {generation}; group {group_id!r} is at {group.generation}",
+                        group=group_id, generation=group.generation)
+                # Granted, or still held while being revoked: nobody else consumes those partitions yet.
+                foreign = sorted(set(offsets) - member.holding())
+                if foreign:
+                    raise PartitionNotAssignedError(
+                        f"member {member_id} does not own {', '.join(f'{t}[{p}]' for t, p in foreign)}",
+                        group=group_id)
+            elif group is not None and group.members:
+                raise GroupNotEmptyError(f"group {group_id!r} has active members", group=group_id)
+            for (topic, partition), offset in offsets.items():
+                o = self.engine.list_offsets(topic, partition)
+                if not 0 <= offset <= o.high_watermark:  # below log start is allowed (data aged out)
+                    raise OffsetOutOfRangeError(
+                        f"offset {offset} for {topic}[{partition}] is out of range; valid offsets are "
+                        f"{o.log_start} to {o.high_watermark}", log_start=o.log_start, log_end=o.high_watermark)
+            self.offsets.commit(group_id, offsets, metadata)
+
+    def committed(self, group_id: str, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        return {tp: c.offset for tp, c in self.offsets.fetch(group_id, partitions).items()}
+
+    # -- administration --------------------------------------------------------------------------
+    def list_groups(self) -> list[str]:
+        with self._lock:
+            active = {g for g, grp in self._groups.items() if grp.members}
+        return sorted(active | set(self.offsets.groups()))
+
+    def describe(self, group_id: str) -> dict:
+        """Members, generation, assignment, and per partition committed/end offsets and lag."""
+        with self._lock:
+            self.expire()
+            group = self._groups.get(group_id)
+            committed = self.offsets.fetch(group_id)
+            if (group is None or not group.members) and not committed:
+                raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
+            members = [] if group is None else [
+                {"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
+                 "assignment": sorted(m.granted), "target": sorted(group.target.get(m.member_id, []))}
+                for m in sorted(group.members.values(), key=lambda m: m.member_id)]
+            owners = {tp: m["member_id"] for m in members for tp in m["assignment"]}
+            topics = set(tp[0] for tp in committed) | ({t for m in group.members.values() for t in m.topics}
+                                                      if group else set())
+            state = "empty" if not members else (
+                "stable" if all(m["assignment"] == m["target"] for m in members) else "rebalancing")
+            info = {"group_id": group_id, "state": state, "generation": group.generation if group else 0,
+                    "assignor": group.assignor if group else "", "rebalances": group.rebalances if group else 0,
+                    "members": members, "partitions": []}
+        now = self.clock()
+        for topic in sorted(topics):
+            try:
+                count = self.engine.partitions(topic)
+            except UnknownTopicError:
+                continue
+            for p in range(count):
+                end = self.engine.list_offsets(topic, p).high_watermark
+                c = committed.get((topic, p))
+                lag = None if c is None else max(end - c.offset, 0)
+                info["partitions"].append({
+                    "topic": topic, "partition": p, "committed": None if c is None else c.offset,
+                    "end": end, "lag": lag, "time_lag_ms": self._time_lag(topic, p, c, end, now),
+                    "owner": owners.get((topic, p))})
+        return info
+
+    def _time_lag(self, topic: str, partition: int, committed, end: int, now: int) -> int | None:
+        """How old the oldest unconsumed record is (0 when caught up)."""
+        if committed is None:
+            return None
+        if committed.offset >= end:
+            return 0
+        try:
+            first = next(iter(self.engine.fetch(topic, partition, committed.offset, max_bytes=1)), None)
+        except OffsetOutOfRangeError:
+            return None
+        return None if first is None else max(now - first.timestamp, 0)
+
+    def delete_group(self, group_id: str) -> None:
+        with self._lock:
+            self.expire()
+            group = self._groups.get(group_id)
+            if group is not None and group.members:
+                raise GroupNotEmptyError(f"group {group_id!r} has {len(group.members)} active member(s)",
+                                         group=group_id)
+            if group is None and group_id not in self.offsets.groups():
+                raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
+            self._groups.pop(group_id, None)
+            self.offsets.delete(group_id)
+
+    def reset_offsets(self, group_id: str, topic: str, to: str | int, *, partitions: Sequence[int] | None = None,
+                      timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
+        """Set committed offsets of an inactive group: to "earliest", "latest", an offset (clamped
+        into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms)."""
+        with self._lock:
+            self.expire()
+            group = self._groups.get(group_id)
+            if group is not None and group.members:
+                raise GroupNotEmptyError(f"group {group_id!r} has active members; stop them first", group=group_id)
+            count = self.engine.partitions(topic)
+            chosen = list(range(count)) if partitions is None else list(partitions)
+            offsets = {}
+            for p in chosen:
+                o = self.engine.list_offsets(topic, p)
+                if to == "earliest":
+                    value = o.log_start
+                elif to == "latest":
+                    value = o.high_watermark
+                elif to == "timestamp":
+                    found = self.engine.list_offsets(topic, p, int(timestamp_ms))
+                    value = o.high_watermark if found is None else found
+                elif isinstance(to, int) and not isinstance(to, bool):
+                    value = min(max(to, o.log_start), o.high_watermark)
+                else:
+                    raise InvalidRequestError(f"reset to 'earliest', 'latest', 'timestamp' or an offset, not {to!r}")
+                offsets[(topic, p)] = value
+            self.offsets.commit(group_id, offsets, "reset")
+            return offsets
+
+    def rebalances(self, group_id: str) -> int:
+        with self._lock:
+            group = self._groups.get(group_id)
+            return group.rebalances if group else 0
+
+
+def _check_group_id(group_id: object) -> None:
+    if not isinstance(group_id, str) or not group_id or len(group_id) > 249:
+        raise InvalidRequestError("group_id must be a non-empty string of at most 249 characters")

@@ -1,0 +1,131 @@
+"""tidelog.v1.Groups: consumer-group membership, commits and administration. Translation only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from ..broker.async_engine import AsyncEngine
+from ..errors import InvalidRequestError, TidelogError
+from ..groups.coordinator import DEFAULT_SESSION_TIMEOUT_MS, GroupCoordinator
+from ..v1 import tidelog_pb2 as pb
+from . import status
+
+SERVICE = "tidelog.v1.Groups"
+EXPIRY_CHECK_S = 0.25  # how often dead members are looked for
+
+
+def _tps(items) -> list[tuple[str, int]]:
+    return [(tp.topic, tp.partition) for tp in items]
+
+
+def assignment_message(state) -> pb.MemberAssignment:
+    return pb.MemberAssignment(member_id=state.member_id, generation=state.generation,
+                               heartbeat_interval_ms=state.heartbeat_interval_ms,
+                               partitions=[pb.TopicPartition(topic=t, partition=p) for t, p in state.assignment])
+
+
+class GroupsService:
+    def __init__(self, engine: AsyncEngine, coordinator: GroupCoordinator) -> None:
+        self.engine = engine
+        self.coordinator = coordinator
+        self._expiry: asyncio.Task | None = None
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn, req, resp):
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
+                                                       response_serializer=resp.SerializeToString)
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "JoinGroup": unary(self.join, pb.JoinGroupRequest, pb.MemberAssignment),
+            "Heartbeat": unary(self.heartbeat, pb.HeartbeatRequest, pb.MemberAssignment),
+            "LeaveGroup": unary(self.leave, pb.LeaveGroupRequest, pb.LeaveGroupResponse),
+            "CommitOffsets": unary(self.commit, pb.CommitOffsetsRequest, pb.CommitOffsetsResponse),
+            "FetchCommittedOffsets": unary(self.committed, pb.FetchCommittedOffsetsRequest,
+                                           pb.FetchCommittedOffsetsResponse),
+            "ListGroups": unary(self.list_groups, pb.ListGroupsRequest, pb.ListGroupsResponse),
+            "DescribeGroup": unary(self.describe, pb.DescribeGroupRequest, pb.GroupDescription),
+            "DeleteGroup": unary(self.delete, pb.DeleteGroupRequest, pb.DeleteGroupResponse),
+            "ResetOffsets": unary(self.reset, pb.ResetOffsetsRequest, pb.ResetOffsetsResponse),
+        })
+
+    def start(self) -> None:
+        """Remove members whose session timed out even when nobody calls in."""
+        async def expire_forever():
+            while True:
+                await asyncio.sleep(EXPIRY_CHECK_S)
+                await self.engine.run(self.coordinator.expire)
+
+        self._expiry = asyncio.ensure_future(expire_forever())
+
+    def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    async def _call(self, context, fn, *args, **kwargs):
+        try:
+            return await self.engine.run(fn, *args, **kwargs)
+        except TidelogError as exc:
+            await status.abort(context, exc)
+
+    async def join(self, request, context):
+        state = await self._call(context, self.coordinator.join, request.group_id, list(request.topics),
+                                 session_timeout_ms=request.session_timeout_ms or DEFAULT_SESSION_TIMEOUT_MS,
+                                 assignor=request.assignor or "sticky", client_id=request.client_id,
+                                 member_id=request.member_id or None, owned=_tps(request.owned))
+        return assignment_message(state)
+
+    async def heartbeat(self, request, context):
+        state = await self._call(context, self.coordinator.heartbeat, request.group_id, request.member_id,
+                                 request.generation, _tps(request.owned))
+        return assignment_message(state)
+
+    async def leave(self, request, context):
+        await self._call(context, self.coordinator.leave, request.group_id, request.member_id)
+        return pb.LeaveGroupResponse()
+
+    async def commit(self, request, context):
+        offsets = {(o.topic, o.partition): o.offset for o in request.offsets}
+        await self._call(context, self.coordinator.commit, request.group_id, request.member_id or None,
+                         request.generation, offsets, request.metadata)
+        return pb.CommitOffsetsResponse()
+
+    async def committed(self, request, context):
+        found = await self._call(context, self.coordinator.committed, request.group_id,
+                                 _tps(request.partitions) or None)
+        return pb.FetchCommittedOffsetsResponse(
+            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(found.items())])
+
+    async def list_groups(self, request, context):
+        return pb.ListGroupsResponse(groups=await self._call(context, self.coordinator.list_groups))
+
+    async def describe(self, request, context):
+        info = await self._call(context, self.coordinator.describe, request.group_id)
+        msg = pb.GroupDescription(group_id=info["group_id"], state=info["state"], generation=info["generation"],
+                                  assignor=info["assignor"], rebalances=info["rebalances"])
+        for m in info["members"]:
+            msg.members.add(member_id=m["member_id"], client_id=m["client_id"], topics=m["topics"],
+                            assignment=[pb.TopicPartition(topic=t, partition=p) for t, p in m["assignment"]])
+        for p in info["partitions"]:
+            part = msg.partitions.add(topic=p["topic"], partition=p["partition"], end=p["end"], owner=p["owner"] or "")
+            for name in ("committed", "lag", "time_lag_ms"):
+                if p[name] is not None:
+                    setattr(part, name, p[name])
+        return msg
+
+    async def delete(self, request, context):
+        await self._call(context, self.coordinator.delete_group, request.group_id)
+        return pb.DeleteGroupResponse()
+
+    async def reset(self, request, context):
+        kind = request.WhichOneof("to")
+        if kind is None:
+            await status.abort(context, InvalidRequestError("reset needs a target: boundary, offset or timestamp_ms"))
+        to = {"boundary": "latest" if request.boundary == pb.LATEST else "earliest",
+              "offset": request.offset, "timestamp_ms": "timestamp"}[kind]
+        offsets = await self._call(context, self.coordinator.reset_offsets, request.group_id, request.topic, to,
+                                   partitions=list(request.partitions) or None,
+                                   timestamp_ms=request.timestamp_ms if kind == "timestamp_ms" else None)
+        return pb.ResetOffsetsResponse(
+            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())])
