@@ -306,3 +306,17 @@ def test_producer_retries_across_a_broker_crash_without_loss_or_duplicates(tmp_p
             assert a.list_offsets("retry", 0).log_end == 3000
     finally:
         srv.stop()
+
+
+def test_shutdown_ends_open_subscriptions_with_a_clear_error(tmp_path):
+    from tidelog.errors import EngineClosedError
+
+    srv = ServerProcess(str(tmp_path / "data")).start()
+    with Admin(srv.target) as a:
+        a.create_topic("idle", 1)
+    consumer = Consumer(srv.target, "idle", 0, 0)
+    assert consumer.poll(0.2) == []
+    assert srv.stop() == 0
+    with pytest.raises(EngineClosedError, match="shutting down"):
+        consumer.poll(30)
+    consumer.close()

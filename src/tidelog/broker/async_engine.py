@@ -25,6 +25,8 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._listeners: dict[tuple[str, int], Callable[[], None]] = {}
+        self.stopping = False
+        """Set at shutdown: waits return at once, so long polls and subscriptions end promptly."""
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking engine call in the pool."""
@@ -34,6 +36,8 @@ class AsyncEngine:
     async def wait_for_data(self, topic: str, partition: int, offset: int, timeout_s: float) -> bool:
         """Until the partition's high watermark passes offset (True) or the timeout (False)."""
         self._loop = asyncio.get_running_loop()
+        if self.stopping:
+            return False
         key = (topic, partition)
         fut = self._loop.create_future()
         self._waiters.setdefault(key, set()).add(fut)
@@ -65,7 +69,8 @@ class AsyncEngine:
                 fut.set_result(True)
 
     def wake_all(self) -> None:
-        """Release every waiter (shutdown)."""
+        """Release every waiter and make later waits return at once (shutdown)."""
+        self.stopping = True
         for key in list(self._waiters):
             self._wake(key)
 

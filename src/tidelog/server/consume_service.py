@@ -16,7 +16,7 @@ import grpc
 from ..broker.async_engine import AsyncEngine
 from ..codec import protowire
 from ..config import ServerConfig
-from ..errors import InvalidRequestError, TidelogError
+from ..errors import EngineClosedError, InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import status
 
@@ -62,7 +62,7 @@ class ConsumeService:
         while True:
             result = await self.engine.run(engine.fetch, request.topic, request.partition, request.offset, max_bytes)
             left = deadline - time.monotonic()
-            if len(result.data) >= want or left <= 0 or len(result.data) >= max_bytes:
+            if len(result.data) >= want or left <= 0 or len(result.data) >= max_bytes or self.engine.stopping:
                 return result
             await self.engine.wait_for_data(request.topic, request.partition, result.next_offset, left)
 
@@ -113,6 +113,8 @@ class ConsumeService:
         engine = self.engine.engine
         try:
             while not sub.closed:
+                if self.engine.stopping:
+                    await status.abort(context, EngineClosedError("the broker is shutting down; reconnect later"))
                 if sub.credit <= 0:
                     await sub.wait(IDLE_WAKE_S)
                     continue
