@@ -1,0 +1,278 @@
+"""Consumer groups in-process: assignors, the coordinator on a manual clock, embedded consumers."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidelog import Engine
+from tidelog.errors import (GroupNotEmptyError, OffsetOutOfRangeError, PartitionNotAssignedError,
+                            StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
+from tidelog.groups.coordinator import GroupCoordinator
+from tidelog.groups.embedded import EmbeddedGroupConsumer
+
+
+# -- assignors ------------------------------------------------------------------------------------
+
+members_st = st.dictionaries(st.sampled_from("abcdefg"), st.sets(st.sampled_from(["t", "u", "v"]), min_size=1),
+                             min_size=1, max_size=6)
+partitions_st = st.fixed_dictionaries({"t": st.integers(1, 12), "u": st.integers(1, 5), "v": st.integers(1, 3)})
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNORS))
+@given(members=members_st, partitions=partitions_st)
+def test_every_subscribed_partition_goes_to_exactly_one_subscriber(name, members, partitions):
+    out = ASSIGNORS[name](members, partitions)
+    owned = [tp for tps in out.values() for tp in tps]
+    expected = {(t, p) for subs in members.values() for t in subs for p in range(partitions[t])}
+    assert sorted(owned) == sorted(expected)
+    for m, tps in out.items():
+        assert all(t in members[m] for t, _ in tps)
+    assert ASSIGNORS[name](members, partitions) == out  # deterministic
+
+
+@given(partitions=st.integers(1, 30), n=st.integers(1, 8))
+def test_sticky_is_balanced_for_a_common_subscription(partitions, n):
+    members = {f"m{i}": ["t"] for i in range(n)}
+    counts = [len(v) for v in sticky_assign(members, {"t": partitions}).values()]
+    assert max(counts) - min(counts) <= 1
+
+
+@given(partitions=st.integers(2, 30), n=st.integers(2, 8))
+def test_sticky_moves_only_what_a_new_member_must_take(partitions, n):
+    before_members = {f"m{i}": ["t"] for i in range(n)}
+    before = sticky_assign(before_members, {"t": partitions})
+    after = sticky_assign({**before_members, "new": ["t"]}, {"t": partitions}, before)
+    moved = sum(1 for m in before_members for tp in before[m] if tp not in after[m])
+    assert moved == len(after["new"])  # every moved partition went to the newcomer, none reshuffled
+    counts = [len(v) for v in after.values()]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_range_and_round_robin_layouts():
+    members = {"a": ["t"], "b": ["t"], "c": ["t"]}
+    assert range_assign(members, {"t": 7})["a"] == [("t", 0), ("t", 1), ("t", 2)]
+    assert round_robin_assign(members, {"t": 7})["a"] == [("t", 0), ("t", 3), ("t", 6)]
+
+
+# -- coordinator ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def engine(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 6)
+        yield eng
+
+
+@pytest.fixture
+def coord(engine, clock):
+    return GroupCoordinator(engine, clock=clock)
+
+
+def beat(coord, group, state, owned=None):
+    """Heartbeat reporting the grant as consumed (what a well-behaved member does)."""
+    return coord.heartbeat(group, state.member_id, state.generation, state.assignment if owned is None else owned)
+
+
+def test_a_partition_is_never_granted_to_two_members_at_once(coord):
+    a = coord.join("g", ["orders"])
+    assert len(a.assignment) == 6
+    a = beat(coord, "g", a)
+    b = coord.join("g", ["orders"])
+    assert b.assignment == []  # a still holds everything until it reports releasing
+    with pytest.raises(StaleGenerationError):
+        beat(coord, "g", a)
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=a.assignment)
+    assert len(a.assignment) == 3  # told to keep three; it still consumes six until its next heartbeat
+    b = beat(coord, "g", b, owned=[])
+    assert b.assignment == []
+    a = beat(coord, "g", a)  # now reports only its three
+    b = beat(coord, "g", b, owned=[])
+    assert len(b.assignment) == 3 and not set(a.assignment) & set(b.assignment)
+
+
+def test_a_member_that_stops_heartbeating_is_removed_after_its_session_timeout(coord, clock):
+    a = coord.join("g", ["orders"], session_timeout_ms=1000)
+    b = coord.join("g", ["orders"], session_timeout_ms=1000)
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=[])
+    clock.advance(600)
+    a = beat(coord, "g", a)
+    clock.advance(600)  # b has been silent for 1200 ms
+    assert coord.expire() == [b.member_id]
+    with pytest.raises(StaleGenerationError):
+        beat(coord, "g", a)
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=a.assignment)
+    assert len(a.assignment) == 6
+    with pytest.raises(UnknownMemberError):
+        coord.heartbeat("g", b.member_id, b.generation, [])
+    with pytest.raises(UnknownMemberError):
+        coord.commit("g", b.member_id, b.generation, {("orders", 0): 0})
+
+
+def test_commits_are_fenced_by_generation_member_and_ownership(coord, engine):
+    engine.produce("orders", [b"x"] * 5, partition=0)
+    a = beat(coord, "g", coord.join("g", ["orders"]))
+    coord.commit("g", a.member_id, a.generation, {("orders", 0): 3})
+    assert coord.committed("g") == {("orders", 0): 3}
+    b = coord.join("g", ["orders"])  # new generation
+    with pytest.raises(StaleGenerationError):
+        coord.commit("g", a.member_id, a.generation, {("orders", 0): 4})
+    with pytest.raises(PartitionNotAssignedError):
+        coord.commit("g", b.member_id, b.generation, {("orders", 0): 5})
+    with pytest.raises(OffsetOutOfRangeError):
+        a2 = coord.join("g", ["orders"], member_id=a.member_id, owned=a.assignment)
+        coord.commit("g", a.member_id, a2.generation, {("orders", 0): 99})
+    assert coord.committed("g") == {("orders", 0): 3}
+
+
+def test_committed_offsets_survive_reopening_the_engine(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 2)
+        eng.produce("orders", [b"x"] * 9, partition=1)
+        coord = GroupCoordinator(eng, clock=clock)
+        a = coord.join("g", ["orders"])
+        coord.commit("g", a.member_id, a.generation, {("orders", 1): 7})
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert GroupCoordinator(eng, clock=clock).committed("g") == {("orders", 1): 7}
+        assert "__consumer_offsets" not in eng.list_topics()
+
+
+def test_describe_reports_members_and_lag_in_records_and_time(coord, engine, clock):
+    engine.produce("orders", [b"a", b"b", b"c", b"d"], partition=2)
+    clock.advance(5000)
+    a = beat(coord, "g", coord.join("g", ["orders"], client_id="billing-1"))
+    coord.commit("g", a.member_id, a.generation, {("orders", 2): 1})
+    info = coord.describe("g")
+    assert info["state"] == "stable" and len(info["members"]) == 1
+    assert info["members"][0]["client_id"] == "billing-1"
+    p2 = next(p for p in info["partitions"] if p["partition"] == 2)
+    assert (p2["committed"], p2["end"], p2["lag"]) == (1, 4, 3)
+    assert p2["time_lag_ms"] == 5000
+    assert p2["owner"] == a.member_id
+    with pytest.raises(UnknownGroupError):
+        coord.describe("nobody")
+
+
+def test_reset_and_delete_need_a_group_without_members(coord, engine):
+    engine.produce("orders", [b"x"] * 4, partition=0)
+    a = beat(coord, "g", coord.join("g", ["orders"]))
+    with pytest.raises(GroupNotEmptyError):
+        coord.reset_offsets("g", "orders", "earliest")
+    with pytest.raises(GroupNotEmptyError):
+        coord.delete_group("g")
+    coord.leave("g", a.member_id)
+    assert coord.reset_offsets("g", "orders", "latest")[("orders", 0)] == 4
+    assert coord.reset_offsets("g", "orders", 99)[("orders", 0)] == 4  # clamped into the log
+    assert coord.reset_offsets("g", "orders", "earliest", partitions=[0]) == {("orders", 0): 0}
+    coord.delete_group("g")
+    assert coord.list_groups() == []
+    with pytest.raises(UnknownGroupError):
+        coord.delete_group("g")
+
+
+def test_joining_an_unknown_topic_is_refused(coord):
+    with pytest.raises(UnknownTopicError):
+        coord.join("g", ["nope"])
+
+
+# -- embedded consumers --------------------------------------------------------------------------
+
+def consume_all(consumers, expected, seconds=20.0):
+    seen = collections.defaultdict(list)
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run(c):
+        while not done.is_set():
+            records = c.poll(0.05)
+            with lock:
+                for r in records:
+                    seen[(r.topic, r.partition)].append((r.offset, id(c)))
+                if sum(len(v) for v in seen.values()) >= expected:
+                    done.set()
+            c.commit()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in consumers]
+    for t in threads:
+        t.start()
+    done.wait(seconds)
+    done.set()
+    for t in threads:
+        t.join(30)
+    return seen
+
+
+def test_three_embedded_consumers_share_six_partitions_each_record_once_in_order(engine, coord):
+    consumers = [EmbeddedGroupConsumer(coord, "billing", ["orders"], auto_commit=False) for _ in range(3)]
+    for c in consumers * 2:
+        c.heartbeat_now()
+    for c in consumers:
+        c.poll(0)
+    for c in consumers:
+        c.heartbeat_now()
+    assert sorted(tp for c in consumers for tp in c._granted) == [("orders", p) for p in range(6)]
+    for i in range(600):
+        engine.produce("orders", [b"%d" % i], keys=[b"k%d" % i])
+    seen = consume_all(consumers, 600)
+    assert sum(len(v) for v in seen.values()) == 600
+    for tp, items in seen.items():
+        offsets = [o for o, _ in items]
+        assert offsets == list(range(len(offsets)))  # once each, in order
+        assert len({who for _, who in items}) == 1  # one owner per partition
+    for c in consumers:
+        c.close()
+
+
+def test_two_groups_each_receive_every_record(engine, coord):
+    for i in range(120):
+        engine.produce("orders", [b"%d" % i], partition=i % 6)
+    a = [EmbeddedGroupConsumer(coord, "ga", ["orders"], auto_commit=False)]
+    b = [EmbeddedGroupConsumer(coord, "gb", ["orders"], auto_commit=False) for _ in range(2)]
+    seen_a = consume_all(a, 120)
+    seen_b = consume_all(b, 120)
+    assert sum(len(v) for v in seen_a.values()) == 120
+    assert sum(len(v) for v in seen_b.values()) >= 120
+    assert {tp: sorted({o for o, _ in v}) for tp, v in seen_b.items()} == \
+           {tp: sorted({o for o, _ in v}) for tp, v in seen_a.items()}
+    for c in a + b:
+        c.close()
+
+
+def test_callbacks_hear_assignments_and_revocations(engine, coord):
+    events = []
+    first = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False,
+                                  on_assign=lambda tps: events.append(("assign", len(tps))),
+                                  on_revoke=lambda tps: events.append(("revoke", len(tps))))
+    first.poll(0)
+    second = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
+    first.heartbeat_now()
+    first.poll(0)
+    assert events == [("assign", 6), ("revoke", 3)]
+    first.close()
+    second.close()
+    assert events[-1] == ("revoke", 3)
+
+
+def test_a_restarted_member_resumes_from_the_committed_offset(engine, coord):
+    for i in range(10):
+        engine.produce("orders", [b"%d" % i], partition=0)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 10 and time.monotonic() < deadline:
+        got += [r for r in c.poll(0.1) if r.partition == 0]
+    c.commit({("orders", 0): 6})
+    c.close()
+    again = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
+    more = []
+    deadline = time.monotonic() + 10
+    while len(more) < 4 and time.monotonic() < deadline:
+        more += [r for r in again.poll(0.1) if r.partition == 0]
+    assert [r.offset for r in more] == [6, 7, 8, 9]
+    again.close()
