@@ -206,3 +206,25 @@ def test_groups_cli(server):
     assert cli("groups", "delete", "billing").returncode == 0
     missing = cli("groups", "describe", "billing")
     assert missing.returncode == 1 and missing.stderr.strip() == "tidelog: error: unknown group 'billing'"
+
+
+def test_members_reconnect_and_rejoin_after_a_broker_restart(tmp_path):
+    srv = ServerProcess(str(tmp_path / "data")).start()
+    try:
+        with Admin(srv.target) as admin:
+            admin.create_topic("orders", 2)
+        produce(srv.target, "orders", 0, 10)
+        c = Consumer(srv.target, group_id="g", topics=["orders"], auto_commit=False, session_timeout_ms=1500)
+        got = []
+        wait_until(lambda: got.extend(c.poll(0.1)) or len(got) >= 10)
+        c.commit()
+        assert srv.stop() == 0
+        assert c.poll(0.3) == []  # the broker is gone: no error for the caller, just nothing
+        srv.start()
+        produce(srv.target, "orders", 10, 10)
+        more = []
+        wait_until(lambda: more.extend(c.poll(0.1)) or len(more) >= 10, what="records after the restart")
+        assert sorted(int(r.value) for r in more) == list(range(10, 20))
+        c.close()
+    finally:
+        srv.stop()

@@ -13,7 +13,13 @@ DEFAULT_TARGET = "localhost:50051"
 
 OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-           ("grpc.enable_retries", 0)]
+           ("grpc.enable_retries", 0),
+           # A restarted broker is found again within ~2 s (gRPC's default backoff grows to 2 min),
+           # and one channel's failed attempts never hold back another channel's first call.
+           ("grpc.initial_reconnect_backoff_ms", 100),
+           ("grpc.min_reconnect_backoff_ms", 100),
+           ("grpc.max_reconnect_backoff_ms", 2000),
+           ("grpc.use_local_subchannel_pool", 1)]
 
 
 def sync_channel(target: str) -> grpc.Channel:

@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable, Iterator, NamedTuple, Sequence
 
-from ..errors import (BrokerUnavailableError, OffsetOutOfRangeError, StaleGenerationError, TidelogError,
-                      UnknownMemberError)
+from ..errors import (BrokerUnavailableError, EngineClosedError, OffsetOutOfRangeError, StaleGenerationError,
+                      TidelogError, UnknownMemberError)
 
 log = logging.getLogger("tidelog.groups")
 
@@ -179,6 +179,13 @@ class GroupMember:
                 self._readers[tp] = self._reader(tp, offset)
                 self._positions[tp] = offset
                 continue
+            except (BrokerUnavailableError, EngineClosedError) as exc:
+                # The broker went away (restart): read on from our position once it is back.
+                log.info("group %s: reader of %s[%d] lost the broker (%s); reopening", self.group_id, tp[0],
+                         tp[1], exc.message)
+                reader.close()
+                self._readers[tp] = _Reopening(self, tp)
+                continue
             for r in records:
                 out.append(ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers))
             if records:
@@ -262,3 +269,25 @@ class GroupMember:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Reopening:
+    """Stands in for a partition reader whose broker went away: retries opening it, with backoff."""
+
+    def __init__(self, member: GroupMember, tp: TopicPartition) -> None:
+        self.member, self.tp = member, tp
+        self.next_try = time.monotonic() + 0.2
+
+    def poll(self, timeout_s: float):
+        if time.monotonic() < self.next_try:
+            return []
+        try:
+            reader = self.member._reader(self.tp, self.member._positions[self.tp])
+        except TidelogError:
+            self.next_try = time.monotonic() + 0.5
+            return []
+        self.member._readers[self.tp] = reader
+        return reader.poll(timeout_s)
+
+    def close(self) -> None:
+        pass
