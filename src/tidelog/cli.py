@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def client_parser(name, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def client_parser(name, help_text, parent=sub):
+        """A command that talks to a broker: it takes --server."""
+        p = parent.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
                        help="broker address (default: localhost:50051, or $TIDELOG_SERVER)")
         return p
@@ -368,10 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.required = True
 
     def topics_parser(name, help_text):
-        p = tsub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
-                       help="broker address (default: localhost:50051)")
-        return p
+        return client_parser(name, help_text, tsub)
 
     create = topics_parser("create", "create a topic")
     create.add_argument("topic")
@@ -420,10 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     gsub.required = True
 
     def groups_parser(name, help_text):
-        p = gsub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--server", default=os.environ.get("TIDELOG_SERVER", "localhost:50051"),
-                       help="broker address (default: localhost:50051)")
-        return p
+        return client_parser(name, help_text, gsub)
 
     groups_parser("list", "list consumer groups").set_defaults(run=_groups_list)
     gdesc = groups_parser("describe", "members, generation, assignment, and per partition committed/end/lag")
