@@ -320,6 +320,31 @@ def _groups_delete(args) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------------------
+
+def _bench(args) -> int:
+    from .bench.runner import BenchConfig, run
+    from .tuning import tune_malloc
+
+    if args.embedded and not args.data_dir:
+        raise UsageError("--embedded needs --data-dir")
+    if args.scenario == "e2e" and args.embedded:
+        raise UsageError("e2e measures producer → broker → consumer: it needs a server, not --embedded")
+    if args.rate and args.rate < 0:
+        raise UsageError("--rate must be positive")
+    tune_malloc()
+    cfg = BenchConfig(
+        scenario=args.scenario, server=None if args.embedded else args.server,
+        data_dir=args.data_dir if args.embedded else None, topic=args.topic, records=args.records,
+        duration_s=args.duration, record_size=args.record_size, batch_bytes=args.batch_bytes,
+        linger_ms=args.linger_ms, compression=args.compression, rate=args.rate or 0.0,
+        producers=args.producers, consumers=args.consumers, partitions=args.partitions, group=args.group,
+        fsync=args.fsync, progress=not args.json)
+    result = run(cfg)
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
 # -- demo --------------------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
@@ -438,6 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
     gdel = groups_parser("delete", "delete a group and its committed offsets (no members)")
     gdel.add_argument("group")
     gdel.set_defaults(run=_groups_delete)
+
+    bench = client_parser("bench", "measure throughput and latency (produce, consume, e2e)")
+    bench.add_argument("scenario", choices=["produce", "consume", "e2e"])
+    bench.add_argument("--embedded", action="store_true", help="run on the in-process engine (needs --data-dir)")
+    bench.add_argument("--data-dir", help="data directory for --embedded")
+    bench.add_argument("--topic", default="bench")
+    bench.add_argument("--records", type=int, default=100_000, help="records in all (default 100000)")
+    bench.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    bench.add_argument("--record-size", type=int, default=1024)
+    bench.add_argument("--batch-bytes", type=int, default=1 << 20)
+    bench.add_argument("--linger-ms", type=float, default=5.0)
+    bench.add_argument("--compression", choices=["none", "lz4"], default="none")
+    bench.add_argument("--rate", type=float, help="target records/s over all producers (latency from the schedule)")
+    bench.add_argument("--producers", type=int, default=1, help="producer processes (threads when --embedded)")
+    bench.add_argument("--consumers", type=int, default=1, help="consumer processes")
+    bench.add_argument("--partitions", type=int, default=1, help="partitions if the topic is created")
+    bench.add_argument("--group", help="consume as a consumer group")
+    bench.add_argument("--fsync", choices=["always", "interval", "never"], default="never", help="--embedded only")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.set_defaults(run=_bench)
 
     health = client_parser("health", "check that the broker is serving (exit 0) or not (exit 1)")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
