@@ -139,7 +139,8 @@ def _consume_worker(cfg: BenchConfig, index: int, count: int, ready=None, counte
     if ready is not None:
         ready.set()
     start = time.monotonic_ns()
-    deadline = start + int(cfg.duration_s * 1e9)
+    # e2e: the consumer starts first and waits for the producers' last records a little longer
+    deadline = start + int((cfg.duration_s + (5 if stamp else 0)) * 1e9)
     try:
         while got < count and time.monotonic_ns() < deadline:
             for c in consumers:

@@ -19,7 +19,6 @@ flush() may be called from any thread.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import random
 import secrets
 import threading
@@ -47,15 +46,72 @@ class RecordMetadata(NamedTuple):
     offset: int
 
 
-class _OpenBatch:
-    __slots__ = ("values", "keys", "headers", "timestamps", "futures", "size", "created")
+class _BatchResult:
+    """The outcome of one batch, shared by the futures of all its records (a per-record
+    concurrent.futures.Future costs more than sending the record)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("topic", "partition", "base_offset", "error", "_done", "_callbacks")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+        self.base_offset = -1
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._callbacks: list = []
+
+    def finish(self, base_offset: int = -1, error: BaseException | None = None) -> None:
+        self.base_offset, self.error = base_offset, error
+        self._done.set()
+        for fn, future in self._callbacks:
+            try:
+                fn(future)
+            except Exception:  # a user's callback must not break delivery of the others
+                pass
+
+
+class RecordFuture:
+    """Future of one record: result() → RecordMetadata(topic, partition, offset), or raises the error."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _BatchResult, index: int) -> None:
+        self._batch, self._index = batch, index
+
+    def done(self) -> bool:
+        return self._batch._done.is_set()
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        if not self._batch._done.wait(timeout):
+            raise RequestTimeoutError(f"no acknowledgement within {timeout}s")
+        if self._batch.error is not None:
+            raise self._batch.error
+        return RecordMetadata(self._batch.topic, self._batch.partition, self._batch.base_offset + self._index)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._batch._done.wait(timeout):
+            raise RequestTimeoutError(f"no acknowledgement within {timeout}s")
+        return self._batch.error
+
+    def add_done_callback(self, fn) -> None:
+        """fn(future) once the record is acknowledged or failed (at once if it already is)."""
+        if self.done():
+            fn(self)
+        else:
+            self._batch._callbacks.append((fn, self))
+            if self.done() and (fn, self) in self._batch._callbacks:
+                self._batch._callbacks.remove((fn, self))
+                fn(self)
+
+
+class _OpenBatch:
+    __slots__ = ("values", "keys", "headers", "timestamps", "result", "size", "created")
+
+    def __init__(self, topic: str, partition: int) -> None:
         self.values: list = []
         self.keys: list = []
         self.headers: list = []
         self.timestamps: list = []
-        self.futures: list[concurrent.futures.Future] = []
+        self.result = _BatchResult(topic, partition)
         self.size = 0
         self.created = time.monotonic()
 
@@ -65,7 +121,8 @@ class _Request(NamedTuple):
     topic: str
     partition: int
     raw: bytes
-    futures: list
+    result: _BatchResult
+    count: int
 
 
 class Producer:
@@ -103,23 +160,22 @@ class Producer:
 
     # -- the caller's side -------------------------------------------------------------------------
     def send(self, topic: str, value, key=None, *, partition: int | None = None, headers=None,
-             timestamp_ms: int | None = None) -> concurrent.futures.Future:
+             timestamp_ms: int | None = None) -> RecordFuture:
         """Queue one record; the future resolves to RecordMetadata(topic, partition, offset)."""
         if self._closed:
             raise EngineClosedError("the producer is closed")
         if partition is None:
             partition = self._choose_partition(topic, key)
-        future: concurrent.futures.Future = concurrent.futures.Future()
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + 16
         with self._lock:
             batch = self._open.get((topic, partition))
             if batch is None:
-                batch = self._open[(topic, partition)] = _OpenBatch()
+                batch = self._open[(topic, partition)] = _OpenBatch(topic, partition)
+            future = RecordFuture(batch.result, len(batch.values))
             batch.values.append(value)
             batch.keys.append(key)
             batch.headers.append(headers)
-            batch.timestamps.append(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
-            batch.futures.append(future)
+            batch.timestamps.append(timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000)
             batch.size += size
             self._unfinished += 1
             full = batch.size >= self.batch_bytes
@@ -204,7 +260,7 @@ class Producer:
             producer_epoch=0 if self.producer_id >= 0 else -1,
             base_sequence=base_seq if self.producer_id >= 0 else -1)
         return _Request(sequence, topic, partition, protowire.encode_produce_request(sequence, topic, partition, raw),
-                        batch.futures)
+                        batch.result, len(batch.values))
 
     async def _sender(self) -> None:
         sequence = 0
@@ -236,7 +292,7 @@ class Producer:
                             try:
                                 backlog.append(self._encode(topic, partition, batch, sequence))
                             except TidelogError as exc:
-                                self._fail(batch.futures, exc)
+                                self._fail(batch.result, len(batch.values), exc)
                                 continue
                             sequence += 1
                         if self._closed and not backlog and not in_flight and not self._open:
@@ -262,7 +318,7 @@ class Producer:
                 deadline_broken = deadline_broken or now + self.delivery_timeout_s
                 if now >= deadline_broken:
                     for request in list(in_flight.values()) + backlog:
-                        self._fail(request.futures, err)
+                        self._fail(request.result, request.count, err)
                     in_flight.clear()
                     backlog = []
                     deadline_broken = None
@@ -283,22 +339,20 @@ class Producer:
                     if err.retriable:
                         raise err  # reconnect and resend from this request on, in order
                     del in_flight[result.sequence]
-                    self._fail(request.futures, err)
+                    self._fail(request.result, request.count, err)
                 else:
                     del in_flight[result.sequence]
                     self._succeed(request, result.base_offset)
         raise BrokerUnavailableError(f"the broker at {self.target} closed the produce stream")
 
     def _succeed(self, request: _Request, base_offset: int) -> None:
-        for i, future in enumerate(request.futures):
-            future.set_result(RecordMetadata(request.topic, request.partition, base_offset + i))
-        self._finished(len(request.futures))
+        request.result.finish(base_offset=base_offset)
+        self._finished(request.count)
 
-    def _fail(self, futures: list, err: TidelogError) -> None:
-        for future in futures:
-            if not future.done():
-                future.set_exception(err)
-        self._finished(len(futures))
+    def _fail(self, result: _BatchResult, count: int, err: TidelogError) -> None:
+        if not result._done.is_set():
+            result.finish(error=err)
+        self._finished(count)
 
     def _finished(self, n: int) -> None:
         with self._lock:
