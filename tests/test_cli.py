@@ -89,3 +89,19 @@ def test_serve_reports_a_busy_port_clearly(server, tmp_path):
 def test_health_command(server):
     out = tidelog("health", f"--server={server.target}")
     assert out.returncode == 0 and out.stdout.strip() == b"SERVING"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('nope = 1\n', "unknown setting(s) nope"),
+    ('port = "x"\n', "port must be an integer"),
+    ('port = [\n', "cannot read config file"),
+    ('[engine]\nfsync = "sometimes"\n', "fsync must be one of"),
+    ('[engine.topic_defaults]\nbogus = 2\n', "unknown setting(s) bogus"),
+])
+def test_a_bad_config_file_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "tidelog.toml"
+    path.write_text(content)
+    out = tidelog("serve", "--config", str(path), "--data-dir", str(tmp_path / "d"))
+    assert out.returncode in (1, 2)
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

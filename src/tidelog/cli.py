@@ -53,7 +53,11 @@ def load_server_config(args: argparse.Namespace):
             settings[name] = getattr(args, name)
     if args.fsync is not None:
         engine["fsync"] = args.fsync
-    return ServerConfig(engine=engine, **settings) if engine else ServerConfig(**settings)
+    if not isinstance(engine, dict):
+        raise UsageError(f"[engine] in {path} must be a table")
+    if engine:
+        settings["engine"] = engine
+    return ServerConfig().with_overrides(settings)
 
 
 def _serve(args: argparse.Namespace) -> int:

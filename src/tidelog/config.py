@@ -150,7 +150,10 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.engine, Mapping):
-            object.__setattr__(self, "engine", EngineConfig().with_overrides(dict(self.engine)))
+            engine = dict(self.engine)
+            if isinstance(engine.get("topic_defaults"), Mapping):
+                engine["topic_defaults"] = TopicConfig().with_overrides(engine["topic_defaults"])
+            object.__setattr__(self, "engine", EngineConfig().with_overrides(engine))
         if not isinstance(self.host, str) or not self.host:
             raise InvalidConfigError(f"host must be a non-empty string, got {self.host!r}")
         _positive(self, "port", minimum=0)
