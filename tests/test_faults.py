@@ -156,3 +156,22 @@ def test_a_snapshot_taken_during_disk_full_recovers_to_the_acknowledged_records(
     eng.close()
     with Engine.open(snap) as crashed:
         assert values_of(crashed) == [b"a"] * 3
+
+
+def test_a_failed_roll_leaves_no_stale_segment_that_later_costs_data(tmp_path):
+    data_dir = str(tmp_path / "d")
+    fs = FaultyFS()
+    with Engine.open(data_dir, fs=fs, fsync="always") as eng:
+        eng.create_topic("t", segment_bytes=4096)
+        eng.produce("t", [b"a" * 1000] * 3)  # 3 KB in the first segment
+        fs.disk_full = True
+        with pytest.raises(DiskFullError):
+            eng.produce("t", [b"b" * 1500])  # needs a new segment: creating it fails
+        fs.disk_full = False
+        eng.produce("t", [b"c" * 100])  # fits the old segment
+        for _ in range(10):
+            eng.produce("t", [b"d" * 1500])  # rolls at another base offset now
+        expected = values_of(eng)
+    assert len(expected) == 14
+    with Engine.open(data_dir) as again:
+        assert values_of(again) == expected

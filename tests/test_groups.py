@@ -276,3 +276,4 @@ def test_a_restarted_member_resumes_from_the_committed_offset(engine, coord):
         more += [r for r in again.poll(0.1) if r.partition == 0]
     assert [r.offset for r in more] == [6, 7, 8, 9]
     again.close()
+

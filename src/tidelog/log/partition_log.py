@@ -63,6 +63,7 @@ class PartitionLog:
         self._closed = False
         self._last_checkpoint = 0.0
         self._listeners: list[Callable[[], None]] = []
+        self._unrecorded: list = []
         fs.makedirs(directory)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean)
         self._segments = SegmentSet(segments)
@@ -112,14 +113,16 @@ class PartitionLog:
                     nbytes += info.size
                     next_offset = last + 1
             if retried and batches:
-                raise InvalidRequestError("an append mixes retried and new batches of idempotent producers")
+                raise InvalidRequestError("an append mixes batches already written (retries of an idempotent "
+                                          "producer) with new ones; send them separately")
             if retried:  # written before, its ack was lost: answer with the original offsets
                 first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
             else:
+                self._unrecorded = idempotent
+            try:
                 self._write(iov, batches, nbytes)
-            for info, base, last in idempotent:
-                self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence,
-                                       info.count, base, last)
+            finally:
+                self._unrecorded = []
         if sync and self.fsync_policy == "always":
             self.sync(next_offset)
         return first, next_offset - 1
@@ -140,8 +143,16 @@ class PartitionLog:
             seg = self._roll(batches[0].base_offset)
         seg.append(iov, batches, nbytes)
         self._offsets.advance_log_end(batches[-1].last_offset + 1)
+        self._record_producers(batches[-1].last_offset)
         if self.fsync_policy != "always":
             self._publish(seg, seg.size, self._offsets.log_end)
+
+    def _record_producers(self, written_upto: int) -> None:
+        """Remember the idempotent batches written so far (even if a later part of the append fails)."""
+        done = [entry for entry in self._unrecorded if entry[2] <= written_upto]
+        for info, base, last in done:
+            self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, last)
+        self._unrecorded = [entry for entry in self._unrecorded if entry[2] > written_upto]
 
     def _write_split(self, iov: list, batches: list[AppendedBatch]) -> None:
         """An append too large for one segment goes batch by batch, rolling as needed."""
@@ -167,7 +178,10 @@ class PartitionLog:
         try:
             new = Segment.create(self.fs, self.directory, base_offset, self.config)
         except StorageError:
-            old.activate()  # e.g. a full disk: keep appending to the old segment once space is back
+            # e.g. a full disk: remove what was made of the new segment (a stale file with this base
+            # would break the log's continuity on the next open) and keep appending to the old one.
+            Segment.remove_files(self.fs, self.directory, base_offset)
+            old.activate()
             raise
         self._segments.add(new)
         self._offsets.advance_flushed(new.base_offset)

@@ -23,6 +23,7 @@ from ..errors import DuplicateSequenceError, InvalidProducerEpochError, OutOfOrd
 
 BATCHES_REMEMBERED = 5
 STATE_WINDOW_BYTES = 16 << 20
+SEQUENCE_MASK = 0x7FFFFFFF  # sequences wrap at 2^31, as Kafka's do
 
 
 class ProducedBatch(NamedTuple):
@@ -42,7 +43,7 @@ class ProducerState:
 
         pending maps producer id → last sequence accepted earlier in the same append call.
         """
-        last_seq = first_seq + count - 1
+        last_seq = (first_seq + count - 1) & SEQUENCE_MASK
         known = self._producers.get(producer_id)
         if known is not None and epoch < known[0]:
             raise InvalidProducerEpochError(
@@ -56,11 +57,13 @@ class ProducerState:
         if expected is None and known is not None and epoch == known[0] and known[1]:
             expected = known[1][-1].last_sequence
         if expected is not None:
-            if first_seq <= expected:
-                raise DuplicateSequenceError(
-                    f"producer {producer_id} resent sequence {first_seq}, older than the batches remembered",
-                    producer_id=producer_id)
-            if first_seq != expected + 1:
+            want = (expected + 1) & SEQUENCE_MASK
+            if first_seq != want:
+                behind = (want - first_seq) & SEQUENCE_MASK
+                if 0 < behind < (1 << 30):
+                    raise DuplicateSequenceError(
+                        f"producer {producer_id} resent sequence {first_seq}, older than the batches remembered",
+                        producer_id=producer_id)
                 raise OutOfOrderSequenceError(
                     f"producer {producer_id}: sequence {first_seq} does not follow {expected}",
                     producer_id=producer_id)
@@ -73,7 +76,7 @@ class ProducerState:
         if known is None or epoch > known[0]:
             known = (epoch, deque(maxlen=BATCHES_REMEMBERED))
             self._producers[producer_id] = known
-        known[1].append(ProducedBatch(first_seq, first_seq + count - 1, base_offset, last_offset))
+        known[1].append(ProducedBatch(first_seq, (first_seq + count - 1) & SEQUENCE_MASK, base_offset, last_offset))
 
     def load(self, rows: np.ndarray) -> None:
         """Replay scanned batch rows (batch_scan columns) in log order."""

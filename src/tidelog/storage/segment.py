@@ -21,6 +21,7 @@ import numpy as np
 
 from .._native import batch_scan
 from ..config import TopicConfig
+from ..errors import StorageError
 from .fs import FileSystem
 from .offset_index import OffsetIndex
 from .time_index import TimeIndex
@@ -154,7 +155,7 @@ class Segment:
              on_batches=None) -> ScanResult:
         """Walk batches from start to the first invalid one (or `stop`), in chunks of headers.
 
-        on_batches(rows) receives each chunk's (pos, size, base, last, max_ts) rows.
+        on_batches(rows) receives each chunk's rows (the batch_scan.COL_* columns).
         """
         end = self._map_len if stop is None else min(stop, self._map_len)
         buf = self._map if self._map is not None else b""
@@ -320,8 +321,21 @@ class Segment:
         self.sealed = False
         self.index.activate()
         self.time_index.activate()
-        if self._map_len < self.config.segment_bytes:
-            self._map_file(max(self.config.segment_bytes, self.size))
+        length = max(self.config.segment_bytes, self.size)
+        if self.fs.size(self._fd) < length:
+            self.fs.truncate(self._fd, length, self.log_path)
+        if self._map_len < length:
+            self._map_file(length)
+
+    @staticmethod
+    def remove_files(fs: FileSystem, directory: str, base_offset: int) -> None:
+        """Delete a segment's files that may exist (what a failed create left behind)."""
+        stem = os.path.join(directory, segment_name(base_offset))
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            try:
+                fs.remove(stem + suffix)
+            except StorageError:
+                pass  # best effort: recovery also removes a segment that breaks continuity
 
     def mark_sealed(self) -> None:
         """Found trimmed and complete on open: nothing to write."""
