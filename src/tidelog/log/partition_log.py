@@ -119,10 +119,10 @@ class PartitionLog:
                 first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
             else:
                 self._unrecorded = idempotent
-            try:
-                self._write(iov, batches, nbytes)
-            finally:
-                self._unrecorded = []
+                try:
+                    self._write(iov, batches, nbytes)
+                finally:
+                    self._unrecorded = []
         if sync and self.fsync_policy == "always":
             self.sync(next_offset)
         return first, next_offset - 1
