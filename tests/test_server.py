@@ -320,3 +320,21 @@ def test_shutdown_ends_open_subscriptions_with_a_clear_error(tmp_path):
     with pytest.raises(EngineClosedError, match="shutting down"):
         consumer.poll(30)
     consumer.close()
+
+
+def test_batches_never_grow_past_batch_bytes_and_a_refused_batch_does_not_poison_the_partition(server, admin):
+    admin.create_topic("big", 1, max_batch_bytes=64 * 1024)
+    p = Producer(server.target, linger_ms=5, batch_bytes=16 * 1024)
+    try:
+        p.send("big", b"first", partition=0).result(10)
+        p._loop.call_soon_threadsafe(time.sleep, 0.5)  # the network thread is busy for a while
+        futures = [p.send("big", b"x" * 1024, partition=0) for _ in range(500)]
+        p.flush(60)
+        assert all(f.exception(0) is None for f in futures)  # 500 KB went out in batches of ~16 KB
+        too_big = p.send("big", b"y" * 100_000, partition=0)  # over the topic's max_batch_bytes
+        p.flush(60)
+        assert too_big.exception(0) is not None
+        after = p.send("big", b"z", partition=0)
+        assert after.result(30).offset == 501  # the partition still takes this producer's records
+    finally:
+        p.close()

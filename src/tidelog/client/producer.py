@@ -146,6 +146,8 @@ class Producer:
         self._sticky: dict[str, int] = {}
         self._sequences: dict[tuple[str, int], int] = {}
         self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._full: list[tuple[str, int, _OpenBatch]] = []  # closed at batch_bytes, waiting to be sent
+        self._epoch = 0
         self._lock = threading.Lock()
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -179,6 +181,10 @@ class Producer:
             batch.size += size
             self._unfinished += 1
             full = batch.size >= self.batch_bytes
+            if full:  # close it: the next record starts a new batch, whenever this one is sent
+                del self._open[(topic, partition)]
+                self._full.append((topic, partition, batch))
+                self._rotate_sticky(topic, partition)
         if full or len(batch.values) == 1:
             self._loop.call_soon_threadsafe(self._kick)
         return future
@@ -241,13 +247,16 @@ class Producer:
     def _take_ready(self, everything: bool) -> list[tuple[str, int, _OpenBatch]]:
         now = time.monotonic()
         with self._lock:
-            ready = [(t, p, b) for (t, p), b in self._open.items()
-                     if everything or b.size >= self.batch_bytes or now - b.created >= self.linger_s]
-            for t, p, _ in ready:
+            ready, self._full = self._full, []
+            lingered = [(t, p, b) for (t, p), b in self._open.items() if everything or now - b.created >= self.linger_s]
+            for t, p, _ in lingered:
                 del self._open[(t, p)]
-                if self._sticky.get(t) == p and self._partitions.get(t, 1) > 1:
-                    self._sticky[t] = (p + 1) % self._partitions[t]  # the next keyless batch goes elsewhere
-        return ready
+                self._rotate_sticky(t, p)
+        return ready + lingered
+
+    def _rotate_sticky(self, topic: str, partition: int) -> None:
+        if self._sticky.get(topic) == partition and self._partitions.get(topic, 1) > 1:
+            self._sticky[topic] = (partition + 1) % self._partitions[topic]  # the next keyless batch goes elsewhere
 
     def _encode(self, topic: str, partition: int, batch: _OpenBatch, sequence: int) -> _Request:
         seq_key = (topic, partition)
@@ -257,7 +266,7 @@ class Producer:
             batch.values, batch.keys if any(k is not None for k in batch.keys) else None,
             batch.headers if any(batch.headers) else None, batch.timestamps, timestamp=0,
             compression_name=self.compression, producer_id=self.producer_id,
-            producer_epoch=0 if self.producer_id >= 0 else -1,
+            producer_epoch=self._epoch if self.producer_id >= 0 else -1,
             base_sequence=base_seq if self.producer_id >= 0 else -1)
         return _Request(sequence, topic, partition, protowire.encode_produce_request(sequence, topic, partition, raw),
                         batch.result, len(batch.values))
@@ -282,6 +291,8 @@ class Producer:
                     if not backlog:
                         with self._lock:
                             lingering = min((b.created for b in self._open.values()), default=None)
+                            if self._full:
+                                lingering = 0.0
                         timeout = None if lingering is None else max(lingering + self.linger_s - time.monotonic(), 0)
                         woken = asyncio.ensure_future(self._wake.wait())
                         await asyncio.wait({woken, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -295,7 +306,7 @@ class Producer:
                                 self._fail(batch.result, len(batch.values), exc)
                                 continue
                             sequence += 1
-                        if self._closed and not backlog and not in_flight and not self._open:
+                        if self._closed and not backlog and not in_flight and not self._open and not self._full:
                             await call.done_writing()
                             await asyncio.wait({reader}, timeout=5)  # the broker ends the stream
                             return
@@ -340,10 +351,18 @@ class Producer:
                         raise err  # reconnect and resend from this request on, in order
                     del in_flight[result.sequence]
                     self._fail(request.result, request.count, err)
+                    self._new_epoch()
                 else:
                     del in_flight[result.sequence]
                     self._succeed(request, result.base_offset)
         raise BrokerUnavailableError(f"the broker at {self.target} closed the produce stream")
+
+    def _new_epoch(self) -> None:
+        """After a batch failed for good its sequence numbers are a gap the broker would refuse
+        forever: start a new epoch, whose sequences start again at 0 (Kafka bumps the epoch too)."""
+        if self.producer_id >= 0:
+            self._epoch = (self._epoch + 1) & 0x7FFF
+            self._sequences.clear()
 
     def _succeed(self, request: _Request, base_offset: int) -> None:
         request.result.finish(base_offset=base_offset)
