@@ -338,3 +338,14 @@ def test_batches_never_grow_past_batch_bytes_and_a_refused_batch_does_not_poison
         assert after.result(30).offset == 501  # the partition still takes this producer's records
     finally:
         p.close()
+
+
+def test_send_blocks_when_the_buffer_is_full_instead_of_growing_without_bound(server, admin):
+    admin.create_topic("buffered", 1)
+    with Producer(server.target, linger_ms=5, batch_bytes=64 * 1024, buffer_bytes=256 * 1024) as p:
+        futures = []
+        for i in range(5000):  # ~5 MB through a 256 KB buffer
+            futures.append(p.send("buffered", b"%05d" % i + b"x" * 1019, partition=0))
+            assert p._buffered <= p.buffer_bytes + 1100
+        p.flush(60)
+    assert [f.result(0).offset for f in futures] == list(range(5000))

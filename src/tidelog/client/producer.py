@@ -19,6 +19,7 @@ flush() may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import threading
@@ -38,6 +39,7 @@ from .admin import Admin
 from .channel import DEFAULT_TARGET, aio_channel
 
 PRODUCE = "/tidelog.v1.Producer/Produce"
+log = logging.getLogger("tidelog.client")
 
 
 class RecordMetadata(NamedTuple):
@@ -105,6 +107,7 @@ class RecordFuture:
 
 class _OpenBatch:
     __slots__ = ("values", "keys", "headers", "timestamps", "result", "size", "created")
+    # size counts what send() added to the producer's buffer for these records
 
     def __init__(self, topic: str, partition: int) -> None:
         self.values: list = []
@@ -123,12 +126,13 @@ class _Request(NamedTuple):
     raw: bytes
     result: _BatchResult
     count: int
+    buffered: int
 
 
 class Producer:
     def __init__(self, target: str = DEFAULT_TARGET, *, linger_ms: float = 5, batch_bytes: int = 1 << 20,
-                 compression: str = "none", max_in_flight_bytes: int = 64 << 20,
-                 delivery_timeout_s: float = 120.0, idempotent: bool = True) -> None:
+                 compression: str = "none", max_in_flight_bytes: int = 64 << 20, buffer_bytes: int = 64 << 20,
+                 max_block_s: float = 60.0, delivery_timeout_s: float = 120.0, idempotent: bool = True) -> None:
         if batch_bytes < 1 or linger_ms < 0:
             raise InvalidRequestError("batch_bytes must be positive and linger_ms not negative")
         batch_codec.compression.codec_id(compression)  # fail early on an unknown codec
@@ -137,6 +141,10 @@ class Producer:
         self.batch_bytes = batch_bytes
         self.compression = compression
         self.max_in_flight_bytes = max_in_flight_bytes
+        self.buffer_bytes = buffer_bytes
+        """Records queued or in flight, in bytes; send() blocks (up to max_block_s) past it."""
+        self.max_block_s = max_block_s
+        self._buffered = 0
         self.delivery_timeout_s = delivery_timeout_s
         self.producer_id = secrets.randbits(62) if idempotent else -1
         self.reconnects = 0
@@ -170,6 +178,13 @@ class Producer:
             partition = self._choose_partition(topic, key)
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + 16
         with self._lock:
+            if self._buffered + size > self.buffer_bytes and self._buffered:
+                self._kick_soon()
+                if not self._idle.wait_for(lambda: self._buffered + size <= self.buffer_bytes or not self._buffered,
+                                           timeout=self.max_block_s):
+                    raise RequestTimeoutError(f"send blocked {self.max_block_s}s: {self._buffered} bytes are "
+                                              f"waiting for the broker (buffer_bytes={self.buffer_bytes})")
+            self._buffered += size
             batch = self._open.get((topic, partition))
             if batch is None:
                 batch = self._open[(topic, partition)] = _OpenBatch(topic, partition)
@@ -239,6 +254,9 @@ class Producer:
             self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
+    def _kick_soon(self) -> None:
+        self._loop.call_soon_threadsafe(self._kick, True)
+
     def _kick(self, flush: bool = False) -> None:
         if flush:
             self._flush_now = True
@@ -269,7 +287,7 @@ class Producer:
             producer_epoch=self._epoch if self.producer_id >= 0 else -1,
             base_sequence=base_seq if self.producer_id >= 0 else -1)
         return _Request(sequence, topic, partition, protowire.encode_produce_request(sequence, topic, partition, raw),
-                        batch.result, len(batch.values))
+                        batch.result, len(batch.values), batch.size)
 
     async def _sender(self) -> None:
         sequence = 0
@@ -303,7 +321,7 @@ class Producer:
                             try:
                                 backlog.append(self._encode(topic, partition, batch, sequence))
                             except TidelogError as exc:
-                                self._fail(batch.result, len(batch.values), exc)
+                                self._fail(batch.result, len(batch.values), exc, batch.size)
                                 continue
                             sequence += 1
                         if self._closed and not backlog and not in_flight and not self._open and not self._full:
@@ -322,14 +340,20 @@ class Producer:
                         backlog.pop(0)
                         await call.write(request.raw)
                     deadline_broken = None
-            except (grpc.RpcError, grpc.aio.AioRpcError, TidelogError) as exc:
-                err = exc if isinstance(exc, TidelogError) else error_from_rpc(exc, self.target)
+            except Exception as exc:  # any failure of the stream: reconnect and resend, until the deadline
+                if isinstance(exc, TidelogError):
+                    err = exc
+                elif isinstance(exc, grpc.RpcError):
+                    err = error_from_rpc(exc, self.target)
+                else:
+                    log.warning("produce stream to %s failed: %r; reconnecting", self.target, exc)
+                    err = BrokerUnavailableError(f"the produce stream to {self.target} failed: {exc!r}")
                 self.reconnects += 1
                 now = time.monotonic()
                 deadline_broken = deadline_broken or now + self.delivery_timeout_s
                 if now >= deadline_broken:
                     for request in list(in_flight.values()) + backlog:
-                        self._fail(request.result, request.count, err)
+                        self._fail(request.result, request.count, err, request.buffered)
                     in_flight.clear()
                     backlog = []
                     deadline_broken = None
@@ -350,7 +374,7 @@ class Producer:
                     if err.retriable:
                         raise err  # reconnect and resend from this request on, in order
                     del in_flight[result.sequence]
-                    self._fail(request.result, request.count, err)
+                    self._fail(request.result, request.count, err, request.buffered)
                     self._new_epoch()
                 else:
                     del in_flight[result.sequence]
@@ -366,15 +390,15 @@ class Producer:
 
     def _succeed(self, request: _Request, base_offset: int) -> None:
         request.result.finish(base_offset=base_offset)
-        self._finished(request.count)
+        self._finished(request.count, request.buffered)
 
-    def _fail(self, result: _BatchResult, count: int, err: TidelogError) -> None:
+    def _fail(self, result: _BatchResult, count: int, err: TidelogError, buffered: int) -> None:
         if not result._done.is_set():
             result.finish(error=err)
-        self._finished(count)
+        self._finished(count, buffered)
 
-    def _finished(self, n: int) -> None:
+    def _finished(self, n: int, buffered: int) -> None:
         with self._lock:
             self._unfinished -= n
-            if self._unfinished == 0:
-                self._idle.notify_all()
+            self._buffered -= buffered
+            self._idle.notify_all()
