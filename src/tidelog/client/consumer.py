@@ -63,11 +63,13 @@ class PartitionConsumer:
 
     def __init__(self, target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
                  offset: int | str | None = "earliest", *, timestamp_ms: int | None = None,
-                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True) -> None:
+                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True,
+                 channel=None) -> None:
         self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
         self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
         self.high_watermark = -1
-        self._channel = sync_channel(target)
+        self._own_channel = channel is None  # a group member shares one channel among its partitions
+        self._channel = sync_channel(target) if channel is None else channel
         self._requests: queue.Queue = queue.Queue()
         self._responses: queue.Queue = queue.Queue()
         self._pending: list[Record] = []
@@ -132,7 +134,8 @@ class PartitionConsumer:
         self._closed = True
         self._requests.put(_END)
         self._call.cancel()
-        self._channel.close()
+        if self._own_channel:
+            self._channel.close()
 
     def __enter__(self) -> "PartitionConsumer":
         return self

@@ -67,7 +67,8 @@ class GroupConsumer(GroupMember):
         return self._rpc_offsets(request).offset
 
     def _reader(self, tp, offset):
-        return PartitionConsumer(self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes)
+        return PartitionConsumer(self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes,
+                                 channel=self._channel)
 
     def close(self) -> None:
         try:

@@ -201,8 +201,12 @@ class GroupMember:
         return self._positions.get(tp)
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
-        """Commit the next offset to consume per owned partition (default: everything returned so far)."""
-        offsets = dict(self._positions) if offsets is None else dict(offsets)
+        """Commit the next offset to consume per owned partition (default: everything returned so far
+        that is not committed yet)."""
+        if offsets is None:
+            offsets = {tp: o for tp, o in self._positions.items() if self._committed_positions.get(tp) != o}
+        else:
+            offsets = dict(offsets)
         if not offsets:
             return
         try:
