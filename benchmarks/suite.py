@@ -60,20 +60,20 @@ class Mode:
 
 QUICK = Mode(
     "quick", runs=1, warmup=0,
-    embedded=embedded.Profile("suite-quick", runs=1, warmup=0, kib_records=32_000, small_records=200_000,
-                              durable_records=8_000, pool_kib_batches=8, pool_small_batches=16,
+    embedded=embedded.Profile("suite-quick", runs=1, warmup=0, kib_records=128_000, small_records=1_000_000,
+                              durable_records=32_000, pool_kib_batches=16, pool_small_batches=32,
                               io_bytes=0, io_runs=0, cap_s=5.0),
-    grpc=grpc_bench.Profile("suite-quick", runs=1, warmup=0, raw_kib=64_000, raw_small=400_000,
-                            producer_kib=24_000, producer_small=60_000, redis_kib=20_000, redis_small=40_000,
-                            consume_kib=64_000, consume_small=400_000, redis_read=20_000,
-                            ceiling_bytes=64 << 20, window=8, cap_s=5.0),
-    groups=groups_bench.Profile("suite-quick", runs=1, warmup=0, records=20_000, pool_batches=8, cap_s=20.0,
+    grpc=grpc_bench.Profile("suite-quick", runs=1, warmup=0, raw_kib=256_000, raw_small=2_000_000,
+                            producer_kib=96_000, producer_small=200_000, redis_kib=60_000, redis_small=100_000,
+                            consume_kib=256_000, consume_small=2_000_000, redis_read=60_000,
+                            ceiling_bytes=256 << 20, window=8, cap_s=5.0),
+    groups=groups_bench.Profile("suite-quick", runs=1, warmup=0, records=100_000, pool_batches=8, cap_s=20.0,
                                 join_timeout_s=30.0),
     peer_n={("nats", "produce", 1024): 10_000, ("nats", "produce", 100): 10_000,
             ("nats", "consume", 1024): 10_000, ("nats", "consume", 100): 10_000,
             ("rabbit", "produce", 1024): 1_000, ("rabbit", "produce", 100): 1_000,
             ("rabbit", "consume", 1024): 10_000, ("rabbit", "consume", 100): 10_000},
-    durable_n=8_000, rates=(1000, 5000), e2e_s=2.0, cap_s=5.0)
+    durable_n=32_000, rates=(1000, 5000), e2e_s=3.0, cap_s=5.0)
 
 FULL = Mode(
     "full", runs=3, warmup=1,
@@ -84,7 +84,7 @@ FULL = Mode(
                             producer_kib=96_000, producer_small=200_000, redis_kib=60_000, redis_small=100_000,
                             consume_kib=256_000, consume_small=2_000_000, redis_read=60_000,
                             ceiling_bytes=256 << 20, window=8, cap_s=10.0),
-    groups=groups_bench.Profile("suite-full", runs=3, warmup=1, records=100_000, pool_batches=16, cap_s=30.0,
+    groups=groups_bench.Profile("suite-full", runs=3, warmup=1, records=200_000, pool_batches=16, cap_s=30.0,
                                 join_timeout_s=30.0),
     peer_n={("nats", "produce", 1024): 40_000, ("nats", "produce", 100): 40_000,
             ("nats", "consume", 1024): 40_000, ("nats", "consume", 100): 40_000,
@@ -102,6 +102,8 @@ T_DUR_PROD_NEVER = "tidelog Producer, serve --fsync never"
 T_DUR_RAW = "tidelog raw batches, serve --fsync always"
 REDIS_AOF = "Redis XADD pipeline 1000, appendfsync always"
 
+EMB_DURABLE = ('Engine.open(fsync=...), produce() of 1000 records returns after the fsync when "always" '
+               '(group commit across producer threads), 1 partition (embedded.py)')
 TIDELOG_SETTINGS = {
     "tidelog embedded": "Engine.produce 1000 records/call, fsync never, 1 partition, segment 1 GiB, no compression "
                         "(embedded.py); reads: fetch 4 MiB",
@@ -177,7 +179,7 @@ def run_embedded(mode: Mode, tmp: str, out: dict) -> None:
             if s["metric"] != "records/s":
                 continue
             out["figures"].append(_figure(scenario, name, "records/s", s, system.startswith("tidelog"),
-                                          TIDELOG_SETTINGS["tidelog durable"] if system.startswith("tidelog")
+                                          EMB_DURABLE if system.startswith("tidelog")
                                           else "os.pwrite + os.fdatasync per 1 MiB batch"))
             continue
         if s["metric"] != "records/s" or kind not in ("append", "read"):
