@@ -381,7 +381,8 @@ def run_peers(mode: Mode, tmp: str, out: dict) -> None:
         rounds.rounds(section, systems)
         for name in systems:
             is_t = name.startswith("tidelog")
-            settings = (TIDELOG_SETTINGS["tidelog durable"] if is_t else
+            settings = (TIDELOG_SETTINGS["tidelog gRPC"] if name == T_DUR_PROD_NEVER else
+                        TIDELOG_SETTINGS["tidelog durable"] if is_t else
                         PEER_SETTINGS[REDIS_AOF] if name == REDIS_AOF else
                         nats_bench.DURABLE_NOTE if name.startswith(NATS) else PEER_SETTINGS[RABBIT])
             out["figures"].append(_figure(section, name, "records/s",
