@@ -31,6 +31,15 @@ class ManualClock:
         self.now += ms
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind():
+    """Servers started by tests are stopped by them; this catches the ones a failing test left."""
+    yield
+    from .server_process import kill_leftovers
+
+    kill_leftovers()
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

@@ -19,6 +19,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_LIVE: set = set()
+
+
+def kill_leftovers() -> None:
+    """Kill servers a failed test left running (called at the end of the test session)."""
+    for proc in list(_LIVE):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _LIVE.discard(proc)
+
+
 class ServerProcess:
     def __init__(self, data_dir: str, *extra: str, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -33,6 +45,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir, "--port", str(self.port),
              *self.extra], stdout=self._log, stderr=subprocess.STDOUT)
+        _LIVE.add(self.proc)
         deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -59,6 +72,7 @@ class ServerProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._log.close()
+        _LIVE.discard(self.proc)
         self.proc = None
         return code
 
@@ -67,6 +81,7 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             self._log.close()
+            _LIVE.discard(self.proc)
             self.proc = None
 
     def log(self) -> str:

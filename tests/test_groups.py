@@ -277,3 +277,27 @@ def test_a_restarted_member_resumes_from_the_committed_offset(engine, coord):
     assert [r.offset for r in more] == [6, 7, 8, 9]
     again.close()
 
+
+
+def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, clock):
+    from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 4)
+        eng.produce("orders", [b"x"] * 100, partition=0)
+        eng.create_topic(OFFSETS_TOPIC, 1, segment_bytes=16 * 1024, retention_ms=-1)  # small segments
+        store = OffsetStore(eng)
+        store.compact_min_records = 50
+        for i in range(3000):  # many commits of few keys
+            store.commit("g", {("orders", 0): i % 100, ("orders", 1): 0})
+            if i % 500 == 0:
+                store.commit("h", {("orders", 2): 0})
+        store.delete("h")
+        expected = store.fetch("g")
+        offsets = eng.list_offsets(OFFSETS_TOPIC, 0)
+        assert offsets.log_start > 0  # old segments went
+        assert offsets.log_end - offsets.log_start < 3000
+    with Engine.open(data_dir, clock=clock) as eng:
+        again = OffsetStore(eng)
+        assert again.fetch("g") == expected
+        assert again.groups() == ["g"]

@@ -284,6 +284,13 @@ def test_sigterm_under_load_loses_no_acknowledged_record(tmp_path):
 
 def test_producer_retries_across_a_broker_crash_without_loss_or_duplicates(tmp_path):
     srv = ServerProcess(str(tmp_path / "data"), "--fsync", "always").start()
+    try:
+        _produce_across_a_crash(srv)
+    finally:
+        srv.stop()  # also when an assertion failed: never leave a broker behind
+
+
+def _produce_across_a_crash(srv):
     with Admin(srv.target) as a:
         a.create_topic("retry", 1)
     futures = []
@@ -297,15 +304,12 @@ def test_producer_retries_across_a_broker_crash_without_loss_or_duplicates(tmp_p
                 time.sleep(0.005)
         p.flush(60)
         assert p.reconnects >= 1
-    try:
-        offsets = [f.result(timeout=60).offset for f in futures]
-        assert offsets == list(range(3000))  # acked in order, each record exactly once
-        got = consume(srv.target, "retry", 0, 3000)
-        assert [r.value for r in got] == [b"%06d" % i for i in range(3000)]
-        with Admin(srv.target) as a:
-            assert a.list_offsets("retry", 0).log_end == 3000
-    finally:
-        srv.stop()
+    offsets = [f.result(timeout=60).offset for f in futures]
+    assert offsets == list(range(3000))  # acked in order, each record exactly once
+    got = consume(srv.target, "retry", 0, 3000)
+    assert [r.value for r in got] == [b"%06d" % i for i in range(3000)]
+    with Admin(srv.target) as a:
+        assert a.list_offsets("retry", 0).log_end == 3000
 
 
 def test_shutdown_ends_open_subscriptions_with_a_clear_error(tmp_path):

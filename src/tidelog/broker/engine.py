@@ -359,6 +359,10 @@ class Engine:
         now = self._clock() if now_ms is None else now_ms
         return sum(plog.apply_retention(now) for plog in self._all_partitions())
 
+    def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        """Drop whole segments whose records are all below before_offset; returns segments deleted."""
+        return self._topic(topic).partition(partition).delete_before(before_offset)
+
     def _all_partitions(self):
         with self._lock:
             topics = list(self._topics.values())

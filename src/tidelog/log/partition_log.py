@@ -330,6 +330,23 @@ class PartitionLog:
         self._offsets.advance_log_start(self._segments.first.base_offset)
         return n
 
+    def delete_before(self, offset: int) -> int:
+        """Delete the sealed segments holding only offsets below `offset` (Kafka's DeleteRecords, by
+        whole segments); returns how many went. The log start moves to the first segment kept."""
+        with self._lock:
+            n = 0
+            for seg in self._segments.sealed:
+                if seg.next_offset > offset:
+                    break
+                n += 1
+            if n == 0:
+                return 0
+            for seg in self._segments.remove_oldest(n):
+                seg.delete()
+            self.fs.fsync_dir(self.directory)
+            self._offsets.advance_log_start(self._segments.first.base_offset)
+            return n
+
     def info(self) -> PartitionInfo:
         with self._lock:
             o = self._offsets
