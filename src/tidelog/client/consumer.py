@@ -74,6 +74,8 @@ class PartitionConsumer:
         self._responses: queue.Queue = queue.Queue()
         self._pending: list[Record] = []
         self._closed = False
+        self._credit_bytes = credit_bytes
+        self._to_grant = 0
         self._requests.put(pb.SubscribeRequest(start=pb.SubscribeStart(
             topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
             credit_bytes=credit_bytes, max_message_bytes=max_message_bytes)))
@@ -109,10 +111,17 @@ class PartitionConsumer:
             self._responses.put(_END)
             raise item
         records, next_offset, self.high_watermark = _records(item, self.position, self.copy)
-        self._requests.put(pb.SubscribeRequest(credit_bytes=len(item)))  # hand the credit back
+        self._grant(len(item))
         if records:
             self.position = records[-1].offset + 1
         return records
+
+    def _grant(self, consumed: int) -> None:
+        """Hand credit back in chunks (half the window): one message per few responses, not per response."""
+        self._to_grant += consumed
+        if self._to_grant >= self._credit_bytes // 2:
+            self._requests.put(pb.SubscribeRequest(credit_bytes=self._to_grant))
+            self._to_grant = 0
 
     def __iter__(self) -> Iterator[Record]:
         while True:
