@@ -120,10 +120,16 @@ class ConsumeService:
                     continue
                 generation = sub.generation
                 try:
-                    result = await self.engine.run(engine.fetch, topic, partition, sub.offset,
-                                                   max(1, min(sub.credit, limit)))
+                    if sub.at_tail:
+                        # Woken by an append: the bytes were just written and sit in the page cache,
+                        # so reading them cannot block; skip the hop to the I/O pool (latency).
+                        result = engine.fetch(topic, partition, sub.offset, max(1, min(sub.credit, limit)))
+                    else:
+                        result = await self.engine.run(engine.fetch, topic, partition, sub.offset,
+                                                       max(1, min(sub.credit, limit)))
                 except TidelogError as exc:
                     await status.abort(context, exc)
+                sub.at_tail = False
                 if generation != sub.generation:
                     continue  # a seek arrived while reading: serve from the new position
                 if result.data:
@@ -136,6 +142,7 @@ class ConsumeService:
                         self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S))
                     changed = asyncio.ensure_future(sub.wait(IDLE_WAKE_S))
                     await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    sub.at_tail = waiter.done() and not waiter.cancelled() and waiter.result()
                     waiter.cancel()
                     changed.cancel()
             if sub.error is not None:
@@ -175,6 +182,7 @@ class _Subscription:
         self.closed = False
         self.error: TidelogError | None = None
         self.changed = asyncio.Event()
+        self.at_tail = False  # the last wait ended because new records were appended
 
     async def wait(self, timeout_s: float) -> None:
         try:
