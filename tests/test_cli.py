@@ -75,7 +75,8 @@ def test_bad_usage_exits_2_and_every_command_has_help():
     assert tidelog("topics", "create").returncode == 2
     assert tidelog("no-such-command").returncode == 2
     for cmd in (["serve"], ["topics"], ["topics", "create"], ["topics", "list"], ["topics", "describe"],
-                ["topics", "delete"], ["produce"], ["consume"], ["health"], ["demo"]):
+                ["topics", "delete"], ["produce"], ["consume"], ["health"], ["demo"], ["check"], ["dump"],
+                ["groups"], ["groups", "describe"], ["bench"]):
         out = tidelog(*cmd, "--help")
         assert out.returncode == 0 and b"usage: tidelog" in out.stdout
 

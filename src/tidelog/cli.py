@@ -349,6 +349,55 @@ def _bench(args) -> int:
     return 0
 
 
+# -- looking inside -----------------------------------------------------------------------------------
+
+def _check(args) -> int:
+    from .inspect import check
+
+    if not os.path.isdir(args.data_dir):
+        raise UsageError(f"no data directory at {args.data_dir}")
+    results = check(args.data_dir, args.topic)
+    if args.format == "json":
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            state = "ok" if not r.problems else f"{len(r.problems)} problem(s)"
+            print(f"{r.topic}[{r.partition}]  offsets {r.start_offset}..{r.end_offset}  {r.records} records in "
+                  f"{r.batches} batches, {r.bytes} bytes, {r.segments} segment(s): {state}")
+            for problem in r.problems:
+                print(f"  - {problem}")
+    return 1 if any(r.problems for r in results) else 0
+
+
+def _dump(args) -> int:
+    from .inspect import dump_batches, partition_dirs
+
+    dirs = [d for t, p, d in partition_dirs(args.data_dir, args.topic) if p == args.partition]
+    if not dirs:
+        raise UsageError(f"no partition {args.topic}[{args.partition}] in {args.data_dir}")
+    for batch in dump_batches(dirs[0], args.from_offset, args.to_offset):
+        crc = "ok" if batch.crc_ok() else "BAD"
+        if args.format == "json":
+            print(json.dumps({"batch": {"base_offset": batch.base_offset, "last_offset": batch.last_offset,
+                                        "count": batch.count, "size": batch.size, "codec": batch.codec,
+                                        "max_timestamp": batch.max_timestamp, "crc": crc}}))
+        else:
+            print(f"batch {batch.base_offset}..{batch.last_offset}  count {batch.count}  size {batch.size}  "
+                  f"codec {batch.codec}  max_timestamp {batch.max_timestamp}  crc {crc}")
+        if args.records:
+            for rec in batch.records(args.from_offset):
+                if args.to_offset is not None and rec.offset > args.to_offset:
+                    break
+                if args.format == "json":
+                    print(_format_record(rec, args.partition, "json"))
+                else:
+                    key = "-" if rec.key is None else len(rec.key)
+                    value = "-" if rec.value is None else len(rec.value)
+                    print(f"  offset {rec.offset}  timestamp {rec.timestamp}  key {key} B  value {value} B  "
+                          f"headers {len(rec.headers)}")
+    return 0
+
+
 # -- demo --------------------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
@@ -487,6 +536,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fsync", choices=["always", "interval", "never"], default="never", help="--embedded only")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
+
+    check = sub.add_parser("check", help="verify a data directory from disk (CRCs, offsets, indexes)",
+                           description="Verify every batch's CRC-32C, offset continuity and the indexes of a "
+                                       "data directory, read-only (the broker may be running). Exit 1 if anything "
+                                       "is wrong.")
+    check.add_argument("--data-dir", default="./data")
+    check.add_argument("--topic", help="only this topic")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+    check.set_defaults(run=_check)
+    dump = sub.add_parser("dump", help="print a partition's batches and records straight from disk",
+                          description="Print a partition's batches (offsets, size, codec, CRC check) and, with "
+                                      "--records, its records, read-only from the segment files.")
+    dump.add_argument("--data-dir", default="./data")
+    dump.add_argument("--topic", required=True)
+    dump.add_argument("--partition", type=int, default=0)
+    dump.add_argument("--from-offset", type=int, default=0)
+    dump.add_argument("--to-offset", type=int)
+    dump.add_argument("--records", action="store_true", help="also print every record")
+    dump.add_argument("--format", choices=["text", "json"], default="text")
+    dump.set_defaults(run=_dump)
 
     health = client_parser("health", "check that the broker is serving (exit 0) or not (exit 1)")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
