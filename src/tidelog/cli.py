@@ -356,6 +356,11 @@ def _check(args) -> int:
 
     if not os.path.isdir(args.data_dir):
         raise UsageError(f"no data directory at {args.data_dir}")
+    if args.repair:
+        from .repair import repair
+
+        for action in repair(args.data_dir, args.topic):
+            print(f"repaired {action}", file=sys.stderr)
     results = check(args.data_dir, args.topic)
     if args.format == "json":
         print(json.dumps([r.__dict__ for r in results], indent=2))
@@ -540,9 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="verify a data directory from disk (CRCs, offsets, indexes)",
                            description="Verify every batch's CRC-32C, offset continuity and the indexes of a "
                                        "data directory, read-only (the broker may be running). Exit 1 if anything "
-                                       "is wrong.")
+                                       "is wrong. With --repair (broker stopped): cut each damaged log at its "
+                                       "first invalid batch and drop wrong indexes, then check again.")
     check.add_argument("--data-dir", default="./data")
     check.add_argument("--topic", help="only this topic")
+    check.add_argument("--repair", action="store_true",
+                       help="cut damaged logs where they stop being valid (loses the records after the damage) "
+                            "and remove wrong indexes; needs the broker stopped")
     check.add_argument("--format", choices=["text", "json"], default="text")
     check.set_defaults(run=_check)
     dump = sub.add_parser("dump", help="print a partition's batches and records straight from disk",

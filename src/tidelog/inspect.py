@@ -82,6 +82,10 @@ class PartitionCheck:
     start_offset: int = -1
     end_offset: int = -1
     problems: list[str] = field(default_factory=list)
+    cut: tuple[int, int, int] | None = None
+    """Where the valid log ends early: (segment base offset, byte position, first offset lost)."""
+    bad_indexes: list[int] = field(default_factory=list)
+    """Base offsets of segments whose indexes are missing or wrong (rebuildable from the log)."""
 
 
 def check_partition(topic: str, partition: int, directory: str) -> PartitionCheck:
@@ -95,12 +99,16 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
         buf, size = _map(os.path.join(directory, name + LOG_SUFFIX))
         if expected >= 0 and base != expected:
             result.problems.append(f"segment {name}: starts at offset {base}, the previous one ends at {expected}")
+            if result.cut is None:  # keep the previous segment whole, drop this one and the rest
+                result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
         last = i == len(bases) - 1
         damaged = reason not in (batch_scan.END, batch_scan.ZERO) or (reason == batch_scan.ZERO and not last)
         if damaged:
             result.problems.append(f"segment {name}: {batch_scan.STOP_NAMES[reason]} at byte {end} of {size}"
                                    f"{'' if last else ' (in the middle of the log)'}")
+            if result.cut is None:
+                result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
         if len(rows):
             if result.start_offset < 0:
                 result.start_offset = int(rows[0, batch_scan.COL_BASE_OFFSET])
@@ -112,7 +120,11 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
             expected = base
         if damaged:
             expected = -1  # where this segment should have ended is unknown: no continuity claim for the next
-        result.problems += _check_indexes(directory, name, base, rows, end)
+        previous_end = end
+        index_problems = _check_indexes(directory, name, base, rows, end)
+        if index_problems:
+            result.problems += index_problems
+            result.bad_indexes.append(base)
     result.end_offset = expected
     return result
 

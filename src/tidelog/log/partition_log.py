@@ -10,6 +10,7 @@ After a failed fsync the partition refuses writes: what the kernel dropped canno
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, NamedTuple, Sequence
@@ -19,7 +20,8 @@ import numpy as np
 from .._native import batch_scan
 from ..codec.batch import BatchInfo, BatchView, base_offset_header
 from ..config import EngineConfig, TopicConfig
-from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, StorageError
+from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, OffsetOutOfRangeError,
+                      StorageError)
 from ..storage import recovery, retention
 from ..storage.fs import FileSystem
 from ..storage.segment import AppendedBatch, Segment
@@ -263,9 +265,13 @@ class PartitionLog:
             vis_seg, vis_pos = self._visible
             end = vis_pos if seg is vis_seg else seg.size
         pos, _ = seg.position_of(offset, end)
-        if pos < 0:
-            return ReadResult(memoryview(b""), offset, hw, start)
-        stop, next_offset = batch_scan.span_batches(seg.buffer, pos, end, max_bytes)
+        stop, next_offset = batch_scan.span_batches(seg.buffer, pos, end, max_bytes) if pos >= 0 else (pos, -1)
+        if stop <= pos:
+            # offset is below the high watermark, so a batch must hold it: the headers are damaged
+            raise CorruptLogError(f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt "
+                                  f"here: stop the broker and run `tidelog check --repair "
+                                  f"--data-dir {os.path.dirname(self.directory)}`", path=seg.log_path)
+        seg.verify(pos, stop)
         return ReadResult(seg.view(pos, stop), next_offset, hw, start)
 
     def wait_for_data(self, offset: int, timeout_s: float) -> bool:

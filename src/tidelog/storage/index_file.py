@@ -26,6 +26,8 @@ class IndexFile:
         self._fd = fs.open(path, create=create)
         size = fs.size(self._fd)
         self.entries = 0 if create else size // self._entry
+        self.torn = not create and size % self._entry != 0
+        """Found with a partial entry at the end: damaged, so the segment's indexes are rebuilt."""
         self._capacity_bytes = max(max_bytes - max_bytes % self._entry, self._entry)
         self._map = None
         self._map_len = 0

@@ -1,12 +1,15 @@
 """Open a partition directory's segments and bring them to a consistent state.
 
-After a clean stop the indexes are trusted and each segment is only scanned past its last index entry,
-so opening is quick whatever the log's size. After an unclean stop, everything past the recovery
-point (the last position known fsynced, kept in the `recovery-point` file) is re-validated batch by
-batch: CRC-32C, offset continuity and lengths. The log is cut at the first invalid batch (a torn or
-corrupt tail), later segments are deleted (nothing after a torn batch may become visible), and the
-indexes of every scanned segment are rebuilt. Indexes that are missing or fail a structural check are
-rebuilt in either case.
+After a clean stop the indexes are trusted and each segment is only validated past its last index
+entry, so opening is quick whatever the log's size. After an unclean stop, everything past the
+recovery point (the last position known fsynced, kept in the `recovery-point` file) is re-validated
+batch by batch: CRC-32C, offset continuity and lengths. An invalid batch past the recovery point of the
+last segment is a torn write: the log is cut there and that segment's indexes are rebuilt. Invalid
+data anywhere else (before the recovery point, in a segment sealed before a later one began, a gap
+between segments) was durable once, so it is corruption: opening refuses with CorruptLogError and
+changes nothing, and `tidelog check --repair` cuts the log there on request. Indexes that are missing,
+fail a structural check, or whose last entry does not match the log are rebuilt in either case.
+Corruption further inside a segment is found when it is read (Segment.verify) or by `tidelog check`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import NamedTuple
 
 from .._native import batch_scan, checksum
 from ..config import TopicConfig
+from ..errors import CorruptLogError
 from .fs import FileSystem
 from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment
 
@@ -34,8 +38,7 @@ class RecoveryReport(NamedTuple):
     segments: int
     scanned_bytes: int
     truncated_at: int
-    """Byte position in the segment where an invalid tail was cut, or -1."""
-    deleted_segments: int
+    """Byte position in the last segment where a torn tail was cut, or -1."""
     rebuilt_indexes: int
     stop_reason: str
 
@@ -85,10 +88,15 @@ def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
 
 
 def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bool) -> tuple[list[Segment], RecoveryReport]:
-    """Load every segment of a partition, recovering as needed; the last one is left active."""
+    """Load every segment of a partition, recovering as needed; the last one is left active.
+
+    Raises CorruptLogError, and changes nothing, when data known to be durable is invalid: that is
+    corruption, not a torn write, and cutting there would silently drop records that were
+    acknowledged; `tidelog check --repair` cuts it on request.
+    """
     bases = list_segment_bases(fs, directory)
     if not bases:
-        return [Segment.create(fs, directory, 0, config)], RecoveryReport(1, 0, -1, 0, 0, "new")
+        return [Segment.create(fs, directory, 0, config)], RecoveryReport(1, 0, -1, 0, "new")
     checkpoint = None if clean else read_checkpoint(fs, directory)
     if not clean and (checkpoint is None or checkpoint[0] not in bases):
         checkpoint = (bases[-1], 0)  # sealed segments were fsynced when they were sealed
@@ -96,55 +104,67 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
     scanned = rebuilt = 0
     truncated = -1
     reason = "clean" if clean else "recovered"
-    for i, base in enumerate(bases):
-        seg = Segment.load(fs, directory, base, config)
-        expected = segments[-1].next_offset if segments else base
-        if base != expected:
-            log.error("%s: segment %d does not continue the log (expected base %d); it and all later "
-                      "segments are removed", directory, base, expected)
-            seg.close()
-            _delete_from(fs, directory, bases[i:])
-            return _finish(segments, scanned, truncated, len(bases) - i, rebuilt, "offset gap")
-        if checkpoint is not None and base >= checkpoint[0]:
-            start = checkpoint[1] if base == checkpoint[0] else 0
-            result = seg.recover(min(start, seg.file_size))
-            scanned += result.end_pos - start
-            rebuilt += 1
-            if result.reason not in (batch_scan.END, batch_scan.ZERO):
-                reason = batch_scan.STOP_NAMES[result.reason]
-                log.warning("%s: %s at byte %d of segment %d; the log is cut there and %d later "
-                            "segment(s) removed", directory, reason, result.end_pos, base, len(bases) - i - 1)
-                truncated = result.end_pos
-                segments.append(seg)
-                _delete_from(fs, directory, bases[i + 1:])
-                return _finish(segments, scanned, truncated, len(bases) - i - 1, rebuilt, reason)
-        else:
-            if not (seg.index.is_consistent(seg.file_size)
-                    and seg.time_index.is_consistent(1 << 31) and not seg.indexes_missing):
-                log.warning("%s: rebuilding damaged or missing indexes of segment %d", directory, base)
-                seg.rebuild_indexes()
+    try:
+        for i, base in enumerate(bases):
+            last = i == len(bases) - 1
+            seg = Segment.load(fs, directory, base, config)
+            segments.append(seg)
+            expected = segments[-2].next_offset if len(segments) > 1 else base
+            if base != expected:
+                _refuse(directory, seg, 0, f"the segment starts at offset {base} but the previous one ends "
+                        f"at {expected}")
+            if checkpoint is not None and base >= checkpoint[0]:
+                start = min(checkpoint[1] if base == checkpoint[0] else 0, seg.file_size)
+                result = seg.recover(start)
+                scanned += result.end_pos - start
                 rebuilt += 1
+                stop = batch_scan.STOP_NAMES[result.reason]
+                if result.end_pos < start:
+                    _refuse(directory, seg, result.end_pos, f"{stop} before the recovery point")
+                if not last:
+                    # sealed (fsynced) before a later segment began: it must be whole
+                    if result.reason not in (batch_scan.END, batch_scan.ZERO) or not seg.zeros_after(result.end_pos):
+                        _refuse(directory, seg, result.end_pos, stop)
+                else:
+                    if result.reason not in (batch_scan.END, batch_scan.ZERO):
+                        reason = stop
+                        truncated = result.end_pos
+                        log.warning("%s: %s at byte %d of segment %d (a torn write past the last fsync); "
+                                    "the log is cut there", directory, stop, result.end_pos, base)
+                    seg.cut(result.end_pos)  # also clears whatever a torn write left past zeros
             else:
-                seg.restore()
-        segments.append(seg)
-    return _finish(segments, scanned, truncated, 0, rebuilt, reason)
+                damaged = (seg.indexes_missing or seg.index.torn or seg.time_index.torn
+                           or not (seg.index.is_consistent(seg.file_size) and seg.time_index.is_consistent(1 << 31)))
+                if damaged:
+                    log.warning("%s: rebuilding damaged or missing indexes of segment %d", directory, base)
+                    result = seg.rebuild_indexes(verify=True)
+                    rebuilt += 1
+                else:
+                    result = seg.restore()
+                if result.reason not in (batch_scan.END, batch_scan.ZERO) or not seg.zeros_after(result.end_pos):
+                    _refuse(directory, seg, result.end_pos, batch_scan.STOP_NAMES[result.reason])
+                if result.end_pos < seg.file_size and last:
+                    seg.cut(result.end_pos)
+    except BaseException:
+        for seg in segments:
+            seg.close()
+        raise
+    return _finish(segments, scanned, truncated, rebuilt, reason)
 
 
-def _delete_from(fs: FileSystem, directory: str, bases: list[int]) -> None:
-    for base in bases:
-        stem = os.path.join(directory, f"{base:020d}")
-        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
-            fs.remove(stem + suffix)
-    if bases:
-        fs.fsync_dir(directory)
+def _refuse(directory: str, seg: Segment, pos: int, what: str) -> None:
+    raise CorruptLogError(
+        f"partition {os.path.basename(directory)} is corrupt: {what} at byte {pos} of {os.path.basename(seg.log_path)}"
+        f" (records from offset {seg.base_offset} on may be affected); nothing was changed. Stop the broker "
+        f"and run `tidelog check --repair --data-dir {os.path.dirname(directory)}` to cut the log there",
+        path=seg.log_path)
 
 
-def _finish(segments: list[Segment], scanned: int, truncated: int, deleted: int, rebuilt: int,
-            reason: str) -> tuple[list[Segment], RecoveryReport]:
+def _finish(segments: list[Segment], scanned: int, truncated: int, rebuilt: int, reason: str) -> tuple[list[Segment], RecoveryReport]:
     for seg in segments[:-1]:
         if seg.file_size == seg.size and seg.index.sealed and seg.time_index.sealed:
             seg.mark_sealed()
         else:
             seg.seal()  # found untrimmed (a crash while rolling) or with rebuilt indexes
     segments[-1].activate()
-    return segments, RecoveryReport(len(segments), scanned, truncated, deleted, rebuilt, reason)
+    return segments, RecoveryReport(len(segments), scanned, truncated, rebuilt, reason)

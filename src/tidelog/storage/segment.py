@@ -13,6 +13,7 @@ handed out stay valid after the segment is sealed, deleted or closed (the map li
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from typing import NamedTuple
@@ -21,7 +22,7 @@ import numpy as np
 
 from .._native import batch_scan
 from ..config import TopicConfig
-from ..errors import StorageError
+from ..errors import CorruptLogError, StorageError
 from .fs import FileSystem
 from .offset_index import OffsetIndex
 from .time_index import TimeIndex
@@ -32,6 +33,9 @@ TIME_INDEX_SUFFIX = ".timeindex"
 MAX_RELATIVE_OFFSET = (1 << 31) - 1
 
 _OFFSET = struct.Struct(">q")
+_BATCH_HEADER = 61
+
+log = logging.getLogger("tidelog.storage")
 
 
 def segment_name(base_offset: int) -> str:
@@ -81,6 +85,11 @@ class Segment:
         self._last_bucket = -1
         self._map = None
         self._map_len = 0
+        # Bytes below `_verified` passed a CRC-32C and continuity check in this process (appended
+        # from validated batches, or read and checked once): reads below it skip the check.
+        self._verified = 0
+        self._verified_offset = base_offset
+        self.index_damaged = False
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -108,15 +117,30 @@ class Segment:
         return self._map_len
 
     def restore(self) -> ScanResult:
-        """Find the end of a segment whose indexes are trusted: scan only past the last index entry."""
-        _, start = self.index.last()
+        """Find the end of a segment whose indexes are trusted: validate only past the last index entry.
+
+        If the last entry does not point at a batch holding its offset, the index is not trusted after
+        all: both indexes are rebuilt from a validating scan of the whole segment. The caller decides
+        what an invalid batch means (a cut tail or a refusal).
+        """
+        rel, start = self.index.last()
+        if self.index.entries and not self._entry_ok(rel, start, self._map_len):
+            log.warning("%s: the offset index does not match the log; rebuilding it", self.log_path)
+            return self.rebuild_indexes(verify=True)
         self._last_bucket = start // self.config.index_interval_bytes if self.index.entries else -1
         ts, _ = self.time_index.last()
         self.max_timestamp = ts
-        result = self.scan(start, verify=False, expected_offset=-1)
+        result = self.scan(start, verify=True, expected_offset=self.base_offset + rel if self.index.entries
+                           else self.base_offset)
         self._set_end(result)
         self._load_first_timestamp()
         return result
+
+    def zeros_after(self, pos: int) -> bool:
+        """Whether every byte of the file from pos on is zero (unused preallocation, not lost data)."""
+        if self._map is None or pos >= self._map_len:
+            return True
+        return not np.frombuffer(self._map, dtype=np.uint8, offset=pos).any()
 
     def recover(self, start_pos: int) -> ScanResult:
         """Validate batches from start_pos (CRC, offset continuity), cut a torn or corrupt tail, and
@@ -127,9 +151,14 @@ class Segment:
         tail = self.scan(start_pos, verify=True,
                          expected_offset=head.next_offset if head else self.base_offset)
         self.rebuild_indexes(tail.end_pos)
-        if tail.end_pos < self._map_len:
-            self._zero_tail(tail.end_pos)
+        if start_pos == 0:
+            self._verified, self._verified_offset = tail.end_pos, self.next_offset
         return tail
+
+    def cut(self, end_pos: int) -> None:
+        """Drop everything after end_pos (a batch boundary found by `recover`): the torn tail."""
+        if end_pos < self._map_len:
+            self._zero_tail(end_pos)
 
     def _zero_tail(self, end_pos: int) -> None:
         # Cut everything after the last valid batch, then re-extend: the preallocated space reads as
@@ -179,13 +208,17 @@ class Segment:
             next_offset = last_offset + 1 if total else self.next_offset
         return ScanResult(pos, next_offset, max_ts, reason, total)
 
-    def rebuild_indexes(self, end_pos: int | None = None) -> ScanResult:
-        """Recreate .index and .timeindex from the log (headers only; the data was validated)."""
+    def rebuild_indexes(self, end_pos: int | None = None, verify: bool = False) -> ScanResult:
+        """Recreate .index and .timeindex from the log (headers only, unless verify: then CRCs and
+        offset continuity too, and the scan stops at the first invalid batch)."""
         self.index.truncate_entries(0)
         self.time_index.truncate_entries(0)
         self._last_bucket = -1
         self.max_timestamp = -1
-        result = self.scan(0, verify=False, expected_offset=-1, stop=end_pos, on_batches=self._index_rows)
+        result = self.scan(0, verify=verify, expected_offset=self.base_offset if verify else -1, stop=end_pos,
+                           on_batches=self._index_rows)
+        if verify:
+            self._verified, self._verified_offset = result.end_pos, result.next_offset
         self._set_end(result)
         self._load_first_timestamp()
         return result
@@ -251,6 +284,8 @@ class Segment:
             self.time_index.append_entries(np.array(time_rows, dtype=TimeIndex.dtype))
         if self.size == 0:
             self.first_batch_timestamp = batches[0].max_timestamp
+        if self._verified == start:  # validated before the write: no need to check it when read
+            self._verified, self._verified_offset = start + nbytes, batches[-1].last_offset + 1
         self.size = start + nbytes
         self.next_offset = batches[-1].last_offset + 1
         self.max_timestamp = max_ts
@@ -270,9 +305,67 @@ class Segment:
 
     def position_of(self, offset: int, end: int) -> tuple[int, int]:
         """(position, base offset) of the batch holding offset, searching below end; (-1, -1) if none."""
-        start = self.index.lookup(offset - self.base_offset)
-        pos, base, _ = batch_scan.find_batch(self.buffer, start, end, offset)
+        pos, base, _ = batch_scan.find_batch(self.buffer, self._index_start(offset - self.base_offset, end),
+                                             end, offset)
         return pos, base
+
+    def _index_start(self, rel_offset: int, end: int) -> int:
+        """Where to start searching for rel_offset: the closest index entry that checks out.
+
+        An entry is trusted only if the batch header at its position holds its offset, so a damaged
+        index costs a longer scan, never a wrong answer. Finding one makes the index files go: the
+        next open rebuilds them.
+        """
+        entries = self.index.view()
+        i = int(np.searchsorted(entries["rel"], rel_offset, side="right")) - 1 if len(entries) else -1
+        while i >= 0:
+            rel, pos = int(entries["rel"][i]), int(entries["pos"][i])
+            if rel <= rel_offset and self._entry_ok(rel, pos, end):
+                return pos
+            self._index_is_damaged()
+            i -= 1
+        return 0
+
+    def _entry_ok(self, rel: int, pos: int, end: int) -> bool:
+        if pos < 0 or pos + _BATCH_HEADER > end or self._map is None:
+            return False
+        base = _OFFSET.unpack_from(self._map, pos)[0]
+        last = base + struct.unpack_from(">i", self._map, pos + 23)[0]
+        return base <= self.base_offset + rel <= last
+
+    def _index_is_damaged(self) -> None:
+        if self.index_damaged:
+            return
+        self.index_damaged = True
+        log.warning("%s: the offset index has entries that do not match the log; searching without "
+                    "them, and the index files are removed so that the next open rebuilds them", self.log_path)
+        for path in (self.index.path, self.time_index.path):
+            try:
+                self.fs.remove(path)
+            except StorageError:
+                pass  # the next `tidelog check` reports the index again
+
+    def verify(self, start: int, stop: int) -> None:
+        """Check the CRC-32C and offset continuity of the batches in [start, stop) before they are
+        served (once per byte range and process); CorruptLogError names the place and the repair."""
+        verified = self._verified
+        if stop <= verified:
+            return
+        contiguous = start <= verified
+        pos = verified if contiguous else start
+        expected = self._verified_offset if contiguous else int(_OFFSET.unpack_from(self.buffer, pos)[0])
+        rows = np.empty((256, batch_scan.N_COLS), dtype=np.int64)
+        while True:
+            _, pos, reason, expected = batch_scan.scan_batches(self.buffer, pos, stop, True, expected, rows)
+            if reason != batch_scan.FULL:
+                break
+        if reason != batch_scan.END or pos != stop:
+            raise CorruptLogError(
+                f"{self.log_path}: {batch_scan.STOP_NAMES[reason]} at byte {pos} (offsets from about "
+                f"{expected} on); the log is corrupt here: stop the broker and run `tidelog check --repair "
+                f"--data-dir {os.path.dirname(self.directory)}`", path=self.log_path)
+        if contiguous and stop > self._verified:
+            self._verified, self._verified_offset = stop, expected
 
     def position_of_time(self, timestamp: int, end: int) -> int:
         """Position of the first batch whose max timestamp is >= timestamp, or -1."""

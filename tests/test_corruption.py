@@ -1,0 +1,240 @@
+"""Corruption on disk: flipped bits, truncations and holes in logs, indexes and the offset store.
+
+What can be rebuilt (indexes) is rebuilt; a torn tail past the last fsync is cut; invalid data that
+was durable (a sealed segment, or the active one before its recovery point) is refused on open or on
+read with CorruptLogError naming `tidelog check --repair`, which then cuts the log on request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tidelog import Engine
+from tidelog.errors import CorruptLogError
+from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
+from tidelog.inspect import check, dump_batches
+from tidelog.repair import repair
+from tidelog.storage.recovery import RECOVERY_POINT_FILE
+
+BATCHES = 40  # per partition: five records of ~105 bytes each, so ~560-byte batches in 8 KiB segments
+
+
+def value(p: int, i: int, j: int) -> bytes:
+    return b"p%d-b%03d-r%d-" % (p, i, j) + b"x" * 96
+
+
+@pytest.fixture
+def built(data_dir, clock):
+    """Two partitions of three or more segments each, closed cleanly."""
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 2, segment_bytes=8192, index_interval_bytes=256)
+        for i in range(BATCHES):
+            for p in (0, 1):
+                eng.produce("t", [value(p, i, j) for j in range(5)], partition=p)
+            clock.advance(1)
+    return data_dir
+
+
+def seg_path(data_dir, partition, n, suffix=".log", topic="t"):
+    d = os.path.join(data_dir, f"{topic}-{partition}")
+    return os.path.join(d, sorted(f for f in os.listdir(d) if f.endswith(".log"))[n][:-4] + suffix)
+
+
+def flip(path, pos):
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([b ^ 0x10]))
+
+
+def values(eng, partition, topic="t"):
+    out, offset = [], eng.list_offsets(topic, partition).log_start
+    while True:
+        r = eng.fetch(topic, partition, offset, max_bytes=1 << 20)
+        if not r:
+            return out
+        out += [(rec.offset, rec.value) for rec in r]
+        offset = r.next_offset
+
+
+def expected_values(p, upto=None):
+    out = [(5 * i + j, value(p, i, j)) for i in range(BATCHES) for j in range(5)]
+    return out if upto is None else out[:upto]
+
+
+def digest(directory):
+    h = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                h[os.path.relpath(os.path.join(root, f), directory)] = hashlib.sha256(fh.read()).hexdigest()
+    return h
+
+
+def tidelog(*args):
+    return subprocess.run([sys.executable, "-m", "tidelog", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_flipped_bit_inside_a_sealed_segment_is_refused_when_read_and_the_rest_is_served(built, clock):
+    flip(seg_path(built, 1, 0), 300)  # inside the first batch: not looked at by a clean open
+    with Engine.open(built, clock=clock) as eng:
+        with pytest.raises(CorruptLogError) as err:
+            eng.fetch("t", 1, 0)
+        assert "CRC" in err.value.message and "tidelog check --repair" in err.value.message
+        later = eng.list_offsets("t", 1).log_end - 5
+        assert [r.value for r in eng.fetch("t", 1, later)] == [value(1, BATCHES - 1, j) for j in range(5)]
+        assert values(eng, 0) == expected_values(0)
+
+
+def test_invalid_data_at_the_end_of_a_sealed_segment_refuses_to_open_and_changes_nothing(built, clock):
+    path = seg_path(built, 1, 0)
+    flip(path, os.path.getsize(path) - 20)  # the last batch: validated on every open
+    before = digest(os.path.join(built, "t-1"))
+    with pytest.raises(CorruptLogError) as err:
+        Engine.open(built, clock=clock)
+    assert "t-1" in err.value.message and "--repair" in err.value.message
+    assert digest(os.path.join(built, "t-1")) == before
+    out = tidelog("serve", "--data-dir", built, "--port", "0")
+    assert out.returncode == 1 and "t-1 is corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_check_repair_cuts_the_log_at_the_damage_and_the_broker_opens_again(built, clock):
+    path = seg_path(built, 1, 0)
+    flip(path, os.path.getsize(path) - 20)
+    out = tidelog("check", "--repair", "--data-dir", built)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "repaired t[1]: log cut at offset" in out.stderr and "later segment(s)" in out.stderr
+    [cut] = [int(line.split("offset ")[1].split()[0]) for line in out.stderr.splitlines() if "cut at" in line]
+    assert 0 < cut < 5 * BATCHES and cut % 5 == 0
+    with Engine.open(built, clock=clock) as eng:
+        assert values(eng, 1) == expected_values(1, cut)
+        assert values(eng, 0) == expected_values(0)
+        eng.produce("t", [b"after repair"], partition=1)
+        assert [r.value for r in eng.fetch("t", 1, cut)] == [b"after repair"]
+    assert all(not r.problems for r in check(built))
+
+
+def test_repair_refuses_while_a_broker_has_the_directory_open(built, clock):
+    with Engine.open(built, clock=clock):
+        out = tidelog("check", "--repair", "--data-dir", built)
+    assert out.returncode == 1 and "in use by another process" in out.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_shortened_or_missing_middle_segment_is_refused_not_papered_over(built, clock, damage):
+    path = seg_path(built, 0, 1)
+    if damage == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        for suffix in (".log", ".index", ".timeindex"):
+            os.remove(path[:-4] + suffix)
+    with pytest.raises(CorruptLogError):
+        Engine.open(built, clock=clock)
+    assert repair(built)
+    with Engine.open(built, clock=clock) as eng:
+        kept = values(eng, 0)
+        assert kept == expected_values(0, len(kept)) and 0 < len(kept) < 5 * BATCHES
+
+
+def test_a_wrong_index_entry_costs_a_scan_not_a_wrong_answer(built, clock, caplog):
+    index = seg_path(built, 0, 0, ".index")
+    with open(index, "rb") as f:
+        original = f.read()
+    with open(index, "r+b") as f:
+        f.seek(12)
+        f.write(b"\x00\x00\x00\x07")  # entry 1 still sorts, but no batch starts at byte 7
+    with caplog.at_level(logging.WARNING, "tidelog.storage"), Engine.open(built, clock=clock) as eng:
+        for offset in range(60):
+            got = next(r.value for r in eng.fetch("t", 0, offset) if r.offset == offset)
+            assert got == expected_values(0)[offset][1], offset
+        assert values(eng, 0) == expected_values(0)
+    assert "do not match the log" in caplog.text
+    with Engine.open(built, clock=clock) as eng:  # the damaged index was dropped, so this open rebuilt it
+        assert values(eng, 0) == expected_values(0)
+    with open(index, "rb") as f:
+        assert f.read() == original
+
+
+@pytest.mark.parametrize("suffix", [".index", ".timeindex"])
+def test_truncated_or_garbled_index_files_are_rebuilt_identically(built, clock, suffix):
+    paths = [seg_path(built, 0, n, suffix) for n in range(2)]
+    originals = []
+    for path in paths:
+        with open(path, "rb") as f:
+            originals.append(f.read())
+    os.truncate(paths[0], len(originals[0]) - 3)
+    with open(paths[1], "r+b") as f:
+        f.seek(12)
+        f.write(b"\xff" * 8)  # a negative position or a falling timestamp in the second entry
+    with Engine.open(built, clock=clock) as eng:
+        assert values(eng, 0) == expected_values(0)
+        ts = next(iter(eng.fetch("t", 0, 100))).timestamp
+        assert eng.list_offsets("t", 0, at=ts) == 100 - 100 % 5
+    for path, original in zip(paths, originals):
+        with open(path, "rb") as f:
+            assert f.read() == original
+
+
+def test_an_unclean_stop_with_damage_before_the_recovery_point_is_refused(tmp_path, clock):
+    live = str(tmp_path / "live")
+    eng = Engine.open(live, clock=clock, fsync="always")
+    eng.create_topic("t", segment_bytes=1 << 20)
+    for i in range(20):
+        eng.produce("t", [value(0, i, j) for j in range(5)])
+    snap = str(tmp_path / "snap")
+    shutil.copytree(live, snap)  # what the files hold if the process died right now
+    eng.close()
+    log = seg_path(snap, 0, 0)
+    with open(log, "r+b") as f:
+        f.seek(8)
+        size = int.from_bytes(f.read(4), "big") + 12
+    # zero the first batch's header: a lost page in the durable part, not a torn write
+    with open(log, "r+b") as f:
+        f.write(b"\x00" * 61)
+    assert os.path.exists(os.path.join(snap, "t-0", RECOVERY_POINT_FILE))
+    with pytest.raises(CorruptLogError) as err:
+        Engine.open(snap, clock=clock)
+    assert "before the recovery point" in err.value.message and size > 61
+
+
+def test_a_torn_offset_store_tail_keeps_the_earlier_commits(tmp_path, clock):
+    live = str(tmp_path / "live")
+    eng = Engine.open(live, clock=clock)
+    store = OffsetStore(eng)
+    for n in range(1, 6):
+        store.commit("g", {("t", 0): 10 * n})
+    snap = str(tmp_path / "snap")
+    shutil.copytree(live, snap)  # the process dies here, before any fsync
+    eng.close()
+    directory = os.path.join(snap, f"{OFFSETS_TOPIC}-0")
+    if os.path.exists(os.path.join(directory, RECOVERY_POINT_FILE)):
+        os.remove(os.path.join(directory, RECOVERY_POINT_FILE))
+    *_, last = dump_batches(directory)
+    flip(seg_path(snap, 0, 0, topic=OFFSETS_TOPIC), last.pos + last.size - 3)
+    with Engine.open(snap, clock=clock) as eng2:
+        assert eng2.list_offsets(OFFSETS_TOPIC, 0).log_end == 4
+        assert OffsetStore(eng2).fetch("g")[("t", 0)].offset == 40
+
+
+def test_a_flipped_bit_in_a_cleanly_closed_offset_store_is_refused_then_repaired(tmp_path, clock):
+    d = str(tmp_path / "d")
+    with Engine.open(d, clock=clock) as eng:
+        store = OffsetStore(eng)
+        for n in range(1, 4):
+            store.commit("g", {("t", 0): n})
+    log = seg_path(d, 0, 0, topic=OFFSETS_TOPIC)
+    flip(log, os.path.getsize(log) - 5)
+    with pytest.raises(CorruptLogError) as err:
+        Engine.open(d, clock=clock)
+    assert OFFSETS_TOPIC in err.value.message
+    assert repair(d)
+    with Engine.open(d, clock=clock) as eng:
+        assert OffsetStore(eng).fetch("g")[("t", 0)].offset == 2
