@@ -238,3 +238,30 @@ def test_a_flipped_bit_in_a_cleanly_closed_offset_store_is_refused_then_repaired
     assert repair(d)
     with Engine.open(d, clock=clock) as eng:
         assert OffsetStore(eng).fetch("g")[("t", 0)].offset == 2
+
+
+def test_the_server_answers_a_read_of_corrupt_data_with_data_loss_and_keeps_serving(built):
+    import grpc
+
+    from tests.server_process import ServerProcess
+    from tidelog.client import Consumer
+    from tidelog.v1 import tidelog_pb2 as pb
+
+    flip(seg_path(built, 1, 0), 300)
+    srv = ServerProcess(built).start()
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            fetch = channel.unary_unary("/tidelog.v1.Consumer/FetchRecords",
+                                        request_serializer=pb.FetchRequest.SerializeToString,
+                                        response_deserializer=pb.FetchRecordsResponse.FromString)
+            with pytest.raises(grpc.RpcError) as err:
+                fetch(pb.FetchRequest(topic="t", partition=1, offset=0), timeout=10)
+            assert err.value.code() == grpc.StatusCode.DATA_LOSS and "--repair" in err.value.details()
+            assert dict(err.value.trailing_metadata())["tidelog-error-code"] == "1002"
+            ok = fetch(pb.FetchRequest(topic="t", partition=0, offset=0), timeout=10)
+            assert ok.records[0].value == value(0, 0, 0)
+        with Consumer(srv.target, "t", partition=1, offset=0) as consumer:
+            with pytest.raises(CorruptLogError):
+                consumer.poll(timeout_s=10)
+    finally:
+        assert srv.stop() == 0, srv.log()
