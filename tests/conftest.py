@@ -48,3 +48,13 @@ def clock() -> ManualClock:
 @pytest.fixture
 def data_dir(tmp_path) -> str:
     return str(tmp_path / "data")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--crash-rounds", type=int, default=int(os.environ.get("TIDELOG_CRASH_ROUNDS", "4")),
+                     help="SIGKILL rounds of the crash test (default 4; a long run: 200)")
+
+
+def pytest_generate_tests(metafunc):
+    if "crash_round" in metafunc.fixturenames:
+        metafunc.parametrize("crash_round", range(metafunc.config.getoption("--crash-rounds")))
