@@ -85,10 +85,11 @@ class Segment:
         self._last_bucket = -1
         self._map = None
         self._map_len = 0
-        # Bytes below `_verified` passed a CRC-32C and continuity check in this process (appended
-        # from validated batches, or read and checked once): reads below it skip the check.
-        self._verified = 0
-        self._verified_offset = base_offset
+        # (start, end, offset at end): bytes in [start, end) passed a CRC-32C and continuity check in
+        # this process (appended from validated batches, or read and checked once), so reads inside
+        # skip the check. One range, moved to where readers are, so a consumer tailing the log pays
+        # once; a tuple, replaced whole, so that lock-free readers never see half an update.
+        self._verified = (0, 0, base_offset)
         self.index_damaged = False
 
     # -- opening -------------------------------------------------------------------------------------
@@ -134,6 +135,8 @@ class Segment:
                            else self.base_offset)
         self._set_end(result)
         self._load_first_timestamp()
+        if result.reason in (batch_scan.END, batch_scan.ZERO):
+            self._verified = (start, result.end_pos, result.next_offset)
         return result
 
     def zeros_after(self, pos: int) -> bool:
@@ -152,7 +155,7 @@ class Segment:
                          expected_offset=head.next_offset if head else self.base_offset)
         self.rebuild_indexes(tail.end_pos)
         if start_pos == 0:
-            self._verified, self._verified_offset = tail.end_pos, self.next_offset
+            self._verified = (0, tail.end_pos, self.next_offset)
         return tail
 
     def cut(self, end_pos: int) -> None:
@@ -218,7 +221,7 @@ class Segment:
         result = self.scan(0, verify=verify, expected_offset=self.base_offset if verify else -1, stop=end_pos,
                            on_batches=self._index_rows)
         if verify:
-            self._verified, self._verified_offset = result.end_pos, result.next_offset
+            self._verified = (0, result.end_pos, result.next_offset)
         self._set_end(result)
         self._load_first_timestamp()
         return result
@@ -284,8 +287,8 @@ class Segment:
             self.time_index.append_entries(np.array(time_rows, dtype=TimeIndex.dtype))
         if self.size == 0:
             self.first_batch_timestamp = batches[0].max_timestamp
-        if self._verified == start:  # validated before the write: no need to check it when read
-            self._verified, self._verified_offset = start + nbytes, batches[-1].last_offset + 1
+        if self._verified[1] == start:  # validated before the write: no need to check it when read
+            self._verified = (self._verified[0], start + nbytes, batches[-1].last_offset + 1)
         self.size = start + nbytes
         self.next_offset = batches[-1].last_offset + 1
         self.max_timestamp = max_ts
@@ -348,12 +351,12 @@ class Segment:
     def verify(self, start: int, stop: int) -> None:
         """Check the CRC-32C and offset continuity of the batches in [start, stop) before they are
         served (once per byte range and process); CorruptLogError names the place and the repair."""
-        verified = self._verified
-        if stop <= verified:
+        lo, hi, hi_offset = self._verified
+        if lo <= start and stop <= hi:
             return
-        contiguous = start <= verified
-        pos = verified if contiguous else start
-        expected = self._verified_offset if contiguous else int(_OFFSET.unpack_from(self.buffer, pos)[0])
+        extends = lo <= start <= hi
+        pos = hi if extends else start
+        expected = hi_offset if extends else int(_OFFSET.unpack_from(self.buffer, pos)[0])
         rows = np.empty((256, batch_scan.N_COLS), dtype=np.int64)
         while True:
             _, pos, reason, expected = batch_scan.scan_batches(self.buffer, pos, stop, True, expected, rows)
@@ -364,13 +367,12 @@ class Segment:
                 f"{self.log_path}: {batch_scan.STOP_NAMES[reason]} at byte {pos} (offsets from about "
                 f"{expected} on); the log is corrupt here: stop the broker and run `tidelog check --repair "
                 f"--data-dir {os.path.dirname(self.directory)}`", path=self.log_path)
-        if contiguous and stop > self._verified:
-            self._verified, self._verified_offset = stop, expected
+        if stop > hi:  # keep the range readers are moving along (and appends extend)
+            self._verified = (lo if extends else start, stop, expected)
 
     def position_of_time(self, timestamp: int, end: int) -> int:
         """Position of the first batch whose max timestamp is >= timestamp, or -1."""
-        rel = self.time_index.scan_start(timestamp)
-        start = self.index.lookup(rel)
+        start = self._index_start(self.time_index.scan_start(timestamp), end)
         pos, _ = batch_scan.find_timestamp(self.buffer, start, end, timestamp)
         return pos
 
