@@ -11,7 +11,7 @@ from ..broker.results import TopicDescription
 from ..config import TopicConfig
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
-from . import status
+from . import requests, status
 from .consume_service import ConsumeService
 
 SERVICE = "tidelog.v1.Admin"
@@ -52,8 +52,7 @@ class AdminService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, request_type, response_type):
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString)
+            return requests.unary(fn, request_type, response_type.SerializeToString)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
             "CreateTopic": unary(self.create_topic, pb.CreateTopicRequest, pb.TopicDescription),
