@@ -24,6 +24,12 @@ SERVICE = "tidelog.v1.Consumer"
 IDLE_WAKE_S = 1.0  # a waiting subscription re-checks its stream at least this often
 
 
+def check_timestamp(timestamp_ms: int) -> None:
+    """The engine reads -1 and -2 as latest and earliest: a negative time on the wire must not."""
+    if timestamp_ms < 0:
+        raise InvalidRequestError(f"timestamp_ms must be >= 0, got {timestamp_ms}")
+
+
 class ConsumeService:
     def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
         self.engine = engine
@@ -45,6 +51,7 @@ class ConsumeService:
         if kind == "offset":
             return position.offset
         if kind == "timestamp_ms":
+            check_timestamp(position.timestamp_ms)
             found = await self.engine.run(engine.list_offsets, topic, partition, position.timestamp_ms)
             return found if found is not None else engine.list_offsets(topic, partition, "latest")
         boundary = "latest" if kind == "boundary" and position.boundary == pb.LATEST else "earliest"
