@@ -336,6 +336,12 @@ cdef int _check_lengths(Py_ssize_t n, keys, headers, timestamps) except -1:
 
 # --- validation -------------------------------------------------------------------------------
 
+# The smallest record: length, attributes, timestamp delta, offset delta, key length, value
+# length and header count, one byte each.
+cdef enum:
+    MIN_RECORD_SIZE = 7
+
+
 cdef enum RecErr:
     REC_OK = 0
     REC_TRUNCATED = 1
@@ -546,6 +552,9 @@ def decode_table(const unsigned char[::1] buf, Py_ssize_t pos, Py_ssize_t end, i
     """
     if pos < 0 or end > buf.shape[0] or pos > end or count < 0:
         raise ValueError("record section bounds are outside the buffer")
+    if count > (end - pos) // MIN_RECORD_SIZE:
+        # Checked before allocating: a lying header must not make us allocate a row per claimed record.
+        raise ValueError(f"record count {count} cannot fit in a {end - pos}-byte records section")
     table = np.empty(count, dtype=RECORD_DTYPE)
     if count == 0:
         return table

@@ -219,7 +219,8 @@ def test_oversize_pre_encoded_batch_is_rejected(engine, clock):
         engine.append("t", 0, tidelog.build_batch([b"x" * 2000], timestamp=clock.now))
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "a\\b", "x" * 250, "spaces are bad", "é"])
+@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "a\\b", "x" * 250, "spaces are bad", "é",
+                                  "trailing-newline\n", "a\x00b", "\n"])
 def test_invalid_topic_names_are_refused_and_create_no_files(engine, data_dir, name):
     before = set(os.listdir(data_dir))
     with pytest.raises(InvalidTopicError):

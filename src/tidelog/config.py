@@ -34,7 +34,8 @@ class TopicConfig:
     compression: str = "none"
     """Codec for batches the engine encodes (produce); appended batches keep their own codec."""
     max_batch_bytes: int = 8 << 20
-    """Largest record batch accepted (Kafka: max.message.bytes); capped at segment_bytes."""
+    """Largest record batch accepted, default 8 MiB (Kafka: max.message.bytes); capped at segment_bytes.
+    A bigger batch is refused with RecordTooLargeError (RESOURCE_EXHAUSTED); record headers count here."""
     index_interval_bytes: int = 4096
     """Bytes of log between two entries of the sparse offset and time indexes."""
     max_index_bytes: int = 10 << 20
@@ -75,11 +76,14 @@ class EngineConfig:
     retention_check_interval_ms: int = 60_000
     """How often retention runs in the background (it also runs on every segment roll)."""
     max_topics: int = 10_000
-    """Limit on topics in one engine."""
+    """Limit on topics in one engine, default 10,000 (internal ones count); past it create_topic raises
+    ResourceLimitError (RESOURCE_EXHAUSTED)."""
     max_partitions_per_topic: int = 10_000
-    """Limit on partitions of one topic."""
+    """Limit on partitions of one topic, default 10,000; more raises ResourceLimitError. Each open
+    partition holds 6 file descriptors (3 files and their maps): the process's open-file limit binds first."""
     max_fetch_bytes: int = 64 << 20
-    """Upper bound on a single fetch's max_bytes."""
+    """Upper bound on a single fetch's max_bytes, default 64 MiB: a larger max_bytes is cut to it (not
+    an error); a fetch still returns at least one whole batch."""
     topic_defaults: TopicConfig = field(default_factory=TopicConfig)
     """Settings for topics created without their own."""
 
@@ -130,17 +134,23 @@ class ServerConfig:
     data_dir: str = "./data"
     """The engine's data directory."""
     max_message_bytes: int = 64 << 20
-    """Largest gRPC message accepted or sent (must hold the largest batch plus framing)."""
+    """Largest gRPC message accepted or sent, default 64 MiB (must hold the largest batch plus framing);
+    gRPC refuses a bigger one with RESOURCE_EXHAUSTED before any tidelog code sees it."""
     max_inflight_bytes_per_stream: int = 64 << 20
-    """Produce requests read ahead of their acks, per stream; past it the server stops reading (backpressure)."""
+    """Produce requests read ahead of their acks, per stream, default 64 MiB; past it the server stops
+    reading (backpressure through gRPC flow control, not an error). One larger message still passes alone."""
     default_fetch_bytes: int = 1 << 20
     """max_bytes of a fetch that asks for 0."""
     max_subscribe_message_bytes: int = 4 << 20
-    """Largest response a subscription sends, whatever the credit."""
+    """Largest response a subscription sends, default 4 MiB, whatever the credit (at least one batch)."""
     max_fetch_wait_ms: int = 30_000
-    """Upper bound of a long-poll's max_wait_ms."""
+    """Upper bound of a long-poll's max_wait_ms, default 30 s: a longer wait is cut to it."""
     max_concurrent_rpcs: int = 1000
-    """RPCs served at once; more are refused with RESOURCE_EXHAUSTED."""
+    """RPCs served at once, default 1000 (streams count while open); gRPC refuses more with
+    RESOURCE_EXHAUSTED (no tidelog-error-code: the call never reaches tidelog code)."""
+    max_connections: int = 10_000
+    """Client connections, default 10,000 (HTTP/2, one per channel) open at once; past it gRPC closes each new
+    connection as it is accepted, and the client sees UNAVAILABLE. Each costs one file descriptor."""
     io_threads: int = 16
     """Threads that run blocking engine calls."""
     shutdown_grace_s: float = 10.0
@@ -160,7 +170,8 @@ class ServerConfig:
         if self.port > 65535:
             raise InvalidConfigError(f"port must be at most 65535, got {self.port}")
         for name in ("max_message_bytes", "max_inflight_bytes_per_stream", "default_fetch_bytes",
-                     "max_subscribe_message_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs", "io_threads"):
+                     "max_subscribe_message_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections",
+                     "io_threads"):
             _positive(self, name, minimum=1)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")

@@ -16,7 +16,8 @@ from ..log.partition_log import PartitionLog
 from ..storage.fs import FileSystem
 from .partitioner import Partitioner
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("a\n" would pass).
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 META_VERSION = 1
 
 
@@ -24,7 +25,7 @@ def validate_topic_name(name: object) -> str:
     """Kafka's rule: 1-249 of [A-Za-z0-9._-], not "." or "..". So a name is always a safe file name."""
     if not isinstance(name, str):
         raise InvalidTopicError(f"topic name must be a string, not {type(name).__name__}")
-    if not _NAME.match(name) or name in (".", ".."):
+    if not _NAME.fullmatch(name) or name in (".", ".."):
         shown = name if len(name) <= 60 else name[:57] + "..."
         raise InvalidTopicError(
             f"invalid topic name {shown!r}: use 1-249 characters from letters, digits, '.', '_' and '-' "

@@ -11,8 +11,8 @@ from ..broker.results import TopicDescription
 from ..config import TopicConfig
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
-from . import status
-from .consume_service import ConsumeService
+from . import requests, status
+from .consume_service import ConsumeService, check_timestamp
 
 SERVICE = "tidelog.v1.Admin"
 _TOPIC_FIELDS = {f.name: f.type for f in dataclasses.fields(TopicConfig)}
@@ -52,8 +52,7 @@ class AdminService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, request_type, response_type):
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString)
+            return requests.unary(fn, request_type, response_type.SerializeToString)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
             "CreateTopic": unary(self.create_topic, pb.CreateTopicRequest, pb.TopicDescription),
@@ -95,6 +94,10 @@ class AdminService:
                                           high_watermark=offsets.high_watermark, flushed=offsets.flushed)
         kind = request.position.WhichOneof("kind") if request.HasField("position") else None
         if kind == "timestamp_ms":
+            try:
+                check_timestamp(request.position.timestamp_ms)
+            except TidelogError as exc:
+                await status.abort(context, exc)
             found = await self._call(context, engine.list_offsets, request.topic, request.partition,
                                      request.position.timestamp_ms)
             response.offset = -1 if found is None else found

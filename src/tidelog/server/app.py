@@ -50,7 +50,8 @@ class Server:
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)],
+                     ("grpc.so_reuseport", 0),
+                     ("grpc.max_allowed_incoming_connections", self.config.max_connections)],
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
         consume = consume_service.ConsumeService(self.async_engine, self.config)
         self._server.add_generic_rpc_handlers((

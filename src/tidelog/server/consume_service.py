@@ -18,10 +18,16 @@ from ..codec import protowire
 from ..config import ServerConfig
 from ..errors import EngineClosedError, InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
-from . import status
+from . import requests, status
 
 SERVICE = "tidelog.v1.Consumer"
 IDLE_WAKE_S = 1.0  # a waiting subscription re-checks its stream at least this often
+
+
+def check_timestamp(timestamp_ms: int) -> None:
+    """The engine reads -1 and -2 as latest and earliest: a negative time on the wire must not."""
+    if timestamp_ms < 0:
+        raise InvalidRequestError(f"timestamp_ms must be >= 0, got {timestamp_ms}")
 
 
 class ConsumeService:
@@ -31,13 +37,11 @@ class ConsumeService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "Fetch": grpc.unary_unary_rpc_method_handler(
-                self.fetch, request_deserializer=pb.FetchRequest.FromString, response_serializer=None),
-            "FetchRecords": grpc.unary_unary_rpc_method_handler(
-                self.fetch_records, request_deserializer=pb.FetchRequest.FromString,
-                response_serializer=pb.FetchRecordsResponse.SerializeToString),
+            "Fetch": requests.unary(self.fetch, pb.FetchRequest, None),
+            "FetchRecords": requests.unary(self.fetch_records, pb.FetchRequest,
+                                           pb.FetchRecordsResponse.SerializeToString),
             "Subscribe": grpc.stream_stream_rpc_method_handler(
-                self.subscribe, request_deserializer=pb.SubscribeRequest.FromString, response_serializer=None),
+                self.subscribe, request_deserializer=None, response_serializer=None),
         })
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
@@ -47,6 +51,7 @@ class ConsumeService:
         if kind == "offset":
             return position.offset
         if kind == "timestamp_ms":
+            check_timestamp(position.timestamp_ms)
             found = await self.engine.run(engine.list_offsets, topic, partition, position.timestamp_ms)
             return found if found is not None else engine.list_offsets(topic, partition, "latest")
         boundary = "latest" if kind == "boundary" and position.boundary == pb.LATEST else "earliest"
@@ -94,10 +99,13 @@ class ConsumeService:
             await status.abort(context, exc)
 
     async def subscribe(self, request_iterator, context):
+        request_iterator = requests.decoded(pb.SubscribeRequest, request_iterator)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
+        except TidelogError as exc:
+            await status.abort(context, exc)
         if first.WhichOneof("kind") != "start":
             await status.abort(context, InvalidRequestError("a subscription starts with a SubscribeStart message"))
         start = first.start

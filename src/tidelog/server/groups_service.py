@@ -10,7 +10,7 @@ from ..broker.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..groups.coordinator import DEFAULT_SESSION_TIMEOUT_MS, GroupCoordinator
 from ..v1 import tidelog_pb2 as pb
-from . import status
+from . import requests, status
 
 SERVICE = "tidelog.v1.Groups"
 EXPIRY_CHECK_S = 0.25  # how often dead members are looked for
@@ -34,8 +34,7 @@ class GroupsService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn, req, resp):
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
-                                                       response_serializer=resp.SerializeToString)
+            return requests.unary(fn, req, resp.SerializeToString)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
             "JoinGroup": unary(self.join, pb.JoinGroupRequest, pb.MemberAssignment),

@@ -19,7 +19,7 @@ from ..codec import protowire
 from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
-from . import status
+from . import requests, status
 
 log = logging.getLogger("tidelog.server")
 
@@ -55,9 +55,8 @@ class ProduceService:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Produce": grpc.stream_stream_rpc_method_handler(
                 self.produce, request_deserializer=None, response_serializer=pb.ProduceResponse.SerializeToString),
-            "ProduceRecords": grpc.unary_unary_rpc_method_handler(
-                self.produce_records, request_deserializer=pb.ProduceRecordsRequest.FromString,
-                response_serializer=pb.ProduceRecordsResponse.SerializeToString),
+            "ProduceRecords": requests.unary(self.produce_records, pb.ProduceRecordsRequest,
+                                             pb.ProduceRecordsResponse.SerializeToString),
         })
 
     async def produce(self, request_iterator, context):

@@ -59,15 +59,27 @@ def trailing_metadata(exc: errors.TidelogError) -> tuple[tuple[str, str], ...]:
     return tuple(meta)
 
 
+MAX_DETAILS_CHARS = 1024
+"""Status details travel as a header; gRPC clients drop a call whose headers pass 16 KiB by default,
+so a message echoing a hostile 100 KB name would turn NOT_FOUND into a transport error."""
+
+
+def details(exc: errors.TidelogError) -> str:
+    message = exc.message
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return f"{message[:MAX_DETAILS_CHARS - 40]}... ({len(message)} characters, truncated)"
+
+
 async def abort(context, exc: errors.TidelogError):
     """End the RPC with the status for exc (raises, as grpc.aio's abort does)."""
     context.set_trailing_metadata(trailing_metadata(exc))
-    await context.abort(status_of(exc), exc.message)
+    await context.abort(status_of(exc), details(exc))
 
 
 def error_message(exc: errors.TidelogError) -> pb.Error:
     """The in-stream form of an error."""
-    msg = pb.Error(code=exc.code, grpc_status=status_of(exc).value[0], message=exc.message)
+    msg = pb.Error(code=exc.code, grpc_status=status_of(exc).value[0], message=details(exc))
     if isinstance(exc, errors.OffsetOutOfRangeError):
         msg.log_start, msg.log_end = exc.log_start, exc.log_end
     return msg

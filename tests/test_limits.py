@@ -1,0 +1,246 @@
+"""Every limit is a validated, documented setting, and going past it gets its precise answer.
+
+Two real servers with small limits: one for sizes and counts (batch, message, fetch, subscribe
+message, topics, partitions, in-flight bytes), one for connections and concurrent RPCs.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import tidelog
+from tidelog import config as config_module
+from tidelog.codec import protowire
+from tidelog.config import EngineConfig, ServerConfig, TopicConfig
+from tidelog.errors import CODE_KEY, InvalidConfigError, RecordTooLargeError, ResourceLimitError
+from tidelog.v1 import tidelog_pb2 as pb
+
+from .server_process import ServerProcess
+
+TS = 1_700_000_000_000
+LIMITS = {
+    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_subscribe_message_bytes",
+                   "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections"],
+    EngineConfig: ["max_topics", "max_partitions_per_topic", "max_fetch_bytes"],
+    TopicConfig: ["max_batch_bytes"],
+}
+
+
+def _docstrings(cls) -> dict[str, str]:
+    """Attribute docstrings (the string right after each field) of a config dataclass."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    out = {}
+    for field, doc in zip(body, body[1:]):
+        if isinstance(field, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+            out[field.target.id] = doc.value.value
+    return out
+
+
+@pytest.mark.parametrize("cls,name", [(c, n) for c, names in LIMITS.items() for n in names])
+def test_each_limit_is_validated_and_documented_with_its_default(cls, name):
+    with pytest.raises(InvalidConfigError, match=name):
+        cls(**{name: 0})
+    with pytest.raises(InvalidConfigError, match=name):
+        cls(**{name: "10"})
+    doc = _docstrings(cls)[name]
+    assert "default" in doc.lower(), f"{cls.__name__}.{name}: say the default in the docstring"
+    assert config_module  # the module documents the units-last naming these follow
+
+
+# -- sizes and counts ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("limits")
+    path = root / "tidelog.toml"
+    path.write_text("\n".join([
+        "max_message_bytes = 131072", "max_inflight_bytes_per_stream = 65536", "max_subscribe_message_bytes = 8192",
+        "[engine]", "max_topics = 3", "max_partitions_per_topic = 4", "max_fetch_bytes = 16384",
+        "[engine.topic_defaults]", "max_batch_bytes = 8192", ""]))
+    srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+def call(channel, method, request, response_type=None):
+    stub = channel.unary_unary(f"/tidelog.v1.{method}", request_serializer=type(request).SerializeToString,
+                               response_deserializer=response_type.FromString if response_type else None)
+    return stub(request, timeout=10)
+
+
+def refused(channel, method, request, status, error_cls=None) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(channel, method, request)
+    assert info.value.code() == status, info.value.details()
+    if error_cls is not None:
+        assert dict(info.value.trailing_metadata())[CODE_KEY] == str(error_cls.code)
+    return info.value
+
+
+def produce(channel, requests: list[bytes]):
+    stub = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
+                                 response_deserializer=pb.ProduceResponse.FromString)
+    return [r for resp in stub(iter(requests), timeout=30) for r in resp.results]
+
+
+@pytest.fixture(scope="module")
+def topic(channel):
+    call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="lim", partitions=4))
+    return "lim"
+
+
+def test_max_partitions_per_topic_and_max_topics_are_resource_exhausted(channel, topic):
+    err = refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="wide", partitions=5),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceLimitError)
+    assert "max_partitions_per_topic=4" in err.details()
+    call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="third", partitions=1))  # with __consumer_offsets
+    err = refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="fourth", partitions=1),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceLimitError)
+    assert "max_topics=3" in err.details()
+    call(channel, "Admin/DeleteTopic", pb.DeleteTopicRequest(name="third"))
+    call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="fourth", partitions=1))
+    call(channel, "Admin/DeleteTopic", pb.DeleteTopicRequest(name="fourth"))
+
+
+def test_max_batch_bytes_is_record_too_large(channel, topic):
+    big = tidelog.build_batch([b"x" * 9000], timestamp=TS)
+    result = produce(channel, [protowire.encode_produce_request(1, topic, 0, big)])[0]
+    assert result.error.code == RecordTooLargeError.code
+    assert result.error.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "8192" in result.error.message
+    refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
+        topic=topic, partition=0, records=[pb.Record(value=b"x" * 9000)]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, RecordTooLargeError)
+
+
+def test_max_message_bytes_is_refused_by_grpc_with_resource_exhausted(channel, topic):
+    with pytest.raises(grpc.RpcError) as info:
+        produce(channel, [protowire.encode_produce_request(1, topic, 0, b"\x00" * 131072)])
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "131072" in info.value.details()
+
+
+def test_max_fetch_bytes_and_max_subscribe_message_bytes_cut_responses_to_whole_batches(channel, topic):
+    batch = tidelog.build_batch([b"r" * 3000], timestamp=TS)  # ~3 KiB each
+    results = produce(channel, [protowire.encode_produce_request(i, topic, 1, batch) for i in range(12)])
+    assert not any(r.HasField("error") for r in results)
+    reply = pb.FetchResponse.FromString(call(channel, "Consumer/Fetch", pb.FetchRequest(
+        topic=topic, partition=1, offset=0, max_bytes=2**31 - 1)))
+    assert len(reply.batches) == 5 * len(batch) <= 16384 and reply.next_offset == 5  # 6 would pass 16 KiB
+    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+                                 response_deserializer=pb.SubscribeResponse.FromString)
+    start = pb.SubscribeRequest(start=pb.SubscribeStart(topic=topic, partition=1, position=pb.Position(offset=0),
+                                                        credit_bytes=1 << 30, max_message_bytes=2**31 - 1))
+    done = threading.Event()
+
+    def requests():  # the subscription lasts while the request stream is open
+        yield start
+        done.wait(10)
+
+    responses = stub(requests(), timeout=10)
+    sizes = []
+    for resp in responses:
+        sizes.append(len(resp.batches))
+        if resp.next_offset == 12:
+            break
+    done.set()
+    responses.cancel()
+    assert sum(sizes) == 12 * len(batch) and max(sizes) == 2 * len(batch) <= 8192
+
+
+def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refusing(channel, topic):
+    # 40 requests of ~20 KiB on one stream: 2.5 MiB through a 64 KiB read-ahead budget; and one
+    # request larger than the whole budget still passes on its own.
+    batch = tidelog.build_batch([b"f" * 6000], timestamp=TS)
+    requests = [protowire.encode_produce_request(i, topic, 2, batch * 3) for i in range(40)]
+    requests.append(protowire.encode_produce_request(40, topic, 2, batch * 12))  # ~72 KiB > 64 KiB
+    results = produce(channel, requests)
+    assert [r.sequence for r in results] == list(range(41))
+    assert not any(r.HasField("error") for r in results)
+    assert results[-1].last_offset == 40 * 3 + 12 - 1
+
+
+# -- connections and concurrent RPCs ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crowded")
+    path = root / "tidelog.toml"
+    path.write_text("max_connections = 3\nmax_concurrent_rpcs = 2\n")
+    srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+def _health(channel, timeout=5):
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+
+
+def _separate(target):
+    """A channel with its own connection (no subchannel sharing between channels)."""
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_max_connections_closes_connections_past_the_limit_and_frees_slots_on_close(crowded):
+    # The health wait in ServerProcess.start closed its channel; give the server a moment to see it.
+    channels = [_separate(crowded.target) for _ in range(5)]
+    try:
+        answered = []
+        for ch in channels:
+            try:
+                _health(ch)
+                answered.append(True)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+                answered.append(False)
+        assert answered == [True, True, True, False, False]
+        for ch in channels[:3]:
+            _health(ch)  # the admitted connections keep working
+        channels[0].close()
+        late = _separate(crowded.target)  # a fresh channel: no reconnect backoff to wait out
+        for _ in range(50):  # the server sees the close asynchronously
+            try:
+                _health(late, timeout=2)
+                break
+            except grpc.RpcError:
+                late.close()
+                late = _separate(crowded.target)
+        else:
+            pytest.fail("a closed connection never freed its slot")
+        late.close()
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(crowded):
+    with _separate(crowded.target) as ch:
+        call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="quiet", partitions=1))
+        stub = ch.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
+                              response_deserializer=None)
+        polls = [stub.future(pb.FetchRequest(topic="quiet", partition=0, offset=0, max_wait_ms=3000), timeout=20)
+                 for _ in range(2)]
+        started = threading.Event()
+        for _ in range(100):  # both long polls admitted: the next call is the third
+            try:
+                _health(ch)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                started.set()
+                break
+        assert started.is_set(), "a third concurrent call was served"
+        for poll in polls:
+            assert poll.result() is not None  # the admitted long polls finish normally
+        assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
