@@ -25,7 +25,7 @@ from .server_process import ServerProcess
 
 TS = 1_700_000_000_000
 LIMITS = {
-    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_subscribe_message_bytes",
+    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes", "max_subscribe_message_bytes",
                    "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections"],
     EngineConfig: ["max_topics", "max_partitions_per_topic", "max_fetch_bytes"],
     TopicConfig: ["max_batch_bytes"],
@@ -170,6 +170,52 @@ def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refu
     assert [r.sequence for r in results] == list(range(41))
     assert not any(r.HasField("error") for r in results)
     assert results[-1].last_offset == 40 * 3 + 12 - 1
+
+
+def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_streams_give_it_back():
+    """Four streams whose appends are held back: together they read no more than the shared budget
+    (plus one message each past their last full one), and every byte comes back when they end."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from tidelog.broker.results import ProduceResult
+    from tidelog.server.produce_service import ProduceService
+
+    batch = tidelog.build_batch([b"s" * 4000], timestamp=TS)
+    size = len(protowire.encode_produce_request(0, "t", 0, batch))
+    limit = 10 * size
+
+    async def scenario():
+        gate = asyncio.Event()
+
+        async def run(fn, requests):
+            await gate.wait()  # a slow disk: nothing is acknowledged until the gate opens
+            return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
+
+        service = ProduceService(SimpleNamespace(run=run, engine=SimpleNamespace(append_many=None)),
+                                 ServerConfig(max_inflight_bytes=limit, max_inflight_bytes_per_stream=1 << 30))
+        pulled = [0] * 4
+
+        async def requests(stream):
+            for i in range(50):
+                pulled[stream] += 1
+                yield protowire.encode_produce_request(i, "t", stream, batch)
+
+        async def drain(stream):
+            return [r async for resp in service.produce(requests(stream), None) for r in resp.results]
+
+        tasks = [asyncio.create_task(drain(s)) for s in range(4)]
+        for _ in range(50):
+            await asyncio.sleep(0)  # let every stream read as far as the budget allows
+        held = service.inflight_bytes
+        read = sum(pulled)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        return held, read, results, service.inflight_bytes
+
+    held, read, results, after = asyncio.run(scenario())
+    assert held <= limit and read <= 10 + 4 * 2, (held, read)
+    assert [len(r) for r in results] == [50] * 4 and after == 0
 
 
 # -- connections and concurrent RPCs ------------------------------------------------------------

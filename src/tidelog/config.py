@@ -139,6 +139,10 @@ class ServerConfig:
     max_inflight_bytes_per_stream: int = 64 << 20
     """Produce requests read ahead of their acks, per stream, default 64 MiB; past it the server stops
     reading (backpressure through gRPC flow control, not an error). One larger message still passes alone."""
+    max_inflight_bytes: int = 256 << 20
+    """Produce requests read ahead of their acks on all streams together, default 256 MiB: past it every
+    Produce stream stops reading until appends catch up (backpressure, not an error), so many streams
+    cannot add up to more memory than this. One larger message still passes when nothing else is in flight."""
     default_fetch_bytes: int = 1 << 20
     """max_bytes of a fetch that asks for 0."""
     max_subscribe_message_bytes: int = 4 << 20
@@ -169,7 +173,7 @@ class ServerConfig:
         _positive(self, "port", minimum=0)
         if self.port > 65535:
             raise InvalidConfigError(f"port must be at most 65535, got {self.port}")
-        for name in ("max_message_bytes", "max_inflight_bytes_per_stream", "default_fetch_bytes",
+        for name in ("max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes", "default_fetch_bytes",
                      "max_subscribe_message_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections",
                      "io_threads"):
             _positive(self, name, minimum=1)

@@ -1,14 +1,17 @@
 """tidelog.v1.Producer: streaming produce of pre-encoded batches, and a per-record unary form.
 
 Produce reads requests as raw bytes (no protobuf copy of the batches), keeps up to
-max_inflight_bytes_per_stream read ahead of their acks (then stops reading: backpressure travels to
-the client through gRPC flow control), appends everything that has arrived in one engine call (one
-fsync per partition under fsync="always") and answers with one ranged ack for all of it, in order.
+max_inflight_bytes_per_stream read ahead of their acks, and up to max_inflight_bytes on all streams
+together (then stops reading: backpressure travels to the client through gRPC flow control), appends
+everything that has arrived in one engine call (one fsync per partition under fsync="always") and
+answers with one ranged ack for all of it, in order. A stream that ends, however it ends, gives back
+what it held of the shared budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 import grpc
@@ -27,29 +30,44 @@ SERVICE = "tidelog.v1.Producer"
 
 
 class _Budget:
-    """Bytes in flight on one stream; acquire blocks while the stream is over its budget."""
+    """Bytes in flight; acquire waits while over the limit. Event-loop only; release never blocks, so
+    a stream's cleanup can give back what it holds even while being cancelled."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self, n: int) -> None:
-        async with self._cond:
-            # A message larger than the whole budget still passes when nothing else is in flight.
-            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
+        # A message larger than the whole budget still passes when nothing else is in flight.
+        while not (self.used == 0 or self.used + n <= self.limit):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.used += n
 
-    async def release(self, n: int) -> None:
-        async with self._cond:
-            self.used -= n
-            self._cond.notify_all()
+    def release(self, n: int) -> None:
+        self.used -= n
+        while self._waiters:  # each rechecks the limit
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class ProduceService:
     def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
+        self._shared = _Budget(config.max_inflight_bytes)
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Produce bytes read ahead of their acks on all streams."""
+        return self._shared.used
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -62,11 +80,15 @@ class ProduceService:
     async def produce(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue()
         budget = _Budget(self.config.max_inflight_bytes_per_stream)
+        held = 0  # of the shared budget, by this stream
 
         async def read_ahead() -> None:
+            nonlocal held
             try:
                 async for raw in request_iterator:
                     await budget.acquire(len(raw))
+                    await self._shared.acquire(len(raw))
+                    held += len(raw)
                     queue.put_nowait(raw)
             finally:
                 queue.put_nowait(None)
@@ -85,12 +107,18 @@ class ProduceService:
                         done = True
                         break
                     raws.append(item)
-                yield await self._append(raws)
-                await budget.release(sum(len(r) for r in raws))
+                response = await self._append(raws)
+                size = sum(len(r) for r in raws)
+                budget.release(size)
+                self._shared.release(size)
+                held -= size
+                yield response
             if reader.done() and reader.exception() is not None:
                 raise reader.exception()
         finally:
             reader.cancel()
+            self._shared.release(held)
+            held = 0
 
     async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
         parsed: list[protowire.ProduceRequestView | TidelogError] = []
