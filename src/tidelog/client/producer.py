@@ -312,6 +312,10 @@ class Producer:
                             if self._full:
                                 lingering = 0.0
                         timeout = None if lingering is None else max(lingering + self.linger_s - time.monotonic(), 0)
+                        if self._closed or self._flush_now:
+                            # poll: the wake-up that asked for this may have been used up by a stream
+                            # that failed since (a reconnect), and closing waits for the last acks
+                            timeout = 0.05 if timeout is None else min(timeout, 0.05)
                         woken = asyncio.ensure_future(self._wake.wait())
                         await asyncio.wait({woken, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                         woken.cancel()
