@@ -62,18 +62,28 @@ def load_server_config(args: argparse.Namespace):
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from .server.app import serve
     from .tuning import tune_malloc
 
     config = load_server_config(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     tune_malloc()
-    asyncio.run(serve(config, ready=lambda port: print(f"tidelog serving on {config.host}:{port}",
-                                                      file=sys.stderr, flush=True)))
+    asyncio.run(serve(config))  # its "server started" log line says where it serves
     return 0
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    """--log-format / --log-level (or $TIDELOG_LOG_FORMAT / $TIDELOG_LOG_LEVEL); the server logs at
+    info by default, client commands only warnings and errors."""
+    from . import logs
+
+    fmt = args.log_format or os.environ.get("TIDELOG_LOG_FORMAT") or "text"
+    level = args.log_level or os.environ.get("TIDELOG_LOG_LEVEL") or ("info" if args.command == "serve" else "warning")
+    if fmt not in logs.FORMATS:
+        raise UsageError(f"log format must be one of {', '.join(logs.FORMATS)}, got {fmt!r}")
+    if level.lower() not in logs.LEVELS:
+        raise UsageError(f"log level must be one of {', '.join(logs.LEVELS)}, got {level!r}")
+    logs.configure(fmt, level.lower())
 
 
 # -- topics ------------------------------------------------------------------------------------------
@@ -421,6 +431,15 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-like partitioned commit log.")
     parser.add_argument("--version", action="version", version=f"tidelog {__version__}")
+
+    def log_options(p, default):
+        p.add_argument("--log-format", choices=["text", "json"], default=default,
+                       help="log lines as text or JSON objects, on stderr ($TIDELOG_LOG_FORMAT; default text)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=default,
+                       help="least severe log lines shown ($TIDELOG_LOG_LEVEL; default info for serve, "
+                            "else warning)")
+
+    log_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -438,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 50051; $TIDELOG_PORT)")
     serve.add_argument("--fsync", choices=["always", "interval", "never"], help="fsync policy (default interval)")
     serve.add_argument("--config", help="TOML config file ($TIDELOG_CONFIG)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    log_options(serve, argparse.SUPPRESS)  # also after the command; a global one stays unless repeated
     serve.set_defaults(run=_serve)
 
     topics = sub.add_parser("topics", help="create, list, describe and delete topics",
@@ -576,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _configure_logs(args)
         return args.run(args)
     except UsageError as exc:
         print(f"tidelog: error: {exc}", file=sys.stderr)

@@ -100,8 +100,9 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
         seg = Segment.load(fs, directory, base, config)
         expected = segments[-1].next_offset if segments else base
         if base != expected:
-            log.error("%s: segment %d does not continue the log (expected base %d); it and all later "
-                      "segments are removed", directory, base, expected)
+            log.error("a segment does not continue the log; it and all later segments are removed",
+                      extra={"event": "segment_gap", "directory": directory, "base_offset": base,
+                             "expected_base_offset": expected, "removed_segments": len(bases) - i})
             seg.close()
             _delete_from(fs, directory, bases[i:])
             return _finish(segments, scanned, truncated, len(bases) - i, rebuilt, "offset gap")
@@ -112,8 +113,9 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
             rebuilt += 1
             if result.reason not in (batch_scan.END, batch_scan.ZERO):
                 reason = batch_scan.STOP_NAMES[result.reason]
-                log.warning("%s: %s at byte %d of segment %d; the log is cut there and %d later "
-                            "segment(s) removed", directory, reason, result.end_pos, base, len(bases) - i - 1)
+                log.warning("invalid batch: the log is cut there and later segments removed", extra={
+                    "event": "log_truncated", "directory": directory, "reason": reason, "base_offset": base,
+                    "position": result.end_pos, "removed_segments": len(bases) - i - 1})
                 truncated = result.end_pos
                 segments.append(seg)
                 _delete_from(fs, directory, bases[i + 1:])
@@ -121,7 +123,8 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
         else:
             if not (seg.index.is_consistent(seg.file_size)
                     and seg.time_index.is_consistent(1 << 31) and not seg.indexes_missing):
-                log.warning("%s: rebuilding damaged or missing indexes of segment %d", directory, base)
+                log.warning("rebuilding damaged or missing indexes", extra={
+                    "event": "indexes_rebuilt", "directory": directory, "base_offset": base})
                 seg.rebuild_indexes()
                 rebuilt += 1
             else:
