@@ -72,3 +72,75 @@ def test_dump_prints_batches_and_records_in_an_offset_range(built):
 def test_dump_of_a_missing_partition_is_a_usage_error(built):
     out = tidelog("dump", "--data-dir", built, "--topic", "nope")
     assert out.returncode == 2 and "no partition" in out.stderr
+
+
+# -- dump by time -------------------------------------------------------------------------------------
+
+T0 = 1_700_000_000_000  # the ManualClock's start: 2023-11-14T22:13:20Z
+
+
+@pytest.fixture
+def timed(data_dir, clock):
+    """One partition, several segments: batch i holds offsets 3i..3i+2, all stamped T0 + 1000 i."""
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 1, segment_bytes=4096, index_interval_bytes=256)
+        for i in range(40):
+            eng.produce("t", [b"v%02d" % i + b"x" * 100] * 3, keys=[b"k"] * 3,
+                        headers=[[("trace", b"abcd")]] * 3)
+            clock.advance(1000)
+    return data_dir
+
+
+def dumped(directory, *args):
+    out = tidelog("dump", "--data-dir", directory, "--topic", "t", "--records", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    return [x["batch"]["base_offset"] for x in lines if "batch" in x], [x for x in lines if "offset" in x]
+
+
+def test_dump_filters_records_by_time_in_epoch_ms_and_iso(timed):
+    batches, records = dumped(timed, "--from-time", str(T0 + 10_000), "--to-time", "2023-11-14T22:13:32Z")
+    assert batches == [30, 33, 36]
+    assert [r["offset"] for r in records] == list(range(30, 39))
+    assert {r["timestamp"] for r in records} == {T0 + 10_000, T0 + 11_000, T0 + 12_000}
+    assert records[0]["key_size"] == 1 and records[0]["value_size"] == 103
+    assert records[0]["headers"] == [{"key": "trace", "size": 4, "value": "abcd"}]
+
+
+def test_dump_time_and_offset_filters_combine(timed):
+    batches, records = dumped(timed, "--from-time", str(T0 + 30_000), "--from-offset", "100", "--to-offset", "104")
+    assert batches == [99, 102] and [r["offset"] for r in records] == list(range(100, 105))
+    assert dumped(timed, "--from-time", str(T0 + 40_000)) == ([], [])
+
+
+def test_dump_seeks_with_the_time_index_instead_of_reading_from_the_segment_start(timed):
+    from tidelog.inspect import _time_seek, segment_bases
+
+    directory = os.path.join(timed, "t-0")
+    bases = segment_bases(directory)
+    assert len(bases) > 2
+    stem = os.path.join(directory, f"{bases[0]:020d}")
+    size = os.path.getsize(stem + ".log")
+    assert _time_seek(stem, T0, size) == 0
+    late = _time_seek(stem, T0 + 9_000, size)
+    assert 0 < late < size
+
+
+def test_dump_filters_out_of_order_timestamps_record_by_record(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 1)
+        eng.produce("t", [b"a", b"b", b"c", b"d"], timestamps=[T0 + 50, T0 + 10, T0 + 40, T0 + 20])
+    batches, records = dumped(data_dir, "--from-time", str(T0 + 15), "--to-time", str(T0 + 45))
+    assert batches == [0] and [(r["offset"], r["value"]) for r in records] == [(2, "c"), (3, "d")]
+
+
+def test_dump_text_lines_show_sizes_headers_and_utc_times(timed):
+    out = tidelog("dump", "--data-dir", timed, "--topic", "t", "--records", "--to-offset", "0")
+    assert out.returncode == 0, out.stderr
+    assert ("  offset 0  timestamp 1700000000000 (2023-11-14T22:13:20.000Z)  key 1 B  value 103 B  "
+            "headers 1 [trace=4 B]") in out.stdout.splitlines()
+
+
+def test_dump_rejects_an_unreadable_time(timed):
+    out = tidelog("dump", "--data-dir", timed, "--topic", "t", "--from-time", "yesterday")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--from-time" in out.stderr

@@ -62,18 +62,28 @@ def load_server_config(args: argparse.Namespace):
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from .server.app import serve
     from .tuning import tune_malloc
 
     config = load_server_config(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     tune_malloc()
-    asyncio.run(serve(config, ready=lambda port: print(f"tidelog serving on {config.host}:{port}",
-                                                      file=sys.stderr, flush=True)))
+    asyncio.run(serve(config))  # its "server started" log line says where it serves
     return 0
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    """--log-format / --log-level (or $TIDELOG_LOG_FORMAT / $TIDELOG_LOG_LEVEL); the server logs at
+    info by default, client commands only warnings and errors."""
+    from . import logs
+
+    fmt = args.log_format or os.environ.get("TIDELOG_LOG_FORMAT") or "text"
+    level = args.log_level or os.environ.get("TIDELOG_LOG_LEVEL") or ("info" if args.command == "serve" else "warning")
+    if fmt not in logs.FORMATS:
+        raise UsageError(f"log format must be one of {', '.join(logs.FORMATS)}, got {fmt!r}")
+    if level.lower() not in logs.LEVELS:
+        raise UsageError(f"log level must be one of {', '.join(logs.LEVELS)}, got {level!r}")
+    logs.configure(fmt, level.lower())
 
 
 # -- topics ------------------------------------------------------------------------------------------
@@ -374,32 +384,96 @@ def _check(args) -> int:
     return 1 if any(r.problems for r in results) else 0
 
 
-def _dump(args) -> int:
-    from .inspect import dump_batches, partition_dirs
+def parse_time_ms(text: str, flag: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 date-time (local time unless it names a zone, e.g. Z)."""
+    import datetime
 
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        raise UsageError(f"{flag} takes epoch milliseconds or an ISO-8601 date-time, got {text!r}") from None
+
+
+def _iso_ms(ms: int) -> str:
+    import datetime
+
+    try:
+        when = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _dump_record(rec, partition: int, fmt: str) -> str:
+    def size(b):
+        return None if b is None else len(b)
+
+    def text(b):
+        return None if b is None else bytes(b).decode("utf-8", "replace")
+
+    if fmt == "json":
+        return json.dumps({"partition": partition, "offset": rec.offset, "timestamp": rec.timestamp,
+                           "key_size": size(rec.key), "value_size": size(rec.value),
+                           "key": text(rec.key), "value": text(rec.value),
+                           "headers": [{"key": k, "size": size(v), "value": text(v)} for k, v in rec.headers]})
+    headers = ", ".join(f"{k}={'-' if v is None else f'{len(v)} B'}" for k, v in rec.headers)
+    return (f"  offset {rec.offset}  timestamp {rec.timestamp} ({_iso_ms(rec.timestamp)})  "
+            f"key {'-' if rec.key is None else f'{len(rec.key)} B'}  "
+            f"value {'-' if rec.value is None else f'{len(rec.value)} B'}  "
+            f"headers {len(rec.headers)}{f' [{headers}]' if headers else ''}")
+
+
+def _dump(args) -> int:
+    from .inspect import dump_batches, in_time_range, partition_dirs
+
+    from_time = None if args.from_time is None else parse_time_ms(args.from_time, "--from-time")
+    to_time = None if args.to_time is None else parse_time_ms(args.to_time, "--to-time")
     dirs = [d for t, p, d in partition_dirs(args.data_dir, args.topic) if p == args.partition]
     if not dirs:
         raise UsageError(f"no partition {args.topic}[{args.partition}] in {args.data_dir}")
-    for batch in dump_batches(dirs[0], args.from_offset, args.to_offset):
+    for batch in dump_batches(dirs[0], args.from_offset, args.to_offset, from_time, to_time):
         crc = "ok" if batch.crc_ok() else "BAD"
         if args.format == "json":
             print(json.dumps({"batch": {"base_offset": batch.base_offset, "last_offset": batch.last_offset,
                                         "count": batch.count, "size": batch.size, "codec": batch.codec,
+                                        "first_timestamp": batch.first_timestamp,
                                         "max_timestamp": batch.max_timestamp, "crc": crc}}))
         else:
             print(f"batch {batch.base_offset}..{batch.last_offset}  count {batch.count}  size {batch.size}  "
-                  f"codec {batch.codec}  max_timestamp {batch.max_timestamp}  crc {crc}")
+                  f"codec {batch.codec}  max_timestamp {batch.max_timestamp} ({_iso_ms(batch.max_timestamp)})  "
+                  f"crc {crc}")
         if args.records:
-            for rec in batch.records(args.from_offset):
+            mask = in_time_range(batch, from_time, to_time)
+            for i, rec in enumerate(batch.records()):
+                if rec.offset < args.from_offset or (mask is not None and not mask[i]):
+                    continue
                 if args.to_offset is not None and rec.offset > args.to_offset:
                     break
-                if args.format == "json":
-                    print(_format_record(rec, args.partition, "json"))
-                else:
-                    key = "-" if rec.key is None else len(rec.key)
-                    value = "-" if rec.value is None else len(rec.value)
-                    print(f"  offset {rec.offset}  timestamp {rec.timestamp}  key {key} B  value {value} B  "
-                          f"headers {len(rec.headers)}")
+                print(_dump_record(rec, args.partition, args.format))
+    return 0
+
+
+def _top(args) -> int:
+    from .client import Admin
+    from .top import run
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be positive, got {args.interval}")
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError(f"--iterations must be at least 1, got {args.iterations}")
+    iterations = 1 if args.once else args.iterations
+    clear = iterations is None and sys.stdout.isatty()
+
+    def write(frame: str) -> None:
+        print(frame, flush=True)
+
+    try:
+        with Admin(args.server, timeout_s=max(5.0, 2 * args.interval)) as admin:
+            run(admin, args.server, args.interval, iterations, clear, write)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -426,6 +500,15 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidelog", description="A Kafka-like partitioned commit log.")
     parser.add_argument("--version", action="version", version=f"tidelog {__version__}")
+
+    def log_options(p, default):
+        p.add_argument("--log-format", choices=["text", "json"], default=default,
+                       help="log lines as text or JSON objects, on stderr ($TIDELOG_LOG_FORMAT; default text)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=default,
+                       help="least severe log lines shown ($TIDELOG_LOG_LEVEL; default info for serve, "
+                            "else warning)")
+
+    log_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -443,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 50051; $TIDELOG_PORT)")
     serve.add_argument("--fsync", choices=["always", "interval", "never"], help="fsync policy (default interval)")
     serve.add_argument("--config", help="TOML config file ($TIDELOG_CONFIG)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    log_options(serve, argparse.SUPPRESS)  # also after the command; a global one stays unless repeated
     serve.set_defaults(run=_serve)
 
     topics = sub.add_parser("topics", help="create, list, describe and delete topics",
@@ -562,9 +645,19 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--partition", type=int, default=0)
     dump.add_argument("--from-offset", type=int, default=0)
     dump.add_argument("--to-offset", type=int)
-    dump.add_argument("--records", action="store_true", help="also print every record")
+    dump.add_argument("--from-time", metavar="TIME", help="only records timestamped at or after TIME: epoch ms or "
+                                                         "ISO-8601 (local time unless zoned, e.g. ...T10:00:00Z)")
+    dump.add_argument("--to-time", metavar="TIME", help="only records timestamped at or before TIME")
+    dump.add_argument("--records", action="store_true", help="also print every record (sizes, headers)")
     dump.add_argument("--format", choices=["text", "json"], default="text")
+    dump.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     dump.set_defaults(run=_dump)
+
+    top = client_parser("top", "live per-topic produce rates and per-group lag of a running broker")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between samples (default 2)")
+    top.add_argument("--once", action="store_true", help="print one frame (two samples --interval apart), then exit")
+    top.add_argument("--iterations", type=int, metavar="N", help="print N frames, then exit")
+    top.set_defaults(run=_top)
 
     health = client_parser("health", "check that the broker is serving (exit 0) or not (exit 1)")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
@@ -585,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _configure_logs(args)
         return args.run(args)
     except UsageError as exc:
         print(f"tidelog: error: {exc}", file=sys.stderr)

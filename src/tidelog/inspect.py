@@ -46,8 +46,8 @@ def _map(path: str):
         os.close(fd)
 
 
-def _scan(buf, size: int, expected: int, verify: bool):
-    rows, pos, reason, next_offset, all_rows = 0, 0, batch_scan.END, expected, []
+def _scan(buf, size: int, expected: int, verify: bool, start: int = 0):
+    rows, pos, reason, next_offset, all_rows = 0, start, batch_scan.END, expected, []
     out = np.empty((65536, batch_scan.N_COLS), dtype=np.int64)
     while True:
         n, pos, reason, next_offset = batch_scan.scan_batches(buf, pos, size, verify, next_offset, out)
@@ -58,17 +58,90 @@ def _scan(buf, size: int, expected: int, verify: bool):
     return np.concatenate(all_rows) if all_rows else out[:0], pos, reason, next_offset
 
 
-def dump_batches(directory: str, from_offset: int = 0, to_offset: int | None = None) -> Iterator[BatchView]:
-    """Every whole batch of a partition directory overlapping [from_offset, to_offset], in offset order."""
-    for base in segment_bases(directory):
-        buf, size = _map(os.path.join(directory, f"{base:020d}{LOG_SUFFIX}"))
-        rows, _, _, _ = _scan(buf, size, -1, verify=False)
+def _index_entries(path: str, dtype: np.dtype) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
+
+
+def _time_seek(stem: str, timestamp: int, log_size: int) -> int:
+    """Where to start scanning a segment for records at or after `timestamp`, from its indexes.
+
+    The time index holds the running maximum timestamp at indexed batches, so every batch before the
+    entry preceding the first one that reaches `timestamp` is older; the offset index turns that
+    entry's offset into a position. Indexes that do not look sound (this reads a directory that may be
+    damaged or still being written) give 0: scan the whole segment.
+    """
+    times = _index_entries(stem + TIME_INDEX_SUFFIX, TimeIndex.dtype)
+    times = times[times["ts"] != 0]  # the preallocated tail of an active segment
+    ts = times["ts"].astype(np.int64)
+    if len(ts) == 0 or not np.all(np.diff(ts) > 0):
+        return 0
+    j = int(np.searchsorted(ts, timestamp, side="left"))
+    if j == 0:
+        return 0
+    rel = int(times["rel"][j - 1])
+    index = _index_entries(stem + INDEX_SUFFIX, OffsetIndex.dtype)
+    pos = index["pos"].astype(np.int64)
+    live = int(np.argmax(np.r_[np.diff(pos) <= 0, True])) + 1 if len(index) else 0  # drop the zeroed tail
+    rels, pos = index["rel"][:live].astype(np.int64), pos[:live]
+    i = int(np.searchsorted(rels, rel, side="right")) - 1
+    return int(pos[i]) if i >= 0 and pos[i] < log_size else 0
+
+
+def in_time_range(batch: BatchView, from_time: int | None, to_time: int | None) -> np.ndarray | None:
+    """Mask of the batch's records with from_time <= timestamp <= to_time (None: no time filter)."""
+    if from_time is None and to_time is None:
+        return None
+    ts = batch.table()["timestamp"]
+    mask = np.ones(len(ts), dtype=bool)
+    if from_time is not None:
+        mask &= ts >= from_time
+    if to_time is not None:
+        mask &= ts <= to_time
+    return mask
+
+
+def dump_batches(directory: str, from_offset: int = 0, to_offset: int | None = None,
+                 from_time: int | None = None, to_time: int | None = None) -> Iterator[BatchView]:
+    """Every whole batch of a partition directory overlapping [from_offset, to_offset] and holding a
+    record timestamped within [from_time, to_time] (ms), in offset order.
+
+    from_time seeks with each segment's time index; batches are then skipped by their max timestamp
+    and checked record by record (timestamps need not grow with offsets, so to_time cannot stop
+    the scan early).
+    """
+    bases = segment_bases(directory)
+    for i, base in enumerate(bases):
+        if to_offset is not None and base > to_offset:
+            return
+        if i + 1 < len(bases) and bases[i + 1] <= from_offset:
+            continue  # the whole segment is below the range
+        stem = os.path.join(directory, f"{base:020d}")
+        buf, size = _map(stem + LOG_SUFFIX)
+        start = 0 if from_time is None else _time_seek(stem, from_time, size)
+        rows, _, reason, _ = _scan(buf, size, -1, verify=False, start=start)
+        if start and reason not in (batch_scan.END, batch_scan.ZERO):
+            rows, _, _, _ = _scan(buf, size, -1, verify=False)  # the index pointed astray: read it all
         for row in rows:
             if row[batch_scan.COL_LAST_OFFSET] < from_offset:
                 continue
             if to_offset is not None and row[batch_scan.COL_BASE_OFFSET] > to_offset:
                 return
-            yield BatchView(buf, int(row[batch_scan.COL_POS]))
+            if from_time is not None and row[batch_scan.COL_MAX_TIMESTAMP] < from_time:
+                continue
+            batch = BatchView(buf, int(row[batch_scan.COL_POS]))
+            mask = in_time_range(batch, from_time, to_time)
+            if mask is not None:
+                offsets = batch.table()["offset"]
+                hi = to_offset if to_offset is not None else np.iinfo(np.int64).max
+                in_offsets = (offsets >= from_offset) & (offsets <= hi)
+                if not np.any(mask & in_offsets):
+                    continue
+            yield batch
 
 
 @dataclass

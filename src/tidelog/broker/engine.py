@@ -67,8 +67,13 @@ class Engine:
             self._flush_dirty if config.fsync == "interval" else None, config.fsync_interval_ms / 1000,
             self.enforce_retention, config.retention_check_interval_ms / 1000)
         self._housekeeper.start()
-        log.info("opened %s (%s start, %d topics, recovery %.3fs)", self.path,
-                 "clean" if self.clean_start else "unclean", len(self._topics), self.recovery_seconds)
+        recovered = [plog for t in self._topics.values() for plog in t.partitions
+                     if plog.recovery.stop_reason not in ("clean", "new")]
+        log.info("engine opened", extra={
+            "event": "engine_opened", "path": self.path, "start": "clean" if self.clean_start else "unclean",
+            "topics": len(self._topics), "partitions": sum(len(t.partitions) for t in self._topics.values()),
+            "recovered_partitions": len(recovered), "recovery_ms": round(self.recovery_seconds * 1000, 3),
+            "fsync": config.fsync})
 
     @classmethod
     def open(cls, path: str | os.PathLike, config: EngineConfig | Mapping[str, Any] | None = None, *,
@@ -124,7 +129,8 @@ class Engine:
                 continue
             known = self._topics.get(topic)
             if known is None or int(index) >= len(known.partitions):
-                log.warning("removing %s: it belongs to no topic (interrupted create or delete)", entry)
+                log.warning("removing a partition directory that belongs to no topic (interrupted create or "
+                            "delete)", extra={"event": "orphan_removed", "directory": entry})
                 self._fs.rmtree(os.path.join(self.path, entry))
 
     # -- topics --------------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class Engine:
                     plog.delete_files()
                 raise
             self._topics[name] = topic
-        log.info("created topic %s with %d partition(s)", name, partitions)
+        log.info("topic created", extra={"event": "topic_created", "topic": name, "partitions": partitions})
         return self.describe(name)
 
     def delete_topic(self, name: str) -> None:
@@ -172,7 +178,8 @@ class Engine:
             del self._topics[name]
         for plog in topic.partitions:
             plog.delete_files()
-        log.info("deleted topic %s", name)
+        log.info("topic deleted", extra={"event": "topic_deleted", "topic": name,
+                                         "partitions": len(topic.partitions)})
 
     def list_topics(self, include_internal: bool = False) -> list[str]:
         """Topic names, sorted; internal topics (named "__...", e.g. committed offsets) only if asked."""
@@ -381,7 +388,8 @@ class Engine:
                 self._fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
         finally:
             self._fs.unlock_dir(self._lock_fd)
-        log.info("closed %s (%s)", self.path, "clean" if ok else "with errors; next open recovers")
+        log.info("engine closed" if ok else "engine closed with errors; the next open recovers",
+                 extra={"event": "engine_closed", "path": self.path, "clean": ok})
 
     def _close_topics(self) -> bool:
         ok = True
@@ -389,7 +397,7 @@ class Engine:
             try:
                 topic.close()
             except Exception:  # keep closing the rest; the missing marker makes the next open recover
-                log.exception("closing topic %s failed", topic.name)
+                log.exception("closing a topic failed", extra={"event": "topic_close_failed", "topic": topic.name})
                 ok = False
         return ok
 

@@ -47,7 +47,8 @@ class Housekeeper:
         try:
             job()
         except Exception:  # logged and retried next tick: a background job must not die silently
-            log.exception("background %s failed; retrying on the next tick", what)
+            log.exception("background job failed; retrying on the next tick",
+                          extra={"event": "background_job_failed", "job": what})
 
     def stop(self) -> None:
         self._stop.set()

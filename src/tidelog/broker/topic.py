@@ -6,8 +6,10 @@ Thread-safe for reads; created, opened and deleted by the engine under its lock.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import time
 from typing import Callable
 
 from ..config import TopicConfig
@@ -15,6 +17,8 @@ from ..errors import CorruptLogError, InvalidPartitionError, InvalidTopicError
 from ..log.partition_log import PartitionLog
 from ..storage.fs import FileSystem
 from .partitioner import Partitioner
+
+log = logging.getLogger("tidelog.recovery")
 
 # fullmatch, not match with "$": "$" also matches before a trailing newline ("a\n" would pass).
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -76,16 +80,36 @@ class Topic:
                                   f"this tidelog reads version {META_VERSION}")
         config = TopicConfig(**meta["config"])
         name = meta["name"]
-        logs = [PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean)
-                for p in range(int(meta["partitions"]))]
+        logs = []
+        for p in range(int(meta["partitions"])):
+            started = time.monotonic()
+            logs.append(PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean))
+            _log_recovery(name, p, logs[-1], time.monotonic() - started)
         return cls(name, config, logs, int(meta.get("created_ms", 0)))
 
     def close(self) -> None:
         errors = []
-        for log in self.partitions:
+        for plog in self.partitions:
             try:
-                log.close()
+                plog.close()
             except Exception as exc:  # close every partition even if one fails; report the first
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def _log_recovery(topic: str, partition: int, plog: PartitionLog, seconds: float) -> None:
+    """One line per partition opened: DEBUG when nothing needed repair, so a clean start of many
+    partitions stays quiet; INFO after a recovery scan; WARNING when data was cut."""
+    report = plog.recovery
+    repaired = report.stop_reason not in ("clean", "new") or report.rebuilt_indexes > 0
+    cut = report.truncated_at >= 0
+    level = logging.WARNING if cut else logging.INFO if repaired else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    log.log(level, "partition recovered" if repaired else "partition opened", extra={
+        "event": "partition_recovery", "topic": topic, "partition": partition,
+        "result": report.stop_reason, "segments": report.segments, "scanned_bytes": report.scanned_bytes,
+        "truncated_at": report.truncated_at,
+        "rebuilt_indexes": report.rebuilt_indexes, "log_end": plog.offsets.log_end,
+        "duration_ms": round(seconds * 1000, 3)})

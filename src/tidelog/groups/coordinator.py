@@ -18,6 +18,7 @@ Thread-safe (one lock). Time is injected, so tests move a manual clock instead o
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from ..errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeE
 from .assignor import ASSIGNORS, TopicPartition
 from .member import MemberState
 from .offset_store import OffsetStore
+
+log = logging.getLogger("tidelog.groups")
 
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 100
@@ -98,13 +101,16 @@ class GroupCoordinator:
                 member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
                 member = _Member(member_id, client_id, topics, session_timeout_ms, now)
                 group.members[member_id] = member
-                self._rebalance(group)
+                log.info("member joined", extra={"event": "member_joined", "group": group_id, "member": member_id,
+                                                 "client_id": client_id, "topics": list(topics),
+                                                 "session_timeout_ms": session_timeout_ms})
+                self._rebalance(group, "member_joined")
             else:
                 member.last_seen_ms = now
                 member.reported = set(owned)
                 if member.topics != topics or member.session_timeout_ms != session_timeout_ms:
                     member.topics, member.session_timeout_ms = topics, session_timeout_ms
-                    self._rebalance(group)
+                    self._rebalance(group, "subscription_changed")
             return self._grant(group, member)
 
     def heartbeat(self, group_id: str, member_id: str, generation: int,
@@ -130,7 +136,8 @@ class GroupCoordinator:
         with self._lock:
             group, member = self._member(group_id, member_id)
             del group.members[member_id]
-            self._rebalance(group)
+            log.info("member left", extra={"event": "member_left", "group": group_id, "member": member_id})
+            self._rebalance(group, "member_left")
 
     def expire(self) -> list[str]:
         """Remove members whose session timed out; returns their ids."""
@@ -142,8 +149,11 @@ class GroupCoordinator:
                 for m in dead:
                     del group.members[m.member_id]
                     gone.append(m.member_id)
+                    log.info("member expired: no heartbeat within its session timeout", extra={
+                        "event": "member_expired", "group": group.group_id, "member": m.member_id,
+                        "session_timeout_ms": m.session_timeout_ms, "silent_ms": now - m.last_seen_ms})
                 if dead:
-                    self._rebalance(group)
+                    self._rebalance(group, "member_expired")
         return gone
 
     def _member(self, group_id: str, member_id: str) -> tuple[_Group, _Member]:
@@ -157,7 +167,7 @@ class GroupCoordinator:
     def _check_partition_counts(self, group: _Group) -> None:
         counts = self._counts(group)
         if counts != group.partition_counts:
-            self._rebalance(group)
+            self._rebalance(group, "partitions_changed")
 
     def _counts(self, group: _Group) -> dict[str, int]:
         counts = {}
@@ -168,12 +178,17 @@ class GroupCoordinator:
                 pass  # deleted: its partitions simply leave the assignment
         return counts
 
-    def _rebalance(self, group: _Group) -> None:
+    def _rebalance(self, group: _Group, reason: str) -> None:
+        old = group.target
         group.generation += 1
         group.rebalances += 1
         group.partition_counts = self._counts(group)
         subscriptions = {m.member_id: m.topics for m in group.members.values()}
         group.target = ASSIGNORS[group.assignor](subscriptions, group.partition_counts, group.target)
+        if log.isEnabledFor(logging.INFO):
+            log.info("rebalance", extra={"event": "rebalance", "group": group.group_id, "reason": reason,
+                                         "generation": group.generation, "members": len(group.members),
+                                         "old_assignment": _show(old), "new_assignment": _show(group.target)})
 
     def _grant(self, group: _Group, member: _Member) -> MemberState:
         held_by_others = set()
@@ -282,6 +297,7 @@ class GroupCoordinator:
                 raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
             self._groups.pop(group_id, None)
             self.offsets.delete(group_id)
+        log.info("group deleted", extra={"event": "group_deleted", "group": group_id})
 
     def reset_offsets(self, group_id: str, topic: str, to: str | int, *, partitions: Sequence[int] | None = None,
                       timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
@@ -310,12 +326,19 @@ class GroupCoordinator:
                     raise InvalidRequestError(f"reset to 'earliest', 'latest', 'timestamp' or an offset, not {to!r}")
                 offsets[(topic, p)] = value
             self.offsets.commit(group_id, offsets, "reset")
-            return offsets
+        log.info("committed offsets reset", extra={"event": "offsets_reset", "group": group_id, "topic": topic,
+                                                   "to": to, "offsets": {str(p): o for (_, p), o in offsets.items()}})
+        return offsets
 
     def rebalances(self, group_id: str) -> int:
         with self._lock:
             group = self._groups.get(group_id)
             return group.rebalances if group else 0
+
+
+def _show(assignment: dict[str, list[TopicPartition]]) -> dict[str, list[str]]:
+    """An assignment as log lines print it: member → ["topic-partition", ...], sorted."""
+    return {m: [f"{t}-{p}" for t, p in sorted(tps)] for m, tps in sorted(assignment.items())}
 
 
 def _check_group_id(group_id: object) -> None:

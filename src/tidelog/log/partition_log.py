@@ -10,6 +10,7 @@ After a failed fsync the partition refuses writes: what the kernel dropped canno
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from .offsets import Offsets
 from .producer_state import STATE_WINDOW_BYTES, ProducerState
 
 CHECKPOINT_EVERY_S = 1.0
+
+log = logging.getLogger("tidelog.log")
 
 
 class ReadResult(NamedTuple):
@@ -55,6 +58,8 @@ class PartitionLog:
                  clock: Callable[[], int], clean: bool) -> None:
         self.fs = fs
         self.directory = directory
+        self.name = os.path.basename(directory)
+        """How log lines name this partition (its directory's name)."""
         self.config = config
         self.fsync_policy = fsync
         self._clock = clock
@@ -186,6 +191,9 @@ class PartitionLog:
             old.activate()
             raise
         self._segments.add(new)
+        log.info("segment rolled", extra={"event": "segment_rolled", "log": self.name,
+                                          "base_offset": new.base_offset, "sealed_base_offset": old.base_offset,
+                                          "sealed_bytes": old.size})
         self._offsets.advance_flushed(new.base_offset)
         if self.fsync_policy == "always":
             self._publish(old, old.size, new.base_offset)
@@ -330,10 +338,7 @@ class PartitionLog:
                                          self.config.retention_ms, self.config.retention_bytes)
         if n == 0:
             return 0
-        for seg in self._segments.remove_oldest(n):
-            seg.delete()
-        self.fs.fsync_dir(self.directory)
-        self._offsets.advance_log_start(self._segments.first.base_offset)
+        self._delete_oldest(n, "retention")
         return n
 
     def delete_before(self, offset: int) -> int:
@@ -347,11 +352,19 @@ class PartitionLog:
                 n += 1
             if n == 0:
                 return 0
-            for seg in self._segments.remove_oldest(n):
-                seg.delete()
-            self.fs.fsync_dir(self.directory)
-            self._offsets.advance_log_start(self._segments.first.base_offset)
+            self._delete_oldest(n, "delete_records")
             return n
+
+    def _delete_oldest(self, n: int, reason: str) -> None:
+        """Delete the n oldest (sealed) segments and move the log start past them. Under the lock."""
+        for seg in self._segments.remove_oldest(n):
+            facts = {"base_offset": seg.base_offset, "next_offset": seg.next_offset, "size_bytes": seg.size,
+                     "max_timestamp": seg.max_timestamp}
+            seg.delete()
+            log.info("segment deleted", extra={"event": "segment_deleted", "log": self.name, "reason": reason,
+                                               **facts})
+        self.fs.fsync_dir(self.directory)
+        self._offsets.advance_log_start(self._segments.first.base_offset)
 
     def info(self) -> PartitionInfo:
         with self._lock:

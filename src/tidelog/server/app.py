@@ -16,13 +16,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .. import __version__
 from ..broker.async_engine import AsyncEngine
 from ..broker.engine import Engine
 from ..config import ServerConfig
 from ..errors import StorageError
 from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
-from . import admin_service, consume_service, groups_service, produce_service
+from . import admin_service, consume_service, groups_service, produce_service, status
 
 log = logging.getLogger("tidelog.server")
 
@@ -52,7 +53,7 @@ class Server:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0),
                      ("grpc.max_allowed_incoming_connections", self.config.max_connections)],
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs, interceptors=(status.MethodNames(),))
         consume = consume_service.ConsumeService(self.async_engine, self.config)
         self._server.add_generic_rpc_handlers((
             produce_service.ProduceService(self.async_engine, self.config).handler(),
@@ -80,8 +81,10 @@ class Server:
         await self._server.start()
         self._groups.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d (data %s, fsync=%s)", ", ".join(SERVICE_NAMES), self.config.host, port,
-                 self.engine.path, self.engine.config.fsync)
+        log.info("server started", extra={
+            "event": "server_started", "address": f"{self.config.host}:{port}", "data_dir": self.engine.path,
+            "fsync": self.engine.config.fsync, "version": __version__, "clean_start": self.engine.clean_start,
+            "recovery_ms": round(self.engine.recovery_seconds * 1000, 3)})
         return port
 
     async def _set_serving(self, state) -> None:
@@ -95,7 +98,8 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        log.info("shutting down: finishing in-flight calls (grace %.1fs)", self.config.shutdown_grace_s)
+        log.info("shutting down: finishing in-flight calls", extra={
+            "event": "server_stopping", "grace_s": self.config.shutdown_grace_s})
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._groups is not None:
             self._groups.stop()
@@ -105,7 +109,7 @@ class Server:
                 self.async_engine.wake_all()
             await stopping
         await self._close_engine()
-        log.info("stopped")
+        log.info("server stopped", extra={"event": "server_stopped"})
 
     async def _close_engine(self) -> None:
         if self.async_engine is not None:
@@ -114,7 +118,8 @@ class Server:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
             except StorageError:
-                log.exception("closing the engine failed; the next start recovers the log")
+                log.exception("closing the engine failed; the next start recovers the log",
+                              extra={"event": "engine_close_failed"})
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()

@@ -4,9 +4,17 @@ A failed RPC carries the status code, the error's message as details, and traili
 `tidelog-error-code` (the stable numeric code) and, for OffsetOutOfRangeError, `tidelog-log-start`
 and `tidelog-log-end` (the valid range). Errors inside a stream travel as an Error message with the
 same fields. The client turns both back into exceptions by the numeric code (client/errors.py).
+
+Every RPC ended here is logged once (event "rpc_error": method, code, message, peer): at INFO for
+what the client did wrong or may retry, at ERROR for failures of the broker itself. The method name
+comes from `MethodNames`, a server interceptor that stores it in a context variable for the RPC's
+task (the aio servicer context does not expose it).
 """
 
 from __future__ import annotations
+
+import contextvars
+import logging
 
 import grpc
 
@@ -14,6 +22,18 @@ from .. import errors
 from ..v1 import tidelog_pb2 as pb
 
 from ..errors import CODE_KEY, LOG_END_KEY, LOG_START_KEY
+
+log = logging.getLogger("tidelog.server")
+_method: contextvars.ContextVar[str] = contextvars.ContextVar("tidelog_rpc_method", default="?")
+_BROKER_FAULTS = (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNKNOWN)
+
+
+class MethodNames(grpc.aio.ServerInterceptor):
+    """Remembers the method of the RPC being handled (one context-variable set per call)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        _method.set(handler_call_details.method)
+        return await continuation(handler_call_details)
 
 _STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.UnknownTopicError: grpc.StatusCode.NOT_FOUND,
@@ -73,8 +93,12 @@ def details(exc: errors.TidelogError) -> str:
 
 async def abort(context, exc: errors.TidelogError):
     """End the RPC with the status for exc (raises, as grpc.aio's abort does)."""
+    code = status_of(exc)
+    log.log(logging.ERROR if code in _BROKER_FAULTS else logging.INFO, "request failed", extra={
+        "event": "rpc_error", "method": _method.get(), "code": code.name, "error_code": exc.code,
+        "error": exc.message, "peer": context.peer()})
     context.set_trailing_metadata(trailing_metadata(exc))
-    await context.abort(status_of(exc), details(exc))
+    await context.abort(code, details(exc))
 
 
 def error_message(exc: errors.TidelogError) -> pb.Error:

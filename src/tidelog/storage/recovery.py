@@ -129,14 +129,16 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
                     if result.reason not in (batch_scan.END, batch_scan.ZERO):
                         reason = stop
                         truncated = result.end_pos
-                        log.warning("%s: %s at byte %d of segment %d (a torn write past the last fsync); "
-                                    "the log is cut there", directory, stop, result.end_pos, base)
+                        log.warning("torn write past the last fsync: the log is cut there", extra={
+                            "event": "log_truncated", "directory": directory, "reason": stop, "base_offset": base,
+                            "position": result.end_pos})
                     seg.cut(result.end_pos)  # also clears whatever a torn write left past zeros
             else:
                 damaged = (seg.indexes_missing or seg.index.torn or seg.time_index.torn
                            or not (seg.index.is_consistent(seg.file_size) and seg.time_index.is_consistent(1 << 31)))
                 if damaged:
-                    log.warning("%s: rebuilding damaged or missing indexes of segment %d", directory, base)
+                    log.warning("rebuilding damaged or missing indexes", extra={
+                        "event": "indexes_rebuilt", "directory": directory, "base_offset": base})
                     result = seg.rebuild_indexes(verify=True)
                     rebuilt += 1
                 else:
