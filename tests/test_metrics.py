@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import re
 import threading
 import time
 import urllib.error
@@ -22,6 +24,7 @@ from tidelog.server.metrics import EngineCollector
 
 from .server_process import ServerProcess, free_port
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 N0, N1 = 37, 21  # records produced to partitions 0 and 1
 COMMITTED = 12  # the offset group "g" commits on partition 0
 
@@ -60,6 +63,18 @@ def wait_until(predicate, timeout_s: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def check_documented(text: str) -> None:
+    """The README's metric table and the alert rules name exactly what a broker with traffic exposes."""
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(tidelog_\w+)` \|", readme, re.M))
+    exposed = {f.name + "_total" if f.type == "counter" else f.name for f in text_string_to_metric_families(text)
+               if not f.name.endswith("_created")}  # prometheus_client's creation timestamps
+    assert documented == exposed
+    alerts = (ROOT / "docs" / "monitoring" / "alerts.yml").read_text()
+    used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\b(tidelog_\w+)", alerts)}
+    assert used <= documented
+
+
 @pytest.fixture
 def served(tmp_path):
     metrics_port = free_port()
@@ -88,6 +103,7 @@ def test_scrape_after_known_traffic_reports_exact_counters_offsets_and_lag(serve
         before_ms = int(time.time() * 1000)
         m = scrape(served.metrics_port)
         after_ms = int(time.time() * 1000) + 1
+    check_documented(get(f"http://127.0.0.1:{served.metrics_port}/metrics")[1])
 
     assert m[("tidelog_produce_records_total", part("orders", 0))] == N0
     assert m[("tidelog_produce_records_total", part("orders", 1))] == N1
