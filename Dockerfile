@@ -53,7 +53,7 @@ RUN pip install /tmp/wheels/tidelog-*.whl \
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 50051
+EXPOSE 50051 9464
 
 # SERVING only after the engine has opened (and recovered) the log and the port is bound; NOT_SERVING
 # as soon as a graceful shutdown starts.

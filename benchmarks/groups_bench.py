@@ -330,7 +330,7 @@ def start_tidelog(data_dir: str, log_dir: str) -> tuple[Service, str]:
     port = free_port()
     svc = Service("tidelog serve", tidelog_cli() + ["serve", "--data-dir", data_dir, "--host", "127.0.0.1",
                                                     "--port", str(port), "--fsync", "never",
-                                                    "--log-level", "warning"],
+                                                    "--log-level", "warning", "--metrics-port", "0"],
                   os.path.join(log_dir, "tidelog-serve.log"))
     target = f"127.0.0.1:{port}"
     deadline = now() + 60

@@ -197,7 +197,7 @@ def start_tidelog(procs: Processes, data_dir: str) -> tuple[str, subprocess.Pope
         port = free_port()
         proc, log_path = procs.start("tidelog-server", base + [
             "serve", "--data-dir", data_dir, "--host", LOOPBACK, "--port", str(port), "--fsync", "never",
-            "--log-level", "warning"])
+            "--log-level", "warning", "--metrics-port", "0"])
         target = f"{LOOPBACK}:{port}"
         try:
             wait_until(proc, log_path, "tidelog serve", lambda: grpc_serving(target))

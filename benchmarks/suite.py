@@ -282,7 +282,7 @@ def _start_tidelog_fsync(procs: Processes, data_dir: str, fsync: str) -> str:
     port = grpc_bench.free_port()
     proc, log_path = procs.start(f"tidelog-server-fsync-{fsync}", base + [
         "serve", "--data-dir", data_dir, "--host", LOOPBACK, "--port", str(port), "--fsync", fsync,
-        "--log-level", "warning"])
+        "--log-level", "warning", "--metrics-port", "0"])
     target = f"{LOOPBACK}:{port}"
     grpc_bench.wait_until(proc, log_path, f"tidelog serve --fsync {fsync}", lambda: grpc_serving_ok(target))
     return target

@@ -44,6 +44,8 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir, "--port", str(self.port),
+             # never the fixed default metrics port: tests and other servers run side by side
+             *(() if "--metrics-port" in self.extra else ("--metrics-port", "0")),
              *self.extra], stdout=self._log, stderr=subprocess.STDOUT)
         _LIVE.add(self.proc)
         deadline = time.monotonic() + timeout_s

@@ -82,7 +82,8 @@ def test_bad_usage_exits_2_and_every_command_has_help():
 
 
 def test_serve_reports_a_busy_port_clearly(server, tmp_path):
-    out = tidelog("serve", "--data-dir", str(tmp_path / "other"), "--port", str(server.port), timeout=60)
+    out = tidelog("serve", "--data-dir", str(tmp_path / "other"), "--port", str(server.port), "--metrics-port", "0",
+                  timeout=60)
     assert out.returncode == 1
     assert b"cannot listen on" in out.stderr
 

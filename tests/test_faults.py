@@ -18,6 +18,7 @@ class FaultyFS(FileSystem):
     """Fails writes or fsyncs on demand; counts fsyncs of segment logs."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.disk_full = False
         self.fail_fsync = False
         self.fsync_delay_s = 0.0

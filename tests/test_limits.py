@@ -272,8 +272,19 @@ def test_max_connections_closes_connections_past_the_limit_and_frees_slots_on_cl
             ch.close()
 
 
-def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(crowded):
-    with _separate(crowded.target) as ch:
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    """Its own server: connection slots another test just freed are released asynchronously."""
+    root = tmp_path_factory.mktemp("busy")
+    path = root / "tidelog.toml"
+    path.write_text("max_concurrent_rpcs = 2\n")
+    srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
+    with _separate(busy.target) as ch:
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="quiet", partitions=1))
         stub = ch.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
                               response_deserializer=None)

@@ -16,7 +16,8 @@ import time
 from . import __version__
 from .errors import TidelogError
 
-ENV_SETTINGS = {"TIDELOG_HOST": "host", "TIDELOG_PORT": "port", "TIDELOG_DATA_DIR": "data_dir"}
+ENV_SETTINGS = {"TIDELOG_HOST": "host", "TIDELOG_PORT": "port", "TIDELOG_DATA_DIR": "data_dir",
+                "TIDELOG_METRICS_PORT": "metrics_port"}
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
 
 
@@ -44,11 +45,11 @@ def load_server_config(args: argparse.Namespace):
     engine = dict(settings.pop("engine", {}))
     for env, name in ENV_SETTINGS.items():
         if env in os.environ:
-            settings[name] = int(os.environ[env]) if name == "port" else os.environ[env]
+            settings[name] = int(os.environ[env]) if name in ("port", "metrics_port") else os.environ[env]
     for env, name in ENV_ENGINE_SETTINGS.items():
         if env in os.environ:
             engine[name] = os.environ[env]
-    for name in ("host", "port", "data_dir"):
+    for name in ("host", "port", "data_dir", "metrics_port"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fsync is not None:
@@ -524,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", help="data directory (default ./data; $TIDELOG_DATA_DIR)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; $TIDELOG_HOST)")
     serve.add_argument("--port", type=int, help="port (default 50051; $TIDELOG_PORT)")
+    serve.add_argument("--metrics-port", dest="metrics_port", type=int,
+                       help="Prometheus /metrics and /healthz port (default 9464; 0: any free port; -1: off; "
+                            "$TIDELOG_METRICS_PORT)")
     serve.add_argument("--fsync", choices=["always", "interval", "never"], help="fsync policy (default interval)")
     serve.add_argument("--config", help="TOML config file ($TIDELOG_CONFIG)")
     log_options(serve, argparse.SUPPRESS)  # also after the command; a global one stays unless repeated

@@ -159,6 +159,12 @@ class ServerConfig:
     """Threads that run blocking engine calls."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM/SIGINT: how long in-flight RPCs may take to finish."""
+    metrics_port: int = 9464
+    """HTTP port of Prometheus /metrics and /healthz; 0 picks a free port, -1 turns the endpoint off."""
+    metrics_host: str = ""
+    """Address the metrics endpoint listens on; empty: the same as `host`."""
+    metrics_max_partitions: int = 10_000
+    """Cap on partitions (and on group-partitions) given their own metric series, bounding cardinality."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Settings of the engine (fsync policy, topic defaults, limits)."""
 
@@ -173,9 +179,15 @@ class ServerConfig:
         _positive(self, "port", minimum=0)
         if self.port > 65535:
             raise InvalidConfigError(f"port must be at most 65535, got {self.port}")
-        for name in ("max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes", "default_fetch_bytes",
-                     "max_subscribe_message_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections",
-                     "io_threads"):
+        if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) \
+                or not -1 <= self.metrics_port <= 65535:
+            raise InvalidConfigError(f"metrics_port must be a port (0: any free one) or -1 (off), "
+                                     f"got {self.metrics_port!r}")
+        if not isinstance(self.metrics_host, str):
+            raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
+        for name in ("metrics_max_partitions", "max_message_bytes", "max_inflight_bytes_per_stream",
+                     "max_inflight_bytes", "default_fetch_bytes", "max_subscribe_message_bytes", "max_fetch_wait_ms",
+                     "max_concurrent_rpcs", "max_connections", "io_threads"):
             _positive(self, name, minimum=1)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")

@@ -25,9 +25,10 @@ from ..config import EngineConfig, TopicConfig
 from ..log.partition_log import PartitionLog
 from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, TidelogError,
                       TopicExistsError, UnknownTopicError)
-from ..storage.fs import FileSystem
+from ..storage.fs import FileSystem, FsyncStats
 from .housekeeper import Housekeeper
-from .results import FetchResult, PartitionDescription, PartitionOffsets, ProduceResult, TopicDescription
+from .results import (FetchResult, PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult,
+                      TopicDescription)
 from .topic import Topic, partition_dir, validate_topic_name
 
 log = logging.getLogger("tidelog.engine")
@@ -349,6 +350,24 @@ class Engine:
 
     def remove_listener(self, topic: str, partition: int, listener) -> None:
         self._topic(topic).partition(partition).remove_listener(listener)
+
+    # -- monitoring --------------------------------------------------------------------------------------
+    def partition_status(self) -> list[PartitionStatus]:
+        """Every partition (internal topics too), by topic and partition: what a metrics scrape reads."""
+        with self._lock:
+            topics = sorted(self._topics.items())
+        return [PartitionStatus(name, p, plog.info(), plog.stats())
+                for name, t in topics for p, plog in enumerate(t.partitions)]
+
+    def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None:
+        """Timestamp (ms) of the record at offset, or None if it is not stored and visible.
+        Not counted as a fetch: lag monitoring reads through here."""
+        return self._topic(topic).partition(partition).timestamp_at(offset)
+
+    @property
+    def fsync_stats(self) -> FsyncStats | None:
+        """Every fsync this engine's file system made (None if a FileSystem subclass opted out)."""
+        return self._fs.fsync_stats
 
     # -- durability, retention, shutdown --------------------------------------------------------------
     def flush(self) -> None:

@@ -6,6 +6,7 @@ from typing import Iterator, NamedTuple
 
 from ..codec.batch import BatchView, Record, iter_batches
 from ..config import TopicConfig
+from ..log.partition_log import PartitionInfo, PartitionStats
 
 
 class ProduceResult(NamedTuple):
@@ -19,6 +20,15 @@ class ProduceResult(NamedTuple):
     @property
     def count(self) -> int:
         return self.last_offset - self.base_offset + 1
+
+
+class PartitionStatus(NamedTuple):
+    """One partition as monitoring sees it: offsets and sizes now, traffic since the engine opened."""
+
+    topic: str
+    partition: int
+    info: PartitionInfo
+    stats: PartitionStats
 
 
 class PartitionOffsets(NamedTuple):

@@ -281,10 +281,10 @@ class GroupCoordinator:
         if committed.offset >= end:
             return 0
         try:
-            first = next(iter(self.engine.fetch(topic, partition, committed.offset, max_bytes=1)), None)
-        except OffsetOutOfRangeError:
+            timestamp = self.engine.record_timestamp(topic, partition, committed.offset)
+        except UnknownTopicError:
             return None
-        return None if first is None else max(now - first.timestamp, 0)
+        return None if timestamp is None else max(now - timestamp, 0)
 
     def delete_group(self, group_id: str) -> None:
         with self._lock:

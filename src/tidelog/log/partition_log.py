@@ -6,6 +6,10 @@ only to pick a segment and a bound, then search and slice the map without it. Un
 the fsync happens outside the append lock, under a second lock: a producer that arrives while an
 fsync runs finds its data covered by the next one, so concurrent producers share fsyncs (group commit).
 After a failed fsync the partition refuses writes: what the kernel dropped cannot be known.
+
+Traffic counters (records and bytes appended and read) are plain integers bumped under a lock the
+path already holds or one uncontended lock per read, so monitoring costs the hot path almost nothing;
+`stats()` reads them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,15 @@ class PartitionInfo(NamedTuple):
     segments: int
 
 
+class PartitionStats(NamedTuple):
+    """Records and bytes appended to and read from a partition since it was opened."""
+
+    appended_records: int
+    appended_bytes: int
+    read_records: int
+    read_bytes: int
+
+
 class PartitionLog:
     def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: str,
                  clock: Callable[[], int], clean: bool) -> None:
@@ -71,6 +84,9 @@ class PartitionLog:
         self._last_checkpoint = 0.0
         self._listeners: list[Callable[[], None]] = []
         self._unrecorded: list = []
+        self._appended_records = self._appended_bytes = 0  # under _lock
+        self._read_lock = threading.Lock()  # reads scan outside _lock; this keeps their counts exact
+        self._read_records = self._read_bytes = 0
         fs.makedirs(directory)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean)
         self._segments = SegmentSet(segments)
@@ -149,6 +165,8 @@ class PartitionLog:
             assert seg.size, "one batch always fits an empty segment (max_batch_bytes <= segment_bytes)"
             seg = self._roll(batches[0].base_offset)
         seg.append(iov, batches, nbytes)
+        self._appended_records += batches[-1].last_offset + 1 - batches[0].base_offset
+        self._appended_bytes += nbytes
         self._offsets.advance_log_end(batches[-1].last_offset + 1)
         self._record_producers(batches[-1].last_offset)
         if self.fsync_policy != "always":
@@ -258,7 +276,19 @@ class PartitionLog:
 
     # -- reading -------------------------------------------------------------------------------------
     def read(self, offset: int, max_bytes: int) -> ReadResult:
-        """Whole batches from the one holding `offset`, up to max_bytes (at least one batch)."""
+        """Whole batches from the one holding `offset`, up to max_bytes (at least one batch).
+
+        Counted as consumption: records read are those the reader moves past (next_offset - offset).
+        """
+        result = self.peek(offset, max_bytes)
+        if result.data:
+            with self._read_lock:
+                self._read_records += result.next_offset - offset
+                self._read_bytes += len(result.data)
+        return result
+
+    def peek(self, offset: int, max_bytes: int) -> ReadResult:
+        """What read() returns, without counting it as consumption (lag and inspection)."""
         with self._lock:
             if self._closed:
                 raise EngineClosedError(f"partition {self.directory} is closed")
@@ -371,6 +401,24 @@ class PartitionLog:
             o = self._offsets
             return PartitionInfo(o.log_start, o.log_end, o.high_watermark, o.flushed,
                                  self._segments.total_size(), len(self._segments))
+
+    def stats(self) -> PartitionStats:
+        with self._lock:
+            appended = self._appended_records, self._appended_bytes
+        with self._read_lock:
+            return PartitionStats(*appended, self._read_records, self._read_bytes)
+
+    def timestamp_at(self, offset: int) -> int | None:
+        """Timestamp (ms) of the record at offset; None past the high watermark or below the log start."""
+        try:
+            result = self.peek(offset, 1)
+        except OffsetOutOfRangeError:
+            return None
+        if not result.data:
+            return None
+        table = BatchView(result.data).table()
+        hits = np.flatnonzero(table["offset"] == offset)
+        return int(table["timestamp"][hits[0]]) if len(hits) else None
 
     @property
     def offsets(self) -> Offsets:

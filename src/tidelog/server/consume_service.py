@@ -16,7 +16,7 @@ import grpc
 from ..broker.async_engine import AsyncEngine
 from ..codec import protowire
 from ..config import ServerConfig
-from ..errors import EngineClosedError, InvalidRequestError, TidelogError
+from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import requests, status
 
@@ -45,10 +45,18 @@ class ConsumeService:
         })
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
-        """An offset for a Position: an offset as is, a boundary, or the first record at a time."""
+        """An offset for a Position: an offset (checked against the log's range now, so a seek that
+        the client follows by closing its stream still gets its answer), a boundary, or the first
+        record at a time."""
         engine = self.engine.engine
         kind = position.WhichOneof("kind")
         if kind == "offset":
+            offsets = engine.list_offsets(topic, partition)  # under the partition lock: quick
+            if not offsets.log_start <= position.offset <= offsets.high_watermark:
+                raise OffsetOutOfRangeError(
+                    f"offset {position.offset} is out of range; valid offsets are {offsets.log_start} to "
+                    f"{offsets.high_watermark}", log_start=offsets.log_start, log_end=offsets.high_watermark,
+                    offset=position.offset)
             return position.offset
         if kind == "timestamp_ms":
             check_timestamp(position.timestamp_ms)

@@ -3,7 +3,7 @@
 Storage code receives a `FileSystem` and never calls `os` for file I/O itself, so a subclass can fail
 or tear the k-th write, drop unsynced data or fake a full disk. OS errors are turned into tidelog
 storage errors here, once: ENOSPC becomes DiskFullError, anything else StorageError, each naming the
-file. Thread-safe: it holds no state.
+file. Thread-safe: its only state is FsyncStats, which has its own lock.
 """
 
 from __future__ import annotations
@@ -13,11 +13,44 @@ import fcntl
 import mmap
 import os
 import shutil
+import threading
+import time
 from typing import Sequence
 
 from ..errors import DataDirLockedError, DiskFullError, StorageError
 
 IOV_MAX = 1024
+
+FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Upper bounds of the fsync latency buckets (seconds); one more bucket holds everything slower."""
+
+
+class FsyncStats:
+    """How many fsyncs (files and directories) were made and how long they took, as a histogram.
+
+    Counted here, at the one place fsync is called, so monitoring sees what the disk was asked to do.
+    Thread-safe: one lock, held only for a few additions (an fsync itself takes far longer).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.sum_s = 0.0
+        self.buckets = [0] * (len(FSYNC_BUCKETS_S) + 1)  # per bucket, not cumulative; last: slower than all
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(FSYNC_BUCKETS_S) and seconds > FSYNC_BUCKETS_S[i]:
+            i += 1
+        with self._lock:
+            self.count += 1
+            self.sum_s += seconds
+            self.buckets[i] += 1
+
+    def snapshot(self) -> tuple[int, float, list[int]]:
+        """(count, total seconds, per-bucket counts), consistent with each other."""
+        with self._lock:
+            return self.count, self.sum_s, list(self.buckets)
 
 
 def _fail(exc: OSError, what: str, path: str) -> StorageError:
@@ -28,6 +61,21 @@ def _fail(exc: OSError, what: str, path: str) -> StorageError:
 
 class FileSystem:
     """Plain POSIX file operations with errors mapped to tidelog's. Subclass to inject faults."""
+
+    fsync_stats: FsyncStats | None = None
+    """Set by __init__; a subclass that skips it is simply not counted."""
+
+    def __init__(self) -> None:
+        self.fsync_stats = FsyncStats()
+
+    def _fsync(self, fd: int, sync=os.fsync) -> None:
+        stats = self.fsync_stats
+        if stats is None:
+            sync(fd)
+            return
+        started = time.perf_counter()
+        sync(fd)
+        stats.observe(time.perf_counter() - started)
 
     # -- file descriptors ------------------------------------------------------------------------
     def open(self, path: str, create: bool = False) -> int:
@@ -84,7 +132,7 @@ class FileSystem:
     def fsync(self, fd: int, path: str = "") -> None:
         """fdatasync: the data and the metadata needed to read it back."""
         try:
-            os.fdatasync(fd)
+            self._fsync(fd, os.fdatasync)
         except OSError as exc:
             raise _fail(exc, "syncing", path) from exc
 
@@ -122,7 +170,7 @@ class FileSystem:
                 while view:
                     view = view[os.write(fd, view):]
                 if durable:
-                    os.fsync(fd)
+                    self._fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -135,7 +183,7 @@ class FileSystem:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                os.fsync(fd)
+                self._fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -1,0 +1,347 @@
+"""Prometheus metrics and /healthz over HTTP: what operators scrape to see if the broker keeps up.
+
+Three sources, each read the cheapest way:
+- RPC metrics (latency, in-flight calls, open streams, connections) come from a gRPC interceptor that
+  runs on the event loop; they are prometheus_client objects updated once per call or stream.
+- Log and traffic figures (sizes, offsets, records and bytes produced and fetched, fsyncs) are plain
+  counters the engine keeps on its own paths; `EngineCollector` reads them at scrape time, so the
+  produce and fetch paths never touch prometheus_client.
+- Consumer-group figures (lag in records and seconds, members, rebalances) are computed from the
+  coordinator at scrape time.
+
+Label cardinality: per-partition series exist for every partition of every topic, internal ones
+(`__consumer_offsets`) included, and per-group series for every partition a group has committed; both
+are capped at `metrics_max_partitions` (the rest are counted in `tidelog_metrics_omitted_series`).
+`method` takes only the names of the RPCs the server registers.
+
+Thread-safety: the interceptor runs on the event loop; scrapes run on the HTTP server's threads and
+only read (the engine and coordinator are thread-safe; prometheus_client objects have their own locks).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from ..broker.engine import Engine
+from ..errors import TidelogError
+from ..groups.coordinator import GroupCoordinator
+from ..storage.fs import FSYNC_BUCKETS_S
+
+log = logging.getLogger("tidelog.server")
+
+REQUEST_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STREAM_BUCKETS_S = (0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0)
+HTTP_MAX_CONCURRENT = 8  # scrapes and probes served at once; more connections are closed at once
+HTTP_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):
+    """Times every call, counts calls in flight, open streams and the distinct peers behind them.
+
+    Unary calls are observed in tidelog_request_duration_seconds; streams (Produce, Subscribe,
+    health Watch, reflection) in tidelog_stream_duration_seconds, whose lifetime is their length.
+    gRPC offers no hook on connections, so tidelog_connections counts distinct peer addresses with
+    a call in flight or a stream open (idle connections are not seen).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._requests = Histogram("tidelog_request_duration_seconds", "Time to serve a unary RPC",
+                                   ["method"], buckets=REQUEST_BUCKETS_S, registry=registry)
+        self._streams = Histogram("tidelog_stream_duration_seconds", "Lifetime of a streaming RPC",
+                                  ["method"], buckets=STREAM_BUCKETS_S, registry=registry)
+        self._inflight = Gauge("tidelog_inflight_requests", "Unary RPCs being served", ["method"],
+                               registry=registry)
+        self._open = Gauge("tidelog_open_streams", "Streaming RPCs open", ["method"], registry=registry)
+        self._peers: dict[str, int] = {}
+        self._wrapped: dict[str, tuple] = {}  # method -> (the service's handler, its timed wrapper)
+        Gauge("tidelog_connections", "Distinct client peers with an RPC in flight or a stream open",
+              registry=registry).set_function(lambda: len(self._peers))
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED, nothing to label
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            label = method.lstrip("/")
+            wrapped = (self._wrap_unary(handler, label) if not handler.request_streaming
+                       and not handler.response_streaming else self._wrap_stream(handler, label))
+            cached = self._wrapped[method] = (handler, wrapped)
+        return cached[1]
+
+    def _enter(self, context) -> str:
+        peer = context.peer() or ""
+        self._peers[peer] = self._peers.get(peer, 0) + 1
+        return peer
+
+    def _leave(self, peer: str) -> None:
+        left = self._peers[peer] - 1
+        if left:
+            self._peers[peer] = left
+        else:
+            del self._peers[peer]
+
+    def _wrap_unary(self, handler, method: str):
+        behavior = handler.unary_unary
+        if not inspect.iscoroutinefunction(behavior):
+            return handler  # a synchronous handler runs in a thread: leave it alone
+        duration, inflight = self._requests.labels(method), self._inflight.labels(method)
+
+        async def timed(request, context):
+            peer = self._enter(context)
+            inflight.inc()
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            finally:
+                duration.observe(time.perf_counter() - started)
+                inflight.dec()
+                self._leave(peer)
+
+        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _wrap_stream(self, handler, method: str):
+        if handler.request_streaming and handler.response_streaming:
+            behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        elif handler.response_streaming:
+            behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        else:
+            behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        duration, open_streams = self._streams.labels(method), self._open.labels(method)
+
+        if inspect.isasyncgenfunction(behavior):
+            async def timed(request, context):
+                peer = self._enter(context)
+                open_streams.inc()
+                started = time.perf_counter()
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    duration.observe(time.perf_counter() - started)
+                    open_streams.dec()
+                    self._leave(peer)
+        elif inspect.iscoroutinefunction(behavior):  # writes with context.write()
+            async def timed(request, context):
+                peer = self._enter(context)
+                open_streams.inc()
+                started = time.perf_counter()
+                try:
+                    return await behavior(request, context)
+                finally:
+                    duration.observe(time.perf_counter() - started)
+                    open_streams.dec()
+                    self._leave(peer)
+        else:
+            return handler
+        return make(timed, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+
+class EngineCollector(Collector):
+    """Reads the engine and the group coordinator at scrape time (nothing is kept between scrapes)."""
+
+    def __init__(self, engine: Callable[[], Engine | None], coordinator: Callable[[], GroupCoordinator | None],
+                 ready: Callable[[], bool], max_partitions: int) -> None:
+        self._engine = engine
+        self._coordinator = coordinator
+        self._ready = ready
+        self.max_partitions = max_partitions
+
+    def collect(self):
+        yield GaugeMetricFamily("tidelog_ready", "1 while the broker serves; 0 while it recovers or shuts down",
+                                value=1 if self._ready() else 0)
+        engine = self._engine()
+        if engine is None or engine.closed:
+            return
+        yield GaugeMetricFamily("tidelog_recovery_seconds", "Time the last start took to open and recover the log",
+                                value=engine.recovery_seconds)
+        yield GaugeMetricFamily("tidelog_clean_start", "1 if the last start followed a clean shutdown, 0 after a crash",
+                                value=1 if engine.clean_start else 0)
+        omitted = GaugeMetricFamily("tidelog_metrics_omitted_series",
+                                    "Partitions left out of per-partition metrics by metrics_max_partitions",
+                                    labels=["kind"])
+        yield from self._partitions(engine, omitted)
+        yield from self._fsync(engine)
+        coordinator = self._coordinator()
+        if coordinator is not None:
+            yield from self._groups(coordinator, omitted)
+        yield omitted
+
+    def _partitions(self, engine: Engine, omitted: GaugeMetricFamily):
+        labels = ["topic", "partition"]
+        families = {
+            "produce_records": CounterMetricFamily("tidelog_produce_records",
+                                                   "Records appended to the partition", labels=labels),
+            "produce_bytes": CounterMetricFamily("tidelog_produce_bytes",
+                                                 "Bytes of record batches appended to the partition", labels=labels),
+            "fetch_records": CounterMetricFamily("tidelog_fetch_records",
+                                                 "Records fetched (that fetches moved readers past)", labels=labels),
+            "fetch_bytes": CounterMetricFamily("tidelog_fetch_bytes", "Bytes of record batches fetched",
+                                               labels=labels),
+            "size": GaugeMetricFamily("tidelog_log_size_bytes", "Bytes of the partition's segment files",
+                                      labels=labels),
+            "segments": GaugeMetricFamily("tidelog_log_segments", "Segments of the partition", labels=labels),
+            "start": GaugeMetricFamily("tidelog_log_start_offset", "First offset still stored", labels=labels),
+            "end": GaugeMetricFamily("tidelog_log_end_offset", "Next offset to be written", labels=labels),
+            "hw": GaugeMetricFamily("tidelog_log_high_watermark", "Offsets below it are visible to consumers",
+                                    labels=labels),
+        }
+        status = engine.partition_status()
+        for s in status[:self.max_partitions]:
+            values = [s.topic, str(s.partition)]
+            for key, value in (("produce_records", s.stats.appended_records),
+                               ("produce_bytes", s.stats.appended_bytes),
+                               ("fetch_records", s.stats.read_records), ("fetch_bytes", s.stats.read_bytes),
+                               ("size", s.info.size_bytes), ("segments", s.info.segments),
+                               ("start", s.info.log_start), ("end", s.info.log_end),
+                               ("hw", s.info.high_watermark)):
+                families[key].add_metric(values, value)
+        omitted.add_metric(["partition"], max(len(status) - self.max_partitions, 0))
+        yield from families.values()
+
+    def _fsync(self, engine: Engine):
+        stats = engine.fsync_stats
+        if stats is None:
+            return
+        count, total_s, buckets = stats.snapshot()
+        yield CounterMetricFamily("tidelog_fsync", "fsync calls on segment, index, metadata files and directories",
+                                  value=count)
+        cumulative, running = [], 0
+        for bound, n in zip((*map(str, FSYNC_BUCKETS_S), "+Inf"), buckets):
+            running += n
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily("tidelog_fsync_duration_seconds", "Time an fsync took",
+                                    buckets=cumulative, sum_value=total_s)
+
+    def _groups(self, coordinator: GroupCoordinator, omitted: GaugeMetricFamily):
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily("tidelog_consumer_group_lag_records",
+                                "High watermark minus the group's committed offset", labels=labels)
+        lag_s = GaugeMetricFamily("tidelog_consumer_group_lag_seconds",
+                                  "Age of the first unconsumed record (0 when caught up)", labels=labels)
+        committed = GaugeMetricFamily("tidelog_consumer_group_committed_offset",
+                                      "The group's committed offset (next record to consume)", labels=labels)
+        members = GaugeMetricFamily("tidelog_consumer_group_members", "Active members of the group",
+                                    labels=["group"])
+        rebalances = CounterMetricFamily("tidelog_consumer_group_rebalances",
+                                         "Rebalances (new generations) since the broker started", labels=["group"])
+        series = skipped = 0
+        for group_id in coordinator.list_groups():
+            try:
+                info = coordinator.describe(group_id)
+            except TidelogError:  # deleted between the listing and now
+                continue
+            members.add_metric([group_id], len(info["members"]))
+            rebalances.add_metric([group_id], info["rebalances"])
+            for p in info["partitions"]:
+                if p["committed"] is None:
+                    continue  # no commit yet: no lag to speak of
+                if series >= self.max_partitions:
+                    skipped += 1
+                    continue
+                series += 1
+                values = [group_id, p["topic"], str(p["partition"])]
+                committed.add_metric(values, p["committed"])
+                lag.add_metric(values, p["lag"])
+                if p["time_lag_ms"] is not None:  # None: the record aged out of the log
+                    lag_s.add_metric(values, p["time_lag_ms"] / 1000)
+        omitted.add_metric(["group_partition"], skipped)
+        yield from (lag, lag_s, committed, members, rebalances)
+
+
+class MetricsHttpServer:
+    """GET /metrics (Prometheus text or OpenMetrics) and GET /healthz, on its own threads.
+
+    /healthz answers 200 "ok" while the broker serves and 503 with the reason (recovering, shutting
+    down) otherwise. At most HTTP_MAX_CONCURRENT requests are served at once.
+    """
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 health: Callable[[], str | None]) -> None:
+        self.host = host
+        self._registry = registry
+        self._health = health
+        self._slots = threading.BoundedSemaphore(HTTP_MAX_CONCURRENT)
+        slots = self._slots
+
+        class _Server(HTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def process_request(self, request, client_address) -> None:
+                # Bounded like everything else: past the limit the connection is closed unanswered.
+                if not slots.acquire(blocking=False):
+                    self.shutdown_request(request)
+                    return
+                threading.Thread(target=self._serve, args=(request, client_address),
+                                 name="tidelog-metrics-request", daemon=True).start()
+
+            def _serve(self, request, client_address) -> None:
+                try:
+                    self.finish_request(request, client_address)
+                except Exception:
+                    self.handle_error(request, client_address)
+                finally:
+                    self.shutdown_request(request)
+                    slots.release()
+
+        self._httpd = _Server((host, port), self._handler_class())  # OSError if the port is taken
+        self.port: int = self._httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="tidelog-metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and wait for the serving thread (blocking: call it off the event loop)."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
+
+    def _handler_class(self):
+        registry, health = self._registry, self._health
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = HTTP_TIMEOUT_S
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                    self._send(200, content_type, encoder(registry))
+                elif path == "/healthz":
+                    problem = health()
+                    self._send(200 if problem is None else 503, "text/plain; charset=utf-8",
+                               (problem or "ok").encode() + b"\n")
+                else:
+                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:
+                log.debug("metrics http: " + format, *args)
+
+        return Handler
