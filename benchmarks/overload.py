@@ -40,19 +40,21 @@ FULL = {"backlog_mib": 512, "stalled": 8, "flood_streams": 32, "flood_mib_each":
         "restart_records": 100_000}
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS (everything resident, including mapped segment pages the kernel can drop) or RssAnon
+    (the broker's own heap, buffers and stacks) of a process, in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
 class Sampler:
-    """Peak VmRSS of a process, sampled from a thread until stopped."""
+    """Peak VmRSS and peak RssAnon of a process, sampled from a thread until stopped."""
 
     def __init__(self, pid: int, period_s: float = 0.02) -> None:
-        self.pid, self.period_s, self.peak = pid, period_s, 0.0
+        self.pid, self.period_s, self.peak, self.peak_anon = pid, period_s, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,6 +62,7 @@ class Sampler:
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, rss_mib(self.pid))
+                self.peak_anon = max(self.peak_anon, rss_mib(self.pid, "RssAnon"))
             except OSError:
                 return
             self._stop.wait(self.period_s)
@@ -188,7 +191,7 @@ def scenario_stalled(broker: Broker, p: dict) -> dict:
     for ch in channels:
         ch.close()
     return {"detail": f"{p['backlog_mib']} MiB backlog, {p['stalled']} subscribers with 1 MiB credit not reading",
-            "before_mib": before, "peak_mib": s.peak, "still_serving": serving}
+            "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving}
 
 
 def scenario_flood(broker: Broker, p: dict) -> dict:
@@ -210,7 +213,7 @@ def scenario_flood(broker: Broker, p: dict) -> dict:
         serving = broker.serving()
     total = sum(acked) * len(batch) / (1 << 20)
     return {"detail": f"{p['flood_streams']} Produce streams x {p['flood_mib_each']} MiB of 256 KiB batches "
-                      f"({total:.0f} MiB acked)", "before_mib": before, "peak_mib": s.peak, "still_serving": serving,
+                      f"({total:.0f} MiB acked)", "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving,
             "refused_streams": sum(1 for a in acked if a == 0)}
 
 
@@ -227,7 +230,7 @@ def scenario_idle(broker: Broker, p: dict) -> dict:
         held = rss_mib(broker.pid)
     for ch in channels:
         ch.close()
-    return {"detail": f"{p['idle']} connected idle channels", "before_mib": before, "peak_mib": s.peak,
+    return {"detail": f"{p['idle']} connected idle channels", "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon,
             "held_mib": held, "still_serving": serving}
 
 
@@ -273,7 +276,7 @@ def scenario_vanished(broker: Broker, p: dict) -> dict:
         serving = broker.serving()
         after = rss_mib(broker.pid)
     return {"detail": f"{p['vanished']} clients SIGKILLed mid Produce+Subscribe", "before_mib": before,
-            "peak_mib": s.peak, "after_mib": after, "still_serving": serving}
+            "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "after_mib": after, "still_serving": serving}
 
 
 def scenario_restart(broker: Broker, p: dict) -> dict:
@@ -315,7 +318,7 @@ def scenario_restart(broker: Broker, p: dict) -> dict:
                     break
     lost = sum(1 for k, v in acked.items() if got.get(k) != v)
     return {"detail": f"2 Producer clients, {n} records, SIGTERM + restart mid-way",
-            "before_mib": None, "peak_mib": s.peak, "still_serving": serving, "acked": len(acked), "lost": lost}
+            "before_mib": None, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving, "acked": len(acked), "lost": lost}
 
 
 SCENARIOS = [("stalled consumers", scenario_stalled), ("producer flood", scenario_flood),
@@ -334,7 +337,8 @@ def run(params: dict, mode: str, out_dir: str, tmp_parent: str) -> dict:
             try:
                 time.sleep(1)
                 baseline = rss_mib(broker.pid)
-                row = {"scenario": name, "baseline_mib": baseline, **fn(broker, params)}
+                row = {"scenario": name, "baseline_mib": baseline,
+                       "baseline_anon_mib": rss_mib(broker.pid, "RssAnon"), **fn(broker, params)}
             finally:
                 broker.stop()
             row["peak_over_baseline"] = row["peak_mib"] / baseline
@@ -356,8 +360,10 @@ def markdown(result: dict) -> str:
     lines = [f"# tidelog broker RSS under overload ({result['date']}, {result['mode']})", "",
              f"Command: `{result['command']}`. Machine: {result['machine']['cpus']} CPUs, Python "
              f"{result['machine']['python']}, Linux {result['machine']['kernel']}. VmRSS of the `tidelog serve` "
-             "process sampled every 20 ms; baseline = the same fresh server idle, 1 s after start.", "",
-             "| scenario | what | baseline MiB | peak MiB | peak / baseline | still serving | notes |",
+             "process sampled every 20 ms; baseline = the same fresh server idle, 1 s after start. Anon = RssAnon, "
+             "the broker's own memory (heap, gRPC buffers, stacks); VmRSS also counts segment pages mapped by "
+             "reads, which the kernel can drop.", "",
+             "| scenario | what | baseline MiB (anon) | peak MiB (anon) | peak / baseline | still serving | notes |",
              "|---|---|---|---|---|---|---|"]
     for r in result["scenarios"]:
         notes = []
@@ -367,7 +373,8 @@ def markdown(result: dict) -> str:
         for key in ("refused_streams", "acked", "lost"):
             if key in r:
                 notes.append(f"{key.replace('_', ' ')} {r[key]}")
-        lines.append(f"| {r['scenario']} | {r['detail']} | {r['baseline_mib']:.1f} | {r['peak_mib']:.1f} | "
+        lines.append(f"| {r['scenario']} | {r['detail']} | {r['baseline_mib']:.1f} ({r.get('baseline_anon_mib', 0):.1f}) | "
+                     f"{r['peak_mib']:.1f} ({r.get('peak_anon_mib', 0):.1f}) | "
                      f"{r['peak_over_baseline']:.2f}x | {'yes' if r['still_serving'] else 'NO'} | {'; '.join(notes)} |")
     lines.append("")
     return "\n".join(lines)

@@ -221,14 +221,19 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
 
 # -- connections and concurrent RPCs ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def crowded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crowded")
+def _server_with(tmp_path_factory, name: str, settings: str):
+    """A server configured by a TOML snippet; stopped cleanly at the end of the module."""
+    root = tmp_path_factory.mktemp(name)
     path = root / "tidelog.toml"
-    path.write_text("max_connections = 3\nmax_concurrent_rpcs = 2\n")
+    path.write_text(settings)
     srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
     yield srv
     assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    yield from _server_with(tmp_path_factory, "crowded", "max_connections = 3\n")
 
 
 def _health(channel, timeout=5):
@@ -275,12 +280,7 @@ def test_max_connections_closes_connections_past_the_limit_and_frees_slots_on_cl
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     """Its own server: connection slots another test just freed are released asynchronously."""
-    root = tmp_path_factory.mktemp("busy")
-    path = root / "tidelog.toml"
-    path.write_text("max_concurrent_rpcs = 2\n")
-    srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
-    yield srv
-    assert srv.stop() == 0, srv.log()
+    yield from _server_with(tmp_path_factory, "busy", "max_concurrent_rpcs = 2\n")
 
 
 def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
@@ -288,10 +288,10 @@ def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="quiet", partitions=1))
         stub = ch.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
                               response_deserializer=None)
-        polls = [stub.future(pb.FetchRequest(topic="quiet", partition=0, offset=0, max_wait_ms=8000), timeout=30)
+        polls = [stub.future(pb.FetchRequest(topic="quiet", partition=0, offset=0, max_wait_ms=29_000), timeout=60)
                  for _ in range(2)]
         started = threading.Event()
-        deadline = time.monotonic() + 6  # well inside the polls' wait, however loaded the machine is
+        deadline = time.monotonic() + 25  # well inside the polls' wait, however loaded the machine is
         while time.monotonic() < deadline:  # both long polls admitted: the next call is the third
             try:
                 _health(ch)
@@ -299,7 +299,17 @@ def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
                 assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
                 started.set()
                 break
-        assert started.is_set(), "a third concurrent call was served"
+        assert started.is_set(), f"a third concurrent call was served (polls done: {[p.done() for p in polls]}, " \
+            f"{[p.exception() for p in polls if p.done()]})"
+        assert not any(p.done() for p in polls)  # the two admitted calls are still waiting
         for poll in polls:
-            assert poll.result() is not None  # the admitted long polls finish normally
-        assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
+            poll.cancel()  # cancelled calls free their slots
+        for _ in range(100):
+            try:
+                assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                time.sleep(0.05)  # the server notices the cancellations asynchronously
+        else:
+            pytest.fail("cancelled calls never freed their slots")
