@@ -276,3 +276,48 @@ def test_metrics_port_minus_one_turns_the_endpoint_off(data_dir):
     finally:
         loop.submit(server.stop()).result(30)
         loop.close()
+
+
+def test_grpc_health_is_not_serving_and_calls_are_unavailable_while_recovering(data_dir, monkeypatch):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tidelog.v1 import tidelog_pb2 as pb
+
+    opening = threading.Event()
+    real_open = Engine.open
+
+    def slow_open(*args, **kwargs):
+        assert opening.wait(30)  # the test calls the broker while the log "recovers"
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(app.Engine, "open", staticmethod(slow_open))
+    server = app.Server(ServerConfig(port=0, metrics_port=-1, data_dir=data_dir))
+    loop = _LoopThread()
+    try:
+        started = loop.submit(server.start())
+        wait_until(lambda: server.port, what="the gRPC port")
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            topics = ch.unary_unary("/tidelog.v1.Admin/ListTopics", request_serializer=pb.ListTopicsRequest.SerializeToString,
+                                    response_deserializer=pb.ListTopicsResponse.FromString)
+            with pytest.raises(grpc.RpcError) as err:
+                topics(pb.ListTopicsRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "starting" in err.value.details()
+            subscribe = ch.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=None,
+                                         response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as err:
+                list(subscribe(iter([b""]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            opening.set()
+            started.result(30)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert topics(pb.ListTopicsRequest(), timeout=10) is not None
+    finally:
+        opening.set()
+        if server.engine is not None:
+            loop.submit(server.stop()).result(30)
+        loop.close()

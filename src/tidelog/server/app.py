@@ -5,10 +5,10 @@ gives in-flight ones up to shutdown_grace_s to finish, waiting subscriptions are
 engine flushes and closes (writing the clean-shutdown marker). One process; blocking work runs in the
 AsyncEngine's thread pool, never on the event loop.
 
-Readiness: the metrics endpoint (if on) starts first, so /healthz answers 503 "recovering" while the
-engine opens and recovers; the gRPC port is bound only after that (until then gRPC clients and health
-checks cannot connect), and health turns SERVING with /healthz 200 once everything is up. On stop
-both turn NOT_SERVING / 503 first; the metrics endpoint closes last.
+Readiness: the metrics endpoint (if on) starts first, then the gRPC port is bound; while the engine
+opens and recovers, /healthz answers 503 "recovering", the gRPC health service NOT_SERVING and every
+tidelog RPC UNAVAILABLE ("starting"). Both turn SERVING / 200 once everything is up. On stop both turn
+NOT_SERVING / 503 first; the metrics endpoint closes last.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .. import __version__
 from ..broker.async_engine import AsyncEngine
 from ..broker.engine import Engine
 from ..config import ServerConfig
-from ..errors import StorageError
+from ..errors import BrokerUnavailableError, StorageError
 from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
 from . import admin_service, consume_service, groups_service, produce_service, status
@@ -53,9 +53,11 @@ class Server:
         self._metrics_http: MetricsHttpServer | None = None
         self._rpc_metrics: RpcMetrics | None = None
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
+        self._services = _Starting()
 
     async def start(self) -> int:
-        """Open the engine (recovering if needed), bind the port, and start serving; returns the port."""
+        """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
+        returns the port."""
         self._start_metrics()
         try:
             return await self._start()
@@ -64,11 +66,8 @@ class Server:
             raise
 
     async def _start(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
-        self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
-        self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
-        self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
+        # Bind first and answer health checks NOT_SERVING (and tidelog RPCs UNAVAILABLE) while the log
+        # is opened and recovered, which can take a while after a crash: probes and clients see why.
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
@@ -76,18 +75,13 @@ class Server:
                      ("grpc.max_allowed_incoming_connections", self.config.max_connections)],
             interceptors=(status.MethodNames(), *([self._rpc_metrics] if self._rpc_metrics is not None else [])),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
-        consume = consume_service.ConsumeService(self.async_engine, self.config)
-        self._server.add_generic_rpc_handlers((
-            produce_service.ProduceService(self.async_engine, self.config).handler(),
-            consume.handler(),
-            admin_service.AdminService(self.async_engine, consume).handler(),
-            self._groups.handler(),
-        ))
+        self._server.add_generic_rpc_handlers((self._services,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*(pb.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server)
+        await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
         try:
             port = self._server.add_insecure_port(address)
@@ -97,10 +91,15 @@ class Server:
         else:
             detail = "the address is in use or not available"
         if port == 0:
-            await self._close_engine()
             raise OSError(f"cannot listen on {address}: {detail}")
         self.port = port
         await self._server.start()
+        try:
+            await self._open_engine()
+        except BaseException:
+            await self._server.stop(0)
+            await self._close_engine()
+            raise
         self._groups.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
@@ -109,6 +108,21 @@ class Server:
             "fsync": self.engine.config.fsync, "version": __version__, "clean_start": self.engine.clean_start,
             "recovery_ms": round(self.engine.recovery_seconds * 1000, 3), "metrics_port": self.metrics_port})
         return port
+
+    async def _open_engine(self) -> None:
+        """Open (and recover) the log, then put the real services behind the bound port."""
+        loop = asyncio.get_running_loop()
+        self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
+        self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
+        self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
+        self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
+        consume = consume_service.ConsumeService(self.async_engine, self.config)
+        self._services.ready((
+            produce_service.ProduceService(self.async_engine, self.config).handler(),
+            consume.handler(),
+            admin_service.AdminService(self.async_engine, consume).handler(),
+            self._groups.handler(),
+        ))
 
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
@@ -173,6 +187,46 @@ class Server:
         await self._stopped.wait()
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+class _Starting(grpc.GenericRpcHandler):
+    """The tidelog services behind the port: until the log is open, every call of theirs ends at once
+    with UNAVAILABLE ("starting"), which clients retry; then the real handlers."""
+
+    def __init__(self) -> None:
+        self._handlers: tuple[grpc.GenericRpcHandler, ...] | None = None
+        self._unavailable = {f"/{service.full_name}/{method.name}": _unavailable(method)
+                             for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
+
+    def ready(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details):
+        if self._handlers is None:
+            return self._unavailable.get(handler_call_details.method)
+        for handler in self._handlers:
+            found = handler.service(handler_call_details)
+            if found is not None:
+                return found
+        return None
+
+
+def _unavailable(method) -> grpc.RpcMethodHandler:
+    """A handler of the method's shape that answers UNAVAILABLE without reading the request."""
+    error = BrokerUnavailableError("the broker is starting (opening and recovering its log); retry shortly")
+
+    async def unary(request, context):
+        await status.abort(context, error)
+
+    async def streaming(request, context):
+        await status.abort(context, error)
+        yield b""  # unreachable: makes this an async generator, as streaming handlers are
+
+    if method.server_streaming:
+        make = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_stream_rpc_method_handler
+        return make(streaming)
+    make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+    return make(unary)
 
 
 async def serve(config: ServerConfig, ready=None) -> None:
