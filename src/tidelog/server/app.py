@@ -18,7 +18,7 @@ import logging
 import signal
 
 import grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -54,6 +54,7 @@ class Server:
         self._rpc_metrics: RpcMetrics | None = None
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
         self._services = _Starting()
+        self._produce: produce_service.ProduceService | None = None
 
     async def start(self) -> int:
         """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
@@ -117,8 +118,9 @@ class Server:
         self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
         consume = consume_service.ConsumeService(self.async_engine, self.config)
+        self._produce = produce_service.ProduceService(self.async_engine, self.config)
         self._services.ready((
-            produce_service.ProduceService(self.async_engine, self.config).handler(),
+            self._produce.handler(),
             consume.handler(),
             admin_service.AdminService(self.async_engine, consume).handler(),
             self._groups.handler(),
@@ -132,6 +134,9 @@ class Server:
         self._rpc_metrics = RpcMetrics(registry)
         registry.register(EngineCollector(lambda: self.engine, lambda: self.coordinator,
                                           lambda: self._not_ready is None, self.config.metrics_max_partitions))
+        Gauge("tidelog_produce_inflight_bytes", "Produce bytes read ahead of their acks on all streams "
+              "(bounded by max_inflight_bytes: near it, producers are being held back)", registry=registry
+              ).set_function(lambda: self._produce.inflight_bytes if self._produce is not None else 0)
         host = self.config.metrics_host or self.config.host
         try:
             self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)
