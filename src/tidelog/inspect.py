@@ -199,6 +199,8 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
             result.problems += index_problems
             result.bad_indexes.append(base)
     result.end_offset = expected
+    if result.start_offset < 0 and expected >= 0:
+        result.start_offset = expected  # an empty log starts where it ends
     return result
 
 
