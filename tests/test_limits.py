@@ -313,3 +313,31 @@ def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
                 time.sleep(0.05)  # the server notices the cancellations asynchronously
         else:
             pytest.fail("cancelled calls never freed their slots")
+
+
+def test_running_out_of_file_descriptors_is_a_clear_retriable_error_that_leaves_nothing_behind(tmp_path):
+    """A topic with more partitions than the open-file limit allows: TooManyOpenFilesError
+    (RESOURCE_EXHAUSTED on the wire), no partition directory left, and the engine still works."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, resource
+        from tidelog import Engine
+        from tidelog.errors import TooManyOpenFilesError
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        with Engine.open({str(tmp_path / "data")!r}) as eng:
+            try:
+                eng.create_topic("wide", 40)
+            except TooManyOpenFilesError as exc:
+                assert "ulimit" in exc.message and exc.retriable, exc.message
+            else:
+                raise SystemExit("created 40 partitions within 64 descriptors")
+            assert not [d for d in os.listdir(eng.path) if d.startswith("wide-")], os.listdir(eng.path)
+            eng.create_topic("narrow", 2)
+            eng.produce("narrow", [b"ok"], partition=1)
+        print("OK")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "OK", out.stdout + out.stderr

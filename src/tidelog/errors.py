@@ -169,6 +169,13 @@ class DiskFullError(StorageError):
     retriable = True
 
 
+class TooManyOpenFilesError(StorageError):
+    """The process reached its open-file limit (each partition holds six descriptors)."""
+
+    code = 1007
+    retriable = True
+
+
 class CorruptLogError(StorageError):
     """Data on disk is corrupt where it cannot be repaired automatically."""
 
@@ -205,7 +212,7 @@ class EngineClosedError(TidelogError):
 ALL_ERRORS: tuple[type[TidelogError], ...] = (
     TidelogError, UnknownTopicError, TopicExistsError, InvalidTopicError, InvalidPartitionError,
     OffsetOutOfRangeError, CorruptBatchError, RecordTooLargeError, InvalidRequestError,
-    InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError,
+    InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError, TooManyOpenFilesError,
     CorruptLogError, DataDirLockedError, EngineClosedError, OutOfOrderSequenceError,
     DuplicateSequenceError, InvalidProducerEpochError, BrokerUnavailableError, RequestTimeoutError,
     UnknownGroupError, UnknownMemberError, StaleGenerationError, GroupNotEmptyError, PartitionNotAssignedError,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
 from ..log.partition_log import PartitionLog
-from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, TidelogError,
+from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, StorageError, TidelogError,
                       TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
 from .housekeeper import Housekeeper
@@ -165,6 +165,10 @@ class Engine:
             except BaseException:
                 for plog in logs:
                     plog.delete_files()
+                try:
+                    self._fs.rmtree(partition_dir(self.path, name, len(logs)))  # the one that failed to open
+                except StorageError:
+                    pass  # the next open removes it as an orphan
                 raise
             self._topics[name] = topic
         log.info("topic created", extra={"event": "topic_created", "topic": name, "partitions": partitions})

@@ -48,6 +48,7 @@ _STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.RecordTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.ResourceLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DiskFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TooManyOpenFilesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.OutOfOrderSequenceError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.DuplicateSequenceError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidProducerEpochError: grpc.StatusCode.FAILED_PRECONDITION,

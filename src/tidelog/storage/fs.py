@@ -2,8 +2,8 @@
 
 Storage code receives a `FileSystem` and never calls `os` for file I/O itself, so a subclass can fail
 or tear the k-th write, drop unsynced data or fake a full disk. OS errors are turned into tidelog
-storage errors here, once: ENOSPC becomes DiskFullError, anything else StorageError, each naming the
-file. Thread-safe: its only state is FsyncStats, which has its own lock.
+storage errors here, once: ENOSPC becomes DiskFullError, EMFILE TooManyOpenFilesError, anything else
+StorageError, each naming the file. Thread-safe: its only state is FsyncStats, which has its own lock.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Sequence
 
-from ..errors import DataDirLockedError, DiskFullError, StorageError
+from ..errors import DataDirLockedError, DiskFullError, StorageError, TooManyOpenFilesError
 
 IOV_MAX = 1024
 
@@ -56,6 +56,9 @@ class FsyncStats:
 def _fail(exc: OSError, what: str, path: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"no space left on device while {what} {path}", path=path)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return TooManyOpenFilesError(f"too many open files while {what} {path}: raise the open-file limit "
+                                     f"(ulimit -n) or use fewer partitions (six descriptors each)", path=path)
     return StorageError(f"{what} {path} failed: {exc.strerror or exc}", path=path, errno=exc.errno or 0)
 
 
