@@ -237,12 +237,14 @@ def _unavailable(method) -> grpc.RpcMethodHandler:
 async def serve(config: ServerConfig, ready=None) -> None:
     """Run a server until SIGTERM or SIGINT. `ready(port)` is called once it serves."""
     server = Server(config)
-    await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # Handled from the start: a signal during recovery stops the server cleanly once the log is open
+    # (recovery itself cannot be interrupted half-way), instead of killing it mid-recovery.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
+    await server.start()
+    if ready is not None and not stop.is_set():
         ready(server.port)
     await stop.wait()
     await server.stop()
