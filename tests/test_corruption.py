@@ -266,3 +266,15 @@ def test_the_server_answers_a_read_of_corrupt_data_with_data_loss_and_keeps_serv
                 consumer.poll(timeout_s=10)
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_a_time_index_entry_off_by_one_bit_is_found_by_check_and_rebuilt_by_repair(built):
+    path = seg_path(built, 0, 0, ".timeindex")
+    with open(path, "rb") as f:
+        original = f.read()
+    flip(path, 12 + 7)  # the lowest byte of the second entry's timestamp: the order still holds
+    [problems] = [r.problems for r in check(built) if r.partition == 0]
+    assert problems == ["segment 00000000000000000000: time index entries do not match the log's timestamps"]
+    assert repair(built) == ["t[0]: indexes of segment 00000000000000000000 rebuilt"]
+    with open(path, "rb") as f:
+        assert f.read() == original

@@ -228,6 +228,14 @@ def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_e
             live = entries[entries["ts"] != 0] if len(entries) else entries
             if len(live) > 1 and not np.all(np.diff(live["ts"].astype(np.int64)) > 0):
                 problems.append(f"segment {name}: time index timestamps are not increasing")
+            elif len(live) and len(rows):
+                # each entry is (newest timestamp so far, the batch it was reached at)
+                bases = rows[:, batch_scan.COL_BASE_OFFSET]
+                running = np.maximum.accumulate(rows[:, batch_scan.COL_MAX_TIMESTAMP])
+                want = base + live["rel"].astype(np.int64)
+                at = np.clip(np.searchsorted(bases, want, side="right") - 1, 0, len(bases) - 1)
+                if not (np.all(bases[at] == want) and np.all(running[at] == live["ts"].astype(np.int64))):
+                    problems.append(f"segment {name}: time index entries do not match the log's timestamps")
     return problems
 
 
