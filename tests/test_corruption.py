@@ -281,3 +281,63 @@ def test_a_time_index_entry_off_by_one_bit_is_found_by_check_and_rebuilt_by_repa
     assert repair(built) == ["t[0]: indexes of segment 00000000000000000000 rebuilt"]
     with open(path, "rb") as f:
         assert f.read() == original
+
+
+def test_a_refused_clean_open_stays_clean_so_retrying_never_cuts_durable_data(data_dir, clock):
+    from tidelog.storage import recovery
+    from tidelog.storage.fs import FileSystem
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t")
+        for i in range(20):
+            eng.produce("t", [b"v%03d" % i * 10], partition=0)
+    directory = os.path.join(data_dir, "t-0")
+    recovery.write_checkpoint(FileSystem(), directory, 0, 0)  # an older recovery point, as a power cut may leave
+    log = seg_path(data_dir, 0, 0)
+    flip(log, os.path.getsize(log) // 2)
+    for _ in range(2):  # the second open must refuse too, not take the unclean path and cut the log
+        with pytest.raises(CorruptLogError):
+            Engine.open(data_dir, clock=clock)
+        assert os.path.exists(os.path.join(data_dir, ".clean_shutdown"))
+    assert repair(data_dir)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert 0 < eng.list_offsets("t", 0).log_end < 20
+
+
+def test_a_zeroed_block_inside_the_last_segment_is_refused_found_by_check_and_cut_by_repair(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t")
+        for i in range(20):
+            eng.produce("t", [b"v%03d" % i * 10], partition=0)
+    log = seg_path(data_dir, 0, 0)
+    with open(log, "r+b") as f:  # a lost block of zeros in the middle of fsynced data
+        f.seek(os.path.getsize(log) // 2)
+        f.write(b"\0" * 200)
+    with pytest.raises(CorruptLogError, match="zero-filled"):
+        Engine.open(data_dir, clock=clock)
+    [found] = check(data_dir)
+    assert found.cut is not None and "zero-filled" in found.problems[0]
+    assert repair(data_dir)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert [r.value for r in eng.fetch("t", 0, 0)][:1] == [b"v000" * 10]
+
+
+def test_a_time_lookup_past_what_is_visible_is_not_taken_for_a_damaged_index(tmp_path):
+    """Under fsync="always" a batch is indexed before it is published: its entry is not damage."""
+    from tidelog.codec import batch as batch_codec
+    from tidelog.config import TopicConfig
+    from tidelog.log.partition_log import PartitionLog
+    from tidelog.storage.fs import FileSystem
+
+    plog = PartitionLog(FileSystem(), str(tmp_path / "t-0"), TopicConfig(index_interval_bytes=1), "always",
+                        lambda: 0, clean=False)
+    try:
+        for ts, sync in ((100, True), (250, False), (300, False)):  # the last two: written, not yet fsynced
+            data = batch_codec.build_batch([b"x"], timestamp=ts)
+            plog.append([(data, batch_codec.validate(data))], sync=sync)
+        assert plog.info().high_watermark == 1
+        assert plog.offset_for_time(280) is None
+        assert not plog.segments()[-1].index_damaged
+        assert sorted(os.listdir(plog.directory))[:1] == ["00000000000000000000.index"]
+    finally:
+        plog.close()

@@ -321,3 +321,32 @@ def test_grpc_health_is_not_serving_and_calls_are_unavailable_while_recovering(d
         if server.engine is not None:
             loop.submit(server.stop()).result(30)
         loop.close()
+
+
+def test_stop_during_recovery_closes_the_log_once_it_is_open_and_start_fails(data_dir, monkeypatch):
+    from tidelog.errors import EngineClosedError
+
+    opening = threading.Event()
+    real_open = Engine.open
+
+    def slow_open(*args, **kwargs):
+        assert opening.wait(30)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(app.Engine, "open", staticmethod(slow_open))
+    server = app.Server(ServerConfig(port=0, metrics_port=-1, data_dir=data_dir))
+    loop = _LoopThread()
+    try:
+        started = loop.submit(server.start())
+        wait_until(lambda: server.port, what="the gRPC port")
+        stopped = loop.submit(server.stop())
+        stopped.result(30)  # nothing to close yet
+        opening.set()
+        with pytest.raises(EngineClosedError):
+            started.result(30)
+        assert server.engine.closed
+        with real_open(data_dir) as engine:  # the lock was released and the stop was clean
+            assert engine.clean_start
+    finally:
+        opening.set()
+        loop.close()

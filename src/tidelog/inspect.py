@@ -176,7 +176,10 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
                 result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
         last = i == len(bases) - 1
-        damaged = reason not in (batch_scan.END, batch_scan.ZERO) or (reason == batch_scan.ZERO and not last)
+        # zeros end the data only if nothing but zeros follows (the preallocated tail of the active
+        # segment); a zeroed block with data after it is a hole, as recovery sees it too
+        damaged = reason not in (batch_scan.END, batch_scan.ZERO) or (
+            reason == batch_scan.ZERO and (not last or _nonzero_after(buf, end)))
         if damaged:
             result.problems.append(f"segment {name}: {batch_scan.STOP_NAMES[reason]} at byte {end} of {size}"
                                    f"{'' if last else ' (in the middle of the log)'}")
@@ -202,6 +205,10 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
     if result.start_offset < 0 and expected >= 0:
         result.start_offset = expected  # an empty log starts where it ends
     return result
+
+
+def _nonzero_after(buf, pos: int) -> bool:
+    return bool(len(buf) > pos and np.frombuffer(buf, dtype=np.uint8, offset=pos).any())
 
 
 def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_end: int) -> list[str]:

@@ -23,8 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
 from ..log.partition_log import PartitionLog
-from ..errors import (EngineClosedError, InvalidRequestError, ResourceLimitError, StorageError, TidelogError,
-                      TopicExistsError, UnknownTopicError)
+from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, ResourceLimitError, StorageError,
+                      TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
 from .housekeeper import Housekeeper
 from .results import (FetchResult, PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult,
@@ -56,12 +56,18 @@ class Engine:
         fs.makedirs(self._meta_dir)
         self._lock_fd = fs.lock_dir(self.path)
         try:
+            self.clean_start = False
             self.clean_start = self._consume_clean_marker()
             started = time.monotonic()
             self._load_topics()
             self.recovery_seconds = time.monotonic() - started
-        except BaseException:
-            self._close_topics()
+        except BaseException as exc:
+            closed = self._close_topics()
+            if closed and self.clean_start and isinstance(exc, CorruptLogError):
+                # A refusal leaves the directory as the clean stop left it: keep it a clean stop, so that
+                # opening again (or `tidelog check --repair`) does not take the unclean path, which
+                # would trust only the recovery points and could cut corrupt data as a torn tail.
+                fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
             fs.unlock_dir(self._lock_fd)
             raise
         self._housekeeper = Housekeeper(

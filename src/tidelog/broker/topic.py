@@ -80,11 +80,15 @@ class Topic:
                                   f"this tidelog reads version {META_VERSION}")
         config = TopicConfig(**meta["config"])
         name = meta["name"]
-        logs = []
-        for p in range(int(meta["partitions"])):
-            started = time.monotonic()
-            logs.append(PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean))
-            _log_recovery(name, p, logs[-1], time.monotonic() - started)
+        logs: list[PartitionLog] = []
+        try:
+            for p in range(int(meta["partitions"])):
+                started = time.monotonic()
+                logs.append(PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean))
+                _log_recovery(name, p, logs[-1], time.monotonic() - started)
+        except BaseException:
+            cls(name, config, logs, 0).close()  # the partitions opened so far close as after a clean stop
+            raise
         return cls(name, config, logs, int(meta.get("created_ms", 0)))
 
     def close(self) -> None:

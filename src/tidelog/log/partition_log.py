@@ -262,13 +262,13 @@ class PartitionLog:
                     self._publish(seg, pos, end)
                 self._write_checkpoint(seg, pos)
 
-    def _write_checkpoint(self, segment: Segment, position: int, force: bool = False) -> None:
+    def _write_checkpoint(self, segment: Segment, position: int, force: bool = False, durable: bool = False) -> None:
         """Remember that the log is durable up to `position` of `segment` (rate-limited)."""
         now = time.monotonic()
         if not force and now - self._last_checkpoint < CHECKPOINT_EVERY_S:
             return
         self._last_checkpoint = now
-        recovery.write_checkpoint(self.fs, self.directory, segment.base_offset, position)
+        recovery.write_checkpoint(self.fs, self.directory, segment.base_offset, position, durable=durable)
 
     @property
     def dirty(self) -> bool:
@@ -441,8 +441,9 @@ class PartitionLog:
                 self._data_arrived.notify_all()
                 clean = self._failed is None
                 if clean:
+                    # durable: should the clean-stop marker ever be lost, recovery trusts the whole log
                     active = self._segments.active
-                    self._write_checkpoint(active, active.size, force=True)
+                    self._write_checkpoint(active, active.size, force=True, durable=True)
                 for seg in self._segments:
                     seg.close(trim=clean)
             if self._failed is not None:

@@ -26,7 +26,7 @@ from .. import __version__
 from ..broker.async_engine import AsyncEngine
 from ..broker.engine import Engine
 from ..config import ServerConfig
-from ..errors import BrokerUnavailableError, StorageError
+from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
 from . import admin_service, consume_service, groups_service, produce_service, status
@@ -97,6 +97,8 @@ class Server:
         await self._server.start()
         try:
             await self._open_engine()
+            if self._stopped.is_set():  # stop() ran during recovery, before there was an engine to close
+                raise EngineClosedError("the server was stopped while it was starting")
         except BaseException:
             await self._server.stop(0)
             await self._close_engine()

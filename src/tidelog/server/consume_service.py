@@ -51,7 +51,8 @@ class ConsumeService:
         engine = self.engine.engine
         kind = position.WhichOneof("kind")
         if kind == "offset":
-            offsets = engine.list_offsets(topic, partition)  # under the partition lock: quick
+            # in the pool: the partition lock can be held across a segment roll's fsyncs
+            offsets = await self.engine.run(engine.list_offsets, topic, partition)
             if not offsets.log_start <= position.offset <= offsets.high_watermark:
                 raise OffsetOutOfRangeError(
                     f"offset {position.offset} is out of range; valid offsets are {offsets.log_start} to "

@@ -18,14 +18,6 @@ from .index_file import IndexFile
 class OffsetIndex(IndexFile):
     dtype = np.dtype([("rel", ">i4"), ("pos", ">i4")])
 
-    def lookup(self, rel_offset: int) -> int:
-        """Position of the last indexed batch whose relative offset is <= rel_offset (0 if none)."""
-        entries = self.view()
-        if len(entries) == 0:
-            return 0
-        i = int(np.searchsorted(entries["rel"], rel_offset, side="right")) - 1
-        return int(entries["pos"][i]) if i >= 0 else 0
-
     def floor_position(self, pos: int) -> int:
         """Position of the last indexed batch starting at or before pos (0 if none)."""
         entries = self.view()
@@ -40,11 +32,6 @@ class OffsetIndex(IndexFile):
         if len(entries) == 0:
             return -1, 0
         return int(entries["rel"][-1]), int(entries["pos"][-1])
-
-    def truncate_to_position(self, pos: int) -> None:
-        """Forget entries pointing at pos or later (the log is being cut there)."""
-        entries = self.view()
-        self.truncate_entries(int(np.searchsorted(entries["pos"], pos, side="left")))
 
     def is_consistent(self, log_size: int) -> bool:
         """Cheap structural check: strictly increasing offsets and positions inside the log."""

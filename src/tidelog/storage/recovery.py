@@ -7,7 +7,7 @@ batch by batch: CRC-32C, offset continuity and lengths. An invalid batch past th
 last segment is a torn write: the log is cut there and that segment's indexes are rebuilt. Invalid
 data anywhere else (before the recovery point, in a segment sealed before a later one began, a gap
 between segments) was durable once, so it is corruption: opening refuses with CorruptLogError and
-changes nothing, and `tidelog check --repair` cuts the log there on request. Indexes that are missing,
+removes no record, and `tidelog check --repair` cuts the log there on request. Indexes that are missing,
 fail a structural check, or whose last entry does not match the log are rebuilt in either case.
 Corruption further inside a segment is found when it is read (Segment.verify) or by `tidelog check`.
 """
@@ -90,7 +90,7 @@ def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
 def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bool) -> tuple[list[Segment], RecoveryReport]:
     """Load every segment of a partition, recovering as needed; the last one is left active.
 
-    Raises CorruptLogError, and changes nothing, when data known to be durable is invalid: that is
+    Raises CorruptLogError, and removes no record, when data known to be durable is invalid: that is
     corruption, not a torn write, and cutting there would silently drop records that were
     acknowledged; `tidelog check --repair` cuts it on request.
     """
@@ -157,7 +157,7 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
 def _refuse(directory: str, seg: Segment, pos: int, what: str) -> None:
     raise CorruptLogError(
         f"partition {os.path.basename(directory)} is corrupt: {what} at byte {pos} of {os.path.basename(seg.log_path)}"
-        f" (records from offset {seg.base_offset} on may be affected); nothing was changed. Stop the broker "
+        f" (records from offset {seg.base_offset} on may be affected); nothing was cut. Stop the broker "
         f"and run `tidelog check --repair --data-dir {os.path.dirname(directory)}` to cut the log there",
         path=seg.log_path)
 

@@ -146,8 +146,9 @@ class Segment:
         return not np.frombuffer(self._map, dtype=np.uint8, offset=pos).any()
 
     def recover(self, start_pos: int) -> ScanResult:
-        """Validate batches from start_pos (CRC, offset continuity), cut a torn or corrupt tail, and
-        rebuild both indexes. Bytes before start_pos are trusted (they were fsynced)."""
+        """Validate batches from start_pos (CRC, offset continuity) and rebuild both indexes up to the
+        last valid one; the caller decides whether what follows is a torn tail to `cut` or corruption
+        to refuse. Bytes before start_pos are trusted (they were fsynced)."""
         head = self.scan(0, verify=False, expected_offset=self.base_offset, stop=start_pos) if start_pos else None
         if head is not None and head.end_pos != start_pos:
             start_pos = head.end_pos  # the trusted part did not end on a batch boundary: validate from there
@@ -287,8 +288,9 @@ class Segment:
             self.time_index.append_entries(np.array(time_rows, dtype=TimeIndex.dtype))
         if self.size == 0:
             self.first_batch_timestamp = batches[0].max_timestamp
-        if self._verified[1] == start:  # validated before the write: no need to check it when read
-            self._verified = (self._verified[0], start + nbytes, batches[-1].last_offset + 1)
+        lo, hi, _ = self._verified  # one read: a concurrent verify() may replace the tuple
+        if hi == start:  # validated before the write: no need to check it when read
+            self._verified = (lo, start + nbytes, batches[-1].last_offset + 1)
         self.size = start + nbytes
         self.next_offset = batches[-1].last_offset + 1
         self.max_timestamp = max_ts
@@ -325,7 +327,10 @@ class Segment:
             rel, pos = int(entries["rel"][i]), int(entries["pos"][i])
             if rel <= rel_offset and self._entry_ok(rel, pos, end):
                 return pos
-            self._index_is_damaged()
+            if 0 <= pos and pos + _BATCH_HEADER > end and pos < self.size:
+                pass  # a batch written but not published yet (under fsync="always"): not damage
+            else:
+                self._index_is_damaged()
             i -= 1
         return 0
 
@@ -350,7 +355,7 @@ class Segment:
 
     def verify(self, start: int, stop: int) -> None:
         """Check the CRC-32C and offset continuity of the batches in [start, stop) before they are
-        served (once per byte range and process); CorruptLogError names the place and the repair."""
+        served, unless inside the one verified range; CorruptLogError names the place and the repair."""
         lo, hi, hi_offset = self._verified
         if lo <= start and stop <= hi:
             return
@@ -430,21 +435,13 @@ class Segment:
             try:
                 fs.remove(stem + suffix)
             except StorageError:
-                pass  # best effort: recovery also removes a segment that breaks continuity
+                pass  # best effort: a leftover that breaks continuity makes the next open refuse, and repair removes it
 
     def mark_sealed(self) -> None:
         """Found trimmed and complete on open: nothing to write."""
         self.sealed = True
         self.index.mark_sealed()
         self.time_index.mark_sealed()
-
-    def truncate_to(self, end_pos: int, next_offset: int) -> None:
-        """Cut the log at a batch boundary (recovery); indexes forget entries past it."""
-        self.index.truncate_to_position(end_pos)
-        self.time_index.truncate_to_offset(next_offset - self.base_offset)
-        self.size = end_pos
-        self.next_offset = next_offset
-        self._zero_tail(end_pos)
 
     def close(self, trim: bool = False) -> None:
         """Release files. trim=True (clean shutdown) cuts the preallocated space off the files."""

@@ -37,12 +37,6 @@ class TimeIndex(IndexFile):
             return -1, -1
         return int(e["ts"][-1]), int(e["rel"][-1])
 
-    def truncate_to_offset(self, rel_offset: int) -> None:
-        """Forget entries for batches at rel_offset or later."""
-        e = self.view()
-        keep = int(np.searchsorted(e["rel"], rel_offset, side="left")) if len(e) else 0
-        self.truncate_entries(keep)
-
     def is_consistent(self, max_rel: int) -> bool:
         e = self.view()
         if len(e) == 0:
