@@ -225,15 +225,22 @@ class _LoopThread:
         self.loop.close()
 
 
-def test_healthz_answers_503_while_recovering_and_while_shutting_down(data_dir, monkeypatch):
-    opening, closing = threading.Event(), threading.Event()
+def hold_recovery(monkeypatch) -> threading.Event:
+    """Make the server's Engine.open wait (the log "recovers") until the returned event is set."""
+    opening = threading.Event()
     real_open = Engine.open
 
     def slow_open(*args, **kwargs):
-        assert opening.wait(30)  # the test looks at /healthz while the log "recovers"
+        assert opening.wait(30)
         return real_open(*args, **kwargs)
 
     monkeypatch.setattr(app.Engine, "open", staticmethod(slow_open))
+    return opening
+
+
+def test_healthz_answers_503_while_recovering_and_while_shutting_down(data_dir, monkeypatch):
+    closing = threading.Event()
+    opening = hold_recovery(monkeypatch)
     server = app.Server(ServerConfig(port=0, metrics_port=0, data_dir=data_dir))
     loop = _LoopThread()
     try:
@@ -284,14 +291,7 @@ def test_grpc_health_is_not_serving_and_calls_are_unavailable_while_recovering(d
 
     from tidelog.v1 import tidelog_pb2 as pb
 
-    opening = threading.Event()
-    real_open = Engine.open
-
-    def slow_open(*args, **kwargs):
-        assert opening.wait(30)  # the test calls the broker while the log "recovers"
-        return real_open(*args, **kwargs)
-
-    monkeypatch.setattr(app.Engine, "open", staticmethod(slow_open))
+    opening = hold_recovery(monkeypatch)
     server = app.Server(ServerConfig(port=0, metrics_port=-1, data_dir=data_dir))
     loop = _LoopThread()
     try:
@@ -326,14 +326,7 @@ def test_grpc_health_is_not_serving_and_calls_are_unavailable_while_recovering(d
 def test_stop_during_recovery_closes_the_log_once_it_is_open_and_start_fails(data_dir, monkeypatch):
     from tidelog.errors import EngineClosedError
 
-    opening = threading.Event()
-    real_open = Engine.open
-
-    def slow_open(*args, **kwargs):
-        assert opening.wait(30)
-        return real_open(*args, **kwargs)
-
-    monkeypatch.setattr(app.Engine, "open", staticmethod(slow_open))
+    opening = hold_recovery(monkeypatch)
     server = app.Server(ServerConfig(port=0, metrics_port=-1, data_dir=data_dir))
     loop = _LoopThread()
     try:
@@ -345,7 +338,8 @@ def test_stop_during_recovery_closes_the_log_once_it_is_open_and_start_fails(dat
         with pytest.raises(EngineClosedError):
             started.result(30)
         assert server.engine.closed
-        with real_open(data_dir) as engine:  # the lock was released and the stop was clean
+        monkeypatch.undo()
+        with Engine.open(data_dir) as engine:  # the lock was released and the stop was clean
             assert engine.clean_start
     finally:
         opening.set()
