@@ -292,7 +292,8 @@ def test_a_refused_clean_open_stays_clean_so_retrying_never_cuts_durable_data(da
         for i in range(20):
             eng.produce("t", [b"v%03d" % i * 10], partition=0)
     directory = os.path.join(data_dir, "t-0")
-    recovery.write_checkpoint(FileSystem(), directory, 0, 0)  # an older recovery point, as a power cut may leave
+    # an older recovery point, as a power cut may leave
+    recovery.write_checkpoint(FileSystem(), directory, recovery.Checkpoint(0, 0, 0))
     log = seg_path(data_dir, 0, 0)
     flip(log, os.path.getsize(log) // 2)
     for _ in range(2):  # the second open must refuse too, not take the unclean path and cut the log
@@ -330,7 +331,7 @@ def test_a_time_lookup_past_what_is_visible_is_not_taken_for_a_damaged_index(tmp
     from tidelog.storage.fs import FileSystem
 
     plog = PartitionLog(FileSystem(), str(tmp_path / "t-0"), TopicConfig(index_interval_bytes=1), "always",
-                        lambda: 0, clean=False)
+                        lambda: 0, clean=False, create=True)
     try:
         for ts, sync in ((100, True), (250, False), (300, False)):  # the last two: written, not yet fsynced
             data = batch_codec.build_batch([b"x"], timestamp=ts)
@@ -341,3 +342,95 @@ def test_a_time_lookup_past_what_is_visible_is_not_taken_for_a_damaged_index(tmp
         assert sorted(os.listdir(plog.directory))[:1] == ["00000000000000000000.index"]
     finally:
         plog.close()
+
+
+def snapshot_dir(src, dst):
+    """A copy of a live data directory, as a SIGKILL would leave it (page cache included)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def test_damage_to_acknowledged_records_in_the_last_segment_is_refused_not_cut(tmp_path, clock):
+    # Before: under fsync="always" the recovery point was written at most once a second, so records
+    # fsynced and acknowledged after it were taken for a torn tail when damaged, and cut (lost).
+    live = str(tmp_path / "live")
+    eng = Engine.open(live, clock=clock, fsync="always")
+    eng.create_topic("t", 1)
+    for i in range(50):
+        eng.produce("t", [b"acked %03d " % i + b"x" * 100])  # each returns after its fsync
+    size = eng.describe("t").partitions[0].size_bytes
+    crashed = snapshot_dir(live, str(tmp_path / "crashed"))
+    eng.close()
+    flip(seg_path(crashed, 0, 0), size * 3 // 4)  # inside an acknowledged batch, well before the end
+    with Engine.open(crashed, clock=clock) as eng:  # durable data is not re-validated at open ...
+        assert eng.list_offsets("t", 0).log_end == 50  # ... and nothing was cut
+        damaged = served = 0
+        for offset in range(50):
+            try:
+                got = [r.value for r in eng.fetch("t", 0, offset) if r.offset == offset]
+                assert got == [b"acked %03d " % offset + b"x" * 100]
+                served += 1
+            except CorruptLogError as exc:  # the damaged batch is refused when read, naming the repair
+                assert "tidelog check --repair" in str(exc)
+                damaged += 1
+        assert damaged == 1 and served == 49
+    assert any("CRC" in p for r in check(crashed) for p in r.problems)
+
+
+@pytest.mark.parametrize("lost", ["first", "last", "first and last", "all"])
+def test_a_missing_first_or_last_segment_file_is_refused_and_repair_accepts_the_loss(built, clock, lost):
+    # Before: a lost first .log opened as if retention had moved the log start; a lost last .log
+    # opened with a shorter log (acknowledged records gone), both silently.
+    directory = os.path.join(built, "t-0")
+    bases = sorted(f for f in os.listdir(directory) if f.endswith(".log"))
+    gone = {"first": bases[:1], "last": bases[-1:], "first and last": [bases[0], bases[-1]], "all": bases}[lost]
+    for name in gone:
+        for suffix in (".log", ".index", ".timeindex"):
+            os.remove(os.path.join(directory, name[:-4] + suffix))
+    before = digest(built)
+    with pytest.raises(CorruptLogError, match="incomplete") as err:
+        Engine.open(built, clock=clock)
+    assert "missing" in str(err.value)
+    assert digest(built) == before
+    found = {tuple(r.problems) for r in check(built) if r.partition == 0}
+    assert any("missing" in p for problems in found for p in problems)
+    assert any("accepted as lost" in a for a in repair(built))
+    with Engine.open(built, clock=clock) as eng:
+        kept = values(eng, 0)
+        assert set(kept) <= set(expected_values(0))
+        assert values(eng, 1) == expected_values(1)
+    assert not any(r.problems for r in check(built))
+
+
+def test_segments_left_below_the_log_start_by_an_interrupted_retention_are_removed(data_dir, clock):
+    from tidelog.storage import recovery
+    from tidelog.storage.fs import FileSystem
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 1, segment_bytes=4096)
+        for i in range(40):
+            eng.produce("t", [b"r%03d" % i * 50])
+        first_two = eng._topics["t"].partitions[0].segments()[:3]
+        new_start = first_two[2].base_offset
+    directory = os.path.join(data_dir, "t-0")
+    point = recovery.read_checkpoint(FileSystem(), directory)
+    # a retention that made the new log start durable, then stopped before deleting the files
+    recovery.write_checkpoint(FileSystem(), directory, point._replace(log_start=new_start), durable=True)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.list_offsets("t", 0).log_start == new_start
+        assert values(eng, 0)[0][1] == b"r%03d" % new_start * 50
+    assert min(int(f[:20]) for f in os.listdir(directory) if f.endswith(".log")) == new_start
+
+
+def test_a_log_shorter_than_its_recovery_point_is_refused(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 1)
+        for i in range(30):
+            eng.produce("t", [b"r%03d" % i * 50])
+    log = seg_path(data_dir, 0, 0)
+    os.truncate(log, os.path.getsize(log) - 200)  # cut at no particular boundary: durable data is gone
+    with pytest.raises(CorruptLogError, match="recovery point"):
+        Engine.open(data_dir, clock=clock)
+    assert repair(data_dir)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert 0 < eng.list_offsets("t", 0).log_end < 30

@@ -12,6 +12,7 @@ directory, and the server keeps serving after every case.
 from __future__ import annotations
 
 import os
+import time
 import struct
 
 import grpc
@@ -212,8 +213,10 @@ def entries(server) -> set[str]:
     (files inside a partition directory come and go with background flushes)."""
     data = os.path.join(server.root, "data")
     meta = os.path.join(data, "meta", "topics")
+    trash = os.path.join(data, ".trash")
     return ({f"root/{n}" for n in os.listdir(server.root)} | {f"data/{n}" for n in os.listdir(data)}
-            | {f"meta/{n}" for n in os.listdir(meta)})
+            | {f"meta/{n}" for n in os.listdir(meta)}
+            | {f"trash/{n}" for n in (os.listdir(trash) if os.path.isdir(trash) else ())}) - {"data/.trash"}
 
 
 @pytest.fixture
@@ -451,6 +454,9 @@ def test_any_topic_name_is_created_as_one_safe_directory_or_refused_creating_not
         assert entries(server) - before == {f"data/{name}-0", f"meta/{name}.json"}
         assert os.path.isdir(os.path.join(server.data_dir, f"{name}-0"))
         call(channel, "Admin/DeleteTopic", pb.DeleteTopicRequest(name=name))
+        deadline = time.monotonic() + 10  # the trash is emptied in the background
+        while entries(server) != before and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert entries(server) == before
 
 

@@ -29,7 +29,9 @@ def built(data_dir, clock):
 def test_check_passes_a_healthy_directory(built):
     out = tidelog("check", "--data-dir", built, "--format", "json")
     assert out.returncode == 0, out.stdout
-    report = {(r["topic"], r["partition"]): r for r in json.loads(out.stdout)}
+    doc = json.loads(out.stdout)
+    assert doc["metadata"] == {"problems": [], "notes": []}
+    report = {(r["topic"], r["partition"]): r for r in doc["partitions"]}
     assert report[("t", 0)]["records"] == 150 and report[("t", 0)]["end_offset"] == 150
     assert report[("t", 0)]["segments"] > 1 and not report[("t", 0)]["problems"]
 

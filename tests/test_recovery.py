@@ -6,6 +6,7 @@ An unclean stop is taken as a snapshot of the data directory while the engine st
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -169,8 +170,7 @@ def test_a_damaged_index_is_detected_and_rebuilt(data_dir, clock):
         assert np.array_equal(seg.index.view(), indexes[0][1])
 
 
-def test_recovery_validates_only_what_follows_the_recovery_point(tmp_path, clock, monkeypatch):
-    monkeypatch.setattr(partition_log, "CHECKPOINT_EVERY_S", 0.0)
+def test_recovery_validates_only_what_follows_the_recovery_point(tmp_path, clock):
     live = str(tmp_path / "live")
     eng = Engine.open(live, clock=clock, fsync="never")
     eng.create_topic("t", segment_bytes=1 << 20)
@@ -201,12 +201,18 @@ def test_a_segment_left_untrimmed_by_a_crash_while_rolling_is_trimmed(data_dir, 
     assert os.path.getsize(first) == size
 
 
-def test_leftover_partition_directories_without_a_topic_are_removed(data_dir, clock):
+def test_directories_that_are_not_tidelog_partitions_are_left_alone(data_dir, clock, caplog):
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("t")
-    os.makedirs(os.path.join(data_dir, "ghost-0"))
-    os.makedirs(os.path.join(data_dir, "t-7"))
-    with Engine.open(data_dir, clock=clock) as eng:
+    for name in ("photos-2024", "backup-1", "t-7", "ghost-0"):
+        os.makedirs(os.path.join(data_dir, name))
+        with open(os.path.join(data_dir, name, "keep.txt"), "w") as f:
+            f.write(name)
+    with caplog.at_level(logging.WARNING, "tidelog.engine"), Engine.open(data_dir, clock=clock) as eng:
         assert eng.list_topics() == ["t"]
-    assert not os.path.exists(os.path.join(data_dir, "ghost-0"))
-    assert not os.path.exists(os.path.join(data_dir, "t-7"))
+    for name in ("photos-2024", "backup-1", "t-7", "ghost-0"):
+        with open(os.path.join(data_dir, name, "keep.txt")) as f:
+            assert f.read() == name
+    assert caplog.text.count("not a tidelog partition") == 4
+
+

@@ -363,7 +363,7 @@ def _bench(args) -> int:
 # -- looking inside -----------------------------------------------------------------------------------
 
 def _check(args) -> int:
-    from .inspect import check
+    from .inspect import check, check_directory
 
     if not os.path.isdir(args.data_dir):
         raise UsageError(f"no data directory at {args.data_dir}")
@@ -372,17 +372,27 @@ def _check(args) -> int:
 
         for action in repair(args.data_dir, args.topic):
             print(f"repaired {action}", file=sys.stderr)
+    directory = check_directory(args.data_dir)
     results = check(args.data_dir, args.topic)
     if args.format == "json":
-        print(json.dumps([r.__dict__ for r in results], indent=2))
+        print(json.dumps({"metadata": {"problems": directory.problems, "notes": directory.notes},
+                          "partitions": [{k: v for k, v in r.__dict__.items()} for r in results]}, indent=2))
     else:
+        state = "ok" if not directory.problems else f"{len(directory.problems)} problem(s)"
+        print(f"metadata: {state}")
+        for problem in directory.problems:
+            print(f"  - {problem}")
+        for note in directory.notes:
+            print(f"  (note) {note}")
         for r in results:
             state = "ok" if not r.problems else f"{len(r.problems)} problem(s)"
             print(f"{r.topic}[{r.partition}]  offsets {r.start_offset}..{r.end_offset}  {r.records} records in "
                   f"{r.batches} batches, {r.bytes} bytes, {r.segments} segment(s): {state}")
             for problem in r.problems:
                 print(f"  - {problem}")
-    return 1 if any(r.problems for r in results) else 0
+            for note in r.notes:
+                print(f"  (note) {note}")
+    return 1 if directory.problems or any(r.problems for r in results) else 0
 
 
 def parse_time_ms(text: str, flag: str) -> int:

@@ -84,6 +84,14 @@ class EngineConfig:
     max_fetch_bytes: int = 64 << 20
     """Upper bound on a single fetch's max_bytes, default 64 MiB: a larger max_bytes is cut to it (not
     an error); a fetch still returns at least one whole batch."""
+    max_mapped_segments: int = 4096
+    """Sealed segments kept mapped at once, default 4,096 (the least recently read are unmapped and
+    mapped again when read). Sealed segments hold no file descriptor; each mapped one holds three
+    maps, and the kernel limits a process to vm.max_map_count maps (65,530 by default)."""
+    producer_id_expiration_ms: int = DAY_MS
+    """How long a partition remembers an idempotent producer after its last append, default 1 day
+    (Kafka's producer.id.expiration.ms), on the engine's clock: a retry from a producer silent for
+    longer is taken as new and appended again."""
     topic_defaults: TopicConfig = field(default_factory=TopicConfig)
     """Settings for topics created without their own."""
 
@@ -97,6 +105,8 @@ class EngineConfig:
         _positive(self, "max_topics", minimum=1)
         _positive(self, "max_partitions_per_topic", minimum=1)
         _positive(self, "max_fetch_bytes", minimum=1)
+        _positive(self, "max_mapped_segments", minimum=1)
+        _positive(self, "producer_id_expiration_ms", minimum=1)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "EngineConfig":
         return _replace(self, overrides)

@@ -1,8 +1,11 @@
 """Look inside a data directory straight from disk, read-only (the broker may be running): dump batches
 and records, and check CRCs, offset continuity and index consistency.
 
-Nothing here writes or locks: files are opened read-only and mapped read-only; a segment that is being
-appended to is read up to its last whole batch.
+Nothing here writes or takes the lock: files are opened read-only and mapped read-only, and a scan
+stops at a file's last data block (reading the sparse, preallocated part of a segment through a map
+can kill the process with SIGBUS on a full file system). When a broker holds the directory, the
+active segment of each partition is checked only up to its recovery point (the durable end the
+broker published): past it, batches are still being written.
 """
 
 from __future__ import annotations
@@ -14,22 +17,42 @@ from typing import Iterator
 
 import numpy as np
 
+import fcntl
+
 from ._native import batch_scan
+from .broker.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
+                                read_topic_meta)
 from .codec.batch import BatchView
+from .errors import CorruptLogError
+from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
+from .storage.recovery import read_checkpoint
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from .storage.time_index import TimeIndex
 
+_FS = FileSystem()
+
 
 def partition_dirs(data_dir: str, topic: str | None = None) -> list[tuple[str, int, str]]:
-    """(topic, partition, directory) of every partition directory, sorted."""
+    """(topic, partition, directory) of every partition directory, sorted: `<topic>-<n>` directories
+    that hold a partition.meta, or whose topic has a metadata file (directories of the first format)."""
+    topics = {f[:-len(".json")] for f in _listdir(meta_dir(data_dir)) if f.endswith(".json")}
     out = []
     for entry in sorted(os.listdir(data_dir)):
         name, sep, index = entry.rpartition("-")
         path = os.path.join(data_dir, entry)
-        if sep and index.isdigit() and os.path.isdir(path) and (topic is None or name == topic):
+        if not (sep and index.isdigit() and os.path.isdir(path)) or (topic is not None and name != topic):
+            continue
+        if os.path.exists(os.path.join(path, MARKER_FILE)) or name in topics:
             out.append((name, int(index), path))
     return sorted(out, key=lambda t: (t[0], t[1]))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
 
 
 def segment_bases(directory: str) -> list[int]:
@@ -38,12 +61,30 @@ def segment_bases(directory: str) -> list[int]:
 
 
 def _map(path: str):
+    """(read-only map, bytes that hold data): the map is never read past the file's last data block."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        return (mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""), size
+        end = _FS.data_end(fd, size)
+        return (mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""), end
     finally:
         os.close(fd)
+
+
+def broker_running(data_dir: str) -> bool:
+    """Whether a process holds the data directory's lock (checked without taking it for long)."""
+    path = os.path.join(data_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def _scan(buf, size: int, expected: int, verify: bool, start: int = 0):
@@ -155,31 +196,51 @@ class PartitionCheck:
     start_offset: int = -1
     end_offset: int = -1
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What was not checked, and why (not problems)."""
+    extent_lost: bool = False
+    """Segment files the recovery point names are missing (repair accepts the loss and resets it)."""
     cut: tuple[int, int, int] | None = None
     """Where the valid log ends early: (segment base offset, byte position, first offset lost)."""
     bad_indexes: list[int] = field(default_factory=list)
     """Base offsets of segments whose indexes are missing or wrong (rebuildable from the log)."""
 
 
-def check_partition(topic: str, partition: int, directory: str) -> PartitionCheck:
-    """Verify every batch's CRC-32C, offset continuity within and across segments, and both indexes."""
+def check_partition(topic: str, partition: int, directory: str, live: bool = False) -> PartitionCheck:
+    """Verify every batch's CRC-32C, offset continuity within and across segments, both indexes, and
+    the log's extent against its recovery point. live: a broker has the directory open (its active
+    segment is checked up to the recovery point only)."""
     result = PartitionCheck(topic, partition)
     expected = -1
     bases = segment_bases(directory)
     result.segments = len(bases)
+    point = read_checkpoint(_FS, directory)
+    _check_extent(result, bases, point)
     for i, base in enumerate(bases):
         name = f"{base:020d}"
         buf, size = _map(os.path.join(directory, name + LOG_SUFFIX))
+        last = i == len(bases) - 1
+        if live and last:
+            if point is None or point.base != base:
+                result.notes.append(f"segment {name}: the active segment of a running broker, not checked "
+                                    f"(no recovery point for it yet)")
+                break
+            size = min(size, point.position)
         if expected >= 0 and base != expected:
             result.problems.append(f"segment {name}: starts at offset {base}, the previous one ends at {expected}")
             if result.cut is None:  # keep the previous segment whole, drop this one and the rest
                 result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
-        last = i == len(bases) - 1
         # zeros end the data only if nothing but zeros follows (the preallocated tail of the active
         # segment); a zeroed block with data after it is a hole, as recovery sees it too
         damaged = reason not in (batch_scan.END, batch_scan.ZERO) or (
-            reason == batch_scan.ZERO and (not last or _nonzero_after(buf, end)))
+            reason == batch_scan.ZERO and not (live and last) and (
+                not last or not _FS_zeros_after(os.path.join(directory, name + LOG_SUFFIX), end)))
+        if not damaged and point is not None and base == point.base and end < point.position and not live:
+            result.problems.append(f"segment {name}: the data ends at byte {end}, before the recovery point "
+                                   f"at byte {point.position} (durable records are missing)")
+            if result.cut is None:
+                result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
         if damaged:
             result.problems.append(f"segment {name}: {batch_scan.STOP_NAMES[reason]} at byte {end} of {size}"
                                    f"{'' if last else ' (in the middle of the log)'}")
@@ -197,7 +258,7 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
         if damaged:
             expected = -1  # where this segment should have ended is unknown: no continuity claim for the next
         previous_end = end
-        index_problems = _check_indexes(directory, name, base, rows, end)
+        index_problems = _check_indexes(directory, name, base, rows, end, partial=live and last)
         if index_problems:
             result.problems += index_problems
             result.bad_indexes.append(base)
@@ -207,11 +268,38 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
     return result
 
 
-def _nonzero_after(buf, pos: int) -> bool:
-    return bool(len(buf) > pos and np.frombuffer(buf, dtype=np.uint8, offset=pos).any())
+def _FS_zeros_after(path: str, pos: int) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _FS.zeros_between(fd, pos, os.fstat(fd).st_size, path)
+    finally:
+        os.close(fd)
 
 
-def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_end: int) -> list[str]:
+def _check_extent(result: PartitionCheck, bases: list[int], point) -> None:
+    """The segments the recovery point says exist: the first holds the log start, the last written one
+    is there."""
+    if point is None:
+        if bases:
+            result.notes.append("no valid recovery point: the first and last segments cannot be checked")
+        return
+    if not bases:
+        result.problems.append(f"every segment file is missing (the recovery point names segment {point.base})")
+        result.extent_lost = True
+        return
+    if point.log_start >= 0 and bases[0] > point.log_start:
+        result.problems.append(f"the log should start at offset {point.log_start}, but its first segment starts at "
+                               f"{bases[0]}: segment(s) are missing")
+        result.extent_lost = True
+    if point.base not in bases and not (point.log_start >= 0 and point.base < bases[0]):
+        result.problems.append(f"segment {point.base:020d}.log, named by the recovery point, is missing")
+        result.extent_lost = True
+
+
+def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_end: int,
+                   partial: bool = False) -> list[str]:
+    """partial: the segment is being written (rows end at the durable point): entries past it are
+    not judged."""
     problems = []
     starts = dict(zip(rows[:, batch_scan.COL_POS].tolist(), rows[:, batch_scan.COL_BASE_OFFSET].tolist()))
     for suffix, dtype in ((INDEX_SUFFIX, OffsetIndex.dtype), (TIME_INDEX_SUFFIX, TimeIndex.dtype)):
@@ -233,6 +321,9 @@ def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_e
                     break
         else:
             live = entries[entries["ts"] != 0] if len(entries) else entries
+            if partial and len(live):
+                last_base = int(rows[-1, batch_scan.COL_BASE_OFFSET]) if len(rows) else base - 1
+                live = live[base + live["rel"].astype(np.int64) <= last_base]
             if len(live) > 1 and not np.all(np.diff(live["ts"].astype(np.int64)) > 0):
                 problems.append(f"segment {name}: time index timestamps are not increasing")
             elif len(live) and len(rows):
@@ -247,4 +338,99 @@ def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_e
 
 
 def check(data_dir: str, topic: str | None = None) -> list[PartitionCheck]:
-    return [check_partition(t, p, d) for t, p, d in partition_dirs(data_dir, topic)]
+    live = broker_running(data_dir)
+    return [check_partition(t, p, d, live) for t, p, d in partition_dirs(data_dir, topic)]
+
+
+@dataclass
+class DirectoryCheck:
+    """What the data directory's metadata says, checked against its partition directories."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    topic_files: list[TopicMeta] = field(default_factory=list)
+    """Topic files to write again from the copy in their partition markers (damaged or lost)."""
+    markers: list[tuple[TopicMeta, int]] = field(default_factory=list)
+    """(topic, partition) whose directory is there, named right, but lost or damaged its marker."""
+    recreate: list[tuple[TopicMeta, int]] = field(default_factory=list)
+    """(topic, partition) whose directory is missing: recreated empty by repair (its records are lost)."""
+
+
+def check_directory(data_dir: str) -> DirectoryCheck:
+    """Topic files (checksums, fields), partition markers, and that each names the other."""
+    out = DirectoryCheck()
+    topics: dict[str, TopicMeta] = {}
+    damaged: set[str] = set()
+    for entry in _listdir(meta_dir(data_dir)):
+        if not entry.endswith(".json"):
+            continue
+        try:
+            meta = read_topic_meta(_FS, data_dir, os.path.join(meta_dir(data_dir), entry))
+        except CorruptLogError as exc:
+            out.problems.append(exc.message.split("; nothing was changed")[0])
+            damaged.add(entry[:-len(".json")])
+            continue
+        if meta.state == CREATING:
+            out.notes.append(f"topic {meta.name!r}: its creation was interrupted; the next open rolls it back")
+        elif not meta.topic_id:
+            out.notes.append(f"topic {meta.name!r}: metadata of the first format; the next open upgrades it")
+        topics[meta.name] = meta
+    groups: dict[tuple[str, str], dict[int, TopicMeta]] = {}
+    for entry in _listdir(data_dir):
+        path = os.path.join(data_dir, entry)
+        if entry in ("meta", TRASH_DIR) or entry.startswith(".") or not os.path.isdir(path):
+            continue
+        try:
+            marker = read_marker(_FS, path)
+        except ValueError as exc:
+            name, _, index = entry.rpartition("-")
+            owner = topics.get(name)
+            out.problems.append(f"{entry}/{MARKER_FILE} is damaged ({exc})")
+            if owner is not None and owner.topic_id and index.isdigit() and int(index) < owner.partitions:
+                out.markers.append((owner, int(index)))
+            continue
+        if marker is None:
+            name, _, index = entry.rpartition("-")
+            owner = topics.get(name)
+            if owner is not None and owner.topic_id and index.isdigit() and int(index) < owner.partitions:
+                out.problems.append(f"{entry}: partition directory of topic {name!r} without its {MARKER_FILE}")
+                out.markers.append((owner, int(index)))
+            elif not (owner is not None and not owner.topic_id) and index.isdigit():
+                out.notes.append(f"{entry}: not a tidelog partition (no {MARKER_FILE}); left alone")
+            continue
+        groups.setdefault((marker.meta.name, marker.meta.topic_id), {})[marker.partition] = marker.meta
+        if entry != f"{marker.meta.name}-{marker.partition}":
+            out.problems.append(f"{entry}: holds partition {marker.partition} of topic {marker.meta.name!r} under "
+                                f"another name (rename it to {marker.meta.name}-{marker.partition}; repair does not)")
+    for name, meta in sorted(topics.items()):
+        if not meta.topic_id or meta.state == CREATING:
+            continue
+        for p in range(meta.partitions):
+            if os.path.isdir(partition_dir(data_dir, name, p)):
+                continue
+            if os.path.isdir(os.path.join(data_dir, TRASH_DIR, f"{meta.topic_id}-{p}")):
+                out.notes.append(f"topic {name!r}: its deletion was interrupted; the next open finishes it")
+                break
+            out.problems.append(f"{name}-{p}: the partition directory of topic {name!r} is missing")
+            out.recreate.append((meta, p))
+    for (name, topic_id), parts in sorted(groups.items()):
+        owner = topics.get(name)
+        if owner is not None and owner.topic_id == topic_id:
+            extra = sorted(p for p in parts if p >= owner.partitions)
+            if extra:
+                out.problems.append(f"topic {name!r}: its metadata says {owner.partitions} partitions, but the "
+                                    f"directories of partitions {extra} exist (repair does not guess which is right)")
+            continue
+        if owner is not None and owner.topic_id:
+            out.problems.append(f"topic {name!r}: directories {', '.join(f'{name}-{p}' for p in sorted(parts))} belong "
+                                f"to another incarnation of it (id {topic_id}); move them away (repair does not)")
+            continue
+        copy = parts[min(parts)]
+        out.problems.append(f"topic {name!r} (id {topic_id}): its metadata file is "
+                            f"{'damaged' if name in damaged else 'missing'}; its partition directories keep a copy")
+        out.topic_files.append(copy)
+        for p in range(copy.partitions):
+            if p not in parts:
+                out.problems.append(f"{name}-{p}: the partition directory of topic {name!r} is missing")
+                out.recreate.append((copy, p))
+    return out

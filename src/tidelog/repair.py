@@ -1,40 +1,74 @@
-"""`tidelog check --repair`: cut a damaged partition log where it stops being valid, broker stopped.
+"""`tidelog check --repair`: make a damaged data directory open again, broker stopped, saying what
+was lost.
 
-Opening refuses a log whose durable part is invalid (a flipped bit or a hole in a sealed segment),
-because cutting it would silently drop acknowledged records. This is the explicit, logged way to
-accept that loss: for each partition `inspect.check_partition` finds damaged, the segment holding
-the first invalid batch is truncated to the last valid one, every later segment is deleted, and the
-recovery point is dropped so that the next open re-validates the new end. Indexes that are missing
-or wrong are rebuilt from the log. It takes the data directory's lock, so it cannot
-run while a broker has the directory open.
+Opening refuses damage it cannot prove harmless (a flipped bit or a hole in durable data, a lost
+metadata file, a missing segment), because going on would silently drop acknowledged records. This is
+the explicit, logged way to accept the loss or restore what can be restored:
+
+- Metadata: a damaged or lost topic file is written again from the copy each partition directory
+  keeps in its partition.meta; a lost or damaged marker of a directory that its topic file and its
+  name both claim is written again; a missing partition directory is recreated empty (its records are
+  lost). Directories that cannot be attributed are reported and left alone.
+- Logs: for each partition `inspect.check_partition` finds damaged, the segment holding the first
+  invalid batch is truncated to the last valid one and every later segment deleted; indexes that are
+  missing or wrong are rebuilt; and the recovery point is written again to describe the log as it now
+  is (so missing first or last segments are accepted as lost).
+
+It takes the data directory's lock, so it cannot run while a broker has the directory open.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
+from .broker.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .config import TopicConfig
-from .inspect import check_partition, partition_dirs, segment_bases
+from .errors import StorageError
+from .inspect import _map, _scan, check_directory, check_partition, partition_dirs, segment_bases
+from .log.partition_log import PartitionLog
 from .storage.fs import FileSystem
-from .storage.recovery import RECOVERY_POINT_FILE
+from .storage.recovery import Checkpoint, read_checkpoint, write_checkpoint
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment, segment_name
 
 
 def repair(data_dir: str, topic: str | None = None, fs: FileSystem | None = None) -> list[str]:
-    """Repair every damaged partition (of `topic`, or all); returns one line per action taken."""
+    """Repair the directory's metadata, then every damaged partition (of `topic`, or all); returns
+    one line per action taken."""
     fs = fs or FileSystem()
     lock = fs.lock_dir(data_dir)  # DataDirLockedError while a broker runs on it
     try:
-        actions: list[str] = []
+        actions = _repair_metadata(fs, data_dir, topic)
         for name, partition, directory in partition_dirs(data_dir, topic):
-            actions += _repair_partition(fs, name, partition, directory)
+            actions += _repair_partition(fs, data_dir, name, partition, directory)
         return actions
     finally:
         fs.unlock_dir(lock)
 
 
-def _repair_partition(fs: FileSystem, topic: str, partition: int, directory: str) -> list[str]:
+def _repair_metadata(fs: FileSystem, data_dir: str, topic: str | None) -> list[str]:
+    found = check_directory(data_dir)
+    actions = []
+    for meta in found.topic_files:
+        if topic is None or meta.name == topic:
+            write_topic_meta(fs, data_dir, meta.ready())
+            actions.append(f"{meta.name}: topic metadata restored from the copy in its partition directories "
+                           f"({meta.partitions} partitions, id {meta.topic_id})")
+    for meta, p in found.markers:
+        if topic is None or meta.name == topic:
+            write_marker(fs, partition_dir(data_dir, meta.name, p), meta, p)
+            actions.append(f"{meta.name}[{p}]: partition marker written again from the topic's metadata")
+    for meta, p in found.recreate:
+        if topic is None or meta.name == topic:
+            directory = partition_dir(data_dir, meta.name, p)
+            fs.makedirs(directory)
+            write_marker(fs, directory, meta, p)
+            PartitionLog(fs, directory, meta.config, "always", lambda: 0, clean=True, create=True).close()
+            fs.fsync_dir(data_dir)
+            actions.append(f"{meta.name}[{p}]: partition directory recreated empty; the records it held are lost")
+    return actions
+
+
+def _repair_partition(fs: FileSystem, data_dir: str, topic: str, partition: int, directory: str) -> list[str]:
     found = check_partition(topic, partition, directory)
     actions = []
     rebuild: set[int] = set()
@@ -51,25 +85,56 @@ def _repair_partition(fs: FileSystem, topic: str, partition: int, directory: str
         for b in later:
             _remove(fs, directory, b, (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX))
         rebuild.add(base)
-        fs.remove(os.path.join(directory, RECOVERY_POINT_FILE))
         actions.append(f"{topic}[{partition}]: log cut at offset {first_lost} (byte {pos} of segment "
                        f"{segment_name(base)}); the records from there on are gone"
                        + (f", with {len(later)} later segment(s)" if later else ""))
+    if found.extent_lost:
+        actions.append(f"{topic}[{partition}]: missing segment file(s) accepted as lost ("
+                       + "; ".join(p for p in found.problems if "missing" in p) + ")")
     for base in found.bad_indexes:
         if found.cut is None or base < found.cut[0]:
             rebuild.add(base)
             actions.append(f"{topic}[{partition}]: indexes of segment {segment_name(base)} rebuilt")
     if rebuild:
-        config = _topic_config(fs, os.path.dirname(directory), topic)
+        config = _topic_config(fs, data_dir, topic, directory)
         for base in sorted(rebuild):
             _rebuild_indexes(fs, directory, base, config)
         fs.fsync_dir(directory)
+    if found.cut is not None or found.extent_lost:
+        note = _reset_recovery_point(fs, directory, _topic_config(fs, data_dir, topic, directory))
+        if note:
+            actions.append(f"{topic}[{partition}]: {note}")
     return actions
 
 
-def _topic_config(fs: FileSystem, data_dir: str, topic: str) -> TopicConfig:
-    meta = json.loads(fs.read_file(os.path.join(data_dir, "meta", "topics", f"{topic}.json")))
-    return TopicConfig(**meta["config"])
+def _reset_recovery_point(fs: FileSystem, directory: str, config: TopicConfig) -> str | None:
+    """Describe the log as it now is: it starts at its first segment and is durable to its end. A
+    partition that lost every segment restarts empty where its last segment began."""
+    bases = segment_bases(directory)
+    note = None
+    if not bases:
+        point = read_checkpoint(fs, directory)
+        base = point.base if point is not None else 0
+        Segment.create(fs, directory, base, config).close(trim=True)
+        bases = [base]
+        note = (f"every segment file was missing: the partition restarts empty at offset {base} (the offsets "
+                f"of the records lost from there on will be given to new records)")
+    buf, size = _map(os.path.join(directory, segment_name(bases[-1]) + LOG_SUFFIX))
+    _, end, _, _ = _scan(buf, size, bases[-1], verify=True)
+    write_checkpoint(fs, directory, Checkpoint(bases[0], bases[-1], end), durable=True)
+    return note
+
+
+def _topic_config(fs: FileSystem, data_dir: str, topic: str, directory: str) -> TopicConfig:
+    try:
+        return read_topic_meta(fs, data_dir, os.path.join(data_dir, "meta", "topics", f"{topic}.json")).config
+    except StorageError:  # damaged or missing: the partition's own copy says the same
+        pass
+    try:
+        marker = read_marker(fs, directory)
+    except ValueError:
+        marker = None
+    return marker.meta.config if marker is not None else TopicConfig()
 
 
 def _rebuild_indexes(fs: FileSystem, directory: str, base: int, config: TopicConfig) -> None:

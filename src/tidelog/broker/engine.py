@@ -8,8 +8,10 @@ tells a clean stop from a crash (recovery re-validates only after a crash).
 Data directory layout (see docs/FORMAT.md):
     .lock                      held by the process that has the directory open
     .clean_shutdown            present only between a clean close and the next open
-    meta/topics/<topic>.json   a topic exists iff this file does
-    <topic>-<partition>/       segments: <base>.log, <base>.index, <base>.timeindex, recovery-point
+    meta/topics/<topic>.json   a topic exists iff this file does (checksummed; see broker/catalog.py)
+    <topic>-<partition>/       partition.meta (the proof it is ours), segments: <base>.log, <base>.index,
+                               <base>.timeindex, <base>.snapshot, recovery-point
+    .trash/                    partition directories of deleted topics, being removed
 """
 
 from __future__ import annotations
@@ -26,14 +28,19 @@ from ..log.partition_log import PartitionLog
 from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, ResourceLimitError, StorageError,
                       TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
+from ..storage.map_cache import MapCache
+from .catalog import Catalog
 from .housekeeper import Housekeeper
 from .results import (FetchResult, PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult,
                       TopicDescription)
-from .topic import Topic, partition_dir, validate_topic_name
+from .topic import Topic, validate_topic_name
+from .topic_meta import TopicMeta
 
 log = logging.getLogger("tidelog.engine")
 
 CLEAN_SHUTDOWN_MARKER = ".clean_shutdown"
+CLEAN_MARKER_RESERVE = ".clean_shutdown.next"
+"""Made at open and renamed to the marker at a clean close: a stop on a full disk needs no new file."""
 EARLIEST = -2
 LATEST = -1
 
@@ -52,14 +59,16 @@ class Engine:
         self._lock = threading.RLock()
         self._topics: dict[str, Topic] = {}
         self._closed = False
-        self._meta_dir = os.path.join(self.path, "meta", "topics")
-        fs.makedirs(self._meta_dir)
+        self._maps = MapCache(config.max_mapped_segments)
+        self._catalog = Catalog(fs, self.path)
+        fs.makedirs(self.path)
         self._lock_fd = fs.lock_dir(self.path)
         try:
             self.clean_start = False
             self.clean_start = self._consume_clean_marker()
             started = time.monotonic()
             self._load_topics()
+            self._reserve_clean_marker()
             self.recovery_seconds = time.monotonic() - started
         except BaseException as exc:
             closed = self._close_topics()
@@ -68,6 +77,7 @@ class Engine:
                 # opening again (or `tidelog check --repair`) does not take the unclean path, which
                 # would trust only the recovery points and could cut corrupt data as a torn tail.
                 fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
+            self._catalog.close()
             fs.unlock_dir(self._lock_fd)
             raise
         self._housekeeper = Housekeeper(
@@ -108,37 +118,33 @@ class Engine:
         # would be mistaken for a clean stop on the next open.
         marker = os.path.join(self.path, CLEAN_SHUTDOWN_MARKER)
         if not self._fs.exists(marker):
-            return not self._fs.listdir(self._meta_dir)  # a new directory has nothing to recover
+            # a new directory has nothing to recover
+            return not self._fs.listdir(os.path.join(self.path, "meta", "topics"))
         self._fs.remove(marker)
         self._fs.fsync_dir(self.path)
         return True
 
-    def _load_topics(self) -> None:
-        names = set()
-        for entry in self._fs.listdir(self._meta_dir):
-            path = os.path.join(self._meta_dir, entry)
-            if entry.endswith(".tmp"):
-                self._fs.remove(path)
-                continue
-            if not entry.endswith(".json"):
-                continue
-            meta = Topic.read_meta(self._fs, path)
-            topic = Topic.open(self._fs, self.path, meta, self.config.fsync, self._clock, self.clean_start)
-            self._topics[topic.name] = topic
-            names.add(topic.name)
-        self._remove_orphans(names)
+    def _reserve_clean_marker(self) -> None:
+        try:
+            self._fs.write_file_atomic(os.path.join(self.path, CLEAN_MARKER_RESERVE), b"clean\n", durable=False)
+        except StorageError:
+            pass  # e.g. a full disk: close writes the marker the ordinary way, or the next open recovers
 
-    def _remove_orphans(self, names: set[str]) -> None:
-        """Partition directories without a topic: a create or delete that a crash interrupted."""
-        for entry in self._fs.listdir(self.path):
-            topic, sep, index = entry.rpartition("-")
-            if not sep or not index.isdigit() or not os.path.isdir(os.path.join(self.path, entry)):
-                continue
-            known = self._topics.get(topic)
-            if known is None or int(index) >= len(known.partitions):
-                log.warning("removing a partition directory that belongs to no topic (interrupted create or "
-                            "delete)", extra={"event": "orphan_removed", "directory": entry})
-                self._fs.rmtree(os.path.join(self.path, entry))
+    def _write_clean_marker(self) -> None:
+        reserve = os.path.join(self.path, CLEAN_MARKER_RESERVE)
+        marker = os.path.join(self.path, CLEAN_SHUTDOWN_MARKER)
+        if self._fs.exists(reserve):
+            self._fs.write_in_place(reserve, b"clean\n", durable=True)
+            self._fs.replace(reserve, marker)
+            self._fs.fsync_dir(self.path)
+        else:
+            self._fs.write_file_atomic(marker, b"clean\n")
+
+    def _load_topics(self) -> None:
+        for meta in self._catalog.load():
+            topic = Topic.open(self._fs, self.path, meta, self.config.fsync, self._clock, self.clean_start,
+                               self._maps)
+            self._topics[topic.name] = topic
 
     # -- topics --------------------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, config: TopicConfig | Mapping[str, Any] | None = None,
@@ -158,37 +164,37 @@ class Engine:
                 raise TopicExistsError(f"topic {name!r} already exists", topic=name)
             if len(self._topics) >= self.config.max_topics:
                 raise ResourceLimitError(f"the engine already has max_topics={self.config.max_topics} topics")
+            self._catalog.check_name_fits(name, partitions)
+            meta = TopicMeta.new(name, partitions, topic_config, self._clock())
+            self._catalog.begin_create(meta)
             logs = []
             try:
                 for p in range(partitions):
-                    directory = partition_dir(self.path, name, p)
-                    self._fs.rmtree(directory)  # leftovers of an interrupted create
+                    directory = self._catalog.make_partition_dir(meta, p)
                     logs.append(PartitionLog(self._fs, directory, topic_config, self.config.fsync,
-                                             self._clock, clean=True))
-                topic = Topic(name, topic_config, logs, self._clock())
-                self._fs.fsync_dir(self.path)
-                topic.write_meta(self._fs, self._meta_dir)  # the topic exists from this write on
+                                             self._clock, clean=True, maps=self._maps, create=True))
+                meta = self._catalog.commit_create(meta)
             except BaseException:
                 for plog in logs:
-                    plog.delete_files()
-                try:
-                    self._fs.rmtree(partition_dir(self.path, name, len(logs)))  # the one that failed to open
-                except StorageError:
-                    pass  # the next open removes it as an orphan
+                    plog.close_files()
+                self._catalog.abort_create(meta)
                 raise
+            topic = Topic(meta, logs)
             self._topics[name] = topic
         log.info("topic created", extra={"event": "topic_created", "topic": name, "partitions": partitions})
         return self.describe(name)
 
     def delete_topic(self, name: str) -> None:
+        """Delete a topic: its partitions go to the trash at once (a topic of the same name can be
+        created right after) and are removed from disk in the background."""
         with self._lock:
             self._check_open()
             topic = self._topic(name)
-            self._fs.remove(Topic.meta_path(self._meta_dir, name))  # the topic is gone from here on
-            self._fs.fsync_dir(self._meta_dir)
             del self._topics[name]
-        for plog in topic.partitions:
-            plog.delete_files()
+            for plog in topic.partitions:
+                plog.close_files()
+            trash = self._catalog.delete(topic.meta)
+        self._catalog.trash.empty(trash)
         log.info("topic deleted", extra={"event": "topic_deleted", "topic": name,
                                          "partitions": len(topic.partitions)})
 
@@ -413,8 +419,9 @@ class Engine:
         self._housekeeper.stop()
         try:
             ok = self._close_topics()
+            self._catalog.close()
             if ok:
-                self._fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
+                self._write_clean_marker()
         finally:
             self._fs.unlock_dir(self._lock_fd)
         log.info("engine closed" if ok else "engine closed with errors; the next open recovers",

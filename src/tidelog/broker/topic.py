@@ -1,28 +1,28 @@
-"""A topic: a name, a config and its partitions' logs; persisted as meta/topics/<name>.json.
+"""A topic: its metadata (name, id, config) and its partitions' logs.
 
-Thread-safe for reads; created, opened and deleted by the engine under its lock.
+Thread-safe for reads; created, opened and deleted by the engine under its lock. What is on disk for
+a topic, and the rules for creating and deleting it, are in topic_meta.py and catalog.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 from typing import Callable
 
 from ..config import TopicConfig
-from ..errors import CorruptLogError, InvalidPartitionError, InvalidTopicError
+from ..errors import InvalidPartitionError, InvalidTopicError
 from ..log.partition_log import PartitionLog
 from ..storage.fs import FileSystem
+from ..storage.map_cache import MapCache
 from .partitioner import Partitioner
+from .topic_meta import TopicMeta, partition_dir
 
 log = logging.getLogger("tidelog.recovery")
 
 # fullmatch, not match with "$": "$" also matches before a trailing newline ("a\n" would pass).
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-META_VERSION = 1
 
 
 def validate_topic_name(name: object) -> str:
@@ -37,17 +37,14 @@ def validate_topic_name(name: object) -> str:
     return name
 
 
-def partition_dir(data_dir: str, topic: str, partition: int) -> str:
-    return os.path.join(data_dir, f"{topic}-{partition}")
-
-
 class Topic:
-    def __init__(self, name: str, config: TopicConfig, partitions: list[PartitionLog], created_ms: int) -> None:
+    def __init__(self, meta: TopicMeta, partitions: list[PartitionLog]) -> None:
         self.partitioner = Partitioner()
-        self.name = name
-        self.config = config
+        self.meta = meta
+        self.name = meta.name
+        self.config: TopicConfig = meta.config
         self.partitions = partitions
-        self.created_ms = created_ms
+        self.created_ms = meta.created_ms
 
     def partition(self, index: object) -> PartitionLog:
         if isinstance(index, bool) or not isinstance(index, int):
@@ -58,38 +55,21 @@ class Topic:
                 topic=self.name, partition=index)
         return self.partitions[index]
 
-    # -- persistence -------------------------------------------------------------------------------
-    @staticmethod
-    def meta_path(meta_dir: str, name: str) -> str:
-        return os.path.join(meta_dir, name + ".json")
-
-    def write_meta(self, fs: FileSystem, meta_dir: str) -> None:
-        doc = {"version": META_VERSION, "name": self.name, "partitions": len(self.partitions),
-               "created_ms": self.created_ms, "config": self.config.to_dict()}
-        fs.write_file_atomic(self.meta_path(meta_dir, self.name), json.dumps(doc, indent=1).encode())
-
-    @staticmethod
-    def read_meta(fs: FileSystem, path: str) -> dict:
-        return json.loads(fs.read_file(path))
-
     @classmethod
-    def open(cls, fs: FileSystem, data_dir: str, meta: dict, fsync: str, clock: Callable[[], int],
-             clean: bool) -> "Topic":
-        if meta.get("version") != META_VERSION:
-            raise CorruptLogError(f"topic metadata for {meta.get('name')!r} has version {meta.get('version')!r}; "
-                                  f"this tidelog reads version {META_VERSION}")
-        config = TopicConfig(**meta["config"])
-        name = meta["name"]
+    def open(cls, fs: FileSystem, data_dir: str, meta: TopicMeta, fsync: str, clock: Callable[[], int],
+             clean: bool, maps: MapCache) -> "Topic":
+        """Open the partitions of a topic the catalog checked (every directory exists and is marked)."""
         logs: list[PartitionLog] = []
         try:
-            for p in range(int(meta["partitions"])):
+            for p in range(meta.partitions):
                 started = time.monotonic()
-                logs.append(PartitionLog(fs, partition_dir(data_dir, name, p), config, fsync, clock, clean))
-                _log_recovery(name, p, logs[-1], time.monotonic() - started)
+                logs.append(PartitionLog(fs, partition_dir(data_dir, meta.name, p), meta.config, fsync, clock,
+                                         clean, maps=maps))
+                _log_recovery(meta.name, p, logs[-1], time.monotonic() - started)
         except BaseException:
-            cls(name, config, logs, 0).close()  # the partitions opened so far close as after a clean stop
+            cls(meta, logs).close()  # the partitions opened so far close as after a clean stop
             raise
-        return cls(name, config, logs, int(meta.get("created_ms", 0)))
+        return cls(meta, logs)
 
     def close(self) -> None:
         errors = []

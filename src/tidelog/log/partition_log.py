@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -29,12 +28,11 @@ from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, O
                       StorageError)
 from ..storage import recovery, retention
 from ..storage.fs import FileSystem
+from ..storage.map_cache import MapCache
 from ..storage.segment import AppendedBatch, Segment
 from ..storage.segment_set import SegmentSet
 from .offsets import Offsets
 from .producer_state import STATE_WINDOW_BYTES, ProducerState
-
-CHECKPOINT_EVERY_S = 1.0
 
 log = logging.getLogger("tidelog.log")
 
@@ -68,7 +66,10 @@ class PartitionStats(NamedTuple):
 
 class PartitionLog:
     def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: str,
-                 clock: Callable[[], int], clean: bool) -> None:
+                 clock: Callable[[], int], clean: bool, *, maps: MapCache | None = None,
+                 create: bool = False) -> None:
+        """Open the partition in `directory` (which must exist), or with create=True make its first
+        segment there."""
         self.fs = fs
         self.directory = directory
         self.name = os.path.basename(directory)
@@ -81,14 +82,17 @@ class PartitionLog:
         self._data_arrived = threading.Condition(self._lock)
         self._failed: StorageError | None = None
         self._closed = False
-        self._last_checkpoint = 0.0
+        self._maps = maps
         self._listeners: list[Callable[[], None]] = []
         self._unrecorded: list = []
         self._appended_records = self._appended_bytes = 0  # under _lock
         self._read_lock = threading.Lock()  # reads scan outside _lock; this keeps their counts exact
         self._read_records = self._read_bytes = 0
-        fs.makedirs(directory)
-        segments, self.recovery = recovery.open_segments(fs, directory, config, clean)
+        if create:
+            fs.makedirs(directory)
+        elif not fs.is_dir(directory):
+            raise StorageError(f"partition directory {directory} does not exist", path=directory)
+        segments, self.recovery = recovery.open_segments(fs, directory, config, clean, maps, new=create)
         self._segments = SegmentSet(segments)
         end = self._segments.active.next_offset
         # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
@@ -99,8 +103,9 @@ class PartitionLog:
         active.scan(active.index.floor_position(active.size - STATE_WINDOW_BYTES), verify=False,
                     expected_offset=-1, stop=active.size, on_batches=self._producers.load)
         self._visible = (self._segments.active, self._segments.active.size)
-        if not clean:
-            self._write_checkpoint(self._segments.active, self._segments.active.size, force=True)
+        # Everything is on disk now: record it (a new partition durably, so its extent is known from
+        # the start; otherwise this also upgrades a recovery point of the first format).
+        self._write_checkpoint(self._segments.active, self._segments.active.size, durable=create)
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:
@@ -201,7 +206,7 @@ class PartitionLog:
             self._failed = exc
             raise
         try:
-            new = Segment.create(self.fs, self.directory, base_offset, self.config)
+            new = Segment.create(self.fs, self.directory, base_offset, self.config, self._maps)
         except StorageError:
             # e.g. a full disk: remove what was made of the new segment (a stale file with this base
             # would break the log's continuity on the next open) and keep appending to the old one.
@@ -215,7 +220,7 @@ class PartitionLog:
         self._offsets.advance_flushed(new.base_offset)
         if self.fsync_policy == "always":
             self._publish(old, old.size, new.base_offset)
-        self._write_checkpoint(new, 0, force=True)
+        self._write_checkpoint(new, 0)  # the sealed segments are durable, the new one is empty
         self._apply_retention_locked(self._clock())
         return new
 
@@ -260,15 +265,16 @@ class PartitionLog:
                 self._offsets.advance_flushed(end)
                 if self.fsync_policy == "always":
                     self._publish(seg, pos, end)
-                self._write_checkpoint(seg, pos)
+                if not self._closed and seg is self._segments.active:
+                    # after every fsync, so the recovery point covers everything acknowledged: damage
+                    # before it is refused as corruption, never cut as a torn tail
+                    self._write_checkpoint(seg, pos)
 
-    def _write_checkpoint(self, segment: Segment, position: int, force: bool = False, durable: bool = False) -> None:
-        """Remember that the log is durable up to `position` of `segment` (rate-limited)."""
-        now = time.monotonic()
-        if not force and now - self._last_checkpoint < CHECKPOINT_EVERY_S:
-            return
-        self._last_checkpoint = now
-        recovery.write_checkpoint(self.fs, self.directory, segment.base_offset, position, durable=durable)
+    def _write_checkpoint(self, segment: Segment, position: int, durable: bool = False) -> None:
+        """Remember that the log is durable up to `position` of `segment` (a small in-place write)."""
+        self._durable = (segment.base_offset, position)
+        point = recovery.Checkpoint(self._segments.first.base_offset, segment.base_offset, position)
+        recovery.write_checkpoint(self.fs, self.directory, point, durable=durable)
 
     @property
     def dirty(self) -> bool:
@@ -302,15 +308,20 @@ class PartitionLog:
             seg = self._segments.floor(offset)
             vis_seg, vis_pos = self._visible
             end = vis_pos if seg is vis_seg else seg.size
-        pos, _ = seg.position_of(offset, end)
-        stop, next_offset = batch_scan.span_batches(seg.buffer, pos, end, max_bytes) if pos >= 0 else (pos, -1)
+            # Taken under the lock and used for the whole read: retention may delete the segment (or
+            # the map cache unmap it) meanwhile, and this reference keeps its bytes mapped.
+            buf = seg.buffer
+        pos, _ = seg.position_of(offset, end, buf)
+        stop, next_offset = batch_scan.span_batches(buf, pos, end, max_bytes) if pos >= 0 else (pos, -1)
         if stop <= pos:
             # offset is below the high watermark, so a batch must hold it: the headers are damaged
             raise CorruptLogError(f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt "
                                   f"here: stop the broker and run `tidelog check --repair "
                                   f"--data-dir {os.path.dirname(self.directory)}`", path=seg.log_path)
-        seg.verify(pos, stop)
-        return ReadResult(seg.view(pos, stop), next_offset, hw, start)
+        valid, valid_next = seg.verify(pos, stop, buf)
+        if valid < stop:  # damage further on: serve what precedes it (the next read reports it)
+            stop, next_offset = valid, valid_next
+        return ReadResult(seg.view(pos, stop, buf), next_offset, hw, start)
 
     def wait_for_data(self, offset: int, timeout_s: float) -> bool:
         """Block until the high watermark passes offset (or timeout); True if data is there."""
@@ -341,9 +352,12 @@ class PartitionLog:
             if seg.max_timestamp < timestamp:
                 continue
             end = vis_pos if seg is vis_seg else seg.size
-            pos = seg.position_of_time(timestamp, end)
+            buf = seg.buffer  # held for the whole search (see peek)
+            if len(buf) < end:
+                continue  # deleted by retention since the list was taken: its records are gone
+            pos = seg.position_of_time(timestamp, end, buf)
             while 0 <= pos < end:
-                batch = BatchView(seg.buffer, pos)
+                batch = BatchView(buf, pos)
                 if batch.max_timestamp >= timestamp:
                     table = batch.table()
                     hits = np.flatnonzero(table["timestamp"] >= timestamp)
@@ -386,7 +400,14 @@ class PartitionLog:
             return n
 
     def _delete_oldest(self, n: int, reason: str) -> None:
-        """Delete the n oldest (sealed) segments and move the log start past them. Under the lock."""
+        """Delete the n oldest (sealed) segments and move the log start past them. Under the lock.
+
+        The new log start is made durable first: after a crash half-way, the segments still found
+        below it are known to be deleted (recovery removes them), and a first segment missing for any
+        other reason is known to be lost (recovery refuses)."""
+        kept = list(self._segments)[n]
+        recovery.write_checkpoint(self.fs, self.directory, recovery.Checkpoint(kept.base_offset, *self._durable),
+                                  durable=True)
         for seg in self._segments.remove_oldest(n):
             facts = {"base_offset": seg.base_offset, "next_offset": seg.next_offset, "size_bytes": seg.size,
                      "max_timestamp": seg.max_timestamp}
@@ -443,18 +464,18 @@ class PartitionLog:
                 if clean:
                     # durable: should the clean-stop marker ever be lost, recovery trusts the whole log
                     active = self._segments.active
-                    self._write_checkpoint(active, active.size, force=True, durable=True)
+                    self._write_checkpoint(active, active.size, durable=True)
                 for seg in self._segments:
                     seg.close(trim=clean)
             if self._failed is not None:
                 raise StorageError(f"partition {self.directory} closed after a storage failure "
                                    f"({self._failed.message}); the next open recovers it", path=self.directory)
 
-    def delete_files(self) -> None:
-        """Close and remove the partition's directory (topic deletion)."""
+    def close_files(self) -> None:
+        """Close without flushing or writing anything (the topic is being deleted, or its creation
+        failed): the directory itself is the catalog's to move or remove."""
         with self._lock:
             self._closed = True
             self._data_arrived.notify_all()
             for seg in self._segments:
-                seg.delete()
-        self.fs.rmtree(self.directory)
+                seg.close()

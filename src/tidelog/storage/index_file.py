@@ -3,7 +3,9 @@
 The shared body of the offset and time indexes. The file is preallocated to `max_bytes` while its
 segment is active (the map then never has to grow) and trimmed to the written entries when the segment
 is sealed. Entries are written with pwrite, never through the map, so a full disk is an error and not
-a SIGBUS. `entries` counts the valid ones; bytes after them are ignored and overwritten.
+a SIGBUS. `entries` counts the valid ones; bytes after them are ignored and overwritten. Once its
+segment is sealed the index lets go of its descriptor (`release`); its map is then made when first
+read and may be dropped again (`drop_map`, by the engine's MapCache).
 
 Not thread-safe for writers (the partition log's lock serialises them). Readers may call `view()`
 concurrently with an append: they see the entries counted when they asked.
@@ -23,7 +25,7 @@ class IndexFile:
         self._fs = fs
         self.path = path
         self._entry = self.dtype.itemsize
-        self._fd = fs.open(path, create=create)
+        self._fd = fs.open(path, create=create)  # -1 once released
         size = fs.size(self._fd)
         self.entries = 0 if create else size // self._entry
         self.torn = not create and size % self._entry != 0
@@ -41,13 +43,14 @@ class IndexFile:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _preallocate(self) -> None:
+        self._ensure_fd()
         want = max(self._capacity_bytes, self.entries * self._entry)
         if self._fs.size(self._fd) != want:
             self._fs.truncate(self._fd, want, self.path)
         self._remap(want)
 
     def _remap(self, length: int) -> None:
-        # The old map is dropped, not closed: a concurrent reader may still be looking through it,
+        # The old map is dropped, not released: a concurrent reader may still be looking through it,
         # and it stays valid for the entries it covers (they are within the file's new length).
         self._map = self._fs.map_read(self._fd, length)
         self._map_len = length if self._map is not None else 0
@@ -61,10 +64,27 @@ class IndexFile:
 
     def seal(self) -> None:
         """Trim the file to its entries and make them durable (the segment stops growing)."""
+        self._ensure_fd()
         self._fs.truncate(self._fd, self.entries * self._entry, self.path)
         self._fs.fsync(self._fd, self.path)
         self.sealed = True
         self._remap(self.entries * self._entry)
+
+    def _ensure_fd(self) -> None:
+        if self._fd < 0:
+            self._fd = self._fs.open(self.path)
+
+    def release(self) -> None:
+        """Close the descriptor of a sealed index: its map needs none, and no write is left to make."""
+        assert self.sealed, "only a sealed index lets go of its file"
+        if self._fd >= 0:
+            self._fs.close(self._fd)
+            self._fd = -1
+
+    def drop_map(self) -> None:
+        """Unmap a released index; the next read maps it again (views already taken stay valid)."""
+        if self._fd < 0:
+            self._map = None
 
     def activate(self) -> None:
         """Extend a trimmed index to its preallocated size so that it can take appends."""
@@ -82,28 +102,40 @@ class IndexFile:
         self.sealed = True
 
     def close(self, trim: bool = False) -> None:
-        if trim and not self.sealed:
+        if trim and not self.sealed and self._fd >= 0:
             # A clean stop trusts these entries on the next open: make them durable first.
             self._fs.truncate(self._fd, self.entries * self._entry, self.path)
             self._fs.fsync(self._fd, self.path)
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a reader still holds a view; the map closes when it lets go
-        self._map = None
-        self._fs.close(self._fd)
+        self._map = None  # unmapped when the last view of it goes (a reader may still hold one)
+        if self._fd >= 0:
+            self._fs.close(self._fd)
+            self._fd = -1
 
     def flush(self) -> None:
+        self._ensure_fd()
         self._fs.fsync(self._fd, self.path)
 
     # -- entries -----------------------------------------------------------------------------------
     def view(self) -> np.ndarray:
         """The valid entries as a structured numpy array (zero-copy over the map)."""
         n = self.entries
-        if n == 0 or self._map is None:
+        m = self._map
+        if m is None and n and self._fd < 0:
+            m = self._map_released()
+        if n == 0 or m is None:
             return np.empty(0, dtype=self.dtype)
-        return np.frombuffer(self._map, dtype=self.dtype, count=n)
+        return np.frombuffer(m, dtype=self.dtype, count=n)
+
+    def _map_released(self):
+        """Map a released index again (read-only; the descriptor is closed once mapped)."""
+        fd = self._fs.open(self.path, read_only=True)
+        try:
+            m = self._fs.map_read(fd, self.entries * self._entry)
+        finally:
+            self._fs.close(fd)
+        self._map = m
+        self._map_len = self.entries * self._entry
+        return m
 
     def append_entries(self, rows: np.ndarray) -> None:
         """Write rows (of self.dtype) after the current entries; counted only once written."""
@@ -111,6 +143,7 @@ class IndexFile:
             return
         if self.entries + len(rows) > self.capacity:
             raise AssertionError(f"{self.path}: index full; the segment should have rolled first")
+        self._ensure_fd()
         self._fs.pwrite(self._fd, rows.tobytes(), self.entries * self._entry, self.path)
         self.entries += len(rows)
 

@@ -10,6 +10,12 @@ between segments) was durable once, so it is corruption: opening refuses with Co
 removes no record, and `tidelog check --repair` cuts the log there on request. Indexes that are missing,
 fail a structural check, or whose last entry does not match the log are rebuilt in either case.
 Corruption further inside a segment is found when it is read (Segment.verify) or by `tidelog check`.
+
+The recovery point also records the log's extent as the broker last knew it durably: its log start
+(written durably before retention deletes a segment) and the last segment written. So a log that
+lost its first or last segment file, or the durable tail of its last one, is refused with what is
+missing, instead of opening shorter; segments below the recorded log start are what an interrupted
+retention left, and are deleted.
 """
 
 from __future__ import annotations
@@ -22,14 +28,25 @@ from typing import NamedTuple
 from .._native import batch_scan, checksum
 from ..config import TopicConfig
 from ..errors import CorruptLogError
-from .fs import FileSystem
+from .fs import TMP_PREFIX, FileSystem
+from .map_cache import MapCache
 from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment
 
 log = logging.getLogger("tidelog.recovery")
 
 RECOVERY_POINT_FILE = "recovery-point"
-_CHECKPOINT = struct.Struct(">4sHqq")  # magic, version, segment base offset, position; then CRC-32C
+_CHECKPOINT_V1 = struct.Struct(">4sHqq")  # magic, version, segment base offset, position; then CRC-32C
+_CHECKPOINT = struct.Struct(">4sHqqq")  # magic, version 2, log start, segment base offset, position; CRC-32C
 _MAGIC = b"TLRP"
+
+
+class Checkpoint(NamedTuple):
+    """The durable state of a partition's log: everything before `position` of segment `base` was
+    fsynced, and the log starts at `log_start` (-1: not recorded, a file of the first format)."""
+
+    log_start: int
+    base: int
+    position: int
 
 
 class RecoveryReport(NamedTuple):
@@ -43,32 +60,39 @@ class RecoveryReport(NamedTuple):
     stop_reason: str
 
 
-def read_checkpoint(fs: FileSystem, directory: str) -> tuple[int, int] | None:
-    """(segment base offset, position) up to which the log is known durable, or None."""
+def read_checkpoint(fs: FileSystem, directory: str) -> Checkpoint | None:
+    """The partition's recovery point, or None if it is missing or invalid (torn, damaged)."""
     path = os.path.join(directory, RECOVERY_POINT_FILE)
     if not fs.exists(path):
         return None
     data = fs.read_file(path)
-    if len(data) != _CHECKPOINT.size + 4:
-        return None
-    body, crc = data[:-4], struct.unpack(">I", data[-4:])[0]
+    body, crc = data[:-4], struct.unpack(">I", data[-4:])[0] if len(data) >= 4 else -1
     if checksum.crc32c(body) != crc:
         return None
-    magic, version, base, pos = _CHECKPOINT.unpack(body)
-    if magic != _MAGIC or version != 1 or base < 0 or pos < 0:
-        return None
-    return base, pos
+    if len(body) == _CHECKPOINT.size:
+        magic, version, log_start, base, pos = _CHECKPOINT.unpack(body)
+        if magic != _MAGIC or version != 2 or min(log_start, base, pos) < 0 or log_start > base:
+            return None
+        return Checkpoint(log_start, base, pos)
+    if len(body) == _CHECKPOINT_V1.size:
+        magic, version, base, pos = _CHECKPOINT_V1.unpack(body)
+        if magic != _MAGIC or version != 1 or base < 0 or pos < 0:
+            return None
+        return Checkpoint(-1, base, pos)
+    return None
 
 
-def write_checkpoint(fs: FileSystem, directory: str, base: int, pos: int, durable: bool = False) -> None:
-    """Record that the log is durable up to (segment base, position).
+def write_checkpoint(fs: FileSystem, directory: str, point: Checkpoint, durable: bool = False) -> None:
+    """Record the durable state of the log (see Checkpoint).
 
-    Written only after the data it covers was fsynced; it need not be fsynced itself, because a lost
-    or torn checkpoint only makes the next recovery scan more.
+    Written in place (no new file, so it works on a full disk) only after the data it covers was
+    fsynced. It need not be fsynced itself after an append: after a process crash the page cache
+    still holds it, and after a power cut a lost or torn one makes recovery scan more. It is made
+    durable before retention deletes segments (the log start then moves) and at a clean close.
     """
-    body = _CHECKPOINT.pack(_MAGIC, 1, base, pos)
-    fs.write_file_atomic(os.path.join(directory, RECOVERY_POINT_FILE),
-                         body + struct.pack(">I", checksum.crc32c(body)), durable=durable)
+    body = _CHECKPOINT.pack(_MAGIC, 2, *point)
+    fs.write_in_place(os.path.join(directory, RECOVERY_POINT_FILE),
+                      body + struct.pack(">I", checksum.crc32c(body)), durable=durable)
 
 
 def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
@@ -81,24 +105,62 @@ def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
             bases.add(int(stem))
     for name in names:
         stem, ext = os.path.splitext(name)
-        if name.endswith(".tmp") or (ext in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem.isdigit()
-                                     and int(stem) not in bases):
+        if name.endswith(".tmp") or name.startswith(TMP_PREFIX) or (
+                ext in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem.isdigit() and int(stem) not in bases):
             fs.remove(os.path.join(directory, name))
     return sorted(bases)
 
 
-def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bool) -> tuple[list[Segment], RecoveryReport]:
+def _check_extent(fs: FileSystem, directory: str, bases: list[int], point: Checkpoint | None) -> list[int]:
+    """Refuse a log that lost segment files the recovery point says exist; delete the segments an
+    interrupted retention left below the durable log start. Returns the bases to open."""
+    name = os.path.basename(directory)
+    if point is None:
+        if bases:
+            log.warning("partition %s has no valid recovery point: its first and last segments cannot be "
+                        "checked", name, extra={"event": "recovery_point_missing", "directory": directory})
+        return bases
+    if not bases:
+        _refuse_missing(directory, f"every segment file is missing (its recovery point names segment "
+                                   f"{point.base})")
+    if point.log_start >= 0:
+        if bases[0] > point.log_start:
+            _refuse_missing(directory, f"the log should start at offset {point.log_start}, but its first segment "
+                                       f"file starts at {bases[0]}: the segment(s) before are missing")
+        while len(bases) > 1 and bases[1] <= point.log_start:
+            log.info("removing a segment below the log start (a retention a crash interrupted)", extra={
+                "event": "segment_deleted", "log": name, "reason": "retention", "base_offset": bases[0]})
+            Segment.remove_files(fs, directory, bases[0])
+            bases = bases[1:]
+    if point.base not in bases:
+        _refuse_missing(directory, f"segment file {point.base:020d}.log, which holds durable records, is missing "
+                                   f"(the segments found end at {bases[-1]:020d}.log)")
+    return bases
+
+
+def _refuse_missing(directory: str, what: str) -> None:
+    raise CorruptLogError(
+        f"partition {os.path.basename(directory)} is incomplete: {what}; nothing was changed. If the files "
+        f"were moved, move them back; `tidelog check --repair --data-dir {os.path.dirname(directory)}` accepts "
+        f"the loss and resets the partition's recovery point", path=directory)
+
+
+def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bool,
+                  maps: MapCache | None = None, new: bool = False) -> tuple[list[Segment], RecoveryReport]:
     """Load every segment of a partition, recovering as needed; the last one is left active.
+    new: the partition is being created (an empty segment 0 is made).
 
     Raises CorruptLogError, and removes no record, when data known to be durable is invalid: that is
     corruption, not a torn write, and cutting there would silently drop records that were
     acknowledged; `tidelog check --repair` cuts it on request.
     """
     bases = list_segment_bases(fs, directory)
-    if not bases:
-        return [Segment.create(fs, directory, 0, config)], RecoveryReport(1, 0, -1, 0, "new")
-    checkpoint = None if clean else read_checkpoint(fs, directory)
-    if not clean and (checkpoint is None or checkpoint[0] not in bases):
+    if new and not bases:
+        return [Segment.create(fs, directory, 0, config, maps)], RecoveryReport(1, 0, -1, 0, "new")
+    durable = read_checkpoint(fs, directory)
+    bases = _check_extent(fs, directory, bases, durable)
+    checkpoint = None if clean or durable is None else (durable.base, durable.position)
+    if not clean and checkpoint is None:
         checkpoint = (bases[-1], 0)  # sealed segments were fsynced when they were sealed
     segments: list[Segment] = []
     scanned = rebuilt = 0
@@ -107,8 +169,11 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
     try:
         for i, base in enumerate(bases):
             last = i == len(bases) - 1
-            seg = Segment.load(fs, directory, base, config)
+            seg = Segment.load(fs, directory, base, config, maps)
             segments.append(seg)
+            if durable is not None and base == durable.base and seg.file_size < durable.position:
+                _refuse(directory, seg, seg.file_size, f"the file ends {durable.position - seg.file_size} bytes "
+                        f"before its recovery point (durable records are missing)")
             expected = segments[-2].next_offset if len(segments) > 1 else base
             if base != expected:
                 _refuse(directory, seg, 0, f"the segment starts at offset {base} but the previous one ends "
@@ -145,6 +210,9 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
                     result = seg.restore()
                 if result.reason not in (batch_scan.END, batch_scan.ZERO) or not seg.zeros_after(result.end_pos):
                     _refuse(directory, seg, result.end_pos, batch_scan.STOP_NAMES[result.reason])
+                if durable is not None and base == durable.base and result.end_pos < durable.position:
+                    _refuse(directory, seg, result.end_pos, f"the data ends {durable.position - result.end_pos} "
+                            f"bytes before the recovery point (durable records are missing)")
                 if result.end_pos < seg.file_size and last:
                     seg.cut(result.end_pos)
     except BaseException:

@@ -7,8 +7,15 @@ Every read is bounded by `size`, the end of the last whole batch, so nothing pas
 or a torn write) is ever visible. Sealing trims the files to their contents and fsyncs them; every
 access stays below the trimmed length, so shrinking the file under the map is safe.
 
+A sealed segment holds no file descriptor: its maps need none, and it is never written again. It maps
+its files when first read, and the engine's MapCache unmaps the segments used longest ago, so a long
+history costs neither descriptors nor an unbounded number of maps. Scans of a file found on disk stop
+at its last data block (`FileSystem.data_end`): reading the unwritten, sparse part of a preallocated
+file through a map can fault in a page, which a full file system answers with SIGBUS.
+
 Not thread-safe: the partition log serialises appends, sealing and truncation under its lock. Views
-handed out stay valid after the segment is sealed, deleted or closed (the map lives until they go).
+handed out stay valid after the segment is sealed, deleted, unmapped or closed (the map lives until
+they go).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .._native import batch_scan
 from ..config import TopicConfig
 from ..errors import CorruptLogError, StorageError
 from .fs import FileSystem
+from .map_cache import UNBOUNDED, MapCache
 from .offset_index import OffsetIndex
 from .time_index import TimeIndex
 
@@ -64,14 +72,15 @@ class ScanResult(NamedTuple):
 
 class Segment:
     def __init__(self, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
-                 create: bool) -> None:
+                 create: bool, maps: MapCache | None = None) -> None:
         self.fs = fs
+        self._maps = maps or UNBOUNDED
         self.directory = directory
         self.base_offset = base_offset
         self.config = config
         stem = os.path.join(directory, segment_name(base_offset))
         self.log_path = stem + LOG_SUFFIX
-        self._fd = fs.open(self.log_path, create=create)
+        self._fd = fs.open(self.log_path, create=create)  # -1 once sealed (released)
         index_path, time_path = stem + INDEX_SUFFIX, stem + TIME_INDEX_SUFFIX
         self.indexes_missing = not create and not (fs.exists(index_path) and fs.exists(time_path))
         self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
@@ -82,9 +91,12 @@ class Segment:
         self.first_batch_timestamp = -1
         self.sealed = False
         self.deleted = False
+        self._closed = False
         self._last_bucket = -1
         self._map = None
         self._map_len = 0
+        self._readable_end = 0
+        """Bytes of the file that may be read through the map: written data, never the sparse rest."""
         # (start, end, offset at end): bytes in [start, end) passed a CRC-32C and continuity check in
         # this process (appended from validated batches, or read and checked once), so reads inside
         # skip the check. One range, moved to where readers are, so a consumer tailing the log pays
@@ -94,17 +106,21 @@ class Segment:
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig) -> "Segment":
-        seg = cls(fs, directory, base_offset, config, create=True)
+    def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
+               maps: MapCache | None = None) -> "Segment":
+        seg = cls(fs, directory, base_offset, config, create=True, maps=maps)
         seg._map_file(config.segment_bytes)
         fs.fsync_dir(directory)  # the new files' names must survive a crash with the data in them
         return seg
 
     @classmethod
-    def load(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig) -> "Segment":
+    def load(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
+             maps: MapCache | None = None) -> "Segment":
         """Open existing files; the caller then calls `recover` or `restore` to find the contents."""
-        seg = cls(fs, directory, base_offset, config, create=False)
-        seg._map_file(max(fs.size(seg._fd), 0))
+        seg = cls(fs, directory, base_offset, config, create=False, maps=maps)
+        size = max(fs.size(seg._fd), 0)
+        seg._map_file(size)
+        seg._readable_end = fs.data_end(seg._fd, size)
         return seg
 
     def _map_file(self, length: int) -> None:
@@ -125,7 +141,7 @@ class Segment:
         what an invalid batch means (a cut tail or a refusal).
         """
         rel, start = self.index.last()
-        if self.index.entries and not self._entry_ok(rel, start, self._map_len):
+        if self.index.entries and not self._entry_ok(rel, start, self._scan_end()):
             log.warning("%s: the offset index does not match the log; rebuilding it", self.log_path)
             return self.rebuild_indexes(verify=True)
         self._last_bucket = start // self.config.index_interval_bytes if self.index.entries else -1
@@ -140,10 +156,15 @@ class Segment:
         return result
 
     def zeros_after(self, pos: int) -> bool:
-        """Whether every byte of the file from pos on is zero (unused preallocation, not lost data)."""
-        if self._map is None or pos >= self._map_len:
+        """Whether every byte of the file from pos on is zero (unused preallocation, not lost data).
+        Read with pread, never through the map (see the module doc)."""
+        if pos >= self._map_len:
             return True
-        return not np.frombuffer(self._map, dtype=np.uint8, offset=pos).any()
+        return self.fs.zeros_between(self._fd, pos, self._map_len, self.log_path)
+
+    def _scan_end(self) -> int:
+        """How far a scan may read through the map: the written part of the file."""
+        return min(self._map_len, max(self._readable_end, self.size))
 
     def recover(self, start_pos: int) -> ScanResult:
         """Validate batches from start_pos (CRC, offset continuity) and rebuild both indexes up to the
@@ -168,6 +189,7 @@ class Segment:
         # Cut everything after the last valid batch, then re-extend: the preallocated space reads as
         # zeros again, so no later scan can mistake old bytes for data. No view reaches past end_pos.
         length = self._map_len
+        self._readable_end = min(self._readable_end, end_pos)
         self.fs.truncate(self._fd, end_pos, self.log_path)
         if not self.sealed:
             self.fs.truncate(self._fd, length, self.log_path)
@@ -175,7 +197,7 @@ class Segment:
 
     def _load_first_timestamp(self) -> None:
         if self.size >= 61:
-            self.first_batch_timestamp = int(struct.unpack_from(">q", self._map, 35)[0])
+            self.first_batch_timestamp = int(struct.unpack_from(">q", self.buffer, 35)[0])
 
     def _set_end(self, result: ScanResult) -> None:
         self.size = result.end_pos
@@ -190,8 +212,9 @@ class Segment:
 
         on_batches(rows) receives each chunk's rows (the batch_scan.COL_* columns).
         """
-        end = self._map_len if stop is None else min(stop, self._map_len)
-        buf = self._map if self._map is not None else b""
+        limit = self._scan_end()
+        end = limit if stop is None else min(stop, limit)
+        buf = self.buffer
         rows_out = np.empty((65536, batch_scan.N_COLS), dtype=np.int64)
         pos, next_offset, max_ts, total = start, expected_offset, -1, 0
         last_offset = -1
@@ -282,6 +305,7 @@ class Segment:
                     time_rows.append((max_ts, rel))
                     last_time = max_ts
         self.fs.pwritev(self._fd, buffers, start, self.log_path)
+        self._readable_end = max(self._readable_end, start + nbytes)
         if idx_rows:
             self.index.append_entries(np.array(idx_rows, dtype=OffsetIndex.dtype))
         if time_rows:
@@ -299,22 +323,53 @@ class Segment:
     # -- reading -------------------------------------------------------------------------------------
     @property
     def buffer(self):
-        """The mapped file for native scans; read only below `size` (or a position known valid)."""
-        return self._map if self._map is not None else b""
+        """The mapped file for native scans; read only below `size` (or a position known valid).
 
-    def view(self, start: int, end: int) -> memoryview:
-        """Zero-copy view of log bytes [start, end), end <= size."""
-        if self._map is None:
+        A reader takes it once and reads through its own reference: the map stays valid for as long as
+        the reference lives, even if the segment is unmapped, deleted or closed meanwhile.
+        """
+        m = self._map
+        if m is None:
+            if self._fd >= 0 or self.deleted or self._closed or not self.size:
+                return b""
+            m = self._map_released()
+        if self._fd < 0:
+            self._maps.touch(self)
+        return m
+
+    def _map_released(self):
+        """Map a sealed segment again (its descriptor was released; one is opened just to map)."""
+        fd = self.fs.open(self.log_path, read_only=True)
+        try:
+            m = self.fs.map_read(fd, self.size)
+        finally:
+            self.fs.close(fd)
+        self._map, self._map_len = m, self.size
+        return m
+
+    def drop_maps(self) -> None:
+        """Unmap a sealed segment and its indexes (MapCache); the next read maps them again."""
+        if self._fd < 0:
+            self._map = None
+            self.index.drop_map()
+            self.time_index.drop_map()
+
+    def view(self, start: int, end: int, buf=None) -> memoryview:
+        """Zero-copy view of log bytes [start, end), end <= size (of `buf`, a buffer taken earlier)."""
+        buf = self.buffer if buf is None else buf
+        if not len(buf):
             return memoryview(b"")
-        return memoryview(self._map)[start:end]
+        return memoryview(buf)[start:end]
 
-    def position_of(self, offset: int, end: int) -> tuple[int, int]:
-        """(position, base offset) of the batch holding offset, searching below end; (-1, -1) if none."""
-        pos, base, _ = batch_scan.find_batch(self.buffer, self._index_start(offset - self.base_offset, end),
+    def position_of(self, offset: int, end: int, buf=None) -> tuple[int, int]:
+        """(position, base offset) of the batch holding offset, searching below end; (-1, -1) if none.
+        buf: the buffer the caller took (see `buffer`)."""
+        buf = self.buffer if buf is None else buf
+        pos, base, _ = batch_scan.find_batch(buf, self._index_start(offset - self.base_offset, end, buf),
                                              end, offset)
         return pos, base
 
-    def _index_start(self, rel_offset: int, end: int) -> int:
+    def _index_start(self, rel_offset: int, end: int, buf) -> int:
         """Where to start searching for rel_offset: the closest index entry that checks out.
 
         An entry is trusted only if the batch header at its position holds its offset, so a damaged
@@ -325,7 +380,7 @@ class Segment:
         i = int(np.searchsorted(entries["rel"], rel_offset, side="right")) - 1 if len(entries) else -1
         while i >= 0:
             rel, pos = int(entries["rel"][i]), int(entries["pos"][i])
-            if rel <= rel_offset and self._entry_ok(rel, pos, end):
+            if rel <= rel_offset and self._entry_ok(rel, pos, end, buf):
                 return pos
             if 0 <= pos and pos + _BATCH_HEADER > end and pos < self.size:
                 pass  # a batch written but not published yet (under fsync="always"): not damage
@@ -334,11 +389,12 @@ class Segment:
             i -= 1
         return 0
 
-    def _entry_ok(self, rel: int, pos: int, end: int) -> bool:
-        if pos < 0 or pos + _BATCH_HEADER > end or self._map is None:
+    def _entry_ok(self, rel: int, pos: int, end: int, buf=None) -> bool:
+        buf = self.buffer if buf is None else buf
+        if pos < 0 or pos + _BATCH_HEADER > min(end, len(buf)):
             return False
-        base = _OFFSET.unpack_from(self._map, pos)[0]
-        last = base + struct.unpack_from(">i", self._map, pos + 23)[0]
+        base = _OFFSET.unpack_from(buf, pos)[0]
+        last = base + struct.unpack_from(">i", buf, pos + 23)[0]
         return base <= self.base_offset + rel <= last
 
     def _index_is_damaged(self) -> None:
@@ -353,37 +409,46 @@ class Segment:
             except StorageError:
                 pass  # the next `tidelog check` reports the index again
 
-    def verify(self, start: int, stop: int) -> None:
+    def verify(self, start: int, stop: int, buf=None) -> tuple[int, int]:
         """Check the CRC-32C and offset continuity of the batches in [start, stop) before they are
-        served, unless inside the one verified range; CorruptLogError names the place and the repair."""
+        served, unless inside the one verified range. Returns (end, next offset) of the valid batches:
+        (stop, -1) when all are valid, else where the first invalid one starts, so that what precedes
+        damage is still served; CorruptLogError (naming the place and the repair) when the first
+        batch itself is invalid."""
         lo, hi, hi_offset = self._verified
         if lo <= start and stop <= hi:
-            return
+            return stop, -1
+        buf = self.buffer if buf is None else buf
         extends = lo <= start <= hi
         pos = hi if extends else start
-        expected = hi_offset if extends else int(_OFFSET.unpack_from(self.buffer, pos)[0])
+        expected = hi_offset if extends else int(_OFFSET.unpack_from(buf, pos)[0])
         rows = np.empty((256, batch_scan.N_COLS), dtype=np.int64)
         while True:
-            _, pos, reason, expected = batch_scan.scan_batches(self.buffer, pos, stop, True, expected, rows)
+            _, pos, reason, expected = batch_scan.scan_batches(buf, pos, stop, True, expected, rows)
             if reason != batch_scan.FULL:
                 break
+        if pos > hi or not extends:  # keep the range readers are moving along (and appends extend)
+            self._verified = (lo if extends else start, pos, expected)
         if reason != batch_scan.END or pos != stop:
+            if pos > start:
+                return pos, expected
             raise CorruptLogError(
                 f"{self.log_path}: {batch_scan.STOP_NAMES[reason]} at byte {pos} (offsets from about "
                 f"{expected} on); the log is corrupt here: stop the broker and run `tidelog check --repair "
                 f"--data-dir {os.path.dirname(self.directory)}`", path=self.log_path)
-        if stop > hi:  # keep the range readers are moving along (and appends extend)
-            self._verified = (lo if extends else start, stop, expected)
+        return stop, -1
 
-    def position_of_time(self, timestamp: int, end: int) -> int:
-        """Position of the first batch whose max timestamp is >= timestamp, or -1."""
-        start = self._index_start(self.time_index.scan_start(timestamp), end)
-        pos, _ = batch_scan.find_timestamp(self.buffer, start, end, timestamp)
+    def position_of_time(self, timestamp: int, end: int, buf) -> int:
+        """Position of the first batch whose max timestamp is >= timestamp, or -1 (in `buf`, the
+        buffer the caller took)."""
+        start = self._index_start(self.time_index.scan_start(timestamp), end, buf)
+        pos, _ = batch_scan.find_timestamp(buf, start, end, timestamp)
         return pos
 
     # -- durability and lifecycle --------------------------------------------------------------------
     def flush(self) -> None:
-        self.fs.fsync(self._fd, self.log_path)
+        if self._fd >= 0:  # a sealed segment was fsynced when it was sealed
+            self.fs.fsync(self._fd, self.log_path)
 
     def seal(self) -> None:
         """Stop growing: record the final time entry, trim every file to its contents, fsync them."""
@@ -400,6 +465,22 @@ class Segment:
         self.index.seal()
         self.time_index.seal()
         self.sealed = True
+        self._release()
+
+    def _release(self) -> None:
+        """A sealed segment is never written again: let go of its descriptors (its maps need none)."""
+        if self._fd >= 0:
+            self.fs.close(self._fd)
+            self._fd = -1
+        self.index.release()
+        self.time_index.release()
+        self._maps.touch(self)
+
+    def _reopen(self) -> None:
+        self._maps.forget(self)
+        if self._fd < 0:
+            self._fd = self.fs.open(self.log_path)
+            self._map_file(self.size)
 
     def _last_batch_rel(self) -> int:
         _, pos = self.index.last()
@@ -410,14 +491,16 @@ class Segment:
 
     def _batch_bases_from(self, pos: int):
         rows = np.empty((4096, batch_scan.N_COLS), dtype=np.int64)
+        buf = self.buffer
         while pos < self.size:
-            n, pos, reason, _ = batch_scan.scan_batches(self.buffer, pos, self.size, False, -1, rows)
+            n, pos, reason, _ = batch_scan.scan_batches(buf, pos, self.size, False, -1, rows)
             yield from rows[:n, batch_scan.COL_BASE_OFFSET].tolist()
             if reason != batch_scan.FULL:
                 break
 
     def activate(self) -> None:
         """Make this (last) segment the one appends go to: extend its files to their preallocation."""
+        self._reopen()
         self.sealed = False
         self.index.activate()
         self.time_index.activate()
@@ -442,31 +525,34 @@ class Segment:
         self.sealed = True
         self.index.mark_sealed()
         self.time_index.mark_sealed()
+        self._release()
 
     def close(self, trim: bool = False) -> None:
         """Release files. trim=True (clean shutdown) cuts the preallocated space off the files."""
-        if trim and not self.sealed and not self.deleted:
+        self._closed = True
+        self._maps.forget(self)
+        if trim and not self.sealed and not self.deleted and self._fd >= 0:
             self.fs.truncate(self._fd, self.size, self.log_path)
             self.fs.fsync(self._fd, self.log_path)
         self.index.close(trim=trim and not self.deleted)
         self.time_index.close(trim=trim and not self.deleted)
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a reader still holds a view of it; it is unmapped when the view goes
-        self._map = None
-        self.fs.close(self._fd)
+        self._map = None  # unmapped when the last view of it goes (a reader may still hold one)
+        if self._fd >= 0:
+            self.fs.close(self._fd)
+            self._fd = -1
 
     def delete(self) -> None:
         """Remove the files. Views already handed out keep working until released."""
         self.deleted = True
+        self._maps.forget(self)
         for path in (self.log_path, self.index.path, self.time_index.path):
             self.fs.remove(path)
         self.index.close()
         self.time_index.close()
-        self._map = None  # not closed: a concurrent reader may still hold it
-        self.fs.close(self._fd)
+        self._map = None  # not released: a concurrent reader may still hold it
+        if self._fd >= 0:
+            self.fs.close(self._fd)
+            self._fd = -1
 
     def __repr__(self) -> str:
         return (f"Segment(base={self.base_offset}, size={self.size}, next={self.next_offset}, "

@@ -1,0 +1,321 @@
+"""Which topics a data directory holds, and which of its directories are tidelog's.
+
+The rules, so that tidelog never deletes what it cannot prove it created and never opens damaged
+metadata as if it were whole:
+
+- A topic exists iff `meta/topics/<name>.json` is in state "ready". A topic file that is damaged,
+  or a ready topic whose partition directory is missing or carries another topic's marker, makes the
+  open refuse (CorruptLogError naming the file and `tidelog check --repair`); nothing is deleted.
+- Create: the topic file is written first in state "creating" (the intent), then each partition
+  directory with its marker and first segment, then the file again in state "ready" (the commit).
+  A crash in between leaves an intent, and the next open removes exactly the directories whose
+  marker names that topic id, then the intent.
+- Delete: each partition directory is renamed to `.trash/<topic id>-<partition>` (under the engine's
+  lock, so a topic of the same name can be created at once without meeting it), then the topic file
+  is removed; the trash is emptied in the background. A crash between leaves a ready topic with
+  partitions in the trash: the next open finishes the deletion.
+- A directory with a valid marker that no topic claims means lost metadata: refuse. A directory
+  without a marker is not tidelog's: it is reported and left alone, whatever its name.
+
+Not thread-safe: the engine calls it under its lock (the trash thread only removes trash entries).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+
+from ..errors import CorruptLogError, InvalidTopicError, StorageError, TopicExistsError
+from ..storage.fs import TMP_PREFIX, FileSystem
+from .topic_meta import (CREATING, MARKER_FILE, READY, TRASH_DIR, TopicMeta, meta_dir, meta_path, partition_dir,
+                         read_marker, read_topic_meta, trash_dir, write_marker, write_topic_meta)
+
+log = logging.getLogger("tidelog.engine")
+
+
+class Catalog:
+    def __init__(self, fs: FileSystem, data_dir: str) -> None:
+        self.fs = fs
+        self.path = data_dir
+        self.trash = Trash(fs)
+
+    # -- opening -------------------------------------------------------------------------------------
+    def load(self) -> list[TopicMeta]:
+        """Reconcile the directory after whatever stopped it and return the topics to open.
+
+        Finishes interrupted creates (rolled back) and deletes (completed), upgrades topic files of
+        the first format, and refuses damage. Raises CorruptLogError before deleting anything if any
+        topic is damaged.
+        """
+        metas = self._read_topic_files()
+        topics, rollbacks, unfinished_deletes, upgrades = [], [], [], []
+        for meta in metas:
+            if meta.state == CREATING:
+                rollbacks.append(meta)
+            elif not meta.topic_id:
+                upgrades.append(meta)
+            elif self._deletion_started(meta):
+                unfinished_deletes.append(meta)
+            else:
+                self._check_partitions(meta)
+                topics.append(meta)
+        self._check_unclaimed(metas)
+        for meta in upgrades:
+            topics.append(self._upgrade(meta))
+        for meta in rollbacks:
+            self._roll_back_create(meta)
+        for meta in unfinished_deletes:
+            log.warning("finishing the deletion of a topic that a crash interrupted",
+                        extra={"event": "topic_delete_finished", "topic": meta.name})
+            self.trash.empty(self.delete(meta))
+        live = {m.topic_id for m in topics}
+        self.trash.empty(self._trash_entries(live))
+        return topics
+
+    def _read_topic_files(self) -> list[TopicMeta]:
+        directory = meta_dir(self.path)
+        self.fs.makedirs(directory)
+        metas = []
+        for entry in self.fs.listdir(directory):
+            path = os.path.join(directory, entry)
+            if entry.startswith(TMP_PREFIX) or entry.endswith(".json.tmp"):
+                self.fs.remove(path)  # an atomic replace a crash interrupted (ours by its name)
+            elif entry.endswith(".json"):
+                metas.append(read_topic_meta(self.fs, self.path, path))
+        return metas
+
+    def _marker(self, directory: str):
+        try:
+            return read_marker(self.fs, directory)
+        except ValueError as exc:
+            raise CorruptLogError(f"partition marker {os.path.join(directory, MARKER_FILE)} is damaged ({exc}); "
+                                  f"nothing was changed. Stop the broker and run `tidelog check --repair "
+                                  f"--data-dir {self.path}`", path=directory) from None
+
+    def _deletion_started(self, meta: TopicMeta) -> bool:
+        return any(self.fs.exists(trash_dir(self.path, meta.topic_id, p)) for p in range(meta.partitions))
+
+    def _check_partitions(self, meta: TopicMeta) -> None:
+        for p in range(meta.partitions):
+            directory = partition_dir(self.path, meta.name, p)
+            if not self.fs.is_dir(directory):
+                raise CorruptLogError(
+                    f"partition directory {directory} of topic {meta.name!r} is missing; nothing was changed. "
+                    f"If it was moved, move it back; `tidelog check --repair --data-dir {self.path}` recreates "
+                    f"it empty (its records are lost)", path=directory)
+            marker = self._marker(directory)
+            if marker is None or not marker.belongs_to(meta, p):
+                what = "has no partition.meta" if marker is None else (
+                    f"belongs to another topic incarnation ({marker.meta.name!r} id {marker.meta.topic_id}, "
+                    f"partition {marker.partition})")
+                raise CorruptLogError(
+                    f"partition directory {directory} of topic {meta.name!r} {what}; nothing was changed. "
+                    f"Run `tidelog check --repair --data-dir {self.path}` (it rewrites a lost marker of a "
+                    f"directory that is this topic's by name and metadata)", path=directory)
+
+    def _check_unclaimed(self, metas: list[TopicMeta]) -> None:
+        """Marked directories that no topic file claims: refuse (metadata lost); unmarked ones are
+        left alone and reported."""
+        by_id = {m.topic_id: m for m in metas if m.topic_id}
+        legacy = {m.name: m for m in metas if not m.topic_id}
+        for entry in self.fs.listdir(self.path):
+            directory = os.path.join(self.path, entry)
+            if entry in ("meta", TRASH_DIR) or entry.startswith(".") or not self.fs.is_dir(directory):
+                continue
+            marker = self._marker(directory)
+            if marker is None:
+                name, sep, index = entry.rpartition("-")
+                owner = legacy.get(name)
+                if sep and index.isdigit() and not (owner is not None and int(index) < owner.partitions):
+                    log.warning("a directory in the data directory is not a tidelog partition (it has no "
+                                "partition.meta); it is left alone", extra={"event": "foreign_directory",
+                                                                             "directory": entry})
+                continue
+            owner = by_id.get(marker.meta.topic_id)
+            if owner is None or owner.name != marker.meta.name:
+                raise CorruptLogError(
+                    f"partition directory {directory} belongs to topic {marker.meta.name!r} "
+                    f"(id {marker.meta.topic_id}), which has no metadata in {meta_dir(self.path)}; nothing was "
+                    f"changed. Run `tidelog check --repair --data-dir {self.path}` to restore the topic from "
+                    f"its partition directories", path=directory)
+            if marker.partition >= owner.partitions:
+                raise CorruptLogError(
+                    f"directory {directory} holds partition {marker.partition} of topic {owner.name!r}, whose "
+                    f"metadata says it has {owner.partitions} partitions; nothing was changed. Run `tidelog check "
+                    f"--repair --data-dir {self.path}` to restore the metadata from the partition directories",
+                    path=directory)
+            if entry != f"{owner.name}-{marker.partition}":
+                raise CorruptLogError(
+                    f"directory {directory} holds partition {marker.partition} of topic {owner.name!r} under "
+                    f"another name; nothing was changed. Rename it to {owner.name}-{marker.partition} or "
+                    f"move it away", path=directory)
+
+    def _upgrade(self, meta: TopicMeta) -> TopicMeta:
+        """A topic file of the first format (no checksum, no id): mark its directories, rewrite it."""
+        upgraded = TopicMeta.new(meta.name, meta.partitions, meta.config, meta.created_ms).ready()
+        for p in range(meta.partitions):
+            directory = partition_dir(self.path, meta.name, p)
+            if not self.fs.is_dir(directory):
+                raise CorruptLogError(f"partition directory {directory} of topic {meta.name!r} is missing; "
+                                      f"nothing was changed", path=directory)
+        for p in range(meta.partitions):
+            write_marker(self.fs, partition_dir(self.path, meta.name, p), upgraded, p)
+        write_topic_meta(self.fs, self.path, upgraded)
+        log.info("topic metadata upgraded to the checksummed format", extra={
+            "event": "topic_upgraded", "topic": meta.name, "topic_id": upgraded.topic_id})
+        return upgraded
+
+    def _roll_back_create(self, meta: TopicMeta) -> None:
+        for p in range(meta.partitions):
+            directory = partition_dir(self.path, meta.name, p)
+            if not self.fs.is_dir(directory):
+                continue
+            marker = self._marker(directory)
+            if marker is not None and marker.belongs_to(meta, p):
+                self.fs.rmtree(directory)
+            elif marker is None and not self.fs.listdir(directory):
+                self.fs.rmdir(directory)  # made by the create, which crashed before writing its marker
+            else:
+                log.warning("a directory in the way of an interrupted topic creation is not its own; left alone",
+                            extra={"event": "foreign_directory", "directory": os.path.basename(directory)})
+        self.fs.fsync_dir(self.path)
+        self.fs.remove(meta_path(self.path, meta.name))
+        self.fs.fsync_dir(meta_dir(self.path))
+        log.warning("rolled back a topic creation that a crash interrupted",
+                    extra={"event": "topic_create_rolled_back", "topic": meta.name})
+
+    def _trash_entries(self, live_ids: set[str]) -> list[str]:
+        """Trash entries provably ours (a marker whose topic id and partition make the entry's name)."""
+        root = os.path.join(self.path, TRASH_DIR)
+        out = []
+        for entry in self.fs.listdir(root):
+            directory = os.path.join(root, entry)
+            try:
+                marker = read_marker(self.fs, directory)
+            except ValueError:
+                marker = None
+            if (marker is not None and entry == f"{marker.meta.topic_id}-{marker.partition}"
+                    and marker.meta.topic_id not in live_ids):
+                out.append(directory)
+            else:
+                log.warning("an entry in the trash is not a deleted tidelog partition; left alone",
+                            extra={"event": "foreign_directory", "directory": os.path.join(TRASH_DIR, entry)})
+        return out
+
+    # -- create and delete ---------------------------------------------------------------------------
+    def check_name_fits(self, name: str, partitions: int) -> None:
+        """Every file name a topic needs must fit the file system's NAME_MAX."""
+        longest = max(len(f"{name}-{partitions - 1}".encode()), len(f"{name}.json".encode()))
+        limit = self.fs.name_max(self.path)
+        if longest > limit:
+            raise InvalidTopicError(
+                f"topic name of {len(name)} characters is too long for {partitions} partitions on this file "
+                f"system: the directory name {name[:20]}...-{partitions - 1} would have {longest} bytes, over "
+                f"its limit of {limit}")
+
+    def begin_create(self, meta: TopicMeta) -> None:
+        """Record the intent to create (durable), after checking that nothing is in the way."""
+        for p in range(meta.partitions):
+            directory = partition_dir(self.path, meta.name, p)
+            if self.fs.exists(directory):
+                raise TopicExistsError(
+                    f"cannot create topic {meta.name!r}: {directory} already exists in the data directory and is "
+                    f"not this topic's; move it away first", topic=meta.name)
+        write_topic_meta(self.fs, self.path, meta)
+
+    def make_partition_dir(self, meta: TopicMeta, partition: int) -> str:
+        directory = partition_dir(self.path, meta.name, partition)
+        self.fs.makedirs(directory)
+        write_marker(self.fs, directory, meta, partition)
+        return directory
+
+    def commit_create(self, meta: TopicMeta) -> TopicMeta:
+        self.fs.fsync_dir(self.path)
+        ready = meta.ready()
+        write_topic_meta(self.fs, self.path, ready)  # the topic exists from this write on
+        return ready
+
+    def abort_create(self, meta: TopicMeta) -> None:
+        """Undo a create that failed while running (best effort: the next open rolls back the rest)."""
+        try:
+            self._roll_back_create(meta)
+        except StorageError:
+            log.warning("could not undo a failed topic creation; the next open rolls it back",
+                        extra={"event": "topic_create_rolled_back", "topic": meta.name})
+
+    def delete(self, meta: TopicMeta) -> list[str]:
+        """Move the topic's partition directories to the trash, then remove its file; returns the trash
+        entries to empty. The partitions' files must be closed."""
+        self.fs.makedirs(os.path.join(self.path, TRASH_DIR))
+        moved = []
+        for p in range(meta.partitions):
+            directory, target = partition_dir(self.path, meta.name, p), trash_dir(self.path, meta.topic_id, p)
+            if self.fs.is_dir(directory) and not self.fs.exists(target):
+                self.fs.rename(directory, target)
+            if self.fs.exists(target):
+                moved.append(target)
+        self.fs.fsync_dir(self.path)
+        self.fs.fsync_dir(os.path.join(self.path, TRASH_DIR))
+        self.fs.remove(meta_path(self.path, meta.name))  # the topic is gone from here on
+        self.fs.fsync_dir(meta_dir(self.path))
+        return moved
+
+    def close(self) -> None:
+        self.trash.stop()
+
+
+class Trash:
+    """Empties trash entries in one background thread, so deleting a large topic returns at once.
+    What is left when the engine closes is emptied by the next open."""
+
+    def __init__(self, fs: FileSystem) -> None:
+        self.fs = fs
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards _thread: started when work arrives, gone when idle
+
+    def empty(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        with self._lock:
+            for path in paths:
+                self._queue.put(path)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tidelog-trash", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                path = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            try:
+                if path is not None:
+                    self.fs.rmtree(path)
+            except StorageError:
+                log.exception("emptying the trash failed; the next open tries again",
+                              extra={"event": "background_job_failed", "job": "trash"})
+            finally:
+                self._queue.task_done()
+            if path is None:
+                with self._lock:
+                    self._thread = None
+                return
+
+    def drain(self) -> None:
+        """Wait until every entry given so far is removed (tests, and `close`)."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout=30)

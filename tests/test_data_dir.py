@@ -1,0 +1,358 @@
+"""The data directory's metadata under damage and races: tidelog deletes only what it can prove it
+created, refuses damaged or inconsistent metadata (naming the file and the repair), and `tidelog
+check --repair` restores what the partition directories' own copies prove.
+
+Each case states what an earlier version did wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import threading
+
+import pytest
+
+from tidelog import Engine
+from tidelog.broker.topic_meta import MARKER_FILE, TRASH_DIR
+from tidelog.errors import CorruptLogError, TopicExistsError
+from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
+from tidelog.inspect import check, check_directory
+from tidelog.repair import repair
+
+from .test_corruption import digest, flip, seg_path
+
+
+def fill(data_dir, clock, topics=(("t", 2),)):
+    """Topics with records in several segments, a group commit, closed cleanly; returns what each
+    partition holds."""
+    held = {}
+    with Engine.open(data_dir, clock=clock) as eng:
+        store = OffsetStore(eng)
+        for name, partitions in topics:
+            eng.create_topic(name, partitions, segment_bytes=4096)
+            for p in range(partitions):
+                values = [b"%s-%d-%03d" % (name.encode(), p, i) * 20 for i in range(60)]
+                for i in range(0, 60, 3):
+                    eng.produce(name, values[i:i + 3], partition=p)
+                held[(name, p)] = values
+        store.commit("g", {("t", 0): 17})
+    return held
+
+
+def read_all(eng, topic, partition):
+    out, offset = [], eng.list_offsets(topic, partition).log_start
+    while True:
+        r = eng.fetch(topic, partition, offset)
+        if not r:
+            return out
+        out += [bytes(rec.value) for rec in r]
+        offset = r.next_offset
+
+
+def assert_intact(data_dir, clock, held):
+    with Engine.open(data_dir, clock=clock) as eng:
+        for (name, p), values in held.items():
+            assert read_all(eng, name, p) == values, (name, p)
+        assert OffsetStore(eng).fetch("g")[("t", 0)].offset == 17
+
+
+def partition_files(data_dir):
+    """Digest of every partition directory (what must never be deleted or changed by a refusal)."""
+    return {entry: digest(os.path.join(data_dir, entry)) for entry in os.listdir(data_dir)
+            if os.path.isdir(os.path.join(data_dir, entry)) and entry not in ("meta", TRASH_DIR)}
+
+
+# -- 1. only what tidelog provably made ---------------------------------------------------------------
+
+def test_opening_never_deletes_a_directory_without_a_partition_marker(data_dir, clock):
+    # Before: any <name>-<digits> directory was taken for an orphaned partition and removed with rmtree.
+    held = fill(data_dir, clock)
+    foreign = ["photos-2024", "backup-1", "t-2", "t-0-old", "__consumer_offsets-9"]
+    for name in foreign:
+        os.makedirs(os.path.join(data_dir, name, "inner"))
+        with open(os.path.join(data_dir, name, "inner", "file.jpg"), "wb") as f:
+            f.write(b"not tidelog's")
+    before = partition_files(data_dir)
+    assert_intact(data_dir, clock, held)
+    assert partition_files(data_dir) == before
+    notes = check_directory(data_dir).notes
+    assert {n.split(":")[0] for n in notes if "not a tidelog partition" in n} == {"photos-2024", "backup-1", "t-2",
+                                                                                 "__consumer_offsets-9"}
+
+
+def test_a_topic_cannot_be_created_over_a_directory_that_is_not_its_own(data_dir, clock):
+    # Before: create_topic removed whatever directory stood where its partition would go.
+    os.makedirs(os.path.join(data_dir, "photos-1"))
+    with open(os.path.join(data_dir, "photos-1", "a.jpg"), "wb") as f:
+        f.write(b"jpeg")
+    with Engine.open(data_dir, clock=clock) as eng:
+        with pytest.raises(TopicExistsError, match="photos-1 already exists"):
+            eng.create_topic("photos", 3)
+        assert "photos" not in eng.list_topics()
+        eng.create_topic("photos", 1)  # photos-0 is free
+    with open(os.path.join(data_dir, "photos-1", "a.jpg"), "rb") as f:
+        assert f.read() == b"jpeg"
+    assert os.listdir(os.path.join(data_dir, "meta", "topics")) == ["photos.json"]
+
+
+# -- 2. damaged metadata is refused, never acted on ---------------------------------------------------
+
+def meta_file(data_dir, topic="t"):
+    return os.path.join(data_dir, "meta", "topics", f"{topic}.json")
+
+
+def refused_and_untouched(data_dir, clock, match):
+    before = partition_files(data_dir)
+    with pytest.raises(CorruptLogError, match=match) as err:
+        Engine.open(data_dir, clock=clock)
+    assert "tidelog check" in str(err.value)
+    assert partition_files(data_dir) == before
+    return err.value
+
+
+@pytest.mark.parametrize("edit", ["partitions 2->0", "partitions 2->1", "name t->u", "config", "topic id"])
+def test_an_edited_topic_file_is_refused_and_repair_restores_it_from_the_partitions(data_dir, clock, edit):
+    # Before: "partitions": 2->0 (one bit) removed both partition directories at the next open; 2->1
+    # removed t-1; a changed name removed every t-* directory. Each opened and `tidelog check` said ok.
+    held = fill(data_dir, clock)
+    path = meta_file(data_dir)
+    with open(path, "rb") as f:
+        text = f.read()
+    edits = {"partitions 2->0": (b'"partitions": 2', b'"partitions": 0'),
+             "partitions 2->1": (b'"partitions": 2', b'"partitions": 1'),
+             "name t->u": (b'"name": "t"', b'"name": "u"'),
+             "config": (b'"segment_bytes": 4096', b'"segment_bytes": 4097'),
+             "topic id": (b'"topic_id": "', b'"topic_id": "0')}
+    old, new = edits[edit]
+    assert old in text
+    with open(path, "wb") as f:
+        f.write(text.replace(old, new, 1)[:len(text)])
+    refused_and_untouched(data_dir, clock, "meta/topics/t.json is damaged")
+    problems = check_directory(data_dir).problems
+    assert any("t.json is damaged" in p for p in problems)
+    assert any("restored" in a for a in repair(data_dir))
+    assert check_directory(data_dir).problems == []
+    assert_intact(data_dir, clock, held)
+
+
+def test_every_single_bit_flip_of_a_topic_file_is_refused(data_dir, clock):
+    fill(data_dir, clock)
+    path = meta_file(data_dir)
+    with open(path, "rb") as f:
+        original = f.read()
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    positions = rng.sample(range(len(original)), 40)
+    print(f"seed {seed}")
+    for pos in positions:
+        bit = 1 << rng.randrange(8)
+        damaged = bytearray(original)
+        damaged[pos] ^= bit
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(CorruptLogError):
+            Engine.open(data_dir, clock=clock)
+    with open(path, "wb") as f:
+        f.write(original)
+
+
+@pytest.mark.parametrize("lost", ["t.json", f"{OFFSETS_TOPIC}.json", "the whole meta directory"])
+def test_a_lost_topic_file_is_refused_and_restored_by_repair(data_dir, clock, lost):
+    # Before: a deleted t.json lost the topic (and its directories were removed as orphans); a deleted
+    # __consumer_offsets.json lost every commit.
+    held = fill(data_dir, clock)
+    if lost == "the whole meta directory":
+        shutil.rmtree(os.path.join(data_dir, "meta"))
+    else:
+        os.remove(os.path.join(data_dir, "meta", "topics", lost))
+    refused_and_untouched(data_dir, clock, "has no metadata")
+    assert any("metadata file is missing" in p for p in check_directory(data_dir).problems)
+    actions = repair(data_dir)
+    assert sum("restored" in a for a in actions) == (2 if lost == "the whole meta directory" else 1)
+    assert_intact(data_dir, clock, held)
+
+
+def test_a_missing_partition_directory_is_refused_and_repair_recreates_it_empty(data_dir, clock):
+    # Before: opening created an empty t-1 in its place and said nothing.
+    held = fill(data_dir, clock)
+    shutil.move(os.path.join(data_dir, "t-1"), os.path.join(str(data_dir) + "-aside"))
+    refused_and_untouched(data_dir, clock, "t-1 of topic 't' is missing")
+    assert [a for a in repair(data_dir) if "recreated empty" in a] == ["t[1]: partition directory recreated empty; "
+                                                                       "the records it held are lost"]
+    held[("t", 1)] = []
+    assert_intact(data_dir, clock, held)
+
+
+@pytest.mark.parametrize("damage", ["missing", "flipped", "another topic's"])
+def test_a_lost_or_damaged_partition_marker_is_refused_and_repair_writes_it_again(data_dir, clock, damage):
+    held = fill(data_dir, clock, topics=(("t", 2), ("u", 1)))
+    marker = os.path.join(data_dir, "t-1", MARKER_FILE)
+    if damage == "missing":
+        os.remove(marker)
+    elif damage == "flipped":
+        flip(marker, 40)
+    else:
+        shutil.copy(os.path.join(data_dir, "u-0", MARKER_FILE), marker)
+    refused_and_untouched(data_dir, clock, "t-1")
+    actions = repair(data_dir)
+    if damage == "another topic's":  # not attributable: repair leaves it for a person to sort out
+        assert not any("marker" in a for a in actions)
+        with pytest.raises(CorruptLogError):
+            Engine.open(data_dir, clock=clock)
+        return
+    assert actions == ["t[1]: partition marker written again from the topic's metadata"]
+    assert_intact(data_dir, clock, held)
+
+
+# -- 3. create and delete are safe against crashes and each other -------------------------------------
+
+def test_a_topic_deleted_and_created_again_at_once_keeps_every_acknowledged_record(data_dir, clock):
+    # Before: delete_topic removed the partition directories after releasing its lock, so a topic of
+    # the same name created at once could lose its directory (and acknowledged records) underneath it.
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    with Engine.open(data_dir, clock=clock, fsync="always") as eng:
+        eng.create_topic("t", 2)
+        acked: dict[int, list[bytes]] = {}
+        for round_ in range(30):
+            deleted = threading.Event()
+
+            def delete():
+                eng.delete_topic("t")
+                deleted.set()
+
+            deleter = threading.Thread(target=delete)
+            deleter.start()
+            deleted.wait()
+            eng.create_topic("t", 2)
+            acked = {0: [], 1: []}
+            for i in range(rng.randrange(1, 20)):
+                p = rng.randrange(2)
+                value = b"round %d record %d" % (round_, i)
+                eng.produce("t", [value], partition=p)
+                acked[p].append(value)
+            deleter.join()
+    with Engine.open(data_dir, clock=clock) as eng:
+        for p in (0, 1):
+            assert read_all(eng, "t", p) == acked[p], (seed, p)
+        eng._catalog.trash.drain()
+    assert os.listdir(os.path.join(data_dir, TRASH_DIR)) == []
+
+
+def test_deletion_moves_partitions_to_the_trash_and_a_crash_half_way_is_finished_at_open(data_dir, clock):
+    fill(data_dir, clock)
+    with Engine.open(data_dir, clock=clock) as eng:
+        meta = eng._topics["t"].meta
+    # what a crash after moving the first partition (and before the topic file went) leaves
+    os.makedirs(os.path.join(data_dir, TRASH_DIR), exist_ok=True)
+    os.rename(os.path.join(data_dir, "t-0"), os.path.join(data_dir, TRASH_DIR, f"{meta.topic_id}-0"))
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert "t" not in eng.list_topics()
+        eng.create_topic("t", 1)
+        eng._catalog.trash.drain()
+    assert os.listdir(os.path.join(data_dir, TRASH_DIR)) == []
+    assert not os.path.exists(os.path.join(data_dir, "t-1"))
+
+
+def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_directories(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t", 3)
+    # what a crash during the create leaves: the intent, two of three directories (one without marker)
+    path = meta_file(data_dir)
+    with Engine.open(data_dir, clock=clock) as eng:
+        meta = eng._topics["t"].meta
+    from tidelog.broker.topic_meta import TopicMeta, write_topic_meta
+    from tidelog.storage.fs import FileSystem
+    creating = TopicMeta(meta.name, meta.topic_id, 4, meta.created_ms, meta.config, "creating")
+    write_topic_meta(FileSystem(), data_dir, creating)
+    shutil.rmtree(os.path.join(data_dir, "t-2"))
+    os.makedirs(os.path.join(data_dir, "t-2"))  # made, marker not yet written: empty
+    os.makedirs(os.path.join(data_dir, "t-3"))  # someone else's, with a file in it
+    with open(os.path.join(data_dir, "t-3", "keep"), "w") as f:
+        f.write("keep")
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.list_topics() == []
+    assert sorted(e for e in os.listdir(data_dir) if e.startswith("t-")) == ["t-3"]
+    assert not os.path.exists(path)
+
+
+def test_a_crash_at_any_step_of_create_or_delete_leaves_a_directory_that_opens(tmp_path, clock):
+    """Every file operation of a create and of a delete, failed in turn: the directory opens, holds
+    the other topic untouched, and holds the topic either whole or not at all."""
+    from tidelog.storage.fs import FileSystem
+
+    class Crash(BaseException):
+        pass
+
+    class CrashAt(FileSystem):
+        def __init__(self):
+            super().__init__()
+            self.k, self.n = None, 0
+
+        def _tick(self):
+            self.n += 1
+            if self.n == self.k:
+                raise Crash()
+
+        def write_file_atomic(self, *a, **kw):
+            self._tick()
+            return super().write_file_atomic(*a, **kw)
+
+        def rename(self, *a):
+            self._tick()
+            return super().rename(*a)
+
+        def makedirs(self, *a):
+            self._tick()
+            return super().makedirs(*a)
+
+        def remove(self, *a):
+            self._tick()
+            return super().remove(*a)
+
+    base = str(tmp_path / "base")
+    held = fill(base, clock, topics=(("keep", 1),))
+    del held
+    for op in ("create", "delete"):
+        k = 1
+        while True:
+            d = str(tmp_path / f"{op}-{k}")
+            shutil.copytree(base, d)
+            if op == "delete":
+                with Engine.open(d, clock=clock) as eng:
+                    eng.create_topic("t", 3)
+                    eng.produce("t", [b"x"], partition=1)
+            fs = CrashAt()
+            eng = Engine.open(d, clock=clock, fs=fs)
+            fs.n, fs.k = 0, k  # count the operations of the create or delete only
+            try:
+                if op == "create":
+                    eng.create_topic("t", 3)
+                else:
+                    eng.delete_topic("t")
+                finished = True
+            except Crash:
+                finished = False
+            eng._housekeeper.stop()
+            eng._catalog.trash.stop()
+            for t in eng._topics.values():
+                for plog in t.partitions:
+                    plog.close_files()
+            fs.unlock_dir(eng._lock_fd)
+            with Engine.open(d, clock=clock) as again:
+                topics = again.list_topics()
+                assert "keep" in topics
+                if "t" in topics:
+                    assert again.partitions("t") == 3 and not (op == "delete" and finished)
+                else:
+                    assert not (op == "create" and finished)
+                again._catalog.trash.drain()
+            assert check_directory(d).problems == [] and not any(r.problems for r in check(d))
+            if finished:
+                break
+            k += 1
+        assert k > 3, op  # the crash points covered more than the first step
