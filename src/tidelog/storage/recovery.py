@@ -215,6 +215,8 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
                             f"bytes before the recovery point (durable records are missing)")
                 if result.end_pos < seg.file_size and last:
                     seg.cut(result.end_pos)
+            if not last:
+                _finish_sealed(seg)  # now, not after the loop: a sealed segment lets go of its descriptors
     except BaseException:
         for seg in segments:
             seg.close()
@@ -230,11 +232,13 @@ def _refuse(directory: str, seg: Segment, pos: int, what: str) -> None:
         path=seg.log_path)
 
 
+def _finish_sealed(seg: Segment) -> None:
+    if seg.file_size == seg.size and seg.index.sealed and seg.time_index.sealed:
+        seg.mark_sealed()
+    else:
+        seg.seal()  # found untrimmed (a crash while rolling) or with rebuilt indexes
+
+
 def _finish(segments: list[Segment], scanned: int, truncated: int, rebuilt: int, reason: str) -> tuple[list[Segment], RecoveryReport]:
-    for seg in segments[:-1]:
-        if seg.file_size == seg.size and seg.index.sealed and seg.time_index.sealed:
-            seg.mark_sealed()
-        else:
-            seg.seal()  # found untrimmed (a crash while rolling) or with rebuilt indexes
     segments[-1].activate()
     return segments, RecoveryReport(len(segments), scanned, truncated, rebuilt, reason)

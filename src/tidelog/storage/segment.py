@@ -74,7 +74,7 @@ class Segment:
     def __init__(self, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
                  create: bool, maps: MapCache | None = None) -> None:
         self.fs = fs
-        self._maps = maps or UNBOUNDED
+        self._maps = maps if maps is not None else UNBOUNDED
         self.directory = directory
         self.base_offset = base_offset
         self.config = config
