@@ -3,7 +3,7 @@ directory can be imaged as a disk would hold it after a power cut, and it inject
 
 Model (stricter than ext4's data=ordered): a write or a resize survives a power cut only if its file
 was fsynced afterwards; a file created since the last fsync of its directory disappears; a
-non-durable atomic replace (the recovery point) is undone. Deletions are taken as durable at once.
+non-durable atomic replace or in-place rewrite (the recovery point) is undone. Deletions are taken as durable at once.
 Unsynced changes are dropped per file, all or nothing, which also covers the kernel writing back one
 file (an index) before another (its log).
 
@@ -112,6 +112,29 @@ class PowerLossFS(FileSystem):
         super().write_file_atomic(path, data, durable)
         if durable:
             self._undo.pop(path, None)
+
+    def write_in_place(self, path, data, durable=False):
+        if self.dead:
+            return
+        if not durable and path not in self._undo:
+            old = open(path, "rb").read() if os.path.exists(path) else None
+            self._journal(path, ("replace", old))
+        super().write_in_place(path, data, durable)
+        if durable:
+            self._undo.pop(path, None)
+
+    def rename(self, src, dst):
+        if self.dead:
+            return
+        super().rename(src, dst)  # taken as durable at once, like deletions
+
+    def replace(self, src, dst):
+        if self.dead:
+            return
+        super().replace(src, dst)
+        self._undo.pop(dst, None)
+        if src in self._undo:
+            self._undo[dst] = self._undo.pop(src)
 
     def fsync_dir(self, path):
         if self.dead:

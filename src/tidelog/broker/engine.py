@@ -143,7 +143,7 @@ class Engine:
     def _load_topics(self) -> None:
         for meta in self._catalog.load():
             topic = Topic.open(self._fs, self.path, meta, self.config.fsync, self._clock, self.clean_start,
-                               self._maps)
+                               self._maps, self.config.producer_id_expiration_ms)
             self._topics[topic.name] = topic
 
     # -- topics --------------------------------------------------------------------------------------
@@ -172,7 +172,8 @@ class Engine:
                 for p in range(partitions):
                     directory = self._catalog.make_partition_dir(meta, p)
                     logs.append(PartitionLog(self._fs, directory, topic_config, self.config.fsync,
-                                             self._clock, clean=True, maps=self._maps, create=True))
+                                             self._clock, clean=True, maps=self._maps, create=True,
+                                             producer_id_expiration_ms=self.config.producer_id_expiration_ms))
                 meta = self._catalog.commit_create(meta)
             except BaseException:
                 for plog in logs:

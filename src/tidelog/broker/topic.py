@@ -57,14 +57,14 @@ class Topic:
 
     @classmethod
     def open(cls, fs: FileSystem, data_dir: str, meta: TopicMeta, fsync: str, clock: Callable[[], int],
-             clean: bool, maps: MapCache) -> "Topic":
+             clean: bool, maps: MapCache, producer_id_expiration_ms: int) -> "Topic":
         """Open the partitions of a topic the catalog checked (every directory exists and is marked)."""
         logs: list[PartitionLog] = []
         try:
             for p in range(meta.partitions):
                 started = time.monotonic()
                 logs.append(PartitionLog(fs, partition_dir(data_dir, meta.name, p), meta.config, fsync, clock,
-                                         clean, maps=maps))
+                                         clean, maps=maps, producer_id_expiration_ms=producer_id_expiration_ms))
                 _log_recovery(meta.name, p, logs[-1], time.monotonic() - started)
         except BaseException:
             cls(meta, logs).close()  # the partitions opened so far close as after a clean stop

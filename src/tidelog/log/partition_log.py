@@ -31,8 +31,9 @@ from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
 from ..storage.segment import AppendedBatch, Segment
 from ..storage.segment_set import SegmentSet
+from . import producer_snapshot
 from .offsets import Offsets
-from .producer_state import STATE_WINDOW_BYTES, ProducerState
+from .producer_state import ProducerState
 
 log = logging.getLogger("tidelog.log")
 
@@ -67,7 +68,7 @@ class PartitionStats(NamedTuple):
 class PartitionLog:
     def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: str,
                  clock: Callable[[], int], clean: bool, *, maps: MapCache | None = None,
-                 create: bool = False) -> None:
+                 create: bool = False, producer_id_expiration_ms: int = 86_400_000) -> None:
         """Open the partition in `directory` (which must exist), or with create=True make its first
         segment there."""
         self.fs = fs
@@ -83,6 +84,7 @@ class PartitionLog:
         self._failed: StorageError | None = None
         self._closed = False
         self._maps = maps
+        self.producer_id_expiration_ms = producer_id_expiration_ms
         self._listeners: list[Callable[[], None]] = []
         self._unrecorded: list = []
         self._appended_records = self._appended_bytes = 0  # under _lock
@@ -98,10 +100,7 @@ class PartitionLog:
         # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
         self._segments.active.flush()
         self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
-        self._producers = ProducerState()
-        active = self._segments.active
-        active.scan(active.index.floor_position(active.size - STATE_WINDOW_BYTES), verify=False,
-                    expected_offset=-1, stop=active.size, on_batches=self._producers.load)
+        self._producers = self._load_producers()
         self._visible = (self._segments.active, self._segments.active.size)
         # Everything is on disk now: record it (a new partition durably, so its extent is known from
         # the start; otherwise this also upgrades a recovery point of the first format).
@@ -180,8 +179,10 @@ class PartitionLog:
     def _record_producers(self, written_upto: int) -> None:
         """Remember the idempotent batches written so far (even if a later part of the append fails)."""
         done = [entry for entry in self._unrecorded if entry[2] <= written_upto]
+        now = self._clock()
         for info, base, last in done:
-            self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, last)
+            self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, last,
+                                   now)
         self._unrecorded = [entry for entry in self._unrecorded if entry[2] > written_upto]
 
     def _write_split(self, iov: list, batches: list[AppendedBatch]) -> None:
@@ -221,8 +222,39 @@ class PartitionLog:
         if self.fsync_policy == "always":
             self._publish(old, old.size, new.base_offset)
         self._write_checkpoint(new, 0)  # the sealed segments are durable, the new one is empty
+        self._snapshot_producers(new.base_offset)
         self._apply_retention_locked(self._clock())
         return new
+
+    # -- idempotent producers ------------------------------------------------------------------------
+    def _load_producers(self) -> ProducerState:
+        """The newest producer snapshot, then the batches after it (all of the log if there is none)."""
+        state, start = producer_snapshot.load(self.fs, self.directory, self._offsets.log_end)
+        now = self._clock()
+        for seg in self._segments:
+            if seg.next_offset <= start or seg.size == 0:
+                continue
+            begin = 0 if seg.base_offset >= start else self._position_before(seg, start)
+            seg.scan(begin, verify=False, expected_offset=-1, stop=seg.size,
+                     on_batches=lambda rows: state.replay(rows, now, start))
+        state.expire(now, self.producer_id_expiration_ms)
+        return state
+
+    @staticmethod
+    def _position_before(seg: Segment, offset: int) -> int:
+        """A batch boundary at or before the batch holding offset (from the index; 0 without one)."""
+        entries = seg.index.view()
+        i = int(np.searchsorted(entries["rel"], offset - seg.base_offset, side="right")) - 1 if len(entries) else -1
+        return int(entries["pos"][i]) if i >= 0 else 0
+
+    def _snapshot_producers(self, offset: int) -> None:
+        """Write the producer state as of offset (under the lock); a failure costs replay, not state."""
+        self._producers.expire(self._clock(), self.producer_id_expiration_ms)
+        try:
+            producer_snapshot.write(self.fs, self.directory, self._producers, offset)
+        except StorageError as exc:
+            log.warning("could not write a producer snapshot (%s); the next open replays more of the log",
+                        exc.message, extra={"event": "producer_snapshot_failed", "log": self.name})
 
     def _publish(self, segment: Segment, position: int, offset: int) -> None:
         """Make offsets below `offset` (bytes below `position` of `segment`) visible to readers."""
@@ -465,6 +497,7 @@ class PartitionLog:
                     # durable: should the clean-stop marker ever be lost, recovery trusts the whole log
                     active = self._segments.active
                     self._write_checkpoint(active, active.size, durable=True)
+                    self._snapshot_producers(self._offsets.log_end)
                 for seg in self._segments:
                     seg.close(trim=clean)
             if self._failed is not None:
