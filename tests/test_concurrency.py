@@ -113,3 +113,48 @@ def test_topic_admin_while_producing_elsewhere(data_dir):
         run_threads([producer, admin])
         assert eng.list_topics() == ["busy"]
         assert eng.list_offsets("busy", 0).log_end == PER_THREAD
+
+
+def test_readers_racing_retention_and_unmapping_get_records_or_out_of_range_never_errors(data_dir):
+    """Readers at random offsets while appends roll segments, retention deletes them and the map
+    cache (two segments) unmaps them under the readers' feet."""
+    import random
+
+    from tidelog.errors import OffsetOutOfRangeError
+
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    with Engine.open(data_dir, max_mapped_segments=2) as eng:
+        eng.create_topic("t", 1, segment_bytes=4096, retention_bytes=6 * 4096)
+
+        def read(k):
+            rng = random.Random(seed + k)
+            while not stop.is_set():
+                o = eng.list_offsets("t", 0)
+                offset = rng.randrange(o.log_start, o.high_watermark + 1)
+                try:
+                    for rec in eng.fetch("t", 0, offset, max_bytes=rng.choice([1, 5000, 1 << 20])):
+                        assert rec.value == b"%08d" % rec.offset * 40
+                    eng.list_offsets("t", 0, rng.randrange(0, 2000))
+                except OffsetOutOfRangeError:
+                    pass  # retention moved the log start past it
+                except BaseException as exc:  # anything else is a bug
+                    failures.append(exc)
+                    return
+
+        readers = [threading.Thread(target=read, args=(k,)) for k in range(3)]
+        for t in readers:
+            t.start()
+        try:
+            for i in range(3000):
+                o = eng.list_offsets("t", 0).log_end
+                eng.produce("t", [b"%08d" % o * 40], timestamp=i)
+                if failures:
+                    break
+        finally:
+            stop.set()
+            for t in readers:
+                t.join()
+    assert not failures, (seed, failures[0])

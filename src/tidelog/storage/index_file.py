@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import StorageError
 from .fs import FileSystem
 
 
@@ -33,6 +34,7 @@ class IndexFile:
         self._capacity_bytes = max(max_bytes - max_bytes % self._entry, self._entry)
         self._map = None
         self._map_len = 0
+        self._closed = False
         # A new index is the active segment's and grows; an existing one is opened as it is (sealed
         # until `activate`), so opening a data directory never rewrites files it only reads.
         self.sealed = not create
@@ -102,6 +104,7 @@ class IndexFile:
         self.sealed = True
 
     def close(self, trim: bool = False) -> None:
+        self._closed = True  # a reader still searching it sees no entries (and scans instead)
         if trim and not self.sealed and self._fd >= 0:
             # A clean stop trusts these entries on the next open: make them durable first.
             self._fs.truncate(self._fd, self.entries * self._entry, self.path)
@@ -120,7 +123,7 @@ class IndexFile:
         """The valid entries as a structured numpy array (zero-copy over the map)."""
         n = self.entries
         m = self._map
-        if m is None and n and self._fd < 0:
+        if m is None and n and self._fd < 0 and not self._closed:
             m = self._map_released()
         if n == 0 or m is None:
             return np.empty(0, dtype=self.dtype)
@@ -128,7 +131,12 @@ class IndexFile:
 
     def _map_released(self):
         """Map a released index again (read-only; the descriptor is closed once mapped)."""
-        fd = self._fs.open(self.path, read_only=True)
+        try:
+            fd = self._fs.open(self.path, read_only=True)
+        except StorageError:
+            if self._closed:  # deleted (retention) while a reader came to search it
+                return None
+            raise
         try:
             m = self._fs.map_read(fd, self.entries * self._entry)
         finally:

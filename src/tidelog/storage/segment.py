@@ -339,7 +339,12 @@ class Segment:
 
     def _map_released(self):
         """Map a sealed segment again (its descriptor was released; one is opened just to map)."""
-        fd = self.fs.open(self.log_path, read_only=True)
+        try:
+            fd = self.fs.open(self.log_path, read_only=True)
+        except StorageError:
+            if self.deleted or self._closed:  # deleted (retention) while a reader came to it
+                return b""
+            raise
         try:
             m = self.fs.map_read(fd, self.size)
         finally:
