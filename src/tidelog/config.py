@@ -80,7 +80,8 @@ class EngineConfig:
     ResourceLimitError (RESOURCE_EXHAUSTED)."""
     max_partitions_per_topic: int = 10_000
     """Limit on partitions of one topic, default 10,000; more raises ResourceLimitError. Each open
-    partition holds 6 file descriptors (3 files and their maps): the process's open-file limit binds first."""
+    partition holds 3 file descriptors (its active segment's files; sealed segments hold none): the
+    process's open-file limit binds first."""
     max_fetch_bytes: int = 64 << 20
     """Upper bound on a single fetch's max_bytes, default 64 MiB: a larger max_bytes is cut to it (not
     an error); a fetch still returns at least one whole batch."""
