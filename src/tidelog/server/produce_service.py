@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import NamedTuple
 
 import grpc
 
@@ -56,6 +57,14 @@ class _Budget:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class _Refused(NamedTuple):
+    """A request refused before the engine saw it; sequence and topic are echoed when they were read."""
+
+    error: TidelogError
+    sequence: int = 0
+    topic: str = ""
 
 
 class ProduceService:
@@ -121,18 +130,20 @@ class ProduceService:
             held = 0
 
     async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
-        parsed: list[protowire.ProduceRequestView | TidelogError] = []
+        parsed: list[protowire.ProduceRequestView | _Refused] = []
         for raw in raws:
             try:
                 parsed.append(protowire.parse_produce_request(raw))
-            except (ValueError, UnicodeDecodeError) as exc:
-                parsed.append(InvalidRequestError(f"malformed ProduceRequest: {exc}"))
-        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, TidelogError)]
+            except protowire.BadFieldError as exc:  # the sequence is known: the ack echoes it
+                parsed.append(_Refused(InvalidRequestError(f"invalid ProduceRequest: {exc}"), exc.sequence, exc.topic))
+            except ValueError as exc:
+                parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
+        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
         outcomes = iter(await self.engine.run(self.engine.engine.append_many, requests) if requests else [])
         response = pb.ProduceResponse()
         for p in parsed:
-            if isinstance(p, TidelogError):
-                response.results.add(error=status.error_message(p))
+            if isinstance(p, _Refused):
+                response.results.add(sequence=p.sequence, topic=p.topic, error=status.error_message(p.error))
                 continue
             outcome = next(outcomes)
             if isinstance(outcome, ProduceResult):
