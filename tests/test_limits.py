@@ -26,7 +26,8 @@ from .server_process import ServerProcess
 
 TS = 1_700_000_000_000
 LIMITS = {
-    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes", "max_subscribe_message_bytes",
+    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes",
+                   "max_subscribe_message_bytes", "max_subscribe_credit_bytes", "max_subscribe_buffer_bytes",
                    "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections"],
     EngineConfig: ["max_topics", "max_partitions_per_topic", "max_fetch_bytes"],
     TopicConfig: ["max_batch_bytes"],
@@ -62,6 +63,7 @@ def server(tmp_path_factory):
     path = root / "tidelog.toml"
     path.write_text("\n".join([
         "max_message_bytes = 131072", "max_inflight_bytes_per_stream = 65536", "max_subscribe_message_bytes = 8192",
+        "max_subscribe_credit_bytes = 65536",
         "[engine]", "max_topics = 3", "max_partitions_per_topic = 4", "max_fetch_bytes = 16384",
         "[engine.topic_defaults]", "max_batch_bytes = 8192", ""]))
     srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
@@ -161,6 +163,38 @@ def test_max_fetch_bytes_and_max_subscribe_message_bytes_cut_responses_to_whole_
     assert sum(sizes) == 12 * len(batch) and max(sizes) == 2 * len(batch) <= 8192
 
 
+def test_a_huge_credit_grant_is_cut_to_max_subscribe_credit_bytes(channel, topic):
+    """A subscriber grants 1 TiB and stops reading: the broker sends it no more than the cap (plus the
+    one whole batch a fetch may overshoot by). Then the subscriber seeks to the last batch and grants a
+    little more: everything before that batch's response is all the 1 TiB grant got."""
+    batch = tidelog.build_batch([b"c" * 3000], timestamp=TS)
+    results = produce(channel, [protowire.encode_produce_request(i, topic, 3, batch) for i in range(100)])
+    assert not any(r.HasField("error") for r in results)
+    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+                                 response_deserializer=pb.SubscribeResponse.FromString)
+    stalled, done = threading.Event(), threading.Event()
+
+    def requests():
+        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic=topic, partition=3, position=pb.Position(offset=0),
+                                                          credit_bytes=1 << 40))
+        stalled.wait(30)
+        yield pb.SubscribeRequest(seek=pb.Position(offset=99))
+        yield pb.SubscribeRequest(credit_bytes=2 * len(batch))  # past the overshoot: credit turns positive
+        done.wait(30)
+
+    responses = stub(requests(), timeout=30)
+    stalled.wait(1.0)  # not reading: gives a broker that ignored the cap the time to send far past it
+    stalled.set()
+    before_seek = 0
+    for resp in responses:
+        if resp.next_offset == 100:  # the seeked-to last batch
+            break
+        before_seek += len(resp.batches)
+    done.set()
+    responses.cancel()
+    assert 65536 <= before_seek <= 65536 + len(batch), before_seek
+
+
 def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refusing(channel, topic):
     # 40 requests of ~20 KiB on one stream: 2.5 MiB through a 64 KiB read-ahead budget; and one
     # request larger than the whole budget still passes on its own.
@@ -171,6 +205,16 @@ def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refu
     assert [r.sequence for r in results] == list(range(41))
     assert not any(r.HasField("error") for r in results)
     assert results[-1].last_offset == 40 * 3 + 12 - 1
+
+
+class _Peer:
+    """The one thing ProduceService asks of a call's context: which connection it came on."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
 
 
 def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_streams_give_it_back():
@@ -203,7 +247,8 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
                 yield protowire.encode_produce_request(i, "t", stream, batch)
 
         async def drain(stream):
-            return [r async for resp in service.produce(requests(stream), None) for r in resp.results]
+            return [r async for resp in service.produce(requests(stream), _Peer(f"ipv4:127.0.0.1:{stream}"))
+                    for r in resp.results]
 
         tasks = [asyncio.create_task(drain(s)) for s in range(4)]
         for _ in range(50):
@@ -352,3 +397,4 @@ def test_running_out_of_file_descriptors_is_a_clear_retriable_error_that_leaves_
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "OK", out.stdout + out.stderr
+

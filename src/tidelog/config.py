@@ -147,6 +147,15 @@ class ServerConfig:
     """max_bytes of a fetch that asks for 0."""
     max_subscribe_message_bytes: int = 4 << 20
     """Largest response a subscription sends, default 4 MiB, whatever the credit (at least one batch)."""
+    max_subscribe_credit_bytes: int = 8 << 20
+    """Credit one subscription may have, default 8 MiB (the client's default window): a larger grant is cut
+    to it (not an error), so a subscription never has more than this sent and not yet credited back (plus
+    one batch). A client with a larger window still works: it grants back what it consumed once it runs dry."""
+    max_subscribe_buffer_bytes: int = 256 << 20
+    """Bytes sent to subscribers and not yet credited back, on all subscriptions together, default 256 MiB:
+    what stalled consumers make the broker hold. Past it subscriptions wait for credit to come back
+    (backpressure, not an error), except that one holding nothing may always send one small message
+    (64 KiB, or one batch if larger), so stalled consumers cannot starve live ones."""
     max_fetch_wait_ms: int = 30_000
     """Upper bound of a long-poll's max_wait_ms, default 30 s: a longer wait is cut to it."""
     max_concurrent_rpcs: int = 1000
@@ -186,7 +195,8 @@ class ServerConfig:
         if not isinstance(self.metrics_host, str):
             raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
         for name in ("metrics_max_partitions", "max_message_bytes", "max_inflight_bytes_per_stream",
-                     "max_inflight_bytes", "default_fetch_bytes", "max_subscribe_message_bytes", "max_fetch_wait_ms",
+                     "max_inflight_bytes", "default_fetch_bytes", "max_subscribe_message_bytes",
+                     "max_subscribe_credit_bytes", "max_subscribe_buffer_bytes", "max_fetch_wait_ms",
                      "max_concurrent_rpcs", "max_connections", "io_threads"):
             _positive(self, name, minimum=1)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:

@@ -55,6 +55,7 @@ class Server:
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
+        self._consume: consume_service.ConsumeService | None = None
 
     async def start(self) -> int:
         """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
@@ -119,7 +120,7 @@ class Server:
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
         self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
-        consume = consume_service.ConsumeService(self.async_engine, self.config)
+        self._consume = consume = consume_service.ConsumeService(self.async_engine, self.config)
         self._produce = produce_service.ProduceService(self.async_engine, self.config)
         self._services.ready((
             self._produce.handler(),
@@ -139,6 +140,10 @@ class Server:
         Gauge("tidelog_produce_inflight_bytes", "Produce bytes read ahead of their acks on all streams "
               "(bounded by max_inflight_bytes: near it, producers are being held back)", registry=registry
               ).set_function(lambda: self._produce.inflight_bytes if self._produce is not None else 0)
+        Gauge("tidelog_subscribe_buffer_bytes", "Bytes sent to subscribers and not yet credited back, on all "
+              "subscriptions (bounded by max_subscribe_buffer_bytes: near it, stalled consumers hold the "
+              "broker's memory and subscriptions wait)", registry=registry
+              ).set_function(lambda: self._consume.buffered_bytes if self._consume is not None else 0)
         host = self.config.metrics_host or self.config.host
         try:
             self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)

@@ -5,13 +5,12 @@ max_inflight_bytes_per_stream read ahead of their acks, and up to max_inflight_b
 together (then stops reading: backpressure travels to the client through gRPC flow control), appends
 everything that has arrived in one engine call (one fsync per partition under fsync="always") and
 answers with one ranged ack for all of it, in order. A stream that ends, however it ends, gives back
-what it held of the shared budget.
+what it held of the shared budget. Event-loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import NamedTuple
 
@@ -24,39 +23,11 @@ from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import requests, status
+from .budget import ByteBudget
 
 log = logging.getLogger("tidelog.server")
 
 SERVICE = "tidelog.v1.Producer"
-
-
-class _Budget:
-    """Bytes in flight; acquire waits while over the limit. Event-loop only; release never blocks, so
-    a stream's cleanup can give back what it holds even while being cancelled."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
-
-    async def acquire(self, n: int) -> None:
-        # A message larger than the whole budget still passes when nothing else is in flight.
-        while not (self.used == 0 or self.used + n <= self.limit):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.used += n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        while self._waiters:  # each rechecks the limit
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 class _Refused(NamedTuple):
@@ -71,7 +42,7 @@ class ProduceService:
     def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
-        self._shared = _Budget(config.max_inflight_bytes)
+        self._shared = ByteBudget(config.max_inflight_bytes)
 
     @property
     def inflight_bytes(self) -> int:
@@ -88,16 +59,19 @@ class ProduceService:
 
     async def produce(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue()
-        budget = _Budget(self.config.max_inflight_bytes_per_stream)
-        held = 0  # of the shared budget, by this stream
+        budget = ByteBudget(self.config.max_inflight_bytes_per_stream)
+        # Always taken in this order (stream, then server); what this stream holds of the budgets it
+        # shares is given back when it ends.
+        shared = [self._shared]
+        held = [0] * len(shared)
 
         async def read_ahead() -> None:
-            nonlocal held
             try:
                 async for raw in request_iterator:
                     await budget.acquire(len(raw))
-                    await self._shared.acquire(len(raw))
-                    held += len(raw)
+                    for i, b in enumerate(shared):
+                        await b.acquire(len(raw))
+                        held[i] += len(raw)
                     queue.put_nowait(raw)
             finally:
                 queue.put_nowait(None)
@@ -119,15 +93,17 @@ class ProduceService:
                 response = await self._append(raws)
                 size = sum(len(r) for r in raws)
                 budget.release(size)
-                self._shared.release(size)
-                held -= size
+                for i, b in enumerate(shared):
+                    b.release(size)
+                    held[i] -= size
                 yield response
             if reader.done() and reader.exception() is not None:
                 raise reader.exception()
         finally:
             reader.cancel()
-            self._shared.release(held)
-            held = 0
+            for i, b in enumerate(shared):
+                b.release(held[i])
+                held[i] = 0
 
     async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
         parsed: list[protowire.ProduceRequestView | _Refused] = []
