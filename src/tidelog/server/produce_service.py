@@ -1,18 +1,19 @@
 """tidelog.v1.Producer: streaming produce of pre-encoded batches, and a per-record unary form.
 
 Produce reads requests as raw bytes (no protobuf copy of the batches), keeps up to
-max_inflight_bytes_per_stream read ahead of their acks, and up to max_inflight_bytes on all streams
-together (then stops reading: backpressure travels to the client through gRPC flow control), appends
-everything that has arrived in one engine call (one fsync per partition under fsync="always") and
-answers with one ranged ack for all of it, in order. A stream that ends, however it ends, gives back
-what it held of the shared budget. Event-loop only.
+max_inflight_bytes_per_stream read ahead of their acks, up to max_inflight_bytes_per_connection on all
+streams of one client connection, and up to max_inflight_bytes on all streams together (then stops
+reading: backpressure travels to the client through gRPC flow control), appends everything that has
+arrived in one engine call (one fsync per partition under fsync="always") and answers with one ranged
+ack for all of it, in order. A stream that ends, however it ends, gives back what it held of the
+connection's and the shared budgets. Event-loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import grpc
 
@@ -23,6 +24,7 @@ from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import requests, status
+from .admission import Connection
 from .budget import ByteBudget
 
 log = logging.getLogger("tidelog.server")
@@ -39,10 +41,12 @@ class _Refused(NamedTuple):
 
 
 class ProduceService:
-    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+    def __init__(self, engine: AsyncEngine, config: ServerConfig,
+                 connection: Callable[[str], Connection | None] = lambda peer: None) -> None:
         self.engine = engine
         self.config = config
         self._shared = ByteBudget(config.max_inflight_bytes)
+        self._connection = connection  # the state of the connection a call came on (server/admission.py)
 
     @property
     def inflight_bytes(self) -> int:
@@ -60,9 +64,10 @@ class ProduceService:
     async def produce(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue()
         budget = ByteBudget(self.config.max_inflight_bytes_per_stream)
-        # Always taken in this order (stream, then server); what this stream holds of the budgets it
-        # shares is given back when it ends.
-        shared = [self._shared]
+        connection = self._connection(context.peer())
+        # Always taken in this order (stream, connection, server), so streams waiting for one another cannot
+        # deadlock; what this stream holds of the budgets it shares is given back when it ends.
+        shared = [b for b in (connection.produce if connection is not None else None, self._shared) if b is not None]
         held = [0] * len(shared)
 
         async def read_ahead() -> None:
