@@ -1,7 +1,9 @@
 """Every limit is a validated, documented setting, and going past it gets its precise answer.
 
-Two real servers with small limits: one for sizes and counts (batch, message, fetch, subscribe
-message, topics, partitions, in-flight bytes), one for connections and concurrent RPCs.
+Real servers with small limits: one for sizes and counts (batch, message, fetch, subscribe message
+and credit, topics, partitions, in-flight bytes), others for connections and concurrent RPCs, and one
+for the per-connection limits and the admin reserve; the in-flight byte budgets are also driven
+directly with a held-back engine.
 """
 
 from __future__ import annotations

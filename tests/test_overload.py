@@ -1,7 +1,9 @@
 """Overload and slow peers against a real server: it stays responsive and bounded, loses nothing acked.
 
 Behaviour only (no timings, no memory thresholds; benchmarks/overload.py measures RSS): a stalled
-subscriber gets no more than its credit, a producer flood past max_concurrent_rpcs is refused with
+subscriber gets no more than its credit, many stalled ones no more than the shared subscribe buffer
+(and give it back when killed) while a live consumer is still served, a producer flood past
+max_concurrent_rpcs is refused with
 RESOURCE_EXHAUSTED while admitted streams finish, hundreds of idle connections cost nothing to the
 others, a client killed mid-stream leaves the broker serving with every acked record intact, and
 producers ride out a broker restart without losing an acknowledged record.

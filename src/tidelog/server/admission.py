@@ -14,8 +14,9 @@ calls of one channel. Each connection also has its own produce read-ahead budget
 (max_inflight_bytes_per_connection), which the Producer service asks for with `connection(peer)`.
 A connection's state exists while it has a data-path call open.
 
-Interceptors of grpc.aio cannot see the peer, so admission wraps the method handlers themselves
-(`wrap`, called by the server's generic handler for every call). Event-loop only.
+A grpc.aio server interceptor sees the method name and metadata but not the peer, which is known
+only once the handler runs; so admission wraps the method handlers themselves (`wrap`, called by
+the server's generic handler for every call). Event-loop only.
 """
 
 from __future__ import annotations
