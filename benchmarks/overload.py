@@ -5,6 +5,9 @@ VmRSS from /proc/<pid>/status every 20 ms: the figure is the peak during the sce
 idle server's baseline, so results read as deltas and ratios. Scenarios (bounded in count and time):
 
 - stalled consumers: a backlog of B MiB, S subscribers with 1 MiB credit that never read or grant more;
+- many stalled subscribers: 256 subscribers, one connection each with a 64 KiB receive window, granting
+  1 TiB of credit and never reading; the broker's RSS while they hold on, and how long a live subscriber
+  then takes to read the whole backlog (it must not be starved);
 - producer flood: N raw Produce streams pushing 256 KiB batches as fast as they can;
 - idle connections: C channels, each connected (one health check) and then left idle;
 - vanished clients: K client processes with an open Produce and Subscribe stream, SIGKILLed mid-stream;
@@ -34,10 +37,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-QUICK = {"backlog_mib": 64, "stalled": 4, "flood_streams": 16, "flood_mib_each": 32, "idle": 1000, "vanished": 10,
-         "restart_records": 20_000}
-FULL = {"backlog_mib": 512, "stalled": 8, "flood_streams": 32, "flood_mib_each": 128, "idle": 1000, "vanished": 30,
-        "restart_records": 100_000}
+QUICK = {"backlog_mib": 64, "stalled": 4, "stalled_many": 256, "flood_streams": 16, "flood_mib_each": 32, "idle": 1000,
+         "vanished": 10, "restart_records": 20_000}
+FULL = {"backlog_mib": 512, "stalled": 8, "stalled_many": 256, "flood_streams": 32, "flood_mib_each": 128, "idle": 1000,
+        "vanished": 30, "restart_records": 100_000}
+MANY_CREDIT_BYTES = 1 << 40  # 1 TiB: what a client may grant; the broker caps it (max_subscribe_credit_bytes)
+# A receive window that stays at 64 KiB: what the broker sends stays in the broker's own buffers, as with
+# a client process that is stopped (the worst case for the broker's memory).
+STALLED_CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
+                          ("grpc.http2.lookahead_bytes", 65536)]
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -91,7 +99,8 @@ class Broker:
     def start(self) -> "Broker":
         self.log = open(self.data_dir + ".log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir,
-                                      "--port", str(self.port), "--fsync", "never", *self.extra],
+                                      "--port", str(self.port), "--fsync", "never", "--metrics-port", "0",
+                                      *self.extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         with grpc.insecure_channel(self.target) as ch:
@@ -192,6 +201,52 @@ def scenario_stalled(broker: Broker, p: dict) -> dict:
         ch.close()
     return {"detail": f"{p['backlog_mib']} MiB backlog, {p['stalled']} subscribers with 1 MiB credit not reading",
             "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving}
+
+
+def scenario_stalled_many(broker: Broker, p: dict) -> dict:
+    """Many subscribers, each on its own connection, granting 1 TiB of credit and never reading; then a
+    fresh subscriber reads the whole backlog while they stay stalled."""
+    from tidelog.client import Consumer
+    from tidelog.v1 import tidelog_pb2 as pb
+
+    backlog_mib = min(p["backlog_mib"], 64)  # more than any one credit: every subscriber has data to take
+    _create(broker.target, "backlog", 1)
+    _produce_raw(broker.target, "backlog", 0, _batch(256 * 1024), backlog_mib * 4)
+    before, before_anon = rss_mib(broker.pid), rss_mib(broker.pid, "RssAnon")
+    channels, streams, stop = [], [], threading.Event()
+
+    def hold():
+        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="backlog", partition=0, position=pb.Position(offset=0),
+                                                          credit_bytes=MANY_CREDIT_BYTES))
+        stop.wait(300)
+
+    with Sampler(broker.pid) as s:
+        for _ in range(p["stalled_many"]):
+            ch = grpc.insecure_channel(broker.target, options=STALLED_CLIENT_OPTIONS)
+            stream = ch.stream_stream("/tidelog.v1.Consumer/Subscribe",
+                                      request_serializer=pb.SubscribeRequest.SerializeToString,
+                                      response_deserializer=None)(hold(), timeout=300)
+            next(stream)  # subscribed; from here on nobody reads
+            channels.append(ch)
+            streams.append(stream)
+        time.sleep(3)
+        held, held_anon = rss_mib(broker.pid), rss_mib(broker.pid, "RssAnon")
+        started, read = time.monotonic(), 0
+        with Consumer(broker.target, "backlog", 0, 0) as c:  # a live reader among the stalled ones
+            while read < backlog_mib * 4 * 256 and time.monotonic() - started < 120:
+                read += len(c.poll(1.0))
+        live_s = time.monotonic() - started
+        serving = broker.serving()
+    stop.set()
+    for stream in streams:
+        stream.cancel()
+    for ch in channels:
+        ch.close()
+    return {"detail": f"{backlog_mib} MiB backlog, {p['stalled_many']} subscribers (one connection each) with "
+                      f"1 TiB credit and a 64 KiB window, not reading",
+            "before_mib": before, "before_anon_mib": before_anon, "held_mib": held, "held_anon_mib": held_anon,
+            "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving,
+            "live_reader_s": round(live_s, 2), "live_reader_records": read}
 
 
 def scenario_flood(broker: Broker, p: dict) -> dict:
@@ -321,19 +376,25 @@ def scenario_restart(broker: Broker, p: dict) -> dict:
             "before_mib": None, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving, "acked": len(acked), "lost": lost}
 
 
-SCENARIOS = [("stalled consumers", scenario_stalled), ("producer flood", scenario_flood),
+SCENARIOS = [("stalled consumers", scenario_stalled), ("many stalled subscribers", scenario_stalled_many),
+             ("producer flood", scenario_flood),
              ("idle connections", scenario_idle), ("vanished clients", scenario_vanished),
              ("restart under load", scenario_restart)]
 
 
-def run(params: dict, mode: str, out_dir: str, tmp_parent: str) -> dict:
+def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] | None = None,
+        broker_args: tuple[str, ...] = ()) -> dict:
     tmp = tempfile.mkdtemp(prefix="tidelog-overload-", dir=tmp_parent)
+    command = " ".join(["python -m benchmarks.overload", f"--{mode}", *(f"--only '{o}'" for o in only or ()),
+                        *(f"--broker-arg={a}" for a in broker_args)])
     result = {"mode": mode, "date": datetime.date.today().isoformat(), "params": params,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
-              "command": f"python -m benchmarks.overload --{mode}", "scenarios": []}
+              "command": command, "scenarios": []}
     try:
         for name, fn in SCENARIOS:
-            broker = Broker(os.path.join(tmp, name.replace(" ", "-"))).start()
+            if only and name not in only:
+                continue
+            broker = Broker(os.path.join(tmp, name.replace(" ", "-")), *broker_args).start()
             try:
                 time.sleep(1)
                 baseline = rss_mib(broker.pid)
@@ -369,8 +430,9 @@ def markdown(result: dict) -> str:
         notes = []
         for key in ("before_mib", "held_mib", "after_mib"):
             if r.get(key) is not None:
-                notes.append(f"{key[:-4]} {r[key]:.1f} MiB")
-        for key in ("refused_streams", "acked", "lost"):
+                anon = r.get(key.replace("_mib", "_anon_mib"))
+                notes.append(f"{key[:-4]} {r[key]:.1f} MiB" + (f" ({anon:.1f} anon)" if anon is not None else ""))
+        for key in ("refused_streams", "acked", "lost", "live_reader_s", "live_reader_records"):
             if key in r:
                 notes.append(f"{key.replace('_', ' ')} {r[key]}")
         lines.append(f"| {r['scenario']} | {r['detail']} | {r['baseline_mib']:.1f} ({r.get('baseline_anon_mib', 0):.1f}) | "
@@ -387,11 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help="larger backlogs and floods")
     ap.add_argument("--out", default=RESULTS_DIR, help="results directory (default benchmarks/results)")
     ap.add_argument("--tmp", default="/tmp", help="parent of the temporary data (default /tmp)")
+    ap.add_argument("--only", action="append", choices=[name for name, _ in SCENARIOS],
+                    help="run only this scenario (repeatable)")
+    ap.add_argument("--broker-arg", action="append", default=[],
+                    help="an extra argument to `tidelog serve`, e.g. --broker-arg=--config=limits.toml (repeatable)")
     args = ap.parse_args(argv)
     from tidelog.tuning import tune_malloc
 
     tune_malloc()
-    run(FULL if args.full else QUICK, "full" if args.full else "quick", args.out, args.tmp)
+    run(FULL if args.full else QUICK, "full" if args.full else "quick", args.out, args.tmp, args.only,
+        tuple(args.broker_arg))
     return 0
 
 

@@ -476,6 +476,41 @@ def test_unknown_partitions_are_not_found_everywhere(channel, unharmed):
             assert_refused(refused(channel, method, request), grpc.StatusCode.NOT_FOUND, InvalidPartitionError)
 
 
+
+def _raw_produce_request(sequence: bytes, partition: bytes, topic: str = "t", batches: bytes = b"") -> bytes:
+    """A ProduceRequest whose sequence and partition varints are given as raw bytes (any width)."""
+    return b"".join([b"\x08", sequence, b"\x12", protowire._varint(len(topic)), topic.encode(),
+                     b"\x18", partition, b"\x22", protowire._varint(len(batches)), batches])
+
+
+OVER_64_BITS = b"\xff" * 9 + b"\x7f"  # a ten-byte varint carrying bits past the 64th
+
+
+@pytest.mark.parametrize("partition", [2**31 + 2**32, 2**32, 2**32 + 1, 2**40, 2**63 - 1, -(2**31) - 1, -(2**63)])
+def test_a_partition_outside_int32_is_invalid_in_its_ack_and_the_stream_goes_on(channel, topic, partition):
+    """protobuf would cut 2**32 to partition 0: the broker refuses it instead of writing elsewhere."""
+    before = log_ends(channel)
+    results = produce(channel, [protowire.encode_produce_request(11, "t", partition, good_batch([b"lost"])),
+                                protowire.encode_produce_request(12, "t", 1, good_batch([b"kept"]))])
+    assert [r.sequence for r in results] == [11, 12]
+    assert_in_stream_error(results[0], grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
+    assert "partition" in results[0].error.message and str(partition) in results[0].error.message
+    assert not results[1].HasField("error") and results[1].base_offset == before[("t", 1)]
+    assert log_ends(channel) == {**before, ("t", 1): before[("t", 1)] + 1}
+
+
+def test_varints_past_64_bits_are_invalid_in_their_ack_and_the_stream_goes_on(channel, topic):
+    before = log_ends(channel)
+    results = produce(channel, [_raw_produce_request(OVER_64_BITS, b"\x00", batches=good_batch([b"lost"])),
+                                _raw_produce_request(b"\x15", OVER_64_BITS, batches=good_batch([b"lost"])),
+                                protowire.encode_produce_request(22, "t", 1, good_batch([b"kept"]))])
+    assert len(results) == 3
+    for result in results[:2]:
+        assert_in_stream_error(result, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
+        assert "64 bits" in result.error.message
+    assert results[2].sequence == 22 and not results[2].HasField("error")
+    assert log_ends(channel) == {**before, ("t", 1): before[("t", 1)] + 1}
+
 # -- headers -------------------------------------------------------------------------------------
 
 def test_many_headers_round_trip_and_oversize_headers_are_resource_exhausted(channel, topic):

@@ -1,7 +1,9 @@
 """Every limit is a validated, documented setting, and going past it gets its precise answer.
 
-Two real servers with small limits: one for sizes and counts (batch, message, fetch, subscribe
-message, topics, partitions, in-flight bytes), one for connections and concurrent RPCs.
+Real servers with small limits: one for sizes and counts (batch, message, fetch, subscribe message
+and credit, topics, partitions, in-flight bytes), others for connections and concurrent RPCs, and one
+for the per-connection limits and the admin reserve; the in-flight byte budgets are also driven
+directly with a held-back engine.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from .server_process import ServerProcess
 
 TS = 1_700_000_000_000
 LIMITS = {
-    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes", "max_subscribe_message_bytes",
-                   "max_fetch_wait_ms", "max_concurrent_rpcs", "max_connections"],
+    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes",
+                   "max_inflight_bytes_per_connection", "max_subscribe_message_bytes", "max_subscribe_credit_bytes",
+                   "max_subscribe_buffer_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs",
+                   "max_concurrent_rpcs_per_connection", "admin_reserved_rpcs", "max_connections"],
     EngineConfig: ["max_topics", "max_partitions_per_topic", "max_fetch_bytes"],
     TopicConfig: ["max_batch_bytes"],
 }
@@ -46,7 +50,7 @@ def _docstrings(cls) -> dict[str, str]:
 @pytest.mark.parametrize("cls,name", [(c, n) for c, names in LIMITS.items() for n in names])
 def test_each_limit_is_validated_and_documented_with_its_default(cls, name):
     with pytest.raises(InvalidConfigError, match=name):
-        cls(**{name: 0})
+        cls(**{name: -1 if name == "admin_reserved_rpcs" else 0})  # no reserve is a valid choice
     with pytest.raises(InvalidConfigError, match=name):
         cls(**{name: "10"})
     doc = _docstrings(cls)[name]
@@ -62,6 +66,7 @@ def server(tmp_path_factory):
     path = root / "tidelog.toml"
     path.write_text("\n".join([
         "max_message_bytes = 131072", "max_inflight_bytes_per_stream = 65536", "max_subscribe_message_bytes = 8192",
+        "max_subscribe_credit_bytes = 65536",
         "[engine]", "max_topics = 3", "max_partitions_per_topic = 4", "max_fetch_bytes = 16384",
         "[engine.topic_defaults]", "max_batch_bytes = 8192", ""]))
     srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
@@ -161,6 +166,38 @@ def test_max_fetch_bytes_and_max_subscribe_message_bytes_cut_responses_to_whole_
     assert sum(sizes) == 12 * len(batch) and max(sizes) == 2 * len(batch) <= 8192
 
 
+def test_a_huge_credit_grant_is_cut_to_max_subscribe_credit_bytes(channel, topic):
+    """A subscriber grants 1 TiB and stops reading: the broker sends it no more than the cap (plus the
+    one whole batch a fetch may overshoot by). Then the subscriber seeks to the last batch and grants a
+    little more: everything before that batch's response is all the 1 TiB grant got."""
+    batch = tidelog.build_batch([b"c" * 3000], timestamp=TS)
+    results = produce(channel, [protowire.encode_produce_request(i, topic, 3, batch) for i in range(100)])
+    assert not any(r.HasField("error") for r in results)
+    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+                                 response_deserializer=pb.SubscribeResponse.FromString)
+    stalled, done = threading.Event(), threading.Event()
+
+    def requests():
+        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic=topic, partition=3, position=pb.Position(offset=0),
+                                                          credit_bytes=1 << 40))
+        stalled.wait(30)
+        yield pb.SubscribeRequest(seek=pb.Position(offset=99))
+        yield pb.SubscribeRequest(credit_bytes=2 * len(batch))  # past the overshoot: credit turns positive
+        done.wait(30)
+
+    responses = stub(requests(), timeout=30)
+    stalled.wait(1.0)  # not reading: gives a broker that ignored the cap the time to send far past it
+    stalled.set()
+    before_seek = 0
+    for resp in responses:
+        if resp.next_offset == 100:  # the seeked-to last batch
+            break
+        before_seek += len(resp.batches)
+    done.set()
+    responses.cancel()
+    assert 65536 <= before_seek <= 65536 + len(batch), before_seek
+
+
 def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refusing(channel, topic):
     # 40 requests of ~20 KiB on one stream: 2.5 MiB through a 64 KiB read-ahead budget; and one
     # request larger than the whole budget still passes on its own.
@@ -171,6 +208,16 @@ def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refu
     assert [r.sequence for r in results] == list(range(41))
     assert not any(r.HasField("error") for r in results)
     assert results[-1].last_offset == 40 * 3 + 12 - 1
+
+
+class _Peer:
+    """The one thing ProduceService asks of a call's context: which connection it came on."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
 
 
 def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_streams_give_it_back():
@@ -203,7 +250,8 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
                 yield protowire.encode_produce_request(i, "t", stream, batch)
 
         async def drain(stream):
-            return [r async for resp in service.produce(requests(stream), None) for r in resp.results]
+            return [r async for resp in service.produce(requests(stream), _Peer(f"ipv4:127.0.0.1:{stream}"))
+                    for r in resp.results]
 
         tasks = [asyncio.create_task(drain(s)) for s in range(4)]
         for _ in range(50):
@@ -217,6 +265,58 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
     held, read, results, after = asyncio.run(scenario())
     assert held <= limit and read <= 10 + 4 * 2, (held, read)
     assert [len(r) for r in results] == [50] * 4 and after == 0
+
+
+def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_another():
+    """Three streams of one connection whose appends are held back read no more than the connection's
+    budget (plus one message each), while a stream of another connection reads all it sends; every
+    byte comes back to both connections and the server when the streams end."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from tidelog.broker.results import ProduceResult
+    from tidelog.server.admission import Connection
+    from tidelog.server.produce_service import ProduceService
+
+    batch = tidelog.build_batch([b"c" * 4000], timestamp=TS)
+    size = len(protowire.encode_produce_request(0, "t", 0, batch))
+    crowded, other = Connection("ipv4:127.0.0.1:1", 5 * size), Connection("ipv4:127.0.0.1:2", 5 * size)
+    connections = {c.peer: c for c in (crowded, other)}
+
+    async def scenario():
+        held_back = asyncio.Event()
+
+        async def run(fn, requests):
+            if any(p == 0 for _, p, _ in requests):  # partition 0 is the crowded connection's: a slow disk
+                await held_back.wait()
+            return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
+
+        service = ProduceService(SimpleNamespace(run=run, engine=SimpleNamespace(append_many=None)),
+                                 ServerConfig(max_inflight_bytes_per_stream=1 << 30), connections.get)
+        pulled = [0] * 4
+
+        async def requests(stream, partition):
+            for i in range(30):
+                pulled[stream] += 1
+                yield protowire.encode_produce_request(i, "t", partition, batch)
+
+        async def drain(stream, peer, partition):
+            return [r async for resp in service.produce(requests(stream, partition), _Peer(peer)) for r in resp.results]
+
+        crowd = [asyncio.create_task(drain(s, crowded.peer, 0)) for s in range(3)]
+        alone = await asyncio.wait_for(drain(3, other.peer, 1), 30)  # not held back by the crowded connection
+        for _ in range(50):
+            await asyncio.sleep(0)
+        held, read = crowded.produce.used, sum(pulled[:3])
+        held_back.set()
+        results = await asyncio.gather(*crowd)
+        return alone, held, read, results, service.inflight_bytes
+
+    alone, held, read, results, after = asyncio.run(scenario())
+    assert len(alone) == 30
+    assert held <= 5 * size and read <= 5 + 3 * 2, (held, read)
+    assert [len(r) for r in results] == [30] * 3
+    assert crowded.produce.used == other.produce.used == after == 0
 
 
 # -- connections and concurrent RPCs ------------------------------------------------------------
@@ -279,8 +379,9 @@ def test_max_connections_closes_connections_past_the_limit_and_frees_slots_on_cl
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
-    """Its own server: connection slots another test just freed are released asynchronously."""
-    yield from _server_with(tmp_path_factory, "busy", "max_concurrent_rpcs = 2\n")
+    """Its own server: connection slots another test just freed are released asynchronously. No admin
+    reserve: this is gRPC's own limit on every call."""
+    yield from _server_with(tmp_path_factory, "busy", "max_concurrent_rpcs = 2\nadmin_reserved_rpcs = 0\n")
 
 
 def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
@@ -352,3 +453,163 @@ def test_running_out_of_file_descriptors_is_a_clear_retriable_error_that_leaves_
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "OK", out.stdout + out.stderr
+
+
+# -- per connection, and the admin reserve -------------------------------------------------------
+
+HOLD_SUBSCRIPTIONS = r"""
+import sys, threading, grpc
+from tidelog.v1 import tidelog_pb2 as pb
+target, connections, each = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def hold():
+    yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="shared", partition=0, credit_bytes=1 << 20,
+                                                      position=pb.Position(offset=0)))
+    threading.Event().wait()
+held = []
+for _ in range(connections):
+    ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+    for _ in range(each):
+        stream = ch.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+                                  response_deserializer=None)(hold())
+        next(stream)  # admitted: the first record arrived
+        held.append((ch, stream))
+print("held", flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """20 calls at once, 5 of them kept for administration (15 for data), 6 data calls per connection."""
+    from .server_process import free_port
+
+    root = tmp_path_factory.mktemp("guarded")
+    path = root / "tidelog.toml"
+    path.write_text("max_concurrent_rpcs = 20\nadmin_reserved_rpcs = 5\nmax_concurrent_rpcs_per_connection = 6\n")
+    metrics_port = free_port()
+    srv = ServerProcess(str(root / "data"), "--config", str(path), "--metrics-port", str(metrics_port)).start()
+    srv.metrics_port = metrics_port
+    with _separate(srv.target) as ch:
+        call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="shared", partitions=1))
+        assert not produce(ch, [protowire.encode_produce_request(0, "shared", 0, tidelog.build_batch(
+            [b"first"], timestamp=TS))])[0].HasField("error")
+    yield srv
+    assert srv.stop() == 0, srv.log()
+    assert "Traceback" not in srv.log(), srv.log()
+
+
+class _Subscriptions:
+    """Subscribe streams held open on one channel until closed."""
+
+    def __init__(self, channel) -> None:
+        self.stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe",
+                                          request_serializer=pb.SubscribeRequest.SerializeToString,
+                                          response_deserializer=pb.SubscribeResponse.FromString)
+        self.streams: list = []
+        self._closed = threading.Event()
+
+    def open(self):
+        """A new subscription: its first response when admitted, else the RpcError it ended with."""
+        def requests():
+            yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="shared", partition=0, credit_bytes=1 << 20,
+                                                              position=pb.Position(offset=0)))
+            self._closed.wait(60)
+
+        stream = self.stub(requests(), timeout=60)
+        try:
+            first = next(stream)
+        except grpc.RpcError as err:
+            return err
+        self.streams.append(stream)
+        return first
+
+    def close(self) -> None:
+        self._closed.set()
+        for stream in self.streams:
+            stream.cancel()
+
+
+def _assert_limit(err, setting: str) -> None:
+    assert isinstance(err, grpc.RpcError), f"admitted past {setting}"
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+    assert dict(err.trailing_metadata())[CODE_KEY] == str(ResourceLimitError.code)
+    assert setting in err.details(), err.details()
+
+
+def _others_are_served(target) -> None:
+    """A second client's produce, admin call, group call and health check all succeed."""
+    with _separate(target) as ch:
+        assert not produce(ch, [protowire.encode_produce_request(1, "shared", 0, tidelog.build_batch(
+            [b"other"], timestamp=TS))])[0].HasField("error")
+        assert "shared" in pb.ListTopicsResponse.FromString(call(ch, "Admin/ListTopics", pb.ListTopicsRequest())).topics
+        call(ch, "Groups/ListGroups", pb.ListGroupsRequest())
+        assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_one_connection_past_its_limit_is_refused_while_other_clients_are_served(guarded):
+    with _separate(guarded.target) as greedy:
+        subs = _Subscriptions(greedy)
+        try:
+            assert all(isinstance(subs.open(), pb.SubscribeResponse) for _ in range(6))
+            for _ in range(3):
+                _assert_limit(subs.open(), "max_concurrent_rpcs_per_connection")
+            _others_are_served(guarded.target)
+            with _separate(guarded.target) as other:  # another connection has its own count
+                others = _Subscriptions(other)
+                assert isinstance(others.open(), pb.SubscribeResponse)
+                others.close()
+            subs.streams.pop().cancel()  # a stream that ends gives its slot back
+            for _ in range(100):
+                reopened = subs.open()
+                if isinstance(reopened, pb.SubscribeResponse):
+                    break
+                _assert_limit(reopened, "max_concurrent_rpcs_per_connection")
+                time.sleep(0.05)  # the server sees the cancellation asynchronously
+            else:
+                pytest.fail("a cancelled stream never gave its slot back")
+        finally:
+            subs.close()
+
+
+def test_data_calls_filling_the_server_leave_administration_working_and_a_killed_client_frees_them(guarded):
+    import subprocess
+    import sys
+
+    from .test_metrics import scrape
+
+    child = subprocess.Popen([sys.executable, "-c", HOLD_SUBSCRIPTIONS, guarded.target, "3", "5"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"  # 15 streams: every data-path slot
+        with _separate(guarded.target) as ch:
+            subs = _Subscriptions(ch)
+            try:
+                _assert_limit(subs.open(), "admin_reserved_rpcs")
+                with pytest.raises(grpc.RpcError) as info:
+                    produce(ch, [protowire.encode_produce_request(1, "shared", 0, tidelog.build_batch(
+                        [b"refused"], timestamp=TS))])
+                _assert_limit(info.value, "admin_reserved_rpcs")
+                # the reserve: administration, groups and health still answer
+                call(ch, "Admin/DescribeTopic", pb.DescribeTopicRequest(name="shared"))
+                call(ch, "Groups/ListGroups", pb.ListGroupsRequest())
+                assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
+                refused = scrape(guarded.metrics_port)
+                assert refused[("tidelog_rpcs_refused_total", (("method", "tidelog.v1.Consumer/Subscribe"),
+                                                               ("setting", "admin_reserved_rpcs")))] >= 1
+                child.kill()  # SIGKILL: its connections drop and the server cancels their calls
+                child.wait()
+                for _ in range(200):
+                    admitted = subs.open()
+                    if isinstance(admitted, pb.SubscribeResponse):
+                        break
+                    _assert_limit(admitted, "admin_reserved_rpcs")
+                    time.sleep(0.05)
+                else:
+                    pytest.fail("the killed client's calls never gave their slots back")
+                _others_are_served(guarded.target)
+            finally:
+                subs.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

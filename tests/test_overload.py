@@ -1,7 +1,9 @@
 """Overload and slow peers against a real server: it stays responsive and bounded, loses nothing acked.
 
 Behaviour only (no timings, no memory thresholds; benchmarks/overload.py measures RSS): a stalled
-subscriber gets no more than its credit, a producer flood past max_concurrent_rpcs is refused with
+subscriber gets no more than its credit, many stalled ones no more than the shared subscribe buffer
+(and give it back when killed) while a live consumer is still served, a producer flood past
+max_concurrent_rpcs is refused with
 RESOURCE_EXHAUSTED while admitted streams finish, hundreds of idle connections cost nothing to the
 others, a client killed mid-stream leaves the broker serving with every acked record intact, and
 producers ride out a broker restart without losing an acknowledged record.
@@ -124,6 +126,90 @@ def test_a_stalled_subscriber_gets_no_more_than_its_credit_and_others_are_served
         stop.set()
         stream.cancel()
     assert offset == 128 * 16 + 1  # everything, in order, once credit came back
+
+
+STALLED_SUBSCRIBERS = r"""
+import sys, threading, grpc
+from tidelog.v1 import tidelog_pb2 as pb
+target, count = sys.argv[1], int(sys.argv[2])
+def hold():
+    yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="load", partition=0, credit_bytes=1 << 40,
+                                                      position=pb.Position(offset=0)))
+    threading.Event().wait()
+streams = []
+for _ in range(count):  # one connection each, whose 64 KiB receive window stays shut: nothing is read
+    ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
+                                                ("grpc.http2.lookahead_bytes", 65536)])
+    stream = ch.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
+                              response_deserializer=None)(hold())
+    next(stream)
+    streams.append((ch, stream))
+print("stalled", flush=True)
+threading.Event().wait()
+"""
+
+
+def _gauge(metrics_port: int, name: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_stalled_subscribers_are_held_to_the_shared_buffer_and_give_it_back_when_killed(tmp_path):
+    """Subscribers that grant 1 TiB and never read: together they are sent no more than
+    max_subscribe_buffer_bytes plus one small message each; a live consumer still reads everything
+    meanwhile (with a credit window larger than the broker's cap); killing them gives it all back."""
+    from .server_process import free_port
+
+    budget, cap, stalled = 256 * 1024, 256 * 1024, 8
+    metrics_port = free_port()
+    srv = ServerProcess(str(tmp_path / "data"), "--metrics-port", str(metrics_port), "--config", _config(
+        tmp_path, max_subscribe_buffer_bytes=budget, max_subscribe_credit_bytes=cap)).start()
+    child = None
+    try:
+        with Admin(srv.target) as a:
+            a.create_topic("load", 1)
+        batch = tidelog.build_batch([b"b" * 1000] * 16, timestamp=TS)  # ~16 KiB
+        with grpc.insecure_channel(srv.target) as ch:
+            produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
+                                       response_deserializer=pb.ProduceResponse.FromString)
+            assert sum(len(r.results) for r in produce(iter(
+                [protowire.encode_produce_request(i, "load", 0, batch) for i in range(64)]), timeout=60)) == 64
+        child = subprocess.Popen([sys.executable, "-c", STALLED_SUBSCRIBERS, srv.target, str(stalled)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "stalled"
+        # Each alone would be sent its whole capped credit (8 x 256 KiB); together they get the budget
+        # and then one overdraft message each (64 KiB, rounded up to whole batches).
+        bound = budget + stalled * (64 * 1024 + len(batch))
+        readings = [_gauge(metrics_port, "tidelog_subscribe_buffer_bytes") for _ in range(20)]
+        assert max(readings) <= bound, (readings, bound)
+        assert max(readings) >= budget, readings  # the stalled ones did fill it
+        with Consumer(srv.target, "load", 0, 0, credit_bytes=8 << 20) as c:
+            got = 0
+            for _ in range(120):
+                got += len(c.poll(0.5))
+                if got == 64 * 16:
+                    break
+        assert got == 64 * 16, "a live consumer was starved by stalled ones"
+        child.kill()
+        child.wait()
+        for _ in range(200):
+            if _gauge(metrics_port, "tidelog_subscribe_buffer_bytes") == 0:
+                break
+            time.sleep(0.05)  # the broker sees the dead connection asynchronously
+        else:
+            pytest.fail("killed subscribers never gave back what they held")
+        _round_trip(srv.target, "load", b"after stalled subscribers")
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        assert srv.stop() == 0, srv.log()
+    assert "Traceback" not in srv.log(), srv.log()
 
 
 def _flood(target, index: int, outcome: dict) -> None:

@@ -154,15 +154,38 @@ class ServerConfig:
     """Produce requests read ahead of their acks on all streams together, default 256 MiB: past it every
     Produce stream stops reading until appends catch up (backpressure, not an error), so many streams
     cannot add up to more memory than this. One larger message still passes when nothing else is in flight."""
+    max_inflight_bytes_per_connection: int = 128 << 20
+    """Produce requests read ahead of their acks on all streams of one connection together, default
+    128 MiB: past it that connection's streams stop reading (backpressure, not an error), so one client
+    cannot take the whole of max_inflight_bytes from the others."""
     default_fetch_bytes: int = 1 << 20
     """max_bytes of a fetch that asks for 0."""
     max_subscribe_message_bytes: int = 4 << 20
     """Largest response a subscription sends, default 4 MiB, whatever the credit (at least one batch)."""
+    max_subscribe_credit_bytes: int = 8 << 20
+    """Credit one subscription may have, default 8 MiB (the client's default window): a larger grant is cut
+    to it (not an error), so a subscription never has more than this sent and not yet credited back (plus
+    one batch). A client with a larger window still works: it grants back what it consumed once it runs dry."""
+    max_subscribe_buffer_bytes: int = 256 << 20
+    """Bytes sent to subscribers and not yet credited back, on all subscriptions together, default 256 MiB:
+    what stalled consumers make the broker hold. Past it subscriptions wait for credit to come back
+    (backpressure, not an error), except that one holding nothing may always send one small message
+    (64 KiB, or one batch if larger), so stalled consumers cannot starve live ones."""
     max_fetch_wait_ms: int = 30_000
     """Upper bound of a long-poll's max_wait_ms, default 30 s: a longer wait is cut to it."""
     max_concurrent_rpcs: int = 1000
     """RPCs served at once, default 1000 (streams count while open); gRPC refuses more with
     RESOURCE_EXHAUSTED (no tidelog-error-code: the call never reaches tidelog code)."""
+    admin_reserved_rpcs: int = 50
+    """Slots of max_concurrent_rpcs that data-path calls (Producer and Consumer: Produce, Subscribe, Fetch,
+    ...) cannot take, default 50, at most half of max_concurrent_rpcs: data traffic filling the server
+    leaves room for Admin, Groups, health and reflection calls. A data-path call past it is refused with
+    ResourceLimitError (RESOURCE_EXHAUSTED); 0 turns the reserve off."""
+    max_concurrent_rpcs_per_connection: int = 500
+    """Data-path calls (Producer and Consumer; streams count while open) one client connection may have at
+    once, default 500; more are refused with ResourceLimitError (RESOURCE_EXHAUSTED), so one client
+    cannot take every slot. Generous on purpose: a consumer-group member opens one Subscribe per assigned
+    partition on its one connection. Admin and Groups calls do not count."""
     max_connections: int = 10_000
     """Client connections, default 10,000 (HTTP/2, one per channel) open at once; past it gRPC closes each new
     connection as it is accepted, and the client sees UNAVAILABLE. Each costs one file descriptor."""
@@ -197,11 +220,19 @@ class ServerConfig:
         if not isinstance(self.metrics_host, str):
             raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
         for name in ("metrics_max_partitions", "max_message_bytes", "max_inflight_bytes_per_stream",
-                     "max_inflight_bytes", "default_fetch_bytes", "max_subscribe_message_bytes", "max_fetch_wait_ms",
-                     "max_concurrent_rpcs", "max_connections", "io_threads"):
+                     "max_inflight_bytes", "max_inflight_bytes_per_connection", "default_fetch_bytes",
+                     "max_subscribe_message_bytes", "max_subscribe_credit_bytes", "max_subscribe_buffer_bytes",
+                     "max_fetch_wait_ms", "max_concurrent_rpcs", "max_concurrent_rpcs_per_connection",
+                     "max_connections", "io_threads"):
             _positive(self, name, minimum=1)
+        _positive(self, "admin_reserved_rpcs", minimum=0)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+
+    @property
+    def data_path_rpcs(self) -> int:
+        """Data-path calls served at once: max_concurrent_rpcs less the admin reserve."""
+        return self.max_concurrent_rpcs - min(self.admin_reserved_rpcs, self.max_concurrent_rpcs // 2)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "ServerConfig":
         return _replace(self, overrides)

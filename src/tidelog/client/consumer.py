@@ -2,6 +2,9 @@
 
 The broker pushes whole batches as they arrive, never more bytes than the credit granted; the
 consumer grants back what it has handed to the caller, so at most `credit_bytes` wait in memory.
+Grants go out in chunks of half the window, and all at once when nothing has arrived for
+GRANT_IDLE_S: a broker that caps credit below half the window (max_subscribe_credit_bytes), or whose
+subscribe buffer is full, waits for credit that a half-window rule alone would never send.
 Records come in offset order, from the starting position (an offset, "earliest", "latest" or a
 timestamp), and `seek()` moves the position in-band without a new stream.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import AsyncIterator, Iterator
 
 import grpc
@@ -22,6 +26,7 @@ from ..v1 import tidelog_pb2 as pb
 from .channel import DEFAULT_TARGET, aio_channel, sync_channel
 
 SUBSCRIBE = "/tidelog.v1.Consumer/Subscribe"
+GRANT_IDLE_S = 0.005  # a consumer that has handed out everything and hears nothing this long grants it all back
 _END = object()
 
 
@@ -76,6 +81,7 @@ class PartitionConsumer:
         self._closed = False
         self._credit_bytes = credit_bytes
         self._to_grant = 0
+        self._consumed_at = 0.0  # when the last response was handed to the caller
         self._requests.put(pb.SubscribeRequest(start=pb.SubscribeStart(
             topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
             credit_bytes=credit_bytes, max_message_bytes=max_message_bytes)))
@@ -101,7 +107,7 @@ class PartitionConsumer:
             out, self._pending = self._pending, []
             return out
         try:
-            item = self._responses.get(timeout=timeout_s)
+            item = self._next_response(timeout_s)
         except queue.Empty:
             return []
         if item is _END:
@@ -116,8 +122,26 @@ class PartitionConsumer:
             self.position = records[-1].offset + 1
         return records
 
+    def _next_response(self, timeout_s: float | None):
+        """The next response, waiting up to timeout_s (queue.Empty after it). Credit not yet granted is
+        granted once nothing has arrived for GRANT_IDLE_S: the broker may be waiting for exactly that."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._to_grant:
+            grant_at = self._consumed_at + GRANT_IDLE_S
+            wait = grant_at - time.monotonic() if deadline is None else min(grant_at, deadline) - time.monotonic()
+            try:
+                return self._responses.get(timeout=max(wait, 0))
+            except queue.Empty:
+                if time.monotonic() >= grant_at:
+                    self._requests.put(pb.SubscribeRequest(credit_bytes=self._to_grant))
+                    self._to_grant = 0
+                else:  # the caller's deadline came first
+                    raise
+        return self._responses.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+
     def _grant(self, consumed: int) -> None:
         """Hand credit back in chunks (half the window): one message per few responses, not per response."""
+        self._consumed_at = time.monotonic()
         self._to_grant += consumed
         if self._to_grant >= self._credit_bytes // 2:
             self._requests.put(pb.SubscribeRequest(credit_bytes=self._to_grant))

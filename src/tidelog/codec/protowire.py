@@ -36,12 +36,12 @@ def _read_varint(buf, pos: int) -> tuple[int, int]:
             raise ValueError("truncated varint")
         b = buf[pos]
         pos += 1
+        if shift == 63 and b > 1:  # the tenth byte holds bit 63 only
+            raise ValueError("a varint overflows 64 bits")
         result |= (b & 0x7F) << shift
         if b < 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
 
 
 def _signed(value: int) -> int:
@@ -76,11 +76,23 @@ def iter_fields(buf):
 
 # -- ProduceRequest -----------------------------------------------------------------------------------
 
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
 class ProduceRequestView(NamedTuple):
     sequence: int
     topic: str
     partition: int
     batches: memoryview
+
+
+class BadFieldError(ValueError):
+    """A well-framed ProduceRequest with a field its type cannot hold (a partition outside int32, a
+    topic that is not UTF-8). Carries the sequence, so the refusal can be acknowledged in order."""
+
+    def __init__(self, message: str, sequence: int, topic: str) -> None:
+        super().__init__(message)
+        self.sequence, self.topic = sequence, topic
 
 
 def encode_produce_request(sequence: int, topic: str, partition: int, batches) -> bytes:
@@ -95,18 +107,28 @@ def encode_produce_request(sequence: int, topic: str, partition: int, batches) -
 
 
 def parse_produce_request(buf) -> ProduceRequestView:
-    sequence, topic, partition, batches = 0, "", 0, memoryview(b"")
+    """The request's fields; ValueError when it is not a ProduceRequest at all, BadFieldError when a
+    field does not fit its type. Generated protobuf code would cut an out-of-range int32 to its low
+    32 bits (partition 2**32 + 1 read as 1): here it is refused, never redirected to another partition."""
+    sequence, topic_bytes, partition, batches = 0, b"", 0, memoryview(b"")
     for field, wire_type, value in iter_fields(buf):
         if field == 1 and wire_type == _VARINT:
             sequence = value
         elif field == 2 and wire_type == _LEN:
-            topic = bytes(value).decode("utf-8")
+            topic_bytes = value
         elif field == 3 and wire_type == _VARINT:
             partition = _signed(value)
-            if partition >= 1 << 31:
+            if 1 << 31 <= partition < 1 << 32:
                 partition -= 1 << 32  # an int32 written as a 32-bit value
         elif field == 4 and wire_type == _LEN:
             batches = value
+    try:
+        topic = bytes(topic_bytes).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadFieldError(f"topic is not UTF-8: {exc}", sequence, "") from None
+    if not INT32_MIN <= partition <= INT32_MAX:
+        raise BadFieldError(f"partition {partition} does not fit the int32 field (a partition is "
+                            f"{INT32_MIN} to {INT32_MAX})", sequence, topic)
     return ProduceRequestView(sequence, topic, partition, batches)
 
 

@@ -30,6 +30,7 @@ from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
 from . import admin_service, consume_service, groups_service, produce_service, status
+from .admission import Admission
 from .metrics import EngineCollector, MetricsHttpServer, RpcMetrics
 
 log = logging.getLogger("tidelog.server")
@@ -55,6 +56,7 @@ class Server:
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
+        self._consume: consume_service.ConsumeService | None = None
 
     async def start(self) -> int:
         """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
@@ -119,14 +121,16 @@ class Server:
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
         self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
-        consume = consume_service.ConsumeService(self.async_engine, self.config)
-        self._produce = produce_service.ProduceService(self.async_engine, self.config)
+        admission = Admission(self.config, (produce_service.SERVICE, consume_service.SERVICE),
+                              self._rpc_metrics.refused if self._rpc_metrics is not None else None)
+        self._consume = consume = consume_service.ConsumeService(self.async_engine, self.config)
+        self._produce = produce_service.ProduceService(self.async_engine, self.config, admission.connection)
         self._services.ready((
             self._produce.handler(),
             consume.handler(),
             admin_service.AdminService(self.async_engine, consume).handler(),
             self._groups.handler(),
-        ))
+        ), admission)
 
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
@@ -139,6 +143,10 @@ class Server:
         Gauge("tidelog_produce_inflight_bytes", "Produce bytes read ahead of their acks on all streams "
               "(bounded by max_inflight_bytes: near it, producers are being held back)", registry=registry
               ).set_function(lambda: self._produce.inflight_bytes if self._produce is not None else 0)
+        Gauge("tidelog_subscribe_buffer_bytes", "Bytes sent to subscribers and not yet credited back, on all "
+              "subscriptions (bounded by max_subscribe_buffer_bytes: near it, stalled consumers hold the "
+              "broker's memory and subscriptions wait)", registry=registry
+              ).set_function(lambda: self._consume.buffered_bytes if self._consume is not None else 0)
         host = self.config.metrics_host or self.config.host
         try:
             self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)
@@ -198,14 +206,17 @@ class Server:
 
 class _Starting(grpc.GenericRpcHandler):
     """The tidelog services behind the port: until the log is open, every call of theirs ends at once
-    with UNAVAILABLE ("starting"), which clients retry; then the real handlers."""
+    with UNAVAILABLE ("starting"), which clients retry; then the real handlers, each call admitted
+    through the per-connection and data-path limits (server/admission.py)."""
 
     def __init__(self) -> None:
         self._handlers: tuple[grpc.GenericRpcHandler, ...] | None = None
+        self._admission: Admission | None = None
         self._unavailable = {f"/{service.full_name}/{method.name}": _unavailable(method)
                              for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
 
-    def ready(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+    def ready(self, handlers: tuple[grpc.GenericRpcHandler, ...], admission: Admission) -> None:
+        self._admission = admission
         self._handlers = handlers
 
     def service(self, handler_call_details):
@@ -214,7 +225,7 @@ class _Starting(grpc.GenericRpcHandler):
         for handler in self._handlers:
             found = handler.service(handler_call_details)
             if found is not None:
-                return found
+                return self._admission.wrap(handler_call_details.method, found)
         return None
 
 

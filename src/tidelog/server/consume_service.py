@@ -1,9 +1,16 @@
 """tidelog.v1.Consumer: long-poll fetch, credit-based streaming subscribe, and a per-record fetch.
 
 Responses carrying batches are framed by hand (codec.protowire): the segment's bytes are copied
-once, out of the map into the response, and never decoded or re-encoded. A subscription never sends
-more than the credit the client granted (at least one whole batch once it has any credit), so a
-consumer that stops reading costs the broker nothing but the stream.
+once, out of the map into the response, and never decoded or re-encoded.
+
+A subscription never sends more than the credit the client granted (at least one whole batch once it
+has any credit); credit is capped at max_subscribe_credit_bytes, whatever the client grants. What was
+sent and not yet credited back is what a consumer that stops reading makes the broker hold (in gRPC's
+buffers), so it is counted against one budget for all subscriptions, max_subscribe_buffer_bytes: past
+it subscriptions wait for credit to come back. A subscription holding nothing of it may still send one
+small message (OVERDRAFT_BYTES, or one batch if larger), so stalled consumers filling the budget slow
+live ones down but never stop them. A stream that ends, however it ends, gives back what it held.
+Event-loop only.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from ..config import ServerConfig
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import requests, status
+from .budget import ByteBudget
 
 SERVICE = "tidelog.v1.Consumer"
 IDLE_WAKE_S = 1.0  # a waiting subscription re-checks its stream at least this often
+OVERDRAFT_BYTES = 64 * 1024  # what a subscription holding nothing may send while the shared budget is full
 
 
 def check_timestamp(timestamp_ms: int) -> None:
@@ -34,6 +43,12 @@ class ConsumeService:
     def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
         self.engine = engine
         self.config = config
+        self._buffer = ByteBudget(config.max_subscribe_buffer_bytes)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes sent to subscribers and not yet credited back, on all subscriptions."""
+        return self._buffer.used
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -109,7 +124,7 @@ class ConsumeService:
             await status.abort(context, InvalidRequestError("a subscription starts with a SubscribeStart message"))
         start = first.start
         topic, partition = start.topic, start.partition
-        sub = _Subscription(start.credit_bytes)
+        sub = _Subscription(min(start.credit_bytes, self.config.max_subscribe_credit_bytes), self._buffer)
         try:
             sub.offset = await self.resolve(topic, partition, start.position)
         except TidelogError as exc:
@@ -117,7 +132,6 @@ class ConsumeService:
         limit = min(start.max_message_bytes or self.config.max_subscribe_message_bytes,
                     self.config.max_subscribe_message_bytes)
         control = asyncio.create_task(self._control(request_iterator, sub, topic, partition))
-        engine = self.engine.engine
         try:
             while not sub.closed:
                 if self.engine.stopping:
@@ -125,19 +139,15 @@ class ConsumeService:
                 if sub.credit <= 0:
                     await sub.wait(IDLE_WAKE_S)
                     continue
-                generation = sub.generation
+                reserved = self._reserve(sub, limit)
+                if reserved == 0:  # the shared budget is full and this stream holds some of it
+                    await _first(self._buffer.released(), sub.wait(IDLE_WAKE_S))
+                    continue
                 try:
-                    if sub.at_tail:
-                        # Woken by an append: the bytes were just written and sit in the page cache,
-                        # so reading them cannot block; skip the hop to the I/O pool (latency).
-                        result = engine.fetch(topic, partition, sub.offset, max(1, min(sub.credit, limit)))
-                    else:
-                        result = await self.engine.run(engine.fetch, topic, partition, sub.offset,
-                                                       max(1, min(sub.credit, limit)))
+                    result = await self._fetch(sub, topic, partition, reserved)
                 except TidelogError as exc:
                     await status.abort(context, exc)
-                sub.at_tail = False
-                if generation != sub.generation:
+                if result is None:
                     continue  # a seek arrived while reading: serve from the new position
                 if result.data:
                     sub.credit -= len(result.data)
@@ -145,17 +155,49 @@ class ConsumeService:
                     yield protowire.encode_subscribe_response(result.next_offset, result.high_watermark,
                                                               result.log_start, result.data)
                 else:
-                    waiter = asyncio.ensure_future(
-                        self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S))
-                    changed = asyncio.ensure_future(sub.wait(IDLE_WAKE_S))
-                    await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
-                    sub.at_tail = waiter.done() and not waiter.cancelled() and waiter.result()
-                    waiter.cancel()
-                    changed.cancel()
+                    appended = await _first(self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S),
+                                            sub.wait(IDLE_WAKE_S))
+                    sub.at_tail = bool(appended)
             if sub.error is not None:
                 await status.abort(context, sub.error)
         finally:
             control.cancel()
+            sub.give_back(sub.held)
+
+    async def _fetch(self, sub: "_Subscription", topic: str, partition: int, reserved: int):
+        """Read up to `reserved` bytes at the subscription's position (at least one whole batch); what was
+        read replaces the reservation in the shared budget. None when a seek moved the position meanwhile."""
+        generation, sent = sub.generation, 0
+        engine = self.engine.engine
+        try:
+            if sub.at_tail:
+                # Woken by an append: the bytes were just written and sit in the page cache,
+                # so reading them cannot block; skip the hop to the I/O pool (latency).
+                result = engine.fetch(topic, partition, sub.offset, reserved)
+            else:
+                result = await self.engine.run(engine.fetch, topic, partition, sub.offset, reserved)
+            if generation != sub.generation:
+                return None
+            sent = len(result.data)
+            return result
+        finally:
+            sub.at_tail = False
+            self._buffer.settle(reserved, sent)
+            sub.held += sent
+
+    def _reserve(self, sub: "_Subscription", limit: int) -> int:
+        """Bytes of the shared budget reserved for this subscription's next fetch (its max_bytes), or 0
+        when it must wait: the budget is full and the subscription already holds some of it."""
+        want = max(1, min(sub.credit, limit))
+        room = self._buffer.room
+        if sub.held == 0:
+            want = min(want, max(room, OVERDRAFT_BYTES))  # never starved by streams that stopped reading
+        elif room <= 0:
+            return 0
+        else:
+            want = min(want, room)
+        self._buffer.take(want)
+        return want
 
     async def _control(self, request_iterator, sub: "_Subscription", topic: str, partition: int) -> None:
         """Apply the client's in-band credit grants and seeks; the stream's end closes the subscription."""
@@ -163,7 +205,9 @@ class ConsumeService:
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "credit_bytes":
-                    sub.credit += request.credit_bytes
+                    # Credit coming back acknowledges what was sent: that much leaves the broker's hold.
+                    sub.give_back(request.credit_bytes)
+                    sub.credit = min(sub.credit + request.credit_bytes, self.config.max_subscribe_credit_bytes)
                 elif kind == "seek":
                     sub.offset = await self.resolve(topic, partition, request.seek)
                     sub.generation += 1
@@ -177,6 +221,18 @@ class ConsumeService:
         finally:
             sub.closed = True
             sub.changed.set()
+
+
+async def _first(a, b):
+    """Wait for whichever of two coroutines finishes first and cancel the other; the first one's result
+    (None when it was b)."""
+    first, second = asyncio.ensure_future(a), asyncio.ensure_future(b)
+    try:
+        await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+        return first.result() if first.done() and not first.cancelled() else None
+    finally:
+        first.cancel()
+        second.cancel()
 
 
 def _records_response(result) -> pb.FetchRecordsResponse:
@@ -197,14 +253,23 @@ def _records_response(result) -> pb.FetchRecordsResponse:
 class _Subscription:
     """Mutable state of one Subscribe stream (touched only on the event loop)."""
 
-    def __init__(self, credit: int) -> None:
+    def __init__(self, credit: int, buffer: ByteBudget) -> None:
         self.credit = credit
+        self.held = 0
+        """Bytes sent and not yet credited back: this stream's share of the shared buffer budget."""
+        self._buffer = buffer
         self.offset = 0
         self.generation = 0
         self.closed = False
         self.error: TidelogError | None = None
         self.changed = asyncio.Event()
         self.at_tail = False  # the last wait ended because new records were appended
+
+    def give_back(self, n: int) -> None:
+        """Return up to n bytes of what this stream holds to the shared budget."""
+        n = min(n, self.held)
+        self.held -= n
+        self._buffer.release(n)
 
     async def wait(self, timeout_s: float) -> None:
         try:

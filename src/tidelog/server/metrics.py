@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Callable
 
 import grpc
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -48,7 +48,8 @@ HTTP_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
-    """Times every call, counts calls in flight, open streams and the distinct peers behind them.
+    """Times every call, counts calls in flight, open streams and the distinct peers behind them, and
+    (`refused`) calls refused by admission limits.
 
     Unary calls are observed in tidelog_request_duration_seconds; streams (Produce, Subscribe,
     health Watch, reflection) in tidelog_stream_duration_seconds, whose lifetime is their length.
@@ -64,10 +65,17 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         self._inflight = Gauge("tidelog_inflight_requests", "Unary RPCs being served", ["method"],
                                registry=registry)
         self._open = Gauge("tidelog_open_streams", "Streaming RPCs open", ["method"], registry=registry)
+        self._refused = Counter("tidelog_rpcs_refused", "Calls refused at admission, by the setting they "
+                                "would pass (max_concurrent_rpcs_per_connection, admin_reserved_rpcs)",
+                                ["method", "setting"], registry=registry)
         self._peers: dict[str, int] = {}
         self._wrapped: dict[str, tuple] = {}  # method -> (the service's handler, its timed wrapper)
         Gauge("tidelog_connections", "Distinct client peers with an RPC in flight or a stream open",
               registry=registry).set_function(lambda: len(self._peers))
+
+    def refused(self, method: str, setting: str) -> None:
+        """Count a call refused by a tidelog limit (server/admission.py)."""
+        self._refused.labels(method.lstrip("/"), setting).inc()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

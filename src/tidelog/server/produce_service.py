@@ -1,18 +1,19 @@
 """tidelog.v1.Producer: streaming produce of pre-encoded batches, and a per-record unary form.
 
 Produce reads requests as raw bytes (no protobuf copy of the batches), keeps up to
-max_inflight_bytes_per_stream read ahead of their acks, and up to max_inflight_bytes on all streams
-together (then stops reading: backpressure travels to the client through gRPC flow control), appends
-everything that has arrived in one engine call (one fsync per partition under fsync="always") and
-answers with one ranged ack for all of it, in order. A stream that ends, however it ends, gives back
-what it held of the shared budget.
+max_inflight_bytes_per_stream read ahead of their acks, up to max_inflight_bytes_per_connection on all
+streams of one client connection, and up to max_inflight_bytes on all streams together (then stops
+reading: backpressure travels to the client through gRPC flow control), appends everything that has
+arrived in one engine call (one fsync per partition under fsync="always") and answers with one ranged
+ack for all of it, in order. A stream that ends, however it ends, gives back what it held of the
+connection's and the shared budgets. Event-loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+from typing import Callable, NamedTuple
 
 import grpc
 
@@ -23,46 +24,29 @@ from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from . import requests, status
+from .admission import Connection
+from .budget import ByteBudget
 
 log = logging.getLogger("tidelog.server")
 
 SERVICE = "tidelog.v1.Producer"
 
 
-class _Budget:
-    """Bytes in flight; acquire waits while over the limit. Event-loop only; release never blocks, so
-    a stream's cleanup can give back what it holds even while being cancelled."""
+class _Refused(NamedTuple):
+    """A request refused before the engine saw it; sequence and topic are echoed when they were read."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
-
-    async def acquire(self, n: int) -> None:
-        # A message larger than the whole budget still passes when nothing else is in flight.
-        while not (self.used == 0 or self.used + n <= self.limit):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.used += n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        while self._waiters:  # each rechecks the limit
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+    error: TidelogError
+    sequence: int = 0
+    topic: str = ""
 
 
 class ProduceService:
-    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+    def __init__(self, engine: AsyncEngine, config: ServerConfig,
+                 connection: Callable[[str], Connection | None] = lambda peer: None) -> None:
         self.engine = engine
         self.config = config
-        self._shared = _Budget(config.max_inflight_bytes)
+        self._shared = ByteBudget(config.max_inflight_bytes)
+        self._connection = connection  # the state of the connection a call came on (server/admission.py)
 
     @property
     def inflight_bytes(self) -> int:
@@ -79,16 +63,20 @@ class ProduceService:
 
     async def produce(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue()
-        budget = _Budget(self.config.max_inflight_bytes_per_stream)
-        held = 0  # of the shared budget, by this stream
+        budget = ByteBudget(self.config.max_inflight_bytes_per_stream)
+        connection = self._connection(context.peer())
+        # Always taken in this order (stream, connection, server), so streams waiting for one another cannot
+        # deadlock; what this stream holds of the budgets it shares is given back when it ends.
+        shared = [b for b in (connection.produce if connection is not None else None, self._shared) if b is not None]
+        held = [0] * len(shared)
 
         async def read_ahead() -> None:
-            nonlocal held
             try:
                 async for raw in request_iterator:
                     await budget.acquire(len(raw))
-                    await self._shared.acquire(len(raw))
-                    held += len(raw)
+                    for i, b in enumerate(shared):
+                        await b.acquire(len(raw))
+                        held[i] += len(raw)
                     queue.put_nowait(raw)
             finally:
                 queue.put_nowait(None)
@@ -110,29 +98,33 @@ class ProduceService:
                 response = await self._append(raws)
                 size = sum(len(r) for r in raws)
                 budget.release(size)
-                self._shared.release(size)
-                held -= size
+                for i, b in enumerate(shared):
+                    b.release(size)
+                    held[i] -= size
                 yield response
             if reader.done() and reader.exception() is not None:
                 raise reader.exception()
         finally:
             reader.cancel()
-            self._shared.release(held)
-            held = 0
+            for i, b in enumerate(shared):
+                b.release(held[i])
+                held[i] = 0
 
     async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
-        parsed: list[protowire.ProduceRequestView | TidelogError] = []
+        parsed: list[protowire.ProduceRequestView | _Refused] = []
         for raw in raws:
             try:
                 parsed.append(protowire.parse_produce_request(raw))
-            except (ValueError, UnicodeDecodeError) as exc:
-                parsed.append(InvalidRequestError(f"malformed ProduceRequest: {exc}"))
-        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, TidelogError)]
+            except protowire.BadFieldError as exc:  # the sequence is known: the ack echoes it
+                parsed.append(_Refused(InvalidRequestError(f"invalid ProduceRequest: {exc}"), exc.sequence, exc.topic))
+            except ValueError as exc:
+                parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
+        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
         outcomes = iter(await self.engine.run(self.engine.engine.append_many, requests) if requests else [])
         response = pb.ProduceResponse()
         for p in parsed:
-            if isinstance(p, TidelogError):
-                response.results.add(error=status.error_message(p))
+            if isinstance(p, _Refused):
+                response.results.add(sequence=p.sequence, topic=p.topic, error=status.error_message(p.error))
                 continue
             outcome = next(outcomes)
             if isinstance(outcome, ProduceResult):
