@@ -53,6 +53,10 @@ def data_dir(tmp_path) -> str:
 def pytest_addoption(parser):
     parser.addoption("--crash-rounds", type=int, default=int(os.environ.get("TIDELOG_CRASH_ROUNDS", "4")),
                      help="SIGKILL rounds of the crash test (default 4; a long run: 200)")
+    parser.addoption("--adversarial-rounds", type=int, default=200,
+                     help="broker kills of the long adversarial loop (-m slow; default 200)")
+    parser.addoption("--adversarial-seed", type=int, default=int(os.environ.get("TIDELOG_ADVERSARIAL_SEED", "1")),
+                     help="seed of the long adversarial loop (default 1)")
 
 
 def pytest_generate_tests(metafunc):
