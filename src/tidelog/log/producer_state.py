@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .._native import batch_scan
+from ..codec.batch import BATCHES_REMEMBERED  # shared with the producer, which caps its requests in flight
 from ..errors import DuplicateSequenceError, InvalidProducerEpochError, OutOfOrderSequenceError
 
-BATCHES_REMEMBERED = 5
 STATE_WINDOW_BYTES = 16 << 20
 SEQUENCE_MASK = 0x7FFFFFFF  # sequences wrap at 2^31, as Kafka's do
 
