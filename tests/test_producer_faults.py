@@ -20,10 +20,19 @@ import random
 import threading
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tidelog.client import Admin, Consumer, Producer
+from tidelog.client.delivery import Delivery, Outgoing
+from tidelog.client.producer import _BatchResult
+from tidelog.codec import batch as batch_codec
+from tidelog.codec import protowire
 from tidelog.codec.batch import BATCHES_REMEMBERED
-from tidelog.errors import BrokerUnavailableError, DiskFullError, InvalidConfigError, RequestTimeoutError
+from tidelog.errors import (BrokerUnavailableError, DiskFullError, InvalidConfigError, OutOfOrderSequenceError,
+                            RequestTimeoutError)
+from tidelog.server import status
+from tidelog.v1 import tidelog_pb2 as pb
 
 from .helpers.scripted_broker import (BREAK_AFTER_ACK, DEAF, DROP, ERROR, LOSE_ACK, SILENT, Plan,
                                       ScriptedBroker)
@@ -190,6 +199,132 @@ def test_more_in_flight_than_the_broker_remembers_is_refused_for_an_idempotent_p
         Producer(f"127.0.0.1:{free_port()}", max_in_flight_requests_per_partition=0)
     Producer(f"127.0.0.1:{free_port()}", idempotent=False,
              max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1).close(timeout_s=BOUND_S)
+
+
+# -- the bookkeeping alone (client/delivery.py: no I/O, time passed in) ------------------------------
+
+class _Broker:
+    """What a stream did, for the model below: the requests written on each, unanswered in order."""
+
+    def __init__(self) -> None:
+        self.stream = 0
+        self.written: dict[int, list] = collections.defaultdict(list)  # stream -> [(key, epoch, seq, count)]
+        self.unanswered: collections.deque = collections.deque()  # (request sequence, key) on this stream
+
+
+class DeliveryModel(RuleBasedStateMachine):
+    """Random adds, writes, acks, refusals, broken streams and clock ticks against Delivery."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.finished: collections.Counter = collections.Counter()
+        self.added: list = []
+        self.broker = _Broker()
+        self.delivery = Delivery(producer_id=11, compression="none", max_in_flight_bytes=600,
+                                 max_in_flight_requests_per_partition=3, delivery_timeout_s=5.0,
+                                 on_finish=self._on_finish)
+
+    def _on_finish(self, item, base_offset, error) -> None:  # what the Producer does, counting
+        self.finished[id(item)] += 1
+        item.result.finish(base_offset, error)
+
+    @rule(partition=st.integers(0, 2), count=st.integers(1, 4))
+    def add(self, partition, count):
+        values = [b"v%d" % len(self.added)] * count
+        item = Outgoing(TOPIC, partition, (values, [None] * count, [None] * count, [0] * count),
+                        _BatchResult(TOPIC, partition), count, 100 * count, self.now + 5.0)
+        self.added.append(item)
+        self.delivery.add(item)
+
+    @rule()
+    def write(self):
+        handed = self.delivery.next_request()
+        if handed is not None:
+            item, request_sequence, request = handed
+            view = protowire.parse_produce_request(request)
+            info = batch_codec.validate(view.batches)[0]
+            key = (view.topic, view.partition)
+            self.broker.written[self.broker.stream].append((key, info.producer_epoch, info.base_sequence, info.count))
+            self.broker.unanswered.append((request_sequence, key))
+
+    @rule(outcome=st.sampled_from(["ok", "retriable", "refused"]))
+    def answer(self, outcome):
+        if not self.broker.unanswered:
+            return
+        request_sequence, (topic, partition) = self.broker.unanswered.popleft()
+        result = pb.ProduceResult(sequence=request_sequence, topic=topic, partition=partition, base_offset=0)
+        if outcome != "ok":
+            exc = DiskFullError("model") if outcome == "retriable" else OutOfOrderSequenceError("model")
+            result.error.CopyFrom(status.error_message(exc))
+        if self.delivery.acked([result]) is not None:
+            self.lose()
+
+    @rule()
+    def lose(self):
+        self.delivery.lost(BrokerUnavailableError("model: stream broken"))
+        self.broker.stream += 1
+        self.broker.unanswered.clear()
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def tick(self, dt):
+        self.now += dt
+        self.delivery.expire(self.now)
+
+    @invariant()
+    def each_batch_finishes_at_most_once_and_is_somewhere_until_then(self):
+        assert all(n == 1 for n in self.finished.values())
+        held = sum(len(line.flying) + len(line.waiting) for line in self.delivery._lines.values())
+        assert held + len(self.finished) == len(self.added)
+        for item in self.added:
+            assert (self.finished[id(item)] == 1) == item.result._done.is_set()
+
+    @invariant()
+    def in_flight_stays_within_the_caps(self):
+        for line in self.delivery._lines.values():
+            assert len(line.flying) <= 3
+        assert self.delivery._flying_bytes <= 600 or len(self.delivery._flying) == 1
+
+    @invariant()
+    def each_stream_carries_a_partitions_requests_in_order_once(self):
+        last: dict = {}
+        for key, epoch, seq, count in self.broker.written[self.broker.stream]:
+            if key in last:
+                prev_epoch, prev_seq, prev_count = last[key]
+                assert (epoch, seq) != (prev_epoch, prev_seq)
+                assert epoch > prev_epoch or (epoch == prev_epoch and seq == prev_seq + prev_count)
+            last[key] = (epoch, seq, count)
+
+
+TestDeliveryModel = DeliveryModel.TestCase
+
+
+def test_a_batch_refused_for_the_gap_an_earlier_batch_left_fails_with_that_batchs_error():
+    errors = {}
+    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
+                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
+                 on_finish=lambda item, offset, error: errors.__setitem__(item.deadline, error))
+
+    def outgoing(deadline):
+        return Outgoing(TOPIC, 0, ([b"x"], [None], [None], [0]), _BatchResult(TOPIC, 0), 1, 17, deadline)
+
+    d.add(outgoing(1.0))
+    d.add(outgoing(2.0))
+    d.next_request(), d.next_request()  # both written, epoch 0, sequences 0 and 1
+    d.expire(1.5)  # the first is given up while in flight: its sequence 0 is now a gap
+    assert isinstance(errors[1.0], RequestTimeoutError) and "delivery_timeout_s=1" in str(errors[1.0])
+    d.lost(BrokerUnavailableError("stream broken"))
+    item, request_sequence, request = d.next_request()  # the second, resent with its numbers
+    info = batch_codec.validate(protowire.parse_produce_request(request).batches)[0]
+    assert (item.deadline, info.producer_epoch, info.base_sequence) == (2.0, 0, 1)
+    refusal = pb.ProduceResult(sequence=request_sequence, topic=TOPIC, partition=0)
+    refusal.error.CopyFrom(status.error_message(OutOfOrderSequenceError("sequence 1 does not follow -1")))
+    assert d.acked([refusal]) is None
+    assert errors[2.0] is errors[1.0]  # the cause, not the broker's complaint about the gap
+    d.add(outgoing(9.0))
+    _, _, request = d.next_request()  # a batch encoded after the gap: new epoch, sequences from 0
+    info = batch_codec.validate(protowire.parse_produce_request(request).batches)[0]
+    assert (info.producer_epoch, info.base_sequence) > (0, 1) and info.base_sequence == 0
 
 
 # -- the delivery deadline ---------------------------------------------------------------------------
