@@ -8,9 +8,11 @@ records stick to one partition until its batch is sent.
 
 Delivery: one bidirectional stream with many requests in flight, acked in order. The producer is
 idempotent: every batch carries a producer id and per-partition sequence numbers, so when the
-stream breaks, the unacknowledged requests are resent in their original order and the broker drops
-any it had already appended. Records of a partition are therefore never reordered or duplicated.
-Retries stop after delivery_timeout_s, failing the futures with the last error.
+stream breaks, the unacknowledged requests are resent once each, in their original order, and the
+broker drops any it had already appended. Records of a partition are therefore never reordered or
+duplicated. Which batch is where, and its one ending, is delivery.py's job. A record's delivery
+deadline (delivery_timeout_s) runs from its send(): past it, its batch fails with the last error
+it met, wherever it is.
 
 A background thread runs the network side (an asyncio loop with a grpc.aio channel); send() and
 flush() may be called from any thread.
@@ -30,15 +32,19 @@ import grpc
 
 from ..broker.partitioner import key_partition
 from ..codec import batch as batch_codec
-from ..codec import protowire
-from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidRequestError, RequestTimeoutError,
-                      TidelogError)
-from .errors import error_from_message, error_from_rpc
+from ..codec.batch import BATCHES_REMEMBERED
+from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidConfigError, InvalidRequestError,
+                      RequestTimeoutError, TidelogError)
 from ..v1 import tidelog_pb2 as pb
 from .admin import Admin
 from .channel import DEFAULT_TARGET, aio_channel
+from .delivery import Delivery, Outgoing
+from .errors import error_from_rpc
 
 PRODUCE = "/tidelog.v1.Producer/Produce"
+RETRY_BACKOFF_S = 0.05
+RETRY_BACKOFF_MAX_S = 1.0
+CLOSE_WAIT_S = 5.0  # for the broker to end the stream after the last ack, on close()
 log = logging.getLogger("tidelog.client")
 
 
@@ -61,7 +67,10 @@ class _BatchResult:
         self._done = threading.Event()
         self._callbacks: list = []
 
-    def finish(self, base_offset: int = -1, error: BaseException | None = None) -> None:
+    def finish(self, base_offset: int = -1, error: BaseException | None = None) -> bool:
+        """Resolve the futures; False (and nothing changes) if they were resolved already."""
+        if self._done.is_set():
+            return False
         self.base_offset, self.error = base_offset, error
         self._done.set()
         for fn, future in self._callbacks:
@@ -69,6 +78,7 @@ class _BatchResult:
                 fn(future)
             except Exception:  # a user's callback must not break delivery of the others
                 pass
+        return True
 
 
 class RecordFuture:
@@ -116,31 +126,112 @@ class _OpenBatch:
         self.timestamps: list = []
         self.result = _BatchResult(topic, partition)
         self.size = 0
-        self.created = time.monotonic()
+        self.created = time.monotonic()  # when its oldest record was sent: its delivery deadline runs from here
 
 
-class _Request(NamedTuple):
-    sequence: int
-    topic: str
-    partition: int
-    raw: bytes
-    result: _BatchResult
-    count: int
-    buffered: int
+class _Stream:
+    """One Produce call. A writer task writes the requests it is handed, in order (a write held by gRPC
+    flow control never holds up the producer's loop, so deadlines keep running); a reader task applies
+    the acks. Either task ending wakes the loop: a stream whose reader ended is broken."""
+
+    def __init__(self, target: str, on_response, wake) -> None:
+        self.target = target
+        self.channel = aio_channel(target)
+        self.call = self.channel.stream_stream(PRODUCE, request_serializer=None,
+                                               response_deserializer=pb.ProduceResponse.FromString)()
+        self.outbox: asyncio.Queue[tuple[Outgoing, int, bytes] | None] = asyncio.Queue()
+        self.writer = asyncio.ensure_future(self._write())
+        self.reader = asyncio.ensure_future(self._read(on_response))
+        self.writer.add_done_callback(lambda _: wake())
+        self.reader.add_done_callback(lambda _: wake())
+
+    async def _write(self) -> None:
+        while (entry := await self.outbox.get()) is not None:
+            item, sequence, request = entry
+            if Delivery.is_flying(item, sequence):  # not given up (its deadline passed) while queued here
+                await self.call.write(request)
+        await self.call.done_writing()
+
+    async def _read(self, on_response) -> None:
+        async for response in self.call:
+            on_response(response)  # raises a retriable error of a request: give the stream up
+        raise BrokerUnavailableError(f"the broker at {self.target} closed the produce stream")
+
+    def failure(self) -> TidelogError | None:
+        """Why the stream broke, or None while it works."""
+        for task in (self.reader, self.writer):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if isinstance(exc, TidelogError):
+                    return exc
+                if isinstance(exc, grpc.RpcError):
+                    return error_from_rpc(exc, self.target)
+                log.warning("produce stream to %s failed: %r; reconnecting", self.target, exc)
+                return BrokerUnavailableError(f"the produce stream to {self.target} failed: {exc!r}")
+        return None
+
+    async def finish(self, timeout_s: float) -> None:
+        """End the stream after the last ack (the broker then ends it too), then close it."""
+        self.outbox.put_nowait(None)
+        await asyncio.wait({self.reader}, timeout=timeout_s)
+        await self.close()
+
+    async def close(self) -> None:
+        self.call.cancel()
+        for task in (self.writer, self.reader):
+            task.cancel()
+        await asyncio.gather(self.writer, self.reader, return_exceptions=True)
+        await self.channel.close()
 
 
 class Producer:
+    """Sends records to a broker in batches; thread-safe.
+
+    Settings (units last):
+
+    - linger_ms (5), batch_bytes (1 MiB): a partition's batch goes out when it holds batch_bytes or its
+      first record has waited linger_ms.
+    - compression ("none" or "lz4").
+    - max_in_flight_bytes (64 MiB): encoded bytes written and not yet acknowledged, over all partitions.
+    - max_in_flight_requests_per_partition (BATCHES_REMEMBERED, 5): requests of one partition written and
+      not yet acknowledged. An idempotent producer may not go above BATCHES_REMEMBERED, the number of
+      batches the broker remembers per producer and partition, so that a resend after a broken stream is
+      always recognized (and answered with its original offsets) rather than refused as a duplicate.
+    - buffer_bytes (64 MiB), max_block_s (60): send() blocks while this much is waiting or in flight,
+      for up to max_block_s, then raises RequestTimeoutError.
+    - delivery_timeout_s (120): the deadline of a record, counted from the send() of the oldest record
+      of its batch. While it runs, the producer keeps retrying whatever stands in the way (an unreachable
+      broker, a broken stream, retriable refusals such as DiskFullError). Once it has passed, the batch
+      fails wherever it is: still in the buffer, waiting to be resent, or written on a live stream
+      without an acknowledgement. Its futures then raise the last error the batch met, or a
+      RequestTimeoutError naming the timeout if it met none; a batch that was already written when it
+      failed may still have been appended. Errors that retrying cannot fix fail a batch at once.
+      flush() and close() therefore return within about delivery_timeout_s of the last send().
+    - idempotent (True): batches carry a producer id and sequence numbers, so resends are never
+      appended twice; with False a resend after a lost acknowledgement may be.
+    """
+
     def __init__(self, target: str = DEFAULT_TARGET, *, linger_ms: float = 5, batch_bytes: int = 1 << 20,
                  compression: str = "none", max_in_flight_bytes: int = 64 << 20, buffer_bytes: int = 64 << 20,
-                 max_block_s: float = 60.0, delivery_timeout_s: float = 120.0, idempotent: bool = True) -> None:
+                 max_block_s: float = 60.0, delivery_timeout_s: float = 120.0, idempotent: bool = True,
+                 max_in_flight_requests_per_partition: int = BATCHES_REMEMBERED) -> None:
         if batch_bytes < 1 or linger_ms < 0:
             raise InvalidRequestError("batch_bytes must be positive and linger_ms not negative")
+        if not delivery_timeout_s > 0:
+            raise InvalidConfigError(f"delivery_timeout_s must be positive, not {delivery_timeout_s}")
+        limit = BATCHES_REMEMBERED if idempotent else None
+        if max_in_flight_requests_per_partition < 1 or (limit and max_in_flight_requests_per_partition > limit):
+            raise InvalidConfigError(
+                f"max_in_flight_requests_per_partition must be 1..{limit} for an idempotent producer (the broker "
+                f"remembers its last {limit} batches per partition)" if limit else
+                "max_in_flight_requests_per_partition must be at least 1")
         batch_codec.compression.codec_id(compression)  # fail early on an unknown codec
         self.target = target
         self.linger_s = linger_ms / 1000
         self.batch_bytes = batch_bytes
         self.compression = compression
         self.max_in_flight_bytes = max_in_flight_bytes
+        self.max_in_flight_requests_per_partition = max_in_flight_requests_per_partition
         self.buffer_bytes = buffer_bytes
         """Records queued or in flight, in bytes; send() blocks (up to max_block_s) past it."""
         self.max_block_s = max_block_s
@@ -152,14 +243,18 @@ class Producer:
         self._admin = Admin(target)
         self._partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
-        self._sequences: dict[tuple[str, int], int] = {}
         self._open: dict[tuple[str, int], _OpenBatch] = {}
         self._full: list[tuple[str, int, _OpenBatch]] = []  # closed at batch_bytes, waiting to be sent
-        self._epoch = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._delivery = Delivery(producer_id=self.producer_id, compression=compression,
+                                  max_in_flight_bytes=max_in_flight_bytes,
+                                  max_in_flight_requests_per_partition=max_in_flight_requests_per_partition,
+                                  delivery_timeout_s=delivery_timeout_s, on_finish=self._complete)
+        self._failures = 0  # streams broken in a row, for the back-off
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
+        self._flush_now = False
         self._idle = threading.Condition(self._lock)
         self._unfinished = 0
         self._thread = threading.Thread(target=self._run, name="tidelog-producer", daemon=True)
@@ -216,7 +311,8 @@ class Producer:
         return sticky
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Send everything queued and wait until every record sent so far is acknowledged (or failed)."""
+        """Send everything queued and wait until every record sent so far is acknowledged or failed
+        (which takes at most about delivery_timeout_s)."""
         self._loop.call_soon_threadsafe(self._kick, True)
         with self._idle:
             if not self._idle.wait_for(lambda: self._unfinished == 0, timeout=timeout_s):
@@ -244,9 +340,12 @@ class Producer:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._wake = asyncio.Event()
-        self._flush_now = False
         try:
             self._loop.run_until_complete(self._sender())
+        except BaseException as exc:  # a bug: fail what is left rather than leave flush() waiting forever
+            log.exception("the producer's network thread failed")
+            self._closed = True
+            self._abandon(BrokerUnavailableError(f"the producer's network thread failed: {exc!r}"))
         finally:
             pending = asyncio.all_tasks(self._loop)
             for task in pending:
@@ -262,147 +361,114 @@ class Producer:
             self._flush_now = True
         self._wake.set()
 
-    def _take_ready(self, everything: bool) -> list[tuple[str, int, _OpenBatch]]:
+    async def _sender(self) -> None:
+        """The one loop that moves batches: buffer → delivery → stream, deadlines, reconnects."""
+        delivery = self._delivery
+        stream: _Stream | None = None
+        retry_at = 0.0
+        try:
+            while True:
+                self._wake.clear()  # before looking: a wake-up from now on is seen by the next wait
+                now = time.monotonic()
+                everything, self._flush_now = self._flush_now or self._closed, False
+                for item in self._take_ready(everything, now):
+                    delivery.add(item)
+                delivery.expire(now)
+                if stream is not None and (err := stream.failure()) is not None:
+                    await stream.close()
+                    stream = None
+                    delivery.lost(err)  # what it held waits again, in order, to be resent
+                    self.reconnects += 1
+                    self._failures += 1
+                    retry_at = time.monotonic() + _backoff_s(self._failures)
+                    continue
+                if self._closed and delivery.idle and self._buffer_empty():
+                    if stream is not None:
+                        await stream.finish(CLOSE_WAIT_S)
+                        stream = None
+                    return
+                if stream is None and delivery.has_waiting and now >= retry_at:
+                    stream = _Stream(self.target, self._on_response, self._wake.set)
+                if stream is not None:
+                    while (request := delivery.next_request()) is not None:
+                        stream.outbox.put_nowait(request)
+                await self._sleep(self._next_wake(retry_at if stream is None and delivery.has_waiting else None))
+        finally:
+            if stream is not None:
+                await stream.close()
+
+    def _on_response(self, response: pb.ProduceResponse) -> None:
+        try:
+            err = self._delivery.acked(response.results)
+        finally:
+            self._wake.set()  # acks make room in flight, and flush/close may be waiting for the last
+        if self._delivery.last_error is None:
+            self._failures = 0
+        if err is not None:
+            raise err
+
+    def _next_wake(self, retry_at: float | None) -> float | None:
+        """Seconds until something is due: a lingering batch, a deadline, a reconnect (None: nothing)."""
         now = time.monotonic()
+        due = [retry_at, self._delivery.next_deadline()]
+        with self._lock:
+            if self._full:
+                return 0.0
+            wait = min(self.linger_s, self.delivery_timeout_s)
+            due.extend(b.created + wait for b in self._open.values())
+        due = [t for t in due if t is not None]
+        return max(min(due) - now, 0.0) if due else None
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until woken (send, flush, close, an ack, a stream ending) or timeout seconds."""
+        if timeout is not None and timeout <= 0:
+            return
+        timer = self._loop.call_later(timeout, self._wake.set) if timeout is not None else None
+        await self._wake.wait()
+        if timer is not None:
+            timer.cancel()
+
+    def _take_ready(self, everything: bool, now: float) -> list[Outgoing]:
+        wait = min(self.linger_s, self.delivery_timeout_s)
         with self._lock:
             ready, self._full = self._full, []
-            lingered = [(t, p, b) for (t, p), b in self._open.items() if everything or now - b.created >= self.linger_s]
-            for t, p, _ in lingered:
-                del self._open[(t, p)]
-                self._rotate_sticky(t, p)
-        return ready + lingered
+            for (topic, partition), batch in list(self._open.items()):
+                if everything or now - batch.created >= wait:
+                    del self._open[(topic, partition)]
+                    self._rotate_sticky(topic, partition)
+                    ready.append((topic, partition, batch))
+        return [Outgoing(topic, partition, (b.values, b.keys, b.headers, b.timestamps), b.result, len(b.values),
+                         b.size, b.created + self.delivery_timeout_s) for topic, partition, b in ready]
+
+    def _buffer_empty(self) -> bool:
+        with self._lock:
+            return not self._open and not self._full
 
     def _rotate_sticky(self, topic: str, partition: int) -> None:
         if self._sticky.get(topic) == partition and self._partitions.get(topic, 1) > 1:
             self._sticky[topic] = (partition + 1) % self._partitions[topic]  # the next keyless batch goes elsewhere
 
-    def _encode(self, topic: str, partition: int, batch: _OpenBatch, sequence: int) -> _Request:
-        seq_key = (topic, partition)
-        base_seq = self._sequences.get(seq_key, 0)
-        self._sequences[seq_key] = (base_seq + len(batch.values)) & 0x7FFFFFFF
-        raw = batch_codec.build_batch(
-            batch.values, batch.keys if any(k is not None for k in batch.keys) else None,
-            batch.headers if any(batch.headers) else None, batch.timestamps, timestamp=0,
-            compression_name=self.compression, producer_id=self.producer_id,
-            producer_epoch=self._epoch if self.producer_id >= 0 else -1,
-            base_sequence=base_seq if self.producer_id >= 0 else -1)
-        return _Request(sequence, topic, partition, protowire.encode_produce_request(sequence, topic, partition, raw),
-                        batch.result, len(batch.values), batch.size)
+    def _abandon(self, err: TidelogError) -> None:
+        """Fail every batch not finished yet (the network thread is gone)."""
+        for item in self._delivery.drop_all() + self._take_ready(True, time.monotonic()):
+            self._complete(item, -1, err)
 
-    async def _sender(self) -> None:
-        sequence = 0
-        in_flight: dict[int, _Request] = {}
-        backlog: list[_Request] = []  # encoded, not yet written on the current stream
-        deadline_broken: float | None = None
-        while True:
-            channel = aio_channel(self.target)
-            call = channel.stream_stream(PRODUCE, request_serializer=None,
-                                         response_deserializer=pb.ProduceResponse.FromString)()
-            backlog = sorted(in_flight.values(), key=lambda r: r.sequence) + backlog
-            in_flight_bytes = 0
-            reader = asyncio.ensure_future(self._read_acks(call, in_flight))
-            try:
-                while True:
-                    if reader.done():
-                        reader.result()  # raises the stream's error
-                        break
-                    if not backlog:
-                        with self._lock:
-                            lingering = min((b.created for b in self._open.values()), default=None)
-                            if self._full:
-                                lingering = 0.0
-                        timeout = None if lingering is None else max(lingering + self.linger_s - time.monotonic(), 0)
-                        if self._closed or self._flush_now:
-                            # poll: the wake-up that asked for this may have been used up by a stream
-                            # that failed since (a reconnect), and closing waits for the last acks
-                            timeout = 0.05 if timeout is None else min(timeout, 0.05)
-                        woken = asyncio.ensure_future(self._wake.wait())
-                        await asyncio.wait({woken, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                        woken.cancel()
-                        self._wake.clear()
-                        everything, self._flush_now = self._flush_now or self._closed, False
-                        for topic, partition, batch in self._take_ready(everything):
-                            try:
-                                backlog.append(self._encode(topic, partition, batch, sequence))
-                            except TidelogError as exc:
-                                self._fail(batch.result, len(batch.values), exc, batch.size)
-                                continue
-                            sequence += 1
-                        if self._closed and not backlog and not in_flight and not self._open and not self._full:
-                            await call.done_writing()
-                            await asyncio.wait({reader}, timeout=5)  # the broker ends the stream
-                            return
-                    while backlog:
-                        request = backlog[0]
-                        in_flight_bytes = sum(len(r.raw) for r in in_flight.values())
-                        if in_flight and in_flight_bytes + len(request.raw) > self.max_in_flight_bytes:
-                            await asyncio.wait({reader}, timeout=0.05)  # wait for acks to make room
-                            if reader.done():
-                                break
-                            continue
-                        in_flight[request.sequence] = request
-                        backlog.pop(0)
-                        await call.write(request.raw)
-                    deadline_broken = None
-            except Exception as exc:  # any failure of the stream: reconnect and resend, until the deadline
-                if isinstance(exc, TidelogError):
-                    err = exc
-                elif isinstance(exc, grpc.RpcError):
-                    err = error_from_rpc(exc, self.target)
-                else:
-                    log.warning("produce stream to %s failed: %r; reconnecting", self.target, exc)
-                    err = BrokerUnavailableError(f"the produce stream to {self.target} failed: {exc!r}")
-                self.reconnects += 1
-                now = time.monotonic()
-                deadline_broken = deadline_broken or now + self.delivery_timeout_s
-                if now >= deadline_broken:
-                    for request in list(in_flight.values()) + backlog:
-                        self._fail(request.result, request.count, err, request.buffered)
-                    in_flight.clear()
-                    backlog = []
-                    deadline_broken = None
-                await asyncio.sleep(min(0.05 * (1 + random.random()), 1.0))
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                await channel.close()
-
-    async def _read_acks(self, call, in_flight: dict[int, _Request]) -> None:
-        async for response in call:
-            for result in response.results:
-                request = in_flight.get(result.sequence)
-                if request is None:
-                    continue
-                if result.HasField("error"):
-                    err = error_from_message(result.error)
-                    if err.retriable:
-                        raise err  # reconnect and resend from this request on, in order
-                    del in_flight[result.sequence]
-                    self._fail(request.result, request.count, err, request.buffered)
-                    self._new_epoch()
-                else:
-                    del in_flight[result.sequence]
-                    self._succeed(request, result.base_offset)
-        raise BrokerUnavailableError(f"the broker at {self.target} closed the produce stream")
-
-    def _new_epoch(self) -> None:
-        """After a batch failed for good its sequence numbers are a gap the broker would refuse
-        forever: start a new epoch, whose sequences start again at 0 (Kafka bumps the epoch too)."""
-        if self.producer_id >= 0:
-            self._epoch = (self._epoch + 1) & 0x7FFF
-            self._sequences.clear()
-
-    def _succeed(self, request: _Request, base_offset: int) -> None:
-        request.result.finish(base_offset=base_offset)
-        self._finished(request.count, request.buffered)
-
-    def _fail(self, result: _BatchResult, count: int, err: TidelogError, buffered: int) -> None:
-        if not result._done.is_set():
-            result.finish(error=err)
-        self._finished(count, buffered)
+    def _complete(self, item: Outgoing, base_offset: int, error: TidelogError | None) -> None:
+        """The one ending of a batch: its futures resolve and it stops counting as unfinished."""
+        if not item.result.finish(base_offset, error):
+            log.error("a batch of %s/%d finished twice; the second ending is ignored", item.topic, item.partition)
+            return
+        self._finished(item.count, item.buffered)
 
     def _finished(self, n: int, buffered: int) -> None:
         with self._lock:
             self._unfinished -= n
             self._buffered -= buffered
             self._idle.notify_all()
+
+
+def _backoff_s(failures: int) -> float:
+    """Pause before reconnecting after `failures` broken streams in a row: 50 ms doubling up to 1 s,
+    jittered so that many producers do not come back at once."""
+    base = min(RETRY_BACKOFF_S * 2 ** min(failures - 1, 10), RETRY_BACKOFF_MAX_S)
+    return base * (0.5 + random.random() / 2)

@@ -24,6 +24,11 @@ Record = _rb.Record
 
 _BASE_OFFSET = struct.Struct(">q")
 
+# The broker remembers this many batches per idempotent producer and partition (log/producer_state.py)
+# and recognizes a resend of any of them; an idempotent producer keeps at most this many requests of a
+# partition in flight (client/producer.py), so every resend is one the broker remembers. Kafka: 5.
+BATCHES_REMEMBERED = 5
+
 
 class BatchInfo(NamedTuple):
     """Where a validated batch sits in its buffer and what the log needs to know about it."""

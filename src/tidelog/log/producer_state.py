@@ -21,11 +21,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .._native import batch_scan
+from ..codec.batch import BATCHES_REMEMBERED  # shared with the producer, which caps its requests in flight
 from ..errors import DuplicateSequenceError, InvalidProducerEpochError, OutOfOrderSequenceError
 
-BATCHES_REMEMBERED = 5
-"""Batches per producer and partition that a retry is recognised from (Kafka's 5; the client keeps at
-most this many requests per partition in flight, so a resend always falls within them)."""
 SEQUENCE_MASK = 0x7FFFFFFF  # sequences wrap at 2^31, as Kafka's do
 
 
