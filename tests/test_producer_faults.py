@@ -423,14 +423,11 @@ def test_a_record_lingering_past_its_deadline_fails_without_a_flush(broker):
 # -- a real broker, killed and restarted -------------------------------------------------------------
 
 def test_acknowledged_records_survive_broker_kills_exactly_once(tmp_path):
-    """SIGKILL the broker three times while a producer sends to two partitions.
-
-    One request per partition in flight: the broker rebuilds what it remembers of each producer from
-    the tail of its log when it restarts, and its recognition of a resend across a restart is being
-    reworked separately; with one request in flight, a resend after a restart is at most the last
-    batch the broker had appended, the case that rebuild covers. (That the producer keeps to its window
-    and resends each request once is what the scripted-broker tests above check.)
-    """
+    """SIGKILL the broker three times while a producer sends to two partitions, with the default
+    window of 5 requests per partition in flight: after each restart the broker recognises resends of
+    whatever it had appended (its producer state is rebuilt from a snapshot and the log after it).
+    (That the producer keeps to its window and resends each request once is what the scripted-broker
+    tests above check.)"""
     srv = ServerProcess(str(tmp_path / "data"), "--fsync", "always").start()
     acked = threading.Condition()
     n_acked = 0
@@ -445,8 +442,7 @@ def test_acknowledged_records_survive_broker_kills_exactly_once(tmp_path):
     try:
         with Admin(srv.target) as a:
             a.create_topic(TOPIC, 2)
-        p = WatchedProducer(srv.target, linger_ms=1, batch_bytes=2048, delivery_timeout_s=60,
-                            max_in_flight_requests_per_partition=1)
+        p = WatchedProducer(srv.target, linger_ms=1, batch_bytes=2048, delivery_timeout_s=60)
         sent = Sent()
         stop = threading.Event()
 
