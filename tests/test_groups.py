@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidelog import Engine
-from tidelog.errors import (GroupNotEmptyError, OffsetOutOfRangeError, PartitionNotAssignedError,
+from tidelog.errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeError, PartitionNotAssignedError,
                             StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
 from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
 from tidelog.groups.coordinator import GroupCoordinator
@@ -174,6 +174,15 @@ def test_reset_and_delete_need_a_group_without_members(coord, engine):
     assert coord.list_groups() == []
     with pytest.raises(UnknownGroupError):
         coord.delete_group("g")
+
+
+@pytest.mark.parametrize("timestamp_ms", [-1, -2, -1000, None])
+def test_reset_to_a_negative_or_missing_timestamp_is_refused(coord, engine, timestamp_ms):
+    engine.produce("orders", [b"x"] * 4, partition=0)
+    coord.reset_offsets("g", "orders", 2, partitions=[0])
+    with pytest.raises(InvalidRequestError, match="timestamp_ms"):
+        coord.reset_offsets("g", "orders", "timestamp", timestamp_ms=timestamp_ms)
+    assert coord.committed("g") == {("orders", 0): 2}
 
 
 def test_joining_an_unknown_topic_is_refused(coord):

@@ -302,7 +302,11 @@ class GroupCoordinator:
     def reset_offsets(self, group_id: str, topic: str, to: str | int, *, partitions: Sequence[int] | None = None,
                       timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
         """Set committed offsets of an inactive group: to "earliest", "latest", an offset (clamped
-        into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms)."""
+        into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms >= 0)."""
+        if to == "timestamp" and (isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int)
+                                  or timestamp_ms < 0):
+            # The engine reads -1 and -2 as "latest" and "earliest": a negative time must not pass as one.
+            raise InvalidRequestError(f"timestamp_ms must be a time in ms since the epoch (>= 0), got {timestamp_ms!r}")
         with self._lock:
             self.expire()
             group = self._groups.get(group_id)
@@ -318,7 +322,7 @@ class GroupCoordinator:
                 elif to == "latest":
                     value = o.high_watermark
                 elif to == "timestamp":
-                    found = self.engine.list_offsets(topic, p, int(timestamp_ms))
+                    found = self.engine.list_offsets(topic, p, timestamp_ms)
                     value = o.high_watermark if found is None else found
                 elif isinstance(to, int) and not isinstance(to, bool):
                     value = min(max(to, o.log_start), o.high_watermark)
