@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidelog import Engine
-from tidelog.errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeError, PartitionNotAssignedError,
-                            StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from tidelog.errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
+                            PartitionNotAssignedError, StaleGenerationError, UnknownGroupError, UnknownMemberError,
+                            UnknownTopicError)
 from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
 from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.groups.embedded import EmbeddedGroupConsumer
@@ -294,7 +295,7 @@ def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, 
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("orders", 4)
         eng.produce("orders", [b"x"] * 100, partition=0)
-        eng.create_topic(OFFSETS_TOPIC, 1, segment_bytes=16 * 1024, retention_ms=-1)  # small segments
+        eng.create_topic(OFFSETS_TOPIC, 1, segment_bytes=16 * 1024, retention_ms=-1, internal=True)  # small segments
         store = OffsetStore(eng)
         store.compact_min_records = 50
         for i in range(3000):  # many commits of few keys
@@ -310,3 +311,45 @@ def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, 
         again = OffsetStore(eng)
         assert again.fetch("g") == expected
         assert again.groups() == ["g"]
+
+
+
+def test_internal_topics_cannot_be_consumed_committed_or_reset_by_a_group(coord, engine):
+    from tidelog.groups.offset_store import OFFSETS_TOPIC
+
+    a = beat(coord, "g", coord.join("g", ["orders"]))
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.join("h", [OFFSETS_TOPIC])
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.commit("g", a.member_id, a.generation, {(OFFSETS_TOPIC, 0): 0})
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.commit("nobody", None, 0, {(OFFSETS_TOPIC, 0): 0})
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.reset_offsets("nobody", OFFSETS_TOPIC, "earliest")
+    assert coord.committed("g") == {} and coord.committed("nobody") == {}
+
+
+
+def test_replay_skips_malformed_group_records_counts_and_logs_each_once(data_dir, clock, caplog):
+    from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 2)
+        eng.produce("orders", [b"x"] * 9, partition=0)
+        eng.produce("orders", [b"x"] * 9, partition=1)
+        coord = GroupCoordinator(eng, clock=clock)
+        a = coord.join("g", ["orders"])
+        coord.commit("g", a.member_id, a.generation, {("orders", 0): 0, ("orders", 1): 4})
+        bad = [b"not json", b'["g", "orders"]', b'{"membership": "g"}', b'["g", "orders", 1]']
+        values = [b"{}", b'{"offset": 1}', b'{"generation": "one"}', b'{"offset": -5}']
+        written = eng.produce(OFFSETS_TOPIC, values, keys=bad, partition=0, internal=True)[0]
+        coord.commit("g", a.member_id, a.generation, {("orders", 0): 7})
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    with Engine.open(data_dir, clock=clock) as eng:
+        store = OffsetStore(eng)
+        assert store.malformed == 4
+        assert {tp: c.offset for tp, c in store.fetch("g").items()} == {("orders", 0): 7, ("orders", 1): 4}
+        warnings = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+        assert len(warnings) == 4
+        for offset, message in zip(range(written.base_offset, written.last_offset + 1), warnings):
+            assert f"at offset {offset}" in message and "tidelog check" in message

@@ -16,6 +16,8 @@ import numpy as np
 
 from ._native import batch_scan
 from .codec.batch import BatchView
+from .errors import CorruptBatchError
+from .groups import records as group_records
 from .storage.offset_index import OffsetIndex
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from .storage.time_index import TimeIndex
@@ -185,6 +187,8 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
                                    f"{'' if last else ' (in the middle of the log)'}")
             if result.cut is None:
                 result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
+        if topic == group_records.OFFSETS_TOPIC:
+            result.problems += _check_group_records(buf, rows)
         if len(rows):
             if result.start_offset < 0:
                 result.start_offset = int(rows[0, batch_scan.COL_BASE_OFFSET])
@@ -205,6 +209,24 @@ def check_partition(topic: str, partition: int, directory: str) -> PartitionChec
     if result.start_offset < 0 and expected >= 0:
         result.start_offset = expected  # an empty log starts where it ends
     return result
+
+
+def _check_group_records(buf, rows: np.ndarray) -> list[str]:
+    """Records of `__consumer_offsets` that are not group state: the broker skips them on load."""
+    problems = []
+    for pos in rows[:, batch_scan.COL_POS].tolist():
+        try:
+            recs = BatchView(buf, int(pos)).records()
+        except CorruptBatchError as exc:
+            problems.append(f"{exc}")
+            continue
+        for rec in recs:
+            try:
+                group_records.parse(rec.key, rec.value)
+            except group_records.MalformedRecord as exc:
+                problems.append(f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
+                                f"on load, so the commit it meant is lost")
+    return problems
 
 
 def _nonzero_after(buf, pos: int) -> bool:

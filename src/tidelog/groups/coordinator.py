@@ -24,9 +24,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ..broker.engine import Engine
-from ..errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeError, PartitionNotAssignedError,
-                      StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from ..broker.engine import Engine, is_internal_topic
+from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
+                      PartitionNotAssignedError, StaleGenerationError, UnknownGroupError, UnknownMemberError,
+                      UnknownTopicError)
 from .assignor import ASSIGNORS, TopicPartition
 from .member import MemberState
 from .offset_store import OffsetStore
@@ -87,6 +88,7 @@ class GroupCoordinator:
         topics = tuple(sorted(set(topics)))
         if not topics:
             raise InvalidRequestError("a member subscribes to at least one topic")
+        _refuse_internal(topics, "consumed by a group (its offsets could not be committed)")
         for t in topics:
             self.engine.partitions(t)  # UnknownTopicError for a topic that does not exist
         with self._lock:
@@ -204,6 +206,7 @@ class GroupCoordinator:
                offsets: dict[TopicPartition, int], metadata: str = "") -> None:
         """Commit offsets (next to consume). Members must be current and own the partitions; with no
         member_id, only a group without active members may be committed to (admin tools)."""
+        _refuse_internal([t for t, _ in offsets], "committed to")
         with self._lock:
             self.expire()
             group = self._groups.get(group_id)
@@ -303,6 +306,7 @@ class GroupCoordinator:
                       timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
         """Set committed offsets of an inactive group: to "earliest", "latest", an offset (clamped
         into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms >= 0)."""
+        _refuse_internal([topic], "committed to")
         if to == "timestamp" and (isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int)
                                   or timestamp_ms < 0):
             # The engine reads -1 and -2 as "latest" and "earliest": a negative time must not pass as one.
@@ -343,6 +347,13 @@ class GroupCoordinator:
 def _show(assignment: dict[str, list[TopicPartition]]) -> dict[str, list[str]]:
     """An assignment as log lines print it: member → ["topic-partition", ...], sorted."""
     return {m: [f"{t}-{p}" for t, p in sorted(tps)] for m, tps in sorted(assignment.items())}
+
+
+def _refuse_internal(topics, action: str) -> None:
+    internal = [t for t in topics if is_internal_topic(t)]
+    if internal:
+        raise InvalidTopicError(f"topic {internal[0]!r} is internal (its name starts with '__'): it cannot be "
+                                f"{action}", topic=internal[0])
 
 
 def _check_group_id(group_id: object) -> None:
