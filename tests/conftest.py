@@ -53,6 +53,10 @@ def data_dir(tmp_path) -> str:
 def pytest_addoption(parser):
     parser.addoption("--crash-rounds", type=int, default=int(os.environ.get("TIDELOG_CRASH_ROUNDS", "4")),
                      help="SIGKILL rounds of the crash test (default 4; a long run: 200)")
+    parser.addoption("--group-chaos-rounds", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_ROUNDS", "40")),
+                     help="adversary moves of the long group chaos run (-m slow; default 40)")
+    parser.addoption("--group-chaos-seed", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),
+                     help="seed of the long group chaos run (default 0)")
 
 
 def pytest_generate_tests(metafunc):

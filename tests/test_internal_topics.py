@@ -129,7 +129,7 @@ def test_a_broker_with_a_malformed_offsets_record_starts_keeps_the_rest_and_chec
         srv.stop()
 
 
-def test_check_passes_a_healthy_offsets_topic(data_dir, clock):
+def test_check_passes_a_healthy_offsets_topic_with_commits_and_membership(data_dir, clock):
     from tidelog.inspect import check
 
     with Engine.open(data_dir, clock=clock) as eng:
@@ -141,4 +141,4 @@ def test_check_passes_a_healthy_offsets_topic(data_dir, clock):
         coord.leave("g", a.member_id)
         coord.delete_group("g")
     results = {r.topic: r for r in check(data_dir)}
-    assert results[OFFSETS_TOPIC].records >= 2 and results[OFFSETS_TOPIC].problems == []
+    assert results[OFFSETS_TOPIC].records >= 4 and results[OFFSETS_TOPIC].problems == []

@@ -225,7 +225,7 @@ def _check_group_records(buf, rows: np.ndarray) -> list[str]:
                 group_records.parse(rec.key, rec.value)
             except group_records.MalformedRecord as exc:
                 problems.append(f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
-                                f"on load, so the commit it meant is lost")
+                                f"on load, so the commit or membership it meant is lost")
     return problems
 
 

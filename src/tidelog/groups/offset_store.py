@@ -1,12 +1,14 @@
-"""Committed offsets, durable through the engine: records of the internal topic `__consumer_offsets`
-(format in groups/records.py), latest per key on load.
+"""Group state, durable through the engine: committed offsets and group membership, as records of the
+internal topic `__consumer_offsets` (format in groups/records.py), latest per key on load.
 
-Every commit appends one record per partition. On open the topic is replayed in order and the
-latest record per key wins, so a commit is exactly as durable as any produce under the engine's
-fsync policy (`always`: on disk before the call returns; `interval`: survives a process crash at
-once, a power cut once the next flush ran), and survives a broker restart or SIGKILL. Only this
-store writes the topic (clients are refused): a record that does not parse anyway is skipped on
-replay, counted in `malformed`, and logged once with its offset, never a reason not to start.
+Every commit appends one record per partition; every change of a group's membership appends one
+record holding the whole group (members, what each holds, generation, assignment). On open the
+topic is replayed in order and the latest record per key wins, so a commit or a membership change is
+exactly as durable as any produce under the engine's fsync policy (`always`: on disk before the call
+returns; `interval`: survives a process crash at once, a power cut once the next flush ran), and
+survives a broker restart or SIGKILL. Only this store writes the topic (clients are refused): a
+record that does not parse anyway is skipped on replay, counted in `malformed`, and logged once
+with its offset, never a reason not to start.
 
 Compaction keeps the topic from growing forever: once it holds many more records than live keys,
 the live state is written again as a snapshot at the end, made durable (fsync), and then the whole
@@ -18,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..broker.engine import Engine
 from . import records
-from .records import OFFSETS_TOPIC, CommittedOffset, MalformedRecord
+from .records import OFFSETS_TOPIC, CommittedOffset, MalformedRecord, MembershipRecord
 
 log = logging.getLogger("tidelog.groups")
 
@@ -39,6 +41,7 @@ class OffsetStore:
         self.engine = engine
         self._lock = threading.RLock()  # commit() compacts while holding it
         self._offsets: dict[str, dict[TopicPartition, CommittedOffset]] = {}
+        self._memberships: dict[str, dict[str, Any]] = {}
         self.malformed = 0
         """Records of the topic that did not parse on load (skipped; `tidelog check` lists them)."""
         if OFFSETS_TOPIC not in engine.list_topics(include_internal=True):
@@ -72,6 +75,12 @@ class OffsetStore:
                         extra={"event": "group_state_malformed", "offset": offset, "reason": reason})
 
     def _apply(self, record) -> None:
+        if isinstance(record, MembershipRecord):
+            if record.state is None:
+                self._memberships.pop(record.group, None)
+            else:
+                self._memberships[record.group] = record.state
+            return
         group, tp, committed = record
         if committed is None:
             self._offsets.get(group, {}).pop(tp, None)
@@ -97,8 +106,20 @@ class OffsetStore:
                 self._apply(records.OffsetRecord(group, tp, c))
             self._maybe_compact()
 
+    def save_membership(self, group: str, state: dict[str, Any] | None) -> None:
+        """Store a group's membership (None: it has no members); returns once acknowledged."""
+        with self._lock:
+            self._write([records.membership_key(group)], [None if state is None else records.membership_value(state)])
+            self._apply(MembershipRecord(group, state))
+            self._maybe_compact()
+
+    def memberships(self) -> dict[str, dict[str, Any]]:
+        """The last stored membership of every group that had members."""
+        with self._lock:
+            return dict(self._memberships)
+
     def _live(self) -> int:
-        return sum(len(v) for v in self._offsets.values())
+        return sum(len(v) for v in self._offsets.values()) + len(self._memberships)
 
     def _maybe_compact(self) -> None:
         o = self.engine.list_offsets(OFFSETS_TOPIC, 0)
@@ -107,11 +128,13 @@ class OffsetStore:
             self.compact()
 
     def compact(self) -> int:
-        """Rewrite the live offsets at the end, fsync, delete the segments before; returns segments deleted."""
+        """Rewrite the live state at the end, fsync, delete the segments before; returns segments deleted."""
         with self._lock:
             snapshot_start = self._snapshot_at = self.engine.list_offsets(OFFSETS_TOPIC, 0).log_end
             items = [(records.offset_key(g, t, p), records.offset_value(c))
                      for g, tps in sorted(self._offsets.items()) for (t, p), c in sorted(tps.items())]
+            items += [(records.membership_key(g), records.membership_value(s))
+                      for g, s in sorted(self._memberships.items())]
             for i in range(0, len(items), 10_000):
                 chunk = items[i:i + 10_000]
                 self._write([k for k, _ in chunk], [v for _, v in chunk])

@@ -1,10 +1,19 @@
 """The records of `__consumer_offsets`: how group state is encoded, and the one parser that replay
 (groups/offset_store.py) and `tidelog check` share. Pure functions over bytes; thread-safe.
 
-A committed offset (JSON, UTF-8):
+Two kinds of record, told apart by the shape of the key (both JSON, UTF-8):
 
-    key   [group, topic, partition]
-    value {"offset": int >= 0, "metadata": str, "commit_ms": int}, or null (forgotten)
+    committed offset   key   [group, topic, partition]
+                       value {"offset": int >= 0, "metadata": str, "commit_ms": int}, or null (forgotten)
+    group membership   key   {"membership": group}
+                       value {"generation": int >= 0, "assignor": str, "rebalances": int >= 0,
+                              "partitions": {topic: count},
+                              "target": {member_id: [[topic, partition], ...]},
+                              "members": [{"member_id": str, "client_id": str, "topics": [str, ...],
+                                           "session_timeout_ms": int > 0,
+                                           "granted": [[topic, partition], ...],
+                                           "reported": [[topic, partition], ...]}, ...]},
+                       or null (the group has no members)
 
 Replay applies them in offset order and the latest record per key wins. A record that does not
 parse (only a broker bug or a hand-made write can produce one: clients cannot write this topic) is
@@ -15,6 +24,8 @@ from __future__ import annotations
 
 import json
 from typing import Any, NamedTuple
+
+from .assignor import ASSIGNORS
 
 OFFSETS_TOPIC = "__consumer_offsets"
 TopicPartition = tuple[str, int]
@@ -36,6 +47,11 @@ class OffsetRecord(NamedTuple):
     committed: CommittedOffset | None  # None: forgotten
 
 
+class MembershipRecord(NamedTuple):
+    group: str
+    state: dict[str, Any] | None  # None: no members
+
+
 def offset_key(group: str, topic: str, partition: int) -> bytes:
     return json.dumps([group, topic, partition]).encode()
 
@@ -44,7 +60,15 @@ def offset_value(c: CommittedOffset) -> bytes:
     return json.dumps({"offset": c.offset, "metadata": c.metadata, "commit_ms": c.commit_ms}).encode()
 
 
-def parse(key: bytes | None, value: bytes | None) -> OffsetRecord:
+def membership_key(group: str) -> bytes:
+    return json.dumps({"membership": group}).encode()
+
+
+def membership_value(state: dict[str, Any]) -> bytes:
+    return json.dumps(state, sort_keys=True).encode()
+
+
+def parse(key: bytes | None, value: bytes | None) -> OffsetRecord | MembershipRecord:
     """The record's meaning; MalformedRecord (with the reason) when it has none."""
     k = _json(key, "key")
     v = None if value is None else _json(value, "value")
@@ -58,7 +82,40 @@ def parse(key: bytes | None, value: bytes | None) -> OffsetRecord:
             raise MalformedRecord(f"an offset value is {{offset, metadata, commit_ms}}, not {_short(v)}")
         return OffsetRecord(k[0], (k[1], k[2]), CommittedOffset(v["offset"], v.get("metadata", ""),
                                                                   v.get("commit_ms", 0)))
-    raise MalformedRecord(f"the key is not an offset key: {_short(k)}")
+    if isinstance(k, dict):
+        if not (set(k) == {"membership"} and _str(k["membership"])):
+            raise MalformedRecord(f"a membership key is {{membership: group}}, not {_short(k)}")
+        if v is not None:
+            _check_membership(v)
+        return MembershipRecord(k["membership"], v)
+    raise MalformedRecord(f"the key is neither an offset key nor a membership key: {_short(k)}")
+
+
+def _check_membership(v: object) -> None:
+    def bad(what: str):
+        return MalformedRecord(f"membership value: {what}")
+
+    if not isinstance(v, dict):
+        raise bad(f"not an object: {_short(v)}")
+    for name in ("generation", "rebalances"):
+        if not _int(v.get(name)):
+            raise bad(f"{name} is not a non-negative integer")
+    if v.get("assignor") not in ASSIGNORS:
+        raise bad(f"assignor is not one of {', '.join(ASSIGNORS)}")
+    partitions, target, members = v.get("partitions"), v.get("target"), v.get("members")
+    if not (isinstance(partitions, dict) and all(_str(t) and _int(n) for t, n in partitions.items())):
+        raise bad("partitions is not {topic: count}")
+    if not (isinstance(target, dict) and all(_str(m) and _tps(tps) for m, tps in target.items())):
+        raise bad("target is not {member_id: [[topic, partition], ...]}")
+    if not isinstance(members, list):
+        raise bad("members is not a list")
+    for m in members:
+        if not (isinstance(m, dict) and _str(m.get("member_id")) and isinstance(m.get("client_id"), str)
+                and isinstance(m.get("topics"), list) and all(_str(t) for t in m["topics"])
+                and _int(m.get("session_timeout_ms")) and m["session_timeout_ms"] > 0
+                and _tps(m.get("granted")) and _tps(m.get("reported"))):
+            raise bad(f"a member is not {{member_id, client_id, topics, session_timeout_ms, granted, reported}}: "
+                      f"{_short(m)}")
 
 
 def _json(raw: bytes | None, what: str) -> Any:
@@ -76,6 +133,11 @@ def _str(x: object) -> bool:
 
 def _int(x: object, low: int | None = 0) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and (low is None or x >= low)
+
+
+def _tps(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(tp, list) and len(tp) == 2 and _str(tp[0]) and _int(tp[1])
+                                       for tp in x)
 
 
 def _short(x: object) -> str:
