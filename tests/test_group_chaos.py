@@ -46,9 +46,11 @@ DRAIN_S = 90.0  # how long the final catch-up may take before the run counts as 
 class MemberProcess:
     def __init__(self, target: str, log_path: str, name: str) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path,
-             name], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.killed = False
+        with open(log_path + ".stderr", "wb") as stderr:  # its warnings and tracebacks, for a failed run
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS),
+                 log_path, name], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -58,6 +60,7 @@ class MemberProcess:
             self.proc.send_signal(sig)
 
     def kill(self) -> None:
+        self.killed = True
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGKILL)
         self.proc.wait()
@@ -68,8 +71,9 @@ class MemberProcess:
             self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            except subprocess.TimeoutExpired:  # hung on close: counted as an incident (code -9)
+                self.proc.kill()
+                self.proc.wait()
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Report:
     acked: dict[int, set[int]] = field(default_factory=dict)
     events: list[tuple[int, str]] = field(default_factory=list)  # (monotonic ns, what the adversary did)
     incidents: list[str] = field(default_factory=list)
+    log_dir: str = ""  # the members' delivery logs and stderr
 
 
 def read_deliveries(log_path: str) -> list[Delivery]:
@@ -172,9 +177,9 @@ def wait_for_group(target: str, members: int, timeout_s: float = 60.0) -> None:
 
 def run_chaos(base_dir: str, seed: int, rounds: int) -> Report:
     rng = random.Random(seed)
-    report = Report(seed)
-    server = ServerProcess(os.path.join(base_dir, "data")).start()
     log_dir = os.path.join(base_dir, "deliveries")
+    report = Report(seed, log_dir=log_dir)
+    server = ServerProcess(os.path.join(base_dir, "data")).start()
     os.makedirs(log_dir)
     members: list[MemberProcess] = []
     names = iter(f"m{i}" for i in range(1000))
@@ -241,6 +246,9 @@ def run_chaos(base_dir: str, seed: int, rounds: int) -> Report:
     for m in members:
         report.deliveries += read_deliveries(os.path.join(log_dir, f"{m.name}.log"))
     report.incidents = check(report)
+    report.incidents += [f"member {m.name} ended with code {m.proc.returncode} without being killed by the test "
+                         f"(a crash, or it hung on close; see {m.name}.log.stderr)"
+                         for m in members if not m.killed and m.proc.returncode != 0]
     return report
 
 
@@ -250,7 +258,7 @@ def summarize(report: Report, rounds: int) -> str:
                                 for i in report.incidents)
     return (f"seed {report.seed}, {rounds} rounds: {len(report.deliveries)} deliveries of "
             f"{sum(len(v) for v in report.acked.values())} records, {len(report.incidents)} incident(s) "
-            f"{dict(kinds)}" + "".join(f"\n  - {i}" for i in report.incidents[:40]))
+            f"{dict(kinds)}; logs in {report.log_dir}" + "".join(f"\n  - {i}" for i in report.incidents[:40]))
 
 
 def test_group_chaos_short_run_keeps_one_owner_per_partition_and_delivers_everything(tmp_path):
@@ -261,6 +269,7 @@ def test_group_chaos_short_run_keeps_one_owner_per_partition_and_delivers_everyt
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(6 * 3600)  # the suite's 300 s would cut it; the run bounds itself (~2 s a round + the drain)
 def test_group_chaos_long_run(tmp_path, request):
     rounds = request.config.getoption("--group-chaos-rounds")
     seed = request.config.getoption("--group-chaos-seed")

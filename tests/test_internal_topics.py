@@ -84,7 +84,8 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
                 topic=OFFSETS_TOPIC, partition=0, records=[pb.Record(key=b"not json", value=b"{}")]))
             stream = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                                            response_deserializer=pb.ProduceResponse.FromString)
-            raw = protowire.encode_produce_request(1, OFFSETS_TOPIC, 0, batch_codec.build_batch([b"{}"], keys=[b"x"], timestamp=1))
+            batch = batch_codec.build_batch([b"{}"], keys=[b"x"], timestamp=1)
+            raw = protowire.encode_produce_request(1, OFFSETS_TOPIC, 0, batch)
             results = [r for resp in stream(iter([raw]), timeout=10) for r in resp.results]
             assert len(results) == 1 and results[0].error.code == InvalidTopicError.code
             assert "internal" in results[0].error.message

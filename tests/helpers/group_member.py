@@ -63,8 +63,17 @@ def main() -> None:
             say(f"{'REVOKED' if kind == 'R' else 'LOST'} -{len(tps)}")
         return callback
 
-    consumer = Consumer(target, group_id=group, topics=[topic], auto_commit=False, session_timeout_ms=session_ms,
-                        on_assign=assigned, on_revoke=ended("R"), on_lost=ended("L"))
+    deadline = time.monotonic() + 60
+    while True:  # the broker may be restarting right now: an application would retry too
+        try:
+            consumer = Consumer(target, group_id=group, topics=[topic], auto_commit=False,
+                                session_timeout_ms=session_ms, on_assign=assigned, on_revoke=ended("R"),
+                                on_lost=ended("L"))
+            break
+        except TidelogError as exc:
+            if not exc.retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     say("READY")

@@ -11,7 +11,7 @@ Ownership is fenced on delivery, not only on commit. poll() hands over a record 
 when all of these hold at that moment:
 
 - the member's *lease* runs: the last successful heartbeat or join was sent less than
-  session_timeout_ms * (1 - LEASE_SAFETY) ago (by time.monotonic). The coordinator cannot expire
+  session_timeout_ms * (1 - LEASE_SAFETY) ago, by a monotonic clock. The coordinator cannot expire
   the member before session_timeout_ms after it *received* that request, which is later than it
   was sent, so the lease ends before anybody else can be granted the member's partitions;
 - the partition is in the member's current grant, and the member has not learnt that it lost its

@@ -109,7 +109,8 @@ class OffsetStore:
     def save_membership(self, group: str, state: dict[str, Any] | None) -> None:
         """Store a group's membership (None: it has no members); returns once acknowledged."""
         with self._lock:
-            self._write([records.membership_key(group)], [None if state is None else records.membership_value(state)])
+            value = None if state is None else records.membership_value(state)
+            self._write([records.membership_key(group)], [value])
             self._apply(MembershipRecord(group, state))
             self._maybe_compact()
 
