@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidelog import Engine
-from tidelog.errors import (GroupNotEmptyError, OffsetOutOfRangeError, PartitionNotAssignedError,
-                            StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from tidelog.errors import (DiskFullError, GroupNotEmptyError, InvalidRequestError, InvalidTopicError,
+                            OffsetOutOfRangeError, PartitionNotAssignedError, StaleGenerationError, UnknownGroupError,
+                            UnknownMemberError, UnknownTopicError)
 from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
 from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.groups.embedded import EmbeddedGroupConsumer
@@ -176,6 +177,15 @@ def test_reset_and_delete_need_a_group_without_members(coord, engine):
         coord.delete_group("g")
 
 
+@pytest.mark.parametrize("timestamp_ms", [-1, -2, -1000, None])
+def test_reset_to_a_negative_or_missing_timestamp_is_refused(coord, engine, timestamp_ms):
+    engine.produce("orders", [b"x"] * 4, partition=0)
+    coord.reset_offsets("g", "orders", 2, partitions=[0])
+    with pytest.raises(InvalidRequestError, match="timestamp_ms"):
+        coord.reset_offsets("g", "orders", "timestamp", timestamp_ms=timestamp_ms)
+    assert coord.committed("g") == {("orders", 0): 2}
+
+
 def test_joining_an_unknown_topic_is_refused(coord):
     with pytest.raises(UnknownTopicError):
         coord.join("g", ["nope"])
@@ -285,7 +295,7 @@ def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, 
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("orders", 4)
         eng.produce("orders", [b"x"] * 100, partition=0)
-        eng.create_topic(OFFSETS_TOPIC, 1, segment_bytes=16 * 1024, retention_ms=-1)  # small segments
+        eng.create_topic(OFFSETS_TOPIC, 1, segment_bytes=16 * 1024, retention_ms=-1, internal=True)  # small segments
         store = OffsetStore(eng)
         store.compact_min_records = 50
         for i in range(3000):  # many commits of few keys
@@ -301,3 +311,202 @@ def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, 
         again = OffsetStore(eng)
         assert again.fetch("g") == expected
         assert again.groups() == ["g"]
+
+
+
+def test_internal_topics_cannot_be_consumed_committed_or_reset_by_a_group(coord, engine):
+    from tidelog.groups.offset_store import OFFSETS_TOPIC
+
+    a = beat(coord, "g", coord.join("g", ["orders"]))
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.join("h", [OFFSETS_TOPIC])
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.commit("g", a.member_id, a.generation, {(OFFSETS_TOPIC, 0): 0})
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.commit("nobody", None, 0, {(OFFSETS_TOPIC, 0): 0})
+    with pytest.raises(InvalidTopicError, match="internal"):
+        coord.reset_offsets("nobody", OFFSETS_TOPIC, "earliest")
+    assert coord.committed("g") == {} and coord.committed("nobody") == {}
+
+
+
+def test_replay_skips_malformed_group_records_counts_and_logs_each_once(data_dir, clock, caplog):
+    from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 2)
+        eng.produce("orders", [b"x"] * 9, partition=0)
+        eng.produce("orders", [b"x"] * 9, partition=1)
+        coord = GroupCoordinator(eng, clock=clock)
+        a = coord.join("g", ["orders"])
+        coord.commit("g", a.member_id, a.generation, {("orders", 0): 0, ("orders", 1): 4})
+        bad = [b"not json", b'["g", "orders"]', b'{"membership": "g"}', b'["g", "orders", 1]']
+        values = [b"{}", b'{"offset": 1}', b'{"generation": "one"}', b'{"offset": -5}']
+        written = eng.produce(OFFSETS_TOPIC, values, keys=bad, partition=0, internal=True)[0]
+        coord.commit("g", a.member_id, a.generation, {("orders", 0): 7})
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    with Engine.open(data_dir, clock=clock) as eng:
+        store = OffsetStore(eng)
+        assert store.malformed == 4
+        assert {tp: c.offset for tp, c in store.fetch("g").items()} == {("orders", 0): 7, ("orders", 1): 4}
+        assert list(store.memberships()) == ["g"]  # the good membership record before the bad one
+        warnings = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+        assert len(warnings) == 4
+        for offset, message in zip(range(written.base_offset, written.last_offset + 1), warnings):
+            assert f"at offset {offset}" in message and "tidelog check" in message
+
+
+# -- ownership: a member delivers only what it holds, and only while its lease runs ------------------
+
+def drain(consumer, n, seconds=10.0):
+    got = []
+    deadline = time.monotonic() + seconds
+    while len(got) < n and time.monotonic() < deadline:
+        got += consumer.poll(0.05)
+    return got
+
+
+LONG_SESSION_MS = 30_000  # the heartbeat thread waits 10 real seconds: only the test moves the clock
+
+
+def test_a_member_whose_lease_ran_out_delivers_nothing_until_a_heartbeat_renews_it(engine, coord, clock):
+    engine.produce("orders", [b"%d" % i for i in range(5)], partition=0)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS)
+    got = drain(c, 5)
+    engine.produce("orders", [b"%d" % i for i in range(5, 10)], partition=0)
+    clock.advance(LONG_SESSION_MS - 1000)  # past the lease (90% of the session), not past the session
+    assert c.lease_remaining_s() == 0
+    assert c.poll(0.3) == []
+    c.heartbeat_now()
+    assert c.lease_remaining_s() > 0
+    more = drain(c, 5)
+    assert [r.offset for r in got + more] == list(range(10))  # held back, not skipped
+
+
+def test_an_expired_member_stops_delivering_before_it_hears_so_then_loses_everything_and_rejoins(
+        engine, coord, clock):
+    for p in range(6):
+        engine.produce("orders", [b"a", b"b"], partition=p)
+    events = []
+    a = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS,
+                              on_assign=lambda tps: events.append(("assign", len(tps))),
+                              on_revoke=lambda tps: events.append(("revoke", len(tps))),
+                              on_lost=lambda tps: events.append(("lost", len(tps))))
+    assert len(drain(a, 12)) == 12
+    for p in range(6):
+        engine.produce("orders", [b"c"], partition=p)
+    clock.advance(LONG_SESSION_MS + 1000)  # a was paused past its session
+    b = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS)
+    assert len(b._granted) == 6  # a expired: b holds everything
+    assert a.poll(0.3) == []  # a has not heard yet, but its lease ran out
+    a.heartbeat_now()  # unknown member: everything is lost, it rejoins owning nothing
+    assert a.poll(0.3) == []
+    assert events == [("assign", 6), ("lost", 6)]
+    assert a.assignment() == [] and a.member_id != b.member_id
+    with pytest.raises(PartitionNotAssignedError):  # committing what it lost is refused
+        a.commit({("orders", 0): 3})
+    assert sorted((r.partition, r.offset) for r in drain(b, 18)) == [(p, o) for p in range(6) for o in range(3)]
+    a.close()
+    b.close()
+
+
+def test_a_lost_partition_goes_to_on_revoke_when_there_is_no_on_lost(engine, coord, clock):
+    revoked = []
+    a = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS,
+                              on_revoke=revoked.append)
+    a.poll(0)
+    clock.advance(LONG_SESSION_MS + 1000)
+    coord.expire()
+    a.heartbeat_now()
+    a.poll(0)
+    assert revoked == [[("orders", p) for p in range(6)]]
+    a.close()
+
+
+def test_a_member_reports_its_grant_as_held_even_before_it_opens_it(engine, coord):
+    """The grant's readers may open while a heartbeat is in flight: the report must cover them."""
+
+    class OpensDuringJoin(EmbeddedGroupConsumer):
+        race = False
+
+        def _join(self, member_id, owned):
+            if self.race:  # the caller's poll() runs between the report and the coordinator's answer
+                self._rebalance_readers()
+            return super()._join(member_id, owned)
+
+    a = OpensDuringJoin(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS)
+    b = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS)
+    a.race = True
+    a.heartbeat_now()  # stale generation: rejoins; its readers of all six open meanwhile
+    a.race = False
+    for step in range(4):
+        b.heartbeat_now()
+        assert not set(a.assignment()) & set(b._granted), f"step {step}: a partition with two owners"
+        a.poll(0)
+        a.heartbeat_now()
+    assert len(a.assignment()) == 3 and len(b._granted) == 3
+    a.close()
+    b.close()
+
+
+def test_membership_survives_a_broker_restart_and_its_members_keep_their_partitions(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 6)
+        coord = GroupCoordinator(eng, clock=clock)
+        a = beat(coord, "g", coord.join("g", ["orders"], session_timeout_ms=5000))
+        assert len(a.assignment) == 6
+    clock.advance(60_000)  # the broker was down for a minute: sessions start afresh when it is back
+    with Engine.open(data_dir, clock=clock) as eng:
+        coord = GroupCoordinator(eng, clock=clock)
+        again = beat(coord, "g", a)  # a goes on with its id and generation: no rebalance
+        assert (again.generation, again.assignment) == (a.generation, a.assignment)
+        b = coord.join("g", ["orders"], session_timeout_ms=5000)
+        assert b.assignment == []  # a may still be consuming all six
+        clock.advance(4000)
+        a = coord.join("g", ["orders"], session_timeout_ms=5000, member_id=a.member_id, owned=a.assignment)
+        b = beat(coord, "g", b, owned=[])
+        assert len(a.assignment) == 3 and b.assignment == []  # a still holds them until it reports otherwise
+        a = beat(coord, "g", a)
+        b = beat(coord, "g", b)
+        assert len(b.assignment) == 3 and not set(a.assignment) & set(b.assignment)
+        assert coord.describe("g")["generation"] == b.generation
+
+
+def test_a_member_restored_after_a_restart_expires_one_session_after_the_start(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 6)
+        coord = GroupCoordinator(eng, clock=clock)
+        gone = beat(coord, "g", coord.join("g", ["orders"], session_timeout_ms=5000))
+    with Engine.open(data_dir, clock=clock) as eng:
+        coord = GroupCoordinator(eng, clock=clock)
+        b = coord.join("g", ["orders"], session_timeout_ms=5000)
+        clock.advance(4000)
+        b = beat(coord, "g", b)
+        assert b.assignment == []
+        clock.advance(1500)  # the restored member never came back
+        assert coord.expire() == [gone.member_id]
+        b = beat(coord, "g", coord.join("g", ["orders"], session_timeout_ms=5000, member_id=b.member_id))
+        assert len(b.assignment) == 6
+        with pytest.raises(UnknownMemberError):
+            coord.heartbeat("g", gone.member_id, gone.generation, gone.assignment)
+
+
+def test_a_grant_is_stored_before_it_is_returned(coord, monkeypatch):
+    def disk_full(group, state):
+        raise DiskFullError("no space left on device")
+
+    monkeypatch.setattr(coord.offsets, "save_membership", disk_full)
+    with pytest.raises(DiskFullError):
+        coord.join("g", ["orders"])
+
+
+def test_a_jump_of_the_wall_clock_does_not_expire_a_member(data_dir, monkeypatch):
+    with Engine.open(data_dir) as eng:  # the default clocks
+        eng.create_topic("orders", 2)
+        coord = GroupCoordinator(eng)
+        a = coord.join("g", ["orders"], session_timeout_ms=10_000)
+        wall_ns = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: wall_ns() + 3600 * 10**9)  # NTP steps an hour ahead
+        monkeypatch.setattr(time, "time", lambda: wall_ns() / 1e9 + 3600)
+        assert coord.expire() == []
+        assert coord.heartbeat("g", a.member_id, a.generation, a.assignment).assignment == a.assignment

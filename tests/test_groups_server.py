@@ -228,3 +228,56 @@ def test_members_reconnect_and_rejoin_after_a_broker_restart(tmp_path):
         c.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("timestamp_ms", [-1, -2])
+def test_reset_offsets_to_a_negative_timestamp_is_refused_over_grpc(server, timestamp_ms):
+    import grpc
+
+    from tidelog.errors import CODE_KEY, InvalidRequestError
+    from tidelog.v1 import tidelog_pb2 as pb
+
+    with Admin(server.target) as admin:
+        admin.create_topic("orders", 1)
+        produce(server.target, "orders", 0, 5)
+        admin.reset_offsets("billing", "orders", 2)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = channel.unary_unary("/tidelog.v1.Groups/ResetOffsets",
+                                       request_serializer=pb.ResetOffsetsRequest.SerializeToString,
+                                       response_deserializer=pb.ResetOffsetsResponse.FromString)
+            with pytest.raises(grpc.RpcError) as info:
+                stub(pb.ResetOffsetsRequest(group_id="billing", topic="orders", timestamp_ms=timestamp_ms), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(info.value.trailing_metadata())[CODE_KEY] == str(InvalidRequestError.code)
+        assert "timestamp_ms" in info.value.details()
+        with pytest.raises(InvalidRequestError):
+            admin.reset_offsets("billing", "orders", "timestamp", timestamp_ms=timestamp_ms)
+        assert admin.committed_offsets("billing") == {("orders", 0): 2}  # neither earliest (0) nor latest (5)
+
+
+def test_a_member_keeps_its_id_and_partitions_across_a_broker_sigkill_without_a_rebalance(tmp_path):
+    srv = ServerProcess(str(tmp_path / "data")).start()
+    try:
+        with Admin(srv.target) as admin:
+            admin.create_topic("orders", 2)
+        produce(srv.target, "orders", 0, 10)
+        c = Consumer(srv.target, group_id="g", topics=["orders"], auto_commit=False, session_timeout_ms=6000)
+        got = []
+        wait_until(lambda: got.extend(c.poll(0.1)) or len(got) >= 10)
+        member, generation = c.member_id, c.generation
+        with Admin(srv.target) as admin:
+            rebalances = admin.describe_group("g")["rebalances"]
+        srv.kill()
+        srv.start()
+        produce(srv.target, "orders", 10, 10)
+        more = []
+        wait_until(lambda: more.extend(c.poll(0.1)) or len(more) >= 10, what="records after the restart")
+        assert sorted(int(r.value) for r in more) == list(range(10, 20))
+        assert (c.member_id, c.generation) == (member, generation)
+        with Admin(srv.target) as admin:
+            info = admin.describe_group("g")
+        assert [m["member_id"] for m in info["members"]] == [member]
+        assert (info["generation"], info["rebalances"]) == (generation, rebalances)
+        c.close()
+    finally:
+        srv.stop()

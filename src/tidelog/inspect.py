@@ -23,7 +23,8 @@ from ._native import batch_scan
 from .broker.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
                                 read_topic_meta)
 from .codec.batch import BatchView
-from .errors import CorruptLogError
+from .errors import CorruptBatchError, CorruptLogError
+from .groups import records as group_records
 from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
 from .storage.recovery import read_checkpoint
@@ -267,6 +268,8 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
                                    f"{'' if last else ' (in the middle of the log)'}")
             if result.cut is None:
                 result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
+        if topic == group_records.OFFSETS_TOPIC:
+            result.problems += _check_group_records(buf, rows)
         if len(rows):
             if result.start_offset < 0:
                 result.start_offset = int(rows[0, batch_scan.COL_BASE_OFFSET])
@@ -295,6 +298,24 @@ def _FS_zeros_after(path: str, pos: int) -> bool:
         return _FS.zeros_between(fd, pos, os.fstat(fd).st_size, path)
     finally:
         os.close(fd)
+
+
+def _check_group_records(buf, rows: np.ndarray) -> list[str]:
+    """Records of `__consumer_offsets` that are not group state: the broker skips them on load."""
+    problems = []
+    for pos in rows[:, batch_scan.COL_POS].tolist():
+        try:
+            recs = BatchView(buf, int(pos)).records()
+        except CorruptBatchError as exc:
+            problems.append(f"{exc}")
+            continue
+        for rec in recs:
+            try:
+                group_records.parse(rec.key, rec.value)
+            except group_records.MalformedRecord as exc:
+                problems.append(f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
+                                f"on load, so the commit or membership it meant is lost")
+    return problems
 
 
 def _check_extent(result: PartitionCheck, bases: list[int], point) -> None:

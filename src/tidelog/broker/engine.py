@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
 from ..log.partition_log import PartitionLog
-from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, ResourceLimitError, StorageError,
-                      TidelogError, TopicExistsError, UnknownTopicError)
+from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, InvalidTopicError, ResourceLimitError,
+                      StorageError, TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
 from ..storage.map_cache import MapCache
 from .catalog import Catalog
@@ -148,9 +148,13 @@ class Engine:
 
     # -- topics --------------------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1, config: TopicConfig | Mapping[str, Any] | None = None,
-                     **overrides: Any) -> TopicDescription:
-        """Create a topic. Settings not given come from the engine's topic_defaults."""
+                     *, internal: bool = False, **overrides: Any) -> TopicDescription:
+        """Create a topic. Settings not given come from the engine's topic_defaults.
+
+        Names starting with "__" are internal; only the broker's own stores create them (internal=True).
+        """
         validate_topic_name(name)
+        _check_internal(name, internal, "created")
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise InvalidRequestError(f"partitions must be a positive integer, got {partitions!r}")
         if partitions > self.config.max_partitions_per_topic:
@@ -188,6 +192,7 @@ class Engine:
     def delete_topic(self, name: str) -> None:
         """Delete a topic: its partitions go to the trash at once (a topic of the same name can be
         created right after) and are removed from disk in the background."""
+        _check_internal(name, False, "deleted")
         with self._lock:
             self._check_open()
             topic = self._topic(name)
@@ -228,14 +233,17 @@ class Engine:
     # -- produce -------------------------------------------------------------------------------------
     def produce(self, topic: str, values: Sequence, keys: Sequence | None = None,
                 headers: Sequence | None = None, *, partition: int | None = None,
-                timestamps: Sequence[int] | None = None, timestamp: int | None = None) -> list[ProduceResult]:
+                timestamps: Sequence[int] | None = None, timestamp: int | None = None,
+                internal: bool = False) -> list[ProduceResult]:
         """Append records; returns one ProduceResult per partition written, by partition.
 
         values: bytes-like (or None) per record; keys, headers ([(str, bytes)] per record) and
         timestamps (ms) are optional and one per value. Keyed records go to Kafka's murmur2 partition,
         keyless ones to one partition per call; `partition` overrides both. Records to one partition
-        keep their order and get consecutive offsets.
+        keep their order and get consecutive offsets. Internal topics ("__...") are written only by the
+        broker's own stores (internal=True).
         """
+        _check_internal(topic, internal, "written")
         t = self._topic(topic)
         if isinstance(values, (bytes, bytearray, memoryview, str)) or not isinstance(values, Sequence):
             raise InvalidRequestError("values must be a sequence of records (wrap a single value in a list)")
@@ -273,8 +281,10 @@ class Engine:
         """Append pre-encoded record batches (one or more, concatenated) verbatim after validating them.
 
         The batches' base offsets are replaced by the ones the log assigns; everything covered by the
-        CRC is stored exactly as received. A batch that fails validation appends nothing.
+        CRC is stored exactly as received. A batch that fails validation appends nothing. Internal
+        topics are refused: only the broker writes them.
         """
+        _check_internal(topic, False, "written")
         t = self._topic(topic)
         plog = t.partition(partition)
         infos = batch_codec.validate(data, t.config.max_batch_bytes)
@@ -291,6 +301,7 @@ class Engine:
         pending: dict[int, tuple[PartitionLog, int]] = {}
         for topic, partition, data in requests:
             try:
+                _check_internal(topic, False, "written")
                 t = self._topic(topic)
                 plog = t.partition(partition)
                 infos = batch_codec.validate(data, t.config.max_batch_bytes)
@@ -445,6 +456,19 @@ class Engine:
     def clock(self) -> int:
         """The engine's clock, in ms (what records are stamped with)."""
         return self._clock()
+
+
+def is_internal_topic(name: object) -> bool:
+    """Internal topics (named "__...", e.g. committed offsets) hold the broker's own state."""
+    return isinstance(name, str) and name.startswith("__")
+
+
+def _check_internal(topic: object, internal: bool, action: str) -> None:
+    # InvalidTopicError, as Kafka answers a produce to an internal topic: the request names a topic
+    # that cannot take this operation (a client cannot fix it by retrying or by other arguments).
+    if is_internal_topic(topic) and not internal:
+        raise InvalidTopicError(f"topic {topic!r} is internal (its name starts with '__'): only the broker itself "
+                                f"writes it, so it cannot be {action} by a client", topic=topic)
 
 
 def _info(batch: bytes) -> batch_codec.BatchInfo:

@@ -10,7 +10,16 @@ revokes first; the new owner gets the partition on its next heartbeat after that
 Fencing: heartbeats and commits must name a known member and the group's current generation;
 commits only for partitions the member holds (granted, or being revoked and not yet released). A member missing heartbeats for its
 session_timeout_ms is removed (on the next `expire()`, which the server runs periodically and every
-call runs first), and a zombie's later calls are refused.
+call runs first), and a zombie's later calls are refused. Sessions run on a monotonic clock, so a
+jump of the wall clock never expires a member early. The member side (groups/member.py) stops
+delivering before its session can run out, so nobody consumes a partition that was given away.
+
+Membership survives a broker restart: every change of a group (members, what each holds, generation,
+assignment) is written to `__consumer_offsets` (groups/offset_store.py) *before* a grant that
+depends on it is returned, and on start every stored member gets a fresh session from then. So a
+member that was consuming when the broker stopped still holds its partitions after the restart,
+nobody else is granted them, and it simply goes on heartbeating with its id (no rebalance); a
+member that does not come back expires one session timeout after the start and its partitions move.
 
 Thread-safe (one lock). Time is injected, so tests move a manual clock instead of sleeping.
 """
@@ -21,12 +30,14 @@ import itertools
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ..broker.engine import Engine
-from ..errors import (GroupNotEmptyError, InvalidRequestError, OffsetOutOfRangeError, PartitionNotAssignedError,
-                      StaleGenerationError, UnknownGroupError, UnknownMemberError, UnknownTopicError)
+from ..broker.engine import Engine, is_internal_topic
+from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
+                      PartitionNotAssignedError, StaleGenerationError, UnknownGroupError, UnknownMemberError,
+                      UnknownTopicError)
 from .assignor import ASSIGNORS, TopicPartition
 from .member import MemberState
 from .offset_store import OffsetStore
@@ -36,6 +47,11 @@ log = logging.getLogger("tidelog.groups")
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 300_000
+
+
+def monotonic_ms() -> int:
+    """The coordinator's default clock: sessions must not expire when the wall clock jumps."""
+    return time.monotonic_ns() // 1_000_000
 
 
 @dataclass
@@ -61,6 +77,32 @@ class _Group:
     target: dict[str, list[TopicPartition]] = field(default_factory=dict)
     partition_counts: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
+    stored: dict | None = None  # what __consumer_offsets holds for the group (None: no members)
+
+    def snapshot(self) -> dict | None:
+        """The group as its membership record stores it (groups/records.py); None without members."""
+        if not self.members:
+            return None
+        return {"generation": self.generation, "assignor": self.assignor, "rebalances": self.rebalances,
+                "partitions": dict(sorted(self.partition_counts.items())),
+                "target": {m: [list(tp) for tp in sorted(tps)] for m, tps in sorted(self.target.items())},
+                "members": [{"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
+                             "session_timeout_ms": m.session_timeout_ms,
+                             "granted": [list(tp) for tp in sorted(m.granted)],
+                             "reported": [list(tp) for tp in sorted(m.reported)]}
+                            for m in sorted(self.members.values(), key=lambda m: m.member_id)]}
+
+    @classmethod
+    def restore(cls, group_id: str, state: dict, now_ms: int) -> "_Group":
+        """A group from its membership record; every member's session starts afresh at now_ms."""
+        group = cls(group_id, state["assignor"], state["generation"], rebalances=state["rebalances"],
+                    partition_counts=dict(state["partitions"]), stored=state)
+        group.target = {m: [(t, p) for t, p in tps] for m, tps in state["target"].items()}
+        for m in state["members"]:
+            group.members[m["member_id"]] = _Member(
+                m["member_id"], m["client_id"], tuple(m["topics"]), m["session_timeout_ms"], now_ms,
+                [(t, p) for t, p in m["granted"]], {(t, p) for t, p in m["reported"]})
+        return group
 
 
 class GroupCoordinator:
@@ -68,10 +110,16 @@ class GroupCoordinator:
                  clock: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.offsets = offsets or OffsetStore(engine)
-        self.clock = clock or engine.clock
+        self.clock = clock or monotonic_ms  # sessions only; record timestamps come from engine.clock()
         self._lock = threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
+        now = self.clock()
+        for group_id, state in sorted(self.offsets.memberships().items()):
+            group = self._groups[group_id] = _Group.restore(group_id, state, now)
+            log.info("group membership restored: every member keeps what it held, with a fresh session", extra={
+                "event": "group_restored", "group": group_id, "generation": group.generation,
+                "members": sorted(group.members)})
 
     # -- membership ------------------------------------------------------------------------------
     def join(self, group_id: str, topics: Sequence[str], *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
@@ -87,6 +135,7 @@ class GroupCoordinator:
         topics = tuple(sorted(set(topics)))
         if not topics:
             raise InvalidRequestError("a member subscribes to at least one topic")
+        _refuse_internal(topics, "consumed by a group (its offsets could not be committed)")
         for t in topics:
             self.engine.partitions(t)  # UnknownTopicError for a topic that does not exist
         with self._lock:
@@ -111,7 +160,9 @@ class GroupCoordinator:
                 if member.topics != topics or member.session_timeout_ms != session_timeout_ms:
                     member.topics, member.session_timeout_ms = topics, session_timeout_ms
                     self._rebalance(group, "subscription_changed")
-            return self._grant(group, member)
+            state = self._grant(group, member)
+            self._store(group)  # before the grant leaves: a restarted broker must know who holds what
+            return state
 
     def heartbeat(self, group_id: str, member_id: str, generation: int,
                   owned: Iterable[TopicPartition]) -> MemberState:
@@ -127,10 +178,13 @@ class GroupCoordinator:
             member.reported = set(owned)
             self._check_partition_counts(group)
             if generation != group.generation:
+                self._store(group)
                 raise StaleGenerationError(
                     f"generation {generation} is stale; group {group_id!r} is at generation {group.generation}",
                     group=group_id, generation=group.generation)
-            return self._grant(group, member)
+            state = self._grant(group, member)
+            self._store(group)  # before the grant leaves: a restarted broker must know who holds what
+            return state
 
     def leave(self, group_id: str, member_id: str) -> None:
         with self._lock:
@@ -138,6 +192,7 @@ class GroupCoordinator:
             del group.members[member_id]
             log.info("member left", extra={"event": "member_left", "group": group_id, "member": member_id})
             self._rebalance(group, "member_left")
+            self._store(group)
 
     def expire(self) -> list[str]:
         """Remove members whose session timed out; returns their ids."""
@@ -154,7 +209,15 @@ class GroupCoordinator:
                         "session_timeout_ms": m.session_timeout_ms, "silent_ms": now - m.last_seen_ms})
                 if dead:
                     self._rebalance(group, "member_expired")
+                    self._store(group)
         return gone
+
+    def _store(self, group: _Group) -> None:
+        """Write the group's membership record if it changed (a steady heartbeat changes nothing)."""
+        snapshot = group.snapshot()
+        if snapshot != group.stored:
+            self.offsets.save_membership(group.group_id, snapshot)
+            group.stored = snapshot
 
     def _member(self, group_id: str, member_id: str) -> tuple[_Group, _Member]:
         group = self._groups.get(group_id)
@@ -204,6 +267,7 @@ class GroupCoordinator:
                offsets: dict[TopicPartition, int], metadata: str = "") -> None:
         """Commit offsets (next to consume). Members must be current and own the partitions; with no
         member_id, only a group without active members may be committed to (admin tools)."""
+        _refuse_internal([t for t, _ in offsets], "committed to")
         with self._lock:
             self.expire()
             group = self._groups.get(group_id)
@@ -258,7 +322,7 @@ class GroupCoordinator:
             info = {"group_id": group_id, "state": state, "generation": group.generation if group else 0,
                     "assignor": group.assignor if group else "", "rebalances": group.rebalances if group else 0,
                     "members": members, "partitions": []}
-        now = self.clock()
+        now = self.engine.clock()  # compared with record timestamps
         for topic in sorted(topics):
             try:
                 count = self.engine.partitions(topic)
@@ -302,7 +366,12 @@ class GroupCoordinator:
     def reset_offsets(self, group_id: str, topic: str, to: str | int, *, partitions: Sequence[int] | None = None,
                       timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
         """Set committed offsets of an inactive group: to "earliest", "latest", an offset (clamped
-        into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms)."""
+        into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms >= 0)."""
+        _refuse_internal([topic], "committed to")
+        if to == "timestamp" and (isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int)
+                                  or timestamp_ms < 0):
+            # The engine reads -1 and -2 as "latest" and "earliest": a negative time must not pass as one.
+            raise InvalidRequestError(f"timestamp_ms must be a time in ms since the epoch (>= 0), got {timestamp_ms!r}")
         with self._lock:
             self.expire()
             group = self._groups.get(group_id)
@@ -318,7 +387,7 @@ class GroupCoordinator:
                 elif to == "latest":
                     value = o.high_watermark
                 elif to == "timestamp":
-                    found = self.engine.list_offsets(topic, p, int(timestamp_ms))
+                    found = self.engine.list_offsets(topic, p, timestamp_ms)
                     value = o.high_watermark if found is None else found
                 elif isinstance(to, int) and not isinstance(to, bool):
                     value = min(max(to, o.log_start), o.high_watermark)
@@ -339,6 +408,13 @@ class GroupCoordinator:
 def _show(assignment: dict[str, list[TopicPartition]]) -> dict[str, list[str]]:
     """An assignment as log lines print it: member → ["topic-partition", ...], sorted."""
     return {m: [f"{t}-{p}" for t, p in sorted(tps)] for m, tps in sorted(assignment.items())}
+
+
+def _refuse_internal(topics, action: str) -> None:
+    internal = [t for t in topics if is_internal_topic(t)]
+    if internal:
+        raise InvalidTopicError(f"topic {internal[0]!r} is internal (its name starts with '__'): it cannot be "
+                                f"{action}", topic=internal[0])
 
 
 def _check_group_id(group_id: object) -> None:

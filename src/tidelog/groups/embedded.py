@@ -37,6 +37,9 @@ class EmbeddedGroupConsumer(GroupMember):
         self.coordinator = coordinator
         super().__init__(group_id, topics, **options)
 
+    def _now(self):
+        return self.coordinator.clock() / 1000  # the lease runs on the clock the sessions run on
+
     def _join(self, member_id, owned):
         return self.coordinator.join(self.group_id, self.topics, session_timeout_ms=self.session_timeout_ms,
                                      assignor=self.assignor, client_id=self.client_id, member_id=member_id,

@@ -7,7 +7,34 @@ of those partitions are closed, and the next heartbeat reports them released, wh
 coordinator give them to their new owner; on_assign(partitions) for what was added, whose readers
 start at the group's committed offset, or at auto_offset_reset when there is none.
 
+Ownership is fenced on delivery, not only on commit. poll() hands over a record of a partition only
+when all of these hold at that moment:
+
+- the member's *lease* runs: the last successful heartbeat or join was sent less than
+  session_timeout_ms * (1 - LEASE_SAFETY) ago, by a monotonic clock. The coordinator cannot expire
+  the member before session_timeout_ms after it *received* that request, which is later than it
+  was sent, so the lease ends before anybody else can be granted the member's partitions;
+- the partition is in the member's current grant, and the member has not learnt that it lost its
+  membership.
+
+Records fetched while one of these fails are kept back (at most one fetch per partition) and handed
+over once it holds again, or dropped with the partition's reader when the partition is revoked or
+lost: nothing is skipped, and the position advances only with what poll() returned. A member that
+learns it was removed (UnknownMemberError: its session expired, e.g. after a pause, or the broker no
+longer knows it) stops delivering at once, rejoins as a new member owning nothing, and its next
+poll() closes every reader and calls on_lost(partitions) (on_revoke when no on_lost is given,
+as Kafka does) before it opens anything of the new grant. Those partitions may already be another
+member's: committing them is refused.
+
+Each heartbeat reports as owned every partition the member may still deliver: the ones it has
+readers for and the ones in its current grant (it may open those at any moment), so the coordinator
+never grants a partition that the member could still hand over.
+
 Delivery is at-least-once: what was consumed after the last commit is redelivered to the next owner.
+
+Thread-safety: poll(), commit() and close() belong to the caller's thread (one thread per member);
+the heartbeat thread shares the grant, the lease and the lost flag with it under `_lock`, and one
+exchange with the coordinator at a time runs under `_membership`.
 """
 
 from __future__ import annotations
@@ -23,6 +50,7 @@ from ..errors import (BrokerUnavailableError, EngineClosedError, OffsetOutOfRang
 log = logging.getLogger("tidelog.groups")
 
 TopicPartition = tuple[str, int]
+LEASE_SAFETY = 0.1  # the lease ends this fraction of the session timeout early (clock rates, rounding)
 
 
 class MemberState(NamedTuple):
@@ -53,7 +81,8 @@ class GroupMember:
                  auto_commit_interval_ms: int = 5000, auto_offset_reset: str = "earliest",
                  session_timeout_ms: int = 10_000, assignor: str = "sticky",
                  on_assign: Callable[[list[TopicPartition]], None] | None = None,
-                 on_revoke: Callable[[list[TopicPartition]], None] | None = None, client_id: str = "") -> None:
+                 on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+                 on_lost: Callable[[list[TopicPartition]], None] | None = None, client_id: str = "") -> None:
         if auto_offset_reset not in ("earliest", "latest"):
             raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
         self.group_id = group_id
@@ -65,18 +94,26 @@ class GroupMember:
         self.assignor = assignor
         self.on_assign = on_assign
         self.on_revoke = on_revoke
+        self.on_lost = on_lost
         self.client_id = client_id
         self.member_id: str | None = None
         self.generation = -1
+        self.last_delivery_monotonic: float | None = None
+        """When poll() last handed records over, just after checking its lease (by the lease's clock,
+        time.monotonic(), which all processes of a host share; embedded: the coordinator's clock / 1000)."""
         self._lock = threading.Lock()
+        self._membership = threading.Lock()
         self._granted: list[TopicPartition] = []
+        self._lease_until = 0.0
+        self._lost = False
         self._readers: dict[TopicPartition, object] = {}
+        self._kept: dict[TopicPartition, list[ConsumerRecord]] = {}  # fetched, not yet deliverable
         self._positions: dict[TopicPartition, int] = {}
         self._committed_positions: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
         self._closed = False
         self._stop = threading.Event()
-        self._apply_state(self._join(None, []))
+        self._apply_state(*self._exchange(self._join, None, []))
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="tidelog-heartbeat", daemon=True)
         self._heartbeats.start()
 
@@ -90,15 +127,36 @@ class GroupMember:
     def _reader(self, tp, offset): raise NotImplementedError
 
     # -- membership (heartbeat thread) -------------------------------------------------------------
-    def _apply_state(self, state) -> None:
+    def _now(self) -> float:
+        """The lease's clock, in seconds: monotonic, so that a wall-clock jump changes nothing."""
+        return time.monotonic()
+
+    def _exchange(self, call, *args) -> tuple[MemberState, float]:
+        """One call to the coordinator, and when it was sent: the lease counts from then."""
+        sent = self._now()
+        return call(*args), sent
+
+    def _apply_state(self, state: MemberState, sent: float) -> None:
         with self._lock:
             self.member_id, self.generation = state.member_id, state.generation
             self._granted = list(state.assignment)
             self._interval_s = state.heartbeat_interval_ms / 1000
+            self._lease_until = sent + self.session_timeout_ms / 1000 * (1 - LEASE_SAFETY)
 
-    def _owned(self) -> list[TopicPartition]:
+    def _report(self) -> list[TopicPartition]:
+        """What the member may still deliver: its readers and its grant (it may open those any time).
+        After a loss the old readers are fenced until poll() closes them: they are not reported."""
         with self._lock:
-            return sorted(self._readers)
+            return sorted((set() if self._lost else set(self._readers)) | set(self._granted))
+
+    def _lose(self, why: str) -> None:
+        """Stop delivering at once: everything the member held may be given away from now on."""
+        with self._lock:
+            self._lost = True
+            self._granted = []
+            self._lease_until = 0.0
+        log.warning("group %s: member %s lost its membership (%s); it stops delivering and rejoins owning nothing",
+                    self.group_id, self.member_id, why)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -109,21 +167,46 @@ class GroupMember:
 
     def heartbeat_now(self) -> None:
         """One heartbeat (the thread does this on its own; tests call it to skip the wait)."""
-        try:
-            state = self._heartbeat(self.member_id, self.generation, self._owned())
-        except StaleGenerationError:
-            state = self._join(self.member_id, self._owned())
-        except UnknownMemberError:
-            # Our session expired: everything we held was given away. Rejoin as a new member.
-            log.warning("group %s: member %s was removed; rejoining", self.group_id, self.member_id)
-            state = self._join(None, [])
-        self._apply_state(state)
+        with self._membership:
+            try:
+                try:
+                    state, sent = self._exchange(self._heartbeat, self.member_id, self.generation, self._report())
+                except StaleGenerationError:
+                    state, sent = self._exchange(self._join, self.member_id, self._report())
+            except UnknownMemberError as exc:
+                self._lose(exc.message)
+                state, sent = self._exchange(self._join, None, [])
+            self._apply_state(state, sent)
+
+    def lease_remaining_s(self) -> float:
+        """How long the member may still deliver without another successful heartbeat (0 when it may not)."""
+        with self._lock:
+            return 0.0 if self._lost else max(self._lease_until - self._now(), 0.0)
 
     # -- consuming (caller's thread) ---------------------------------------------------------------
     def assignment(self) -> list[TopicPartition]:
-        return self._owned()
+        """The partitions this member is consuming now."""
+        with self._lock:
+            return sorted(self._readers)
+
+    def _may_deliver(self) -> bool:
+        with self._lock:
+            return not self._lost and self._now() < self._lease_until
+
+    def _handle_loss(self) -> None:
+        """After a lost membership: close every reader (dropping what it fetched), then on_lost."""
+        with self._lock:
+            if not self._lost:
+                return
+            self._lost = False
+            readers, self._readers = self._readers, {}
+        self._close_readers(readers)
+        callback = self.on_lost or self.on_revoke
+        if readers and callback:
+            callback(sorted(readers))
 
     def _rebalance_readers(self) -> None:
+        self._handle_loss()
         with self._lock:
             granted = set(self._granted)
         owned = set(self._readers)
@@ -133,64 +216,103 @@ class GroupMember:
                 self._try_commit({tp: self._positions[tp] for tp in revoked if tp in self._positions})
             if self.on_revoke:
                 self.on_revoke(revoked)
-            for tp in revoked:
-                with self._lock:
-                    reader = self._readers.pop(tp)
-                reader.close()
-                self._positions.pop(tp, None)
+            with self._lock:
+                readers = {tp: self._readers.pop(tp) for tp in revoked}
+            self._close_readers(readers)
         if added:
+            self._open_readers(added)
+
+    def _close_readers(self, readers: dict[TopicPartition, object]) -> None:
+        for tp, reader in readers.items():
+            reader.close()
+            self._kept.pop(tp, None)
+            self._positions.pop(tp, None)
+            self._committed_positions.pop(tp, None)
+
+    def _open_readers(self, added: list[TopicPartition]) -> None:
+        try:
             committed = self._committed(added)
-            for tp in added:
-                offset = committed.get(tp)
-                if offset is None:
-                    offset = self._start(tp, self.auto_offset_reset)
-                reader = self._reader(tp, offset)
-                with self._lock:
-                    self._readers[tp] = reader
-                self._positions[tp] = offset
-                self._committed_positions[tp] = offset
-            if self.on_assign:
-                self.on_assign(added)
+            starts = {tp: committed[tp] if tp in committed else self._start(tp, self.auto_offset_reset)
+                      for tp in added}
+        except TidelogError as exc:
+            if not exc.retriable:
+                raise
+            log.info("group %s: cannot open %d partition(s) yet (%s); retrying at the next poll", self.group_id,
+                     len(added), exc.message)
+            return
+        for tp, offset in starts.items():
+            reader = self._reader(tp, offset)
+            with self._lock:
+                self._readers[tp] = reader
+            self._positions[tp] = offset
+            self._committed_positions[tp] = offset
+        if self.on_assign:
+            self.on_assign(added)
 
     def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
-        """Records from the partitions currently assigned (each partition in offset order)."""
+        """Records from the partitions currently assigned (each partition in offset order); nothing while
+        the member's lease has run out or its membership is in doubt."""
         deadline = time.monotonic() + timeout_s
         while True:
             self._rebalance_readers()
-            out = self._poll_readers(0)
-            if not out and self._readers:
-                out = self._poll_readers(min(max(deadline - time.monotonic(), 0), 0.05))
+            out, waited = [], False
+            if self._readers and self._may_deliver():
+                fetched = self._fetch(0)
+                if not fetched:
+                    fetched, waited = self._fetch(min(max(deadline - time.monotonic(), 0), 0.05)), True
+                out = self._deliver(fetched)
             if self.auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval_s:
                 self._try_commit()
             if out or time.monotonic() >= deadline:
                 return out
-            if not self._readers:
+            if not waited:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
-    def _poll_readers(self, timeout_s: float) -> list[ConsumerRecord]:
-        out: list[ConsumerRecord] = []
+    def _fetch(self, timeout_s: float) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Records per partition: the ones kept back first, else what its reader has (one fetch each)."""
+        out: dict[TopicPartition, list[ConsumerRecord]] = {}
         for tp, reader in list(self._readers.items()):
+            if tp in self._kept:
+                out[tp] = self._kept.pop(tp)
+                continue
             try:
                 records = reader.poll(timeout_s if not out else 0)
             except OffsetOutOfRangeError:
                 # The committed position fell out of the log (retention): start over per auto_offset_reset.
                 offset = self._start(tp, self.auto_offset_reset)
                 reader.close()
-                self._readers[tp] = self._reader(tp, offset)
+                with self._lock:
+                    self._readers[tp] = self._reader(tp, offset)
                 self._positions[tp] = offset
                 continue
             except (BrokerUnavailableError, EngineClosedError) as exc:
-                # The broker went away (restart): read on from our position once it is back.
+                # The broker went away (restart): read on from the delivered position once it is back.
                 log.info("group %s: reader of %s[%d] lost the broker (%s); reopening", self.group_id, tp[0],
                          tp[1], exc.message)
                 reader.close()
-                self._readers[tp] = _Reopening(self, tp)
+                with self._lock:
+                    self._readers[tp] = _Reopening(self, tp)
                 continue
-            for r in records:
-                out.append(ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers))
             if records:
+                out[tp] = [ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers)
+                           for r in records]
+                timeout_s = 0
+        return out
+
+    def _deliver(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
+        """What may be handed over now; the rest is kept back for later (or dropped with its reader)."""
+        now = self._now()
+        with self._lock:
+            allowed = set(self._granted) if not self._lost and now < self._lease_until else set()
+        out: list[ConsumerRecord] = []
+        for tp, records in fetched.items():
+            if tp in allowed:
+                out += records
                 self._positions[tp] = records[-1].offset + 1
-            timeout_s = 0
+            else:
+                self._kept[tp] = records
+        if out:
+            self.last_delivery_monotonic = now
         return out
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
@@ -213,7 +335,7 @@ class GroupMember:
             self._commit(self.member_id, self.generation, offsets)
         except StaleGenerationError:
             self.heartbeat_now()  # learn the new generation, then commit what we still hold
-            owned = set(self._owned())
+            owned = set(self.assignment())
             offsets = {tp: o for tp, o in offsets.items() if tp in owned}
             if offsets:
                 self._commit(self.member_id, self.generation, offsets)
@@ -256,17 +378,23 @@ class GroupMember:
         self._stop.set()
         self._heartbeats.join(timeout=10)
         try:
-            if self.auto_commit:
-                self._try_commit()
-            if self.on_revoke and self._readers:
-                self.on_revoke(sorted(self._readers))
+            with self._lock:
+                lost = self._lost
+            if lost:
+                self._handle_loss()  # on_lost for what it held; nothing of it is committed
+            else:
+                if self.auto_commit:
+                    self._try_commit()
+                if self.on_revoke and self._readers:
+                    self.on_revoke(sorted(self._readers))
             self._leave(self.member_id)
         except (TidelogError, BrokerUnavailableError) as exc:
             log.warning("group %s: leaving failed: %s", self.group_id, exc.message)
         finally:
-            for reader in self._readers.values():
+            with self._lock:
+                readers, self._readers = self._readers, {}
+            for reader in readers.values():
                 reader.close()
-            self._readers.clear()
 
     def __enter__(self):
         return self
@@ -276,7 +404,8 @@ class GroupMember:
 
 
 class _Reopening:
-    """Stands in for a partition reader whose broker went away: retries opening it, with backoff."""
+    """Stands in for a partition reader whose broker went away: retries opening it, with backoff, at the
+    position delivered so far (anything fetched beyond it was never handed over)."""
 
     def __init__(self, member: GroupMember, tp: TopicPartition) -> None:
         self.member, self.tp = member, tp
@@ -290,7 +419,8 @@ class _Reopening:
         except TidelogError:
             self.next_try = time.monotonic() + 0.5
             return []
-        self.member._readers[self.tp] = reader
+        with self.member._lock:
+            self.member._readers[self.tp] = reader
         return reader.poll(timeout_s)
 
     def close(self) -> None:
