@@ -57,6 +57,8 @@ def pytest_addoption(parser):
                      help="broker kills of the long adversarial loop (-m slow; default 200)")
     parser.addoption("--adversarial-seed", type=int, default=int(os.environ.get("TIDELOG_ADVERSARIAL_SEED", "1")),
                      help="seed of the long adversarial loop (default 1)")
+    parser.addoption("--adversarial-rate", type=float, default=1500,
+                     help="records a second of each producer of the long adversarial loop (default 1500)")
     parser.addoption("--group-chaos-rounds", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_ROUNDS", "40")),
                      help="adversary moves of the long group chaos run (-m slow; default 40)")
     parser.addoption("--group-chaos-seed", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),

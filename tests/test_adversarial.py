@@ -183,7 +183,8 @@ def churn_topics(target: str, rng: random.Random, run: Run, serial: list[int]) -
                     acked[meta.partition].append((meta.offset, value))
 
 
-def run_adversary(root: str, seed: int, rounds: int) -> Run:
+def run_adversary(root: str, seed: int, rounds: int, rate: float) -> Run:
+    """rounds: broker kills; rate: records a second per producer."""
     rng = random.Random(seed)
     run = Run(seed, root)
     data_dir = os.path.join(root, "data")
@@ -195,7 +196,7 @@ def run_adversary(root: str, seed: int, rounds: int) -> Run:
         admin.create_topic(KEPT, 4, **SMALL)
         admin.create_topic(CHURNED, 2, retention_bytes="8192", **SMALL)
     producers = [Child(["tests.helpers.adversary_producer", server.target, f"p{i}", f"{KEPT},{CHURNED}",
-                        os.path.join(logs, f"p{i}.acks"), str(seed * 100 + i)], f"p{i}",
+                        os.path.join(logs, f"p{i}.acks"), str(seed * 100 + i), str(rate)], f"p{i}",
                        os.path.join(logs, f"p{i}.stderr")) for i in range(PRODUCERS)]
     members: list[Child] = []
     names = iter(f"m{i}" for i in range(10_000))
@@ -215,18 +216,18 @@ def run_adversary(root: str, seed: int, rounds: int) -> Run:
                 server.extra = ("--config", config_file(root, fsync))
                 server.start()  # must open whatever the last SIGKILL left
             run.note(f"round {round_no}: broker up ({fsync})")
-            until = time.monotonic() + rng.uniform(1.0, 3.0)
+            until = time.monotonic() + rng.uniform(2.0, 5.0)
             while time.monotonic() < until:
                 move = rng.random()
                 live = [m for m in members if m.alive()]
-                if move < 0.4:
+                if move < 0.45:
                     churn_topics(server.target, rng, run, serial)
-                elif move < 0.5 and live:
+                elif move < 0.55 and live:
                     victim = rng.choice(live)
                     run.note(f"round {round_no}: SIGKILL of member {victim.name}")
                     victim.kill()
                     new_member()
-                elif move < 0.6 and live:
+                elif move < 0.63 and live:
                     victim = rng.choice(live)
                     run.note(f"round {round_no}: SIGSTOP of member {victim.name}")
                     victim.signal(signal.SIGSTOP)
@@ -355,15 +356,17 @@ def check_log(run: Run, data_dir: str) -> list[str]:
 
 
 def summarize(run: Run) -> str:
+    moves = collections.Counter(what.split(": ", 1)[-1].split(" of ")[0].split(" topic")[0] for _, what in run.events)
     return (f"seed {run.seed}, {run.rounds_done} broker kills: {len(run.acks)} records acknowledged "
             f"({run.fails} failed), {len(run.deliveries)} group deliveries, {len(run.topics_alive)} topics "
-            f"alive and {len(run.topics_deleted)} deleted; {len(run.violations)} violation(s); logs in "
+            f"alive and {len(run.topics_deleted)} deleted at the end; moves {dict(moves)}; "
+            f"{len(run.violations)} violation(s); logs in "
             f"{run.root}/logs" + "".join(f"\n  - {v}" for v in run.violations[:40]))
 
 
 def test_adversarial_short_run(tmp_path):
     seed = int(os.environ.get("TIDELOG_ADVERSARIAL_SEED", random.randrange(1 << 20)))
-    run = run_adversary(str(tmp_path), seed, rounds=3)
+    run = run_adversary(str(tmp_path), seed, rounds=3, rate=1500)
     print(summarize(run))
     assert run.acks and run.deliveries
     assert not run.violations, summarize(run)
@@ -374,6 +377,6 @@ def test_adversarial_short_run(tmp_path):
 def test_adversarial_long_run(tmp_path, request):
     rounds = request.config.getoption("--adversarial-rounds")
     seed = request.config.getoption("--adversarial-seed")
-    run = run_adversary(str(tmp_path), seed, rounds)
+    run = run_adversary(str(tmp_path), seed, rounds, rate=request.config.getoption("--adversarial-rate"))
     print(summarize(run))
     assert not run.violations, summarize(run)
