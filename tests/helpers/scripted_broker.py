@@ -173,6 +173,6 @@ class ScriptedBroker:
                 return answer
             base = len(log)
             log.extend(bytes(r.value) for r in batch_codec.BatchView(view.batches))
-            state.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, len(log) - 1)
+            state.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, len(log) - 1, 0)
             answer.base_offset, answer.last_offset = base, len(log) - 1
             return answer
