@@ -54,6 +54,7 @@ SESSION_MS = 1500
 PRODUCERS = 2
 MEMBERS = 2
 SMALL = {"segment_bytes": "4096", "index_interval_bytes": "256"}
+START_TIMEOUT_S = 300  # a restart opens every segment of a long run (tens of thousands of 4 KiB ones)
 
 
 @dataclass
@@ -214,8 +215,9 @@ def run_adversary(root: str, seed: int, rounds: int, rate: float) -> Run:
             fsync = "always" if round_no % 2 == 0 else "interval"
             if round_no:
                 server.extra = ("--config", config_file(root, fsync))
-                server.start()  # must open whatever the last SIGKILL left
+                server.start(timeout_s=START_TIMEOUT_S)  # must open whatever the last SIGKILL left
             run.note(f"round {round_no}: broker up ({fsync})")
+            print(f"round {round_no}: broker up ({fsync}), {len(os.listdir(logs))} log files", flush=True)
             until = time.monotonic() + rng.uniform(2.0, 5.0)
             while time.monotonic() < until:
                 move = rng.random()
@@ -241,7 +243,7 @@ def run_adversary(root: str, seed: int, rounds: int, rate: float) -> Run:
             time.sleep(rng.uniform(0.0, 0.5))
             run.rounds_done += 1
         server.extra = ("--config", config_file(root, "always"))
-        server.start()
+        server.start(timeout_s=START_TIMEOUT_S)
         run.note("final: broker up")
         for p in producers:
             p.stop()

@@ -170,7 +170,7 @@ class DiskFullError(StorageError):
 
 
 class TooManyOpenFilesError(StorageError):
-    """The process reached its open-file limit (each partition holds six descriptors)."""
+    """The process reached its open-file limit (each partition holds three descriptors)."""
 
     code = 1007
     retriable = True
