@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -158,3 +159,64 @@ def test_readers_racing_retention_and_unmapping_get_records_or_out_of_range_neve
             for t in readers:
                 t.join()
     assert not failures, (seed, failures[0])
+
+
+def test_a_flush_racing_a_roll_never_fsyncs_a_descriptor_the_seal_closed(data_dir):
+    """Before: a flush (the interval flusher, or group commit) took the active segment, let go of the
+    lock and fsynced its descriptor; a roll meanwhile sealed that segment and closed the descriptor,
+    so the fsync hit a closed descriptor (EBADF: the partition then refused every write until a
+    restart) or whatever file had reused its number."""
+    from tidelog.storage.fs import FileSystem
+
+    entered, release = threading.Event(), threading.Event()
+    fsynced: list[tuple[str, str | None]] = []
+
+    class GatedFS(FileSystem):
+        gated = False
+
+        def fsync(self, fd, path=""):
+            if self.gated and path.endswith(".log") and threading.current_thread().name == "flusher":
+                self.gated = False
+                entered.set()
+                release.wait(30)
+                try:
+                    target = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    target = None  # closed
+                fsynced.append((path, target))
+            return super().fsync(fd, path)
+
+    fs = GatedFS()
+    with Engine.open(data_dir, fs=fs, fsync="interval", fsync_interval_ms=3_600_000) as eng:
+        eng.create_topic("other", 1)  # its descriptors are freed below, so the flushed one is not reused
+        eng.create_topic("t", 1, segment_bytes=4096)
+        plog = eng._topics["t"].partitions[0]
+        eng.produce("t", [b"x" * 100])
+        fs.gated = True
+        errors: list[BaseException] = []
+
+        def flush():
+            try:
+                plog.sync()
+            except BaseException as exc:
+                errors.append(exc)
+
+        def roll():
+            eng.delete_topic("other")
+            while len(plog.segments()) < 2:
+                eng.produce("t", [b"y" * 100])
+
+        flusher = threading.Thread(target=flush, name="flusher")
+        flusher.start()
+        assert entered.wait(30)
+        roller = threading.Thread(target=roll)
+        roller.start()
+        roller.join(timeout=0.5)  # without a guard it seals (and closes) while the flush waits
+        release.set()
+        flusher.join(timeout=30)
+        roller.join(timeout=30)
+        assert not flusher.is_alive() and not roller.is_alive()
+        assert not errors, errors[0]
+        path, target = fsynced[0]
+        assert target == path  # the fsync went to the segment's own file, still open
+        eng.produce("t", [b"z"])  # and the partition still takes writes

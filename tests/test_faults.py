@@ -176,3 +176,57 @@ def test_a_failed_roll_leaves_no_stale_segment_that_later_costs_data(tmp_path):
     assert len(expected) == 14
     with Engine.open(data_dir) as again:
         assert values_of(again) == expected
+
+
+
+def test_a_flush_racing_a_failed_seal_does_not_vouch_for_the_data(data_dir):
+    """Before: a flush (group commit or the interval flusher, outside the partition lock) that ran
+    while a roll's seal failed succeeded on the same descriptor (the kernel reports a failed
+    writeback once, to the seal) and counted, and under fsync="always" acknowledged, records whose
+    durability that failure had put in doubt."""
+    entered, release = threading.Event(), threading.Event()
+
+    class GatedFS(FileSystem):
+        gated = fail_seal = False
+
+        def fsync(self, fd, path=""):
+            if self.gated and path.endswith(".log") and threading.current_thread().name == "flusher":
+                self.gated = False
+                entered.set()
+                release.wait(30)
+            elif self.fail_seal and path.endswith(".log"):
+                self.fail_seal = False
+                raise StorageError(f"syncing {path} failed: Input/output error", path=path)
+            return super().fsync(fd, path)
+
+    fs = GatedFS()
+    eng = Engine.open(data_dir, fs=fs, fsync="interval", fsync_interval_ms=3_600_000)
+    try:
+        eng.create_topic("t", 1, segment_bytes=4096)
+        plog = eng._topics["t"].partitions[0]
+        eng.produce("t", [b"x" * 100])
+        fs.gated = True
+        outcome: list = []
+
+        def flush():
+            try:
+                plog.sync()
+                outcome.append("synced")
+            except StorageError as exc:
+                outcome.append(exc)
+
+        flusher = threading.Thread(target=flush, name="flusher")
+        flusher.start()
+        assert entered.wait(30)  # the flush is under way
+        fs.fail_seal = True
+        with pytest.raises(StorageError):
+            for _ in range(60):  # a roll, whose seal fails
+                eng.produce("t", [b"y" * 100])
+        release.set()
+        flusher.join(timeout=30)
+        assert not flusher.is_alive()
+        assert isinstance(outcome[0], StorageError), outcome
+        assert plog.offsets.flushed == 0
+    finally:
+        release.set()
+        eng.close()  # logs the partition's failure; the next open recovers it

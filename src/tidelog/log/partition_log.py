@@ -294,6 +294,11 @@ class PartitionLog:
                     self._failed = exc
                 raise
             with self._lock:
+                if self._failed is not None:
+                    # a roll's seal failed while this flush ran: the fsync above cannot vouch for the
+                    # data (the kernel reports a failed writeback only once)
+                    raise StorageError(f"partition {self.directory} cannot make data durable after a storage "
+                                       f"failure ({self._failed.message})", path=self.directory)
                 self._offsets.advance_flushed(end)
                 if self.fsync_policy == "always":
                     self._publish(seg, pos, end)

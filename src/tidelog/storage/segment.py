@@ -15,7 +15,10 @@ file through a map can fault in a page, which a full file system answers with SI
 
 Not thread-safe: the partition log serialises appends, sealing and truncation under its lock. Views
 handed out stay valid after the segment is sealed, deleted, unmapped or closed (the map lives until
-they go).
+they go). The one exception is `flush`, which group commit and the interval flusher run outside the
+partition lock: the .log descriptor is closed only under `_fd_lock`, which a flush holds while it
+fsyncs, so a roll sealing the segment meanwhile never closes (and the process never reuses) the
+descriptor being fsynced.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -81,6 +85,7 @@ class Segment:
         stem = os.path.join(directory, segment_name(base_offset))
         self.log_path = stem + LOG_SUFFIX
         self._fd = fs.open(self.log_path, create=create)  # -1 once sealed (released)
+        self._fd_lock = threading.Lock()  # held to fsync or close _fd (see the module doc)
         index_path, time_path = stem + INDEX_SUFFIX, stem + TIME_INDEX_SUFFIX
         self.indexes_missing = not create and not (fs.exists(index_path) and fs.exists(time_path))
         self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
@@ -452,8 +457,16 @@ class Segment:
 
     # -- durability and lifecycle --------------------------------------------------------------------
     def flush(self) -> None:
-        if self._fd >= 0:  # a sealed segment was fsynced when it was sealed
-            self.fs.fsync(self._fd, self.log_path)
+        """fsync the .log; callable without the partition lock (group commit)."""
+        with self._fd_lock:
+            if self._fd >= 0:  # a sealed segment was fsynced when it was sealed
+                self.fs.fsync(self._fd, self.log_path)
+
+    def _close_fd(self) -> None:
+        with self._fd_lock:  # not while a flush is fsyncing it
+            if self._fd >= 0:
+                self.fs.close(self._fd)
+                self._fd = -1
 
     def seal(self) -> None:
         """Stop growing: record the final time entry, trim every file to its contents, fsync them."""
@@ -474,9 +487,7 @@ class Segment:
 
     def _release(self) -> None:
         """A sealed segment is never written again: let go of its descriptors (its maps need none)."""
-        if self._fd >= 0:
-            self.fs.close(self._fd)
-            self._fd = -1
+        self._close_fd()
         self.index.release()
         self.time_index.release()
         self._maps.touch(self)
@@ -542,9 +553,7 @@ class Segment:
         self.index.close(trim=trim and not self.deleted)
         self.time_index.close(trim=trim and not self.deleted)
         self._map = None  # unmapped when the last view of it goes (a reader may still hold one)
-        if self._fd >= 0:
-            self.fs.close(self._fd)
-            self._fd = -1
+        self._close_fd()
 
     def delete(self) -> None:
         """Remove the files. Views already handed out keep working until released."""
@@ -555,9 +564,7 @@ class Segment:
         self.index.close()
         self.time_index.close()
         self._map = None  # not released: a concurrent reader may still hold it
-        if self._fd >= 0:
-            self.fs.close(self._fd)
-            self._fd = -1
+        self._close_fd()
 
     def __repr__(self) -> str:
         return (f"Segment(base={self.base_offset}, size={self.size}, next={self.next_offset}, "
