@@ -164,6 +164,21 @@ def test_a_wrong_index_entry_costs_a_scan_not_a_wrong_answer(built, clock, caplo
         assert f.read() == original
 
 
+def test_a_wrong_index_entry_keeps_its_segment_readable_after_the_map_cache_unmaps_it(built, clock):
+    """Before: finding the wrong entry removed the segment's index files, and once the map cache had
+    unmapped the segment, every later read of it failed with StorageError (mapping the removed
+    index again) until a restart."""
+    with open(seg_path(built, 0, 0, ".index"), "r+b") as f:
+        f.seek(12)
+        f.write(b"\x00\x00\x00\x07")  # entry 1 still sorts, but no batch starts at byte 7
+    with Engine.open(built, clock=clock, max_mapped_segments=1) as eng:
+        second = 100  # in segment 1: reading it makes the cache unmap segment 0
+        for offset in [*range(60), second, *range(60), second]:
+            got = next(r.value for r in eng.fetch("t", 0, offset) if r.offset == offset)
+            assert got == expected_values(0)[offset][1], offset
+        assert values(eng, 0) == expected_values(0)
+
+
 @pytest.mark.parametrize("suffix", [".index", ".timeindex"])
 def test_truncated_or_garbled_index_files_are_rebuilt_identically(built, clock, suffix):
     paths = [seg_path(built, 0, n, suffix) for n in range(2)]

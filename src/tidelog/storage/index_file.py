@@ -134,7 +134,9 @@ class IndexFile:
         try:
             fd = self._fs.open(self.path, read_only=True)
         except StorageError:
-            if self._closed:  # deleted (retention) while a reader came to search it
+            # Deleted (retention) while a reader came to search it, or removed because an entry was
+            # found wrong (the next open rebuilds it): search without it, as if it had no entries.
+            if self._closed or not self._fs.exists(self.path):
                 return None
             raise
         try:
