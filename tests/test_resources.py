@@ -98,6 +98,48 @@ def test_a_restart_with_hundreds_of_segments_needs_few_descriptors(data_dir, clo
     assert out.stdout.strip() == "300"
 
 
+
+@pytest.mark.parametrize("fails", ["rolling", "opening", "loading producers"])
+def test_a_segment_that_cannot_be_opened_leaks_no_descriptor(data_dir, clock, fails):
+    # Before: when a new segment's index could not be opened (too many open files) its .log stayed
+    # open, one more descriptor at every failed roll, which made running out of them worse; an open
+    # that failed after its partition's segments were loaded kept their descriptors too.
+    from tidelog.errors import StorageError, TooManyOpenFilesError
+    from tidelog.storage.fs import FileSystem
+
+    class OutOfDescriptors(FileSystem):
+        failing = False
+
+        def open(self, path, create=False, read_only=False):
+            if self.failing and path.endswith(".index") and (create or fails == "opening"):
+                raise TooManyOpenFilesError(f"too many open files while opening {path}", path=path)
+            return super().open(path, create, read_only)
+
+        def read_file(self, path):
+            if self.failing and path.endswith(".snapshot"):
+                raise TooManyOpenFilesError(f"too many open files while reading {path}", path=path)
+            return super().read_file(path)
+
+    many_segments(data_dir, clock, partitions=1, segments=3)
+    fs = OutOfDescriptors()
+    before = open_fds()
+    if fails == "rolling":
+        with Engine.open(data_dir, clock=clock, fs=fs) as eng:
+            opened = open_fds()
+            fs.failing = True
+            for _ in range(20):
+                with pytest.raises(StorageError):
+                    eng.produce("t", [b"x" * 3500], partition=0)  # each needs a roll
+            assert open_fds() == opened
+            fs.failing = False
+    else:
+        fs.failing = True
+        for _ in range(5):
+            with pytest.raises(StorageError):
+                Engine.open(data_dir, clock=clock, fs=fs)
+    assert open_fds() == before
+
+
 # -- a full file system -------------------------------------------------------------------------------
 
 @pytest.fixture

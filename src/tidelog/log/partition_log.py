@@ -96,15 +96,20 @@ class PartitionLog:
             raise StorageError(f"partition directory {directory} does not exist", path=directory)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean, maps, new=create)
         self._segments = SegmentSet(segments)
-        end = self._segments.active.next_offset
-        # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
-        self._segments.active.flush()
-        self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
-        self._producers = self._load_producers()
-        self._visible = (self._segments.active, self._segments.active.size)
-        # Everything is on disk now: record it (a new partition durably, so its extent is known from
-        # the start; otherwise this also upgrades a recovery point of the first format).
-        self._write_checkpoint(self._segments.active, self._segments.active.size, durable=create)
+        try:
+            end = self._segments.active.next_offset
+            # Whatever survived recovery is on disk now; count it as flushed once the active file is synced.
+            self._segments.active.flush()
+            self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
+            self._producers = self._load_producers()
+            self._visible = (self._segments.active, self._segments.active.size)
+            # Everything is on disk now: record it (a new partition durably, so its extent is known from
+            # the start; otherwise this also upgrades a recovery point of the first format).
+            self._write_checkpoint(self._segments.active, self._segments.active.size, durable=create)
+        except BaseException:  # let go of the files (a failed open is retried, and must not leak)
+            for seg in segments:
+                seg.close()
+            raise
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:

@@ -38,10 +38,14 @@ class IndexFile:
         # A new index is the active segment's and grows; an existing one is opened as it is (sealed
         # until `activate`), so opening a data directory never rewrites files it only reads.
         self.sealed = not create
-        if create:
-            self._preallocate()
-        else:
-            self._remap(size)
+        try:
+            if create:
+                self._preallocate()
+            else:
+                self._remap(size)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _preallocate(self) -> None:

@@ -88,8 +88,17 @@ class Segment:
         self._fd_lock = threading.Lock()  # held to fsync or close _fd (see the module doc)
         index_path, time_path = stem + INDEX_SUFFIX, stem + TIME_INDEX_SUFFIX
         self.indexes_missing = not create and not (fs.exists(index_path) and fs.exists(time_path))
-        self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
-        self.time_index = TimeIndex(fs, time_path, config.max_index_bytes, create or not fs.exists(time_path))
+        try:
+            self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
+            try:
+                self.time_index = TimeIndex(fs, time_path, config.max_index_bytes,
+                                            create or not fs.exists(time_path))
+            except BaseException:
+                self.index.close()
+                raise
+        except BaseException:  # e.g. out of descriptors: let go of what was opened
+            fs.close(self._fd)
+            raise
         self.size = 0
         self.next_offset = base_offset
         self.max_timestamp = -1
@@ -114,8 +123,12 @@ class Segment:
     def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
                maps: MapCache | None = None) -> "Segment":
         seg = cls(fs, directory, base_offset, config, create=True, maps=maps)
-        seg._map_file(config.segment_bytes)
-        fs.fsync_dir(directory)  # the new files' names must survive a crash with the data in them
+        try:
+            seg._map_file(config.segment_bytes)
+            fs.fsync_dir(directory)  # the new files' names must survive a crash with the data in them
+        except BaseException:
+            seg.close()
+            raise
         return seg
 
     @classmethod
@@ -123,9 +136,13 @@ class Segment:
              maps: MapCache | None = None) -> "Segment":
         """Open existing files; the caller then calls `recover` or `restore` to find the contents."""
         seg = cls(fs, directory, base_offset, config, create=False, maps=maps)
-        size = max(fs.size(seg._fd), 0)
-        seg._map_file(size)
-        seg._readable_end = fs.data_end(seg._fd, size)
+        try:
+            size = max(fs.size(seg._fd), 0)
+            seg._map_file(size)
+            seg._readable_end = fs.data_end(seg._fd, size)
+        except BaseException:
+            seg.close()
+            raise
         return seg
 
     def _map_file(self, length: int) -> None:
