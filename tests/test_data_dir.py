@@ -358,6 +358,74 @@ def test_a_crash_at_any_step_of_create_or_delete_leaves_a_directory_that_opens(t
         assert k > 3, op  # the crash points covered more than the first step
 
 
+
+def to_first_format(data_dir):
+    """Rewrite a directory as the first format left it: plain JSON topic files (version 1, no id, no
+    state), no partition markers, no producer snapshots, recovery points of version 1."""
+    import struct
+
+    from tidelog._native import checksum
+
+    topics_dir = os.path.join(data_dir, "meta", "topics")
+    for name in os.listdir(topics_dir):
+        path = os.path.join(topics_dir, name)
+        with open(path, "rb") as f:
+            body = f.read()
+        doc = json.loads(body[:body.rindex(b"# crc32c")])
+        with open(path, "w") as f:
+            json.dump({"version": 1, "name": doc["name"], "partitions": doc["partitions"],
+                       "created_ms": doc["created_ms"], "config": doc["config"]}, f, indent=1)
+    for entry in partition_files(data_dir):
+        directory = os.path.join(data_dir, entry)
+        for name in os.listdir(directory):
+            if name == MARKER_FILE or name.endswith(".snapshot"):
+                os.remove(os.path.join(directory, name))
+        with open(os.path.join(directory, "recovery-point"), "rb") as f:
+            _, _, _, base, pos = struct.unpack(">4sHqqq", f.read()[:30])
+        body = struct.pack(">4sHqq", b"TLRP", 1, base, pos)
+        with open(os.path.join(directory, "recovery-point"), "wb") as f:
+            f.write(body + struct.pack(">I", checksum.crc32c(body)))
+
+
+def test_a_directory_of_the_first_format_is_upgraded_and_a_crash_during_the_upgrade_is_finished(tmp_path, clock):
+    # Before: a crash after the upgrade had marked some partition directories, and before it rewrote
+    # the topic file, left markers naming a topic id no topic file had: every later open refused.
+    from tidelog.storage.fs import FileSystem
+
+    class Crash(BaseException):
+        pass
+
+    class CrashAt(FileSystem):
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.n = k, 0
+
+        def write_file_atomic(self, path, data, durable=True):
+            self.n += 1
+            if self.n == self.k:
+                raise Crash()
+            return super().write_file_atomic(path, data, durable)
+
+    base = str(tmp_path / "base")
+    held = fill(base, clock, topics=(("t", 3),))
+    to_first_format(base)
+    for k in range(1, 8):  # each marker and topic file of the two topics, then past the upgrade
+        d = str(tmp_path / f"crash-{k}")
+        shutil.copytree(base, d)
+        try:
+            Engine.open(d, clock=clock, fs=CrashAt(k)).close()
+        except Crash:
+            pass
+        assert check_directory(d).problems == [], k
+        assert_intact(d, clock, held)
+        with Engine.open(d, clock=clock) as eng:
+            topic_id = eng._topics["t"].meta.topic_id
+        for p in range(3):
+            with open(os.path.join(d, f"t-{p}", MARKER_FILE)) as f:
+                assert topic_id in f.read(), (k, p)
+        assert check_directory(d).problems == [] and not any(r.problems for r in check(d))
+
+
 # -- names and races ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("length", [246, 247, 248, 249])

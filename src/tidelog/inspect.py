@@ -463,6 +463,10 @@ def check_directory(data_dir: str) -> DirectoryCheck:
                 out.problems.append(f"topic {name!r}: its metadata says {owner.partitions} partitions, but the "
                                     f"directories of partitions {extra} exist (repair does not guess which is right)")
             continue
+        if owner is not None and not owner.topic_id and all(p < owner.partitions for p in parts):
+            out.notes.append(f"topic {name!r}: its upgrade from the first format was interrupted; the next open "
+                             f"finishes it")
+            continue
         if owner is not None and owner.topic_id:
             out.problems.append(f"topic {name!r}: directories {', '.join(f'{name}-{p}' for p in sorted(parts))} belong "
                                 f"to another incarnation of it (id {topic_id}); move them away (repair does not)")

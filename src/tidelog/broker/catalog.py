@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import threading
+from dataclasses import replace
 
 from ..errors import CorruptLogError, InvalidTopicError, StorageError, TopicExistsError
 from ..storage.fs import TMP_PREFIX, FileSystem
@@ -134,6 +135,8 @@ class Catalog:
                                                                              "directory": entry})
                 continue
             owner = by_id.get(marker.meta.topic_id)
+            if owner is None and self._upgrade_marker(marker, entry, legacy):
+                continue  # marked by an upgrade a crash interrupted: the upgrade is finished below
             if owner is None or owner.name != marker.meta.name:
                 raise CorruptLogError(
                     f"partition directory {directory} belongs to topic {marker.meta.name!r} "
@@ -152,14 +155,35 @@ class Catalog:
                     f"another name; nothing was changed. Rename it to {owner.name}-{marker.partition} or "
                     f"move it away", path=directory)
 
+    @staticmethod
+    def _upgrade_marker(marker, entry: str, legacy: dict[str, TopicMeta]) -> bool:
+        """Whether a marker was written by the upgrade of a first-format topic (its name, a partition
+        it has, in the directory of that name) that a crash stopped before it rewrote the topic file."""
+        owner = legacy.get(marker.meta.name)
+        return (owner is not None and marker.partition < owner.partitions
+                and entry == f"{owner.name}-{marker.partition}")
+
     def _upgrade(self, meta: TopicMeta) -> TopicMeta:
-        """A topic file of the first format (no checksum, no id): mark its directories, rewrite it."""
-        upgraded = TopicMeta.new(meta.name, meta.partitions, meta.config, meta.created_ms).ready()
+        """A topic file of the first format (no checksum, no id): mark its directories, rewrite it.
+
+        An upgrade that a crash interrupted left markers in some directories: their topic id is kept,
+        so that every marker and the topic file name the same incarnation."""
+        ids = set()
         for p in range(meta.partitions):
             directory = partition_dir(self.path, meta.name, p)
             if not self.fs.is_dir(directory):
                 raise CorruptLogError(f"partition directory {directory} of topic {meta.name!r} is missing; "
                                       f"nothing was changed", path=directory)
+            marker = self._marker(directory)
+            if marker is not None:
+                ids.add(marker.meta.topic_id)
+        if len(ids) > 1:
+            raise CorruptLogError(f"the partition directories of topic {meta.name!r} (metadata of the first format) "
+                                  f"carry markers of {len(ids)} different topic ids; nothing was changed. Run "
+                                  f"`tidelog check --data-dir {self.path}`", path=meta_path(self.path, meta.name))
+        upgraded = TopicMeta.new(meta.name, meta.partitions, meta.config, meta.created_ms).ready()
+        if ids:
+            upgraded = replace(upgraded, topic_id=ids.pop())
         for p in range(meta.partitions):
             write_marker(self.fs, partition_dir(self.path, meta.name, p), upgraded, p)
         write_topic_meta(self.fs, self.path, upgraded)
