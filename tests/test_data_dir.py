@@ -83,6 +83,26 @@ def test_opening_never_deletes_a_directory_without_a_partition_marker(data_dir, 
                                                                                  "__consumer_offsets-9"}
 
 
+def test_check_and_repair_leave_a_directory_without_a_partition_marker_alone(data_dir, clock):
+    # Before: a <topic>-<digits> directory of an existing topic's name was checked as a partition, so
+    # `check --repair` cut a file that looked like a segment in it to 0 bytes (and wrote index files
+    # there), and a .log whose name was not 20 digits made `check` crash with FileNotFoundError.
+    held = fill(data_dir, clock)
+    for name, files in (("t-2", ("00000000000000002024.log", "notes.txt")), ("t-3", ("2024.log",))):
+        os.makedirs(os.path.join(data_dir, name))
+        for f in files:
+            with open(os.path.join(data_dir, name, f), "wb") as out:
+                out.write(b"the user's own file, not tidelog's\n" * 10)
+    with open(os.path.join(data_dir, "t-0", "2024.log"), "wb") as out:
+        out.write(b"a stray file in a partition, ignored by the broker too")
+    before = partition_files(data_dir)
+    assert {(r.topic, r.partition) for r in check(data_dir)} == {("t", 0), ("t", 1), (OFFSETS_TOPIC, 0)}
+    assert not any(r.problems for r in check(data_dir))
+    assert repair(data_dir) == []
+    assert partition_files(data_dir) == before
+    assert_intact(data_dir, clock, held)
+
+
 def test_a_topic_cannot_be_created_over_a_directory_that_is_not_its_own(data_dir, clock):
     # Before: create_topic removed whatever directory stood where its partition would go.
     os.makedirs(os.path.join(data_dir, "photos-1"))

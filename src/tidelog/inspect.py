@@ -23,7 +23,7 @@ from ._native import batch_scan
 from .broker.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
                                 read_topic_meta)
 from .codec.batch import BatchView
-from .errors import CorruptBatchError, CorruptLogError
+from .errors import CorruptBatchError, CorruptLogError, StorageError
 from .groups import records as group_records
 from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
@@ -36,17 +36,32 @@ _FS = FileSystem()
 
 def partition_dirs(data_dir: str, topic: str | None = None) -> list[tuple[str, int, str]]:
     """(topic, partition, directory) of every partition directory, sorted: `<topic>-<n>` directories
-    that hold a partition.meta, or whose topic has a metadata file (directories of the first format)."""
-    topics = {f[:-len(".json")] for f in _listdir(meta_dir(data_dir)) if f.endswith(".json")}
+    that hold a partition.meta, or that a topic file of the first format (no markers yet) claims.
+    Other directories are not tidelog's, whatever their name: never checked, never repaired."""
+    first_format = _first_format_topics(data_dir)
     out = []
     for entry in sorted(os.listdir(data_dir)):
         name, sep, index = entry.rpartition("-")
         path = os.path.join(data_dir, entry)
         if not (sep and index.isdigit() and os.path.isdir(path)) or (topic is not None and name != topic):
             continue
-        if os.path.exists(os.path.join(path, MARKER_FILE)) or name in topics:
+        if os.path.exists(os.path.join(path, MARKER_FILE)) or int(index) < first_format.get(name, 0):
             out.append((name, int(index), path))
     return sorted(out, key=lambda t: (t[0], t[1]))
+
+
+def _first_format_topics(data_dir: str) -> dict[str, int]:
+    """Partition counts of the topics whose metadata is of the first format (upgraded at open)."""
+    out = {}
+    for f in _listdir(meta_dir(data_dir)):
+        if f.endswith(".json"):
+            try:
+                meta = read_topic_meta(_FS, data_dir, os.path.join(meta_dir(data_dir), f))
+            except (CorruptLogError, StorageError):
+                continue  # reported by check_directory
+            if not meta.topic_id:
+                out[meta.name] = meta.partitions
+    return out
 
 
 def _listdir(path: str) -> list[str]:
@@ -57,8 +72,9 @@ def _listdir(path: str) -> list[str]:
 
 
 def segment_bases(directory: str) -> list[int]:
+    """Base offsets of the segments: `.log` files whose stem is 20 digits, as the broker counts them."""
     return sorted(int(f[:-len(LOG_SUFFIX)]) for f in os.listdir(directory)
-                  if f.endswith(LOG_SUFFIX) and f[:-len(LOG_SUFFIX)].isdigit())
+                  if f.endswith(LOG_SUFFIX) and f[:-len(LOG_SUFFIX)].isdigit() and len(f) == 20 + len(LOG_SUFFIX))
 
 
 def _map(path: str):
