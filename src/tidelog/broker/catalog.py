@@ -198,7 +198,7 @@ class Catalog:
                 continue
             marker = self._marker(directory)
             if marker is not None and marker.belongs_to(meta, p):
-                self.fs.rmtree(directory)
+                remove_partition_dir(self.fs, directory)
             elif marker is None and not self.fs.listdir(directory):
                 self.fs.rmdir(directory)  # made by the create, which crashed before writing its marker
             else:
@@ -223,6 +223,8 @@ class Catalog:
             if (marker is not None and entry == f"{marker.meta.topic_id}-{marker.partition}"
                     and marker.meta.topic_id not in live_ids):
                 out.append(directory)
+            elif marker is None and self.fs.is_dir(directory) and not self.fs.listdir(directory):
+                self.fs.rmdir(directory)  # emptied by us up to its marker (removed last) when a crash came
             else:
                 log.warning("an entry in the trash is not a deleted tidelog partition; left alone",
                             extra={"event": "foreign_directory", "directory": os.path.join(TRASH_DIR, entry)})
@@ -290,6 +292,20 @@ class Catalog:
         self.trash.stop()
 
 
+def remove_partition_dir(fs: FileSystem, directory: str) -> None:
+    """Remove a partition directory of ours, its marker last: a crash half-way leaves a directory
+    that still proves it is ours (or an empty one), so the next open finishes removing it."""
+    for name in fs.listdir(directory):
+        if name != MARKER_FILE:
+            path = os.path.join(directory, name)
+            if fs.is_dir(path):
+                fs.rmtree(path)
+            else:
+                fs.remove(path)
+    fs.remove(os.path.join(directory, MARKER_FILE))
+    fs.rmdir(directory)
+
+
 class Trash:
     """Empties trash entries in one background thread, so deleting a large topic returns at once.
     What is left when the engine closes is emptied by the next open."""
@@ -322,7 +338,7 @@ class Trash:
                 continue
             try:
                 if path is not None:
-                    self.fs.rmtree(path)
+                    remove_partition_dir(self.fs, path)
             except StorageError:
                 log.exception("emptying the trash failed; the next open tries again",
                               extra={"event": "background_job_failed", "job": "trash"})
