@@ -301,6 +301,26 @@ def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_direc
     assert not os.path.exists(path)
 
 
+def test_a_crash_while_a_create_writes_a_marker_is_rolled_back(data_dir, clock):
+    # Before: the directory then held only the marker's temporary file, so it was neither marked nor
+    # empty: the rollback left it, and the topic could never be created again ("already exists").
+    from tidelog.broker.topic_meta import TopicMeta, write_topic_meta
+    from tidelog.config import TopicConfig
+    from tidelog.storage.fs import TMP_PREFIX, FileSystem
+
+    os.makedirs(os.path.join(data_dir, "meta", "topics"))
+    write_topic_meta(FileSystem(), data_dir, TopicMeta.new("t", 2, TopicConfig(), 0))  # the intent
+    for p, files in ((0, [TMP_PREFIX + "0123456789ab"]), (1, [TMP_PREFIX + "ba9876543210", "photo.jpg"])):
+        os.makedirs(os.path.join(data_dir, f"t-{p}"))
+        for name in files:
+            with open(os.path.join(data_dir, f"t-{p}", name), "wb") as f:
+                f.write(b'{"partition"')  # a marker being written / someone else's file
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.list_topics() == []
+        eng.create_topic("t", 1)
+    assert sorted(os.listdir(os.path.join(data_dir, "t-1"))) == [TMP_PREFIX + "ba9876543210", "photo.jpg"]
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # a crash in the trash thread
 def test_a_crash_at_any_step_of_create_or_delete_leaves_a_directory_that_opens(tmp_path, clock):
     """Every file operation of a create and of a delete, failed in turn: the directory opens, holds

@@ -199,8 +199,12 @@ class Catalog:
             marker = self._marker(directory)
             if marker is not None and marker.belongs_to(meta, p):
                 remove_partition_dir(self.fs, directory)
-            elif marker is None and not self.fs.listdir(directory):
-                self.fs.rmdir(directory)  # made by the create, which crashed before writing its marker
+            elif marker is None and all(name.startswith(TMP_PREFIX) for name in self.fs.listdir(directory)):
+                # made by the create, which crashed before its marker was written (or while: the
+                # marker's own temporary file, named by tidelog's prefix, is all there is)
+                for name in self.fs.listdir(directory):
+                    self.fs.remove(os.path.join(directory, name))
+                self.fs.rmdir(directory)
             else:
                 log.warning("a directory in the way of an interrupted topic creation is not its own; left alone",
                             extra={"event": "foreign_directory", "directory": os.path.basename(directory)})
