@@ -320,6 +320,34 @@ def test_a_refused_clean_open_stays_clean_so_retrying_never_cuts_durable_data(da
         assert 0 < eng.list_offsets("t", 0).log_end < 20
 
 
+def test_a_refused_clean_open_on_a_full_disk_stays_clean_too(data_dir, clock):
+    # Before: putting the marker back needed a new file; on a full disk that failed, the
+    # DiskFullError replaced the refusal, and the next open took the unclean path, which trusts an
+    # older recovery point and cut the durable (damaged) records as a torn tail.
+    from tidelog.errors import DiskFullError
+    from tidelog.storage import recovery
+    from tidelog.storage.fs import FileSystem
+
+    class FullDisk(FileSystem):
+        def write_file_atomic(self, path, data, durable=True):
+            raise DiskFullError(f"no space left on device while writing {path}", path=path)
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("t")
+        for i in range(20):
+            eng.produce("t", [b"v%03d" % i * 10], partition=0)
+    directory = os.path.join(data_dir, "t-0")
+    recovery.write_checkpoint(FileSystem(), directory, recovery.Checkpoint(0, 0, 0))  # an older one
+    log = seg_path(data_dir, 0, 0)
+    flip(log, os.path.getsize(log) // 2)
+    before = digest(directory)
+    for fs in (FullDisk(), FullDisk(), FileSystem()):
+        with pytest.raises(CorruptLogError):
+            Engine.open(data_dir, clock=clock, fs=fs)
+        assert os.path.exists(os.path.join(data_dir, ".clean_shutdown"))
+    assert digest(directory) == before
+
+
 def test_a_zeroed_block_inside_the_last_segment_is_refused_found_by_check_and_cut_by_repair(data_dir, clock):
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("t")

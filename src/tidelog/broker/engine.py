@@ -72,13 +72,19 @@ class Engine:
             self.recovery_seconds = time.monotonic() - started
         except BaseException as exc:
             closed = self._close_topics()
-            if closed and self.clean_start and isinstance(exc, CorruptLogError):
-                # A refusal leaves the directory as the clean stop left it: keep it a clean stop, so that
-                # opening again (or `tidelog check --repair`) does not take the unclean path, which
-                # would trust only the recovery points and could cut corrupt data as a torn tail.
-                fs.write_file_atomic(os.path.join(self.path, CLEAN_SHUTDOWN_MARKER), b"clean\n")
-            self._catalog.close()
-            fs.unlock_dir(self._lock_fd)
+            try:
+                if closed and self.clean_start and isinstance(exc, CorruptLogError):
+                    # A refusal leaves the directory as the clean stop left it: keep it a clean stop, so
+                    # that opening again (or `tidelog check --repair`) does not take the unclean path,
+                    # which would trust only the recovery points and could cut corrupt data as a torn
+                    # tail. The consumed marker is the reserve: renamed back, no new file (a full disk).
+                    self._write_clean_marker()
+            except StorageError as failed:
+                log.error("could not put the clean-stop marker back (%s): the next open takes the unclean path",
+                          failed.message, extra={"event": "clean_marker_failed"})
+            finally:
+                self._catalog.close()
+                fs.unlock_dir(self._lock_fd)
             raise
         self._housekeeper = Housekeeper(
             self._flush_dirty if config.fsync == "interval" else None, config.fsync_interval_ms / 1000,
@@ -120,11 +126,15 @@ class Engine:
         if not self._fs.exists(marker):
             # a new directory has nothing to recover
             return not self._fs.listdir(os.path.join(self.path, "meta", "topics"))
-        self._fs.remove(marker)
+        # consumed by renaming it to the reserve: a clean close (or a refused open) renames it back,
+        # so neither needs a new file, which a full disk would refuse
+        self._fs.replace(marker, os.path.join(self.path, CLEAN_MARKER_RESERVE))
         self._fs.fsync_dir(self.path)
         return True
 
     def _reserve_clean_marker(self) -> None:
+        if self._fs.exists(os.path.join(self.path, CLEAN_MARKER_RESERVE)):
+            return  # the consumed marker, or one a crash left
         try:
             self._fs.write_file_atomic(os.path.join(self.path, CLEAN_MARKER_RESERVE), b"clean\n", durable=False)
         except StorageError:
