@@ -230,3 +230,40 @@ def test_a_flush_racing_a_failed_seal_does_not_vouch_for_the_data(data_dir):
     finally:
         release.set()
         eng.close()  # logs the partition's failure; the next open recovers it
+
+
+def test_a_sync_after_a_failed_close_does_not_vouch_for_data_written_during_it(tmp_path):
+    """Before: sync() on a closed partition returned as if the data were durable, so records written
+    while the close's fsync ran, which then failed, were acknowledged (group commit appends first,
+    then syncs)."""
+    from tidelog.codec import batch as batch_codec
+    from tidelog.config import TopicConfig
+    from tidelog.log.partition_log import PartitionLog
+
+    entered, release = threading.Event(), threading.Event()
+
+    class FailingClose(FileSystem):
+        armed = False
+
+        def fsync(self, fd, path=""):
+            if self.armed and path.endswith(".log"):
+                self.armed = False
+                entered.set()
+                release.wait(30)
+                raise StorageError(f"syncing {path} failed: Input/output error", path=path)
+            return super().fsync(fd, path)
+
+    fs = FailingClose()
+    plog = PartitionLog(fs, str(tmp_path / "t-0"), TopicConfig(), "always", lambda: 0, clean=False, create=True)
+    data = batch_codec.build_batch([b"x"], timestamp=0)
+    plog.append([(data, batch_codec.validate(data))], sync=False)  # so that the close has to fsync
+    fs.armed = True
+    closer = threading.Thread(target=lambda: pytest.raises(StorageError, plog.close))
+    closer.start()
+    assert entered.wait(30)
+    _, last = plog.append([(data, batch_codec.validate(data))], sync=False)  # written; to be synced
+    release.set()
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    with pytest.raises(StorageError):
+        plog.sync(last + 1)

@@ -174,3 +174,47 @@ def test_under_interval_only_what_follows_the_last_flush_may_be_lost(tmp_path):
     rng = random.Random(SEED + 1)
     for k in range(writes):
         one_fault(tmp_path, "interval", (rng.choice(["tear", "cut"]), k), rng if k % 2 else None)
+
+
+def test_a_produce_racing_a_clean_close_is_durable_before_the_recovery_point_claims_it(tmp_path):
+    """Before: a close fsynced, then took the partition lock and wrote its durable recovery point at
+    the log end; a produce that landed in between was covered by that recovery point before any
+    fsync covered it, so a power cut right then left a log shorter than its recovery point, which
+    every later open refused."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(PowerLossFS):
+        gated = cut_after_point = False
+
+        def fsync(self, fd, path=""):
+            super().fsync(fd, path)
+            if self.gated and path.endswith(".log") and threading.current_thread().name == "closer":
+                self.gated = False
+                entered.set()
+                release.wait(30)
+
+        def write_in_place(self, path, data, durable=False):
+            super().write_in_place(path, data, durable)
+            if durable and self.cut_after_point:
+                raise self._power_off()
+
+    live, snap = tmp_path / "live", tmp_path / "snap"
+    fs = Gated()
+    eng = Engine.open(str(live), fs=fs, fsync="interval", fsync_interval_ms=3_600_000)
+    eng.create_topic("t", 1, segment_bytes=4096, max_index_bytes=64)  # small files: the image copies them
+    eng.produce("t", [b"first"])
+    plog = eng._topics["t"].partitions[0]
+    fs.gated = fs.cut_after_point = True
+    closer = threading.Thread(target=lambda: pytest.raises(PowerCut, plog.close), name="closer")
+    closer.start()
+    assert entered.wait(30)  # the close's fsync is done
+    eng.produce("t", [b"second"])  # lands between that fsync and the recovery point
+    release.set()
+    closer.join(timeout=30)
+    assert not closer.is_alive() and fs.dead
+    fs.image(str(live), str(snap))
+    eng._housekeeper.stop()
+    with Engine.open(str(snap)) as again:
+        assert [r.value for r in again.fetch("t", 0, 0)] == [b"first", b"second"]

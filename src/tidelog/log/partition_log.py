@@ -283,10 +283,17 @@ class PartitionLog:
         """Make everything written (or at least everything below `upto`) durable."""
         with self._sync_lock:
             with self._lock:
-                if self._closed:
-                    return
                 if self._offsets.flushed >= (upto if upto is not None else self._offsets.log_end):
                     return
+                if self._closed:
+                    if upto is None:
+                        return  # a flusher passing by: nothing waits for this
+                    # written while the partition closed, and the close could not make it durable
+                    if self._failed is not None:
+                        raise StorageError(f"partition {self.directory} closed after a storage failure "
+                                           f"({self._failed.message}) before this data was durable",
+                                           path=self.directory)
+                    raise EngineClosedError(f"partition {self.directory} closed before this data was durable")
                 seg, pos, end = self._segments.active, self._segments.active.size, self._offsets.log_end
                 failed = self._failed
             if failed is not None:
@@ -502,10 +509,17 @@ class PartitionLog:
             with self._lock:
                 self._closed = True
                 self._data_arrived.notify_all()
+                active = self._segments.active
+                if self._failed is None and self.dirty:
+                    # appended between that sync and this lock: durable before the recovery point says so
+                    try:
+                        active.flush()
+                        self._offsets.advance_flushed(self._offsets.log_end)
+                    except StorageError as exc:
+                        self._failed = exc
                 clean = self._failed is None
                 if clean:
                     # durable: should the clean-stop marker ever be lost, recovery trusts the whole log
-                    active = self._segments.active
                     self._write_checkpoint(active, active.size, durable=True)
                     self._snapshot_producers(self._offsets.log_end)
                 for seg in self._segments:
