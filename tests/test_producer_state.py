@@ -132,3 +132,27 @@ def test_producers_silent_past_the_expiration_are_forgotten(data_dir, clock):
     with tidelog.Engine.open(data_dir, clock=clock, producer_id_expiration_ms=day) as eng:
         again = eng.append("t", 0, idempotent_batch([b"a"], 42, 0))  # forgotten: appended as new
         assert again.base_offset > first.base_offset
+
+
+def test_the_state_rebuilt_from_the_log_answers_as_the_live_one_after_a_forgotten_producer_came_back(
+        tmp_path, clock):
+    # Before: a producer forgotten (expired) and back with a lower epoch was taken as new, but replay
+    # added its batches to the higher epoch found earlier in the log: after a restart its retry was
+    # refused as a zombie's (InvalidProducerEpochError) instead of answered with its offsets.
+    import tidelog
+
+    day = 86_400_000
+    live = str(tmp_path / "live")
+    with tidelog.Engine.open(live, clock=clock, producer_id_expiration_ms=day) as eng:
+        eng.create_topic("t", 1, segment_bytes=1 << 16)
+        eng.append("t", 0, idempotent_batch([b"a"], 42, 0, epoch=5))
+    clock.advance(day + 1)
+    eng = tidelog.Engine.open(live, clock=clock, producer_id_expiration_ms=day)  # expires producer 42
+    back = eng.append("t", 0, idempotent_batch([b"b"], 42, 0, epoch=3))
+    assert eng.append("t", 0, idempotent_batch([b"b"], 42, 0, epoch=3)) == back  # a retry
+    eng.flush()
+    crashed = crash_copy(live, str(tmp_path / "crashed"))
+    eng.close()
+    with tidelog.Engine.open(crashed, clock=clock, producer_id_expiration_ms=day) as again:
+        assert again.append("t", 0, idempotent_batch([b"b"], 42, 0, epoch=3)) == back
+        assert again.append("t", 0, idempotent_batch([b"c"], 42, 1, epoch=3)).base_offset == back.base_offset + 1

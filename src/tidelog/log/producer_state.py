@@ -81,8 +81,11 @@ class ProducerState:
 
     def record(self, producer_id: int, epoch: int, first_seq: int, count: int,
                base_offset: int, last_offset: int, now_ms: int) -> None:
+        """Remember a written batch. Another epoch starts the producer afresh: a higher one replaces
+        it, and a lower one can only be in the log if the producer had been forgotten (expired) and
+        was taken as new, so replaying the log rebuilds what the live state held."""
         known = self._producers.get(producer_id)
-        if known is None or epoch > known.epoch:
+        if known is None or epoch != known.epoch:
             known = Producer(epoch, deque(maxlen=BATCHES_REMEMBERED), [now_ms])
             self._producers[producer_id] = known
         known.batches.append(ProducedBatch(first_seq, (first_seq + count - 1) & SEQUENCE_MASK, base_offset,
