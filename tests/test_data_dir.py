@@ -196,6 +196,21 @@ def test_a_lost_topic_file_is_refused_and_restored_by_repair(data_dir, clock, lo
     assert_intact(data_dir, clock, held)
 
 
+def test_a_refusal_after_a_crash_never_writes_a_clean_stop_marker(data_dir, clock):
+    # Before: with every topic file lost, the open counted as that of a new directory (clean), and
+    # its refusal then wrote the clean-stop marker the crashed run never wrote: the next open would
+    # have trusted a log that a crash had left.
+    fill(data_dir, clock)
+    os.remove(os.path.join(data_dir, ".clean_shutdown"))  # as a crash leaves it
+    shutil.rmtree(os.path.join(data_dir, "meta"))
+    with pytest.raises(CorruptLogError, match="has no metadata"):
+        Engine.open(data_dir, clock=clock)
+    assert not os.path.exists(os.path.join(data_dir, ".clean_shutdown"))
+    repair(data_dir)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert not eng.clean_start
+
+
 def test_a_missing_partition_directory_is_refused_and_repair_recreates_it_empty(data_dir, clock):
     # Before: opening created an empty t-1 in its place and said nothing.
     held = fill(data_dir, clock)

@@ -64,7 +64,7 @@ class Engine:
         fs.makedirs(self.path)
         self._lock_fd = fs.lock_dir(self.path)
         try:
-            self.clean_start = False
+            self.clean_start = self._marker_consumed = False
             self.clean_start = self._consume_clean_marker()
             started = time.monotonic()
             self._load_topics()
@@ -73,7 +73,7 @@ class Engine:
         except BaseException as exc:
             closed = self._close_topics()
             try:
-                if closed and self.clean_start and isinstance(exc, CorruptLogError):
+                if closed and self._marker_consumed and isinstance(exc, CorruptLogError):
                     # A refusal leaves the directory as the clean stop left it: keep it a clean stop, so
                     # that opening again (or `tidelog check --repair`) does not take the unclean path,
                     # which would trust only the recovery points and could cut corrupt data as a torn
@@ -130,6 +130,7 @@ class Engine:
         # so neither needs a new file, which a full disk would refuse
         self._fs.replace(marker, os.path.join(self.path, CLEAN_MARKER_RESERVE))
         self._fs.fsync_dir(self.path)
+        self._marker_consumed = True  # what a refused open puts back (never a marker nobody wrote)
         return True
 
     def _reserve_clean_marker(self) -> None:
