@@ -267,3 +267,31 @@ def test_a_sync_after_a_failed_close_does_not_vouch_for_data_written_during_it(t
     assert not closer.is_alive()
     with pytest.raises(StorageError):
         plog.sync(last + 1)
+
+
+def test_append_many_answers_per_request_when_a_topic_goes_before_its_fsync(data_dir):
+    """A topic deleted between append_many's writes and their shared fsync fails its own requests
+    (they were not made durable); the others are acknowledged, and nothing escapes as an exception."""
+    from tidelog.codec import batch as batch_codec
+    from tidelog.errors import EngineClosedError
+
+    class DeleteDuringFsync(FileSystem):
+        engine = None
+
+        def fsync(self, fd, path=""):
+            if self.engine is not None and path.endswith(".log") and f"{os.sep}a-0{os.sep}" in path:
+                eng, self.engine = self.engine, None
+                deleter = threading.Thread(target=eng.delete_topic, args=("b",))
+                deleter.start()
+                deleter.join(timeout=30)
+            return super().fsync(fd, path)
+
+    fs = DeleteDuringFsync()
+    with Engine.open(data_dir, fs=fs, fsync="always") as eng:
+        eng.create_topic("a", 1)
+        eng.create_topic("b", 1)
+        data = batch_codec.build_batch([b"x"], timestamp=0)
+        fs.engine = eng
+        ok, gone = eng.append_many([("a", 0, data), ("b", 0, data)])
+        assert ok.base_offset == 0
+        assert isinstance(gone, EngineClosedError)

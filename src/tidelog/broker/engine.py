@@ -309,6 +309,7 @@ class Engine:
         request appends nothing and does not stop the others).
         """
         results: list[ProduceResult | TidelogError] = []
+        written_to: list[PartitionLog | None] = []  # per result: the partition it waits on
         pending: dict[int, tuple[PartitionLog, int]] = {}
         for topic, partition, data in requests:
             try:
@@ -319,19 +320,17 @@ class Engine:
                 first, last = plog.append([(data, infos)], sync=False)
                 pending[id(plog)] = (plog, max(last + 1, pending.get(id(plog), (plog, 0))[1]))
                 results.append(ProduceResult(topic, partition, first, last))
+                written_to.append(plog)
             except TidelogError as exc:
                 results.append(exc)
+                written_to.append(None)
         if self.config.fsync == "always":
             for plog, upto in pending.values():
                 try:
                     plog.sync(upto)
                 except TidelogError as exc:  # nothing on this partition is acknowledged
-                    results = [exc if isinstance(r, ProduceResult) and self._topic_partition(r) is plog else r
-                               for r in results]
+                    results = [exc if owner is plog else r for r, owner in zip(results, written_to)]
         return results
-
-    def _topic_partition(self, result: ProduceResult) -> PartitionLog:
-        return self._topic(result.topic).partition(result.partition)
 
     # -- fetch and offsets -----------------------------------------------------------------------------
     def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20, *,
