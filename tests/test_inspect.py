@@ -146,3 +146,12 @@ def test_dump_text_lines_show_sizes_headers_and_utc_times(timed):
 def test_dump_rejects_an_unreadable_time(timed):
     out = tidelog("dump", "--data-dir", timed, "--topic", "t", "--from-time", "yesterday")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--from-time" in out.stderr
+
+
+def test_check_on_a_running_broker_notes_a_partition_deleted_while_it_is_checked(built):
+    # Before: the partition directory was listed, then moved to the trash by a topic deletion, and
+    # check crashed with FileNotFoundError.
+    from tidelog.inspect import check_partition
+
+    result = check_partition("t", 0, os.path.join(built, "gone-0"), live=True)
+    assert result.problems == [] and "deleted" in result.notes[0]

@@ -231,13 +231,17 @@ def check_partition(topic: str, partition: int, directory: str, live: bool = Fal
     if not live:
         return _check_partition(topic, partition, directory, False)
     for _ in range(LIVE_ATTEMPTS):
-        before = segment_bases(directory)
-        try:
-            result = _check_partition(topic, partition, directory, True)
-        except FileNotFoundError:  # deleted by retention while being read
-            continue
-        if segment_bases(directory) == before:
+        if not os.path.isdir(directory):
+            result = PartitionCheck(topic, partition)
+            result.notes.append("not checked: its topic was deleted while it was being checked")
             return result
+        try:
+            before = segment_bases(directory)
+            result = _check_partition(topic, partition, directory, True)
+            if segment_bases(directory) == before:
+                return result
+        except FileNotFoundError:  # deleted by retention (or with its topic) while being read
+            continue
     result = PartitionCheck(topic, partition)
     result.notes.append(f"not checked: its segments changed during each of {LIVE_ATTEMPTS} attempts")
     return result
