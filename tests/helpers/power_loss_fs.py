@@ -51,11 +51,11 @@ class PowerLossFS(FileSystem):
         self._undo.setdefault(path, []).append(entry)
 
     # -- file operations ---------------------------------------------------------------------------
-    def open(self, path, create=False):
+    def open(self, path, create=False, read_only=False):
         if self.dead:
             raise PowerCut("the power is off")
         existed = os.path.exists(path)
-        fd = super().open(path, create)
+        fd = super().open(path, create, read_only)
         self._paths[fd] = path
         if create and not existed:
             self._unlinked_dirs.setdefault(os.path.dirname(path), set()).add(path)

@@ -343,7 +343,7 @@ class Trash:
             try:
                 if path is not None:
                     remove_partition_dir(self.fs, path)
-            except StorageError:
+            except Exception:  # the thread must go on: what is left, the next open removes
                 log.exception("emptying the trash failed; the next open tries again",
                               extra={"event": "background_job_failed", "job": "trash"})
             finally:

@@ -415,7 +415,7 @@ class Engine:
 
     def _flush_dirty(self) -> None:
         for plog in self._all_partitions():
-            if plog.dirty:
+            if plog.dirty and not plog.failed:  # a failed partition refuses writes until a restart
                 plog.sync()
 
     def enforce_retention(self, now_ms: int | None = None) -> int:

@@ -326,6 +326,11 @@ class PartitionLog:
         recovery.write_checkpoint(self.fs, self.directory, point, durable=durable)
 
     @property
+    def failed(self) -> bool:
+        """A storage failure made the partition refuse writes (until a restart recovers it)."""
+        return self._failed is not None
+
+    @property
     def dirty(self) -> bool:
         return self._offsets.flushed < self._offsets.log_end
 
@@ -457,14 +462,19 @@ class PartitionLog:
         kept = list(self._segments)[n]
         recovery.write_checkpoint(self.fs, self.directory, recovery.Checkpoint(kept.base_offset, *self._durable),
                                   durable=True)
-        for seg in self._segments.remove_oldest(n):
-            facts = {"base_offset": seg.base_offset, "next_offset": seg.next_offset, "size_bytes": seg.size,
-                     "max_timestamp": seg.max_timestamp}
-            seg.delete()
-            log.info("segment deleted", extra={"event": "segment_deleted", "log": self.name, "reason": reason,
-                                               **facts})
-        self.fs.fsync_dir(self.directory)
-        self._offsets.advance_log_start(self._segments.first.base_offset)
+        removed = self._segments.remove_oldest(n)
+        self._offsets.advance_log_start(self._segments.first.base_offset)  # gone for readers from here on
+        try:
+            for seg in removed:
+                facts = {"base_offset": seg.base_offset, "next_offset": seg.next_offset, "size_bytes": seg.size,
+                         "max_timestamp": seg.max_timestamp}
+                seg.delete()
+                log.info("segment deleted", extra={"event": "segment_deleted", "log": self.name, "reason": reason,
+                                                   **facts})
+            self.fs.fsync_dir(self.directory)
+        except StorageError as exc:  # what is left lies below the durable log start: the next open removes it
+            log.warning("deleting a segment failed (%s); the next open removes what is left", exc.message,
+                        extra={"event": "segment_delete_failed", "log": self.name})
 
     def info(self) -> PartitionInfo:
         with self._lock:

@@ -9,8 +9,9 @@ is replayed. A damaged snapshot (CRC) is skipped for an older one, so it costs r
 
 Layout (big-endian): magic "TLPS", u16 version 1, i64 offset, u32 producers; per producer: i64 id,
 i16 epoch, i64 last_seen_ms, u8 batches; per batch: i32 first sequence, i32 last sequence, i64 base
-offset, i64 last offset; then u32 CRC-32C of everything before. Written with an atomic replace, not
-fsynced (a lost one means more replay). The newest KEEP are kept, older ones deleted.
+offset, i64 last offset; then u32 CRC-32C of everything before. Written with a durable atomic replace
+(two fsyncs, next to a roll's seal): were the newest KEEP lost in a power cut, a replay from the log
+start would forget producers whose batches retention had deleted. Older ones are deleted.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def decode(data: bytes, offset: int) -> ProducerState:
 
 def write(fs: FileSystem, directory: str, state: ProducerState, offset: int) -> None:
     """Write the snapshot at offset and delete all but the newest KEEP."""
-    fs.write_file_atomic(snapshot_path(directory, offset), encode(state, offset), durable=False)
+    fs.write_file_atomic(snapshot_path(directory, offset), encode(state, offset))
     for old in list_snapshots(fs, directory)[:-KEEP]:
         fs.remove(snapshot_path(directory, old))
 

@@ -375,11 +375,13 @@ class Segment:
         return m
 
     def drop_maps(self) -> None:
-        """Unmap a sealed segment and its indexes (MapCache); the next read maps them again."""
-        if self._fd < 0:
-            self._map = None
-            self.index.drop_map()
-            self.time_index.drop_map()
+        """Unmap a sealed segment and its indexes (MapCache); the next read maps them again. Under
+        _fd_lock: a segment made active again meanwhile (a failed roll) keeps its maps."""
+        with self._fd_lock:
+            if self._fd < 0:
+                self._map = None
+                self.index.drop_map()
+                self.time_index.drop_map()
 
     def view(self, start: int, end: int, buf=None) -> memoryview:
         """Zero-copy view of log bytes [start, end), end <= size (of `buf`, a buffer taken earlier)."""
@@ -511,9 +513,10 @@ class Segment:
 
     def _reopen(self) -> None:
         self._maps.forget(self)
-        if self._fd < 0:
-            self._fd = self.fs.open(self.log_path)
-            self._map_file(self.size)
+        with self._fd_lock:  # not between an eviction's check and its unmapping (drop_maps)
+            if self._fd < 0:
+                self._fd = self.fs.open(self.log_path)
+                self._map_file(self.size)
 
     def _last_batch_rel(self) -> int:
         _, pos = self.index.last()
