@@ -295,3 +295,37 @@ def test_append_many_answers_per_request_when_a_topic_goes_before_its_fsync(data
         ok, gone = eng.append_many([("a", 0, data), ("b", 0, data)])
         assert ok.base_offset == 0
         assert isinstance(gone, EngineClosedError)
+
+
+def test_a_retention_whose_unlink_fails_still_moves_the_log_start_and_the_next_open_finishes_it(data_dir, clock):
+    """Before: the segments were out of the log but the log start had not moved, so a read below the
+    new first segment silently returned its later offsets."""
+    from tidelog.errors import OffsetOutOfRangeError, StorageError
+    from tidelog.storage.fs import FileSystem
+
+    class UnlinkFails(FileSystem):
+        armed = False
+
+        def remove(self, path):
+            if self.armed and path.endswith(".log"):
+                raise StorageError(f"deleting {path} failed: Input/output error", path=path)
+            super().remove(path)
+
+    fs = UnlinkFails()
+    with Engine.open(data_dir, clock=clock, fs=fs) as eng:
+        eng.create_topic("t", 1, segment_bytes=4096)
+        for i in range(12):
+            eng.produce("t", [b"r%02d" % i * 1000])
+        fs.armed = True
+        assert eng.delete_records("t", 0, 6) > 0
+        start = eng.list_offsets("t", 0).log_start
+        assert start > 0
+        with pytest.raises(OffsetOutOfRangeError):
+            eng.fetch("t", 0, 0)
+        assert [r.value for r in eng.fetch("t", 0, start)][0] == b"r%02d" % start * 1000
+        fs.armed = False
+    leftovers = sorted(f for f in os.listdir(os.path.join(data_dir, "t-0")) if f.endswith(".log"))
+    assert int(leftovers[0][:20]) < start  # the failed unlink left it
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.list_offsets("t", 0).log_start == start
+    assert min(int(f[:20]) for f in os.listdir(os.path.join(data_dir, "t-0")) if f.endswith(".log")) == start
