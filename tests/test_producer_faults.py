@@ -485,3 +485,36 @@ def test_acknowledged_records_survive_broker_kills_exactly_once(tmp_path):
             assert len(acknowledged) == len(sent.values(part)), "a record failed though the broker came back"
     finally:
         srv.stop()
+
+
+def test_batches_refused_because_of_one_gap_start_one_new_epoch_not_one_each():
+    """The adversarial loop found it: one batch given up, then every batch behind it refused for the
+    gap, each starting a new epoch; the epoch soon wrapped to 0 and the broker refused every batch as
+    a zombie's (InvalidProducerEpochError), for good."""
+    finished = []
+    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
+                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
+                 on_finish=lambda item, offset, error: finished.append(error))
+
+    def outgoing(deadline):
+        return Outgoing(TOPIC, 0, ([b"x"], [None], [None], [0]), _BatchResult(TOPIC, 0), 1, 17, deadline)
+
+    for i in range(5):
+        d.add(outgoing(1.0 if i == 0 else 5.0))
+    written = [d.next_request() for _ in range(5)]
+    d.expire(1.5)  # the first is given up: a gap
+    assert d.epoch == 1
+    for item, request_sequence, _ in written[1:]:  # each of the others refused because of it
+        refusal = pb.ProduceResult(sequence=request_sequence, topic=TOPIC, partition=0)
+        refusal.error.CopyFrom(status.error_message(OutOfOrderSequenceError("gap")))
+        d.acked([refusal])
+    assert d.epoch == 1 and len(finished) == 5
+
+
+def test_when_the_epochs_run_out_a_new_producer_id_starts():
+    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
+                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
+                 on_finish=lambda item, offset, error: None)
+    d.epoch = 0x7FFF
+    d.new_epoch()
+    assert d.epoch == 0 and d.producer_id not in (7, -1) and d.producer_id >= 0

@@ -26,6 +26,7 @@ Bookkeeping only, no I/O and no asyncio. Not thread-safe: the producer's network
 from __future__ import annotations
 
 import collections
+import secrets
 from typing import Callable
 
 from ..codec import batch as batch_codec
@@ -235,13 +236,22 @@ class Delivery:
     def _give_up(self, item: Outgoing, err: TidelogError) -> None:
         if item.raw is not None and self.producer_id >= 0:
             self._lines[(item.topic, item.partition)].gap = (item.epoch, err)
-            self.new_epoch()
+            if item.epoch == self.epoch:
+                # a gap in the current epoch's sequences. A batch of an older epoch leaves none there:
+                # bumping for it too would start an epoch per batch refused because of one gap (and
+                # soon wrap the epoch, after which the broker refuses every batch as a zombie's).
+                self.new_epoch()
         self._on_finish(item, -1, err)
 
     def new_epoch(self) -> None:
         """The sequence numbers of a batch given up are a gap the broker would refuse forever: start a
-        new epoch, whose sequences start again at 0. Batches already encoded keep theirs."""
-        self.epoch = (self.epoch + 1) & EPOCH_MASK
+        new epoch, whose sequences start again at 0. Batches already encoded keep theirs. When the
+        epochs run out (int16), a new producer id starts at epoch 0, as Kafka's producer does."""
+        if self.epoch == EPOCH_MASK:
+            self.producer_id = secrets.randbits(62)
+            self.epoch = 0
+        else:
+            self.epoch += 1
         self._sequences.clear()
 
     def drop_all(self) -> list[Outgoing]:

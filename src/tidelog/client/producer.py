@@ -237,7 +237,7 @@ class Producer:
         self.max_block_s = max_block_s
         self._buffered = 0
         self.delivery_timeout_s = delivery_timeout_s
-        self.producer_id = secrets.randbits(62) if idempotent else -1
+        producer_id = secrets.randbits(62) if idempotent else -1
         self.reconnects = 0
         """Times the stream broke and was opened again (requests in flight were resent)."""
         self._admin = Admin(target)
@@ -247,7 +247,7 @@ class Producer:
         self._full: list[tuple[str, int, _OpenBatch]] = []  # closed at batch_bytes, waiting to be sent
         self._lock = threading.Lock()
         self._closed = False
-        self._delivery = Delivery(producer_id=self.producer_id, compression=compression,
+        self._delivery = Delivery(producer_id=producer_id, compression=compression,
                                   max_in_flight_bytes=max_in_flight_bytes,
                                   max_in_flight_requests_per_partition=max_in_flight_requests_per_partition,
                                   delivery_timeout_s=delivery_timeout_s, on_finish=self._complete)
@@ -329,6 +329,12 @@ class Producer:
             self._loop.call_soon_threadsafe(self._kick)
             self._thread.join(timeout=timeout_s)
             self._admin.close()
+
+    @property
+    def producer_id(self) -> int:
+        """The id the broker knows this producer by (-1: not idempotent); a new one once the epochs
+        of the last ran out."""
+        return self._delivery.producer_id
 
     def __enter__(self) -> "Producer":
         return self
