@@ -55,6 +55,7 @@ PRODUCERS = 2
 MEMBERS = 2
 SMALL = {"segment_bytes": "4096", "index_interval_bytes": "256"}
 START_TIMEOUT_S = 300  # a restart opens every segment of a long run (tens of thousands of 4 KiB ones)
+PRODUCER_STOP_S = 700  # a producer's last flush ends within its delivery timeout (600 s)
 
 
 @dataclass
@@ -246,7 +247,7 @@ def run_adversary(root: str, seed: int, rounds: int, rate: float) -> Run:
         server.start(timeout_s=START_TIMEOUT_S)
         run.note("final: broker up")
         for p in producers:
-            p.stop()
+            p.stop(timeout_s=PRODUCER_STOP_S)
         drain(run, logs, members)
     finally:
         for m in members:

@@ -43,7 +43,7 @@ def main() -> None:
 
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    producer = Producer(target, linger_ms=rng.choice([0, 1, 5]), batch_bytes=rng.choice([256, 1024, 2048]),
+    producer = Producer(target, linger_ms=rng.choice([0, 1, 5]), batch_bytes=rng.choice([1024, 2048, 3500]),
                         delivery_timeout_s=600)
     seq = 0
     started = time.monotonic()
