@@ -32,8 +32,6 @@ import collections
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -45,9 +43,9 @@ from tidelog.errors import TidelogError
 from tidelog.inspect import check, check_directory
 
 from .helpers import ownership
+from .helpers.child import Child
 from .server_process import ServerProcess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEPT, CHURNED = "kept", "churned"
 GROUP = "adversary"
 SESSION_MS = 1500
@@ -82,39 +80,6 @@ class Run:
 
     def note(self, what: str) -> None:
         self.events.append((time.monotonic_ns(), what))
-
-
-class Child:
-    """A client process of the loop (a producer or a group member), stopped through its stdin."""
-
-    def __init__(self, args: list[str], name: str, stderr_path: str) -> None:
-        self.name = name
-        self.killed = False
-        with open(stderr_path, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=err)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        self.killed = True
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout_s: float = 120) -> None:
-        self.signal(signal.SIGCONT)
-        if self.alive():
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def config_file(root: str, fsync: str) -> str:

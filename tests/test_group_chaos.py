@@ -21,8 +21,6 @@ import collections
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -32,10 +30,10 @@ from tidelog.client import Admin, Producer
 from tidelog.errors import TidelogError, UnknownGroupError
 
 from .helpers import ownership
+from .helpers.child import Child
 from .helpers.ownership import Delivery, read_deliveries
 from .server_process import ServerProcess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPIC = "chaos"
 GROUP = "chaos-group"
 PARTITIONS = 4
@@ -45,37 +43,10 @@ ACTIONS = ("kill_broker", "pause_member", "kill_member", "calm")
 DRAIN_S = 90.0  # how long the final catch-up may take before the run counts as failed
 
 
-class MemberProcess:
+class MemberProcess(Child):
     def __init__(self, target: str, log_path: str, name: str) -> None:
-        self.name = name
-        self.killed = False
-        with open(log_path + ".stderr", "wb") as stderr:  # its warnings and tracebacks, for a failed run
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS),
-                 log_path, name], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        self.killed = True
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        self.signal(signal.SIGCONT)
-        if self.alive():
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # hung on close: counted as an incident (code -9)
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(["tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path, name],
+                         name, log_path + ".stderr")
 
 
 @dataclass
