@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tidelog import Engine
+from tidelog.errors import DiskFullError
 from tidelog.inspect import check
 
 from .server_process import ServerProcess
@@ -187,7 +188,7 @@ def test_a_full_file_system_does_not_kill_restart_or_check(small_tmpfs):
         for i in range(20):
             eng.produce("t", [b"record %d " % i + b"x" * 200], partition=i % 2)
         fill_up(small_tmpfs)
-        with pytest.raises(Exception):  # DiskFullError, or the roll that needs a new segment fails
+        with pytest.raises(DiskFullError):  # the documented error, whether a write or a roll meets it
             for i in range(20_000):
                 eng.produce("t", [b"y" * 4000], partition=0)
         acked = eng.list_offsets("t", 0).log_end, eng.list_offsets("t", 1).log_end
