@@ -43,7 +43,7 @@ import grpc
 
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.client.channel import OPTIONS as TIDELOG_CHANNEL_OPTIONS
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.codec.batch import HEADER_SIZE, build_batch, iter_batches
 from tidelog.tuning import tune_malloc
 from tidelog.v1 import tidelog_pb2 as pb
@@ -350,7 +350,7 @@ async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messa
         counts: dict[int, int] = {}
         acked = [0, 0]  # records, messages
         capped = False
-        encode = protowire.encode_produce_request
+        encode = framing.encode_produce_request
         parse = pb.ProduceResponse.FromString
         npool = len(messages)
 
@@ -478,7 +478,7 @@ async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> t
         start = pb.SubscribeRequest(start=pb.SubscribeStart(
             topic=topic, partition=0, position=pb.Position(offset=0), credit_bytes=CONSUMER_CREDIT_BYTES,
             max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES))
-        parse = protowire.parse_subscribe_response
+        parse = framing.parse_subscribe_response
         n = 0
         capped = False
         t0 = time.perf_counter()

@@ -147,7 +147,7 @@ def _batch(size: int) -> bytes:
 
 def _produce_raw(target: str, topic: str, partition: int, batch: bytes, count: int) -> int:
     """One raw Produce stream pushing count batches; returns batches acked (0 when refused)."""
-    from tidelog.codec import protowire
+    from tidelog.wire import framing
     from tidelog.v1 import tidelog_pb2 as pb
 
     with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1),
@@ -156,7 +156,7 @@ def _produce_raw(target: str, topic: str, partition: int, batch: bytes, count: i
                                 response_deserializer=pb.ProduceResponse.FromString)
         try:
             return sum(len(r.results) for r in stub(
-                (protowire.encode_produce_request(i, topic, partition, batch) for i in range(count)), timeout=300))
+                (framing.encode_produce_request(i, topic, partition, batch) for i in range(count)), timeout=300))
         except grpc.RpcError:
             return 0
 
@@ -291,7 +291,7 @@ def scenario_idle(broker: Broker, p: dict) -> dict:
 
 VANISHING = r"""
 import sys, threading, time, grpc, tidelog
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
 ch = grpc.insecure_channel(sys.argv[1])
 sub = ch.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
@@ -306,7 +306,7 @@ batch = tidelog.build_batch([b"v" * 1000] * 64, timestamp=int(time.time() * 1000
 def requests():
     i = 0
     while True:
-        yield protowire.encode_produce_request(i, "gone", 0, batch)
+        yield framing.encode_produce_request(i, "gone", 0, batch)
         i += 1
 produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                            response_deserializer=pb.ProduceResponse.FromString)

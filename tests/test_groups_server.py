@@ -234,7 +234,8 @@ def test_members_reconnect_and_rejoin_after_a_broker_restart(tmp_path):
 def test_reset_offsets_to_a_negative_timestamp_is_refused_over_grpc(server, timestamp_ms):
     import grpc
 
-    from tidelog.errors import CODE_KEY, InvalidRequestError
+    from tidelog.errors import InvalidRequestError
+    from tidelog.wire.statuses import CODE_KEY
     from tidelog.v1 import tidelog_pb2 as pb
 
     with Admin(server.target) as admin:

@@ -26,10 +26,12 @@ from tidelog._native import batch_scan
 from tidelog._native import record_batch as rb
 from tidelog._native.checksum import crc32c
 from tidelog.codec import batch as batch_codec
-from tidelog.codec import compression, protowire
-from tidelog.errors import (CODE_KEY, LOG_END_KEY, LOG_START_KEY, CorruptBatchError, InvalidPartitionError,
-                            InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError, RecordTooLargeError,
-                            TidelogError, UnknownTopicError, UnsupportedCompressionError)
+from tidelog.codec import compression
+from tidelog.wire import framing
+from tidelog.errors import (CorruptBatchError, InvalidPartitionError, InvalidRequestError, InvalidTopicError,
+                            OffsetOutOfRangeError, RecordTooLargeError, TidelogError, UnknownTopicError,
+                            UnsupportedCompressionError)
+from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .server_process import ServerProcess
@@ -161,7 +163,7 @@ def topic(channel):
     """A two-partition topic holding one record in partition 0."""
     call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(
         name="t", partitions=2, config={"max_batch_bytes": str(MAX_BATCH_BYTES)}))
-    acked = produce(channel, [protowire.encode_produce_request(1, "t", 0, good_batch())])
+    acked = produce(channel, [framing.encode_produce_request(1, "t", 0, good_batch())])
     assert not acked[0].HasField("error")
     return "t"
 
@@ -253,7 +255,7 @@ def assert_in_stream_error(result, status: grpc.StatusCode, error_cls) -> None:
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400))
 def test_random_bytes_as_batches_are_refused_in_stream(channel, unharmed, data):
-    result = one_result(channel, protowire.encode_produce_request(7, "t", 0, data))
+    result = one_result(channel, framing.encode_produce_request(7, "t", 0, data))
     assert result.sequence == 7
     assert_in_stream_error(result, grpc.StatusCode.INVALID_ARGUMENT, CorruptBatchError)
 
@@ -269,7 +271,7 @@ def test_lying_batches_are_refused_in_stream_and_append_nothing(channel, unharme
         return  # a change that kept the batch valid (e.g. a new timestamp with its CRC) may be appended
     status = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(expected, RecordTooLargeError) else \
         grpc.StatusCode.INVALID_ARGUMENT
-    assert_in_stream_error(one_result(channel, protowire.encode_produce_request(1, "t", 1, batch)), status,
+    assert_in_stream_error(one_result(channel, framing.encode_produce_request(1, "t", 1, batch)), status,
                            type(expected))
 
 
@@ -302,16 +304,16 @@ LIES = {
 
 @pytest.mark.parametrize("lie", sorted(LIES))
 def test_each_kind_of_lying_batch_is_corrupt_batch_invalid_argument(channel, unharmed, lie):
-    result = one_result(channel, protowire.encode_produce_request(3, "t", 0, LIES[lie]))
+    result = one_result(channel, framing.encode_produce_request(3, "t", 0, LIES[lie]))
     assert_in_stream_error(result, grpc.StatusCode.INVALID_ARGUMENT, CorruptBatchError)
 
 
 def test_a_bad_request_in_a_stream_refuses_only_itself(channel, topic):
     before = log_ends(channel)[("t", 1)]
-    results = produce(channel, [protowire.encode_produce_request(1, "t", 1, LIES["wrong crc"]),
-                                protowire.encode_produce_request(2, "t", 1, good_batch([b"kept"])),
+    results = produce(channel, [framing.encode_produce_request(1, "t", 1, LIES["wrong crc"]),
+                                framing.encode_produce_request(2, "t", 1, good_batch([b"kept"])),
                                 b"\xff\xff\xff",  # not a ProduceRequest at all
-                                protowire.encode_produce_request(4, "t", 1, b"\x00" * 70)])
+                                framing.encode_produce_request(4, "t", 1, b"\x00" * 70)])
     assert [r.HasField("error") for r in results] == [True, False, True, True]
     assert results[1].base_offset == before
     assert results[2].error.code == InvalidRequestError.code
@@ -332,10 +334,10 @@ def _batch_of_size(size: int) -> bytes:
 
 def test_a_batch_of_exactly_max_batch_bytes_is_accepted_and_one_byte_more_is_resource_exhausted(channel, topic):
     before = log_ends(channel)[("t", 1)]
-    over = one_result(channel, protowire.encode_produce_request(1, "t", 1, _batch_of_size(MAX_BATCH_BYTES + 1)))
+    over = one_result(channel, framing.encode_produce_request(1, "t", 1, _batch_of_size(MAX_BATCH_BYTES + 1)))
     assert_in_stream_error(over, grpc.StatusCode.RESOURCE_EXHAUSTED, RecordTooLargeError)
     assert log_ends(channel)[("t", 1)] == before
-    fits = one_result(channel, protowire.encode_produce_request(2, "t", 1, _batch_of_size(MAX_BATCH_BYTES)))
+    fits = one_result(channel, framing.encode_produce_request(2, "t", 1, _batch_of_size(MAX_BATCH_BYTES)))
     assert not fits.HasField("error") and fits.base_offset == before
     err = refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
         topic="t", partition=1, records=[pb.Record(value=b"x" * MAX_BATCH_BYTES)]))
@@ -344,9 +346,9 @@ def test_a_batch_of_exactly_max_batch_bytes_is_accepted_and_one_byte_more_is_res
 
 
 def _request_of_size(size: int) -> bytes:
-    batches_len = size - len(protowire.encode_produce_request(1, "t", 1, b""))
+    batches_len = size - len(framing.encode_produce_request(1, "t", 1, b""))
     for _ in range(4):
-        raw = protowire.encode_produce_request(1, "t", 1, b"\x00" * batches_len)
+        raw = framing.encode_produce_request(1, "t", 1, b"\x00" * batches_len)
         batches_len += size - len(raw)
     assert len(raw) == size
     return raw
@@ -360,7 +362,7 @@ def test_a_message_of_max_message_bytes_is_read_and_one_byte_more_is_refused_by_
         produce(channel, [_request_of_size(MAX_MESSAGE_BYTES + 1)])
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # grpc's own limit: no tidelog trailer
     assert str(MAX_MESSAGE_BYTES) in info.value.details()
-    err = refused(channel, "Admin/DescribeTopic", b"\x0a" + protowire._varint(MAX_MESSAGE_BYTES) +
+    err = refused(channel, "Admin/DescribeTopic", b"\x0a" + framing._varint(MAX_MESSAGE_BYTES) +
                   b"a" * MAX_MESSAGE_BYTES)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -436,7 +438,7 @@ def test_hostile_topic_names_are_invalid_and_create_nothing(channel, unharmed, n
                             ("Consumer/Fetch", pb.FetchRequest(topic=name)),
                             ("Admin/ListOffsets", pb.ListOffsetsRequest(topic=name))]:
         assert_refused(refused(channel, method, request), grpc.StatusCode.NOT_FOUND, UnknownTopicError)
-    result = one_result(channel, protowire.encode_produce_request(1, name, 0, good_batch()))
+    result = one_result(channel, framing.encode_produce_request(1, name, 0, good_batch()))
     assert_in_stream_error(result, grpc.StatusCode.NOT_FOUND, UnknownTopicError)
 
 
@@ -466,7 +468,7 @@ def log_ends_names(channel) -> set[str]:
 
 def test_unknown_partitions_are_not_found_everywhere(channel, unharmed):
     for partition in (-1, 2, 2**31 - 1, -(2**31)):
-        result = one_result(channel, protowire.encode_produce_request(1, "t", partition, good_batch()))
+        result = one_result(channel, framing.encode_produce_request(1, "t", partition, good_batch()))
         assert_in_stream_error(result, grpc.StatusCode.NOT_FOUND, InvalidPartitionError)
         for method, request in [
                 ("Consumer/Fetch", pb.FetchRequest(topic="t", partition=partition)),
@@ -479,8 +481,8 @@ def test_unknown_partitions_are_not_found_everywhere(channel, unharmed):
 
 def _raw_produce_request(sequence: bytes, partition: bytes, topic: str = "t", batches: bytes = b"") -> bytes:
     """A ProduceRequest whose sequence and partition varints are given as raw bytes (any width)."""
-    return b"".join([b"\x08", sequence, b"\x12", protowire._varint(len(topic)), topic.encode(),
-                     b"\x18", partition, b"\x22", protowire._varint(len(batches)), batches])
+    return b"".join([b"\x08", sequence, b"\x12", framing._varint(len(topic)), topic.encode(),
+                     b"\x18", partition, b"\x22", framing._varint(len(batches)), batches])
 
 
 OVER_64_BITS = b"\xff" * 9 + b"\x7f"  # a ten-byte varint carrying bits past the 64th
@@ -490,8 +492,8 @@ OVER_64_BITS = b"\xff" * 9 + b"\x7f"  # a ten-byte varint carrying bits past the
 def test_a_partition_outside_int32_is_invalid_in_its_ack_and_the_stream_goes_on(channel, topic, partition):
     """protobuf would cut 2**32 to partition 0: the broker refuses it instead of writing elsewhere."""
     before = log_ends(channel)
-    results = produce(channel, [protowire.encode_produce_request(11, "t", partition, good_batch([b"lost"])),
-                                protowire.encode_produce_request(12, "t", 1, good_batch([b"kept"]))])
+    results = produce(channel, [framing.encode_produce_request(11, "t", partition, good_batch([b"lost"])),
+                                framing.encode_produce_request(12, "t", 1, good_batch([b"kept"]))])
     assert [r.sequence for r in results] == [11, 12]
     assert_in_stream_error(results[0], grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
     assert "partition" in results[0].error.message and str(partition) in results[0].error.message
@@ -503,7 +505,7 @@ def test_varints_past_64_bits_are_invalid_in_their_ack_and_the_stream_goes_on(ch
     before = log_ends(channel)
     results = produce(channel, [_raw_produce_request(OVER_64_BITS, b"\x00", batches=good_batch([b"lost"])),
                                 _raw_produce_request(b"\x15", OVER_64_BITS, batches=good_batch([b"lost"])),
-                                protowire.encode_produce_request(22, "t", 1, good_batch([b"kept"]))])
+                                framing.encode_produce_request(22, "t", 1, good_batch([b"kept"]))])
     assert len(results) == 3
     for result in results[:2]:
         assert_in_stream_error(result, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)

@@ -12,8 +12,9 @@ import pytest
 from tidelog import Engine
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.codec import batch as batch_codec
-from tidelog.codec import protowire
-from tidelog.errors import CODE_KEY, InvalidTopicError
+from tidelog.wire import framing
+from tidelog.errors import InvalidTopicError
+from tidelog.wire.statuses import CODE_KEY
 from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.v1 import tidelog_pb2 as pb
@@ -85,7 +86,7 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
             stream = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                                            response_deserializer=pb.ProduceResponse.FromString)
             batch = batch_codec.build_batch([b"{}"], keys=[b"x"], timestamp=1)
-            raw = protowire.encode_produce_request(1, OFFSETS_TOPIC, 0, batch)
+            raw = framing.encode_produce_request(1, OFFSETS_TOPIC, 0, batch)
             results = [r for resp in stream(iter([raw]), timeout=10) for r in resp.results]
             assert len(results) == 1 and results[0].error.code == InvalidTopicError.code
             assert "internal" in results[0].error.message

@@ -19,9 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tidelog
 from tidelog import config as config_module
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.config import EngineConfig, ServerConfig, TopicConfig
-from tidelog.errors import CODE_KEY, InvalidConfigError, RecordTooLargeError, ResourceLimitError
+from tidelog.errors import InvalidConfigError, RecordTooLargeError, ResourceLimitError
+from tidelog.wire.statuses import CODE_KEY
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .server_process import ServerProcess
@@ -122,7 +123,7 @@ def test_max_partitions_per_topic_and_max_topics_are_resource_exhausted(channel,
 
 def test_max_batch_bytes_is_record_too_large(channel, topic):
     big = tidelog.build_batch([b"x" * 9000], timestamp=TS)
-    result = produce(channel, [protowire.encode_produce_request(1, topic, 0, big)])[0]
+    result = produce(channel, [framing.encode_produce_request(1, topic, 0, big)])[0]
     assert result.error.code == RecordTooLargeError.code
     assert result.error.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "8192" in result.error.message
@@ -133,14 +134,14 @@ def test_max_batch_bytes_is_record_too_large(channel, topic):
 
 def test_max_message_bytes_is_refused_by_grpc_with_resource_exhausted(channel, topic):
     with pytest.raises(grpc.RpcError) as info:
-        produce(channel, [protowire.encode_produce_request(1, topic, 0, b"\x00" * 131072)])
+        produce(channel, [framing.encode_produce_request(1, topic, 0, b"\x00" * 131072)])
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "131072" in info.value.details()
 
 
 def test_max_fetch_bytes_and_max_subscribe_message_bytes_cut_responses_to_whole_batches(channel, topic):
     batch = tidelog.build_batch([b"r" * 3000], timestamp=TS)  # ~3 KiB each
-    results = produce(channel, [protowire.encode_produce_request(i, topic, 1, batch) for i in range(12)])
+    results = produce(channel, [framing.encode_produce_request(i, topic, 1, batch) for i in range(12)])
     assert not any(r.HasField("error") for r in results)
     reply = pb.FetchResponse.FromString(call(channel, "Consumer/Fetch", pb.FetchRequest(
         topic=topic, partition=1, offset=0, max_bytes=2**31 - 1)))
@@ -171,7 +172,7 @@ def test_a_huge_credit_grant_is_cut_to_max_subscribe_credit_bytes(channel, topic
     one whole batch a fetch may overshoot by). Then the subscriber seeks to the last batch and grants a
     little more: everything before that batch's response is all the 1 TiB grant got."""
     batch = tidelog.build_batch([b"c" * 3000], timestamp=TS)
-    results = produce(channel, [protowire.encode_produce_request(i, topic, 3, batch) for i in range(100)])
+    results = produce(channel, [framing.encode_produce_request(i, topic, 3, batch) for i in range(100)])
     assert not any(r.HasField("error") for r in results)
     stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
                                  response_deserializer=pb.SubscribeResponse.FromString)
@@ -202,8 +203,8 @@ def test_max_inflight_bytes_per_stream_holds_reading_back_without_losing_or_refu
     # 40 requests of ~20 KiB on one stream: 2.5 MiB through a 64 KiB read-ahead budget; and one
     # request larger than the whole budget still passes on its own.
     batch = tidelog.build_batch([b"f" * 6000], timestamp=TS)
-    requests = [protowire.encode_produce_request(i, topic, 2, batch * 3) for i in range(40)]
-    requests.append(protowire.encode_produce_request(40, topic, 2, batch * 12))  # ~72 KiB > 64 KiB
+    requests = [framing.encode_produce_request(i, topic, 2, batch * 3) for i in range(40)]
+    requests.append(framing.encode_produce_request(40, topic, 2, batch * 12))  # ~72 KiB > 64 KiB
     results = produce(channel, requests)
     assert [r.sequence for r in results] == list(range(41))
     assert not any(r.HasField("error") for r in results)
@@ -230,7 +231,7 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
     from tidelog.server.produce_service import ProduceService
 
     batch = tidelog.build_batch([b"s" * 4000], timestamp=TS)
-    size = len(protowire.encode_produce_request(0, "t", 0, batch))
+    size = len(framing.encode_produce_request(0, "t", 0, batch))
     limit = 10 * size
 
     async def scenario():
@@ -247,7 +248,7 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
         async def requests(stream):
             for i in range(50):
                 pulled[stream] += 1
-                yield protowire.encode_produce_request(i, "t", stream, batch)
+                yield framing.encode_produce_request(i, "t", stream, batch)
 
         async def drain(stream):
             return [r async for resp in service.produce(requests(stream), _Peer(f"ipv4:127.0.0.1:{stream}"))
@@ -279,7 +280,7 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
     from tidelog.server.produce_service import ProduceService
 
     batch = tidelog.build_batch([b"c" * 4000], timestamp=TS)
-    size = len(protowire.encode_produce_request(0, "t", 0, batch))
+    size = len(framing.encode_produce_request(0, "t", 0, batch))
     crowded, other = Connection("ipv4:127.0.0.1:1", 5 * size), Connection("ipv4:127.0.0.1:2", 5 * size)
     connections = {c.peer: c for c in (crowded, other)}
 
@@ -298,7 +299,7 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
         async def requests(stream, partition):
             for i in range(30):
                 pulled[stream] += 1
-                yield protowire.encode_produce_request(i, "t", partition, batch)
+                yield framing.encode_produce_request(i, "t", partition, batch)
 
         async def drain(stream, peer, partition):
             return [r async for resp in service.produce(requests(stream, partition), _Peer(peer)) for r in resp.results]
@@ -491,7 +492,7 @@ def guarded(tmp_path_factory):
     srv.metrics_port = metrics_port
     with _separate(srv.target) as ch:
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="shared", partitions=1))
-        assert not produce(ch, [protowire.encode_produce_request(0, "shared", 0, tidelog.build_batch(
+        assert not produce(ch, [framing.encode_produce_request(0, "shared", 0, tidelog.build_batch(
             [b"first"], timestamp=TS))])[0].HasField("error")
     yield srv
     assert srv.stop() == 0, srv.log()
@@ -539,7 +540,7 @@ def _assert_limit(err, setting: str) -> None:
 def _others_are_served(target) -> None:
     """A second client's produce, admin call, group call and health check all succeed."""
     with _separate(target) as ch:
-        assert not produce(ch, [protowire.encode_produce_request(1, "shared", 0, tidelog.build_batch(
+        assert not produce(ch, [framing.encode_produce_request(1, "shared", 0, tidelog.build_batch(
             [b"other"], timestamp=TS))])[0].HasField("error")
         assert "shared" in pb.ListTopicsResponse.FromString(call(ch, "Admin/ListTopics", pb.ListTopicsRequest())).topics
         call(ch, "Groups/ListGroups", pb.ListGroupsRequest())
@@ -586,7 +587,7 @@ def test_data_calls_filling_the_server_leave_administration_working_and_a_killed
             try:
                 _assert_limit(subs.open(), "admin_reserved_rpcs")
                 with pytest.raises(grpc.RpcError) as info:
-                    produce(ch, [protowire.encode_produce_request(1, "shared", 0, tidelog.build_batch(
+                    produce(ch, [framing.encode_produce_request(1, "shared", 0, tidelog.build_batch(
                         [b"refused"], timestamp=TS))])
                 _assert_limit(info.value, "admin_reserved_rpcs")
                 # the reserve: administration, groups and health still answer

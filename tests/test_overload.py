@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tidelog
 from tidelog.client import Admin, Consumer, Producer
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .server_process import ServerProcess
@@ -83,7 +83,7 @@ def test_a_stalled_subscriber_gets_no_more_than_its_credit_and_others_are_served
     with grpc.insecure_channel(server.target) as ch:
         produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                                    response_deserializer=pb.ProduceResponse.FromString)
-        acks = list(produce(iter([protowire.encode_produce_request(i, "load", 0, batch) for i in range(128)]),
+        acks = list(produce(iter([framing.encode_produce_request(i, "load", 0, batch) for i in range(128)]),
                             timeout=60))  # 2 MiB of backlog
         assert sum(len(r.results) for r in acks) == 128
         credit = 64 * 1024
@@ -178,7 +178,7 @@ def test_stalled_subscribers_are_held_to_the_shared_buffer_and_give_it_back_when
             produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                                        response_deserializer=pb.ProduceResponse.FromString)
             assert sum(len(r.results) for r in produce(iter(
-                [protowire.encode_produce_request(i, "load", 0, batch) for i in range(64)]), timeout=60)) == 64
+                [framing.encode_produce_request(i, "load", 0, batch) for i in range(64)]), timeout=60)) == 64
         child = subprocess.Popen([sys.executable, "-c", STALLED_SUBSCRIBERS, srv.target, str(stalled)],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "stalled"
@@ -218,7 +218,7 @@ def _flood(target, index: int, outcome: dict) -> None:
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
             stub = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                                     response_deserializer=pb.ProduceResponse.FromString)
-            results = [r for resp in stub(iter([protowire.encode_produce_request(i, "load", 1, batch)
+            results = [r for resp in stub(iter([framing.encode_produce_request(i, "load", 1, batch)
                                                 for i in range(40)]), timeout=60) for r in resp.results]
         outcome[index] = ("acked", [(r.base_offset, r.last_offset) for r in results if not r.HasField("error")])
     except grpc.RpcError as err:
@@ -271,7 +271,7 @@ def test_hundreds_of_idle_connections_leave_the_broker_serving(server):
 
 VANISHING_CLIENT = r"""
 import sys, threading, grpc, tidelog
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
 target = sys.argv[1]
 ch = grpc.insecure_channel(target)
@@ -288,7 +288,7 @@ batch = tidelog.build_batch([b"v" * 100] * 10, timestamp=int(time.time() * 1000)
 def requests():
     i = 0
     while True:
-        yield protowire.encode_produce_request(i, "load", 0, batch)
+        yield framing.encode_produce_request(i, "load", 0, batch)
         i += 1
 produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
                            response_deserializer=pb.ProduceResponse.FromString)

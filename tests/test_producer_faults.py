@@ -27,11 +27,11 @@ from tidelog.client import Admin, Consumer, Producer
 from tidelog.client.delivery import Delivery, Outgoing
 from tidelog.client.producer import _BatchResult
 from tidelog.codec import batch as batch_codec
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.codec.batch import BATCHES_REMEMBERED
 from tidelog.errors import (BrokerUnavailableError, DiskFullError, InvalidConfigError, OutOfOrderSequenceError,
                             RequestTimeoutError)
-from tidelog.server import status
+from tidelog.wire import statuses
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .helpers.scripted_broker import (BREAK_AFTER_ACK, DEAF, DROP, ERROR, LOSE_ACK, SILENT, Plan,
@@ -242,7 +242,7 @@ class DeliveryModel(RuleBasedStateMachine):
         handed = self.delivery.next_request()
         if handed is not None:
             item, request_sequence, request = handed
-            view = protowire.parse_produce_request(request)
+            view = framing.parse_produce_request(request)
             info = batch_codec.validate(view.batches)[0]
             key = (view.topic, view.partition)
             self.broker.written[self.broker.stream].append((key, info.producer_epoch, info.base_sequence, info.count))
@@ -256,7 +256,7 @@ class DeliveryModel(RuleBasedStateMachine):
         result = pb.ProduceResult(sequence=request_sequence, topic=topic, partition=partition, base_offset=0)
         if outcome != "ok":
             exc = DiskFullError("model") if outcome == "retriable" else OutOfOrderSequenceError("model")
-            result.error.CopyFrom(status.error_message(exc))
+            result.error.CopyFrom(statuses.error_message(exc))
         if self.delivery.acked([result]) is not None:
             self.lose()
 
@@ -315,15 +315,15 @@ def test_a_batch_refused_for_the_gap_an_earlier_batch_left_fails_with_that_batch
     assert isinstance(errors[1.0], RequestTimeoutError) and "delivery_timeout_s=1" in str(errors[1.0])
     d.lost(BrokerUnavailableError("stream broken"))
     item, request_sequence, request = d.next_request()  # the second, resent with its numbers
-    info = batch_codec.validate(protowire.parse_produce_request(request).batches)[0]
+    info = batch_codec.validate(framing.parse_produce_request(request).batches)[0]
     assert (item.deadline, info.producer_epoch, info.base_sequence) == (2.0, 0, 1)
     refusal = pb.ProduceResult(sequence=request_sequence, topic=TOPIC, partition=0)
-    refusal.error.CopyFrom(status.error_message(OutOfOrderSequenceError("sequence 1 does not follow -1")))
+    refusal.error.CopyFrom(statuses.error_message(OutOfOrderSequenceError("sequence 1 does not follow -1")))
     assert d.acked([refusal]) is None
     assert errors[2.0] is errors[1.0]  # the cause, not the broker's complaint about the gap
     d.add(outgoing(9.0))
     _, _, request = d.next_request()  # a batch encoded after the gap: new epoch, sequences from 0
-    info = batch_codec.validate(protowire.parse_produce_request(request).batches)[0]
+    info = batch_codec.validate(framing.parse_produce_request(request).batches)[0]
     assert (info.producer_epoch, info.base_sequence) > (0, 1) and info.base_sequence == 0
 
 
@@ -506,7 +506,7 @@ def test_batches_refused_because_of_one_gap_start_one_new_epoch_not_one_each():
     assert d.epoch == 1
     for item, request_sequence, _ in written[1:]:  # each of the others refused because of it
         refusal = pb.ProduceResult(sequence=request_sequence, topic=TOPIC, partition=0)
-        refusal.error.CopyFrom(status.error_message(OutOfOrderSequenceError("gap")))
+        refusal.error.CopyFrom(statuses.error_message(OutOfOrderSequenceError("gap")))
         d.acked([refusal])
     assert d.epoch == 1 and len(finished) == 5
 

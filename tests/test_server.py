@@ -13,10 +13,10 @@ import pytest
 import tidelog
 from tidelog.broker.partitioner import key_partition
 from tidelog.client import Admin, AsyncConsumer, Consumer, Producer
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTopicError, OffsetOutOfRangeError,
                             TopicExistsError, UnknownTopicError)
-from tidelog.errors import CODE_KEY, LOG_END_KEY, LOG_START_KEY
+from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 from tidelog.v1 import tidelog_pb2 as pb
 
 from .server_process import ServerProcess, free_port
@@ -206,9 +206,9 @@ def test_a_malformed_batch_is_rejected_in_stream_and_appends_nothing(server, adm
     bad = bytearray(good)
     bad[-1] ^= 1
     results = _raw_produce(server.target, [
-        protowire.encode_produce_request(1, topic, 0, bytes(bad)),
-        protowire.encode_produce_request(2, topic, 0, good),
-        protowire.encode_produce_request(3, "missing-topic", 0, good),
+        framing.encode_produce_request(1, topic, 0, bytes(bad)),
+        framing.encode_produce_request(2, topic, 0, good),
+        framing.encode_produce_request(3, "missing-topic", 0, good),
         b"\xff\xff\xff",  # not a protobuf message at all
     ])
     assert [r.sequence for r in results[:3]] == [1, 2, 3]

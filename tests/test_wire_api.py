@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,24 +34,24 @@ int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 @given(seq=st.integers(0, 2**64 - 1), topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
        batches=st.binary(max_size=3000))
 def test_hand_framed_produce_request_equals_the_generated_message(seq, topic, partition, batches):
-    raw = protowire.encode_produce_request(seq, topic, partition, batches)
+    raw = framing.encode_produce_request(seq, topic, partition, batches)
     generated = pb.ProduceRequest(sequence=seq, topic=topic, partition=partition, batches=batches)
     assert pb.ProduceRequest.FromString(raw) == generated
-    view = protowire.parse_produce_request(generated.SerializeToString())
+    view = framing.parse_produce_request(generated.SerializeToString())
     assert (view.sequence, view.topic, view.partition, bytes(view.batches)) == (seq, topic, partition, batches)
 
 
 @given(nxt=int64s, hw=int64s, start=int64s, batches=st.binary(max_size=3000))
 def test_hand_framed_subscribe_and_fetch_responses_equal_the_generated_messages(nxt, hw, start, batches):
-    raw = protowire.encode_subscribe_response(nxt, hw, start, batches)
+    raw = framing.encode_subscribe_response(nxt, hw, start, batches)
     assert pb.SubscribeResponse.FromString(raw) == pb.SubscribeResponse(
         next_offset=nxt, high_watermark=hw, log_start=start, batches=batches)
-    parsed = protowire.parse_subscribe_response(raw)
+    parsed = framing.parse_subscribe_response(raw)
     assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (nxt, hw, start, batches)
-    raw = protowire.encode_fetch_response("t", 3, nxt, hw, start, batches)
+    raw = framing.encode_fetch_response("t", 3, nxt, hw, start, batches)
     assert pb.FetchResponse.FromString(raw) == pb.FetchResponse(
         topic="t", partition=3, next_offset=nxt, high_watermark=hw, log_start=start, batches=batches)
-    parsed = protowire.parse_fetch_response(raw)
+    parsed = framing.parse_fetch_response(raw)
     assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (nxt, hw, start, batches)
 
 
@@ -73,8 +73,8 @@ produce_requests = st.builds(
 @given(st.one_of(st.binary(max_size=200), produce_requests))
 def test_parsing_garbage_raises_value_error_or_returns_fields(data):
     try:
-        view = protowire.parse_produce_request(data)
-    except ValueError:  # UnicodeDecodeError and protowire.BadFieldError are ValueErrors
+        view = framing.parse_produce_request(data)
+    except ValueError:  # UnicodeDecodeError and framing.BadFieldError are ValueErrors
         return
     # whatever parses fits the message's types: the ack can echo every field
     assert 0 <= view.sequence < 2**64 and -(2**31) <= view.partition < 2**31

@@ -8,17 +8,27 @@ change, the codes may not. Each class also says whether retrying the same reques
 from __future__ import annotations
 
 
-# Trailing metadata of a failed RPC (server/status.py writes them, client/errors.py reads them).
-CODE_KEY = "tidelog-error-code"
-LOG_START_KEY = "tidelog-log-start"
-LOG_END_KEY = "tidelog-log-end"
+BY_CODE: dict[int, type[TidelogError]] = {}
+"""Every error class by its code: the registry the client rebuilds errors from (wire/statuses.py)."""
 
 
 class TidelogError(Exception):
-    """Base of every tidelog error. `code` is stable; `retriable` says if the same call may succeed later."""
+    """Base of every tidelog error. `code` is stable; `retriable` says if the same call may succeed later.
+
+    A subclass must give its own `code`, unused by any other class: two classes on one code would
+    come back from the wire as whichever was defined last."""
 
     code = -1
     retriable = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} needs its own error code")
+        taken = BY_CODE.get(cls.code)
+        if taken is not None:
+            raise TypeError(f"error code {cls.code} of {cls.__name__} is already {taken.__name__}'s")
+        BY_CODE[cls.code] = cls
 
     def __init__(self, message: str = "", **details: object) -> None:
         super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
@@ -209,16 +219,8 @@ class EngineClosedError(TidelogError):
     retriable = True
 
 
-ALL_ERRORS: tuple[type[TidelogError], ...] = (
-    TidelogError, UnknownTopicError, TopicExistsError, InvalidTopicError, InvalidPartitionError,
-    OffsetOutOfRangeError, CorruptBatchError, RecordTooLargeError, InvalidRequestError,
-    InvalidConfigError, UnsupportedCompressionError, ResourceLimitError, StorageError, DiskFullError, TooManyOpenFilesError,
-    CorruptLogError, DataDirLockedError, EngineClosedError, OutOfOrderSequenceError,
-    DuplicateSequenceError, InvalidProducerEpochError, BrokerUnavailableError, RequestTimeoutError,
-    UnknownGroupError, UnknownMemberError, StaleGenerationError, GroupNotEmptyError, PartitionNotAssignedError,
-)
-
-BY_CODE: dict[int, type[TidelogError]] = {cls.code: cls for cls in ALL_ERRORS}
+BY_CODE[TidelogError.code] = TidelogError
+ALL_ERRORS: tuple[type[TidelogError], ...] = tuple(BY_CODE.values())
 
 
 def from_code(code: int, message: str, **details: object) -> TidelogError:

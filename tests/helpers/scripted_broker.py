@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import grpc
 
 from tidelog.codec import batch as batch_codec
-from tidelog.codec import protowire
+from tidelog.wire import framing
 from tidelog.errors import TidelogError
 from tidelog.log.producer_state import ProducerState
-from tidelog.server import status
+from tidelog.wire import statuses
 from tidelog.v1 import tidelog_pb2 as pb
 
 # What a stream does once it has handled `after` requests normally:
@@ -114,7 +114,7 @@ class ScriptedBroker:
                     raw = await anext(request_iterator, None)
                     if raw is None:
                         return
-                    view = protowire.parse_produce_request(raw)
+                    view = framing.parse_produce_request(raw)
                     info = batch_codec.validate(view.batches)[0]
                     key = (view.topic, view.partition)
                     with self._lock:
@@ -162,14 +162,14 @@ class ScriptedBroker:
             try:
                 original = state.check(info.producer_id, info.producer_epoch, info.base_sequence, info.count, {})
             except TidelogError as exc:
-                answer.error.CopyFrom(status.error_message(exc))
+                answer.error.CopyFrom(statuses.error_message(exc))
                 return answer
             if original is not None:  # a resend it remembers: the first attempt's offsets
                 answer.base_offset, answer.last_offset = original.base_offset, original.last_offset
                 return answer
             refuse = refuse or self.refusal
             if refuse is not None:
-                answer.error.CopyFrom(status.error_message(refuse))
+                answer.error.CopyFrom(statuses.error_message(refuse))
                 return answer
             base = len(log)
             log.extend(bytes(r.value) for r in batch_codec.BatchView(view.batches))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..broker.results import PartitionDescription, PartitionOffsets
 from ..v1 import tidelog_pb2 as pb
+from ..wire import methods
 from .channel import DEFAULT_TARGET, sync_channel, unary
 
 
@@ -14,24 +15,23 @@ class Admin:
         self.target = target
         self._channel = sync_channel(target)
 
-        def rpc(name, req, resp):
-            return unary(self._channel, f"/tidelog.v1.Admin/{name}", req, resp, target, timeout_s)
+        def rpc(name):
+            return unary(self._channel, methods.method("Admin", name), target, timeout_s)
 
-        self._create = rpc("CreateTopic", pb.CreateTopicRequest, pb.TopicDescription)
-        self._delete = rpc("DeleteTopic", pb.DeleteTopicRequest, pb.DeleteTopicResponse)
-        self._list = rpc("ListTopics", pb.ListTopicsRequest, pb.ListTopicsResponse)
-        self._describe = rpc("DescribeTopic", pb.DescribeTopicRequest, pb.TopicDescription)
-        self._offsets = rpc("ListOffsets", pb.ListOffsetsRequest, pb.ListOffsetsResponse)
+        self._create = rpc("CreateTopic")
+        self._delete = rpc("DeleteTopic")
+        self._list = rpc("ListTopics")
+        self._describe = rpc("DescribeTopic")
+        self._offsets = rpc("ListOffsets")
 
-        def grp(name, req, resp):
-            return unary(self._channel, f"/tidelog.v1.Groups/{name}", req, resp, target, timeout_s)
+        def grp(name):
+            return unary(self._channel, methods.method("Groups", name), target, timeout_s)
 
-        self._list_groups = grp("ListGroups", pb.ListGroupsRequest, pb.ListGroupsResponse)
-        self._describe_group = grp("DescribeGroup", pb.DescribeGroupRequest, pb.GroupDescription)
-        self._delete_group = grp("DeleteGroup", pb.DeleteGroupRequest, pb.DeleteGroupResponse)
-        self._reset = grp("ResetOffsets", pb.ResetOffsetsRequest, pb.ResetOffsetsResponse)
-        self._committed = grp("FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest,
-                              pb.FetchCommittedOffsetsResponse)
+        self._list_groups = grp("ListGroups")
+        self._describe_group = grp("DescribeGroup")
+        self._delete_group = grp("DeleteGroup")
+        self._reset = grp("ResetOffsets")
+        self._committed = grp("FetchCommittedOffsets")
 
     def create_topic(self, name: str, partitions: int = 1, **config) -> pb.TopicDescription:
         return self._create(pb.CreateTopicRequest(name=name, partitions=partitions,

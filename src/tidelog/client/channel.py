@@ -6,7 +6,8 @@ import functools
 
 import grpc
 
-from .errors import error_from_rpc
+from ..wire.methods import Method
+from ..wire.statuses import error_from_rpc
 
 MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_TARGET = "localhost:50051"
@@ -30,10 +31,10 @@ def aio_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=OPTIONS)
 
 
-def unary(channel, method: str, request_type, response_type, target: str, timeout_s: float):
+def unary(channel, method: Method, target: str, timeout_s: float):
     """A callable making one unary call; a failed call raises the tidelog error the broker raised."""
-    stub = channel.unary_unary(method, request_serializer=request_type.SerializeToString,
-                               response_deserializer=response_type.FromString if response_type else None)
+    stub = channel.unary_unary(method.path, request_serializer=method.request.SerializeToString,
+                               response_deserializer=method.response.FromString)
 
     @functools.wraps(stub)
     def call(request, timeout=None):

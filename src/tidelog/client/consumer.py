@@ -18,14 +18,14 @@ from typing import AsyncIterator, Iterator
 
 import grpc
 
-from ..codec import protowire
 from ..codec.batch import Record, iter_batches
 from ..errors import TidelogError
-from .errors import error_from_rpc
 from ..v1 import tidelog_pb2 as pb
+from ..wire import framing, methods
+from ..wire.statuses import error_from_rpc
 from .channel import DEFAULT_TARGET, aio_channel, sync_channel
 
-SUBSCRIBE = "/tidelog.v1.Consumer/Subscribe"
+SUBSCRIBE = methods.method("Consumer", "Subscribe").path
 GRANT_IDLE_S = 0.005  # a consumer that has handed out everything and hears nothing this long grants it all back
 _END = object()
 
@@ -50,7 +50,7 @@ def _records(raw: bytes, position: int | None, copy: bool) -> tuple[list[Record]
 
     A response that does not hold `position` was sent for a position before a seek: it is dropped.
     """
-    msg = protowire.parse_subscribe_response(raw)
+    msg = framing.parse_subscribe_response(raw)
     out: list[Record] = []
     for i, batch in enumerate(iter_batches(msg.batches)):
         if i == 0 and position is not None and not batch.base_offset <= position < msg.next_offset:

@@ -30,9 +30,9 @@ import secrets
 from typing import Callable
 
 from ..codec import batch as batch_codec
-from ..codec import protowire
 from ..errors import InvalidProducerEpochError, OutOfOrderSequenceError, RequestTimeoutError, TidelogError
-from .errors import error_from_message
+from ..wire import framing
+from ..wire.statuses import error_from_message
 
 SEQUENCE_MASK = 0x7FFFFFFF  # sequences wrap at 2^31, as the broker's do
 EPOCH_MASK = 0x7FFF
@@ -143,7 +143,7 @@ class Delivery:
             self._flying_bytes += len(item.raw)
             del self._ready[key]
             self._refresh(key, line)  # back at the end of the turn: partitions take turns
-            request = protowire.encode_produce_request(item.request_sequence, item.topic, item.partition, item.raw)
+            request = framing.encode_produce_request(item.request_sequence, item.topic, item.partition, item.raw)
             return item, item.request_sequence, request
         return None
 

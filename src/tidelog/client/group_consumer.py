@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..groups.member import GroupMember, MemberState
 from ..v1 import tidelog_pb2 as pb
+from ..wire import methods
 from .channel import DEFAULT_TARGET, sync_channel, unary
 from .consumer import PartitionConsumer
 
@@ -20,17 +21,15 @@ class GroupConsumer(GroupMember):
         self.credit_bytes = credit_bytes
         self._channel = sync_channel(target)
 
-        def rpc(name, req, resp):
-            return unary(self._channel, f"/tidelog.v1.Groups/{name}", req, resp, target, timeout_s)
+        def rpc(name):
+            return unary(self._channel, methods.method("Groups", name), target, timeout_s)
 
-        self._rpc_join = rpc("JoinGroup", pb.JoinGroupRequest, pb.MemberAssignment)
-        self._rpc_heartbeat = rpc("Heartbeat", pb.HeartbeatRequest, pb.MemberAssignment)
-        self._rpc_leave = rpc("LeaveGroup", pb.LeaveGroupRequest, pb.LeaveGroupResponse)
-        self._rpc_commit = rpc("CommitOffsets", pb.CommitOffsetsRequest, pb.CommitOffsetsResponse)
-        self._rpc_committed = rpc("FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest,
-                                  pb.FetchCommittedOffsetsResponse)
-        self._rpc_offsets = unary(self._channel, "/tidelog.v1.Admin/ListOffsets", pb.ListOffsetsRequest,
-                                  pb.ListOffsetsResponse, target, timeout_s)
+        self._rpc_join = rpc("JoinGroup")
+        self._rpc_heartbeat = rpc("Heartbeat")
+        self._rpc_leave = rpc("LeaveGroup")
+        self._rpc_commit = rpc("CommitOffsets")
+        self._rpc_committed = rpc("FetchCommittedOffsets")
+        self._rpc_offsets = unary(self._channel, methods.method("Admin", "ListOffsets"), target, timeout_s)
         super().__init__(group_id, topics, **options)
 
     @staticmethod

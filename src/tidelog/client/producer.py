@@ -36,12 +36,13 @@ from ..codec.batch import BATCHES_REMEMBERED
 from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidConfigError, InvalidRequestError,
                       RequestTimeoutError, TidelogError)
 from ..v1 import tidelog_pb2 as pb
+from ..wire import methods
+from ..wire.statuses import error_from_rpc
 from .admin import Admin
 from .channel import DEFAULT_TARGET, aio_channel
 from .delivery import Delivery, Outgoing
-from .errors import error_from_rpc
 
-PRODUCE = "/tidelog.v1.Producer/Produce"
+PRODUCE = methods.method("Producer", "Produce").path
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 1.0
 CLOSE_WAIT_S = 5.0  # for the broker to end the stream after the last ack, on close()

@@ -11,10 +11,10 @@ from ..broker.results import TopicDescription
 from ..config import TopicConfig
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
+from ..wire import methods
 from . import requests, status
 from .consume_service import ConsumeService, check_timestamp
 
-SERVICE = "tidelog.v1.Admin"
 _TOPIC_FIELDS = {f.name: f.type for f in dataclasses.fields(TopicConfig)}
 
 
@@ -51,15 +51,12 @@ class AdminService:
         self.consume = consume
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn, request_type, response_type):
-            return requests.unary(fn, request_type, response_type.SerializeToString)
-
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "CreateTopic": unary(self.create_topic, pb.CreateTopicRequest, pb.TopicDescription),
-            "DeleteTopic": unary(self.delete_topic, pb.DeleteTopicRequest, pb.DeleteTopicResponse),
-            "ListTopics": unary(self.list_topics, pb.ListTopicsRequest, pb.ListTopicsResponse),
-            "DescribeTopic": unary(self.describe_topic, pb.DescribeTopicRequest, pb.TopicDescription),
-            "ListOffsets": unary(self.list_offsets, pb.ListOffsetsRequest, pb.ListOffsetsResponse),
+        return methods.handlers("Admin", {
+            "CreateTopic": requests.unary(self.create_topic),
+            "DeleteTopic": requests.unary(self.delete_topic),
+            "ListTopics": requests.unary(self.list_topics),
+            "DescribeTopic": requests.unary(self.describe_topic),
+            "ListOffsets": requests.unary(self.list_offsets),
         })
 
     async def _call(self, context, fn, *args, **kwargs):

@@ -29,13 +29,14 @@ from ..config import ServerConfig
 from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
+from ..wire import methods
 from . import admin_service, consume_service, groups_service, produce_service, status
 from .admission import Admission
 from .metrics import EngineCollector, MetricsHttpServer, RpcMetrics
 
 log = logging.getLogger("tidelog.server")
 
-SERVICE_NAMES = (produce_service.SERVICE, consume_service.SERVICE, admin_service.SERVICE, groups_service.SERVICE)
+SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups"))
 
 
 class Server:
@@ -121,7 +122,7 @@ class Server:
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
         self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
-        admission = Admission(self.config, (produce_service.SERVICE, consume_service.SERVICE),
+        admission = Admission(self.config, (methods.service_name("Producer"), methods.service_name("Consumer")),
                               self._rpc_metrics.refused if self._rpc_metrics is not None else None)
         self._consume = consume = consume_service.ConsumeService(self.async_engine, self.config)
         self._produce = produce_service.ProduceService(self.async_engine, self.config, admission.connection)

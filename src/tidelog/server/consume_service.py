@@ -1,6 +1,6 @@
 """tidelog.v1.Consumer: long-poll fetch, credit-based streaming subscribe, and a per-record fetch.
 
-Responses carrying batches are framed by hand (codec.protowire): the segment's bytes are copied
+Responses carrying batches are framed by hand (wire/framing.py): the segment's bytes are copied
 once, out of the map into the response, and never decoded or re-encoded.
 
 A subscription never sends more than the credit the client granted (at least one whole batch once it
@@ -21,14 +21,13 @@ import time
 import grpc
 
 from ..broker.async_engine import AsyncEngine
-from ..codec import protowire
 from ..config import ServerConfig
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb
+from ..wire import framing, methods
 from . import requests, status
 from .budget import ByteBudget
 
-SERVICE = "tidelog.v1.Consumer"
 IDLE_WAKE_S = 1.0  # a waiting subscription re-checks its stream at least this often
 OVERDRAFT_BYTES = 64 * 1024  # what a subscription holding nothing may send while the shared budget is full
 
@@ -51,12 +50,10 @@ class ConsumeService:
         return self._buffer.used
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Fetch": requests.unary(self.fetch, pb.FetchRequest, None),
-            "FetchRecords": requests.unary(self.fetch_records, pb.FetchRequest,
-                                           pb.FetchRecordsResponse.SerializeToString),
-            "Subscribe": grpc.stream_stream_rpc_method_handler(
-                self.subscribe, request_deserializer=None, response_serializer=None),
+        return methods.handlers("Consumer", {
+            "Fetch": requests.unary(self.fetch, raw_response=True),
+            "FetchRecords": requests.unary(self.fetch_records),
+            "Subscribe": requests.stream(self.subscribe, raw_response=True),
         })
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
@@ -100,7 +97,7 @@ class ConsumeService:
             result = await self._long_poll(request)
         except TidelogError as exc:
             await status.abort(context, exc)
-        return protowire.encode_fetch_response(request.topic, request.partition, result.next_offset,
+        return framing.encode_fetch_response(request.topic, request.partition, result.next_offset,
                                                result.high_watermark, result.log_start, result.data)
 
     async def fetch_records(self, request: pb.FetchRequest, context) -> pb.FetchRecordsResponse:
@@ -152,7 +149,7 @@ class ConsumeService:
                 if result.data:
                     sub.credit -= len(result.data)
                     sub.offset = result.next_offset
-                    yield protowire.encode_subscribe_response(result.next_offset, result.high_watermark,
+                    yield framing.encode_subscribe_response(result.next_offset, result.high_watermark,
                                                               result.log_start, result.data)
                 else:
                     appended = await _first(self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S),

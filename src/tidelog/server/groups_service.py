@@ -10,9 +10,9 @@ from ..broker.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..groups.coordinator import DEFAULT_SESSION_TIMEOUT_MS, GroupCoordinator
 from ..v1 import tidelog_pb2 as pb
+from ..wire import methods
 from . import requests, status
 
-SERVICE = "tidelog.v1.Groups"
 EXPIRY_CHECK_S = 0.25  # how often dead members are looked for
 
 
@@ -33,20 +33,16 @@ class GroupsService:
         self._expiry: asyncio.Task | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn, req, resp):
-            return requests.unary(fn, req, resp.SerializeToString)
-
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "JoinGroup": unary(self.join, pb.JoinGroupRequest, pb.MemberAssignment),
-            "Heartbeat": unary(self.heartbeat, pb.HeartbeatRequest, pb.MemberAssignment),
-            "LeaveGroup": unary(self.leave, pb.LeaveGroupRequest, pb.LeaveGroupResponse),
-            "CommitOffsets": unary(self.commit, pb.CommitOffsetsRequest, pb.CommitOffsetsResponse),
-            "FetchCommittedOffsets": unary(self.committed, pb.FetchCommittedOffsetsRequest,
-                                           pb.FetchCommittedOffsetsResponse),
-            "ListGroups": unary(self.list_groups, pb.ListGroupsRequest, pb.ListGroupsResponse),
-            "DescribeGroup": unary(self.describe, pb.DescribeGroupRequest, pb.GroupDescription),
-            "DeleteGroup": unary(self.delete, pb.DeleteGroupRequest, pb.DeleteGroupResponse),
-            "ResetOffsets": unary(self.reset, pb.ResetOffsetsRequest, pb.ResetOffsetsResponse),
+        return methods.handlers("Groups", {
+            "JoinGroup": requests.unary(self.join),
+            "Heartbeat": requests.unary(self.heartbeat),
+            "LeaveGroup": requests.unary(self.leave),
+            "CommitOffsets": requests.unary(self.commit),
+            "FetchCommittedOffsets": requests.unary(self.committed),
+            "ListGroups": requests.unary(self.list_groups),
+            "DescribeGroup": requests.unary(self.describe),
+            "DeleteGroup": requests.unary(self.delete),
+            "ResetOffsets": requests.unary(self.reset),
         })
 
     def start(self) -> None:

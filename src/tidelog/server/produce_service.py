@@ -19,17 +19,16 @@ import grpc
 
 from ..broker.async_engine import AsyncEngine
 from ..broker.results import ProduceResult
-from ..codec import protowire
 from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
+from ..wire import framing, methods
+from ..wire.statuses import error_message
 from . import requests, status
 from .admission import Connection
 from .budget import ByteBudget
 
 log = logging.getLogger("tidelog.server")
-
-SERVICE = "tidelog.v1.Producer"
 
 
 class _Refused(NamedTuple):
@@ -54,11 +53,9 @@ class ProduceService:
         return self._shared.used
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Produce": grpc.stream_stream_rpc_method_handler(
-                self.produce, request_deserializer=None, response_serializer=pb.ProduceResponse.SerializeToString),
-            "ProduceRecords": requests.unary(self.produce_records, pb.ProduceRecordsRequest,
-                                             pb.ProduceRecordsResponse.SerializeToString),
+        return methods.handlers("Producer", {
+            "Produce": requests.stream(self.produce),
+            "ProduceRecords": requests.unary(self.produce_records),
         })
 
     async def produce(self, request_iterator, context):
@@ -111,11 +108,11 @@ class ProduceService:
                 held[i] = 0
 
     async def _append(self, raws: list[bytes]) -> pb.ProduceResponse:
-        parsed: list[protowire.ProduceRequestView | _Refused] = []
+        parsed: list[framing.ProduceRequestView | _Refused] = []
         for raw in raws:
             try:
-                parsed.append(protowire.parse_produce_request(raw))
-            except protowire.BadFieldError as exc:  # the sequence is known: the ack echoes it
+                parsed.append(framing.parse_produce_request(raw))
+            except framing.BadFieldError as exc:  # the sequence is known: the ack echoes it
                 parsed.append(_Refused(InvalidRequestError(f"invalid ProduceRequest: {exc}"), exc.sequence, exc.topic))
             except ValueError as exc:
                 parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
@@ -124,7 +121,7 @@ class ProduceService:
         response = pb.ProduceResponse()
         for p in parsed:
             if isinstance(p, _Refused):
-                response.results.add(sequence=p.sequence, topic=p.topic, error=status.error_message(p.error))
+                response.results.add(sequence=p.sequence, topic=p.topic, error=error_message(p.error))
                 continue
             outcome = next(outcomes)
             if isinstance(outcome, ProduceResult):
@@ -132,7 +129,7 @@ class ProduceService:
                                      base_offset=outcome.base_offset, last_offset=outcome.last_offset)
             else:
                 response.results.add(sequence=p.sequence, topic=p.topic, partition=p.partition,
-                                     error=status.error_message(outcome))
+                                     error=error_message(outcome))
         return response
 
     async def produce_records(self, request: pb.ProduceRecordsRequest, context) -> pb.ProduceRecordsResponse:

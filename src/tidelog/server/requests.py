@@ -1,39 +1,47 @@
-"""Decoding of protobuf requests inside the servicers, so malformed bytes get a precise status.
+"""Handlers that decode their own requests, so malformed bytes get a precise status.
 
-grpcio runs a handler's request_deserializer before the handler and turns its exception into
-UNKNOWN ("Unexpected DecodeError", logged with a traceback). Handlers here take the raw bytes and
-decode them themselves: a malformed message becomes InvalidRequestError (INVALID_ARGUMENT with the
-tidelog-error-code trailer), like every other bad argument. Runs on the event loop; holds no state.
+Each builder takes the method's `wire.methods.Method` (request and response types from the .proto) and
+returns its grpc handler; `wire.methods.handlers` puts a service's table together. Runs on the event
+loop; holds no state.
 """
 
 from __future__ import annotations
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from ..errors import InvalidRequestError
+from ..wire.messages import decode
+from ..wire.methods import Method
 from . import status
 
 
-def decode(request_type, raw: bytes):
-    """The message in raw; InvalidRequestError when it is not a valid request_type."""
-    try:
-        return request_type.FromString(raw)
-    except DecodeError as exc:
-        raise InvalidRequestError(f"malformed request: {exc}") from None
+def unary(fn, *, raw_response: bool = False):
+    """A unary handler that decodes the request itself and answers INVALID_ARGUMENT to garbage.
+    With raw_response, fn returns the response already framed (wire/framing.py)."""
+    def build(method: Method) -> grpc.RpcMethodHandler:
+        async def handle(raw: bytes, context):
+            try:
+                request = decode(method.request, raw)
+            except InvalidRequestError as exc:
+                await status.abort(context, exc)
+            return await fn(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=None,
+            response_serializer=None if raw_response else method.response.SerializeToString)
+
+    return build
 
 
-def unary(fn, request_type, response_serializer) -> grpc.RpcMethodHandler:
-    """A unary handler that decodes request_type itself and answers INVALID_ARGUMENT to garbage."""
-    async def handle(raw: bytes, context):
-        try:
-            request = decode(request_type, raw)
-        except InvalidRequestError as exc:
-            await status.abort(context, exc)
-        return await fn(request, context)
+def stream(fn, *, raw_response: bool = False):
+    """A bidirectional-stream handler that receives the requests as bytes (fn decodes them, with
+    `decoded`, or frames them by hand) and sends responses serialized, or already framed."""
+    def build(method: Method) -> grpc.RpcMethodHandler:
+        return grpc.stream_stream_rpc_method_handler(
+            fn, request_deserializer=None,
+            response_serializer=None if raw_response else method.response.SerializeToString)
 
-    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
-                                               response_serializer=response_serializer)
+    return build
 
 
 async def decoded(request_type, request_iterator):
