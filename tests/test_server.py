@@ -283,6 +283,31 @@ def test_sigterm_under_load_loses_no_acknowledged_record(tmp_path):
         assert srv.stop() == 0
 
 
+def test_an_idle_producer_does_not_hold_a_graceful_stop_for_the_grace_period(tmp_path):
+    """A connected Producer keeps its Produce stream open while idle; a SIGTERM must end it at once
+    (as waiting subscriptions are), not wait out shutdown_grace_s. With an hour of grace, the stop
+    below can only finish within its 60 s bound if the idle stream was ended."""
+    config = tmp_path / "tidelog.toml"
+    config.write_text("shutdown_grace_s = 3600\n")
+    srv = ServerProcess(str(tmp_path / "data"), "--config", str(config)).start()
+    try:
+        with Admin(srv.target) as a:
+            a.create_topic("idle", 1)
+        p = Producer(srv.target, linger_ms=1)
+        before = p.send("idle", b"acked before the stop", partition=0).result(timeout=30)
+        assert srv.stop(timeout_s=60) == 0, srv.log()  # raises TimeoutExpired while the stream holds it
+        closed = [line for line in srv.log().splitlines() if " engine closed " in line]
+        assert len(closed) == 1 and "clean=true" in closed[0], srv.log()
+        srv.start()
+        later = p.send("idle", b"sent after the restart", partition=0).result(timeout=60)
+        p.close(timeout_s=30)
+        assert later.offset == before.offset + 1
+        assert [r.value for r in consume(srv.target, "idle", 0, 2)] == [b"acked before the stop",
+                                                                         b"sent after the restart"]
+    finally:
+        srv.stop()
+
+
 def test_producer_retries_across_a_broker_crash_without_loss_or_duplicates(tmp_path):
     srv = ServerProcess(str(tmp_path / "data"), "--fsync", "always").start()
     try:

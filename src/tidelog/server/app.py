@@ -1,8 +1,8 @@
 """Build the engine and the gRPC services from a ServerConfig, run them, and stop them gracefully.
 
 Shutdown (SIGTERM/SIGINT or `stop()`): health turns NOT_SERVING, the server stops accepting calls and
-gives in-flight ones up to shutdown_grace_s to finish, waiting subscriptions are released, then the
-engine flushes and closes (writing the clean-shutdown marker). One process; blocking work runs in the
+gives in-flight ones up to shutdown_grace_s to finish, waiting subscriptions are released and
+Produce streams end once they have answered what arrived, then the engine flushes and closes (writing the clean-shutdown marker). One process; blocking work runs in the
 AsyncEngine's thread pool, never on the event loop.
 
 Readiness: the metrics endpoint (if on) starts first, then the gRPC port is bound; while the engine
@@ -184,6 +184,8 @@ class Server:
             stopping = asyncio.ensure_future(self._server.stop(self.config.shutdown_grace_s))
             if self.async_engine is not None:
                 self.async_engine.wake_all()
+            if self._produce is not None:
+                self._produce.stop()
             await stopping
         await self._close_engine()
         await self._stop_metrics()

@@ -6,7 +6,9 @@ streams of one client connection, and up to max_inflight_bytes on all streams to
 reading: backpressure travels to the client through gRPC flow control), appends everything that has
 arrived in one engine call (one fsync per partition under fsync="always") and answers with one ranged
 ack for all of it, in order. A stream that ends, however it ends, gives back what it held of the
-connection's and the shared budgets. Event-loop only.
+connection's and the shared budgets. At a graceful stop (`stop()`) every stream answers what has
+arrived and ends at once, also an idle one: the client resends anything later, so a connected
+producer never holds the shutdown for its grace period. Event-loop only.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class ProduceService:
         self.config = config
         self._shared = ByteBudget(config.max_inflight_bytes)
         self._connection = connection  # the state of the connection a call came on (server/admission.py)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """End every Produce stream once it has answered what arrived (graceful shutdown)."""
+        self._stopping.set()
 
     @property
     def inflight_bytes(self) -> int:
@@ -79,10 +86,19 @@ class ProduceService:
                 queue.put_nowait(None)
 
         reader = asyncio.create_task(read_ahead())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done = False
             while not done:
-                item = await queue.get()
+                if queue.empty():
+                    getting = asyncio.ensure_future(queue.get())
+                    await asyncio.wait((getting, stopping), return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():  # stopping, and nothing arrived: end the stream now
+                        getting.cancel()
+                        break
+                    item = getting.result()
+                else:
+                    item = queue.get_nowait()
                 if item is None:
                     break
                 raws = [item]
@@ -99,9 +115,12 @@ class ProduceService:
                     b.release(size)
                     held[i] -= size
                 yield response
-            if reader.done() and reader.exception() is not None:
+                if self._stopping.is_set() and queue.empty():
+                    break
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()
         finally:
+            stopping.cancel()
             reader.cancel()
             for i, b in enumerate(shared):
                 b.release(held[i])
