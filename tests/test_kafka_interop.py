@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
 import tidelog
@@ -395,3 +396,51 @@ def test_engine_encoded_batches_on_disk_read_with_kafka_python(tmp_path, codec):
         got += _kafka_decode(kb)
     assert got == _expected(SAMPLE) + _expected(SAMPLE[:2], base_offset=len(SAMPLE))
     assert mr.valid_bytes() == len(disk)
+
+
+def _kafka_read_segment(path) -> tuple[list[int], int, int]:
+    """(offsets of the records, bytes kafka-python read as batches, file size) of one .log file."""
+    disk = path.read_bytes()
+    mr = MemoryRecords(disk)
+    offsets = []
+    while mr.has_next():
+        kb = mr.next_batch()
+        assert kb.validate_crc(), path
+        offsets += [r.offset for r in kb]
+    return offsets, mr.valid_bytes(), len(disk)
+
+
+def test_every_segment_of_a_stopped_broker_reads_to_its_end_with_kafka_python_also_after_a_crash(tmp_path):
+    """The README's claim, exactly: sealed segments read to their end at any time; the active one ends
+    in a preallocated zero tail while the log is open and after a crash, and a clean stop trims it."""
+    from tidelog.client import Admin, Producer
+
+    from .server_process import ServerProcess
+
+    data = tmp_path / "data"
+    srv = ServerProcess(str(data), "--fsync", "always").start()
+    try:
+        with Admin(srv.target) as admin:
+            admin.create_topic("segments", 1, segment_bytes=8192)
+        with Producer(srv.target, linger_ms=0, batch_bytes=1024) as producer:
+            for i in range(200):
+                producer.send("segments", b"record %03d " % i + b"x" * 90, partition=0)
+        logs = sorted((data / "segments-0").glob("*.log"))
+        assert len(logs) > 3
+        for sealed in logs[:-1]:  # readable while the broker runs
+            offsets, valid, size = _kafka_read_segment(sealed)
+            assert offsets and valid == size, sealed
+        srv.kill()  # SIGKILL: no clean stop trims the active segment
+        active = sorted((data / "segments-0").glob("*.log"))[-1]
+        assert active.stat().st_size <= 1 << 20  # preallocated to about segment_bytes: cheap to read here
+        with pytest.raises(CorruptRecordError, match="less than the minimum record overhead"):
+            _kafka_read_segment(active)  # the zero tail
+        srv.start()
+    finally:
+        assert srv.stop() == 0
+    offsets = []
+    for path in sorted((data / "segments-0").glob("*.log")):
+        got, valid, size = _kafka_read_segment(path)
+        assert valid == size, f"{path.name}: kafka-python read {valid} of {size} bytes"
+        offsets += got
+    assert offsets == list(range(200))
