@@ -24,6 +24,9 @@ tl_crc32c_setup()
 
 HEADER_SIZE_ = HEADER_SIZE
 LOG_OVERHEAD_ = LOG_OVERHEAD
+# Where header fields sit, for Python code that reads one in place (one definition: wire.pxd).
+OFF_LAST_OFFSET_DELTA_ = OFF_LAST_OFFSET_DELTA
+OFF_MAX_TIMESTAMP_ = OFF_MAX_TIMESTAMP
 cdef enum:
     ATTR_CODEC_MASK = 0x07
     ATTR_TIMESTAMP_TYPE = 0x08

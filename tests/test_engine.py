@@ -11,6 +11,7 @@ from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 import tidelog
 from tidelog import Engine
+from tidelog.config import EngineConfig, FsyncPolicy
 from tidelog.errors import (CorruptBatchError, DataDirLockedError, EngineClosedError, InvalidConfigError,
                             InvalidPartitionError, InvalidRequestError, InvalidTopicError,
                             OffsetOutOfRangeError, RecordTooLargeError, TopicExistsError, UnknownTopicError)
@@ -337,3 +338,13 @@ def test_fetch_with_max_wait_wakes_when_data_arrives(engine):
 def test_fetch_with_max_wait_times_out_empty(engine):
     engine.create_topic("t")
     assert not engine.fetch("t", 0, 0, max_wait_ms=20)
+
+
+@pytest.mark.parametrize("given", ["always", FsyncPolicy.ALWAYS])
+def test_an_fsync_policy_is_read_once_into_its_enum(given):
+    config = EngineConfig(fsync=given)
+    assert config.fsync is FsyncPolicy.ALWAYS and config.fsync.syncs_each_append
+    assert not EngineConfig().fsync.syncs_each_append and EngineConfig().fsync.flushes_periodically
+    for bad in ("Always", "sometimes", 1, None):
+        with pytest.raises(InvalidConfigError, match="fsync must be one of always, interval, never"):
+            EngineConfig(fsync=bad)

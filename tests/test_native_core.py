@@ -495,3 +495,12 @@ def test_search_functions_reject_ranges_outside_the_buffer(fn, arg):
     for start, end in ((-1, len(buf)), (0, len(buf) + 1), (10, 5)):
         with pytest.raises(ValueError):
             fn(buf, start, end, arg)
+
+
+def test_the_header_layout_python_reads_in_place_is_the_native_codecs():
+    from tidelog.codec.batch import HEADER_SIZE, LAST_OFFSET_DELTA_AT, MAX_TIMESTAMP_AT, build_batch
+
+    batch = build_batch([b"a", b"b", b"c"], timestamps=[5, 9, 7], timestamp=0)
+    assert struct.unpack_from(">i", batch, LAST_OFFSET_DELTA_AT)[0] == 2
+    assert struct.unpack_from(">q", batch, MAX_TIMESTAMP_AT)[0] == 9
+    assert struct.unpack_from(">i", batch, HEADER_SIZE - 4)[0] == 3  # the record count ends the header

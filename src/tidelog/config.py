@@ -7,13 +7,36 @@ the core never reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import InvalidConfigError
 
 COMPRESSIONS = ("none", "lz4")
-FSYNC_POLICIES = ("always", "interval", "never")
+
+
+class FsyncPolicy(str, enum.Enum):
+    """When appended data is made durable; what each policy means is said here and nowhere else."""
+
+    ALWAYS = "always"  # fsync before an append returns (appends that arrive together share one fsync)
+    INTERVAL = "interval"  # a background flush every fsync_interval_ms
+    NEVER = "never"  # the OS writes back when it likes
+
+    @property
+    def syncs_each_append(self) -> bool:
+        """An append returns only once it is durable; readers see only durable records."""
+        return self is FsyncPolicy.ALWAYS
+
+    @property
+    def flushes_periodically(self) -> bool:
+        return self is FsyncPolicy.INTERVAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FSYNC_POLICIES = tuple(p.value for p in FsyncPolicy)
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -69,7 +92,7 @@ class TopicConfig:
 class EngineConfig:
     """Settings of one engine (one data directory)."""
 
-    fsync: str = "interval"
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
     """always: fsync before produce returns (group commit); interval: every fsync_interval_ms; never: the OS decides."""
     fsync_interval_ms: int = 1000
     """Period of the background flush under fsync="interval"."""
@@ -99,8 +122,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if isinstance(self.topic_defaults, Mapping):  # accept a plain dict, e.g. from a TOML file
             object.__setattr__(self, "topic_defaults", TopicConfig().with_overrides(self.topic_defaults))
-        if self.fsync not in FSYNC_POLICIES:
+        if self.fsync not in FSYNC_POLICIES:  # a string ("always", from a flag or a file) or a policy
             raise InvalidConfigError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
+        object.__setattr__(self, "fsync", FsyncPolicy(self.fsync))
         _positive(self, "fsync_interval_ms", minimum=1)
         _positive(self, "retention_check_interval_ms", minimum=1)
         _positive(self, "max_topics", minimum=1)

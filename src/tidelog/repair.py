@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from .broker.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
-from .config import TopicConfig
+from .config import FsyncPolicy, TopicConfig
 from .errors import StorageError
 from .inspect import _map, _scan, check_directory, check_partition, partition_dirs, segment_bases
 from .log.partition_log import PartitionLog
@@ -62,7 +62,7 @@ def _repair_metadata(fs: FileSystem, data_dir: str, topic: str | None) -> list[s
             directory = partition_dir(data_dir, meta.name, p)
             fs.makedirs(directory)
             write_marker(fs, directory, meta, p)
-            PartitionLog(fs, directory, meta.config, "always", lambda: 0, clean=True, create=True).close()
+            PartitionLog(fs, directory, meta.config, FsyncPolicy.ALWAYS, lambda: 0, clean=True, create=True).close()
             fs.fsync_dir(data_dir)
             actions.append(f"{meta.name}[{p}]: partition directory recreated empty; the records it held are lost")
     return actions

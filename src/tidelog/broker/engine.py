@@ -87,7 +87,7 @@ class Engine:
                 fs.unlock_dir(self._lock_fd)
             raise
         self._housekeeper = Housekeeper(
-            self._flush_dirty if config.fsync == "interval" else None, config.fsync_interval_ms / 1000,
+            self._flush_dirty if config.fsync.flushes_periodically else None, config.fsync_interval_ms / 1000,
             self.enforce_retention, config.retention_check_interval_ms / 1000)
         self._housekeeper.start()
         recovered = [plog for t in self._topics.values() for plog in t.partitions
@@ -324,7 +324,7 @@ class Engine:
             except TidelogError as exc:
                 results.append(exc)
                 written_to.append(None)
-        if self.config.fsync == "always":
+        if self.config.fsync.syncs_each_append:
             for plog, upto in pending.values():
                 try:
                     plog.sync(upto)

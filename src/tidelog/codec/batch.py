@@ -18,6 +18,8 @@ from ..errors import CorruptBatchError, InvalidRequestError, RecordTooLargeError
 from . import compression
 
 HEADER_SIZE = _rb.HEADER_SIZE_
+LAST_OFFSET_DELTA_AT = _rb.OFF_LAST_OFFSET_DELTA_  # int32: last offset - base offset
+MAX_TIMESTAMP_AT = _rb.OFF_MAX_TIMESTAMP_  # int64
 LOG_OVERHEAD = _rb.LOG_OVERHEAD_
 RECORD_DTYPE = _rb.RECORD_DTYPE
 Record = _rb.Record

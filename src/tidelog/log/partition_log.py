@@ -23,7 +23,7 @@ import numpy as np
 
 from .._native import batch_scan
 from ..codec.batch import BatchInfo, BatchView, base_offset_header
-from ..config import EngineConfig, TopicConfig
+from ..config import EngineConfig, FsyncPolicy, TopicConfig
 from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, OffsetOutOfRangeError,
                       StorageError)
 from ..storage import recovery, retention
@@ -66,7 +66,7 @@ class PartitionStats(NamedTuple):
 
 
 class PartitionLog:
-    def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: str,
+    def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: FsyncPolicy | str,
                  clock: Callable[[], int], clean: bool, *, maps: MapCache | None = None,
                  create: bool = False, producer_id_expiration_ms: int = 86_400_000) -> None:
         """Open the partition in `directory` (which must exist), or with create=True make its first
@@ -76,7 +76,7 @@ class PartitionLog:
         self.name = os.path.basename(directory)
         """How log lines name this partition (its directory's name)."""
         self.config = config
-        self.fsync_policy = fsync
+        self.fsync_policy = FsyncPolicy(fsync)
         self._clock = clock
         self._lock = threading.RLock()
         self._sync_lock = threading.Lock()
@@ -155,7 +155,7 @@ class PartitionLog:
                     self._write(iov, batches, nbytes)
                 finally:
                     self._unrecorded = []
-        if sync and self.fsync_policy == "always":
+        if sync and self.fsync_policy.syncs_each_append:
             self.sync(next_offset)
         return first, next_offset - 1
 
@@ -178,7 +178,7 @@ class PartitionLog:
         self._appended_bytes += nbytes
         self._offsets.advance_log_end(batches[-1].last_offset + 1)
         self._record_producers(batches[-1].last_offset)
-        if self.fsync_policy != "always":
+        if not self.fsync_policy.syncs_each_append:
             self._publish(seg, seg.size, self._offsets.log_end)
 
     def _record_producers(self, written_upto: int) -> None:
@@ -224,7 +224,7 @@ class PartitionLog:
                                           "base_offset": new.base_offset, "sealed_base_offset": old.base_offset,
                                           "sealed_bytes": old.size})
         self._offsets.advance_flushed(new.base_offset)
-        if self.fsync_policy == "always":
+        if self.fsync_policy.syncs_each_append:
             self._publish(old, old.size, new.base_offset)
         self._write_checkpoint(new, 0)  # the sealed segments are durable, the new one is empty
         self._snapshot_producers(new.base_offset)
@@ -312,7 +312,7 @@ class PartitionLog:
                     raise StorageError(f"partition {self.directory} cannot make data durable after a storage "
                                        f"failure ({self._failed.message})", path=self.directory)
                 self._offsets.advance_flushed(end)
-                if self.fsync_policy == "always":
+                if self.fsync_policy.syncs_each_append:
                     self._publish(seg, pos, end)
                 if not self._closed and seg is self._segments.active:
                     # after every fsync, so the recovery point covers everything acknowledged: damage

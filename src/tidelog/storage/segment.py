@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._native import batch_scan
+from ..codec.batch import HEADER_SIZE, LAST_OFFSET_DELTA_AT, MAX_TIMESTAMP_AT
 from ..config import TopicConfig
 from ..errors import CorruptLogError, StorageError
 from .fs import FileSystem
@@ -44,8 +45,8 @@ INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
 MAX_RELATIVE_OFFSET = (1 << 31) - 1
 
-_OFFSET = struct.Struct(">q")
-_BATCH_HEADER = 61
+_INT64 = struct.Struct(">q")  # big-endian, as every header field
+_INT32 = struct.Struct(">i")
 
 log = logging.getLogger("tidelog.storage")
 
@@ -218,8 +219,8 @@ class Segment:
         self.fs.fsync(self._fd, self.log_path)
 
     def _load_first_timestamp(self) -> None:
-        if self.size >= 61:
-            self.first_batch_timestamp = int(struct.unpack_from(">q", self.buffer, 35)[0])
+        if self.size >= HEADER_SIZE:
+            self.first_batch_timestamp = int(_INT64.unpack_from(self.buffer, MAX_TIMESTAMP_AT)[0])
 
     def _set_end(self, result: ScanResult) -> None:
         self.size = result.end_pos
@@ -411,7 +412,7 @@ class Segment:
             rel, pos = int(entries["rel"][i]), int(entries["pos"][i])
             if rel <= rel_offset and self._entry_ok(rel, pos, end, buf):
                 return pos
-            if 0 <= pos and pos + _BATCH_HEADER > end and pos < self.size:
+            if 0 <= pos and pos + HEADER_SIZE > end and pos < self.size:
                 pass  # a batch written but not published yet (under fsync="always"): not damage
             else:
                 self._index_is_damaged()
@@ -420,10 +421,10 @@ class Segment:
 
     def _entry_ok(self, rel: int, pos: int, end: int, buf=None) -> bool:
         buf = self.buffer if buf is None else buf
-        if pos < 0 or pos + _BATCH_HEADER > min(end, len(buf)):
+        if pos < 0 or pos + HEADER_SIZE > min(end, len(buf)):
             return False
-        base = _OFFSET.unpack_from(buf, pos)[0]
-        last = base + struct.unpack_from(">i", buf, pos + 23)[0]
+        base = _INT64.unpack_from(buf, pos)[0]
+        last = base + _INT32.unpack_from(buf, pos + LAST_OFFSET_DELTA_AT)[0]
         return base <= self.base_offset + rel <= last
 
     def _index_is_damaged(self) -> None:
@@ -450,7 +451,7 @@ class Segment:
         buf = self.buffer if buf is None else buf
         extends = lo <= start <= hi
         pos = hi if extends else start
-        expected = hi_offset if extends else int(_OFFSET.unpack_from(buf, pos)[0])
+        expected = hi_offset if extends else int(_INT64.unpack_from(buf, pos)[0])
         rows = np.empty((256, batch_scan.N_COLS), dtype=np.int64)
         while True:
             _, pos, reason, expected = batch_scan.scan_batches(buf, pos, stop, True, expected, rows)
