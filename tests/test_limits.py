@@ -237,11 +237,11 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
     async def scenario():
         gate = asyncio.Event()
 
-        async def run(fn, requests):
+        async def append_many(requests):
             await gate.wait()  # a slow disk: nothing is acknowledged until the gate opens
             return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
 
-        service = ProduceService(SimpleNamespace(run=run, engine=SimpleNamespace(append_many=None)),
+        service = ProduceService(SimpleNamespace(append_many=append_many),
                                  ServerConfig(max_inflight_bytes=limit, max_inflight_bytes_per_stream=1 << 30))
         pulled = [0] * 4
 
@@ -287,12 +287,12 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
     async def scenario():
         held_back = asyncio.Event()
 
-        async def run(fn, requests):
+        async def append_many(requests):
             if any(p == 0 for _, p, _ in requests):  # partition 0 is the crowded connection's: a slow disk
                 await held_back.wait()
             return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
 
-        service = ProduceService(SimpleNamespace(run=run, engine=SimpleNamespace(append_many=None)),
+        service = ProduceService(SimpleNamespace(append_many=append_many),
                                  ServerConfig(max_inflight_bytes_per_stream=1 << 30), connections.get)
         pulled = [0] * 4
 

@@ -1,9 +1,10 @@
-"""The one bridge between the synchronous Engine and asyncio (the server and async embedders).
+"""The engine's one async API (the server and async embedders): `await engine.fetch(...)`.
 
-Every engine call that may block (fsync, file I/O, page faults on a cold map, waiting) runs in a
-bounded thread pool, never on the event loop. Waiting for new data does not hold a thread: the
-partition log calls a listener when its high watermark moves, and the listener wakes the waiting
-coroutines through `call_soon_threadsafe`.
+Every engine call that may block (fsync, file I/O, page faults on a cold map, a partition lock held
+across a segment roll's fsyncs) runs in a bounded thread pool, never on the event loop; each is a
+named method here, so readers and tools see what the server asks of the engine. Waiting for new data
+does not hold a thread: the partition log calls a listener when its high watermark moves, and the
+listener wakes the waiting coroutines through `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
+from ..config import EngineConfig
+from ..errors import TidelogError
 from .engine import Engine
+from .results import FetchResult, PartitionOffsets, ProduceResult, TopicDescription
 
 T = TypeVar("T")
 
 
 class AsyncEngine:
     def __init__(self, engine: Engine, io_threads: int = 16) -> None:
-        self.engine = engine
+        self._engine = engine
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="tidelog-io")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
@@ -28,8 +32,67 @@ class AsyncEngine:
         self.stopping = False
         """Set at shutdown: waits return at once, so long polls and subscriptions end promptly."""
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking engine call in the pool."""
+    @property
+    def config(self) -> EngineConfig:
+        return self._engine.config
+
+    def clock(self) -> int:
+        """The engine's clock in ms (never blocks)."""
+        return self._engine.clock()
+
+    def high_watermark(self, topic: str, partition: int) -> int:
+        """Read without the partition lock (never blocks)."""
+        return self._engine.high_watermark(topic, partition)
+
+    # -- topics ------------------------------------------------------------------------------------
+    async def create_topic(self, name: str, partitions: int = 1, **settings: Any) -> TopicDescription:
+        """A topic; settings not given come from the engine's topic defaults."""
+        return await self._in_pool(self._engine.create_topic, name, partitions, **settings)
+
+    async def delete_topic(self, name: str) -> None:
+        await self._in_pool(self._engine.delete_topic, name)
+
+    async def list_topics(self) -> list[str]:
+        return await self._in_pool(self._engine.list_topics)
+
+    async def describe(self, name: str) -> TopicDescription:
+        return await self._in_pool(self._engine.describe, name)
+
+    # -- produce -----------------------------------------------------------------------------------
+    async def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
+        return await self._in_pool(self._engine.append_many, requests)
+
+    async def produce(self, topic: str, values: Sequence, keys: Sequence | None = None,
+                      headers: Sequence | None = None, *, partition: int | None = None,
+                      timestamps: Sequence[int] | None = None) -> list[ProduceResult]:
+        return await self._in_pool(self._engine.produce, topic, values, keys, headers, partition=partition,
+                                   timestamps=timestamps)
+
+    # -- fetch and offsets -------------------------------------------------------------------------
+    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int, *,
+                    at_tail: bool = False) -> FetchResult:
+        """Whole batches from `offset`. at_tail: the caller was just woken by an append, so the bytes
+        sit in the page cache; the read is tried on the loop (latency) if the partition lock is free
+        at once, and goes to the pool otherwise."""
+        if at_tail:
+            result = self._engine.try_fetch(topic, partition, offset, max_bytes)
+            if result is not None:
+                return result
+        return await self._in_pool(self._engine.fetch, topic, partition, offset, max_bytes)
+
+    async def list_offsets(self, topic: str, partition: int) -> PartitionOffsets:
+        return await self._in_pool(self._engine.list_offsets, topic, partition)
+
+    async def offset_at(self, topic: str, partition: int, at: int | str) -> int | None:
+        """The offset for "earliest", "latest" or a timestamp in ms (None: every record is older)."""
+        return await self._in_pool(self._engine.list_offsets, topic, partition, at)
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking work built on the engine outside it (the group coordinator, decoding records)
+        in the same bounded pool."""
+        return await self._in_pool(fn, *args, **kwargs)
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
@@ -43,16 +106,16 @@ class AsyncEngine:
         self._waiters.setdefault(key, set()).add(fut)
         if key not in self._listeners:
             listener = functools.partial(self._notify, key)
-            self.engine.add_listener(topic, partition, listener)
+            self._engine.add_listener(topic, partition, listener)
             self._listeners[key] = listener
         try:
-            if self.engine.high_watermark(topic, partition) > offset:
+            if self._engine.high_watermark(topic, partition) > offset:
                 return True
             try:
                 await asyncio.wait_for(fut, timeout_s)
             except asyncio.TimeoutError:
                 return False
-            return self.engine.high_watermark(topic, partition) > offset
+            return self._engine.high_watermark(topic, partition) > offset
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None:
@@ -77,7 +140,7 @@ class AsyncEngine:
     def close(self) -> None:
         for (topic, partition), listener in self._listeners.items():
             try:
-                self.engine.remove_listener(topic, partition, listener)
+                self._engine.remove_listener(topic, partition, listener)
             except Exception:  # the topic may be gone; nothing to unregister then
                 pass
         self._listeners.clear()

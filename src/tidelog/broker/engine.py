@@ -341,18 +341,30 @@ class Engine:
         (after waiting up to max_wait_ms for data). copy=False makes iterated records' keys and values
         zero-copy memoryviews of the segment.
         """
-        t = self._topic(topic)
-        plog = t.partition(partition)
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise InvalidRequestError(f"offset must be an integer, not {type(offset).__name__}")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-        max_bytes = min(max_bytes, self.config.max_fetch_bytes)
+        plog, max_bytes = self._fetch_args(topic, partition, offset, max_bytes)
         result = plog.read(offset, max_bytes)
         if not result.data and max_wait_ms > 0 and plog.wait_for_data(offset, max_wait_ms / 1000):
             result = plog.read(offset, max_bytes)
         return FetchResult(topic, partition, offset, result.next_offset, result.high_watermark,
                            result.log_start, result.data, copy)
+
+    def try_fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult | None:
+        """fetch() if the partition's lock is free at once, else None: never blocks on a roll's fsyncs
+        (an event loop reading what an append just wrote)."""
+        plog, max_bytes = self._fetch_args(topic, partition, offset, max_bytes)
+        result = plog.read(offset, max_bytes, blocking=False)
+        if result is None:
+            return None
+        return FetchResult(topic, partition, offset, result.next_offset, result.high_watermark,
+                           result.log_start, result.data)
+
+    def _fetch_args(self, topic: str, partition: int, offset: int, max_bytes: int):
+        plog = self._topic(topic).partition(partition)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise InvalidRequestError(f"offset must be an integer, not {type(offset).__name__}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        return plog, min(max_bytes, self.config.max_fetch_bytes)
 
     def list_offsets(self, topic: str, partition: int, at: int | str | None = None):
         """Offsets of a partition.
@@ -364,8 +376,7 @@ class Engine:
         plog = self._topic(topic).partition(partition)
         o = plog.offsets
         if at is None:
-            with plog._lock:
-                return PartitionOffsets(o.log_start, o.log_end, o.high_watermark, o.flushed)
+            return PartitionOffsets(*plog.offset_range())
         if at in ("earliest", EARLIEST):
             return o.log_start
         if at in ("latest", LATEST):

@@ -335,21 +335,24 @@ class PartitionLog:
         return self._offsets.flushed < self._offsets.log_end
 
     # -- reading -------------------------------------------------------------------------------------
-    def read(self, offset: int, max_bytes: int) -> ReadResult:
+    def read(self, offset: int, max_bytes: int, *, blocking: bool = True) -> ReadResult | None:
         """Whole batches from the one holding `offset`, up to max_bytes (at least one batch).
 
         Counted as consumption: records read are those the reader moves past (next_offset - offset).
+        blocking=False: None at once when the partition lock is busy (a roll may hold it across fsyncs).
         """
-        result = self.peek(offset, max_bytes)
-        if result.data:
+        result = self.peek(offset, max_bytes, blocking=blocking)
+        if result is not None and result.data:
             with self._read_lock:
                 self._read_records += result.next_offset - offset
                 self._read_bytes += len(result.data)
         return result
 
-    def peek(self, offset: int, max_bytes: int) -> ReadResult:
+    def peek(self, offset: int, max_bytes: int, *, blocking: bool = True) -> ReadResult | None:
         """What read() returns, without counting it as consumption (lag and inspection)."""
-        with self._lock:
+        if not self._lock.acquire(blocking):
+            return None
+        try:
             if self._closed:
                 raise EngineClosedError(f"partition {self.directory} is closed")
             start, hw = self._offsets.log_start, self._offsets.high_watermark
@@ -365,6 +368,8 @@ class PartitionLog:
             # Taken under the lock and used for the whole read: retention may delete the segment (or
             # the map cache unmap it) meanwhile, and this reference keeps its bytes mapped.
             buf = seg.buffer
+        finally:
+            self._lock.release()
         pos, _ = seg.position_of(offset, end, buf)
         stop, next_offset = batch_scan.span_batches(buf, pos, end, max_bytes) if pos >= 0 else (pos, -1)
         if stop <= pos:
@@ -503,6 +508,12 @@ class PartitionLog:
     @property
     def offsets(self) -> Offsets:
         return self._offsets
+
+    def offset_range(self) -> tuple[int, int, int, int]:
+        """(log start, log end, high watermark, flushed), taken together."""
+        with self._lock:
+            o = self._offsets
+            return o.log_start, o.log_end, o.high_watermark, o.flushed
 
     def segments(self) -> list[Segment]:
         with self._lock:

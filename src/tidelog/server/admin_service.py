@@ -59,9 +59,10 @@ class AdminService:
             "ListOffsets": requests.unary(self.list_offsets),
         })
 
-    async def _call(self, context, fn, *args, **kwargs):
+    async def _call(self, context, call):
+        """Await an engine call; its error ends the RPC with its status."""
         try:
-            return await self.engine.run(fn, *args, **kwargs)
+            return await call
         except TidelogError as exc:
             await status.abort(context, exc)
 
@@ -70,23 +71,22 @@ class AdminService:
             settings = parse_topic_config(request.config)
         except TidelogError as exc:
             await status.abort(context, exc)
-        desc = await self._call(context, self.engine.engine.create_topic, request.name,
-                                request.partitions or 1, **settings)
+        desc = await self._call(context, self.engine.create_topic(request.name, request.partitions or 1,
+                                                                  **settings))
         return describe_message(desc)
 
     async def delete_topic(self, request, context):
-        await self._call(context, self.engine.engine.delete_topic, request.name)
+        await self._call(context, self.engine.delete_topic(request.name))
         return pb.DeleteTopicResponse()
 
     async def list_topics(self, request, context):
-        return pb.ListTopicsResponse(topics=await self._call(context, self.engine.engine.list_topics))
+        return pb.ListTopicsResponse(topics=await self._call(context, self.engine.list_topics()))
 
     async def describe_topic(self, request, context):
-        return describe_message(await self._call(context, self.engine.engine.describe, request.name))
+        return describe_message(await self._call(context, self.engine.describe(request.name)))
 
     async def list_offsets(self, request, context):
-        engine = self.engine.engine
-        offsets = await self._call(context, engine.list_offsets, request.topic, request.partition)
+        offsets = await self._call(context, self.engine.list_offsets(request.topic, request.partition))
         response = pb.ListOffsetsResponse(offset=-1, log_start=offsets.log_start, log_end=offsets.log_end,
                                           high_watermark=offsets.high_watermark, flushed=offsets.flushed)
         kind = request.position.WhichOneof("kind") if request.HasField("position") else None
@@ -95,8 +95,8 @@ class AdminService:
                 check_timestamp(request.position.timestamp_ms)
             except TidelogError as exc:
                 await status.abort(context, exc)
-            found = await self._call(context, engine.list_offsets, request.topic, request.partition,
-                                     request.position.timestamp_ms)
+            found = await self._call(context, self.engine.offset_at(request.topic, request.partition,
+                                                                    request.position.timestamp_ms))
             response.offset = -1 if found is None else found
         elif kind is not None:
             try:

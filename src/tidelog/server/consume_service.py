@@ -60,11 +60,9 @@ class ConsumeService:
         """An offset for a Position: an offset (checked against the log's range now, so a seek that
         the client follows by closing its stream still gets its answer), a boundary, or the first
         record at a time."""
-        engine = self.engine.engine
         kind = position.WhichOneof("kind")
         if kind == "offset":
-            # in the pool: the partition lock can be held across a segment roll's fsyncs
-            offsets = await self.engine.run(engine.list_offsets, topic, partition)
+            offsets = await self.engine.list_offsets(topic, partition)
             if not offsets.log_start <= position.offset <= offsets.high_watermark:
                 raise OffsetOutOfRangeError(
                     f"offset {position.offset} is out of range; valid offsets are {offsets.log_start} to "
@@ -73,20 +71,19 @@ class ConsumeService:
             return position.offset
         if kind == "timestamp_ms":
             check_timestamp(position.timestamp_ms)
-            found = await self.engine.run(engine.list_offsets, topic, partition, position.timestamp_ms)
-            return found if found is not None else engine.list_offsets(topic, partition, "latest")
+            found = await self.engine.offset_at(topic, partition, position.timestamp_ms)
+            return found if found is not None else await self.engine.offset_at(topic, partition, "latest")
         boundary = "latest" if kind == "boundary" and position.boundary == pb.LATEST else "earliest"
-        return await self.engine.run(engine.list_offsets, topic, partition, boundary)
+        return await self.engine.offset_at(topic, partition, boundary)
 
     async def _long_poll(self, request: pb.FetchRequest):
         """Fetch, waiting up to max_wait_ms for at least min_bytes (or any data when min_bytes is 0)."""
-        engine = self.engine.engine
         max_bytes = request.max_bytes or self.config.default_fetch_bytes
         wait_s = min(max(request.max_wait_ms, 0), self.config.max_fetch_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
         want = max(request.min_bytes, 1)
         while True:
-            result = await self.engine.run(engine.fetch, request.topic, request.partition, request.offset, max_bytes)
+            result = await self.engine.fetch(request.topic, request.partition, request.offset, max_bytes)
             left = deadline - time.monotonic()
             if len(result.data) >= want or left <= 0 or len(result.data) >= max_bytes or self.engine.stopping:
                 return result
@@ -105,7 +102,7 @@ class ConsumeService:
             result = await self._long_poll(request)
             # Decoding records into messages costs CPU in proportion to records and headers (a batch
             # of tiny headers is millions of objects): the I/O pool does it, not the event loop.
-            return await self.engine.run(_records_response, result)
+            return await self.engine.offload(_records_response, result)
         except TidelogError as exc:
             await status.abort(context, exc)
 
@@ -165,14 +162,10 @@ class ConsumeService:
         """Read up to `reserved` bytes at the subscription's position (at least one whole batch); what was
         read replaces the reservation in the shared budget. None when a seek moved the position meanwhile."""
         generation, sent = sub.generation, 0
-        engine = self.engine.engine
         try:
-            if sub.at_tail:
-                # Woken by an append: the bytes were just written and sit in the page cache,
-                # so reading them cannot block; skip the hop to the I/O pool (latency).
-                result = engine.fetch(topic, partition, sub.offset, reserved)
-            else:
-                result = await self.engine.run(engine.fetch, topic, partition, sub.offset, reserved)
+            # Woken by an append, the bytes sit in the page cache: read on the loop if the partition
+            # is free at once (latency), else in the pool.
+            result = await self.engine.fetch(topic, partition, sub.offset, reserved, at_tail=sub.at_tail)
             if generation != sub.generation:
                 return None
             sent = len(result.data)

@@ -50,7 +50,7 @@ class GroupsService:
         async def expire_forever():
             while True:
                 await asyncio.sleep(EXPIRY_CHECK_S)
-                await self.engine.run(self.coordinator.expire)
+                await self.engine.offload(self.coordinator.expire)
 
         self._expiry = asyncio.ensure_future(expire_forever())
 
@@ -60,7 +60,7 @@ class GroupsService:
 
     async def _call(self, context, fn, *args, **kwargs):
         try:
-            return await self.engine.run(fn, *args, **kwargs)
+            return await self.engine.offload(fn, *args, **kwargs)
         except TidelogError as exc:
             await status.abort(context, exc)
 

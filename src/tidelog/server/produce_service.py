@@ -136,7 +136,7 @@ class ProduceService:
             except ValueError as exc:
                 parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
         requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
-        outcomes = iter(await self.engine.run(self.engine.engine.append_many, requests) if requests else [])
+        outcomes = iter(await self.engine.append_many(requests) if requests else [])
         response = pb.ProduceResponse()
         for p in parsed:
             if isinstance(p, _Refused):
@@ -160,10 +160,10 @@ class ProduceService:
         try:
             timestamps = None
             if any(stamped):
-                now = self.engine.engine.clock()
+                now = self.engine.clock()
                 timestamps = [r.timestamp_ms if s else now for r, s in zip(records, stamped)]
-            results = await self.engine.run(
-                self.engine.engine.produce, request.topic, values,
+            results = await self.engine.produce(
+                request.topic, values,
                 keys if any(k is not None for k in keys) else None,
                 headers if any(headers) else None,
                 partition=request.partition if request.HasField("partition") else None,
