@@ -1,6 +1,10 @@
 """Look inside a data directory straight from disk, read-only (the broker may be running): dump batches
 and records, and check CRCs, offset continuity and index consistency.
 
+Built on the storage layer's own pieces, so that `tidelog check` and opening the log can never
+disagree: segment listing, read-only indexes, and `storage.recovery.classify`, the one rule for what
+the end of a segment's data means (intact, a torn tail the next open cuts, or corruption it refuses).
+
 Nothing here writes or takes the lock: files are opened read-only and mapped read-only, and a scan
 stops at a file's last data block (reading the sparse, preallocated part of a segment through a map
 can kill the process with SIGBUS on a full file system). When a broker holds the directory, the
@@ -10,7 +14,6 @@ broker published): past it, batches are still being written.
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -20,14 +23,16 @@ import numpy as np
 import fcntl
 
 from ._native import batch_scan
+from .broker.engine import CLEAN_SHUTDOWN_MARKER
 from .broker.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
                                 read_topic_meta)
 from .codec.batch import BatchView
 from .errors import CorruptBatchError, CorruptLogError, StorageError
 from .groups import records as group_records
+from .storage import recovery
 from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
-from .storage.recovery import read_checkpoint
+from .storage.recovery import CORRUPT, TORN_TAIL, read_checkpoint
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX
 from .storage.time_index import TimeIndex
 
@@ -72,20 +77,31 @@ def _listdir(path: str) -> list[str]:
 
 
 def segment_bases(directory: str) -> list[int]:
-    """Base offsets of the segments: `.log` files whose stem is 20 digits, as the broker counts them."""
-    return sorted(int(f[:-len(LOG_SUFFIX)]) for f in os.listdir(directory)
-                  if f.endswith(LOG_SUFFIX) and f[:-len(LOG_SUFFIX)].isdigit() and len(f) == 20 + len(LOG_SUFFIX))
+    """Base offsets of the segments, as the broker counts them."""
+    return recovery.segment_bases(_FS, directory)
 
 
 def _map(path: str):
     """(read-only map, bytes that hold data): the map is never read past the file's last data block."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = _FS.open(path, read_only=True)
     try:
-        size = os.fstat(fd).st_size
-        end = _FS.data_end(fd, size)
-        return (mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""), end
+        size = _FS.size(fd)
+        return (_FS.map_read(fd, size) or b""), _FS.data_end(fd, size)
     finally:
-        os.close(fd)
+        _FS.close(fd)
+
+
+def _zeros_after(path: str, pos: int) -> bool:
+    fd = _FS.open(path, read_only=True)
+    try:
+        return _FS.zeros_between(fd, pos, _FS.size(fd), path)
+    finally:
+        _FS.close(fd)
+
+
+def _index(cls, path: str):
+    """A read-only index, or None when its file is missing."""
+    return cls.read_only(_FS, path) if os.path.exists(path) else None
 
 
 def broker_running(data_dir: str) -> bool:
@@ -116,38 +132,21 @@ def _scan(buf, size: int, expected: int, verify: bool, start: int = 0):
     return np.concatenate(all_rows) if all_rows else out[:0], pos, reason, next_offset
 
 
-def _index_entries(path: str, dtype: np.dtype) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return np.empty(0, dtype=dtype)
-    return np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
-
-
 def _time_seek(stem: str, timestamp: int, log_size: int) -> int:
-    """Where to start scanning a segment for records at or after `timestamp`, from its indexes.
-
-    The time index holds the running maximum timestamp at indexed batches, so every batch before the
-    entry preceding the first one that reaches `timestamp` is older; the offset index turns that
-    entry's offset into a position. Indexes that do not look sound (this reads a directory that may be
-    damaged or still being written) give 0: scan the whole segment.
-    """
-    times = _index_entries(stem + TIME_INDEX_SUFFIX, TimeIndex.dtype)
-    times = times[times["ts"] != 0]  # the preallocated tail of an active segment
-    ts = times["ts"].astype(np.int64)
-    if len(ts) == 0 or not np.all(np.diff(ts) > 0):
+    """Where to start scanning a segment for records at or after `timestamp`, from its indexes (the
+    lookup the broker makes). Indexes that do not look sound (this reads a directory that may be
+    damaged or still being written) give 0: scan the whole segment."""
+    times, offsets = _index(TimeIndex, stem + TIME_INDEX_SUFFIX), _index(OffsetIndex, stem + INDEX_SUFFIX)
+    if times is None or offsets is None:
         return 0
-    j = int(np.searchsorted(ts, timestamp, side="left"))
+    written = times.written()
+    if len(written) == 0 or not np.all(np.diff(written["ts"].astype(np.int64)) > 0):
+        return 0
+    j = int(np.searchsorted(written["ts"], timestamp, side="left"))
     if j == 0:
         return 0
-    rel = int(times["rel"][j - 1])
-    index = _index_entries(stem + INDEX_SUFFIX, OffsetIndex.dtype)
-    pos = index["pos"].astype(np.int64)
-    live = int(np.argmax(np.r_[np.diff(pos) <= 0, True])) + 1 if len(index) else 0  # drop the zeroed tail
-    rels, pos = index["rel"][:live].astype(np.int64), pos[:live]
-    i = int(np.searchsorted(rels, rel, side="right")) - 1
-    return int(pos[i]) if i >= 0 and pos[i] < log_size else 0
+    pos = offsets.floor_position_of(int(written["rel"][j - 1]))
+    return pos if pos < log_size else 0
 
 
 def in_time_range(batch: BatchView, from_time: int | None, to_time: int | None) -> np.ndarray | None:
@@ -240,7 +239,9 @@ def check_partition(topic: str, partition: int, directory: str, live: bool = Fal
             result = _check_partition(topic, partition, directory, True)
             if segment_bases(directory) == before:
                 return result
-        except FileNotFoundError:  # deleted by retention (or with its topic) while being read
+        except (FileNotFoundError, StorageError) as exc:  # deleted (retention, its topic) while being read
+            if isinstance(exc, StorageError) and not isinstance(exc.__cause__, FileNotFoundError):
+                raise
             continue
     result = PartitionCheck(topic, partition)
     result.notes.append(f"not checked: its segments changed during each of {LIVE_ATTEMPTS} attempts")
@@ -256,11 +257,14 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
     bases = segment_bases(directory)
     result.segments = len(bases)
     point = read_checkpoint(_FS, directory)
+    # after a clean stop the next open trusts every byte as durable, as here
+    clean = not live and os.path.exists(os.path.join(os.path.dirname(directory), CLEAN_SHUTDOWN_MARKER))
     if not live:  # a running broker moves the log start and the last segment under our feet
         _check_extent(result, bases, point)
     for i, base in enumerate(bases):
         name = f"{base:020d}"
-        buf, size = _map(os.path.join(directory, name + LOG_SUFFIX))
+        log_path = os.path.join(directory, name + LOG_SUFFIX)
+        buf, size = _map(log_path)
         last = i == len(bases) - 1
         if live and last:
             if point is None or point.base != base:
@@ -273,21 +277,19 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
             if result.cut is None:  # keep the previous segment whole, drop this one and the rest
                 result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
-        # zeros end the data only if nothing but zeros follows (the preallocated tail of the active
-        # segment); a zeroed block with data after it is a hole, as recovery sees it too
-        damaged = reason not in (batch_scan.END, batch_scan.ZERO) or (
-            reason == batch_scan.ZERO and not (live and last) and (
-                not last or not _FS_zeros_after(os.path.join(directory, name + LOG_SUFFIX), end)))
-        if not damaged and point is not None and base == point.base and end < point.position and not live:
-            result.problems.append(f"segment {name}: the data ends at byte {end}, before the recovery point "
-                                   f"at byte {point.position} (durable records are missing)")
-            if result.cut is None:
-                result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
+        verdict = recovery.classify(
+            reason, end, durable_position=point.position if point is not None and base == point.base else 0,
+            whole=clean or not last, last=last,
+            zeros_follow=(lambda pos: True) if live and last else (lambda pos: _zeros_after(log_path, pos)))
+        damaged = verdict.kind == CORRUPT
+        first_lost = int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base
         if damaged:
-            result.problems.append(f"segment {name}: {batch_scan.STOP_NAMES[reason]} at byte {end} of {size}"
-                                   f"{'' if last else ' (in the middle of the log)'}")
+            result.problems.append(f"segment {name}: {verdict.what} at byte {end} of {size}")
             if result.cut is None:
-                result.cut = (base, end, int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base)
+                result.cut = (base, end, first_lost)
+        elif verdict.kind == TORN_TAIL:
+            result.notes.append(f"segment {name}: a torn write ({verdict.what}) at byte {end}, past the last "
+                                f"fsync: the next open cuts the log there (offset {first_lost} on, never durable)")
         if topic == group_records.OFFSETS_TOPIC:
             result.problems += _check_group_records(buf, rows)
         if len(rows):
@@ -312,14 +314,6 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
     return result
 
 
-def _FS_zeros_after(path: str, pos: int) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _FS.zeros_between(fd, pos, os.fstat(fd).st_size, path)
-    finally:
-        os.close(fd)
-
-
 def _check_group_records(buf, rows: np.ndarray) -> list[str]:
     """Records of `__consumer_offsets` that are not group state: the broker skips them on load."""
     problems = []
@@ -340,21 +334,14 @@ def _check_group_records(buf, rows: np.ndarray) -> list[str]:
 
 def _check_extent(result: PartitionCheck, bases: list[int], point) -> None:
     """The segments the recovery point says exist: the first holds the log start, the last written one
-    is there."""
+    is there (the rule opening applies)."""
     if point is None:
         if bases:
             result.notes.append("no valid recovery point: the first and last segments cannot be checked")
         return
-    if not bases:
-        result.problems.append(f"every segment file is missing (the recovery point names segment {point.base})")
-        result.extent_lost = True
-        return
-    if point.log_start >= 0 and bases[0] > point.log_start:
-        result.problems.append(f"the log should start at offset {point.log_start}, but its first segment starts at "
-                               f"{bases[0]}: segment(s) are missing")
-        result.extent_lost = True
-    if point.base not in bases and not (point.log_start >= 0 and point.base < bases[0]):
-        result.problems.append(f"segment {point.base:020d}.log, named by the recovery point, is missing")
+    missing = recovery.missing_segments(bases, point)
+    if missing is not None:
+        result.problems.append(missing)
         result.extent_lost = True
 
 
@@ -364,17 +351,13 @@ def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_e
     not judged."""
     problems = []
     starts = dict(zip(rows[:, batch_scan.COL_POS].tolist(), rows[:, batch_scan.COL_BASE_OFFSET].tolist()))
-    for suffix, dtype in ((INDEX_SUFFIX, OffsetIndex.dtype), (TIME_INDEX_SUFFIX, TimeIndex.dtype)):
-        path = os.path.join(directory, name + suffix)
-        if not os.path.exists(path):
+    for suffix, cls in ((INDEX_SUFFIX, OffsetIndex), (TIME_INDEX_SUFFIX, TimeIndex)):
+        index = _index(cls, os.path.join(directory, name + suffix))
+        if index is None:
             problems.append(f"segment {name}: {suffix} is missing (rebuilt on the next open)")
             continue
-        with open(path, "rb") as f:
-            data = f.read()
-        entries = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
         if suffix == INDEX_SUFFIX:
-            valid = entries[: int(np.argmax(np.r_[np.diff(entries["pos"].astype(np.int64)) <= 0, True])) + 1] \
-                if len(entries) else entries
+            valid = index.written()
             for rel, pos in zip(valid["rel"].tolist(), valid["pos"].tolist()):
                 if pos >= log_end:
                     break  # preallocated tail of an active segment
@@ -382,7 +365,7 @@ def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_e
                     problems.append(f"segment {name}: index entry ({rel}, {pos}) does not point at a batch")
                     break
         else:
-            live = entries[entries["ts"] != 0] if len(entries) else entries
+            live = index.written()
             if partial and len(live):
                 last_base = int(rows[-1, batch_scan.COL_BASE_OFFSET]) if len(rows) else base - 1
                 live = live[base + live["rel"].astype(np.int64) <= last_base]

@@ -24,10 +24,10 @@ import os
 from .broker.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .config import FsyncPolicy, TopicConfig
 from .errors import StorageError
-from .inspect import _map, _scan, check_directory, check_partition, partition_dirs, segment_bases
+from .inspect import check_directory, check_partition, partition_dirs
 from .log.partition_log import PartitionLog
 from .storage.fs import FileSystem
-from .storage.recovery import Checkpoint, read_checkpoint, write_checkpoint
+from .storage.recovery import Checkpoint, read_checkpoint, segment_bases, write_checkpoint
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment, segment_name
 
 
@@ -74,7 +74,7 @@ def _repair_partition(fs: FileSystem, data_dir: str, topic: str, partition: int,
     rebuild: set[int] = set()
     if found.cut is not None:
         base, pos, first_lost = found.cut
-        later = [b for b in segment_bases(directory) if b > base]
+        later = [b for b in segment_bases(fs, directory) if b > base]
         stem = os.path.join(directory, segment_name(base))
         fd = fs.open(stem + LOG_SUFFIX)
         try:
@@ -110,7 +110,7 @@ def _repair_partition(fs: FileSystem, data_dir: str, topic: str, partition: int,
 def _reset_recovery_point(fs: FileSystem, directory: str, config: TopicConfig) -> str | None:
     """Describe the log as it now is: it starts at its first segment and is durable to its end. A
     partition that lost every segment restarts empty where its last segment began."""
-    bases = segment_bases(directory)
+    bases = segment_bases(fs, directory)
     note = None
     if not bases:
         point = read_checkpoint(fs, directory)
@@ -119,8 +119,11 @@ def _reset_recovery_point(fs: FileSystem, directory: str, config: TopicConfig) -
         bases = [base]
         note = (f"every segment file was missing: the partition restarts empty at offset {base} (the offsets "
                 f"of the records lost from there on will be given to new records)")
-    buf, size = _map(os.path.join(directory, segment_name(bases[-1]) + LOG_SUFFIX))
-    _, end, _, _ = _scan(buf, size, bases[-1], verify=True)
+    last = Segment.load(fs, directory, bases[-1], config)
+    try:
+        end = last.scan(0, verify=True, expected_offset=bases[-1]).end_pos
+    finally:
+        last.close()
     write_checkpoint(fs, directory, Checkpoint(bases[0], bases[-1], end), durable=True)
     return note
 

@@ -47,6 +47,22 @@ class IndexFile:
             self.close()
             raise
 
+    @classmethod
+    def read_only(cls, fs: FileSystem, path: str):
+        """A copy of an existing index to look at (`tidelog check`, `dump`; the broker may be running):
+        read, not mapped, since a broker sealing the segment trims the file, and a map read past the
+        new end kills the reader with SIGBUS; nothing is ever written. Every entry the file holds is
+        counted, also the zeros of an active segment's preallocation (see `written`). StorageError
+        when it cannot be read."""
+        index = cls.__new__(cls)
+        index._fs, index.path, index._entry = fs, path, cls.dtype.itemsize
+        data = fs.read_file(path)
+        index.entries, index.torn = len(data) // index._entry, len(data) % index._entry != 0
+        index._capacity_bytes = index.entries * index._entry
+        index._map, index._map_len = data, len(data)
+        index._closed, index.sealed, index._fd = False, True, -1
+        return index
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def _preallocate(self) -> None:
         self._ensure_fd()

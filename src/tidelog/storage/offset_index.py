@@ -26,6 +26,21 @@ class OffsetIndex(IndexFile):
         i = int(np.searchsorted(entries["pos"], pos, side="right")) - 1
         return int(entries["pos"][i]) if i >= 0 else 0
 
+    def written(self) -> np.ndarray:
+        """The entries before the preallocated zeros of an active segment's file: positions grow
+        strictly, so the first entry that does not grow starts the tail (entry (0, 0) comes first)."""
+        e = self.view()
+        if len(e) == 0:
+            return e
+        pos = e["pos"].astype(np.int64)
+        return e[: int(np.argmax(np.r_[np.diff(pos) <= 0, True])) + 1]
+
+    def floor_position_of(self, rel_offset: int) -> int:
+        """Position of the last indexed batch whose relative offset is <= rel_offset (0 if none)."""
+        e = self.written()
+        i = int(np.searchsorted(e["rel"].astype(np.int64), rel_offset, side="right")) - 1
+        return int(e["pos"][i]) if i >= 0 else 0
+
     def last(self) -> tuple[int, int]:
         """(relative offset, position) of the last entry, or (-1, 0) when empty."""
         entries = self.view()

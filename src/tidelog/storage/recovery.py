@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .._native import batch_scan, checksum
 from ..config import TopicConfig
@@ -47,6 +47,43 @@ class Checkpoint(NamedTuple):
     log_start: int
     base: int
     position: int
+
+
+INTACT, TORN_TAIL, CORRUPT = "intact", "torn tail", "corrupt"
+
+
+class Verdict(NamedTuple):
+    """What the end of a segment's scan means (see `classify`)."""
+
+    kind: str  # INTACT, TORN_TAIL (opening cuts it) or CORRUPT (opening refuses)
+    position: int  # where the valid data ends
+    what: str = ""  # what was found there, for TORN_TAIL and CORRUPT
+
+
+def classify(reason: int, end_pos: int, *, durable_position: int, whole: bool, last: bool,
+             zeros_follow: Callable[[int], bool]) -> Verdict:
+    """The one rule for what a segment's scan found, used by opening (recovery) and by `tidelog check`
+    alike, so the two can never disagree.
+
+    reason, end_pos: where and why the scan of the segment's data stopped. durable_position: the
+    recovery point's position when this is its segment, else 0. whole: every byte of the file was
+    made durable (a segment sealed before a later one began, or any segment after a clean stop).
+    zeros_follow(pos): whether only zeros (unused preallocation) follow pos.
+
+    Data that was durable and is invalid, or missing, is corruption. Past the durable part, an invalid
+    batch of the last segment is a torn write, which opening cuts; anywhere else it is corruption.
+    """
+    stop = batch_scan.STOP_NAMES[reason]
+    if end_pos < durable_position:
+        return Verdict(CORRUPT, end_pos, f"{stop} {durable_position - end_pos} bytes before the recovery point "
+                                         f"(durable records are missing)")
+    if reason == batch_scan.END or (reason == batch_scan.ZERO and zeros_follow(end_pos)):
+        return Verdict(INTACT, end_pos)
+    if reason == batch_scan.ZERO:
+        stop = "zero-filled block with data after it"
+    if whole or not last:
+        return Verdict(CORRUPT, end_pos, stop if last else f"{stop} (in the middle of the log)")
+    return Verdict(TORN_TAIL, end_pos, stop)
 
 
 class RecoveryReport(NamedTuple):
@@ -95,20 +132,42 @@ def write_checkpoint(fs: FileSystem, directory: str, point: Checkpoint, durable:
                       body + struct.pack(">I", checksum.crc32c(body)), durable=durable)
 
 
-def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
-    """Base offsets of the .log files in a partition directory; strays (temp files, orphan indexes) go."""
-    names = fs.listdir(directory)
+def segment_bases(fs: FileSystem, directory: str) -> list[int]:
+    """Base offsets of the segments: `.log` files whose stem is 20 digits (read only)."""
     bases = set()
-    for name in names:
+    for name in fs.listdir(directory):
         stem, ext = os.path.splitext(name)
         if ext == LOG_SUFFIX and stem.isdigit() and len(stem) == 20:
             bases.add(int(stem))
+    return sorted(bases)
+
+
+def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
+    """Base offsets of the .log files in a partition directory; strays (temp files, orphan indexes) go."""
+    names = fs.listdir(directory)
+    bases = set(segment_bases(fs, directory))
     for name in names:
         stem, ext = os.path.splitext(name)
         if name.endswith(".tmp") or name.startswith(TMP_PREFIX) or (
                 ext in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem.isdigit() and int(stem) not in bases):
             fs.remove(os.path.join(directory, name))
     return sorted(bases)
+
+
+def missing_segments(bases: list[int], point: Checkpoint | None) -> str | None:
+    """What the recovery point says should be there and is not (the first segment, holding the log
+    start, or the last one written), or None. The one rule for opening and for `tidelog check`."""
+    if point is None:
+        return None
+    if not bases:
+        return f"every segment file is missing (its recovery point names segment {point.base})"
+    if point.log_start >= 0 and bases[0] > point.log_start:
+        return (f"the log should start at offset {point.log_start}, but its first segment file starts at "
+                f"{bases[0]}: the segment(s) before are missing")
+    if point.base not in bases:
+        return (f"segment file {point.base:020d}.log, which holds durable records, is missing (the segments "
+                f"found end at {bases[-1]:020d}.log)")
+    return None
 
 
 def _check_extent(fs: FileSystem, directory: str, bases: list[int], point: Checkpoint | None) -> list[int]:
@@ -120,21 +179,14 @@ def _check_extent(fs: FileSystem, directory: str, bases: list[int], point: Check
             log.warning("partition %s has no valid recovery point: its first and last segments cannot be "
                         "checked", name, extra={"event": "recovery_point_missing", "directory": directory})
         return bases
-    if not bases:
-        _refuse_missing(directory, f"every segment file is missing (its recovery point names segment "
-                                   f"{point.base})")
-    if point.log_start >= 0:
-        if bases[0] > point.log_start:
-            _refuse_missing(directory, f"the log should start at offset {point.log_start}, but its first segment "
-                                       f"file starts at {bases[0]}: the segment(s) before are missing")
-        while len(bases) > 1 and bases[1] <= point.log_start:
-            log.info("removing a segment below the log start (a retention a crash interrupted)", extra={
-                "event": "segment_deleted", "log": name, "reason": "retention", "base_offset": bases[0]})
-            Segment.remove_files(fs, directory, bases[0])
-            bases = bases[1:]
-    if point.base not in bases:
-        _refuse_missing(directory, f"segment file {point.base:020d}.log, which holds durable records, is missing "
-                                   f"(the segments found end at {bases[-1]:020d}.log)")
+    missing = missing_segments(bases, point)
+    if missing is not None:
+        _refuse_missing(directory, missing)
+    while point.log_start >= 0 and len(bases) > 1 and bases[1] <= point.log_start:
+        log.info("removing a segment below the log start (a retention a crash interrupted)", extra={
+            "event": "segment_deleted", "log": name, "reason": "retention", "base_offset": bases[0]})
+        Segment.remove_files(fs, directory, bases[0])
+        bases = bases[1:]
     return bases
 
 
@@ -171,33 +223,16 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
             last = i == len(bases) - 1
             seg = Segment.load(fs, directory, base, config, maps)
             segments.append(seg)
-            if durable is not None and base == durable.base and seg.file_size < durable.position:
-                _refuse(directory, seg, seg.file_size, f"the file ends {durable.position - seg.file_size} bytes "
-                        f"before its recovery point (durable records are missing)")
             expected = segments[-2].next_offset if len(segments) > 1 else base
             if base != expected:
                 _refuse(directory, seg, 0, f"the segment starts at offset {base} but the previous one ends "
                         f"at {expected}")
-            if checkpoint is not None and base >= checkpoint[0]:
+            scanned_from_point = checkpoint is not None and base >= checkpoint[0]
+            if scanned_from_point:
                 start = min(checkpoint[1] if base == checkpoint[0] else 0, seg.file_size)
                 result = seg.recover(start)
                 scanned += result.end_pos - start
                 rebuilt += 1
-                stop = batch_scan.STOP_NAMES[result.reason]
-                if result.end_pos < start:
-                    _refuse(directory, seg, result.end_pos, f"{stop} before the recovery point")
-                if not last:
-                    # sealed (fsynced) before a later segment began: it must be whole
-                    if result.reason not in (batch_scan.END, batch_scan.ZERO) or not seg.zeros_after(result.end_pos):
-                        _refuse(directory, seg, result.end_pos, stop)
-                else:
-                    if result.reason not in (batch_scan.END, batch_scan.ZERO):
-                        reason = stop
-                        truncated = result.end_pos
-                        log.warning("torn write past the last fsync: the log is cut there", extra={
-                            "event": "log_truncated", "directory": directory, "reason": stop, "base_offset": base,
-                            "position": result.end_pos})
-                    seg.cut(result.end_pos)  # also clears whatever a torn write left past zeros
             else:
                 damaged = (seg.indexes_missing or seg.index.torn or seg.time_index.torn
                            or not (seg.index.is_consistent(seg.file_size) and seg.time_index.is_consistent(1 << 31)))
@@ -208,13 +243,18 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
                     rebuilt += 1
                 else:
                     result = seg.restore()
-                if result.reason not in (batch_scan.END, batch_scan.ZERO) or not seg.zeros_after(result.end_pos):
-                    _refuse(directory, seg, result.end_pos, batch_scan.STOP_NAMES[result.reason])
-                if durable is not None and base == durable.base and result.end_pos < durable.position:
-                    _refuse(directory, seg, result.end_pos, f"the data ends {durable.position - result.end_pos} "
-                            f"bytes before the recovery point (durable records are missing)")
-                if result.end_pos < seg.file_size and last:
-                    seg.cut(result.end_pos)
+            verdict = classify(result.reason, result.end_pos,
+                               durable_position=durable.position if durable is not None and base == durable.base else 0,
+                               whole=not (last and scanned_from_point), last=last, zeros_follow=seg.zeros_after)
+            if verdict.kind == CORRUPT:
+                _refuse(directory, seg, verdict.position, verdict.what)
+            if verdict.kind == TORN_TAIL:
+                reason, truncated = verdict.what, verdict.position
+                log.warning("torn write past the last fsync: the log is cut there", extra={
+                    "event": "log_truncated", "directory": directory, "reason": verdict.what, "base_offset": base,
+                    "position": verdict.position})
+            if last and verdict.position < seg.file_size:
+                seg.cut(verdict.position)  # a torn tail, or preallocated zeros to keep clear
             if not last:
                 _finish_sealed(seg)  # now, not after the loop: a sealed segment lets go of its descriptors
     except BaseException:

@@ -30,6 +30,11 @@ class TimeIndex(IndexFile):
         j = int(np.searchsorted(e["ts"], timestamp, side="left"))
         return int(e["rel"][j - 1]) if j > 0 else 0
 
+    def written(self) -> np.ndarray:
+        """The entries that were written: an active segment's file ends in zeroed (timestamp 0) ones."""
+        e = self.view()
+        return e[e["ts"] != 0] if len(e) else e
+
     def last(self) -> tuple[int, int]:
         """(timestamp, relative offset) of the last entry, or (-1, -1) when empty."""
         e = self.view()
