@@ -1,0 +1,11 @@
+"""Kafka's murmur2 partitioner (native/partition_hash.pyx)."""
+
+from collections.abc import Sequence
+
+from typing_extensions import Buffer
+
+import numpy as np
+
+def murmur2(key: Buffer) -> int: ...
+def partitions_for_keys(keys: Sequence[Buffer | None], partitions: int) -> np.ndarray:
+    """Partition of every key (-1 for a None key)."""
