@@ -18,7 +18,8 @@ FORBIDDEN = {
     "log": {"broker", "server", "client", "v1", "groups", "grpc", "asyncio"},
     "broker": {"server", "client", "v1", "grpc"},
     "server": {"client"},
-    "client": {"server", "broker.engine", "storage", "log"},
+    # the wire contract, the codec and shared values only (groups/member.py moves into the client next)
+    "client": {"server", "broker", "storage", "log"},
     # the contract both sides share depends on neither: generated code, errors, grpc and protobuf only
     "wire": {"storage", "log", "broker", "server", "client", "groups", "codec", "config"},
 }

@@ -227,7 +227,7 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
     import asyncio
     from types import SimpleNamespace
 
-    from tidelog.broker.results import ProduceResult
+    from tidelog.values import ProduceResult
     from tidelog.server.produce_service import ProduceService
 
     batch = tidelog.build_batch([b"s" * 4000], timestamp=TS)
@@ -275,7 +275,7 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
     import asyncio
     from types import SimpleNamespace
 
-    from tidelog.broker.results import ProduceResult
+    from tidelog.values import ProduceResult
     from tidelog.server.admission import Connection
     from tidelog.server.produce_service import ProduceService
 

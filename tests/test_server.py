@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 import tidelog
-from tidelog.broker.partitioner import key_partition
+from tidelog.codec.partitioner import key_partition
 from tidelog.client import Admin, AsyncConsumer, Consumer, Producer
 from tidelog.wire import framing
 from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTopicError, OffsetOutOfRangeError,

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from ..config import EngineConfig
 from ..errors import TidelogError
 from .engine import Engine
-from .results import FetchResult, PartitionOffsets, ProduceResult, TopicDescription
+from ..values import PartitionOffsets, ProduceResult, TopicDescription
+from .results import FetchResult
 
 T = TypeVar("T")
 

@@ -29,10 +29,10 @@ from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, I
                       StorageError, TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
 from ..storage.map_cache import MapCache
+from ..values import PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult, TopicDescription
 from .catalog import Catalog
 from .housekeeper import Housekeeper
-from .results import (FetchResult, PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult,
-                      TopicDescription)
+from .results import FetchResult
 from .topic import Topic, validate_topic_name
 from .topic_meta import TopicMeta
 

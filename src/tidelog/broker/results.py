@@ -1,73 +1,11 @@
-"""What the engine hands back: produce acknowledgements, fetched batches, descriptions."""
+"""What a fetch hands back: whole batches of one partition, zero-copy (the other results are value
+types shared with the client: tidelog.values)."""
 
 from __future__ import annotations
 
 from typing import Iterator, NamedTuple
 
 from ..codec.batch import BatchView, Record, iter_batches
-from ..config import TopicConfig
-from ..log.partition_log import PartitionInfo, PartitionStats
-
-
-class ProduceResult(NamedTuple):
-    """Records acknowledged in one partition: offsets base_offset..last_offset, in order."""
-
-    topic: str
-    partition: int
-    base_offset: int
-    last_offset: int
-
-    @property
-    def count(self) -> int:
-        return self.last_offset - self.base_offset + 1
-
-
-class PartitionStatus(NamedTuple):
-    """One partition as monitoring sees it: offsets and sizes now, traffic since the engine opened."""
-
-    topic: str
-    partition: int
-    info: PartitionInfo
-    stats: PartitionStats
-
-
-class PartitionOffsets(NamedTuple):
-    """The named offsets of a partition (see tidelog.log.offsets)."""
-
-    log_start: int
-    log_end: int
-    high_watermark: int
-    flushed: int
-
-    @property
-    def earliest(self) -> int:
-        return self.log_start
-
-    @property
-    def latest(self) -> int:
-        """Where a new reader starting "at the end" begins: the high watermark."""
-        return self.high_watermark
-
-
-class PartitionDescription(NamedTuple):
-    partition: int
-    log_start: int
-    log_end: int
-    high_watermark: int
-    flushed: int
-    size_bytes: int
-    segments: int
-
-
-class TopicDescription(NamedTuple):
-    name: str
-    config: TopicConfig
-    partitions: list[PartitionDescription]
-    created_ms: int
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.size_bytes for p in self.partitions)
 
 
 class FetchResult:

@@ -11,12 +11,12 @@ import re
 import time
 from typing import Callable
 
+from ..codec.partitioner import Partitioner
 from ..config import TopicConfig
 from ..errors import InvalidPartitionError, InvalidTopicError
 from ..log.partition_log import PartitionLog
 from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
-from .partitioner import Partitioner
 from .topic_meta import TopicMeta, partition_dir
 
 log = logging.getLogger("tidelog.recovery")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..broker.results import PartitionDescription, PartitionOffsets
 from ..v1 import tidelog_pb2 as pb
+from ..values import PartitionDescription, PartitionOffsets
 from ..wire import methods
 from .channel import DEFAULT_TARGET, sync_channel, unary
 

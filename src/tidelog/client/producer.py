@@ -30,8 +30,8 @@ from typing import NamedTuple
 
 import grpc
 
-from ..broker.partitioner import key_partition
 from ..codec import batch as batch_codec
+from ..codec.partitioner import key_partition
 from ..codec.batch import BATCHES_REMEMBERED
 from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidConfigError, InvalidRequestError,
                       RequestTimeoutError, TidelogError)

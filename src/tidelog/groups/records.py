@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from ..values import TopicPartition
 from .assignor import ASSIGNORS
 
 OFFSETS_TOPIC = "__consumer_offsets"
-TopicPartition = tuple[str, int]
 
 
 class CommittedOffset(NamedTuple):

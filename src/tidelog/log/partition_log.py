@@ -31,6 +31,7 @@ from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
 from ..storage.segment import AppendedBatch, Segment
 from ..storage.segment_set import SegmentSet
+from ..values import PartitionInfo, PartitionStats
 from . import producer_snapshot
 from .offsets import Offsets
 from .producer_state import ProducerState
@@ -45,24 +46,6 @@ class ReadResult(NamedTuple):
     next_offset: int
     high_watermark: int
     log_start: int
-
-
-class PartitionInfo(NamedTuple):
-    log_start: int
-    log_end: int
-    high_watermark: int
-    flushed: int
-    size_bytes: int
-    segments: int
-
-
-class PartitionStats(NamedTuple):
-    """Records and bytes appended to and read from a partition since it was opened."""
-
-    appended_records: int
-    appended_bytes: int
-    read_records: int
-    read_bytes: int
 
 
 class PartitionLog:

@@ -7,10 +7,10 @@ import dataclasses
 import grpc
 
 from ..broker.async_engine import AsyncEngine
-from ..broker.results import TopicDescription
 from ..config import TopicConfig
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
+from ..values import TopicDescription
 from ..wire import methods
 from . import requests, status
 from .consume_service import ConsumeService, check_timestamp

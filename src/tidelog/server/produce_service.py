@@ -20,10 +20,10 @@ from typing import Callable, NamedTuple
 import grpc
 
 from ..broker.async_engine import AsyncEngine
-from ..broker.results import ProduceResult
 from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
+from ..values import ProduceResult
 from ..wire import framing, methods
 from ..wire.statuses import error_message
 from . import requests, status

@@ -1,0 +1,93 @@
+"""Value types the engine, the groups and the client share: results, descriptions, offsets.
+
+Plain immutable values with no behaviour beyond derived properties, so that the client can use them
+without importing the engine (tests/test_architecture.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .config import TopicConfig
+
+TopicPartition = tuple[str, int]
+"""(topic, partition)."""
+
+
+class ProduceResult(NamedTuple):
+    """Records acknowledged in one partition: offsets base_offset..last_offset, in order."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    last_offset: int
+
+    @property
+    def count(self) -> int:
+        return self.last_offset - self.base_offset + 1
+
+
+class PartitionStatus(NamedTuple):
+    """One partition as monitoring sees it: offsets and sizes now, traffic since the engine opened."""
+
+    topic: str
+    partition: int
+    info: PartitionInfo
+    stats: PartitionStats
+
+
+class PartitionOffsets(NamedTuple):
+    """The named offsets of a partition (see tidelog.log.offsets)."""
+
+    log_start: int
+    log_end: int
+    high_watermark: int
+    flushed: int
+
+    @property
+    def earliest(self) -> int:
+        return self.log_start
+
+    @property
+    def latest(self) -> int:
+        """Where a new reader starting "at the end" begins: the high watermark."""
+        return self.high_watermark
+
+
+class PartitionDescription(NamedTuple):
+    partition: int
+    log_start: int
+    log_end: int
+    high_watermark: int
+    flushed: int
+    size_bytes: int
+    segments: int
+
+
+class TopicDescription(NamedTuple):
+    name: str
+    config: TopicConfig
+    partitions: list[PartitionDescription]
+    created_ms: int
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.size_bytes for p in self.partitions)
+
+
+class PartitionInfo(NamedTuple):
+    log_start: int
+    log_end: int
+    high_watermark: int
+    flushed: int
+    size_bytes: int
+    segments: int
+
+
+class PartitionStats(NamedTuple):
+    """Records and bytes appended to and read from a partition since it was opened."""
+
+    appended_records: int
+    appended_bytes: int
+    read_records: int
+    read_bytes: int
