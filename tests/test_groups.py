@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 
@@ -510,3 +511,64 @@ def test_a_jump_of_the_wall_clock_does_not_expire_a_member(data_dir, monkeypatch
         monkeypatch.setattr(time, "time", lambda: wall_ns() / 1e9 + 3600)
         assert coord.expire() == []
         assert coord.heartbeat("g", a.member_id, a.generation, a.assignment).assignment == a.assignment
+
+
+# -- what commit() covers: the position, i.e. what the application was given ------------------------
+
+def test_iterating_moves_the_position_record_by_record_and_commit_covers_only_what_the_loop_got(engine, coord):
+    engine.produce("orders", [b"%d" % i for i in range(100)], partition=0)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
+    loop = iter(c)
+    got = [next(loop) for _ in range(3)]  # one fetch brought in all 100
+    c.commit()
+    assert [r.offset for r in got] == [0, 1, 2] and coord.committed("g") == {("orders", 0): 3}
+    rest = drain(c, 97)  # poll() goes on where the loop stopped: nothing skipped, nothing twice
+    assert [r.offset for r in rest] == list(range(3, 100))
+    c.close()
+
+
+def test_poll_returns_at_most_max_poll_records_and_keeps_the_rest_in_order(engine, coord):
+    for p in range(6):
+        engine.produce("orders", [b"%d" % i for i in range(50)], partition=p)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, max_poll_records=7)
+    polls = []
+    deadline = time.monotonic() + 20
+    while sum(map(len, polls)) < 300 and time.monotonic() < deadline:
+        polls.append(c.poll(0.05))
+        c.commit()
+        assert coord.committed("g") == {tp: o for tp, o in c._positions.items() if o}  # only what was returned
+    assert max(map(len, polls)) == 7
+    by_partition = collections.defaultdict(list)
+    for r in (r for batch in polls for r in batch):
+        by_partition[r.partition].append(r.offset)
+    assert by_partition == {p: list(range(50)) for p in range(6)}
+    c.close()
+
+
+@pytest.mark.parametrize("options", [{"max_poll_records": 0}, {"max_poll_interval_ms": 0},
+                                     {"auto_offset_reset": "nearest"}])
+def test_consumer_options_are_checked(engine, coord, options):
+    with pytest.raises(ValueError):
+        EmbeddedGroupConsumer(coord, "g", ["orders"], **options)
+
+
+# -- a busy member ------------------------------------------------------------------------------------
+
+def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoins_at_its_next_poll(engine, coord):
+    engine.produce("orders", [b"x"] * 6, partition=0)
+    lost = []
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, max_poll_interval_ms=200,
+                              session_timeout_ms=LONG_SESSION_MS, on_lost=lost.append)
+    first_member = c.member_id
+    assert len(drain(c, 6)) == 6
+    deadline = time.monotonic() + 20  # the application is away; the heartbeat thread leaves for it
+    while "g" in coord.list_groups() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "g" not in coord.list_groups()  # no members (and nothing committed)
+    with pytest.raises(UnknownMemberError, match="max_poll_interval_ms=200"):
+        c.commit()
+    again = drain(c, 6)  # back: on_lost for everything it held, and a new membership
+    assert lost == [[("orders", p) for p in range(6)]]
+    assert c.member_id != first_member and [m["member_id"] for m in coord.describe("g")["members"]] == [c.member_id]
+    assert [r.offset for r in again] == list(range(6))  # nothing was committed: all of it again
+    c.close()
