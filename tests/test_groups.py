@@ -552,7 +552,41 @@ def test_consumer_options_are_checked(engine, coord, options):
         EmbeddedGroupConsumer(coord, "g", ["orders"], **options)
 
 
-# -- a busy member ------------------------------------------------------------------------------------
+# -- a busy member: initial rebalance delay, poll interval ----------------------------------------------
+
+def test_a_new_group_waits_the_initial_rebalance_delay_so_that_members_starting_together_share(engine, clock):
+    coord = GroupCoordinator(engine, clock=clock, initial_rebalance_delay_ms=3000)
+    a = coord.join("g", ["orders"])
+    assert a.assignment == [] and a.heartbeat_interval_ms == 3000  # come back when the wait is over
+    clock.advance(2000)
+    b = coord.join("g", ["orders"])  # restarts the wait
+    clock.advance(2500)  # past a's 3 s, not past b's
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=[])
+    assert a.assignment == [] and a.heartbeat_interval_ms == 500
+    clock.advance(500)
+    a, b = beat(coord, "g", a), beat(coord, "g", b)
+    assert len(a.assignment) == 3 and len(b.assignment) == 3 and not set(a.assignment) & set(b.assignment)
+    c = coord.join("g", ["orders"])  # the group has members: no wait, the usual hand-over
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=a.assignment)
+    b = coord.join("g", ["orders"], member_id=b.member_id, owned=b.assignment)
+    a, b, c = beat(coord, "g", a), beat(coord, "g", b), beat(coord, "g", c)
+    assert sorted(len(s.assignment) for s in (a, b, c)) == [2, 2, 2]
+
+
+def test_joins_postpone_a_new_groups_first_assignment_at_most_ten_delays(engine, clock):
+    coord = GroupCoordinator(engine, clock=clock, initial_rebalance_delay_ms=1000)
+    join = functools.partial(coord.join, "g", ["orders"], session_timeout_ms=60_000)
+    states = [join()]
+    for _ in range(11):  # a member every 900 ms would postpone it forever
+        clock.advance(900)
+        states.append(join())
+    first = join(member_id=states[0].member_id, owned=[])
+    assert first.assignment == [] and first.heartbeat_interval_ms == 100  # 10 delays after the first join
+    clock.advance(900)
+    states.append(join())  # no longer postpones anything
+    states = [join(member_id=s.member_id, owned=[]) for s in states]
+    assert sorted(tp for s in states for tp in s.assignment) == [("orders", p) for p in range(6)]
+
 
 def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoins_at_its_next_poll(engine, coord):
     engine.produce("orders", [b"x"] * 6, partition=0)

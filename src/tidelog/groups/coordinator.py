@@ -21,6 +21,12 @@ member that was consuming when the broker stopped still holds its partitions aft
 nobody else is granted them, and it simply goes on heartbeating with its id (no rebalance); a
 member that does not come back expires one session timeout after the start and its partitions move.
 
+Members that start together share from the start: when a member joins a group without members,
+nobody is granted anything for initial_rebalance_delay_ms (the broker's
+group_initial_rebalance_delay_ms, Kafka's group.initial.rebalance.delay.ms), and each member joining
+meanwhile restarts that wait, up to INITIAL_DELAY_MAX_FACTOR times the delay in all. Otherwise the
+first member would take every partition and the others would wait for it to give them up.
+
 Thread-safe (one lock). Time is injected, so tests move a manual clock instead of sleeping.
 """
 
@@ -47,6 +53,7 @@ log = logging.getLogger("tidelog.groups")
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 300_000
+INITIAL_DELAY_MAX_FACTOR = 10  # joins keep postponing a new group's first assignment up to this many delays
 
 
 def monotonic_ms() -> int:
@@ -78,6 +85,8 @@ class _Group:
     partition_counts: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
     stored: dict | None = None  # what __consumer_offsets holds for the group (None: no members)
+    forming_since_ms: int = 0  # when the first member of a group without members joined
+    forming_until_ms: int = 0  # nothing is granted before this (clock ms): members starting together share
 
     def snapshot(self) -> dict | None:
         """The group as its membership record stores it (groups/records.py); None without members."""
@@ -107,10 +116,17 @@ class _Group:
 
 class GroupCoordinator:
     def __init__(self, engine: Engine, offsets: OffsetStore | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, *, initial_rebalance_delay_ms: int = 0) -> None:
+        """initial_rebalance_delay_ms: how long a group without members waits before its first
+        assignment (the broker passes group_initial_rebalance_delay_ms; embedded, 0: the application
+        starts its members itself)."""
+        if isinstance(initial_rebalance_delay_ms, bool) or not isinstance(initial_rebalance_delay_ms, int) \
+                or initial_rebalance_delay_ms < 0:
+            raise InvalidRequestError(f"initial_rebalance_delay_ms must be >= 0, got {initial_rebalance_delay_ms!r}")
         self.engine = engine
         self.offsets = offsets or OffsetStore(engine)
         self.clock = clock or monotonic_ms  # sessions only; record timestamps come from engine.clock()
+        self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self._lock = threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
@@ -147,6 +163,7 @@ class GroupCoordinator:
                                          group=group_id)
             now = self.clock()
             if member is None:
+                self._postpone_first_assignment(group, now)
                 member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
                 member = _Member(member_id, client_id, topics, session_timeout_ms, now)
                 group.members[member_id] = member
@@ -253,14 +270,31 @@ class GroupCoordinator:
                                          "generation": group.generation, "members": len(group.members),
                                          "old_assignment": _show(old), "new_assignment": _show(group.target)})
 
+    def _postpone_first_assignment(self, group: _Group, now: int) -> None:
+        """A member is joining: if the group has no members (or is still waiting for them), wait
+        initial_rebalance_delay_ms from now before granting anything, so that members starting
+        together share instead of the first taking everything."""
+        delay = self.initial_rebalance_delay_ms
+        if not delay:
+            return
+        if not group.members:
+            group.forming_since_ms = now
+        elif now >= group.forming_until_ms:
+            return
+        group.forming_until_ms = min(now + delay, group.forming_since_ms + INITIAL_DELAY_MAX_FACTOR * delay)
+
     def _grant(self, group: _Group, member: _Member) -> MemberState:
+        interval_ms = max(member.session_timeout_ms // 3, 1)
+        wait_ms = group.forming_until_ms - self.clock()
+        if wait_ms > 0:  # the group is still waiting for the members starting with it
+            member.granted = []
+            return MemberState(member.member_id, group.generation, [], max(min(interval_ms, wait_ms), 1))
         held_by_others = set()
         for other in group.members.values():
             if other is not member:
                 held_by_others |= other.holding()
         member.granted = [tp for tp in group.target.get(member.member_id, []) if tp not in held_by_others]
-        return MemberState(member.member_id, group.generation, list(member.granted),
-                           max(member.session_timeout_ms // 3, 1))
+        return MemberState(member.member_id, group.generation, list(member.granted), interval_ms)
 
     # -- offsets ---------------------------------------------------------------------------------
     def commit(self, group_id: str, member_id: str | None, generation: int,
