@@ -606,3 +606,102 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoin
     assert c.member_id != first_member and [m["member_id"] for m in coord.describe("g")["members"]] == [c.member_id]
     assert [r.offset for r in again] == list(range(6))  # nothing was committed: all of it again
     c.close()
+
+
+# -- committed offsets that do not fit the log: a recreated topic, retention --------------------------
+
+def test_deleting_a_topic_deletes_every_groups_offsets_of_it_durably(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 2)
+        eng.create_topic("other", 1)
+        eng.produce("orders", [b"a", b"b", b"c"], partition=0)
+        eng.produce("other", [b"a"], partition=0)
+        coord = GroupCoordinator(eng, clock=clock)
+        coord.commit("billing", None, 0, {("orders", 0): 3, ("other", 0): 1})
+        coord.commit("audit", None, 0, {("orders", 0): 2})
+        eng.delete_topic("orders")
+        eng.create_topic("orders", 2)
+        eng.produce("orders", [b"x1"], partition=0)
+        assert coord.committed("billing") == {("other", 0): 1} and coord.committed("audit") == {}
+    with Engine.open(data_dir, clock=clock) as eng:  # the replay of __consumer_offsets forgets them too
+        coord = GroupCoordinator(eng, clock=clock)
+        assert coord.committed("billing") == {("other", 0): 1} and coord.committed("audit") == {}
+        c = EmbeddedGroupConsumer(coord, "billing", ["orders"], auto_commit=False)
+        eng.produce("orders", [b"x2"], partition=0)
+        assert [r.value for r in drain(c, 2)] == [b"x1", b"x2"]  # from the new log's start
+        c.close()
+
+
+def test_offsets_of_a_topic_deleted_behind_the_coordinators_back_are_deleted_at_its_start(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 1)
+        eng.produce("orders", [b"a", b"b", b"c"], partition=0)
+        GroupCoordinator(eng, clock=clock).commit("billing", None, 0, {("orders", 0): 3})
+    with Engine.open(data_dir, clock=clock) as eng:  # e.g. the broker stopped before it wrote the tombstones
+        eng.delete_topic("orders")
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert GroupCoordinator(eng, clock=clock).committed("billing") == {}
+        eng.create_topic("orders", 1)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert GroupCoordinator(eng, clock=clock).committed("billing") == {}
+
+
+def out_of_range_warnings(caplog) -> list:
+    return [r for r in caplog.records if getattr(r, "event", None) == "offset_out_of_range"]
+
+
+@pytest.mark.parametrize("policy, expected", [("earliest", [b"x1", b"x2", b"x3"]), ("latest", [b"x3"])])
+def test_a_commit_past_the_log_end_is_reset_per_auto_offset_reset_with_a_warning(engine, coord, caplog, policy,
+                                                                                  expected):
+    engine.create_topic("single", 1)
+    engine.produce("single", [b"x1", b"x2"], partition=0)
+    coord.offsets.commit("g", {("single", 0): 3})  # an offset of an older, longer log
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset=policy)
+    got = drain(c, 2, seconds=2.0)
+    engine.produce("single", [b"x3"], partition=0)
+    got += drain(c, 1)
+    assert [r.value for r in got] == expected
+    [warning] = out_of_range_warnings(caplog)
+    assert (warning.group, warning.topic, warning.partition, warning.offset, warning.log_start, warning.log_end) == \
+        ("g", "single", 0, 3, 0, 2)
+    message = warning.getMessage()
+    assert "group g" in message and "committed offset 3 of single[0]" in message and "0 to 2" in message
+    assert policy in message
+    c.commit()
+    assert coord.committed("g") == {("single", 0): 3}  # the next offset after x3, on the new log
+    c.close()
+
+
+def test_a_commit_before_the_log_start_is_reset_with_a_warning(engine, coord, caplog):
+    engine.create_topic("single", 1, segment_bytes=4096)
+    for i in range(6):  # one record per segment
+        engine.produce("single", [b"%d" % i + b"." * 3000], partition=0)
+    coord.offsets.commit("g", {("single", 0): 1})
+    engine.delete_records("single", 0, 4)  # retention moved the start past the commit
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="earliest")
+    assert [r.offset for r in drain(c, 2)] == [4, 5]
+    [warning] = out_of_range_warnings(caplog)
+    assert (warning.offset, warning.log_start, warning.log_end, warning.to) == (1, 4, 6, 4)
+    c.close()
+
+
+def test_with_auto_offset_reset_none_an_offset_outside_the_log_is_an_error_for_the_application(engine, coord,
+                                                                                             caplog):
+    engine.create_topic("single", 1)
+    engine.produce("single", [b"x1"], partition=0)
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="none")
+    with pytest.raises(OffsetOutOfRangeError, match="no committed offset for single"):
+        c.poll(0.1)
+    c.close()
+    coord.offsets.commit("g", {("single", 0): 3})
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="none")
+    for _ in range(2):  # every poll says so until the offsets are reset (nothing is skipped meanwhile)
+        with pytest.raises(OffsetOutOfRangeError, match=r"committed offset 3 of single\[0\] is out of range") as info:
+            drain(c, 1)
+        assert (info.value.log_start, info.value.log_end) == (0, 1)
+    assert len(out_of_range_warnings(caplog)) >= 1
+    c.close()
+    assert coord.committed("g") == {("single", 0): 3}

@@ -27,6 +27,11 @@ group_initial_rebalance_delay_ms, Kafka's group.initial.rebalance.delay.ms), and
 meanwhile restarts that wait, up to INITIAL_DELAY_MAX_FACTOR times the delay in all. Otherwise the
 first member would take every partition and the others would wait for it to give them up.
 
+Deleting a topic deletes every group's committed offsets of it (tombstones in `__consumer_offsets`,
+so the deletion survives a restart), as Kafka does: a topic created again under the same name starts
+each group at its auto_offset_reset, never at an offset of the old log. Offsets of topics that no
+longer exist at start (the broker stopped between the two) are deleted then.
+
 Thread-safe (one lock). Time is injected, so tests move a manual clock instead of sleeping.
 """
 
@@ -42,8 +47,8 @@ from typing import Callable, Iterable, Sequence
 
 from ..broker.engine import Engine, is_internal_topic
 from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
-                      PartitionNotAssignedError, StaleGenerationError, UnknownGroupError, UnknownMemberError,
-                      UnknownTopicError)
+                      PartitionNotAssignedError, StaleGenerationError, TidelogError, UnknownGroupError,
+                      UnknownMemberError, UnknownTopicError)
 from .assignor import ASSIGNORS, TopicPartition
 from .member import MemberState
 from .offset_store import OffsetStore
@@ -136,6 +141,9 @@ class GroupCoordinator:
             log.info("group membership restored: every member keeps what it held, with a fresh session", extra={
                 "event": "group_restored", "group": group_id, "generation": group.generation,
                 "members": sorted(group.members)})
+        for topic in sorted(self.offsets.topics() - set(engine.list_topics())):
+            self._topic_deleted(topic)  # deleted while the broker was stopping, before its offsets were
+        engine.on_topic_deleted(self._topic_deleted)
 
     # -- membership ------------------------------------------------------------------------------
     def join(self, group_id: str, topics: Sequence[str], *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
@@ -295,6 +303,24 @@ class GroupCoordinator:
                 held_by_others |= other.holding()
         member.granted = [tp for tp in group.target.get(member.member_id, []) if tp not in held_by_others]
         return MemberState(member.member_id, group.generation, list(member.granted), interval_ms)
+
+    def _topic_deleted(self, topic: str) -> None:
+        """Delete every group's committed offsets of a deleted topic, and take its partitions out of the
+        assignments now (a topic created again under the name is a new log: no old offset applies)."""
+        with self._lock:
+            try:
+                forgotten = self.offsets.forget_topic(topic)
+                for group in self._groups.values():
+                    if any(topic in m.topics for m in group.members.values()):
+                        self._check_partition_counts(group)
+                        self._store(group)
+            except TidelogError as exc:  # the topic is gone anyway; the next start deletes what is left
+                log.error("could not delete the committed offsets of deleted topic %s: %s", topic, exc.message,
+                          extra={"event": "topic_offsets_delete_failed", "topic": topic, "error": exc.message})
+                return
+        if forgotten:
+            log.info("committed offsets of a deleted topic deleted", extra={
+                "event": "topic_offsets_deleted", "topic": topic, "groups": sorted(forgotten)})
 
     # -- offsets ---------------------------------------------------------------------------------
     def commit(self, group_id: str, member_id: str | None, generation: int,

@@ -47,6 +47,11 @@ A member shares its partitions promptly even while the application is busy:
   to expire. Its next commit() is refused (UnknownMemberError naming the setting: those records are
   redelivered to the new owners), and its next poll() calls on_lost and rejoins as a new member.
 
+A partition whose position is outside its log (its committed offset is past the end of a recreated
+or truncated log, or before the start after retention) is reset per auto_offset_reset, with a
+WARNING naming group, partition, offset and the log's range; with "none" poll() raises
+OffsetOutOfRangeError instead.
+
 Thread-safety: poll(), commit() and close() belong to the caller's thread (one thread per member);
 the heartbeat thread shares the grant, the lease and the lost flag with it under `_lock`, and one
 exchange with the coordinator at a time runs under `_membership`.
@@ -67,7 +72,7 @@ log = logging.getLogger("tidelog.groups")
 
 TopicPartition = tuple[str, int]
 LEASE_SAFETY = 0.1  # the lease ends this fraction of the session timeout early (clock rates, rounding)
-OFFSET_RESETS = ("earliest", "latest")
+OFFSET_RESETS = ("earliest", "latest", "none")
 DEFAULT_MAX_POLL_RECORDS = 500  # Kafka's max.poll.records
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # Kafka's max.poll.interval.ms
 
@@ -346,8 +351,7 @@ class GroupMember:
     def _open_readers(self, added: list[TopicPartition]) -> None:
         try:
             committed = self._committed(added)
-            starts = {tp: committed[tp] if tp in committed else self._start(tp, self.auto_offset_reset)
-                      for tp in added}
+            starts = {tp: committed[tp] if tp in committed else self._reset_to(tp) for tp in added}
         except TidelogError as exc:
             if not exc.retriable:
                 raise
@@ -362,6 +366,36 @@ class GroupMember:
             self._committed_positions[tp] = offset
         if self.on_assign:
             self.on_assign(added)
+
+    def _reset_to(self, tp: TopicPartition) -> int:
+        """Where a partition without a committed offset starts: auto_offset_reset ("none": an error)."""
+        if self.auto_offset_reset == "none":
+            raise OffsetOutOfRangeError(
+                f"group {self.group_id!r} has no committed offset for {tp[0]}[{tp[1]}] and auto_offset_reset is "
+                f"'none'", group=self.group_id, topic=tp[0], partition=tp[1])
+        return self._start(tp, self.auto_offset_reset)
+
+    def _out_of_range(self, tp: TopicPartition, error: OffsetOutOfRangeError) -> int:
+        """Where to read on when the position is outside the partition's log (a committed offset past the
+        end of a recreated or truncated log, or before a start that retention moved): per
+        auto_offset_reset, never silently; "none" raises to the application instead."""
+        offset = self._positions[tp]
+        what = "committed offset" if self._committed_positions.get(tp) == offset else "position"
+        fields = {"group": self.group_id, "topic": tp[0], "partition": tp[1], "offset": offset,
+                  "log_start": error.log_start, "log_end": error.log_end, "reset": self.auto_offset_reset}
+        if self.auto_offset_reset == "none":
+            log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); auto_offset_reset "
+                        "is 'none': poll() raises OffsetOutOfRangeError", self.group_id, what, offset, tp[0],
+                        tp[1], error.log_start, error.log_end, extra={"event": "offset_out_of_range", **fields})
+            raise OffsetOutOfRangeError(
+                f"group {self.group_id!r}: {what} {offset} of {tp[0]}[{tp[1]}] is out of range; the log holds "
+                f"{error.log_start} to {error.log_end} and auto_offset_reset is 'none'", **fields)
+        to = self._start(tp, self.auto_offset_reset)
+        log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); resetting to the %s "
+                    "offset %d (auto_offset_reset)", self.group_id, what, offset, tp[0], tp[1], error.log_start,
+                    error.log_end, self.auto_offset_reset, to, extra={"event": "offset_out_of_range", "to": to,
+                                                                      **fields})
+        return to
 
     def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
         """At most max_poll_records records from the partitions currently assigned (each partition in
@@ -444,10 +478,17 @@ class GroupMember:
                 continue
             try:
                 records = reader.poll(timeout_s if not out else 0)
-            except OffsetOutOfRangeError:
-                # The committed position fell out of the log (retention): start over per auto_offset_reset.
-                offset = self._start(tp, self.auto_offset_reset)
+            except OffsetOutOfRangeError as exc:
                 reader.close()
+                if self._readers[tp] is not reader:  # a _Reopening had opened a reader already
+                    self._readers[tp].close()
+                with self._lock:  # until a new position is known, the partition is asked again later
+                    self._readers[tp] = _Reopening(self, tp)
+                try:
+                    offset = self._out_of_range(tp, exc)
+                except TidelogError:
+                    self._kept.update(out)  # nothing fetched is lost with the error
+                    raise
                 with self._lock:
                     self._readers[tp] = self._reader(tp, offset)
                 self._positions[tp] = offset
