@@ -2,8 +2,9 @@
 
 The adversary for the group's ownership guarantee. A seeded schedule SIGKILLs and restarts the broker,
 SIGKILLs members (and starts replacements), and SIGSTOPs a member for longer than its session
-timeout before SIGCONTing it, while records are produced. Every member logs each delivery with its
-tenure (one uninterrupted ownership of a partition: a new one at every assignment). The checker:
+timeout before SIGCONTing it, while records are produced. Members alternate between consuming with
+poll() and record by record (the iterator, which revokes between records). Every member logs each
+delivery with its tenure (one uninterrupted ownership of a partition: a new one at every assignment). The checker:
 
 - no double ownership: for each partition, the spans [first delivery, last delivery] of different
   tenures never overlap;
@@ -44,8 +45,8 @@ DRAIN_S = 90.0  # how long the final catch-up may take before the run counts as 
 
 
 class MemberProcess(Child):
-    def __init__(self, target: str, log_path: str, name: str) -> None:
-        super().__init__(["tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path, name],
+    def __init__(self, target: str, log_path: str, name: str, mode: str) -> None:
+        super().__init__(["tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path, name, mode],
                          name, log_path + ".stderr")
 
 
@@ -100,7 +101,8 @@ def run_chaos(base_dir: str, seed: int, rounds: int) -> Report:
 
     def new_member() -> MemberProcess:
         name = next(names)
-        m = MemberProcess(server.target, os.path.join(log_dir, f"{name}.log"), name)
+        mode = ("poll", "iterate")[len(members) % 2]  # both ways of consuming: poll(), and record by record
+        m = MemberProcess(server.target, os.path.join(log_dir, f"{name}.log"), name, mode)
         members.append(m)
         return m
 

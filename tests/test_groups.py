@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 
@@ -510,3 +511,197 @@ def test_a_jump_of_the_wall_clock_does_not_expire_a_member(data_dir, monkeypatch
         monkeypatch.setattr(time, "time", lambda: wall_ns() / 1e9 + 3600)
         assert coord.expire() == []
         assert coord.heartbeat("g", a.member_id, a.generation, a.assignment).assignment == a.assignment
+
+
+# -- what commit() covers: the position, i.e. what the application was given ------------------------
+
+def test_iterating_moves_the_position_record_by_record_and_commit_covers_only_what_the_loop_got(engine, coord):
+    engine.produce("orders", [b"%d" % i for i in range(100)], partition=0)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
+    loop = iter(c)
+    got = [next(loop) for _ in range(3)]  # one fetch brought in all 100
+    c.commit()
+    assert [r.offset for r in got] == [0, 1, 2] and coord.committed("g") == {("orders", 0): 3}
+    rest = drain(c, 97)  # poll() goes on where the loop stopped: nothing skipped, nothing twice
+    assert [r.offset for r in rest] == list(range(3, 100))
+    c.close()
+
+
+def test_poll_returns_at_most_max_poll_records_and_keeps_the_rest_in_order(engine, coord):
+    for p in range(6):
+        engine.produce("orders", [b"%d" % i for i in range(50)], partition=p)
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, max_poll_records=7)
+    polls = []
+    deadline = time.monotonic() + 20
+    while sum(map(len, polls)) < 300 and time.monotonic() < deadline:
+        polls.append(c.poll(0.05))
+        c.commit()
+        assert coord.committed("g") == {tp: o for tp, o in c._positions.items() if o}  # only what was returned
+    assert max(map(len, polls)) == 7
+    by_partition = collections.defaultdict(list)
+    for r in (r for batch in polls for r in batch):
+        by_partition[r.partition].append(r.offset)
+    assert by_partition == {p: list(range(50)) for p in range(6)}
+    c.close()
+
+
+@pytest.mark.parametrize("options", [{"max_poll_records": 0}, {"max_poll_interval_ms": 0},
+                                     {"auto_offset_reset": "nearest"}])
+def test_consumer_options_are_checked(engine, coord, options):
+    with pytest.raises(ValueError):
+        EmbeddedGroupConsumer(coord, "g", ["orders"], **options)
+
+
+# -- a busy member: initial rebalance delay, poll interval ----------------------------------------------
+
+def test_a_new_group_waits_the_initial_rebalance_delay_so_that_members_starting_together_share(engine, clock):
+    coord = GroupCoordinator(engine, clock=clock, initial_rebalance_delay_ms=3000)
+    a = coord.join("g", ["orders"])
+    assert a.assignment == [] and a.heartbeat_interval_ms == 3000  # come back when the wait is over
+    clock.advance(2000)
+    b = coord.join("g", ["orders"])  # restarts the wait
+    clock.advance(2500)  # past a's 3 s, not past b's
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=[])
+    assert a.assignment == [] and a.heartbeat_interval_ms == 500
+    clock.advance(500)
+    a, b = beat(coord, "g", a), beat(coord, "g", b)
+    assert len(a.assignment) == 3 and len(b.assignment) == 3 and not set(a.assignment) & set(b.assignment)
+    c = coord.join("g", ["orders"])  # the group has members: no wait, the usual hand-over
+    a = coord.join("g", ["orders"], member_id=a.member_id, owned=a.assignment)
+    b = coord.join("g", ["orders"], member_id=b.member_id, owned=b.assignment)
+    a, b, c = beat(coord, "g", a), beat(coord, "g", b), beat(coord, "g", c)
+    assert sorted(len(s.assignment) for s in (a, b, c)) == [2, 2, 2]
+
+
+def test_joins_postpone_a_new_groups_first_assignment_at_most_ten_delays(engine, clock):
+    coord = GroupCoordinator(engine, clock=clock, initial_rebalance_delay_ms=1000)
+    join = functools.partial(coord.join, "g", ["orders"], session_timeout_ms=60_000)
+    states = [join()]
+    for _ in range(11):  # a member every 900 ms would postpone it forever
+        clock.advance(900)
+        states.append(join())
+    first = join(member_id=states[0].member_id, owned=[])
+    assert first.assignment == [] and first.heartbeat_interval_ms == 100  # 10 delays after the first join
+    clock.advance(900)
+    states.append(join())  # no longer postpones anything
+    states = [join(member_id=s.member_id, owned=[]) for s in states]
+    assert sorted(tp for s in states for tp in s.assignment) == [("orders", p) for p in range(6)]
+
+
+def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoins_at_its_next_poll(engine, coord):
+    engine.produce("orders", [b"x"] * 6, partition=0)
+    lost = []
+    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, max_poll_interval_ms=200,
+                              session_timeout_ms=LONG_SESSION_MS, on_lost=lost.append)
+    first_member = c.member_id
+    assert len(drain(c, 6)) == 6
+    deadline = time.monotonic() + 20  # the application is away; the heartbeat thread leaves for it
+    while "g" in coord.list_groups() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "g" not in coord.list_groups()  # no members (and nothing committed)
+    with pytest.raises(UnknownMemberError, match="max_poll_interval_ms=200"):
+        c.commit()
+    again = drain(c, 6)  # back: on_lost for everything it held, and a new membership
+    assert lost == [[("orders", p) for p in range(6)]]
+    assert c.member_id != first_member and [m["member_id"] for m in coord.describe("g")["members"]] == [c.member_id]
+    assert [r.offset for r in again] == list(range(6))  # nothing was committed: all of it again
+    c.close()
+
+
+# -- committed offsets that do not fit the log: a recreated topic, retention --------------------------
+
+def test_deleting_a_topic_deletes_every_groups_offsets_of_it_durably(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 2)
+        eng.create_topic("other", 1)
+        eng.produce("orders", [b"a", b"b", b"c"], partition=0)
+        eng.produce("other", [b"a"], partition=0)
+        coord = GroupCoordinator(eng, clock=clock)
+        coord.commit("billing", None, 0, {("orders", 0): 3, ("other", 0): 1})
+        coord.commit("audit", None, 0, {("orders", 0): 2})
+        eng.delete_topic("orders")
+        eng.create_topic("orders", 2)
+        eng.produce("orders", [b"x1"], partition=0)
+        assert coord.committed("billing") == {("other", 0): 1} and coord.committed("audit") == {}
+    with Engine.open(data_dir, clock=clock) as eng:  # the replay of __consumer_offsets forgets them too
+        coord = GroupCoordinator(eng, clock=clock)
+        assert coord.committed("billing") == {("other", 0): 1} and coord.committed("audit") == {}
+        c = EmbeddedGroupConsumer(coord, "billing", ["orders"], auto_commit=False)
+        eng.produce("orders", [b"x2"], partition=0)
+        assert [r.value for r in drain(c, 2)] == [b"x1", b"x2"]  # from the new log's start
+        c.close()
+
+
+def test_offsets_of_a_topic_deleted_behind_the_coordinators_back_are_deleted_at_its_start(data_dir, clock):
+    with Engine.open(data_dir, clock=clock) as eng:
+        eng.create_topic("orders", 1)
+        eng.produce("orders", [b"a", b"b", b"c"], partition=0)
+        GroupCoordinator(eng, clock=clock).commit("billing", None, 0, {("orders", 0): 3})
+    with Engine.open(data_dir, clock=clock) as eng:  # e.g. the broker stopped before it wrote the tombstones
+        eng.delete_topic("orders")
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert GroupCoordinator(eng, clock=clock).committed("billing") == {}
+        eng.create_topic("orders", 1)
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert GroupCoordinator(eng, clock=clock).committed("billing") == {}
+
+
+def out_of_range_warnings(caplog) -> list:
+    return [r for r in caplog.records if getattr(r, "event", None) == "offset_out_of_range"]
+
+
+@pytest.mark.parametrize("policy, expected", [("earliest", [b"x1", b"x2", b"x3"]), ("latest", [b"x3"])])
+def test_a_commit_past_the_log_end_is_reset_per_auto_offset_reset_with_a_warning(engine, coord, caplog, policy,
+                                                                                  expected):
+    engine.create_topic("single", 1)
+    engine.produce("single", [b"x1", b"x2"], partition=0)
+    coord.offsets.commit("g", {("single", 0): 3})  # an offset of an older, longer log
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset=policy)
+    got = drain(c, 2, seconds=2.0)
+    engine.produce("single", [b"x3"], partition=0)
+    got += drain(c, 1)
+    assert [r.value for r in got] == expected
+    [warning] = out_of_range_warnings(caplog)
+    assert (warning.group, warning.topic, warning.partition, warning.offset, warning.log_start, warning.log_end) == \
+        ("g", "single", 0, 3, 0, 2)
+    message = warning.getMessage()
+    assert "group g" in message and "committed offset 3 of single[0]" in message and "0 to 2" in message
+    assert policy in message
+    c.commit()
+    assert coord.committed("g") == {("single", 0): 3}  # the next offset after x3, on the new log
+    c.close()
+
+
+def test_a_commit_before_the_log_start_is_reset_with_a_warning(engine, coord, caplog):
+    engine.create_topic("single", 1, segment_bytes=4096)
+    for i in range(6):  # one record per segment
+        engine.produce("single", [b"%d" % i + b"." * 3000], partition=0)
+    coord.offsets.commit("g", {("single", 0): 1})
+    engine.delete_records("single", 0, 4)  # retention moved the start past the commit
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="earliest")
+    assert [r.offset for r in drain(c, 2)] == [4, 5]
+    [warning] = out_of_range_warnings(caplog)
+    assert (warning.offset, warning.log_start, warning.log_end, warning.to) == (1, 4, 6, 4)
+    c.close()
+
+
+def test_with_auto_offset_reset_none_an_offset_outside_the_log_is_an_error_for_the_application(engine, coord,
+                                                                                             caplog):
+    engine.create_topic("single", 1)
+    engine.produce("single", [b"x1"], partition=0)
+    caplog.set_level("WARNING", logger="tidelog.groups")
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="none")
+    with pytest.raises(OffsetOutOfRangeError, match="no committed offset for single"):
+        c.poll(0.1)
+    c.close()
+    coord.offsets.commit("g", {("single", 0): 3})
+    c = EmbeddedGroupConsumer(coord, "g", ["single"], auto_commit=False, auto_offset_reset="none")
+    for _ in range(2):  # every poll says so until the offsets are reset (nothing is skipped meanwhile)
+        with pytest.raises(OffsetOutOfRangeError, match=r"committed offset 3 of single\[0\] is out of range") as info:
+            drain(c, 1)
+        assert (info.value.log_start, info.value.log_end) == (0, 1)
+    assert len(out_of_range_warnings(caplog)) >= 1
+    c.close()
+    assert coord.committed("g") == {("single", 0): 3}

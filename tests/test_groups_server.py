@@ -176,7 +176,8 @@ def test_a_stale_generation_commit_is_rejected_over_grpc(server):
         admin.create_topic("orders", 6)
     produce(server.target, "orders", 0, 12)
     first = Consumer(server.target, group_id="g", topics=["orders"], auto_commit=False)
-    first.poll(0.5)
+    # a new group's first assignment waits group_initial_rebalance_delay_ms (3 s by default)
+    wait_until(lambda: first.poll(0.1) is not None and first.assignment(), what="the first member's partitions")
     old_generation = first.generation
     second = Consumer(server.target, group_id="g", topics=["orders"], auto_commit=False)
     owned = first.assignment()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -70,6 +71,14 @@ def refused(channel, method, request) -> grpc.RpcError:
     return err
 
 
+def wait_for_partitions(consumer, timeout_s: float = 30.0) -> None:
+    """Poll until the member holds its partitions (a new group waits group_initial_rebalance_delay_ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not consumer.assignment():
+        assert time.monotonic() < deadline, "the member got no partitions"
+        consumer.poll(0.1)
+
+
 def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_broker_still_restarts(tmp_path):
     srv = ServerProcess(str(tmp_path / "data")).start()
     try:
@@ -78,6 +87,7 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
         with Producer(srv.target) as p:
             p.send("orders", b"x", partition=0).result(timeout=10)
         c = Consumer(srv.target, group_id="billing", topics=["orders"], auto_commit=False)
+        wait_for_partitions(c)
         c.commit({("orders", 0): 1})
         c.close()
         with grpc.insecure_channel(srv.target) as channel:
@@ -113,6 +123,7 @@ def test_a_broker_with_a_malformed_offsets_record_starts_keeps_the_rest_and_chec
             for i in range(4):
                 p.send("orders", b"x", partition=i % 2).result(timeout=10)
         c = Consumer(srv.target, group_id="billing", topics=["orders"], auto_commit=False)
+        wait_for_partitions(c)
         c.commit({("orders", 0): 2, ("orders", 1): 1})
         c.close()
         assert srv.stop() == 0

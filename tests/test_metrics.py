@@ -149,7 +149,8 @@ def test_group_members_rebalances_and_open_streams_follow_a_live_consumer(served
     subscribe = (("method", "tidelog.v1.Consumer/Subscribe"),)
     consumer = Consumer(served.target, group_id="live", topics=["events"])
     try:
-        consumer.poll(0.1)
+        # polling opens the partitions once granted (a new group waits group_initial_rebalance_delay_ms)
+        wait_until(lambda: consumer.poll(0.1) is not None and consumer.assignment(), what="the partitions")
         m = wait_until(lambda: (lambda m: m if m.get(("tidelog_consumer_group_members", group)) == 1
                                 and m.get(("tidelog_open_streams", subscribe)) == 2 else None)(
             scrape(served.metrics_port)), what="one member consuming both partitions")

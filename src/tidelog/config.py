@@ -223,6 +223,11 @@ class ServerConfig:
     """Address the metrics endpoint listens on; empty: the same as `host`."""
     metrics_max_partitions: int = 10_000
     """Cap on partitions (and on group-partitions) given their own metric series, bounding cardinality."""
+    group_initial_rebalance_delay_ms: int = 3000
+    """How long a consumer group without members waits before its first assignment, default 3 s (Kafka's
+    group.initial.rebalance.delay.ms); each member joining meanwhile restarts the wait, up to 10 times
+    the delay. Members starting together then share the partitions at once, instead of the first taking
+    every partition and the others waiting for it to give them up. 0: assign at the first join."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Settings of the engine (fsync policy, topic defaults, limits)."""
 
@@ -250,6 +255,7 @@ class ServerConfig:
                      "max_connections", "io_threads"):
             _positive(self, name, minimum=1)
         _positive(self, "admin_reserved_rpcs", minimum=0)
+        _positive(self, "group_initial_rebalance_delay_ms", minimum=0)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
 

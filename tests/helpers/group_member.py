@@ -1,9 +1,13 @@
 """Child process for the group tests: a group member that prints what it processes and commits.
 
-usage: python -m tests.helpers.group_member TARGET GROUP TOPIC SESSION_TIMEOUT_MS [DELIVERY_LOG NAME]
+usage: python -m tests.helpers.group_member TARGET GROUP TOPIC SESSION_TIMEOUT_MS [DELIVERY_LOG NAME [MODE]]
 Prints "REC <partition> <offset> <value>" per record processed, "COMMIT <partition> <offset>" after
 each successful commit, "ASSIGNED +<n>" / "REVOKED -<n>" / "LOST -<n>" when its assignment changes.
 Runs until killed or stdin closes.
+
+MODE "poll" (default): poll(), then commit what it returned. MODE "iterate": the README's loop, one
+record at a time with `commit()` (the position) after each; it steps the iterator's own
+`_next_record` (what `for rec in consumer` runs) so that it can also notice stdin closing while idle.
 
 With DELIVERY_LOG, it also appends one line per event to that file, written straight to the file
 (no buffer: a SIGKILL loses nothing already written), for the group chaos test's checker:
@@ -34,6 +38,7 @@ def main() -> None:
     target, group, topic, session_ms = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     log_fd = os.open(sys.argv[5], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if len(sys.argv) > 5 else None
     name = sys.argv[6] if len(sys.argv) > 6 else str(os.getpid())
+    iterate = len(sys.argv) > 7 and sys.argv[7] == "iterate"
     out = threading.Lock()
     tenures: dict[tuple[str, int], str] = {}
     numbers = itertools.count(1)
@@ -79,7 +84,11 @@ def main() -> None:
     say("READY")
     while not stop.is_set():
         try:
-            records = consumer.poll(0.1)
+            if iterate:
+                rec = consumer._next_record(0.1)
+                records = [rec] if rec is not None else []
+            else:
+                records = consumer.poll(0.1)
         except TidelogError as exc:  # the broker is away: the member keeps trying, as an application would
             say(f"POLL_FAILED {exc.message}")
             continue
@@ -93,7 +102,7 @@ def main() -> None:
             for r in records:
                 positions[(r.topic, r.partition)] = r.offset + 1
             try:
-                consumer.commit(positions)
+                consumer.commit(None if iterate else positions)
             except TidelogError as exc:  # fenced (lost or stale) or the broker is away: redelivered later
                 say(f"COMMIT_FAILED {exc.message}")
                 continue

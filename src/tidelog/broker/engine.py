@@ -58,6 +58,7 @@ class Engine:
         self._clock = clock
         self._lock = threading.RLock()
         self._topics: dict[str, Topic] = {}
+        self._topic_deleted_listeners: list[Callable[[str], None]] = []
         self._closed = False
         self._maps = MapCache(config.max_mapped_segments)
         self._catalog = Catalog(fs, self.path)
@@ -211,9 +212,17 @@ class Engine:
             for plog in topic.partitions:
                 plog.close_files()
             trash = self._catalog.delete(topic.meta)
-        self._catalog.trash.empty(trash)
         log.info("topic deleted", extra={"event": "topic_deleted", "topic": name,
                                          "partitions": len(topic.partitions)})
+        for listener in list(self._topic_deleted_listeners):
+            listener(name)
+        self._catalog.trash.empty(trash)
+
+    def on_topic_deleted(self, listener: Callable[[str], None]) -> None:
+        """Call listener(topic) after each topic deletion, from the deleting thread, outside the engine's
+        lock: state kept about a topic above the engine (committed group offsets) goes with it."""
+        with self._lock:
+            self._topic_deleted_listeners.append(listener)
 
     def list_topics(self, include_internal: bool = False) -> list[str]:
         """Topic names, sorted; internal topics (named "__...", e.g. committed offsets) only if asked."""

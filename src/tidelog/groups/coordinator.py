@@ -21,6 +21,17 @@ member that was consuming when the broker stopped still holds its partitions aft
 nobody else is granted them, and it simply goes on heartbeating with its id (no rebalance); a
 member that does not come back expires one session timeout after the start and its partitions move.
 
+Members that start together share from the start: when a member joins a group without members,
+nobody is granted anything for initial_rebalance_delay_ms (the broker's
+group_initial_rebalance_delay_ms, Kafka's group.initial.rebalance.delay.ms), and each member joining
+meanwhile restarts that wait, up to INITIAL_DELAY_MAX_FACTOR times the delay in all. Otherwise the
+first member would take every partition and the others would wait for it to give them up.
+
+Deleting a topic deletes every group's committed offsets of it (tombstones in `__consumer_offsets`,
+so the deletion survives a restart), as Kafka does: a topic created again under the same name starts
+each group at its auto_offset_reset, never at an offset of the old log. Offsets of topics that no
+longer exist at start (the broker stopped between the two) are deleted then.
+
 Thread-safe (one lock). Time is injected, so tests move a manual clock instead of sleeping.
 """
 
@@ -36,8 +47,8 @@ from typing import Callable, Iterable, Sequence
 
 from ..broker.engine import Engine, is_internal_topic
 from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
-                      PartitionNotAssignedError, StaleGenerationError, UnknownGroupError, UnknownMemberError,
-                      UnknownTopicError)
+                      PartitionNotAssignedError, StaleGenerationError, TidelogError, UnknownGroupError,
+                      UnknownMemberError, UnknownTopicError)
 from .assignor import ASSIGNORS, TopicPartition
 from .member import MemberState
 from .offset_store import OffsetStore
@@ -47,6 +58,7 @@ log = logging.getLogger("tidelog.groups")
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 300_000
+INITIAL_DELAY_MAX_FACTOR = 10  # joins keep postponing a new group's first assignment up to this many delays
 
 
 def monotonic_ms() -> int:
@@ -78,6 +90,8 @@ class _Group:
     partition_counts: dict[str, int] = field(default_factory=dict)
     rebalances: int = 0
     stored: dict | None = None  # what __consumer_offsets holds for the group (None: no members)
+    forming_since_ms: int = 0  # when the first member of a group without members joined
+    forming_until_ms: int = 0  # nothing is granted before this (clock ms): members starting together share
 
     def snapshot(self) -> dict | None:
         """The group as its membership record stores it (groups/records.py); None without members."""
@@ -107,10 +121,17 @@ class _Group:
 
 class GroupCoordinator:
     def __init__(self, engine: Engine, offsets: OffsetStore | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, *, initial_rebalance_delay_ms: int = 0) -> None:
+        """initial_rebalance_delay_ms: how long a group without members waits before its first
+        assignment (the broker passes group_initial_rebalance_delay_ms; embedded, 0: the application
+        starts its members itself)."""
+        if isinstance(initial_rebalance_delay_ms, bool) or not isinstance(initial_rebalance_delay_ms, int) \
+                or initial_rebalance_delay_ms < 0:
+            raise InvalidRequestError(f"initial_rebalance_delay_ms must be >= 0, got {initial_rebalance_delay_ms!r}")
         self.engine = engine
         self.offsets = offsets or OffsetStore(engine)
         self.clock = clock or monotonic_ms  # sessions only; record timestamps come from engine.clock()
+        self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self._lock = threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
@@ -120,6 +141,9 @@ class GroupCoordinator:
             log.info("group membership restored: every member keeps what it held, with a fresh session", extra={
                 "event": "group_restored", "group": group_id, "generation": group.generation,
                 "members": sorted(group.members)})
+        for topic in sorted(self.offsets.topics() - set(engine.list_topics())):
+            self._topic_deleted(topic)  # deleted while the broker was stopping, before its offsets were
+        engine.on_topic_deleted(self._topic_deleted)
 
     # -- membership ------------------------------------------------------------------------------
     def join(self, group_id: str, topics: Sequence[str], *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
@@ -147,6 +171,7 @@ class GroupCoordinator:
                                          group=group_id)
             now = self.clock()
             if member is None:
+                self._postpone_first_assignment(group, now)
                 member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
                 member = _Member(member_id, client_id, topics, session_timeout_ms, now)
                 group.members[member_id] = member
@@ -253,14 +278,49 @@ class GroupCoordinator:
                                          "generation": group.generation, "members": len(group.members),
                                          "old_assignment": _show(old), "new_assignment": _show(group.target)})
 
+    def _postpone_first_assignment(self, group: _Group, now: int) -> None:
+        """A member is joining: if the group has no members (or is still waiting for them), wait
+        initial_rebalance_delay_ms from now before granting anything, so that members starting
+        together share instead of the first taking everything."""
+        delay = self.initial_rebalance_delay_ms
+        if not delay:
+            return
+        if not group.members:
+            group.forming_since_ms = now
+        elif now >= group.forming_until_ms:
+            return
+        group.forming_until_ms = min(now + delay, group.forming_since_ms + INITIAL_DELAY_MAX_FACTOR * delay)
+
     def _grant(self, group: _Group, member: _Member) -> MemberState:
+        interval_ms = max(member.session_timeout_ms // 3, 1)
+        wait_ms = group.forming_until_ms - self.clock()
+        if wait_ms > 0:  # the group is still waiting for the members starting with it
+            member.granted = []
+            return MemberState(member.member_id, group.generation, [], max(min(interval_ms, wait_ms), 1))
         held_by_others = set()
         for other in group.members.values():
             if other is not member:
                 held_by_others |= other.holding()
         member.granted = [tp for tp in group.target.get(member.member_id, []) if tp not in held_by_others]
-        return MemberState(member.member_id, group.generation, list(member.granted),
-                           max(member.session_timeout_ms // 3, 1))
+        return MemberState(member.member_id, group.generation, list(member.granted), interval_ms)
+
+    def _topic_deleted(self, topic: str) -> None:
+        """Delete every group's committed offsets of a deleted topic, and take its partitions out of the
+        assignments now (a topic created again under the name is a new log: no old offset applies)."""
+        with self._lock:
+            try:
+                forgotten = self.offsets.forget_topic(topic)
+                for group in self._groups.values():
+                    if any(topic in m.topics for m in group.members.values()):
+                        self._check_partition_counts(group)
+                        self._store(group)
+            except TidelogError as exc:  # the topic is gone anyway; the next start deletes what is left
+                log.error("could not delete the committed offsets of deleted topic %s: %s", topic, exc.message,
+                          extra={"event": "topic_offsets_delete_failed", "topic": topic, "error": exc.message})
+                return
+        if forgotten:
+            log.info("committed offsets of a deleted topic deleted", extra={
+                "event": "topic_offsets_deleted", "topic": topic, "groups": sorted(forgotten)})
 
     # -- offsets ---------------------------------------------------------------------------------
     def commit(self, group_id: str, member_id: str | None, generation: int,

@@ -31,6 +31,26 @@ readers for and the ones in its current grant (it may open those at any moment),
 never grants a partition that the member could still hand over.
 
 Delivery is at-least-once: what was consumed after the last commit is redelivered to the next owner.
+"Consumed" is what the application was given, Kafka's *position*: after the last record poll()
+returned, or, when iterating (`for rec in member`), after the last record the loop received. A fetch
+brings in more than that; the rest waits in the member (at most max_poll_records are returned at
+once), so `commit()` never covers a record the application has not reached.
+
+A member shares its partitions promptly even while the application is busy:
+
+- iterating, it checks before each record whether a rebalance took partitions away, and gives them
+  up first (on_revoke, where the README's loop commits what it handled of them) before it goes on
+  with the partitions it kept;
+- a member whose application does not come back for the next record (poll() or the iterator's next
+  step) within max_poll_interval_ms stops delivering and leaves the group from its heartbeat
+  thread, as Kafka's does, so that its partitions go to the others without waiting for its session
+  to expire. Its next commit() is refused (UnknownMemberError naming the setting: those records are
+  redelivered to the new owners), and its next poll() calls on_lost and rejoins as a new member.
+
+A partition whose position is outside its log (its committed offset is past the end of a recreated
+or truncated log, or before the start after retention) is reset per auto_offset_reset, with a
+WARNING naming group, partition, offset and the log's range; with "none" poll() raises
+OffsetOutOfRangeError instead.
 
 Thread-safety: poll(), commit() and close() belong to the caller's thread (one thread per member);
 the heartbeat thread shares the grant, the lease and the lost flag with it under `_lock`, and one
@@ -39,6 +59,7 @@ exchange with the coordinator at a time runs under `_membership`.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -51,6 +72,9 @@ log = logging.getLogger("tidelog.groups")
 
 TopicPartition = tuple[str, int]
 LEASE_SAFETY = 0.1  # the lease ends this fraction of the session timeout early (clock rates, rounding)
+OFFSET_RESETS = ("earliest", "latest", "none")
+DEFAULT_MAX_POLL_RECORDS = 500  # Kafka's max.poll.records
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # Kafka's max.poll.interval.ms
 
 
 class MemberState(NamedTuple):
@@ -82,9 +106,14 @@ class GroupMember:
                  session_timeout_ms: int = 10_000, assignor: str = "sticky",
                  on_assign: Callable[[list[TopicPartition]], None] | None = None,
                  on_revoke: Callable[[list[TopicPartition]], None] | None = None,
-                 on_lost: Callable[[list[TopicPartition]], None] | None = None, client_id: str = "") -> None:
-        if auto_offset_reset not in ("earliest", "latest"):
-            raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
+                 on_lost: Callable[[list[TopicPartition]], None] | None = None, client_id: str = "",
+                 max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
+                 max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS) -> None:
+        if auto_offset_reset not in OFFSET_RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, got {auto_offset_reset!r}")
+        for name, value in (("max_poll_records", max_poll_records), ("max_poll_interval_ms", max_poll_interval_ms)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.group_id = group_id
         self.topics = list(topics)
         self.auto_commit = auto_commit
@@ -96,20 +125,30 @@ class GroupMember:
         self.on_revoke = on_revoke
         self.on_lost = on_lost
         self.client_id = client_id
+        self.max_poll_records = max_poll_records
+        self.max_poll_interval_s = max_poll_interval_ms / 1000
         self.member_id: str | None = None
         self.generation = -1
         self.last_delivery_monotonic: float | None = None
-        """When poll() last handed records over, just after checking its lease (by the lease's clock,
-        time.monotonic(), which all processes of a host share; embedded: the coordinator's clock / 1000)."""
+        """When poll() (or the iterator) last handed records over, just after checking its lease (by the
+        lease's clock, time.monotonic(), which all processes of a host share; embedded: the coordinator's
+        clock / 1000)."""
         self._lock = threading.Lock()
         self._membership = threading.Lock()
         self._granted: list[TopicPartition] = []
+        self._granted_set: frozenset[TopicPartition] = frozenset()
         self._lease_until = 0.0
         self._lost = False
+        self._left = False  # left the group because the application did not poll in time; rejoins at poll()
+        self._last_poll = time.monotonic()  # when the application last asked for records
         self._readers: dict[TopicPartition, object] = {}
-        self._kept: dict[TopicPartition, list[ConsumerRecord]] = {}  # fetched, not yet deliverable
-        self._positions: dict[TopicPartition, int] = {}
+        # Fetched and not yet handed out: held back (lease, grant), or past max_poll_records. A reader is
+        # read again only once its partition has nothing here, so its position is the member's position.
+        self._kept: dict[TopicPartition, list[ConsumerRecord]] = {}
+        self._ready: collections.deque[ConsumerRecord] = collections.deque()  # the iterator's current poll
+        self._positions: dict[TopicPartition, int] = {}  # after the last record handed to the application
         self._committed_positions: dict[TopicPartition, int] = {}
+        self._rotation = 0  # which partition a poll cut by max_poll_records starts with
         self._last_commit = time.monotonic()
         self._closed = False
         self._stop = threading.Event()
@@ -140,6 +179,7 @@ class GroupMember:
         with self._lock:
             self.member_id, self.generation = state.member_id, state.generation
             self._granted = list(state.assignment)
+            self._granted_set = frozenset(self._granted)
             self._interval_s = state.heartbeat_interval_ms / 1000
             self._lease_until = sent + self.session_timeout_ms / 1000 * (1 - LEASE_SAFETY)
 
@@ -154,20 +194,87 @@ class GroupMember:
         with self._lock:
             self._lost = True
             self._granted = []
+            self._granted_set = frozenset()
             self._lease_until = 0.0
         log.warning("group %s: member %s lost its membership (%s); it stops delivering and rejoins owning nothing",
                     self.group_id, self.member_id, why)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        """Heartbeat every interval; in between, wake at the application's poll deadline to leave if it
+        has not come back by then."""
+        next_beat = time.monotonic() + self._interval_s
+        while not self._stop.wait(max(min(next_beat - time.monotonic(), -self._poll_overdue_s() + 0.001), 0)):
+            if self._poll_overdue_s() > 0:
+                self._leave_for_poll_interval()
+                continue
+            if time.monotonic() < next_beat:
+                continue  # woke for a poll deadline the application met
             try:
                 self.heartbeat_now()
             except TidelogError as exc:
                 log.warning("group %s: heartbeat failed: %s", self.group_id, exc.message)
+            next_beat = time.monotonic() + self._interval_s
+
+    def _poll_overdue_s(self) -> float:
+        """How far past max_poll_interval_ms the application is (<= 0: within it; never while left)."""
+        if self._left:
+            return float("-inf")
+        return time.monotonic() - self._last_poll - self.max_poll_interval_s
+
+    def _polled(self) -> None:
+        """The application came back for records: its poll interval starts again."""
+        self._last_poll = time.monotonic()
+
+    def _leave_for_poll_interval(self) -> None:
+        """The application is stuck (or slow) past max_poll_interval_ms: stop delivering, then leave, so
+        that its partitions go to the others now rather than after a session timeout. As Kafka does."""
+        with self._membership:
+            overdue = self._poll_overdue_s()
+            if overdue <= 0:  # it came back meanwhile
+                return
+            with self._lock:
+                self._lost = True  # fenced before anybody else can be given its partitions
+                self._granted = []
+                self._granted_set = frozenset()
+                self._lease_until = 0.0
+                self._left = True  # after _lost: whoever sees it also sees the loss
+            log.warning("group %s: member %s left the group: the application did not poll within "
+                        "max_poll_interval_ms=%d; its partitions go to the other members, its next commit is "
+                        "refused and its next poll rejoins. Handle records faster, lower max_poll_records or "
+                        "raise max_poll_interval_ms", self.group_id, self.member_id,
+                        int(self.max_poll_interval_s * 1000), extra={
+                            "event": "poll_interval_exceeded", "group": self.group_id, "member": self.member_id,
+                            "max_poll_interval_ms": int(self.max_poll_interval_s * 1000),
+                            "silent_ms": int((self.max_poll_interval_s + overdue) * 1000)})
+            try:
+                self._leave(self.member_id)
+            except TidelogError as exc:  # e.g. the broker is away: its session expires instead
+                log.warning("group %s: leaving failed (%s); the member's session will expire instead",
+                            self.group_id, exc.message)
+
+    def _rejoin_after_leaving(self) -> bool:
+        """At the first poll after leaving for the poll interval: on_lost, then join as a new member.
+        False while the broker cannot be reached (tried again at the next poll)."""
+        if not self._left:
+            return True
+        self._handle_loss()
+        with self._membership:
+            try:
+                state, sent = self._exchange(self._join, None, [])
+            except TidelogError as exc:
+                if not exc.retriable:
+                    raise
+                log.info("group %s: cannot rejoin yet (%s); retrying at the next poll", self.group_id, exc.message)
+                return False
+            self._left = False
+            self._apply_state(state, sent)
+        return True
 
     def heartbeat_now(self) -> None:
         """One heartbeat (the thread does this on its own; tests call it to skip the wait)."""
         with self._membership:
+            if self._left:
+                return  # it rejoins when the application polls again
             try:
                 try:
                     state, sent = self._exchange(self._heartbeat, self.member_id, self.generation, self._report())
@@ -192,6 +299,16 @@ class GroupMember:
     def _may_deliver(self) -> bool:
         with self._lock:
             return not self._lost and self._now() < self._lease_until
+
+    def _may_hand_out(self, tp: TopicPartition) -> float | None:
+        """When the iterator may give the application its next record, of partition tp, the lease's clock
+        now; None if it may not: the lease must run, tp be granted, and no partition wait to be revoked
+        (those are given up first)."""
+        with self._lock:
+            granted, now = self._granted_set, self._now()
+            if not self._lost and now < self._lease_until and tp in granted and self._readers.keys() <= granted:
+                return now
+            return None
 
     def _handle_loss(self) -> None:
         """After a lost membership: close every reader (dropping what it fetched), then on_lost."""
@@ -223,6 +340,8 @@ class GroupMember:
             self._open_readers(added)
 
     def _close_readers(self, readers: dict[TopicPartition, object]) -> None:
+        if self._ready and any((r.topic, r.partition) in readers for r in self._ready):
+            self._ready = collections.deque(r for r in self._ready if (r.topic, r.partition) not in readers)
         for tp, reader in readers.items():
             reader.close()
             self._kept.pop(tp, None)
@@ -232,8 +351,7 @@ class GroupMember:
     def _open_readers(self, added: list[TopicPartition]) -> None:
         try:
             committed = self._committed(added)
-            starts = {tp: committed[tp] if tp in committed else self._start(tp, self.auto_offset_reset)
-                      for tp in added}
+            starts = {tp: committed[tp] if tp in committed else self._reset_to(tp) for tp in added}
         except TidelogError as exc:
             if not exc.retriable:
                 raise
@@ -249,21 +367,104 @@ class GroupMember:
         if self.on_assign:
             self.on_assign(added)
 
+    def _reset_to(self, tp: TopicPartition) -> int:
+        """Where a partition without a committed offset starts: auto_offset_reset ("none": an error)."""
+        if self.auto_offset_reset == "none":
+            raise OffsetOutOfRangeError(
+                f"group {self.group_id!r} has no committed offset for {tp[0]}[{tp[1]}] and auto_offset_reset is "
+                f"'none'", group=self.group_id, topic=tp[0], partition=tp[1])
+        return self._start(tp, self.auto_offset_reset)
+
+    def _out_of_range(self, tp: TopicPartition, error: OffsetOutOfRangeError) -> int:
+        """Where to read on when the position is outside the partition's log (a committed offset past the
+        end of a recreated or truncated log, or before a start that retention moved): per
+        auto_offset_reset, never silently; "none" raises to the application instead."""
+        offset = self._positions[tp]
+        what = "committed offset" if self._committed_positions.get(tp) == offset else "position"
+        fields = {"group": self.group_id, "topic": tp[0], "partition": tp[1], "offset": offset,
+                  "log_start": error.log_start, "log_end": error.log_end, "reset": self.auto_offset_reset}
+        if self.auto_offset_reset == "none":
+            log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); auto_offset_reset "
+                        "is 'none': poll() raises OffsetOutOfRangeError", self.group_id, what, offset, tp[0],
+                        tp[1], error.log_start, error.log_end, extra={"event": "offset_out_of_range", **fields})
+            raise OffsetOutOfRangeError(
+                f"group {self.group_id!r}: {what} {offset} of {tp[0]}[{tp[1]}] is out of range; the log holds "
+                f"{error.log_start} to {error.log_end} and auto_offset_reset is 'none'", **fields)
+        to = self._start(tp, self.auto_offset_reset)
+        log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); resetting to the %s "
+                    "offset %d (auto_offset_reset)", self.group_id, what, offset, tp[0], tp[1], error.log_start,
+                    error.log_end, self.auto_offset_reset, to, extra={"event": "offset_out_of_range", "to": to,
+                                                                      **fields})
+        return to
+
     def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
-        """Records from the partitions currently assigned (each partition in offset order); nothing while
-        the member's lease has run out or its membership is in doubt."""
+        """At most max_poll_records records from the partitions currently assigned (each partition in
+        offset order); nothing while the member's lease has run out or its membership is in doubt.
+        The position (what commit() commits) moves past every record returned."""
+        self._keep_back()  # records an iterator had not handed out yet come first
+        records = self._next_records(timeout_s)
+        for r in records:
+            self._positions[(r.topic, r.partition)] = r.offset + 1
+        return records
+
+    def __iter__(self) -> Iterator[ConsumerRecord]:
+        """Records one at a time; the position moves past each record as the loop receives it, so a
+        commit() in the loop covers exactly what the loop has been given."""
+        while not self._closed:
+            rec = self._next_record(1.0)
+            if rec is not None:
+                yield rec
+
+    def _next_record(self, timeout_s: float) -> ConsumerRecord | None:
+        """The iterator's next record. Before each one, a pending revocation is carried out (the records
+        of the current poll wait in _kept meanwhile), so a busy loop hands partitions over between
+        records, not only between polls."""
+        self._polled()
+        while True:
+            if self._ready:
+                rec = self._ready[0]
+                tp = (rec.topic, rec.partition)
+                now = self._may_hand_out(tp)
+                if now is not None:
+                    self._ready.popleft()
+                    self._positions[tp] = rec.offset + 1
+                    self.last_delivery_monotonic = now
+                    return rec
+                self._keep_back()
+            records = self._next_records(timeout_s)
+            if not records:
+                return None
+            self._ready.extend(records)
+
+    def _keep_back(self) -> None:
+        """Put the iterator's records not handed out yet back in front of their partition's kept ones."""
+        if not self._ready:
+            return
+        by_tp: dict[TopicPartition, list[ConsumerRecord]] = {}
+        for r in self._ready:
+            by_tp.setdefault((r.topic, r.partition), []).append(r)
+        self._ready.clear()
+        for tp, records in by_tp.items():
+            if tp in self._readers:
+                self._kept[tp] = records + self._kept.get(tp, [])
+
+    def _next_records(self, timeout_s: float) -> list[ConsumerRecord]:
+        """Records that may be handed over now (at most max_poll_records), without moving the position."""
         deadline = time.monotonic() + timeout_s
         while True:
-            self._rebalance_readers()
+            self._polled()
             out, waited = [], False
-            if self._readers and self._may_deliver():
-                fetched = self._fetch(0)
-                if not fetched:
-                    fetched, waited = self._fetch(min(max(deadline - time.monotonic(), 0), 0.05)), True
-                out = self._deliver(fetched)
-            if self.auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval_s:
-                self._try_commit()
+            if self._rejoin_after_leaving():
+                self._rebalance_readers()
+                if self._readers and self._may_deliver():
+                    fetched = self._fetch(0)
+                    if not fetched:
+                        fetched, waited = self._fetch(min(max(deadline - time.monotonic(), 0), 0.05)), True
+                    out = self._deliver(fetched)
+                if self.auto_commit and time.monotonic() - self._last_commit >= self.auto_commit_interval_s:
+                    self._try_commit()
             if out or time.monotonic() >= deadline:
+                self._polled()
                 return out
             if not waited:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
@@ -277,10 +478,17 @@ class GroupMember:
                 continue
             try:
                 records = reader.poll(timeout_s if not out else 0)
-            except OffsetOutOfRangeError:
-                # The committed position fell out of the log (retention): start over per auto_offset_reset.
-                offset = self._start(tp, self.auto_offset_reset)
+            except OffsetOutOfRangeError as exc:
                 reader.close()
+                if self._readers[tp] is not reader:  # a _Reopening had opened a reader already
+                    self._readers[tp].close()
+                with self._lock:  # until a new position is known, the partition is asked again later
+                    self._readers[tp] = _Reopening(self, tp)
+                try:
+                    offset = self._out_of_range(tp, exc)
+                except TidelogError:
+                    self._kept.update(out)  # nothing fetched is lost with the error
+                    raise
                 with self._lock:
                     self._readers[tp] = self._reader(tp, offset)
                 self._positions[tp] = offset
@@ -300,37 +508,47 @@ class GroupMember:
         return out
 
     def _deliver(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
-        """What may be handed over now; the rest is kept back for later (or dropped with its reader)."""
+        """What may be handed over now, at most max_poll_records (taking partitions in turn from one poll
+        to the next); the rest is kept for later (or dropped with its reader)."""
         now = self._now()
         with self._lock:
-            allowed = set(self._granted) if not self._lost and now < self._lease_until else set()
+            allowed = self._granted_set if not self._lost and now < self._lease_until else frozenset()
         out: list[ConsumerRecord] = []
-        for tp, records in fetched.items():
-            if tp in allowed:
-                out += records
-                self._positions[tp] = records[-1].offset + 1
-            else:
+        tps = list(fetched)
+        if tps:
+            first = self._rotation % len(tps)
+            tps = tps[first:] + tps[:first]
+            self._rotation += 1
+        for tp in tps:
+            records = fetched[tp]
+            room = self.max_poll_records - len(out)
+            if tp in allowed and room > 0:
+                out += records[:room]
+                records = records[room:]
+            if records:
                 self._kept[tp] = records
         if out:
             self.last_delivery_monotonic = now
         return out
 
-    def __iter__(self) -> Iterator[ConsumerRecord]:
-        while not self._closed:
-            yield from self.poll(1.0)
-
     def position(self, tp: TopicPartition) -> int | None:
         return self._positions.get(tp)
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
-        """Commit the next offset to consume per owned partition (default: everything returned so far
-        that is not committed yet)."""
+        """Commit the next offset to consume per owned partition (default: the position, i.e. everything
+        handed to the application so far that is not committed yet)."""
         if offsets is None:
             offsets = {tp: o for tp, o in self._positions.items() if self._committed_positions.get(tp) != o}
         else:
             offsets = dict(offsets)
         if not offsets:
             return
+        if self._left:
+            raise UnknownMemberError(
+                f"group {self.group_id!r}: member {self.member_id} left the group because the application did not "
+                f"poll within max_poll_interval_ms={int(self.max_poll_interval_s * 1000)}; its partitions went to "
+                f"other members, which get the uncommitted records again. Handle records faster, lower "
+                f"max_poll_records or raise max_poll_interval_ms", group=self.group_id)
         try:
             self._commit(self.member_id, self.generation, offsets)
         except StaleGenerationError:
@@ -387,7 +605,8 @@ class GroupMember:
                     self._try_commit()
                 if self.on_revoke and self._readers:
                     self.on_revoke(sorted(self._readers))
-            self._leave(self.member_id)
+            if not self._left:  # one that left for the poll interval is no member any more
+                self._leave(self.member_id)
         except (TidelogError, BrokerUnavailableError) as exc:
             log.warning("group %s: leaving failed: %s", self.group_id, exc.message)
         finally:

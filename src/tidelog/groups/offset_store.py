@@ -159,6 +159,21 @@ class OffsetStore:
             for tp in tps:
                 self._apply(records.OffsetRecord(group, tp, None))
 
+    def forget_topic(self, topic: str) -> dict[str, list[TopicPartition]]:
+        """Delete every group's committed offsets of a topic (one tombstone each, so that the replay
+        forgets them too); returns what was deleted, by group."""
+        with self._lock:
+            doomed = {g: sorted(tp for tp in tps if tp[0] == topic) for g, tps in self._offsets.items()}
+            doomed = {g: tps for g, tps in doomed.items() if tps}
+            for group, tps in doomed.items():
+                self.delete(group, tps)
+            return doomed
+
+    def topics(self) -> set[str]:
+        """Topics some group has a committed offset for."""
+        with self._lock:
+            return {t for tps in self._offsets.values() for t, _ in tps}
+
     def groups(self) -> list[str]:
         with self._lock:
             return sorted(self._offsets)

@@ -120,7 +120,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
-        self.coordinator = await loop.run_in_executor(None, GroupCoordinator, self.engine)
+        self.coordinator = await loop.run_in_executor(None, lambda: GroupCoordinator(
+            self.engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms))
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
         admission = Admission(self.config, (methods.service_name("Producer"), methods.service_name("Consumer")),
                               self._rpc_metrics.refused if self._rpc_metrics is not None else None)
