@@ -18,10 +18,18 @@ FORBIDDEN = {
     "log": {"broker", "server", "client", "v1", "groups", "grpc", "asyncio"},
     "broker": {"server", "client", "v1", "grpc"},
     "server": {"client"},
-    # the wire contract, the codec and shared values only (groups/member.py moves into the client next)
-    "client": {"server", "broker", "storage", "log"},
+    # the wire contract, the codec and shared values only
+    "client": {"server", "broker", "storage", "log", "groups"},
+    # the coordinator is the broker's: it uses the engine, never a transport or a member
+    "groups": {"server", "client", "v1", "grpc", "wire"},
     # the contract both sides share depends on neither: generated code, errors, grpc and protobuf only
     "wire": {"storage", "log", "broker", "server", "client", "groups", "codec", "config"},
+    # the tools: inspect and repair read the directory through the storage layer, never a server;
+    # top watches a broker through the client alone
+    "inspect.py": {"server", "client", "v1", "grpc", "wire"},
+    "repair.py": {"server", "client", "v1", "grpc", "wire"},
+    "top.py": {"server", "broker", "storage", "log", "groups", "wire", "v1"},
+    "values.py": {"storage", "log", "broker", "server", "client", "groups", "wire", "v1", "grpc"},
 }
 
 
@@ -66,3 +74,51 @@ def test_generated_protobuf_code_is_imported_only_by_the_wire_contract_server_an
             continue
         for name in imports_of(path):
             assert not name.startswith("tidelog.v1"), f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = ("tidelog",) + rel.parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_back_through_others():
+    """No import cycles between tidelog's modules (also through imports made inside functions)."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "v1" not in p.relative_to(PACKAGE).parts[:1]}
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for imported in imports_of(path):
+            while imported and imported not in files:  # `from .mod import Name` names mod; drop Name
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and imported != "tidelog" and not name.startswith(imported + "."):
+                deps.add(imported)
+        graph[name] = deps
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_consumer_is_the_class_of_both_kinds_of_consumer():
+    from tidelog.client import Consumer, GroupConsumer, PartitionConsumer
+
+    assert issubclass(PartitionConsumer, Consumer) and issubclass(GroupConsumer, Consumer)
+    consumer = Consumer("127.0.0.1:1", "t", partition=0, offset=0)
+    try:
+        assert isinstance(consumer, PartitionConsumer)
+    finally:
+        consumer.close()

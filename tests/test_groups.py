@@ -17,7 +17,7 @@ from tidelog.errors import (DiskFullError, GroupNotEmptyError, InvalidRequestErr
                             UnknownMemberError, UnknownTopicError)
 from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
 from tidelog.groups.coordinator import GroupCoordinator
-from tidelog.groups.embedded import EmbeddedGroupConsumer
+from tidelog.client.embedded_group import EmbeddedGroupConsumer
 
 
 # -- assignors ------------------------------------------------------------------------------------

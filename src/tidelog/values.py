@@ -91,3 +91,24 @@ class PartitionStats(NamedTuple):
     appended_bytes: int
     read_records: int
     read_bytes: int
+
+
+class MemberState(NamedTuple):
+    """What a member is told: its id, the generation, and the partitions it may consume now."""
+
+    member_id: str
+    generation: int
+    assignment: list[TopicPartition]
+    heartbeat_interval_ms: int
+
+
+class ConsumerRecord(NamedTuple):
+    """A record with the topic and partition it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple

@@ -17,7 +17,7 @@ import threading
 
 import tidelog
 from tidelog.groups.coordinator import GroupCoordinator
-from tidelog.groups.embedded import EmbeddedGroupConsumer
+from tidelog.client.embedded_group import EmbeddedGroupConsumer
 
 
 def value_for(partition: int, offset: int) -> bytes:

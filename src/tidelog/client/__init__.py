@@ -1,7 +1,8 @@
 """Python client of a tidelog server: Producer, Consumer (sync and asyncio) and Admin."""
 
 from .admin import Admin
-from .consumer import AsyncConsumer, Consumer, PartitionConsumer
+from .consumer import AsyncConsumer, PartitionConsumer
+from .consumers import Consumer
 from .group_consumer import GroupConsumer
 from .producer import Producer, RecordMetadata
 

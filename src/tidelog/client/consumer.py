@@ -177,21 +177,6 @@ class PartitionConsumer:
         self.close()
 
 
-def Consumer(target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
-             offset: int | str | None = "earliest", *, group_id: str | None = None, topics=None, **options):
-    """A consumer: of one partition at a position, or, with group_id, a member of a consumer group.
-
-        Consumer("localhost:50051", "orders", partition=0, offset=0)            # PartitionConsumer
-        Consumer("localhost:50051", group_id="billing", topics=["orders"],      # GroupConsumer
-                 auto_commit=False, on_assign=..., on_revoke=...)
-    """
-    if group_id is not None:
-        from .group_consumer import GroupConsumer
-
-        return GroupConsumer(target, group_id, topics or ([topic] if topic else []), **options)
-    return PartitionConsumer(target, topic, partition, offset, **options)
-
-
 class AsyncConsumer:
     """The asyncio form of Consumer:
 

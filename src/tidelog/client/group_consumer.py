@@ -1,13 +1,14 @@
 """A consumer-group member over gRPC: the Groups service for membership and commits, one Subscribe
-stream per assigned partition for records (see groups/member.py for the protocol)."""
+stream per assigned partition for records (see client/member.py for the protocol)."""
 
 from __future__ import annotations
 
-from ..groups.member import GroupMember, MemberState
 from ..v1 import tidelog_pb2 as pb
+from ..values import MemberState
 from ..wire import methods
 from .channel import DEFAULT_TARGET, sync_channel, unary
 from .consumer import PartitionConsumer
+from .member import GroupMember
 
 
 def _tp_messages(tps):

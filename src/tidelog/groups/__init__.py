@@ -1,5 +1,6 @@
 """Consumer groups, above the engine: membership, assignment, committed offsets, lag.
 
-Works the same embedded (GroupCoordinator + EmbeddedGroupConsumer in one process) and over gRPC
-(the server exposes the coordinator; tidelog.client.Consumer(group_id=...) talks to it).
+The broker's side; the member's side is in the client (client/member.py), over gRPC
+(tidelog.client.Consumer(group_id=...)) or in one process with the coordinator
+(client/embedded_group.py).
 """

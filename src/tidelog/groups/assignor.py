@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-TopicPartition = tuple[str, int]
+from ..values import TopicPartition
+
 Assignment = dict[str, list[TopicPartition]]
 
 

@@ -11,7 +11,7 @@ Fencing: heartbeats and commits must name a known member and the group's current
 commits only for partitions the member holds (granted, or being revoked and not yet released). A member missing heartbeats for its
 session_timeout_ms is removed (on the next `expire()`, which the server runs periodically and every
 call runs first), and a zombie's later calls are refused. Sessions run on a monotonic clock, so a
-jump of the wall clock never expires a member early. The member side (groups/member.py) stops
+jump of the wall clock never expires a member early. The member side (client/member.py) stops
 delivering before its session can run out, so nobody consumes a partition that was given away.
 
 Membership survives a broker restart: every change of a group (members, what each holds, generation,
@@ -49,8 +49,8 @@ from ..broker.engine import Engine, is_internal_topic
 from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
                       PartitionNotAssignedError, StaleGenerationError, TidelogError, UnknownGroupError,
                       UnknownMemberError, UnknownTopicError)
-from .assignor import ASSIGNORS, TopicPartition
-from .member import MemberState
+from ..values import MemberState, TopicPartition
+from .assignor import ASSIGNORS
 from .offset_store import OffsetStore
 
 log = logging.getLogger("tidelog.groups")

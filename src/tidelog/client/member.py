@@ -63,39 +63,18 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import (BrokerUnavailableError, EngineClosedError, OffsetOutOfRangeError, StaleGenerationError,
                       TidelogError, UnknownMemberError)
+from ..values import ConsumerRecord, MemberState, TopicPartition
 
 log = logging.getLogger("tidelog.groups")
 
-TopicPartition = tuple[str, int]
 LEASE_SAFETY = 0.1  # the lease ends this fraction of the session timeout early (clock rates, rounding)
 OFFSET_RESETS = ("earliest", "latest", "none")
 DEFAULT_MAX_POLL_RECORDS = 500  # Kafka's max.poll.records
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # Kafka's max.poll.interval.ms
-
-
-class MemberState(NamedTuple):
-    """What a member is told: its id, the generation, and the partitions it may consume now."""
-
-    member_id: str
-    generation: int
-    assignment: list[TopicPartition]
-    heartbeat_interval_ms: int
-
-
-class ConsumerRecord(NamedTuple):
-    """A record with the topic and partition it came from."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple
 
 
 class GroupMember:

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 from ..codec.batch import Record
-from .coordinator import GroupCoordinator
-from .member import GroupMember, TopicPartition
+from ..values import TopicPartition
+from .member import GroupMember
 
 
 class _EngineReader:
@@ -33,7 +33,7 @@ class _EngineReader:
 
 
 class EmbeddedGroupConsumer(GroupMember):
-    def __init__(self, coordinator: GroupCoordinator, group_id: str, topics, **options) -> None:
+    def __init__(self, coordinator, group_id: str, topics, **options) -> None:
         self.coordinator = coordinator
         super().__init__(group_id, topics, **options)
 
