@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -38,6 +39,20 @@ def test_histograms_merge_across_processes_by_encoding():
     assert merged.count == 100
     assert merged.summary_ms()["p50"] == pytest.approx(1, rel=0.002)
     assert merged.summary_ms()["p99"] == pytest.approx(100, rel=0.002)
+
+
+def test_percentiles_are_within_a_thousandth_above_the_exact_rank():
+    rng = random.Random(7)
+    values = [int(rng.lognormvariate(8, 2)) + 1 for _ in range(20_000)]  # µs, from 1 to minutes
+    lat = Latency()
+    for v in values:
+        lat.record_us(v)
+    ordered = sorted(values)
+    for p in (1, 50, 90, 99, 99.9, 100):
+        exact = ordered[max(1, int(p / 100 * len(values) + 0.5)) - 1]
+        assert exact <= lat.value_at_percentile_us(p) <= exact * (1 + 1 / 1024), p
+    assert lat.summary_ms()["max"] == max(values) / 1000
+    assert lat.summary_ms()["mean"] == pytest.approx(sum(values) / len(values) / 1000)
 
 
 def bench(*args):
