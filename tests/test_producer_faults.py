@@ -518,3 +518,26 @@ def test_when_the_epochs_run_out_a_new_producer_id_starts():
     d.epoch = 0x7FFF
     d.new_epoch()
     assert d.epoch == 0 and d.producer_id not in (7, -1) and d.producer_id >= 0
+
+
+def test_a_stream_broken_inside_grpc_is_reported_without_grpcs_internal_objects():
+    # Before: "the produce stream to ... failed: ExecuteBatchError(...SendCloseFromClientOperation...)",
+    # which `tidelog produce` printed as its error.
+    import asyncio
+
+    from tidelog.client.producer import _Stream
+
+    class ExecuteBatchError(Exception):  # what grpc.aio raises writing to a call that already ended
+        pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        stream = _Stream.__new__(_Stream)
+        stream.target = "127.0.0.1:9"
+        stream.reader, stream.writer = loop.create_future(), loop.create_future()
+        stream.writer.set_exception(ExecuteBatchError("<grpc._cython.cygrpc.SendCloseFromClientOperation object>"))
+        err = stream.failure()
+    finally:
+        loop.close()
+    assert isinstance(err, BrokerUnavailableError)
+    assert err.message == "the produce stream to 127.0.0.1:9 broke"
