@@ -8,13 +8,14 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
 from tidelog import Engine
 from tidelog.cli import build_parser
 
-from .server_process import ServerProcess, refused_address
+from .server_process import ServerProcess, refused_address, wait_for_file
 
 
 def tidelog(*args, input=b"", timeout=60, env=None):
@@ -177,6 +178,8 @@ BAD_INVOCATIONS = [
     (["dump", "--data-dir", "{data}", "--topic", "t", "--from-offset", "5", "--to-offset", "2"], 2,
      "--to-offset 2 is before --from-offset 5"),
     (["serve", "--port", "70000"], 2, "--port: must be a port"),
+    (["serve", "--metrics-port", "-1", "--metrics-port-file", "{data}/m", "--port", "0"], 2,
+     "--metrics-port-file: the metrics endpoint is off"),
     (["--server", "{nowhere}", "check", "--data-dir", "{data}"], 2, "--server does not apply to `tidelog check`"),
     (["topics", "create"], 2, "the following arguments are required: topic"),
     (["no-such-command"], 2, "invalid choice: 'no-such-command'"),
@@ -246,6 +249,45 @@ def test_every_command_has_help():
                 ["groups"], ["groups", "describe"], ["groups", "reset-offsets"], ["bench"], ["top"]):
         out = tidelog(*cmd, "--help")
         assert out.returncode == 0 and b"usage: tidelog" in out.stdout
+
+
+def test_serve_on_port_0_says_where_it_serves_and_writes_the_ports_to_files(tmp_path):
+    port_file, metrics_file = str(tmp_path / "port"), str(tmp_path / "metrics-port")
+    proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", str(tmp_path / "data"),
+                             "--port", "0", "--port-file", port_file, "--metrics-port", "0",
+                             "--metrics-port-file", metrics_file], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
+        metrics_port = int(wait_for_file(metrics_file, proc, 60, "tidelog serve"))
+        line = proc.stdout.readline().strip()
+        assert line == f"tidelog serving address=127.0.0.1:{port} metrics_address=127.0.0.1:{metrics_port}"
+        assert port > 0 and metrics_port > 0 and port != metrics_port
+        out = tidelog("health", f"--server=127.0.0.1:{port}")
+        assert out.returncode == 0 and out.stdout.strip() == b"SERVING"
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as reply:
+            assert reply.status == 200
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        assert not os.path.exists(port_file) and not os.path.exists(metrics_file)  # a clean stop removes them
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_says_where_it_serves_in_json_when_it_logs_json(tmp_path):
+    port_file = str(tmp_path / "port")
+    proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", str(tmp_path / "data"),
+                             "--port", "0", "--port-file", port_file, "--metrics-port", "-1",
+                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
+        assert json.loads(proc.stdout.readline()) == {"event": "serving", "address": f"127.0.0.1:{port}"}
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_serve_reports_a_busy_port_clearly(server, tmp_path):

@@ -48,6 +48,7 @@ def configure_logs(args: argparse.Namespace) -> None:
     if level.lower() not in LOG_LEVELS:
         raise UsageError(f"$TIDELOG_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     logs.configure(fmt, level.lower())
+    args.log_format, args.log_level = fmt, level.lower()  # as resolved, for the commands that print on their own
 
 
 def _fail(code: int, message: str) -> int:

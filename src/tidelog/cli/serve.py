@@ -1,8 +1,16 @@
-"""`tidelog serve`: run the broker. Settings: flags > TIDELOG_* environment > --config TOML > defaults."""
+"""`tidelog serve`: run the broker. Settings: flags > TIDELOG_* environment > --config TOML > defaults.
+
+Once it serves, it prints one line on stdout saying where (`tidelog serving address=HOST:PORT
+metrics_address=HOST:PORT`, or a JSON object with those fields under --log-format json) and, when
+asked, writes the ports to files: with --port 0 the operating system picks a free port, and whoever
+started the broker learns it without guessing one in advance (guessing races with every other
+program on the machine).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from .failures import CommandError, UsageError
@@ -17,7 +25,9 @@ INTEGER_SETTINGS = ("port", "metrics_port")
 
 def register(commands) -> None:
     serve = add_command(commands, "serve", "run the broker (gRPC) on a local data directory",
-                        "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults.")
+                        "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults. "
+                        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT]` "
+                        "on stdout (with --log-format json: a JSON object with event, address, metrics_address).")
     serve.add_argument("--data-dir", help="data directory (default: $TIDELOG_DATA_DIR, else ./data)")
     serve.add_argument("--host", help="address to listen on (default: $TIDELOG_HOST, else 127.0.0.1)")
     serve.add_argument("--port", type=port_number,
@@ -28,6 +38,11 @@ def register(commands) -> None:
     serve.add_argument("--fsync", choices=["always", "interval", "never"],
                        help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $TIDELOG_CONFIG, else none)")
+    serve.add_argument("--port-file", metavar="FILE",
+                       help="once serving, write the gRPC port to FILE (atomically; removed on a clean stop; "
+                            "default: no file)")
+    serve.add_argument("--metrics-port-file", metavar="FILE",
+                       help="once serving, write the metrics port to FILE, as --port-file (default: no file)")
     serve.set_defaults(run=run)
 
 
@@ -84,6 +99,46 @@ def run(args: argparse.Namespace) -> int:
     from ..tuning import tune_malloc
 
     config = load_config(args)
+    if args.metrics_port_file and config.metrics_port == -1:
+        raise UsageError("--metrics-port-file: the metrics endpoint is off (metrics port -1)")
+    written: list[str] = []
+
+    def ready(server) -> None:
+        """Say where the broker serves: a line on stdout, and the port files asked for."""
+        where = {"address": f"{config.host}:{server.port}"}
+        if server.metrics_port is not None:
+            where["metrics_address"] = f"{config.metrics_host or config.host}:{server.metrics_port}"
+        if args.log_format == "json":
+            print(json.dumps({"event": "serving", **where}), flush=True)
+        else:
+            print(" ".join(["tidelog serving", *(f"{k}={v}" for k, v in where.items())]), flush=True)
+        for path, port in ((args.port_file, server.port), (args.metrics_port_file, server.metrics_port)):
+            if path:
+                write_atomically(path, f"{port}\n")
+                written.append(path)
+
     tune_malloc()
-    asyncio.run(serve(config))  # its "server started" log line says where it serves
+    try:
+        asyncio.run(serve(config, ready))
+    finally:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     return 0
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write through a temporary file renamed over `path`: a reader sees no file or the whole of it."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
