@@ -58,7 +58,7 @@ EXPOSE 50051 9464
 # SERVING only after the engine has opened (and recovered) the log and the port is bound; NOT_SERVING
 # as soon as a graceful shutdown starts.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["tidelog", "health", "--server", "127.0.0.1:50051", "--timeout-s", "3"]
+    CMD ["tidelog", "health", "--server", "127.0.0.1:50051", "--timeout-ms", "3000"]
 
 # Exec form: tidelog is PID 1 and gets SIGTERM itself; it then drains in-flight calls, flushes and
 # closes the log cleanly (writes the clean-shutdown marker) and exits 0. Give it longer than the

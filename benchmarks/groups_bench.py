@@ -336,7 +336,7 @@ def start_tidelog(data_dir: str, log_dir: str) -> tuple[Service, str]:
     deadline = now() + 60
     for _ in range(600):
         svc.check_alive()
-        rc = subprocess.run(tidelog_cli() + ["health", "--server", target, "--timeout-s", "2"],
+        rc = subprocess.run(tidelog_cli() + ["health", "--server", target, "--timeout-ms", "2000"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             timeout=30).returncode
         if rc == 0:

@@ -1,7 +1,15 @@
-"""A real `tidelog serve` subprocess on a free loopback port, for integration tests."""
+"""A real `tidelog serve` subprocess on loopback, for integration tests.
+
+The server binds port 0 and writes the ports it got to files (`--port-file`, `--metrics-port-file`) once
+it serves, so no port is ever guessed in advance: guessing (bind, close, hand the number on) races with
+every other program on the machine. A restart reuses the port of the first start, so clients keep
+their address.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -9,17 +17,8 @@ import subprocess
 import sys
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _LIVE: set = set()
+_SERIAL = itertools.count()
 
 
 def kill_leftovers() -> None:
@@ -31,36 +30,73 @@ def kill_leftovers() -> None:
         _LIVE.discard(proc)
 
 
+@contextlib.contextmanager
+def refused_address():
+    """host:port of a socket bound and never listening: a connection to it is refused for as long as the
+    block runs (no other program can take the port meanwhile), as to a stopped broker."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float, what: str) -> str:
+    """The content of `path` once it exists (it is written atomically); RuntimeError if the process
+    exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not write {path} within {timeout_s}s")
+
+
 class ServerProcess:
     def __init__(self, data_dir: str, *extra: str, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.extra = extra
-        self.port = port or free_port()
-        self.target = f"127.0.0.1:{self.port}"
+        self.port = port
+        """The gRPC port: given, or picked by the server at its first start (then kept for restarts)."""
+        self.metrics_port: int | None = None
+        """The metrics port of the current run (a new one at each start), unless extra sets --metrics-port."""
         self.proc: subprocess.Popen | None = None
-        self.log_path = os.path.join(os.path.dirname(os.path.abspath(data_dir)), f"server-{self.port}.log")
+        parent = os.path.dirname(os.path.abspath(data_dir))
+        name = f"{os.path.basename(os.path.abspath(data_dir))}-{os.getpid()}-{next(_SERIAL)}"
+        self.log_path = os.path.join(parent, f"{name}-server.log")
+        self._port_file = os.path.join(parent, f"{name}.port")
+        self._metrics_port_file = os.path.join(parent, f"{name}.metrics-port")
+
+    @property
+    def target(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server has not been started yet: its port is not known")
+        return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> "ServerProcess":
+        """Start and return once the server serves (it writes its port file only then)."""
+        own_metrics = "--metrics-port" in self.extra
+        for path in (self._port_file, self._metrics_port_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a SIGKILLed run
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir, "--port", str(self.port),
+            [sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir, "--host", "127.0.0.1",
+             "--port", str(self.port or 0), "--port-file", self._port_file,
              # never the fixed default metrics port: tests and other servers run side by side
-             *(() if "--metrics-port" in self.extra else ("--metrics-port", "0")),
-             *self.extra], stdout=self._log, stderr=subprocess.STDOUT)
+             *(() if own_metrics else ("--metrics-port", "0", "--metrics-port-file", self._metrics_port_file)),
+             # stdout holds only the "tidelog serving" line: the port files say the same
+             *self.extra], stdout=subprocess.DEVNULL, stderr=self._log)
         _LIVE.add(self.proc)
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return self
-                except grpc.RpcError:
-                    time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not become healthy: {self.log()}")
+        try:
+            self.port = int(wait_for_file(self._port_file, self.proc, timeout_s, "the server"))
+            if not own_metrics:
+                self.metrics_port = int(wait_for_file(self._metrics_port_file, self.proc, timeout_s, "the server"))
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{exc}: {self.log()}") from None
+        return self
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait: the graceful path."""

@@ -124,13 +124,13 @@ def test_a_stall_is_charged_to_every_message_it_delayed():
 
     sent = latency_bench.fixed_rate(send, [b"\0" * 16], 1000, 20, cap_s=60, clock=clock, sleep=sleep)
     assert sent == 20
-    got = [now_ms for now_ms in (lat.hist.get_value_at_percentile(p) for p in (100,))]
+    got = [now_ms for now_ms in (lat.value_at_percentile_us(p) for p in (100,))]
     assert got[0] == pytest.approx(10_000, rel=1e-3)  # µs
     assert lat.count == 20
     # 10 of 20 messages saw a latency >= 1 ms; from the send time only 1 would have
-    assert lat.hist.get_value_at_percentile(50) <= 1  # messages 10..19: on time
-    assert lat.hist.get_value_at_percentile(55) == pytest.approx(1_000, rel=1e-3)  # message 9: 1 ms late
-    assert lat.hist.get_value_at_percentile(95) == pytest.approx(9_000, rel=1e-3)  # message 1: 9 ms late
+    assert lat.value_at_percentile_us(50) <= 1  # messages 10..19: on time
+    assert lat.value_at_percentile_us(55) == pytest.approx(1_000, rel=1e-3)  # message 9: 1 ms late
+    assert lat.value_at_percentile_us(95) == pytest.approx(9_000, rel=1e-3)  # message 1: 9 ms late
 
 
 def test_fixed_rate_stops_at_the_deadline():

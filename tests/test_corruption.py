@@ -102,7 +102,7 @@ def test_invalid_data_at_the_end_of_a_sealed_segment_refuses_to_open_and_changes
         Engine.open(built, clock=clock)
     assert "t-1" in err.value.message and "--repair" in err.value.message
     assert digest(os.path.join(built, "t-1")) == before
-    out = tidelog("serve", "--data-dir", built, "--port", "0")
+    out = tidelog("serve", "--data-dir", built, "--port", "0", "--metrics-port", "-1")  # no fixed port: 9464 may be taken
     errors = [line for line in out.stderr.splitlines() if "is corrupt" in line]  # the rest: INFO log lines
     assert out.returncode == 1 and len(errors) == 1 and "t-1 is corrupt" in errors[0], out.stderr
 

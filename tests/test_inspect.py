@@ -73,7 +73,7 @@ def test_dump_prints_batches_and_records_in_an_offset_range(built):
 
 def test_dump_of_a_missing_partition_is_a_usage_error(built):
     out = tidelog("dump", "--data-dir", built, "--topic", "nope")
-    assert out.returncode == 2 and "no partition" in out.stderr
+    assert out.returncode == 1 and "no partition" in out.stderr
 
 
 # -- dump by time -------------------------------------------------------------------------------------

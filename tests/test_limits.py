@@ -347,7 +347,6 @@ def _separate(target):
 
 
 def test_max_connections_closes_connections_past_the_limit_and_frees_slots_on_close(crowded):
-    # The health wait in ServerProcess.start closed its channel; give the server a moment to see it.
     channels = [_separate(crowded.target) for _ in range(5)]
     try:
         answered = []
@@ -482,14 +481,10 @@ threading.Event().wait()
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """20 calls at once, 5 of them kept for administration (15 for data), 6 data calls per connection."""
-    from .server_process import free_port
-
     root = tmp_path_factory.mktemp("guarded")
     path = root / "tidelog.toml"
     path.write_text("max_concurrent_rpcs = 20\nadmin_reserved_rpcs = 5\nmax_concurrent_rpcs_per_connection = 6\n")
-    metrics_port = free_port()
-    srv = ServerProcess(str(root / "data"), "--config", str(path), "--metrics-port", str(metrics_port)).start()
-    srv.metrics_port = metrics_port
+    srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
     with _separate(srv.target) as ch:
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="shared", partitions=1))
         assert not produce(ch, [framing.encode_produce_request(0, "shared", 0, tidelog.build_batch(

@@ -22,7 +22,7 @@ from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.server import app
 from tidelog.server.metrics import EngineCollector
 
-from .server_process import ServerProcess, free_port
+from .server_process import ServerProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N0, N1 = 37, 21  # records produced to partitions 0 and 1
@@ -77,9 +77,7 @@ def check_documented(text: str) -> None:
 
 @pytest.fixture
 def served(tmp_path):
-    metrics_port = free_port()
-    srv = ServerProcess(str(tmp_path / "data"), "--metrics-port", str(metrics_port)).start()
-    srv.metrics_port = metrics_port
+    srv = ServerProcess(str(tmp_path / "data")).start()
     yield srv
     srv.stop()
 

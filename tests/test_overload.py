@@ -163,12 +163,10 @@ def test_stalled_subscribers_are_held_to_the_shared_buffer_and_give_it_back_when
     """Subscribers that grant 1 TiB and never read: together they are sent no more than
     max_subscribe_buffer_bytes plus one small message each; a live consumer still reads everything
     meanwhile (with a credit window larger than the broker's cap); killing them gives it all back."""
-    from .server_process import free_port
-
     budget, cap, stalled = 256 * 1024, 256 * 1024, 8
-    metrics_port = free_port()
-    srv = ServerProcess(str(tmp_path / "data"), "--metrics-port", str(metrics_port), "--config", _config(
+    srv = ServerProcess(str(tmp_path / "data"), "--config", _config(
         tmp_path, max_subscribe_buffer_bytes=budget, max_subscribe_credit_bytes=cap)).start()
+    metrics_port = srv.metrics_port
     child = None
     try:
         with Admin(srv.target) as a:

@@ -36,7 +36,7 @@ from tidelog.v1 import tidelog_pb2 as pb
 
 from .helpers.scripted_broker import (BREAK_AFTER_ACK, DEAF, DROP, ERROR, LOSE_ACK, SILENT, Plan,
                                       ScriptedBroker)
-from .server_process import ServerProcess, free_port
+from .server_process import ServerProcess, refused_address
 
 TOPIC = "t"
 BOUND_S = 60.0  # no flush or close here may take longer than this (each would otherwise hang forever)
@@ -193,12 +193,13 @@ def test_requests_in_flight_per_partition_stay_within_what_the_broker_remembers(
 
 
 def test_more_in_flight_than_the_broker_remembers_is_refused_for_an_idempotent_producer():
-    with pytest.raises(InvalidConfigError, match="remembers"):
-        Producer(f"127.0.0.1:{free_port()}", max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1)
-    with pytest.raises(InvalidConfigError):
-        Producer(f"127.0.0.1:{free_port()}", max_in_flight_requests_per_partition=0)
-    Producer(f"127.0.0.1:{free_port()}", idempotent=False,
-             max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1).close(timeout_s=BOUND_S)
+    with refused_address() as nowhere:
+        with pytest.raises(InvalidConfigError, match="remembers"):
+            Producer(nowhere, max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1)
+        with pytest.raises(InvalidConfigError):
+            Producer(nowhere, max_in_flight_requests_per_partition=0)
+        Producer(nowhere, idempotent=False,
+                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1).close(timeout_s=BOUND_S)
 
 
 # -- the bookkeeping alone (client/delivery.py: no I/O, time passed in) ------------------------------
@@ -398,15 +399,16 @@ def test_a_broker_that_never_answers_fails_every_future_after_the_delivery_timeo
 
 
 def test_an_unreachable_broker_fails_every_future_after_the_delivery_timeout():
-    p = WatchedProducer(f"127.0.0.1:{free_port()}", linger_ms=1, delivery_timeout_s=1)
-    sent = Sent()
-    try:
-        for i in range(50):
-            sent.send(p, i % 3, b"u%d" % i)
-        errors = fail_all_within_bound(p, sent, 1)
-        assert all(isinstance(e, BrokerUnavailableError) for e in errors), {repr(e) for e in errors}
-    finally:
-        p.close(timeout_s=10)
+    with refused_address() as nowhere:
+        p = WatchedProducer(nowhere, linger_ms=1, delivery_timeout_s=1)
+        sent = Sent()
+        try:
+            for i in range(50):
+                sent.send(p, i % 3, b"u%d" % i)
+            errors = fail_all_within_bound(p, sent, 1)
+            assert all(isinstance(e, BrokerUnavailableError) for e in errors), {repr(e) for e in errors}
+        finally:
+            p.close(timeout_s=10)
     assert not p._thread.is_alive()
 
 
@@ -518,3 +520,26 @@ def test_when_the_epochs_run_out_a_new_producer_id_starts():
     d.epoch = 0x7FFF
     d.new_epoch()
     assert d.epoch == 0 and d.producer_id not in (7, -1) and d.producer_id >= 0
+
+
+def test_a_stream_broken_inside_grpc_is_reported_without_grpcs_internal_objects():
+    # Before: "the produce stream to ... failed: ExecuteBatchError(...SendCloseFromClientOperation...)",
+    # which `tidelog produce` printed as its error.
+    import asyncio
+
+    from tidelog.client.producer import _Stream
+
+    class ExecuteBatchError(Exception):  # what grpc.aio raises writing to a call that already ended
+        pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        stream = _Stream.__new__(_Stream)
+        stream.target = "127.0.0.1:9"
+        stream.reader, stream.writer = loop.create_future(), loop.create_future()
+        stream.writer.set_exception(ExecuteBatchError("<grpc._cython.cygrpc.SendCloseFromClientOperation object>"))
+        err = stream.failure()
+    finally:
+        loop.close()
+    assert isinstance(err, BrokerUnavailableError)
+    assert err.message == "the produce stream to 127.0.0.1:9 broke"

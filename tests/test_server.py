@@ -19,7 +19,7 @@ from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTo
 from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 from tidelog.v1 import tidelog_pb2 as pb
 
-from .server_process import ServerProcess, free_port
+from .server_process import ServerProcess, refused_address
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_a_client_without_tidelog_code_uses_reflection(server, topic):
 
 
 def test_unreachable_server_is_a_clear_error():
-    with Admin(f"127.0.0.1:{free_port()}", timeout_s=2) as a:
+    with refused_address() as nowhere, Admin(nowhere, timeout_s=2) as a:
         with pytest.raises(BrokerUnavailableError, match="cannot reach the broker"):
             a.list_topics()
 
@@ -266,11 +266,16 @@ def test_sigterm_under_load_loses_no_acknowledged_record(tmp_path):
 
     t = threading.Thread(target=produce)
     t.start()
-    while len(acked) < 2000:
-        time.sleep(0.01)
-    assert srv.stop() == 0, srv.log()
-    stop.set()
-    t.join(60)
+    try:
+        deadline = time.monotonic() + 120
+        while len(acked) < 2000:  # SIGTERM only once the broker is busy acknowledging
+            assert t.is_alive() and time.monotonic() < deadline, f"only {len(acked)} records acknowledged"
+            time.sleep(0.01)
+        assert srv.stop() == 0, srv.log()
+    finally:
+        stop.set()
+        t.join(60)
+        srv.kill()  # (stopped already, unless an assertion above failed)
     closed = [line for line in srv.log().splitlines() if " engine closed " in line]
     assert len(closed) == 1 and "clean=true" in closed[0]
     srv.start()
@@ -357,8 +362,12 @@ def test_batches_never_grow_past_batch_bytes_and_a_refused_batch_does_not_poison
     p = Producer(server.target, linger_ms=5, batch_bytes=16 * 1024)
     try:
         p.send("big", b"first", partition=0).result(10)
-        p._loop.call_soon_threadsafe(time.sleep, 0.5)  # the network thread is busy for a while
-        futures = [p.send("big", b"x" * 1024, partition=0) for _ in range(500)]
+        held = threading.Event()  # the network thread waits on it: every record below is queued at once
+        p._loop.call_soon_threadsafe(held.wait, 60)
+        try:
+            futures = [p.send("big", b"x" * 1024, partition=0) for _ in range(500)]
+        finally:
+            held.set()
         p.flush(60)
         assert all(f.exception(0) is None for f in futures)  # 500 KB went out in batches of ~16 KB
         too_big = p.send("big", b"y" * 100_000, partition=0)  # over the topic's max_batch_bytes

@@ -10,7 +10,7 @@ import pytest
 from tidelog.client import Admin, Producer
 from tidelog.top import Sample, group_rows, render
 
-from .server_process import ServerProcess, free_port
+from .server_process import ServerProcess, refused_address
 
 
 def tidelog(*args):
@@ -51,7 +51,7 @@ def test_top_once_shows_end_offsets_and_the_lag_of_a_group_that_committed(server
             for i in range(5):
                 producer.send("orders", b"%d" % i, partition=1)
         admin.reset_offsets("billing", "orders", 4, partitions=[0])
-    out = tidelog("top", "--once", "--interval", "0.2", "--server", server.target)
+    out = tidelog("top", "--once", "--interval-ms", "200", "--server", server.target)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     topic = next(line.split() for line in lines if line.startswith("orders"))
@@ -62,16 +62,17 @@ def test_top_once_shows_end_offsets_and_the_lag_of_a_group_that_committed(server
 
 
 def test_top_iterations_prints_that_many_frames(server):
-    out = tidelog("top", "--iterations", "2", "--interval", "0.1", "--server", server.target)
+    out = tidelog("top", "--iterations", "2", "--interval-ms", "100", "--server", server.target)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("tidelog top") == 2 and "(no topics)" in out.stdout and "\x1b[" not in out.stdout
 
 
 def test_top_of_an_unreachable_server_fails_with_one_line():
-    out = tidelog("top", "--once", "--interval", "0.1", "--server", f"127.0.0.1:{free_port()}")
+    with refused_address() as nowhere:
+        out = tidelog("top", "--once", "--interval-ms", "100", "--server", nowhere)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
 
 
 def test_top_rejects_a_non_positive_interval():
-    out = tidelog("top", "--interval", "0")
+    out = tidelog("top", "--interval-ms", "0")
     assert out.returncode == 2 and out.stderr.count("\n") == 1

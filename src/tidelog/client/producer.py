@@ -167,8 +167,10 @@ class _Stream:
                     return exc
                 if isinstance(exc, grpc.RpcError):
                     return error_from_rpc(exc, self.target)
-                log.warning("produce stream to %s failed: %r; reconnecting", self.target, exc)
-                return BrokerUnavailableError(f"the produce stream to {self.target} failed: {exc!r}")
+                # grpc.aio's own objects (ExecuteBatchError ... SendCloseFromClientOperation, when the
+                # writer half-closes a call that already ended) say nothing to a user: name the broker.
+                log.debug("produce stream to %s failed: %r; reconnecting", self.target, exc)
+                return BrokerUnavailableError(f"the produce stream to {self.target} broke")
         return None
 
     async def finish(self, timeout_s: float) -> None:

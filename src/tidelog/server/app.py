@@ -252,7 +252,9 @@ def _unavailable(method) -> grpc.RpcMethodHandler:
 
 
 async def serve(config: ServerConfig, ready=None) -> None:
-    """Run a server until SIGTERM or SIGINT. `ready(port)` is called once it serves."""
+    """Run a server until SIGTERM or SIGINT. `ready(server)` is called once it serves (server.port and
+    server.metrics_port are then the bound ports); if it raises, the server stops cleanly and the error
+    goes on to the caller."""
     server = Server(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -261,7 +263,9 @@ async def serve(config: ServerConfig, ready=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    if ready is not None and not stop.is_set():
-        ready(server.port)
-    await stop.wait()
-    await server.stop()
+    try:
+        if ready is not None and not stop.is_set():
+            ready(server)
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,144 @@
+"""`tidelog serve`: run the broker. Settings: flags > TIDELOG_* environment > --config TOML > defaults.
+
+Once it serves, it prints one line on stdout saying where (`tidelog serving address=HOST:PORT
+metrics_address=HOST:PORT`, or a JSON object with those fields under --log-format json) and, when
+asked, writes the ports to files: with --port 0 the operating system picks a free port, and whoever
+started the broker learns it without guessing one in advance (guessing races with every other
+program on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from .failures import CommandError, UsageError
+from .parsing import add_command
+from .values import metrics_port_number, port_number
+
+ENV_SETTINGS = {"TIDELOG_HOST": "host", "TIDELOG_PORT": "port", "TIDELOG_DATA_DIR": "data_dir",
+                "TIDELOG_METRICS_PORT": "metrics_port"}
+ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
+INTEGER_SETTINGS = ("port", "metrics_port")
+
+
+def register(commands) -> None:
+    serve = add_command(commands, "serve", "run the broker (gRPC) on a local data directory",
+                        "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults. "
+                        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT]` "
+                        "on stdout (with --log-format json: a JSON object with event, address, metrics_address).")
+    serve.add_argument("--data-dir", help="data directory (default: $TIDELOG_DATA_DIR, else ./data)")
+    serve.add_argument("--host", help="address to listen on (default: $TIDELOG_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=port_number,
+                       help="gRPC port; 0: any free port (default: $TIDELOG_PORT, else 50051)")
+    serve.add_argument("--metrics-port", type=metrics_port_number,
+                       help="Prometheus /metrics and /healthz port; 0: any free port; -1: off "
+                            "(default: $TIDELOG_METRICS_PORT, else 9464)")
+    serve.add_argument("--fsync", choices=["always", "interval", "never"],
+                       help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $TIDELOG_CONFIG, else none)")
+    serve.add_argument("--port-file", metavar="FILE",
+                       help="once serving, write the gRPC port to FILE (atomically; removed on a clean stop; "
+                            "default: no file)")
+    serve.add_argument("--metrics-port-file", metavar="FILE",
+                       help="once serving, write the metrics port to FILE, as --port-file (default: no file)")
+    serve.set_defaults(run=run)
+
+
+def load_config(args: argparse.Namespace):
+    """The ServerConfig of flags, environment, config file and defaults, in that order of precedence."""
+    from ..config import ServerConfig
+
+    settings: dict = {}
+    path = args.config or os.environ.get("TIDELOG_CONFIG")
+    if path:
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            with open(path, "rb") as f:
+                settings = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise CommandError(f"cannot read config file {path}: {exc}") from None
+    engine = settings.pop("engine", {})
+    if not isinstance(engine, dict):
+        raise CommandError(f"[engine] in {path} must be a table")
+    engine = dict(engine)
+    for env, name in ENV_SETTINGS.items():
+        if env in os.environ:
+            settings[name] = _env_value(env, name)
+    for env, name in ENV_ENGINE_SETTINGS.items():
+        if env in os.environ:
+            engine[name] = os.environ[env]
+    for name in ("host", "port", "data_dir", "metrics_port"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.fsync is not None:
+        engine["fsync"] = args.fsync
+    if engine:
+        settings["engine"] = engine
+    return ServerConfig().with_overrides(settings)
+
+
+def _env_value(env: str, name: str):
+    value = os.environ[env]
+    if name not in INTEGER_SETTINGS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"${env} must be an integer, got {value!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..server.app import serve
+    from ..tuning import tune_malloc
+
+    config = load_config(args)
+    if args.metrics_port_file and config.metrics_port == -1:
+        raise UsageError("--metrics-port-file: the metrics endpoint is off (metrics port -1)")
+    written: list[str] = []
+
+    def ready(server) -> None:
+        """Say where the broker serves: a line on stdout, and the port files asked for."""
+        where = {"address": f"{config.host}:{server.port}"}
+        if server.metrics_port is not None:
+            where["metrics_address"] = f"{config.metrics_host or config.host}:{server.metrics_port}"
+        if args.log_format == "json":
+            print(json.dumps({"event": "serving", **where}), flush=True)
+        else:
+            print(" ".join(["tidelog serving", *(f"{k}={v}" for k, v in where.items())]), flush=True)
+        for path, port in ((args.port_file, server.port), (args.metrics_port_file, server.metrics_port)):
+            if path:
+                write_atomically(path, f"{port}\n")
+                written.append(path)
+
+    tune_malloc()
+    try:
+        asyncio.run(serve(config, ready))
+    finally:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return 0
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write through a temporary file renamed over `path`: a reader sees no file or the whole of it."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
