@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import FSYNC_POLICIES
 from .broker import talks_to_broker
 from .failures import UsageError
 from .parsing import add_command, add_deprecated_alias, add_format_option
@@ -33,7 +34,7 @@ def register(commands) -> None:
     bench.add_argument("--consumers", type=positive_int, default=1, help="consumer processes")
     bench.add_argument("--partitions", type=positive_int, default=1, help="partitions if the topic is created")
     bench.add_argument("--group", help="consume as a consumer group (default: read partitions directly)")
-    bench.add_argument("--fsync", choices=["always", "interval", "never"], default="never",
+    bench.add_argument("--fsync", choices=FSYNC_POLICIES, default="never",
                        help="fsync policy, --embedded only (a server has its own)")
     add_format_option(bench)
     bench.set_defaults(run=run)

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 
+from ..config import FSYNC_POLICIES
 from .failures import CommandError, UsageError
 from .parsing import add_command
 from .values import metrics_port_number, port_number
@@ -35,7 +36,7 @@ def register(commands) -> None:
     serve.add_argument("--metrics-port", type=metrics_port_number,
                        help="Prometheus /metrics and /healthz port; 0: any free port; -1: off "
                             "(default: $TIDELOG_METRICS_PORT, else 9464)")
-    serve.add_argument("--fsync", choices=["always", "interval", "never"],
+    serve.add_argument("--fsync", choices=FSYNC_POLICIES,
                        help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $TIDELOG_CONFIG, else none)")
     serve.add_argument("--port-file", metavar="FILE",
