@@ -3,11 +3,11 @@
 Every message carries its *scheduled* send time (CLOCK_MONOTONIC ns, system-wide, so it holds across
 processes) in its first 8 bytes; the producer sends message i at start + i / rate (sleeping until then, or
 sending at once when late), and the consumer records `now - scheduled` in an HdrHistogram
-(tidelog.bench.histogram.Latency). A stall is charged to every message it delayed: no coordinated
+(tidelog.loadgen.histogram.Latency). A stall is charged to every message it delayed: no coordinated
 omission. The consumer runs in a process of its own (spawned), started and subscribed before the first
 message; the producer runs in the benchmark's process. Every loop is bounded by a count and a deadline.
 
-- tidelog: `tidelog.bench.runner.run(BenchConfig(scenario="e2e", linger_ms=0, ...))`, the machinery of
+- tidelog: `tidelog.loadgen.runner.run(BenchConfig(scenario="e2e", linger_ms=0, ...))`, the machinery of
   `tidelog bench e2e` (a producer process with `Producer(linger_ms=0)`, a consumer process from "latest").
 - Redis Streams: one `XADD` per message (no pipeline); the consumer `XREAD BLOCK 100 COUNT 1000` from the
   last id it saw.
@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Callable
 
-from tidelog.bench.histogram import Latency
+from tidelog.loadgen.histogram import Latency
 
 STAMP = struct.Struct(">q")
 
@@ -188,7 +188,7 @@ def nats_e2e(url: str, values: list[bytes], rate: float, n: int, cap_s: float) -
 
 
 def tidelog_e2e(target: str, topic: str, size: int, rate: float, n: int, cap_s: float) -> dict:
-    from tidelog.bench.runner import BenchConfig, run
+    from tidelog.loadgen.runner import BenchConfig, run
 
     res = run(BenchConfig(scenario="e2e", server=target, topic=topic, records=n, duration_s=cap_s,
                           record_size=size, linger_ms=0.0, rate=rate, progress=False))

@@ -112,7 +112,7 @@ TIDELOG_SETTINGS = {
                     "(credit 8 MiB) (grpc_bench.py)",
     "tidelog durable": "`tidelog serve --fsync always` (fsync before ack, group commit), Producer(linger_ms=5, "
                        "batch_bytes=1 MiB) and raw batches; embedded: Engine fsync=\"always\", 1 and 2 producers",
-    "tidelog e2e": "`tidelog bench e2e` machinery (tidelog.bench.runner): Producer(linger_ms=0) process at a fixed "
+    "tidelog e2e": "`tidelog bench e2e` machinery (tidelog.loadgen.runner): Producer(linger_ms=0) process at a fixed "
                    "rate, Consumer process from latest, latency from the scheduled send time",
     "tidelog groups": "`tidelog serve --fsync never`, 4 partitions, Consumer(group_id, auto_commit=False), "
                       "poll + commit, one process per member (groups_bench.py)",

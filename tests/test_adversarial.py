@@ -40,7 +40,7 @@ import pytest
 from tidelog import Engine
 from tidelog.client import Admin, Producer
 from tidelog.errors import TidelogError
-from tidelog.inspect import check, check_directory
+from tidelog.examine import check, check_directory
 
 from .helpers import ownership
 from .helpers.child import Child

@@ -1,4 +1,4 @@
-"""Imports point down only: client → server → broker → log → storage → _native (DESIGN.md §1)."""
+"""Imports point down only: client → server → engine → partition → storage → _native."""
 
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ PACKAGE = pathlib.Path(tidelog.__file__).parent
 
 # layer -> what it must never import (tidelog subpackages and third-party modules)
 FORBIDDEN = {
-    "storage": {"log", "broker", "server", "client", "v1", "groups", "grpc", "asyncio"},
-    "codec": {"storage", "log", "broker", "server", "client", "v1", "groups", "grpc"},
-    "log": {"broker", "server", "client", "v1", "groups", "grpc", "asyncio"},
-    "broker": {"server", "client", "v1", "grpc"},
+    "storage": {"partition", "engine", "server", "client", "v1", "groups", "grpc", "asyncio"},
+    "codec": {"storage", "partition", "engine", "server", "client", "v1", "groups", "grpc"},
+    "partition": {"engine", "server", "client", "v1", "groups", "grpc", "asyncio"},
+    "engine": {"server", "client", "v1", "grpc"},
     "server": {"client"},
     # the wire contract, the codec and shared values only
-    "client": {"server", "broker", "storage", "log", "groups"},
+    "client": {"server", "engine", "storage", "partition", "groups"},
     # the coordinator is the broker's: it uses the engine, never a transport or a member
     "groups": {"server", "client", "v1", "grpc", "wire"},
     # the contract both sides share depends on neither: generated code, errors, grpc and protobuf only
-    "wire": {"storage", "log", "broker", "server", "client", "groups", "codec", "config"},
-    # the tools: inspect and repair read the directory through the storage layer, never a server;
+    "wire": {"storage", "partition", "engine", "server", "client", "groups", "codec", "config"},
+    # the tools: examine and repair read the directory through the storage layer, never a server;
     # top watches a broker through the client alone
-    "inspect.py": {"server", "client", "v1", "grpc", "wire"},
+    "examine.py": {"server", "client", "v1", "grpc", "wire"},
     "repair.py": {"server", "client", "v1", "grpc", "wire"},
-    "top.py": {"server", "broker", "storage", "log", "groups", "wire", "v1"},
-    "values.py": {"storage", "log", "broker", "server", "client", "groups", "wire", "v1", "grpc"},
+    "top.py": {"server", "engine", "storage", "partition", "groups", "wire", "v1"},
+    "values.py": {"storage", "partition", "engine", "server", "client", "groups", "wire", "v1", "grpc"},
 }
 
 

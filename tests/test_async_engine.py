@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tidelog import Engine
-from tidelog.broker.async_engine import AsyncEngine
+from tidelog.engine.async_engine import AsyncEngine
 
 
 @pytest.fixture

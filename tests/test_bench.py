@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tidelog.bench.histogram import Latency
+from tidelog.loadgen.histogram import Latency
 
 from .server_process import ServerProcess
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import latency_bench, report
-from tidelog.bench.histogram import Latency
+from tidelog.loadgen.histogram import Latency
 
 
 def _fig(scenario, system, median, tidelog, runs=None):

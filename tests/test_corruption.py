@@ -19,7 +19,7 @@ import pytest
 from tidelog import Engine
 from tidelog.errors import CorruptLogError
 from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
-from tidelog.inspect import check, dump_batches
+from tidelog.examine import check, dump_batches
 from tidelog.repair import repair
 from tidelog.storage.recovery import RECOVERY_POINT_FILE
 
@@ -370,7 +370,7 @@ def test_a_time_lookup_past_what_is_visible_is_not_taken_for_a_damaged_index(tmp
     """Under fsync="always" a batch is indexed before it is published: its entry is not damage."""
     from tidelog.codec import batch as batch_codec
     from tidelog.config import TopicConfig
-    from tidelog.log.partition_log import PartitionLog
+    from tidelog.partition.partition_log import PartitionLog
     from tidelog.storage.fs import FileSystem
 
     plog = PartitionLog(FileSystem(), str(tmp_path / "t-0"), TopicConfig(index_interval_bytes=1), "always",

@@ -17,10 +17,10 @@ from dataclasses import replace
 import pytest
 
 from tidelog import Engine
-from tidelog.broker.topic_meta import MARKER_FILE, TRASH_DIR
+from tidelog.engine.topic_meta import MARKER_FILE, TRASH_DIR
 from tidelog.errors import CorruptLogError, TopicExistsError
 from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
-from tidelog.inspect import check, check_directory
+from tidelog.examine import check, check_directory
 from tidelog.repair import repair
 
 from .test_corruption import digest, flip, seg_path
@@ -301,7 +301,7 @@ def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_direc
     path = meta_file(data_dir)
     with Engine.open(data_dir, clock=clock) as eng:
         meta = eng._topics["t"].meta
-    from tidelog.broker.topic_meta import TopicMeta, write_topic_meta
+    from tidelog.engine.topic_meta import TopicMeta, write_topic_meta
     from tidelog.storage.fs import FileSystem
     creating = TopicMeta(meta.name, meta.topic_id, 4, meta.created_ms, meta.config, "creating")
     write_topic_meta(FileSystem(), data_dir, creating)
@@ -319,7 +319,7 @@ def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_direc
 def test_a_crash_while_a_create_writes_a_marker_is_rolled_back(data_dir, clock):
     # Before: the directory then held only the marker's temporary file, so it was neither marked nor
     # empty: the rollback left it, and the topic could never be created again ("already exists").
-    from tidelog.broker.topic_meta import TopicMeta, write_topic_meta
+    from tidelog.engine.topic_meta import TopicMeta, write_topic_meta
     from tidelog.config import TopicConfig
     from tidelog.storage.fs import TMP_PREFIX, FileSystem
 
@@ -538,7 +538,7 @@ def test_a_crash_while_removing_a_partition_directory_leaves_one_the_next_open_s
         else:
             with Engine.open(d, clock=clock) as eng:
                 meta = eng._topics["t"].meta
-            from tidelog.broker.topic_meta import write_topic_meta
+            from tidelog.engine.topic_meta import write_topic_meta
             write_topic_meta(FileSystem(), d, replace(meta, state="creating"))  # a create a crash stopped
             try:
                 Engine.open(d, clock=clock, fs=fs).close()

@@ -238,7 +238,7 @@ def test_a_sync_after_a_failed_close_does_not_vouch_for_data_written_during_it(t
     then syncs)."""
     from tidelog.codec import batch as batch_codec
     from tidelog.config import TopicConfig
-    from tidelog.log.partition_log import PartitionLog
+    from tidelog.partition.partition_log import PartitionLog
 
     entered, release = threading.Event(), threading.Event()
 

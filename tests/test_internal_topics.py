@@ -143,7 +143,7 @@ def test_a_broker_with_a_malformed_offsets_record_starts_keeps_the_rest_and_chec
 
 
 def test_check_passes_a_healthy_offsets_topic_with_commits_and_membership(data_dir, clock):
-    from tidelog.inspect import check
+    from tidelog.examine import check
 
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("orders", 2)

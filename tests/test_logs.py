@@ -14,7 +14,7 @@ from tidelog import Engine
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.errors import UnknownTopicError
 from tidelog.groups.coordinator import GroupCoordinator
-from tidelog.logs import JsonFormatter, TextFormatter, configure
+from tidelog.logging_setup import JsonFormatter, TextFormatter, configure
 
 from .server_process import ServerProcess
 

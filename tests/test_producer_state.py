@@ -7,7 +7,7 @@ import pytest
 
 def test_idempotent_sequences_wrap_at_two_to_the_31():
     from tidelog.errors import DuplicateSequenceError, OutOfOrderSequenceError
-    from tidelog.log.producer_state import ProducerState
+    from tidelog.partition.producer_state import ProducerState
 
     state = ProducerState()
     top = (1 << 31) - 3

@@ -17,7 +17,7 @@ import pytest
 
 from tidelog import Engine
 from tidelog.errors import DiskFullError
-from tidelog.inspect import check
+from tidelog.examine import check
 
 from .server_process import ServerProcess
 

@@ -10,8 +10,8 @@
 
 from . import errors
 from ._native import record_batch as _record_batch
-from .broker.engine import EARLIEST, LATEST, Engine
-from .broker.results import FetchResult
+from .engine.engine import EARLIEST, LATEST, Engine
+from .engine.results import FetchResult
 from .codec.batch import BatchView, build_batch, iter_batches, validate as validate_batches
 from .config import EngineConfig, TopicConfig
 from .errors import *  # noqa: F401,F403 - the error tree is part of the public surface

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 
-from .broker.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
+from .engine.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .config import FsyncPolicy, TopicConfig
 from .errors import StorageError
-from .inspect import check_directory, check_partition, partition_dirs
-from .log.partition_log import PartitionLog
+from .examine import check_directory, check_partition, partition_dirs
+from .partition.partition_log import PartitionLog
 from .storage.fs import FileSystem
 from .storage.recovery import Checkpoint, read_checkpoint, segment_bases, write_checkpoint
 from .storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment, segment_name

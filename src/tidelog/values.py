@@ -37,7 +37,7 @@ class PartitionStatus(NamedTuple):
 
 
 class PartitionOffsets(NamedTuple):
-    """The named offsets of a partition (see tidelog.log.offsets)."""
+    """The named offsets of a partition (see tidelog.partition.offsets)."""
 
     log_start: int
     log_end: int

@@ -20,7 +20,7 @@ import grpc
 from tidelog.codec import batch as batch_codec
 from tidelog.wire import framing
 from tidelog.errors import TidelogError
-from tidelog.log.producer_state import ProducerState
+from tidelog.partition.producer_state import ProducerState
 from tidelog.wire import statuses
 from tidelog.v1 import tidelog_pb2 as pb
 

@@ -39,7 +39,7 @@ def build_parser() -> Parser:
 def configure_logs(args: argparse.Namespace) -> None:
     """--log-format / --log-level, else $TIDELOG_LOG_FORMAT / $TIDELOG_LOG_LEVEL; the server logs at info by
     default, the client commands only warnings and errors."""
-    from .. import logs
+    from .. import logging_setup
 
     fmt = args.log_format or os.environ.get("TIDELOG_LOG_FORMAT") or "text"
     level = args.log_level or os.environ.get("TIDELOG_LOG_LEVEL") or ("info" if args.command == "serve" else "warning")
@@ -47,7 +47,7 @@ def configure_logs(args: argparse.Namespace) -> None:
         raise UsageError(f"$TIDELOG_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     if level.lower() not in LOG_LEVELS:
         raise UsageError(f"$TIDELOG_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    logs.configure(fmt, level.lower())
+    logging_setup.configure(fmt, level.lower())
     args.log_format, args.log_level = fmt, level.lower()  # as resolved, for the commands that print on their own
 
 

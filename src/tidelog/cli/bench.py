@@ -41,7 +41,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.runner import BenchConfig, run as run_bench
+    from ..loadgen.runner import BenchConfig, run as run_bench
     from ..tuning import tune_malloc
 
     if args.embedded and not args.data_dir:

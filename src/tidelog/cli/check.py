@@ -27,7 +27,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inspect import check, check_directory
+    from ..examine import check, check_directory
 
     if not os.path.isdir(args.data_dir):
         raise CommandError(f"no data directory at {args.data_dir}")

@@ -23,7 +23,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..broker.engine import Engine
+    from ..engine.engine import Engine
 
     with Engine.open(args.data_dir) as engine:
         if args.topic not in engine.list_topics():

@@ -74,7 +74,7 @@ def format_record(rec, partition: int, fmt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..inspect import dump_batches, in_time_range, partition_dirs
+    from ..examine import dump_batches, in_time_range, partition_dirs
 
     if args.to_offset is not None and args.to_offset < args.from_offset:
         raise UsageError(f"--to-offset {args.to_offset} is before --from-offset {args.from_offset}")

@@ -26,7 +26,7 @@ Record = _rb.Record
 
 _BASE_OFFSET = struct.Struct(">q")
 
-# The broker remembers this many batches per idempotent producer and partition (log/producer_state.py)
+# The broker remembers this many batches per idempotent producer and partition (partition/producer_state.py)
 # and recognizes a resend of any of them; an idempotent producer keeps at most this many requests of a
 # partition in flight (client/producer.py), so every resend is one the broker remembers. Kafka: 5.
 BATCHES_REMEMBERED = 5

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ..broker.engine import Engine, is_internal_topic
+from ..engine.engine import Engine, is_internal_topic
 from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
                       PartitionNotAssignedError, StaleGenerationError, TidelogError, UnknownGroupError,
                       UnknownMemberError, UnknownTopicError)

@@ -22,7 +22,7 @@ import logging
 import threading
 from typing import Any, Iterable
 
-from ..broker.engine import Engine
+from ..engine.engine import Engine
 from . import records
 from .records import OFFSETS_TOPIC, CommittedOffset, MalformedRecord, MembershipRecord
 

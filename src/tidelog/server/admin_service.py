@@ -6,7 +6,7 @@ import dataclasses
 
 import grpc
 
-from ..broker.async_engine import AsyncEngine
+from ..engine.async_engine import AsyncEngine
 from ..config import TopicConfig
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb

@@ -23,8 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import __version__
-from ..broker.async_engine import AsyncEngine
-from ..broker.engine import Engine
+from ..engine.async_engine import AsyncEngine
+from ..engine.engine import Engine
 from ..config import ServerConfig
 from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..v1 import tidelog_pb2 as pb

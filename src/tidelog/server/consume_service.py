@@ -20,7 +20,7 @@ import time
 
 import grpc
 
-from ..broker.async_engine import AsyncEngine
+from ..engine.async_engine import AsyncEngine
 from ..config import ServerConfig
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb

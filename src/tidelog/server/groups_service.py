@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from ..broker.async_engine import AsyncEngine
+from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..groups.coordinator import DEFAULT_SESSION_TIMEOUT_MS, GroupCoordinator
 from ..v1 import tidelog_pb2 as pb

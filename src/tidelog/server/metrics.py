@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from ..broker.engine import Engine
+from ..engine.engine import Engine
 from ..errors import TidelogError
 from ..groups.coordinator import GroupCoordinator
 from ..storage.fs import FSYNC_BUCKETS_S

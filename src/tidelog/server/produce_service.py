@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 import grpc
 
-from ..broker.async_engine import AsyncEngine
+from ..engine.async_engine import AsyncEngine
 from ..config import ServerConfig
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb

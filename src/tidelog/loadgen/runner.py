@@ -238,7 +238,7 @@ def _run_e2e(cfg: BenchConfig, manager, counter) -> list[dict]:
 
 
 def _run_embedded(cfg: BenchConfig) -> BenchResult:
-    from ..broker.engine import Engine
+    from ..engine.engine import Engine
 
     if cfg.scenario != "produce" and cfg.scenario != "consume":
         raise ValueError("embedded runs produce and consume; e2e needs a server")

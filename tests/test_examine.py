@@ -116,7 +116,7 @@ def test_dump_time_and_offset_filters_combine(timed):
 
 
 def test_dump_seeks_with_the_time_index_instead_of_reading_from_the_segment_start(timed):
-    from tidelog.inspect import _time_seek, segment_bases
+    from tidelog.examine import _time_seek, segment_bases
 
     directory = os.path.join(timed, "t-0")
     bases = segment_bases(directory)
@@ -151,7 +151,7 @@ def test_dump_rejects_an_unreadable_time(timed):
 def test_check_on_a_running_broker_notes_a_partition_deleted_while_it_is_checked(built):
     # Before: the partition directory was listed, then moved to the trash by a topic deletion, and
     # check crashed with FileNotFoundError.
-    from tidelog.inspect import check_partition
+    from tidelog.examine import check_partition
 
     result = check_partition("t", 0, os.path.join(built, "gone-0"), live=True)
     assert result.problems == [] and "deleted" in result.notes[0]

@@ -8,7 +8,7 @@ tells a clean stop from a crash (recovery re-validates only after a crash).
 Data directory layout (see docs/FORMAT.md):
     .lock                      held by the process that has the directory open
     .clean_shutdown            present only between a clean close and the next open
-    meta/topics/<topic>.json   a topic exists iff this file does (checksummed; see broker/catalog.py)
+    meta/topics/<topic>.json   a topic exists iff this file does (checksummed; see engine/catalog.py)
     <topic>-<partition>/       partition.meta (the proof it is ours), segments: <base>.log, <base>.index,
                                <base>.timeindex, <base>.snapshot, recovery-point
     .trash/                    partition directories of deleted topics, being removed
@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
-from ..log.partition_log import PartitionLog
+from ..partition.partition_log import PartitionLog
 from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, InvalidTopicError, ResourceLimitError,
                       StorageError, TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats

@@ -6,7 +6,7 @@ sequence ranges and offsets of its last few batches: a batch equal to one of the
 first attempt was written (its ack was lost), so its original offsets are returned and nothing is
 appended; a batch that does not continue the sequence is refused. Producers unknown to the
 partition start wherever they say. The state survives restarts: it is written to a snapshot file
-at every segment roll and clean close (log/producer_snapshot.py) and rebuilt at open from the newest
+at every segment roll and clean close (partition/producer_snapshot.py) and rebuilt at open from the newest
 snapshot and the batches after it. A producer is forgotten once it has not appended for
 `producer_id_expiration_ms` (on the engine's clock).
 

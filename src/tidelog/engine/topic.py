@@ -14,7 +14,7 @@ from typing import Callable
 from ..codec.partitioner import Partitioner
 from ..config import TopicConfig
 from ..errors import InvalidPartitionError, InvalidTopicError
-from ..log.partition_log import PartitionLog
+from ..partition.partition_log import PartitionLog
 from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
 from .topic_meta import TopicMeta, partition_dir

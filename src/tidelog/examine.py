@@ -23,8 +23,8 @@ import numpy as np
 import fcntl
 
 from ._native import batch_scan
-from .broker.engine import CLEAN_SHUTDOWN_MARKER
-from .broker.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
+from .engine.engine import CLEAN_SHUTDOWN_MARKER
+from .engine.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
                                 read_topic_meta)
 from .codec.batch import BatchView
 from .errors import CorruptBatchError, CorruptLogError, StorageError

@@ -7,7 +7,7 @@ incarnation (a random topic id, new at every create): nothing is ever deleted on
 directory's name alone. The marker also keeps a copy of the topic's document, from which
 `tidelog check --repair` restores a lost or damaged topic file. Formats: docs/FORMAT.md §1.
 
-Pure reading and writing through the FileSystem seam; no policy (broker/catalog.py decides).
+Pure reading and writing through the FileSystem seam; no policy (engine/catalog.py decides).
 """
 
 from __future__ import annotations
