@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from tidelog import Engine, inspect
+from tidelog import Engine, examine
 from tidelog.errors import CorruptLogError
 
 SEED = int(os.environ.get("TIDELOG_VERDICT_SEED", "20261207"))
@@ -63,7 +63,7 @@ def test_check_and_opening_give_one_verdict_on_damage(tmp_path, clean):
         data_dir = str(tmp_path / f"case{case}")
         build(data_dir, clean, rng)
         what = damage(os.path.join(data_dir, "t-0"), rng)
-        (found,) = inspect.check(data_dir)
+        (found,) = examine.check(data_dir)
         torn_notes = [n for n in found.notes if "torn write" in n]
         try:
             engine = Engine.open(data_dir)
