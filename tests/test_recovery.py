@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tidelog import Engine
-from tidelog.log import partition_log
+from tidelog.partition import partition_log
 from tidelog.storage.recovery import RECOVERY_POINT_FILE
 
 SMALL = dict(segment_bytes=8192, index_interval_bytes=128, max_index_bytes=4096)
