@@ -148,7 +148,7 @@ def nats_e2e(url: str, values: list[bytes], rate: float, n: int, cap_s: float) -
 
     async def setup():
         nc = await nats.connect(url)
-        stream, _ = await new_stream(nc.jetstream())
+        stream = await new_stream(nc.jetstream())
         await nc.close()
         return stream
 

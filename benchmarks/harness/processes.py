@@ -3,7 +3,8 @@
 A benchmark must measure the server it started and nothing else (never a default port, never a
 system-wide service that happens to answer there), and must leave nothing running, also after Ctrl-C,
 SIGTERM or an error. So a server counts as ready only once /proc shows that its own process tree listens
-on the port, and every process is stopped by its PID: SIGTERM, then SIGKILL.
+on the port, and every process is stopped by its PID (with the process group it leads): SIGTERM, then
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -163,11 +164,11 @@ class Processes:
                 except Exception as exc:  # the signals below still stop it
                     log(f"{proc.name}: graceful stop failed: {exc}")
             try:
-                os.kill(proc.pid, signal.SIGTERM)
+                _signal(proc.pid, signal.SIGTERM)
                 proc.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 log(f"{proc.name} (pid {proc.pid}) ignored SIGTERM for {timeout_s:.0f} s: SIGKILL")
-                os.kill(proc.pid, signal.SIGKILL)
+                _signal(proc.pid, signal.SIGKILL)
                 proc.popen.wait(10)
             except ProcessLookupError:
                 pass
@@ -177,6 +178,15 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(list(self.running)):
             self.stop(proc)
+
+
+def _signal(pid: int, sig: int) -> None:
+    """The process and what it started in its session (its process group has its PID): a server's script
+    must not leave the real server running."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        os.kill(pid, sig)
 
 
 def wait_until(proc: Proc, ready: Callable[[], bool], timeout_s: float) -> None:
