@@ -2,12 +2,9 @@
 
     python -m benchmarks.embedded [--quick] [--json PATH] [--runs N] [--tmp DIR] [--default-malloc]
 
-Every scenario runs its baselines in the same invocation, interleaved round by round (benchmarks.harness:
-rotation, a warm-up round, medians of >= 3 runs with min and max, same-run ratios). See
+Every baseline runs in the same invocation (benchmarks.harness: rotation, a warm-up round, medians with
+min and max, same-run ratios); MB/s and GB/s are 10^6 / 10^9 bytes of record payload per second. See
 benchmarks/README.md. This is a measuring script: it asserts nothing about speed.
-
-Units: MB/s and GB/s are decimal (10^6 / 10^9 bytes of record payload per second); "1 KiB" records carry
-exactly 1024 payload bytes, "100 B" records exactly 100.
 """
 
 from __future__ import annotations
@@ -31,7 +28,7 @@ from tidelog import Engine
 from tidelog.tuning import tune_malloc
 
 from .harness import cli
-from .harness.machine import machine_info, machine_line
+from .harness.machine import announce, machine_info, machine_line
 from .harness.payloads import BATCH, SEED, MiB, make_pool
 from .harness.processes import log
 from .harness.rounds import Rounds, Sample, Stopwatch
@@ -189,16 +186,12 @@ def sqlite_insert(conn: sqlite3.Connection, rows_pool: list[list[tuple]], size: 
     ex, exm = conn.execute, conn.executemany
     sql = "INSERT INTO t (key, value) VALUES (?, ?)"
     npool = len(rows_pool)
-    done = 0
     clock = Stopwatch(cap_s)
-    for i in range(n_batches):
+    for i in clock.count(n_batches):
         ex("BEGIN")
         exm(sql, rows_pool[i % npool])
         ex("COMMIT")
-        done += 1
-        if clock.expired(done, n_batches):
-            break
-    return clock.sample(done * BATCH, done * BATCH * size)
+    return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
 
 
 def sqlite_append_run(bench: Bench, rows_pool, size: int, n_batches: int) -> Sample:
@@ -239,11 +232,10 @@ def naive_write(path: str, pool, size: int, n_batches: int, cap_s: float, mode: 
     1000 records; "join-zc": the same bytes joined from (prefix, value) pairs without concatenating."""
     pack = _PREFIX.pack
     npool = len(pool)
-    done = 0
     with open(path, "wb") as f:
         w = f.write
         clock = Stopwatch(cap_s)
-        for i in range(n_batches):
+        for i in clock.count(n_batches):
             vals = pool[i % npool]
             if mode == "record":
                 for v in vals:
@@ -252,11 +244,8 @@ def naive_write(path: str, pool, size: int, n_batches: int, cap_s: float, mode: 
                 w(b"".join([pack(len(v)) + v for v in vals]))
             else:
                 w(b"".join(itertools.chain.from_iterable(zip(map(pack, map(len, vals)), vals))))
-            done += 1
-            if clock.expired(done, n_batches):
-                break
         f.flush()
-        return clock.sample(done * BATCH, done * BATCH * size)
+        return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
 
 
 def naive_append_run(bench: Bench, pool, size: int, n_batches: int, mode: str) -> Sample:
@@ -318,17 +307,14 @@ def raw_sync_run(bench: Bench, pool, size: int, n_batches: int) -> Sample:
     fd = os.open(os.path.join(d, "seg.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, sum(len(chunks[i % len(chunks)]) for i in range(n_batches)))
-        pos = done = 0
+        pos = 0
         clock = Stopwatch(bench.p.cap_s)
-        for i in range(n_batches):
+        for i in clock.count(n_batches):
             c = chunks[i % len(chunks)]
             os.pwrite(fd, c, pos)
             os.fdatasync(fd)
             pos += len(c)
-            done += 1
-            if clock.expired(done, n_batches):
-                break
-        return clock.sample(done * BATCH, done * BATCH * size)
+        return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
     finally:
         os.close(fd)
         shutil.rmtree(d, ignore_errors=True)
@@ -523,8 +509,7 @@ def report(bench: Bench, info: dict, elapsed: float) -> tuple[str, dict]:
 def run(profile: Profile, tmp: str, only: set[str], tuned: bool) -> tuple[str, dict]:
     """Measure the parts in `only`; the Markdown report and the JSON document."""
     info = machine_info(tmp, tuned, numpy=np.__version__, sqlite=sqlite3.sqlite_version)
-    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
-          f"malloc: {info['malloc']}", flush=True)
+    announce(info)
     started = time.perf_counter()
     bench = Bench(profile, tmp)
     log("building payloads...")

@@ -3,31 +3,13 @@
     python -m benchmarks.groups_bench [--quick] [--json PATH] [--runs N] [--records N] [--partitions 4|8]
                                       [--tmp DIR] [--no-redis] [--default-malloc]
 
-The script starts its own broker (`tidelog serve --fsync never`) and its own `redis-server` (no
-persistence), each on a 127.0.0.1 port it bound (benchmarks.harness), preloads each once with the same N
-records of exactly 1 KiB (a tidelog topic of 4 partitions, or 8 with --partitions 8; a Redis stream), then,
-for each group size k in (1, 2, 4), lets k member processes of a fresh group consume everything from the
-beginning, committing after every poll:
-
-- tidelog: `Consumer(target, group_id=g, topics=[topic], auto_commit=False)`, then `poll()` + `commit()`
-  until every assigned partition reached its end offset;
-- Redis: `XREADGROUP GROUP g c COUNT 1000 STREAMS s >`, pipelined with the `XACK` of the previous batch's
-  ids, until a read comes back empty (redis_streams.read_group).
-
-Members are long-lived worker processes (one per member, so the GIL does not cap the client side). Timing
-excludes process start and group join: the clock starts when every member is ready (tidelog: the group is
-"stable" with k members, per Admin.describe_group, and every member has heartbeated since) and stops when
-the last member has committed (acked) its last record; every member stamps that moment with the system-wide
-CLOCK_MONOTONIC. Rounds interleave the systems with a warm-up, medians of >= 3 runs and same-run ratios (the
-harness's rounds). Every run is checked: records consumed == N and the committed offsets (Redis: pending
-entries) say the whole log was consumed. This is a measuring script: it asserts nothing about speed.
-
-Next to the rates it reports, per group size (medians over the runs): how the records were spread over the
-members, how many polls (reads) the run took, when the last member got its first record (tidelog opens its
-partition readers in the first poll, inside the timed window), and the CPU used during the timed window by
-the server process, by the members (sum) and by the whole machine (which includes anything else running).
-
-Units: MB/s is 10^6 bytes of record payload per second; "1 KiB" records carry exactly 1024 payload bytes.
+N records of exactly 1 KiB are loaded once into a tidelog topic (4 or 8 partitions) and a Redis stream; then
+for each group size k, k member processes of a fresh group consume everything from the beginning,
+committing (acking) after every poll. Members are long-lived processes (the GIL does not cap the client
+side); the clock runs from the moment every member is ready (tidelog: the group is stable) until the last
+member's final commit, stamped with the system-wide CLOCK_MONOTONIC. Every run is checked: all N consumed,
+committed offsets at the end (Redis: nothing pending). See benchmarks/README.md. This is a measuring script:
+it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -39,7 +21,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,11 +30,11 @@ from dataclasses import dataclass, field
 
 from . import redis_streams
 from .harness import cli
-from .harness.machine import machine_busy_s, machine_info, machine_line
+from .harness.machine import announce, machine_busy_s, machine_info, machine_line
 from .harness.payloads import BATCH, SEED, MiB, make_pool
 from .harness.processes import Processes, log
 from .harness.rounds import Rounds, Sample, ratio
-from .harness.servers import Unavailable, redis_client, start_redis, start_tidelog
+from .harness.servers import Unavailable, install_peers, redis_client, redis_versions, start_redis, start_tidelog
 from .harness.tables import Compare, Section, fmt_ratio, sections_report
 
 RECORD_BYTES = 1024
@@ -216,33 +197,6 @@ class Members:
                 if p.is_alive():
                     os.kill(p.pid, sig)
                     p.join(timeout=5)
-
-
-def ensure_redis() -> str | None:
-    """None when redis-server and redis-py are usable (running setup_peers.sh if needed), else why not."""
-
-    def missing() -> list[str]:
-        out = [] if shutil.which("redis-server") else ["redis-server"]
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            out.append("the redis module")
-        return out
-
-    if not missing():
-        return None
-    cmd = ["bash", os.path.join(os.path.dirname(os.path.abspath(__file__)), "setup_peers.sh")]
-    log(f"missing {', '.join(missing())}: running {' '.join(cmd)}")
-    try:
-        rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=900, env=dict(os.environ, PYTHON=sys.executable)).returncode
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{' '.join(cmd)} failed: {exc}"
-    if rc != 0:
-        return f"{' '.join(cmd)} exited with {rc}"
-    import importlib
-    importlib.invalidate_caches()
-    still = missing()
-    return f"still missing after installing: {', '.join(still)}" if still else None
 
 
 # -- preload -------------------------------------------------------------------------------------------
@@ -458,23 +412,6 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
     return "\n".join(out), results
 
 
-def redis_info() -> dict:
-    info = {}
-    try:
-        import redis
-        info["redis_py"] = redis.__version__
-        line = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
-        info["redis_server"] = next((w.split("=", 1)[1] for w in line.split() if w.startswith("v=")), line.strip())
-    except (ImportError, OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import hiredis
-        info["hiredis"] = hiredis.__version__
-    except ImportError:
-        info["hiredis"] = None
-    return info
-
-
 # -- main ----------------------------------------------------------------------------------------------
 def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tuned: bool) -> tuple[str, dict]:
     """Start the servers and members, measure, stop them; the Markdown report and the JSON document."""
@@ -482,17 +419,9 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
 
     n = profile.records
     info = machine_info(tmp_parent, tuned, grpcio=grpc.__version__)
-    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
-          f"malloc: {info['malloc']}", flush=True)
-    skipped: dict[str, str] = {}
-    systems = [T_NAME]
-    why = "--no-redis" if not with_redis else ensure_redis()
-    if why:
-        skipped[R_NAME] = why
-        log(f"skipping Redis: {why}")
-    else:
-        systems.append(R_NAME)
-        info.update(redis_info())
+    announce(info)
+    skipped: dict[str, str] = {} if with_redis else {R_NAME: "--no-redis"}
+    systems = [T_NAME] + ([R_NAME] if with_redis else [])
     started = now()
     work = tempfile.mkdtemp(prefix="tidelog-groups-bench-", dir=tmp_parent)
     procs = Processes(work)
@@ -517,10 +446,17 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
         if R_NAME in systems:
             try:
                 runner.redis_proc, runner.redis = start_redis(procs, os.path.join(work, "redis"))
-            except Unavailable as exc:
-                systems.remove(R_NAME)
-                skipped[R_NAME] = str(exc)
+            except Unavailable as exc:  # install it (setup_peers.sh) and try once more
+                log(f"{exc}: installing the peers")
+                why = install_peers()
+                try:
+                    runner.redis_proc, runner.redis = start_redis(procs, os.path.join(work, "redis"))
+                except Unavailable as again:
+                    systems.remove(R_NAME)
+                    skipped[R_NAME] = why or str(again)
+                    log(f"skipping Redis: {skipped[R_NAME]}")
         if R_NAME in systems:
+            info.update(redis_versions(runner.redis))
             preload[R_NAME] = preload_redis(runner.redis, pool, n)
             log(f"  preloaded Redis: {n:,} records in {preload[R_NAME]:.1f} s "
                 f"({n / preload[R_NAME] / 1e3:,.0f}k records/s, untimed)")

@@ -2,22 +2,10 @@
 
     python -m benchmarks.grpc_bench [--quick] [--json PATH] [--runs N] [--tmp DIR] [--only ...] [--no-redis]
 
-One invocation starts every system itself (benchmarks.harness: each on a 127.0.0.1 port it bound, stopped
-by PID at the end, also on Ctrl-C, SIGTERM or an error):
-
-- `tidelog serve --fsync never` (ready when its gRPC health check says SERVING),
-- the raw grpcio ceiling of PERF.md: a grpc.aio server in a subprocess (this module with
-  `--ceiling-server`), generic handlers with identity serializers doing no work,
-- Debian's `redis-server` with `--save '' --appendonly no` (skipped, with the reason, when missing;
-  `bash benchmarks/setup_peers.sh` installs it).
-
-The clients run in this process; systems are interleaved round by round with a warm-up, medians of >= 3
-runs with min and max, and same-run ratios (the harness's rounds). Every loop is bounded by a count and a
-time cap. This is a measuring script: it asserts nothing about speed.
-
-Units: MB/s is 10^6 bytes of record payload per second ("1 KiB" records carry exactly 1024 payload bytes,
-"100 B" records exactly 100); for the raw ceiling it is message bytes, and its records/s is that byte rate
-divided by the record size (records of that size carried with zero framing overhead).
+It starts `tidelog serve --fsync never`, the raw grpcio ceiling of PERF.md (this module with
+`--ceiling-server`: a grpc.aio server, identity serializers, no work) and `redis-server` (no persistence;
+skipped with the reason when missing) through benchmarks.harness; the clients run in this process. What is
+measured and how to read it: benchmarks/README.md. This is a measuring script: it asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -45,7 +33,7 @@ from tidelog.wire import framing
 
 from . import redis_streams
 from .harness import cli
-from .harness.machine import machine_info, machine_line
+from .harness.machine import announce, machine_info, machine_line
 from .harness.payloads import SEED, MiB, Payloads
 from .harness.processes import LOOPBACK, Processes, log
 from .harness.rounds import Rounds, Sample, Stopwatch
@@ -567,8 +555,7 @@ def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with
     import google.protobuf
 
     info = machine_info(tmp, tuned, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
-    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
-          f"grpcio {info['grpcio']}, malloc: {info['malloc']}", flush=True)
+    announce(info)
     started = time.perf_counter()
     procs = Processes(tmp)
     loop = asyncio.new_event_loop()

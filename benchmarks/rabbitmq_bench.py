@@ -21,7 +21,7 @@ import uuid
 from .harness.processes import LOOPBACK, Proc
 from .harness.rounds import Sample, Stopwatch
 
-WINDOW = 1024  # publishes awaiting their confirm
+WINDOW = 4096  # publishes awaiting their confirm
 PREFETCH = 1000
 ACK_EVERY = PREFETCH // 4
 SETTINGS = ("RabbitMQ (Debian rabbitmq-server 3.10) on 127.0.0.1, pika SelectConnection (asynchronous); durable "

@@ -4,7 +4,8 @@ The result dict (suite.run) holds:
 - "figures": throughput figures, each {scenario, system, metric, median, min, max, runs, tidelog, settings};
 - "latency": fixed-rate e2e latency figures, each {scenario, system, rate, tidelog, settings, runs,
   p50/p90/p99/p99.9/max: {median, min, max}} in ms;
-- "targets", "skipped" {system: reason}, "versions", "notes", "machine", "mode", "date", "elapsed_s".
+- "targets", "skipped" {system: reason}, "versions", "notes", "machine", "mode", "date", "elapsed_s";
+- "cpu" {section: CPU split} and "machine_load" (what other processes took meanwhile, said in the header).
 
 Per scenario the reference is the first tidelog system (`primary`); every other row gets
 `ratio` = tidelog / that system for throughput and that system / tidelog for latency, so a ratio above 1
@@ -115,7 +116,10 @@ def markdown(result: dict) -> str:
            "(MB/s = records/s × record size)",
            "- ratio: tidelog (the first tidelog row of the scenario, **bold**) / that system for throughput, "
            "that system / tidelog for latency: above 1 means tidelog did better",
-           f"- total time: {result.get('elapsed_s', 0):.0f} s", ""]
+           f"- total time: {result.get('elapsed_s', 0):.0f} s"]
+    if result.get("machine_load"):
+        out.append(f"- **{result['machine_load']}**")
+    out.append("")
     for name, v in sorted(result.get("versions", {}).items()):
         out.append(f"- {name}: {v}")
     out.append("")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from tidelog.tuning import tune_malloc
 
 from . import embedded, groups_bench, grpc_bench, latency_bench, nats_bench, rabbitmq_bench
-from .harness.machine import machine_info
+from .harness.machine import machine_info, shared_machine_note
 from .harness.payloads import SEED, Payloads
 from .harness.processes import Processes, log
 from .harness.rounds import Rounds, summary
@@ -367,6 +367,7 @@ def run(mode: Mode, out_dir: str = RESULTS_DIR, tmp_parent: str = "/tmp", only: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["elapsed_s"] = time.perf_counter() - started
+    out["machine_load"] = shared_machine_note(out["cpu"])
     for p in report.write(out, out_dir):
         log(f"wrote {p}")
     return out

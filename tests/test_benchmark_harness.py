@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from benchmarks.harness.machine import shared_machine_note
 from benchmarks.harness.processes import Processes, listening_ports
 from benchmarks.harness.rounds import Rounds, Sample, Stopwatch, ratio
 from benchmarks.harness.tables import Compare, Section, sections_report, targets_table
@@ -163,3 +164,13 @@ def test_confirms_settle_each_publish_once_in_any_order():
     c.settle(6, multiple=False, ok=True)  # a repeated confirm settles nothing
     c.settle(10, multiple=True, ok=True)
     assert (c.acked, c.nacked, c.in_flight) == (9, 1, 0)
+
+
+def test_a_report_says_when_other_jobs_shared_the_machine():
+    quiet = {"a": {"other_cores": 0.01}, "b": {"other_cores": 0.05}}
+    assert "no section was disturbed" in shared_machine_note(quiet)
+    busy = {**quiet, "c": {"other_cores": 1.6}, "d": {"other_cores": 0.9}}
+    note = shared_machine_note(busy)
+    assert note.startswith("Shared machine: other processes used 0.01-1.60 cores") and "2 of them" in note
+    assert "noisy" in note
+    assert shared_machine_note({}) is None

@@ -11,6 +11,8 @@ import platform
 import sys
 import time
 
+from .processes import process_tree, proc_table
+
 OTHER_LOAD_WARNING = 0.15  # cores of other processes from which a section's figures count as disturbed
 _HZ = os.sysconf("SC_CLK_TCK")
 _PF_KTHREAD = 0x00200000
@@ -36,6 +38,11 @@ def machine_info(tmp: str, malloc_tuned: bool, **versions: str) -> dict:
                        else "default")}
 
 
+def announce(info: dict) -> None:
+    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
+          f"malloc: {info['malloc']}", flush=True)
+
+
 def machine_line(info: dict, *extra: str) -> str:
     """The report's machine line: cores, CPU, memory, kernel and the versions that matter."""
     return (f"machine: nproc={info['nproc']}, {info['cpu_model']}, {info['memory_gib']} GiB RAM, Linux "
@@ -52,25 +59,13 @@ def machine_busy_s() -> float:
 def _snapshot() -> dict:
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    stats: dict[int, tuple[int, int, int]] = {}  # pid: (utime + stime, ppid, flags)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    cols = f.read().rsplit(")", 1)[1].split()
-                stats[int(entry)] = (int(cols[11]) + int(cols[12]), int(cols[1]), int(cols[6]))
-            except (OSError, IndexError, ValueError):
-                continue
-    ours, todo = set(), [os.getpid()]  # this process and everything it started (servers, member processes)
-    while todo:
-        pid = todo.pop()
-        ours.add(pid)
-        todo += [child for child, (_, ppid, _) in stats.items() if ppid == pid and child not in ours]
-    kernel = sum(t for pid, (t, ppid, flags) in stats.items()
+    table = proc_table()
+    ours = process_tree(os.getpid(), table)  # this process and everything it started (servers, members)
+    kernel = sum(t for pid, (t, ppid, flags) in table.items()
                  if pid not in ours and (flags & _PF_KTHREAD or ppid == 2 or pid == 2))
     # /proc/stat: user nice system idle iowait irq softirq steal
     return {"t": time.perf_counter(), "busy": sum(v[:8]) - v[3] - v[4], "irq": v[5] + v[6],
-            "ours": sum(stats[pid][0] for pid in ours if pid in stats), "kthreads": kernel}
+            "ours": sum(table[pid][0] for pid in ours if pid in table), "kthreads": kernel}
 
 
 class LoadMeter:
@@ -109,3 +104,18 @@ class LoadMeter:
         if self.disturbed(section):
             text += " -- WARNING: other processes competed for the CPU; these figures are disturbed"
         return text
+
+
+def shared_machine_note(cpu: dict[str, dict]) -> str | None:
+    """What other processes took while the sections ran (`LoadMeter.sections`), said once for a report."""
+    others = sorted(m["other_cores"] for m in cpu.values() if "other_cores" in m)
+    if not others:
+        return None
+    disturbed = sum(o >= OTHER_LOAD_WARNING for o in others)
+    text = (f"other processes used {others[0]:.2f}-{others[-1]:.2f} cores (median {others[len(others) // 2]:.2f}) "
+            f"of {os.cpu_count()} during the {len(others)} measured sections")
+    if not disturbed:
+        return f"Machine: {text}; no section was disturbed."
+    return (f"Shared machine: {text}; {disturbed} of them at {OTHER_LOAD_WARNING} core or more. Other jobs ran on "
+            "this machine during the run, so these figures are noisy (single runs especially): trust the same-run "
+            "ratios more than the absolute rates, and look at each section's CPU split in the JSON's \"cpu\".")

@@ -34,17 +34,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_tree(root: int) -> set[int]:
-    """`root` and every process descending from it (a server's script may run the real server as a child)."""
-    children: dict[int, list[int]] = {}
+def proc_table() -> dict[int, tuple[int, int, int]]:
+    """Every process: pid -> (CPU ticks used, user + system; parent pid; flags), from /proc/PID/stat."""
+    table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    cols = f.read().rsplit(")", 1)[1].split()
+                table[int(entry)] = (int(cols[11]) + int(cols[12]), int(cols[1]), int(cols[6]))
             except (OSError, IndexError, ValueError):
                 continue
-            children.setdefault(ppid, []).append(int(entry))
+    return table
+
+
+def process_tree(root: int, table: dict | None = None) -> set[int]:
+    """`root` and every process descending from it (a server's script may run the real server as a child)."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _) in (table or proc_table()).items():
+        children.setdefault(ppid, []).append(pid)
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()

@@ -57,6 +57,15 @@ class Stopwatch:
         self.capped = self.capped or done < total
         return True
 
+    def count(self, total: int):
+        """range(total), ending early once past the cap; `done` says how many steps ran."""
+        self.done = 0
+        for i in range(total):
+            yield i
+            self.done = i + 1
+            if self.expired(self.done, total):
+                return
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 

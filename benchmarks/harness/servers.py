@@ -79,12 +79,36 @@ def redis_client(port: int):
     return redis.Redis(host=LOOPBACK, port=port, socket_timeout=60, protocol=2)
 
 
-def redis_version(client) -> str:
+def redis_versions(client) -> dict:
+    """The server's and the client's versions, and whether redis-py parses with hiredis."""
     import redis
     import redis.utils
 
-    parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure-Python parser"
-    return f"Redis {client.info('server')['redis_version']}, redis-py {redis.__version__} with {parser}"
+    hiredis = None
+    if redis.utils.HIREDIS_AVAILABLE:
+        import hiredis as hiredis_module
+
+        hiredis = hiredis_module.__version__
+    return {"redis_server": client.info("server")["redis_version"], "redis_py": redis.__version__, "hiredis": hiredis}
+
+
+def redis_version(client) -> str:
+    v = redis_versions(client)
+    return (f"Redis {v['redis_server']}, redis-py {v['redis_py']} with "
+            f"{'hiredis' if v['hiredis'] else 'pure-Python parser'}")
+
+
+def install_peers() -> str | None:
+    """Run setup_peers.sh (apt-get and pip, idempotent); None on success, else why it failed."""
+    cmd = ["bash", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup_peers.sh")]
+    try:
+        rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=900, env=dict(os.environ, PYTHON=sys.executable)).returncode
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{' '.join(cmd)} failed: {exc}"
+    import importlib
+
+    importlib.invalidate_caches()
+    return None if rc == 0 else f"{' '.join(cmd)} exited with {rc}"
 
 
 def start_nats(procs: Processes, store_dir: str) -> Proc:
@@ -122,7 +146,7 @@ def nats_version() -> str:
     return subprocess.run(["nats-server", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
 
 
-def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0) -> Proc:
+def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0, erl_args: str = "") -> Proc:
     """A private RabbitMQ node: unique node name, its own `epmd` on a free 127.0.0.1 port, Mnesia and logs
     under `base`, no plugins; stopped with `rabbitmqctl stop`, then by PID. Proc.version holds its version."""
     if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")) or not shutil.which("epmd"):
@@ -146,7 +170,7 @@ def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0) -> Proc
                        RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"), RABBITMQ_LOG_BASE=os.path.join(base, "log"),
                        RABBITMQ_ENABLED_PLUGINS_FILE=plugins, RABBITMQ_CONFIG_FILE=os.path.join(base, "none"),
                        RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(base, "none-advanced.config"),
-                       RABBITMQ_SERVER_ERL_ARGS="+S 1:1", ERL_EPMD_PORT=str(epmd.port), ERL_EPMD_ADDRESS=LOOPBACK,
+                       RABBITMQ_SERVER_ERL_ARGS=erl_args, ERL_EPMD_PORT=str(epmd.port), ERL_EPMD_ADDRESS=LOOPBACK,
                        HOME=base)
         return dict(current)
 
