@@ -75,7 +75,7 @@ QUICK = Mode(
                             ceiling_bytes=256 << 20, window=8, cap_s=5.0),
     groups=groups_bench.Profile("suite-quick", runs=1, warmup=0, records=100_000, pool_batches=8, cap_s=20.0,
                                 join_timeout_s=30.0),
-    peer_n=_peer_n(nats=40_000, rabbit=40_000), durable_n=32_000, rates=(1000, 5000), e2e_s=3.0, cap_s=5.0)
+    peer_n=_peer_n(nats=40_000, rabbit=20_000), durable_n=32_000, rates=(1000, 5000), e2e_s=3.0, cap_s=5.0)
 
 FULL = Mode(
     "full", runs=3, warmup=1,
@@ -88,7 +88,7 @@ FULL = Mode(
                             ceiling_bytes=256 << 20, window=8, cap_s=10.0),
     groups=groups_bench.Profile("suite-full", runs=3, warmup=1, records=200_000, pool_batches=16, cap_s=30.0,
                                 join_timeout_s=30.0),
-    peer_n=_peer_n(nats=100_000, rabbit=100_000), durable_n=32_000, rates=(1000, 5000), e2e_s=5.0, cap_s=10.0)
+    peer_n=_peer_n(nats=100_000, rabbit=60_000), durable_n=32_000, rates=(1000, 5000), e2e_s=5.0, cap_s=10.0)
 
 # names used in the report
 NATS = "NATS JetStream"

