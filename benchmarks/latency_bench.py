@@ -103,7 +103,7 @@ async def _nats_consumer_async(url: str, stream: str, n: int, timeout_s: float, 
     while got < n and time.monotonic() < deadline:
         try:
             msgs = await sub.fetch(100, timeout=0.2)
-        except NatsTimeout:
+        except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either when a fetch times out
             continue
         now = time.monotonic_ns()
         for m in msgs:

@@ -100,7 +100,7 @@ async def _consume(server: Proc, values: list[bytes], n: int, cap_s: float) -> S
                     break
                 try:
                     msgs = await sub.fetch(FETCH_BATCH, timeout=2.0)
-                except NatsTimeout:
+                except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either when a fetch times out
                     break
                 for m in msgs:
                     total += len(m.data)

@@ -221,6 +221,18 @@ def _peer(out: dict, name: str, start):
         return None
 
 
+def _measured(out: dict, rounds: Rounds, section: str, systems: dict) -> bool:
+    """Run a section's rounds; a failure (a peer stalled past its timeouts on a starved machine) is recorded
+    as that section skipped, and the sections after it still run."""
+    try:
+        rounds.run({section: systems})
+        return True
+    except Exception as exc:
+        out["skipped"][section] = f"{type(exc).__name__}: {exc}"
+        log(traceback.format_exc())
+        return False
+
+
 def run_peers(mode: Mode, tmp: str, out: dict) -> None:
     tune_malloc()
     procs = Processes(tmp)
@@ -245,8 +257,7 @@ def run_peers(mode: Mode, tmp: str, out: dict) -> None:
                 systems = {name: (lambda fn=getattr(module, kind), server=server, values=pays[size].values,
                                   n=mode.peer_n[(key, kind, size)]: fn(server, values, n, mode.cap_s))
                            for name, (key, module, server) in peers.items() if server is not None}
-                if systems:
-                    rounds.run({section: systems})
+                if systems and _measured(out, rounds, section, systems):
                     for name in systems:
                         out["figures"].append(_figure(section, name, _summary(rounds, section, name), False,
                                                       PEER_SETTINGS[name]))
@@ -284,8 +295,7 @@ def run_peers(mode: Mode, tmp: str, out: dict) -> None:
             systems[f"{RABBIT} (confirms)"] = lambda: rabbitmq_bench.produce(
                 rabbit, pay.values, mode.peer_n[("rabbit", "produce", 1024)], mode.cap_s)
             settings[f"{RABBIT} (confirms)"] = PEER_SETTINGS[RABBIT]
-        rounds.run({section: systems})
-        for name in systems:
+        for name in systems if _measured(out, rounds, section, systems) else ():
             out["figures"].append(_figure(section, name, _summary(rounds, section, name), name.startswith("tidelog"),
                                           settings[name]))
         for ctx in ctxs:
@@ -307,13 +317,12 @@ def run_peers(mode: Mode, tmp: str, out: dict) -> None:
             if nats is not None:
                 runs[NATS] = lambda rate=rate, n=n: latency_bench.nats_e2e(
                     nats_bench.url(nats), values, rate, n, mode.e2e_s)
-            rounds.run({scenario: runs})
-            for name in runs:
+            for name in runs if _measured(out, rounds, scenario, runs) else ():
                 settings = (TIDELOG_SETTINGS["tidelog e2e"] if name == "tidelog" else
                             PEER_SETTINGS["Redis e2e"] if name == REDIS else PEER_SETTINGS["NATS e2e"])
                 out["latency"].append(latency_entry(scenario, name, rate, rounds.samples(scenario, name), settings))
-        out["cpu"].update(rounds.meter.sections)
     finally:
+        out["cpu"].update(rounds.meter.sections)
         for c in ctxs:
             c.admin.close()
         for c in clients:
