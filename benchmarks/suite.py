@@ -129,6 +129,9 @@ PEER_SETTINGS = {
     "NATS e2e": "one js.publish per message awaiting its PubAck, consumer pull fetch(100, timeout 0.2 s), ack none, "
                 "in its own process",
 }
+PEERS_APART = ("NATS JetStream and RabbitMQ produce/consume are measured in the suite's peers part, after tidelog's "
+               "gRPC part: the same invocation, not the same rounds, so their ratios carry the drift between the two; "
+               "the durable-produce and e2e sections interleave every system round by round.")
 REDIS_GROUPS = "redis-server --save '' --appendonly no, XREADGROUP COUNT 1000 + XACK pipelined, one process per member"
 
 
@@ -377,6 +380,8 @@ def run(mode: Mode, out_dir: str = RESULTS_DIR, tmp_parent: str = "/tmp", only: 
         shutil.rmtree(tmp, ignore_errors=True)
     out["elapsed_s"] = time.perf_counter() - started
     out["machine_load"] = shared_machine_note(out["cpu"])
+    if "peers" in only and ({"grpc", "groups"} & only):
+        out["notes"].append(PEERS_APART)
     for p in report.write(out, out_dir):
         log(f"wrote {p}")
     return out
