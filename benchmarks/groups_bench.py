@@ -14,15 +14,14 @@ it asserts nothing about speed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import multiprocessing
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -32,7 +31,7 @@ from . import redis_streams
 from .harness import cli
 from .harness.machine import announce, machine_busy_s, machine_info, machine_line
 from .harness.payloads import BATCH, SEED, MiB, make_pool
-from .harness.processes import Processes, log
+from .harness.processes import log, workspace
 from .harness.rounds import Rounds, Sample, ratio
 from .harness.servers import Unavailable, install_peers, redis_client, redis_versions, start_redis, start_tidelog
 from .harness.tables import Compare, Section, fmt_ratio, sections_report
@@ -423,23 +422,22 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
     skipped: dict[str, str] = {} if with_redis else {R_NAME: "--no-redis"}
     systems = [T_NAME] + ([R_NAME] if with_redis else [])
     started = now()
-    work = tempfile.mkdtemp(prefix="tidelog-groups-bench-", dir=tmp_parent)
-    procs = Processes(work)
-    members = admin = None
     settings = {"records": n, "record_bytes": RECORD_BYTES, "partitions": partitions,
                 "group_sizes": list(GROUP_SIZES), "redis_count": redis_streams.COUNT, "poll_timeout_s": POLL_TIMEOUT_S,
                 "tidelog_server": "tidelog serve --fsync never", "tidelog_producer": "batch_bytes=1 MiB, linger_ms=5",
                 "redis_server": "redis-server --save '' --appendonly no"}
     preload: dict[str, float] = {}
-    runner = None
-    try:
+    with workspace("tidelog-groups-bench-", tmp_parent) as procs, contextlib.ExitStack() as closing:
+        work = procs.tmp
         log("building payloads, starting member processes and servers...")
         pool = make_pool(profile.pool_batches, RECORD_BYTES, SEED)
         members = Members(max(GROUP_SIZES), tuned)
+        closing.callback(members.close)
         runner = Runner(profile, members, n)
         runner.tidelog = start_tidelog(procs, os.path.join(work, "tidelog"))
         from tidelog.client import Admin
-        admin = runner.admin = Admin(runner.tidelog.target)
+        runner.admin = Admin(runner.tidelog.target)
+        closing.callback(runner.admin.close)
         runner.ends, preload[T_NAME] = preload_tidelog(runner.tidelog.target, pool, n, partitions)
         log(f"  preloaded tidelog: {n:,} records in {preload[T_NAME]:.1f} s "
             f"({n / preload[T_NAME] / 1e3:,.0f}k records/s, untimed)")
@@ -456,6 +454,7 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
                     skipped[R_NAME] = why or str(again)
                     log(f"skipping Redis: {skipped[R_NAME]}")
         if R_NAME in systems:
+            closing.callback(runner.redis.close)
             info.update(redis_versions(runner.redis))
             preload[R_NAME] = preload_redis(runner.redis, pool, n)
             log(f"  preloaded Redis: {n:,} records in {preload[R_NAME]:.1f} s "
@@ -466,14 +465,6 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
         fns = {T_NAME: runner.tidelog_run, R_NAME: runner.redis_run}
         rounds.run({section(k): {s: (lambda fn=fns[s], k=k: fn(k)) for s in systems} for k in GROUP_SIZES})
         text, results = report(rounds, profile, info, settings, now() - started)
-    finally:
-        for closer in (lambda: admin and admin.close(), lambda: runner and runner.redis and runner.redis.close(),
-                       lambda: members and members.close(), procs.stop_all):
-            try:
-                closer()
-            except Exception as exc:  # keep stopping the rest
-                log(f"cleanup: {type(exc).__name__}: {exc}")
-        shutil.rmtree(work, ignore_errors=True)
     for system, why in skipped.items():
         text += f"\n\n{system} skipped: {why}"
     return text, {"machine": info, "profile": dataclasses.asdict(profile), "settings": settings,

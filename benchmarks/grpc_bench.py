@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from . import redis_streams
 from .harness import cli
 from .harness.machine import announce, machine_info, machine_line
 from .harness.payloads import SEED, MiB, Payloads
-from .harness.processes import LOOPBACK, Processes, log
+from .harness.processes import LOOPBACK, Processes, log, workspace
 from .harness.rounds import Rounds, Sample, Stopwatch
 from .harness.servers import Unavailable, redis_version, start_redis, start_tidelog
 from .harness.tables import Compare, Section, sections_report, targets_table
@@ -550,24 +549,24 @@ def report(ctx: Ctx, info: dict, lines: list[str], secs: list[Section], elapsed:
 # -- main ------------------------------------------------------------------------------------------------
 def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with_redis: bool) -> tuple[str, dict]:
     """Start the servers, measure, stop them; the Markdown report and the JSON document."""
-    tuned = tune_malloc()
-    tmp = tempfile.mkdtemp(prefix="tidelog-grpc-bench-", dir=tmp_parent)
     import google.protobuf
 
-    info = machine_info(tmp, tuned, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
-    announce(info)
+    tuned = tune_malloc()
     started = time.perf_counter()
-    procs = Processes(tmp)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    redis_client = ctx = None
-    try:
-        server = start_tidelog(procs, os.path.join(tmp, "tidelog-data"))
+    with workspace("tidelog-grpc-bench-", tmp_parent) as procs, contextlib.ExitStack() as closing:
+        closing.callback(loop.close)
+        closing.callback(loop.run_until_complete, loop.shutdown_asyncgens())
+        info = machine_info(procs.tmp, tuned, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
+        announce(info)
+        server = start_tidelog(procs, os.path.join(procs.tmp, "tidelog-data"))
         ceiling = start_ceiling(procs)
-        redis_note = "left out (--no-redis)"
+        redis_client, redis_note = None, "left out (--no-redis)"
         if with_redis:
             try:
-                _, redis_client = start_redis(procs, os.path.join(tmp, "redis"))
+                _, redis_client = start_redis(procs, os.path.join(procs.tmp, "redis"))
+                closing.callback(redis_client.close)
                 redis_note = redis_version(redis_client)
             except Unavailable as exc:
                 log(f"skipping Redis: {exc}")
@@ -576,6 +575,7 @@ def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with
         pay_kib = Payloads(1024, 32_000, SEED) if "1k" in sizes else None
         pay_small = Payloads(100, 96_000, SEED + 1) if "100" in sizes else None
         ctx = Ctx(profile, Rounds(profile.runs, profile.warmup), loop, server.target, ceiling.target, redis_client)
+        closing.callback(ctx.admin.close)
         if "produce" in only:
             if pay_kib:
                 run_produce(ctx, "1 KiB", pay_kib, profile.raw_kib, profile.producer_kib, profile.redis_kib)
@@ -589,17 +589,6 @@ def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with
         lines = settings(profile, info, redis_note, redis_client is not None)
         text, results = report(ctx, info, lines, sections(profile, pay_kib, pay_small), time.perf_counter() - started)
         return text, {"machine": info, "profile": dataclasses.asdict(profile), "settings": lines, **results}
-    finally:
-        if ctx is not None:
-            ctx.admin.close()
-        if redis_client is not None:
-            redis_client.close()
-        procs.stop_all()
-        try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

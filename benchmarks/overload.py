@@ -24,10 +24,8 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -35,7 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .harness import cli
-from .harness.processes import Processes
+from .harness.processes import Processes, workspace
 from .harness.servers import restart_tidelog, start_tidelog
 
 STOP_TIMEOUT_S = 60.0  # a graceful stop may finish in-flight produce streams first
@@ -363,18 +361,16 @@ SCENARIOS = [("stalled consumers", scenario_stalled), ("many stalled subscribers
 
 def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] | None = None,
         broker_args: tuple[str, ...] = ()) -> dict:
-    tmp = tempfile.mkdtemp(prefix="tidelog-overload-", dir=tmp_parent)
-    procs = Processes(tmp)
     command = " ".join(["python -m benchmarks.overload", f"--{mode}", *(f"--only '{o}'" for o in only or ()),
                         *(f"--broker-arg={a}" for a in broker_args)])
     result = {"mode": mode, "date": datetime.date.today().isoformat(), "params": params,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
               "command": command, "scenarios": []}
-    try:
+    with workspace("tidelog-overload-", tmp_parent) as procs:
         for name, fn in SCENARIOS:
             if only and name not in only:
                 continue
-            broker = Broker(procs, os.path.join(tmp, name.replace(" ", "-")), broker_args)
+            broker = Broker(procs, os.path.join(procs.tmp, name.replace(" ", "-")), broker_args)
             try:
                 time.sleep(1)
                 baseline = rss_mib(broker.pid)
@@ -386,9 +382,6 @@ def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] 
             result["scenarios"].append(row)
             print(f"{name}: baseline {baseline:.1f} MiB, peak {row['peak_mib']:.1f} MiB "
                   f"({row['peak_over_baseline']:.2f}x) - {row['detail']}", flush=True)
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"overload-{result['date']}")
     with open(stem + ".json", "w") as f:

@@ -9,11 +9,14 @@ SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -186,6 +189,18 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(list(self.running)):
             self.stop(proc)
+
+
+@contextlib.contextmanager
+def workspace(prefix: str, parent: str):
+    """Processes started under a fresh temporary directory (their data and logs); on leaving, also after an
+    error or a signal, every one of them is stopped by PID and the directory removed."""
+    procs = Processes(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        shutil.rmtree(procs.tmp, ignore_errors=True)
 
 
 def _signal(pid: int, sig: int) -> None:
