@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
+from benchmarks.harness import cli
 
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+PARTS = {"embedded", "grpc", "groups", "peers"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,16 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from benchmarks import suite
 
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if only - {"embedded", "grpc", "groups", "peers"}:
-        ap.error(f"unknown --only: {', '.join(sorted(only - {'embedded', 'grpc', 'groups', 'peers'}))}")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+    only = cli.subset(ap, "--only", args.only, PARTS)
+    cli.unwind_on_signals()
     try:
         result = suite.run(suite.FULL if args.full else suite.QUICK, args.out or suite.RESULTS_DIR, args.tmp, only)
     except KeyboardInterrupt:
-        print("interrupted: everything started was stopped", file=sys.stderr)
-        return 130
+        return cli.interrupted()
     for system, why in result["skipped"].items():
         print(f"skipped {system}: {why}")
     return 0

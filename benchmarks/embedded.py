@@ -2,49 +2,42 @@
 
     python -m benchmarks.embedded [--quick] [--json PATH] [--runs N] [--tmp DIR] [--default-malloc]
 
-Every scenario runs its baselines in the same invocation, interleaved run by run (the order rotates each
-round), so machine drift hits all systems alike. Each figure is the median of >= 3 timed runs after a
-warm-up round, with min and max; ratios are tidelog / baseline (ratio of medians, plus the min and max of
-the per-round paired ratios). See benchmarks/README.md. This is a measuring script: it asserts nothing
-about speed.
-
-Units: MB/s and GB/s are decimal (10^6 / 10^9 bytes of record payload per second); "1 KiB" records carry
-exactly 1024 payload bytes, "100 B" records exactly 100.
+Every baseline runs in the same invocation (benchmarks.harness: rotation, a warm-up round, medians with
+min and max, same-run ratios); MB/s and GB/s are 10^6 / 10^9 bytes of record payload per second. See
+benchmarks/README.md. This is a measuring script: it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import ctypes.util
-import gc
+import dataclasses
 import itertools
-import json
 import mmap
 import os
-import platform
 import shutil
 import sqlite3
-import statistics
 import struct
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-import tidelog
 from tidelog import Engine
+from tidelog.tuning import tune_malloc
 
-MiB = 1 << 20
-BATCH = 1000  # records per produce / transaction / batched write
+from .harness import cli
+from .harness.machine import announce, machine_info, machine_line
+from .harness.payloads import BATCH, SEED, MiB, make_pool
+from .harness.processes import log
+from .harness.rounds import Rounds, Sample, Stopwatch
+from .harness.tables import Compare, Section, sections_report, targets_table
+
 SEGMENT_BYTES = 1 << 30  # one segment holds a whole run: no rolling is measured
 FETCH_BYTES = 4 * MiB
 TOPIC = "bench"
-SEED = 20240611
+UNCAPPED = 1e9  # building a data set is not timed
 
 # System names (also the keys of the JSON output)
 T_BATCH = "tidelog, batch view (table)"
@@ -55,10 +48,7 @@ DUR_N1 = 'tidelog fsync="never", 1 producer'
 DUR_A2 = 'tidelog fsync="always", 2 producer threads'
 DUR_N2 = 'tidelog fsync="never", 2 producer threads'
 DUR_RAW = "raw os.pwrite + os.fdatasync per batch (ceiling, 1 writer)"
-
-# glibc mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
+PARTS = {"append", "read", "durable", "io"}
 
 
 @dataclass(frozen=True)
@@ -83,168 +73,20 @@ DEFAULT = Profile("default", runs=5, warmup=1, kib_records=384_000, small_record
                   io_runs=5, cap_s=30.0)
 
 
-# -- machine -------------------------------------------------------------------------------------------
-def machine_info(tmp: str, malloc_tuned: bool) -> dict:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)
-    except (ValueError, OSError):
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": mem_gib,
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "kernel": platform.release(),
-        "numpy": np.__version__,
-        "sqlite": sqlite3.sqlite_version,
-        "tidelog": tidelog.__version__,
-        "tmp_dir": tmp,
-        "malloc": ("glibc mallopt M_MMAP_THRESHOLD=16 MiB, M_TRIM_THRESHOLD=256 MiB" if malloc_tuned
-                   else "default"),
-    }
-
-
-def tune_malloc() -> bool:
-    """What PERF.md asks of entry points: keep >=128 KiB buffers in the heap instead of fresh mmaps."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 16 * MiB)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 * MiB))
-    except (OSError, AttributeError):
-        return False
-
-
-# -- payloads ------------------------------------------------------------------------------------------
-def make_pool(n_batches: int, size: int, seed: int) -> list[list[bytes]]:
-    """n_batches lists of BATCH distinct JSON-like records of exactly `size` bytes (seeded).
-
-    Payload text is drawn from a 256-word vocabulary: compressible-ish (lz4 ~2-3x), not constant.
-    """
-    rng = np.random.default_rng(seed)
-    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
-    vocab = [letters[rng.integers(0, 26, size=int(k))].tobytes() for k in rng.integers(3, 11, size=256)]
-    corpus = b" ".join(vocab[i] for i in rng.integers(0, 256, size=1 << 19))  # ~3.5 MB of words
-    events = [b"click", b"view", b"purchase", b"signup", b"logout", b"search"]
-    n = n_batches * BATCH
-    users = rng.integers(0, 100_000, size=n).tolist()
-    kinds = rng.integers(0, len(events), size=n).tolist()
-    starts = rng.integers(0, len(corpus) - size, size=n).tolist()
-    ts0 = 1_700_000_000_000
-    out: list[bytes] = []
-    for i in range(n):
-        if size >= 200:
-            head = b'{"id":%d,"ts":%d,"user":"u%05d","event":"%s","region":"eu-west-1","payload":"' % (
-                i, ts0 + i * 7, users[i], events[kinds[i]])
-        else:
-            head = b'{"id":%d,"u":"u%05d","e":"%s","p":"' % (i, users[i], events[kinds[i]])
-        fill = size - len(head) - 2
-        value = head + corpus[starts[i]:starts[i] + fill] + b'"}'
-        assert len(value) == size
-        out.append(value)
-    return [out[i:i + BATCH] for i in range(0, n, BATCH)]
-
-
-# -- measurement primitives ----------------------------------------------------------------------------
-@dataclass
-class Sample:
-    records: int
-    nbytes: int
-    seconds: float
-    capped: bool = False
-
-    @property
-    def rps(self) -> float:
-        return self.records / self.seconds
-
-    @property
-    def mbps(self) -> float:
-        return self.nbytes / self.seconds / 1e6
-
-
-@dataclass
-class Series:
-    section: str
-    system: str
-    metric: str  # "records/s" or "MB/s" or "GB/s"
-    samples: list[Sample] = field(default_factory=list)
-    warmups: list[Sample] = field(default_factory=list)
-
-    def values(self, samples=None) -> list[float]:
-        samples = self.samples if samples is None else samples
-        if self.metric == "records/s":
-            return [s.rps for s in samples]
-        if self.metric == "MB/s":
-            return [s.mbps for s in samples]
-        return [s.mbps / 1e3 for s in samples]  # GB/s
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values())
-
-    def summary(self) -> dict:
-        vals = self.values()
-        return {"section": self.section, "system": self.system, "metric": self.metric,
-                "median": statistics.median(vals), "min": min(vals), "max": max(vals), "runs": vals,
-                "warmup": self.values(self.warmups), "capped_runs": sum(s.capped for s in self.samples),
-                "records_per_run": [s.records for s in self.samples],
-                "payload_bytes_per_run": [s.nbytes for s in self.samples],
-                "seconds": [s.seconds for s in self.samples]}
-
-
-def quiesce() -> None:
-    """Before each round: write back whatever earlier rounds (or data-set setup) left dirty, so that
-    writeback does not overlap the timed loops. Untimed."""
-    os.sync()
-
-
 class Bench:
+    """The rounds, the profile, and fresh temporary directories for the runs."""
+
     def __init__(self, profile: Profile, tmp: str) -> None:
-        self.p = profile
-        self.tmp = tmp
-        self.series: dict[tuple[str, str], list[Sample]] = {}
-        self.warmups: dict[tuple[str, str], list[Sample]] = {}
-        self.order: list[tuple[str, str]] = []
-
-    def rounds(self, section: str, systems: dict[str, Callable[[], Sample]], runs: int | None = None,
-               warmup: int | None = None) -> None:
-        """Run every system once per round, rotating the order; the first `warmup` rounds are discarded."""
-        runs = self.p.runs if runs is None else runs
-        warmup = self.p.warmup if warmup is None else warmup
-        names = list(systems)
-        for name in names:
-            key = (section, name)
-            if key not in self.series:
-                self.series[key] = []
-                self.warmups[key] = []
-                self.order.append(key)
-        for r in range(warmup + runs):
-            quiesce()
-            k = r % len(names)
-            for name in names[k:] + names[:k]:
-                gc.collect()
-                sample = systems[name]()
-                (self.warmups if r < warmup else self.series)[(section, name)].append(sample)
-            print(f"  {section}: round {r + 1}/{warmup + runs}{' (warm-up)' if r < warmup else ''} done",
-                  file=sys.stderr, flush=True)
-
-    def samples(self, section: str, system: str) -> list[Sample]:
-        return self.series[(section, system)]
+        self.p, self.tmp = profile, tmp
+        self.rounds = Rounds(profile.runs, profile.warmup)
 
     def temp_dir(self, what: str) -> str:
         return tempfile.mkdtemp(prefix=f"tidelog-bench-{what}-", dir=self.tmp)
+
+
+def check_count(what: str, got: int, expect: int, capped: bool) -> None:
+    if got != expect and not capped:
+        raise RuntimeError(f"{what}: read {got} records, expected {expect}")
 
 
 # -- tidelog -------------------------------------------------------------------------------------------
@@ -261,30 +103,25 @@ def tidelog_produce(eng: Engine, pool: list[list[bytes]], size: int, n_batches: 
     produce = eng.produce
     npool = len(pool)
     counts = [0] * producers
-    capped = [False] * producers
+    clock = Stopwatch(cap_s)
 
-    def work(k: int, deadline: float) -> None:
-        done = 0
+    def work(k: int) -> None:
         for i in range(k, n_batches, producers):
             produce(TOPIC, pool[i % npool], partition=0)
-            done += 1
-            if time.perf_counter() > deadline:
-                capped[k] = i + producers < n_batches
+            counts[k] += 1
+            if clock.expired(i + producers, n_batches):
                 break
-        counts[k] = done
 
-    t0 = time.perf_counter()
     if producers == 1:
-        work(0, t0 + cap_s)
+        work(0)
     else:
-        threads = [threading.Thread(target=work, args=(k, t0 + cap_s)) for k in range(producers)]
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(producers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    dt = time.perf_counter() - t0
-    done = sum(counts)
-    return Sample(done * BATCH, done * BATCH * size, dt, any(capped))
+    done = sum(counts) * BATCH
+    return clock.sample(done, done * size)
 
 
 def drop_engine(eng: Engine, directory: str) -> None:
@@ -307,49 +144,30 @@ def tidelog_append_run(bench: Bench, pool, size: int, n_batches: int, fsync: str
         drop_engine(eng, d)
 
 
-def tidelog_read_batches(eng: Engine, expect: int, cap_s: float) -> Sample:
-    """Batch view: one numpy table per batch, consumed vectorised; no Python object per record."""
+def tidelog_read(eng: Engine, expect: int, cap_s: float, batch_view: bool) -> Sample:
+    """The whole partition with fetch(max_bytes=4 MiB). Batch view: one numpy table per batch, consumed
+    vectorised, no Python object per record; else one Record per record (value as bytes), rec.value touched."""
     fetch = eng.fetch
     hw = eng.list_offsets(TOPIC, 0, "latest")
     off = n = total = 0
-    t0 = time.perf_counter()
-    deadline = t0 + cap_s
-    capped = False
+    clock = Stopwatch(cap_s)
     while off < hw:
         res = fetch(TOPIC, 0, off, max_bytes=FETCH_BYTES)
-        for view in res.batches():
-            table = view.table()
-            total += int(table["value_len"].sum())
-            n += len(table)
+        if batch_view:
+            for view in res.batches():
+                table = view.table()
+                total += int(table["value_len"].sum())
+                n += len(table)
+        else:
+            for rec in res:
+                total += len(rec.value)
+                n += 1
         off = res.next_offset
-        if time.perf_counter() > deadline:
-            capped = off < hw
+        if clock.expired(off, hw):
             break
-    dt = time.perf_counter() - t0
-    check_count("tidelog batch read", n, expect, capped)
-    return Sample(n, total, dt, capped)
-
-
-def tidelog_read_records(eng: Engine, expect: int, cap_s: float) -> Sample:
-    """One Record object per record (value as bytes, the default copy=True), touching rec.value."""
-    fetch = eng.fetch
-    hw = eng.list_offsets(TOPIC, 0, "latest")
-    off = n = total = 0
-    t0 = time.perf_counter()
-    deadline = t0 + cap_s
-    capped = False
-    while off < hw:
-        res = fetch(TOPIC, 0, off, max_bytes=FETCH_BYTES)
-        for rec in res:
-            total += len(rec.value)
-            n += 1
-        off = res.next_offset
-        if time.perf_counter() > deadline:
-            capped = off < hw
-            break
-    dt = time.perf_counter() - t0
-    check_count("tidelog record read", n, expect, capped)
-    return Sample(n, total, dt, capped)
+    sample = clock.sample(n, total)
+    check_count(f"tidelog {'batch' if batch_view else 'record'} read", n, expect, sample.capped)
+    return sample
 
 
 # -- SQLite (WAL, synchronous=OFF) ---------------------------------------------------------------------
@@ -365,24 +183,15 @@ def sqlite_open(path: str) -> sqlite3.Connection:
 
 def sqlite_insert(conn: sqlite3.Connection, rows_pool: list[list[tuple]], size: int, n_batches: int,
                   cap_s: float) -> Sample:
-    ex = conn.execute
-    exm = conn.executemany
+    ex, exm = conn.execute, conn.executemany
     sql = "INSERT INTO t (key, value) VALUES (?, ?)"
     npool = len(rows_pool)
-    done = 0
-    t0 = time.perf_counter()
-    deadline = t0 + cap_s
-    capped = False
-    for i in range(n_batches):
+    clock = Stopwatch(cap_s)
+    for i in clock.count(n_batches):
         ex("BEGIN")
         exm(sql, rows_pool[i % npool])
         ex("COMMIT")
-        done += 1
-        if time.perf_counter() > deadline:
-            capped = done < n_batches
-            break
-    dt = time.perf_counter() - t0
-    return Sample(done * BATCH, done * BATCH * size, dt, capped)
+    return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
 
 
 def sqlite_append_run(bench: Bench, rows_pool, size: int, n_batches: int) -> Sample:
@@ -397,9 +206,7 @@ def sqlite_append_run(bench: Bench, rows_pool, size: int, n_batches: int) -> Sam
 
 def sqlite_read(conn: sqlite3.Connection, expect: int, cap_s: float) -> Sample:
     n = total = 0
-    t0 = time.perf_counter()
-    deadline = t0 + cap_s
-    capped = False
+    clock = Stopwatch(cap_s)
     cur = conn.execute("SELECT value FROM t ORDER BY id")
     while True:
         rows = cur.fetchmany(BATCH)
@@ -408,13 +215,12 @@ def sqlite_read(conn: sqlite3.Connection, expect: int, cap_s: float) -> Sample:
         for (value,) in rows:
             total += len(value)
             n += 1
-        if time.perf_counter() > deadline:
-            capped = True
+        if clock.expired(0, 1):
             break
     cur.close()
-    dt = time.perf_counter() - t0
-    check_count("sqlite read", n, expect, capped)
-    return Sample(n, total, dt, capped)
+    sample = clock.sample(n, total)
+    check_count("sqlite read", n, expect, sample.capped)
+    return sample
 
 
 # -- naive length-prefixed file --------------------------------------------------------------------------
@@ -426,13 +232,10 @@ def naive_write(path: str, pool, size: int, n_batches: int, cap_s: float, mode: 
     1000 records; "join-zc": the same bytes joined from (prefix, value) pairs without concatenating."""
     pack = _PREFIX.pack
     npool = len(pool)
-    done = 0
-    capped = False
     with open(path, "wb") as f:
         w = f.write
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
-        for i in range(n_batches):
+        clock = Stopwatch(cap_s)
+        for i in clock.count(n_batches):
             vals = pool[i % npool]
             if mode == "record":
                 for v in vals:
@@ -441,13 +244,8 @@ def naive_write(path: str, pool, size: int, n_batches: int, cap_s: float, mode: 
                 w(b"".join([pack(len(v)) + v for v in vals]))
             else:
                 w(b"".join(itertools.chain.from_iterable(zip(map(pack, map(len, vals)), vals))))
-            done += 1
-            if time.perf_counter() > deadline:
-                capped = done < n_batches
-                break
         f.flush()
-        dt = time.perf_counter() - t0
-    return Sample(done * BATCH, done * BATCH * size, dt, capped)
+        return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
 
 
 def naive_append_run(bench: Bench, pool, size: int, n_batches: int, mode: str) -> Sample:
@@ -464,10 +262,8 @@ def naive_read(path: str, expect: int, cap_s: float) -> Sample:
     buf = bytearray(4 * MiB)
     mv = memoryview(buf)
     n = total = carry = 0
-    capped = False
     with open(path, "rb", buffering=0) as f:
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
+        clock = Stopwatch(cap_s)
         while True:
             if carry == len(buf):  # a record larger than the buffer: grow it
                 buf.extend(bytes(len(buf)))
@@ -490,18 +286,38 @@ def naive_read(path: str, expect: int, cap_s: float) -> Sample:
             carry = end - pos
             if carry:
                 mv[:carry] = mv[pos:end]  # memmove
-            if time.perf_counter() > deadline:
-                capped = True
+            if clock.expired(0, 1):
                 break
-        dt = time.perf_counter() - t0
+        sample = clock.sample(n, total)
     mv.release()
-    check_count("naive file read", n, expect, capped)
-    return Sample(n, total, dt, capped)
+    check_count("naive file read", n, expect, sample.capped)
+    return sample
 
 
-def check_count(what: str, got: int, expect: int, capped: bool) -> None:
-    if got != expect and not capped:
-        raise RuntimeError(f"{what}: read {got} records, expected {expect}")
+def joined_chunks(pool) -> list[bytes]:
+    """Each pool batch as one length-prefixed chunk (the naive file's bytes)."""
+    return [b"".join(itertools.chain.from_iterable(zip(map(_PREFIX.pack, map(len, vals)), vals))) for vals in pool]
+
+
+def raw_sync_run(bench: Bench, pool, size: int, n_batches: int) -> Sample:
+    """What one synchronous durable writer can do at best here: the same batches' bytes (pre-joined,
+    length-prefixed) pwritten into a preallocated file, fdatasync after each."""
+    chunks = joined_chunks(pool)
+    d = bench.temp_dir("rawsync")
+    fd = os.open(os.path.join(d, "seg.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, sum(len(chunks[i % len(chunks)]) for i in range(n_batches)))
+        pos = 0
+        clock = Stopwatch(bench.p.cap_s)
+        for i in clock.count(n_batches):
+            c = chunks[i % len(chunks)]
+            os.pwrite(fd, c, pos)
+            os.fdatasync(fd)
+            pos += len(c)
+        return clock.sample(clock.done * BATCH, clock.done * BATCH * size)
+    finally:
+        os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- pwrite vs mmap micro-benchmark --------------------------------------------------------------------
@@ -509,28 +325,25 @@ def io_run(bench: Bench, how: str, size: int, chunk: bytes) -> tuple[Sample, Sam
     """Append 1 MiB chunks into a fresh ftruncate'd file of `size` bytes, then once more over the same
     (now resident) pages. Returns (first touch, resident)."""
     d = bench.temp_dir("io")
-    path = os.path.join(d, "seg.log")
     step = len(chunk)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(os.path.join(d, "seg.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, size)
         out = []
-        if how == "pwrite":
-            pw = os.pwrite
+        m = None if how == "pwrite" else mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
             for _ in range(2):
                 t0 = time.perf_counter()
-                for off in range(0, size, step):
-                    pw(fd, chunk, off)
-                out.append(Sample(size // step, size, time.perf_counter() - t0))
-        else:
-            m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            try:
-                for _ in range(2):
-                    t0 = time.perf_counter()
+                if m is None:
+                    for off in range(0, size, step):
+                        os.pwrite(fd, chunk, off)
+                else:
                     for off in range(0, size, step):
                         m[off:off + step] = chunk
-                    out.append(Sample(size // step, size, time.perf_counter() - t0))
-            finally:
+                out.append(Sample(size // step, size, time.perf_counter() - t0))
+        finally:
+            if m is not None:
                 m.close()
         return out[0], out[1]
     finally:
@@ -542,15 +355,13 @@ def io_run(bench: Bench, how: str, size: int, chunk: bytes) -> tuple[Sample, Sam
 def run_append(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
     n_batches = n_records // BATCH
     rows_pool = [[(None, v) for v in vals] for vals in pool]
-    systems = {
+    bench.rounds.run({f"append {label}": {
         "tidelog": lambda: tidelog_append_run(bench, pool, size, n_batches),
         "SQLite WAL": lambda: sqlite_append_run(bench, rows_pool, size, n_batches),
         "naive file, 1 write/record": lambda: naive_append_run(bench, pool, size, n_batches, "record"),
         NAIVE_JOIN: lambda: naive_append_run(bench, pool, size, n_batches, "join"),
-        "naive file, 1000/write, zero-concat join": lambda: naive_append_run(bench, pool, size, n_batches,
-                                                                             "join-zc"),
-    }
-    bench.rounds(f"append {label}", systems)
+        "naive file, 1000/write, zero-concat join": lambda: naive_append_run(bench, pool, size, n_batches, "join-zc"),
+    }})
 
 
 def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
@@ -561,21 +372,19 @@ def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
     eng = conn = None
     try:
         eng = open_engine(t_dir, "never")
-        big = 1e9  # building the data set is not capped
-        tidelog_produce(eng, pool, size, n_batches, big)
+        tidelog_produce(eng, pool, size, n_batches, UNCAPPED)
         conn = sqlite_open(os.path.join(s_dir, "bench.db"))
-        sqlite_insert(conn, rows_pool, size, n_batches, big)
+        sqlite_insert(conn, rows_pool, size, n_batches, UNCAPPED)
         del rows_pool  # ~10^5 GC-tracked tuples would otherwise tax every reader's garbage collections
         naive_path = os.path.join(n_dir, "bench.log")
-        naive_write(naive_path, pool, size, n_batches, big, "join")
+        naive_write(naive_path, pool, size, n_batches, UNCAPPED, "join")
         expect = n_batches * BATCH
-        systems = {
-            T_BATCH: lambda: tidelog_read_batches(eng, expect, cap),
-            T_RECORD: lambda: tidelog_read_records(eng, expect, cap),
+        bench.rounds.run({f"read {label}": {
+            T_BATCH: lambda: tidelog_read(eng, expect, cap, batch_view=True),
+            T_RECORD: lambda: tidelog_read(eng, expect, cap, batch_view=False),
             "SQLite WAL, SELECT value ORDER BY id": lambda: sqlite_read(conn, expect, cap),
             "naive file, record by record": lambda: naive_read(naive_path, expect, cap),
-        }
-        bench.rounds(f"read {label}", systems)
+        }})
     finally:
         if conn is not None:
             conn.close()
@@ -585,102 +394,37 @@ def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def raw_sync_run(bench: Bench, pool, size: int, n_batches: int) -> Sample:
-    """What one synchronous durable writer can do at best here: the same batches' bytes (pre-joined,
-    length-prefixed) pwritten into a preallocated file, fdatasync after each."""
-    chunks = [b"".join(itertools.chain.from_iterable(zip(map(_PREFIX.pack, map(len, vals)), vals)))
-              for vals in pool]
-    d = bench.temp_dir("rawsync")
-    path = os.path.join(d, "seg.log")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.ftruncate(fd, sum(len(chunks[i % len(chunks)]) for i in range(n_batches)))
-        pos = done = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + bench.p.cap_s
-        for i in range(n_batches):
-            c = chunks[i % len(chunks)]
-            os.pwrite(fd, c, pos)
-            os.fdatasync(fd)
-            pos += len(c)
-            done += 1
-            if time.perf_counter() > deadline:
-                capped = done < n_batches
-                break
-        dt = time.perf_counter() - t0
-        return Sample(done * BATCH, done * BATCH * size, dt, capped)
-    finally:
-        os.close(fd)
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def run_durable(bench: Bench, pool) -> None:
     n_batches = bench.p.durable_records // BATCH
-    systems = {
+    bench.rounds.run({"durable append 1 KiB": {
         DUR_A1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always"),
         DUR_N1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never"),
         # Group commit only has something to group when producers overlap: two threads, one partition.
         DUR_A2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always", 2),
         DUR_N2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never", 2),
         DUR_RAW: lambda: raw_sync_run(bench, pool, 1024, n_batches),
-    }
-    bench.rounds("durable append 1 KiB", systems)
+    }})
 
 
 def run_io(bench: Bench, chunk: bytes) -> None:
     size = bench.p.io_bytes // len(chunk) * len(chunk)
-    pending: dict[str, Sample] = {}
+    resident: dict[str, list[Sample]] = {"os.pwrite": [], "mmap copy": []}
 
-    def first(how: str) -> Callable[[], Sample]:
+    def system(name: str, how: str):
         def go() -> Sample:
-            a, b = io_run(bench, how, size, chunk)
-            pending[how] = b
-            return a
+            first, again = io_run(bench, how, size, chunk)
+            resident[name].append(again)  # the resident pass runs inside the same call
+            return first
         return go
 
-    # The resident pass runs inside the same call as the first-touch pass; record both.
-    systems = {"os.pwrite": first("pwrite"), "mmap copy": first("mmap")}
-    names = list(systems)
-    runs, warmup = bench.p.io_runs, bench.p.warmup
-    for key in [("io first touch", n) for n in names] + [("io resident", n) for n in names]:
-        bench.series.setdefault(key, [])
-        bench.warmups.setdefault(key, [])
-        if key not in bench.order:
-            bench.order.append(key)
-    for r in range(warmup + runs):
-        quiesce()
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            gc.collect()
-            a = systems[name]()
-            b = pending.pop("pwrite" if name == "os.pwrite" else "mmap")
-            target = bench.warmups if r < warmup else bench.series
-            target[("io first touch", name)].append(a)
-            target[("io resident", name)].append(b)
-        print(f"  io: round {r + 1}/{warmup + runs}{' (warm-up)' if r < warmup else ''} done",
-              file=sys.stderr, flush=True)
+    bench.rounds.run({"io first touch": {"os.pwrite": system("os.pwrite", "pwrite"),
+                                         "mmap copy": system("mmap copy", "mmap")}}, runs=bench.p.io_runs)
+    w = bench.p.warmup
+    for name, samples in resident.items():
+        bench.rounds.add("io resident", name, samples[w:], samples[:w])
 
 
 # -- report --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Compare:
-    """A ratio column: numerator / denominator, where None stands for the row's own system."""
-
-    label: str
-    numerator: str | None
-    denominator: str | None
-    skip_prefix: str = ""  # rows whose system starts with this get no value
-
-
-@dataclass(frozen=True)
-class Section:
-    key: str
-    title: str
-    metrics: tuple[str, ...]
-    compares: tuple[Compare, ...] = ()
-
-
 def sections(p: Profile) -> list[Section]:
     vs_tidelog = (Compare("tidelog / this", "tidelog", None, "tidelog"),)
     vs_reads = (Compare("batch view / this", T_BATCH, None, "tidelog"),
@@ -703,174 +447,74 @@ def sections(p: Profile) -> list[Section]:
     ]
 
 
-def fmt(v: float, metric: str) -> str:
-    if metric == "records/s":
-        return f"{v / 1e6:.3f} M"
-    if metric == "GB/s":
-        return f"{v:.2f}"
-    return f"{v:,.0f}"
-
-
-def paired(bench: Bench, section: str, a: str, b: str, metric: str) -> dict:
-    va = Series(section, a, metric, bench.samples(section, a)).values()
-    vb = Series(section, b, metric, bench.samples(section, b)).values()
-    per_round = [x / y for x, y in zip(va, vb)]
-    return {"section": section, "numerator": a, "denominator": b, "metric": metric,
-            "ratio": statistics.median(va) / statistics.median(vb),
-            "paired_min": min(per_round), "paired_max": max(per_round), "paired": per_round}
-
-
-def fmt_ratio(r: dict) -> str:
-    return f"{r['ratio']:.2f}x ({r['paired_min']:.2f}-{r['paired_max']:.2f})"
-
-
-def section_table(bench: Bench, sec: Section, ratios: list) -> list[str]:
-    head = ["system"]
-    for m in sec.metrics:
-        head += [f"{m} median", "min - max"]
-    head += [c.label for c in sec.compares]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    systems = [name for key, name in bench.order if key == sec.key]
-    for system in systems:
-        samples = bench.samples(sec.key, system)
-        row = [system + (" (capped)" if any(x.capped for x in samples) else "")]
-        for m in sec.metrics:
-            vals = Series(sec.key, system, m, samples).values()
-            row += [fmt(statistics.median(vals), m), f"{fmt(min(vals), m)} - {fmt(max(vals), m)}"]
-        for c in sec.compares:
-            num = c.numerator or system
-            den = c.denominator or system
-            if num == den or (c.skip_prefix and system.startswith(c.skip_prefix)) or \
-                    num not in systems or den not in systems:
-                row.append("")
-                continue
-            r = paired(bench, sec.key, num, den, sec.metrics[0])
-            ratios.append(r)
-            row.append(fmt_ratio(r))
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+def targets(r: Rounds) -> list[tuple]:
+    """our performance targets for the embedded engine: (section, name, measured, goal, unit)."""
+    dur = "durable append 1 KiB"
+    return [
+        ("append 1 KiB", "append 1 KiB: throughput", r.median("append 1 KiB", "tidelog", "MB/s"), 1000.0, "MB/s"),
+        ("append 1 KiB", "append 1 KiB: tidelog / SQLite WAL", r.paired("append 1 KiB", "tidelog", "SQLite WAL"),
+         5.0, "x"),
+        ("append 1 KiB", "append 1 KiB: tidelog / naive batched file (1000 records joined/write)",
+         r.paired("append 1 KiB", "tidelog", NAIVE_JOIN), 1.5, "x"),
+        ("append 100 B", "append 100 B: records/s", r.median("append 100 B", "tidelog", "records/s"), 3e6, "records/s"),
+        ("read 1 KiB", "read 1 KiB, batch view: records/s", r.median("read 1 KiB", T_BATCH, "records/s"), 10e6,
+         "records/s"),
+        ("read 100 B", "read 100 B, batch view: records/s", r.median("read 100 B", T_BATCH, "records/s"), 10e6,
+         "records/s"),
+        ("read 1 KiB", "read 1 KiB, Record objects: records/s", r.median("read 1 KiB", T_RECORD, "records/s"), 2e6,
+         "records/s"),
+        ("read 100 B", "read 100 B, Record objects: records/s", r.median("read 100 B", T_RECORD, "records/s"), 2e6,
+         "records/s"),
+        (dur, "durable 1 KiB: always / never, 1 producer", r.paired(dur, DUR_A1, DUR_N1), 0.5, "x"),
+        (dur, "durable 1 KiB: always with 2 producers / never with 1", r.paired(dur, DUR_A2, DUR_N1), 0.5, "x"),
+    ]
 
 
 def report(bench: Bench, info: dict, elapsed: float) -> tuple[str, dict]:
-    p = bench.p
+    p, r = bench.p, bench.rounds
     out = [
         f"# tidelog embedded benchmark ({p.name})",
         "",
-        f"- machine: nproc={info['nproc']}, {info['cpu_model']}, {info['memory_gib']} GiB RAM, "
-        f"Linux {info['kernel']}; Python {info['python']}, numpy {info['numpy']}, SQLite {info['sqlite']}, "
-        f"tidelog {info['tidelog']}",
+        "- " + machine_line(info, f"numpy {info['numpy']}", f"SQLite {info['sqlite']}"),
         f"- malloc: {info['malloc']}; data under {info['tmp_dir']}",
         f"- medians of {p.runs} runs after {p.warmup} warm-up round(s), systems interleaved round by round; "
         "min - max across runs; ratios: ratio of medians (min - max of per-round ratios)",
         "- MB/s and GB/s: 10^6 / 10^9 bytes of record payload per second",
-        f"- tidelog append: Engine.produce(topic, values, partition=0), fsync=\"never\", 1 partition, "
-        f"segment_bytes=1 GiB, no compression, fresh data dir per run",
+        "- tidelog append: Engine.produce(topic, values, partition=0), fsync=\"never\", 1 partition, "
+        "segment_bytes=1 GiB, no compression, fresh data dir per run",
         f"- SQLite: journal_mode=WAL, synchronous=OFF, BEGIN + executemany({BATCH} rows) + COMMIT into "
         "t(id INTEGER PRIMARY KEY, key BLOB, value BLOB), key NULL",
         "- reads: one data set per system, appended once, read whole each run (tidelog: fetch max_bytes=4 MiB); "
         "page cache warm, the warm-up round maps it",
         "",
     ]
-    results: dict = {"series": [], "ratios": [], "targets": []}
-    have = set(bench.order)
-    for sec in sections(p):
-        if not any(key == sec.key for key, _ in bench.order):
-            continue
-        out += [f"## {sec.title}", ""]
-        out += section_table(bench, sec, results["ratios"])
-        out.append("")
-        for key, system in bench.order:
-            if key == sec.key:
-                for m in sec.metrics:
-                    results["series"].append(Series(key, system, m, bench.samples(key, system),
-                                                    bench.warmups[(key, system)]).summary())
-
-    extra = []
-    if ("durable append 1 KiB", DUR_A1) in have:
-        extra.append(paired(bench, "durable append 1 KiB", DUR_A2, DUR_N2, "MB/s"))
-        extra.append(paired(bench, "durable append 1 KiB", DUR_A1, DUR_RAW, "MB/s"))
+    lines, results = sections_report(r, sections(p))
+    out += lines
+    extra = [x for x in (r.paired("durable append 1 KiB", DUR_A2, DUR_N2),
+                         r.paired("durable append 1 KiB", DUR_A1, DUR_RAW)) if x]
     if extra:
         out += ["| other ratio | median (per-round min - max) |", "|---|---:|"]
-        out += [f"| {r['numerator']} / {r['denominator']} | {fmt_ratio(r)} |" for r in extra]
+        out += [f"| {x['numerator']} / {x['denominator']} | {x['ratio']:.2f}x ({x['paired_min']:.2f}-"
+                f"{x['paired_max']:.2f}) |" for x in extra]
         out.append("")
         results["ratios"] += extra
-
-    def med(section, system, metric):
-        if (section, system) not in have:
-            return None
-        return Series(section, system, metric, bench.samples(section, system)).median
-
-    def ratio(section, a, b):
-        if (section, a) not in have or (section, b) not in have:
-            return None
-        return paired(bench, section, a, b, "MB/s")["ratio"]
-
-    targets = [  # shared/PERF.md
-        ("append 1 KiB: throughput", med("append 1 KiB", "tidelog", "MB/s"), 1000.0, "MB/s"),
-        ("append 1 KiB: tidelog / SQLite WAL", ratio("append 1 KiB", "tidelog", "SQLite WAL"), 5.0, "x"),
-        ("append 1 KiB: tidelog / naive batched file (1000 records joined/write)",
-         ratio("append 1 KiB", "tidelog", NAIVE_JOIN), 1.5, "x"),
-        ("append 100 B: records/s", med("append 100 B", "tidelog", "records/s"), 3e6, "records/s"),
-        ("read 1 KiB, batch view: records/s", med("read 1 KiB", T_BATCH, "records/s"), 10e6, "records/s"),
-        ("read 100 B, batch view: records/s", med("read 100 B", T_BATCH, "records/s"), 10e6, "records/s"),
-        ("read 1 KiB, Record objects: records/s", med("read 1 KiB", T_RECORD, "records/s"), 2e6, "records/s"),
-        ("read 100 B, Record objects: records/s", med("read 100 B", T_RECORD, "records/s"), 2e6, "records/s"),
-        ("durable 1 KiB: always / never, 1 producer", ratio("durable append 1 KiB", DUR_A1, DUR_N1), 0.5, "x"),
-        ("durable 1 KiB: always with 2 producers / never with 1",
-         ratio("durable append 1 KiB", DUR_A2, DUR_N1), 0.5, "x"),
-    ]
-    rows = [(n, v, g, u) for n, v, g, u in targets if v is not None]
-    if rows:
-        out += ["## Targets (shared/PERF.md)", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
-    for name, value, goal, unit in rows:
-        if unit == "x":
-            shown, want = f"{value:.2f}x", f"{goal:.2f}x"
-        elif unit == "MB/s":
-            shown, want = f"{value:,.0f} MB/s", f"{goal:,.0f} MB/s"
-        else:
-            shown, want = fmt(value, unit), fmt(goal, unit)
-        met = value >= goal
-        out.append(f"| {name} | {shown} | >= {want} | {'yes' if met else 'NO'} |")
-        results["targets"].append({"target": name, "measured": value, "goal": goal, "unit": unit, "met": met})
-    out += ["", f"Total benchmark time: {elapsed:.0f} s"]
+    lines, results["targets"] = targets_table(targets(r), r.sections())
+    out += lines + ["", f"Total benchmark time: {elapsed:.0f} s"]
     results["elapsed_s"] = elapsed
+    results["cpu"] = r.meter.sections
     return "\n".join(out), results
 
 
 # -- main ----------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.embedded", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small data sets, 3 runs (under ~2 minutes)")
-    ap.add_argument("--json", metavar="PATH", help="also write every figure (all runs) as JSON here")
-    ap.add_argument("--runs", type=int, help="timed runs per figure (>= 3; default 5, or 3 with --quick)")
-    ap.add_argument("--tmp", default="/tmp", help="parent directory of the temporary data (default /tmp)")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="skip the glibc mallopt tuning PERF.md prescribes for entry points")
-    ap.add_argument("--only", default="append,read,durable,io",
-                    help="comma-separated subset of: append, read, durable, io")
-    args = ap.parse_args(argv)
-    profile = QUICK if args.quick else DEFAULT
-    if args.runs is not None:
-        if args.runs < 3:
-            ap.error("--runs must be at least 3")
-        profile = Profile(**{**asdict(profile), "runs": args.runs, "io_runs": args.runs})
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {"append", "read", "durable", "io"}
-    if unknown:
-        ap.error(f"unknown --only part(s): {', '.join(sorted(unknown))}")
-    os.makedirs(args.tmp, exist_ok=True)
-
-    tuned = False if args.default_malloc else tune_malloc()
-    info = machine_info(os.path.abspath(args.tmp), tuned)
-    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
-          f"malloc: {info['malloc']}", flush=True)
-
+def run(profile: Profile, tmp: str, only: set[str], tuned: bool) -> tuple[str, dict]:
+    """Measure the parts in `only`; the Markdown report and the JSON document."""
+    info = machine_info(tmp, tuned, numpy=np.__version__, sqlite=sqlite3.sqlite_version)
+    announce(info)
     started = time.perf_counter()
-    bench = Bench(profile, os.path.abspath(args.tmp))
-    print("building payloads...", file=sys.stderr, flush=True)
+    bench = Bench(profile, tmp)
+    log("building payloads...")
     pool_kib = make_pool(profile.pool_kib_batches, 1024, SEED)
     pool_small = make_pool(profile.pool_small_batches, 100, SEED + 1)
-
     if "append" in only:
         run_append(bench, "1 KiB", 1024, profile.kib_records, pool_kib)
         run_append(bench, "100 B", 100, profile.small_records, pool_small)
@@ -880,19 +524,25 @@ def main(argv: list[str] | None = None) -> int:
     if "durable" in only:
         run_durable(bench, pool_kib)
     if "io" in only:
-        chunk = b"".join(pool_kib[0])[:MiB]
-        run_io(bench, chunk)
-
+        run_io(bench, b"".join(pool_kib[0])[:MiB])
     text, results = report(bench, info, time.perf_counter() - started)
-    print()
-    print(text)
-    if args.json:
-        doc = {"machine": info, "profile": asdict(profile), "batch_records": BATCH,
-               "segment_bytes": SEGMENT_BYTES, "fetch_max_bytes": FETCH_BYTES, "fsync": "never", **results}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"\nwrote {args.json}", file=sys.stderr)
-    return 0
+    return text, {"machine": info, "profile": dataclasses.asdict(profile), "batch_records": BATCH,
+                  "segment_bytes": SEGMENT_BYTES, "fetch_max_bytes": FETCH_BYTES, "fsync": "never", **results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = cli.parser("python -m benchmarks.embedded", __doc__, "small data sets, 3 runs (under ~2 minutes)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="skip the glibc mallopt tuning our entry points use")
+    ap.add_argument("--only", default="append,read,durable,io", help="comma-separated subset of: append, read, "
+                    "durable, io")
+    args = ap.parse_args(argv)
+    profile = cli.profile(ap, args, QUICK, DEFAULT, runs_fields=("runs", "io_runs"))
+    only = cli.subset(ap, "--only part(s)", args.only, PARTS)
+    os.makedirs(args.tmp, exist_ok=True)
+    tuned = False if args.default_malloc else tune_malloc()
+    text, doc = run(profile, os.path.abspath(args.tmp), only, tuned)
+    return cli.finish(text, args.json, doc)
 
 
 if __name__ == "__main__":

@@ -2,75 +2,55 @@
 
     python -m benchmarks.grpc_bench [--quick] [--json PATH] [--runs N] [--tmp DIR] [--only ...] [--no-redis]
 
-One invocation starts every system itself, each on a free 127.0.0.1 port, and stops each by PID at the
-end (also on Ctrl-C, SIGTERM or an error):
-
-- `tidelog serve --fsync never` (a subprocess; ready when its gRPC health check says SERVING),
-- the raw grpcio ceiling of PERF.md: a grpc.aio server in a subprocess (this module with
-  `--ceiling-server`), generic handlers with identity serializers doing no work,
-- Debian's `redis-server` with `--save '' --appendonly no` (skipped, with the reason, when missing;
-  `bash benchmarks/setup_peers.sh` installs it).
-
-The clients run in this process. Systems are interleaved round by round (the order rotates), the first
-round is a warm-up, each figure is the median of >= 3 runs with min and max, and ratios are taken between
-figures of the same run (ratio of medians, with the min-max of the per-round ratios), as in
-benchmarks/embedded.py, whose measuring machinery this script reuses. Every loop is bounded by a count and
-a time cap. This is a measuring script: it asserts nothing about speed.
-
-Units: MB/s is 10^6 bytes of record payload per second ("1 KiB" records carry exactly 1024 payload bytes,
-"100 B" records exactly 100); for the raw ceiling it is message bytes, and its records/s is that byte rate
-divided by the record size (records of that size carried with zero framing overhead).
+It starts `tidelog serve --fsync never`, the raw grpcio ceiling (this module with
+`--ceiling-server`: a grpc.aio server, identity serializers, no work) and `redis-server` (no persistence;
+skipped with the reason when missing) through benchmarks.harness; the clients run in this process. What is
+measured and how to read it: benchmarks/README.md. This is a measuring script: it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
+import dataclasses
 import os
-import shutil
 import signal
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.client.channel import OPTIONS as TIDELOG_CHANNEL_OPTIONS
-from tidelog.wire import framing
-from tidelog.codec.batch import HEADER_SIZE, build_batch, iter_batches
+from tidelog.codec.batch import iter_batches
 from tidelog.tuning import tune_malloc
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
 
-from .embedded import (Bench, Compare, Sample, Section, Series, fmt, machine_info, make_pool, paired,
-                       section_table)
+from . import redis_streams
+from .harness import cli
+from .harness.machine import announce, machine_info, machine_line
+from .harness.payloads import SEED, MiB, Payloads
+from .harness.processes import LOOPBACK, Processes, log, workspace
+from .harness.rounds import Rounds, Sample, Stopwatch
+from .harness.servers import Unavailable, redis_version, start_redis, start_tidelog
+from .harness.tables import Compare, Section, sections_report, targets_table
 
-MiB = 1 << 20
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED = 20240611
-LOOPBACK = "127.0.0.1"
-TARGET_BATCH_BYTES = MiB  # raw path: records per RecordBatch chosen so a batch is ~1 MiB
 PRODUCE = "/tidelog.v1.Producer/Produce"
 SUBSCRIBE = "/tidelog.v1.Consumer/Subscribe"
 CEIL_PRODUCE = "/bench.Ceiling/Produce"  # bidi: 1 MiB bytes in, a 2-byte ack out per message
 CEIL_STREAM = "/bench.Ceiling/Stream"  # server stream: n messages of `size` bytes
 CEIL_ACK = b"\x08\x01"
 CEIL_MESSAGE_BYTES = MiB
-MAX_MESSAGE_BYTES = 64 << 20
-CEIL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+CEIL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 CONSUMER_CREDIT_BYTES = 8 << 20  # tidelog.client.Consumer's defaults, used by both consume variants
 CONSUMER_MAX_MESSAGE_BYTES = 4 << 20
 PRODUCER_LINGER_MS = 5
 PRODUCER_BATCH_BYTES = MiB
-REDIS_PIPELINE = 1000
-REDIS_COUNT = 1000
 
 # System names (also the keys of the JSON output)
 T_RAW = "tidelog Produce, raw ~1 MiB batches (grpc.aio, identity serializers)"
@@ -110,150 +90,6 @@ DEFAULT = Profile("default", runs=5, warmup=1, raw_kib=768_000, raw_small=6_000_
                   consume_small=6_000_000, redis_read=300_000, ceiling_bytes=1024 * MiB, window=8, cap_s=30.0)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- processes started by the benchmark ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Subprocesses this benchmark started; each is stopped by its PID (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, tmp: str) -> None:
-        self.tmp = tmp
-        self.procs: list[tuple[str, subprocess.Popen, str]] = []
-
-    def start(self, name: str, argv: list[str], cwd: str | None = None) -> tuple[subprocess.Popen, str]:
-        log_path = os.path.join(self.tmp, f"{name}.log")
-        with open(log_path, "ab") as out:
-            # A session of its own: a Ctrl-C in the terminal reaches only this script, which then stops
-            # its children itself, in order.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=cwd or self.tmp)
-        self.procs.append((name, proc, log_path))
-        log(f"started {name} (pid {proc.pid}): {' '.join(argv)}")
-        return proc, log_path
-
-    def stop(self, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except ProcessLookupError:
-                pass
-        self.procs = [p for p in self.procs if p[1] is not proc]
-
-    def stop_all(self) -> None:
-        for name, proc, _ in reversed(list(self.procs)):
-            running = proc.poll() is None
-            self.stop(proc)
-            if running:
-                log(f"stopped {name} (pid {proc.pid}, exit code {proc.returncode})")
-
-
-def log_tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def wait_until(proc: subprocess.Popen, log_path: str, what: str, ready: Callable[[], bool],
-               timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{log_tail(log_path)}")
-        try:
-            if ready():
-                return
-        except Exception:  # not up yet
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} was not ready within {timeout_s:.0f} s:\n{log_tail(log_path)}")
-
-
-def grpc_serving(target: str) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def start_tidelog(procs: Processes, data_dir: str) -> tuple[str, subprocess.Popen]:
-    exe = shutil.which("tidelog")
-    base = [exe] if exe else [sys.executable, "-m", "tidelog"]
-    for attempt in range(3):  # the free port may be taken between choosing and binding it
-        port = free_port()
-        proc, log_path = procs.start("tidelog-server", base + [
-            "serve", "--data-dir", data_dir, "--host", LOOPBACK, "--port", str(port), "--fsync", "never",
-            "--log-level", "warning", "--metrics-port", "0"])
-        target = f"{LOOPBACK}:{port}"
-        try:
-            wait_until(proc, log_path, "tidelog serve", lambda: grpc_serving(target))
-            return target, proc
-        except RuntimeError:
-            procs.stop(proc)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def start_ceiling(procs: Processes) -> tuple[str, subprocess.Popen]:
-    for attempt in range(3):
-        port = free_port()
-        proc, log_path = procs.start("grpc-ceiling-server", [
-            sys.executable, "-m", "benchmarks.grpc_bench", "--ceiling-server", str(port)], cwd=REPO_ROOT)
-        target = f"{LOOPBACK}:{port}"
-        try:
-            wait_until(proc, log_path, "the raw grpcio ceiling server", lambda: "READY" in log_tail(log_path, 5))
-            return target, proc
-        except RuntimeError:
-            procs.stop(proc)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def start_redis(procs: Processes, data_dir: str):
-    """(client, process, version text), or (None, None, why not)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        return None, None, "redis-server is not installed (run: bash benchmarks/setup_peers.sh)"
-    try:
-        import redis
-        import redis.utils
-    except ImportError:
-        return None, None, "the redis Python package is not installed (run: bash benchmarks/setup_peers.sh)"
-    for attempt in range(3):
-        port = free_port()
-        proc, log_path = procs.start("redis-server", [
-            exe, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", LOOPBACK,
-            "--dir", data_dir, "--daemonize", "no", "--logfile", ""])
-        client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=60)
-        try:
-            wait_until(proc, log_path, "redis-server", client.ping)
-            version = client.info("server")["redis_version"]
-            parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure-Python parser"
-            return client, proc, f"Redis {version}, redis-py {redis.__version__} with {parser}"
-        except RuntimeError:
-            client.close()
-            procs.stop(proc)
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
 # -- the raw grpcio ceiling server (a subprocess: python -m benchmarks.grpc_bench --ceiling-server PORT) ---
 def ceiling_server_main(port: int) -> int:
     tune_malloc()  # the same malloc settings as tidelog's server and this benchmark's client side
@@ -287,7 +123,6 @@ def ceiling_server_main(port: int) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print("READY", flush=True)
         await stop.wait()
         await server.stop(1.0)
 
@@ -295,26 +130,15 @@ def ceiling_server_main(port: int) -> int:
     return 0
 
 
-# -- payloads ----------------------------------------------------------------------------------------------
-class Payloads:
-    """Seeded JSON-like records of one size (embedded.make_pool), and the same as ~1 MiB RecordBatch v2."""
+def grpc_reachable(port: int) -> bool:
+    with grpc.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=1.0)
+    return True
 
-    def __init__(self, size: int, n_records: int, seed: int) -> None:
-        self.size = size
-        pool = make_pool(max(1, n_records // 1000), size, seed)
-        self.values: list[bytes] = [v for batch in pool for v in batch]
-        probe = build_batch(self.values[:1000], timestamp=0, producer_id=-1)
-        per_record = (len(probe) - HEADER_SIZE) / 1000
-        self.records_per_batch = max(1, int((TARGET_BATCH_BYTES - HEADER_SIZE) / per_record))
-        now_ms = int(time.time() * 1000)
-        self.batches: list[tuple[bytes, int]] = []  # (batch, record count)
-        rpb = self.records_per_batch
-        for lo in range(0, len(self.values) - rpb + 1, rpb):
-            chunk = self.values[lo:lo + rpb]
-            self.batches.append((build_batch(chunk, timestamp=now_ms, producer_id=-1), len(chunk)))
-        if not self.batches:
-            raise ValueError("too few records for one batch")
-        self.batch_bytes = sum(len(b) for b, _ in self.batches) / len(self.batches)
+
+def start_ceiling(procs: Processes):
+    return procs.serve("grpc-ceiling-server", lambda port: [
+        sys.executable, "-m", "benchmarks.grpc_bench", "--ceiling-server", str(port)], grpc_reachable, cwd=REPO_ROOT)
 
 
 # -- tidelog clients -------------------------------------------------------------------------------------
@@ -349,10 +173,14 @@ async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messa
         room = asyncio.Semaphore(window)
         counts: dict[int, int] = {}
         acked = [0, 0]  # records, messages
-        capped = False
         encode = framing.encode_produce_request
         parse = pb.ProduceResponse.FromString
         npool = len(messages)
+
+        def ack(sequence: int) -> None:
+            acked[0] += counts.pop(sequence)
+            acked[1] += 1
+            room.release()
 
         async def read_acks() -> None:
             while True:
@@ -360,19 +188,14 @@ async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messa
                 if raw is grpc.aio.EOF:
                     return
                 if topic is None:
-                    acked[0] += counts.pop(acked[1])
-                    acked[1] += 1
-                    room.release()
+                    ack(acked[1])
                     continue
                 for result in parse(raw).results:
                     if result.HasField("error"):
                         raise RuntimeError(f"produce failed: {result.error.message} (code {result.error.code})")
-                    acked[0] += counts.pop(result.sequence)
-                    acked[1] += 1
-                    room.release()
+                    ack(result.sequence)
 
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
+        clock = Stopwatch(cap_s)
         reader = asyncio.ensure_future(read_acks())
         try:
             for seq in range(n_messages):
@@ -382,18 +205,17 @@ async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messa
                 data, count = messages[seq % npool]
                 counts[seq] = count
                 await call.write(encode(seq, topic, 0, data) if topic is not None else data)
-                if time.perf_counter() > deadline:
-                    capped = seq + 1 < n_messages
+                if clock.expired(seq + 1, n_messages):
                     break
             await call.done_writing()
             await asyncio.wait_for(reader, cap_s + 30)
         finally:
             if not reader.done():
                 reader.cancel()
-        dt = time.perf_counter() - t0
+        dt = clock.elapsed()
         if counts:
             raise RuntimeError(f"{len(counts)} message(s) were never acknowledged")
-        return acked[0], acked[1], dt, capped
+        return acked[0], acked[1], dt, clock.capped
     finally:
         await channel.close()
 
@@ -407,7 +229,7 @@ def raw_produce_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
         ctx.check_end(topic, records, "raw produce")
         return Sample(records, records * pay.size, dt, capped)
     finally:
-        ctx.drop_topic(topic)
+        ctx.admin.delete_topic(topic)
 
 
 def producer_run(ctx: "Ctx", section: str, pay: Payloads, n_records: int) -> Sample:
@@ -422,35 +244,30 @@ def producer_run(ctx: "Ctx", section: str, pay: Payloads, n_records: int) -> Sam
         values = pay.values
         npool = len(values)
         send = producer.send
-        capped = False
         done = 0
-        t0 = time.perf_counter()
-        deadline = t0 + ctx.p.cap_s
+        clock = Stopwatch(ctx.p.cap_s)
         for i in range(n_records):
             send(topic, values[i % npool], partition=0)
             done += 1
-            if not i & 1023 and time.perf_counter() > deadline:
-                capped = done < n_records
+            if not i & 1023 and clock.expired(done, n_records):
                 break
         producer.flush(ctx.p.cap_s + 60)
-        dt = time.perf_counter() - t0
+        dt = clock.elapsed()
         delivered = ctx.admin.list_offsets(topic, 0).log_end - 1
         if delivered != done:
             ctx.note(section, T_PRODUCER, f"{done - delivered:,} of {done:,} records sent were not appended "
                      "(flush() returned normally; the futures failed)")
-        return Sample(delivered, delivered * pay.size, dt, capped)
+        return Sample(delivered, delivered * pay.size, dt, clock.capped)
     finally:
         producer.close(30)
-        ctx.drop_topic(topic)
+        ctx.admin.delete_topic(topic)
 
 
 def consumer_run(ctx: "Ctx", topic: str, size: int, expect: int) -> Sample:
     """tidelog.client.Consumer from offset 0 (its defaults: credit 8 MiB, responses <= 4 MiB), polling
     and touching len(rec.value) of every record; timed from construction (which opens the stream)."""
     n = total = 0
-    capped = False
-    t0 = time.perf_counter()
-    deadline = t0 + ctx.p.cap_s
+    clock = Stopwatch(ctx.p.cap_s)
     consumer = Consumer(ctx.target, topic, 0, 0, credit_bytes=CONSUMER_CREDIT_BYTES,
                         max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES)
     try:
@@ -458,14 +275,12 @@ def consumer_run(ctx: "Ctx", topic: str, size: int, expect: int) -> Sample:
             for rec in consumer.poll(1.0):
                 total += len(rec.value)
                 n += 1
-            if time.perf_counter() > deadline:
-                capped = n < expect
+            if clock.expired(n, expect):
                 break
-        dt = time.perf_counter() - t0
+        sample = clock.sample(n, total)
     finally:
         consumer.close()
-    check_count("Consumer", n, expect, capped)
-    return Sample(n, total, dt, capped)
+    return check_count("Consumer", sample, expect)
 
 
 async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> tuple[int, float, bool]:
@@ -480,9 +295,7 @@ async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> t
             max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES))
         parse = framing.parse_subscribe_response
         n = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
+        clock = Stopwatch(cap_s)
         await call.write(start)
         while n < expect:
             raw = await call.read()
@@ -491,20 +304,18 @@ async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> t
             await call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
             for batch in iter_batches(parse(raw).batches):
                 n += batch.count
-            if time.perf_counter() > deadline:
-                capped = n < expect
+            if clock.expired(n, expect):
                 break
-        dt = time.perf_counter() - t0
+        dt = clock.elapsed()
         await _cancel(call)
-        return n, dt, capped
+        return n, dt, clock.capped
     finally:
         await channel.close()
 
 
 def raw_subscribe_run(ctx: "Ctx", topic: str, size: int, expect: int) -> Sample:
     n, dt, capped = ctx.loop.run_until_complete(raw_subscribe(ctx.target, topic, expect, ctx.p.cap_s))
-    check_count("raw Subscribe", n, expect, capped)
-    return Sample(n, n * size, dt, capped)
+    return check_count("raw Subscribe", Sample(n, n * size, dt, capped), expect)
 
 
 # -- the raw grpcio ceiling (client side) ---------------------------------------------------------------
@@ -514,23 +325,20 @@ async def ceiling_stream(target: str, n_messages: int, cap_s: float) -> tuple[in
         call = channel.unary_stream(CEIL_STREAM, request_serializer=None, response_deserializer=None)(
             struct.pack("<QQ", n_messages, CEIL_MESSAGE_BYTES))
         nbytes = got = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
+        clock = Stopwatch(cap_s)
         while True:
             raw = await call.read()
             if raw is grpc.aio.EOF:
                 break
             nbytes += len(raw)
             got += 1
-            if time.perf_counter() > deadline:
-                capped = got < n_messages
+            if clock.expired(got, n_messages):
                 break
         await _cancel(call)
-        dt = time.perf_counter() - t0
-        if got != n_messages and not capped:
+        dt = clock.elapsed()
+        if got != n_messages and not clock.capped:
             raise RuntimeError(f"ceiling stream: {got} messages, expected {n_messages}")
-        return nbytes, dt, capped
+        return nbytes, dt, clock.capped
     finally:
         await channel.close()
 
@@ -550,30 +358,10 @@ def ceiling_stream_run(ctx: "Ctx", size: int) -> Sample:
 
 
 # -- Redis Streams ---------------------------------------------------------------------------------------
-def redis_xadd(r, key: str, values: list[bytes], n_records: int, cap_s: float) -> tuple[int, float, bool]:
-    npool = len(values)
-    done = 0
-    capped = False
-    t0 = time.perf_counter()
-    deadline = t0 + cap_s
-    while done < n_records:
-        pipe = r.pipeline(transaction=False)
-        xadd = pipe.xadd
-        end = min(done + REDIS_PIPELINE, n_records)
-        for i in range(done, end):
-            xadd(key, {b"v": values[i % npool]})
-        pipe.execute()
-        done = end
-        if time.perf_counter() > deadline:
-            capped = done < n_records
-            break
-    return done, time.perf_counter() - t0, capped
-
-
 def redis_xadd_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
     key = ctx.new_name("xadd")
     try:
-        done, dt, capped = redis_xadd(ctx.redis, key, pay.values, n_records, ctx.p.cap_s)
+        done, dt, capped = redis_streams.xadd(ctx.redis, key, pay.values, n_records, ctx.p.cap_s)
         if not capped and ctx.redis.xlen(key) != done:
             raise RuntimeError(f"Redis XADD: stream holds {ctx.redis.xlen(key)} entries, expected {done}")
         return Sample(done, done * pay.size, dt, capped)
@@ -582,135 +370,35 @@ def redis_xadd_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
 
 
 def redis_xread_run(ctx: "Ctx", key: str, expect: int) -> Sample:
-    """A fresh consumer group from id 0 each run: XREADGROUP COUNT 1000 ('>'), touch len(value) of each
-    entry, XACK the ids (two round trips per 1000 entries)."""
-    r = ctx.redis
+    """A fresh consumer group from id 0 each run, read whole (redis_streams.read_group)."""
     group = ctx.new_name("g")
-    r.xgroup_create(key, group, id="0")
+    ctx.redis.xgroup_create(key, group, id="0")
     try:
-        n = total = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + ctx.p.cap_s
-        while n < expect:
-            reply = r.xreadgroup(group, "c1", {key: ">"}, count=REDIS_COUNT)
-            if not reply:
-                break
-            entries = reply[0][1]
-            ids = []
-            for entry_id, fields in entries:
-                total += len(fields[b"v"])
-                ids.append(entry_id)
-            n += len(ids)
-            r.xack(key, group, *ids)
-            if time.perf_counter() > deadline:
-                capped = n < expect
-                break
-        dt = time.perf_counter() - t0
+        got = redis_streams.read_group(ctx.redis, key, group, "c1", ctx.p.cap_s, expect // redis_streams.COUNT + 10)
     finally:
-        r.xgroup_destroy(key, group)
-    check_count("Redis XREADGROUP", n, expect, capped)
-    return Sample(n, total, dt, capped)
-
-
-# -- machine load during a section ------------------------------------------------------------------------
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_ticks(pid: str) -> tuple[int, int, int]:
-    """(utime + stime, ppid, flags) of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12]), int(fields[1]), int(fields[6])
-
-
-class LoadMeter:
-    """CPU the machine spent during a section, split into this benchmark's processes (this one and the
-    servers it started), kernel work (softirq/irq, kernel threads: loopback TCP, page cache writeback)
-    and every other process, so that a run disturbed by foreign load shows it."""
-
-    def __init__(self, procs: "Processes") -> None:
-        self.procs = procs
-        self.sections: dict[str, dict] = {}
-
-    def _snapshot(self) -> dict:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        ours_pids = {str(os.getpid())} | {str(p.pid) for _, p, _ in self.procs.procs}
-        ours = kernel = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                ticks, ppid, flags = _proc_ticks(pid)
-            except (OSError, IndexError, ValueError):
-                continue
-            if pid in ours_pids:
-                ours += ticks
-            elif flags & 0x00200000 or ppid == 2 or pid == "2":  # PF_KTHREAD
-                kernel += ticks
-        # user nice system idle iowait irq softirq steal
-        return {"t": time.perf_counter(), "busy": sum(v[:8]) - v[3] - v[4], "irq": v[5] + v[6], "ours": ours,
-                "kthreads": kernel}
-
-    def start(self, section: str) -> None:
-        self.sections[section] = {"start": self._snapshot()}
-
-    def stop(self, section: str) -> None:
-        a, b = self.sections[section]["start"], self._snapshot()
-        wall = b["t"] - a["t"]
-
-        def cores(key):
-            return (b[key] - a[key]) / _HZ / wall
-
-        busy, ours = cores("busy"), cores("ours")
-        kernel = cores("irq") + cores("kthreads")
-        self.sections[section] = {"wall_s": wall, "busy_cores": busy, "benchmark_cores": ours,
-                                  "kernel_cores": kernel, "other_cores": max(busy - ours - kernel, 0.0)}
-
-    def line(self, section: str) -> str | None:
-        m = self.sections.get(section)
-        if not m or "busy_cores" not in m:
-            return None
-        text = (f"CPU during this section (cores, average over {m['wall_s']:.0f} s): {m['busy_cores']:.2f} busy of "
-                f"{os.cpu_count()}; the benchmark's processes {m['benchmark_cores']:.2f}, kernel (softirq, kernel "
-                f"threads) {m['kernel_cores']:.2f}, other processes {m['other_cores']:.2f}")
-        if m["other_cores"] >= 0.15:
-            text += " -- WARNING: other processes competed for the CPU; these figures are disturbed"
-        return text
+        ctx.redis.xgroup_destroy(key, group)
+    return check_count("Redis XREADGROUP", Sample(got["records"], got["bytes"], got["seconds"], got["capped"]), expect)
 
 
 # -- context and scenarios -------------------------------------------------------------------------------
-def check_count(what: str, got: int, expect: int, capped: bool) -> None:
-    if got != expect and not capped:
-        raise RuntimeError(f"{what}: read {got} records, expected {expect}")
+def check_count(what: str, sample: Sample, expect: int) -> Sample:
+    if sample.records != expect and not sample.capped:
+        raise RuntimeError(f"{what}: read {sample.records} records, expected {expect}")
+    return sample
 
 
 class Ctx:
-    def __init__(self, profile: Profile, bench: Bench, loop: asyncio.AbstractEventLoop, target: str,
-                 ceiling_target: str, redis_client, meter: LoadMeter | None = None) -> None:
-        self.p = profile
-        self.meter = meter
-        self.bench = bench
-        self.loop = loop
-        self.target = target
-        self.ceiling_target = ceiling_target
-        self.redis = redis_client
+    """What every run needs: the profile, the rounds, the event loop, the servers, and the failures seen."""
+
+    def __init__(self, profile: Profile, rounds: Rounds, loop: asyncio.AbstractEventLoop, target: str,
+                 ceiling_target: str = "", redis_client=None) -> None:
+        self.p, self.rounds, self.loop = profile, rounds, loop
+        self.target, self.ceiling_target, self.redis = target, ceiling_target, redis_client
         self.admin = Admin(target)
         self.notes: dict[tuple[str, str], list[str]] = {}  # failures seen, by (section, system)
         self._n = 0
         base = bytes(range(256)) * (CEIL_MESSAGE_BYTES // 256)
         self.ceiling_messages = [bytes([i]) + base[1:] for i in range(8)]  # distinct 1 MiB messages
-
-    def rounds(self, section: str, systems: dict) -> None:
-        if self.meter is not None:
-            self.meter.start(section)
-        self.bench.rounds(section, systems)
-        if self.meter is not None:
-            self.meter.stop(section)
-            line = self.meter.line(section)
-            if line and "WARNING" in line:
-                log(f"  {section}: {line}")
 
     def note(self, section: str, system: str, text: str) -> None:
         log(f"  WARNING: {section}, {system}: {text}")
@@ -724,9 +412,6 @@ class Ctx:
         topic = self.new_name(what)
         self.admin.create_topic(topic, 1)
         return topic
-
-    def drop_topic(self, topic: str) -> None:
-        self.admin.delete_topic(topic)
 
     def check_end(self, topic: str, expect: int, what: str) -> None:
         end = self.admin.list_offsets(topic, 0).log_end
@@ -742,7 +427,7 @@ def run_produce(ctx: Ctx, label: str, pay: Payloads, raw_n: int, producer_n: int
     }
     if ctx.redis is not None:
         systems[REDIS_XADD] = lambda: redis_xadd_run(ctx, pay, redis_n)
-    ctx.rounds(f"produce {label}", systems)
+    ctx.rounds.run({f"produce {label}": systems})
 
 
 def run_consume(ctx: Ctx, label: str, pay: Payloads, n_records: int, redis_n: int | None) -> None:
@@ -761,11 +446,11 @@ def run_consume(ctx: Ctx, label: str, pay: Payloads, n_records: int, redis_n: in
         }
         if ctx.redis is not None and redis_n:
             key = ctx.new_name("xread")
-            redis_xadd(ctx.redis, key, pay.values, redis_n, 1e9)
+            redis_streams.xadd(ctx.redis, key, pay.values, redis_n, 1e9)
             systems[REDIS_XREAD] = lambda: redis_xread_run(ctx, key, redis_n)
-        ctx.rounds(f"consume {label}", systems)
+        ctx.rounds.run({f"consume {label}": systems})
     finally:
-        ctx.drop_topic(topic)
+        ctx.admin.delete_topic(topic)
         if key is not None:
             ctx.redis.delete(key)
 
@@ -794,160 +479,103 @@ def sections(p: Profile, pay_kib: Payloads | None, pay_small: Payloads | None) -
     ]
 
 
-def report(bench: Bench, info: dict, settings: list[str], secs: list[Section], notes: dict,
-           meter: LoadMeter | None, elapsed: float) -> tuple[str, dict]:
-    p = bench.p
-    out = [f"# tidelog gRPC benchmark ({p.name})", ""]
-    out += [f"- {line}" for line in settings]
-    out.append("")
-    results: dict = {"series": [], "ratios": [], "targets": []}
-    have = set(bench.order)
-    for sec in secs:
-        if not any(key == sec.key for key, _ in bench.order):
-            continue
-        out += [f"## {sec.title}", ""]
-        lines = section_table(bench, sec, results["ratios"])
-        flagged = [(system, texts) for (key, system), texts in notes.items() if key == sec.key]
-        for i, (system, _) in enumerate(flagged):
-            mark = "*" * (i + 1)
-            lines = [line.replace(f"| {system} ", f"| {system} ({mark}) ", 1) if line.startswith(f"| {system} ")
-                     else line for line in lines]
-        out += lines
-        for i, (system, texts) in enumerate(flagged):
-            out += ["", f"({'*' * (i + 1)}) {system}: in {len(texts)} of {bench.p.warmup + bench.p.runs} runs "
-                    f"(warm-up included), " + "; ".join(texts)]
-        load = meter.line(sec.key) if meter is not None else None
-        if load:
-            out += ["", load]
-        out.append("")
-        for key, system in bench.order:
-            if key == sec.key:
-                for m in sec.metrics:
-                    results["series"].append(Series(key, system, m, bench.samples(key, system),
-                                                    bench.warmups[(key, system)]).summary())
-
-    def med(section, system, metric):
-        if (section, system) not in have:
-            return None
-        return Series(section, system, metric, bench.samples(section, system)).median
-
-    def ratio(section, a, b, metric="MB/s"):
-        if (section, a) not in have or (section, b) not in have:
-            return None
-        return paired(bench, section, a, b, metric)
-
-    targets = []  # shared/PERF.md
+def targets(r: Rounds) -> list[tuple]:
+    """our gRPC performance targets, for both client paths: (section, name, measured, goal, unit)."""
+    out = []
     for who, name in (("raw batches", T_RAW), ("Producer", T_PRODUCER)):
-        targets += [
-            (f"produce 1 KiB, {who} / raw bidi ceiling", ratio("produce 1 KiB", name, CEIL_BIDI), 0.75, "x"),
-            (f"produce 1 KiB, {who} / Redis XADD", ratio("produce 1 KiB", name, REDIS_XADD), 5.0, "x"),
-        ]
+        out += [("produce 1 KiB", f"produce 1 KiB, {who} / raw bidi ceiling", r.paired("produce 1 KiB", name, CEIL_BIDI),
+                 0.75, "x"),
+                ("produce 1 KiB", f"produce 1 KiB, {who} / Redis XADD", r.paired("produce 1 KiB", name, REDIS_XADD),
+                 5.0, "x")]
     for who, name in (("raw Subscribe", T_SUB_RAW), ("Consumer", T_CONSUMER)):
-        targets += [
-            (f"consume 1 KiB, {who} / raw server-stream ceiling", ratio("consume 1 KiB", name, CEIL_SSTREAM),
-             0.75, "x"),
-            (f"consume 1 KiB, {who} / Redis XREADGROUP", ratio("consume 1 KiB", name, REDIS_XREAD), 3.0, "x"),
-        ]
+        out += [("consume 1 KiB", f"consume 1 KiB, {who} / raw server-stream ceiling",
+                 r.paired("consume 1 KiB", name, CEIL_SSTREAM), 0.75, "x"),
+                ("consume 1 KiB", f"consume 1 KiB, {who} / Redis XREADGROUP",
+                 r.paired("consume 1 KiB", name, REDIS_XREAD), 3.0, "x")]
     for who, name in (("raw batches", T_RAW), ("Producer", T_PRODUCER)):
-        targets.append((f"produce 100 B, {who}: records/s", med("produce 100 B", name, "records/s"), 1e6,
-                        "records/s"))
-    ran = {key for key, _ in bench.order}
-    rows = [t for t in targets if t[1] is not None or t[0].split(",")[0] in ran]
-    if rows:
-        out += ["## Targets (shared/PERF.md)", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
-    for name, value, goal, unit in rows:
-        if value is None:
-            out.append(f"| {name} | not measured | >= {goal:.2f}{'x' if unit == 'x' else ''} | - |")
-            results["targets"].append({"target": name, "measured": None, "goal": goal, "unit": unit, "met": None})
-            continue
-        if unit == "x":
-            shown = f"{value['ratio']:.2f}x ({value['paired_min']:.2f}-{value['paired_max']:.2f})"
-            measured, want = value["ratio"], f"{goal:.2f}x"
-        else:
-            shown, measured, want = fmt(value, unit), value, fmt(goal, unit)
-        met = measured >= goal
-        out.append(f"| {name} | {shown} | >= {want} | {'yes' if met else 'NO'} |")
-        results["targets"].append({"target": name, "measured": measured, "goal": goal, "unit": unit, "met": met})
+        out.append(("produce 100 B", f"produce 100 B, {who}: records/s", r.median("produce 100 B", name, "records/s"),
+                    1e6, "records/s"))
+    return out
+
+
+def settings(p: Profile, info: dict, redis_note: str, with_redis: bool) -> list[str]:
+    return [
+        machine_line(info, f"grpcio {info['grpcio']}", f"protobuf {info['protobuf']}")
+        + "; clients and servers share the machine's cores",
+        f"malloc: {info['malloc']} in this process, the ceiling server and `tidelog serve` (tidelog.tuning)",
+        f"medians of {p.runs} runs after {p.warmup} warm-up round(s), systems interleaved round by round (order "
+        "rotating); min - max across runs; ratios: ratio of medians (min - max of per-round ratios)",
+        "MB/s: 10^6 bytes of record payload per second; for the ceiling, message bytes, and its records/s is "
+        "that divided by the record size",
+        "tidelog server: `tidelog serve --fsync never` (defaults otherwise: segment 1 GiB, 16 I/O threads), "
+        "1 partition, fresh topic per produce run; consume reads one data set whole from offset 0 each run",
+        "raw produce: pre-built RecordBatch v2 (build_batch, producer_id=-1, no compression) framed per request "
+        f"with encode_produce_request, one Produce stream over grpc.aio with identity serializers, {p.window} "
+        "requests in flight, ProduceResponse acks parsed",
+        f"Producer: tidelog.client.Producer(linger_ms={PRODUCER_LINGER_MS}, batch_bytes=1 MiB), idempotent "
+        "(default), send(topic, value, partition=0) then flush()",
+        f"consume: Subscribe with credit {CONSUMER_CREDIT_BYTES >> 20} MiB, responses <= "
+        f"{CONSUMER_MAX_MESSAGE_BYTES >> 20} MiB (Consumer defaults); raw: grpc.aio, credit returned on "
+        "arrival, parse_subscribe_response + iter_batches (BatchView.count)",
+        "raw grpcio ceiling: grpc.aio server in its own process, generic handlers, identity serializers, no "
+        f"work; bidi: 1 MiB bytes messages, a 2-byte ack each, {p.window} in flight; server stream: 1 MiB bytes "
+        "messages; grpc.so_reuseport 0, message limits 64 MiB",
+        f"Redis: {redis_note}" + ("" if not with_redis else
+                                  "; `redis-server --save '' --appendonly no` on loopback (no persistence); "
+                                  f"XADD key * v <value> in pipeline(transaction=False) of {redis_streams.PIPELINE}, "
+                                  "no MAXLEN, stream deleted after each run; XREADGROUP COUNT "
+                                  f"{redis_streams.COUNT} '>' pipelined with the XACK of the previous batch, fresh "
+                                  "group from id 0 per run"),
+    ]
+
+
+def report(ctx: Ctx, info: dict, lines: list[str], secs: list[Section], elapsed: float) -> tuple[str, dict]:
+    r = ctx.rounds
+    out = [f"# tidelog gRPC benchmark ({ctx.p.name})", ""] + [f"- {line}" for line in lines] + [""]
+    body, results = sections_report(r, secs, ctx.notes)
+    out += body
+    rows, results["targets"] = targets_table(targets(r), r.sections())
+    out += rows
     if rows:
         out += ["", "Ratios: ratio of the medians (min-max of the per-round ratios), on payload MB/s (message "
                 "bytes for the ceiling); for Redis this equals the ratio of records/s."]
     out += ["", f"Total benchmark time: {elapsed:.0f} s"]
     results["elapsed_s"] = elapsed
-    results["failures"] = [{"section": k, "system": n, "runs": v} for (k, n), v in notes.items()]
-    results["cpu"] = meter.sections if meter is not None else {}
+    results["failures"] = [{"section": k, "system": n, "runs": v} for (k, n), v in ctx.notes.items()]
+    results["cpu"] = r.meter.sections
     return "\n".join(out), results
 
 
 # -- main ------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.grpc_bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller runs, 3 per figure (under a minute)")
-    ap.add_argument("--json", metavar="PATH", help="also write every figure (all runs) as JSON here")
-    ap.add_argument("--runs", type=int, help="timed runs per figure (>= 3; default 5, or 3 with --quick)")
-    ap.add_argument("--tmp", default="/tmp", help="parent directory of the temporary data (default /tmp)")
-    ap.add_argument("--only", default="produce,consume", help="comma-separated subset of: produce, consume")
-    ap.add_argument("--sizes", default="1k,100", help="comma-separated subset of: 1k, 100")
-    ap.add_argument("--no-redis", action="store_true", help="leave Redis out")
-    ap.add_argument("--ceiling-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.ceiling_server is not None:
-        return ceiling_server_main(args.ceiling_server)
-    profile = QUICK if args.quick else DEFAULT
-    if args.runs is not None:
-        if args.runs < 3:
-            ap.error("--runs must be at least 3")
-        profile = Profile(**{**asdict(profile), "runs": args.runs})
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if only - {"produce", "consume"}:
-        ap.error(f"unknown --only part(s): {', '.join(sorted(only - {'produce', 'consume'}))}")
-    sizes = {s.strip() for s in args.sizes.split(",") if s.strip()}
-    if sizes - {"1k", "100"}:
-        ap.error(f"unknown --sizes: {', '.join(sorted(sizes - {'1k', '100'}))}")
-
-    # SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so that the finally below stops what was started
-    # (SIGINT explicitly too: a shell starts background jobs with it ignored).
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
-
-    tuned = tune_malloc()
-    os.makedirs(args.tmp, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="tidelog-grpc-bench-", dir=os.path.abspath(args.tmp))
-    info = machine_info(tmp, tuned)
+def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with_redis: bool) -> tuple[str, dict]:
+    """Start the servers, measure, stop them; the Markdown report and the JSON document."""
     import google.protobuf
 
-    info.update({"grpcio": grpc.__version__, "protobuf": google.protobuf.__version__})
-    print(f"# machine: nproc={info['nproc']}, CPU: {info['cpu_model']}, Python {info['python']}, "
-          f"grpcio {info['grpcio']}, malloc: {info['malloc']}", flush=True)
+    tuned = tune_malloc()
     started = time.perf_counter()
-    procs = Processes(tmp)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    redis_client = None
-    ctx = None
-    try:
-        data_dir = os.path.join(tmp, "tidelog-data")
-        target, server = start_tidelog(procs, data_dir)
-        ceiling_target, ceiling = start_ceiling(procs)
-        redis_note = "left out (--no-redis)"
-        redis_proc = None
-        if not args.no_redis:
-            redis_dir = os.path.join(tmp, "redis")
-            os.makedirs(redis_dir, exist_ok=True)
-            redis_client, redis_proc, redis_note = start_redis(procs, redis_dir)
-            if redis_client is None:
-                log(f"skipping Redis: {redis_note}")
-                redis_note = f"skipped: {redis_note}"
-        log(f"tidelog server pid {server.pid} at {target}; ceiling server pid {ceiling.pid} at {ceiling_target}"
-            + (f"; redis-server pid {redis_proc.pid}" if redis_proc else ""))
-
+    with workspace("tidelog-grpc-bench-", tmp_parent) as procs, contextlib.ExitStack() as closing:
+        closing.callback(loop.close)
+        closing.callback(loop.run_until_complete, loop.shutdown_asyncgens())
+        info = machine_info(procs.tmp, tuned, grpcio=grpc.__version__, protobuf=google.protobuf.__version__)
+        announce(info)
+        server = start_tidelog(procs, os.path.join(procs.tmp, "tidelog-data"))
+        ceiling = start_ceiling(procs)
+        redis_client, redis_note = None, "left out (--no-redis)"
+        if with_redis:
+            try:
+                _, redis_client = start_redis(procs, os.path.join(procs.tmp, "redis"))
+                closing.callback(redis_client.close)
+                redis_note = redis_version(redis_client)
+            except Unavailable as exc:
+                log(f"skipping Redis: {exc}")
+                redis_note = f"skipped: {exc}"
         log("building payloads...")
         pay_kib = Payloads(1024, 32_000, SEED) if "1k" in sizes else None
         pay_small = Payloads(100, 96_000, SEED + 1) if "100" in sizes else None
-        bench = Bench(profile, tmp)
-        ctx = Ctx(profile, bench, loop, target, ceiling_target, redis_client, LoadMeter(procs))
+        ctx = Ctx(profile, Rounds(profile.runs, profile.warmup), loop, server.target, ceiling.target, redis_client)
+        closing.callback(ctx.admin.close)
         if "produce" in only:
             if pay_kib:
                 run_produce(ctx, "1 KiB", pay_kib, profile.raw_kib, profile.producer_kib, profile.redis_kib)
@@ -958,61 +586,30 @@ def main(argv: list[str] | None = None) -> int:
                 run_consume(ctx, "1 KiB", pay_kib, profile.consume_kib, profile.redis_read)
             if pay_small:
                 run_consume(ctx, "100 B", pay_small, profile.consume_small, None)
+        lines = settings(profile, info, redis_note, redis_client is not None)
+        text, results = report(ctx, info, lines, sections(profile, pay_kib, pay_small), time.perf_counter() - started)
+        return text, {"machine": info, "profile": dataclasses.asdict(profile), "settings": lines, **results}
 
-        settings = [
-            f"machine: nproc={info['nproc']}, {info['cpu_model']}, {info['memory_gib']} GiB RAM, Linux "
-            f"{info['kernel']}; Python {info['python']}, grpcio {info['grpcio']}, protobuf {info['protobuf']}, "
-            f"tidelog {info['tidelog']}; clients and servers share the machine's cores",
-            f"malloc: {info['malloc']} in this process, the ceiling server and `tidelog serve` (tidelog.tuning)",
-            f"medians of {profile.runs} runs after {profile.warmup} warm-up round(s), systems interleaved round "
-            "by round (order rotating); min - max across runs; ratios: ratio of medians (min - max of per-round "
-            "ratios)",
-            "MB/s: 10^6 bytes of record payload per second; for the ceiling, message bytes, and its records/s is "
-            "that divided by the record size",
-            "tidelog server: `tidelog serve --fsync never` (defaults otherwise: segment 1 GiB, 16 I/O threads), "
-            "1 partition, fresh topic per produce run; consume reads one data set whole from offset 0 each run",
-            f"raw produce: pre-built RecordBatch v2 (build_batch, producer_id=-1, no compression) framed per "
-            f"request with encode_produce_request, one Produce stream over grpc.aio with identity serializers, "
-            f"{profile.window} requests in flight, ProduceResponse acks parsed",
-            f"Producer: tidelog.client.Producer(linger_ms={PRODUCER_LINGER_MS}, batch_bytes=1 MiB), idempotent "
-            "(default), send(topic, value, partition=0) then flush()",
-            f"consume: Subscribe with credit {CONSUMER_CREDIT_BYTES >> 20} MiB, responses <= "
-            f"{CONSUMER_MAX_MESSAGE_BYTES >> 20} MiB (Consumer defaults); raw: grpc.aio, credit returned on "
-            "arrival, parse_subscribe_response + iter_batches (BatchView.count)",
-            f"raw grpcio ceiling: grpc.aio server in its own process, generic handlers, identity serializers, no "
-            f"work; bidi: 1 MiB bytes messages, a 2-byte ack each, {profile.window} in flight; server stream: "
-            "1 MiB bytes messages; grpc.so_reuseport 0, message limits 64 MiB",
-            f"Redis: {redis_note}" + ("" if redis_client is None else
-                                      "; `redis-server --save '' --appendonly no` on loopback (no persistence); "
-                                      f"XADD key * v <value> in pipeline(transaction=False) of {REDIS_PIPELINE}, "
-                                      "no MAXLEN, stream deleted after each run; XREADGROUP COUNT "
-                                      f"{REDIS_COUNT} '>' + XACK of those ids, fresh group from id 0 per run"),
-        ]
-        text, results = report(bench, info, settings,
-                               sections(profile, pay_kib, pay_small), ctx.notes, ctx.meter,
-                               time.perf_counter() - started)
-        print()
-        print(text)
-        if args.json:
-            doc = {"machine": info, "profile": asdict(profile), "settings": settings, **results}
-            with open(args.json, "w") as f:
-                json.dump(doc, f, indent=1)
-            log(f"\nwrote {args.json}")
-        return 0
+
+def main(argv: list[str] | None = None) -> int:
+    ap = cli.parser("python -m benchmarks.grpc_bench", __doc__, "smaller runs, 3 per figure (under a minute)")
+    ap.add_argument("--only", default="produce,consume", help="comma-separated subset of: produce, consume")
+    ap.add_argument("--sizes", default="1k,100", help="comma-separated subset of: 1k, 100")
+    ap.add_argument("--no-redis", action="store_true", help="leave Redis out")
+    ap.add_argument("--ceiling-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.ceiling_server is not None:
+        return ceiling_server_main(args.ceiling_server)
+    profile = cli.profile(ap, args, QUICK, DEFAULT)
+    only = cli.subset(ap, "--only part(s)", args.only, {"produce", "consume"})
+    sizes = cli.subset(ap, "--sizes", args.sizes, {"1k", "100"})
+    cli.unwind_on_signals()
+    os.makedirs(args.tmp, exist_ok=True)
+    try:
+        text, doc = run(profile, os.path.abspath(args.tmp), only, sizes, not args.no_redis)
     except KeyboardInterrupt:
-        log("interrupted: stopping the servers")
-        return 130
-    finally:
-        if ctx is not None:
-            ctx.admin.close()
-        if redis_client is not None:
-            redis_client.close()
-        procs.stop_all()
-        try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        return cli.interrupted()
+    return cli.finish(text, args.json, doc)
 
 
 if __name__ == "__main__":

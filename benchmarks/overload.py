@@ -24,18 +24,19 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .harness import cli
+from .harness.processes import Processes, workspace
+from .harness.servers import restart_tidelog, start_tidelog
+
+STOP_TIMEOUT_S = 60.0  # a graceful stop may finish in-flight produce streams first
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 QUICK = {"backlog_mib": 64, "stalled": 4, "stalled_many": 256, "flood_streams": 16, "flood_mib_each": 32, "idle": 1000,
          "vanished": 10, "restart_records": 20_000}
@@ -84,40 +85,20 @@ class Sampler:
         self._thread.join(5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Broker:
-    def __init__(self, data_dir: str, *extra: str) -> None:
-        self.data_dir, self.extra, self.port = data_dir, extra, free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+    """A fresh `tidelog serve` started by the harness (a 127.0.0.1 port it bound, stopped by PID)."""
 
-    def start(self) -> "Broker":
-        self.log = open(self.data_dir + ".log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir,
-                                      "--port", str(self.port), "--fsync", "never", "--metrics-port", "0",
-                                      *self.extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        with grpc.insecure_channel(self.target) as ch:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"tidelog serve exited with {self.proc.returncode}")
-                try:
-                    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    return self
-                except grpc.RpcError:
-                    time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("tidelog serve did not become healthy in 30 s")
+    def __init__(self, procs: Processes, data_dir: str, extra: tuple[str, ...]) -> None:
+        self.procs = procs
+        self.proc = start_tidelog(procs, data_dir, extra=extra)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def target(self) -> str:
+        return self.proc.target
 
     def serving(self) -> bool:
         try:
@@ -127,15 +108,12 @@ class Broker:
         except grpc.RpcError:
             return False
 
+    def restart(self) -> None:
+        """SIGTERM (a graceful stop), then the same broker again on the same port and data."""
+        self.proc = restart_tidelog(self.procs, self.proc, STOP_TIMEOUT_S)
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.procs.stop(self.proc, STOP_TIMEOUT_S)
 
 
 def _batch(size: int) -> bytes:
@@ -355,8 +333,7 @@ def scenario_restart(broker: Broker, p: dict) -> dict:
         t.start()
     while sum(f.done() for _, _, f in list(futures)) < n // 8:
         time.sleep(0.01)
-    broker.stop()
-    broker.start()
+    broker.restart()
     with Sampler(broker.pid) as s:
         restarted.set()
         for t in threads:
@@ -384,17 +361,16 @@ SCENARIOS = [("stalled consumers", scenario_stalled), ("many stalled subscribers
 
 def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] | None = None,
         broker_args: tuple[str, ...] = ()) -> dict:
-    tmp = tempfile.mkdtemp(prefix="tidelog-overload-", dir=tmp_parent)
     command = " ".join(["python -m benchmarks.overload", f"--{mode}", *(f"--only '{o}'" for o in only or ()),
                         *(f"--broker-arg={a}" for a in broker_args)])
     result = {"mode": mode, "date": datetime.date.today().isoformat(), "params": params,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
               "command": command, "scenarios": []}
-    try:
+    with workspace("tidelog-overload-", tmp_parent) as procs:
         for name, fn in SCENARIOS:
             if only and name not in only:
                 continue
-            broker = Broker(os.path.join(tmp, name.replace(" ", "-")), *broker_args).start()
+            broker = Broker(procs, os.path.join(procs.tmp, name.replace(" ", "-")), broker_args)
             try:
                 time.sleep(1)
                 baseline = rss_mib(broker.pid)
@@ -406,8 +382,6 @@ def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] 
             result["scenarios"].append(row)
             print(f"{name}: baseline {baseline:.1f} MiB, peak {row['peak_mib']:.1f} MiB "
                   f"({row['peak_over_baseline']:.2f}x) - {row['detail']}", flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"overload-{result['date']}")
     with open(stem + ".json", "w") as f:
@@ -457,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     from tidelog.tuning import tune_malloc
 
     tune_malloc()
-    run(FULL if args.full else QUICK, "full" if args.full else "quick", args.out, args.tmp, args.only,
-        tuple(args.broker_arg))
+    cli.unwind_on_signals()
+    try:
+        run(FULL if args.full else QUICK, "full" if args.full else "quick", args.out, args.tmp, args.only,
+            tuple(args.broker_arg))
+    except KeyboardInterrupt:
+        return cli.interrupted()
     return 0
 
 

@@ -1,196 +1,180 @@
-"""RabbitMQ peer for the suite (`python -m benchmarks`): produce and consume with pika.
+"""RabbitMQ as its users run it for throughput, for the suite (`python -m benchmarks`), with pika.
 
-Setup: Debian's `rabbitmq-server` (3.10), started from /usr/lib/rabbitmq/bin (not the su wrapper) with a
-private node: RABBITMQ_NODENAME unique, RABBITMQ_NODE_IP_ADDRESS=127.0.0.1, RABBITMQ_NODE_PORT a free
-port, RABBITMQ_MNESIA_BASE / LOG_BASE under a temp dir, no plugins, and an `epmd` of its own on a free
-127.0.0.1 port (ERL_EPMD_PORT). Both are stopped by PID (the node first with `rabbitmqctl stop`). When
-anything of that fails or is not ready within SETUP_TIMEOUT_S, RabbitMQ is skipped with the reason.
+The node is Debian's `rabbitmq-server` (3.10), a private node started by the harness (servers.start_rabbitmq).
+Both directions use pika's asynchronous SelectConnection (its own event loop, callbacks), as pika documents
+for throughput; its BlockingConnection waits for each publisher confirm before the next publish.
 
-Produce: a durable queue, persistent messages (delivery_mode=2), publisher confirms on, one message in
-flight (pika's BlockingChannel waits for each confirm): RabbitMQ confirms a persistent message to a
-durable queue once it is written to disk, so this is also its "durable produce" figure.
-Consume: `basic_consume` with prefetch 1000, manual acks, `multiple=True` ack every 1000 messages.
+Produce: a durable queue, persistent messages (delivery_mode=2), publisher confirms handled asynchronously,
+as RabbitMQ's publisher-confirms guide recommends for throughput: up to WINDOW messages published and not
+yet confirmed, each confirm (often `multiple`, covering many) letting the next ones go. RabbitMQ confirms a
+persistent message to a durable queue once it is written to disk, so this is also its "durable produce"
+figure. Every publish must be confirmed (a nack fails the run).
+Consume: `basic_consume` with prefetch PREFETCH and manual acks, `multiple=True` every ACK_EVERY messages
+(a quarter of the prefetch, so that deliveries never wait for an ack).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
+import collections
 import uuid
 
-from benchmarks.embedded import Sample
-from benchmarks.grpc_bench import LOOPBACK, Processes, free_port, log, log_tail
+from .harness.processes import LOOPBACK, Proc
+from .harness.rounds import Sample, Stopwatch
 
-SETUP_TIMEOUT_S = 90.0
+WINDOW = 4096  # publishes awaiting their confirm
 PREFETCH = 1000
-RABBIT_BIN = "/usr/lib/rabbitmq/bin"
-
-SETTINGS = ("RabbitMQ (Debian rabbitmq-server) on 127.0.0.1, pika BlockingConnection; durable queue, "
-            "persistent messages (delivery_mode=2), publisher confirms on, one publish in flight (each waits "
-            "for its confirm, which RabbitMQ sends after the message is on disk); consume: basic_consume, "
-            f"prefetch {PREFETCH}, manual ack multiple=True every {PREFETCH} messages")
-
-
-class Rabbit:
-    """A private RabbitMQ node; `start()` returns None on success or the reason it is skipped."""
-
-    def __init__(self, procs: Processes, tmp: str) -> None:
-        self.procs, self.tmp = procs, tmp
-        self.node = f"tidelogbench{uuid.uuid4().hex[:8]}@localhost"
-        self.port = 0
-        self.env: dict = {}
-        self.proc = self.epmd = None
-        self.version = ""
-
-    def _ctl(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", self.node, *args],
-                              env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout_s)
-
-    def start(self) -> str | None:
-        if not os.path.exists(os.path.join(RABBIT_BIN, "rabbitmq-server")) or not shutil.which("epmd"):
-            return "rabbitmq-server is not installed (run: bash benchmarks/setup_peers.sh)"
-        try:
-            import pika  # noqa: F401
-        except ImportError:
-            return "the pika package is not installed (run: bash benchmarks/setup_peers.sh)"
-        base = os.path.join(self.tmp, "rabbitmq")
-        os.makedirs(base, exist_ok=True)
-        plugins = os.path.join(base, "enabled_plugins")
-        with open(plugins, "w") as f:
-            f.write("[].\n")
-        epmd_port, self.port = free_port(), free_port()
-        self.env = dict(os.environ, RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
-                        RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(free_port()),
-                        RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
-                        RABBITMQ_LOG_BASE=os.path.join(base, "log"), RABBITMQ_ENABLED_PLUGINS_FILE=plugins,
-                        RABBITMQ_CONFIG_FILE=os.path.join(base, "none"),
-                        RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(base, "none-advanced.config"),
-                        RABBITMQ_SERVER_ERL_ARGS="+S 1:1",
-                        ERL_EPMD_PORT=str(epmd_port), ERL_EPMD_ADDRESS=LOOPBACK, HOME=base)
-        self.epmd, _ = self.procs.start("epmd", ["epmd", "-port", str(epmd_port), "-address", LOOPBACK])
-        self.proc, log_path = start_with_env(self.procs, "rabbitmq-server",
-                                             [os.path.join(RABBIT_BIN, "rabbitmq-server")], self.env)
-        deadline = time.monotonic() + SETUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return f"rabbitmq-server exited with code {self.proc.returncode}: {log_tail(log_path, 5)}"
-            try:
-                r = self._ctl("await_startup", "--timeout", "5", timeout_s=15)
-                if r.returncode == 0:
-                    v = self._ctl("version")
-                    self.version = v.stdout.strip()
-                    return None
-            except subprocess.TimeoutExpired:
-                pass
-            time.sleep(1)
-        return f"rabbitmq-server was not ready within {SETUP_TIMEOUT_S:.0f} s: {log_tail(log_path, 5)}"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self._ctl("stop", timeout_s=30)
-                self.proc.wait(30)
-            except (subprocess.TimeoutExpired, OSError):
-                pass
-            self.procs.stop(self.proc)
-        if self.epmd is not None:
-            self.procs.stop(self.epmd)
-
-    def connect(self):
-        import pika
-
-        return pika.BlockingConnection(pika.ConnectionParameters(host=LOOPBACK, port=self.port,
-                                                                 heartbeat=0, blocked_connection_timeout=60))
+ACK_EVERY = PREFETCH // 4
+SETTINGS = ("RabbitMQ (Debian rabbitmq-server 3.10) on 127.0.0.1, pika SelectConnection (asynchronous); durable "
+            "queue, persistent messages (delivery_mode=2), publisher confirms handled asynchronously with up to "
+            f"{WINDOW} unconfirmed publishes (a confirm is sent once the message is on disk); consume: basic_consume, "
+            f"prefetch {PREFETCH}, manual ack multiple=True every {ACK_EVERY} messages")
 
 
-def start_with_env(procs: Processes, name: str, argv: list[str], env: dict):
-    """Processes.start (grpc_bench) with an environment: logged, own session, stopped by PID later."""
-    log_path = os.path.join(procs.tmp, f"{name}.log")
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=procs.tmp, env=env)
-    procs.procs.append((name, proc, log_path))
-    log(f"started {name} (pid {proc.pid}): {' '.join(argv)}")
-    return proc, log_path
-
-
-def produce(rabbit: Rabbit, values: list[bytes], n: int, cap_s: float, confirms: bool = True) -> Sample:
-    """n persistent messages into a fresh durable queue (deleted afterwards unless it is kept for consume)."""
+def _run(server: Proc, on_channel, timeout_s: float) -> None:
+    """Open a SelectConnection and a channel, hand `on_channel` the channel and a `finish` that closes the
+    connection, and run the I/O loop until it closes (or timeout_s passes: an error)."""
     import pika
 
-    conn = rabbit.connect()
-    try:
-        ch = conn.channel()
-        queue = f"bench-{uuid.uuid4().hex[:8]}"
-        ch.queue_declare(queue, durable=True)
-        if confirms:
-            ch.confirm_delivery()
-        props = pika.BasicProperties(delivery_mode=2)
-        npool = len(values)
-        done = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
-        for i in range(n):
-            ch.basic_publish("", queue, values[i % npool], props, mandatory=False)
-            done += 1
-            if not i & 63 and time.perf_counter() > deadline:
-                capped = done < n
-                break
-        if not confirms:
-            ch.queue_declare(queue, durable=True, passive=True)  # a round trip: everything before it arrived
-        dt = time.perf_counter() - t0
-        ch.queue_delete(queue)
-        size = len(values[0])
-        return Sample(done, done * size, dt, capped)
-    finally:
+    failure: list[str] = []
+    finished: list[bool] = []
+
+    def opened(conn) -> None:
+        def finish() -> None:
+            finished.append(True)
+            conn.close()
+
+        conn.channel(on_open_callback=lambda ch: on_channel(ch, finish))
+
+    def failed(conn, exc) -> None:
+        failure.append(f"connection failed: {exc}")
+        conn.ioloop.stop()
+
+    def closed(conn, reason) -> None:
+        if not finished:
+            failure.append(f"connection closed early: {reason}")
+        conn.ioloop.stop()
+
+    conn = pika.SelectConnection(pika.ConnectionParameters(host=LOOPBACK, port=server.port, heartbeat=0),
+                                 on_open_callback=opened, on_open_error_callback=failed, on_close_callback=closed)
+
+    def too_long() -> None:
+        failure.append(f"not done within {timeout_s:.0f} s")
         conn.close()
 
+    conn.ioloop.call_later(timeout_s, too_long)
+    conn.ioloop.start()
+    if failure:
+        raise RuntimeError(f"RabbitMQ: {failure[0]}")
 
-def consume(rabbit: Rabbit, values: list[bytes], n: int, cap_s: float) -> Sample:
-    """Preload n messages (confirms off, untimed), then consume them all with prefetch and batched acks."""
+
+class Confirms:
+    """Publisher confirms outstanding on a channel: delivery tags are 1, 2, 3... in publish order; a confirm
+    settles one tag, or with `multiple` every tag up to it, and no tag is ever settled twice."""
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[int] = collections.deque()  # unsettled tags, oldest first
+        self.early: set[int] = set()  # tags settled one by one while an older one was still pending
+        self.published = self.acked = self.nacked = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) - len(self.early)
+
+    def published_one(self) -> None:
+        self.published += 1
+        self.pending.append(self.published)
+
+    def settle(self, tag: int, multiple: bool, ok: bool) -> None:
+        settled = 0
+        if multiple:
+            while self.pending and self.pending[0] <= tag:
+                head = self.pending.popleft()
+                if head in self.early:
+                    self.early.discard(head)
+                else:
+                    settled += 1
+        elif tag not in self.early and tag in self.pending:
+            self.early.add(tag)
+            settled = 1
+            while self.pending and self.pending[0] in self.early:
+                self.early.discard(self.pending.popleft())
+        if ok:
+            self.acked += settled
+        else:
+            self.nacked += settled
+
+
+def _publish(server: Proc, values: list[bytes], n: int, cap_s: float, queue: str, delete: bool) -> Sample:
+    """n persistent messages into a fresh durable queue, confirms asynchronous; timed from the first publish
+    to the last confirm."""
     import pika
 
-    conn = rabbit.connect()
-    try:
-        ch = conn.channel()
-        queue = f"bench-{uuid.uuid4().hex[:8]}"
-        ch.queue_declare(queue, durable=True)
-        props = pika.BasicProperties(delivery_mode=2)
-        for i in range(n):
-            ch.basic_publish("", queue, values[i % len(values)], props)
-        for _ in range(600):  # bounded: until the queue holds everything (publishes are asynchronous)
-            if ch.queue_declare(queue, durable=True, passive=True).method.message_count >= n:
-                break
-            time.sleep(0.05)
-        ch.basic_qos(prefetch_count=PREFETCH)
-        got = total = 0
-        capped = False
-        t0 = time.perf_counter()
-        deadline = t0 + cap_s
-        last = None
-        for method, _props, body in ch.consume(queue, inactivity_timeout=2.0):
-            if method is None:
-                break
-            got += 1
-            total += len(body)
-            last = method.delivery_tag
-            if got % PREFETCH == 0:
-                ch.basic_ack(last, multiple=True)
-                last = None
-                if time.perf_counter() > deadline:
-                    capped = got < n
-                    break
-            if got >= n:
-                break
-        if last is not None:
-            ch.basic_ack(last, multiple=True)
-        dt = time.perf_counter() - t0
-        ch.cancel()
-        ch.queue_delete(queue)
-        return Sample(got, total, dt, capped)
-    finally:
-        conn.close()
+    props = pika.BasicProperties(delivery_mode=2)
+    npool = len(values)
+    confirms = Confirms()
+    state = {"stop": n, "clock": None, "sample": None, "finish": None}
+
+    def publish_more(ch) -> None:
+        clock = state["clock"]
+        while confirms.published < state["stop"] and confirms.in_flight < WINDOW:
+            ch.basic_publish("", queue, values[confirms.published % npool], props)
+            confirms.published_one()
+            if not confirms.published & 63 and clock.expired(confirms.published, n):
+                state["stop"] = confirms.published
+        if confirms.acked + confirms.nacked == state["stop"] and state["sample"] is None:
+            state["sample"] = clock.sample(confirms.acked, confirms.acked * len(values[0]))
+            if delete:
+                ch.queue_delete(queue, callback=lambda _: state["finish"]())
+            else:
+                state["finish"]()
+
+    def on_channel(ch, finish) -> None:
+        state["finish"] = finish
+
+        def on_confirm(frame) -> None:
+            confirms.settle(frame.method.delivery_tag, frame.method.multiple, frame.method.NAME == "Basic.Ack")
+            publish_more(ch)
+
+        def start(_frame) -> None:
+            state["clock"] = Stopwatch(cap_s)
+            publish_more(ch)
+
+        ch.queue_declare(queue, durable=True, callback=lambda _: ch.confirm_delivery(on_confirm, callback=start))
+
+    _run(server, on_channel, cap_s + 120)
+    if confirms.nacked:
+        raise RuntimeError(f"RabbitMQ nacked {confirms.nacked} of {confirms.published} publishes")
+    return state["sample"]
+
+
+def produce(server: Proc, values: list[bytes], n: int, cap_s: float) -> Sample:
+    return _publish(server, values, n, cap_s, f"bench-{uuid.uuid4().hex[:8]}", delete=True)
+
+
+def consume(server: Proc, values: list[bytes], n: int, cap_s: float) -> Sample:
+    """Fill a fresh durable queue with n messages (confirmed, untimed), then consume them all."""
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    _publish(server, values, n, 1e9, queue, delete=False)
+    state = {"got": 0, "bytes": 0, "clock": None, "sample": None}
+
+    def on_channel(ch, finish) -> None:
+        def on_message(ch, method, _props, body) -> None:
+            if state["sample"] is not None:
+                return  # capped: the rest goes with the queue
+            state["got"] += 1
+            state["bytes"] += len(body)
+            got = state["got"]
+            if got % ACK_EVERY == 0 or got == n:
+                ch.basic_ack(method.delivery_tag, multiple=True)
+                if got == n or state["clock"].expired(got, n):
+                    state["sample"] = state["clock"].sample(got, state["bytes"])
+                    ch.queue_delete(queue, callback=lambda _: finish())
+
+        def ready(_frame) -> None:
+            state["clock"] = Stopwatch(cap_s)
+            ch.basic_consume(queue, on_message)
+
+        ch.basic_qos(prefetch_count=PREFETCH, callback=ready)
+
+    _run(server, on_channel, cap_s + 120)
+    return state["sample"]

@@ -4,7 +4,8 @@ The result dict (suite.run) holds:
 - "figures": throughput figures, each {scenario, system, metric, median, min, max, runs, tidelog, settings};
 - "latency": fixed-rate e2e latency figures, each {scenario, system, rate, tidelog, settings, runs,
   p50/p90/p99/p99.9/max: {median, min, max}} in ms;
-- "targets", "skipped" {system: reason}, "versions", "notes", "machine", "mode", "date", "elapsed_s".
+- "targets", "skipped" {system: reason}, "versions", "notes", "machine", "mode", "date", "elapsed_s";
+- "cpu" {section: CPU split} and "machine_load" (what other processes took meanwhile, said in the header).
 
 Per scenario the reference is the first tidelog system (`primary`); every other row gets
 `ratio` = tidelog / that system for throughput and that system / tidelog for latency, so a ratio above 1
@@ -61,7 +62,7 @@ def comparisons(result: dict) -> list[dict]:
 
 
 def latency_targets(result: dict) -> list[dict]:
-    """PERF.md: e2e at a fixed 1k msgs/s, p50 <= 1 ms and p99 <= 5 ms."""
+    """Target: e2e at a fixed 1k msgs/s, p50 <= 1 ms and p99 <= 5 ms."""
     out = []
     for e in result.get("latency", []):
         if e.get("tidelog") and e.get("rate") == 1000 and e.get("p50"):
@@ -73,7 +74,7 @@ def latency_targets(result: dict) -> list[dict]:
 
 
 def durable_targets(result: dict) -> list[dict]:
-    """PERF.md: durable produce (fsync before ack, group commit) >= 50% of the no-fsync throughput."""
+    """Target: durable produce (fsync before ack, group commit) >= 50% of the no-fsync throughput."""
     rows = {f["system"]: f for f in result.get("figures", []) if f["scenario"] == "durable produce 1 KiB"}
     a = rows.get("tidelog Producer, serve --fsync always")
     n = rows.get("tidelog Producer, serve --fsync never")
@@ -115,7 +116,10 @@ def markdown(result: dict) -> str:
            "(MB/s = records/s × record size)",
            "- ratio: tidelog (the first tidelog row of the scenario, **bold**) / that system for throughput, "
            "that system / tidelog for latency: above 1 means tidelog did better",
-           f"- total time: {result.get('elapsed_s', 0):.0f} s", ""]
+           f"- total time: {result.get('elapsed_s', 0):.0f} s"]
+    if result.get("machine_load"):
+        out.append(f"- **{result['machine_load']}**")
+    out.append("")
     for name, v in sorted(result.get("versions", {}).items()):
         out.append(f"- {name}: {v}")
     out.append("")
@@ -148,7 +152,7 @@ def markdown(result: dict) -> str:
         out.append("")
     targets = result.get("targets", [])
     if targets:
-        out += ["## PERF.md targets (this run's medians)", "", "| target | measured | goal | met | from |",
+        out += ["## Targets (this run's medians)", "", "| target | measured | goal | met | from |",
                 "|---|---:|---:|---|---|"]
         for t in targets:
             meas = t.get("measured")

@@ -39,6 +39,7 @@ def synthetic():
         "latency": [_lat("tidelog", 0.8, 4.0, True), _lat("Redis Streams", 0.4, 2.0, False)],
         "targets": [], "skipped": {"RabbitMQ": "not installed"}, "versions": {}, "notes": [],
         "settings": {"Redis Streams": "no persistence"}, "logs": {"grpc": "text"},
+        "machine_load": "Shared machine: other processes used 1.2 cores",
     }
 
 
@@ -70,6 +71,7 @@ def test_report_writes_json_markdown_and_png(tmp_path, synthetic):
     assert "| **tidelog gRPC Producer** | 400.0k (300.0k–500.0k) |" in md
     assert "| Redis Streams | 100.0k | 4.00x | Redis Streams settings |" in md
     assert "RabbitMQ: not installed" in md
+    assert "- **Shared machine: other processes used 1.2 cores**" in md
     assert "| **tidelog** | 0.800 | 4.000 | 8.000 | 12.000 | 1,000/1,000 |  | tidelog e2e settings |" in md
     assert "0.50x / 0.50x" in md
 

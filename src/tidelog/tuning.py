@@ -2,7 +2,7 @@
 
 glibc hands every allocation of 128 KiB or more back to the OS when freed, so each fresh 1 MiB
 message pays hundreds of page faults; raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD keeps such
-buffers in the heap for reuse (measured +40% on raw gRPC streams here, see PERF.md).
+buffers in the heap for reuse (measured +40% on raw gRPC streams here).
 """
 
 from __future__ import annotations
