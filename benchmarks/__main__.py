@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help="3 runs per figure after a warm-up: median, min-max")
     ap.add_argument("--out", help="results directory (default benchmarks/results)")
     ap.add_argument("--tmp", default="/tmp", help="parent of the temporary data (default /tmp)")
-    ap.add_argument("--only", default="embedded,grpc,groups,peers",
-                    help="comma-separated subset of: embedded, grpc, groups, peers")
+    ap.add_argument(
+        "--only", default="embedded,grpc,groups,peers", help="comma-separated subset of: embedded, grpc, groups, peers"
+    )
     args = ap.parse_args(argv)
     from benchmarks import suite
 

@@ -66,11 +66,32 @@ class Profile:
     cap_s: float  # a timed loop stops early past this many seconds (marked "capped")
 
 
-QUICK = Profile("quick", runs=3, warmup=1, kib_records=128_000, small_records=1_000_000, durable_records=64_000,
-                pool_kib_batches=32, pool_small_batches=64, io_bytes=256 * MiB, io_runs=3, cap_s=10.0)
-DEFAULT = Profile("default", runs=5, warmup=1, kib_records=384_000, small_records=2_000_000,
-                  durable_records=256_000, pool_kib_batches=64, pool_small_batches=128, io_bytes=512 * MiB,
-                  io_runs=5, cap_s=30.0)
+QUICK = Profile(
+    "quick",
+    runs=3,
+    warmup=1,
+    kib_records=128_000,
+    small_records=1_000_000,
+    durable_records=64_000,
+    pool_kib_batches=32,
+    pool_small_batches=64,
+    io_bytes=256 * MiB,
+    io_runs=3,
+    cap_s=10.0,
+)
+DEFAULT = Profile(
+    "default",
+    runs=5,
+    warmup=1,
+    kib_records=384_000,
+    small_records=2_000_000,
+    durable_records=256_000,
+    pool_kib_batches=64,
+    pool_small_batches=128,
+    io_bytes=512 * MiB,
+    io_runs=5,
+    cap_s=30.0,
+)
 
 
 class Bench:
@@ -96,8 +117,9 @@ def open_engine(directory: str, fsync: str) -> Engine:
     return eng
 
 
-def tidelog_produce(eng: Engine, pool: list[list[bytes]], size: int, n_batches: int, cap_s: float,
-                    producers: int = 1) -> Sample:
+def tidelog_produce(
+    eng: Engine, pool: list[list[bytes]], size: int, n_batches: int, cap_s: float, producers: int = 1
+) -> Sample:
     """produce() n_batches batches of BATCH records; with producers > 1, that many threads share the
     batches (round robin) and append to the same partition concurrently."""
     produce = eng.produce
@@ -134,8 +156,9 @@ def drop_engine(eng: Engine, directory: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def tidelog_append_run(bench: Bench, pool, size: int, n_batches: int, fsync: str = "never",
-                       producers: int = 1) -> Sample:
+def tidelog_append_run(
+    bench: Bench, pool, size: int, n_batches: int, fsync: str = "never", producers: int = 1
+) -> Sample:
     d = bench.temp_dir("tidelog")
     eng = open_engine(d, fsync)
     try:
@@ -181,8 +204,9 @@ def sqlite_open(path: str) -> sqlite3.Connection:
     return conn
 
 
-def sqlite_insert(conn: sqlite3.Connection, rows_pool: list[list[tuple]], size: int, n_batches: int,
-                  cap_s: float) -> Sample:
+def sqlite_insert(
+    conn: sqlite3.Connection, rows_pool: list[list[tuple]], size: int, n_batches: int, cap_s: float
+) -> Sample:
     ex, exm = conn.execute, conn.executemany
     sql = "INSERT INTO t (key, value) VALUES (?, ?)"
     npool = len(rows_pool)
@@ -279,7 +303,7 @@ def naive_read(path: str, expect: int, cap_s: float) -> Sample:
                 stop = pos + 4 + ln
                 if stop > end:
                     break
-                value = bytes(mv[pos + 4:stop])
+                value = bytes(mv[pos + 4 : stop])
                 total += len(value)
                 n += 1
                 pos = stop
@@ -330,8 +354,11 @@ def io_run(bench: Bench, how: str, size: int, chunk: bytes) -> tuple[Sample, Sam
     try:
         os.ftruncate(fd, size)
         out = []
-        m = None if how == "pwrite" else mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
-                                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        m = (
+            None
+            if how == "pwrite"
+            else mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        )
         try:
             for _ in range(2):
                 t0 = time.perf_counter()
@@ -340,7 +367,7 @@ def io_run(bench: Bench, how: str, size: int, chunk: bytes) -> tuple[Sample, Sam
                         os.pwrite(fd, chunk, off)
                 else:
                     for off in range(0, size, step):
-                        m[off:off + step] = chunk
+                        m[off : off + step] = chunk
                 out.append(Sample(size // step, size, time.perf_counter() - t0))
         finally:
             if m is not None:
@@ -355,13 +382,19 @@ def io_run(bench: Bench, how: str, size: int, chunk: bytes) -> tuple[Sample, Sam
 def run_append(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
     n_batches = n_records // BATCH
     rows_pool = [[(None, v) for v in vals] for vals in pool]
-    bench.rounds.run({f"append {label}": {
-        "tidelog": lambda: tidelog_append_run(bench, pool, size, n_batches),
-        "SQLite WAL": lambda: sqlite_append_run(bench, rows_pool, size, n_batches),
-        "naive file, 1 write/record": lambda: naive_append_run(bench, pool, size, n_batches, "record"),
-        NAIVE_JOIN: lambda: naive_append_run(bench, pool, size, n_batches, "join"),
-        "naive file, 1000/write, zero-concat join": lambda: naive_append_run(bench, pool, size, n_batches, "join-zc"),
-    }})
+    bench.rounds.run(
+        {
+            f"append {label}": {
+                "tidelog": lambda: tidelog_append_run(bench, pool, size, n_batches),
+                "SQLite WAL": lambda: sqlite_append_run(bench, rows_pool, size, n_batches),
+                "naive file, 1 write/record": lambda: naive_append_run(bench, pool, size, n_batches, "record"),
+                NAIVE_JOIN: lambda: naive_append_run(bench, pool, size, n_batches, "join"),
+                "naive file, 1000/write, zero-concat join": lambda: naive_append_run(
+                    bench, pool, size, n_batches, "join-zc"
+                ),
+            }
+        }
+    )
 
 
 def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
@@ -379,12 +412,16 @@ def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
         naive_path = os.path.join(n_dir, "bench.log")
         naive_write(naive_path, pool, size, n_batches, UNCAPPED, "join")
         expect = n_batches * BATCH
-        bench.rounds.run({f"read {label}": {
-            T_BATCH: lambda: tidelog_read(eng, expect, cap, batch_view=True),
-            T_RECORD: lambda: tidelog_read(eng, expect, cap, batch_view=False),
-            "SQLite WAL, SELECT value ORDER BY id": lambda: sqlite_read(conn, expect, cap),
-            "naive file, record by record": lambda: naive_read(naive_path, expect, cap),
-        }})
+        bench.rounds.run(
+            {
+                f"read {label}": {
+                    T_BATCH: lambda: tidelog_read(eng, expect, cap, batch_view=True),
+                    T_RECORD: lambda: tidelog_read(eng, expect, cap, batch_view=False),
+                    "SQLite WAL, SELECT value ORDER BY id": lambda: sqlite_read(conn, expect, cap),
+                    "naive file, record by record": lambda: naive_read(naive_path, expect, cap),
+                }
+            }
+        )
     finally:
         if conn is not None:
             conn.close()
@@ -396,14 +433,18 @@ def run_read(bench: Bench, label: str, size: int, n_records: int, pool) -> None:
 
 def run_durable(bench: Bench, pool) -> None:
     n_batches = bench.p.durable_records // BATCH
-    bench.rounds.run({"durable append 1 KiB": {
-        DUR_A1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always"),
-        DUR_N1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never"),
-        # Group commit only has something to group when producers overlap: two threads, one partition.
-        DUR_A2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always", 2),
-        DUR_N2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never", 2),
-        DUR_RAW: lambda: raw_sync_run(bench, pool, 1024, n_batches),
-    }})
+    bench.rounds.run(
+        {
+            "durable append 1 KiB": {
+                DUR_A1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always"),
+                DUR_N1: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never"),
+                # Group commit only has something to group when producers overlap: two threads, one partition.
+                DUR_A2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "always", 2),
+                DUR_N2: lambda: tidelog_append_run(bench, pool, 1024, n_batches, "never", 2),
+                DUR_RAW: lambda: raw_sync_run(bench, pool, 1024, n_batches),
+            }
+        }
+    )
 
 
 def run_io(bench: Bench, chunk: bytes) -> None:
@@ -415,10 +456,13 @@ def run_io(bench: Bench, chunk: bytes) -> None:
             first, again = io_run(bench, how, size, chunk)
             resident[name].append(again)  # the resident pass runs inside the same call
             return first
+
         return go
 
-    bench.rounds.run({"io first touch": {"os.pwrite": system("os.pwrite", "pwrite"),
-                                         "mmap copy": system("mmap copy", "mmap")}}, runs=bench.p.io_runs)
+    bench.rounds.run(
+        {"io first touch": {"os.pwrite": system("os.pwrite", "pwrite"), "mmap copy": system("mmap copy", "mmap")}},
+        runs=bench.p.io_runs,
+    )
     w = bench.p.warmup
     for name, samples in resident.items():
         bench.rounds.add("io resident", name, samples[w:], samples[:w])
@@ -427,23 +471,44 @@ def run_io(bench: Bench, chunk: bytes) -> None:
 # -- report --------------------------------------------------------------------------------------------
 def sections(p: Profile) -> list[Section]:
     vs_tidelog = (Compare("tidelog / this", "tidelog", None, "tidelog"),)
-    vs_reads = (Compare("batch view / this", T_BATCH, None, "tidelog"),
-                Compare("Record / this", T_RECORD, None, "tidelog"))
+    vs_reads = (
+        Compare("batch view / this", T_BATCH, None, "tidelog"),
+        Compare("Record / this", T_RECORD, None, "tidelog"),
+    )
     return [
-        Section("append 1 KiB", f"Append, 1 KiB records, {BATCH} per batch, fsync=\"never\" "
-                f"({p.kib_records:,} records per run)", ("MB/s", "records/s"), vs_tidelog),
-        Section("append 100 B", f"Append, 100 B records, {BATCH} per batch, fsync=\"never\" "
-                f"({p.small_records:,} records per run)", ("records/s", "MB/s"), vs_tidelog),
+        Section(
+            "append 1 KiB",
+            f'Append, 1 KiB records, {BATCH} per batch, fsync="never" ({p.kib_records:,} records per run)',
+            ("MB/s", "records/s"),
+            vs_tidelog,
+        ),
+        Section(
+            "append 100 B",
+            f'Append, 100 B records, {BATCH} per batch, fsync="never" ({p.small_records:,} records per run)',
+            ("records/s", "MB/s"),
+            vs_tidelog,
+        ),
         Section("read 1 KiB", f"Read back, 1 KiB records ({p.kib_records:,})", ("records/s", "MB/s"), vs_reads),
         Section("read 100 B", f"Read back, 100 B records ({p.small_records:,})", ("records/s", "MB/s"), vs_reads),
-        Section("durable append 1 KiB", f"Durable append, 1 KiB records, {BATCH} per batch, fsync before "
-                f"produce returns ({p.durable_records:,} records per run)", ("MB/s", "records/s"),
-                (Compare('this / fsync="never", 1 producer', None, DUR_N1),)),
-        Section("io first touch", f"Segment write path: 1 MiB chunks into a fresh ftruncate'd "
-                f"{p.io_bytes // MiB} MiB file (first touch)", ("GB/s",),
-                (Compare("pwrite / this", "os.pwrite", None),)),
-        Section("io resident", "Segment write path: the same file written again (pages resident)", ("GB/s",),
-                (Compare("pwrite / this", "os.pwrite", None),)),
+        Section(
+            "durable append 1 KiB",
+            f"Durable append, 1 KiB records, {BATCH} per batch, fsync before "
+            f"produce returns ({p.durable_records:,} records per run)",
+            ("MB/s", "records/s"),
+            (Compare('this / fsync="never", 1 producer', None, DUR_N1),),
+        ),
+        Section(
+            "io first touch",
+            f"Segment write path: 1 MiB chunks into a fresh ftruncate'd {p.io_bytes // MiB} MiB file (first touch)",
+            ("GB/s",),
+            (Compare("pwrite / this", "os.pwrite", None),),
+        ),
+        Section(
+            "io resident",
+            "Segment write path: the same file written again (pages resident)",
+            ("GB/s",),
+            (Compare("pwrite / this", "os.pwrite", None),),
+        ),
     ]
 
 
@@ -452,19 +517,49 @@ def targets(r: Rounds) -> list[tuple]:
     dur = "durable append 1 KiB"
     return [
         ("append 1 KiB", "append 1 KiB: throughput", r.median("append 1 KiB", "tidelog", "MB/s"), 1000.0, "MB/s"),
-        ("append 1 KiB", "append 1 KiB: tidelog / SQLite WAL", r.paired("append 1 KiB", "tidelog", "SQLite WAL"),
-         5.0, "x"),
-        ("append 1 KiB", "append 1 KiB: tidelog / naive batched file (1000 records joined/write)",
-         r.paired("append 1 KiB", "tidelog", NAIVE_JOIN), 1.5, "x"),
+        (
+            "append 1 KiB",
+            "append 1 KiB: tidelog / SQLite WAL",
+            r.paired("append 1 KiB", "tidelog", "SQLite WAL"),
+            5.0,
+            "x",
+        ),
+        (
+            "append 1 KiB",
+            "append 1 KiB: tidelog / naive batched file (1000 records joined/write)",
+            r.paired("append 1 KiB", "tidelog", NAIVE_JOIN),
+            1.5,
+            "x",
+        ),
         ("append 100 B", "append 100 B: records/s", r.median("append 100 B", "tidelog", "records/s"), 3e6, "records/s"),
-        ("read 1 KiB", "read 1 KiB, batch view: records/s", r.median("read 1 KiB", T_BATCH, "records/s"), 10e6,
-         "records/s"),
-        ("read 100 B", "read 100 B, batch view: records/s", r.median("read 100 B", T_BATCH, "records/s"), 10e6,
-         "records/s"),
-        ("read 1 KiB", "read 1 KiB, Record objects: records/s", r.median("read 1 KiB", T_RECORD, "records/s"), 2e6,
-         "records/s"),
-        ("read 100 B", "read 100 B, Record objects: records/s", r.median("read 100 B", T_RECORD, "records/s"), 2e6,
-         "records/s"),
+        (
+            "read 1 KiB",
+            "read 1 KiB, batch view: records/s",
+            r.median("read 1 KiB", T_BATCH, "records/s"),
+            10e6,
+            "records/s",
+        ),
+        (
+            "read 100 B",
+            "read 100 B, batch view: records/s",
+            r.median("read 100 B", T_BATCH, "records/s"),
+            10e6,
+            "records/s",
+        ),
+        (
+            "read 1 KiB",
+            "read 1 KiB, Record objects: records/s",
+            r.median("read 1 KiB", T_RECORD, "records/s"),
+            2e6,
+            "records/s",
+        ),
+        (
+            "read 100 B",
+            "read 100 B, Record objects: records/s",
+            r.median("read 100 B", T_RECORD, "records/s"),
+            2e6,
+            "records/s",
+        ),
         (dur, "durable 1 KiB: always / never, 1 producer", r.paired(dur, DUR_A1, DUR_N1), 0.5, "x"),
         (dur, "durable 1 KiB: always with 2 producers / never with 1", r.paired(dur, DUR_A2, DUR_N1), 0.5, "x"),
     ]
@@ -480,7 +575,7 @@ def report(bench: Bench, info: dict, elapsed: float) -> tuple[str, dict]:
         f"- medians of {p.runs} runs after {p.warmup} warm-up round(s), systems interleaved round by round; "
         "min - max across runs; ratios: ratio of medians (min - max of per-round ratios)",
         "- MB/s and GB/s: 10^6 / 10^9 bytes of record payload per second",
-        "- tidelog append: Engine.produce(topic, values, partition=0), fsync=\"never\", 1 partition, "
+        '- tidelog append: Engine.produce(topic, values, partition=0), fsync="never", 1 partition, '
         "segment_bytes=1 GiB, no compression, fresh data dir per run",
         f"- SQLite: journal_mode=WAL, synchronous=OFF, BEGIN + executemany({BATCH} rows) + COMMIT into "
         "t(id INTEGER PRIMARY KEY, key BLOB, value BLOB), key NULL",
@@ -490,12 +585,18 @@ def report(bench: Bench, info: dict, elapsed: float) -> tuple[str, dict]:
     ]
     lines, results = sections_report(r, sections(p))
     out += lines
-    extra = [x for x in (r.paired("durable append 1 KiB", DUR_A2, DUR_N2),
-                         r.paired("durable append 1 KiB", DUR_A1, DUR_RAW)) if x]
+    extra = [
+        x
+        for x in (r.paired("durable append 1 KiB", DUR_A2, DUR_N2), r.paired("durable append 1 KiB", DUR_A1, DUR_RAW))
+        if x
+    ]
     if extra:
         out += ["| other ratio | median (per-round min - max) |", "|---|---:|"]
-        out += [f"| {x['numerator']} / {x['denominator']} | {x['ratio']:.2f}x ({x['paired_min']:.2f}-"
-                f"{x['paired_max']:.2f}) |" for x in extra]
+        out += [
+            f"| {x['numerator']} / {x['denominator']} | {x['ratio']:.2f}x ({x['paired_min']:.2f}-"
+            f"{x['paired_max']:.2f}) |"
+            for x in extra
+        ]
         out.append("")
         results["ratios"] += extra
     lines, results["targets"] = targets_table(targets(r), r.sections())
@@ -526,16 +627,23 @@ def run(profile: Profile, tmp: str, only: set[str], tuned: bool) -> tuple[str, d
     if "io" in only:
         run_io(bench, b"".join(pool_kib[0])[:MiB])
     text, results = report(bench, info, time.perf_counter() - started)
-    return text, {"machine": info, "profile": dataclasses.asdict(profile), "batch_records": BATCH,
-                  "segment_bytes": SEGMENT_BYTES, "fetch_max_bytes": FETCH_BYTES, "fsync": "never", **results}
+    return text, {
+        "machine": info,
+        "profile": dataclasses.asdict(profile),
+        "batch_records": BATCH,
+        "segment_bytes": SEGMENT_BYTES,
+        "fetch_max_bytes": FETCH_BYTES,
+        "fsync": "never",
+        **results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = cli.parser("python -m benchmarks.embedded", __doc__, "small data sets, 3 runs (under ~2 minutes)")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="skip the glibc mallopt tuning our entry points use")
-    ap.add_argument("--only", default="append,read,durable,io", help="comma-separated subset of: append, read, "
-                    "durable, io")
+    ap.add_argument("--default-malloc", action="store_true", help="skip the glibc mallopt tuning our entry points use")
+    ap.add_argument(
+        "--only", default="append,read,durable,io", help="comma-separated subset of: append, read, durable, io"
+    )
     args = ap.parse_args(argv)
     profile = cli.profile(ap, args, QUICK, DEFAULT, runs_fields=("runs", "io_runs"))
     only = cli.subset(ap, "--only part(s)", args.only, PARTS)

@@ -89,8 +89,16 @@ def _tidelog_consume(member, ends: dict, cap_s: float, max_polls: int) -> dict:
         if now() > deadline or polls >= max_polls:
             capped = True
             break
-    return {"records": n, "bytes": nbytes, "t_end": now(), "polls": polls, "capped": capped,
-            "cpu_s": time.process_time() - cpu0, "t_first": t_first, "partitions": sorted(p for _, p in owned)}
+    return {
+        "records": n,
+        "bytes": nbytes,
+        "t_end": now(),
+        "polls": polls,
+        "capped": capped,
+        "cpu_s": time.process_time() - cpu0,
+        "t_first": t_first,
+        "partitions": sorted(p for _, p in owned),
+    }
 
 
 def _redis_consume(r, group: str, name: str, cap_s: float, max_reads: int) -> dict:
@@ -105,6 +113,7 @@ def _worker_main(conn, index: int, tuned: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     if tuned:
         from tidelog.tuning import tune_malloc
+
         tune_malloc()
     from tidelog.client import Consumer
 
@@ -120,8 +129,13 @@ def _worker_main(conn, index: int, tuned: bool) -> None:
                 conn.send(("ok", None))
                 return
             if op == "t_join":
-                member = Consumer(args["target"], group_id=args["group"], topics=[TOPIC], auto_commit=False,
-                                  client_id=f"bench-{index}")
+                member = Consumer(
+                    args["target"],
+                    group_id=args["group"],
+                    topics=[TOPIC],
+                    auto_commit=False,
+                    client_id=f"bench-{index}",
+                )
                 out = member.member_id
             elif op == "t_heartbeat":
                 member.heartbeat_now()
@@ -157,8 +171,7 @@ class Members:
         self.procs, self.conns = [], []
         for i in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(child, i, tuned), name=f"groups-bench-member-{i}",
-                            daemon=True)
+            p = ctx.Process(target=_worker_main, args=(child, i, tuned), name=f"groups-bench-member-{i}", daemon=True)
             p.start()
             child.close()
             self.procs.append(p)
@@ -255,9 +268,13 @@ class GroupSample(Sample):
         return sum(m["cpu_s"] for m in self.members) / self.seconds
 
     def details(self) -> dict:
-        return {"setup_seconds_untimed": self.setup_s, "server_cpu_cores": self.broker_cores,
-                "member_cpu_cores": self.member_cores, "machine_busy_cores": self.machine_cores,
-                "members": self.members}
+        return {
+            "setup_seconds_untimed": self.setup_s,
+            "server_cpu_cores": self.broker_cores,
+            "member_cpu_cores": self.member_cores,
+            "machine_busy_cores": self.machine_cores,
+            "members": self.members,
+        }
 
 
 class Runner:
@@ -275,10 +292,16 @@ class Runner:
         cpu, busy = server.cpu_s() - cpu0, machine_busy_s() - busy0
         for m in results:  # seconds from the start signal to the member's first record
             m["first_record_s"] = None if m["t_first"] is None else m["t_first"] - t0
-        return GroupSample(sum(m["records"] for m in results), sum(m["bytes"] for m in results),
-                           max(m["t_end"] for m in results) - t0, any(m["capped"] for m in results), setup_s,
-                           [{k: v for k, v in m.items() if k not in ("t_end", "t_first", "bytes")} for m in results],
-                           cpu, busy)
+        return GroupSample(
+            sum(m["records"] for m in results),
+            sum(m["bytes"] for m in results),
+            max(m["t_end"] for m in results) - t0,
+            any(m["capped"] for m in results),
+            setup_s,
+            [{k: v for k, v in m.items() if k not in ("t_end", "t_first", "bytes")} for m in results],
+            cpu,
+            busy,
+        )
 
     def tidelog_run(self, k: int) -> GroupSample:
         group = f"bench-{k}-{uuid.uuid4().hex[:8]}"
@@ -295,16 +318,24 @@ class Runner:
                 self.members.call(which, "t_heartbeat")
                 d = self.admin.describe_group(group)
                 key = (d["generation"], tuple(sorted(m["member_id"] for m in d["members"])))
-                stable = d["state"] == "stable" and len(d["members"]) == k and all(m["assignment"] for m in d["members"])
+                stable = (
+                    d["state"] == "stable" and len(d["members"]) == k and all(m["assignment"] for m in d["members"])
+                )
                 if stable and key == previous:
                     break
                 previous = key if stable else None
                 if now() > deadline:
-                    raise RuntimeError(f"group {group} not stable with {k} members after "
-                                       f"{self.p.join_timeout_s:.0f} s: {d}")
+                    raise RuntimeError(
+                        f"group {group} not stable with {k} members after {self.p.join_timeout_s:.0f} s: {d}"
+                    )
                 time.sleep(0.01)
-            sample = self._timed(k, "t_run", {"ends": self.ends, "cap_s": self.p.cap_s, "max_polls": self.max_polls},
-                                 self.tidelog, now() - t_setup)
+            sample = self._timed(
+                k,
+                "t_run",
+                {"ends": self.ends, "cap_s": self.p.cap_s, "max_polls": self.max_polls},
+                self.tidelog,
+                now() - t_setup,
+            )
         finally:
             self.members.call(which, "t_close")
         committed = self.admin.committed_offsets(group)
@@ -323,8 +354,13 @@ class Runner:
         self.redis.xgroup_create(STREAM, group, id="0")
         try:
             self.members.call(which, "r_connect", {"port": self.redis_proc.port})
-            sample = self._timed(k, "r_run", {"group": group, "cap_s": self.p.cap_s, "max_reads": self.max_polls},
-                                 self.redis_proc, now() - t_setup)
+            sample = self._timed(
+                k,
+                "r_run",
+                {"group": group, "cap_s": self.p.cap_s, "max_reads": self.max_polls},
+                self.redis_proc,
+                now() - t_setup,
+            )
             self.members.call(which, "r_close")
             info = next(g for g in self.redis.xinfo_groups(STREAM) if _s(g["name"]) == group)
             if not sample.capped:
@@ -351,9 +387,14 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
     out = [
         f"# tidelog consumer-group benchmark ({p.name})",
         "",
-        "- " + machine_line(info, f"grpcio {info['grpcio']}")
-        + (f", Redis {info['redis_server']}, redis-py {info['redis_py']}"
-           f"{' + hiredis ' + info['hiredis'] if info.get('hiredis') else ''}" if info.get("redis_server") else ""),
+        "- "
+        + machine_line(info, f"grpcio {info['grpcio']}")
+        + (
+            f", Redis {info['redis_server']}, redis-py {info['redis_py']}"
+            f"{' + hiredis ' + info['hiredis'] if info.get('hiredis') else ''}"
+            if info.get("redis_server")
+            else ""
+        ),
         f"- malloc (benchmark and member processes): {info['malloc']}; data under {info['tmp_dir']}",
         f"- data: {settings['records']:,} records of exactly {RECORD_BYTES} B (seeded JSON-like payloads), "
         "preloaded once per system; every run consumes all of them with a fresh group",
@@ -374,8 +415,10 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
         "",
     ]
     vs = (Compare("tidelog / Redis", T_NAME, R_NAME, R_NAME),)
-    secs = [Section(section(k), f"Group of {k} member{'s' if k > 1 else ''}", ("records/s", "MB/s"), vs)
-            for k in GROUP_SIZES]
+    secs = [
+        Section(section(k), f"Group of {k} member{'s' if k > 1 else ''}", ("records/s", "MB/s"), vs)
+        for k in GROUP_SIZES
+    ]
     body, results = sections_report(rounds, secs)
     out += body
     for entry in results["series"] + results["ratios"]:
@@ -391,9 +434,11 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
         out.append(f"| group of {k} / group of 1 | " + " | ".join(row) + " |")
     out.append("")
     # How the work was spread and how often members committed (medians over the runs).
-    out += ["| group | system | records per member (median run) | polls+commits (reads+acks) per run | "
-            "first record after | CPU cores: server | members (sum) | whole machine |",
-            "|---|---|---|---:|---:|---:|---:|---:|"]
+    out += [
+        "| group | system | records per member (median run) | polls+commits (reads+acks) per run | "
+        "first record after | CPU cores: server | members (sum) | whole machine |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for k in GROUP_SIZES:
         for system in systems:
             samples = rounds.samples(section(k), system)
@@ -401,10 +446,12 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
             shares = ", ".join(f"{m['records']:,}" for m in mid.members)
             polls = statistics.median(sum(m["polls"] for m in s.members) for s in samples)
             first = statistics.median(max(m["first_record_s"] or 0 for m in s.members) for s in samples)
-            out.append(f"| {k} | {system} | {shares} | {polls:,.0f} | {first * 1e3:.0f} ms | "
-                       f"{statistics.median(s.broker_cores for s in samples):.2f} | "
-                       f"{statistics.median(s.member_cores for s in samples):.2f} | "
-                       f"{statistics.median(s.machine_cores for s in samples):.2f} |")
+            out.append(
+                f"| {k} | {system} | {shares} | {polls:,.0f} | {first * 1e3:.0f} ms | "
+                f"{statistics.median(s.broker_cores for s in samples):.2f} | "
+                f"{statistics.median(s.member_cores for s in samples):.2f} | "
+                f"{statistics.median(s.machine_cores for s in samples):.2f} |"
+            )
     out += ["", f"Total benchmark time: {elapsed:.0f} s"]
     results["elapsed_s"] = elapsed
     results["cpu"] = rounds.meter.sections
@@ -422,10 +469,17 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
     skipped: dict[str, str] = {} if with_redis else {R_NAME: "--no-redis"}
     systems = [T_NAME] + ([R_NAME] if with_redis else [])
     started = now()
-    settings = {"records": n, "record_bytes": RECORD_BYTES, "partitions": partitions,
-                "group_sizes": list(GROUP_SIZES), "redis_count": redis_streams.COUNT, "poll_timeout_s": POLL_TIMEOUT_S,
-                "tidelog_server": "tidelog serve --fsync never", "tidelog_producer": "batch_bytes=1 MiB, linger_ms=5",
-                "redis_server": "redis-server --save '' --appendonly no"}
+    settings = {
+        "records": n,
+        "record_bytes": RECORD_BYTES,
+        "partitions": partitions,
+        "group_sizes": list(GROUP_SIZES),
+        "redis_count": redis_streams.COUNT,
+        "poll_timeout_s": POLL_TIMEOUT_S,
+        "tidelog_server": "tidelog serve --fsync never",
+        "tidelog_producer": "batch_bytes=1 MiB, linger_ms=5",
+        "redis_server": "redis-server --save '' --appendonly no",
+    }
     preload: dict[str, float] = {}
     with workspace("tidelog-groups-bench-", tmp_parent) as procs, contextlib.ExitStack() as closing:
         work = procs.tmp
@@ -436,11 +490,14 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
         runner = Runner(profile, members, n)
         runner.tidelog = start_tidelog(procs, os.path.join(work, "tidelog"))
         from tidelog.client import Admin
+
         runner.admin = Admin(runner.tidelog.target)
         closing.callback(runner.admin.close)
         runner.ends, preload[T_NAME] = preload_tidelog(runner.tidelog.target, pool, n, partitions)
-        log(f"  preloaded tidelog: {n:,} records in {preload[T_NAME]:.1f} s "
-            f"({n / preload[T_NAME] / 1e3:,.0f}k records/s, untimed)")
+        log(
+            f"  preloaded tidelog: {n:,} records in {preload[T_NAME]:.1f} s "
+            f"({n / preload[T_NAME] / 1e3:,.0f}k records/s, untimed)"
+        )
         if R_NAME in systems:
             try:
                 runner.redis_proc, runner.redis = start_redis(procs, os.path.join(work, "redis"))
@@ -457,8 +514,10 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
             closing.callback(runner.redis.close)
             info.update(redis_versions(runner.redis))
             preload[R_NAME] = preload_redis(runner.redis, pool, n)
-            log(f"  preloaded Redis: {n:,} records in {preload[R_NAME]:.1f} s "
-                f"({n / preload[R_NAME] / 1e3:,.0f}k records/s, untimed)")
+            log(
+                f"  preloaded Redis: {n:,} records in {preload[R_NAME]:.1f} s "
+                f"({n / preload[R_NAME] / 1e3:,.0f}k records/s, untimed)"
+            )
         del pool
         gc.collect()
         rounds = Rounds(profile.runs, profile.warmup)
@@ -467,8 +526,14 @@ def run(profile: Profile, tmp_parent: str, partitions: int, with_redis: bool, tu
         text, results = report(rounds, profile, info, settings, now() - started)
     for system, why in skipped.items():
         text += f"\n\n{system} skipped: {why}"
-    return text, {"machine": info, "profile": dataclasses.asdict(profile), "settings": settings,
-                  "preload_s_untimed": preload, "skipped": skipped, **results}
+    return text, {
+        "machine": info,
+        "profile": dataclasses.asdict(profile),
+        "settings": settings,
+        "preload_s_untimed": preload,
+        "skipped": skipped,
+        **results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,8 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, help="records preloaded and consumed per run (a multiple of 1000)")
     ap.add_argument("--partitions", type=int, default=4, choices=(4, 8), help="partitions of the topic (default 4)")
     ap.add_argument("--no-redis", action="store_true", help="measure tidelog only")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="skip the glibc mallopt tuning our entry points use")
+    ap.add_argument("--default-malloc", action="store_true", help="skip the glibc mallopt tuning our entry points use")
     args = ap.parse_args(argv)
     profile = cli.profile(ap, args, QUICK, DEFAULT)
     if args.records is not None:

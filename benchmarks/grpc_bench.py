@@ -82,12 +82,40 @@ class Profile:
     cap_s: float  # a timed loop stops early past this many seconds (marked "capped")
 
 
-QUICK = Profile("quick", runs=3, warmup=1, raw_kib=384_000, raw_small=3_000_000, producer_kib=128_000,
-                producer_small=300_000, redis_kib=100_000, redis_small=200_000, consume_kib=384_000,
-                consume_small=3_000_000, redis_read=100_000, ceiling_bytes=512 * MiB, window=8, cap_s=10.0)
-DEFAULT = Profile("default", runs=5, warmup=1, raw_kib=768_000, raw_small=6_000_000, producer_kib=256_000,
-                  producer_small=600_000, redis_kib=300_000, redis_small=500_000, consume_kib=768_000,
-                  consume_small=6_000_000, redis_read=300_000, ceiling_bytes=1024 * MiB, window=8, cap_s=30.0)
+QUICK = Profile(
+    "quick",
+    runs=3,
+    warmup=1,
+    raw_kib=384_000,
+    raw_small=3_000_000,
+    producer_kib=128_000,
+    producer_small=300_000,
+    redis_kib=100_000,
+    redis_small=200_000,
+    consume_kib=384_000,
+    consume_small=3_000_000,
+    redis_read=100_000,
+    ceiling_bytes=512 * MiB,
+    window=8,
+    cap_s=10.0,
+)
+DEFAULT = Profile(
+    "default",
+    runs=5,
+    warmup=1,
+    raw_kib=768_000,
+    raw_small=6_000_000,
+    producer_kib=256_000,
+    producer_small=600_000,
+    redis_kib=300_000,
+    redis_small=500_000,
+    consume_kib=768_000,
+    consume_small=6_000_000,
+    redis_read=300_000,
+    ceiling_bytes=1024 * MiB,
+    window=8,
+    cap_s=30.0,
+)
 
 
 # -- the raw grpcio ceiling server (a subprocess: python -m benchmarks.grpc_bench --ceiling-server PORT) ---
@@ -110,12 +138,21 @@ def ceiling_server_main(port: int) -> int:
 
     async def run() -> None:
         server = grpc.aio.server(options=CEIL_OPTIONS + [("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Ceiling", {
-            "Produce": grpc.stream_stream_rpc_method_handler(produce, request_deserializer=None,
-                                                             response_serializer=None),
-            "Stream": grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None,
-                                                           response_serializer=None),
-        }),))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "bench.Ceiling",
+                    {
+                        "Produce": grpc.stream_stream_rpc_method_handler(
+                            produce, request_deserializer=None, response_serializer=None
+                        ),
+                        "Stream": grpc.unary_stream_rpc_method_handler(
+                            stream, request_deserializer=None, response_serializer=None
+                        ),
+                    },
+                ),
+            )
+        )
         if server.add_insecure_port(f"{LOOPBACK}:{port}") == 0:
             raise OSError(f"cannot listen on {LOOPBACK}:{port}")
         await server.start()
@@ -137,8 +174,12 @@ def grpc_reachable(port: int) -> bool:
 
 
 def start_ceiling(procs: Processes):
-    return procs.serve("grpc-ceiling-server", lambda port: [
-        sys.executable, "-m", "benchmarks.grpc_bench", "--ceiling-server", str(port)], grpc_reachable, cwd=REPO_ROOT)
+    return procs.serve(
+        "grpc-ceiling-server",
+        lambda port: [sys.executable, "-m", "benchmarks.grpc_bench", "--ceiling-server", str(port)],
+        grpc_reachable,
+        cwd=REPO_ROOT,
+    )
 
 
 # -- tidelog clients -------------------------------------------------------------------------------------
@@ -158,8 +199,9 @@ async def _aio_channel(target: str, options) -> grpc.aio.Channel:
     return channel
 
 
-async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messages: int, window: int,
-                         cap_s: float, topic: str | None) -> tuple[int, int, float, bool]:
+async def stream_produce(
+    target: str, messages: list[tuple[bytes, int]], n_messages: int, window: int, cap_s: float, topic: str | None
+) -> tuple[int, int, float, bool]:
     """Write n_messages on one bidi stream, at most `window` unacknowledged; (records, messages, s, capped).
 
     topic set: tidelog's Produce, each message framed with encode_produce_request(sequence, topic, 0,
@@ -220,19 +262,20 @@ async def stream_produce(target: str, messages: list[tuple[bytes, int]], n_messa
         await channel.close()
 
 
-def raw_produce_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
+def raw_produce_run(ctx: Ctx, pay: Payloads, n_records: int) -> Sample:
     n_batches = max(1, n_records // pay.records_per_batch)
     topic = ctx.new_topic("raw")
     try:
         records, _, dt, capped = ctx.loop.run_until_complete(
-            stream_produce(ctx.target, pay.batches, n_batches, ctx.p.window, ctx.p.cap_s, topic))
+            stream_produce(ctx.target, pay.batches, n_batches, ctx.p.window, ctx.p.cap_s, topic)
+        )
         ctx.check_end(topic, records, "raw produce")
         return Sample(records, records * pay.size, dt, capped)
     finally:
         ctx.admin.delete_topic(topic)
 
 
-def producer_run(ctx: "Ctx", section: str, pay: Payloads, n_records: int) -> Sample:
+def producer_run(ctx: Ctx, section: str, pay: Payloads, n_records: int) -> Sample:
     """Producer(linger_ms=5, batch_bytes=1 MiB), defaults otherwise (idempotent, no compression):
     send() n_records to partition 0, then flush(); the clock starts after a first record is delivered
     (the stream is up). The futures are not kept (flush() waits for all of them); what reached the log is
@@ -255,21 +298,26 @@ def producer_run(ctx: "Ctx", section: str, pay: Payloads, n_records: int) -> Sam
         dt = clock.elapsed()
         delivered = ctx.admin.list_offsets(topic, 0).log_end - 1
         if delivered != done:
-            ctx.note(section, T_PRODUCER, f"{done - delivered:,} of {done:,} records sent were not appended "
-                     "(flush() returned normally; the futures failed)")
+            ctx.note(
+                section,
+                T_PRODUCER,
+                f"{done - delivered:,} of {done:,} records sent were not appended "
+                "(flush() returned normally; the futures failed)",
+            )
         return Sample(delivered, delivered * pay.size, dt, clock.capped)
     finally:
         producer.close(30)
         ctx.admin.delete_topic(topic)
 
 
-def consumer_run(ctx: "Ctx", topic: str, size: int, expect: int) -> Sample:
+def consumer_run(ctx: Ctx, topic: str, size: int, expect: int) -> Sample:
     """tidelog.client.Consumer from offset 0 (its defaults: credit 8 MiB, responses <= 4 MiB), polling
     and touching len(rec.value) of every record; timed from construction (which opens the stream)."""
     n = total = 0
     clock = Stopwatch(ctx.p.cap_s)
-    consumer = Consumer(ctx.target, topic, 0, 0, credit_bytes=CONSUMER_CREDIT_BYTES,
-                        max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES)
+    consumer = Consumer(
+        ctx.target, topic, 0, 0, credit_bytes=CONSUMER_CREDIT_BYTES, max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES
+    )
     try:
         while n < expect:
             for rec in consumer.poll(1.0):
@@ -288,11 +336,18 @@ async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> t
     parse_subscribe_response + iter_batches, counting BatchView.count (no object per record)."""
     channel = await _aio_channel(target, TIDELOG_CHANNEL_OPTIONS)
     try:
-        call = channel.stream_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
-                                     response_deserializer=None)()
-        start = pb.SubscribeRequest(start=pb.SubscribeStart(
-            topic=topic, partition=0, position=pb.Position(offset=0), credit_bytes=CONSUMER_CREDIT_BYTES,
-            max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES))
+        call = channel.stream_stream(
+            SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
+        )()
+        start = pb.SubscribeRequest(
+            start=pb.SubscribeStart(
+                topic=topic,
+                partition=0,
+                position=pb.Position(offset=0),
+                credit_bytes=CONSUMER_CREDIT_BYTES,
+                max_message_bytes=CONSUMER_MAX_MESSAGE_BYTES,
+            )
+        )
         parse = framing.parse_subscribe_response
         n = 0
         clock = Stopwatch(cap_s)
@@ -313,7 +368,7 @@ async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> t
         await channel.close()
 
 
-def raw_subscribe_run(ctx: "Ctx", topic: str, size: int, expect: int) -> Sample:
+def raw_subscribe_run(ctx: Ctx, topic: str, size: int, expect: int) -> Sample:
     n, dt, capped = ctx.loop.run_until_complete(raw_subscribe(ctx.target, topic, expect, ctx.p.cap_s))
     return check_count("raw Subscribe", Sample(n, n * size, dt, capped), expect)
 
@@ -323,7 +378,8 @@ async def ceiling_stream(target: str, n_messages: int, cap_s: float) -> tuple[in
     channel = await _aio_channel(target, CEIL_OPTIONS)
     try:
         call = channel.unary_stream(CEIL_STREAM, request_serializer=None, response_deserializer=None)(
-            struct.pack("<QQ", n_messages, CEIL_MESSAGE_BYTES))
+            struct.pack("<QQ", n_messages, CEIL_MESSAGE_BYTES)
+        )
         nbytes = got = 0
         clock = Stopwatch(cap_s)
         while True:
@@ -343,22 +399,23 @@ async def ceiling_stream(target: str, n_messages: int, cap_s: float) -> tuple[in
         await channel.close()
 
 
-def ceiling_produce_run(ctx: "Ctx", size: int) -> Sample:
+def ceiling_produce_run(ctx: Ctx, size: int) -> Sample:
     n = ctx.p.ceiling_bytes // CEIL_MESSAGE_BYTES
     msgs = [(m, len(m)) for m in ctx.ceiling_messages]
     nbytes, _, dt, capped = ctx.loop.run_until_complete(
-        stream_produce(ctx.ceiling_target, msgs, n, ctx.p.window, ctx.p.cap_s, None))
+        stream_produce(ctx.ceiling_target, msgs, n, ctx.p.window, ctx.p.cap_s, None)
+    )
     return Sample(nbytes // size, nbytes, dt, capped)
 
 
-def ceiling_stream_run(ctx: "Ctx", size: int) -> Sample:
+def ceiling_stream_run(ctx: Ctx, size: int) -> Sample:
     n = ctx.p.ceiling_bytes // CEIL_MESSAGE_BYTES
     nbytes, dt, capped = ctx.loop.run_until_complete(ceiling_stream(ctx.ceiling_target, n, ctx.p.cap_s))
     return Sample(nbytes // size, nbytes, dt, capped)
 
 
 # -- Redis Streams ---------------------------------------------------------------------------------------
-def redis_xadd_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
+def redis_xadd_run(ctx: Ctx, pay: Payloads, n_records: int) -> Sample:
     key = ctx.new_name("xadd")
     try:
         done, dt, capped = redis_streams.xadd(ctx.redis, key, pay.values, n_records, ctx.p.cap_s)
@@ -369,7 +426,7 @@ def redis_xadd_run(ctx: "Ctx", pay: Payloads, n_records: int) -> Sample:
         ctx.redis.delete(key)
 
 
-def redis_xread_run(ctx: "Ctx", key: str, expect: int) -> Sample:
+def redis_xread_run(ctx: Ctx, key: str, expect: int) -> Sample:
     """A fresh consumer group from id 0 each run, read whole (redis_streams.read_group)."""
     group = ctx.new_name("g")
     ctx.redis.xgroup_create(key, group, id="0")
@@ -390,8 +447,15 @@ def check_count(what: str, sample: Sample, expect: int) -> Sample:
 class Ctx:
     """What every run needs: the profile, the rounds, the event loop, the servers, and the failures seen."""
 
-    def __init__(self, profile: Profile, rounds: Rounds, loop: asyncio.AbstractEventLoop, target: str,
-                 ceiling_target: str = "", redis_client=None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        rounds: Rounds,
+        loop: asyncio.AbstractEventLoop,
+        target: str,
+        ceiling_target: str = "",
+        redis_client=None,
+    ) -> None:
         self.p, self.rounds, self.loop = profile, rounds, loop
         self.target, self.ceiling_target, self.redis = target, ceiling_target, redis_client
         self.admin = Admin(target)
@@ -437,7 +501,8 @@ def run_consume(ctx: Ctx, label: str, pay: Payloads, n_records: int, redis_n: in
         log(f"  consume {label}: writing the data sets...")
         n_batches = max(1, n_records // pay.records_per_batch)
         records, _, _, _ = ctx.loop.run_until_complete(
-            stream_produce(ctx.target, pay.batches, n_batches, ctx.p.window, 1e9, topic))
+            stream_produce(ctx.target, pay.batches, n_batches, ctx.p.window, 1e9, topic)
+        )
         ctx.check_end(topic, records, "consume data set")
         systems = {
             T_SUB_RAW: lambda: raw_subscribe_run(ctx, topic, pay.size, records),
@@ -457,25 +522,46 @@ def run_consume(ctx: Ctx, label: str, pay: Payloads, n_records: int, redis_n: in
 
 # -- report ----------------------------------------------------------------------------------------------
 def sections(p: Profile, pay_kib: Payloads | None, pay_small: Payloads | None) -> list[Section]:
-    vs = (Compare("raw batches / this", T_RAW, None, "tidelog"),
-          Compare("Producer / this", T_PRODUCER, None, "tidelog"))
-    vs_read = (Compare("raw Subscribe / this", T_SUB_RAW, None, "tidelog"),
-               Compare("Consumer / this", T_CONSUMER, None, "tidelog"))
+    vs = (
+        Compare("raw batches / this", T_RAW, None, "tidelog"),
+        Compare("Producer / this", T_PRODUCER, None, "tidelog"),
+    )
+    vs_read = (
+        Compare("raw Subscribe / this", T_SUB_RAW, None, "tidelog"),
+        Compare("Consumer / this", T_CONSUMER, None, "tidelog"),
+    )
 
     def rpb(pay):
         return f"{pay.records_per_batch:,} records/batch, {pay.batch_bytes / MiB:.2f} MiB" if pay else ""
 
     return [
-        Section("produce 1 KiB", f"gRPC produce, 1 KiB records, one producer (raw: {p.raw_kib:,} records per "
-                f"run, {rpb(pay_kib)}; Producer: {p.producer_kib:,}; Redis: {p.redis_kib:,})",
-                ("MB/s", "records/s"), vs),
-        Section("produce 100 B", f"gRPC produce, 100 B records, one producer (raw: {p.raw_small:,} records "
-                f"per run, {rpb(pay_small)}; Producer: {p.producer_small:,}; Redis: {p.redis_small:,})",
-                ("records/s", "MB/s"), vs),
-        Section("consume 1 KiB", f"gRPC consume, 1 KiB records, one consumer (tidelog: {p.consume_kib:,} "
-                f"records per run; Redis: {p.redis_read:,})", ("MB/s", "records/s"), vs_read),
-        Section("consume 100 B", f"gRPC consume, 100 B records, one consumer ({p.consume_small:,} records "
-                "per run)", ("records/s", "MB/s"), vs_read),
+        Section(
+            "produce 1 KiB",
+            f"gRPC produce, 1 KiB records, one producer (raw: {p.raw_kib:,} records per "
+            f"run, {rpb(pay_kib)}; Producer: {p.producer_kib:,}; Redis: {p.redis_kib:,})",
+            ("MB/s", "records/s"),
+            vs,
+        ),
+        Section(
+            "produce 100 B",
+            f"gRPC produce, 100 B records, one producer (raw: {p.raw_small:,} records "
+            f"per run, {rpb(pay_small)}; Producer: {p.producer_small:,}; Redis: {p.redis_small:,})",
+            ("records/s", "MB/s"),
+            vs,
+        ),
+        Section(
+            "consume 1 KiB",
+            f"gRPC consume, 1 KiB records, one consumer (tidelog: {p.consume_kib:,} "
+            f"records per run; Redis: {p.redis_read:,})",
+            ("MB/s", "records/s"),
+            vs_read,
+        ),
+        Section(
+            "consume 100 B",
+            f"gRPC consume, 100 B records, one consumer ({p.consume_small:,} records per run)",
+            ("records/s", "MB/s"),
+            vs_read,
+        ),
     ]
 
 
@@ -483,18 +569,49 @@ def targets(r: Rounds) -> list[tuple]:
     """our gRPC performance targets, for both client paths: (section, name, measured, goal, unit)."""
     out = []
     for who, name in (("raw batches", T_RAW), ("Producer", T_PRODUCER)):
-        out += [("produce 1 KiB", f"produce 1 KiB, {who} / raw bidi ceiling", r.paired("produce 1 KiB", name, CEIL_BIDI),
-                 0.75, "x"),
-                ("produce 1 KiB", f"produce 1 KiB, {who} / Redis XADD", r.paired("produce 1 KiB", name, REDIS_XADD),
-                 5.0, "x")]
+        out += [
+            (
+                "produce 1 KiB",
+                f"produce 1 KiB, {who} / raw bidi ceiling",
+                r.paired("produce 1 KiB", name, CEIL_BIDI),
+                0.75,
+                "x",
+            ),
+            (
+                "produce 1 KiB",
+                f"produce 1 KiB, {who} / Redis XADD",
+                r.paired("produce 1 KiB", name, REDIS_XADD),
+                5.0,
+                "x",
+            ),
+        ]
     for who, name in (("raw Subscribe", T_SUB_RAW), ("Consumer", T_CONSUMER)):
-        out += [("consume 1 KiB", f"consume 1 KiB, {who} / raw server-stream ceiling",
-                 r.paired("consume 1 KiB", name, CEIL_SSTREAM), 0.75, "x"),
-                ("consume 1 KiB", f"consume 1 KiB, {who} / Redis XREADGROUP",
-                 r.paired("consume 1 KiB", name, REDIS_XREAD), 3.0, "x")]
+        out += [
+            (
+                "consume 1 KiB",
+                f"consume 1 KiB, {who} / raw server-stream ceiling",
+                r.paired("consume 1 KiB", name, CEIL_SSTREAM),
+                0.75,
+                "x",
+            ),
+            (
+                "consume 1 KiB",
+                f"consume 1 KiB, {who} / Redis XREADGROUP",
+                r.paired("consume 1 KiB", name, REDIS_XREAD),
+                3.0,
+                "x",
+            ),
+        ]
     for who, name in (("raw batches", T_RAW), ("Producer", T_PRODUCER)):
-        out.append(("produce 100 B", f"produce 100 B, {who}: records/s", r.median("produce 100 B", name, "records/s"),
-                    1e6, "records/s"))
+        out.append(
+            (
+                "produce 100 B",
+                f"produce 100 B, {who}: records/s",
+                r.median("produce 100 B", name, "records/s"),
+                1e6,
+                "records/s",
+            )
+        )
     return out
 
 
@@ -520,12 +637,16 @@ def settings(p: Profile, info: dict, redis_note: str, with_redis: bool) -> list[
         "raw grpcio ceiling: grpc.aio server in its own process, generic handlers, identity serializers, no "
         f"work; bidi: 1 MiB bytes messages, a 2-byte ack each, {p.window} in flight; server stream: 1 MiB bytes "
         "messages; grpc.so_reuseport 0, message limits 64 MiB",
-        f"Redis: {redis_note}" + ("" if not with_redis else
-                                  "; `redis-server --save '' --appendonly no` on loopback (no persistence); "
-                                  f"XADD key * v <value> in pipeline(transaction=False) of {redis_streams.PIPELINE}, "
-                                  "no MAXLEN, stream deleted after each run; XREADGROUP COUNT "
-                                  f"{redis_streams.COUNT} '>' pipelined with the XACK of the previous batch, fresh "
-                                  "group from id 0 per run"),
+        f"Redis: {redis_note}"
+        + (
+            ""
+            if not with_redis
+            else "; `redis-server --save '' --appendonly no` on loopback (no persistence); "
+            f"XADD key * v <value> in pipeline(transaction=False) of {redis_streams.PIPELINE}, "
+            "no MAXLEN, stream deleted after each run; XREADGROUP COUNT "
+            f"{redis_streams.COUNT} '>' pipelined with the XACK of the previous batch, fresh "
+            "group from id 0 per run"
+        ),
     ]
 
 
@@ -537,8 +658,11 @@ def report(ctx: Ctx, info: dict, lines: list[str], secs: list[Section], elapsed:
     rows, results["targets"] = targets_table(targets(r), r.sections())
     out += rows
     if rows:
-        out += ["", "Ratios: ratio of the medians (min-max of the per-round ratios), on payload MB/s (message "
-                "bytes for the ceiling); for Redis this equals the ratio of records/s."]
+        out += [
+            "",
+            "Ratios: ratio of the medians (min-max of the per-round ratios), on payload MB/s (message "
+            "bytes for the ceiling); for Redis this equals the ratio of records/s.",
+        ]
     out += ["", f"Total benchmark time: {elapsed:.0f} s"]
     results["elapsed_s"] = elapsed
     results["failures"] = [{"section": k, "system": n, "runs": v} for (k, n), v in ctx.notes.items()]

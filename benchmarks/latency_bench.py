@@ -21,7 +21,7 @@ import asyncio
 import multiprocessing
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tidelog.loadgen.histogram import Latency
 
@@ -36,7 +36,7 @@ def scheduled_ns(start_ns: int, rate: float, i: int) -> int:
 
 def stamp(value: bytes, when_ns: int) -> bytes:
     """The value with its first 8 bytes replaced by the scheduled time."""
-    return STAMP.pack(when_ns) + value[STAMP.size:]
+    return STAMP.pack(when_ns) + value[STAMP.size :]
 
 
 def record(latency: Latency, value: bytes, now_ns: int) -> int:
@@ -46,9 +46,16 @@ def record(latency: Latency, value: bytes, now_ns: int) -> int:
     return elapsed
 
 
-def fixed_rate(send: Callable[[bytes], None], values: list[bytes], rate: float, n: int, cap_s: float,
-               clock: Callable[[], int] = time.monotonic_ns, sleep: Callable[[float], None] = time.sleep,
-               start_ns: int | None = None) -> int:
+def fixed_rate(
+    send: Callable[[bytes], None],
+    values: list[bytes],
+    rate: float,
+    n: int,
+    cap_s: float,
+    clock: Callable[[], int] = time.monotonic_ns,
+    sleep: Callable[[float], None] = time.sleep,
+    start_ns: int | None = None,
+) -> int:
     """Send n stamped values at `rate`/s (late ones at once, never skipped); stops at the deadline.
     Returns how many were sent."""
     start = clock() if start_ns is None else start_ns
@@ -94,8 +101,9 @@ async def _nats_consumer_async(url: str, stream: str, n: int, timeout_s: float, 
 
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.pull_subscribe(stream, durable="e2e", stream=stream,
-                                  config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+    sub = await js.pull_subscribe(
+        stream, durable="e2e", stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+    )
     lat = Latency()
     got = 0
     ready.set()
@@ -135,6 +143,7 @@ def _run(consumer, args: tuple, produce: Callable[[], int], n: int, timeout_s: f
 def redis_e2e(client, port: int, key: str, values: list[bytes], rate: float, n: int, cap_s: float) -> dict:
     def produce() -> int:
         return fixed_rate(lambda v: client.xadd(key, {b"v": v}), values, rate, n, cap_s)
+
     try:
         return _run(_redis_consumer, (port, key), produce, n, cap_s + 5)
     finally:
@@ -175,21 +184,35 @@ def nats_e2e(url: str, values: list[bytes], rate: float, n: int, cap_s: float) -
             await asyncio.wait_for(asyncio.gather(*pending), 30)
             await nc.close()
             return sent
+
         return asyncio.run(go())
 
     try:
         return _run(_nats_consumer, (url, stream), produce, n, cap_s + 5)
     finally:
+
         async def drop():
             nc = await nats.connect(url)
             await nc.jetstream().delete_stream(stream)
             await nc.close()
+
         asyncio.run(drop())
 
 
 def tidelog_e2e(target: str, topic: str, size: int, rate: float, n: int, cap_s: float) -> dict:
     from tidelog.loadgen.runner import BenchConfig, run
 
-    res = run(BenchConfig(scenario="e2e", server=target, topic=topic, records=n, duration_s=cap_s,
-                          record_size=size, linger_ms=0.0, rate=rate, progress=False))
+    res = run(
+        BenchConfig(
+            scenario="e2e",
+            server=target,
+            topic=topic,
+            records=n,
+            duration_s=cap_s,
+            record_size=size,
+            linger_ms=0.0,
+            rate=rate,
+            progress=False,
+        )
+    )
     return {"sent": n, "received": res.records, "latency_ms": res.latency_ms}

@@ -22,11 +22,15 @@ from .harness.rounds import Sample, Stopwatch
 
 WINDOW = 4096
 FETCH_BATCH = 1000
-SETTINGS = ("NATS JetStream (Debian nats-server 2.9, `-js`, file store, 1 replica) on 127.0.0.1, nats-py; "
-            f"produce: js.publish_async, at most {WINDOW} PubAcks outstanding (a sliding window); consume: durable "
-            f"pull consumer, ack policy all, fetch({FETCH_BATCH}) + one ack per fetch")
-DURABLE_NOTE = ("NATS 2.9 cannot fsync per message (sync_interval arrived in 2.10): file store, acked once "
-                "written to the OS, fsync on the server's own interval")
+SETTINGS = (
+    "NATS JetStream (Debian nats-server 2.9, `-js`, file store, 1 replica) on 127.0.0.1, nats-py; "
+    f"produce: js.publish_async, at most {WINDOW} PubAcks outstanding (a sliding window); consume: durable "
+    f"pull consumer, ack policy all, fetch({FETCH_BATCH}) + one ack per fetch"
+)
+DURABLE_NOTE = (
+    "NATS 2.9 cannot fsync per message (sync_interval arrived in 2.10): file store, acked once "
+    "written to the OS, fsync on the server's own interval"
+)
 
 
 def url(server: Proc) -> str:
@@ -92,8 +96,9 @@ async def _consume(server: Proc, values: list[bytes], n: int, cap_s: float) -> S
         try:
             await publish(js, stream, values, n, 1e9)  # the data set, untimed
             clock = Stopwatch(cap_s)
-            sub = await js.pull_subscribe(stream, durable="reader", stream=stream,
-                                          config=ConsumerConfig(ack_policy=AckPolicy.ALL))
+            sub = await js.pull_subscribe(
+                stream, durable="reader", stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.ALL)
+            )
             got = total = 0
             for _ in range(n // FETCH_BATCH + 1000):  # bounded
                 if got >= n:

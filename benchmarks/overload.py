@@ -38,15 +38,34 @@ from .harness.servers import restart_tidelog, start_tidelog
 
 STOP_TIMEOUT_S = 60.0  # a graceful stop may finish in-flight produce streams first
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-QUICK = {"backlog_mib": 64, "stalled": 4, "stalled_many": 256, "flood_streams": 16, "flood_mib_each": 32, "idle": 1000,
-         "vanished": 10, "restart_records": 20_000}
-FULL = {"backlog_mib": 512, "stalled": 8, "stalled_many": 256, "flood_streams": 32, "flood_mib_each": 128, "idle": 1000,
-        "vanished": 30, "restart_records": 100_000}
+QUICK = {
+    "backlog_mib": 64,
+    "stalled": 4,
+    "stalled_many": 256,
+    "flood_streams": 16,
+    "flood_mib_each": 32,
+    "idle": 1000,
+    "vanished": 10,
+    "restart_records": 20_000,
+}
+FULL = {
+    "backlog_mib": 512,
+    "stalled": 8,
+    "stalled_many": 256,
+    "flood_streams": 32,
+    "flood_mib_each": 128,
+    "idle": 1000,
+    "vanished": 30,
+    "restart_records": 100_000,
+}
 MANY_CREDIT_BYTES = 1 << 40  # 1 TiB: what a client may grant; the broker caps it (max_subscribe_credit_bytes)
 # A receive window that stays at 64 KiB: what the broker sends stays in the broker's own buffers, as with
 # a client process that is stopped (the worst case for the broker's memory).
-STALLED_CLIENT_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0),
-                          ("grpc.http2.lookahead_bytes", 65536)]
+STALLED_CLIENT_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 65536),
+]
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -76,7 +95,7 @@ class Sampler:
                 return
             self._stop.wait(self.period_s)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -125,16 +144,22 @@ def _batch(size: int) -> bytes:
 
 def _produce_raw(target: str, topic: str, partition: int, batch: bytes, count: int) -> int:
     """One raw Produce stream pushing count batches; returns batches acked (0 when refused)."""
-    from tidelog.wire import framing
     from tidelog.v1 import tidelog_pb2 as pb
+    from tidelog.wire import framing
 
-    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1),
-                                                ("grpc.max_send_message_length", 64 << 20)]) as ch:
-        stub = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                response_deserializer=pb.ProduceResponse.FromString)
+    with grpc.insecure_channel(
+        target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 64 << 20)]
+    ) as ch:
+        stub = ch.stream_stream(
+            "/tidelog.v1.Producer/Produce", request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+        )
         try:
-            return sum(len(r.results) for r in stub(
-                (framing.encode_produce_request(i, topic, partition, batch) for i in range(count)), timeout=300))
+            return sum(
+                len(r.results)
+                for r in stub(
+                    (framing.encode_produce_request(i, topic, partition, batch) for i in range(count)), timeout=300
+                )
+            )
         except grpc.RpcError:
             return 0
 
@@ -156,16 +181,19 @@ def scenario_stalled(broker: Broker, p: dict) -> dict:
     channels, streams, stop = [], [], threading.Event()
 
     def hold():
-        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="backlog", partition=0,
-                                                          position=pb.Position(offset=0), credit_bytes=1 << 20))
+        yield pb.SubscribeRequest(
+            start=pb.SubscribeStart(topic="backlog", partition=0, position=pb.Position(offset=0), credit_bytes=1 << 20)
+        )
         stop.wait(60)
 
     with Sampler(broker.pid) as s:
         for _ in range(p["stalled"]):
             ch = grpc.insecure_channel(broker.target, options=[("grpc.use_local_subchannel_pool", 1)])
-            stub = ch.stream_stream("/tidelog.v1.Consumer/Subscribe",
-                                    request_serializer=pb.SubscribeRequest.SerializeToString,
-                                    response_deserializer=pb.SubscribeResponse.FromString)
+            stub = ch.stream_stream(
+                "/tidelog.v1.Consumer/Subscribe",
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=pb.SubscribeResponse.FromString,
+            )
             stream = stub(hold(), timeout=120)
             next(stream)  # the first response proves the subscription started; then we stop reading
             channels.append(ch)
@@ -177,8 +205,13 @@ def scenario_stalled(broker: Broker, p: dict) -> dict:
         stream.cancel()
     for ch in channels:
         ch.close()
-    return {"detail": f"{p['backlog_mib']} MiB backlog, {p['stalled']} subscribers with 1 MiB credit not reading",
-            "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving}
+    return {
+        "detail": f"{p['backlog_mib']} MiB backlog, {p['stalled']} subscribers with 1 MiB credit not reading",
+        "before_mib": before,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "still_serving": serving,
+    }
 
 
 def scenario_stalled_many(broker: Broker, p: dict) -> dict:
@@ -194,16 +227,21 @@ def scenario_stalled_many(broker: Broker, p: dict) -> dict:
     channels, streams, stop = [], [], threading.Event()
 
     def hold():
-        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="backlog", partition=0, position=pb.Position(offset=0),
-                                                          credit_bytes=MANY_CREDIT_BYTES))
+        yield pb.SubscribeRequest(
+            start=pb.SubscribeStart(
+                topic="backlog", partition=0, position=pb.Position(offset=0), credit_bytes=MANY_CREDIT_BYTES
+            )
+        )
         stop.wait(300)
 
     with Sampler(broker.pid) as s:
         for _ in range(p["stalled_many"]):
             ch = grpc.insecure_channel(broker.target, options=STALLED_CLIENT_OPTIONS)
-            stream = ch.stream_stream("/tidelog.v1.Consumer/Subscribe",
-                                      request_serializer=pb.SubscribeRequest.SerializeToString,
-                                      response_deserializer=None)(hold(), timeout=300)
+            stream = ch.stream_stream(
+                "/tidelog.v1.Consumer/Subscribe",
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=None,
+            )(hold(), timeout=300)
             next(stream)  # subscribed; from here on nobody reads
             channels.append(ch)
             streams.append(stream)
@@ -220,11 +258,19 @@ def scenario_stalled_many(broker: Broker, p: dict) -> dict:
         stream.cancel()
     for ch in channels:
         ch.close()
-    return {"detail": f"{backlog_mib} MiB backlog, {p['stalled_many']} subscribers (one connection each) with "
-                      f"1 TiB credit and a 64 KiB window, not reading",
-            "before_mib": before, "before_anon_mib": before_anon, "held_mib": held, "held_anon_mib": held_anon,
-            "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving,
-            "live_reader_s": round(live_s, 2), "live_reader_records": read}
+    return {
+        "detail": f"{backlog_mib} MiB backlog, {p['stalled_many']} subscribers (one connection each) with "
+        f"1 TiB credit and a 64 KiB window, not reading",
+        "before_mib": before,
+        "before_anon_mib": before_anon,
+        "held_mib": held,
+        "held_anon_mib": held_anon,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "still_serving": serving,
+        "live_reader_s": round(live_s, 2),
+        "live_reader_records": read,
+    }
 
 
 def scenario_flood(broker: Broker, p: dict) -> dict:
@@ -245,9 +291,15 @@ def scenario_flood(broker: Broker, p: dict) -> dict:
             t.join(600)
         serving = broker.serving()
     total = sum(acked) * len(batch) / (1 << 20)
-    return {"detail": f"{p['flood_streams']} Produce streams x {p['flood_mib_each']} MiB of 256 KiB batches "
-                      f"({total:.0f} MiB acked)", "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving,
-            "refused_streams": sum(1 for a in acked if a == 0)}
+    return {
+        "detail": f"{p['flood_streams']} Produce streams x {p['flood_mib_each']} MiB of 256 KiB batches "
+        f"({total:.0f} MiB acked)",
+        "before_mib": before,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "still_serving": serving,
+        "refused_streams": sum(1 for a in acked if a == 0),
+    }
 
 
 def scenario_idle(broker: Broker, p: dict) -> dict:
@@ -263,8 +315,14 @@ def scenario_idle(broker: Broker, p: dict) -> dict:
         held = rss_mib(broker.pid)
     for ch in channels:
         ch.close()
-    return {"detail": f"{p['idle']} connected idle channels", "before_mib": before, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon,
-            "held_mib": held, "still_serving": serving}
+    return {
+        "detail": f"{p['idle']} connected idle channels",
+        "before_mib": before,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "held_mib": held,
+        "still_serving": serving,
+    }
 
 
 VANISHING = r"""
@@ -298,8 +356,10 @@ def scenario_vanished(broker: Broker, p: dict) -> dict:
     _create(broker.target, "gone", 1)
     before = rss_mib(broker.pid)
     with Sampler(broker.pid) as s:
-        children = [subprocess.Popen([sys.executable, "-c", VANISHING, broker.target], stdout=subprocess.PIPE,
-                                     text=True) for _ in range(p["vanished"])]
+        children = [
+            subprocess.Popen([sys.executable, "-c", VANISHING, broker.target], stdout=subprocess.PIPE, text=True)
+            for _ in range(p["vanished"])
+        ]
         for child in children:
             child.stdout.readline()  # mid-stream
         for child in children:
@@ -308,8 +368,14 @@ def scenario_vanished(broker: Broker, p: dict) -> dict:
         time.sleep(2)
         serving = broker.serving()
         after = rss_mib(broker.pid)
-    return {"detail": f"{p['vanished']} clients SIGKILLed mid Produce+Subscribe", "before_mib": before,
-            "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "after_mib": after, "still_serving": serving}
+    return {
+        "detail": f"{p['vanished']} clients SIGKILLed mid Produce+Subscribe",
+        "before_mib": before,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "after_mib": after,
+        "still_serving": serving,
+    }
 
 
 def scenario_restart(broker: Broker, p: dict) -> dict:
@@ -349,23 +415,51 @@ def scenario_restart(broker: Broker, p: dict) -> dict:
                 if not records and len([k for k in got if k[0] == part]) >= n // 2:
                     break
     lost = sum(1 for k, v in acked.items() if got.get(k) != v)
-    return {"detail": f"2 Producer clients, {n} records, SIGTERM + restart mid-way",
-            "before_mib": None, "peak_mib": s.peak, "peak_anon_mib": s.peak_anon, "still_serving": serving, "acked": len(acked), "lost": lost}
+    return {
+        "detail": f"2 Producer clients, {n} records, SIGTERM + restart mid-way",
+        "before_mib": None,
+        "peak_mib": s.peak,
+        "peak_anon_mib": s.peak_anon,
+        "still_serving": serving,
+        "acked": len(acked),
+        "lost": lost,
+    }
 
 
-SCENARIOS = [("stalled consumers", scenario_stalled), ("many stalled subscribers", scenario_stalled_many),
-             ("producer flood", scenario_flood),
-             ("idle connections", scenario_idle), ("vanished clients", scenario_vanished),
-             ("restart under load", scenario_restart)]
+SCENARIOS = [
+    ("stalled consumers", scenario_stalled),
+    ("many stalled subscribers", scenario_stalled_many),
+    ("producer flood", scenario_flood),
+    ("idle connections", scenario_idle),
+    ("vanished clients", scenario_vanished),
+    ("restart under load", scenario_restart),
+]
 
 
-def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] | None = None,
-        broker_args: tuple[str, ...] = ()) -> dict:
-    command = " ".join(["python -m benchmarks.overload", f"--{mode}", *(f"--only '{o}'" for o in only or ()),
-                        *(f"--broker-arg={a}" for a in broker_args)])
-    result = {"mode": mode, "date": datetime.date.today().isoformat(), "params": params,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
-              "command": command, "scenarios": []}
+def run(
+    params: dict,
+    mode: str,
+    out_dir: str,
+    tmp_parent: str,
+    only: list[str] | None = None,
+    broker_args: tuple[str, ...] = (),
+) -> dict:
+    command = " ".join(
+        [
+            "python -m benchmarks.overload",
+            f"--{mode}",
+            *(f"--only '{o}'" for o in only or ()),
+            *(f"--broker-arg={a}" for a in broker_args),
+        ]
+    )
+    result = {
+        "mode": mode,
+        "date": datetime.date.today().isoformat(),
+        "params": params,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "command": command,
+        "scenarios": [],
+    }
     with workspace("tidelog-overload-", tmp_parent) as procs:
         for name, fn in SCENARIOS:
             if only and name not in only:
@@ -374,14 +468,21 @@ def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] 
             try:
                 time.sleep(1)
                 baseline = rss_mib(broker.pid)
-                row = {"scenario": name, "baseline_mib": baseline,
-                       "baseline_anon_mib": rss_mib(broker.pid, "RssAnon"), **fn(broker, params)}
+                row = {
+                    "scenario": name,
+                    "baseline_mib": baseline,
+                    "baseline_anon_mib": rss_mib(broker.pid, "RssAnon"),
+                    **fn(broker, params),
+                }
             finally:
                 broker.stop()
             row["peak_over_baseline"] = row["peak_mib"] / baseline
             result["scenarios"].append(row)
-            print(f"{name}: baseline {baseline:.1f} MiB, peak {row['peak_mib']:.1f} MiB "
-                  f"({row['peak_over_baseline']:.2f}x) - {row['detail']}", flush=True)
+            print(
+                f"{name}: baseline {baseline:.1f} MiB, peak {row['peak_mib']:.1f} MiB "
+                f"({row['peak_over_baseline']:.2f}x) - {row['detail']}",
+                flush=True,
+            )
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"overload-{result['date']}")
     with open(stem + ".json", "w") as f:
@@ -392,14 +493,18 @@ def run(params: dict, mode: str, out_dir: str, tmp_parent: str, only: list[str] 
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# tidelog broker RSS under overload ({result['date']}, {result['mode']})", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']['cpus']} CPUs, Python "
-             f"{result['machine']['python']}, Linux {result['machine']['kernel']}. VmRSS of the `tidelog serve` "
-             "process sampled every 20 ms; baseline = the same fresh server idle, 1 s after start. Anon = RssAnon, "
-             "the broker's own memory (heap, gRPC buffers, stacks); VmRSS also counts segment pages mapped by "
-             "reads, which the kernel can drop.", "",
-             "| scenario | what | baseline MiB (anon) | peak MiB (anon) | peak / baseline | still serving | notes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# tidelog broker RSS under overload ({result['date']}, {result['mode']})",
+        "",
+        f"Command: `{result['command']}`. Machine: {result['machine']['cpus']} CPUs, Python "
+        f"{result['machine']['python']}, Linux {result['machine']['kernel']}. VmRSS of the `tidelog serve` "
+        "process sampled every 20 ms; baseline = the same fresh server idle, 1 s after start. Anon = RssAnon, "
+        "the broker's own memory (heap, gRPC buffers, stacks); VmRSS also counts segment pages mapped by "
+        "reads, which the kernel can drop.",
+        "",
+        "| scenario | what | baseline MiB (anon) | peak MiB (anon) | peak / baseline | still serving | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["scenarios"]:
         notes = []
         for key in ("before_mib", "held_mib", "after_mib"):
@@ -409,9 +514,11 @@ def markdown(result: dict) -> str:
         for key in ("refused_streams", "acked", "lost", "live_reader_s", "live_reader_records"):
             if key in r:
                 notes.append(f"{key.replace('_', ' ')} {r[key]}")
-        lines.append(f"| {r['scenario']} | {r['detail']} | {r['baseline_mib']:.1f} ({r.get('baseline_anon_mib', 0):.1f}) | "
-                     f"{r['peak_mib']:.1f} ({r.get('peak_anon_mib', 0):.1f}) | "
-                     f"{r['peak_over_baseline']:.2f}x | {'yes' if r['still_serving'] else 'NO'} | {'; '.join(notes)} |")
+        lines.append(
+            f"| {r['scenario']} | {r['detail']} | {r['baseline_mib']:.1f} ({r.get('baseline_anon_mib', 0):.1f}) | "
+            f"{r['peak_mib']:.1f} ({r.get('peak_anon_mib', 0):.1f}) | "
+            f"{r['peak_over_baseline']:.2f}x | {'yes' if r['still_serving'] else 'NO'} | {'; '.join(notes)} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -423,18 +530,29 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help="larger backlogs and floods")
     ap.add_argument("--out", default=RESULTS_DIR, help="results directory (default benchmarks/results)")
     ap.add_argument("--tmp", default="/tmp", help="parent of the temporary data (default /tmp)")
-    ap.add_argument("--only", action="append", choices=[name for name, _ in SCENARIOS],
-                    help="run only this scenario (repeatable)")
-    ap.add_argument("--broker-arg", action="append", default=[],
-                    help="an extra argument to `tidelog serve`, e.g. --broker-arg=--config=limits.toml (repeatable)")
+    ap.add_argument(
+        "--only", action="append", choices=[name for name, _ in SCENARIOS], help="run only this scenario (repeatable)"
+    )
+    ap.add_argument(
+        "--broker-arg",
+        action="append",
+        default=[],
+        help="an extra argument to `tidelog serve`, e.g. --broker-arg=--config=limits.toml (repeatable)",
+    )
     args = ap.parse_args(argv)
     from tidelog.tuning import tune_malloc
 
     tune_malloc()
     cli.unwind_on_signals()
     try:
-        run(FULL if args.full else QUICK, "full" if args.full else "quick", args.out, args.tmp, args.only,
-            tuple(args.broker_arg))
+        run(
+            FULL if args.full else QUICK,
+            "full" if args.full else "quick",
+            args.out,
+            args.tmp,
+            args.only,
+            tuple(args.broker_arg),
+        )
     except KeyboardInterrupt:
         return cli.interrupted()
     return 0

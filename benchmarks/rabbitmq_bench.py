@@ -24,10 +24,12 @@ from .harness.rounds import Sample, Stopwatch
 WINDOW = 4096  # publishes awaiting their confirm
 PREFETCH = 1000
 ACK_EVERY = PREFETCH // 4
-SETTINGS = ("RabbitMQ (Debian rabbitmq-server 3.10) on 127.0.0.1, pika SelectConnection (asynchronous); durable "
-            "queue, persistent messages (delivery_mode=2), publisher confirms handled asynchronously with up to "
-            f"{WINDOW} unconfirmed publishes (a confirm is sent once the message is on disk); consume: basic_consume, "
-            f"prefetch {PREFETCH}, manual ack multiple=True every {ACK_EVERY} messages")
+SETTINGS = (
+    "RabbitMQ (Debian rabbitmq-server 3.10) on 127.0.0.1, pika SelectConnection (asynchronous); durable "
+    "queue, persistent messages (delivery_mode=2), publisher confirms handled asynchronously with up to "
+    f"{WINDOW} unconfirmed publishes (a confirm is sent once the message is on disk); consume: basic_consume, "
+    f"prefetch {PREFETCH}, manual ack multiple=True every {ACK_EVERY} messages"
+)
 
 
 def _run(server: Proc, on_channel, timeout_s: float) -> None:
@@ -54,8 +56,12 @@ def _run(server: Proc, on_channel, timeout_s: float) -> None:
             failure.append(f"connection closed early: {reason}")
         conn.ioloop.stop()
 
-    conn = pika.SelectConnection(pika.ConnectionParameters(host=LOOPBACK, port=server.port, heartbeat=0),
-                                 on_open_callback=opened, on_open_error_callback=failed, on_close_callback=closed)
+    conn = pika.SelectConnection(
+        pika.ConnectionParameters(host=LOOPBACK, port=server.port, heartbeat=0),
+        on_open_callback=opened,
+        on_open_error_callback=failed,
+        on_close_callback=closed,
+    )
 
     def too_long() -> None:
         failure.append(f"not done within {timeout_s:.0f} s")

@@ -68,5 +68,11 @@ def read_group(r, key: str, group: str, consumer: str, cap_s: float, max_reads: 
             r.xack(key, group, *pending)
             clock.capped = True
             break
-    return {"records": n, "bytes": nbytes, "polls": reads, "capped": clock.capped, "seconds": clock.elapsed(),
-            "t_first": t_first}
+    return {
+        "records": n,
+        "bytes": nbytes,
+        "polls": reads,
+        "capped": clock.capped,
+        "seconds": clock.elapsed(),
+        "t_first": t_first,
+    }

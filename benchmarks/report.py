@@ -41,10 +41,19 @@ def comparisons(result: dict) -> list[dict]:
         for r in rows:
             if r is ref:
                 continue
-            out.append({"scenario": scenario, "metric": r["metric"], "tidelog_system": ref["system"],
-                        "tidelog": ref["median"], "system": r["system"], "value": r["median"],
-                        "ratio": ref["median"] / r["median"] if r["median"] else None,
-                        "peer": not r.get("tidelog"), "settings": r.get("settings", "")})
+            out.append(
+                {
+                    "scenario": scenario,
+                    "metric": r["metric"],
+                    "tidelog_system": ref["system"],
+                    "tidelog": ref["median"],
+                    "system": r["system"],
+                    "value": r["median"],
+                    "ratio": ref["median"] / r["median"] if r["median"] else None,
+                    "peer": not r.get("tidelog"),
+                    "settings": r.get("settings", ""),
+                }
+            )
     for scenario, rows in scenarios(result.get("latency", [])).items():
         ref = primary(rows)
         if ref is None:
@@ -55,9 +64,19 @@ def comparisons(result: dict) -> list[dict]:
             for p in LAT_PCTS:
                 if ref.get(p) and r.get(p):
                     t, v = ref[p]["median"], r[p]["median"]
-                    out.append({"scenario": scenario, "metric": f"{p} ms", "tidelog_system": ref["system"],
-                                "tidelog": t, "system": r["system"], "value": v,
-                                "ratio": v / t if t else None, "peer": True, "settings": r.get("settings", "")})
+                    out.append(
+                        {
+                            "scenario": scenario,
+                            "metric": f"{p} ms",
+                            "tidelog_system": ref["system"],
+                            "tidelog": t,
+                            "system": r["system"],
+                            "value": v,
+                            "ratio": v / t if t else None,
+                            "peer": True,
+                            "settings": r.get("settings", ""),
+                        }
+                    )
     return out
 
 
@@ -68,8 +87,16 @@ def latency_targets(result: dict) -> list[dict]:
         if e.get("tidelog") and e.get("rate") == 1000 and e.get("p50"):
             for p, goal in (("p50", 1.0), ("p99", 5.0)):
                 v = e[p]["median"]
-                out.append({"target": f"e2e latency at 1k msgs/s: {p}", "measured": v, "goal": goal,
-                            "unit": "ms (at most)", "met": v <= goal, "source": "suite"})
+                out.append(
+                    {
+                        "target": f"e2e latency at 1k msgs/s: {p}",
+                        "measured": v,
+                        "goal": goal,
+                        "unit": "ms (at most)",
+                        "met": v <= goal,
+                        "source": "suite",
+                    }
+                )
     return out
 
 
@@ -81,8 +108,16 @@ def durable_targets(result: dict) -> list[dict]:
     if not a or not n or not n["median"]:
         return []
     v = a["median"] / n["median"]
-    return [{"target": "gRPC durable produce: fsync always / never (Producer)", "measured": v, "goal": 0.5,
-             "unit": "x", "met": v >= 0.5, "source": "suite"}]
+    return [
+        {
+            "target": "gRPC durable produce: fsync always / never (Producer)",
+            "measured": v,
+            "goal": 0.5,
+            "unit": "x",
+            "met": v >= 0.5,
+            "source": "suite",
+        }
+    ]
 
 
 def _num(v: float | None, metric: str = "records/s") -> str:
@@ -109,14 +144,17 @@ def _cell(text: str) -> str:
 
 def markdown(result: dict) -> str:
     m = result.get("machine", {})
-    out = [f"# tidelog peer benchmark suite ({result.get('mode', '?')}, {result.get('date', '?')})", "",
-           f"- machine: nproc={m.get('nproc')}, {m.get('cpu_model')}, {m.get('memory_gib')} GiB, Linux "
-           f"{m.get('kernel')}, Python {m.get('python')}; clients and servers share the cores",
-           "- figures: median of the runs (min–max when more than one run); records/s of record payloads "
-           "(MB/s = records/s × record size)",
-           "- ratio: tidelog (the first tidelog row of the scenario, **bold**) / that system for throughput, "
-           "that system / tidelog for latency: above 1 means tidelog did better",
-           f"- total time: {result.get('elapsed_s', 0):.0f} s"]
+    out = [
+        f"# tidelog peer benchmark suite ({result.get('mode', '?')}, {result.get('date', '?')})",
+        "",
+        f"- machine: nproc={m.get('nproc')}, {m.get('cpu_model')}, {m.get('memory_gib')} GiB, Linux "
+        f"{m.get('kernel')}, Python {m.get('python')}; clients and servers share the cores",
+        "- figures: median of the runs (min–max when more than one run); records/s of record payloads "
+        "(MB/s = records/s × record size)",
+        "- ratio: tidelog (the first tidelog row of the scenario, **bold**) / that system for throughput, "
+        "that system / tidelog for latency: above 1 means tidelog did better",
+        f"- total time: {result.get('elapsed_s', 0):.0f} s",
+    ]
     if result.get("machine_load"):
         out.append(f"- **{result['machine_load']}**")
     out.append("")
@@ -130,19 +168,31 @@ def markdown(result: dict) -> str:
             ratio = "" if ref is None or r is ref or not r["median"] else f"{ref['median'] / r['median']:.2f}x"
             name = f"**{r['system']}**" if r is ref else r["system"]
             capped = " (capped)" if r.get("capped_runs") else ""
-            out.append(f"| {_cell(name)} | {_spread(r, r['metric'])}{capped} | {ratio} | {_cell(r.get('settings', ''))} |")
+            out.append(
+                f"| {_cell(name)} | {_spread(r, r['metric'])}{capped} | {ratio} | {_cell(r.get('settings', ''))} |"
+            )
         out.append("")
     for scenario, rows in scenarios(result.get("latency", [])).items():
         ref = primary(rows)
-        out += [f"## {scenario} (ms, from the scheduled send time)", "",
-                "| system | p50 | p99 | p99.9 | max | received/sent | ratio p50 / p99 | settings |",
-                "|---|---:|---:|---:|---:|---:|---:|---|"]
+        out += [
+            f"## {scenario} (ms, from the scheduled send time)",
+            "",
+            "| system | p50 | p99 | p99.9 | max | received/sent | ratio p50 / p99 | settings |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in rows:
             cells = []
             for p in ("p50", "p99", "p99.9", "max"):
                 v = r.get(p)
-                cells.append("-" if not v else (f"{v['median']:.3f}" if v["min"] == v["max"] else
-                                                 f"{v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"))
+                cells.append(
+                    "-"
+                    if not v
+                    else (
+                        f"{v['median']:.3f}"
+                        if v["min"] == v["max"]
+                        else f"{v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"
+                    )
+                )
             ratio = ""
             if ref is not None and r is not ref and ref.get("p50") and r.get("p50"):
                 ratio = f"{r['p50']['median'] / ref['p50']['median']:.2f}x / {r['p99']['median'] / ref['p99']['median']:.2f}x"
@@ -152,8 +202,12 @@ def markdown(result: dict) -> str:
         out.append("")
     targets = result.get("targets", [])
     if targets:
-        out += ["## Targets (this run's medians)", "", "| target | measured | goal | met | from |",
-                "|---|---:|---:|---|---|"]
+        out += [
+            "## Targets (this run's medians)",
+            "",
+            "| target | measured | goal | met | from |",
+            "|---|---:|---:|---|---|",
+        ]
         for t in targets:
             meas = t.get("measured")
             unit = t.get("unit", "")
@@ -186,10 +240,17 @@ def chart(result: dict, path: str) -> None:
         for i, r in enumerate(rows):
             color = "tab:blue" if r.get("tidelog") else f"C{1 + (hash(r['system']) % 8)}"
             err = [[max(r["median"] - r["min"], 0)], [max(r["max"] - r["median"], 0)]]
-            ax1.bar(x + i * width, r["median"], width, color=color, yerr=err, capsize=2,
-                    edgecolor="black" if r.get("tidelog") else None, linewidth=0.5)
-            ax1.text(x + i * width, r["median"], r["system"][:28], rotation=90, fontsize=5, ha="center",
-                     va="bottom")
+            ax1.bar(
+                x + i * width,
+                r["median"],
+                width,
+                color=color,
+                yerr=err,
+                capsize=2,
+                edgecolor="black" if r.get("tidelog") else None,
+                linewidth=0.5,
+            )
+            ax1.text(x + i * width, r["median"], r["system"][:28], rotation=90, fontsize=5, ha="center", va="bottom")
         ticks.append(x + 0.4 - width / 2)
         labels.append(scenario)
         x += 1.0
@@ -207,9 +268,15 @@ def chart(result: dict, path: str) -> None:
             for j, p in enumerate(LAT_PCTS):
                 v = r.get(p)
                 if v:
-                    ax2.bar(x + j * 0.25, v["median"], 0.25, color=pcolors[p],
-                            label=p if not ticks else None,
-                            edgecolor="black" if r.get("tidelog") else None, linewidth=0.8)
+                    ax2.bar(
+                        x + j * 0.25,
+                        v["median"],
+                        0.25,
+                        color=pcolors[p],
+                        label=p if not ticks else None,
+                        edgecolor="black" if r.get("tidelog") else None,
+                        linewidth=0.8,
+                    )
             ticks.append(x + 0.25)
             labels.append(f"{r['system']}\n{scenario.replace('e2e latency 1 KiB at ', '@')}")
             x += 1.0

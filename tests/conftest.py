@@ -11,10 +11,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("ci", max_examples=150, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=5000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -51,18 +49,42 @@ def data_dir(tmp_path) -> str:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--crash-rounds", type=int, default=int(os.environ.get("TIDELOG_CRASH_ROUNDS", "4")),
-                     help="SIGKILL rounds of the crash test (default 4; a long run: 200)")
-    parser.addoption("--adversarial-rounds", type=int, default=200,
-                     help="broker kills of the long adversarial loop (-m slow; default 200)")
-    parser.addoption("--adversarial-seed", type=int, default=int(os.environ.get("TIDELOG_ADVERSARIAL_SEED", "1")),
-                     help="seed of the long adversarial loop (default 1)")
-    parser.addoption("--adversarial-rate", type=float, default=1500,
-                     help="records a second of each producer of the long adversarial loop (default 1500)")
-    parser.addoption("--group-chaos-rounds", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_ROUNDS", "40")),
-                     help="adversary moves of the long group chaos run (-m slow; default 40)")
-    parser.addoption("--group-chaos-seed", type=int, default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),
-                     help="seed of the long group chaos run (default 0)")
+    parser.addoption(
+        "--crash-rounds",
+        type=int,
+        default=int(os.environ.get("TIDELOG_CRASH_ROUNDS", "4")),
+        help="SIGKILL rounds of the crash test (default 4; a long run: 200)",
+    )
+    parser.addoption(
+        "--adversarial-rounds",
+        type=int,
+        default=200,
+        help="broker kills of the long adversarial loop (-m slow; default 200)",
+    )
+    parser.addoption(
+        "--adversarial-seed",
+        type=int,
+        default=int(os.environ.get("TIDELOG_ADVERSARIAL_SEED", "1")),
+        help="seed of the long adversarial loop (default 1)",
+    )
+    parser.addoption(
+        "--adversarial-rate",
+        type=float,
+        default=1500,
+        help="records a second of each producer of the long adversarial loop (default 1500)",
+    )
+    parser.addoption(
+        "--group-chaos-rounds",
+        type=int,
+        default=int(os.environ.get("TIDELOG_GROUP_CHAOS_ROUNDS", "40")),
+        help="adversary moves of the long group chaos run (-m slow; default 40)",
+    )
+    parser.addoption(
+        "--group-chaos-seed",
+        type=int,
+        default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),
+        help="seed of the long group chaos run (default 0)",
+    )
 
 
 def pytest_generate_tests(metafunc):

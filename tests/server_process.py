@@ -74,7 +74,7 @@ class ServerProcess:
             raise RuntimeError("the server has not been started yet: its port is not known")
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> "ServerProcess":
+    def start(self, timeout_s: float = 30.0) -> ServerProcess:
         """Start and return once the server serves (it writes its port file only then)."""
         own_metrics = "--metrics-port" in self.extra
         for path in (self._port_file, self._metrics_port_file):
@@ -82,12 +82,27 @@ class ServerProcess:
                 os.unlink(path)  # left by a SIGKILLed run
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidelog", "serve", "--data-dir", self.data_dir, "--host", "127.0.0.1",
-             "--port", str(self.port or 0), "--port-file", self._port_file,
-             # never the fixed default metrics port: tests and other servers run side by side
-             *(() if own_metrics else ("--metrics-port", "0", "--metrics-port-file", self._metrics_port_file)),
-             # stdout holds only the "tidelog serving" line: the port files say the same
-             *self.extra], stdout=subprocess.DEVNULL, stderr=self._log)
+            [
+                sys.executable,
+                "-m",
+                "tidelog",
+                "serve",
+                "--data-dir",
+                self.data_dir,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port or 0),
+                "--port-file",
+                self._port_file,
+                # never the fixed default metrics port: tests and other servers run side by side
+                *(() if own_metrics else ("--metrics-port", "0", "--metrics-port-file", self._metrics_port_file)),
+                # stdout holds only the "tidelog serving" line: the port files say the same
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+        )
         _LIVE.add(self.proc)
         try:
             self.port = int(wait_for_file(self._port_file, self.proc, timeout_s, "the server"))

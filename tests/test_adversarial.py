@@ -162,16 +162,42 @@ def run_adversary(root: str, seed: int, rounds: int, rate: float) -> Run:
     with Admin(server.target) as admin:
         admin.create_topic(KEPT, 4, **SMALL)
         admin.create_topic(CHURNED, 2, retention_bytes="8192", **SMALL)
-    producers = [Child(["tests.helpers.adversary_producer", server.target, f"p{i}", f"{KEPT},{CHURNED}",
-                        os.path.join(logs, f"p{i}.acks"), str(seed * 100 + i), str(rate)], f"p{i}",
-                       os.path.join(logs, f"p{i}.stderr")) for i in range(PRODUCERS)]
+    producers = [
+        Child(
+            [
+                "tests.helpers.adversary_producer",
+                server.target,
+                f"p{i}",
+                f"{KEPT},{CHURNED}",
+                os.path.join(logs, f"p{i}.acks"),
+                str(seed * 100 + i),
+                str(rate),
+            ],
+            f"p{i}",
+            os.path.join(logs, f"p{i}.stderr"),
+        )
+        for i in range(PRODUCERS)
+    ]
     members: list[Child] = []
     names = iter(f"m{i}" for i in range(10_000))
 
     def new_member() -> None:
         name = next(names)
-        members.append(Child(["tests.helpers.group_member", server.target, GROUP, KEPT, str(SESSION_MS),
-                              os.path.join(logs, f"{name}.log"), name], name, os.path.join(logs, f"{name}.stderr")))
+        members.append(
+            Child(
+                [
+                    "tests.helpers.group_member",
+                    server.target,
+                    GROUP,
+                    KEPT,
+                    str(SESSION_MS),
+                    os.path.join(logs, f"{name}.log"),
+                    name,
+                ],
+                name,
+                os.path.join(logs, f"{name}.stderr"),
+            )
+        )
 
     for _ in range(MEMBERS):
         new_member()
@@ -299,37 +325,45 @@ def check_log(run: Run, data_dir: str) -> list[str]:
             for offset, value in records:
                 ident = value.split(b".")[0]
                 if ident in seen:
-                    violations.append(f"{topic}[{p}]: record {ident.decode()} stored twice, at offsets "
-                                      f"{seen[ident]} and {offset}")
+                    violations.append(
+                        f"{topic}[{p}]: record {ident.decode()} stored twice, at offsets {seen[ident]} and {offset}"
+                    )
                 seen[ident] = offset
                 producer, _, seq = ident.decode().partition(":")
                 if producer in last_seq and last_seq[producer][0] > int(seq):
-                    violations.append(f"{topic}[{p}]: {producer}'s record {seq} at offset {offset} after its record "
-                                      f"{last_seq[producer][0]} at offset {last_seq[producer][1]}")
+                    violations.append(
+                        f"{topic}[{p}]: {producer}'s record {seq} at offset {offset} after its record "
+                        f"{last_seq[producer][0]} at offset {last_seq[producer][1]}"
+                    )
                 last_seq[producer] = (int(seq), offset)
             for a in run.acks:
                 if a.topic != topic or a.partition != p or (topic == CHURNED and a.offset < starts[p]):
                     continue
                 value = at.get(a.offset)
                 if value is None or value.split(b".")[0] != f"{a.producer}:{a.seq}".encode():
-                    violations.append(f"{topic}[{p}]: acknowledged record {a.producer}:{a.seq} at offset {a.offset} "
-                                      f"{'lost' if value is None else 'holds ' + value[:20].decode()}")
+                    violations.append(
+                        f"{topic}[{p}]: acknowledged record {a.producer}:{a.seq} at offset {a.offset} "
+                        f"{'lost' if value is None else 'holds ' + value[:20].decode()}"
+                    )
     leftovers = os.listdir(os.path.join(data_dir, ".trash")) if os.path.isdir(os.path.join(data_dir, ".trash")) else []
     if leftovers:
         violations.append(f"the trash still holds {leftovers}")
-    problems = check_directory(data_dir).problems + [f"{r.topic}[{r.partition}]: {p}" for r in check(data_dir)
-                                                     for p in r.problems]
+    problems = check_directory(data_dir).problems + [
+        f"{r.topic}[{r.partition}]: {p}" for r in check(data_dir) for p in r.problems
+    ]
     violations += [f"tidelog check: {p}" for p in problems]
     return violations
 
 
 def summarize(run: Run) -> str:
     moves = collections.Counter(what.split(": ", 1)[-1].split(" of ")[0].split(" topic")[0] for _, what in run.events)
-    return (f"seed {run.seed}, {run.rounds_done} broker kills: {len(run.acks)} records acknowledged "
-            f"({run.fails} failed), {len(run.deliveries)} group deliveries, {len(run.topics_alive)} topics "
-            f"alive and {len(run.topics_deleted)} deleted at the end; moves {dict(moves)}; "
-            f"{len(run.violations)} violation(s); logs in "
-            f"{run.root}/logs" + "".join(f"\n  - {v}" for v in run.violations[:40]))
+    return (
+        f"seed {run.seed}, {run.rounds_done} broker kills: {len(run.acks)} records acknowledged "
+        f"({run.fails} failed), {len(run.deliveries)} group deliveries, {len(run.topics_alive)} topics "
+        f"alive and {len(run.topics_deleted)} deleted at the end; moves {dict(moves)}; "
+        f"{len(run.violations)} violation(s); logs in "
+        f"{run.root}/logs" + "".join(f"\n  - {v}" for v in run.violations[:40])
+    )
 
 
 def test_adversarial_short_run(tmp_path):

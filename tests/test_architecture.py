@@ -60,10 +60,11 @@ def test_layers_import_only_downwards(path):
     layer = path.relative_to(PACKAGE).parts[0]
     banned = FORBIDDEN.get(layer, set())
     for name in imports_of(path):
-        inner = name[len("tidelog."):] if name.startswith("tidelog.") else None
+        inner = name[len("tidelog.") :] if name.startswith("tidelog.") else None
         for b in banned:
-            hit = (inner is not None and (inner == b or inner.startswith(b + "."))) or \
-                  (inner is None and (name == b or name.startswith(b + ".")))
+            hit = (inner is not None and (inner == b or inner.startswith(b + "."))) or (
+                inner is None and (name == b or name.startswith(b + "."))
+            )
             assert not hit, f"{path.relative_to(PACKAGE)} ({layer}) imports {name}"
 
 
@@ -102,7 +103,7 @@ def test_no_module_imports_itself_back_through_others():
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()

@@ -56,8 +56,12 @@ def test_percentiles_are_within_a_thousandth_above_the_exact_rank():
 
 
 def bench(*args):
-    out = subprocess.run([sys.executable, "-m", "tidelog", "bench", *args, "--format", "json"], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tidelog", "bench", *args, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -74,8 +78,20 @@ def server(tmp_path_factory):
 
 def test_produce_then_consume_against_a_server(server):
     s = f"--server={server.target}"
-    produced = bench("produce", s, "--records", "3000", "--record-bytes", "200", "--producers", "2",
-                     "--partitions", "2", "--topic", "b1")
+    produced = bench(
+        "produce",
+        s,
+        "--records",
+        "3000",
+        "--record-bytes",
+        "200",
+        "--producers",
+        "2",
+        "--partitions",
+        "2",
+        "--topic",
+        "b1",
+    )
     assert FIELDS <= set(produced) and produced["records"] == 3000 and produced["bytes"] == 600_000
     assert produced["records_per_s"] > 0 and {"p50", "p90", "p99", "p99.9", "max"} <= set(produced["latency_ms"])
     consumed = bench("consume", s, "--records", "3000", "--partitions", "2", "--consumers", "2", "--topic", "b1")
@@ -87,8 +103,9 @@ def test_group_consume_and_fixed_rate_e2e(server):
     bench("produce", s, "--records", "500", "--record-bytes", "100", "--topic", "b2", "--partitions", "2")
     grouped = bench("consume", s, "--records", "500", "--group", "g", "--topic", "b2", "--partitions", "2")
     assert grouped["records"] == 500
-    e2e = bench("e2e", s, "--rate", "200", "--duration-ms", "2000", "--record-bytes", "64", "--topic", "b3",
-                "--linger-ms", "0")
+    e2e = bench(
+        "e2e", s, "--rate", "200", "--duration-ms", "2000", "--record-bytes", "64", "--topic", "b3", "--linger-ms", "0"
+    )
     assert 300 <= e2e["records"] <= 400 and e2e["latency_ms"]["p50"] > 0
 
 
@@ -101,6 +118,10 @@ def test_embedded_produce_and_consume(tmp_path):
 
 
 def test_e2e_refuses_embedded_with_usage_exit_code(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tidelog", "bench", "e2e", "--embedded", "--data-dir",
-                          str(tmp_path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tidelog", "bench", "e2e", "--embedded", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "needs a server" in out.stderr

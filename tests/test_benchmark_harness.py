@@ -29,8 +29,12 @@ def _server(how: str):
     """The listener itself, or (as rabbitmq-server's script runs the Erlang VM) a child of the process started."""
     if how == "self":
         return lambda port: [sys.executable, "-c", LISTEN, str(port)]
-    return lambda port: [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
-                                               f"{LISTEN!r}, sys.argv[1]])", str(port)]
+    return lambda port: [
+        sys.executable,
+        "-c",
+        f"import subprocess, sys; subprocess.run([sys.executable, '-c', {LISTEN!r}, sys.argv[1]])",
+        str(port),
+    ]
 
 
 def _port_free(port: int) -> bool:
@@ -70,8 +74,12 @@ def test_a_port_held_by_another_process_is_not_taken_for_the_server(tmp_path):
     try:
         with pytest.raises(RuntimeError, match="was not ready"):
             # sleeps instead of binding; the port it is told about is free but nobody in its tree listens
-            procs.serve("idle", lambda port: [sys.executable, "-c", "import time; time.sleep(60)"],
-                        lambda port: True, timeout_s=2)
+            procs.serve(
+                "idle",
+                lambda port: [sys.executable, "-c", "import time; time.sleep(60)"],
+                lambda port: True,
+                timeout_s=2,
+            )
         assert held.port in listening_ports(held.pid)
     finally:
         procs.stop_all()
@@ -85,6 +93,7 @@ def test_rounds_rotate_the_order_and_keep_the_warm_up_apart():
         def run():
             calls.append(name)
             return Sample(records=value * (len(calls)), nbytes=0, seconds=1.0)
+
         return run
 
     rounds = Rounds(runs=3, warmup=1)
@@ -125,8 +134,13 @@ def test_a_stopwatch_marks_capped_only_when_work_was_left():
 def test_section_tables_and_json_carry_medians_ranges_and_ratios():
     rounds = Rounds(runs=3, warmup=0)
     values = {"tidelog": iter([300, 200, 100]), "peer": iter([100, 100, 50])}
-    rounds.run({"produce": {name: (lambda it=it: Sample(next(it) * 1000, next(iter([0])), 1.0))
-                            for name, it in values.items()}})
+    rounds.run(
+        {
+            "produce": {
+                name: (lambda it=it: Sample(next(it) * 1000, next(iter([0])), 1.0)) for name, it in values.items()
+            }
+        }
+    )
     sec = Section("produce", "Produce", ("records/s",), (Compare("tidelog / this", "tidelog", None, "tidelog"),))
     lines, results = sections_report(rounds, [sec], {("produce", "peer"): ["1 record lost"]})
     text = "\n".join(lines)
@@ -141,10 +155,12 @@ def test_section_tables_and_json_carry_medians_ranges_and_ratios():
 
 
 def test_targets_show_what_was_not_measured_and_whether_each_was_met():
-    rows = [("produce", "ratio", {"ratio": 2.0, "paired_min": 1.5, "paired_max": 2.5}, 1.5, "x"),
-            ("produce", "rate", 900.0, 1000.0, "MB/s"),
-            ("produce", "missing peer", None, 3.0, "x"),
-            ("consume", "not run", None, 3.0, "x")]
+    rows = [
+        ("produce", "ratio", {"ratio": 2.0, "paired_min": 1.5, "paired_max": 2.5}, 1.5, "x"),
+        ("produce", "rate", 900.0, 1000.0, "MB/s"),
+        ("produce", "missing peer", None, 3.0, "x"),
+        ("consume", "not run", None, 3.0, "x"),
+    ]
     lines, results = targets_table(rows, ["produce"])
     assert [t["met"] for t in results] == [True, False, None]
     assert "| ratio | 2.00x (1.50-2.50) | >= 1.50x | yes |" in lines

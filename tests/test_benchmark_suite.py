@@ -12,21 +12,44 @@ from tidelog.loadgen.histogram import Latency
 
 def _fig(scenario, system, median, tidelog, runs=None):
     runs = runs or [median]
-    return {"scenario": scenario, "system": system, "metric": "records/s", "median": median, "min": min(runs),
-            "max": max(runs), "runs": runs, "tidelog": tidelog, "settings": f"{system} settings"}
+    return {
+        "scenario": scenario,
+        "system": system,
+        "metric": "records/s",
+        "median": median,
+        "min": min(runs),
+        "max": max(runs),
+        "runs": runs,
+        "tidelog": tidelog,
+        "settings": f"{system} settings",
+    }
 
 
 def _lat(system, p50, p99, tidelog, rate=1000):
     pct = lambda v: {"median": v, "min": v, "max": v}  # noqa: E731
-    return {"scenario": f"e2e latency 1 KiB at {rate:,} msgs/s", "system": system, "rate": rate, "tidelog": tidelog,
-            "settings": f"{system} e2e settings", "runs": [], "sent": [1000], "received": [1000],
-            "p50": pct(p50), "p90": pct(p50), "p99": pct(p99), "p99.9": pct(p99 * 2), "max": pct(p99 * 3)}
+    return {
+        "scenario": f"e2e latency 1 KiB at {rate:,} msgs/s",
+        "system": system,
+        "rate": rate,
+        "tidelog": tidelog,
+        "settings": f"{system} e2e settings",
+        "runs": [],
+        "sent": [1000],
+        "received": [1000],
+        "p50": pct(p50),
+        "p90": pct(p50),
+        "p99": pct(p99),
+        "p99.9": pct(p99 * 2),
+        "max": pct(p99 * 3),
+    }
 
 
 @pytest.fixture
 def synthetic():
     return {
-        "mode": "quick", "date": "2000-01-02", "elapsed_s": 12.0,
+        "mode": "quick",
+        "date": "2000-01-02",
+        "elapsed_s": 12.0,
         "machine": {"nproc": 2, "cpu_model": "test", "memory_gib": 1, "kernel": "x", "python": "3"},
         "figures": [
             _fig("produce 1 KiB", "tidelog gRPC Producer", 400_000.0, True, [300_000.0, 400_000.0, 500_000.0]),
@@ -37,8 +60,12 @@ def synthetic():
             _fig("durable produce 1 KiB", "RabbitMQ (confirms)", 1_000.0, False),
         ],
         "latency": [_lat("tidelog", 0.8, 4.0, True), _lat("Redis Streams", 0.4, 2.0, False)],
-        "targets": [], "skipped": {"RabbitMQ": "not installed"}, "versions": {}, "notes": [],
-        "settings": {"Redis Streams": "no persistence"}, "logs": {"grpc": "text"},
+        "targets": [],
+        "skipped": {"RabbitMQ": "not installed"},
+        "versions": {},
+        "notes": [],
+        "settings": {"Redis Streams": "no persistence"},
+        "logs": {"grpc": "text"},
         "machine_load": "Shared machine: other processes used 1.2 cores",
     }
 
@@ -151,8 +178,10 @@ def test_fixed_rate_stops_at_the_deadline():
 def test_latency_entry_takes_medians_over_runs():
     from benchmarks.suite import latency_entry
 
-    runs = [{"sent": 10, "received": 10, "latency_ms": {"p50": v, "p90": v, "p99": 2 * v, "p99.9": 3 * v, "max": 4 * v}}
-            for v in (1.0, 3.0, 2.0)]
+    runs = [
+        {"sent": 10, "received": 10, "latency_ms": {"p50": v, "p90": v, "p99": 2 * v, "p99.9": 3 * v, "max": 4 * v}}
+        for v in (1.0, 3.0, 2.0)
+    ]
     e = latency_entry("s", "tidelog", 1000, runs, "x")
     assert e["p50"] == {"median": 2.0, "min": 1.0, "max": 3.0}
     assert e["p99"]["median"] == 4.0 and e["tidelog"] is True

@@ -19,8 +19,9 @@ from .server_process import ServerProcess, refused_address, wait_for_file
 
 
 def tidelog(*args, input=b"", timeout=60, env=None):
-    return subprocess.run([sys.executable, "-m", "tidelog", *args], input=input, capture_output=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tidelog", *args], input=input, capture_output=True, timeout=timeout, env=env
+    )
 
 
 def one_error_line(out) -> str:
@@ -109,8 +110,11 @@ def test_a_closed_stdout_ends_consume_quietly(server):
     s = f"--server={server.target}"
     tidelog("topics", "create", "piped", s)
     assert tidelog("produce", "piped", s, input=b"".join(b"%d\n" % i for i in range(20_000))).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "tidelog", "consume", "piped", "--from-beginning", s],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "consume", "piped", "--from-beginning", s],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.readline()
     proc.stdout.close()  # as `| head -1` does
     try:
@@ -145,8 +149,11 @@ def a_data_dir(tmp_path_factory):
 # before any broker is asked, runtime errors (1) come from running.
 BAD_INVOCATIONS = [
     # runtime: what is named does not exist
-    (["serve", "--config", "/nonexistent/tidelog.toml", "--port", "0", "--metrics-port", "-1"], 1,
-     "cannot read config file"),
+    (
+        ["serve", "--config", "/nonexistent/tidelog.toml", "--port", "0", "--metrics-port", "-1"],
+        1,
+        "cannot read config file",
+    ),
     (["check", "--data-dir", "/nonexistent"], 1, "no data directory at /nonexistent"),
     (["dump", "--data-dir", "/nonexistent", "--topic", "t"], 1, "no data directory at /nonexistent"),
     (["dump", "--data-dir", "{data}", "--topic", "nosuch"], 1, "no partition nosuch[0]"),
@@ -155,31 +162,49 @@ BAD_INVOCATIONS = [
     (["demo", "--partitions", "0", "--data-dir", "{data}"], 2, "--partitions: must be at least 1"),
     (["health", "--timeout-ms", "0", "--server", "{nowhere}"], 2, "--timeout-ms: must be more than 0"),
     (["health", "--timeout-s", "0", "--server", "{nowhere}"], 2, "--timeout-s: must be more than 0"),
-    (["topics", "create", "x", "--set", "retention_ms=abc", "--server", "{nowhere}"], 2,
-     "--set retention_ms takes an integer"),
+    (
+        ["topics", "create", "x", "--set", "retention_ms=abc", "--server", "{nowhere}"],
+        2,
+        "--set retention_ms takes an integer",
+    ),
     (["topics", "create", "x", "--set", "retention_ms=-5", "--server", "{nowhere}"], 2, "retention_ms must be"),
     (["topics", "create", "x", "--set", "nosuch=1", "--server", "{nowhere}"], 2, "unknown topic setting 'nosuch'"),
     (["topics", "create", "x", "--set", "retention_ms", "--server", "{nowhere}"], 2, "--set takes NAME=VALUE"),
     (["topics", "create", "x", "--partitions", "0", "--server", "{nowhere}"], 2, "--partitions: must be at least 1"),
     (["produce", "x", "--key-field", "0", "--server", "{nowhere}"], 2, "--key-field: must be at least 1"),
     (["produce", "x", "--delimiter", "", "--server", "{nowhere}"], 2, "--delimiter: must not be empty"),
-    (["consume", "x", "--group", "g", "--partition", "0", "--server", "{nowhere}"], 2,
-     "--partition and --offset do not apply"),
-    (["consume", "x", "--group", "g", "--offset", "3", "--server", "{nowhere}"], 2,
-     "--partition and --offset do not apply"),
-    (["consume", "x", "--from-beginning", "--offset", "3", "--server", "{nowhere}"], 2,
-     "--from-beginning and --offset"),
+    (
+        ["consume", "x", "--group", "g", "--partition", "0", "--server", "{nowhere}"],
+        2,
+        "--partition and --offset do not apply",
+    ),
+    (
+        ["consume", "x", "--group", "g", "--offset", "3", "--server", "{nowhere}"],
+        2,
+        "--partition and --offset do not apply",
+    ),
+    (
+        ["consume", "x", "--from-beginning", "--offset", "3", "--server", "{nowhere}"],
+        2,
+        "--from-beginning and --offset",
+    ),
     (["consume", "x", "--max", "0", "--server", "{nowhere}"], 2, "--max: must be at least 1"),
     (["consume", "x", "--offset", "-1", "--server", "{nowhere}"], 2, "--offset: must be 0 or more"),
     (["top", "--once", "--iterations", "2", "--server", "{nowhere}"], 2, "not allowed with argument --once"),
     (["top", "--interval-ms", "0", "--server", "{nowhere}"], 2, "--interval-ms: must be more than 0"),
     (["bench", "produce", "--records", "0", "--server", "{nowhere}"], 2, "--records: must be at least 1"),
     (["bench", "produce", "--data-dir", "{data}", "--server", "{nowhere}"], 2, "--data-dir is for --embedded"),
-    (["dump", "--data-dir", "{data}", "--topic", "t", "--from-offset", "5", "--to-offset", "2"], 2,
-     "--to-offset 2 is before --from-offset 5"),
+    (
+        ["dump", "--data-dir", "{data}", "--topic", "t", "--from-offset", "5", "--to-offset", "2"],
+        2,
+        "--to-offset 2 is before --from-offset 5",
+    ),
     (["serve", "--port", "70000"], 2, "--port: must be a port"),
-    (["serve", "--metrics-port", "-1", "--metrics-port-file", "{data}/m", "--port", "0"], 2,
-     "--metrics-port-file: the metrics endpoint is off"),
+    (
+        ["serve", "--metrics-port", "-1", "--metrics-port-file", "{data}/m", "--port", "0"],
+        2,
+        "--metrics-port-file: the metrics endpoint is off",
+    ),
     (["--server", "{nowhere}", "check", "--data-dir", "{data}"], 2, "--server does not apply to `tidelog check`"),
     (["topics", "create"], 2, "the following arguments are required: topic"),
     (["no-such-command"], 2, "invalid choice: 'no-such-command'"),
@@ -196,7 +221,9 @@ BAD_INVOCATIONS = [
 ]
 
 
-@pytest.mark.parametrize("args, code, message", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, code, message", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+)
 def test_a_bad_invocation_is_one_line_on_stderr_and_its_exit_code(args, code, message, a_data_dir):
     with refused_address() as nowhere:
         out = tidelog(*[a.format(data=a_data_dir, nowhere=nowhere) for a in args])
@@ -238,25 +265,62 @@ def test_every_option_has_help_that_states_its_default():
                 assert "default" in action.help, f"{where}: say what happens without it"
         help_text = " ".join(command.format_help().split())
         for action in command._actions:
-            if action.option_strings and action.help != argparse.SUPPRESS and \
-                    action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or ""):
+            if (
+                action.option_strings
+                and action.help != argparse.SUPPRESS
+                and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in (action.help or "")
+            ):
                 assert f"(default: {action.default})" in help_text, f"{command.prog} {action.option_strings[0]}"
 
 
 def test_every_command_has_help():
-    for cmd in (["serve"], ["topics"], ["topics", "create"], ["topics", "list"], ["topics", "describe"],
-                ["topics", "delete"], ["produce"], ["consume"], ["health"], ["demo"], ["check"], ["dump"],
-                ["groups"], ["groups", "describe"], ["groups", "reset-offsets"], ["bench"], ["top"]):
+    for cmd in (
+        ["serve"],
+        ["topics"],
+        ["topics", "create"],
+        ["topics", "list"],
+        ["topics", "describe"],
+        ["topics", "delete"],
+        ["produce"],
+        ["consume"],
+        ["health"],
+        ["demo"],
+        ["check"],
+        ["dump"],
+        ["groups"],
+        ["groups", "describe"],
+        ["groups", "reset-offsets"],
+        ["bench"],
+        ["top"],
+    ):
         out = tidelog(*cmd, "--help")
         assert out.returncode == 0 and b"usage: tidelog" in out.stdout
 
 
 def test_serve_on_port_0_says_where_it_serves_and_writes_the_ports_to_files(tmp_path):
     port_file, metrics_file = str(tmp_path / "port"), str(tmp_path / "metrics-port")
-    proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", str(tmp_path / "data"),
-                             "--port", "0", "--port-file", port_file, "--metrics-port", "0",
-                             "--metrics-port-file", metrics_file], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidelog",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+            "--metrics-port",
+            "0",
+            "--metrics-port-file",
+            metrics_file,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
         metrics_port = int(wait_for_file(metrics_file, proc, 60, "tidelog serve"))
@@ -277,9 +341,27 @@ def test_serve_on_port_0_says_where_it_serves_and_writes_the_ports_to_files(tmp_
 
 def test_serve_says_where_it_serves_in_json_when_it_logs_json(tmp_path):
     port_file = str(tmp_path / "port")
-    proc = subprocess.Popen([sys.executable, "-m", "tidelog", "serve", "--data-dir", str(tmp_path / "data"),
-                             "--port", "0", "--port-file", port_file, "--metrics-port", "-1",
-                             "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tidelog",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+            "--metrics-port",
+            "-1",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
         assert json.loads(proc.stdout.readline()) == {"event": "serving", "address": f"127.0.0.1:{port}"}
@@ -291,8 +373,9 @@ def test_serve_says_where_it_serves_in_json_when_it_logs_json(tmp_path):
 
 
 def test_serve_reports_a_busy_port_clearly(server, tmp_path):
-    out = tidelog("serve", "--data-dir", str(tmp_path / "other"), "--port", str(server.port), "--metrics-port", "0",
-                  timeout=60)
+    out = tidelog(
+        "serve", "--data-dir", str(tmp_path / "other"), "--port", str(server.port), "--metrics-port", "0", timeout=60
+    )
     assert out.returncode == 1
     assert b"cannot listen on" in out.stderr
 
@@ -311,17 +394,21 @@ def test_demo_writes_records_and_reads_them_back(tmp_path):
     assert "read back 5 of 5 record(s)" in text
 
 
-@pytest.mark.parametrize("content, message", [
-    ('nope = 1\n', "unknown setting(s) nope"),
-    ('max_connections = "x"\n', "max_connections must be an integer"),
-    ('port = [\n', "cannot read config file"),
-    ('[engine]\nfsync = "sometimes"\n', "fsync must be one of"),
-    ('[engine.topic_defaults]\nbogus = 2\n', "unknown setting(s) bogus"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("nope = 1\n", "unknown setting(s) nope"),
+        ('max_connections = "x"\n', "max_connections must be an integer"),
+        ("port = [\n", "cannot read config file"),
+        ('[engine]\nfsync = "sometimes"\n', "fsync must be one of"),
+        ("[engine.topic_defaults]\nbogus = 2\n", "unknown setting(s) bogus"),
+    ],
+)
 def test_a_bad_config_file_is_one_clear_line(tmp_path, content, message):
     path = tmp_path / "tidelog.toml"
     path.write_text(content)
-    out = tidelog("serve", "--config", str(path), "--data-dir", str(tmp_path / "d"), "--port", "0",
-                  "--metrics-port", "-1")
+    out = tidelog(
+        "serve", "--config", str(path), "--data-dir", str(tmp_path / "d"), "--port", "0", "--metrics-port", "-1"
+    )
     assert out.returncode == 1
     assert message in one_error_line(out)

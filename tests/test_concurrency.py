@@ -21,6 +21,7 @@ def run_threads(targets):
                 fn()
             except BaseException as exc:  # surfaced in the main thread below
                 errors.append(exc)
+
         return run
 
     threads = [threading.Thread(target=guard(t)) for t in targets]
@@ -42,6 +43,7 @@ def test_producers_on_one_partition_keep_each_producers_order_and_lose_nothing(d
             def run():
                 for seq in range(PER_THREAD):
                     eng.produce("t", [b"%d:%d" % (tid, seq)] * (1 + seq % 3), partition=0)
+
             return run
 
         run_threads([producer(t) for t in range(4)])
@@ -72,6 +74,7 @@ def test_readers_tailing_partitions_never_see_a_partial_batch(data_dir):
                         eng.produce("t", [b"p%d-%d-" % (p, seq) + b"x" * (seq % 200)] * 5, partition=p)
                 finally:
                     done.set()
+
             return run
 
         def reader(p):
@@ -92,6 +95,7 @@ def test_readers_tailing_partitions_never_see_a_partial_batch(data_dir):
                     if not r and done.is_set() and eng.list_offsets("t", p).high_watermark == offset:
                         break
                 assert offset == PER_THREAD * 5
+
             return run
 
         run_threads([producer(p) for p in range(4)] + [reader(p) for p in range(4)])

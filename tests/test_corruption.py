@@ -18,8 +18,8 @@ import pytest
 
 from tidelog import Engine
 from tidelog.errors import CorruptLogError
-from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.examine import check, dump_batches
+from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.repair import repair
 from tidelog.storage.recovery import RECOVERY_POINT_FILE
 
@@ -102,7 +102,9 @@ def test_invalid_data_at_the_end_of_a_sealed_segment_refuses_to_open_and_changes
         Engine.open(built, clock=clock)
     assert "t-1" in err.value.message and "--repair" in err.value.message
     assert digest(os.path.join(built, "t-1")) == before
-    out = tidelog("serve", "--data-dir", built, "--port", "0", "--metrics-port", "-1")  # no fixed port: 9464 may be taken
+    out = tidelog(
+        "serve", "--data-dir", built, "--port", "0", "--metrics-port", "-1"
+    )  # no fixed port: 9464 may be taken
     errors = [line for line in out.stderr.splitlines() if "is corrupt" in line]  # the rest: INFO log lines
     assert out.returncode == 1 and len(errors) == 1 and "t-1 is corrupt" in errors[0], out.stderr
 
@@ -267,9 +269,11 @@ def test_the_server_answers_a_read_of_corrupt_data_with_data_loss_and_keeps_serv
     srv = ServerProcess(built).start()
     try:
         with grpc.insecure_channel(srv.target) as channel:
-            fetch = channel.unary_unary("/tidelog.v1.Consumer/FetchRecords",
-                                        request_serializer=pb.FetchRequest.SerializeToString,
-                                        response_deserializer=pb.FetchRecordsResponse.FromString)
+            fetch = channel.unary_unary(
+                "/tidelog.v1.Consumer/FetchRecords",
+                request_serializer=pb.FetchRequest.SerializeToString,
+                response_deserializer=pb.FetchRecordsResponse.FromString,
+            )
             with pytest.raises(grpc.RpcError) as err:
                 fetch(pb.FetchRequest(topic="t", partition=1, offset=0), timeout=10)
             assert err.value.code() == grpc.StatusCode.DATA_LOSS and "--repair" in err.value.details()
@@ -290,7 +294,7 @@ def test_a_time_index_entry_off_by_one_bit_is_found_by_check_and_rebuilt_by_repa
     last = len(original) - 12
     with open(path, "r+b") as f:  # the last entry 1 ms later than the log says: still in order
         f.seek(last)
-        f.write((int.from_bytes(original[last:last + 8], "big") + 1).to_bytes(8, "big"))
+        f.write((int.from_bytes(original[last : last + 8], "big") + 1).to_bytes(8, "big"))
     [problems] = [r.problems for r in check(built) if r.partition == 0]
     assert problems == ["segment 00000000000000000000: time index entries do not match the log's timestamps"]
     assert repair(built) == ["t[0]: indexes of segment 00000000000000000000 rebuilt"]
@@ -373,8 +377,15 @@ def test_a_time_lookup_past_what_is_visible_is_not_taken_for_a_damaged_index(tmp
     from tidelog.partition.partition_log import PartitionLog
     from tidelog.storage.fs import FileSystem
 
-    plog = PartitionLog(FileSystem(), str(tmp_path / "t-0"), TopicConfig(index_interval_bytes=1), "always",
-                        lambda: 0, clean=False, create=True)
+    plog = PartitionLog(
+        FileSystem(),
+        str(tmp_path / "t-0"),
+        TopicConfig(index_interval_bytes=1),
+        "always",
+        lambda: 0,
+        clean=False,
+        create=True,
+    )
     try:
         for ts, sync in ((100, True), (250, False), (300, False)):  # the last two: written, not yet fsynced
             data = batch_codec.build_batch([b"x"], timestamp=ts)

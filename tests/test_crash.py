@@ -49,14 +49,20 @@ class Round:
             self.bad.append(line)
         return kind == "ACK"
 
+
 PARTITIONS = 2
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_and_kill(data_dir: str, rng: random.Random, fsync: str) -> Round:
     """Start the child, SIGKILL it after a random number of acks; return what it acknowledged."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.crash_producer", data_dir, str(PARTITIONS), fsync],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.crash_producer", data_dir, str(PARTITIONS), fsync],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     round_ = Round()
     target = rng.randint(20, 600)
     deadline = time.monotonic() + 60
@@ -92,8 +98,9 @@ def check_log(data_dir: str, round_: Round, seed: int) -> tuple[dict[int, int], 
         ends = {}
         for p in range(PARTITIONS):
             offsets = engine.list_offsets("t", p)
-            assert offsets.log_end >= max(acked.get(p, 0), round_.flushed.get(p, 0)), \
+            assert offsets.log_end >= max(acked.get(p, 0), round_.flushed.get(p, 0)), (
                 f"seed {seed}: partition {p} lost acknowledged records (end {offsets.log_end} < acked {acked[p]})"
+            )
             offset = offsets.log_start
             while offset < offsets.high_watermark:
                 result = engine.fetch("t", p, offset, max_bytes=1 << 20)
@@ -107,8 +114,12 @@ def check_log(data_dir: str, round_: Round, seed: int) -> tuple[dict[int, int], 
             ends[p] = offsets.log_end
         committed = {tp[1]: c.offset for tp, c in OffsetStore(engine).fetch("g").items()}
         for p, c in round_.committed.items():
-            assert committed.get(p, 0) >= c, f"seed {seed}: partition {p} commit went back from {c} to {committed.get(p)}"
-            assert committed[p] <= ends[p], f"seed {seed}: partition {p} committed {committed[p]} past the end {ends[p]}"
+            assert committed.get(p, 0) >= c, (
+                f"seed {seed}: partition {p} commit went back from {c} to {committed.get(p)}"
+            )
+            assert committed[p] <= ends[p], (
+                f"seed {seed}: partition {p} committed {committed[p]} past the end {ends[p]}"
+            )
         return ends, committed
 
 

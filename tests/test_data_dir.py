@@ -19,11 +19,11 @@ import pytest
 from tidelog import Engine
 from tidelog.engine.topic_meta import MARKER_FILE, TRASH_DIR
 from tidelog.errors import CorruptLogError, TopicExistsError
-from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.examine import check, check_directory
+from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.repair import repair
 
-from .test_corruption import digest, flip, seg_path
+from .test_corruption import digest, flip
 
 
 def fill(data_dir, clock, topics=(("t", 2),)):
@@ -37,7 +37,7 @@ def fill(data_dir, clock, topics=(("t", 2),)):
             for p in range(partitions):
                 values = [b"%s-%d-%03d" % (name.encode(), p, i) * 20 for i in range(60)]
                 for i in range(0, 60, 3):
-                    eng.produce(name, values[i:i + 3], partition=p)
+                    eng.produce(name, values[i : i + 3], partition=p)
                 held[(name, p)] = values
         store.commit("g", {("t", 0): 17})
     return held
@@ -62,11 +62,15 @@ def assert_intact(data_dir, clock, held):
 
 def partition_files(data_dir):
     """Digest of every partition directory (what must never be deleted or changed by a refusal)."""
-    return {entry: digest(os.path.join(data_dir, entry)) for entry in os.listdir(data_dir)
-            if os.path.isdir(os.path.join(data_dir, entry)) and entry not in ("meta", TRASH_DIR)}
+    return {
+        entry: digest(os.path.join(data_dir, entry))
+        for entry in os.listdir(data_dir)
+        if os.path.isdir(os.path.join(data_dir, entry)) and entry not in ("meta", TRASH_DIR)
+    }
 
 
 # -- 1. only what tidelog provably made ---------------------------------------------------------------
+
 
 def test_opening_never_deletes_a_directory_without_a_partition_marker(data_dir, clock):
     # Before: any <name>-<digits> directory was taken for an orphaned partition and removed with rmtree.
@@ -80,8 +84,12 @@ def test_opening_never_deletes_a_directory_without_a_partition_marker(data_dir, 
     assert_intact(data_dir, clock, held)
     assert partition_files(data_dir) == before
     notes = check_directory(data_dir).notes
-    assert {n.split(":")[0] for n in notes if "not a tidelog partition" in n} == {"photos-2024", "backup-1", "t-2",
-                                                                                 "__consumer_offsets-9"}
+    assert {n.split(":")[0] for n in notes if "not a tidelog partition" in n} == {
+        "photos-2024",
+        "backup-1",
+        "t-2",
+        "__consumer_offsets-9",
+    }
 
 
 def test_check_and_repair_leave_a_directory_without_a_partition_marker_alone(data_dir, clock):
@@ -121,6 +129,7 @@ def test_a_topic_cannot_be_created_over_a_directory_that_is_not_its_own(data_dir
 
 # -- 2. damaged metadata is refused, never acted on ---------------------------------------------------
 
+
 def meta_file(data_dir, topic="t"):
     return os.path.join(data_dir, "meta", "topics", f"{topic}.json")
 
@@ -142,15 +151,17 @@ def test_an_edited_topic_file_is_refused_and_repair_restores_it_from_the_partiti
     path = meta_file(data_dir)
     with open(path, "rb") as f:
         text = f.read()
-    edits = {"partitions 2->0": (b'"partitions": 2', b'"partitions": 0'),
-             "partitions 2->1": (b'"partitions": 2', b'"partitions": 1'),
-             "name t->u": (b'"name": "t"', b'"name": "u"'),
-             "config": (b'"segment_bytes": 4096', b'"segment_bytes": 4097'),
-             "topic id": (b'"topic_id": "', b'"topic_id": "0')}
+    edits = {
+        "partitions 2->0": (b'"partitions": 2', b'"partitions": 0'),
+        "partitions 2->1": (b'"partitions": 2', b'"partitions": 1'),
+        "name t->u": (b'"name": "t"', b'"name": "u"'),
+        "config": (b'"segment_bytes": 4096', b'"segment_bytes": 4097'),
+        "topic id": (b'"topic_id": "', b'"topic_id": "0'),
+    }
     old, new = edits[edit]
     assert old in text
     with open(path, "wb") as f:
-        f.write(text.replace(old, new, 1)[:len(text)])
+        f.write(text.replace(old, new, 1)[: len(text)])
     refused_and_untouched(data_dir, clock, "meta/topics/t.json is damaged")
     problems = check_directory(data_dir).problems
     assert any("t.json is damaged" in p for p in problems)
@@ -216,8 +227,9 @@ def test_a_missing_partition_directory_is_refused_and_repair_recreates_it_empty(
     held = fill(data_dir, clock)
     shutil.move(os.path.join(data_dir, "t-1"), os.path.join(str(data_dir) + "-aside"))
     refused_and_untouched(data_dir, clock, "t-1 of topic 't' is missing")
-    assert [a for a in repair(data_dir) if "recreated empty" in a] == ["t[1]: partition directory recreated empty; "
-                                                                       "the records it held are lost"]
+    assert [a for a in repair(data_dir) if "recreated empty" in a] == [
+        "t[1]: partition directory recreated empty; the records it held are lost"
+    ]
     held[("t", 1)] = []
     assert_intact(data_dir, clock, held)
 
@@ -244,6 +256,7 @@ def test_a_lost_or_damaged_partition_marker_is_refused_and_repair_writes_it_agai
 
 
 # -- 3. create and delete are safe against crashes and each other -------------------------------------
+
 
 def test_a_topic_deleted_and_created_again_at_once_keeps_every_acknowledged_record(data_dir, clock):
     # Before: delete_topic removed the partition directories after releasing its lock, so a topic of
@@ -303,6 +316,7 @@ def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_direc
         meta = eng._topics["t"].meta
     from tidelog.engine.topic_meta import TopicMeta, write_topic_meta
     from tidelog.storage.fs import FileSystem
+
     creating = TopicMeta(meta.name, meta.topic_id, 4, meta.created_ms, meta.config, "creating")
     write_topic_meta(FileSystem(), data_dir, creating)
     shutil.rmtree(os.path.join(data_dir, "t-2"))
@@ -319,8 +333,8 @@ def test_a_crash_during_create_is_rolled_back_removing_only_the_topics_own_direc
 def test_a_crash_while_a_create_writes_a_marker_is_rolled_back(data_dir, clock):
     # Before: the directory then held only the marker's temporary file, so it was neither marked nor
     # empty: the rollback left it, and the topic could never be created again ("already exists").
-    from tidelog.engine.topic_meta import TopicMeta, write_topic_meta
     from tidelog.config import TopicConfig
+    from tidelog.engine.topic_meta import TopicMeta, write_topic_meta
     from tidelog.storage.fs import TMP_PREFIX, FileSystem
 
     os.makedirs(os.path.join(data_dir, "meta", "topics"))
@@ -415,7 +429,6 @@ def test_a_crash_at_any_step_of_create_or_delete_leaves_a_directory_that_opens(t
         assert k > 3, op  # the crash points covered more than the first step
 
 
-
 def to_first_format(data_dir):
     """Rewrite a directory as the first format left it: plain JSON topic files (version 1, no id, no
     state), no partition markers, no producer snapshots, recovery points of version 1."""
@@ -428,10 +441,19 @@ def to_first_format(data_dir):
         path = os.path.join(topics_dir, name)
         with open(path, "rb") as f:
             body = f.read()
-        doc = json.loads(body[:body.rindex(b"# crc32c")])
+        doc = json.loads(body[: body.rindex(b"# crc32c")])
         with open(path, "w") as f:
-            json.dump({"version": 1, "name": doc["name"], "partitions": doc["partitions"],
-                       "created_ms": doc["created_ms"], "config": doc["config"]}, f, indent=1)
+            json.dump(
+                {
+                    "version": 1,
+                    "name": doc["name"],
+                    "partitions": doc["partitions"],
+                    "created_ms": doc["created_ms"],
+                    "config": doc["config"],
+                },
+                f,
+                indent=1,
+            )
     for entry in partition_files(data_dir):
         directory = os.path.join(data_dir, entry)
         for name in os.listdir(directory):
@@ -483,10 +505,8 @@ def test_a_directory_of_the_first_format_is_upgraded_and_a_crash_during_the_upgr
         assert check_directory(d).problems == [] and not any(r.problems for r in check(d))
 
 
-
 @pytest.mark.parametrize("what", ["trash", "rollback"])
-def test_a_crash_while_removing_a_partition_directory_leaves_one_the_next_open_still_removes(tmp_path, clock,
-                                                                                           what):
+def test_a_crash_while_removing_a_partition_directory_leaves_one_the_next_open_still_removes(tmp_path, clock, what):
     # Before: the directory went with one rmtree, in the file system's order (hash order on ext4):
     # when partition.meta went first, a crash left segment files without the marker that proves
     # them ours, so no later open removed them (a deleted topic's disk space was never given back,
@@ -539,6 +559,7 @@ def test_a_crash_while_removing_a_partition_directory_leaves_one_the_next_open_s
             with Engine.open(d, clock=clock) as eng:
                 meta = eng._topics["t"].meta
             from tidelog.engine.topic_meta import write_topic_meta
+
             write_topic_meta(FileSystem(), d, replace(meta, state="creating"))  # a create a crash stopped
             try:
                 Engine.open(d, clock=clock, fs=fs).close()
@@ -557,6 +578,7 @@ def test_a_crash_while_removing_a_partition_directory_leaves_one_the_next_open_s
 
 
 # -- names and races ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("length", [246, 247, 248, 249])
 def test_the_longest_topic_names_work_end_to_end(data_dir, clock, length):

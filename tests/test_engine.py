@@ -12,9 +12,19 @@ from kafka.partitioner.default import murmur2 as kafka_murmur2
 import tidelog
 from tidelog import Engine
 from tidelog.config import EngineConfig, FsyncPolicy
-from tidelog.errors import (CorruptBatchError, DataDirLockedError, EngineClosedError, InvalidConfigError,
-                            InvalidPartitionError, InvalidRequestError, InvalidTopicError,
-                            OffsetOutOfRangeError, RecordTooLargeError, TopicExistsError, UnknownTopicError)
+from tidelog.errors import (
+    CorruptBatchError,
+    DataDirLockedError,
+    EngineClosedError,
+    InvalidConfigError,
+    InvalidPartitionError,
+    InvalidRequestError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 
 
 @pytest.fixture
@@ -42,8 +52,12 @@ def test_open_creates_the_data_directory(data_dir):
 
 def test_produce_then_fetch_returns_records_with_offsets_keys_values_headers(engine, clock):
     engine.create_topic("orders", partitions=1)
-    res = engine.produce("orders", [b"v1", b"v2", None], keys=[b"k1", None, b"k3"],
-                         headers=[[("trace", b"abc"), ("empty", None)], None, []])
+    res = engine.produce(
+        "orders",
+        [b"v1", b"v2", None],
+        keys=[b"k1", None, b"k3"],
+        headers=[[("trace", b"abc"), ("empty", None)], None, []],
+    )
     assert res == [tidelog.ProduceResult("orders", 0, 0, 2)]
     recs = list(engine.fetch("orders", 0, 0))
     assert [(r.offset, r.key, r.value) for r in recs] == [(0, b"k1", b"v1"), (1, None, b"v2"), (2, b"k3", None)]
@@ -123,7 +137,7 @@ def test_batch_table_gives_columnar_access_without_record_objects(engine):
     assert table["value_len"].tolist() == [1, 2, 3]
     assert table["key_len"].tolist() == [1, -1, 2]
     buf = batch.records_buffer
-    assert bytes(buf[table["value_pos"][2]:table["value_pos"][2] + 3]) == b"ccc"
+    assert bytes(buf[table["value_pos"][2] : table["value_pos"][2] + 3]) == b"ccc"
 
 
 def test_fetch_at_the_high_watermark_is_empty_not_an_error(engine):
@@ -220,8 +234,10 @@ def test_oversize_pre_encoded_batch_is_rejected(engine, clock):
         engine.append("t", 0, tidelog.build_batch([b"x" * 2000], timestamp=clock.now))
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "a\\b", "x" * 250, "spaces are bad", "é",
-                                  "trailing-newline\n", "a\x00b", "\n"])
+@pytest.mark.parametrize(
+    "name",
+    ["", ".", "..", "../escape", "a/b", "a\\b", "x" * 250, "spaces are bad", "é", "trailing-newline\n", "a\x00b", "\n"],
+)
 def test_invalid_topic_names_are_refused_and_create_no_files(engine, data_dir, name):
     before = set(os.listdir(data_dir))
     with pytest.raises(InvalidTopicError):
@@ -300,8 +316,10 @@ def test_describe_reports_offsets_sizes_and_segments(engine):
 
 
 def test_a_second_process_cannot_open_a_locked_data_directory(engine, data_dir):
-    code = (f"import tidelog\ntry:\n    tidelog.Engine.open({data_dir!r})\n"
-            f"except tidelog.DataDirLockedError as e:\n    print('LOCKED', e)\n")
+    code = (
+        f"import tidelog\ntry:\n    tidelog.Engine.open({data_dir!r})\n"
+        f"except tidelog.DataDirLockedError as e:\n    print('LOCKED', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "LOCKED" in out.stdout and "in use by another process" in out.stdout, out.stderr
 

@@ -59,8 +59,22 @@ def test_check_reports_a_damaged_index(built):
 
 
 def test_dump_prints_batches_and_records_in_an_offset_range(built):
-    out = tidelog("dump", "--data-dir", built, "--topic", "t", "--partition", "0", "--from-offset", "7",
-                  "--to-offset", "12", "--records", "--format", "json")
+    out = tidelog(
+        "dump",
+        "--data-dir",
+        built,
+        "--topic",
+        "t",
+        "--partition",
+        "0",
+        "--from-offset",
+        "7",
+        "--to-offset",
+        "12",
+        "--records",
+        "--format",
+        "json",
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     batches = [x["batch"] for x in lines if "batch" in x]
@@ -87,8 +101,7 @@ def timed(data_dir, clock):
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("t", 1, segment_bytes=4096, index_interval_bytes=256)
         for i in range(40):
-            eng.produce("t", [b"v%02d" % i + b"x" * 100] * 3, keys=[b"k"] * 3,
-                        headers=[[("trace", b"abcd")]] * 3)
+            eng.produce("t", [b"v%02d" % i + b"x" * 100] * 3, keys=[b"k"] * 3, headers=[[("trace", b"abcd")]] * 3)
             clock.advance(1000)
     return data_dir
 
@@ -139,8 +152,9 @@ def test_dump_filters_out_of_order_timestamps_record_by_record(data_dir, clock):
 def test_dump_text_lines_show_sizes_headers_and_utc_times(timed):
     out = tidelog("dump", "--data-dir", timed, "--topic", "t", "--records", "--to-offset", "0")
     assert out.returncode == 0, out.stderr
-    assert ("  offset 0  timestamp 1700000000000 (2023-11-14T22:13:20.000Z)  key 1 B  value 103 B  "
-            "headers 1 [trace=4 B]") in out.stdout.splitlines()
+    assert (
+        "  offset 0  timestamp 1700000000000 (2023-11-14T22:13:20.000Z)  key 1 B  value 103 B  headers 1 [trace=4 B]"
+    ) in out.stdout.splitlines()
 
 
 def test_dump_rejects_an_unreadable_time(timed):

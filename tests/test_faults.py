@@ -178,7 +178,6 @@ def test_a_failed_roll_leaves_no_stale_segment_that_later_costs_data(tmp_path):
         assert values_of(again) == expected
 
 
-
 def test_a_flush_racing_a_failed_seal_does_not_vouch_for_the_data(data_dir):
     """Before: a flush (group commit or the interval flusher, outside the partition lock) that ran
     while a roll's seal failed succeeded on the same descriptor (the kernel reports a failed

@@ -46,8 +46,11 @@ DRAIN_S = 90.0  # how long the final catch-up may take before the run counts as 
 
 class MemberProcess(Child):
     def __init__(self, target: str, log_path: str, name: str, mode: str) -> None:
-        super().__init__(["tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path, name, mode],
-                         name, log_path + ".stderr")
+        super().__init__(
+            ["tests.helpers.group_member", target, GROUP, TOPIC, str(SESSION_MS), log_path, name, mode],
+            name,
+            log_path + ".stderr",
+        )
 
 
 @dataclass
@@ -67,8 +70,10 @@ def check(report: Report) -> list[str]:
 
 def produce(target: str, rng: random.Random, acked: dict[int, set[int]], count: int) -> None:
     with Producer(target, linger_ms=2) as producer:
-        futures = [producer.send(TOPIC, b"v%d" % rng.randrange(1 << 30), key=b"k%d" % rng.randrange(1 << 30))
-                   for _ in range(count)]
+        futures = [
+            producer.send(TOPIC, b"v%d" % rng.randrange(1 << 30), key=b"k%d" % rng.randrange(1 << 30))
+            for _ in range(count)
+        ]
         producer.flush()
         for f in futures:
             meta = f.result(timeout=30)
@@ -81,8 +86,11 @@ def wait_for_group(target: str, members: int, timeout_s: float = 60.0) -> None:
         while time.monotonic() < deadline:
             try:
                 info = admin.describe_group(GROUP)
-                if info["state"] == "stable" and len(info["members"]) == members and \
-                        sum(len(m["assignment"]) for m in info["members"]) == PARTITIONS:
+                if (
+                    info["state"] == "stable"
+                    and len(info["members"]) == members
+                    and sum(len(m["assignment"]) for m in info["members"]) == PARTITIONS
+                ):
                     return
             except (UnknownGroupError, TidelogError):
                 pass
@@ -162,19 +170,31 @@ def run_chaos(base_dir: str, seed: int, rounds: int) -> Report:
     for m in members:
         report.deliveries += read_deliveries(os.path.join(log_dir, f"{m.name}.log"))
     report.incidents = check(report)
-    report.incidents += [f"member {m.name} ended with code {m.proc.returncode} without being killed by the test "
-                         f"(a crash, or it hung on close; see {m.name}.log.stderr)"
-                         for m in members if not m.killed and m.proc.returncode != 0]
+    report.incidents += [
+        f"member {m.name} ended with code {m.proc.returncode} without being killed by the test "
+        f"(a crash, or it hung on close; see {m.name}.log.stderr)"
+        for m in members
+        if not m.killed and m.proc.returncode != 0
+    ]
     return report
 
 
 def summarize(report: Report, rounds: int) -> str:
-    kinds = collections.Counter("broker restart" if "broker" in i else "pause" if "SIGSTOP" in i or "SIGCONT" in i
-                                else "member kill" if "SIGKILL of member" in i else "other"
-                                for i in report.incidents)
-    return (f"seed {report.seed}, {rounds} rounds: {len(report.deliveries)} deliveries of "
-            f"{sum(len(v) for v in report.acked.values())} records, {len(report.incidents)} incident(s) "
-            f"{dict(kinds)}; logs in {report.log_dir}" + "".join(f"\n  - {i}" for i in report.incidents[:40]))
+    kinds = collections.Counter(
+        "broker restart"
+        if "broker" in i
+        else "pause"
+        if "SIGSTOP" in i or "SIGCONT" in i
+        else "member kill"
+        if "SIGKILL of member" in i
+        else "other"
+        for i in report.incidents
+    )
+    return (
+        f"seed {report.seed}, {rounds} rounds: {len(report.deliveries)} deliveries of "
+        f"{sum(len(v) for v in report.acked.values())} records, {len(report.incidents)} incident(s) "
+        f"{dict(kinds)}; logs in {report.log_dir}" + "".join(f"\n  - {i}" for i in report.incidents[:40])
+    )
 
 
 def test_group_chaos_short_run_keeps_one_owner_per_partition_and_delivers_everything(tmp_path):
@@ -199,11 +219,15 @@ def test_the_checker_finds_overlapping_tenures_gaps_and_lost_records():
     report = Report(0, acked={0: {0, 1, 2, 3}, 1: {0, 1}})
     report.events = [(50, "round 0: broker SIGKILL and restart")]
     report.deliveries = [
-        Delivery(10, "a", "a.1", 0, 0), Delivery(20, "a", "a.1", 0, 1), Delivery(100, "a", "a.1", 0, 2),
-        Delivery(60, "b", "b.1", 0, 2), Delivery(110, "b", "b.1", 0, 3),  # b starts before a's last delivery
-        Delivery(10, "a", "a.2", 1, 0),                                     # partition 1 offset 1 never delivered
-        Delivery(30, "c", "c.1", 1, 0), Delivery(40, "c", "c.1", 1, 0),     # a repeat within one tenure
-        Delivery(45, "d", "none", 1, 0),                                    # outside any tenure
+        Delivery(10, "a", "a.1", 0, 0),
+        Delivery(20, "a", "a.1", 0, 1),
+        Delivery(100, "a", "a.1", 0, 2),
+        Delivery(60, "b", "b.1", 0, 2),
+        Delivery(110, "b", "b.1", 0, 3),  # b starts before a's last delivery
+        Delivery(10, "a", "a.2", 1, 0),  # partition 1 offset 1 never delivered
+        Delivery(30, "c", "c.1", 1, 0),
+        Delivery(40, "c", "c.1", 1, 0),  # a repeat within one tenure
+        Delivery(45, "d", "none", 1, 0),  # outside any tenure
     ]
     found = check(report)
     assert any("tenures a.1 and b.1" in i and "broker SIGKILL" in i for i in found)
@@ -211,5 +235,17 @@ def test_the_checker_finds_overlapping_tenures_gaps_and_lost_records():
     assert any("tenure c.1" in i and "gap" in i for i in found)
     assert any("without an assignment" in i for i in found)
     assert len(found) == 4
-    assert check(Report(0, acked={0: {0, 1}}, deliveries=[Delivery(1, "a", "a.1", 0, 0), Delivery(2, "a", "a.1", 0, 1),
-                                                           Delivery(5, "b", "b.1", 0, 1)])) == []
+    assert (
+        check(
+            Report(
+                0,
+                acked={0: {0, 1}},
+                deliveries=[
+                    Delivery(1, "a", "a.1", 0, 0),
+                    Delivery(2, "a", "a.1", 0, 1),
+                    Delivery(5, "b", "b.1", 0, 1),
+                ],
+            )
+        )
+        == []
+    )

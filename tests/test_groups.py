@@ -12,18 +12,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidelog import Engine
-from tidelog.errors import (DiskFullError, GroupNotEmptyError, InvalidRequestError, InvalidTopicError,
-                            OffsetOutOfRangeError, PartitionNotAssignedError, StaleGenerationError, UnknownGroupError,
-                            UnknownMemberError, UnknownTopicError)
+from tidelog.client.embedded_group import EmbeddedGroupConsumer
+from tidelog.errors import (
+    DiskFullError,
+    GroupNotEmptyError,
+    InvalidRequestError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    PartitionNotAssignedError,
+    StaleGenerationError,
+    UnknownGroupError,
+    UnknownMemberError,
+    UnknownTopicError,
+)
 from tidelog.groups.assignor import ASSIGNORS, range_assign, round_robin_assign, sticky_assign
 from tidelog.groups.coordinator import GroupCoordinator
-from tidelog.client.embedded_group import EmbeddedGroupConsumer
-
 
 # -- assignors ------------------------------------------------------------------------------------
 
-members_st = st.dictionaries(st.sampled_from("abcdefg"), st.sets(st.sampled_from(["t", "u", "v"]), min_size=1),
-                             min_size=1, max_size=6)
+members_st = st.dictionaries(
+    st.sampled_from("abcdefg"), st.sets(st.sampled_from(["t", "u", "v"]), min_size=1), min_size=1, max_size=6
+)
 partitions_st = st.fixed_dictionaries({"t": st.integers(1, 12), "u": st.integers(1, 5), "v": st.integers(1, 3)})
 
 
@@ -64,6 +73,7 @@ def test_range_and_round_robin_layouts():
 
 
 # -- coordinator ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def engine(data_dir, clock):
@@ -194,6 +204,7 @@ def test_joining_an_unknown_topic_is_refused(coord):
 
 # -- embedded consumers --------------------------------------------------------------------------
 
+
 def consume_all(consumers, expected, seconds=20.0):
     seen = collections.defaultdict(list)
     lock = threading.Lock()
@@ -249,17 +260,23 @@ def test_two_groups_each_receive_every_record(engine, coord):
     seen_b = consume_all(b, 120)
     assert sum(len(v) for v in seen_a.values()) == 120
     assert sum(len(v) for v in seen_b.values()) >= 120
-    assert {tp: sorted({o for o, _ in v}) for tp, v in seen_b.items()} == \
-           {tp: sorted({o for o, _ in v}) for tp, v in seen_a.items()}
+    assert {tp: sorted({o for o, _ in v}) for tp, v in seen_b.items()} == {
+        tp: sorted({o for o, _ in v}) for tp, v in seen_a.items()
+    }
     for c in a + b:
         c.close()
 
 
 def test_callbacks_hear_assignments_and_revocations(engine, coord):
     events = []
-    first = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False,
-                                  on_assign=lambda tps: events.append(("assign", len(tps))),
-                                  on_revoke=lambda tps: events.append(("revoke", len(tps))))
+    first = EmbeddedGroupConsumer(
+        coord,
+        "g",
+        ["orders"],
+        auto_commit=False,
+        on_assign=lambda tps: events.append(("assign", len(tps))),
+        on_revoke=lambda tps: events.append(("revoke", len(tps))),
+    )
     first.poll(0)
     second = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
     first.heartbeat_now()
@@ -289,7 +306,6 @@ def test_a_restarted_member_resumes_from_the_committed_offset(engine, coord):
     again.close()
 
 
-
 def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, clock):
     from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 
@@ -314,7 +330,6 @@ def test_the_offsets_topic_is_compacted_and_replays_to_the_same_state(data_dir, 
         assert again.groups() == ["g"]
 
 
-
 def test_internal_topics_cannot_be_consumed_committed_or_reset_by_a_group(coord, engine):
     from tidelog.groups.offset_store import OFFSETS_TOPIC
 
@@ -328,7 +343,6 @@ def test_internal_topics_cannot_be_consumed_committed_or_reset_by_a_group(coord,
     with pytest.raises(InvalidTopicError, match="internal"):
         coord.reset_offsets("nobody", OFFSETS_TOPIC, "earliest")
     assert coord.committed("g") == {} and coord.committed("nobody") == {}
-
 
 
 def test_replay_skips_malformed_group_records_counts_and_logs_each_once(data_dir, clock, caplog):
@@ -359,6 +373,7 @@ def test_replay_skips_malformed_group_records_counts_and_logs_each_once(data_dir
 
 # -- ownership: a member delivers only what it holds, and only while its lease runs ------------------
 
+
 def drain(consumer, n, seconds=10.0):
     got = []
     deadline = time.monotonic() + seconds
@@ -384,15 +399,20 @@ def test_a_member_whose_lease_ran_out_delivers_nothing_until_a_heartbeat_renews_
     assert [r.offset for r in got + more] == list(range(10))  # held back, not skipped
 
 
-def test_an_expired_member_stops_delivering_before_it_hears_so_then_loses_everything_and_rejoins(
-        engine, coord, clock):
+def test_an_expired_member_stops_delivering_before_it_hears_so_then_loses_everything_and_rejoins(engine, coord, clock):
     for p in range(6):
         engine.produce("orders", [b"a", b"b"], partition=p)
     events = []
-    a = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS,
-                              on_assign=lambda tps: events.append(("assign", len(tps))),
-                              on_revoke=lambda tps: events.append(("revoke", len(tps))),
-                              on_lost=lambda tps: events.append(("lost", len(tps))))
+    a = EmbeddedGroupConsumer(
+        coord,
+        "g",
+        ["orders"],
+        auto_commit=False,
+        session_timeout_ms=LONG_SESSION_MS,
+        on_assign=lambda tps: events.append(("assign", len(tps))),
+        on_revoke=lambda tps: events.append(("revoke", len(tps))),
+        on_lost=lambda tps: events.append(("lost", len(tps))),
+    )
     assert len(drain(a, 12)) == 12
     for p in range(6):
         engine.produce("orders", [b"c"], partition=p)
@@ -413,8 +433,9 @@ def test_an_expired_member_stops_delivering_before_it_hears_so_then_loses_everyt
 
 def test_a_lost_partition_goes_to_on_revoke_when_there_is_no_on_lost(engine, coord, clock):
     revoked = []
-    a = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS,
-                              on_revoke=revoked.append)
+    a = EmbeddedGroupConsumer(
+        coord, "g", ["orders"], auto_commit=False, session_timeout_ms=LONG_SESSION_MS, on_revoke=revoked.append
+    )
     a.poll(0)
     clock.advance(LONG_SESSION_MS + 1000)
     coord.expire()
@@ -515,6 +536,7 @@ def test_a_jump_of_the_wall_clock_does_not_expire_a_member(data_dir, monkeypatch
 
 # -- what commit() covers: the position, i.e. what the application was given ------------------------
 
+
 def test_iterating_moves_the_position_record_by_record_and_commit_covers_only_what_the_loop_got(engine, coord):
     engine.produce("orders", [b"%d" % i for i in range(100)], partition=0)
     c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False)
@@ -545,14 +567,16 @@ def test_poll_returns_at_most_max_poll_records_and_keeps_the_rest_in_order(engin
     c.close()
 
 
-@pytest.mark.parametrize("options", [{"max_poll_records": 0}, {"max_poll_interval_ms": 0},
-                                     {"auto_offset_reset": "nearest"}])
+@pytest.mark.parametrize(
+    "options", [{"max_poll_records": 0}, {"max_poll_interval_ms": 0}, {"auto_offset_reset": "nearest"}]
+)
 def test_consumer_options_are_checked(engine, coord, options):
     with pytest.raises(ValueError):
         EmbeddedGroupConsumer(coord, "g", ["orders"], **options)
 
 
 # -- a busy member: initial rebalance delay, poll interval ----------------------------------------------
+
 
 def test_a_new_group_waits_the_initial_rebalance_delay_so_that_members_starting_together_share(engine, clock):
     coord = GroupCoordinator(engine, clock=clock, initial_rebalance_delay_ms=3000)
@@ -591,8 +615,15 @@ def test_joins_postpone_a_new_groups_first_assignment_at_most_ten_delays(engine,
 def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoins_at_its_next_poll(engine, coord):
     engine.produce("orders", [b"x"] * 6, partition=0)
     lost = []
-    c = EmbeddedGroupConsumer(coord, "g", ["orders"], auto_commit=False, max_poll_interval_ms=200,
-                              session_timeout_ms=LONG_SESSION_MS, on_lost=lost.append)
+    c = EmbeddedGroupConsumer(
+        coord,
+        "g",
+        ["orders"],
+        auto_commit=False,
+        max_poll_interval_ms=200,
+        session_timeout_ms=LONG_SESSION_MS,
+        on_lost=lost.append,
+    )
     first_member = c.member_id
     assert len(drain(c, 6)) == 6
     deadline = time.monotonic() + 20  # the application is away; the heartbeat thread leaves for it
@@ -609,6 +640,7 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_then_rejoin
 
 
 # -- committed offsets that do not fit the log: a recreated topic, retention --------------------------
+
 
 def test_deleting_a_topic_deletes_every_groups_offsets_of_it_durably(data_dir, clock):
     with Engine.open(data_dir, clock=clock) as eng:
@@ -651,8 +683,9 @@ def out_of_range_warnings(caplog) -> list:
 
 
 @pytest.mark.parametrize("policy, expected", [("earliest", [b"x1", b"x2", b"x3"]), ("latest", [b"x3"])])
-def test_a_commit_past_the_log_end_is_reset_per_auto_offset_reset_with_a_warning(engine, coord, caplog, policy,
-                                                                                  expected):
+def test_a_commit_past_the_log_end_is_reset_per_auto_offset_reset_with_a_warning(
+    engine, coord, caplog, policy, expected
+):
     engine.create_topic("single", 1)
     engine.produce("single", [b"x1", b"x2"], partition=0)
     coord.offsets.commit("g", {("single", 0): 3})  # an offset of an older, longer log
@@ -663,8 +696,14 @@ def test_a_commit_past_the_log_end_is_reset_per_auto_offset_reset_with_a_warning
     got += drain(c, 1)
     assert [r.value for r in got] == expected
     [warning] = out_of_range_warnings(caplog)
-    assert (warning.group, warning.topic, warning.partition, warning.offset, warning.log_start, warning.log_end) == \
-        ("g", "single", 0, 3, 0, 2)
+    assert (warning.group, warning.topic, warning.partition, warning.offset, warning.log_start, warning.log_end) == (
+        "g",
+        "single",
+        0,
+        3,
+        0,
+        2,
+    )
     message = warning.getMessage()
     assert "group g" in message and "committed offset 3 of single[0]" in message and "0 to 2" in message
     assert policy in message
@@ -687,8 +726,7 @@ def test_a_commit_before_the_log_start_is_reset_with_a_warning(engine, coord, ca
     c.close()
 
 
-def test_with_auto_offset_reset_none_an_offset_outside_the_log_is_an_error_for_the_application(engine, coord,
-                                                                                             caplog):
+def test_with_auto_offset_reset_none_an_offset_outside_the_log_is_an_error_for_the_application(engine, coord, caplog):
     engine.create_topic("single", 1)
     engine.produce("single", [b"x1"], partition=0)
     caplog.set_level("WARNING", logger="tidelog.groups")

@@ -25,9 +25,23 @@ SESSION_MS = 2000
 
 
 def start_worker(target: str, log_path: str, block_at: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.helpers.readme_worker", target, "billing", "orders",
-                             str(SESSION_MS), log_path, str(block_at)], cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=open(log_path + ".stderr", "ab"))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.readme_worker",
+            target,
+            "billing",
+            "orders",
+            str(SESSION_MS),
+            log_path,
+            str(block_at),
+        ],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_path + ".stderr", "ab"),
+    )
 
 
 def lines(log_path: str, kind: str) -> list[tuple[int, int, str]]:
@@ -74,8 +88,11 @@ def test_the_readme_loop_redelivers_everything_not_handled_when_its_worker_is_ki
 
         workers.append(start_worker(server.target, second_log, 0))
         not_handled = {str(i) for i in range(RECORDS)} - {v for _, _, v in handled_first}
-        wait_until(lambda: not_handled <= {v for _, _, v in lines(second_log, "HANDLED")}, 90,
-                   "every record the first worker had not handled to be delivered again")
+        wait_until(
+            lambda: not_handled <= {v for _, _, v in lines(second_log, "HANDLED")},
+            90,
+            "every record the first worker had not handled to be delivered again",
+        )
     finally:
         for w in workers:
             if w.poll() is None:

@@ -92,8 +92,13 @@ def test_a_member_busy_in_a_large_poll_gives_up_revoked_partitions_between_recor
     in_handler = [threading.Event(), threading.Event()]
     release = [threading.Event(), threading.Event()]
 
-    busy = Consumer(server.target, group_id="workers", topics=["orders"], auto_commit=False,
-                    on_revoke=lambda tps: (revoked.append(tps), busy.commit()))
+    busy = Consumer(
+        server.target,
+        group_id="workers",
+        topics=["orders"],
+        auto_commit=False,
+        on_revoke=lambda tps: (revoked.append(tps), busy.commit()),
+    )
 
     def work():  # the README's loop, with a handler the test holds at the first and second record
         try:
@@ -115,8 +120,10 @@ def test_a_member_busy_in_a_large_poll_gives_up_revoked_partitions_between_recor
         assert len(busy.assignment()) == PARTITIONS  # alone, it took all six, and its poll holds many records
         others = [Poller(server.target), Poller(server.target)]
         with Admin(server.target) as admin:  # the busy member has been told to keep two
-            wait_until(lambda: len((member_of(admin, busy.member_id) or {}).get("assignment", [])) == 2,
-                       "the busy member to learn the new assignment")
+            wait_until(
+                lambda: len((member_of(admin, busy.member_id) or {}).get("assignment", [])) == 2,
+                "the busy member to learn the new assignment",
+            )
         release[0].set()  # one record done; before the next one it must give up the other four
         assert in_handler[1].wait(TIMEOUT_S)
         wait_until(lambda: all(o.records for o in others), "the others to receive records of their partitions")
@@ -148,8 +155,15 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_and_its_par
     handled, lost, commit_errors = [], [], []
     in_handler, release, stop = threading.Event(), threading.Event(), threading.Event()
     # Its heartbeat thread keeps its session alive throughout: only leaving can free its partitions.
-    busy = Consumer(server.target, group_id="workers", topics=["orders"], auto_commit=False,
-                    session_timeout_ms=6000, max_poll_interval_ms=1500, on_lost=lost.append)
+    busy = Consumer(
+        server.target,
+        group_id="workers",
+        topics=["orders"],
+        auto_commit=False,
+        session_timeout_ms=6000,
+        max_poll_interval_ms=1500,
+        on_lost=lost.append,
+    )
     first_member = busy.member_id
 
     def work():
@@ -175,8 +189,10 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_and_its_par
         assert in_handler.wait(TIMEOUT_S)
         assert len(busy.assignment()) == PARTITIONS
         others = [Poller(server.target), Poller(server.target)]
-        wait_until(lambda: len(others[0].partitions() | others[1].partitions()) == PARTITIONS,
-                   "the others to receive records of all six partitions")
+        wait_until(
+            lambda: len(others[0].partitions() | others[1].partitions()) == PARTITIONS,
+            "the others to receive records of all six partitions",
+        )
         assert not release.is_set() and len(handled) == 1  # the busy member is still in its first handler
         assert not others[0].partitions() & others[1].partitions()
         first = handled[0]
@@ -195,8 +211,10 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_and_its_par
         assert "max_poll_interval_ms" in commit_errors[0].message
         assert sorted(lost[0]) == [("orders", p) for p in range(PARTITIONS)]
         with Admin(server.target) as admin:
-            wait_until(lambda: busy.member_id != first_member and member_of(admin, busy.member_id) is not None,
-                       "the busy member to rejoin as a new member")
+            wait_until(
+                lambda: busy.member_id != first_member and member_of(admin, busy.member_id) is not None,
+                "the busy member to rejoin as a new member",
+            )
     finally:
         stop.set()
         release.set()
@@ -217,8 +235,11 @@ def test_members_that_start_together_share_the_partitions_from_their_first_assig
 
     def join(i: int) -> None:
         start.wait()
-        members[i] = Poller(server.target, on_assign=lambda tps: events[i].append(("assign", sorted(tps))),
-                            on_revoke=lambda tps: events[i].append(("revoke", sorted(tps))))
+        members[i] = Poller(
+            server.target,
+            on_assign=lambda tps: events[i].append(("assign", sorted(tps))),
+            on_revoke=lambda tps: events[i].append(("revoke", sorted(tps))),
+        )
 
     joiners = [threading.Thread(target=join, args=(i,)) for i in range(3)]
     for t in joiners:
@@ -226,8 +247,10 @@ def test_members_that_start_together_share_the_partitions_from_their_first_assig
     for t in joiners:
         t.join(TIMEOUT_S)
     try:
-        wait_until(lambda: all(len(members[i].consumer.assignment()) == 2 and members[i].records for i in range(3)),
-                   "each member to hold two partitions and receive records")
+        wait_until(
+            lambda: all(len(members[i].consumer.assignment()) == 2 and members[i].records for i in range(3)),
+            "each member to hold two partitions and receive records",
+        )
         for i in range(3):  # each member's first assignment was its share; nothing had to move
             assert [kind for kind, _ in events[i]] == ["assign"] and len(events[i][0][1]) == 2, events
         assert sorted(tp for i in range(3) for tp in events[i][0][1]) == [("orders", p) for p in range(PARTITIONS)]

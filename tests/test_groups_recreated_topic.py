@@ -89,8 +89,14 @@ def test_a_committed_offset_past_the_log_end_is_reset_with_a_warning_or_raised(t
             with pytest.raises(OffsetOutOfRangeError, match=r"committed offset 3 of orders\[0\] is out of range"):
                 consume(server.target, 1, auto_offset_reset="none")
         [warning] = [r for r in caplog.records if getattr(r, "event", None) == "offset_out_of_range"]
-        assert (warning.group, warning.topic, warning.partition, warning.offset, warning.log_start,
-                warning.log_end) == ("billing2", "orders", 0, 3, 0, 1)
+        assert (
+            warning.group,
+            warning.topic,
+            warning.partition,
+            warning.offset,
+            warning.log_start,
+            warning.log_end,
+        ) == ("billing2", "orders", 0, 3, 0, 1)
         with Admin(server.target) as admin:
             expected = {("orders", 0): 1} if policy == "earliest" else {("orders", 0): 3}
             assert admin.committed_offsets("billing2") == expected

@@ -23,9 +23,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class Member:
     def __init__(self, target, group, topic, session_ms=10_000):
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.group_member", target, group, topic,
-                                      str(session_ms)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.helpers.group_member", target, group, topic, str(session_ms)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue = queue.Queue()
         self.records: list[tuple[int, int, str]] = []
         self.commits: dict[int, int] = {}
@@ -74,8 +78,11 @@ def stable_with(admin, group, n):
         info = admin.describe_group(group)
     except UnknownGroupError:  # no member has joined yet
         return False
-    return info["state"] == "stable" and len(info["members"]) == n and \
-        sum(len(m["assignment"]) for m in info["members"]) == 6
+    return (
+        info["state"] == "stable"
+        and len(info["members"]) == n
+        and sum(len(m["assignment"]) for m in info["members"]) == 6
+    )
 
 
 def produce(target, topic, start, count):
@@ -189,8 +196,12 @@ def test_a_stale_generation_commit_is_rejected_over_grpc(server):
 
 def test_groups_cli(server):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tidelog", *args, f"--server={server.target}"],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tidelog", *args, f"--server={server.target}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     with Admin(server.target) as admin:
         admin.create_topic("orders", 2)
@@ -236,17 +247,19 @@ def test_reset_offsets_to_a_negative_timestamp_is_refused_over_grpc(server, time
     import grpc
 
     from tidelog.errors import InvalidRequestError
-    from tidelog.wire.statuses import CODE_KEY
     from tidelog.v1 import tidelog_pb2 as pb
+    from tidelog.wire.statuses import CODE_KEY
 
     with Admin(server.target) as admin:
         admin.create_topic("orders", 1)
         produce(server.target, "orders", 0, 5)
         admin.reset_offsets("billing", "orders", 2)
         with grpc.insecure_channel(server.target) as channel:
-            stub = channel.unary_unary("/tidelog.v1.Groups/ResetOffsets",
-                                       request_serializer=pb.ResetOffsetsRequest.SerializeToString,
-                                       response_deserializer=pb.ResetOffsetsResponse.FromString)
+            stub = channel.unary_unary(
+                "/tidelog.v1.Groups/ResetOffsets",
+                request_serializer=pb.ResetOffsetsRequest.SerializeToString,
+                response_deserializer=pb.ResetOffsetsResponse.FromString,
+            )
             with pytest.raises(grpc.RpcError) as info:
                 stub(pb.ResetOffsetsRequest(group_id="billing", topic="orders", timestamp_ms=timestamp_ms), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

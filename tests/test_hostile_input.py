@@ -12,8 +12,8 @@ directory, and the server keeps serving after every case.
 from __future__ import annotations
 
 import os
-import time
 import struct
+import time
 
 import grpc
 import pytest
@@ -27,20 +27,32 @@ from tidelog._native import record_batch as rb
 from tidelog._native.checksum import crc32c
 from tidelog.codec import batch as batch_codec
 from tidelog.codec import compression
-from tidelog.wire import framing
-from tidelog.errors import (CorruptBatchError, InvalidPartitionError, InvalidRequestError, InvalidTopicError,
-                            OffsetOutOfRangeError, RecordTooLargeError, TidelogError, UnknownTopicError,
-                            UnsupportedCompressionError)
-from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
+from tidelog.errors import (
+    CorruptBatchError,
+    InvalidPartitionError,
+    InvalidRequestError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TidelogError,
+    UnknownTopicError,
+    UnsupportedCompressionError,
+)
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
+from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 
 from .server_process import ServerProcess
 
 TS = 1_700_000_000_000
-MAX_MESSAGE_BYTES = 256 * 1024   # the test server's max_message_bytes
-MAX_BATCH_BYTES = 16 * 1024      # the test topic's max_batch_bytes
-SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
-                 grpc.StatusCode.DATA_LOSS}
+MAX_MESSAGE_BYTES = 256 * 1024  # the test server's max_message_bytes
+MAX_BATCH_BYTES = 16 * 1024  # the test topic's max_batch_bytes
+SERVER_FAULTS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
 
 
 def recrc(batch: bytes | bytearray) -> bytes:
@@ -56,8 +68,14 @@ def good_batch(values=(b"ok",), **kwargs) -> bytes:
 
 # ==== the native decoder and codec/batch.py, without a server =====================================
 
-@given(data=st.binary(max_size=300), pos=st.integers(-5, 400), end=st.integers(-5, 400),
-       count=st.integers(-3, (1 << 31) - 1), base=st.integers(-(2**63), 2**63 - 1))
+
+@given(
+    data=st.binary(max_size=300),
+    pos=st.integers(-5, 400),
+    end=st.integers(-5, 400),
+    count=st.integers(-3, (1 << 31) - 1),
+    base=st.integers(-(2**63), 2**63 - 1),
+)
 def test_native_decoders_raise_only_value_errors_on_any_bounds_and_bytes(data, pos, end, count, base):
     calls = [
         lambda: rb.read_header(data, pos),
@@ -133,12 +151,14 @@ def test_optional_atheris_fuzzer_runs_when_atheris_is_installed(tmp_path):
     import sys
 
     script = os.path.join(os.path.dirname(__file__), "fuzz", "fuzz_batch.py")
-    done = subprocess.run([sys.executable, script, "-runs=3000", "-seed=1"], cwd=tmp_path, capture_output=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, "-runs=3000", "-seed=1"], cwd=tmp_path, capture_output=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
 
 
 # ==== a real server ==============================================================================
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -161,8 +181,11 @@ def channel(server):
 @pytest.fixture(scope="module")
 def topic(channel):
     """A two-partition topic holding one record in partition 0."""
-    call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(
-        name="t", partitions=2, config={"max_batch_bytes": str(MAX_BATCH_BYTES)}))
+    call(
+        channel,
+        "Admin/CreateTopic",
+        pb.CreateTopicRequest(name="t", partitions=2, config={"max_batch_bytes": str(MAX_BATCH_BYTES)}),
+    )
     acked = produce(channel, [framing.encode_produce_request(1, "t", 0, good_batch())])
     assert not acked[0].HasField("error")
     return "t"
@@ -172,7 +195,8 @@ def call(channel, method: str, request, response_type=None):
     """A unary call with raw bytes in (or a message) and the raw reply out; raises grpc.RpcError."""
     raw = request if isinstance(request, bytes) else request.SerializeToString()
     reply = channel.unary_unary(f"/tidelog.v1.{method}", request_serializer=None, response_deserializer=None)(
-        raw, timeout=10)
+        raw, timeout=10
+    )
     return response_type.FromString(reply) if response_type else reply
 
 
@@ -192,8 +216,9 @@ def assert_refused(err: grpc.RpcError, status: grpc.StatusCode, error_cls=None) 
 
 
 def produce(channel, raw_requests: list[bytes]) -> list:
-    stub = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                 response_deserializer=pb.ProduceResponse.FromString)
+    stub = channel.stream_stream(
+        "/tidelog.v1.Producer/Produce", request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+    )
     return [r for resp in stub(iter(raw_requests), timeout=10) for r in resp.results]
 
 
@@ -216,9 +241,12 @@ def entries(server) -> set[str]:
     data = os.path.join(server.root, "data")
     meta = os.path.join(data, "meta", "topics")
     trash = os.path.join(data, ".trash")
-    return ({f"root/{n}" for n in os.listdir(server.root)} | {f"data/{n}" for n in os.listdir(data)}
-            | {f"meta/{n}" for n in os.listdir(meta)}
-            | {f"trash/{n}" for n in (os.listdir(trash) if os.path.isdir(trash) else ())}) - {"data/.trash"}
+    return (
+        {f"root/{n}" for n in os.listdir(server.root)}
+        | {f"data/{n}" for n in os.listdir(data)}
+        | {f"meta/{n}" for n in os.listdir(meta)}
+        | {f"trash/{n}" for n in (os.listdir(trash) if os.path.isdir(trash) else ())}
+    ) - {"data/.trash"}
 
 
 @pytest.fixture
@@ -252,6 +280,7 @@ def assert_in_stream_error(result, status: grpc.StatusCode, error_cls) -> None:
 
 # -- batches -------------------------------------------------------------------------------------
 
+
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400))
 def test_random_bytes_as_batches_are_refused_in_stream(channel, unharmed, data):
@@ -269,10 +298,14 @@ def test_lying_batches_are_refused_in_stream_and_append_nothing(channel, unharme
         expected = exc
     else:
         return  # a change that kept the batch valid (e.g. a new timestamp with its CRC) may be appended
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(expected, RecordTooLargeError) else \
-        grpc.StatusCode.INVALID_ARGUMENT
-    assert_in_stream_error(one_result(channel, framing.encode_produce_request(1, "t", 1, batch)), status,
-                           type(expected))
+    status = (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+        if isinstance(expected, RecordTooLargeError)
+        else grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert_in_stream_error(
+        one_result(channel, framing.encode_produce_request(1, "t", 1, batch)), status, type(expected)
+    )
 
 
 def _with(batch: bytes, offset: int, fmt: str, value: int, fix_crc: bool = True) -> bytes:
@@ -310,10 +343,15 @@ def test_each_kind_of_lying_batch_is_corrupt_batch_invalid_argument(channel, unh
 
 def test_a_bad_request_in_a_stream_refuses_only_itself(channel, topic):
     before = log_ends(channel)[("t", 1)]
-    results = produce(channel, [framing.encode_produce_request(1, "t", 1, LIES["wrong crc"]),
-                                framing.encode_produce_request(2, "t", 1, good_batch([b"kept"])),
-                                b"\xff\xff\xff",  # not a ProduceRequest at all
-                                framing.encode_produce_request(4, "t", 1, b"\x00" * 70)])
+    results = produce(
+        channel,
+        [
+            framing.encode_produce_request(1, "t", 1, LIES["wrong crc"]),
+            framing.encode_produce_request(2, "t", 1, good_batch([b"kept"])),
+            b"\xff\xff\xff",  # not a ProduceRequest at all
+            framing.encode_produce_request(4, "t", 1, b"\x00" * 70),
+        ],
+    )
     assert [r.HasField("error") for r in results] == [True, False, True, True]
     assert results[1].base_offset == before
     assert results[2].error.code == InvalidRequestError.code
@@ -322,6 +360,7 @@ def test_a_bad_request_in_a_stream_refuses_only_itself(channel, topic):
 
 
 # -- sizes ---------------------------------------------------------------------------------------
+
 
 def _batch_of_size(size: int) -> bytes:
     value_len = size - len(good_batch([b""]))
@@ -339,8 +378,11 @@ def test_a_batch_of_exactly_max_batch_bytes_is_accepted_and_one_byte_more_is_res
     assert log_ends(channel)[("t", 1)] == before
     fits = one_result(channel, framing.encode_produce_request(2, "t", 1, _batch_of_size(MAX_BATCH_BYTES)))
     assert not fits.HasField("error") and fits.base_offset == before
-    err = refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
-        topic="t", partition=1, records=[pb.Record(value=b"x" * MAX_BATCH_BYTES)]))
+    err = refused(
+        channel,
+        "Producer/ProduceRecords",
+        pb.ProduceRecordsRequest(topic="t", partition=1, records=[pb.Record(value=b"x" * MAX_BATCH_BYTES)]),
+    )
     assert_refused(err, grpc.StatusCode.RESOURCE_EXHAUSTED, RecordTooLargeError)
     assert log_ends(channel)[("t", 1)] == before + 1
 
@@ -362,8 +404,9 @@ def test_a_message_of_max_message_bytes_is_read_and_one_byte_more_is_refused_by_
         produce(channel, [_request_of_size(MAX_MESSAGE_BYTES + 1)])
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # grpc's own limit: no tidelog trailer
     assert str(MAX_MESSAGE_BYTES) in info.value.details()
-    err = refused(channel, "Admin/DescribeTopic", b"\x0a" + framing._varint(MAX_MESSAGE_BYTES) +
-                  b"a" * MAX_MESSAGE_BYTES)
+    err = refused(
+        channel, "Admin/DescribeTopic", b"\x0a" + framing._varint(MAX_MESSAGE_BYTES) + b"a" * MAX_MESSAGE_BYTES
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -381,8 +424,9 @@ def test_offsets_outside_the_log_are_out_of_range_with_the_valid_range(channel, 
 
 
 def _subscribe(channel, requests: list[pb.SubscribeRequest]):
-    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=None,
-                                 response_deserializer=pb.SubscribeResponse.FromString)
+    stub = channel.stream_stream(
+        "/tidelog.v1.Consumer/Subscribe", request_serializer=None, response_deserializer=pb.SubscribeResponse.FromString
+    )
     raw = [r if isinstance(r, bytes) else r.SerializeToString() for r in requests]
     return list(stub(iter(raw), timeout=10))
 
@@ -403,8 +447,11 @@ def test_subscribing_or_seeking_outside_the_log_is_out_of_range(channel, unharme
 
 @pytest.mark.parametrize("timestamp", [-1, -2, -(2**63)])
 def test_negative_timestamps_are_invalid_not_read_as_latest_or_earliest(channel, unharmed, timestamp):
-    err = refused(channel, "Admin/ListOffsets", pb.ListOffsetsRequest(
-        topic="t", partition=0, position=pb.Position(timestamp_ms=timestamp)))
+    err = refused(
+        channel,
+        "Admin/ListOffsets",
+        pb.ListOffsetsRequest(topic="t", partition=0, position=pb.Position(timestamp_ms=timestamp)),
+    )
     assert_refused(err, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
     with pytest.raises(grpc.RpcError) as info:
         _subscribe(channel, [_start(timestamp_ms=timestamp)])
@@ -412,12 +459,21 @@ def test_negative_timestamps_are_invalid_not_read_as_latest_or_earliest(channel,
 
 
 def test_a_huge_timestamp_finds_no_record_and_huge_fetch_sizes_are_capped(channel, unharmed):
-    found = call(channel, "Admin/ListOffsets", pb.ListOffsetsRequest(
-        topic="t", partition=0, position=pb.Position(timestamp_ms=2**63 - 1)), pb.ListOffsetsResponse)
+    found = call(
+        channel,
+        "Admin/ListOffsets",
+        pb.ListOffsetsRequest(topic="t", partition=0, position=pb.Position(timestamp_ms=2**63 - 1)),
+        pb.ListOffsetsResponse,
+    )
     assert found.offset == -1
-    reply = call(channel, "Consumer/Fetch", pb.FetchRequest(topic="t", partition=0, offset=0, max_bytes=2**31 - 1,
-                                                            min_bytes=2**31 - 1, max_wait_ms=2**31 - 1),
-                 pb.FetchResponse)  # waits max_fetch_wait_ms (200 ms here), not 24 days
+    reply = call(
+        channel,
+        "Consumer/Fetch",
+        pb.FetchRequest(
+            topic="t", partition=0, offset=0, max_bytes=2**31 - 1, min_bytes=2**31 - 1, max_wait_ms=2**31 - 1
+        ),
+        pb.FetchResponse,
+    )  # waits max_fetch_wait_ms (200 ms here), not 24 days
     assert reply.next_offset == 1
     err = refused(channel, "Consumer/Fetch", pb.FetchRequest(topic="t", partition=0, offset=0, max_bytes=-1))
     assert_refused(err, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
@@ -425,18 +481,39 @@ def test_a_huge_timestamp_finds_no_record_and_huge_fetch_sizes_are_capped(channe
 
 # -- names --------------------------------------------------------------------------------------
 
-HOSTILE_NAMES = ["", ".", "..", "../escape", "..\\escape", "a/b", "/abs", "a\\b", "a\x00b", "abc\n", "\n",
-                 "x" * 250, "x" * 100_000, "é", "日本", "\U0001F600", "a b", "CON:", "t\t"]
+HOSTILE_NAMES = [
+    "",
+    ".",
+    "..",
+    "../escape",
+    "..\\escape",
+    "a/b",
+    "/abs",
+    "a\\b",
+    "a\x00b",
+    "abc\n",
+    "\n",
+    "x" * 250,
+    "x" * 100_000,
+    "é",
+    "日本",
+    "\U0001f600",
+    "a b",
+    "CON:",
+    "t\t",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[repr(n[:12]) for n in HOSTILE_NAMES])
 def test_hostile_topic_names_are_invalid_and_create_nothing(channel, unharmed, name):
     err = refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name=name, partitions=1))
     assert_refused(err, grpc.StatusCode.INVALID_ARGUMENT, InvalidTopicError)
-    for method, request in [("Admin/DescribeTopic", pb.DescribeTopicRequest(name=name)),
-                            ("Admin/DeleteTopic", pb.DeleteTopicRequest(name=name)),
-                            ("Consumer/Fetch", pb.FetchRequest(topic=name)),
-                            ("Admin/ListOffsets", pb.ListOffsetsRequest(topic=name))]:
+    for method, request in [
+        ("Admin/DescribeTopic", pb.DescribeTopicRequest(name=name)),
+        ("Admin/DeleteTopic", pb.DeleteTopicRequest(name=name)),
+        ("Consumer/Fetch", pb.FetchRequest(topic=name)),
+        ("Admin/ListOffsets", pb.ListOffsetsRequest(topic=name)),
+    ]:
         assert_refused(refused(channel, method, request), grpc.StatusCode.NOT_FOUND, UnknownTopicError)
     result = one_result(channel, framing.encode_produce_request(1, name, 0, good_batch()))
     assert_in_stream_error(result, grpc.StatusCode.NOT_FOUND, UnknownTopicError)
@@ -449,8 +526,9 @@ def test_any_topic_name_is_created_as_one_safe_directory_or_refused_creating_not
     try:
         call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name=name, partitions=1))
     except grpc.RpcError as err:
-        assert_refused(err, grpc.StatusCode.ALREADY_EXISTS if name in log_ends_names(channel)
-                       else grpc.StatusCode.INVALID_ARGUMENT)
+        assert_refused(
+            err, grpc.StatusCode.ALREADY_EXISTS if name in log_ends_names(channel) else grpc.StatusCode.INVALID_ARGUMENT
+        )
         assert entries(server) == before
     else:
         assert entries(server) - before == {f"data/{name}-0", f"meta/{name}.json"}
@@ -471,18 +549,32 @@ def test_unknown_partitions_are_not_found_everywhere(channel, unharmed):
         result = one_result(channel, framing.encode_produce_request(1, "t", partition, good_batch()))
         assert_in_stream_error(result, grpc.StatusCode.NOT_FOUND, InvalidPartitionError)
         for method, request in [
-                ("Consumer/Fetch", pb.FetchRequest(topic="t", partition=partition)),
-                ("Admin/ListOffsets", pb.ListOffsetsRequest(topic="t", partition=partition)),
-                ("Producer/ProduceRecords", pb.ProduceRecordsRequest(topic="t", partition=partition,
-                                                                     records=[pb.Record(value=b"x")]))]:
+            ("Consumer/Fetch", pb.FetchRequest(topic="t", partition=partition)),
+            ("Admin/ListOffsets", pb.ListOffsetsRequest(topic="t", partition=partition)),
+            (
+                "Producer/ProduceRecords",
+                pb.ProduceRecordsRequest(topic="t", partition=partition, records=[pb.Record(value=b"x")]),
+            ),
+        ]:
             assert_refused(refused(channel, method, request), grpc.StatusCode.NOT_FOUND, InvalidPartitionError)
-
 
 
 def _raw_produce_request(sequence: bytes, partition: bytes, topic: str = "t", batches: bytes = b"") -> bytes:
     """A ProduceRequest whose sequence and partition varints are given as raw bytes (any width)."""
-    return b"".join([b"\x08", sequence, b"\x12", framing._varint(len(topic)), topic.encode(),
-                     b"\x18", partition, b"\x22", framing._varint(len(batches)), batches])
+    return b"".join(
+        [
+            b"\x08",
+            sequence,
+            b"\x12",
+            framing._varint(len(topic)),
+            topic.encode(),
+            b"\x18",
+            partition,
+            b"\x22",
+            framing._varint(len(batches)),
+            batches,
+        ]
+    )
 
 
 OVER_64_BITS = b"\xff" * 9 + b"\x7f"  # a ten-byte varint carrying bits past the 64th
@@ -492,8 +584,13 @@ OVER_64_BITS = b"\xff" * 9 + b"\x7f"  # a ten-byte varint carrying bits past the
 def test_a_partition_outside_int32_is_invalid_in_its_ack_and_the_stream_goes_on(channel, topic, partition):
     """protobuf would cut 2**32 to partition 0: the broker refuses it instead of writing elsewhere."""
     before = log_ends(channel)
-    results = produce(channel, [framing.encode_produce_request(11, "t", partition, good_batch([b"lost"])),
-                                framing.encode_produce_request(12, "t", 1, good_batch([b"kept"]))])
+    results = produce(
+        channel,
+        [
+            framing.encode_produce_request(11, "t", partition, good_batch([b"lost"])),
+            framing.encode_produce_request(12, "t", 1, good_batch([b"kept"])),
+        ],
+    )
     assert [r.sequence for r in results] == [11, 12]
     assert_in_stream_error(results[0], grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
     assert "partition" in results[0].error.message and str(partition) in results[0].error.message
@@ -503,9 +600,14 @@ def test_a_partition_outside_int32_is_invalid_in_its_ack_and_the_stream_goes_on(
 
 def test_varints_past_64_bits_are_invalid_in_their_ack_and_the_stream_goes_on(channel, topic):
     before = log_ends(channel)
-    results = produce(channel, [_raw_produce_request(OVER_64_BITS, b"\x00", batches=good_batch([b"lost"])),
-                                _raw_produce_request(b"\x15", OVER_64_BITS, batches=good_batch([b"lost"])),
-                                framing.encode_produce_request(22, "t", 1, good_batch([b"kept"]))])
+    results = produce(
+        channel,
+        [
+            _raw_produce_request(OVER_64_BITS, b"\x00", batches=good_batch([b"lost"])),
+            _raw_produce_request(b"\x15", OVER_64_BITS, batches=good_batch([b"lost"])),
+            framing.encode_produce_request(22, "t", 1, good_batch([b"kept"])),
+        ],
+    )
     assert len(results) == 3
     for result in results[:2]:
         assert_in_stream_error(result, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
@@ -513,21 +615,37 @@ def test_varints_past_64_bits_are_invalid_in_their_ack_and_the_stream_goes_on(ch
     assert results[2].sequence == 22 and not results[2].HasField("error")
     assert log_ends(channel) == {**before, ("t", 1): before[("t", 1)] + 1}
 
+
 # -- headers -------------------------------------------------------------------------------------
+
 
 def test_many_headers_round_trip_and_oversize_headers_are_resource_exhausted(channel, topic):
     before = log_ends(channel)[("t", 1)]
     many = [pb.Header(key=f"h{i}", value=b"v") for i in range(2000)]  # ~12 KiB: under max_batch_bytes
-    done = call(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
-        topic="t", partition=1, records=[pb.Record(value=b"x", headers=many)]), pb.ProduceRecordsResponse)
+    done = call(
+        channel,
+        "Producer/ProduceRecords",
+        pb.ProduceRecordsRequest(topic="t", partition=1, records=[pb.Record(value=b"x", headers=many)]),
+        pb.ProduceRecordsResponse,
+    )
     assert done.results[0].base_offset == before
-    got = call(channel, "Consumer/FetchRecords", pb.FetchRequest(topic="t", partition=1, offset=before),
-               pb.FetchRecordsResponse)
+    got = call(
+        channel,
+        "Consumer/FetchRecords",
+        pb.FetchRequest(topic="t", partition=1, offset=before),
+        pb.FetchRecordsResponse,
+    )
     assert [(h.key, h.value) for h in got.records[0].headers] == [(h.key, h.value) for h in many]
-    for headers in ([pb.Header(key="k" * MAX_BATCH_BYTES)], [pb.Header(key="k", value=b"v" * MAX_BATCH_BYTES)],
-                    [pb.Header(key=f"{i}") for i in range(MAX_BATCH_BYTES // 2)]):
-        err = refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
-            topic="t", partition=1, records=[pb.Record(value=b"x", headers=headers)]))
+    for headers in (
+        [pb.Header(key="k" * MAX_BATCH_BYTES)],
+        [pb.Header(key="k", value=b"v" * MAX_BATCH_BYTES)],
+        [pb.Header(key=f"{i}") for i in range(MAX_BATCH_BYTES // 2)],
+    ):
+        err = refused(
+            channel,
+            "Producer/ProduceRecords",
+            pb.ProduceRecordsRequest(topic="t", partition=1, records=[pb.Record(value=b"x", headers=headers)]),
+        )
         assert_refused(err, grpc.StatusCode.RESOURCE_EXHAUSTED, RecordTooLargeError)
     assert log_ends(channel)[("t", 1)] == before + 1
     assert_serving(channel)
@@ -537,18 +655,36 @@ def test_deeply_nested_and_non_utf8_protobuf_is_invalid_argument(channel, unharm
     nested = b"\x7b" * 10_000  # 10,000 nested start-group tags of an unknown field
     bad_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (a string) holding bytes that are not UTF-8
     header_bad_utf8 = pb.ProduceRecordsRequest(topic="t").SerializeToString() + b"\x1a\x06\x1a\x04\x0a\x02\xff\xfe"
-    for method, raw in [("Admin/CreateTopic", nested), ("Admin/DescribeTopic", bad_utf8),
-                        ("Producer/ProduceRecords", header_bad_utf8), ("Consumer/Fetch", nested)]:
+    for method, raw in [
+        ("Admin/CreateTopic", nested),
+        ("Admin/DescribeTopic", bad_utf8),
+        ("Producer/ProduceRecords", header_bad_utf8),
+        ("Consumer/Fetch", nested),
+    ]:
         assert_refused(refused(channel, method, raw), grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
 
 
 # -- malformed protobuf through a generic channel -------------------------------------------------
 
-UNARY_METHODS = ["Admin/CreateTopic", "Admin/DeleteTopic", "Admin/ListTopics", "Admin/DescribeTopic",
-                 "Admin/ListOffsets", "Consumer/Fetch", "Consumer/FetchRecords", "Producer/ProduceRecords",
-                 "Groups/JoinGroup", "Groups/Heartbeat", "Groups/LeaveGroup", "Groups/CommitOffsets",
-                 "Groups/FetchCommittedOffsets", "Groups/ListGroups", "Groups/DescribeGroup", "Groups/DeleteGroup",
-                 "Groups/ResetOffsets"]
+UNARY_METHODS = [
+    "Admin/CreateTopic",
+    "Admin/DeleteTopic",
+    "Admin/ListTopics",
+    "Admin/DescribeTopic",
+    "Admin/ListOffsets",
+    "Consumer/Fetch",
+    "Consumer/FetchRecords",
+    "Producer/ProduceRecords",
+    "Groups/JoinGroup",
+    "Groups/Heartbeat",
+    "Groups/LeaveGroup",
+    "Groups/CommitOffsets",
+    "Groups/FetchCommittedOffsets",
+    "Groups/ListGroups",
+    "Groups/DescribeGroup",
+    "Groups/DeleteGroup",
+    "Groups/ResetOffsets",
+]
 
 
 @pytest.mark.parametrize("method", UNARY_METHODS)
@@ -564,8 +700,16 @@ def test_malformed_subscribe_messages_are_invalid_argument(channel, unharmed):
         assert_refused(info.value, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError)
 
 
-READ_ONLY = ["Admin/ListTopics", "Admin/DescribeTopic", "Admin/ListOffsets", "Consumer/Fetch",
-             "Consumer/FetchRecords", "Groups/FetchCommittedOffsets", "Groups/ListGroups", "Groups/DescribeGroup"]
+READ_ONLY = [
+    "Admin/ListTopics",
+    "Admin/DescribeTopic",
+    "Admin/ListOffsets",
+    "Consumer/Fetch",
+    "Consumer/FetchRecords",
+    "Groups/FetchCommittedOffsets",
+    "Groups/ListGroups",
+    "Groups/DescribeGroup",
+]
 
 
 @settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])

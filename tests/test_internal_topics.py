@@ -13,12 +13,12 @@ import pytest
 from tidelog import Engine
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.codec import batch as batch_codec
-from tidelog.wire import framing
 from tidelog.errors import InvalidTopicError
-from tidelog.wire.statuses import CODE_KEY
 from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.groups.offset_store import OFFSETS_TOPIC, OffsetStore
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
+from tidelog.wire.statuses import CODE_KEY
 
 from .server_process import ServerProcess
 
@@ -56,8 +56,11 @@ def test_the_broker_writes_its_internal_topics_through_its_own_path(engine):
 
 
 def call(channel, method, request, response_type=None):
-    stub = channel.unary_unary(f"/tidelog.v1.{method}", request_serializer=type(request).SerializeToString,
-                               response_deserializer=response_type.FromString if response_type else None)
+    stub = channel.unary_unary(
+        f"/tidelog.v1.{method}",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=response_type.FromString if response_type else None,
+    )
     return stub(request, timeout=10)
 
 
@@ -91,10 +94,18 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
         c.commit({("orders", 0): 1})
         c.close()
         with grpc.insecure_channel(srv.target) as channel:
-            refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
-                topic=OFFSETS_TOPIC, partition=0, records=[pb.Record(key=b"not json", value=b"{}")]))
-            stream = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                           response_deserializer=pb.ProduceResponse.FromString)
+            refused(
+                channel,
+                "Producer/ProduceRecords",
+                pb.ProduceRecordsRequest(
+                    topic=OFFSETS_TOPIC, partition=0, records=[pb.Record(key=b"not json", value=b"{}")]
+                ),
+            )
+            stream = channel.stream_stream(
+                "/tidelog.v1.Producer/Produce",
+                request_serializer=None,
+                response_deserializer=pb.ProduceResponse.FromString,
+            )
             batch = batch_codec.build_batch([b"{}"], keys=[b"x"], timestamp=1)
             raw = framing.encode_produce_request(1, OFFSETS_TOPIC, 0, batch)
             results = [r for resp in stream(iter([raw]), timeout=10) for r in resp.results]
@@ -102,8 +113,13 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
             assert "internal" in results[0].error.message
             refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="__consumer_offsets_2", partitions=1))
             refused(channel, "Admin/DeleteTopic", pb.DeleteTopicRequest(name=OFFSETS_TOPIC))
-            refused(channel, "Groups/CommitOffsets", pb.CommitOffsetsRequest(
-                group_id="other", offsets=[pb.PartitionOffset(topic=OFFSETS_TOPIC, partition=0, offset=0)]))
+            refused(
+                channel,
+                "Groups/CommitOffsets",
+                pb.CommitOffsetsRequest(
+                    group_id="other", offsets=[pb.PartitionOffset(topic=OFFSETS_TOPIC, partition=0, offset=0)]
+                ),
+            )
         srv.kill()
         srv.start()  # what a single bad produce used to prevent, on every later start
         with Admin(srv.target) as admin:
@@ -133,8 +149,12 @@ def test_a_broker_with_a_malformed_offsets_record_starts_keeps_the_rest_and_chec
         with Admin(srv.target) as admin:
             assert admin.committed_offsets("billing") == {("orders", 0): 2, ("orders", 1): 1}
         assert f"malformed record of {OFFSETS_TOPIC} at offset {bad}" in srv.log()
-        check = subprocess.run([sys.executable, "-m", "tidelog", "check", "--data-dir", data, "--topic",
-                                OFFSETS_TOPIC], capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            [sys.executable, "-m", "tidelog", "check", "--data-dir", data, "--topic", OFFSETS_TOPIC],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert check.returncode == 1, check.stdout + check.stderr
         assert f"record at offset {bad} is not group state" in check.stdout
         assert "the key is not JSON" in check.stdout

@@ -10,8 +10,8 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from kafka.errors import CorruptRecordError
+from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 
 import tidelog
@@ -56,8 +56,10 @@ def _kafka_batch(records, codec=KAFKA_NONE, **producer):
 
 
 def _expected(records, base_offset=0):
-    return [(base_offset + i, ts, key, value, tuple(tuple(h) for h in headers))
-            for i, (ts, key, value, headers) in enumerate(records)]
+    return [
+        (base_offset + i, ts, key, value, tuple(tuple(h) for h in headers))
+        for i, (ts, key, value, headers) in enumerate(records)
+    ]
 
 
 def _kafka_decode(batch: DefaultRecordBatch):
@@ -78,13 +80,14 @@ def _table_decode(view: BatchView):
     buf = bytes(view.records_buffer)
     out = []
     for row in view.table():
-        key = None if row["key_len"] < 0 else buf[row["key_pos"]:row["key_pos"] + row["key_len"]]
-        value = None if row["value_len"] < 0 else buf[row["value_pos"]:row["value_pos"] + row["value_len"]]
+        key = None if row["key_len"] < 0 else buf[row["key_pos"] : row["key_pos"] + row["key_len"]]
+        value = None if row["value_len"] < 0 else buf[row["value_pos"] : row["value_pos"] + row["value_len"]]
         out.append((int(row["offset"]), int(row["timestamp"]), key, value, int(row["headers_count"])))
     return out
 
 
 # --- tidelog writes, kafka-python reads -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("codec", ["none", "lz4"])
 def test_tidelog_batch_decodes_identically_with_kafka_python(codec):
@@ -99,7 +102,7 @@ def test_tidelog_batch_decodes_identically_with_kafka_python(codec):
     assert kb.records_count == len(SAMPLE)
     assert kb.first_timestamp == SAMPLE[0][0]
     assert kb.max_timestamp == max(r[0] for r in SAMPLE)
-    assert kb.timestamp_type == 0                     # CreateTime
+    assert kb.timestamp_type == 0  # CreateTime
     assert not kb.is_transactional and not kb.is_control_batch
     assert (kb.producer_id, kb.producer_epoch, kb.base_sequence) == (-1, -1, -1)
     assert _kafka_decode(kb) == _expected(SAMPLE)
@@ -147,8 +150,9 @@ def test_lz4_tidelog_batch_compresses_the_same_records_section_as_kafka_python()
 
 
 def test_large_lz4_tidelog_batch_spanning_several_lz4_blocks_decodes_with_kafka_python():
-    big = [(1_000 + i, b"k%d" % i, os.urandom(40_000) if i % 2 else b"z" * 90_000, [("i", b"%d" % i)])
-           for i in range(6)]
+    big = [
+        (1_000 + i, b"k%d" % i, os.urandom(40_000) if i % 2 else b"z" * 90_000, [("i", b"%d" % i)]) for i in range(6)
+    ]
     raw = _tidelog_batch(big, "lz4")
     kb = DefaultRecordBatch(raw)
     assert kb.validate_crc() and kb.compression_type == KAFKA_LZ4
@@ -181,6 +185,7 @@ def test_any_uncompressed_tidelog_batch_matches_kafka_python_bytes_under_the_crc
 
 # --- kafka-python writes, tidelog reads -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("codec", [KAFKA_NONE, KAFKA_LZ4])
 def test_kafka_python_batch_validates_and_decodes_through_batch_view(codec):
     raw = _kafka_batch(SAMPLE, codec)
@@ -208,8 +213,15 @@ def test_kafka_python_batch_with_a_nonzero_base_offset_decodes_with_those_offset
 
 
 def test_kafka_python_default_record_batch_builder_output_is_accepted():
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=KAFKA_NONE, is_transactional=False,
-                                  producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    b = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=KAFKA_NONE,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
     for i, (ts, key, value, headers) in enumerate(SAMPLE):
         assert b.append(i, ts, key, value, headers) is not None
     raw = bytes(b.build())
@@ -226,8 +238,7 @@ def test_idempotent_kafka_python_batch_keeps_its_producer_fields():
 
 
 def test_transactional_kafka_python_batch_is_rejected_as_unsupported():
-    raw = _kafka_batch(SAMPLE[:1], KAFKA_NONE, transactional=True, producer_id=1, producer_epoch=0,
-                       base_sequence=0)
+    raw = _kafka_batch(SAMPLE[:1], KAFKA_NONE, transactional=True, producer_id=1, producer_epoch=0, base_sequence=0)
     assert DefaultRecordBatch(raw).is_transactional
     with pytest.raises(CorruptBatchError, match="transactional"):
         validate(raw)
@@ -239,7 +250,10 @@ def test_several_kafka_python_batches_concatenated_validate_as_several_batches()
     raw = a + b + c
     infos = validate(raw)
     assert [(i.pos, i.size, i.count, i.attributes) for i in infos] == [
-        (0, len(a), 2, 0), (len(a), len(b), 3, KAFKA_LZ4), (len(a) + len(b), len(c), 1, 0)]
+        (0, len(a), 2, 0),
+        (len(a), len(b), 3, KAFKA_LZ4),
+        (len(a) + len(b), len(c), 1, 0),
+    ]
     views = list(iter_batches(raw))
     assert [v.codec for v in views] == ["none", "lz4", "none"]
     got = [rec for v in views for rec in _tidelog_decode(v)]
@@ -270,6 +284,7 @@ def test_any_kafka_python_batch_validates_and_decodes_to_the_same_content(record
 
 # --- LogAppendTime -----------------------------------------------------------------------------
 
+
 def _log_append_time_batch(records, append_time, codec="none"):
     """A batch as a broker with message.timestamp.type=LogAppendTime stores it: attribute bit 3 set,
     max timestamp = append time, records untouched, CRC recomputed."""
@@ -292,12 +307,14 @@ def test_log_append_time_batch_records_take_the_batch_max_timestamp_like_kafka(c
     assert [r.timestamp for r in view.records()] == kafka_ts
     assert view.table()["timestamp"].tolist() == kafka_ts
     # everything else decodes as usual
-    assert [(o, k, v, h) for o, _, k, v, h in _tidelog_decode(view)] == \
-        [(o, k, v, h) for o, _, k, v, h in _expected(SAMPLE)]
+    assert [(o, k, v, h) for o, _, k, v, h in _tidelog_decode(view)] == [
+        (o, k, v, h) for o, _, k, v, h in _expected(SAMPLE)
+    ]
 
 
-@given(records=_records, codec=st.sampled_from(["none", "lz4"]),
-       append_time=st.integers(min_value=0, max_value=1 << 45))
+@given(
+    records=_records, codec=st.sampled_from(["none", "lz4"]), append_time=st.integers(min_value=0, max_value=1 << 45)
+)
 def test_any_log_append_time_batch_decodes_like_kafka_python(records, codec, append_time):
     raw = _log_append_time_batch(records, append_time, codec)
     validate(raw)
@@ -325,11 +342,12 @@ def test_log_append_time_applies_even_when_the_max_timestamp_is_negative(append_
 
 # --- through the engine and onto disk -------------------------------------------------------------
 
+
 def _split_batches(data: bytes):
     out, pos = [], 0
     while pos < len(data):
         size = struct.unpack_from(">i", data, pos + 8)[0] + 12
-        out.append(data[pos:pos + size])
+        out.append(data[pos : pos + size])
         pos += size
     assert pos == len(data)
     return out
@@ -355,9 +373,8 @@ def test_engine_stores_kafka_python_batches_verbatim_except_base_offset_and_disk
         bases = [0, 5, 8, 10]
         for got, orig, base in zip(stored, sent, bases):
             assert got[:8] == struct.pack(">q", base)
-            assert got[8:] == orig[8:]                 # length, epoch, CRC and everything under it
-        expected = (_expected(SAMPLE, 0) + _expected(SAMPLE[:3], 5) + _expected(SAMPLE[3:], 8)
-                    + _expected(SAMPLE, 10))
+            assert got[8:] == orig[8:]  # length, epoch, CRC and everything under it
+        expected = _expected(SAMPLE, 0) + _expected(SAMPLE[:3], 5) + _expected(SAMPLE[3:], 8) + _expected(SAMPLE, 10)
         assert [(r.offset, r.timestamp, r.key, r.value, r.headers) for r in fetched.records()] == expected
         # a fetch from inside a batch still returns whole batches, records from the offset on
         mid = engine.fetch("interop", 0, 7)
@@ -366,7 +383,7 @@ def test_engine_stores_kafka_python_batches_verbatim_except_base_offset_and_disk
 
     log_path = data_dir / "interop-0" / "00000000000000000000.log"
     disk = log_path.read_bytes()
-    assert disk == data                                 # trimmed on close: no preallocated tail
+    assert disk == data  # trimmed on close: no preallocated tail
     mr = MemoryRecords(disk)
     got, kbases = [], []
     while mr.has_next():

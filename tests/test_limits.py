@@ -19,20 +19,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tidelog
 from tidelog import config as config_module
-from tidelog.wire import framing
 from tidelog.config import EngineConfig, ServerConfig, TopicConfig
 from tidelog.errors import InvalidConfigError, RecordTooLargeError, ResourceLimitError
-from tidelog.wire.statuses import CODE_KEY
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
+from tidelog.wire.statuses import CODE_KEY
 
 from .server_process import ServerProcess
 
 TS = 1_700_000_000_000
 LIMITS = {
-    ServerConfig: ["max_message_bytes", "max_inflight_bytes_per_stream", "max_inflight_bytes",
-                   "max_inflight_bytes_per_connection", "max_subscribe_message_bytes", "max_subscribe_credit_bytes",
-                   "max_subscribe_buffer_bytes", "max_fetch_wait_ms", "max_concurrent_rpcs",
-                   "max_concurrent_rpcs_per_connection", "admin_reserved_rpcs", "max_connections"],
+    ServerConfig: [
+        "max_message_bytes",
+        "max_inflight_bytes_per_stream",
+        "max_inflight_bytes",
+        "max_inflight_bytes_per_connection",
+        "max_subscribe_message_bytes",
+        "max_subscribe_credit_bytes",
+        "max_subscribe_buffer_bytes",
+        "max_fetch_wait_ms",
+        "max_concurrent_rpcs",
+        "max_concurrent_rpcs_per_connection",
+        "admin_reserved_rpcs",
+        "max_connections",
+    ],
     EngineConfig: ["max_topics", "max_partitions_per_topic", "max_fetch_bytes"],
     TopicConfig: ["max_batch_bytes"],
 }
@@ -61,15 +71,28 @@ def test_each_limit_is_validated_and_documented_with_its_default(cls, name):
 
 # -- sizes and counts ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("limits")
     path = root / "tidelog.toml"
-    path.write_text("\n".join([
-        "max_message_bytes = 131072", "max_inflight_bytes_per_stream = 65536", "max_subscribe_message_bytes = 8192",
-        "max_subscribe_credit_bytes = 65536",
-        "[engine]", "max_topics = 3", "max_partitions_per_topic = 4", "max_fetch_bytes = 16384",
-        "[engine.topic_defaults]", "max_batch_bytes = 8192", ""]))
+    path.write_text(
+        "\n".join(
+            [
+                "max_message_bytes = 131072",
+                "max_inflight_bytes_per_stream = 65536",
+                "max_subscribe_message_bytes = 8192",
+                "max_subscribe_credit_bytes = 65536",
+                "[engine]",
+                "max_topics = 3",
+                "max_partitions_per_topic = 4",
+                "max_fetch_bytes = 16384",
+                "[engine.topic_defaults]",
+                "max_batch_bytes = 8192",
+                "",
+            ]
+        )
+    )
     srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
     yield srv
     assert srv.stop() == 0, srv.log()
@@ -82,8 +105,11 @@ def channel(server):
 
 
 def call(channel, method, request, response_type=None):
-    stub = channel.unary_unary(f"/tidelog.v1.{method}", request_serializer=type(request).SerializeToString,
-                               response_deserializer=response_type.FromString if response_type else None)
+    stub = channel.unary_unary(
+        f"/tidelog.v1.{method}",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=response_type.FromString if response_type else None,
+    )
     return stub(request, timeout=10)
 
 
@@ -97,8 +123,9 @@ def refused(channel, method, request, status, error_cls=None) -> grpc.RpcError:
 
 
 def produce(channel, requests: list[bytes]):
-    stub = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                 response_deserializer=pb.ProduceResponse.FromString)
+    stub = channel.stream_stream(
+        "/tidelog.v1.Producer/Produce", request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+    )
     return [r for resp in stub(iter(requests), timeout=30) for r in resp.results]
 
 
@@ -109,12 +136,22 @@ def topic(channel):
 
 
 def test_max_partitions_per_topic_and_max_topics_are_resource_exhausted(channel, topic):
-    err = refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="wide", partitions=5),
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceLimitError)
+    err = refused(
+        channel,
+        "Admin/CreateTopic",
+        pb.CreateTopicRequest(name="wide", partitions=5),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ResourceLimitError,
+    )
     assert "max_partitions_per_topic=4" in err.details()
     call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="third", partitions=1))  # with __consumer_offsets
-    err = refused(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="fourth", partitions=1),
-                  grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceLimitError)
+    err = refused(
+        channel,
+        "Admin/CreateTopic",
+        pb.CreateTopicRequest(name="fourth", partitions=1),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ResourceLimitError,
+    )
     assert "max_topics=3" in err.details()
     call(channel, "Admin/DeleteTopic", pb.DeleteTopicRequest(name="third"))
     call(channel, "Admin/CreateTopic", pb.CreateTopicRequest(name="fourth", partitions=1))
@@ -127,9 +164,13 @@ def test_max_batch_bytes_is_record_too_large(channel, topic):
     assert result.error.code == RecordTooLargeError.code
     assert result.error.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "8192" in result.error.message
-    refused(channel, "Producer/ProduceRecords", pb.ProduceRecordsRequest(
-        topic=topic, partition=0, records=[pb.Record(value=b"x" * 9000)]),
-        grpc.StatusCode.RESOURCE_EXHAUSTED, RecordTooLargeError)
+    refused(
+        channel,
+        "Producer/ProduceRecords",
+        pb.ProduceRecordsRequest(topic=topic, partition=0, records=[pb.Record(value=b"x" * 9000)]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        RecordTooLargeError,
+    )
 
 
 def test_max_message_bytes_is_refused_by_grpc_with_resource_exhausted(channel, topic):
@@ -143,13 +184,20 @@ def test_max_fetch_bytes_and_max_subscribe_message_bytes_cut_responses_to_whole_
     batch = tidelog.build_batch([b"r" * 3000], timestamp=TS)  # ~3 KiB each
     results = produce(channel, [framing.encode_produce_request(i, topic, 1, batch) for i in range(12)])
     assert not any(r.HasField("error") for r in results)
-    reply = pb.FetchResponse.FromString(call(channel, "Consumer/Fetch", pb.FetchRequest(
-        topic=topic, partition=1, offset=0, max_bytes=2**31 - 1)))
+    reply = pb.FetchResponse.FromString(
+        call(channel, "Consumer/Fetch", pb.FetchRequest(topic=topic, partition=1, offset=0, max_bytes=2**31 - 1))
+    )
     assert len(reply.batches) == 5 * len(batch) <= 16384 and reply.next_offset == 5  # 6 would pass 16 KiB
-    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
-                                 response_deserializer=pb.SubscribeResponse.FromString)
-    start = pb.SubscribeRequest(start=pb.SubscribeStart(topic=topic, partition=1, position=pb.Position(offset=0),
-                                                        credit_bytes=1 << 30, max_message_bytes=2**31 - 1))
+    stub = channel.stream_stream(
+        "/tidelog.v1.Consumer/Subscribe",
+        request_serializer=pb.SubscribeRequest.SerializeToString,
+        response_deserializer=pb.SubscribeResponse.FromString,
+    )
+    start = pb.SubscribeRequest(
+        start=pb.SubscribeStart(
+            topic=topic, partition=1, position=pb.Position(offset=0), credit_bytes=1 << 30, max_message_bytes=2**31 - 1
+        )
+    )
     done = threading.Event()
 
     def requests():  # the subscription lasts while the request stream is open
@@ -174,13 +222,17 @@ def test_a_huge_credit_grant_is_cut_to_max_subscribe_credit_bytes(channel, topic
     batch = tidelog.build_batch([b"c" * 3000], timestamp=TS)
     results = produce(channel, [framing.encode_produce_request(i, topic, 3, batch) for i in range(100)])
     assert not any(r.HasField("error") for r in results)
-    stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=pb.SubscribeRequest.SerializeToString,
-                                 response_deserializer=pb.SubscribeResponse.FromString)
+    stub = channel.stream_stream(
+        "/tidelog.v1.Consumer/Subscribe",
+        request_serializer=pb.SubscribeRequest.SerializeToString,
+        response_deserializer=pb.SubscribeResponse.FromString,
+    )
     stalled, done = threading.Event(), threading.Event()
 
     def requests():
-        yield pb.SubscribeRequest(start=pb.SubscribeStart(topic=topic, partition=3, position=pb.Position(offset=0),
-                                                          credit_bytes=1 << 40))
+        yield pb.SubscribeRequest(
+            start=pb.SubscribeStart(topic=topic, partition=3, position=pb.Position(offset=0), credit_bytes=1 << 40)
+        )
         stalled.wait(30)
         yield pb.SubscribeRequest(seek=pb.Position(offset=99))
         yield pb.SubscribeRequest(credit_bytes=2 * len(batch))  # past the overshoot: credit turns positive
@@ -227,8 +279,8 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
     import asyncio
     from types import SimpleNamespace
 
-    from tidelog.values import ProduceResult
     from tidelog.server.produce_service import ProduceService
+    from tidelog.values import ProduceResult
 
     batch = tidelog.build_batch([b"s" * 4000], timestamp=TS)
     size = len(framing.encode_produce_request(0, "t", 0, batch))
@@ -241,8 +293,10 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
             await gate.wait()  # a slow disk: nothing is acknowledged until the gate opens
             return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
 
-        service = ProduceService(SimpleNamespace(append_many=append_many),
-                                 ServerConfig(max_inflight_bytes=limit, max_inflight_bytes_per_stream=1 << 30))
+        service = ProduceService(
+            SimpleNamespace(append_many=append_many),
+            ServerConfig(max_inflight_bytes=limit, max_inflight_bytes_per_stream=1 << 30),
+        )
         pulled = [0] * 4
 
         async def requests(stream):
@@ -251,8 +305,11 @@ def test_max_inflight_bytes_bounds_the_read_ahead_of_all_streams_together_and_st
                 yield framing.encode_produce_request(i, "t", stream, batch)
 
         async def drain(stream):
-            return [r async for resp in service.produce(requests(stream), _Peer(f"ipv4:127.0.0.1:{stream}"))
-                    for r in resp.results]
+            return [
+                r
+                async for resp in service.produce(requests(stream), _Peer(f"ipv4:127.0.0.1:{stream}"))
+                for r in resp.results
+            ]
 
         tasks = [asyncio.create_task(drain(s)) for s in range(4)]
         for _ in range(50):
@@ -275,9 +332,9 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
     import asyncio
     from types import SimpleNamespace
 
-    from tidelog.values import ProduceResult
     from tidelog.server.admission import Connection
     from tidelog.server.produce_service import ProduceService
+    from tidelog.values import ProduceResult
 
     batch = tidelog.build_batch([b"c" * 4000], timestamp=TS)
     size = len(framing.encode_produce_request(0, "t", 0, batch))
@@ -292,8 +349,11 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
                 await held_back.wait()
             return [ProduceResult(t, p, 0, 0) for t, p, _ in requests]
 
-        service = ProduceService(SimpleNamespace(append_many=append_many),
-                                 ServerConfig(max_inflight_bytes_per_stream=1 << 30), connections.get)
+        service = ProduceService(
+            SimpleNamespace(append_many=append_many),
+            ServerConfig(max_inflight_bytes_per_stream=1 << 30),
+            connections.get,
+        )
         pulled = [0] * 4
 
         async def requests(stream, partition):
@@ -321,6 +381,7 @@ def test_max_inflight_bytes_per_connection_holds_back_one_connection_and_not_ano
 
 
 # -- connections and concurrent RPCs ------------------------------------------------------------
+
 
 def _server_with(tmp_path_factory, name: str, settings: str):
     """A server configured by a TOML snippet; stopped cleanly at the end of the module."""
@@ -387,8 +448,11 @@ def busy(tmp_path_factory):
 def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
     with _separate(busy.target) as ch:
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="quiet", partitions=1))
-        stub = ch.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
-                              response_deserializer=None)
+        stub = ch.unary_unary(
+            "/tidelog.v1.Consumer/Fetch",
+            request_serializer=pb.FetchRequest.SerializeToString,
+            response_deserializer=None,
+        )
 
         def long_poll():
             return stub.future(pb.FetchRequest(topic="quiet", partition=0, offset=0, max_wait_ms=29_000), timeout=60)
@@ -400,8 +464,11 @@ def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
             for i, poll in enumerate(polls):
                 # the server releases a finished call's slot a moment after it answered, so a poll sent
                 # right after CreateTopic may itself have been the call past the limit: send it again
-                if poll.done() and poll.exception() is not None \
-                        and poll.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if (
+                    poll.done()
+                    and poll.exception() is not None
+                    and poll.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                ):
                     polls[i] = long_poll()
             try:
                 _health(ch)
@@ -411,8 +478,10 @@ def test_max_concurrent_rpcs_refuses_the_call_past_the_limit(busy):
                     started.set()
                     break
             time.sleep(0.02)
-        assert started.is_set(), f"a third concurrent call was served (polls done: {[p.done() for p in polls]}, " \
+        assert started.is_set(), (
+            f"a third concurrent call was served (polls done: {[p.done() for p in polls]}, "
             f"{[p.exception() for p in polls if p.done()]})"
+        )
         assert not any(p.done() for p in polls)  # the two admitted calls are still waiting
         for poll in polls:
             poll.cancel()  # cancelled calls free their slots
@@ -487,8 +556,9 @@ def guarded(tmp_path_factory):
     srv = ServerProcess(str(root / "data"), "--config", str(path)).start()
     with _separate(srv.target) as ch:
         call(ch, "Admin/CreateTopic", pb.CreateTopicRequest(name="shared", partitions=1))
-        assert not produce(ch, [framing.encode_produce_request(0, "shared", 0, tidelog.build_batch(
-            [b"first"], timestamp=TS))])[0].HasField("error")
+        assert not produce(
+            ch, [framing.encode_produce_request(0, "shared", 0, tidelog.build_batch([b"first"], timestamp=TS))]
+        )[0].HasField("error")
     yield srv
     assert srv.stop() == 0, srv.log()
     assert "Traceback" not in srv.log(), srv.log()
@@ -498,17 +568,23 @@ class _Subscriptions:
     """Subscribe streams held open on one channel until closed."""
 
     def __init__(self, channel) -> None:
-        self.stub = channel.stream_stream("/tidelog.v1.Consumer/Subscribe",
-                                          request_serializer=pb.SubscribeRequest.SerializeToString,
-                                          response_deserializer=pb.SubscribeResponse.FromString)
+        self.stub = channel.stream_stream(
+            "/tidelog.v1.Consumer/Subscribe",
+            request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=pb.SubscribeResponse.FromString,
+        )
         self.streams: list = []
         self._closed = threading.Event()
 
     def open(self):
         """A new subscription: its first response when admitted, else the RpcError it ended with."""
+
         def requests():
-            yield pb.SubscribeRequest(start=pb.SubscribeStart(topic="shared", partition=0, credit_bytes=1 << 20,
-                                                              position=pb.Position(offset=0)))
+            yield pb.SubscribeRequest(
+                start=pb.SubscribeStart(
+                    topic="shared", partition=0, credit_bytes=1 << 20, position=pb.Position(offset=0)
+                )
+            )
             self._closed.wait(60)
 
         stream = self.stub(requests(), timeout=60)
@@ -535,8 +611,9 @@ def _assert_limit(err, setting: str) -> None:
 def _others_are_served(target) -> None:
     """A second client's produce, admin call, group call and health check all succeed."""
     with _separate(target) as ch:
-        assert not produce(ch, [framing.encode_produce_request(1, "shared", 0, tidelog.build_batch(
-            [b"other"], timestamp=TS))])[0].HasField("error")
+        assert not produce(
+            ch, [framing.encode_produce_request(1, "shared", 0, tidelog.build_batch([b"other"], timestamp=TS))]
+        )[0].HasField("error")
         assert "shared" in pb.ListTopicsResponse.FromString(call(ch, "Admin/ListTopics", pb.ListTopicsRequest())).topics
         call(ch, "Groups/ListGroups", pb.ListGroupsRequest())
         assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
@@ -573,8 +650,9 @@ def test_data_calls_filling_the_server_leave_administration_working_and_a_killed
 
     from .test_metrics import scrape
 
-    child = subprocess.Popen([sys.executable, "-c", HOLD_SUBSCRIPTIONS, guarded.target, "3", "5"],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SUBSCRIPTIONS, guarded.target, "3", "5"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "held"  # 15 streams: every data-path slot
         with _separate(guarded.target) as ch:
@@ -582,16 +660,29 @@ def test_data_calls_filling_the_server_leave_administration_working_and_a_killed
             try:
                 _assert_limit(subs.open(), "admin_reserved_rpcs")
                 with pytest.raises(grpc.RpcError) as info:
-                    produce(ch, [framing.encode_produce_request(1, "shared", 0, tidelog.build_batch(
-                        [b"refused"], timestamp=TS))])
+                    produce(
+                        ch,
+                        [
+                            framing.encode_produce_request(
+                                1, "shared", 0, tidelog.build_batch([b"refused"], timestamp=TS)
+                            )
+                        ],
+                    )
                 _assert_limit(info.value, "admin_reserved_rpcs")
                 # the reserve: administration, groups and health still answer
                 call(ch, "Admin/DescribeTopic", pb.DescribeTopicRequest(name="shared"))
                 call(ch, "Groups/ListGroups", pb.ListGroupsRequest())
                 assert _health(ch).status == health_pb2.HealthCheckResponse.SERVING
                 refused = scrape(guarded.metrics_port)
-                assert refused[("tidelog_rpcs_refused_total", (("method", "tidelog.v1.Consumer/Subscribe"),
-                                                               ("setting", "admin_reserved_rpcs")))] >= 1
+                assert (
+                    refused[
+                        (
+                            "tidelog_rpcs_refused_total",
+                            (("method", "tidelog.v1.Consumer/Subscribe"), ("setting", "admin_reserved_rpcs")),
+                        )
+                    ]
+                    >= 1
+                )
                 child.kill()  # SIGKILL: its connections drop and the server cancels their calls
                 child.wait()
                 for _ in range(200):

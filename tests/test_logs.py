@@ -39,8 +39,15 @@ def test_text_values_with_spaces_or_structure_are_quoted_as_json():
 
 def test_json_lines_name_the_event_and_carry_typed_fields():
     out = json.loads(JsonFormatter().format(_record(event="topic_created", topic="orders", partitions=3)))
-    assert out == {"ts": "2025-11-28T20:31:58.123Z", "level": "INFO", "logger": "tidelog.engine",
-                   "event": "topic_created", "message": "topic created", "topic": "orders", "partitions": 3}
+    assert out == {
+        "ts": "2025-11-28T20:31:58.123Z",
+        "level": "INFO",
+        "logger": "tidelog.engine",
+        "event": "topic_created",
+        "message": "topic created",
+        "topic": "orders",
+        "partitions": 3,
+    }
 
 
 def test_json_lines_without_an_event_use_the_message_and_keep_the_traceback():
@@ -48,6 +55,7 @@ def test_json_lines_without_an_event_use_the_message_and_keep_the_traceback():
         raise ValueError("boom")
     except ValueError:
         import sys
+
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "it %s", ("failed",), sys.exc_info())
     out = json.loads(JsonFormatter().format(record))
     assert out["event"] == out["message"] == "it failed" and "ValueError: boom" in out["exception"]
@@ -80,18 +88,19 @@ def events(caplog, name):
 
 # -- the engine -----------------------------------------------------------------------------------
 
+
 def test_engine_logs_topics_created_and_deleted(data_dir, caplog):
     caplog.set_level(logging.INFO, logger="tidelog")
     with Engine.open(data_dir) as eng:
         eng.create_topic("orders", 3)
         eng.delete_topic("orders")
-    created, = events(caplog, "topic_created")
+    (created,) = events(caplog, "topic_created")
     assert (created.name, created.topic, created.partitions) == ("tidelog.engine", "orders", 3)
-    deleted, = events(caplog, "topic_deleted")
+    (deleted,) = events(caplog, "topic_deleted")
     assert (deleted.topic, deleted.partitions) == ("orders", 3)
-    opened, = events(caplog, "engine_opened")
+    (opened,) = events(caplog, "engine_opened")
     assert opened.start == "clean" and opened.topics == 0
-    closed, = events(caplog, "engine_closed")
+    (closed,) = events(caplog, "engine_closed")
     assert closed.clean is True
 
 
@@ -103,7 +112,10 @@ def test_segments_rolled_and_deleted_by_retention_are_logged(data_dir, clock, ca
             eng.produce("t", [b"x" * 1000])
         rolled = events(caplog, "segment_rolled")  # three 1 KB records fill a 4 KB segment
         assert [(r.log, r.sealed_base_offset, r.base_offset) for r in rolled] == [
-            ("t-0", 0, 3), ("t-0", 3, 6), ("t-0", 6, 9)]
+            ("t-0", 0, 3),
+            ("t-0", 3, 6),
+            ("t-0", 6, 9),
+        ]
         clock.advance(60_001)
         assert eng.enforce_retention() == 3
     deleted = events(caplog, "segment_deleted")
@@ -120,7 +132,9 @@ def test_a_clean_open_logs_each_partition_at_debug_and_a_repair_at_info_or_warni
         pass
     opened = events(caplog, "partition_recovery")
     assert [(r.partition, r.levelno, r.result) for r in opened if r.topic == "t"] == [
-        (0, logging.DEBUG, "clean"), (1, logging.DEBUG, "clean")]
+        (0, logging.DEBUG, "clean"),
+        (1, logging.DEBUG, "clean"),
+    ]
     # An unclean stop with a torn tail: the marker is gone and garbage follows the last batch.
     os.remove(os.path.join(data_dir, ".clean_shutdown"))
     log_file = os.path.join(data_dir, "t-0", f"{0:020d}.log")
@@ -141,6 +155,7 @@ def test_a_clean_open_logs_each_partition_at_debug_and_a_repair_at_info_or_warni
 
 # -- consumer groups ------------------------------------------------------------------------------
 
+
 def test_group_membership_and_rebalances_are_logged_with_old_and_new_assignment(data_dir, clock, caplog):
     caplog.set_level(logging.INFO, logger="tidelog.groups")
     with Engine.open(data_dir, clock=clock) as eng:
@@ -154,16 +169,23 @@ def test_group_membership_and_rebalances_are_logged_with_old_and_new_assignment(
         gone = coord.expire()
     assert gone == [a.member_id]
     joined = events(caplog, "member_joined")
-    assert [(j.group, j.client_id, j.topics) for j in joined] == [("g", "a", ["t"]), ("g", "b", ["t"]),
-                                                                    ("g", "c", ["t"])]
-    left, = events(caplog, "member_left")
+    assert [(j.group, j.client_id, j.topics) for j in joined] == [
+        ("g", "a", ["t"]),
+        ("g", "b", ["t"]),
+        ("g", "c", ["t"]),
+    ]
+    (left,) = events(caplog, "member_left")
     assert left.member == b.member_id
-    expired, = events(caplog, "member_expired")
+    (expired,) = events(caplog, "member_expired")
     assert expired.member == a.member_id and expired.silent_ms == 1001
     rebalances = events(caplog, "rebalance")
     assert [(r.generation, r.reason) for r in rebalances] == [
-        (1, "member_joined"), (2, "member_joined"), (3, "member_left"), (4, "member_joined"),
-        (5, "member_expired")]
+        (1, "member_joined"),
+        (2, "member_joined"),
+        (3, "member_left"),
+        (4, "member_joined"),
+        (5, "member_expired"),
+    ]
     assert rebalances[0].old_assignment == {} and rebalances[0].new_assignment == {a.member_id: ["t-0", "t-1"]}
     second = rebalances[1]
     assert second.old_assignment == {a.member_id: ["t-0", "t-1"]}
@@ -171,6 +193,7 @@ def test_group_membership_and_rebalances_are_logged_with_old_and_new_assignment(
 
 
 # -- a real server ----------------------------------------------------------------------------------
+
 
 def test_a_json_logging_server_writes_one_event_per_line_from_start_to_shutdown(tmp_path):
     srv = ServerProcess(str(tmp_path / "data"), "--log-format", "json").start()
@@ -181,8 +204,9 @@ def test_a_json_logging_server_writes_one_event_per_line_from_start_to_shutdown(
                 admin.describe("missing")
         with Producer(srv.target) as producer:
             producer.send("orders", b"v", partition=0).result(30)
-        consumer = Consumer(srv.target, group_id="billing", topics=["orders"], auto_offset_reset="earliest",
-                            auto_commit=False)
+        consumer = Consumer(
+            srv.target, group_id="billing", topics=["orders"], auto_offset_reset="earliest", auto_commit=False
+        )
         got = []
         for _ in range(200):
             got += consumer.poll(0.1)
@@ -198,18 +222,22 @@ def test_a_json_logging_server_writes_one_event_per_line_from_start_to_shutdown(
     for line in lines:
         assert set(line) >= {"ts", "level", "logger", "event", "message"}
         by_event.setdefault(line["event"], []).append(line)
-    started, = by_event["server_started"]
+    (started,) = by_event["server_started"]
     assert started["address"] == srv.target and started["fsync"] == "interval"
     assert started["data_dir"] == str(tmp_path / "data") and started["version"]
     assert {(e["topic"], e["partitions"]) for e in by_event["topic_created"]} >= {("orders", 2)}
-    failed, = [e for e in by_event["rpc_error"] if e["method"] == "/tidelog.v1.Admin/DescribeTopic"]
+    (failed,) = [e for e in by_event["rpc_error"] if e["method"] == "/tidelog.v1.Admin/DescribeTopic"]
     assert failed["code"] == "NOT_FOUND" and "missing" in failed["error"] and failed["peer"]
-    joined, = by_event["member_joined"]
+    (joined,) = by_event["member_joined"]
     assert joined["group"] == "billing" and joined["topics"] == ["orders"]
     first = by_event["rebalance"][0]
     assert first["generation"] == 1 and first["new_assignment"] == {joined["member"]: ["orders-0", "orders-1"]}
     assert by_event["member_left"][0]["member"] == joined["member"]
     events_in_order = [line["event"] for line in lines]
-    assert events_in_order.index("server_started") < events_in_order.index("server_stopping") \
-        < events_in_order.index("engine_closed") < events_in_order.index("server_stopped")
+    assert (
+        events_in_order.index("server_started")
+        < events_in_order.index("server_stopping")
+        < events_in_order.index("engine_closed")
+        < events_in_order.index("server_stopped")
+    )
     assert events_in_order[-1] == "server_stopped"

@@ -31,8 +31,11 @@ COMMITTED = 12  # the offset group "g" commits on partition 0
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def get(url: str) -> tuple[int, str]:
@@ -67,8 +70,11 @@ def check_documented(text: str) -> None:
     """The README's metric table and the alert rules name exactly what a broker with traffic exposes."""
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `(tidelog_\w+)` \|", readme, re.M))
-    exposed = {f.name + "_total" if f.type == "counter" else f.name for f in text_string_to_metric_families(text)
-               if not f.name.endswith("_created")}  # prometheus_client's creation timestamps
+    exposed = {
+        f.name + "_total" if f.type == "counter" else f.name
+        for f in text_string_to_metric_families(text)
+        if not f.name.endswith("_created")
+    }  # prometheus_client's creation timestamps
     assert documented == exposed
     alerts = (ROOT / "docs" / "monitoring" / "alerts.yml").read_text()
     used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\b(tidelog_\w+)", alerts)}
@@ -125,8 +131,11 @@ def test_scrape_after_known_traffic_reports_exact_counters_offsets_and_lag(serve
     assert m[("tidelog_consumer_group_lag_records", g1)] == 0
     assert m[("tidelog_consumer_group_lag_seconds", g1)] == 0  # caught up
     first_unconsumed_ms = base_ts + COMMITTED
-    assert (before_ms - first_unconsumed_ms) / 1000 <= m[("tidelog_consumer_group_lag_seconds", g0)] \
+    assert (
+        (before_ms - first_unconsumed_ms) / 1000
+        <= m[("tidelog_consumer_group_lag_seconds", g0)]
         <= (after_ms - first_unconsumed_ms) / 1000
+    )
     assert m[("tidelog_consumer_group_members", (("group", "g"),))] == 0
     assert m[("tidelog_consumer_group_rebalances_total", (("group", "g"),))] == 0
 
@@ -149,17 +158,33 @@ def test_group_members_rebalances_and_open_streams_follow_a_live_consumer(served
     try:
         # polling opens the partitions once granted (a new group waits group_initial_rebalance_delay_ms)
         wait_until(lambda: consumer.poll(0.1) is not None and consumer.assignment(), what="the partitions")
-        m = wait_until(lambda: (lambda m: m if m.get(("tidelog_consumer_group_members", group)) == 1
-                                and m.get(("tidelog_open_streams", subscribe)) == 2 else None)(
-            scrape(served.metrics_port)), what="one member consuming both partitions")
+        m = wait_until(
+            lambda: (
+                lambda m: (
+                    m
+                    if m.get(("tidelog_consumer_group_members", group)) == 1
+                    and m.get(("tidelog_open_streams", subscribe)) == 2
+                    else None
+                )
+            )(scrape(served.metrics_port)),
+            what="one member consuming both partitions",
+        )
         assert m[("tidelog_consumer_group_rebalances_total", group)] == 1
         assert m[("tidelog_connections", ())] >= 1
         consumer.commit({("events", 0): 0})  # with a commit the group outlives its last member
     finally:
         consumer.close()
-    m = wait_until(lambda: (lambda m: m if m.get(("tidelog_consumer_group_members", group)) == 0
-                            and m.get(("tidelog_open_streams", subscribe)) == 0 else None)(
-        scrape(served.metrics_port)), what="the member gone")
+    m = wait_until(
+        lambda: (
+            lambda m: (
+                m
+                if m.get(("tidelog_consumer_group_members", group)) == 0
+                and m.get(("tidelog_open_streams", subscribe)) == 0
+                else None
+            )
+        )(scrape(served.metrics_port)),
+        what="the member gone",
+    )
     assert m[("tidelog_consumer_group_rebalances_total", group)] == 2  # join, leave
     assert m[("tidelog_consumer_group_lag_records", part("events", 0, group="live"))] == 0
 
@@ -298,22 +323,30 @@ def test_grpc_health_is_not_serving_and_calls_are_unavailable_while_recovering(d
         wait_until(lambda: server.port, what="the gRPC port")
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             health = health_pb2_grpc.HealthStub(ch)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
-                health_pb2.HealthCheckResponse.NOT_SERVING
-            topics = ch.unary_unary("/tidelog.v1.Admin/ListTopics", request_serializer=pb.ListTopicsRequest.SerializeToString,
-                                    response_deserializer=pb.ListTopicsResponse.FromString)
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            topics = ch.unary_unary(
+                "/tidelog.v1.Admin/ListTopics",
+                request_serializer=pb.ListTopicsRequest.SerializeToString,
+                response_deserializer=pb.ListTopicsResponse.FromString,
+            )
             with pytest.raises(grpc.RpcError) as err:
                 topics(pb.ListTopicsRequest(), timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "starting" in err.value.details()
-            subscribe = ch.stream_stream("/tidelog.v1.Consumer/Subscribe", request_serializer=None,
-                                         response_deserializer=None)
+            subscribe = ch.stream_stream(
+                "/tidelog.v1.Consumer/Subscribe", request_serializer=None, response_deserializer=None
+            )
             with pytest.raises(grpc.RpcError) as err:
                 list(subscribe(iter([b""]), timeout=10))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             opening.set()
             started.result(30)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
             assert topics(pb.ListTopicsRequest(), timeout=10) is not None
     finally:
         opening.set()

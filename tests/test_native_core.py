@@ -28,6 +28,7 @@ NATIVE_MODULES = ["batch_scan", "checksum", "partition_hash", "record_batch"]
 
 # --- the extensions are compiled and in use -----------------------------------------------------
 
+
 @pytest.mark.parametrize("name", NATIVE_MODULES)
 def test_native_module_is_a_compiled_extension_not_python_source(name):
     mod = importlib.import_module(f"tidelog._native.{name}")
@@ -43,8 +44,13 @@ def test_codec_and_package_use_the_compiled_record_batch_module():
     assert codec_batch._rb is record_batch
     assert tidelog.Record is record_batch.Record
     # Cython functions are not plain Python functions: nothing here fell back to interpreted code.
-    for fn in (record_batch.encode_batch, record_batch.validate_batches, batch_scan.scan_batches,
-               checksum.crc32c, partition_hash.murmur2):
+    for fn in (
+        record_batch.encode_batch,
+        record_batch.validate_batches,
+        batch_scan.scan_batches,
+        checksum.crc32c,
+        partition_hash.murmur2,
+    ):
         assert not isinstance(fn, types.FunctionType), fn
 
 
@@ -70,7 +76,7 @@ KNOWN_CRC32C = [
     (b"", 0x00000000),
     (b"a", 0xC1D04330),
     (b"123456789", 0xE3069283),
-    (bytes(32), 0x8A9136AA),                      # RFC 3720 B.4 vectors
+    (bytes(32), 0x8A9136AA),  # RFC 3720 B.4 vectors
     (b"\xff" * 32, 0x62A8AB43),
     (bytes(range(32)), 0x46DD794E),
     (bytes(range(31, -1, -1)), 0x113FDB5C),
@@ -103,7 +109,7 @@ def test_crc32c_hardware_path_equals_software_path_on_sizes_up_to_100kb_and_any_
     mismatches = []
     for n in _crc_sizes():
         for align in (0, 1, 5):
-            chunk = _CRC_DATA[align:align + n]
+            chunk = _CRC_DATA[align : align + n]
             hw, sw = checksum.crc32c(chunk), checksum.crc32c_software(chunk)
             if hw != sw:
                 mismatches.append((n, align, hex(hw), hex(sw)))
@@ -112,10 +118,29 @@ def test_crc32c_hardware_path_equals_software_path_on_sizes_up_to_100kb_and_any_
 
 def test_crc32c_equals_kafka_python_crc_on_sizes_around_lane_boundaries():
     lane = 4096
-    sizes = sorted({0, 1, 7, 8, 9, 63, 1000, lane - 1, lane, 3 * lane - 1, 3 * lane, 3 * lane + 1,
-                    3 * lane + 8, 6 * lane + 3, 9 * lane - 5, 50_001, 100_000})
+    sizes = sorted(
+        {
+            0,
+            1,
+            7,
+            8,
+            9,
+            63,
+            1000,
+            lane - 1,
+            lane,
+            3 * lane - 1,
+            3 * lane,
+            3 * lane + 1,
+            3 * lane + 8,
+            6 * lane + 3,
+            9 * lane - 5,
+            50_001,
+            100_000,
+        }
+    )
     for n in sizes:
-        chunk = _CRC_DATA[3:3 + n]
+        chunk = _CRC_DATA[3 : 3 + n]
         assert checksum.crc32c(chunk) == kafka_crc32c(chunk), n
         assert checksum.crc32c_software(chunk) == kafka_crc32c(chunk), n
 
@@ -204,8 +229,10 @@ def test_partitions_for_keys_equals_kafka_default_partitioner():
         assert got.tolist() == expected
 
 
-@given(keys=st.lists(st.binary(max_size=64), min_size=1, max_size=50),
-       partitions=st.integers(min_value=1, max_value=10_000))
+@given(
+    keys=st.lists(st.binary(max_size=64), min_size=1, max_size=50),
+    partitions=st.integers(min_value=1, max_value=10_000),
+)
 def test_partitions_for_keys_equals_kafka_formula_for_arbitrary_keys(keys, partitions):
     got = partition_hash.partitions_for_keys(keys, partitions).tolist()
     assert got == [(kafka_murmur2(k) & 0x7FFFFFFF) % partitions for k in keys]
@@ -263,9 +290,16 @@ def test_scan_reads_every_batch_of_a_clean_buffer_and_stops_at_end():
     n, stop, reason, nxt, got = _scan(buf)
     assert (n, stop, reason, nxt) == (4, len(buf), batch_scan.END, 11)
     assert got == rows
-    cols = (batch_scan.COL_POS, batch_scan.COL_SIZE, batch_scan.COL_BASE_OFFSET, batch_scan.COL_LAST_OFFSET,
-            batch_scan.COL_MAX_TIMESTAMP, batch_scan.COL_PRODUCER_ID, batch_scan.COL_PRODUCER_EPOCH,
-            batch_scan.COL_BASE_SEQUENCE)
+    cols = (
+        batch_scan.COL_POS,
+        batch_scan.COL_SIZE,
+        batch_scan.COL_BASE_OFFSET,
+        batch_scan.COL_LAST_OFFSET,
+        batch_scan.COL_MAX_TIMESTAMP,
+        batch_scan.COL_PRODUCER_ID,
+        batch_scan.COL_PRODUCER_EPOCH,
+        batch_scan.COL_BASE_SEQUENCE,
+    )
     assert cols == (0, 1, 2, 3, 4, 5, 6, 7) and batch_scan.N_COLS == 8
 
 
@@ -282,7 +316,7 @@ def test_scan_stops_with_truncated_reason_at_a_torn_last_batch(keep):
     buf, rows = _segment([2, 1, 4])
     last_pos, last_size = rows[-1][0], rows[-1][1]
     keep = last_size + keep if keep < 0 else keep
-    torn = buf[:last_pos + keep]
+    torn = buf[: last_pos + keep]
     n, stop, reason, nxt, got = _scan(torn)
     partial = torn[last_pos:]
     expected_reason = batch_scan.ZERO if not any(partial) else batch_scan.TRUNCATED
@@ -293,7 +327,7 @@ def test_scan_stops_with_truncated_reason_at_a_torn_last_batch(keep):
 def test_scan_of_a_torn_header_with_nonzero_bytes_is_truncated_not_zero():
     buf, rows = _segment([2, 2], bases=[0, 2])
     # the second batch starts with its base offset 2: bytes 00..02, so 8 bytes of it are not all zero
-    torn = buf[:rows[1][0] + 8]
+    torn = buf[: rows[1][0] + 8]
     n, stop, reason, _, _ = _scan(torn)
     assert (n, stop, reason) == (1, rows[1][0], batch_scan.TRUNCATED)
 
@@ -322,19 +356,23 @@ def test_scan_stops_with_offset_gap_reason_when_a_base_offset_does_not_continue(
     assert got == rows
 
 
-@pytest.mark.parametrize("field,value", [
-    ("magic", 1),
-    ("length", 10),            # below the smallest possible batch
-    ("length", -5),
-    ("base_offset", -3),
-    ("last_offset_delta", -1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("magic", 1),
+        ("length", 10),  # below the smallest possible batch
+        ("length", -5),
+        ("base_offset", -3),
+        ("last_offset_delta", -1),
+    ],
+)
 def test_scan_stops_with_corrupt_reason_at_an_impossible_header(field, value):
     buf, rows = _segment([1, 1, 1])
     bad = bytearray(buf)
     pos = rows[1][0]
-    fmt, off = {"magic": (">b", 16), "length": (">i", 8), "base_offset": (">q", 0),
-                "last_offset_delta": (">i", 23)}[field]
+    fmt, off = {"magic": (">b", 16), "length": (">i", 8), "base_offset": (">q", 0), "last_offset_delta": (">i", 23)}[
+        field
+    ]
     struct.pack_into(fmt, bad, pos + off, value)
     n, stop, reason, _, got = _scan(bytes(bad), expected=-1)
     assert (n, stop, reason) == (1, pos, batch_scan.CORRUPT)
@@ -401,6 +439,7 @@ def test_scan_of_any_prefix_stops_at_the_last_whole_batch(counts, data):
 
 # --- find_batch, find_timestamp, span_batches -------------------------------------------------------
 
+
 def test_find_batch_returns_the_batch_holding_each_offset():
     buf, rows = _segment([1, 3, 2, 4])
     for pos, _size, base, last, _ts, *_producer in rows:
@@ -412,8 +451,8 @@ def test_find_batch_returns_the_batch_holding_each_offset():
 
 def test_find_batch_with_offset_gaps_returns_the_next_batch_after_the_gap():
     buf, rows = _segment([2, 2, 2], bases=[100, 110, 200])
-    assert batch_scan.find_batch(buf, 0, len(buf), 0) == (rows[0][0], 100, 101)      # before the first
-    assert batch_scan.find_batch(buf, 0, len(buf), 105) == (rows[1][0], 110, 111)    # inside a gap
+    assert batch_scan.find_batch(buf, 0, len(buf), 0) == (rows[0][0], 100, 101)  # before the first
+    assert batch_scan.find_batch(buf, 0, len(buf), 105) == (rows[1][0], 110, 111)  # inside a gap
     assert batch_scan.find_batch(buf, 0, len(buf), 150) == (rows[2][0], 200, 201)
     assert batch_scan.find_batch(buf, 0, len(buf), 202) == (-1, -1, -1)
 
@@ -465,7 +504,7 @@ def _span_model(rows, start, end, max_bytes):
 def test_span_batches_takes_whole_batches_within_max_bytes_and_at_least_one():
     buf, rows = _segment([1, 2, 3, 4])
     sizes = [r[1] for r in rows]
-    assert batch_scan.span_batches(buf, 0, len(buf), 1) == (sizes[0], 1)               # at least one
+    assert batch_scan.span_batches(buf, 0, len(buf), 1) == (sizes[0], 1)  # at least one
     assert batch_scan.span_batches(buf, 0, len(buf), sizes[0]) == (sizes[0], 1)
     assert batch_scan.span_batches(buf, 0, len(buf), sizes[0] + sizes[1] - 1) == (sizes[0], 1)
     assert batch_scan.span_batches(buf, 0, len(buf), sizes[0] + sizes[1]) == (sizes[0] + sizes[1], 3)
@@ -473,8 +512,9 @@ def test_span_batches_takes_whole_batches_within_max_bytes_and_at_least_one():
     assert batch_scan.span_batches(buf, rows[2][0], len(buf), 1) == (rows[3][0], 6)
     for max_bytes in range(1, len(buf) + 2, 7):
         for r in rows:
-            assert batch_scan.span_batches(buf, r[0], len(buf), max_bytes) == \
-                _span_model(rows, r[0], len(buf), max_bytes)
+            assert batch_scan.span_batches(buf, r[0], len(buf), max_bytes) == _span_model(
+                rows, r[0], len(buf), max_bytes
+            )
 
 
 def test_span_batches_stops_before_a_truncated_or_zero_filled_tail():
@@ -488,8 +528,9 @@ def test_span_batches_stops_before_a_truncated_or_zero_filled_tail():
     assert batch_scan.span_batches(bytes(100), 0, 100, 1 << 30) == (0, -1)
 
 
-@pytest.mark.parametrize("fn,arg", [(batch_scan.find_batch, 0), (batch_scan.find_timestamp, 0),
-                                    (batch_scan.span_batches, 100)])
+@pytest.mark.parametrize(
+    "fn,arg", [(batch_scan.find_batch, 0), (batch_scan.find_timestamp, 0), (batch_scan.span_batches, 100)]
+)
 def test_search_functions_reject_ranges_outside_the_buffer(fn, arg):
     buf, _ = _segment([1])
     for start, end in ((-1, len(buf)), (0, len(buf) + 1), (10, 5)):

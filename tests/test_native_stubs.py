@@ -8,12 +8,20 @@ import pathlib
 import subprocess
 import sys
 
-MODULES = ["tidelog._native.batch_scan", "tidelog._native.checksum", "tidelog._native.partition_hash",
-           "tidelog._native.record_batch"]
+MODULES = [
+    "tidelog._native.batch_scan",
+    "tidelog._native.checksum",
+    "tidelog._native.partition_hash",
+    "tidelog._native.record_batch",
+]
 
 
 def test_the_native_stubs_match_the_compiled_modules():
     allowlist = pathlib.Path(__file__).with_name("stubtest_allowlist.txt")
-    result = subprocess.run([sys.executable, "-m", "mypy.stubtest", *MODULES, "--allowlist", str(allowlist)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", *MODULES, "--allowlist", str(allowlist)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

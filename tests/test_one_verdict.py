@@ -42,9 +42,9 @@ def damage(directory: str, rng: random.Random) -> str:
         data[pos] ^= 1 << rng.randrange(8)
     elif kind == "zero block" and data:
         pos = rng.randrange(len(data))
-        data[pos:pos + 512] = bytes(len(data[pos:pos + 512]))
+        data[pos : pos + 512] = bytes(len(data[pos : pos + 512]))
     elif kind == "truncate":
-        del data[rng.randrange(len(data) + 1):]
+        del data[rng.randrange(len(data) + 1) :]
     elif kind == "garbage past the end":
         data += rng.randbytes(rng.randint(1, 200))
     else:
@@ -69,19 +69,23 @@ def test_check_and_opening_give_one_verdict_on_damage(tmp_path, clean):
             engine = Engine.open(data_dir)
         except CorruptLogError as exc:
             if not found.problems:
-                disagreements.append(f"case {case} ({what}): opening refused ({exc.message[:120]}) and check "
-                                     f"found nothing")
+                disagreements.append(
+                    f"case {case} ({what}): opening refused ({exc.message[:120]}) and check found nothing"
+                )
             continue
         with engine:
             cut = engine._topic("t").partition(0).recovery.truncated_at
             if cut >= 0:
                 torn += 1
                 if not any(f"at byte {cut}," in n for n in torn_notes):
-                    disagreements.append(f"case {case} ({what}): opening cut a torn tail at byte {cut}; check "
-                                         f"said {found.problems or torn_notes or 'nothing'}")
+                    disagreements.append(
+                        f"case {case} ({what}): opening cut a torn tail at byte {cut}; check "
+                        f"said {found.problems or torn_notes or 'nothing'}"
+                    )
             elif torn_notes:
-                disagreements.append(f"case {case} ({what}): check expected a torn tail to be cut ({torn_notes}); "
-                                     f"opening cut nothing")
+                disagreements.append(
+                    f"case {case} ({what}): check expected a torn tail to be cut ({torn_notes}); opening cut nothing"
+                )
             if not found.problems:
                 end = engine.list_offsets("t", 0).high_watermark
                 offset = engine.list_offsets("t", 0).log_start

@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tidelog
 from tidelog.client import Admin, Consumer, Producer
-from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
 
 from .server_process import ServerProcess
 
@@ -81,25 +81,30 @@ def server(tmp_path):
 def test_a_stalled_subscriber_gets_no_more_than_its_credit_and_others_are_served(server):
     batch = tidelog.build_batch([b"s" * 1000] * 16, timestamp=TS)  # ~16 KiB per batch
     with grpc.insecure_channel(server.target) as ch:
-        produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                   response_deserializer=pb.ProduceResponse.FromString)
-        acks = list(produce(iter([framing.encode_produce_request(i, "load", 0, batch) for i in range(128)]),
-                            timeout=60))  # 2 MiB of backlog
+        produce = ch.stream_stream(
+            "/tidelog.v1.Producer/Produce", request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+        )
+        acks = list(
+            produce(iter([framing.encode_produce_request(i, "load", 0, batch) for i in range(128)]), timeout=60)
+        )  # 2 MiB of backlog
         assert sum(len(r.results) for r in acks) == 128
         credit = 64 * 1024
         granted = threading.Event()
         stop = threading.Event()
 
         def requests():
-            yield pb.SubscribeRequest(start=pb.SubscribeStart(
-                topic="load", partition=0, position=pb.Position(offset=0), credit_bytes=credit))
+            yield pb.SubscribeRequest(
+                start=pb.SubscribeStart(topic="load", partition=0, position=pb.Position(offset=0), credit_bytes=credit)
+            )
             granted.wait(30)
             yield pb.SubscribeRequest(credit_bytes=1 << 30)
             stop.wait(30)
 
-        subscribe = ch.stream_stream("/tidelog.v1.Consumer/Subscribe",
-                                     request_serializer=pb.SubscribeRequest.SerializeToString,
-                                     response_deserializer=pb.SubscribeResponse.FromString)
+        subscribe = ch.stream_stream(
+            "/tidelog.v1.Consumer/Subscribe",
+            request_serializer=pb.SubscribeRequest.SerializeToString,
+            response_deserializer=pb.SubscribeResponse.FromString,
+        )
         stream = subscribe(requests(), timeout=60)
         received, next_offset = 0, 0
         while received < credit:  # while any credit is left the broker sends (at least one whole batch)
@@ -164,8 +169,11 @@ def test_stalled_subscribers_are_held_to_the_shared_buffer_and_give_it_back_when
     max_subscribe_buffer_bytes plus one small message each; a live consumer still reads everything
     meanwhile (with a credit window larger than the broker's cap); killing them gives it all back."""
     budget, cap, stalled = 256 * 1024, 256 * 1024, 8
-    srv = ServerProcess(str(tmp_path / "data"), "--config", _config(
-        tmp_path, max_subscribe_buffer_bytes=budget, max_subscribe_credit_bytes=cap)).start()
+    srv = ServerProcess(
+        str(tmp_path / "data"),
+        "--config",
+        _config(tmp_path, max_subscribe_buffer_bytes=budget, max_subscribe_credit_bytes=cap),
+    ).start()
     metrics_port = srv.metrics_port
     child = None
     try:
@@ -173,12 +181,23 @@ def test_stalled_subscribers_are_held_to_the_shared_buffer_and_give_it_back_when
             a.create_topic("load", 1)
         batch = tidelog.build_batch([b"b" * 1000] * 16, timestamp=TS)  # ~16 KiB
         with grpc.insecure_channel(srv.target) as ch:
-            produce = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                       response_deserializer=pb.ProduceResponse.FromString)
-            assert sum(len(r.results) for r in produce(iter(
-                [framing.encode_produce_request(i, "load", 0, batch) for i in range(64)]), timeout=60)) == 64
-        child = subprocess.Popen([sys.executable, "-c", STALLED_SUBSCRIBERS, srv.target, str(stalled)],
-                                 stdout=subprocess.PIPE, text=True)
+            produce = ch.stream_stream(
+                "/tidelog.v1.Producer/Produce",
+                request_serializer=None,
+                response_deserializer=pb.ProduceResponse.FromString,
+            )
+            assert (
+                sum(
+                    len(r.results)
+                    for r in produce(
+                        iter([framing.encode_produce_request(i, "load", 0, batch) for i in range(64)]), timeout=60
+                    )
+                )
+                == 64
+            )
+        child = subprocess.Popen(
+            [sys.executable, "-c", STALLED_SUBSCRIBERS, srv.target, str(stalled)], stdout=subprocess.PIPE, text=True
+        )
         assert child.stdout.readline().strip() == "stalled"
         # Each alone would be sent its whole capped credit (8 x 256 KiB); together they get the budget
         # and then one overdraft message each (64 KiB, rounded up to whole batches).
@@ -214,10 +233,18 @@ def _flood(target, index: int, outcome: dict) -> None:
     batch = tidelog.build_batch([b"f%d" % index] * 50, timestamp=TS)
     try:
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            stub = ch.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                    response_deserializer=pb.ProduceResponse.FromString)
-            results = [r for resp in stub(iter([framing.encode_produce_request(i, "load", 1, batch)
-                                                for i in range(40)]), timeout=60) for r in resp.results]
+            stub = ch.stream_stream(
+                "/tidelog.v1.Producer/Produce",
+                request_serializer=None,
+                response_deserializer=pb.ProduceResponse.FromString,
+            )
+            results = [
+                r
+                for resp in stub(
+                    iter([framing.encode_produce_request(i, "load", 1, batch) for i in range(40)]), timeout=60
+                )
+                for r in resp.results
+            ]
         outcome[index] = ("acked", [(r.base_offset, r.last_offset) for r in results if not r.HasField("error")])
     except grpc.RpcError as err:
         outcome[index] = (err.code(), err.details())
@@ -248,18 +275,21 @@ def test_a_producer_flood_past_max_concurrent_rpcs_is_refused_not_queued(server)
     for idx, (kind, spans) in outcome.items():
         if kind == "acked":
             for first, last in spans:
-                assert values[first:last + 1] == [b"f%d" % idx] * 50
+                assert values[first : last + 1] == [b"f%d" % idx] * 50
     assert _healthy(server.target)
     _round_trip(server.target, "load", b"after the flood")
 
 
 def test_hundreds_of_idle_connections_leave_the_broker_serving(server):
-    channels = [grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(200)]
+    channels = [
+        grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(200)
+    ]
     try:
         for ch in channels:  # each connects and then sits idle
-            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         _round_trip(server.target, "load", b"among idle connections")
     finally:
         for ch in channels:
@@ -299,8 +329,9 @@ for resp in produce(requests()):
 def test_clients_killed_mid_stream_leave_acked_data_intact_and_the_broker_serving(server):
     acked_last = -1
     for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", VANISHING_CLIENT, server.target], stdout=subprocess.PIPE,
-                                 text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", VANISHING_CLIENT, server.target], stdout=subprocess.PIPE, text=True
+        )
         try:
             for _ in range(50):  # wait for some acks, then kill it mid-stream
                 line = child.stdout.readline()

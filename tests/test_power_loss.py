@@ -17,8 +17,6 @@ The seed and fault are in every assertion message.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
 
@@ -104,8 +102,9 @@ def check_image(path: str, out: Outcome, policy: str, label: str) -> None:
                     assert batch.crc_ok(), f"{label}: bad CRC at {p}/{batch.base_offset}"
                 for rec in result:
                     assert rec.offset == offset, f"{label}: gap before {p}/{rec.offset}"
-                    assert rec.value in out.attempted.get((p, offset), ()), \
+                    assert rec.value in out.attempted.get((p, offset), ()), (
                         f"{label}: {p}/{offset} holds bytes no produce sent for that offset"
+                    )
                     seen[offset] = rec.value
                     offset += 1
             must = [o for (q, o) in out.acked if q == p and (policy == "always" or o < out.flushed.get(p, 0))]
@@ -113,8 +112,9 @@ def check_image(path: str, out: Outcome, policy: str, label: str) -> None:
                 assert seen.get(o) == out.acked[(p, o)], f"{label}: acknowledged record {p}/{o} lost or changed"
         committed = OffsetStore(eng).fetch("g").get(("t", 0))
         if policy == "always" and out.commits_acked:
-            assert committed is not None and committed.offset >= out.commits_acked[-1], \
+            assert committed is not None and committed.offset >= out.commits_acked[-1], (
                 f"{label}: acknowledged commit {out.commits_acked[-1]} went back to {committed}"
+            )
         if committed is not None:
             assert committed.offset in out.commits_tried, f"{label}: commit {committed.offset} was never made"
 
@@ -127,7 +127,9 @@ def dry_run(tmp_path, policy: str) -> tuple[int, int]:
 
 
 def one_fault(tmp_path, policy: str, fault: tuple[str, int], image_rng: random.Random | None) -> None:
-    label = f"seed {SEED}, fsync={policy}, fault {fault[0]} at {fault[1]}" + (" (random per-file loss)" if image_rng else "")
+    label = f"seed {SEED}, fsync={policy}, fault {fault[0]} at {fault[1]}" + (
+        " (random per-file loss)" if image_rng else ""
+    )
     live, snap = tmp_path / f"live-{fault[0]}-{fault[1]}", tmp_path / f"snap-{fault[0]}-{fault[1]}"
     fs = PowerLossFS(fault)
     out = Outcome()
@@ -142,7 +144,9 @@ def one_fault(tmp_path, policy: str, fault: tuple[str, int], image_rng: random.R
         eng.close()
     except (TidelogError, PowerCut):
         pass
-    assert not out.acked_after_fsync_failure, f"{label}: acknowledged after a failed fsync: {out.acked_after_fsync_failure}"
+    assert not out.acked_after_fsync_failure, (
+        f"{label}: acknowledged after a failed fsync: {out.acked_after_fsync_failure}"
+    )
     check_image(str(snap), out, policy, label)
     shutil.rmtree(live)
     shutil.rmtree(snap)

@@ -27,15 +27,18 @@ from tidelog.client import Admin, Consumer, Producer
 from tidelog.client.delivery import Delivery, Outgoing
 from tidelog.client.producer import _BatchResult
 from tidelog.codec import batch as batch_codec
-from tidelog.wire import framing
 from tidelog.codec.batch import BATCHES_REMEMBERED
-from tidelog.errors import (BrokerUnavailableError, DiskFullError, InvalidConfigError, OutOfOrderSequenceError,
-                            RequestTimeoutError)
-from tidelog.wire import statuses
+from tidelog.errors import (
+    BrokerUnavailableError,
+    DiskFullError,
+    InvalidConfigError,
+    OutOfOrderSequenceError,
+    RequestTimeoutError,
+)
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing, statuses
 
-from .helpers.scripted_broker import (BREAK_AFTER_ACK, DEAF, DROP, ERROR, LOSE_ACK, SILENT, Plan,
-                                      ScriptedBroker)
+from .helpers.scripted_broker import BREAK_AFTER_ACK, DEAF, DROP, ERROR, LOSE_ACK, SILENT, Plan, ScriptedBroker
 from .server_process import ServerProcess, refused_address
 
 TOPIC = "t"
@@ -101,15 +104,18 @@ def assert_streams_in_order_without_repeats(broker: ScriptedBroker) -> None:
             per_partition[(r.topic, r.partition)].append(r)
         for key, requests in per_partition.items():
             for a, b in zip(requests, requests[1:]):
-                assert (b.producer_epoch, b.base_sequence) != (a.producer_epoch, a.base_sequence), \
+                assert (b.producer_epoch, b.base_sequence) != (a.producer_epoch, a.base_sequence), (
                     f"stream {a.stream} carried {key} sequence {a.base_sequence} twice: {requests}"
+                )
                 if a.producer_epoch == b.producer_epoch:
-                    assert b.base_sequence == (a.base_sequence + a.count) & SEQUENCE_MASK, \
+                    assert b.base_sequence == (a.base_sequence + a.count) & SEQUENCE_MASK, (
                         f"stream {a.stream}: {key} sequence {b.base_sequence} after {a.base_sequence}+{a.count}"
+                    )
 
 
-def assert_delivered_exactly_once(broker: ScriptedBroker, producer: WatchedProducer, sent: Sent,
-                                  partitions: int) -> None:
+def assert_delivered_exactly_once(
+    broker: ScriptedBroker, producer: WatchedProducer, sent: Sent, partitions: int
+) -> None:
     producer.flush(timeout_s=BOUND_S)  # raises if it does not return
     assert all(f.done() for f in sent.futures), "flush() returned before every record was acknowledged"
     assert producer.lowest_unfinished >= 0 and producer._unfinished == 0
@@ -121,8 +127,9 @@ def assert_delivered_exactly_once(broker: ScriptedBroker, producer: WatchedProdu
         meta = future.result(0)
         assert (meta.partition, meta.offset) == (p, offsets[p]), value
         offsets[p] += 1
-    assert sorted(sent.completions.items()) == [(i, 1) for i in range(len(sent.futures))], \
+    assert sorted(sent.completions.items()) == [(i, 1) for i in range(len(sent.futures))], (
         "a future completed more than once"
+    )
 
 
 SCRIPTS = {
@@ -130,17 +137,28 @@ SCRIPTS = {
     "an ack lost": [Plan(3, LOSE_ACK)],
     "broken right after an ack": [Plan(2, BREAK_AFTER_ACK)],
     "retriable refusal": [Plan(3, ERROR, DiskFullError("scripted: no space left on device"))],
-    "several reconnects in a row": [Plan(2, DROP), Plan(0, BREAK_AFTER_ACK), Plan(0, BREAK_AFTER_ACK),
-                                    Plan(0, DROP), Plan(1, LOSE_ACK)],
-    "dies right after reconnecting": [Plan(4, LOSE_ACK), Plan(1, DROP), Plan(1, BREAK_AFTER_ACK),
-                                      Plan(0, LOSE_ACK), Plan(2, DROP)],
+    "several reconnects in a row": [
+        Plan(2, DROP),
+        Plan(0, BREAK_AFTER_ACK),
+        Plan(0, BREAK_AFTER_ACK),
+        Plan(0, DROP),
+        Plan(1, LOSE_ACK),
+    ],
+    "dies right after reconnecting": [
+        Plan(4, LOSE_ACK),
+        Plan(1, DROP),
+        Plan(1, BREAK_AFTER_ACK),
+        Plan(0, LOSE_ACK),
+        Plan(2, DROP),
+    ],
 }
 
 
 @pytest.mark.parametrize("max_in_flight_bytes", [4096, 64 << 20], ids=["window-4KiB", "window-64MiB"])
 @pytest.mark.parametrize("name", list(SCRIPTS))
 def test_broken_streams_resend_each_request_once_in_order_and_finish_each_future_once(
-        broker, name, max_in_flight_bytes):
+    broker, name, max_in_flight_bytes
+):
     b = broker(SCRIPTS[name])
     p = WatchedProducer(b.target, linger_ms=1, batch_bytes=1024, max_in_flight_bytes=max_in_flight_bytes)
     sent = Sent()
@@ -158,13 +176,23 @@ def test_a_random_schedule_of_broken_streams_delivers_each_record_once(broker, r
     seed = int(os.environ.get("PRODUCER_FAULTS_SEED", random.randrange(1 << 32))) + run
     print(f"PRODUCER_FAULTS_SEED={seed - run} (run {run}: seed {seed})")
     rng = random.Random(seed)
-    script = [Plan(rng.randrange(0, 6), rng.choice([DROP, LOSE_ACK, BREAK_AFTER_ACK, ERROR]),
-                   DiskFullError("scripted: no space left on device")) for _ in range(rng.randrange(4, 14))]
+    script = [
+        Plan(
+            rng.randrange(0, 6),
+            rng.choice([DROP, LOSE_ACK, BREAK_AFTER_ACK, ERROR]),
+            DiskFullError("scripted: no space left on device"),
+        )
+        for _ in range(rng.randrange(4, 14))
+    ]
     b = broker(script)
     partitions = rng.randrange(1, 5)
-    p = WatchedProducer(b.target, linger_ms=rng.choice([0, 1, 5]), batch_bytes=rng.choice([300, 1024, 4096]),
-                        max_in_flight_bytes=rng.choice([2048, 16384, 64 << 20]),
-                        max_in_flight_requests_per_partition=rng.randrange(1, BATCHES_REMEMBERED + 1))
+    p = WatchedProducer(
+        b.target,
+        linger_ms=rng.choice([0, 1, 5]),
+        batch_bytes=rng.choice([300, 1024, 4096]),
+        max_in_flight_bytes=rng.choice([2048, 16384, 64 << 20]),
+        max_in_flight_requests_per_partition=rng.randrange(1, BATCHES_REMEMBERED + 1),
+    )
     sent = Sent()
     try:
         for i in range(rng.randrange(200, 1200)):
@@ -198,11 +226,13 @@ def test_more_in_flight_than_the_broker_remembers_is_refused_for_an_idempotent_p
             Producer(nowhere, max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1)
         with pytest.raises(InvalidConfigError):
             Producer(nowhere, max_in_flight_requests_per_partition=0)
-        Producer(nowhere, idempotent=False,
-                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1).close(timeout_s=BOUND_S)
+        Producer(nowhere, idempotent=False, max_in_flight_requests_per_partition=BATCHES_REMEMBERED + 1).close(
+            timeout_s=BOUND_S
+        )
 
 
 # -- the bookkeeping alone (client/delivery.py: no I/O, time passed in) ------------------------------
+
 
 class _Broker:
     """What a stream did, for the model below: the requests written on each, unanswered in order."""
@@ -222,9 +252,14 @@ class DeliveryModel(RuleBasedStateMachine):
         self.finished: collections.Counter = collections.Counter()
         self.added: list = []
         self.broker = _Broker()
-        self.delivery = Delivery(producer_id=11, compression="none", max_in_flight_bytes=600,
-                                 max_in_flight_requests_per_partition=3, delivery_timeout_s=5.0,
-                                 on_finish=self._on_finish)
+        self.delivery = Delivery(
+            producer_id=11,
+            compression="none",
+            max_in_flight_bytes=600,
+            max_in_flight_requests_per_partition=3,
+            delivery_timeout_s=5.0,
+            on_finish=self._on_finish,
+        )
 
     def _on_finish(self, item, base_offset, error) -> None:  # what the Producer does, counting
         self.finished[id(item)] += 1
@@ -233,8 +268,15 @@ class DeliveryModel(RuleBasedStateMachine):
     @rule(partition=st.integers(0, 2), count=st.integers(1, 4))
     def add(self, partition, count):
         values = [b"v%d" % len(self.added)] * count
-        item = Outgoing(TOPIC, partition, (values, [None] * count, [None] * count, [0] * count),
-                        _BatchResult(TOPIC, partition), count, 100 * count, self.now + 5.0)
+        item = Outgoing(
+            TOPIC,
+            partition,
+            (values, [None] * count, [None] * count, [0] * count),
+            _BatchResult(TOPIC, partition),
+            count,
+            100 * count,
+            self.now + 5.0,
+        )
         self.added.append(item)
         self.delivery.add(item)
 
@@ -302,9 +344,14 @@ TestDeliveryModel = DeliveryModel.TestCase
 
 def test_a_batch_refused_for_the_gap_an_earlier_batch_left_fails_with_that_batchs_error():
     errors = {}
-    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
-                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
-                 on_finish=lambda item, offset, error: errors.__setitem__(item.deadline, error))
+    d = Delivery(
+        producer_id=7,
+        compression="none",
+        max_in_flight_bytes=1 << 20,
+        max_in_flight_requests_per_partition=BATCHES_REMEMBERED,
+        delivery_timeout_s=1.0,
+        on_finish=lambda item, offset, error: errors.__setitem__(item.deadline, error),
+    )
 
     def outgoing(deadline):
         return Outgoing(TOPIC, 0, ([b"x"], [None], [None], [0]), _BatchResult(TOPIC, 0), 1, 17, deadline)
@@ -329,6 +376,7 @@ def test_a_batch_refused_for_the_gap_an_earlier_batch_left_fails_with_that_batch
 
 
 # -- the delivery deadline ---------------------------------------------------------------------------
+
 
 def fail_all_within_bound(p: Producer, sent: Sent, timeout_s: float) -> list[BaseException]:
     p.flush(timeout_s=10 * timeout_s)  # raises RequestTimeoutError if it does not return
@@ -390,8 +438,9 @@ def test_a_broker_that_never_answers_fails_every_future_after_the_delivery_timeo
         for i in range(40):  # 2.5 MiB: more than HTTP/2 flow control lets through a stream nobody reads
             sent.send(p, i % 2, b"%04d" % i + b"s" * (64 << 10))
         errors = fail_all_within_bound(p, sent, 1.5)
-        assert all(isinstance(e, RequestTimeoutError) and "delivery_timeout_s=1.5" in str(e) for e in errors), \
-            {repr(e) for e in errors}
+        assert all(isinstance(e, RequestTimeoutError) and "delivery_timeout_s=1.5" in str(e) for e in errors), {
+            repr(e) for e in errors
+        }
         assert p.lowest_unfinished >= 0
     finally:
         p.close(timeout_s=15)
@@ -423,6 +472,7 @@ def test_a_record_lingering_past_its_deadline_fails_without_a_flush(broker):
 
 
 # -- a real broker, killed and restarted -------------------------------------------------------------
+
 
 def test_acknowledged_records_survive_broker_kills_exactly_once(tmp_path):
     """SIGKILL the broker three times while a producer sends to two partitions, with the default
@@ -471,8 +521,11 @@ def test_acknowledged_records_survive_broker_kills_exactly_once(tmp_path):
         assert p.reconnects >= 3
         p.close(timeout_s=BOUND_S)
         for part in range(2):
-            acknowledged = {f.result(0).offset: v for (q, v), f in zip(sent.records, sent.futures)
-                            if q == part and f.exception(0) is None}
+            acknowledged = {
+                f.result(0).offset: v
+                for (q, v), f in zip(sent.records, sent.futures)
+                if q == part and f.exception(0) is None
+            }
             with Admin(srv.target) as a:
                 end = a.list_offsets(TOPIC, part).log_end
             with Consumer(srv.target, TOPIC, part, 0) as c:
@@ -494,9 +547,14 @@ def test_batches_refused_because_of_one_gap_start_one_new_epoch_not_one_each():
     gap, each starting a new epoch; the epoch soon wrapped to 0 and the broker refused every batch as
     a zombie's (InvalidProducerEpochError), for good."""
     finished = []
-    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
-                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
-                 on_finish=lambda item, offset, error: finished.append(error))
+    d = Delivery(
+        producer_id=7,
+        compression="none",
+        max_in_flight_bytes=1 << 20,
+        max_in_flight_requests_per_partition=BATCHES_REMEMBERED,
+        delivery_timeout_s=1.0,
+        on_finish=lambda item, offset, error: finished.append(error),
+    )
 
     def outgoing(deadline):
         return Outgoing(TOPIC, 0, ([b"x"], [None], [None], [0]), _BatchResult(TOPIC, 0), 1, 17, deadline)
@@ -514,9 +572,14 @@ def test_batches_refused_because_of_one_gap_start_one_new_epoch_not_one_each():
 
 
 def test_when_the_epochs_run_out_a_new_producer_id_starts():
-    d = Delivery(producer_id=7, compression="none", max_in_flight_bytes=1 << 20,
-                 max_in_flight_requests_per_partition=BATCHES_REMEMBERED, delivery_timeout_s=1.0,
-                 on_finish=lambda item, offset, error: None)
+    d = Delivery(
+        producer_id=7,
+        compression="none",
+        max_in_flight_bytes=1 << 20,
+        max_in_flight_requests_per_partition=BATCHES_REMEMBERED,
+        delivery_timeout_s=1.0,
+        on_finish=lambda item, offset, error: None,
+    )
     d.epoch = 0x7FFF
     d.new_epoch()
     assert d.epoch == 0 and d.producer_id not in (7, -1) and d.producer_id >= 0

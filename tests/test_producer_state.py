@@ -134,8 +134,7 @@ def test_producers_silent_past_the_expiration_are_forgotten(data_dir, clock):
         assert again.base_offset > first.base_offset
 
 
-def test_the_state_rebuilt_from_the_log_answers_as_the_live_one_after_a_forgotten_producer_came_back(
-        tmp_path, clock):
+def test_the_state_rebuilt_from_the_log_answers_as_the_live_one_after_a_forgotten_producer_came_back(tmp_path, clock):
     # Before: a producer forgotten (expired) and back with a lower epoch was taken as new, but replay
     # added its batches to the higher epoch found earlier in the log: after a restart its retry was
     # refused as a zombie's (InvalidProducerEpochError) instead of answered with its offsets.

@@ -47,8 +47,14 @@ def session(server, tmp_path_factory):
     """The Quick start's CLI session, run first as the README says (`tidelog` as on PATH after install)."""
     [cli] = [code for lang, code in code_blocks(README) if not lang and code.startswith(CLI_SESSION_START)]
     script = f'set -euo pipefail\ntidelog() {{ "{sys.executable}" -m tidelog "$@"; }}\n{cli}'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path_factory.mktemp("readme-cli"), env={**os.environ, "TIDELOG_SERVER": server.target})
+    out = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path_factory.mktemp("readme-cli"),
+        env={**os.environ, "TIDELOG_SERVER": server.target},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -67,6 +73,11 @@ def test_the_readme_has_its_python_examples():
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_each_python_example_runs_as_pasted(index, server, session, tmp_path_factory):
     code = PYTHON_BLOCKS[index].replace("localhost:50051", server.target)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path_factory.mktemp(f"readme-{index}"))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path_factory.mktemp(f"readme-{index}"),
+    )
     assert out.returncode == 0, f"README python block {index + 1} failed:\n{PYTHON_BLOCKS[index]}\n{out.stderr}"

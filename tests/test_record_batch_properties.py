@@ -20,9 +20,8 @@ CODEC_ID = {"none": 0, "lz4": 3}
 # --- strategies -----------------------------------------------------------------------------------
 
 bytes_or_none = st.one_of(st.none(), st.binary(max_size=48))
-header_lists = st.lists(st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=16))),
-                        max_size=4)
-timestamps = st.integers(min_value=-(1 << 45), max_value=1 << 45)   # any order: negative deltas too
+header_lists = st.lists(st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=16))), max_size=4)
+timestamps = st.integers(min_value=-(1 << 45), max_value=1 << 45)  # any order: negative deltas too
 codecs = st.sampled_from(["none", "lz4"])
 
 
@@ -46,16 +45,30 @@ def _expected(rs, base_offset=0):
     values, keys, headers, ts, default_ts = rs
     out = []
     for i, v in enumerate(values):
-        out.append((base_offset + i, default_ts if ts is None else ts[i], None if keys is None else keys[i], v,
-                    () if headers is None else tuple(headers[i])))
+        out.append(
+            (
+                base_offset + i,
+                default_ts if ts is None else ts[i],
+                None if keys is None else keys[i],
+                v,
+                () if headers is None else tuple(headers[i]),
+            )
+        )
     return out
 
 
 def _decoded(view, copy=True):
     out = []
     for r in view.records(copy=copy):
-        out.append((r.offset, r.timestamp, None if r.key is None else bytes(r.key),
-                    None if r.value is None else bytes(r.value), r.headers))
+        out.append(
+            (
+                r.offset,
+                r.timestamp,
+                None if r.key is None else bytes(r.key),
+                None if r.value is None else bytes(r.value),
+                r.headers,
+            )
+        )
     return out
 
 
@@ -80,6 +93,7 @@ def _reframe(batch: bytes, section: bytes, *, codec="none", count=None, max_ts=N
 
 # --- round trip -----------------------------------------------------------------------------------
 
+
 @given(rs=record_sets(), codec=codecs)
 def test_any_records_round_trip_through_build_validate_and_batch_view(rs, codec):
     raw = _build(rs, codec)
@@ -88,7 +102,12 @@ def test_any_records_round_trip_through_build_validate_and_batch_view(rs, codec)
     infos = validate(raw)
     assert infos == [BatchInfo(0, len(raw), len(expected), ts[0], max(ts), CODEC_ID[codec])]
     view = BatchView(raw)
-    assert (view.base_offset, view.last_offset, view.count, view.size) == (0, len(expected) - 1, len(expected), len(raw))
+    assert (view.base_offset, view.last_offset, view.count, view.size) == (
+        0,
+        len(expected) - 1,
+        len(expected),
+        len(raw),
+    )
     assert (view.first_timestamp, view.max_timestamp, view.codec) == (ts[0], max(ts), codec)
     assert view.crc_ok()
     assert _decoded(view) == expected
@@ -104,18 +123,23 @@ def test_any_records_round_trip_through_build_validate_and_batch_view(rs, codec)
         if key is None:
             assert row["key_len"] == -1
         else:
-            assert buf[row["key_pos"]:row["key_pos"] + row["key_len"]] == key
+            assert buf[row["key_pos"] : row["key_pos"] + row["key_len"]] == key
         if value is None:
             assert row["value_len"] == -1
         else:
-            assert buf[row["value_pos"]:row["value_pos"] + row["value_len"]] == value
+            assert buf[row["value_pos"] : row["value_pos"] + row["value_len"]] == value
     # record sizes (plus their length varints) tile the records section exactly
     section_len = len(raw) - HEADER if codec == "none" else len(buf)
     assert sum(len(zz(int(n))) + int(n) for n in table["size"]) == section_len
 
 
-@given(rs=record_sets(max_size=8), codec=codecs, base=st.integers(min_value=0, max_value=(1 << 62)),
-       lo=st.integers(min_value=0, max_value=10), hi=st.integers(min_value=0, max_value=10))
+@given(
+    rs=record_sets(max_size=8),
+    codec=codecs,
+    base=st.integers(min_value=0, max_value=(1 << 62)),
+    lo=st.integers(min_value=0, max_value=10),
+    hi=st.integers(min_value=0, max_value=10),
+)
 def test_records_honour_the_base_offset_and_the_offset_window(rs, codec, base, lo, hi):
     raw = struct.pack(">q", base) + _build(rs, codec)[8:]
     validate(raw)
@@ -137,9 +161,10 @@ def test_negative_timestamp_deltas_keep_first_timestamp_as_base_and_true_maximum
     assert [r.timestamp for r in BatchView(raw).records()] == [500, 100, 900, -7]
 
 
-@pytest.mark.parametrize("kwargs", [dict(timestamps=[1 << 63], timestamp=0),
-                                    dict(timestamps=[-(1 << 63) - 1], timestamp=0),
-                                    dict(timestamp=1 << 63)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(timestamps=[1 << 63], timestamp=0), dict(timestamps=[-(1 << 63) - 1], timestamp=0), dict(timestamp=1 << 63)],
+)
 @pytest.mark.parametrize("builder", [build_batch, build_batches])
 def test_timestamps_outside_int64_are_an_invalid_request(builder, kwargs):
     with pytest.raises(InvalidRequestError):
@@ -147,23 +172,26 @@ def test_timestamps_outside_int64_are_an_invalid_request(builder, kwargs):
 
 
 def test_bad_arguments_are_invalid_requests():
-    for call in (lambda: build_batch([], timestamp=0),
-                 lambda: build_batch([b"a"], [b"k", b"k2"], timestamp=0),
-                 lambda: build_batch(["text"], timestamp=0),
-                 lambda: build_batch([b"a"], headers=[[("h", "not bytes")]], timestamp=0),
-                 lambda: build_batch([b"a"], headers=[[("h",)]], timestamp=0)):
+    for call in (
+        lambda: build_batch([], timestamp=0),
+        lambda: build_batch([b"a"], [b"k", b"k2"], timestamp=0),
+        lambda: build_batch(["text"], timestamp=0),
+        lambda: build_batch([b"a"], headers=[[("h", "not bytes")]], timestamp=0),
+        lambda: build_batch([b"a"], headers=[[("h",)]], timestamp=0),
+    ):
         with pytest.raises(InvalidRequestError):
             call()
 
 
 # --- damage is detected -----------------------------------------------------------------------------
 
+
 @settings(max_examples=60)
 @given(rs=record_sets(max_size=4), codec=codecs)
 def test_every_single_bit_flip_under_the_crc_is_rejected(rs, codec):
     raw = _build(rs, codec)
     good = validate(raw)
-    for byte in range(17, len(raw)):        # CRC field and everything it covers
+    for byte in range(17, len(raw)):  # CRC field and everything it covers
         for bit in range(8):
             bad = bytearray(raw)
             bad[byte] ^= 1 << bit
@@ -207,7 +235,7 @@ def test_every_truncation_of_a_valid_batch_is_rejected(rs, codec):
 def test_truncating_inside_a_later_batch_rejects_the_whole_buffer(first, second, codec):
     a, b = _build(first, codec), _build(second, codec)
     assert len(validate(a + b)) == 2
-    assert len(validate((a + b)[:len(a)])) == 1
+    assert len(validate((a + b)[: len(a)])) == 1
     for cut in range(len(a) + 1, len(a) + len(b)):
         with pytest.raises(CorruptBatchError):
             validate((a + b)[:cut])
@@ -231,8 +259,12 @@ def test_random_bytes_with_a_size_limit_raise_only_corrupt_or_too_large(data, li
         pass
 
 
-@given(body=st.binary(max_size=200), count=st.integers(min_value=-2, max_value=6),
-       attrs=st.sampled_from([0, 3, 8, 11]), max_ts=st.integers(min_value=-3, max_value=3))
+@given(
+    body=st.binary(max_size=200),
+    count=st.integers(min_value=-2, max_value=6),
+    attrs=st.sampled_from([0, 3, 8, 11]),
+    max_ts=st.integers(min_value=-3, max_value=3),
+)
 def test_random_records_behind_a_crc_correct_header_never_crash_and_accepted_ones_decode(body, count, attrs, max_ts):
     # Structured garbage: size, magic and CRC are right, so validation has to look at the records.
     head = bytearray(HEADER)
@@ -253,7 +285,7 @@ def test_random_records_behind_a_crc_correct_header_never_crash_and_accepted_one
 def test_random_bytes_inside_a_valid_lz4_or_plain_records_section_are_rejected_or_decode(rs, codec, junk):
     raw = _build(rs, "none")
     section = bytearray(raw[HEADER:])
-    section[len(section) // 2:len(section) // 2 + len(junk)] = junk
+    section[len(section) // 2 : len(section) // 2 + len(junk)] = junk
     bad = _reframe(raw, bytes(section), codec=codec)
     try:
         validate(bad)
@@ -264,6 +296,7 @@ def test_random_bytes_inside_a_valid_lz4_or_plain_records_section_are_rejected_o
 
 
 # --- several batches, size limit ----------------------------------------------------------------------
+
 
 @given(sets=st.lists(st.tuples(record_sets(max_size=5), codecs), min_size=1, max_size=5))
 def test_concatenated_batches_validate_as_one_batch_info_each(sets):
@@ -297,6 +330,7 @@ def test_max_batch_bytes_rejects_only_bigger_batches(rs, codec):
 
 # --- lying records inside a CRC-correct batch --------------------------------------------------------
 
+
 def zz(n: int) -> bytes:
     """Kafka's zig-zag varint."""
     z = (n << 1) ^ (n >> 63)
@@ -313,9 +347,23 @@ def nullable(b) -> bytes:
     return zz(-1) if b is None else zz(len(b)) + b
 
 
-def record(ts_delta=0, offset_delta=0, key=b"key", value=b"value", headers=(("h", b"v"),), *,
-           length_delta=0, key_len=None, value_len=None, header_count=None, header_key_len=None,
-           header_value_len=None, raw_length=None, body_suffix=b"", raw_ts=None) -> bytes:
+def record(
+    ts_delta=0,
+    offset_delta=0,
+    key=b"key",
+    value=b"value",
+    headers=(("h", b"v"),),
+    *,
+    length_delta=0,
+    key_len=None,
+    value_len=None,
+    header_count=None,
+    header_key_len=None,
+    header_value_len=None,
+    raw_length=None,
+    body_suffix=b"",
+    raw_ts=None,
+) -> bytes:
     """One record, honest unless a lie is asked for."""
     body = bytearray(b"\x00") + (zz(ts_delta) if raw_ts is None else raw_ts) + zz(offset_delta)
     body += nullable(key) if key_len is None else zz(key_len) + (key or b"")
@@ -324,7 +372,7 @@ def record(ts_delta=0, offset_delta=0, key=b"key", value=b"value", headers=(("h"
     for i, (hk, hv) in enumerate(headers):
         kb = hk.encode()
         body += (zz(len(kb)) if header_key_len is None or i else zz(header_key_len)) + kb
-        body += (nullable(hv) if header_value_len is None or i else zz(header_value_len) + (hv or b""))
+        body += nullable(hv) if header_value_len is None or i else zz(header_value_len) + (hv or b"")
     body += body_suffix
     length = raw_length if raw_length is not None else zz(len(body) + length_delta)
     return length + bytes(body)
@@ -367,8 +415,7 @@ LIES = {
     # the true length, but spread over 6 bytes (a varint has at most 5)
     "over-long length varint": [bytes([TWO[0][0] | 0x80]) + b"\x80\x80\x80\x80\x00" + TWO[0][1:], TWO[1]],
     # a zero timestamp delta spread over 11 bytes (a varlong has at most 10), record length correct
-    "over-long timestamp varlong": [record(0, 0, b"k0", b"v0", (("a", b"1"),), raw_ts=b"\x80" * 10 + b"\x00"),
-                                    TWO[1]],
+    "over-long timestamp varlong": [record(0, 0, b"k0", b"v0", (("a", b"1"),), raw_ts=b"\x80" * 10 + b"\x00"), TWO[1]],
     "varint cut by the end of the batch": [TWO[0], b"\x80"],
 }
 
@@ -377,7 +424,7 @@ LIES = {
 @pytest.mark.parametrize("lie", sorted(LIES))
 def test_lying_record_fields_in_a_crc_correct_batch_are_rejected(lie, codec):
     bad = _reframe(TEMPLATE, b"".join(LIES[lie]), codec=codec)
-    assert crc32c(bad[21:]) == struct.unpack_from(">I", bad, 17)[0]   # the CRC is right: only the records lie
+    assert crc32c(bad[21:]) == struct.unpack_from(">I", bad, 17)[0]  # the CRC is right: only the records lie
     with pytest.raises(CorruptBatchError, match=r"batch 0 .*record \d+: "):
         validate(bad)
 
@@ -442,8 +489,8 @@ def test_any_record_length_off_by_any_amount_is_rejected(rs, codec, data):
     # the record starts where the previous one ended; its length varint comes first
     start = HEADER + sum(len(zz(int(s))) + int(s) for s in table["size"][:i])
     old = zz(size)
-    assert raw[start:start + len(old)] == old
-    section = raw[HEADER:start] + zz(size + delta) + raw[start + len(old):]
+    assert raw[start : start + len(old)] == old
+    section = raw[HEADER:start] + zz(size + delta) + raw[start + len(old) :]
     with pytest.raises(CorruptBatchError):
         validate(_reframe(raw, section, codec=codec))
 
@@ -465,6 +512,7 @@ def test_a_lie_in_one_batch_rejects_the_whole_concatenation(rs):
 
 
 # --- input buffers ---------------------------------------------------------------------------------
+
 
 def test_validate_and_batch_view_accept_any_contiguous_bytes_like_buffer(tmp_path):
     import mmap

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from tidelog import Engine
-from tidelog.partition import partition_log
 from tidelog.storage.recovery import RECOVERY_POINT_FILE
 
 SMALL = dict(segment_bytes=8192, index_interval_bytes=128, max_index_bytes=4096)
@@ -49,8 +48,9 @@ def crashed(tmp_path, clock):
     eng = Engine.open(live, clock=clock)
     eng.create_topic("t", segment_bytes=PREALLOC)
     for i in range(12):
-        eng.produce("t", [b"r%02d-%d" % (i, j) for j in range(3)], keys=[b"k%d" % i] * 3,
-                    headers=[[("h", b"%d" % i)]] * 3)
+        eng.produce(
+            "t", [b"r%02d-%d" % (i, j) for j in range(3)], keys=[b"k%d" % i] * 3, headers=[[("h", b"%d" % i)]] * 3
+        )
     expected = records(eng)
     batches = [(b.pos, b.size, b.base_offset) for b in eng.fetch("t", 0, 0).batches()]
     snap = snapshot(live, str(tmp_path / "snap"))
@@ -81,6 +81,7 @@ def test_truncating_the_tail_at_every_byte_keeps_exactly_the_whole_batches(crash
     tail_start = batches[-3][0]
     end = batches[-1][0] + batches[-1][1]
     for cut in range(tail_start, end + 1):
+
         def truncate(path):
             with open(path, "r+b") as f:
                 f.truncate(cut)
@@ -100,6 +101,7 @@ def test_a_flipped_bit_in_the_last_batch_cuts_the_log_before_it(crashed, tmp_pat
     snap, expected, batches = crashed
     pos, size, base = batches[-1]
     for i in range(size):
+
         def flip(path, at=pos + i):
             with open(path, "r+b") as f:
                 f.seek(at)
@@ -137,8 +139,10 @@ def build_segments(path, clock, n=60):
         for i in range(n):
             eng.produce("t", [b"%03d" % i + b"v" * 80] * 4)
             clock.advance(5)
-        return records(eng), [(s.base_offset, s.index.view().copy(), s.time_index.view().copy())
-                              for s in eng._topics["t"].partitions[0].segments()]
+        return records(eng), [
+            (s.base_offset, s.index.view().copy(), s.time_index.view().copy())
+            for s in eng._topics["t"].partitions[0].segments()
+        ]
 
 
 def test_missing_indexes_are_rebuilt_identically(data_dir, clock):
@@ -214,5 +218,3 @@ def test_directories_that_are_not_tidelog_partitions_are_left_alone(data_dir, cl
         with open(os.path.join(data_dir, name, "keep.txt")) as f:
             assert f.read() == name
     assert caplog.text.count("not a tidelog partition") == 4
-
-

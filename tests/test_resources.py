@@ -6,7 +6,6 @@ Each case states what an earlier version did wrong.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -99,7 +98,6 @@ def test_a_restart_with_hundreds_of_segments_needs_few_descriptors(data_dir, clo
     assert out.stdout.strip() == "300"
 
 
-
 @pytest.mark.parametrize("fails", ["rolling", "opening", "loading producers"])
 def test_a_segment_that_cannot_be_opened_leaks_no_descriptor(data_dir, clock, fails):
     # Before: when a new segment's index could not be opened (too many open files) its .log stayed
@@ -143,6 +141,7 @@ def test_a_segment_that_cannot_be_opened_leaks_no_descriptor(data_dir, clock, fa
 
 # -- a full file system -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 24 MiB tmpfs of the test's own: tmpfs gives a page to every read fault on a hole of a shared
@@ -151,8 +150,9 @@ def small_tmpfs(tmp_path):
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if out.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
     try:
@@ -192,9 +192,11 @@ def test_a_full_file_system_does_not_kill_restart_or_check(small_tmpfs):
             for i in range(20_000):
                 eng.produce("t", [b"y" * 4000], partition=0)
         acked = eng.list_offsets("t", 0).log_end, eng.list_offsets("t", 1).log_end
-    script = ("from tidelog import Engine\n"
-              f"with Engine.open({data_dir!r}) as e: print(e.list_offsets('t', 0).log_end, "
-              "e.list_offsets('t', 1).log_end)")
+    script = (
+        "from tidelog import Engine\n"
+        f"with Engine.open({data_dir!r}) as e: print(e.list_offsets('t', 0).log_end, "
+        "e.list_offsets('t', 1).log_end)"
+    )
     os.remove(os.path.join(data_dir, ".clean_shutdown"))  # an unclean restart scans the most
     out = run("-c", script)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
@@ -230,6 +232,7 @@ def test_sigterm_on_a_full_disk_still_stops_cleanly(small_tmpfs):
 
 
 # -- the running broker -------------------------------------------------------------------------------
+
 
 def test_check_on_a_running_broker_raises_no_false_alarm(data_dir, clock):
     # Before: "time index entries do not match" on the active segment of a broker being written to.

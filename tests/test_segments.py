@@ -132,11 +132,15 @@ def test_reopen_after_clean_close_keeps_segments_and_indexes(data_dir, clock):
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("t", **SMALL)
         fill(eng, clock)
-        before = [(s.base_offset, s.size, s.index.entries, s.time_index.entries)
-                  for s in eng._topics["t"].partitions[0].segments()]
+        before = [
+            (s.base_offset, s.size, s.index.entries, s.time_index.entries)
+            for s in eng._topics["t"].partitions[0].segments()
+        ]
     with Engine.open(data_dir, clock=clock) as eng:
-        after = [(s.base_offset, s.size, s.index.entries, s.time_index.entries)
-                 for s in eng._topics["t"].partitions[0].segments()]
+        after = [
+            (s.base_offset, s.size, s.index.entries, s.time_index.entries)
+            for s in eng._topics["t"].partitions[0].segments()
+        ]
         assert after[:-1] == before[:-1]
         assert after[-1][:3] == before[-1][:3]
         assert eng._topics["t"].partitions[0].recovery.scanned_bytes == 0
@@ -149,8 +153,7 @@ def test_many_batches_in_one_append_larger_than_a_segment_are_split_across_segme
 
     with Engine.open(data_dir, clock=clock) as eng:
         eng.create_topic("t", **SMALL)
-        batches = b"".join(tidelog.build_batch([b"%03d" % i + b"z" * 500] * 3, timestamp=clock.now)
-                           for i in range(20))
+        batches = b"".join(tidelog.build_batch([b"%03d" % i + b"z" * 500] * 3, timestamp=clock.now) for i in range(20))
         assert len(batches) > SMALL["segment_bytes"]
         res = eng.append("t", 0, batches)
         assert (res.base_offset, res.last_offset) == (0, 59)

@@ -11,13 +11,19 @@ import grpc
 import pytest
 
 import tidelog
-from tidelog.codec.partitioner import key_partition
 from tidelog.client import Admin, AsyncConsumer, Consumer, Producer
-from tidelog.wire import framing
-from tidelog.errors import (BrokerUnavailableError, CorruptBatchError, InvalidTopicError, OffsetOutOfRangeError,
-                            TopicExistsError, UnknownTopicError)
-from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
+from tidelog.codec.partitioner import key_partition
+from tidelog.errors import (
+    BrokerUnavailableError,
+    CorruptBatchError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
+from tidelog.wire.statuses import CODE_KEY, LOG_END_KEY, LOG_START_KEY
 
 from .server_process import ServerProcess, refused_address
 
@@ -56,8 +62,9 @@ def consume(target, topic, partition, count, offset=0, timeout_s=20.0):
 
 def test_producer_to_consumer_round_trip_with_keys_headers_and_offsets(server, topic):
     with Producer(server.target, linger_ms=2) as p:
-        futures = [p.send(topic, b"value-%d" % i, key=b"key-%d" % (i % 5), headers=[("n", b"%d" % i)])
-                   for i in range(200)]
+        futures = [
+            p.send(topic, b"value-%d" % i, key=b"key-%d" % (i % 5), headers=[("n", b"%d" % i)]) for i in range(200)
+        ]
         p.flush()
     metas = [f.result(timeout=10) for f in futures]
     for i, meta in enumerate(metas):
@@ -145,8 +152,11 @@ def test_async_consumer_streams_records(server, topic):
 
 
 def _fetch_stub(channel):
-    return channel.unary_unary("/tidelog.v1.Consumer/Fetch", request_serializer=pb.FetchRequest.SerializeToString,
-                               response_deserializer=pb.FetchResponse.FromString)
+    return channel.unary_unary(
+        "/tidelog.v1.Consumer/Fetch",
+        request_serializer=pb.FetchRequest.SerializeToString,
+        response_deserializer=pb.FetchResponse.FromString,
+    )
 
 
 def test_long_poll_fetch_waits_and_wakes_when_data_arrives(server, topic):
@@ -158,8 +168,9 @@ def test_long_poll_fetch_waits_and_wakes_when_data_arrives(server, topic):
     with grpc.insecure_channel(server.target) as channel:
         timer.start()
         started = time.monotonic()
-        reply = _fetch_stub(channel)(pb.FetchRequest(topic=topic, partition=0, offset=0, max_wait_ms=20_000),
-                                     timeout=30)
+        reply = _fetch_stub(channel)(
+            pb.FetchRequest(topic=topic, partition=0, offset=0, max_wait_ms=20_000), timeout=30
+        )
         waited = time.monotonic() - started
         timer.join()
     records = [r for b in tidelog.iter_batches(reply.batches) for r in b.records()]
@@ -196,8 +207,9 @@ def test_errors_come_back_as_statuses_and_the_same_exceptions(server, admin, top
 
 def _raw_produce(target, requests):
     with grpc.insecure_channel(target) as channel:
-        call = channel.stream_stream("/tidelog.v1.Producer/Produce", request_serializer=None,
-                                     response_deserializer=pb.ProduceResponse.FromString)
+        call = channel.stream_stream(
+            "/tidelog.v1.Producer/Produce", request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+        )
         return [r for resp in call(iter(requests), timeout=30) for r in resp.results]
 
 
@@ -205,12 +217,15 @@ def test_a_malformed_batch_is_rejected_in_stream_and_appends_nothing(server, adm
     good = tidelog.build_batch([b"ok"], timestamp=1_700_000_000_000)
     bad = bytearray(good)
     bad[-1] ^= 1
-    results = _raw_produce(server.target, [
-        framing.encode_produce_request(1, topic, 0, bytes(bad)),
-        framing.encode_produce_request(2, topic, 0, good),
-        framing.encode_produce_request(3, "missing-topic", 0, good),
-        b"\xff\xff\xff",  # not a protobuf message at all
-    ])
+    results = _raw_produce(
+        server.target,
+        [
+            framing.encode_produce_request(1, topic, 0, bytes(bad)),
+            framing.encode_produce_request(2, topic, 0, good),
+            framing.encode_produce_request(3, "missing-topic", 0, good),
+            b"\xff\xff\xff",  # not a protobuf message at all
+        ],
+    )
     assert [r.sequence for r in results[:3]] == [1, 2, 3]
     assert results[0].error.code == CorruptBatchError.code
     assert results[0].error.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -226,13 +241,22 @@ def test_a_client_without_tidelog_code_uses_reflection(server, topic):
     services = set(client.service_names)
     assert {"tidelog.v1.Admin", "tidelog.v1.Producer", "tidelog.v1.Consumer", "grpc.health.v1.Health"} <= services
     assert topic in client.request("tidelog.v1.Admin", "ListTopics", {})["topics"]
-    produced = client.request("tidelog.v1.Producer", "ProduceRecords", {
-        "topic": topic, "partition": 2,
-        "records": [{"key": "azE=", "value": "aGVsbG8="}, {"value": "d29ybGQ=", "headers": [{"key": "h", "value": "eA=="}]}],
-    })
+    produced = client.request(
+        "tidelog.v1.Producer",
+        "ProduceRecords",
+        {
+            "topic": topic,
+            "partition": 2,
+            "records": [
+                {"key": "azE=", "value": "aGVsbG8="},
+                {"value": "d29ybGQ=", "headers": [{"key": "h", "value": "eA=="}]},
+            ],
+        },
+    )
     assert produced["results"][0]["partition"] == 2
     fetched = client.request("tidelog.v1.Consumer", "FetchRecords", {"topic": topic, "partition": 2, "offset": 0})
     import base64
+
     values = [base64.b64decode(r["value"]) for r in fetched["records"]]
     assert values == [b"hello", b"world"]
 
@@ -307,8 +331,10 @@ def test_an_idle_producer_does_not_hold_a_graceful_stop_for_the_grace_period(tmp
         later = p.send("idle", b"sent after the restart", partition=0).result(timeout=60)
         p.close(timeout_s=30)
         assert later.offset == before.offset + 1
-        assert [r.value for r in consume(srv.target, "idle", 0, 2)] == [b"acked before the stop",
-                                                                         b"sent after the restart"]
+        assert [r.value for r in consume(srv.target, "idle", 0, 2)] == [
+            b"acked before the stop",
+            b"sent after the restart",
+        ]
     finally:
         srv.stop()
 

@@ -27,11 +27,14 @@ def test_rates_are_deltas_of_end_offsets_and_sizes_over_the_sample_interval():
 
 
 def test_group_lag_sums_partitions_with_a_commit_and_takes_the_oldest_record_age():
-    info = {"partitions": [
-        {"topic": "t", "partition": 0, "lag": 6, "time_lag_ms": 1500},
-        {"topic": "t", "partition": 1, "lag": 4, "time_lag_ms": 9000},
-        {"topic": "t", "partition": 2, "lag": None, "time_lag_ms": None},
-        {"topic": "u", "partition": 0, "lag": None, "time_lag_ms": None}]}
+    info = {
+        "partitions": [
+            {"topic": "t", "partition": 0, "lag": 6, "time_lag_ms": 1500},
+            {"topic": "t", "partition": 1, "lag": 4, "time_lag_ms": 9000},
+            {"topic": "t", "partition": 2, "lag": None, "time_lag_ms": None},
+            {"topic": "u", "partition": 0, "lag": None, "time_lag_ms": None},
+        ]
+    }
     assert group_rows(info) == [("t", 10, 9.0, 2), ("u", None, None, 0)]
 
 

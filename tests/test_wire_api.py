@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidelog.wire import framing
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,18 +21,34 @@ def test_generated_code_matches_the_proto_files(tmp_path):
     pytest.importorskip("grpc_tools", reason="grpcio-tools (a test dependency) regenerates the code")
     out = tmp_path / "gen"
     out.mkdir()
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto", f"--python_out={out}", f"--pyi_out={out}",
-                    "proto/tidelog/v1/tidelog.proto"], cwd=REPO, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iproto",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            "proto/tidelog/v1/tidelog.proto",
+        ],
+        cwd=REPO,
+        check=True,
+    )
     for name in ("tidelog_pb2.py", "tidelog_pb2.pyi"):
-        assert filecmp.cmp(out / "tidelog" / "v1" / name, os.path.join(REPO, "src", "tidelog", "v1", name),
-                           shallow=False), f"{name} is stale: run proto/generate.sh"
+        assert filecmp.cmp(
+            out / "tidelog" / "v1" / name, os.path.join(REPO, "src", "tidelog", "v1", name), shallow=False
+        ), f"{name} is stale: run proto/generate.sh"
 
 
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
-@given(seq=st.integers(0, 2**64 - 1), topic=st.text(max_size=40), partition=st.integers(-(2**31), 2**31 - 1),
-       batches=st.binary(max_size=3000))
+@given(
+    seq=st.integers(0, 2**64 - 1),
+    topic=st.text(max_size=40),
+    partition=st.integers(-(2**31), 2**31 - 1),
+    batches=st.binary(max_size=3000),
+)
 def test_hand_framed_produce_request_equals_the_generated_message(seq, topic, partition, batches):
     raw = framing.encode_produce_request(seq, topic, partition, batches)
     generated = pb.ProduceRequest(sequence=seq, topic=topic, partition=partition, batches=batches)
@@ -45,14 +61,26 @@ def test_hand_framed_produce_request_equals_the_generated_message(seq, topic, pa
 def test_hand_framed_subscribe_and_fetch_responses_equal_the_generated_messages(nxt, hw, start, batches):
     raw = framing.encode_subscribe_response(nxt, hw, start, batches)
     assert pb.SubscribeResponse.FromString(raw) == pb.SubscribeResponse(
-        next_offset=nxt, high_watermark=hw, log_start=start, batches=batches)
+        next_offset=nxt, high_watermark=hw, log_start=start, batches=batches
+    )
     parsed = framing.parse_subscribe_response(raw)
-    assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (nxt, hw, start, batches)
+    assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (
+        nxt,
+        hw,
+        start,
+        batches,
+    )
     raw = framing.encode_fetch_response("t", 3, nxt, hw, start, batches)
     assert pb.FetchResponse.FromString(raw) == pb.FetchResponse(
-        topic="t", partition=3, next_offset=nxt, high_watermark=hw, log_start=start, batches=batches)
+        topic="t", partition=3, next_offset=nxt, high_watermark=hw, log_start=start, batches=batches
+    )
     parsed = framing.parse_fetch_response(raw)
-    assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (nxt, hw, start, batches)
+    assert (parsed.next_offset, parsed.high_watermark, parsed.log_start, bytes(parsed.batches)) == (
+        nxt,
+        hw,
+        start,
+        batches,
+    )
 
 
 def _any_varint(value: int) -> bytes:
@@ -67,7 +95,10 @@ def _any_varint(value: int) -> bytes:
 field_values = st.integers(0, 2**70 - 1)
 produce_requests = st.builds(
     lambda seq, part, tail: b"\x08" + _any_varint(seq) + b"\x18" + _any_varint(part) + b"\x12\x01t" + tail,
-    field_values, field_values, st.binary(max_size=20))
+    field_values,
+    field_values,
+    st.binary(max_size=20),
+)
 
 
 @given(st.one_of(st.binary(max_size=200), produce_requests))

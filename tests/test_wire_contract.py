@@ -33,7 +33,7 @@ class FailedCall(grpc.RpcError):
 
 def sample(cls) -> errors.TidelogError:
     if cls is errors.OffsetOutOfRangeError:
-        return cls(f"offset 99 of t-0 is outside [3, 7]", log_start=3, log_end=7)
+        return cls("offset 99 of t-0 is outside [3, 7]", log_start=3, log_end=7)
     return cls(f"{cls.__name__} raised in the broker")
 
 
@@ -63,20 +63,24 @@ def test_every_error_class_survives_a_stream_error_message(cls):
 
 def test_a_long_message_is_cut_to_fit_a_header_and_still_names_its_class():
     exc = errors.UnknownTopicError("no topic " + "x" * 100_000)
-    back = statuses.error_from_rpc(FailedCall(grpc.StatusCode.NOT_FOUND, statuses.details(exc),
-                                              statuses.trailing_metadata(exc)))
+    back = statuses.error_from_rpc(
+        FailedCall(grpc.StatusCode.NOT_FOUND, statuses.details(exc), statuses.trailing_metadata(exc))
+    )
     assert type(back) is errors.UnknownTopicError
     assert len(back.message) <= statuses.MAX_DETAILS_CHARS
     assert "truncated" in back.message
 
 
-@pytest.mark.parametrize("code, expected", [
-    (grpc.StatusCode.UNAVAILABLE, errors.BrokerUnavailableError),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, errors.RequestTimeoutError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ResourceLimitError),
-    (grpc.StatusCode.CANCELLED, errors.BrokerUnavailableError),
-    (grpc.StatusCode.INTERNAL, errors.TidelogError),
-])
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        (grpc.StatusCode.UNAVAILABLE, errors.BrokerUnavailableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.RequestTimeoutError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ResourceLimitError),
+        (grpc.StatusCode.CANCELLED, errors.BrokerUnavailableError),
+        (grpc.StatusCode.INTERNAL, errors.TidelogError),
+    ],
+)
 def test_a_failure_of_the_transport_itself_becomes_the_error_for_its_status(code, expected):
     back = statuses.error_from_rpc(FailedCall(code, "transport said no", ()), "127.0.0.1:1")
     assert type(back) is expected

@@ -32,14 +32,18 @@ def make_pool(n_batches: int, size: int, seed: int = SEED) -> list[list[bytes]]:
     for i in range(n):
         if size >= 200:
             head = b'{"id":%d,"ts":%d,"user":"u%05d","event":"%s","region":"eu-west-1","payload":"' % (
-                i, ts0 + i * 7, users[i], events[kinds[i]])
+                i,
+                ts0 + i * 7,
+                users[i],
+                events[kinds[i]],
+            )
         else:
             head = b'{"id":%d,"u":"u%05d","e":"%s","p":"' % (i, users[i], events[kinds[i]])
         fill = size - len(head) - 2
-        value = head + corpus[starts[i]:starts[i] + fill] + b'"}'
+        value = head + corpus[starts[i] : starts[i] + fill] + b'"}'
         assert len(value) == size
         out.append(value)
-    return [out[i:i + BATCH] for i in range(0, n, BATCH)]
+    return [out[i : i + BATCH] for i in range(0, n, BATCH)]
 
 
 class Payloads:
@@ -56,8 +60,9 @@ class Payloads:
         rpb = self.records_per_batch = max(1, int((batch_bytes - HEADER_SIZE) / per_record))
         now_ms = int(time.time() * 1000)
         self.batches: list[tuple[bytes, int]] = [
-            (build_batch(self.values[lo:lo + rpb], timestamp=now_ms, producer_id=-1), rpb)
-            for lo in range(0, len(self.values) - rpb + 1, rpb)]
+            (build_batch(self.values[lo : lo + rpb], timestamp=now_ms, producer_id=-1), rpb)
+            for lo in range(0, len(self.values) - rpb + 1, rpb)
+        ]
         if not self.batches:
             raise ValueError("too few records for one batch")
         self.batch_bytes = sum(len(b) for b, _ in self.batches) / len(self.batches)

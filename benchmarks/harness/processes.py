@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 LOOPBACK = "127.0.0.1"
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
@@ -141,15 +141,29 @@ class Processes:
         with open(log_path, "ab") as out:
             # A session of its own: a Ctrl-C in the terminal reaches only the benchmark, which then stops
             # its children itself, in order.
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=cwd or self.tmp, env=env)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=cwd or self.tmp,
+                env=env,
+            )
         proc = Proc(name, popen, log_path)
         self.running.append(proc)
         log(f"started {name} (pid {proc.pid}): {' '.join(argv)}")
         return proc
 
-    def serve(self, name: str, argv: Callable[[int], list[str]], ready: Callable[[int], bool],
-              env: Callable[[int], dict] | None = None, timeout_s: float = 60.0, cwd: str | None = None) -> Proc:
+    def serve(
+        self,
+        name: str,
+        argv: Callable[[int], list[str]],
+        ready: Callable[[int], bool],
+        env: Callable[[int], dict] | None = None,
+        timeout_s: float = 60.0,
+        cwd: str | None = None,
+    ) -> Proc:
         """Start a server on a free port; ready once its own process tree listens there and `ready(port)`
         holds. A server that exits (a port lost to another process between choosing and binding it) is
         started again on another port, three times at most."""

@@ -13,8 +13,8 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .machine import LoadMeter
 from .processes import log
@@ -74,7 +74,10 @@ class Stopwatch:
 
 
 METRICS: dict[str, Callable[[Sample], float]] = {
-    "records/s": lambda s: s.rps, "MB/s": lambda s: s.mbps, "GB/s": lambda s: s.mbps / 1e3}
+    "records/s": lambda s: s.rps,
+    "MB/s": lambda s: s.mbps,
+    "GB/s": lambda s: s.mbps / 1e3,
+}
 
 
 def values(samples: list[Sample], metric: str) -> list[float]:
@@ -85,17 +88,31 @@ def ratio(a: list[Sample], b: list[Sample], metric: str = "records/s") -> dict:
     """a / b: ratio of the medians, with the per-round ratios (a and b ran back to back in each round)."""
     va, vb = values(a, metric), values(b, metric)
     per_round = [x / y for x, y in zip(va, vb)]
-    return {"ratio": statistics.median(va) / statistics.median(vb), "paired_min": min(per_round),
-            "paired_max": max(per_round), "paired": per_round}
+    return {
+        "ratio": statistics.median(va) / statistics.median(vb),
+        "paired_min": min(per_round),
+        "paired_max": max(per_round),
+        "paired": per_round,
+    }
 
 
 def summary(section: str, system: str, metric: str, samples: list[Sample], warmups: list[Sample]) -> dict:
     """The JSON of one figure: median, min, max, every run and warm-up, and what each run did."""
     vals = values(samples, metric)
-    out = {"section": section, "system": system, "metric": metric, "median": statistics.median(vals),
-           "min": min(vals), "max": max(vals), "runs": vals, "warmup": values(warmups, metric),
-           "capped_runs": sum(s.capped for s in samples), "records_per_run": [s.records for s in samples],
-           "payload_bytes_per_run": [s.nbytes for s in samples], "seconds": [s.seconds for s in samples]}
+    out = {
+        "section": section,
+        "system": system,
+        "metric": metric,
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "runs": vals,
+        "warmup": values(warmups, metric),
+        "capped_runs": sum(s.capped for s in samples),
+        "records_per_run": [s.records for s in samples],
+        "payload_bytes_per_run": [s.nbytes for s in samples],
+        "seconds": [s.seconds for s in samples],
+    }
     for s in samples:
         for key, value in s.details().items():
             out.setdefault(key, []).append(value)
@@ -133,8 +150,12 @@ class Rounds:
                     gc.collect()
                     result = systems[name]()
                     (self.warmups if r < self.warmup else self.results)[(section, name)].append(result)
-                    rate = (f"{result.rps / 1e3:,.1f}k records/s, {result.mbps:,.0f} MB/s ({result.seconds:.2f} s"
-                            f"{', CAPPED' if result.capped else ''})" if isinstance(result, Sample) else "done")
+                    rate = (
+                        f"{result.rps / 1e3:,.1f}k records/s, {result.mbps:,.0f} MB/s ({result.seconds:.2f} s"
+                        f"{', CAPPED' if result.capped else ''})"
+                        if isinstance(result, Sample)
+                        else "done"
+                    )
                     log(f"  {section}, round {r + 1}/{total}{' (warm-up)' if r < self.warmup else ''}: {name}: {rate}")
         for section in sections:
             self.meter.stop(section)
@@ -167,9 +188,17 @@ class Rounds:
         """a / b within a section (see `ratio`), labelled for the JSON; None when either did not run."""
         if not self.has(section, a, b):
             return None
-        return {"section": section, "numerator": a, "denominator": b, "metric": metric,
-                **ratio(self.samples(section, a), self.samples(section, b), metric)}
+        return {
+            "section": section,
+            "numerator": a,
+            "denominator": b,
+            "metric": metric,
+            **ratio(self.samples(section, a), self.samples(section, b), metric),
+        }
 
     def summaries(self, section: str, metrics: tuple[str, ...]) -> list[dict]:
-        return [summary(section, system, m, self.samples(section, system), self.warmups[(section, system)])
-                for system in self.systems(section) for m in metrics]
+        return [
+            summary(section, system, m, self.samples(section, system), self.warmups[(section, system)])
+            for system in self.systems(section)
+            for m in metrics
+        ]

@@ -37,12 +37,33 @@ def grpc_serving(port: int) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_tidelog(procs: Processes, data_dir: str, fsync: str = "never", extra: tuple[str, ...] = (),
-                  name: str = "tidelog-server") -> Proc:
+def start_tidelog(
+    procs: Processes, data_dir: str, fsync: str = "never", extra: tuple[str, ...] = (), name: str = "tidelog-server"
+) -> Proc:
     """`tidelog serve --fsync <fsync>`, ready when its gRPC health check answers SERVING."""
-    return procs.serve(name, lambda port: tidelog_command() + [
-        "serve", "--data-dir", data_dir, "--host", LOOPBACK, "--port", str(port), "--fsync", fsync,
-        "--log-level", "warning", "--metrics-port", "0", *extra], grpc_serving)
+    return procs.serve(
+        name,
+        lambda port: (
+            tidelog_command()
+            + [
+                "serve",
+                "--data-dir",
+                data_dir,
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "--fsync",
+                fsync,
+                "--log-level",
+                "warning",
+                "--metrics-port",
+                "0",
+                *extra,
+            ]
+        ),
+        grpc_serving,
+    )
 
 
 def restart_tidelog(procs: Processes, old: Proc, timeout_s: float = 60.0) -> Proc:
@@ -67,9 +88,24 @@ def start_redis(procs: Processes, data_dir: str, *config: str, name: str = "redi
         raise Unavailable(f"the redis Python package is not installed ({SETUP_HINT})") from None
     config = config or ("--save", "", "--appendonly", "no")
     os.makedirs(data_dir, exist_ok=True)
-    proc = procs.serve(name, lambda port: [exe, *config, "--port", str(port), "--bind", LOOPBACK, "--dir", data_dir,
-                                           "--daemonize", "no", "--logfile", ""],
-                       lambda port: redis.Redis(host=LOOPBACK, port=port, socket_timeout=5).ping())
+    proc = procs.serve(
+        name,
+        lambda port: [
+            exe,
+            *config,
+            "--port",
+            str(port),
+            "--bind",
+            LOOPBACK,
+            "--dir",
+            data_dir,
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ],
+        lambda port: redis.Redis(host=LOOPBACK, port=port, socket_timeout=5).ping(),
+    )
     return proc, redis_client(proc.port)
 
 
@@ -94,15 +130,19 @@ def redis_versions(client) -> dict:
 
 def redis_version(client) -> str:
     v = redis_versions(client)
-    return (f"Redis {v['redis_server']}, redis-py {v['redis_py']} with "
-            f"{'hiredis' if v['hiredis'] else 'pure-Python parser'}")
+    return (
+        f"Redis {v['redis_server']}, redis-py {v['redis_py']} with "
+        f"{'hiredis' if v['hiredis'] else 'pure-Python parser'}"
+    )
 
 
 def install_peers() -> str | None:
     """Run setup_peers.sh (apt-get and pip, idempotent); None on success, else why it failed."""
     cmd = ["bash", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup_peers.sh")]
     try:
-        rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=900, env=dict(os.environ, PYTHON=sys.executable)).returncode
+        rc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, timeout=900, env=dict(os.environ, PYTHON=sys.executable)
+        ).returncode
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{' '.join(cmd)} failed: {exc}"
     import importlib
@@ -121,8 +161,9 @@ def start_nats(procs: Processes, store_dir: str) -> Proc:
     except ImportError:
         raise Unavailable(f"the nats-py package is not installed ({SETUP_HINT})") from None
     os.makedirs(store_dir, exist_ok=True)
-    return procs.serve("nats-server", lambda port: [exe, "-js", "-a", LOOPBACK, "-p", str(port), "-sd", store_dir],
-                       _jetstream_ready)
+    return procs.serve(
+        "nats-server", lambda port: [exe, "-js", "-a", LOOPBACK, "-p", str(port), "-sd", store_dir], _jetstream_ready
+    )
 
 
 def _jetstream_ready(port: int) -> bool:
@@ -131,8 +172,9 @@ def _jetstream_ready(port: int) -> bool:
     import nats
 
     async def ping() -> bool:
-        nc = await nats.connect(f"nats://{LOOPBACK}:{port}", connect_timeout=1, max_reconnect_attempts=0,
-                                allow_reconnect=False)
+        nc = await nats.connect(
+            f"nats://{LOOPBACK}:{port}", connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False
+        )
         try:
             await nc.jetstream().account_info()
             return True
@@ -168,23 +210,42 @@ def start_rabbitmq(procs: Processes, base: str, timeout_s: float = 90.0, erl_arg
 
     def env(port: int) -> dict:
         current.clear()
-        current.update(os.environ, RABBITMQ_NODENAME=node, RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
-                       RABBITMQ_NODE_PORT=str(port), RABBITMQ_DIST_PORT=str(free_port()),
-                       RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"), RABBITMQ_LOG_BASE=os.path.join(base, "log"),
-                       RABBITMQ_ENABLED_PLUGINS_FILE=plugins, RABBITMQ_CONFIG_FILE=os.path.join(base, "none"),
-                       RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(base, "none-advanced.config"),
-                       RABBITMQ_SERVER_ERL_ARGS=erl_args, ERL_EPMD_PORT=str(epmd.port), ERL_EPMD_ADDRESS=LOOPBACK,
-                       HOME=base)
+        current.update(
+            os.environ,
+            RABBITMQ_NODENAME=node,
+            RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
+            RABBITMQ_NODE_PORT=str(port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
+            RABBITMQ_LOG_BASE=os.path.join(base, "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=plugins,
+            RABBITMQ_CONFIG_FILE=os.path.join(base, "none"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=os.path.join(base, "none-advanced.config"),
+            RABBITMQ_SERVER_ERL_ARGS=erl_args,
+            ERL_EPMD_PORT=str(epmd.port),
+            ERL_EPMD_ADDRESS=LOOPBACK,
+            HOME=base,
+        )
         return dict(current)
 
     def ctl(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", node, *args], env=current,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [os.path.join(RABBIT_BIN, "rabbitmqctl"), "-n", node, *args],
+            env=current,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     try:
-        proc = procs.serve("rabbitmq-server", lambda port: [os.path.join(RABBIT_BIN, "rabbitmq-server")],
-                           lambda port: ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0,
-                           env=env, timeout_s=timeout_s)
+        proc = procs.serve(
+            "rabbitmq-server",
+            lambda port: [os.path.join(RABBIT_BIN, "rabbitmq-server")],
+            lambda port: ctl("await_startup", "--timeout", "5", timeout=15).returncode == 0,
+            env=env,
+            timeout_s=timeout_s,
+        )
     except RuntimeError as exc:
         raise Unavailable(f"rabbitmq-server did not start: {exc}") from None
 

@@ -84,8 +84,11 @@ def sections_report(rounds: Rounds, secs: list[Section], notes: dict | None = No
         marks = {system: "*" * (i + 1) for i, (system, _) in enumerate(flagged)}
         out += [f"## {sec.title}", ""] + section_table(rounds, sec, results["ratios"], marks)
         for system, texts in flagged:
-            out += ["", f"({marks[system]}) {system}: in {len(texts)} of {rounds.warmup + rounds.runs} runs "
-                    "(warm-up included), " + "; ".join(texts)]
+            out += [
+                "",
+                f"({marks[system]}) {system}: in {len(texts)} of {rounds.warmup + rounds.runs} runs "
+                "(warm-up included), " + "; ".join(texts),
+            ]
         load = rounds.meter.line(sec.key)
         if load:
             out += ["", load]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InvalidConfigError
 
@@ -68,7 +69,8 @@ class TopicConfig:
         _positive(self, "segment_bytes", minimum=4096)
         if self.segment_bytes > (1 << 31) - 1:
             raise InvalidConfigError(
-                f"segment_bytes must be below 2 GiB (index positions are 32-bit), got {self.segment_bytes}")
+                f"segment_bytes must be below 2 GiB (index positions are 32-bit), got {self.segment_bytes}"
+            )
         _positive(self, "segment_ms", minimum=1)
         _positive(self, "retention_ms", minimum=0, allow_minus_one=True)
         _positive(self, "retention_bytes", minimum=0, allow_minus_one=True)
@@ -81,7 +83,7 @@ class TopicConfig:
             # A batch never spans segments, so a segment bounds the batch size.
             object.__setattr__(self, "max_batch_bytes", self.segment_bytes)
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "TopicConfig":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> TopicConfig:
         return _replace(self, overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class EngineConfig:
         _positive(self, "max_mapped_segments", minimum=1)
         _positive(self, "producer_id_expiration_ms", minimum=1)
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "EngineConfig":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> EngineConfig:
         return _replace(self, overrides)
 
 
@@ -145,7 +147,8 @@ def _positive(obj: object, name: str, minimum: int, allow_minus_one: bool = Fals
         return
     if value < minimum:
         raise InvalidConfigError(
-            f"{name} must be at least {minimum}{' (or -1 for no limit)' if allow_minus_one else ''}, got {value}")
+            f"{name} must be at least {minimum}{' (or -1 for no limit)' if allow_minus_one else ''}, got {value}"
+        )
 
 
 def _replace(obj, overrides):
@@ -242,17 +245,32 @@ class ServerConfig:
         _positive(self, "port", minimum=0)
         if self.port > 65535:
             raise InvalidConfigError(f"port must be at most 65535, got {self.port}")
-        if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) \
-                or not -1 <= self.metrics_port <= 65535:
-            raise InvalidConfigError(f"metrics_port must be a port (0: any free one) or -1 (off), "
-                                     f"got {self.metrics_port!r}")
+        if (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not -1 <= self.metrics_port <= 65535
+        ):
+            raise InvalidConfigError(
+                f"metrics_port must be a port (0: any free one) or -1 (off), got {self.metrics_port!r}"
+            )
         if not isinstance(self.metrics_host, str):
             raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
-        for name in ("metrics_max_partitions", "max_message_bytes", "max_inflight_bytes_per_stream",
-                     "max_inflight_bytes", "max_inflight_bytes_per_connection", "default_fetch_bytes",
-                     "max_subscribe_message_bytes", "max_subscribe_credit_bytes", "max_subscribe_buffer_bytes",
-                     "max_fetch_wait_ms", "max_concurrent_rpcs", "max_concurrent_rpcs_per_connection",
-                     "max_connections", "io_threads"):
+        for name in (
+            "metrics_max_partitions",
+            "max_message_bytes",
+            "max_inflight_bytes_per_stream",
+            "max_inflight_bytes",
+            "max_inflight_bytes_per_connection",
+            "default_fetch_bytes",
+            "max_subscribe_message_bytes",
+            "max_subscribe_credit_bytes",
+            "max_subscribe_buffer_bytes",
+            "max_fetch_wait_ms",
+            "max_concurrent_rpcs",
+            "max_concurrent_rpcs_per_connection",
+            "max_connections",
+            "io_threads",
+        ):
             _positive(self, name, minimum=1)
         _positive(self, "admin_reserved_rpcs", minimum=0)
         _positive(self, "group_initial_rebalance_delay_ms", minimum=0)
@@ -264,5 +282,5 @@ class ServerConfig:
         """Data-path calls served at once: max_concurrent_rpcs less the admin reserve."""
         return self.max_concurrent_rpcs - min(self.admin_reserved_rpcs, self.max_concurrent_rpcs // 2)
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "ServerConfig":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServerConfig:
         return _replace(self, overrides)

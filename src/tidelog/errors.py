@@ -7,7 +7,6 @@ change, the codes may not. Each class also says whether retrying the same reques
 
 from __future__ import annotations
 
-
 BY_CODE: dict[int, type[TidelogError]] = {}
 """Every error class by its code: the registry the client rebuilds errors from (wire/statuses.py)."""
 

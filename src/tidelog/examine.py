@@ -14,19 +14,26 @@ broker published): past it, batches are still being written.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
-import fcntl
-
 from ._native import batch_scan
-from .engine.engine import CLEAN_SHUTDOWN_MARKER
-from .engine.topic_meta import (CREATING, MARKER_FILE, TRASH_DIR, TopicMeta, meta_dir, partition_dir, read_marker,
-                                read_topic_meta)
 from .codec.batch import BatchView
+from .engine.engine import CLEAN_SHUTDOWN_MARKER
+from .engine.topic_meta import (
+    CREATING,
+    MARKER_FILE,
+    TRASH_DIR,
+    TopicMeta,
+    meta_dir,
+    partition_dir,
+    read_marker,
+    read_topic_meta,
+)
 from .errors import CorruptBatchError, CorruptLogError, StorageError
 from .groups import records as group_records
 from .storage import recovery
@@ -162,8 +169,13 @@ def in_time_range(batch: BatchView, from_time: int | None, to_time: int | None) 
     return mask
 
 
-def dump_batches(directory: str, from_offset: int = 0, to_offset: int | None = None,
-                 from_time: int | None = None, to_time: int | None = None) -> Iterator[BatchView]:
+def dump_batches(
+    directory: str,
+    from_offset: int = 0,
+    to_offset: int | None = None,
+    from_time: int | None = None,
+    to_time: int | None = None,
+) -> Iterator[BatchView]:
     """Every whole batch of a partition directory overlapping [from_offset, to_offset] and holding a
     record timestamped within [from_time, to_time] (ms), in offset order.
 
@@ -253,7 +265,7 @@ LIVE_ATTEMPTS = 5
 
 def _check_partition(topic: str, partition: int, directory: str, live: bool) -> PartitionCheck:
     result = PartitionCheck(topic, partition)
-    expected = -1
+    expected, previous_end = -1, 0
     bases = segment_bases(directory)
     result.segments = len(bases)
     point = read_checkpoint(_FS, directory)
@@ -268,8 +280,10 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
         last = i == len(bases) - 1
         if live and last:
             if point is None or point.base != base:
-                result.notes.append(f"segment {name}: the active segment of a running broker, not checked "
-                                    f"(no recovery point for it yet)")
+                result.notes.append(
+                    f"segment {name}: the active segment of a running broker, not checked "
+                    f"(no recovery point for it yet)"
+                )
                 break
             size = min(size, point.position)
         if expected >= 0 and base != expected:
@@ -278,9 +292,13 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
                 result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
         verdict = recovery.classify(
-            reason, end, durable_position=point.position if point is not None and base == point.base else 0,
-            whole=clean or not last, last=last,
-            zeros_follow=(lambda pos: True) if live and last else (lambda pos: _zeros_after(log_path, pos)))
+            reason,
+            end,
+            durable_position=point.position if point is not None and base == point.base else 0,
+            whole=clean or not last,
+            last=last,
+            zeros_follow=(lambda pos: True) if live and last else (lambda pos, path=log_path: _zeros_after(path, pos)),
+        )
         damaged = verdict.kind == CORRUPT
         first_lost = int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base
         if damaged:
@@ -288,8 +306,10 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
             if result.cut is None:
                 result.cut = (base, end, first_lost)
         elif verdict.kind == TORN_TAIL:
-            result.notes.append(f"segment {name}: a torn write ({verdict.what}) at byte {end}, past the last "
-                                f"fsync: the next open cuts the log there (offset {first_lost} on, never durable)")
+            result.notes.append(
+                f"segment {name}: a torn write ({verdict.what}) at byte {end}, past the last "
+                f"fsync: the next open cuts the log there (offset {first_lost} on, never durable)"
+            )
         if topic == group_records.OFFSETS_TOPIC:
             result.problems += _check_group_records(buf, rows)
         if len(rows):
@@ -327,8 +347,10 @@ def _check_group_records(buf, rows: np.ndarray) -> list[str]:
             try:
                 group_records.parse(rec.key, rec.value)
             except group_records.MalformedRecord as exc:
-                problems.append(f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
-                                f"on load, so the commit or membership it meant is lost")
+                problems.append(
+                    f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
+                    f"on load, so the commit or membership it meant is lost"
+                )
     return problems
 
 
@@ -345,8 +367,9 @@ def _check_extent(result: PartitionCheck, bases: list[int], point) -> None:
         result.extent_lost = True
 
 
-def _check_indexes(directory: str, name: str, base: int, rows: np.ndarray, log_end: int,
-                   partial: bool = False) -> list[str]:
+def _check_indexes(
+    directory: str, name: str, base: int, rows: np.ndarray, log_end: int, partial: bool = False
+) -> list[str]:
     """partial: the segment is being written (rows end at the durable point): entries past it are
     not judged."""
     problems = []
@@ -413,7 +436,7 @@ def check_directory(data_dir: str) -> DirectoryCheck:
             meta = read_topic_meta(_FS, data_dir, os.path.join(meta_dir(data_dir), entry))
         except CorruptLogError as exc:
             out.problems.append(exc.message.split("; nothing was changed")[0])
-            damaged.add(entry[:-len(".json")])
+            damaged.add(entry[: -len(".json")])
             continue
         if meta.state == CREATING:
             out.notes.append(f"topic {meta.name!r}: its creation was interrupted; the next open rolls it back")
@@ -445,8 +468,10 @@ def check_directory(data_dir: str) -> DirectoryCheck:
             continue
         groups.setdefault((marker.meta.name, marker.meta.topic_id), {})[marker.partition] = marker.meta
         if entry != f"{marker.meta.name}-{marker.partition}":
-            out.problems.append(f"{entry}: holds partition {marker.partition} of topic {marker.meta.name!r} under "
-                                f"another name (rename it to {marker.meta.name}-{marker.partition}; repair does not)")
+            out.problems.append(
+                f"{entry}: holds partition {marker.partition} of topic {marker.meta.name!r} under "
+                f"another name (rename it to {marker.meta.name}-{marker.partition}; repair does not)"
+            )
     for name, meta in sorted(topics.items()):
         if not meta.topic_id or meta.state == CREATING:
             continue
@@ -463,20 +488,27 @@ def check_directory(data_dir: str) -> DirectoryCheck:
         if owner is not None and owner.topic_id == topic_id:
             extra = sorted(p for p in parts if p >= owner.partitions)
             if extra:
-                out.problems.append(f"topic {name!r}: its metadata says {owner.partitions} partitions, but the "
-                                    f"directories of partitions {extra} exist (repair does not guess which is right)")
+                out.problems.append(
+                    f"topic {name!r}: its metadata says {owner.partitions} partitions, but the "
+                    f"directories of partitions {extra} exist (repair does not guess which is right)"
+                )
             continue
         if owner is not None and not owner.topic_id and all(p < owner.partitions for p in parts):
-            out.notes.append(f"topic {name!r}: its upgrade from the first format was interrupted; the next open "
-                             f"finishes it")
+            out.notes.append(
+                f"topic {name!r}: its upgrade from the first format was interrupted; the next open finishes it"
+            )
             continue
         if owner is not None and owner.topic_id:
-            out.problems.append(f"topic {name!r}: directories {', '.join(f'{name}-{p}' for p in sorted(parts))} belong "
-                                f"to another incarnation of it (id {topic_id}); move them away (repair does not)")
+            out.problems.append(
+                f"topic {name!r}: directories {', '.join(f'{name}-{p}' for p in sorted(parts))} belong "
+                f"to another incarnation of it (id {topic_id}); move them away (repair does not)"
+            )
             continue
         copy = parts[min(parts)]
-        out.problems.append(f"topic {name!r} (id {topic_id}): its metadata file is "
-                            f"{'damaged' if name in damaged else 'missing'}; its partition directories keep a copy")
+        out.problems.append(
+            f"topic {name!r} (id {topic_id}): its metadata file is "
+            f"{'damaged' if name in damaged else 'missing'}; its partition directories keep a copy"
+        )
         out.topic_files.append(copy)
         for p in range(copy.partitions):
             if p not in parts:

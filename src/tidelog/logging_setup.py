@@ -69,8 +69,13 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        out: dict[str, Any] = {"ts": timestamp(record), "level": record.levelname, "logger": record.name,
-                               "event": getattr(record, "event", None) or message, "message": message}
+        out: dict[str, Any] = {
+            "ts": timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": getattr(record, "event", None) or message,
+            "message": message,
+        }
         for key, value in fields(record).items():
             out.setdefault(key, value)
         if record.exc_info:

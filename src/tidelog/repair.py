@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 
-from .engine.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .config import FsyncPolicy, TopicConfig
+from .engine.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .errors import StorageError
 from .examine import check_directory, check_partition, partition_dirs
 from .partition.partition_log import PartitionLog
@@ -51,8 +51,10 @@ def _repair_metadata(fs: FileSystem, data_dir: str, topic: str | None) -> list[s
     for meta in found.topic_files:
         if topic is None or meta.name == topic:
             write_topic_meta(fs, data_dir, meta.ready())
-            actions.append(f"{meta.name}: topic metadata restored from the copy in its partition directories "
-                           f"({meta.partitions} partitions, id {meta.topic_id})")
+            actions.append(
+                f"{meta.name}: topic metadata restored from the copy in its partition directories "
+                f"({meta.partitions} partitions, id {meta.topic_id})"
+            )
     for meta, p in found.markers:
         if topic is None or meta.name == topic:
             write_marker(fs, partition_dir(data_dir, meta.name, p), meta, p)
@@ -85,12 +87,17 @@ def _repair_partition(fs: FileSystem, data_dir: str, topic: str, partition: int,
         for b in later:
             _remove(fs, directory, b, (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX))
         rebuild.add(base)
-        actions.append(f"{topic}[{partition}]: log cut at offset {first_lost} (byte {pos} of segment "
-                       f"{segment_name(base)}); the records from there on are gone"
-                       + (f", with {len(later)} later segment(s)" if later else ""))
+        actions.append(
+            f"{topic}[{partition}]: log cut at offset {first_lost} (byte {pos} of segment "
+            f"{segment_name(base)}); the records from there on are gone"
+            + (f", with {len(later)} later segment(s)" if later else "")
+        )
     if found.extent_lost:
-        actions.append(f"{topic}[{partition}]: missing segment file(s) accepted as lost ("
-                       + "; ".join(p for p in found.problems if "missing" in p) + ")")
+        actions.append(
+            f"{topic}[{partition}]: missing segment file(s) accepted as lost ("
+            + "; ".join(p for p in found.problems if "missing" in p)
+            + ")"
+        )
     for base in found.bad_indexes:
         if found.cut is None or base < found.cut[0]:
             rebuild.add(base)
@@ -117,8 +124,10 @@ def _reset_recovery_point(fs: FileSystem, directory: str, config: TopicConfig) -
         base = point.base if point is not None else 0
         Segment.create(fs, directory, base, config).close(trim=True)
         bases = [base]
-        note = (f"every segment file was missing: the partition restarts empty at offset {base} (the offsets "
-                f"of the records lost from there on will be given to new records)")
+        note = (
+            f"every segment file was missing: the partition restarts empty at offset {base} (the offsets "
+            f"of the records lost from there on will be given to new records)"
+        )
     last = Segment.load(fs, directory, bases[-1], config)
     try:
         end = last.scan(0, verify=True, expected_offset=bases[-1]).end_pos

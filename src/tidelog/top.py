@@ -9,8 +9,8 @@ Read-only and single-threaded; a frame is plain text, redrawn with an ANSI clear
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import UnknownGroupError, UnknownTopicError
 
@@ -85,15 +85,24 @@ def render(prev: Sample, cur: Sample, server: str) -> str:
         for topic, lag, age, _ in group_rows(info) or [("-", None, None, 0)]:
             lag_text = "-" if lag is None else str(lag)
             age_text = "-" if age is None else f"{age:.1f}"
-            lines.append(f"{group:<24} {topic:<24} {lag_text:>10} {age_text:>9} {len(info['members']):>7} "
-                         f"{info['generation']:>5}  {info['state']}")
+            lines.append(
+                f"{group:<24} {topic:<24} {lag_text:>10} {age_text:>9} {len(info['members']):>7} "
+                f"{info['generation']:>5}  {info['state']}"
+            )
     if not cur.groups:
         lines.append("(no groups)")
     return "\n".join(lines)
 
 
-def run(admin, server: str, interval_s: float, iterations: int | None, clear: bool,
-        write: Callable[[str], None], sleep: Callable[[float], None] = time.sleep) -> None:
+def run(
+    admin,
+    server: str,
+    interval_s: float,
+    iterations: int | None,
+    clear: bool,
+    write: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Print `iterations` frames (forever when None), each `interval_s` after the previous sample."""
     prev = take_sample(admin)
     shown = 0

@@ -30,10 +30,12 @@ def one_input(data: bytes) -> None:
     end = fdp.ConsumeIntInRange(0, 4096)
     count = fdp.ConsumeIntInRange(-2, (1 << 31) - 1)
     buf = fdp.ConsumeBytes(fdp.remaining_bytes())
-    for call in (lambda: rb.validate_batches(buf, compression.decompress, end),
-                 lambda: rb.decode_table(buf, pos, min(end, len(buf)), count, 0, 0),
-                 lambda: rb.read_header(buf, pos),
-                 lambda: batch_scan.span_batches(buf, 0, len(buf), end)):
+    for call in (
+        lambda: rb.validate_batches(buf, compression.decompress, end),
+        lambda: rb.decode_table(buf, pos, min(end, len(buf)), count, 0, 0),
+        lambda: rb.read_header(buf, pos),
+        lambda: batch_scan.span_batches(buf, 0, len(buf), end),
+    ):
         try:
             call()
         except (ValueError, OverflowError):

@@ -39,12 +39,14 @@ def main() -> None:
                     out.write(f"ACK {topic} {meta.partition} {meta.offset} {seq}\n")
                 else:
                     out.write(f"FAIL {topic} {seq} {type(err).__name__}\n")
+
         return done
 
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    producer = Producer(target, linger_ms=rng.choice([0, 1, 5]), batch_bytes=rng.choice([1024, 2048, 3500]),
-                        delivery_timeout_s=600)
+    producer = Producer(
+        target, linger_ms=rng.choice([0, 1, 5]), batch_bytes=rng.choice([1024, 2048, 3500]), delivery_timeout_s=600
+    )
     seq = 0
     started = time.monotonic()
     while not stop.is_set():

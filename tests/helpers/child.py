@@ -17,8 +17,9 @@ class Child:
         self.killed = False
         """The test SIGKILLed it (any other non-zero exit is the child's own failure)."""
         with open(stderr_path, "ab") as err:  # its warnings and tracebacks, for a failed run
-            self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdin=subprocess.PIPE,
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None

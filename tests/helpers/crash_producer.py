@@ -16,8 +16,8 @@ import sys
 import threading
 
 import tidelog
-from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.client.embedded_group import EmbeddedGroupConsumer
+from tidelog.groups.coordinator import GroupCoordinator
 
 
 def value_for(partition: int, offset: int) -> bytes:

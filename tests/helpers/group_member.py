@@ -66,14 +66,22 @@ def main() -> None:
             for t, p in tps:
                 record(f"{kind} {stamp()} {name} {tenures.pop((t, p), 'none')} {t} {p}")
             say(f"{'REVOKED' if kind == 'R' else 'LOST'} -{len(tps)}")
+
         return callback
 
     deadline = time.monotonic() + 60
     while True:  # the broker may be restarting right now: an application would retry too
         try:
-            consumer = Consumer(target, group_id=group, topics=[topic], auto_commit=False,
-                                session_timeout_ms=session_ms, on_assign=assigned, on_revoke=ended("R"),
-                                on_lost=ended("L"))
+            consumer = Consumer(
+                target,
+                group_id=group,
+                topics=[topic],
+                auto_commit=False,
+                session_timeout_ms=session_ms,
+                on_assign=assigned,
+                on_revoke=ended("R"),
+                on_lost=ended("L"),
+            )
             break
         except TidelogError as exc:
             if not exc.retriable or time.monotonic() > deadline:
@@ -94,8 +102,10 @@ def main() -> None:
             continue
         delivered_at = stamp(int(consumer.last_delivery_monotonic * 1e9)) if records else ""
         for r in records:
-            record(f"D {delivered_at} {name} {tenures.get((r.topic, r.partition), 'none')} {r.topic} "
-                   f"{r.partition} {r.offset}")
+            record(
+                f"D {delivered_at} {name} {tenures.get((r.topic, r.partition), 'none')} {r.topic} "
+                f"{r.partition} {r.offset}"
+            )
             say(f"REC {r.partition} {r.offset} {r.value.decode()}")
         if records:
             positions = {}

@@ -48,15 +48,19 @@ def check(deliveries: list[Delivery], acked: dict[int, set[int]], events: list[t
     tenures: dict[str, list[Delivery]] = collections.defaultdict(list)
     for d in sorted(deliveries, key=lambda d: d.t_ns):
         if d.tenure == "none":
-            incidents.append(f"{d.member} delivered partition {d.partition} offset {d.offset} without an assignment "
-                             f"(after {cause(d.t_ns)})")
+            incidents.append(
+                f"{d.member} delivered partition {d.partition} offset {d.offset} without an assignment "
+                f"(after {cause(d.t_ns)})"
+            )
         else:
             tenures[d.tenure].append(d)
     for tenure, items in tenures.items():
         offsets = [d.offset for d in items]
         if offsets != list(range(offsets[0], offsets[0] + len(offsets))):
-            incidents.append(f"tenure {tenure} of partition {items[0].partition} delivered offsets out of order "
-                             f"or with a gap: {offsets[:20]}...")
+            incidents.append(
+                f"tenure {tenure} of partition {items[0].partition} delivered offsets out of order "
+                f"or with a gap: {offsets[:20]}..."
+            )
     by_partition = collections.defaultdict(list)
     for tenure, items in tenures.items():
         by_partition[items[0].partition].append((items[0].t_ns, items[-1].t_ns, tenure))
@@ -65,8 +69,10 @@ def check(deliveries: list[Delivery], acked: dict[int, set[int]], events: list[t
         latest_end, latest = -1, None
         for first, last, tenure in spans:
             if latest is not None and first <= latest_end:
-                incidents.append(f"partition {partition}: tenures {latest} and {tenure} both delivered within "
-                                 f"{(latest_end - first) / 1e6:.0f} ms (after {cause(first)})")
+                incidents.append(
+                    f"partition {partition}: tenures {latest} and {tenure} both delivered within "
+                    f"{(latest_end - first) / 1e6:.0f} ms (after {cause(first)})"
+                )
             if last > latest_end:
                 latest_end, latest = last, tenure
     delivered = collections.defaultdict(set)
@@ -75,6 +81,7 @@ def check(deliveries: list[Delivery], acked: dict[int, set[int]], events: list[t
     for partition, offsets in sorted(acked.items()):
         missing = sorted(offsets - delivered[partition])
         if missing:
-            incidents.append(f"partition {partition}: {len(missing)} acknowledged records never delivered, "
-                             f"from offset {missing[0]}")
+            incidents.append(
+                f"partition {partition}: {len(missing)} acknowledged records never delivered, from offset {missing[0]}"
+            )
     return incidents

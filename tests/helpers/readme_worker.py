@@ -32,8 +32,15 @@ def main() -> None:
         os.write(log_fd, f"HANDLED {what}\n".encode())
 
     # The README's loop (session shortened so the test does not wait 10 s for the killed member).
-    c = Consumer(target, group_id=group, topics=[topic], auto_commit=False, auto_offset_reset="earliest",
-                 session_timeout_ms=int(session_ms), on_revoke=lambda tps: c.commit())
+    c = Consumer(
+        target,
+        group_id=group,
+        topics=[topic],
+        auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(session_ms),
+        on_revoke=lambda tps: c.commit(),
+    )
     for rec in c:
         handle(rec)
         c.commit()

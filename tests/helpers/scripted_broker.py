@@ -18,20 +18,19 @@ from dataclasses import dataclass
 import grpc
 
 from tidelog.codec import batch as batch_codec
-from tidelog.wire import framing
 from tidelog.errors import TidelogError
 from tidelog.partition.producer_state import ProducerState
-from tidelog.wire import statuses
 from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import framing, statuses
 
 # What a stream does once it has handled `after` requests normally:
-DROP = "drop"                  # on the next request: break the stream, that request not appended
-LOSE_ACK = "lose_ack"          # on the next request: append it, then break before its ack
+DROP = "drop"  # on the next request: break the stream, that request not appended
+LOSE_ACK = "lose_ack"  # on the next request: append it, then break before its ack
 BREAK_AFTER_ACK = "break_after_ack"  # at once after the last normal ack (not waiting for a request)
-ERROR = "error"                # answer every later request with `error` (as the broker does: checked after
-                               # the producer's sequence, so a resend it remembers still gets its offsets)
-SILENT = "silent"              # keep reading, never answer again
-DEAF = "deaf"                  # stop reading (gRPC flow control then holds the client's writes); never answer
+ERROR = "error"  # answer every later request with `error` (as the broker does: checked after
+# the producer's sequence, so a resend it remembers still gets its offsets)
+SILENT = "silent"  # keep reading, never answer again
+DEAF = "deaf"  # stop reading (gRPC flow control then holds the client's writes); never answer
 FAULTS = (DROP, LOSE_ACK, BREAK_AFTER_ACK, ERROR, SILENT, DEAF)
 
 
@@ -74,10 +73,20 @@ class ScriptedBroker:
 
     async def _start(self) -> int:
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tidelog.v1.Producer", {
-            "Produce": grpc.stream_stream_rpc_method_handler(
-                self._produce, request_deserializer=None, response_serializer=pb.ProduceResponse.SerializeToString),
-        }),))
+        self._server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "tidelog.v1.Producer",
+                    {
+                        "Produce": grpc.stream_stream_rpc_method_handler(
+                            self._produce,
+                            request_deserializer=None,
+                            response_serializer=pb.ProduceResponse.SerializeToString,
+                        ),
+                    },
+                ),
+            )
+        )
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()
         return port
@@ -118,8 +127,11 @@ class ScriptedBroker:
                     info = batch_codec.validate(view.batches)[0]
                     key = (view.topic, view.partition)
                     with self._lock:
-                        self._received[index].append(Received(index, view.topic, view.partition,
-                                                              info.producer_epoch, info.base_sequence, info.count))
+                        self._received[index].append(
+                            Received(
+                                index, view.topic, view.partition, info.producer_epoch, info.base_sequence, info.count
+                            )
+                        )
                         outstanding[key] = outstanding.get(key, 0) + 1
                         self.max_outstanding[key] = max(self.max_outstanding.get(key, 0), outstanding[key])
                     received += 1

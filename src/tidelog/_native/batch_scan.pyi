@@ -22,8 +22,9 @@ COL_PRODUCER_EPOCH: int
 COL_BASE_SEQUENCE: int
 N_COLS: int
 
-def scan_batches(buf: Buffer, start: int, end: int, verify: bool, expected_offset: int,
-                 out: np.ndarray) -> tuple[int, int, int, int]:
+def scan_batches(
+    buf: Buffer, start: int, end: int, verify: bool, expected_offset: int, out: np.ndarray
+) -> tuple[int, int, int, int]:
     """Fill `out` (rows × N_COLS int64) with the batches from start: (rows, stop position, stop reason,
     next expected offset)."""
 

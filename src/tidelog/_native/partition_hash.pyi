@@ -2,9 +2,8 @@
 
 from collections.abc import Sequence
 
-from typing_extensions import Buffer
-
 import numpy as np
+from typing_extensions import Buffer
 
 def murmur2(key: Buffer) -> int: ...
 def partitions_for_keys(keys: Sequence[Buffer | None], partitions: int) -> np.ndarray:

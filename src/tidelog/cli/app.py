@@ -24,9 +24,12 @@ log = logging.getLogger("tidelog.cli")
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="tidelog", description="A Kafka-like partitioned commit log. Global options (--server, "
-                                                "--log-format, --log-level) go before or after the command.",
-                    formatter_class=HelpFormatter)
+    parser = Parser(
+        prog="tidelog",
+        description="A Kafka-like partitioned commit log. Global options (--server, "
+        "--log-format, --log-level) go before or after the command.",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"tidelog {__version__}")
     add_server_option(parser, root=True)
     add_log_options(parser, None)

@@ -23,25 +23,32 @@ def register(commands) -> None:
     bench.add_argument("--record-bytes", type=positive_int, default=1024, help="size of each record's value")
     add_deprecated_alias(bench, "--record-size", "--record-bytes", "record_bytes", positive_int)
     bench.add_argument("--batch-bytes", type=positive_int, default=1 << 20, help="largest batch a producer sends")
-    bench.add_argument("--linger-ms", type=non_negative_number, default=5.0,
-                       help="how long a batch waits for more records before it is sent")
+    bench.add_argument(
+        "--linger-ms",
+        type=non_negative_number,
+        default=5.0,
+        help="how long a batch waits for more records before it is sent",
+    )
     bench.add_argument("--compression", choices=["none", "lz4"], default="none", help="batch compression")
-    bench.add_argument("--rate", type=positive_number,
-                       help="target records/s over all producers, latency measured from the schedule "
-                            "(default: as fast as possible)")
-    bench.add_argument("--producers", type=positive_int, default=1,
-                       help="producer processes (threads when --embedded)")
+    bench.add_argument(
+        "--rate",
+        type=positive_number,
+        help="target records/s over all producers, latency measured from the schedule (default: as fast as possible)",
+    )
+    bench.add_argument("--producers", type=positive_int, default=1, help="producer processes (threads when --embedded)")
     bench.add_argument("--consumers", type=positive_int, default=1, help="consumer processes")
     bench.add_argument("--partitions", type=positive_int, default=1, help="partitions if the topic is created")
     bench.add_argument("--group", help="consume as a consumer group (default: read partitions directly)")
-    bench.add_argument("--fsync", choices=FSYNC_POLICIES, default="never",
-                       help="fsync policy, --embedded only (a server has its own)")
+    bench.add_argument(
+        "--fsync", choices=FSYNC_POLICIES, default="never", help="fsync policy, --embedded only (a server has its own)"
+    )
     add_format_option(bench)
     bench.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loadgen.runner import BenchConfig, run as run_bench
+    from ..loadgen.runner import BenchConfig
+    from ..loadgen.runner import run as run_bench
     from ..tuning import tune_malloc
 
     if args.embedded and not args.data_dir:
@@ -52,12 +59,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("e2e measures producer → broker → consumer: it needs a server, not --embedded")
     tune_malloc()
     cfg = BenchConfig(
-        scenario=args.scenario, server=None if args.embedded else args.server,
-        data_dir=args.data_dir if args.embedded else None, topic=args.topic, records=args.records,
-        duration_s=args.duration_ms / 1000, record_size=args.record_bytes, batch_bytes=args.batch_bytes,
-        linger_ms=args.linger_ms, compression=args.compression, rate=args.rate or 0.0,
-        producers=args.producers, consumers=args.consumers, partitions=args.partitions, group=args.group,
-        fsync=args.fsync, progress=args.format != "json")
+        scenario=args.scenario,
+        server=None if args.embedded else args.server,
+        data_dir=args.data_dir if args.embedded else None,
+        topic=args.topic,
+        records=args.records,
+        duration_s=args.duration_ms / 1000,
+        record_size=args.record_bytes,
+        batch_bytes=args.batch_bytes,
+        linger_ms=args.linger_ms,
+        compression=args.compression,
+        rate=args.rate or 0.0,
+        producers=args.producers,
+        consumers=args.consumers,
+        partitions=args.partitions,
+        group=args.group,
+        fsync=args.fsync,
+        progress=args.format != "json",
+    )
     result = run_bench(cfg)
     print(result.to_json() if args.format == "json" else result.table())
     return 0

@@ -14,8 +14,7 @@ SERVER_HELP = f"broker address host:port (default: $TIDELOG_SERVER, else {DEFAUL
 def add_server_option(parser, root: bool = False) -> None:
     """The root parser holds the value given before the command; a command's own --server (after it)
     has a suppressed default so that it overrides that value only when given."""
-    parser.add_argument("--server", metavar="HOST:PORT", default=None if root else argparse.SUPPRESS,
-                        help=SERVER_HELP)
+    parser.add_argument("--server", metavar="HOST:PORT", default=None if root else argparse.SUPPRESS, help=SERVER_HELP)
 
 
 def talks_to_broker(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -16,37 +16,58 @@ from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
 from .values import non_negative_int, positive_int, positive_number
 
-DESCRIPTION = ("Print the records of a topic, one per line. By default reading starts at the latest offset: "
-               "only records produced from now on are printed. --from-beginning starts at the earliest "
-               "offset, --offset N at offset N of each partition read. With --group the group assigns the partitions "
-               "and reading starts at its committed offsets; a group that has committed nothing starts at "
-               "the latest offset too (--from-beginning: the earliest).")
+DESCRIPTION = (
+    "Print the records of a topic, one per line. By default reading starts at the latest offset: "
+    "only records produced from now on are printed. --from-beginning starts at the earliest "
+    "offset, --offset N at offset N of each partition read. With --group the group assigns the partitions "
+    "and reading starts at its committed offsets; a group that has committed nothing starts at "
+    "the latest offset too (--from-beginning: the earliest)."
+)
 
 
 def register(commands) -> None:
-    consume = talks_to_broker(add_command(commands, "consume", "print records of a topic (from the latest "
-                                                                "offset unless told otherwise)", DESCRIPTION))
+    consume = talks_to_broker(
+        add_command(
+            commands, "consume", "print records of a topic (from the latest offset unless told otherwise)", DESCRIPTION
+        )
+    )
     consume.add_argument("topic", help="topic to read")
     consume.add_argument("--partition", type=non_negative_int, metavar="N", help="only this partition (default: all)")
-    consume.add_argument("--offset", type=non_negative_int, metavar="N",
-                         help="start at this offset (default: the latest offset: only new records)")
-    consume.add_argument("--from-beginning", action="store_true",
-                         help="start at the earliest offset instead of the latest")
-    consume.add_argument("--group", help="consume as a member of this consumer group, committing what it prints "
-                                         "(default: no group)")
-    consume.add_argument("--max", type=positive_int, metavar="N", help="stop after this many records (default: no limit)")
-    consume.add_argument("--timeout-ms", type=positive_number, metavar="MS",
-                         help="stop after this long without a new record (default: wait forever)")
-    add_format_option(consume, ("text", "json", "value"),
-                      "text: partition, offset, key, value (tab-separated); json: one object per line; "
-                      "value: the value only")
+    consume.add_argument(
+        "--offset",
+        type=non_negative_int,
+        metavar="N",
+        help="start at this offset (default: the latest offset: only new records)",
+    )
+    consume.add_argument(
+        "--from-beginning", action="store_true", help="start at the earliest offset instead of the latest"
+    )
+    consume.add_argument(
+        "--group", help="consume as a member of this consumer group, committing what it prints (default: no group)"
+    )
+    consume.add_argument(
+        "--max", type=positive_int, metavar="N", help="stop after this many records (default: no limit)"
+    )
+    consume.add_argument(
+        "--timeout-ms",
+        type=positive_number,
+        metavar="MS",
+        help="stop after this long without a new record (default: wait forever)",
+    )
+    add_format_option(
+        consume,
+        ("text", "json", "value"),
+        "text: partition, offset, key, value (tab-separated); json: one object per line; value: the value only",
+    )
     consume.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.group is not None and (args.partition is not None or args.offset is not None):
-        raise UsageError("--group reads the partitions the group assigns, from its committed offsets: "
-                         "--partition and --offset do not apply")
+        raise UsageError(
+            "--group reads the partitions the group assigns, from its committed offsets: "
+            "--partition and --offset do not apply"
+        )
     if args.from_beginning and args.offset is not None:
         raise UsageError("--from-beginning and --offset both say where to start: give one")
     if args.group is not None:
@@ -59,9 +80,16 @@ def format_record(rec, partition: int, fmt: str) -> str:
         return None if b is None else bytes(b).decode("utf-8", "replace")
 
     if fmt == "json":
-        return json.dumps({"partition": partition, "offset": rec.offset, "timestamp": rec.timestamp,
-                           "key": text(rec.key), "value": text(rec.value),
-                           "headers": {k: text(v) for k, v in rec.headers}})
+        return json.dumps(
+            {
+                "partition": partition,
+                "offset": rec.offset,
+                "timestamp": rec.timestamp,
+                "key": text(rec.key),
+                "value": text(rec.value),
+                "headers": {k: text(v) for k, v in rec.headers},
+            }
+        )
     if fmt == "value":
         return text(rec.value) or ""
     return f"{partition}\t{rec.offset}\t{text(rec.key) or ''}\t{text(rec.value) or ''}"
@@ -76,8 +104,13 @@ def _consume_as_group(args: argparse.Namespace) -> int:
 
     with admin(args) as a:
         a.partitions(args.topic)  # a stopped broker or an unknown topic: one clear line now
-    consumer = Consumer(args.server, group_id=args.group, topics=[args.topic], auto_commit=True,
-                        auto_offset_reset="earliest" if args.from_beginning else "latest")
+    consumer = Consumer(
+        args.server,
+        group_id=args.group,
+        topics=[args.topic],
+        auto_commit=True,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+    )
     shown = 0
     idle_since = time.monotonic()
     try:

@@ -8,13 +8,16 @@ import time
 from .parsing import add_command
 from .values import positive_int
 
-DESCRIPTION = ("Open the embedded engine on a local directory (no server), write a few keyed records and read "
-               "them back. The directory must not be in use by a running broker.")
+DESCRIPTION = (
+    "Open the embedded engine on a local directory (no server), write a few keyed records and read "
+    "them back. The directory must not be in use by a running broker."
+)
 
 
 def register(commands) -> None:
-    demo = add_command(commands, "demo", "write a few records with the embedded engine and read them back "
-                                         "(no server)", DESCRIPTION)
+    demo = add_command(
+        commands, "demo", "write a few records with the embedded engine and read them back (no server)", DESCRIPTION
+    )
     demo.add_argument("--data-dir", default="./data", help="data directory")
     demo.add_argument("--topic", default="demo", help="topic to write to (created if missing)")
     demo.add_argument("--partitions", type=positive_int, default=2, help="partitions if the topic is created")
@@ -32,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
         keys = [f"key-{i % 4}".encode() for i in range(args.records)]
         written = engine.produce(args.topic, values, keys=keys)
         for res in written:
-            print(f"produced {res.count} record(s) to {res.topic}[{res.partition}] at offsets "
-                  f"{res.base_offset}..{res.last_offset}")
+            print(
+                f"produced {res.count} record(s) to {res.topic}[{res.partition}] at offsets "
+                f"{res.base_offset}..{res.last_offset}"
+            )
         read = 0
         for res in written:
             offset = res.base_offset
@@ -42,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
                 for rec in fetched:
                     if rec.offset > res.last_offset:
                         break
-                    print(f"read {res.topic}[{res.partition}] offset {rec.offset}: "
-                          f"key {bytes(rec.key).decode()} value {bytes(rec.value).decode()}")
+                    print(
+                        f"read {res.topic}[{res.partition}] offset {rec.offset}: "
+                        f"key {bytes(rec.key).decode()} value {bytes(rec.value).decode()}"
+                    )
                     read += 1
                 if fetched.next_offset <= offset:  # nothing more to read (never expected right after a produce)
                     break

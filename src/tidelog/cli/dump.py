@@ -9,8 +9,10 @@ from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
 from .values import non_negative_int
 
-DESCRIPTION = ("Print a partition's batches (offsets, size, codec, CRC check) and, with --records, its records, "
-               "read-only from the segment files (the broker may be running).")
+DESCRIPTION = (
+    "Print a partition's batches (offsets, size, codec, CRC check) and, with --records, its records, "
+    "read-only from the segment files (the broker may be running)."
+)
 
 
 def register(commands) -> None:
@@ -20,11 +22,15 @@ def register(commands) -> None:
     dump.add_argument("--partition", type=non_negative_int, default=0, help="partition to dump")
     dump.add_argument("--from-offset", type=non_negative_int, default=0, help="first offset shown")
     dump.add_argument("--to-offset", type=non_negative_int, help="last offset shown (default: the log's end)")
-    dump.add_argument("--from-time", metavar="TIME",
-                      help="only records timestamped at or after TIME: epoch ms or ISO-8601 (local time unless "
-                           "zoned, e.g. ...T10:00:00Z) (default: no lower bound)")
-    dump.add_argument("--to-time", metavar="TIME",
-                      help="only records timestamped at or before TIME (default: no upper bound)")
+    dump.add_argument(
+        "--from-time",
+        metavar="TIME",
+        help="only records timestamped at or after TIME: epoch ms or ISO-8601 (local time unless "
+        "zoned, e.g. ...T10:00:00Z) (default: no lower bound)",
+    )
+    dump.add_argument(
+        "--to-time", metavar="TIME", help="only records timestamped at or before TIME (default: no upper bound)"
+    )
     dump.add_argument("--records", action="store_true", help="also print every record (sizes, headers)")
     add_format_option(dump)
     dump.set_defaults(run=run)
@@ -60,15 +66,25 @@ def format_record(rec, partition: int, fmt: str) -> str:
         return None if b is None else bytes(b).decode("utf-8", "replace")
 
     if fmt == "json":
-        return json.dumps({"partition": partition, "offset": rec.offset, "timestamp": rec.timestamp,
-                           "key_size": size(rec.key), "value_size": size(rec.value),
-                           "key": text(rec.key), "value": text(rec.value),
-                           "headers": [{"key": k, "size": size(v), "value": text(v)} for k, v in rec.headers]})
+        return json.dumps(
+            {
+                "partition": partition,
+                "offset": rec.offset,
+                "timestamp": rec.timestamp,
+                "key_size": size(rec.key),
+                "value_size": size(rec.value),
+                "key": text(rec.key),
+                "value": text(rec.value),
+                "headers": [{"key": k, "size": size(v), "value": text(v)} for k, v in rec.headers],
+            }
+        )
     headers = ", ".join(f"{k}={'-' if v is None else f'{len(v)} B'}" for k, v in rec.headers)
-    return (f"  offset {rec.offset}  timestamp {rec.timestamp} ({_iso_ms(rec.timestamp)})  "
-            f"key {'-' if rec.key is None else f'{len(rec.key)} B'}  "
-            f"value {'-' if rec.value is None else f'{len(rec.value)} B'}  "
-            f"headers {len(rec.headers)}{f' [{headers}]' if headers else ''}")
+    return (
+        f"  offset {rec.offset}  timestamp {rec.timestamp} ({_iso_ms(rec.timestamp)})  "
+        f"key {'-' if rec.key is None else f'{len(rec.key)} B'}  "
+        f"value {'-' if rec.value is None else f'{len(rec.value)} B'}  "
+        f"headers {len(rec.headers)}{f' [{headers}]' if headers else ''}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,14 +106,28 @@ def run(args: argparse.Namespace) -> int:
     for batch in dump_batches(dirs[0], args.from_offset, args.to_offset, from_time, to_time):
         crc = "ok" if batch.crc_ok() else "BAD"
         if args.format == "json":
-            print(json.dumps({"batch": {"base_offset": batch.base_offset, "last_offset": batch.last_offset,
-                                        "count": batch.count, "size": batch.size, "codec": batch.codec,
-                                        "first_timestamp": batch.first_timestamp,
-                                        "max_timestamp": batch.max_timestamp, "crc": crc}}))
+            print(
+                json.dumps(
+                    {
+                        "batch": {
+                            "base_offset": batch.base_offset,
+                            "last_offset": batch.last_offset,
+                            "count": batch.count,
+                            "size": batch.size,
+                            "codec": batch.codec,
+                            "first_timestamp": batch.first_timestamp,
+                            "max_timestamp": batch.max_timestamp,
+                            "crc": crc,
+                        }
+                    }
+                )
+            )
         else:
-            print(f"batch {batch.base_offset}..{batch.last_offset}  count {batch.count}  size {batch.size}  "
-                  f"codec {batch.codec}  max_timestamp {batch.max_timestamp} ({_iso_ms(batch.max_timestamp)})  "
-                  f"crc {crc}")
+            print(
+                f"batch {batch.base_offset}..{batch.last_offset}  count {batch.count}  size {batch.size}  "
+                f"codec {batch.codec}  max_timestamp {batch.max_timestamp} ({_iso_ms(batch.max_timestamp)})  "
+                f"crc {crc}"
+            )
         if args.records:
             mask = in_time_range(batch, from_time, to_time)
             for i, rec in enumerate(batch.records()):

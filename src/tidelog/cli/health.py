@@ -11,8 +11,9 @@ from .values import positive_number
 
 
 def register(commands) -> None:
-    health = talks_to_broker(add_command(commands, "health", "check that the broker is serving (exit 0) or not "
-                                                             "(exit 1)"))
+    health = talks_to_broker(
+        add_command(commands, "health", "check that the broker is serving (exit 0) or not (exit 1)")
+    )
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--timeout-ms", type=positive_number, default=3000, help="how long to wait for the answer")
     add_deprecated_alias(health, "--timeout-s", "--timeout-ms", "timeout_ms", positive_number, scale=1000)
@@ -25,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     with grpc.insecure_channel(args.server) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service),
-                                                               timeout=args.timeout_ms / 1000)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_ms / 1000
+            )
         except grpc.RpcError as err:
             raise CommandError(f"health check of {args.server} failed: {err.code().name}") from None
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

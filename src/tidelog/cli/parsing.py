@@ -32,8 +32,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_command(commands, name: str, summary: str, description: str | None = None) -> Parser:
     """A (sub)command's parser, with the shared formatter and the log options also accepted after it."""
-    parser = commands.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:],
-                                 formatter_class=HelpFormatter)
+    parser = commands.add_parser(
+        name, help=summary, description=description or summary[:1].upper() + summary[1:], formatter_class=HelpFormatter
+    )
     parser.global_options = parser.add_argument_group("global options (also accepted before the command)")
     add_log_options(parser.global_options, argparse.SUPPRESS)
     return parser
@@ -46,18 +47,24 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 def add_log_options(parser, default) -> None:
     """--log-format and --log-level: global, so accepted before the command and after it (there with a
     suppressed default, so that one given before the command is not overwritten)."""
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default,
-                        help="log lines on stderr as text or JSON objects (default: $TIDELOG_LOG_FORMAT, "
-                             "else text)")
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default,
-                        help="least severe log lines shown (default: $TIDELOG_LOG_LEVEL, else info for "
-                             "serve, warning for the other commands)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="log lines on stderr as text or JSON objects (default: $TIDELOG_LOG_FORMAT, else text)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=default,
+        help="least severe log lines shown (default: $TIDELOG_LOG_LEVEL, else info for "
+        "serve, warning for the other commands)",
+    )
 
 
 def add_format_option(parser: argparse.ArgumentParser, formats=("text", "json"), what: str = "") -> None:
     """--format, the one way to ask for JSON. `--json` stays as a hidden alias of `--format json`."""
-    parser.add_argument("--format", choices=formats, default="text",
-                        help=what or "text for people, json for programs")
+    parser.add_argument("--format", choices=formats, default="text", help=what or "text for people, json for programs")
     parser.add_argument("--json", dest="format", action="store_const", const="json", help=argparse.SUPPRESS)
 
 
@@ -74,8 +81,10 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, value * self.scale if self.scale != 1 else value)
 
 
-def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, value_type,
-                         scale: float = 1) -> None:
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser, old: str, new: str, dest: str, value_type, scale: float = 1
+) -> None:
     """Keep `old` working (hidden from --help): its value, times `scale`, goes where `new` puts its own."""
-    parser.add_argument(old, dest=dest, type=value_type, action=_DeprecatedAlias, replacement=new, scale=scale,
-                        metavar="VALUE")
+    parser.add_argument(
+        old, dest=dest, type=value_type, action=_DeprecatedAlias, replacement=new, scale=scale, metavar="VALUE"
+    )

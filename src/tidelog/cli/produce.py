@@ -15,16 +15,27 @@ def register(commands) -> None:
     produce = talks_to_broker(add_command(commands, "produce", "produce one record per input line (stdin or --file)"))
     produce.add_argument("topic", help="topic to write to (it must exist)")
     produce.add_argument("--file", help="read lines from this file (default: stdin)")
-    produce.add_argument("--key-field", type=positive_int, metavar="N",
-                         help="use the N-th field (1-based) of each line, split by --delimiter, as the key "
-                              "(default: no key)")
-    produce.add_argument("--delimiter", type=non_empty, default="\t", help="field delimiter for --key-field (default: tab)")
-    produce.add_argument("--partition", type=non_negative_int,
-                         help="write every record to this partition (default: by key, else one partition "
-                              "per batch)")
+    produce.add_argument(
+        "--key-field",
+        type=positive_int,
+        metavar="N",
+        help="use the N-th field (1-based) of each line, split by --delimiter, as the key (default: no key)",
+    )
+    produce.add_argument(
+        "--delimiter", type=non_empty, default="\t", help="field delimiter for --key-field (default: tab)"
+    )
+    produce.add_argument(
+        "--partition",
+        type=non_negative_int,
+        help="write every record to this partition (default: by key, else one partition per batch)",
+    )
     produce.add_argument("--compression", choices=["none", "lz4"], default="none", help="batch compression")
-    produce.add_argument("--linger-ms", type=non_negative_number, default=5,
-                         help="how long a batch waits for more records before it is sent")
+    produce.add_argument(
+        "--linger-ms",
+        type=non_negative_number,
+        default=5,
+        help="how long a batch waits for more records before it is sent",
+    )
     produce.add_argument("--batch-bytes", type=positive_int, default=1 << 20, help="largest batch sent")
     produce.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     produce.set_defaults(run=run)
@@ -40,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     with admin(args) as a:
         partitions = a.partitions(args.topic)
     if args.partition is not None and args.partition >= partitions:
-        raise CommandError(f"topic {args.topic!r} has {partitions} partition(s); there is no partition {args.partition}")
+        raise CommandError(
+            f"topic {args.topic!r} has {partitions} partition(s); there is no partition {args.partition}"
+        )
 
     delimiter = args.delimiter.encode()
     source = open(args.file, "rb") if args.file else sys.stdin.buffer
@@ -53,15 +66,18 @@ def run(args: argparse.Namespace) -> int:
 
     progress = tqdm(unit=" records", file=sys.stderr, disable=not sys.stderr.isatty() or args.quiet)
     try:
-        with Producer(args.server, linger_ms=args.linger_ms, batch_bytes=args.batch_bytes,
-                      compression=args.compression) as producer:
+        with Producer(
+            args.server, linger_ms=args.linger_ms, batch_bytes=args.batch_bytes, compression=args.compression
+        ) as producer:
             for line in source:
                 line = line.rstrip(b"\r\n")
                 key = None
                 if args.key_field is not None:
                     fields = line.split(delimiter)
                     if args.key_field > len(fields):
-                        raise CommandError(f"line {sent + 1} has {len(fields)} field(s); --key-field is {args.key_field}")
+                        raise CommandError(
+                            f"line {sent + 1} has {len(fields)} field(s); --key-field is {args.key_field}"
+                        )
                     key = fields[args.key_field - 1]
                 producer.send(args.topic, line, key=key, partition=args.partition).add_done_callback(check)
                 sent += 1

@@ -18,32 +18,48 @@ from .failures import CommandError, UsageError
 from .parsing import add_command
 from .values import metrics_port_number, port_number
 
-ENV_SETTINGS = {"TIDELOG_HOST": "host", "TIDELOG_PORT": "port", "TIDELOG_DATA_DIR": "data_dir",
-                "TIDELOG_METRICS_PORT": "metrics_port"}
+ENV_SETTINGS = {
+    "TIDELOG_HOST": "host",
+    "TIDELOG_PORT": "port",
+    "TIDELOG_DATA_DIR": "data_dir",
+    "TIDELOG_METRICS_PORT": "metrics_port",
+}
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
 INTEGER_SETTINGS = ("port", "metrics_port")
 
 
 def register(commands) -> None:
-    serve = add_command(commands, "serve", "run the broker (gRPC) on a local data directory",
-                        "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults. "
-                        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT]` "
-                        "on stdout (with --log-format json: a JSON object with event, address, metrics_address).")
+    serve = add_command(
+        commands,
+        "serve",
+        "run the broker (gRPC) on a local data directory",
+        "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults. "
+        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT]` "
+        "on stdout (with --log-format json: a JSON object with event, address, metrics_address).",
+    )
     serve.add_argument("--data-dir", help="data directory (default: $TIDELOG_DATA_DIR, else ./data)")
     serve.add_argument("--host", help="address to listen on (default: $TIDELOG_HOST, else 127.0.0.1)")
-    serve.add_argument("--port", type=port_number,
-                       help="gRPC port; 0: any free port (default: $TIDELOG_PORT, else 50051)")
-    serve.add_argument("--metrics-port", type=metrics_port_number,
-                       help="Prometheus /metrics and /healthz port; 0: any free port; -1: off "
-                            "(default: $TIDELOG_METRICS_PORT, else 9464)")
-    serve.add_argument("--fsync", choices=FSYNC_POLICIES,
-                       help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
+    serve.add_argument(
+        "--port", type=port_number, help="gRPC port; 0: any free port (default: $TIDELOG_PORT, else 50051)"
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=metrics_port_number,
+        help="Prometheus /metrics and /healthz port; 0: any free port; -1: off "
+        "(default: $TIDELOG_METRICS_PORT, else 9464)",
+    )
+    serve.add_argument("--fsync", choices=FSYNC_POLICIES, help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $TIDELOG_CONFIG, else none)")
-    serve.add_argument("--port-file", metavar="FILE",
-                       help="once serving, write the gRPC port to FILE (atomically; removed on a clean stop; "
-                            "default: no file)")
-    serve.add_argument("--metrics-port-file", metavar="FILE",
-                       help="once serving, write the metrics port to FILE, as --port-file (default: no file)")
+    serve.add_argument(
+        "--port-file",
+        metavar="FILE",
+        help="once serving, write the gRPC port to FILE (atomically; removed on a clean stop; default: no file)",
+    )
+    serve.add_argument(
+        "--metrics-port-file",
+        metavar="FILE",
+        help="once serving, write the metrics port to FILE, as --port-file (default: no file)",
+    )
     serve.set_defaults(run=run)
 
 

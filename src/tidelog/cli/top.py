@@ -11,15 +11,18 @@ from .values import positive_int, positive_number
 
 
 def register(commands) -> None:
-    top = talks_to_broker(add_command(commands, "top", "live per-topic produce rates and per-group lag of a "
-                                                       "running broker"))
+    top = talks_to_broker(
+        add_command(commands, "top", "live per-topic produce rates and per-group lag of a running broker")
+    )
     top.add_argument("--interval-ms", type=positive_number, default=2000, help="time between samples")
     add_deprecated_alias(top, "--interval", "--interval-ms", "interval_ms", positive_number, scale=1000)
     frames = top.add_mutually_exclusive_group()
-    frames.add_argument("--once", action="store_true",
-                        help="print one frame (two samples --interval-ms apart), then exit")
-    frames.add_argument("--iterations", type=positive_int, metavar="N",
-                        help="print N frames, then exit (default: until Ctrl-C)")
+    frames.add_argument(
+        "--once", action="store_true", help="print one frame (two samples --interval-ms apart), then exit"
+    )
+    frames.add_argument(
+        "--iterations", type=positive_int, metavar="N", help="print N frames, then exit (default: until Ctrl-C)"
+    )
     top.set_defaults(run=run)
 
 

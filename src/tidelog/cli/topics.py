@@ -18,9 +18,13 @@ def register(commands) -> None:
     create = talks_to_broker(add_command(actions, "create", "create a topic"))
     create.add_argument("topic", help="topic name")
     create.add_argument("--partitions", type=positive_int, default=1, help="number of partitions")
-    create.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="topic setting, e.g. retention_ms=3600000 (repeatable; default: the broker's "
-                             "topic defaults)")
+    create.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="topic setting, e.g. retention_ms=3600000 (repeatable; default: the broker's topic defaults)",
+    )
     create.set_defaults(run=create_topic)
 
     talks_to_broker(add_command(actions, "list", "list topics")).set_defaults(run=list_topics)
@@ -91,8 +95,10 @@ def describe_topic(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{k}={v}" for k, v in sorted(desc["config"].items())))
     print(f"  {'partition':>9} {'start':>12} {'end':>12} {'high_wm':>12} {'bytes':>14} {'segments':>8}")
     for p in desc["partitions"]:
-        print(f"  {p.partition:>9} {p.log_start:>12} {p.log_end:>12} {p.high_watermark:>12} "
-              f"{p.size_bytes:>14} {p.segments:>8}")
+        print(
+            f"  {p.partition:>9} {p.log_start:>12} {p.log_end:>12} {p.high_watermark:>12} "
+            f"{p.size_bytes:>14} {p.segments:>8}"
+        )
     return 0
 
 

@@ -6,5 +6,4 @@ from .consumers import Consumer
 from .group_consumer import GroupConsumer
 from .producer import Producer, RecordMetadata
 
-__all__ = ["Admin", "AsyncConsumer", "Consumer", "GroupConsumer", "PartitionConsumer", "Producer",
-           "RecordMetadata"]
+__all__ = ["Admin", "AsyncConsumer", "Consumer", "GroupConsumer", "PartitionConsumer", "Producer", "RecordMetadata"]

@@ -34,8 +34,9 @@ class Admin:
         self._committed = grp("FetchCommittedOffsets")
 
     def create_topic(self, name: str, partitions: int = 1, **config) -> pb.TopicDescription:
-        return self._create(pb.CreateTopicRequest(name=name, partitions=partitions,
-                                                  config={k: str(v) for k, v in config.items()}))
+        return self._create(
+            pb.CreateTopicRequest(name=name, partitions=partitions, config={k: str(v) for k, v in config.items()})
+        )
 
     def delete_topic(self, name: str) -> None:
         self._delete(pb.DeleteTopicRequest(name=name))
@@ -46,9 +47,17 @@ class Admin:
     def describe(self, name: str) -> dict:
         """{"name", "config", "created_ms", "partitions": [PartitionDescription, ...]}."""
         msg = self._describe(pb.DescribeTopicRequest(name=name))
-        return {"name": msg.name, "config": dict(msg.config), "created_ms": msg.created_ms,
-                "partitions": [PartitionDescription(p.partition, p.log_start, p.log_end, p.high_watermark,
-                                                    p.flushed, p.size_bytes, p.segments) for p in msg.partitions]}
+        return {
+            "name": msg.name,
+            "config": dict(msg.config),
+            "created_ms": msg.created_ms,
+            "partitions": [
+                PartitionDescription(
+                    p.partition, p.log_start, p.log_end, p.high_watermark, p.flushed, p.size_bytes, p.segments
+                )
+                for p in msg.partitions
+            ],
+        }
 
     def partitions(self, name: str) -> int:
         return len(self._describe(pb.DescribeTopicRequest(name=name)).partitions)
@@ -73,13 +82,30 @@ class Admin:
         """state, generation, members (with assignments) and per partition committed, end, lag, time lag."""
         msg = self._describe_group(pb.DescribeGroupRequest(group_id=group_id))
         return {
-            "group_id": msg.group_id, "state": msg.state, "generation": msg.generation, "assignor": msg.assignor,
+            "group_id": msg.group_id,
+            "state": msg.state,
+            "generation": msg.generation,
+            "assignor": msg.assignor,
             "rebalances": msg.rebalances,
-            "members": [{"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
-                         "assignment": [(tp.topic, tp.partition) for tp in m.assignment]} for m in msg.members],
-            "partitions": [{"topic": p.topic, "partition": p.partition, "end": p.end, "owner": p.owner or None,
-                            **{k: (getattr(p, k) if p.HasField(k) else None) for k in ("committed", "lag", "time_lag_ms")}}
-                           for p in msg.partitions],
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "client_id": m.client_id,
+                    "topics": list(m.topics),
+                    "assignment": [(tp.topic, tp.partition) for tp in m.assignment],
+                }
+                for m in msg.members
+            ],
+            "partitions": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "end": p.end,
+                    "owner": p.owner or None,
+                    **{k: (getattr(p, k) if p.HasField(k) else None) for k in ("committed", "lag", "time_lag_ms")},
+                }
+                for p in msg.partitions
+            ],
         }
 
     def committed_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
@@ -89,8 +115,15 @@ class Admin:
     def delete_group(self, group_id: str) -> None:
         self._delete_group(pb.DeleteGroupRequest(group_id=group_id))
 
-    def reset_offsets(self, group_id: str, topic: str, to: str | int, *, timestamp_ms: int | None = None,
-                      partitions: list[int] | None = None) -> dict[tuple[str, int], int]:
+    def reset_offsets(
+        self,
+        group_id: str,
+        topic: str,
+        to: str | int,
+        *,
+        timestamp_ms: int | None = None,
+        partitions: list[int] | None = None,
+    ) -> dict[tuple[str, int], int]:
         """to: "earliest", "latest", an offset, or "timestamp" with timestamp_ms. Groups without members only."""
         request = pb.ResetOffsetsRequest(group_id=group_id, topic=topic, partitions=partitions or [])
         if to in ("earliest", "latest"):
@@ -104,7 +137,7 @@ class Admin:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Admin":
+    def __enter__(self) -> Admin:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,15 +12,17 @@ from ..wire.statuses import error_from_rpc
 MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_TARGET = "localhost:50051"
 
-OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-           ("grpc.enable_retries", 0),
-           # A restarted broker is found again within ~2 s (gRPC's default backoff grows to 2 min),
-           # and one channel's failed attempts never hold back another channel's first call.
-           ("grpc.initial_reconnect_backoff_ms", 100),
-           ("grpc.min_reconnect_backoff_ms", 100),
-           ("grpc.max_reconnect_backoff_ms", 2000),
-           ("grpc.use_local_subchannel_pool", 1)]
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+    # A restarted broker is found again within ~2 s (gRPC's default backoff grows to 2 min),
+    # and one channel's failed attempts never hold back another channel's first call.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 def sync_channel(target: str) -> grpc.Channel:
@@ -33,8 +35,11 @@ def aio_channel(target: str) -> grpc.aio.Channel:
 
 def unary(channel, method: Method, target: str, timeout_s: float):
     """A callable making one unary call; a failed call raises the tidelog error the broker raised."""
-    stub = channel.unary_unary(method.path, request_serializer=method.request.SerializeToString,
-                               response_deserializer=method.response.FromString)
+    stub = channel.unary_unary(
+        method.path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
+    )
 
     @functools.wraps(stub)
     def call(request, timeout=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
@@ -62,14 +62,23 @@ def _records(raw: bytes, position: int | None, copy: bool) -> tuple[list[Record]
 class PartitionConsumer:
     """Records of one partition, in order. Iterate it, or call poll(timeout_s).
 
-        for rec in Consumer("localhost:50051", "orders", partition=0, offset=0):
-            ...
+    for rec in Consumer("localhost:50051", "orders", partition=0, offset=0):
+        ...
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
-                 offset: int | str | None = "earliest", *, timestamp_ms: int | None = None,
-                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True,
-                 channel=None) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        topic: str = "",
+        partition: int = 0,
+        offset: int | str | None = "earliest",
+        *,
+        timestamp_ms: int | None = None,
+        credit_bytes: int = 8 << 20,
+        max_message_bytes: int = 4 << 20,
+        copy: bool = True,
+        channel=None,
+    ) -> None:
         self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
         self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
         self.high_watermark = -1
@@ -82,11 +91,20 @@ class PartitionConsumer:
         self._credit_bytes = credit_bytes
         self._to_grant = 0
         self._consumed_at = 0.0  # when the last response was handed to the caller
-        self._requests.put(pb.SubscribeRequest(start=pb.SubscribeStart(
-            topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
-            credit_bytes=credit_bytes, max_message_bytes=max_message_bytes)))
-        stub = self._channel.stream_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
-                                           response_deserializer=None)
+        self._requests.put(
+            pb.SubscribeRequest(
+                start=pb.SubscribeStart(
+                    topic=topic,
+                    partition=partition,
+                    position=position_message(offset, timestamp_ms),
+                    credit_bytes=credit_bytes,
+                    max_message_bytes=max_message_bytes,
+                )
+            )
+        )
+        stub = self._channel.stream_stream(
+            SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
+        )
         self._call = stub(iter(self._requests.get, _END))
         self._reader = threading.Thread(target=self._read, name="tidelog-consumer", daemon=True)
         self._reader.start()
@@ -170,7 +188,7 @@ class PartitionConsumer:
         if self._own_channel:
             self._channel.close()
 
-    def __enter__(self) -> "PartitionConsumer":
+    def __enter__(self) -> PartitionConsumer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,27 +198,43 @@ class PartitionConsumer:
 class AsyncConsumer:
     """The asyncio form of Consumer:
 
-        async with AsyncConsumer("localhost:50051", "orders", partition=0, offset=0) as c:
-            async for rec in c:
-                ...
+    async with AsyncConsumer("localhost:50051", "orders", partition=0, offset=0) as c:
+        async for rec in c:
+            ...
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, topic: str = "", partition: int = 0,
-                 offset: int | str | None = "earliest", *, timestamp_ms: int | None = None,
-                 credit_bytes: int = 8 << 20, max_message_bytes: int = 4 << 20, copy: bool = True) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        topic: str = "",
+        partition: int = 0,
+        offset: int | str | None = "earliest",
+        *,
+        timestamp_ms: int | None = None,
+        credit_bytes: int = 8 << 20,
+        max_message_bytes: int = 4 << 20,
+        copy: bool = True,
+    ) -> None:
         self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
         self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
         self.high_watermark = -1
-        self._start = pb.SubscribeRequest(start=pb.SubscribeStart(
-            topic=topic, partition=partition, position=position_message(offset, timestamp_ms),
-            credit_bytes=credit_bytes, max_message_bytes=max_message_bytes))
+        self._start = pb.SubscribeRequest(
+            start=pb.SubscribeStart(
+                topic=topic,
+                partition=partition,
+                position=position_message(offset, timestamp_ms),
+                credit_bytes=credit_bytes,
+                max_message_bytes=max_message_bytes,
+            )
+        )
         self._channel = None
         self._call = None
 
     async def _open(self) -> None:
         self._channel = aio_channel(self.target)
-        stub = self._channel.stream_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
-                                           response_deserializer=None)
+        stub = self._channel.stream_stream(
+            SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
+        )
         self._call = stub()
         await self._call.write(self._start)
 
@@ -230,7 +264,7 @@ class AsyncConsumer:
         if self._channel is not None:
             await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncConsumer":
+    async def __aenter__(self) -> AsyncConsumer:
         await self._open()
         return self
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from ..codec import batch as batch_codec
 from ..errors import InvalidProducerEpochError, OutOfOrderSequenceError, RequestTimeoutError, TidelogError
@@ -43,11 +43,21 @@ _GAP_REFUSALS = (OutOfOrderSequenceError, InvalidProducerEpochError)
 class Outgoing:
     """One batch on its way: the records until it is encoded, then the encoded RecordBatch."""
 
-    __slots__ = ("topic", "partition", "records", "raw", "epoch", "result", "count", "buffered", "deadline",
-                 "last_error", "request_sequence")
+    __slots__ = (
+        "topic",
+        "partition",
+        "records",
+        "raw",
+        "epoch",
+        "result",
+        "count",
+        "buffered",
+        "deadline",
+        "last_error",
+        "request_sequence",
+    )
 
-    def __init__(self, topic: str, partition: int, records, result, count: int, buffered: int,
-                 deadline: float) -> None:
+    def __init__(self, topic: str, partition: int, records, result, count: int, buffered: int, deadline: float) -> None:
         self.topic, self.partition = topic, partition
         self.records = records  # values, keys, headers, timestamps (the producer's open batch)
         self.raw: bytes | None = None  # set when first handed to a stream; never changes after
@@ -77,9 +87,16 @@ class _Line:
 class Delivery:
     """A producer's batches between its buffer and their ending (see the module docstring)."""
 
-    def __init__(self, *, producer_id: int, compression: str, max_in_flight_bytes: int,
-                 max_in_flight_requests_per_partition: int, delivery_timeout_s: float,
-                 on_finish: Callable[[Outgoing, int, TidelogError | None], None]) -> None:
+    def __init__(
+        self,
+        *,
+        producer_id: int,
+        compression: str,
+        max_in_flight_bytes: int,
+        max_in_flight_requests_per_partition: int,
+        delivery_timeout_s: float,
+        on_finish: Callable[[Outgoing, int, TidelogError | None], None],
+    ) -> None:
         self.producer_id = producer_id
         self.epoch = 0
         self.compression = compression
@@ -157,10 +174,16 @@ class Delivery:
         key = (item.topic, item.partition)
         base_seq = self._sequences.get(key, 0)
         item.raw = batch_codec.build_batch(
-            values, keys if any(k is not None for k in keys) else None,
-            headers if any(headers) else None, timestamps, timestamp=0, compression_name=self.compression,
-            producer_id=self.producer_id, producer_epoch=self.epoch if idempotent else -1,
-            base_sequence=base_seq if idempotent else -1)
+            values,
+            keys if any(k is not None for k in keys) else None,
+            headers if any(headers) else None,
+            timestamps,
+            timestamp=0,
+            compression_name=self.compression,
+            producer_id=self.producer_id,
+            producer_epoch=self.epoch if idempotent else -1,
+            base_sequence=base_seq if idempotent else -1,
+        )
         self._sequences[key] = (base_seq + item.count) & SEQUENCE_MASK  # only once the batch exists
         item.epoch = self.epoch
         item.records = None  # the encoded bytes are all a resend needs
@@ -226,8 +249,12 @@ class Delivery:
                 else:
                     line.waiting.popleft()
                     self._refresh(key, line)
-                self._give_up(item, item.last_error or self.last_error or RequestTimeoutError(
-                    f"not acknowledged within delivery_timeout_s={self.delivery_timeout_s:g}s"))
+                self._give_up(
+                    item,
+                    item.last_error
+                    or self.last_error
+                    or RequestTimeoutError(f"not acknowledged within delivery_timeout_s={self.delivery_timeout_s:g}s"),
+                )
 
     def next_deadline(self) -> float | None:
         deadlines = [item.deadline for line in self._lines.values() if (item := line.oldest()) is not None]

@@ -1,10 +1,10 @@
 """Group consumers inside the process: the same groups as over gRPC, on an in-process coordinator.
 
-    coordinator = GroupCoordinator(engine)
-    with EmbeddedGroupConsumer(coordinator, "billing", ["orders"], auto_commit=False) as c:
-        for rec in c:
-            handle(rec)
-            c.commit()
+coordinator = GroupCoordinator(engine)
+with EmbeddedGroupConsumer(coordinator, "billing", ["orders"], auto_commit=False) as c:
+    for rec in c:
+        handle(rec)
+        c.commit()
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ class _EngineReader:
         self.engine, self.tp, self.offset = engine, tp, offset
 
     def poll(self, timeout_s: float) -> list[Record]:
-        result = self.engine.fetch(self.tp[0], self.tp[1], self.offset, max_bytes=1 << 20,
-                                   max_wait_ms=int(timeout_s * 1000))
+        result = self.engine.fetch(
+            self.tp[0], self.tp[1], self.offset, max_bytes=1 << 20, max_wait_ms=int(timeout_s * 1000)
+        )
         records = result.records()
         if records:
             self.offset = records[-1].offset + 1
@@ -41,9 +42,15 @@ class EmbeddedGroupConsumer(GroupMember):
         return self.coordinator.clock() / 1000  # the lease runs on the clock the sessions run on
 
     def _join(self, member_id, owned):
-        return self.coordinator.join(self.group_id, self.topics, session_timeout_ms=self.session_timeout_ms,
-                                     assignor=self.assignor, client_id=self.client_id, member_id=member_id,
-                                     owned=owned)
+        return self.coordinator.join(
+            self.group_id,
+            self.topics,
+            session_timeout_ms=self.session_timeout_ms,
+            assignor=self.assignor,
+            client_id=self.client_id,
+            member_id=member_id,
+            owned=owned,
+        )
 
     def _heartbeat(self, member_id, generation, owned):
         return self.coordinator.heartbeat(self.group_id, member_id, generation, owned)

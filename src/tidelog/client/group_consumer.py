@@ -16,8 +16,16 @@ def _tp_messages(tps):
 
 
 class GroupConsumer(GroupMember):
-    def __init__(self, target: str = DEFAULT_TARGET, group_id: str = "", topics=(), *,
-                 timeout_s: float = 30.0, credit_bytes: int = 8 << 20, **options) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        group_id: str = "",
+        topics=(),
+        *,
+        timeout_s: float = 30.0,
+        credit_bytes: int = 8 << 20,
+        **options,
+    ) -> None:
         self.target = target
         self.credit_bytes = credit_bytes
         self._channel = sync_channel(target)
@@ -35,30 +43,54 @@ class GroupConsumer(GroupMember):
 
     @staticmethod
     def _state(msg):
-        return MemberState(msg.member_id, msg.generation, [(tp.topic, tp.partition) for tp in msg.partitions],
-                           msg.heartbeat_interval_ms)
+        return MemberState(
+            msg.member_id,
+            msg.generation,
+            [(tp.topic, tp.partition) for tp in msg.partitions],
+            msg.heartbeat_interval_ms,
+        )
 
     def _join(self, member_id, owned):
-        return self._state(self._rpc_join(pb.JoinGroupRequest(
-            group_id=self.group_id, topics=self.topics, session_timeout_ms=self.session_timeout_ms,
-            assignor=self.assignor, client_id=self.client_id, member_id=member_id or "",
-            owned=_tp_messages(owned))))
+        return self._state(
+            self._rpc_join(
+                pb.JoinGroupRequest(
+                    group_id=self.group_id,
+                    topics=self.topics,
+                    session_timeout_ms=self.session_timeout_ms,
+                    assignor=self.assignor,
+                    client_id=self.client_id,
+                    member_id=member_id or "",
+                    owned=_tp_messages(owned),
+                )
+            )
+        )
 
     def _heartbeat(self, member_id, generation, owned):
-        return self._state(self._rpc_heartbeat(pb.HeartbeatRequest(
-            group_id=self.group_id, member_id=member_id, generation=generation, owned=_tp_messages(owned))))
+        return self._state(
+            self._rpc_heartbeat(
+                pb.HeartbeatRequest(
+                    group_id=self.group_id, member_id=member_id, generation=generation, owned=_tp_messages(owned)
+                )
+            )
+        )
 
     def _leave(self, member_id):
         self._rpc_leave(pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id))
 
     def _commit(self, member_id, generation, offsets):
-        self._rpc_commit(pb.CommitOffsetsRequest(
-            group_id=self.group_id, member_id=member_id, generation=generation,
-            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())]))
+        self._rpc_commit(
+            pb.CommitOffsetsRequest(
+                group_id=self.group_id,
+                member_id=member_id,
+                generation=generation,
+                offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())],
+            )
+        )
 
     def _committed(self, partitions):
-        reply = self._rpc_committed(pb.FetchCommittedOffsetsRequest(group_id=self.group_id,
-                                                                    partitions=_tp_messages(partitions)))
+        reply = self._rpc_committed(
+            pb.FetchCommittedOffsetsRequest(group_id=self.group_id, partitions=_tp_messages(partitions))
+        )
         return {(o.topic, o.partition): o.offset for o in reply.offsets}
 
     def _start(self, tp, where):
@@ -67,8 +99,9 @@ class GroupConsumer(GroupMember):
         return self._rpc_offsets(request).offset
 
     def _reader(self, tp, offset):
-        return PartitionConsumer(self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes,
-                                 channel=self._channel)
+        return PartitionConsumer(
+            self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes, channel=self._channel
+        )
 
     def close(self) -> None:
         try:

@@ -63,10 +63,16 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from ..errors import (BrokerUnavailableError, EngineClosedError, OffsetOutOfRangeError, StaleGenerationError,
-                      TidelogError, UnknownMemberError)
+from ..errors import (
+    BrokerUnavailableError,
+    EngineClosedError,
+    OffsetOutOfRangeError,
+    StaleGenerationError,
+    TidelogError,
+    UnknownMemberError,
+)
 from ..values import ConsumerRecord, MemberState, TopicPartition
 
 log = logging.getLogger("tidelog.groups")
@@ -80,14 +86,23 @@ DEFAULT_MAX_POLL_INTERVAL_MS = 300_000  # Kafka's max.poll.interval.ms
 class GroupMember:
     """Subclasses provide the transport: _join, _heartbeat, _leave, _commit, _committed, _start, _reader."""
 
-    def __init__(self, group_id: str, topics: Sequence[str], *, auto_commit: bool = True,
-                 auto_commit_interval_ms: int = 5000, auto_offset_reset: str = "earliest",
-                 session_timeout_ms: int = 10_000, assignor: str = "sticky",
-                 on_assign: Callable[[list[TopicPartition]], None] | None = None,
-                 on_revoke: Callable[[list[TopicPartition]], None] | None = None,
-                 on_lost: Callable[[list[TopicPartition]], None] | None = None, client_id: str = "",
-                 max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
-                 max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        auto_offset_reset: str = "earliest",
+        session_timeout_ms: int = 10_000,
+        assignor: str = "sticky",
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
+        client_id: str = "",
+        max_poll_records: int = DEFAULT_MAX_POLL_RECORDS,
+        max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS,
+    ) -> None:
         if auto_offset_reset not in OFFSET_RESETS:
             raise ValueError(f"auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, got {auto_offset_reset!r}")
         for name, value in (("max_poll_records", max_poll_records), ("max_poll_interval_ms", max_poll_interval_ms)):
@@ -136,13 +151,26 @@ class GroupMember:
         self._heartbeats.start()
 
     # -- transport hooks ---------------------------------------------------------------------------
-    def _join(self, member_id, owned): raise NotImplementedError
-    def _heartbeat(self, member_id, generation, owned): raise NotImplementedError
-    def _leave(self, member_id): raise NotImplementedError
-    def _commit(self, member_id, generation, offsets): raise NotImplementedError
-    def _committed(self, partitions): raise NotImplementedError
-    def _start(self, tp, where): raise NotImplementedError
-    def _reader(self, tp, offset): raise NotImplementedError
+    def _join(self, member_id, owned):
+        raise NotImplementedError
+
+    def _heartbeat(self, member_id, generation, owned):
+        raise NotImplementedError
+
+    def _leave(self, member_id):
+        raise NotImplementedError
+
+    def _commit(self, member_id, generation, offsets):
+        raise NotImplementedError
+
+    def _committed(self, partitions):
+        raise NotImplementedError
+
+    def _start(self, tp, where):
+        raise NotImplementedError
+
+    def _reader(self, tp, offset):
+        raise NotImplementedError
 
     # -- membership (heartbeat thread) -------------------------------------------------------------
     def _now(self) -> float:
@@ -175,8 +203,12 @@ class GroupMember:
             self._granted = []
             self._granted_set = frozenset()
             self._lease_until = 0.0
-        log.warning("group %s: member %s lost its membership (%s); it stops delivering and rejoins owning nothing",
-                    self.group_id, self.member_id, why)
+        log.warning(
+            "group %s: member %s lost its membership (%s); it stops delivering and rejoins owning nothing",
+            self.group_id,
+            self.member_id,
+            why,
+        )
 
     def _heartbeat_loop(self) -> None:
         """Heartbeat every interval; in between, wake at the application's poll deadline to leave if it
@@ -217,19 +249,30 @@ class GroupMember:
                 self._granted_set = frozenset()
                 self._lease_until = 0.0
                 self._left = True  # after _lost: whoever sees it also sees the loss
-            log.warning("group %s: member %s left the group: the application did not poll within "
-                        "max_poll_interval_ms=%d; its partitions go to the other members, its next commit is "
-                        "refused and its next poll rejoins. Handle records faster, lower max_poll_records or "
-                        "raise max_poll_interval_ms", self.group_id, self.member_id,
-                        int(self.max_poll_interval_s * 1000), extra={
-                            "event": "poll_interval_exceeded", "group": self.group_id, "member": self.member_id,
-                            "max_poll_interval_ms": int(self.max_poll_interval_s * 1000),
-                            "silent_ms": int((self.max_poll_interval_s + overdue) * 1000)})
+            log.warning(
+                "group %s: member %s left the group: the application did not poll within "
+                "max_poll_interval_ms=%d; its partitions go to the other members, its next commit is "
+                "refused and its next poll rejoins. Handle records faster, lower max_poll_records or "
+                "raise max_poll_interval_ms",
+                self.group_id,
+                self.member_id,
+                int(self.max_poll_interval_s * 1000),
+                extra={
+                    "event": "poll_interval_exceeded",
+                    "group": self.group_id,
+                    "member": self.member_id,
+                    "max_poll_interval_ms": int(self.max_poll_interval_s * 1000),
+                    "silent_ms": int((self.max_poll_interval_s + overdue) * 1000),
+                },
+            )
             try:
                 self._leave(self.member_id)
             except TidelogError as exc:  # e.g. the broker is away: its session expires instead
-                log.warning("group %s: leaving failed (%s); the member's session will expire instead",
-                            self.group_id, exc.message)
+                log.warning(
+                    "group %s: leaving failed (%s); the member's session will expire instead",
+                    self.group_id,
+                    exc.message,
+                )
 
     def _rejoin_after_leaving(self) -> bool:
         """At the first poll after leaving for the poll interval: on_lost, then join as a new member.
@@ -334,8 +377,12 @@ class GroupMember:
         except TidelogError as exc:
             if not exc.retriable:
                 raise
-            log.info("group %s: cannot open %d partition(s) yet (%s); retrying at the next poll", self.group_id,
-                     len(added), exc.message)
+            log.info(
+                "group %s: cannot open %d partition(s) yet (%s); retrying at the next poll",
+                self.group_id,
+                len(added),
+                exc.message,
+            )
             return
         for tp, offset in starts.items():
             reader = self._reader(tp, offset)
@@ -350,8 +397,11 @@ class GroupMember:
         """Where a partition without a committed offset starts: auto_offset_reset ("none": an error)."""
         if self.auto_offset_reset == "none":
             raise OffsetOutOfRangeError(
-                f"group {self.group_id!r} has no committed offset for {tp[0]}[{tp[1]}] and auto_offset_reset is "
-                f"'none'", group=self.group_id, topic=tp[0], partition=tp[1])
+                f"group {self.group_id!r} has no committed offset for {tp[0]}[{tp[1]}] and auto_offset_reset is 'none'",
+                group=self.group_id,
+                topic=tp[0],
+                partition=tp[1],
+            )
         return self._start(tp, self.auto_offset_reset)
 
     def _out_of_range(self, tp: TopicPartition, error: OffsetOutOfRangeError) -> int:
@@ -360,20 +410,48 @@ class GroupMember:
         auto_offset_reset, never silently; "none" raises to the application instead."""
         offset = self._positions[tp]
         what = "committed offset" if self._committed_positions.get(tp) == offset else "position"
-        fields = {"group": self.group_id, "topic": tp[0], "partition": tp[1], "offset": offset,
-                  "log_start": error.log_start, "log_end": error.log_end, "reset": self.auto_offset_reset}
+        fields = {
+            "group": self.group_id,
+            "topic": tp[0],
+            "partition": tp[1],
+            "offset": offset,
+            "log_start": error.log_start,
+            "log_end": error.log_end,
+            "reset": self.auto_offset_reset,
+        }
         if self.auto_offset_reset == "none":
-            log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); auto_offset_reset "
-                        "is 'none': poll() raises OffsetOutOfRangeError", self.group_id, what, offset, tp[0],
-                        tp[1], error.log_start, error.log_end, extra={"event": "offset_out_of_range", **fields})
+            log.warning(
+                "group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); auto_offset_reset "
+                "is 'none': poll() raises OffsetOutOfRangeError",
+                self.group_id,
+                what,
+                offset,
+                tp[0],
+                tp[1],
+                error.log_start,
+                error.log_end,
+                extra={"event": "offset_out_of_range", **fields},
+            )
             raise OffsetOutOfRangeError(
                 f"group {self.group_id!r}: {what} {offset} of {tp[0]}[{tp[1]}] is out of range; the log holds "
-                f"{error.log_start} to {error.log_end} and auto_offset_reset is 'none'", **fields)
+                f"{error.log_start} to {error.log_end} and auto_offset_reset is 'none'",
+                **fields,
+            )
         to = self._start(tp, self.auto_offset_reset)
-        log.warning("group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); resetting to the %s "
-                    "offset %d (auto_offset_reset)", self.group_id, what, offset, tp[0], tp[1], error.log_start,
-                    error.log_end, self.auto_offset_reset, to, extra={"event": "offset_out_of_range", "to": to,
-                                                                      **fields})
+        log.warning(
+            "group %s: %s %d of %s[%d] is out of range (the log holds %d to %d); resetting to the %s "
+            "offset %d (auto_offset_reset)",
+            self.group_id,
+            what,
+            offset,
+            tp[0],
+            tp[1],
+            error.log_start,
+            error.log_end,
+            self.auto_offset_reset,
+            to,
+            extra={"event": "offset_out_of_range", "to": to, **fields},
+        )
         return to
 
     def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
@@ -474,15 +552,21 @@ class GroupMember:
                 continue
             except (BrokerUnavailableError, EngineClosedError) as exc:
                 # The broker went away (restart): read on from the delivered position once it is back.
-                log.info("group %s: reader of %s[%d] lost the broker (%s); reopening", self.group_id, tp[0],
-                         tp[1], exc.message)
+                log.info(
+                    "group %s: reader of %s[%d] lost the broker (%s); reopening",
+                    self.group_id,
+                    tp[0],
+                    tp[1],
+                    exc.message,
+                )
                 reader.close()
                 with self._lock:
                     self._readers[tp] = _Reopening(self, tp)
                 continue
             if records:
-                out[tp] = [ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers)
-                           for r in records]
+                out[tp] = [
+                    ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers) for r in records
+                ]
                 timeout_s = 0
         return out
 
@@ -527,7 +611,9 @@ class GroupMember:
                 f"group {self.group_id!r}: member {self.member_id} left the group because the application did not "
                 f"poll within max_poll_interval_ms={int(self.max_poll_interval_s * 1000)}; its partitions went to "
                 f"other members, which get the uncommitted records again. Handle records faster, lower "
-                f"max_poll_records or raise max_poll_interval_ms", group=self.group_id)
+                f"max_poll_records or raise max_poll_interval_ms",
+                group=self.group_id,
+            )
         try:
             self._commit(self.member_id, self.generation, offsets)
         except StaleGenerationError:
@@ -539,8 +625,11 @@ class GroupMember:
         self._committed_positions.update(offsets)
         self._last_commit = time.monotonic()
 
-    def commit_async(self, offsets: dict[TopicPartition, int] | None = None,
-                     callback: Callable[[BaseException | None], None] | None = None) -> threading.Thread:
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int] | None = None,
+        callback: Callable[[BaseException | None], None] | None = None,
+    ) -> threading.Thread:
         """Commit in a background thread; callback(error or None) when done."""
         offsets = dict(self._positions) if offsets is None else dict(offsets)
 

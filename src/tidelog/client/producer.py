@@ -31,10 +31,16 @@ from typing import NamedTuple
 import grpc
 
 from ..codec import batch as batch_codec
-from ..codec.partitioner import key_partition
 from ..codec.batch import BATCHES_REMEMBERED
-from ..errors import (BrokerUnavailableError, EngineClosedError, InvalidConfigError, InvalidRequestError,
-                      RequestTimeoutError, TidelogError)
+from ..codec.partitioner import key_partition
+from ..errors import (
+    BrokerUnavailableError,
+    EngineClosedError,
+    InvalidConfigError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    TidelogError,
+)
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from ..wire.statuses import error_from_rpc
@@ -138,8 +144,9 @@ class _Stream:
     def __init__(self, target: str, on_response, wake) -> None:
         self.target = target
         self.channel = aio_channel(target)
-        self.call = self.channel.stream_stream(PRODUCE, request_serializer=None,
-                                               response_deserializer=pb.ProduceResponse.FromString)()
+        self.call = self.channel.stream_stream(
+            PRODUCE, request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
+        )()
         self.outbox: asyncio.Queue[tuple[Outgoing, int, bytes] | None] = asyncio.Queue()
         self.writer = asyncio.ensure_future(self._write())
         self.reader = asyncio.ensure_future(self._read(on_response))
@@ -214,10 +221,20 @@ class Producer:
       appended twice; with False a resend after a lost acknowledgement may be.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, linger_ms: float = 5, batch_bytes: int = 1 << 20,
-                 compression: str = "none", max_in_flight_bytes: int = 64 << 20, buffer_bytes: int = 64 << 20,
-                 max_block_s: float = 60.0, delivery_timeout_s: float = 120.0, idempotent: bool = True,
-                 max_in_flight_requests_per_partition: int = BATCHES_REMEMBERED) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        linger_ms: float = 5,
+        batch_bytes: int = 1 << 20,
+        compression: str = "none",
+        max_in_flight_bytes: int = 64 << 20,
+        buffer_bytes: int = 64 << 20,
+        max_block_s: float = 60.0,
+        delivery_timeout_s: float = 120.0,
+        idempotent: bool = True,
+        max_in_flight_requests_per_partition: int = BATCHES_REMEMBERED,
+    ) -> None:
         if batch_bytes < 1 or linger_ms < 0:
             raise InvalidRequestError("batch_bytes must be positive and linger_ms not negative")
         if not delivery_timeout_s > 0:
@@ -226,8 +243,10 @@ class Producer:
         if max_in_flight_requests_per_partition < 1 or (limit and max_in_flight_requests_per_partition > limit):
             raise InvalidConfigError(
                 f"max_in_flight_requests_per_partition must be 1..{limit} for an idempotent producer (the broker "
-                f"remembers its last {limit} batches per partition)" if limit else
-                "max_in_flight_requests_per_partition must be at least 1")
+                f"remembers its last {limit} batches per partition)"
+                if limit
+                else "max_in_flight_requests_per_partition must be at least 1"
+            )
         batch_codec.compression.codec_id(compression)  # fail early on an unknown codec
         self.target = target
         self.linger_s = linger_ms / 1000
@@ -250,10 +269,14 @@ class Producer:
         self._full: list[tuple[str, int, _OpenBatch]] = []  # closed at batch_bytes, waiting to be sent
         self._lock = threading.Lock()
         self._closed = False
-        self._delivery = Delivery(producer_id=producer_id, compression=compression,
-                                  max_in_flight_bytes=max_in_flight_bytes,
-                                  max_in_flight_requests_per_partition=max_in_flight_requests_per_partition,
-                                  delivery_timeout_s=delivery_timeout_s, on_finish=self._complete)
+        self._delivery = Delivery(
+            producer_id=producer_id,
+            compression=compression,
+            max_in_flight_bytes=max_in_flight_bytes,
+            max_in_flight_requests_per_partition=max_in_flight_requests_per_partition,
+            delivery_timeout_s=delivery_timeout_s,
+            on_finish=self._complete,
+        )
         self._failures = 0  # streams broken in a row, for the back-off
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
@@ -267,8 +290,16 @@ class Producer:
         started.wait()
 
     # -- the caller's side -------------------------------------------------------------------------
-    def send(self, topic: str, value, key=None, *, partition: int | None = None, headers=None,
-             timestamp_ms: int | None = None) -> RecordFuture:
+    def send(
+        self,
+        topic: str,
+        value,
+        key=None,
+        *,
+        partition: int | None = None,
+        headers=None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
         """Queue one record; the future resolves to RecordMetadata(topic, partition, offset)."""
         if self._closed:
             raise EngineClosedError("the producer is closed")
@@ -278,10 +309,13 @@ class Producer:
         with self._lock:
             if self._buffered + size > self.buffer_bytes and self._buffered:
                 self._kick_soon()
-                if not self._idle.wait_for(lambda: self._buffered + size <= self.buffer_bytes or not self._buffered,
-                                           timeout=self.max_block_s):
-                    raise RequestTimeoutError(f"send blocked {self.max_block_s}s: {self._buffered} bytes are "
-                                              f"waiting for the broker (buffer_bytes={self.buffer_bytes})")
+                if not self._idle.wait_for(
+                    lambda: self._buffered + size <= self.buffer_bytes or not self._buffered, timeout=self.max_block_s
+                ):
+                    raise RequestTimeoutError(
+                        f"send blocked {self.max_block_s}s: {self._buffered} bytes are "
+                        f"waiting for the broker (buffer_bytes={self.buffer_bytes})"
+                    )
             self._buffered += size
             batch = self._open.get((topic, partition))
             if batch is None:
@@ -339,7 +373,7 @@ class Producer:
         of the last ran out."""
         return self._delivery.producer_id
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Producer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -446,8 +480,18 @@ class Producer:
                     del self._open[(topic, partition)]
                     self._rotate_sticky(topic, partition)
                     ready.append((topic, partition, batch))
-        return [Outgoing(topic, partition, (b.values, b.keys, b.headers, b.timestamps), b.result, len(b.values),
-                         b.size, b.created + self.delivery_timeout_s) for topic, partition, b in ready]
+        return [
+            Outgoing(
+                topic,
+                partition,
+                (b.values, b.keys, b.headers, b.timestamps),
+                b.result,
+                len(b.values),
+                b.size,
+                b.created + self.delivery_timeout_s,
+            )
+            for topic, partition, b in ready
+        ]
 
     def _buffer_empty(self) -> bool:
         with self._lock:

@@ -9,7 +9,8 @@ so there is one implementation to keep right.
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,9 +47,16 @@ class BatchInfo(NamedTuple):
     base_sequence: int = -1
 
 
-def build_batches(values: Sequence, keys: Sequence | None = None, headers: Sequence | None = None,
-                  timestamps: Sequence[int] | None = None, *, timestamp: int, compression_name: str = "none",
-                  max_batch_bytes: int = 8 << 20) -> list[bytes]:
+def build_batches(
+    values: Sequence,
+    keys: Sequence | None = None,
+    headers: Sequence | None = None,
+    timestamps: Sequence[int] | None = None,
+    *,
+    timestamp: int,
+    compression_name: str = "none",
+    max_batch_bytes: int = 8 << 20,
+) -> list[bytes]:
     """Encode records into as few batches as fit max_batch_bytes (base offset 0; the log assigns it).
 
     A single record that cannot fit raises RecordTooLargeError; bad arguments raise
@@ -65,7 +73,10 @@ def build_batches(values: Sequence, keys: Sequence | None = None, headers: Seque
     if n == 1:
         raise RecordTooLargeError(
             f"record of {len(batch) - HEADER_SIZE} bytes (in a {len(batch)}-byte batch) is over "
-            f"max_batch_bytes={max_batch_bytes}", size=len(batch), limit=max_batch_bytes)
+            f"max_batch_bytes={max_batch_bytes}",
+            size=len(batch),
+            limit=max_batch_bytes,
+        )
     half = n // 2
 
     def part(seq, lo, hi):
@@ -73,9 +84,15 @@ def build_batches(values: Sequence, keys: Sequence | None = None, headers: Seque
 
     out = []
     for lo, hi in ((0, half), (half, n)):
-        out += build_batches(values[lo:hi], part(keys, lo, hi), part(headers, lo, hi), part(timestamps, lo, hi),
-                             timestamp=timestamp, compression_name=compression_name,
-                             max_batch_bytes=max_batch_bytes)
+        out += build_batches(
+            values[lo:hi],
+            part(keys, lo, hi),
+            part(headers, lo, hi),
+            part(timestamps, lo, hi),
+            timestamp=timestamp,
+            compression_name=compression_name,
+            max_batch_bytes=max_batch_bytes,
+        )
     return out
 
 
@@ -86,9 +103,18 @@ def _encode(values, keys, headers, timestamps, timestamp, codec, producer=(-1, -
     return _rb.frame_batch(compression.compress(codec, payload), count, first_ts, max_ts, codec, *producer)
 
 
-def build_batch(values: Sequence, keys: Sequence | None = None, headers: Sequence | None = None,
-                timestamps: Sequence[int] | None = None, *, timestamp: int, compression_name: str = "none",
-                producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+def build_batch(
+    values: Sequence,
+    keys: Sequence | None = None,
+    headers: Sequence | None = None,
+    timestamps: Sequence[int] | None = None,
+    *,
+    timestamp: int,
+    compression_name: str = "none",
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
     """Exactly one batch holding all the records, whatever its size.
 
     An idempotent producer sets producer_id (>= 0), producer_epoch and base_sequence (the sequence
@@ -96,8 +122,9 @@ def build_batch(values: Sequence, keys: Sequence | None = None, headers: Sequenc
     """
     codec = compression.codec_id(compression_name)
     try:
-        return _encode(values, keys, headers, timestamps, timestamp, codec,
-                       (producer_id, producer_epoch, base_sequence))
+        return _encode(
+            values, keys, headers, timestamps, timestamp, codec, (producer_id, producer_epoch, base_sequence)
+        )
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequestError(str(exc)) from None
 
@@ -131,13 +158,38 @@ class BatchView:
     section is decompressed once, on first use.
     """
 
-    __slots__ = ("buffer", "pos", "size", "base_offset", "last_offset", "count", "first_timestamp",
-                 "max_timestamp", "attributes", "crc", "_records_buf", "_records_start")
+    __slots__ = (
+        "buffer",
+        "pos",
+        "size",
+        "base_offset",
+        "last_offset",
+        "count",
+        "first_timestamp",
+        "max_timestamp",
+        "attributes",
+        "crc",
+        "_records_buf",
+        "_records_start",
+    )
 
     def __init__(self, buffer, pos: int = 0) -> None:
         try:
-            (base_offset, length, _epoch, magic, crc, attributes, last_delta, first_ts, max_ts,
-             _pid, _pepoch, _seq, count) = _rb.read_header(buffer, pos)
+            (
+                base_offset,
+                length,
+                _epoch,
+                magic,
+                crc,
+                attributes,
+                last_delta,
+                first_ts,
+                max_ts,
+                _pid,
+                _pepoch,
+                _seq,
+                count,
+            ) = _rb.read_header(buffer, pos)
         except ValueError as exc:
             raise CorruptBatchError(str(exc)) from None
         if magic != _rb.MAGIC:
@@ -167,7 +219,7 @@ class BatchView:
     @property
     def raw(self) -> memoryview:
         """The batch's bytes, exactly as stored."""
-        return memoryview(self.buffer)[self.pos:self.pos + self.size]
+        return memoryview(self.buffer)[self.pos : self.pos + self.size]
 
     @property
     def next_offset(self) -> int:
@@ -185,7 +237,7 @@ class BatchView:
                 self._records_buf = self.buffer
                 self._records_start = self.pos + HEADER_SIZE
             else:
-                raw = memoryview(self.buffer)[self.pos + HEADER_SIZE:self.pos + self.size]
+                raw = memoryview(self.buffer)[self.pos + HEADER_SIZE : self.pos + self.size]
                 try:
                     self._records_buf = compression.decompress(codec, raw)
                 except ValueError as exc:
@@ -199,8 +251,16 @@ class BatchView:
         """One RECORD_DTYPE row per record (offsets, timestamps, key/value positions in `records_buffer`)."""
         buf, start, end = self._section()
         try:
-            return _rb.decode_table(buf, start, end, self.count, self.base_offset, self.first_timestamp,
-                                    self.log_append_time, self.max_timestamp)
+            return _rb.decode_table(
+                buf,
+                start,
+                end,
+                self.count,
+                self.base_offset,
+                self.first_timestamp,
+                self.log_append_time,
+                self.max_timestamp,
+            )
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
@@ -213,8 +273,20 @@ class BatchView:
         """Record objects with min_offset <= offset < max_offset; copy=False gives memoryview slices."""
         buf, start, end = self._section()
         try:
-            return _rb.records(buf, buf, start, end, self.count, self.base_offset, self.first_timestamp,
-                               min_offset, copy, max_offset, self.log_append_time, self.max_timestamp)
+            return _rb.records(
+                buf,
+                buf,
+                start,
+                end,
+                self.count,
+                self.base_offset,
+                self.first_timestamp,
+                min_offset,
+                copy,
+                max_offset,
+                self.log_append_time,
+                self.max_timestamp,
+            )
         except ValueError as exc:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
@@ -222,8 +294,10 @@ class BatchView:
         return iter(self.records())
 
     def __repr__(self) -> str:
-        return (f"BatchView(offsets={self.base_offset}..{self.last_offset}, count={self.count}, "
-                f"size={self.size}, codec={self.codec}, max_timestamp={self.max_timestamp})")
+        return (
+            f"BatchView(offsets={self.base_offset}..{self.last_offset}, count={self.count}, "
+            f"size={self.size}, codec={self.codec}, max_timestamp={self.max_timestamp})"
+        )
 
 
 def iter_batches(buffer, start: int = 0, end: int | None = None) -> Iterator[BatchView]:

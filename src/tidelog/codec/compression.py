@@ -22,13 +22,19 @@ def codec_id(name: str) -> int:
         return CODEC_IDS[name]
     except KeyError:
         raise UnsupportedCompressionError(
-            f"compression {name!r} is not supported; use one of {', '.join(CODEC_IDS)}") from None
+            f"compression {name!r} is not supported; use one of {', '.join(CODEC_IDS)}"
+        ) from None
 
 
 def compress(codec: int, payload) -> bytes:
     if codec == LZ4:
-        return lz4.frame.compress(payload, block_size=lz4.frame.BLOCKSIZE_MAX64KB, block_linked=False,
-                                  content_checksum=False, store_size=False)
+        return lz4.frame.compress(
+            payload,
+            block_size=lz4.frame.BLOCKSIZE_MAX64KB,
+            block_linked=False,
+            content_checksum=False,
+            store_size=False,
+        )
     if codec == NONE:
         return bytes(payload)
     raise UnsupportedCompressionError(f"compression {CODEC_NAMES.get(codec, codec)} is not supported")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ..config import EngineConfig
 from ..errors import TidelogError
-from .engine import Engine
 from ..values import PartitionOffsets, ProduceResult, TopicDescription
+from .engine import Engine
 from .results import FetchResult
 
 T = TypeVar("T")
@@ -63,15 +64,24 @@ class AsyncEngine:
     async def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
         return await self._in_pool(self._engine.append_many, requests)
 
-    async def produce(self, topic: str, values: Sequence, keys: Sequence | None = None,
-                      headers: Sequence | None = None, *, partition: int | None = None,
-                      timestamps: Sequence[int] | None = None) -> list[ProduceResult]:
-        return await self._in_pool(self._engine.produce, topic, values, keys, headers, partition=partition,
-                                   timestamps=timestamps)
+    async def produce(
+        self,
+        topic: str,
+        values: Sequence,
+        keys: Sequence | None = None,
+        headers: Sequence | None = None,
+        *,
+        partition: int | None = None,
+        timestamps: Sequence[int] | None = None,
+    ) -> list[ProduceResult]:
+        return await self._in_pool(
+            self._engine.produce, topic, values, keys, headers, partition=partition, timestamps=timestamps
+        )
 
     # -- fetch and offsets -------------------------------------------------------------------------
-    async def fetch(self, topic: str, partition: int, offset: int, max_bytes: int, *,
-                    at_tail: bool = False) -> FetchResult:
+    async def fetch(
+        self, topic: str, partition: int, offset: int, max_bytes: int, *, at_tail: bool = False
+    ) -> FetchResult:
         """Whole batches from `offset`. at_tail: the caller was just woken by an append, so the bytes
         sit in the page cache; the read is tried on the loop (latency) if the partition lock is free
         at once, and goes to the pool otherwise."""

@@ -30,8 +30,20 @@ from dataclasses import replace
 
 from ..errors import CorruptLogError, InvalidTopicError, StorageError, TopicExistsError
 from ..storage.fs import TMP_PREFIX, FileSystem
-from .topic_meta import (CREATING, MARKER_FILE, READY, TRASH_DIR, TopicMeta, meta_dir, meta_path, partition_dir,
-                         read_marker, read_topic_meta, trash_dir, write_marker, write_topic_meta)
+from .topic_meta import (
+    CREATING,
+    MARKER_FILE,
+    TRASH_DIR,
+    TopicMeta,
+    meta_dir,
+    meta_path,
+    partition_dir,
+    read_marker,
+    read_topic_meta,
+    trash_dir,
+    write_marker,
+    write_topic_meta,
+)
 
 log = logging.getLogger("tidelog.engine")
 
@@ -68,8 +80,10 @@ class Catalog:
         for meta in rollbacks:
             self._roll_back_create(meta)
         for meta in unfinished_deletes:
-            log.warning("finishing the deletion of a topic that a crash interrupted",
-                        extra={"event": "topic_delete_finished", "topic": meta.name})
+            log.warning(
+                "finishing the deletion of a topic that a crash interrupted",
+                extra={"event": "topic_delete_finished", "topic": meta.name},
+            )
             self.trash.empty(self.delete(meta))
         live = {m.topic_id for m in topics}
         self.trash.empty(self._trash_entries(live))
@@ -91,9 +105,12 @@ class Catalog:
         try:
             return read_marker(self.fs, directory)
         except ValueError as exc:
-            raise CorruptLogError(f"partition marker {os.path.join(directory, MARKER_FILE)} is damaged ({exc}); "
-                                  f"nothing was changed. Stop the broker and run `tidelog check --repair "
-                                  f"--data-dir {self.path}`", path=directory) from None
+            raise CorruptLogError(
+                f"partition marker {os.path.join(directory, MARKER_FILE)} is damaged ({exc}); "
+                f"nothing was changed. Stop the broker and run `tidelog check --repair "
+                f"--data-dir {self.path}`",
+                path=directory,
+            ) from None
 
     def _deletion_started(self, meta: TopicMeta) -> bool:
         return any(self.fs.exists(trash_dir(self.path, meta.topic_id, p)) for p in range(meta.partitions))
@@ -105,16 +122,25 @@ class Catalog:
                 raise CorruptLogError(
                     f"partition directory {directory} of topic {meta.name!r} is missing; nothing was changed. "
                     f"If it was moved, move it back; `tidelog check --repair --data-dir {self.path}` recreates "
-                    f"it empty (its records are lost)", path=directory)
+                    f"it empty (its records are lost)",
+                    path=directory,
+                )
             marker = self._marker(directory)
             if marker is None or not marker.belongs_to(meta, p):
-                what = "has no partition.meta" if marker is None else (
-                    f"belongs to another topic incarnation ({marker.meta.name!r} id {marker.meta.topic_id}, "
-                    f"partition {marker.partition})")
+                what = (
+                    "has no partition.meta"
+                    if marker is None
+                    else (
+                        f"belongs to another topic incarnation ({marker.meta.name!r} id {marker.meta.topic_id}, "
+                        f"partition {marker.partition})"
+                    )
+                )
                 raise CorruptLogError(
                     f"partition directory {directory} of topic {meta.name!r} {what}; nothing was changed. "
                     f"Run `tidelog check --repair --data-dir {self.path}` (it rewrites a lost marker of a "
-                    f"directory that is this topic's by name and metadata)", path=directory)
+                    f"directory that is this topic's by name and metadata)",
+                    path=directory,
+                )
 
     def _check_unclaimed(self, metas: list[TopicMeta]) -> None:
         """Marked directories that no topic file claims: refuse (metadata lost); unmarked ones are
@@ -130,9 +156,11 @@ class Catalog:
                 name, sep, index = entry.rpartition("-")
                 owner = legacy.get(name)
                 if sep and index.isdigit() and not (owner is not None and int(index) < owner.partitions):
-                    log.warning("a directory in the data directory is not a tidelog partition (it has no "
-                                "partition.meta); it is left alone", extra={"event": "foreign_directory",
-                                                                             "directory": entry})
+                    log.warning(
+                        "a directory in the data directory is not a tidelog partition (it has no "
+                        "partition.meta); it is left alone",
+                        extra={"event": "foreign_directory", "directory": entry},
+                    )
                 continue
             owner = by_id.get(marker.meta.topic_id)
             if owner is None and self._upgrade_marker(marker, entry, legacy):
@@ -142,26 +170,30 @@ class Catalog:
                     f"partition directory {directory} belongs to topic {marker.meta.name!r} "
                     f"(id {marker.meta.topic_id}), which has no metadata in {meta_dir(self.path)}; nothing was "
                     f"changed. Run `tidelog check --repair --data-dir {self.path}` to restore the topic from "
-                    f"its partition directories", path=directory)
+                    f"its partition directories",
+                    path=directory,
+                )
             if marker.partition >= owner.partitions:
                 raise CorruptLogError(
                     f"directory {directory} holds partition {marker.partition} of topic {owner.name!r}, whose "
                     f"metadata says it has {owner.partitions} partitions; nothing was changed. Run `tidelog check "
                     f"--repair --data-dir {self.path}` to restore the metadata from the partition directories",
-                    path=directory)
+                    path=directory,
+                )
             if entry != f"{owner.name}-{marker.partition}":
                 raise CorruptLogError(
                     f"directory {directory} holds partition {marker.partition} of topic {owner.name!r} under "
                     f"another name; nothing was changed. Rename it to {owner.name}-{marker.partition} or "
-                    f"move it away", path=directory)
+                    f"move it away",
+                    path=directory,
+                )
 
     @staticmethod
     def _upgrade_marker(marker, entry: str, legacy: dict[str, TopicMeta]) -> bool:
         """Whether a marker was written by the upgrade of a first-format topic (its name, a partition
         it has, in the directory of that name) that a crash stopped before it rewrote the topic file."""
         owner = legacy.get(marker.meta.name)
-        return (owner is not None and marker.partition < owner.partitions
-                and entry == f"{owner.name}-{marker.partition}")
+        return owner is not None and marker.partition < owner.partitions and entry == f"{owner.name}-{marker.partition}"
 
     def _upgrade(self, meta: TopicMeta) -> TopicMeta:
         """A topic file of the first format (no checksum, no id): mark its directories, rewrite it.
@@ -172,23 +204,30 @@ class Catalog:
         for p in range(meta.partitions):
             directory = partition_dir(self.path, meta.name, p)
             if not self.fs.is_dir(directory):
-                raise CorruptLogError(f"partition directory {directory} of topic {meta.name!r} is missing; "
-                                      f"nothing was changed", path=directory)
+                raise CorruptLogError(
+                    f"partition directory {directory} of topic {meta.name!r} is missing; nothing was changed",
+                    path=directory,
+                )
             marker = self._marker(directory)
             if marker is not None:
                 ids.add(marker.meta.topic_id)
         if len(ids) > 1:
-            raise CorruptLogError(f"the partition directories of topic {meta.name!r} (metadata of the first format) "
-                                  f"carry markers of {len(ids)} different topic ids; nothing was changed. Run "
-                                  f"`tidelog check --data-dir {self.path}`", path=meta_path(self.path, meta.name))
+            raise CorruptLogError(
+                f"the partition directories of topic {meta.name!r} (metadata of the first format) "
+                f"carry markers of {len(ids)} different topic ids; nothing was changed. Run "
+                f"`tidelog check --data-dir {self.path}`",
+                path=meta_path(self.path, meta.name),
+            )
         upgraded = TopicMeta.new(meta.name, meta.partitions, meta.config, meta.created_ms).ready()
         if ids:
             upgraded = replace(upgraded, topic_id=ids.pop())
         for p in range(meta.partitions):
             write_marker(self.fs, partition_dir(self.path, meta.name, p), upgraded, p)
         write_topic_meta(self.fs, self.path, upgraded)
-        log.info("topic metadata upgraded to the checksummed format", extra={
-            "event": "topic_upgraded", "topic": meta.name, "topic_id": upgraded.topic_id})
+        log.info(
+            "topic metadata upgraded to the checksummed format",
+            extra={"event": "topic_upgraded", "topic": meta.name, "topic_id": upgraded.topic_id},
+        )
         return upgraded
 
     def _roll_back_create(self, meta: TopicMeta) -> None:
@@ -206,13 +245,17 @@ class Catalog:
                     self.fs.remove(os.path.join(directory, name))
                 self.fs.rmdir(directory)
             else:
-                log.warning("a directory in the way of an interrupted topic creation is not its own; left alone",
-                            extra={"event": "foreign_directory", "directory": os.path.basename(directory)})
+                log.warning(
+                    "a directory in the way of an interrupted topic creation is not its own; left alone",
+                    extra={"event": "foreign_directory", "directory": os.path.basename(directory)},
+                )
         self.fs.fsync_dir(self.path)
         self.fs.remove(meta_path(self.path, meta.name))
         self.fs.fsync_dir(meta_dir(self.path))
-        log.warning("rolled back a topic creation that a crash interrupted",
-                    extra={"event": "topic_create_rolled_back", "topic": meta.name})
+        log.warning(
+            "rolled back a topic creation that a crash interrupted",
+            extra={"event": "topic_create_rolled_back", "topic": meta.name},
+        )
 
     def _trash_entries(self, live_ids: set[str]) -> list[str]:
         """Trash entries provably ours (a marker whose topic id and partition make the entry's name)."""
@@ -224,14 +267,19 @@ class Catalog:
                 marker = read_marker(self.fs, directory)
             except ValueError:
                 marker = None
-            if (marker is not None and entry == f"{marker.meta.topic_id}-{marker.partition}"
-                    and marker.meta.topic_id not in live_ids):
+            if (
+                marker is not None
+                and entry == f"{marker.meta.topic_id}-{marker.partition}"
+                and marker.meta.topic_id not in live_ids
+            ):
                 out.append(directory)
             elif marker is None and self.fs.is_dir(directory) and not self.fs.listdir(directory):
                 self.fs.rmdir(directory)  # emptied by us up to its marker (removed last) when a crash came
             else:
-                log.warning("an entry in the trash is not a deleted tidelog partition; left alone",
-                            extra={"event": "foreign_directory", "directory": os.path.join(TRASH_DIR, entry)})
+                log.warning(
+                    "an entry in the trash is not a deleted tidelog partition; left alone",
+                    extra={"event": "foreign_directory", "directory": os.path.join(TRASH_DIR, entry)},
+                )
         return out
 
     # -- create and delete ---------------------------------------------------------------------------
@@ -243,7 +291,8 @@ class Catalog:
             raise InvalidTopicError(
                 f"topic name of {len(name)} characters is too long for {partitions} partitions on this file "
                 f"system: the directory name {name[:20]}...-{partitions - 1} would have {longest} bytes, over "
-                f"its limit of {limit}")
+                f"its limit of {limit}"
+            )
 
     def begin_create(self, meta: TopicMeta) -> None:
         """Record the intent to create (durable), after checking that nothing is in the way."""
@@ -252,7 +301,9 @@ class Catalog:
             if self.fs.exists(directory):
                 raise TopicExistsError(
                     f"cannot create topic {meta.name!r}: {directory} already exists in the data directory and is "
-                    f"not this topic's; move it away first", topic=meta.name)
+                    f"not this topic's; move it away first",
+                    topic=meta.name,
+                )
         write_topic_meta(self.fs, self.path, meta)
 
     def make_partition_dir(self, meta: TopicMeta, partition: int) -> str:
@@ -272,8 +323,10 @@ class Catalog:
         try:
             self._roll_back_create(meta)
         except StorageError:
-            log.warning("could not undo a failed topic creation; the next open rolls it back",
-                        extra={"event": "topic_create_rolled_back", "topic": meta.name})
+            log.warning(
+                "could not undo a failed topic creation; the next open rolls it back",
+                extra={"event": "topic_create_rolled_back", "topic": meta.name},
+            )
 
     def delete(self, meta: TopicMeta) -> list[str]:
         """Move the topic's partition directories to the trash, then remove its file; returns the trash
@@ -344,8 +397,10 @@ class Trash:
                 if path is not None:
                     remove_partition_dir(self.fs, path)
             except Exception:  # the thread must go on: what is left, the next open removes
-                log.exception("emptying the trash failed; the next open tries again",
-                              extra={"event": "background_job_failed", "job": "trash"})
+                log.exception(
+                    "emptying the trash failed; the next open tries again",
+                    extra={"event": "background_job_failed", "job": "trash"},
+                )
             finally:
                 self._queue.task_done()
             if path is None:

@@ -20,13 +20,23 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
+from ..errors import (
+    CorruptLogError,
+    EngineClosedError,
+    InvalidRequestError,
+    InvalidTopicError,
+    ResourceLimitError,
+    StorageError,
+    TidelogError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 from ..partition.partition_log import PartitionLog
-from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, InvalidTopicError, ResourceLimitError,
-                      StorageError, TidelogError, TopicExistsError, UnknownTopicError)
 from ..storage.fs import FileSystem, FsyncStats
 from ..storage.map_cache import MapCache
 from ..values import PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult, TopicDescription
@@ -81,27 +91,52 @@ class Engine:
                     # tail. The consumed marker is the reserve: renamed back, no new file (a full disk).
                     self._write_clean_marker()
             except StorageError as failed:
-                log.error("could not put the clean-stop marker back (%s): the next open takes the unclean path",
-                          failed.message, extra={"event": "clean_marker_failed"})
+                log.error(
+                    "could not put the clean-stop marker back (%s): the next open takes the unclean path",
+                    failed.message,
+                    extra={"event": "clean_marker_failed"},
+                )
             finally:
                 self._catalog.close()
                 fs.unlock_dir(self._lock_fd)
             raise
         self._housekeeper = Housekeeper(
-            self._flush_dirty if config.fsync.flushes_periodically else None, config.fsync_interval_ms / 1000,
-            self.enforce_retention, config.retention_check_interval_ms / 1000)
+            self._flush_dirty if config.fsync.flushes_periodically else None,
+            config.fsync_interval_ms / 1000,
+            self.enforce_retention,
+            config.retention_check_interval_ms / 1000,
+        )
         self._housekeeper.start()
-        recovered = [plog for t in self._topics.values() for plog in t.partitions
-                     if plog.recovery.stop_reason not in ("clean", "new")]
-        log.info("engine opened", extra={
-            "event": "engine_opened", "path": self.path, "start": "clean" if self.clean_start else "unclean",
-            "topics": len(self._topics), "partitions": sum(len(t.partitions) for t in self._topics.values()),
-            "recovered_partitions": len(recovered), "recovery_ms": round(self.recovery_seconds * 1000, 3),
-            "fsync": config.fsync})
+        recovered = [
+            plog
+            for t in self._topics.values()
+            for plog in t.partitions
+            if plog.recovery.stop_reason not in ("clean", "new")
+        ]
+        log.info(
+            "engine opened",
+            extra={
+                "event": "engine_opened",
+                "path": self.path,
+                "start": "clean" if self.clean_start else "unclean",
+                "topics": len(self._topics),
+                "partitions": sum(len(t.partitions) for t in self._topics.values()),
+                "recovered_partitions": len(recovered),
+                "recovery_ms": round(self.recovery_seconds * 1000, 3),
+                "fsync": config.fsync,
+            },
+        )
 
     @classmethod
-    def open(cls, path: str | os.PathLike, config: EngineConfig | Mapping[str, Any] | None = None, *,
-             fs: FileSystem | None = None, clock: Callable[[], int] | None = None, **overrides: Any) -> "Engine":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        config: EngineConfig | Mapping[str, Any] | None = None,
+        *,
+        fs: FileSystem | None = None,
+        clock: Callable[[], int] | None = None,
+        **overrides: Any,
+    ) -> Engine:
         """Open (creating if needed) the data directory at path. Settings: EngineConfig fields.
 
         Raises DataDirLockedError if another process (or another Engine) has it open.
@@ -113,7 +148,7 @@ class Engine:
         config = config.with_overrides(overrides)
         return cls(os.fspath(path), config, fs or FileSystem(), clock or wall_clock_ms)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,13 +189,28 @@ class Engine:
 
     def _load_topics(self) -> None:
         for meta in self._catalog.load():
-            topic = Topic.open(self._fs, self.path, meta, self.config.fsync, self._clock, self.clean_start,
-                               self._maps, self.config.producer_id_expiration_ms)
+            topic = Topic.open(
+                self._fs,
+                self.path,
+                meta,
+                self.config.fsync,
+                self._clock,
+                self.clean_start,
+                self._maps,
+                self.config.producer_id_expiration_ms,
+            )
             self._topics[topic.name] = topic
 
     # -- topics --------------------------------------------------------------------------------------
-    def create_topic(self, name: str, partitions: int = 1, config: TopicConfig | Mapping[str, Any] | None = None,
-                     *, internal: bool = False, **overrides: Any) -> TopicDescription:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        config: TopicConfig | Mapping[str, Any] | None = None,
+        *,
+        internal: bool = False,
+        **overrides: Any,
+    ) -> TopicDescription:
         """Create a topic. Settings not given come from the engine's topic_defaults.
 
         Names starting with "__" are internal; only the broker's own stores create them (internal=True).
@@ -170,8 +220,9 @@ class Engine:
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise InvalidRequestError(f"partitions must be a positive integer, got {partitions!r}")
         if partitions > self.config.max_partitions_per_topic:
-            raise ResourceLimitError(f"{partitions} partitions is over max_partitions_per_topic="
-                                     f"{self.config.max_partitions_per_topic}")
+            raise ResourceLimitError(
+                f"{partitions} partitions is over max_partitions_per_topic={self.config.max_partitions_per_topic}"
+            )
         base = config if isinstance(config, TopicConfig) else self.config.topic_defaults.with_overrides(config)
         topic_config = base.with_overrides(overrides)
         with self._lock:
@@ -187,9 +238,19 @@ class Engine:
             try:
                 for p in range(partitions):
                     directory = self._catalog.make_partition_dir(meta, p)
-                    logs.append(PartitionLog(self._fs, directory, topic_config, self.config.fsync,
-                                             self._clock, clean=True, maps=self._maps, create=True,
-                                             producer_id_expiration_ms=self.config.producer_id_expiration_ms))
+                    logs.append(
+                        PartitionLog(
+                            self._fs,
+                            directory,
+                            topic_config,
+                            self.config.fsync,
+                            self._clock,
+                            clean=True,
+                            maps=self._maps,
+                            create=True,
+                            producer_id_expiration_ms=self.config.producer_id_expiration_ms,
+                        )
+                    )
                 meta = self._catalog.commit_create(meta)
             except BaseException:
                 for plog in logs:
@@ -212,8 +273,7 @@ class Engine:
             for plog in topic.partitions:
                 plog.close_files()
             trash = self._catalog.delete(topic.meta)
-        log.info("topic deleted", extra={"event": "topic_deleted", "topic": name,
-                                         "partitions": len(topic.partitions)})
+        log.info("topic deleted", extra={"event": "topic_deleted", "topic": name, "partitions": len(topic.partitions)})
         for listener in list(self._topic_deleted_listeners):
             listener(name)
         self._catalog.trash.empty(trash)
@@ -251,10 +311,18 @@ class Engine:
             raise EngineClosedError("the engine is closed")
 
     # -- produce -------------------------------------------------------------------------------------
-    def produce(self, topic: str, values: Sequence, keys: Sequence | None = None,
-                headers: Sequence | None = None, *, partition: int | None = None,
-                timestamps: Sequence[int] | None = None, timestamp: int | None = None,
-                internal: bool = False) -> list[ProduceResult]:
+    def produce(
+        self,
+        topic: str,
+        values: Sequence,
+        keys: Sequence | None = None,
+        headers: Sequence | None = None,
+        *,
+        partition: int | None = None,
+        timestamps: Sequence[int] | None = None,
+        timestamp: int | None = None,
+        internal: bool = False,
+    ) -> list[ProduceResult]:
         """Append records; returns one ProduceResult per partition written, by partition.
 
         values: bytes-like (or None) per record; keys, headers ([(str, bytes)] per record) and
@@ -289,9 +357,15 @@ class Engine:
                 part_keys = None if keys is None else [keys[i] for i in pick]
                 part_headers = None if headers is None else [headers[i] for i in pick]
                 part_ts = None if timestamps is None else [timestamps[i] for i in pick]
-            batches = batch_codec.build_batches(part_values, part_keys, part_headers, part_ts, timestamp=now,
-                                                compression_name=t.config.compression,
-                                                max_batch_bytes=t.config.max_batch_bytes)
+            batches = batch_codec.build_batches(
+                part_values,
+                part_keys,
+                part_headers,
+                part_ts,
+                timestamp=now,
+                compression_name=t.config.compression,
+                max_batch_bytes=t.config.max_batch_bytes,
+            )
             chunks = [(b, [_info(b)]) for b in batches]
             first, last = t.partition(p).append(chunks)
             results.append(ProduceResult(topic, p, first, last))
@@ -342,8 +416,16 @@ class Engine:
         return results
 
     # -- fetch and offsets -----------------------------------------------------------------------------
-    def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20, *,
-              copy: bool = True, max_wait_ms: int = 0) -> FetchResult:
+    def fetch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int = 1 << 20,
+        *,
+        copy: bool = True,
+        max_wait_ms: int = 0,
+    ) -> FetchResult:
         """Whole batches from the one holding `offset`, up to max_bytes (at least one batch).
 
         Offsets must be within [log start, high watermark]; at the high watermark the result is empty
@@ -354,8 +436,9 @@ class Engine:
         result = plog.read(offset, max_bytes)
         if not result.data and max_wait_ms > 0 and plog.wait_for_data(offset, max_wait_ms / 1000):
             result = plog.read(offset, max_bytes)
-        return FetchResult(topic, partition, offset, result.next_offset, result.high_watermark,
-                           result.log_start, result.data, copy)
+        return FetchResult(
+            topic, partition, offset, result.next_offset, result.high_watermark, result.log_start, result.data, copy
+        )
 
     def try_fetch(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult | None:
         """fetch() if the partition's lock is free at once, else None: never blocks on a roll's fsyncs
@@ -364,8 +447,9 @@ class Engine:
         result = plog.read(offset, max_bytes, blocking=False)
         if result is None:
             return None
-        return FetchResult(topic, partition, offset, result.next_offset, result.high_watermark,
-                           result.log_start, result.data)
+        return FetchResult(
+            topic, partition, offset, result.next_offset, result.high_watermark, result.log_start, result.data
+        )
 
     def _fetch_args(self, topic: str, partition: int, offset: int, max_bytes: int):
         plog = self._topic(topic).partition(partition)
@@ -414,8 +498,11 @@ class Engine:
         """Every partition (internal topics too), by topic and partition: what a metrics scrape reads."""
         with self._lock:
             topics = sorted(self._topics.items())
-        return [PartitionStatus(name, p, plog.info(), plog.stats())
-                for name, t in topics for p, plog in enumerate(t.partitions)]
+        return [
+            PartitionStatus(name, p, plog.info(), plog.stats())
+            for name, t in topics
+            for p, plog in enumerate(t.partitions)
+        ]
 
     def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None:
         """Timestamp (ms) of the record at offset, or None if it is not stored and visible.
@@ -466,8 +553,10 @@ class Engine:
                 self._write_clean_marker()
         finally:
             self._fs.unlock_dir(self._lock_fd)
-        log.info("engine closed" if ok else "engine closed with errors; the next open recovers",
-                 extra={"event": "engine_closed", "path": self.path, "clean": ok})
+        log.info(
+            "engine closed" if ok else "engine closed with errors; the next open recovers",
+            extra={"event": "engine_closed", "path": self.path, "clean": ok},
+        )
 
     def _close_topics(self) -> bool:
         ok = True
@@ -497,12 +586,14 @@ def _check_internal(topic: object, internal: bool, action: str) -> None:
     # InvalidTopicError, as Kafka answers a produce to an internal topic: the request names a topic
     # that cannot take this operation (a client cannot fix it by retrying or by other arguments).
     if is_internal_topic(topic) and not internal:
-        raise InvalidTopicError(f"topic {topic!r} is internal (its name starts with '__'): only the broker itself "
-                                f"writes it, so it cannot be {action} by a client", topic=topic)
+        raise InvalidTopicError(
+            f"topic {topic!r} is internal (its name starts with '__'): only the broker itself "
+            f"writes it, so it cannot be {action} by a client",
+            topic=topic,
+        )
 
 
 def _info(batch: bytes) -> batch_codec.BatchInfo:
     """What the log needs to know of a batch the engine just built (no producer id: not idempotent)."""
     view = batch_codec.BatchView(batch)
-    return batch_codec.BatchInfo(0, len(batch), view.count, view.first_timestamp, view.max_timestamp,
-                                 view.attributes)
+    return batch_codec.BatchInfo(0, len(batch), view.count, view.first_timestamp, view.max_timestamp, view.attributes)

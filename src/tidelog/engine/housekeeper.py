@@ -9,14 +9,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("tidelog.housekeeper")
 
 
 class Housekeeper:
-    def __init__(self, flush: Callable[[], None] | None, flush_interval_s: float,
-                 retention: Callable[[], None], retention_interval_s: float) -> None:
+    def __init__(
+        self,
+        flush: Callable[[], None] | None,
+        flush_interval_s: float,
+        retention: Callable[[], None],
+        retention_interval_s: float,
+    ) -> None:
         self._flush = flush
         self._flush_interval = flush_interval_s
         self._retention = retention
@@ -47,8 +52,10 @@ class Housekeeper:
         try:
             job()
         except Exception:  # logged and retried next tick: a background job must not die silently
-            log.exception("background job failed; retrying on the next tick",
-                          extra={"event": "background_job_failed", "job": what})
+            log.exception(
+                "background job failed; retrying on the next tick",
+                extra={"event": "background_job_failed", "job": what},
+            )
 
     def stop(self) -> None:
         self._stop.set()

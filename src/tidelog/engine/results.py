@@ -3,7 +3,7 @@ types shared with the client: tidelog.values)."""
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
 
 from ..codec.batch import BatchView, Record, iter_batches
 
@@ -18,8 +18,17 @@ class FetchResult:
 
     __slots__ = ("topic", "partition", "offset", "next_offset", "high_watermark", "log_start", "data", "copy")
 
-    def __init__(self, topic: str, partition: int, offset: int, next_offset: int, high_watermark: int,
-                 log_start: int, data: memoryview, copy: bool = True) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        next_offset: int,
+        high_watermark: int,
+        log_start: int,
+        data: memoryview,
+        copy: bool = True,
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.offset = offset
@@ -54,5 +63,7 @@ class FetchResult:
         return max(self.high_watermark - self.next_offset, 0)
 
     def __repr__(self) -> str:
-        return (f"FetchResult(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
-                f"next_offset={self.next_offset}, bytes={len(self.data)}, high_watermark={self.high_watermark})")
+        return (
+            f"FetchResult(topic={self.topic!r}, partition={self.partition}, offset={self.offset}, "
+            f"next_offset={self.next_offset}, bytes={len(self.data)}, high_watermark={self.high_watermark})"
+        )

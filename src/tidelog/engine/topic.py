@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..codec.partitioner import Partitioner
 from ..config import TopicConfig
@@ -33,7 +33,8 @@ def validate_topic_name(name: object) -> str:
         shown = name if len(name) <= 60 else name[:57] + "..."
         raise InvalidTopicError(
             f"invalid topic name {shown!r}: use 1-249 characters from letters, digits, '.', '_' and '-' "
-            f"(not '.' or '..')")
+            f"(not '.' or '..')"
+        )
     return name
 
 
@@ -52,19 +53,40 @@ class Topic:
         if not 0 <= index < len(self.partitions):
             raise InvalidPartitionError(
                 f"topic {self.name!r} has partitions 0 to {len(self.partitions) - 1}; there is no partition {index}",
-                topic=self.name, partition=index)
+                topic=self.name,
+                partition=index,
+            )
         return self.partitions[index]
 
     @classmethod
-    def open(cls, fs: FileSystem, data_dir: str, meta: TopicMeta, fsync: str, clock: Callable[[], int],
-             clean: bool, maps: MapCache, producer_id_expiration_ms: int) -> "Topic":
+    def open(
+        cls,
+        fs: FileSystem,
+        data_dir: str,
+        meta: TopicMeta,
+        fsync: str,
+        clock: Callable[[], int],
+        clean: bool,
+        maps: MapCache,
+        producer_id_expiration_ms: int,
+    ) -> Topic:
         """Open the partitions of a topic the catalog checked (every directory exists and is marked)."""
         logs: list[PartitionLog] = []
         try:
             for p in range(meta.partitions):
                 started = time.monotonic()
-                logs.append(PartitionLog(fs, partition_dir(data_dir, meta.name, p), meta.config, fsync, clock,
-                                         clean, maps=maps, producer_id_expiration_ms=producer_id_expiration_ms))
+                logs.append(
+                    PartitionLog(
+                        fs,
+                        partition_dir(data_dir, meta.name, p),
+                        meta.config,
+                        fsync,
+                        clock,
+                        clean,
+                        maps=maps,
+                        producer_id_expiration_ms=producer_id_expiration_ms,
+                    )
+                )
                 _log_recovery(meta.name, p, logs[-1], time.monotonic() - started)
         except BaseException:
             cls(meta, logs).close()  # the partitions opened so far close as after a clean stop
@@ -91,9 +113,19 @@ def _log_recovery(topic: str, partition: int, plog: PartitionLog, seconds: float
     level = logging.WARNING if cut else logging.INFO if repaired else logging.DEBUG
     if not log.isEnabledFor(level):
         return
-    log.log(level, "partition recovered" if repaired else "partition opened", extra={
-        "event": "partition_recovery", "topic": topic, "partition": partition,
-        "result": report.stop_reason, "segments": report.segments, "scanned_bytes": report.scanned_bytes,
-        "truncated_at": report.truncated_at,
-        "rebuilt_indexes": report.rebuilt_indexes, "log_end": plog.offsets.log_end,
-        "duration_ms": round(seconds * 1000, 3)})
+    log.log(
+        level,
+        "partition recovered" if repaired else "partition opened",
+        extra={
+            "event": "partition_recovery",
+            "topic": topic,
+            "partition": partition,
+            "result": report.stop_reason,
+            "segments": report.segments,
+            "scanned_bytes": report.scanned_bytes,
+            "truncated_at": report.truncated_at,
+            "rebuilt_indexes": report.rebuilt_indexes,
+            "log_end": plog.offsets.log_end,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )

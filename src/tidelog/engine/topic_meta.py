@@ -42,18 +42,25 @@ class TopicMeta:
     state: str = READY
 
     @staticmethod
-    def new(name: str, partitions: int, config: TopicConfig, created_ms: int) -> "TopicMeta":
+    def new(name: str, partitions: int, config: TopicConfig, created_ms: int) -> TopicMeta:
         return TopicMeta(name, secrets.token_hex(16), partitions, created_ms, config, CREATING)
 
-    def ready(self) -> "TopicMeta":
+    def ready(self) -> TopicMeta:
         return replace(self, state=READY)
 
     def doc(self) -> dict:
-        return {"version": META_VERSION, "name": self.name, "topic_id": self.topic_id, "state": self.state,
-                "partitions": self.partitions, "created_ms": self.created_ms, "config": self.config.to_dict()}
+        return {
+            "version": META_VERSION,
+            "name": self.name,
+            "topic_id": self.topic_id,
+            "state": self.state,
+            "partitions": self.partitions,
+            "created_ms": self.created_ms,
+            "config": self.config.to_dict(),
+        }
 
     @staticmethod
-    def from_doc(doc: dict, what: str, legacy: bool = False) -> "TopicMeta":
+    def from_doc(doc: dict, what: str, legacy: bool = False) -> TopicMeta:
         """Validate a parsed document; ValueError names the first field that is wrong."""
         want = 1 if legacy else META_VERSION
         if doc.get("version") != want:
@@ -99,8 +106,10 @@ def trash_dir(data_dir: str, topic_id: str, partition: int) -> str:
 
 
 def _repair_hint(data_dir: str) -> str:
-    return (f"nothing was changed. Stop the broker and run `tidelog check --data-dir {data_dir}` to see "
-            f"every problem, then `tidelog check --repair --data-dir {data_dir}`")
+    return (
+        f"nothing was changed. Stop the broker and run `tidelog check --data-dir {data_dir}` to see "
+        f"every problem, then `tidelog check --repair --data-dir {data_dir}`"
+    )
 
 
 def read_topic_meta(fs: FileSystem, data_dir: str, path: str) -> TopicMeta:
@@ -115,12 +124,16 @@ def read_topic_meta(fs: FileSystem, data_dir: str, path: str) -> TopicMeta:
         doc = checked_json.parse_json(data) if legacy else checked_json.decode(data)
         meta = TopicMeta.from_doc(doc, path, legacy)
     except ValueError as exc:
-        raise CorruptLogError(f"topic metadata {path} is damaged: {exc}; {_repair_hint(data_dir)}, which "
-                              f"restores it from the copy kept in each of its partition directories",
-                              path=path) from None
+        raise CorruptLogError(
+            f"topic metadata {path} is damaged: {exc}; {_repair_hint(data_dir)}, which "
+            f"restores it from the copy kept in each of its partition directories",
+            path=path,
+        ) from None
     if os.path.basename(path) != meta.name + ".json":
-        raise CorruptLogError(f"topic metadata {path} names topic {meta.name!r}, not the one of its file name; "
-                              f"{_repair_hint(data_dir)}", path=path)
+        raise CorruptLogError(
+            f"topic metadata {path} names topic {meta.name!r}, not the one of its file name; {_repair_hint(data_dir)}",
+            path=path,
+        )
     return meta
 
 
@@ -136,8 +149,7 @@ class Marker:
         self.meta, self.partition = meta, partition
 
     def belongs_to(self, meta: TopicMeta, partition: int) -> bool:
-        return (self.meta.topic_id == meta.topic_id and self.meta.name == meta.name
-                and self.partition == partition)
+        return self.meta.topic_id == meta.topic_id and self.meta.name == meta.name and self.partition == partition
 
 
 def write_marker(fs: FileSystem, directory: str, meta: TopicMeta, partition: int) -> None:

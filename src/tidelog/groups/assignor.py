@@ -7,7 +7,7 @@ current owner where balance allows and moves as few as possible.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..values import TopicPartition
 
@@ -19,8 +19,11 @@ def _subscribed(members: Mapping[str, Sequence[str]], partitions: Mapping[str, i
     return [(t, p) for t in topics for p in range(partitions[t])]
 
 
-def range_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str, int],
-                 previous: Mapping[str, Sequence[TopicPartition]] | None = None) -> Assignment:
+def range_assign(
+    members: Mapping[str, Sequence[str]],
+    partitions: Mapping[str, int],
+    previous: Mapping[str, Sequence[TopicPartition]] | None = None,
+) -> Assignment:
     """Per topic, contiguous ranges of partitions to the members subscribed to it (Kafka's range)."""
     out: Assignment = {m: [] for m in sorted(members)}
     for topic in sorted({t for subs in members.values() for t in subs if t in partitions}):
@@ -34,8 +37,11 @@ def range_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str, 
     return out
 
 
-def round_robin_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str, int],
-                       previous: Mapping[str, Sequence[TopicPartition]] | None = None) -> Assignment:
+def round_robin_assign(
+    members: Mapping[str, Sequence[str]],
+    partitions: Mapping[str, int],
+    previous: Mapping[str, Sequence[TopicPartition]] | None = None,
+) -> Assignment:
     """All subscribed partitions dealt in turn to the members subscribed to each (Kafka's round-robin)."""
     out: Assignment = {m: [] for m in sorted(members)}
     order = sorted(members)
@@ -50,8 +56,11 @@ def round_robin_assign(members: Mapping[str, Sequence[str]], partitions: Mapping
     return out
 
 
-def sticky_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str, int],
-                  previous: Mapping[str, Sequence[TopicPartition]] | None = None) -> Assignment:
+def sticky_assign(
+    members: Mapping[str, Sequence[str]],
+    partitions: Mapping[str, int],
+    previous: Mapping[str, Sequence[TopicPartition]] | None = None,
+) -> Assignment:
     """Balanced (counts differ by at most one among members subscribed alike), moving as few
     partitions from their previous owner as it can."""
     previous = previous or {}
@@ -64,7 +73,7 @@ def sticky_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str,
     owner_of = {tp: m for m, tps in previous.items() if m in members for tp in tps if tp in eligible}
     # Quota: an even share of the partitions each member can take.
     share = {m: 0.0 for m in order}
-    for tp, ms in eligible.items():
+    for ms in eligible.values():
         for m in ms:
             share[m] += 1 / len(ms)
     quota = {m: int(share[m]) + (1 if share[m] - int(share[m]) > 1e-9 else 0) for m in order}
@@ -93,8 +102,10 @@ def sticky_assign(members: Mapping[str, Sequence[str]], partitions: Mapping[str,
         takers = [m for m in order if len(out[m]) < floor_quota[m]]
         move = None
         for m in takers:
-            givers = sorted((g for g in order if len(out[g]) > floor_quota[g] and len(out[g]) - len(out[m]) >= 2),
-                            key=lambda g: (-len(out[g]), g))
+            givers = sorted(
+                (g for g in order if len(out[g]) > floor_quota[g] and len(out[g]) - len(out[m]) >= 2),
+                key=lambda g: (-len(out[g]), g),
+            )
             move = next(((g, tp, m) for g in givers for tp in reversed(out[g]) if m in eligible[tp]), None)
             if move:
                 break

@@ -42,13 +42,22 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from ..engine.engine import Engine, is_internal_topic
-from ..errors import (GroupNotEmptyError, InvalidRequestError, InvalidTopicError, OffsetOutOfRangeError,
-                      PartitionNotAssignedError, StaleGenerationError, TidelogError, UnknownGroupError,
-                      UnknownMemberError, UnknownTopicError)
+from ..errors import (
+    GroupNotEmptyError,
+    InvalidRequestError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    PartitionNotAssignedError,
+    StaleGenerationError,
+    TidelogError,
+    UnknownGroupError,
+    UnknownMemberError,
+    UnknownTopicError,
+)
 from ..values import MemberState, TopicPartition
 from .assignor import ASSIGNORS
 from .offset_store import OffsetStore
@@ -97,36 +106,67 @@ class _Group:
         """The group as its membership record stores it (groups/records.py); None without members."""
         if not self.members:
             return None
-        return {"generation": self.generation, "assignor": self.assignor, "rebalances": self.rebalances,
-                "partitions": dict(sorted(self.partition_counts.items())),
-                "target": {m: [list(tp) for tp in sorted(tps)] for m, tps in sorted(self.target.items())},
-                "members": [{"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
-                             "session_timeout_ms": m.session_timeout_ms,
-                             "granted": [list(tp) for tp in sorted(m.granted)],
-                             "reported": [list(tp) for tp in sorted(m.reported)]}
-                            for m in sorted(self.members.values(), key=lambda m: m.member_id)]}
+        return {
+            "generation": self.generation,
+            "assignor": self.assignor,
+            "rebalances": self.rebalances,
+            "partitions": dict(sorted(self.partition_counts.items())),
+            "target": {m: [list(tp) for tp in sorted(tps)] for m, tps in sorted(self.target.items())},
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "client_id": m.client_id,
+                    "topics": list(m.topics),
+                    "session_timeout_ms": m.session_timeout_ms,
+                    "granted": [list(tp) for tp in sorted(m.granted)],
+                    "reported": [list(tp) for tp in sorted(m.reported)],
+                }
+                for m in sorted(self.members.values(), key=lambda m: m.member_id)
+            ],
+        }
 
     @classmethod
-    def restore(cls, group_id: str, state: dict, now_ms: int) -> "_Group":
+    def restore(cls, group_id: str, state: dict, now_ms: int) -> _Group:
         """A group from its membership record; every member's session starts afresh at now_ms."""
-        group = cls(group_id, state["assignor"], state["generation"], rebalances=state["rebalances"],
-                    partition_counts=dict(state["partitions"]), stored=state)
+        group = cls(
+            group_id,
+            state["assignor"],
+            state["generation"],
+            rebalances=state["rebalances"],
+            partition_counts=dict(state["partitions"]),
+            stored=state,
+        )
         group.target = {m: [(t, p) for t, p in tps] for m, tps in state["target"].items()}
         for m in state["members"]:
             group.members[m["member_id"]] = _Member(
-                m["member_id"], m["client_id"], tuple(m["topics"]), m["session_timeout_ms"], now_ms,
-                [(t, p) for t, p in m["granted"]], {(t, p) for t, p in m["reported"]})
+                m["member_id"],
+                m["client_id"],
+                tuple(m["topics"]),
+                m["session_timeout_ms"],
+                now_ms,
+                [(t, p) for t, p in m["granted"]],
+                {(t, p) for t, p in m["reported"]},
+            )
         return group
 
 
 class GroupCoordinator:
-    def __init__(self, engine: Engine, offsets: OffsetStore | None = None,
-                 clock: Callable[[], int] | None = None, *, initial_rebalance_delay_ms: int = 0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        offsets: OffsetStore | None = None,
+        clock: Callable[[], int] | None = None,
+        *,
+        initial_rebalance_delay_ms: int = 0,
+    ) -> None:
         """initial_rebalance_delay_ms: how long a group without members waits before its first
         assignment (the broker passes group_initial_rebalance_delay_ms; embedded, 0: the application
         starts its members itself)."""
-        if isinstance(initial_rebalance_delay_ms, bool) or not isinstance(initial_rebalance_delay_ms, int) \
-                or initial_rebalance_delay_ms < 0:
+        if (
+            isinstance(initial_rebalance_delay_ms, bool)
+            or not isinstance(initial_rebalance_delay_ms, int)
+            or initial_rebalance_delay_ms < 0
+        ):
             raise InvalidRequestError(f"initial_rebalance_delay_ms must be >= 0, got {initial_rebalance_delay_ms!r}")
         self.engine = engine
         self.offsets = offsets or OffsetStore(engine)
@@ -138,24 +178,40 @@ class GroupCoordinator:
         now = self.clock()
         for group_id, state in sorted(self.offsets.memberships().items()):
             group = self._groups[group_id] = _Group.restore(group_id, state, now)
-            log.info("group membership restored: every member keeps what it held, with a fresh session", extra={
-                "event": "group_restored", "group": group_id, "generation": group.generation,
-                "members": sorted(group.members)})
+            log.info(
+                "group membership restored: every member keeps what it held, with a fresh session",
+                extra={
+                    "event": "group_restored",
+                    "group": group_id,
+                    "generation": group.generation,
+                    "members": sorted(group.members),
+                },
+            )
         for topic in sorted(self.offsets.topics() - set(engine.list_topics())):
             self._topic_deleted(topic)  # deleted while the broker was stopping, before its offsets were
         engine.on_topic_deleted(self._topic_deleted)
 
     # -- membership ------------------------------------------------------------------------------
-    def join(self, group_id: str, topics: Sequence[str], *, session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
-             assignor: str = "sticky", client_id: str = "", member_id: str | None = None,
-             owned: Iterable[TopicPartition] = ()) -> MemberState:
+    def join(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+        assignor: str = "sticky",
+        client_id: str = "",
+        member_id: str | None = None,
+        owned: Iterable[TopicPartition] = (),
+    ) -> MemberState:
         """Join (or rejoin with member_id) and get the member's current grant."""
         _check_group_id(group_id)
         if assignor not in ASSIGNORS:
             raise InvalidRequestError(f"assignor must be one of {', '.join(ASSIGNORS)}, got {assignor!r}")
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
-            raise InvalidRequestError(f"session_timeout_ms must be within {MIN_SESSION_TIMEOUT_MS}.."
-                                      f"{MAX_SESSION_TIMEOUT_MS}, got {session_timeout_ms}")
+            raise InvalidRequestError(
+                f"session_timeout_ms must be within {MIN_SESSION_TIMEOUT_MS}.."
+                f"{MAX_SESSION_TIMEOUT_MS}, got {session_timeout_ms}"
+            )
         topics = tuple(sorted(set(topics)))
         if not topics:
             raise InvalidRequestError("a member subscribes to at least one topic")
@@ -167,17 +223,26 @@ class GroupCoordinator:
             group = self._groups.setdefault(group_id, _Group(group_id, assignor))
             member = group.members.get(member_id) if member_id else None
             if member_id and member is None:
-                raise UnknownMemberError(f"group {group_id!r} has no member {member_id!r}; join as a new member",
-                                         group=group_id)
+                raise UnknownMemberError(
+                    f"group {group_id!r} has no member {member_id!r}; join as a new member", group=group_id
+                )
             now = self.clock()
             if member is None:
                 self._postpone_first_assignment(group, now)
                 member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
                 member = _Member(member_id, client_id, topics, session_timeout_ms, now)
                 group.members[member_id] = member
-                log.info("member joined", extra={"event": "member_joined", "group": group_id, "member": member_id,
-                                                 "client_id": client_id, "topics": list(topics),
-                                                 "session_timeout_ms": session_timeout_ms})
+                log.info(
+                    "member joined",
+                    extra={
+                        "event": "member_joined",
+                        "group": group_id,
+                        "member": member_id,
+                        "client_id": client_id,
+                        "topics": list(topics),
+                        "session_timeout_ms": session_timeout_ms,
+                    },
+                )
                 self._rebalance(group, "member_joined")
             else:
                 member.last_seen_ms = now
@@ -189,8 +254,7 @@ class GroupCoordinator:
             self._store(group)  # before the grant leaves: a restarted broker must know who holds what
             return state
 
-    def heartbeat(self, group_id: str, member_id: str, generation: int,
-                  owned: Iterable[TopicPartition]) -> MemberState:
+    def heartbeat(self, group_id: str, member_id: str, generation: int, owned: Iterable[TopicPartition]) -> MemberState:
         """Keep the member alive and report what it consumes; returns its grant for this generation.
 
         A member whose generation is behind gets StaleGenerationError and rejoins (join with its
@@ -206,7 +270,9 @@ class GroupCoordinator:
                 self._store(group)
                 raise StaleGenerationError(
                     f"generation {generation} is stale; group {group_id!r} is at generation {group.generation}",
-                    group=group_id, generation=group.generation)
+                    group=group_id,
+                    generation=group.generation,
+                )
             state = self._grant(group, member)
             self._store(group)  # before the grant leaves: a restarted broker must know who holds what
             return state
@@ -229,9 +295,16 @@ class GroupCoordinator:
                 for m in dead:
                     del group.members[m.member_id]
                     gone.append(m.member_id)
-                    log.info("member expired: no heartbeat within its session timeout", extra={
-                        "event": "member_expired", "group": group.group_id, "member": m.member_id,
-                        "session_timeout_ms": m.session_timeout_ms, "silent_ms": now - m.last_seen_ms})
+                    log.info(
+                        "member expired: no heartbeat within its session timeout",
+                        extra={
+                            "event": "member_expired",
+                            "group": group.group_id,
+                            "member": m.member_id,
+                            "session_timeout_ms": m.session_timeout_ms,
+                            "silent_ms": now - m.last_seen_ms,
+                        },
+                    )
                 if dead:
                     self._rebalance(group, "member_expired")
                     self._store(group)
@@ -248,8 +321,11 @@ class GroupCoordinator:
         group = self._groups.get(group_id)
         member = group.members.get(member_id) if group else None
         if member is None:
-            raise UnknownMemberError(f"group {group_id!r} has no member {member_id!r} (it left or its session "
-                                     f"timed out); rejoin as a new member", group=group_id)
+            raise UnknownMemberError(
+                f"group {group_id!r} has no member {member_id!r} (it left or its session "
+                f"timed out); rejoin as a new member",
+                group=group_id,
+            )
         return group, member
 
     def _check_partition_counts(self, group: _Group) -> None:
@@ -274,9 +350,18 @@ class GroupCoordinator:
         subscriptions = {m.member_id: m.topics for m in group.members.values()}
         group.target = ASSIGNORS[group.assignor](subscriptions, group.partition_counts, group.target)
         if log.isEnabledFor(logging.INFO):
-            log.info("rebalance", extra={"event": "rebalance", "group": group.group_id, "reason": reason,
-                                         "generation": group.generation, "members": len(group.members),
-                                         "old_assignment": _show(old), "new_assignment": _show(group.target)})
+            log.info(
+                "rebalance",
+                extra={
+                    "event": "rebalance",
+                    "group": group.group_id,
+                    "reason": reason,
+                    "generation": group.generation,
+                    "members": len(group.members),
+                    "old_assignment": _show(old),
+                    "new_assignment": _show(group.target),
+                },
+            )
 
     def _postpone_first_assignment(self, group: _Group, now: int) -> None:
         """A member is joining: if the group has no members (or is still waiting for them), wait
@@ -315,16 +400,28 @@ class GroupCoordinator:
                         self._check_partition_counts(group)
                         self._store(group)
             except TidelogError as exc:  # the topic is gone anyway; the next start deletes what is left
-                log.error("could not delete the committed offsets of deleted topic %s: %s", topic, exc.message,
-                          extra={"event": "topic_offsets_delete_failed", "topic": topic, "error": exc.message})
+                log.error(
+                    "could not delete the committed offsets of deleted topic %s: %s",
+                    topic,
+                    exc.message,
+                    extra={"event": "topic_offsets_delete_failed", "topic": topic, "error": exc.message},
+                )
                 return
         if forgotten:
-            log.info("committed offsets of a deleted topic deleted", extra={
-                "event": "topic_offsets_deleted", "topic": topic, "groups": sorted(forgotten)})
+            log.info(
+                "committed offsets of a deleted topic deleted",
+                extra={"event": "topic_offsets_deleted", "topic": topic, "groups": sorted(forgotten)},
+            )
 
     # -- offsets ---------------------------------------------------------------------------------
-    def commit(self, group_id: str, member_id: str | None, generation: int,
-               offsets: dict[TopicPartition, int], metadata: str = "") -> None:
+    def commit(
+        self,
+        group_id: str,
+        member_id: str | None,
+        generation: int,
+        offsets: dict[TopicPartition, int],
+        metadata: str = "",
+    ) -> None:
         """Commit offsets (next to consume). Members must be current and own the partitions; with no
         member_id, only a group without active members may be committed to (admin tools)."""
         _refuse_internal([t for t, _ in offsets], "committed to")
@@ -336,13 +433,15 @@ class GroupCoordinator:
                 if generation != group.generation:
                     raise StaleGenerationError(
                         f"commit from generation {generation}; group {group_id!r} is at {group.generation}",
-                        group=group_id, generation=group.generation)
+                        group=group_id,
+                        generation=group.generation,
+                    )
                 # Granted, or still held while being revoked: nobody else consumes those partitions yet.
                 foreign = sorted(set(offsets) - member.holding())
                 if foreign:
                     raise PartitionNotAssignedError(
-                        f"member {member_id} does not own {', '.join(f'{t}[{p}]' for t, p in foreign)}",
-                        group=group_id)
+                        f"member {member_id} does not own {', '.join(f'{t}[{p}]' for t, p in foreign)}", group=group_id
+                    )
             elif group is not None and group.members:
                 raise GroupNotEmptyError(f"group {group_id!r} has active members", group=group_id)
             for (topic, partition), offset in offsets.items():
@@ -350,7 +449,10 @@ class GroupCoordinator:
                 if not 0 <= offset <= o.high_watermark:  # below log start is allowed (data aged out)
                     raise OffsetOutOfRangeError(
                         f"offset {offset} for {topic}[{partition}] is out of range; valid offsets are "
-                        f"{o.log_start} to {o.high_watermark}", log_start=o.log_start, log_end=o.high_watermark)
+                        f"{o.log_start} to {o.high_watermark}",
+                        log_start=o.log_start,
+                        log_end=o.high_watermark,
+                    )
             self.offsets.commit(group_id, offsets, metadata)
 
     def committed(self, group_id: str, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
@@ -370,18 +472,38 @@ class GroupCoordinator:
             committed = self.offsets.fetch(group_id)
             if (group is None or not group.members) and not committed:
                 raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
-            members = [] if group is None else [
-                {"member_id": m.member_id, "client_id": m.client_id, "topics": list(m.topics),
-                 "assignment": sorted(m.granted), "target": sorted(group.target.get(m.member_id, []))}
-                for m in sorted(group.members.values(), key=lambda m: m.member_id)]
+            members = (
+                []
+                if group is None
+                else [
+                    {
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        "topics": list(m.topics),
+                        "assignment": sorted(m.granted),
+                        "target": sorted(group.target.get(m.member_id, [])),
+                    }
+                    for m in sorted(group.members.values(), key=lambda m: m.member_id)
+                ]
+            )
             owners = {tp: m["member_id"] for m in members for tp in m["assignment"]}
-            topics = set(tp[0] for tp in committed) | ({t for m in group.members.values() for t in m.topics}
-                                                      if group else set())
-            state = "empty" if not members else (
-                "stable" if all(m["assignment"] == m["target"] for m in members) else "rebalancing")
-            info = {"group_id": group_id, "state": state, "generation": group.generation if group else 0,
-                    "assignor": group.assignor if group else "", "rebalances": group.rebalances if group else 0,
-                    "members": members, "partitions": []}
+            topics = set(tp[0] for tp in committed) | (
+                {t for m in group.members.values() for t in m.topics} if group else set()
+            )
+            state = (
+                "empty"
+                if not members
+                else ("stable" if all(m["assignment"] == m["target"] for m in members) else "rebalancing")
+            )
+            info = {
+                "group_id": group_id,
+                "state": state,
+                "generation": group.generation if group else 0,
+                "assignor": group.assignor if group else "",
+                "rebalances": group.rebalances if group else 0,
+                "members": members,
+                "partitions": [],
+            }
         now = self.engine.clock()  # compared with record timestamps
         for topic in sorted(topics):
             try:
@@ -392,10 +514,17 @@ class GroupCoordinator:
                 end = self.engine.list_offsets(topic, p).high_watermark
                 c = committed.get((topic, p))
                 lag = None if c is None else max(end - c.offset, 0)
-                info["partitions"].append({
-                    "topic": topic, "partition": p, "committed": None if c is None else c.offset,
-                    "end": end, "lag": lag, "time_lag_ms": self._time_lag(topic, p, c, end, now),
-                    "owner": owners.get((topic, p))})
+                info["partitions"].append(
+                    {
+                        "topic": topic,
+                        "partition": p,
+                        "committed": None if c is None else c.offset,
+                        "end": end,
+                        "lag": lag,
+                        "time_lag_ms": self._time_lag(topic, p, c, end, now),
+                        "owner": owners.get((topic, p)),
+                    }
+                )
         return info
 
     def _time_lag(self, topic: str, partition: int, committed, end: int, now: int) -> int | None:
@@ -415,21 +544,30 @@ class GroupCoordinator:
             self.expire()
             group = self._groups.get(group_id)
             if group is not None and group.members:
-                raise GroupNotEmptyError(f"group {group_id!r} has {len(group.members)} active member(s)",
-                                         group=group_id)
+                raise GroupNotEmptyError(
+                    f"group {group_id!r} has {len(group.members)} active member(s)", group=group_id
+                )
             if group is None and group_id not in self.offsets.groups():
                 raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
             self._groups.pop(group_id, None)
             self.offsets.delete(group_id)
         log.info("group deleted", extra={"event": "group_deleted", "group": group_id})
 
-    def reset_offsets(self, group_id: str, topic: str, to: str | int, *, partitions: Sequence[int] | None = None,
-                      timestamp_ms: int | None = None) -> dict[TopicPartition, int]:
+    def reset_offsets(
+        self,
+        group_id: str,
+        topic: str,
+        to: str | int,
+        *,
+        partitions: Sequence[int] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> dict[TopicPartition, int]:
         """Set committed offsets of an inactive group: to "earliest", "latest", an offset (clamped
         into each partition's range, as Kafka's tool does) or "timestamp" (with timestamp_ms >= 0)."""
         _refuse_internal([topic], "committed to")
-        if to == "timestamp" and (isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int)
-                                  or timestamp_ms < 0):
+        if to == "timestamp" and (
+            isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int) or timestamp_ms < 0
+        ):
             # The engine reads -1 and -2 as "latest" and "earliest": a negative time must not pass as one.
             raise InvalidRequestError(f"timestamp_ms must be a time in ms since the epoch (>= 0), got {timestamp_ms!r}")
         with self._lock:
@@ -455,8 +593,16 @@ class GroupCoordinator:
                     raise InvalidRequestError(f"reset to 'earliest', 'latest', 'timestamp' or an offset, not {to!r}")
                 offsets[(topic, p)] = value
             self.offsets.commit(group_id, offsets, "reset")
-        log.info("committed offsets reset", extra={"event": "offsets_reset", "group": group_id, "topic": topic,
-                                                   "to": to, "offsets": {str(p): o for (_, p), o in offsets.items()}})
+        log.info(
+            "committed offsets reset",
+            extra={
+                "event": "offsets_reset",
+                "group": group_id,
+                "topic": topic,
+                "to": to,
+                "offsets": {str(p): o for (_, p), o in offsets.items()},
+            },
+        )
         return offsets
 
     def rebalances(self, group_id: str) -> int:
@@ -473,8 +619,9 @@ def _show(assignment: dict[str, list[TopicPartition]]) -> dict[str, list[str]]:
 def _refuse_internal(topics, action: str) -> None:
     internal = [t for t in topics if is_internal_topic(t)]
     if internal:
-        raise InvalidTopicError(f"topic {internal[0]!r} is internal (its name starts with '__'): it cannot be "
-                                f"{action}", topic=internal[0])
+        raise InvalidTopicError(
+            f"topic {internal[0]!r} is internal (its name starts with '__'): it cannot be {action}", topic=internal[0]
+        )
 
 
 def _check_group_id(group_id: object) -> None:

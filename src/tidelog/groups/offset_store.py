@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..engine.engine import Engine
 from . import records
@@ -45,8 +46,9 @@ class OffsetStore:
         self.malformed = 0
         """Records of the topic that did not parse on load (skipped; `tidelog check` lists them)."""
         if OFFSETS_TOPIC not in engine.list_topics(include_internal=True):
-            engine.create_topic(OFFSETS_TOPIC, 1, retention_ms=-1, retention_bytes=-1, segment_bytes=SEGMENT_BYTES,
-                                internal=True)
+            engine.create_topic(
+                OFFSETS_TOPIC, 1, retention_ms=-1, retention_bytes=-1, segment_bytes=SEGMENT_BYTES, internal=True
+            )
         self._load()
         self.compact_min_records = COMPACT_MIN_RECORDS
         self._snapshot_at = 0  # where the last snapshot starts: records before it are superseded
@@ -64,15 +66,24 @@ class OffsetStore:
                     self._skip(rec.offset, str(exc))
             offset = result.next_offset
         if self.malformed > MALFORMED_LOGGED:
-            log.warning("skipped %d malformed records of %s in all; run `tidelog check`", self.malformed,
-                        OFFSETS_TOPIC, extra={"event": "group_state_malformed_total", "count": self.malformed})
+            log.warning(
+                "skipped %d malformed records of %s in all; run `tidelog check`",
+                self.malformed,
+                OFFSETS_TOPIC,
+                extra={"event": "group_state_malformed_total", "count": self.malformed},
+            )
 
     def _skip(self, offset: int, reason: str) -> None:
         self.malformed += 1
         if self.malformed <= MALFORMED_LOGGED:
-            log.warning("skipped a malformed record of %s at offset %d (%s); the group state it meant is lost, "
-                        "the rest is kept; run `tidelog check` to list such records", OFFSETS_TOPIC, offset, reason,
-                        extra={"event": "group_state_malformed", "offset": offset, "reason": reason})
+            log.warning(
+                "skipped a malformed record of %s at offset %d (%s); the group state it meant is lost, "
+                "the rest is kept; run `tidelog check` to list such records",
+                OFFSETS_TOPIC,
+                offset,
+                reason,
+                extra={"event": "group_state_malformed", "offset": offset, "reason": reason},
+            )
 
     def _apply(self, record) -> None:
         if isinstance(record, MembershipRecord):
@@ -100,8 +111,9 @@ class OffsetStore:
         now = self.engine.clock()
         items = [((t, p), CommittedOffset(offsets[(t, p)], metadata, now)) for (t, p) in sorted(offsets)]
         with self._lock:
-            self._write([records.offset_key(group, t, p) for (t, p), _ in items],
-                        [records.offset_value(c) for _, c in items])
+            self._write(
+                [records.offset_key(group, t, p) for (t, p), _ in items], [records.offset_value(c) for _, c in items]
+            )
             for tp, c in items:
                 self._apply(records.OffsetRecord(group, tp, c))
             self._maybe_compact()
@@ -132,17 +144,23 @@ class OffsetStore:
         """Rewrite the live state at the end, fsync, delete the segments before; returns segments deleted."""
         with self._lock:
             snapshot_start = self._snapshot_at = self.engine.list_offsets(OFFSETS_TOPIC, 0).log_end
-            items = [(records.offset_key(g, t, p), records.offset_value(c))
-                     for g, tps in sorted(self._offsets.items()) for (t, p), c in sorted(tps.items())]
-            items += [(records.membership_key(g), records.membership_value(s))
-                      for g, s in sorted(self._memberships.items())]
+            items = [
+                (records.offset_key(g, t, p), records.offset_value(c))
+                for g, tps in sorted(self._offsets.items())
+                for (t, p), c in sorted(tps.items())
+            ]
+            items += [
+                (records.membership_key(g), records.membership_value(s)) for g, s in sorted(self._memberships.items())
+            ]
             for i in range(0, len(items), 10_000):
-                chunk = items[i:i + 10_000]
+                chunk = items[i : i + 10_000]
                 self._write([k for k, _ in chunk], [v for _, v in chunk])
             self.engine.flush()  # the snapshot is durable before anything it replaces goes
             return self.engine.delete_records(OFFSETS_TOPIC, 0, snapshot_start)
 
-    def fetch(self, group: str, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, CommittedOffset]:
+    def fetch(
+        self, group: str, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, CommittedOffset]:
         with self._lock:
             known = dict(self._offsets.get(group, {}))
         if partitions is None:

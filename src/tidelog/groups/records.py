@@ -77,11 +77,16 @@ def parse(key: bytes | None, value: bytes | None) -> OffsetRecord | MembershipRe
             raise MalformedRecord(f"an offset key is [group, topic, partition], not {_short(k)}")
         if v is None:
             return OffsetRecord(k[0], (k[1], k[2]), None)
-        if not (isinstance(v, dict) and _int(v.get("offset")) and isinstance(v.get("metadata", ""), str)
-                and _int(v.get("commit_ms", 0), low=None)):
+        if not (
+            isinstance(v, dict)
+            and _int(v.get("offset"))
+            and isinstance(v.get("metadata", ""), str)
+            and _int(v.get("commit_ms", 0), low=None)
+        ):
             raise MalformedRecord(f"an offset value is {{offset, metadata, commit_ms}}, not {_short(v)}")
-        return OffsetRecord(k[0], (k[1], k[2]), CommittedOffset(v["offset"], v.get("metadata", ""),
-                                                                  v.get("commit_ms", 0)))
+        return OffsetRecord(
+            k[0], (k[1], k[2]), CommittedOffset(v["offset"], v.get("metadata", ""), v.get("commit_ms", 0))
+        )
     if isinstance(k, dict):
         if not (set(k) == {"membership"} and _str(k["membership"])):
             raise MalformedRecord(f"a membership key is {{membership: group}}, not {_short(k)}")
@@ -110,12 +115,20 @@ def _check_membership(v: object) -> None:
     if not isinstance(members, list):
         raise bad("members is not a list")
     for m in members:
-        if not (isinstance(m, dict) and _str(m.get("member_id")) and isinstance(m.get("client_id"), str)
-                and isinstance(m.get("topics"), list) and all(_str(t) for t in m["topics"])
-                and _int(m.get("session_timeout_ms")) and m["session_timeout_ms"] > 0
-                and _tps(m.get("granted")) and _tps(m.get("reported"))):
-            raise bad(f"a member is not {{member_id, client_id, topics, session_timeout_ms, granted, reported}}: "
-                      f"{_short(m)}")
+        if not (
+            isinstance(m, dict)
+            and _str(m.get("member_id"))
+            and isinstance(m.get("client_id"), str)
+            and isinstance(m.get("topics"), list)
+            and all(_str(t) for t in m["topics"])
+            and _int(m.get("session_timeout_ms"))
+            and m["session_timeout_ms"] > 0
+            and _tps(m.get("granted"))
+            and _tps(m.get("reported"))
+        ):
+            raise bad(
+                f"a member is not {{member_id, client_id, topics, session_timeout_ms, granted, reported}}: {_short(m)}"
+            )
 
 
 def _json(raw: bytes | None, what: str) -> Any:
@@ -136,8 +149,9 @@ def _int(x: object, low: int | None = 0) -> bool:
 
 
 def _tps(x: object) -> bool:
-    return isinstance(x, list) and all(isinstance(tp, list) and len(tp) == 2 and _str(tp[0]) and _int(tp[1])
-                                       for tp in x)
+    return isinstance(x, list) and all(
+        isinstance(tp, list) and len(tp) == 2 and _str(tp[0]) and _int(tp[1]) for tp in x
+    )
 
 
 def _short(x: object) -> str:

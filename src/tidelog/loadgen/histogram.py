@@ -17,8 +17,8 @@ LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # an hour
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
-_EXACT = 2048                # values below this have a bucket each
-_HALF = _EXACT // 2          # buckets per power of two above it
+_EXACT = 2048  # values below this have a bucket each
+_HALF = _EXACT // 2  # buckets per power of two above it
 _BUCKETS = _EXACT + (HIGHEST_US.bit_length() - _EXACT.bit_length() + 1) * _HALF
 _HEADER = struct.Struct("<4sqqd")  # magic, count, max, sum
 _MAGIC = b"TLH1"
@@ -67,13 +67,14 @@ class Latency:
     def encode(self) -> bytes:
         """Bytes another process can merge_encoded(): the counters, compressed (mostly zeros)."""
         return _HEADER.pack(_MAGIC, self._count, self._max_us, self._sum_us) + zlib.compress(
-            self.counts.astype("<i8").tobytes(), 1)
+            self.counts.astype("<i8").tobytes(), 1
+        )
 
     def merge_encoded(self, encoded: bytes) -> None:
         magic, count, max_us, sum_us = _HEADER.unpack_from(encoded)
         if magic != _MAGIC:
             raise ValueError("not an encoded tidelog latency histogram")
-        self.counts += np.frombuffer(zlib.decompress(encoded[_HEADER.size:]), dtype="<i8")
+        self.counts += np.frombuffer(zlib.decompress(encoded[_HEADER.size :]), dtype="<i8")
         self._count += count
         self._sum_us += sum_us
         self._max_us = max(self._max_us, max_us)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import struct
 import sys
 import threading
@@ -34,12 +33,12 @@ class BenchConfig:
     batch_bytes: int = 1 << 20
     linger_ms: float = 5.0
     compression: str = "none"
-    rate: float = 0.0              # records/s over all producers; 0 = as fast as possible
+    rate: float = 0.0  # records/s over all producers; 0 = as fast as possible
     producers: int = 1
     consumers: int = 1
     partitions: int = 1
     group: str | None = None
-    fsync: str = "never"           # embedded only; a server has its own setting
+    fsync: str = "never"  # embedded only; a server has its own setting
     progress: bool = True
 
 
@@ -59,9 +58,11 @@ class BenchResult:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
-        lines = [f"{self.scenario} against {self.target}: {self.records:,} records, {self.bytes / 1e6:,.1f} MB "
-                 f"in {self.seconds:.2f} s",
-                 f"  throughput  {self.records_per_s:,.0f} records/s  {self.mb_per_s:,.1f} MB/s"]
+        lines = [
+            f"{self.scenario} against {self.target}: {self.records:,} records, {self.bytes / 1e6:,.1f} MB "
+            f"in {self.seconds:.2f} s",
+            f"  throughput  {self.records_per_s:,.0f} records/s  {self.mb_per_s:,.1f} MB/s",
+        ]
         if self.latency_ms:
             lines.append("  latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in self.latency_ms.items()))
         return "\n".join(lines)
@@ -69,11 +70,12 @@ class BenchResult:
 
 def payload(size: int, seed: int) -> bytes:
     """A JSON-like record body of exactly `size` bytes (compressible like real events)."""
-    body = (b'{"id":%d,"user":"user-%d","event":"click","page":"/p/%d","v":"' % (seed, seed % 977, seed % 131))
+    body = b'{"id":%d,"user":"user-%d","event":"click","page":"/p/%d","v":"' % (seed, seed % 977, seed % 131)
     return (body + b"x" * max(size - len(body) - 2, 0) + b'"}')[:size].ljust(size, b" ")
 
 
 # -- workers (each in its own process against a server; threads when embedded) ----------------------
+
 
 def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engine=None, counter=None) -> dict:
     from ..client import Producer
@@ -89,8 +91,11 @@ def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engin
         while sent < count and time.monotonic_ns() < deadline:
             n = min(batch, count - sent)
             t0 = time.monotonic_ns()
-            engine.produce(cfg.topic, values[:n] if n <= len(values) else (values * (n // len(values) + 1))[:n],
-                           partition=(index + sent // batch) % cfg.partitions)
+            engine.produce(
+                cfg.topic,
+                values[:n] if n <= len(values) else (values * (n // len(values) + 1))[:n],
+                partition=(index + sent // batch) % cfg.partitions,
+            )
             latency.record_ns(time.monotonic_ns() - t0)
             sent += n
             _tick(counter, n)
@@ -108,13 +113,15 @@ def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engin
                 time.sleep((scheduled - now) / 1e9)
             value = values[sent % len(values)]
             if stamp:
-                value = _STAMP.pack(scheduled) + value[_STAMP.size:]
+                value = _STAMP.pack(scheduled) + value[_STAMP.size :]
             fut = producer.send(cfg.topic, value, partition=(index + sent) % cfg.partitions)
             if not stamp:
+
                 def done(f, t=scheduled):
                     elapsed = time.monotonic_ns() - t
                     with lock:
                         latency.record_ns(elapsed)
+
                 fut.add_done_callback(done)
             sent += 1
             if sent % 1000 == 0:
@@ -154,8 +161,12 @@ def _consume_worker(cfg: BenchConfig, index: int, count: int, ready=None, counte
     finally:
         for c in consumers:
             c.close()
-    return {"records": got, "bytes": nbytes, "seconds": (time.monotonic_ns() - start) / 1e9,
-            "latency": latency.encode()}
+    return {
+        "records": got,
+        "bytes": nbytes,
+        "seconds": (time.monotonic_ns() - start) / 1e9,
+        "latency": latency.encode(),
+    }
 
 
 def _tick(counter, n: int) -> None:
@@ -175,6 +186,7 @@ def _run_in_processes(target, args_list) -> list[dict]:
 
 
 # -- scenarios -------------------------------------------------------------------------------------
+
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
@@ -206,11 +218,17 @@ def run(cfg: BenchConfig) -> BenchResult:
     counter = manager.Value("q", 0)
     progress = _Progress(cfg, counter)
     if cfg.scenario == "produce":
-        results = _run_in_processes(_produce_worker, [(cfg, i, n, cfg.rate / cfg.producers, None, counter)
-                                                      for i, n in enumerate(_split(cfg.records, cfg.producers))])
+        results = _run_in_processes(
+            _produce_worker,
+            [
+                (cfg, i, n, cfg.rate / cfg.producers, None, counter)
+                for i, n in enumerate(_split(cfg.records, cfg.producers))
+            ],
+        )
     elif cfg.scenario == "consume":
-        results = _run_in_processes(_consume_worker, [(cfg, i, n, None, counter) for i, n in
-                                                      enumerate(_split(cfg.records, cfg.consumers))])
+        results = _run_in_processes(
+            _consume_worker, [(cfg, i, n, None, counter) for i, n in enumerate(_split(cfg.records, cfg.consumers))]
+        )
     elif cfg.scenario == "e2e":
         results = _run_e2e(cfg, manager, counter)
     else:
@@ -229,8 +247,10 @@ def _run_e2e(cfg: BenchConfig, manager, counter) -> list[dict]:
         consumer = pool.apply_async(_consume_worker, (cfg, 0, total, ready, counter))
         ready.wait(30)
         time.sleep(0.5)  # let the subscriptions reach the broker before the first record
-        producers = [pool.apply_async(_produce_worker, (cfg, i, n, cfg.rate / cfg.producers))
-                     for i, n in enumerate(_split(total, cfg.producers))]
+        producers = [
+            pool.apply_async(_produce_worker, (cfg, i, n, cfg.rate / cfg.producers))
+            for i, n in enumerate(_split(total, cfg.producers))
+        ]
         sent = [p.get() for p in producers]
         received = consumer.get()
     received["records"] = min(received["records"], sum(s["records"] for s in sent))
@@ -248,11 +268,15 @@ def _run_embedded(cfg: BenchConfig) -> BenchResult:
         progress = _Progress(cfg, counter)
         out: list[dict] = []
         if cfg.scenario == "produce":
-            threads = [threading.Thread(target=lambda i=i, n=n: out.append(_produce_worker(cfg, i, n, 0, engine, counter)))
-                       for i, n in enumerate(_split(cfg.records, cfg.producers))]
+            threads = [
+                threading.Thread(target=lambda i=i, n=n: out.append(_produce_worker(cfg, i, n, 0, engine, counter)))
+                for i, n in enumerate(_split(cfg.records, cfg.producers))
+            ]
         else:
-            threads = [threading.Thread(target=lambda i=i: out.append(_embedded_reader(cfg, engine, i)))
-                       for i in range(cfg.consumers)]
+            threads = [
+                threading.Thread(target=lambda i=i: out.append(_embedded_reader(cfg, engine, i)))
+                for i in range(cfg.consumers)
+            ]
         for t in threads:
             t.start()
         for t in threads:
@@ -277,8 +301,12 @@ def _embedded_reader(cfg: BenchConfig, engine, index: int) -> dict:
                 nbytes += int(table["value_len"][keep].sum())
             offset = result.next_offset
 
-    return {"records": got, "bytes": nbytes, "seconds": (time.monotonic_ns() - start) / 1e9,
-            "latency": Latency().encode()}
+    return {
+        "records": got,
+        "bytes": nbytes,
+        "seconds": (time.monotonic_ns() - start) / 1e9,
+        "latency": Latency().encode(),
+    }
 
 
 def _combine(cfg: BenchConfig, target: str, results: list[dict]) -> BenchResult:
@@ -288,8 +316,17 @@ def _combine(cfg: BenchConfig, target: str, results: list[dict]) -> BenchResult:
     records = sum(r["records"] for r in results)
     nbytes = sum(r.get("bytes", r["records"] * cfg.record_size) for r in results)
     seconds = max((r["seconds"] for r in results), default=0.0) or 1e-9
-    return BenchResult(cfg.scenario, target, records, nbytes, seconds, records / seconds, nbytes / seconds / 1e6,
-                       latency.summary_ms(), asdict(cfg))
+    return BenchResult(
+        cfg.scenario,
+        target,
+        records,
+        nbytes,
+        seconds,
+        records / seconds,
+        nbytes / seconds / 1e6,
+        latency.summary_ms(),
+        asdict(cfg),
+    )
 
 
 class _Progress:

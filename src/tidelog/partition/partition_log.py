@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from .._native import batch_scan
 from ..codec.batch import BatchInfo, BatchView, base_offset_header
-from ..config import EngineConfig, FsyncPolicy, TopicConfig
-from ..errors import (CorruptLogError, EngineClosedError, InvalidRequestError, OffsetOutOfRangeError,
-                      StorageError)
+from ..config import FsyncPolicy, TopicConfig
+from ..errors import CorruptLogError, EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, StorageError
 from ..storage import recovery, retention
 from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
@@ -49,9 +49,19 @@ class ReadResult(NamedTuple):
 
 
 class PartitionLog:
-    def __init__(self, fs: FileSystem, directory: str, config: TopicConfig, fsync: FsyncPolicy | str,
-                 clock: Callable[[], int], clean: bool, *, maps: MapCache | None = None,
-                 create: bool = False, producer_id_expiration_ms: int = 86_400_000) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        config: TopicConfig,
+        fsync: FsyncPolicy | str,
+        clock: Callable[[], int],
+        clean: bool,
+        *,
+        maps: MapCache | None = None,
+        create: bool = False,
+        producer_id_expiration_ms: int = 86_400_000,
+    ) -> None:
         """Open the partition in `directory` (which must exist), or with create=True make its first
         segment there."""
         self.fs = fs
@@ -115,8 +125,9 @@ class PartitionLog:
                 view = memoryview(data)
                 for info in infos:
                     if info.producer_id >= 0:
-                        original = self._producers.check(info.producer_id, info.producer_epoch,
-                                                         info.base_sequence, info.count, pending)
+                        original = self._producers.check(
+                            info.producer_id, info.producer_epoch, info.base_sequence, info.count, pending
+                        )
                         if original is not None:
                             retried.append(original)
                             continue
@@ -124,12 +135,14 @@ class PartitionLog:
                     last = next_offset + info.count - 1
                     batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
                     iov.append(base_offset_header(next_offset))
-                    iov.append(view[info.pos + 8:info.pos + info.size])
+                    iov.append(view[info.pos + 8 : info.pos + info.size])
                     nbytes += info.size
                     next_offset = last + 1
             if retried and batches:
-                raise InvalidRequestError("an append mixes batches already written (retries of an idempotent "
-                                          "producer) with new ones; send them separately")
+                raise InvalidRequestError(
+                    "an append mixes batches already written (retries of an idempotent "
+                    "producer) with new ones; send them separately"
+                )
             if retried:  # written before, its ack was lost: answer with the original offsets
                 first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
             else:
@@ -169,15 +182,16 @@ class PartitionLog:
         done = [entry for entry in self._unrecorded if entry[2] <= written_upto]
         now = self._clock()
         for info, base, last in done:
-            self._producers.record(info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, last,
-                                   now)
+            self._producers.record(
+                info.producer_id, info.producer_epoch, info.base_sequence, info.count, base, last, now
+            )
         self._unrecorded = [entry for entry in self._unrecorded if entry[2] > written_upto]
 
     def _write_split(self, iov: list, batches: list[AppendedBatch]) -> None:
         """An append too large for one segment goes batch by batch, rolling as needed."""
         for i, b in enumerate(batches):
             one = [AppendedBatch(0, b.size, b.base_offset, b.last_offset, b.max_timestamp)]
-            self._write(iov[2 * i:2 * i + 2], one, b.size)
+            self._write(iov[2 * i : 2 * i + 2], one, b.size)
 
     def _roll_due(self, seg: Segment, batches: list[AppendedBatch]) -> bool:
         newest = max(b.max_timestamp for b in batches)
@@ -203,9 +217,16 @@ class PartitionLog:
             old.activate()
             raise
         self._segments.add(new)
-        log.info("segment rolled", extra={"event": "segment_rolled", "log": self.name,
-                                          "base_offset": new.base_offset, "sealed_base_offset": old.base_offset,
-                                          "sealed_bytes": old.size})
+        log.info(
+            "segment rolled",
+            extra={
+                "event": "segment_rolled",
+                "log": self.name,
+                "base_offset": new.base_offset,
+                "sealed_base_offset": old.base_offset,
+                "sealed_bytes": old.size,
+            },
+        )
         self._offsets.advance_flushed(new.base_offset)
         if self.fsync_policy.syncs_each_append:
             self._publish(old, old.size, new.base_offset)
@@ -223,8 +244,13 @@ class PartitionLog:
             if seg.next_offset <= start or seg.size == 0:
                 continue
             begin = 0 if seg.base_offset >= start else self._position_before(seg, start)
-            seg.scan(begin, verify=False, expected_offset=-1, stop=seg.size,
-                     on_batches=lambda rows: state.replay(rows, now, start))
+            seg.scan(
+                begin,
+                verify=False,
+                expected_offset=-1,
+                stop=seg.size,
+                on_batches=lambda rows: state.replay(rows, now, start),
+            )
         state.expire(now, self.producer_id_expiration_ms)
         return state
 
@@ -241,8 +267,11 @@ class PartitionLog:
         try:
             producer_snapshot.write(self.fs, self.directory, self._producers, offset)
         except StorageError as exc:
-            log.warning("could not write a producer snapshot (%s); the next open replays more of the log",
-                        exc.message, extra={"event": "producer_snapshot_failed", "log": self.name})
+            log.warning(
+                "could not write a producer snapshot (%s); the next open replays more of the log",
+                exc.message,
+                extra={"event": "producer_snapshot_failed", "log": self.name},
+            )
 
     def _publish(self, segment: Segment, position: int, offset: int) -> None:
         """Make offsets below `offset` (bytes below `position` of `segment`) visible to readers."""
@@ -258,8 +287,11 @@ class PartitionLog:
         if self._closed:
             raise EngineClosedError(f"partition {self.directory} is closed")
         if self._failed is not None:
-            raise StorageError(f"partition {self.directory} refuses writes after a storage failure "
-                               f"({self._failed.message}); restart to recover", path=self.directory)
+            raise StorageError(
+                f"partition {self.directory} refuses writes after a storage failure "
+                f"({self._failed.message}); restart to recover",
+                path=self.directory,
+            )
 
     # -- durability ----------------------------------------------------------------------------------
     def sync(self, upto: int | None = None) -> None:
@@ -273,15 +305,19 @@ class PartitionLog:
                         return  # a flusher passing by: nothing waits for this
                     # written while the partition closed, and the close could not make it durable
                     if self._failed is not None:
-                        raise StorageError(f"partition {self.directory} closed after a storage failure "
-                                           f"({self._failed.message}) before this data was durable",
-                                           path=self.directory)
+                        raise StorageError(
+                            f"partition {self.directory} closed after a storage failure "
+                            f"({self._failed.message}) before this data was durable",
+                            path=self.directory,
+                        )
                     raise EngineClosedError(f"partition {self.directory} closed before this data was durable")
                 seg, pos, end = self._segments.active, self._segments.active.size, self._offsets.log_end
                 failed = self._failed
             if failed is not None:
-                raise StorageError(f"partition {self.directory} cannot make data durable after a storage "
-                                   f"failure ({failed.message})", path=self.directory)
+                raise StorageError(
+                    f"partition {self.directory} cannot make data durable after a storage failure ({failed.message})",
+                    path=self.directory,
+                )
             try:
                 seg.flush()
             except StorageError as exc:
@@ -292,8 +328,11 @@ class PartitionLog:
                 if self._failed is not None:
                     # a roll's seal failed while this flush ran: the fsync above cannot vouch for the
                     # data (the kernel reports a failed writeback only once)
-                    raise StorageError(f"partition {self.directory} cannot make data durable after a storage "
-                                       f"failure ({self._failed.message})", path=self.directory)
+                    raise StorageError(
+                        f"partition {self.directory} cannot make data durable after a storage "
+                        f"failure ({self._failed.message})",
+                        path=self.directory,
+                    )
                 self._offsets.advance_flushed(end)
                 if self.fsync_policy.syncs_each_append:
                     self._publish(seg, pos, end)
@@ -342,7 +381,10 @@ class PartitionLog:
             if offset < start or offset > hw:
                 raise OffsetOutOfRangeError(
                     f"offset {offset} is out of range; valid offsets are {start} to {hw}",
-                    log_start=start, log_end=hw, offset=offset)
+                    log_start=start,
+                    log_end=hw,
+                    offset=offset,
+                )
             if offset == hw:
                 return ReadResult(memoryview(b""), offset, hw, start)
             seg = self._segments.floor(offset)
@@ -357,9 +399,12 @@ class PartitionLog:
         stop, next_offset = batch_scan.span_batches(buf, pos, end, max_bytes) if pos >= 0 else (pos, -1)
         if stop <= pos:
             # offset is below the high watermark, so a batch must hold it: the headers are damaged
-            raise CorruptLogError(f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt "
-                                  f"here: stop the broker and run `tidelog check --repair "
-                                  f"--data-dir {os.path.dirname(self.directory)}`", path=seg.log_path)
+            raise CorruptLogError(
+                f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt "
+                f"here: stop the broker and run `tidelog check --repair "
+                f"--data-dir {os.path.dirname(self.directory)}`",
+                path=seg.log_path,
+            )
         valid, valid_next = seg.verify(pos, stop, buf)
         if valid < stop:  # damage further on: serve what precedes it (the next read reports it)
             stop, next_offset = valid, valid_next
@@ -368,8 +413,9 @@ class PartitionLog:
     def wait_for_data(self, offset: int, timeout_s: float) -> bool:
         """Block until the high watermark passes offset (or timeout); True if data is there."""
         with self._data_arrived:
-            self._data_arrived.wait_for(lambda: self._closed or self._offsets.high_watermark > offset,
-                                        timeout=timeout_s)
+            self._data_arrived.wait_for(
+                lambda: self._closed or self._offsets.high_watermark > offset, timeout=timeout_s
+            )
             return not self._closed and self._offsets.high_watermark > offset
 
     def add_listener(self, listener: Callable[[], None]) -> None:
@@ -419,9 +465,13 @@ class PartitionLog:
 
     def _apply_retention_locked(self, now_ms: int) -> int:
         sealed = self._segments.sealed
-        n = retention.segments_to_delete([(s.size, s.max_timestamp) for s in sealed],
-                                         self._segments.total_size(), now_ms,
-                                         self.config.retention_ms, self.config.retention_bytes)
+        n = retention.segments_to_delete(
+            [(s.size, s.max_timestamp) for s in sealed],
+            self._segments.total_size(),
+            now_ms,
+            self.config.retention_ms,
+            self.config.retention_bytes,
+        )
         if n == 0:
             return 0
         self._delete_oldest(n, "retention")
@@ -448,27 +498,37 @@ class PartitionLog:
         below it are known to be deleted (recovery removes them), and a first segment missing for any
         other reason is known to be lost (recovery refuses)."""
         kept = list(self._segments)[n]
-        recovery.write_checkpoint(self.fs, self.directory, recovery.Checkpoint(kept.base_offset, *self._durable),
-                                  durable=True)
+        recovery.write_checkpoint(
+            self.fs, self.directory, recovery.Checkpoint(kept.base_offset, *self._durable), durable=True
+        )
         removed = self._segments.remove_oldest(n)
         self._offsets.advance_log_start(self._segments.first.base_offset)  # gone for readers from here on
         try:
             for seg in removed:
-                facts = {"base_offset": seg.base_offset, "next_offset": seg.next_offset, "size_bytes": seg.size,
-                         "max_timestamp": seg.max_timestamp}
+                facts = {
+                    "base_offset": seg.base_offset,
+                    "next_offset": seg.next_offset,
+                    "size_bytes": seg.size,
+                    "max_timestamp": seg.max_timestamp,
+                }
                 seg.delete()
-                log.info("segment deleted", extra={"event": "segment_deleted", "log": self.name, "reason": reason,
-                                                   **facts})
+                log.info(
+                    "segment deleted", extra={"event": "segment_deleted", "log": self.name, "reason": reason, **facts}
+                )
             self.fs.fsync_dir(self.directory)
         except StorageError as exc:  # what is left lies below the durable log start: the next open removes it
-            log.warning("deleting a segment failed (%s); the next open removes what is left", exc.message,
-                        extra={"event": "segment_delete_failed", "log": self.name})
+            log.warning(
+                "deleting a segment failed (%s); the next open removes what is left",
+                exc.message,
+                extra={"event": "segment_delete_failed", "log": self.name},
+            )
 
     def info(self) -> PartitionInfo:
         with self._lock:
             o = self._offsets
-            return PartitionInfo(o.log_start, o.log_end, o.high_watermark, o.flushed,
-                                 self._segments.total_size(), len(self._segments))
+            return PartitionInfo(
+                o.log_start, o.log_end, o.high_watermark, o.flushed, self._segments.total_size(), len(self._segments)
+            )
 
     def stats(self) -> PartitionStats:
         with self._lock:
@@ -529,8 +589,11 @@ class PartitionLog:
                 for seg in self._segments:
                     seg.close(trim=clean)
             if self._failed is not None:
-                raise StorageError(f"partition {self.directory} closed after a storage failure "
-                                   f"({self._failed.message}); the next open recovers it", path=self.directory)
+                raise StorageError(
+                    f"partition {self.directory} closed after a storage failure "
+                    f"({self._failed.message}); the next open recovers it",
+                    path=self.directory,
+                )
 
     def close_files(self) -> None:
         """Close without flushing or writing anything (the topic is being deleted, or its creation

@@ -98,6 +98,10 @@ def load(fs: FileSystem, directory: str, log_end: int) -> tuple[ProducerState, i
         try:
             return decode(fs.read_file(path), offset), offset
         except (ValueError, struct.error) as exc:
-            log.warning("producer snapshot %s is damaged (%s); using an older one or the log", path, exc,
-                        extra={"event": "producer_snapshot_damaged", "path": path})
+            log.warning(
+                "producer snapshot %s is damaged (%s); using an older one or the log",
+                path,
+                exc,
+                extra={"event": "producer_snapshot_damaged", "path": path},
+            )
     return ProducerState(), 0

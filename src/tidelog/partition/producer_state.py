@@ -46,8 +46,9 @@ class ProducerState:
     def __init__(self) -> None:
         self._producers: dict[int, Producer] = {}
 
-    def check(self, producer_id: int, epoch: int, first_seq: int, count: int,
-              pending: dict[int, int]) -> ProducedBatch | None:
+    def check(
+        self, producer_id: int, epoch: int, first_seq: int, count: int, pending: dict[int, int]
+    ) -> ProducedBatch | None:
         """None if the batch is new and in order; the original if it is a retry; else raise.
 
         pending maps producer id → last sequence accepted earlier in the same append call.
@@ -57,7 +58,8 @@ class ProducerState:
         if known is not None and epoch < known.epoch:
             raise InvalidProducerEpochError(
                 f"producer {producer_id} epoch {epoch} is older than its current epoch {known.epoch}",
-                producer_id=producer_id)
+                producer_id=producer_id,
+            )
         if known is not None and epoch == known.epoch:
             for batch in known.batches:
                 if batch.first_sequence == first_seq and batch.last_sequence == last_seq:
@@ -72,15 +74,17 @@ class ProducerState:
                 if 0 < behind < (1 << 30):
                     raise DuplicateSequenceError(
                         f"producer {producer_id} resent sequence {first_seq}, older than the batches remembered",
-                        producer_id=producer_id)
+                        producer_id=producer_id,
+                    )
                 raise OutOfOrderSequenceError(
-                    f"producer {producer_id}: sequence {first_seq} does not follow {expected}",
-                    producer_id=producer_id)
+                    f"producer {producer_id}: sequence {first_seq} does not follow {expected}", producer_id=producer_id
+                )
         pending[producer_id] = last_seq
         return None
 
-    def record(self, producer_id: int, epoch: int, first_seq: int, count: int,
-               base_offset: int, last_offset: int, now_ms: int) -> None:
+    def record(
+        self, producer_id: int, epoch: int, first_seq: int, count: int, base_offset: int, last_offset: int, now_ms: int
+    ) -> None:
         """Remember a written batch. Another epoch starts the producer afresh: a higher one replaces
         it, and a lower one can only be in the log if the producer had been forgotten (expired) and
         was taken as new, so replaying the log rebuilds what the live state held."""
@@ -88,8 +92,9 @@ class ProducerState:
         if known is None or epoch != known.epoch:
             known = Producer(epoch, deque(maxlen=BATCHES_REMEMBERED), [now_ms])
             self._producers[producer_id] = known
-        known.batches.append(ProducedBatch(first_seq, (first_seq + count - 1) & SEQUENCE_MASK, base_offset,
-                                           last_offset))
+        known.batches.append(
+            ProducedBatch(first_seq, (first_seq + count - 1) & SEQUENCE_MASK, base_offset, last_offset)
+        )
         known.last_seen_ms[0] = max(known.last_seen_ms[0], now_ms)
 
     def replay(self, rows: np.ndarray, now_ms: int, from_offset: int = 0) -> None:
@@ -98,8 +103,15 @@ class ProducerState:
         mask = (rows[:, batch_scan.COL_PRODUCER_ID] >= 0) & (rows[:, batch_scan.COL_BASE_OFFSET] >= from_offset)
         for row in rows[mask].tolist():
             base, last = row[batch_scan.COL_BASE_OFFSET], row[batch_scan.COL_LAST_OFFSET]
-            self.record(row[batch_scan.COL_PRODUCER_ID], row[batch_scan.COL_PRODUCER_EPOCH],
-                        row[batch_scan.COL_BASE_SEQUENCE], last - base + 1, base, last, now_ms)
+            self.record(
+                row[batch_scan.COL_PRODUCER_ID],
+                row[batch_scan.COL_PRODUCER_EPOCH],
+                row[batch_scan.COL_BASE_SEQUENCE],
+                last - base + 1,
+                base,
+                last,
+                now_ms,
+            )
 
     def expire(self, now_ms: int, ttl_ms: int) -> int:
         """Forget producers that have not appended for ttl_ms; returns how many went."""

@@ -6,8 +6,8 @@ import dataclasses
 
 import grpc
 
-from ..engine.async_engine import AsyncEngine
 from ..config import TopicConfig
+from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..values import TopicDescription
@@ -39,9 +39,15 @@ def describe_message(desc: TopicDescription) -> pb.TopicDescription:
     for key, value in desc.config.to_dict().items():
         msg.config[key] = str(value)
     for p in desc.partitions:
-        msg.partitions.add(partition=p.partition, log_start=p.log_start, log_end=p.log_end,
-                           high_watermark=p.high_watermark, flushed=p.flushed, size_bytes=p.size_bytes,
-                           segments=p.segments)
+        msg.partitions.add(
+            partition=p.partition,
+            log_start=p.log_start,
+            log_end=p.log_end,
+            high_watermark=p.high_watermark,
+            flushed=p.flushed,
+            size_bytes=p.size_bytes,
+            segments=p.segments,
+        )
     return msg
 
 
@@ -51,13 +57,16 @@ class AdminService:
         self.consume = consume
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return methods.handlers("Admin", {
-            "CreateTopic": requests.unary(self.create_topic),
-            "DeleteTopic": requests.unary(self.delete_topic),
-            "ListTopics": requests.unary(self.list_topics),
-            "DescribeTopic": requests.unary(self.describe_topic),
-            "ListOffsets": requests.unary(self.list_offsets),
-        })
+        return methods.handlers(
+            "Admin",
+            {
+                "CreateTopic": requests.unary(self.create_topic),
+                "DeleteTopic": requests.unary(self.delete_topic),
+                "ListTopics": requests.unary(self.list_topics),
+                "DescribeTopic": requests.unary(self.describe_topic),
+                "ListOffsets": requests.unary(self.list_offsets),
+            },
+        )
 
     async def _call(self, context, call):
         """Await an engine call; its error ends the RPC with its status."""
@@ -71,8 +80,7 @@ class AdminService:
             settings = parse_topic_config(request.config)
         except TidelogError as exc:
             await status.abort(context, exc)
-        desc = await self._call(context, self.engine.create_topic(request.name, request.partitions or 1,
-                                                                  **settings))
+        desc = await self._call(context, self.engine.create_topic(request.name, request.partitions or 1, **settings))
         return describe_message(desc)
 
     async def delete_topic(self, request, context):
@@ -87,16 +95,22 @@ class AdminService:
 
     async def list_offsets(self, request, context):
         offsets = await self._call(context, self.engine.list_offsets(request.topic, request.partition))
-        response = pb.ListOffsetsResponse(offset=-1, log_start=offsets.log_start, log_end=offsets.log_end,
-                                          high_watermark=offsets.high_watermark, flushed=offsets.flushed)
+        response = pb.ListOffsetsResponse(
+            offset=-1,
+            log_start=offsets.log_start,
+            log_end=offsets.log_end,
+            high_watermark=offsets.high_watermark,
+            flushed=offsets.flushed,
+        )
         kind = request.position.WhichOneof("kind") if request.HasField("position") else None
         if kind == "timestamp_ms":
             try:
                 check_timestamp(request.position.timestamp_ms)
             except TidelogError as exc:
                 await status.abort(context, exc)
-            found = await self._call(context, self.engine.offset_at(request.topic, request.partition,
-                                                                    request.position.timestamp_ms))
+            found = await self._call(
+                context, self.engine.offset_at(request.topic, request.partition, request.position.timestamp_ms)
+            )
             response.offset = -1 if found is None else found
         elif kind is not None:
             try:

@@ -22,7 +22,7 @@ the server's generic handler for every call). Event-loop only.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -42,8 +42,9 @@ class Connection:
 
 
 class Admission:
-    def __init__(self, config: ServerConfig, data_services: tuple[str, ...],
-                 on_refused: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, data_services: tuple[str, ...], on_refused: Callable[[str, str], None] | None = None
+    ) -> None:
         self.config = config
         self.data_calls = 0
         """Data-path calls open on the whole server."""
@@ -73,13 +74,15 @@ class Admission:
             error = ResourceLimitError(
                 f"this connection already has {conn.calls} Producer/Consumer calls open "
                 f"(max_concurrent_rpcs_per_connection={self.config.max_concurrent_rpcs_per_connection}); "
-                "close some, or spread them over more channels")
+                "close some, or spread them over more channels"
+            )
         elif self.data_calls >= self.data_limit:
             setting = "admin_reserved_rpcs"
             error = ResourceLimitError(
                 f"the server already serves {self.data_calls} Producer/Consumer calls, all it takes "
                 f"(max_concurrent_rpcs={self.config.max_concurrent_rpcs} less admin_reserved_rpcs="
-                f"{self.config.max_concurrent_rpcs - self.data_limit}, kept for administration); retry later")
+                f"{self.config.max_concurrent_rpcs - self.data_limit}, kept for administration); retry later"
+            )
         else:
             return None
         if self._on_refused is not None:
@@ -111,6 +114,7 @@ class Admission:
             behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
         if inspect.isasyncgenfunction(behavior):
+
             async def admitted(request, context):
                 peer = context.peer()
                 refusal = self._refusal(method, peer)
@@ -140,5 +144,6 @@ class Admission:
                 finally:
                     self._leave(conn)
 
-        return make(admitted, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return make(
+            admitted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

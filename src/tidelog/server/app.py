@@ -18,17 +18,17 @@ import logging
 import signal
 
 import grpc
-from prometheus_client import CollectorRegistry, Gauge
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Gauge
 
 from .. import __version__
+from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
-from ..config import ServerConfig
 from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
-from ..v1 import tidelog_pb2 as pb
 from ..groups.coordinator import GroupCoordinator
+from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import admin_service, consume_service, groups_service, produce_service, status
 from .admission import Admission
@@ -74,17 +74,25 @@ class Server:
         # is opened and recovered, which can take a while after a crash: probes and clients see why.
         limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0),
-                     ("grpc.max_allowed_incoming_connections", self.config.max_connections)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_allowed_incoming_connections", self.config.max_connections),
+            ],
             interceptors=(status.MethodNames(), *([self._rpc_metrics] if self._rpc_metrics is not None else [])),
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+        )
         self._server.add_generic_rpc_handlers((self._services,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (*(pb.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self._server)
+            (
+                *(pb.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES),
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
         try:
@@ -109,10 +117,19 @@ class Server:
         self._groups.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
-        log.info("server started", extra={
-            "event": "server_started", "address": f"{self.config.host}:{port}", "data_dir": self.engine.path,
-            "fsync": self.engine.config.fsync, "version": __version__, "clean_start": self.engine.clean_start,
-            "recovery_ms": round(self.engine.recovery_seconds * 1000, 3), "metrics_port": self.metrics_port})
+        log.info(
+            "server started",
+            extra={
+                "event": "server_started",
+                "address": f"{self.config.host}:{port}",
+                "data_dir": self.engine.path,
+                "fsync": self.engine.config.fsync,
+                "version": __version__,
+                "clean_start": self.engine.clean_start,
+                "recovery_ms": round(self.engine.recovery_seconds * 1000, 3),
+                "metrics_port": self.metrics_port,
+            },
+        )
         return port
 
     async def _open_engine(self) -> None:
@@ -120,19 +137,29 @@ class Server:
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
         self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
-        self.coordinator = await loop.run_in_executor(None, lambda: GroupCoordinator(
-            self.engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms))
+        self.coordinator = await loop.run_in_executor(
+            None,
+            lambda: GroupCoordinator(
+                self.engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms
+            ),
+        )
         self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
-        admission = Admission(self.config, (methods.service_name("Producer"), methods.service_name("Consumer")),
-                              self._rpc_metrics.refused if self._rpc_metrics is not None else None)
+        admission = Admission(
+            self.config,
+            (methods.service_name("Producer"), methods.service_name("Consumer")),
+            self._rpc_metrics.refused if self._rpc_metrics is not None else None,
+        )
         self._consume = consume = consume_service.ConsumeService(self.async_engine, self.config)
         self._produce = produce_service.ProduceService(self.async_engine, self.config, admission.connection)
-        self._services.ready((
-            self._produce.handler(),
-            consume.handler(),
-            admin_service.AdminService(self.async_engine, consume).handler(),
-            self._groups.handler(),
-        ), admission)
+        self._services.ready(
+            (
+                self._produce.handler(),
+                consume.handler(),
+                admin_service.AdminService(self.async_engine, consume).handler(),
+                self._groups.handler(),
+            ),
+            admission,
+        )
 
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
@@ -140,15 +167,27 @@ class Server:
             return
         registry = CollectorRegistry()
         self._rpc_metrics = RpcMetrics(registry)
-        registry.register(EngineCollector(lambda: self.engine, lambda: self.coordinator,
-                                          lambda: self._not_ready is None, self.config.metrics_max_partitions))
-        Gauge("tidelog_produce_inflight_bytes", "Produce bytes read ahead of their acks on all streams "
-              "(bounded by max_inflight_bytes: near it, producers are being held back)", registry=registry
-              ).set_function(lambda: self._produce.inflight_bytes if self._produce is not None else 0)
-        Gauge("tidelog_subscribe_buffer_bytes", "Bytes sent to subscribers and not yet credited back, on all "
-              "subscriptions (bounded by max_subscribe_buffer_bytes: near it, stalled consumers hold the "
-              "broker's memory and subscriptions wait)", registry=registry
-              ).set_function(lambda: self._consume.buffered_bytes if self._consume is not None else 0)
+        registry.register(
+            EngineCollector(
+                lambda: self.engine,
+                lambda: self.coordinator,
+                lambda: self._not_ready is None,
+                self.config.metrics_max_partitions,
+            )
+        )
+        Gauge(
+            "tidelog_produce_inflight_bytes",
+            "Produce bytes read ahead of their acks on all streams "
+            "(bounded by max_inflight_bytes: near it, producers are being held back)",
+            registry=registry,
+        ).set_function(lambda: self._produce.inflight_bytes if self._produce is not None else 0)
+        Gauge(
+            "tidelog_subscribe_buffer_bytes",
+            "Bytes sent to subscribers and not yet credited back, on all "
+            "subscriptions (bounded by max_subscribe_buffer_bytes: near it, stalled consumers hold the "
+            "broker's memory and subscriptions wait)",
+            registry=registry,
+        ).set_function(lambda: self._consume.buffered_bytes if self._consume is not None else 0)
         host = self.config.metrics_host or self.config.host
         try:
             self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)
@@ -156,8 +195,12 @@ class Server:
             raise OSError(f"cannot serve metrics on {host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
         self._metrics_http.start()
         self.metrics_port = self._metrics_http.port
-        log.info("metrics on http://%s:%d/metrics (health: /healthz)", host, self.metrics_port,
-                 extra={"event": "metrics_started", "address": f"{host}:{self.metrics_port}"})
+        log.info(
+            "metrics on http://%s:%d/metrics (health: /healthz)",
+            host,
+            self.metrics_port,
+            extra={"event": "metrics_started", "address": f"{host}:{self.metrics_port}"},
+        )
 
     async def _stop_metrics(self) -> None:
         if self._metrics_http is not None:
@@ -176,8 +219,10 @@ class Server:
             return
         self._stopped.set()
         self._not_ready = "shutting down"
-        log.info("shutting down: finishing in-flight calls", extra={
-            "event": "server_stopping", "grace_s": self.config.shutdown_grace_s})
+        log.info(
+            "shutting down: finishing in-flight calls",
+            extra={"event": "server_stopping", "grace_s": self.config.shutdown_grace_s},
+        )
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._groups is not None:
             self._groups.stop()
@@ -199,8 +244,9 @@ class Server:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
             except StorageError:
-                log.exception("closing the engine failed; the next start recovers the log",
-                              extra={"event": "engine_close_failed"})
+                log.exception(
+                    "closing the engine failed; the next start recovers the log", extra={"event": "engine_close_failed"}
+                )
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()
@@ -216,8 +262,11 @@ class _Starting(grpc.GenericRpcHandler):
     def __init__(self) -> None:
         self._handlers: tuple[grpc.GenericRpcHandler, ...] | None = None
         self._admission: Admission | None = None
-        self._unavailable = {f"/{service.full_name}/{method.name}": _unavailable(method)
-                             for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
+        self._unavailable = {
+            f"/{service.full_name}/{method.name}": _unavailable(method)
+            for service in pb.DESCRIPTOR.services_by_name.values()
+            for method in service.methods
+        }
 
     def ready(self, handlers: tuple[grpc.GenericRpcHandler, ...], admission: Admission) -> None:
         self._admission = admission
@@ -245,7 +294,9 @@ def _unavailable(method) -> grpc.RpcMethodHandler:
         yield b""  # unreachable: makes this an async generator, as streaming handlers are
 
     if method.server_streaming:
-        make = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_stream_rpc_method_handler
+        make = (
+            grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_stream_rpc_method_handler
+        )
         return make(streaming)
     make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
     return make(unary)

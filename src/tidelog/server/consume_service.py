@@ -20,8 +20,8 @@ import time
 
 import grpc
 
-from ..engine.async_engine import AsyncEngine
 from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..wire import framing, methods
@@ -50,11 +50,14 @@ class ConsumeService:
         return self._buffer.used
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return methods.handlers("Consumer", {
-            "Fetch": requests.unary(self.fetch, raw_response=True),
-            "FetchRecords": requests.unary(self.fetch_records),
-            "Subscribe": requests.stream(self.subscribe, raw_response=True),
-        })
+        return methods.handlers(
+            "Consumer",
+            {
+                "Fetch": requests.unary(self.fetch, raw_response=True),
+                "FetchRecords": requests.unary(self.fetch_records),
+                "Subscribe": requests.stream(self.subscribe, raw_response=True),
+            },
+        )
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
         """An offset for a Position: an offset (checked against the log's range now, so a seek that
@@ -66,8 +69,11 @@ class ConsumeService:
             if not offsets.log_start <= position.offset <= offsets.high_watermark:
                 raise OffsetOutOfRangeError(
                     f"offset {position.offset} is out of range; valid offsets are {offsets.log_start} to "
-                    f"{offsets.high_watermark}", log_start=offsets.log_start, log_end=offsets.high_watermark,
-                    offset=position.offset)
+                    f"{offsets.high_watermark}",
+                    log_start=offsets.log_start,
+                    log_end=offsets.high_watermark,
+                    offset=position.offset,
+                )
             return position.offset
         if kind == "timestamp_ms":
             check_timestamp(position.timestamp_ms)
@@ -94,8 +100,9 @@ class ConsumeService:
             result = await self._long_poll(request)
         except TidelogError as exc:
             await status.abort(context, exc)
-        return framing.encode_fetch_response(request.topic, request.partition, result.next_offset,
-                                               result.high_watermark, result.log_start, result.data)
+        return framing.encode_fetch_response(
+            request.topic, request.partition, result.next_offset, result.high_watermark, result.log_start, result.data
+        )
 
     async def fetch_records(self, request: pb.FetchRequest, context) -> pb.FetchRecordsResponse:
         try:
@@ -123,8 +130,9 @@ class ConsumeService:
             sub.offset = await self.resolve(topic, partition, start.position)
         except TidelogError as exc:
             await status.abort(context, exc)
-        limit = min(start.max_message_bytes or self.config.max_subscribe_message_bytes,
-                    self.config.max_subscribe_message_bytes)
+        limit = min(
+            start.max_message_bytes or self.config.max_subscribe_message_bytes, self.config.max_subscribe_message_bytes
+        )
         control = asyncio.create_task(self._control(request_iterator, sub, topic, partition))
         try:
             while not sub.closed:
@@ -146,11 +154,13 @@ class ConsumeService:
                 if result.data:
                     sub.credit -= len(result.data)
                     sub.offset = result.next_offset
-                    yield framing.encode_subscribe_response(result.next_offset, result.high_watermark,
-                                                              result.log_start, result.data)
+                    yield framing.encode_subscribe_response(
+                        result.next_offset, result.high_watermark, result.log_start, result.data
+                    )
                 else:
-                    appended = await _first(self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S),
-                                            sub.wait(IDLE_WAKE_S))
+                    appended = await _first(
+                        self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S), sub.wait(IDLE_WAKE_S)
+                    )
                     sub.at_tail = bool(appended)
             if sub.error is not None:
                 await status.abort(context, sub.error)
@@ -158,7 +168,7 @@ class ConsumeService:
             control.cancel()
             sub.give_back(sub.held)
 
-    async def _fetch(self, sub: "_Subscription", topic: str, partition: int, reserved: int):
+    async def _fetch(self, sub: _Subscription, topic: str, partition: int, reserved: int):
         """Read up to `reserved` bytes at the subscription's position (at least one whole batch); what was
         read replaces the reservation in the shared budget. None when a seek moved the position meanwhile."""
         generation, sent = sub.generation, 0
@@ -175,7 +185,7 @@ class ConsumeService:
             self._buffer.settle(reserved, sent)
             sub.held += sent
 
-    def _reserve(self, sub: "_Subscription", limit: int) -> int:
+    def _reserve(self, sub: _Subscription, limit: int) -> int:
         """Bytes of the shared budget reserved for this subscription's next fetch (its max_bytes), or 0
         when it must wait: the budget is full and the subscription already holds some of it."""
         want = max(1, min(sub.credit, limit))
@@ -189,7 +199,7 @@ class ConsumeService:
         self._buffer.take(want)
         return want
 
-    async def _control(self, request_iterator, sub: "_Subscription", topic: str, partition: int) -> None:
+    async def _control(self, request_iterator, sub: _Subscription, topic: str, partition: int) -> None:
         """Apply the client's in-band credit grants and seeks; the stream's end closes the subscription."""
         try:
             async for request in request_iterator:

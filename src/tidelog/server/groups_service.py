@@ -21,9 +21,12 @@ def _tps(items) -> list[tuple[str, int]]:
 
 
 def assignment_message(state) -> pb.MemberAssignment:
-    return pb.MemberAssignment(member_id=state.member_id, generation=state.generation,
-                               heartbeat_interval_ms=state.heartbeat_interval_ms,
-                               partitions=[pb.TopicPartition(topic=t, partition=p) for t, p in state.assignment])
+    return pb.MemberAssignment(
+        member_id=state.member_id,
+        generation=state.generation,
+        heartbeat_interval_ms=state.heartbeat_interval_ms,
+        partitions=[pb.TopicPartition(topic=t, partition=p) for t, p in state.assignment],
+    )
 
 
 class GroupsService:
@@ -33,20 +36,24 @@ class GroupsService:
         self._expiry: asyncio.Task | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return methods.handlers("Groups", {
-            "JoinGroup": requests.unary(self.join),
-            "Heartbeat": requests.unary(self.heartbeat),
-            "LeaveGroup": requests.unary(self.leave),
-            "CommitOffsets": requests.unary(self.commit),
-            "FetchCommittedOffsets": requests.unary(self.committed),
-            "ListGroups": requests.unary(self.list_groups),
-            "DescribeGroup": requests.unary(self.describe),
-            "DeleteGroup": requests.unary(self.delete),
-            "ResetOffsets": requests.unary(self.reset),
-        })
+        return methods.handlers(
+            "Groups",
+            {
+                "JoinGroup": requests.unary(self.join),
+                "Heartbeat": requests.unary(self.heartbeat),
+                "LeaveGroup": requests.unary(self.leave),
+                "CommitOffsets": requests.unary(self.commit),
+                "FetchCommittedOffsets": requests.unary(self.committed),
+                "ListGroups": requests.unary(self.list_groups),
+                "DescribeGroup": requests.unary(self.describe),
+                "DeleteGroup": requests.unary(self.delete),
+                "ResetOffsets": requests.unary(self.reset),
+            },
+        )
 
     def start(self) -> None:
         """Remove members whose session timed out even when nobody calls in."""
+
         async def expire_forever():
             while True:
                 await asyncio.sleep(EXPIRY_CHECK_S)
@@ -65,15 +72,28 @@ class GroupsService:
             await status.abort(context, exc)
 
     async def join(self, request, context):
-        state = await self._call(context, self.coordinator.join, request.group_id, list(request.topics),
-                                 session_timeout_ms=request.session_timeout_ms or DEFAULT_SESSION_TIMEOUT_MS,
-                                 assignor=request.assignor or "sticky", client_id=request.client_id,
-                                 member_id=request.member_id or None, owned=_tps(request.owned))
+        state = await self._call(
+            context,
+            self.coordinator.join,
+            request.group_id,
+            list(request.topics),
+            session_timeout_ms=request.session_timeout_ms or DEFAULT_SESSION_TIMEOUT_MS,
+            assignor=request.assignor or "sticky",
+            client_id=request.client_id,
+            member_id=request.member_id or None,
+            owned=_tps(request.owned),
+        )
         return assignment_message(state)
 
     async def heartbeat(self, request, context):
-        state = await self._call(context, self.coordinator.heartbeat, request.group_id, request.member_id,
-                                 request.generation, _tps(request.owned))
+        state = await self._call(
+            context,
+            self.coordinator.heartbeat,
+            request.group_id,
+            request.member_id,
+            request.generation,
+            _tps(request.owned),
+        )
         return assignment_message(state)
 
     async def leave(self, request, context):
@@ -82,26 +102,44 @@ class GroupsService:
 
     async def commit(self, request, context):
         offsets = {(o.topic, o.partition): o.offset for o in request.offsets}
-        await self._call(context, self.coordinator.commit, request.group_id, request.member_id or None,
-                         request.generation, offsets, request.metadata)
+        await self._call(
+            context,
+            self.coordinator.commit,
+            request.group_id,
+            request.member_id or None,
+            request.generation,
+            offsets,
+            request.metadata,
+        )
         return pb.CommitOffsetsResponse()
 
     async def committed(self, request, context):
-        found = await self._call(context, self.coordinator.committed, request.group_id,
-                                 _tps(request.partitions) or None)
+        found = await self._call(
+            context, self.coordinator.committed, request.group_id, _tps(request.partitions) or None
+        )
         return pb.FetchCommittedOffsetsResponse(
-            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(found.items())])
+            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(found.items())]
+        )
 
     async def list_groups(self, request, context):
         return pb.ListGroupsResponse(groups=await self._call(context, self.coordinator.list_groups))
 
     async def describe(self, request, context):
         info = await self._call(context, self.coordinator.describe, request.group_id)
-        msg = pb.GroupDescription(group_id=info["group_id"], state=info["state"], generation=info["generation"],
-                                  assignor=info["assignor"], rebalances=info["rebalances"])
+        msg = pb.GroupDescription(
+            group_id=info["group_id"],
+            state=info["state"],
+            generation=info["generation"],
+            assignor=info["assignor"],
+            rebalances=info["rebalances"],
+        )
         for m in info["members"]:
-            msg.members.add(member_id=m["member_id"], client_id=m["client_id"], topics=m["topics"],
-                            assignment=[pb.TopicPartition(topic=t, partition=p) for t, p in m["assignment"]])
+            msg.members.add(
+                member_id=m["member_id"],
+                client_id=m["client_id"],
+                topics=m["topics"],
+                assignment=[pb.TopicPartition(topic=t, partition=p) for t, p in m["assignment"]],
+            )
         for p in info["partitions"]:
             part = msg.partitions.add(topic=p["topic"], partition=p["partition"], end=p["end"], owner=p["owner"] or "")
             for name in ("committed", "lag", "time_lag_ms"):
@@ -117,10 +155,20 @@ class GroupsService:
         kind = request.WhichOneof("to")
         if kind is None:
             await status.abort(context, InvalidRequestError("reset needs a target: boundary, offset or timestamp_ms"))
-        to = {"boundary": "latest" if request.boundary == pb.LATEST else "earliest",
-              "offset": request.offset, "timestamp_ms": "timestamp"}[kind]
-        offsets = await self._call(context, self.coordinator.reset_offsets, request.group_id, request.topic, to,
-                                   partitions=list(request.partitions) or None,
-                                   timestamp_ms=request.timestamp_ms if kind == "timestamp_ms" else None)
+        to = {
+            "boundary": "latest" if request.boundary == pb.LATEST else "earliest",
+            "offset": request.offset,
+            "timestamp_ms": "timestamp",
+        }[kind]
+        offsets = await self._call(
+            context,
+            self.coordinator.reset_offsets,
+            request.group_id,
+            request.topic,
+            to,
+            partitions=list(request.partitions) or None,
+            timestamp_ms=request.timestamp_ms if kind == "timestamp_ms" else None,
+        )
         return pb.ResetOffsetsResponse(
-            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())])
+            offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())]
+        )

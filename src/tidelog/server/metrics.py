@@ -25,8 +25,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Callable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -58,20 +58,34 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._requests = Histogram("tidelog_request_duration_seconds", "Time to serve a unary RPC",
-                                   ["method"], buckets=REQUEST_BUCKETS_S, registry=registry)
-        self._streams = Histogram("tidelog_stream_duration_seconds", "Lifetime of a streaming RPC",
-                                  ["method"], buckets=STREAM_BUCKETS_S, registry=registry)
-        self._inflight = Gauge("tidelog_inflight_requests", "Unary RPCs being served", ["method"],
-                               registry=registry)
+        self._requests = Histogram(
+            "tidelog_request_duration_seconds",
+            "Time to serve a unary RPC",
+            ["method"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=registry,
+        )
+        self._streams = Histogram(
+            "tidelog_stream_duration_seconds",
+            "Lifetime of a streaming RPC",
+            ["method"],
+            buckets=STREAM_BUCKETS_S,
+            registry=registry,
+        )
+        self._inflight = Gauge("tidelog_inflight_requests", "Unary RPCs being served", ["method"], registry=registry)
         self._open = Gauge("tidelog_open_streams", "Streaming RPCs open", ["method"], registry=registry)
-        self._refused = Counter("tidelog_rpcs_refused", "Calls refused at admission, by the setting they "
-                                "would pass (max_concurrent_rpcs_per_connection, admin_reserved_rpcs)",
-                                ["method", "setting"], registry=registry)
+        self._refused = Counter(
+            "tidelog_rpcs_refused",
+            "Calls refused at admission, by the setting they "
+            "would pass (max_concurrent_rpcs_per_connection, admin_reserved_rpcs)",
+            ["method", "setting"],
+            registry=registry,
+        )
         self._peers: dict[str, int] = {}
         self._wrapped: dict[str, tuple] = {}  # method -> (the service's handler, its timed wrapper)
-        Gauge("tidelog_connections", "Distinct client peers with an RPC in flight or a stream open",
-              registry=registry).set_function(lambda: len(self._peers))
+        Gauge(
+            "tidelog_connections", "Distinct client peers with an RPC in flight or a stream open", registry=registry
+        ).set_function(lambda: len(self._peers))
 
     def refused(self, method: str, setting: str) -> None:
         """Count a call refused by a tidelog limit (server/admission.py)."""
@@ -85,8 +99,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
             label = method.lstrip("/")
-            wrapped = (self._wrap_unary(handler, label) if not handler.request_streaming
-                       and not handler.response_streaming else self._wrap_stream(handler, label))
+            wrapped = (
+                self._wrap_unary(handler, label)
+                if not handler.request_streaming and not handler.response_streaming
+                else self._wrap_stream(handler, label)
+            )
             cached = self._wrapped[method] = (handler, wrapped)
         return cached[1]
 
@@ -119,8 +136,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                 inflight.dec()
                 self._leave(peer)
 
-        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
     def _wrap_stream(self, handler, method: str):
         if handler.request_streaming and handler.response_streaming:
@@ -132,6 +150,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         duration, open_streams = self._streams.labels(method), self._open.labels(method)
 
         if inspect.isasyncgenfunction(behavior):
+
             async def timed(request, context):
                 peer = self._enter(context)
                 open_streams.inc()
@@ -144,6 +163,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     open_streams.dec()
                     self._leave(peer)
         elif inspect.iscoroutinefunction(behavior):  # writes with context.write()
+
             async def timed(request, context):
                 peer = self._enter(context)
                 open_streams.inc()
@@ -156,33 +176,50 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     self._leave(peer)
         else:
             return handler
-        return make(timed, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return make(
+            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
 
 class EngineCollector(Collector):
     """Reads the engine and the group coordinator at scrape time (nothing is kept between scrapes)."""
 
-    def __init__(self, engine: Callable[[], Engine | None], coordinator: Callable[[], GroupCoordinator | None],
-                 ready: Callable[[], bool], max_partitions: int) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine | None],
+        coordinator: Callable[[], GroupCoordinator | None],
+        ready: Callable[[], bool],
+        max_partitions: int,
+    ) -> None:
         self._engine = engine
         self._coordinator = coordinator
         self._ready = ready
         self.max_partitions = max_partitions
 
     def collect(self):
-        yield GaugeMetricFamily("tidelog_ready", "1 while the broker serves; 0 while it recovers or shuts down",
-                                value=1 if self._ready() else 0)
+        yield GaugeMetricFamily(
+            "tidelog_ready",
+            "1 while the broker serves; 0 while it recovers or shuts down",
+            value=1 if self._ready() else 0,
+        )
         engine = self._engine()
         if engine is None or engine.closed:
             return
-        yield GaugeMetricFamily("tidelog_recovery_seconds", "Time the last start took to open and recover the log",
-                                value=engine.recovery_seconds)
-        yield GaugeMetricFamily("tidelog_clean_start", "1 if the last start followed a clean shutdown, 0 after a crash",
-                                value=1 if engine.clean_start else 0)
-        omitted = GaugeMetricFamily("tidelog_metrics_omitted_series",
-                                    "Partitions left out of per-partition metrics by metrics_max_partitions",
-                                    labels=["kind"])
+        yield GaugeMetricFamily(
+            "tidelog_recovery_seconds",
+            "Time the last start took to open and recover the log",
+            value=engine.recovery_seconds,
+        )
+        yield GaugeMetricFamily(
+            "tidelog_clean_start",
+            "1 if the last start followed a clean shutdown, 0 after a crash",
+            value=1 if engine.clean_start else 0,
+        )
+        omitted = GaugeMetricFamily(
+            "tidelog_metrics_omitted_series",
+            "Partitions left out of per-partition metrics by metrics_max_partitions",
+            labels=["kind"],
+        )
         yield from self._partitions(engine, omitted)
         yield from self._fsync(engine)
         coordinator = self._coordinator()
@@ -193,31 +230,40 @@ class EngineCollector(Collector):
     def _partitions(self, engine: Engine, omitted: GaugeMetricFamily):
         labels = ["topic", "partition"]
         families = {
-            "produce_records": CounterMetricFamily("tidelog_produce_records",
-                                                   "Records appended to the partition", labels=labels),
-            "produce_bytes": CounterMetricFamily("tidelog_produce_bytes",
-                                                 "Bytes of record batches appended to the partition", labels=labels),
-            "fetch_records": CounterMetricFamily("tidelog_fetch_records",
-                                                 "Records fetched (that fetches moved readers past)", labels=labels),
-            "fetch_bytes": CounterMetricFamily("tidelog_fetch_bytes", "Bytes of record batches fetched",
-                                               labels=labels),
-            "size": GaugeMetricFamily("tidelog_log_size_bytes", "Bytes of the partition's segment files",
-                                      labels=labels),
+            "produce_records": CounterMetricFamily(
+                "tidelog_produce_records", "Records appended to the partition", labels=labels
+            ),
+            "produce_bytes": CounterMetricFamily(
+                "tidelog_produce_bytes", "Bytes of record batches appended to the partition", labels=labels
+            ),
+            "fetch_records": CounterMetricFamily(
+                "tidelog_fetch_records", "Records fetched (that fetches moved readers past)", labels=labels
+            ),
+            "fetch_bytes": CounterMetricFamily("tidelog_fetch_bytes", "Bytes of record batches fetched", labels=labels),
+            "size": GaugeMetricFamily(
+                "tidelog_log_size_bytes", "Bytes of the partition's segment files", labels=labels
+            ),
             "segments": GaugeMetricFamily("tidelog_log_segments", "Segments of the partition", labels=labels),
             "start": GaugeMetricFamily("tidelog_log_start_offset", "First offset still stored", labels=labels),
             "end": GaugeMetricFamily("tidelog_log_end_offset", "Next offset to be written", labels=labels),
-            "hw": GaugeMetricFamily("tidelog_log_high_watermark", "Offsets below it are visible to consumers",
-                                    labels=labels),
+            "hw": GaugeMetricFamily(
+                "tidelog_log_high_watermark", "Offsets below it are visible to consumers", labels=labels
+            ),
         }
         status = engine.partition_status()
-        for s in status[:self.max_partitions]:
+        for s in status[: self.max_partitions]:
             values = [s.topic, str(s.partition)]
-            for key, value in (("produce_records", s.stats.appended_records),
-                               ("produce_bytes", s.stats.appended_bytes),
-                               ("fetch_records", s.stats.read_records), ("fetch_bytes", s.stats.read_bytes),
-                               ("size", s.info.size_bytes), ("segments", s.info.segments),
-                               ("start", s.info.log_start), ("end", s.info.log_end),
-                               ("hw", s.info.high_watermark)):
+            for key, value in (
+                ("produce_records", s.stats.appended_records),
+                ("produce_bytes", s.stats.appended_bytes),
+                ("fetch_records", s.stats.read_records),
+                ("fetch_bytes", s.stats.read_bytes),
+                ("size", s.info.size_bytes),
+                ("segments", s.info.segments),
+                ("start", s.info.log_start),
+                ("end", s.info.log_end),
+                ("hw", s.info.high_watermark),
+            ):
                 families[key].add_metric(values, value)
         omitted.add_metric(["partition"], max(len(status) - self.max_partitions, 0))
         yield from families.values()
@@ -227,27 +273,36 @@ class EngineCollector(Collector):
         if stats is None:
             return
         count, total_s, buckets = stats.snapshot()
-        yield CounterMetricFamily("tidelog_fsync", "fsync calls on segment, index, metadata files and directories",
-                                  value=count)
+        yield CounterMetricFamily(
+            "tidelog_fsync", "fsync calls on segment, index, metadata files and directories", value=count
+        )
         cumulative, running = [], 0
         for bound, n in zip((*map(str, FSYNC_BUCKETS_S), "+Inf"), buckets):
             running += n
             cumulative.append((bound, running))
-        yield HistogramMetricFamily("tidelog_fsync_duration_seconds", "Time an fsync took",
-                                    buckets=cumulative, sum_value=total_s)
+        yield HistogramMetricFamily(
+            "tidelog_fsync_duration_seconds", "Time an fsync took", buckets=cumulative, sum_value=total_s
+        )
 
     def _groups(self, coordinator: GroupCoordinator, omitted: GaugeMetricFamily):
         labels = ["group", "topic", "partition"]
-        lag = GaugeMetricFamily("tidelog_consumer_group_lag_records",
-                                "High watermark minus the group's committed offset", labels=labels)
-        lag_s = GaugeMetricFamily("tidelog_consumer_group_lag_seconds",
-                                  "Age of the first unconsumed record (0 when caught up)", labels=labels)
-        committed = GaugeMetricFamily("tidelog_consumer_group_committed_offset",
-                                      "The group's committed offset (next record to consume)", labels=labels)
-        members = GaugeMetricFamily("tidelog_consumer_group_members", "Active members of the group",
-                                    labels=["group"])
-        rebalances = CounterMetricFamily("tidelog_consumer_group_rebalances",
-                                         "Rebalances (new generations) since the broker started", labels=["group"])
+        lag = GaugeMetricFamily(
+            "tidelog_consumer_group_lag_records", "High watermark minus the group's committed offset", labels=labels
+        )
+        lag_s = GaugeMetricFamily(
+            "tidelog_consumer_group_lag_seconds", "Age of the first unconsumed record (0 when caught up)", labels=labels
+        )
+        committed = GaugeMetricFamily(
+            "tidelog_consumer_group_committed_offset",
+            "The group's committed offset (next record to consume)",
+            labels=labels,
+        )
+        members = GaugeMetricFamily("tidelog_consumer_group_members", "Active members of the group", labels=["group"])
+        rebalances = CounterMetricFamily(
+            "tidelog_consumer_group_rebalances",
+            "Rebalances (new generations) since the broker started",
+            labels=["group"],
+        )
         series = skipped = 0
         for group_id in coordinator.list_groups():
             try:
@@ -279,8 +334,7 @@ class MetricsHttpServer:
     down) otherwise. At most HTTP_MAX_CONCURRENT requests are served at once.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 health: Callable[[], str | None]) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], str | None]) -> None:
         self.host = host
         self._registry = registry
         self._health = health
@@ -295,8 +349,9 @@ class MetricsHttpServer:
                 if not slots.acquire(blocking=False):
                     self.shutdown_request(request)
                     return
-                threading.Thread(target=self._serve, args=(request, client_address),
-                                 name="tidelog-metrics-request", daemon=True).start()
+                threading.Thread(
+                    target=self._serve, args=(request, client_address), name="tidelog-metrics-request", daemon=True
+                ).start()
 
             def _serve(self, request, client_address) -> None:
                 try:
@@ -312,8 +367,9 @@ class MetricsHttpServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="tidelog-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="tidelog-metrics", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -337,8 +393,9 @@ class MetricsHttpServer:
                     self._send(200, content_type, encoder(registry))
                 elif path == "/healthz":
                     problem = health()
-                    self._send(200 if problem is None else 503, "text/plain; charset=utf-8",
-                               (problem or "ok").encode() + b"\n")
+                    self._send(
+                        200 if problem is None else 503, "text/plain; charset=utf-8", (problem or "ok").encode() + b"\n"
+                    )
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 

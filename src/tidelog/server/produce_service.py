@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
 
-from ..engine.async_engine import AsyncEngine
 from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..values import ProduceResult
@@ -42,8 +43,12 @@ class _Refused(NamedTuple):
 
 
 class ProduceService:
-    def __init__(self, engine: AsyncEngine, config: ServerConfig,
-                 connection: Callable[[str], Connection | None] = lambda peer: None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: ServerConfig,
+        connection: Callable[[str], Connection | None] = lambda peer: None,
+    ) -> None:
         self.engine = engine
         self.config = config
         self._shared = ByteBudget(config.max_inflight_bytes)
@@ -60,10 +65,13 @@ class ProduceService:
         return self._shared.used
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return methods.handlers("Producer", {
-            "Produce": requests.stream(self.produce),
-            "ProduceRecords": requests.unary(self.produce_records),
-        })
+        return methods.handlers(
+            "Producer",
+            {
+                "Produce": requests.stream(self.produce),
+                "ProduceRecords": requests.unary(self.produce_records),
+            },
+        )
 
     async def produce(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue()
@@ -144,11 +152,17 @@ class ProduceService:
                 continue
             outcome = next(outcomes)
             if isinstance(outcome, ProduceResult):
-                response.results.add(sequence=p.sequence, topic=p.topic, partition=p.partition,
-                                     base_offset=outcome.base_offset, last_offset=outcome.last_offset)
+                response.results.add(
+                    sequence=p.sequence,
+                    topic=p.topic,
+                    partition=p.partition,
+                    base_offset=outcome.base_offset,
+                    last_offset=outcome.last_offset,
+                )
             else:
-                response.results.add(sequence=p.sequence, topic=p.topic, partition=p.partition,
-                                     error=error_message(outcome))
+                response.results.add(
+                    sequence=p.sequence, topic=p.topic, partition=p.partition, error=error_message(outcome)
+                )
         return response
 
     async def produce_records(self, request: pb.ProduceRecordsRequest, context) -> pb.ProduceRecordsResponse:
@@ -163,15 +177,18 @@ class ProduceService:
                 now = self.engine.clock()
                 timestamps = [r.timestamp_ms if s else now for r, s in zip(records, stamped)]
             results = await self.engine.produce(
-                request.topic, values,
+                request.topic,
+                values,
                 keys if any(k is not None for k in keys) else None,
                 headers if any(headers) else None,
                 partition=request.partition if request.HasField("partition") else None,
-                timestamps=timestamps)
+                timestamps=timestamps,
+            )
         except TidelogError as exc:
             await status.abort(context, exc)
         response = pb.ProduceRecordsResponse()
         for r in results:
-            response.results.add(topic=r.topic, partition=r.partition, base_offset=r.base_offset,
-                                 last_offset=r.last_offset)
+            response.results.add(
+                topic=r.topic, partition=r.partition, base_offset=r.base_offset, last_offset=r.last_offset
+            )
         return response

@@ -18,6 +18,7 @@ from . import status
 def unary(fn, *, raw_response: bool = False):
     """A unary handler that decodes the request itself and answers INVALID_ARGUMENT to garbage.
     With raw_response, fn returns the response already framed (wire/framing.py)."""
+
     def build(method: Method) -> grpc.RpcMethodHandler:
         async def handle(raw: bytes, context):
             try:
@@ -27,8 +28,10 @@ def unary(fn, *, raw_response: bool = False):
             return await fn(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            handle, request_deserializer=None,
-            response_serializer=None if raw_response else method.response.SerializeToString)
+            handle,
+            request_deserializer=None,
+            response_serializer=None if raw_response else method.response.SerializeToString,
+        )
 
     return build
 
@@ -36,10 +39,13 @@ def unary(fn, *, raw_response: bool = False):
 def stream(fn, *, raw_response: bool = False):
     """A bidirectional-stream handler that receives the requests as bytes (fn decodes them, with
     `decoded`, or frames them by hand) and sends responses serialized, or already framed."""
+
     def build(method: Method) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(
-            fn, request_deserializer=None,
-            response_serializer=None if raw_response else method.response.SerializeToString)
+            fn,
+            request_deserializer=None,
+            response_serializer=None if raw_response else method.response.SerializeToString,
+        )
 
     return build
 

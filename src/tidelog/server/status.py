@@ -32,9 +32,17 @@ class MethodNames(grpc.aio.ServerInterceptor):
 async def abort(context, exc: errors.TidelogError):
     """End the RPC with the status for exc (raises, as grpc.aio's abort does)."""
     code = status_of(exc)
-    log.log(logging.ERROR if code in _BROKER_FAULTS else logging.INFO, "request failed", extra={
-        "event": "rpc_error", "method": _method.get(), "code": code.name, "error_code": exc.code,
-        "error": exc.message, "peer": context.peer()})
+    log.log(
+        logging.ERROR if code in _BROKER_FAULTS else logging.INFO,
+        "request failed",
+        extra={
+            "event": "rpc_error",
+            "method": _method.get(),
+            "code": code.name,
+            "error_code": exc.code,
+            "error": exc.message,
+            "peer": context.peer(),
+        },
+    )
     context.set_trailing_metadata(trailing_metadata(exc))
     await context.abort(code, details(exc))
-

@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import DataDirLockedError, DiskFullError, StorageError, TooManyOpenFilesError
 
@@ -68,8 +68,11 @@ def _fail(exc: OSError, what: str, path: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"no space left on device while {what} {path}", path=path)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return TooManyOpenFilesError(f"too many open files while {what} {path}: raise the open-file limit "
-                                     f"(ulimit -n) or use fewer partitions (three descriptors each)", path=path)
+        return TooManyOpenFilesError(
+            f"too many open files while {what} {path}: raise the open-file limit "
+            f"(ulimit -n) or use fewer partitions (three descriptors each)",
+            path=path,
+        )
     return StorageError(f"{what} {path} failed: {exc.strerror or exc}", path=path, errno=exc.errno or 0)
 
 
@@ -113,7 +116,7 @@ class FileSystem:
         total = 0
         try:
             for start in range(0, len(buffers), IOV_MAX):
-                chunk = [memoryview(b).cast("B") for b in buffers[start:start + IOV_MAX]]
+                chunk = [memoryview(b).cast("B") for b in buffers[start : start + IOV_MAX]]
                 want = sum(len(c) for c in chunk)
                 done = os.pwritev(fd, chunk, offset + total)
                 while done < want:  # rare: a short write; finish the rest buffer by buffer
@@ -247,7 +250,7 @@ class FileSystem:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if durable:
                     self._fsync(fd)
             finally:
@@ -368,7 +371,8 @@ class FileSystem:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise DataDirLockedError(
-                    f"data directory {path} is in use by another process (pid {holder})", path=path) from None
+                    f"data directory {path} is in use by another process (pid {holder})", path=path
+                ) from None
             raise _fail(exc, "locking", lock_path) from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

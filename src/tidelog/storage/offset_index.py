@@ -55,8 +55,13 @@ class OffsetIndex(IndexFile):
             return True
         rel = e["rel"].astype(np.int64)
         pos = e["pos"].astype(np.int64)
-        return bool(rel[0] >= 0 and pos[0] >= 0 and pos[-1] < max(log_size, 1)
-                    and np.all(np.diff(rel) > 0) and np.all(np.diff(pos) > 0))
+        return bool(
+            rel[0] >= 0
+            and pos[0] >= 0
+            and pos[-1] < max(log_size, 1)
+            and np.all(np.diff(rel) > 0)
+            and np.all(np.diff(pos) > 0)
+        )
 
     @staticmethod
     def rows(rel_offsets, positions) -> np.ndarray:

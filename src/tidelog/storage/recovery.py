@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .._native import batch_scan, checksum
 from ..config import TopicConfig
@@ -60,8 +61,9 @@ class Verdict(NamedTuple):
     what: str = ""  # what was found there, for TORN_TAIL and CORRUPT
 
 
-def classify(reason: int, end_pos: int, *, durable_position: int, whole: bool, last: bool,
-             zeros_follow: Callable[[int], bool]) -> Verdict:
+def classify(
+    reason: int, end_pos: int, *, durable_position: int, whole: bool, last: bool, zeros_follow: Callable[[int], bool]
+) -> Verdict:
     """The one rule for what a segment's scan found, used by opening (recovery) and by `tidelog check`
     alike, so the two can never disagree.
 
@@ -75,8 +77,11 @@ def classify(reason: int, end_pos: int, *, durable_position: int, whole: bool, l
     """
     stop = batch_scan.STOP_NAMES[reason]
     if end_pos < durable_position:
-        return Verdict(CORRUPT, end_pos, f"{stop} {durable_position - end_pos} bytes before the recovery point "
-                                         f"(durable records are missing)")
+        return Verdict(
+            CORRUPT,
+            end_pos,
+            f"{stop} {durable_position - end_pos} bytes before the recovery point (durable records are missing)",
+        )
     if reason == batch_scan.END or (reason == batch_scan.ZERO and zeros_follow(end_pos)):
         return Verdict(INTACT, end_pos)
     if reason == batch_scan.ZERO:
@@ -128,8 +133,9 @@ def write_checkpoint(fs: FileSystem, directory: str, point: Checkpoint, durable:
     durable before retention deletes segments (the log start then moves) and at a clean close.
     """
     body = _CHECKPOINT.pack(_MAGIC, 2, *point)
-    fs.write_in_place(os.path.join(directory, RECOVERY_POINT_FILE),
-                      body + struct.pack(">I", checksum.crc32c(body)), durable=durable)
+    fs.write_in_place(
+        os.path.join(directory, RECOVERY_POINT_FILE), body + struct.pack(">I", checksum.crc32c(body)), durable=durable
+    )
 
 
 def segment_bases(fs: FileSystem, directory: str) -> list[int]:
@@ -148,8 +154,11 @@ def list_segment_bases(fs: FileSystem, directory: str) -> list[int]:
     bases = set(segment_bases(fs, directory))
     for name in names:
         stem, ext = os.path.splitext(name)
-        if name.endswith(".tmp") or name.startswith(TMP_PREFIX) or (
-                ext in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem.isdigit() and int(stem) not in bases):
+        if (
+            name.endswith(".tmp")
+            or name.startswith(TMP_PREFIX)
+            or (ext in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem.isdigit() and int(stem) not in bases)
+        ):
             fs.remove(os.path.join(directory, name))
     return sorted(bases)
 
@@ -162,11 +171,15 @@ def missing_segments(bases: list[int], point: Checkpoint | None) -> str | None:
     if not bases:
         return f"every segment file is missing (its recovery point names segment {point.base})"
     if point.log_start >= 0 and bases[0] > point.log_start:
-        return (f"the log should start at offset {point.log_start}, but its first segment file starts at "
-                f"{bases[0]}: the segment(s) before are missing")
+        return (
+            f"the log should start at offset {point.log_start}, but its first segment file starts at "
+            f"{bases[0]}: the segment(s) before are missing"
+        )
     if point.base not in bases:
-        return (f"segment file {point.base:020d}.log, which holds durable records, is missing (the segments "
-                f"found end at {bases[-1]:020d}.log)")
+        return (
+            f"segment file {point.base:020d}.log, which holds durable records, is missing (the segments "
+            f"found end at {bases[-1]:020d}.log)"
+        )
     return None
 
 
@@ -176,15 +189,20 @@ def _check_extent(fs: FileSystem, directory: str, bases: list[int], point: Check
     name = os.path.basename(directory)
     if point is None:
         if bases:
-            log.warning("partition %s has no valid recovery point: its first and last segments cannot be "
-                        "checked", name, extra={"event": "recovery_point_missing", "directory": directory})
+            log.warning(
+                "partition %s has no valid recovery point: its first and last segments cannot be checked",
+                name,
+                extra={"event": "recovery_point_missing", "directory": directory},
+            )
         return bases
     missing = missing_segments(bases, point)
     if missing is not None:
         _refuse_missing(directory, missing)
     while point.log_start >= 0 and len(bases) > 1 and bases[1] <= point.log_start:
-        log.info("removing a segment below the log start (a retention a crash interrupted)", extra={
-            "event": "segment_deleted", "log": name, "reason": "retention", "base_offset": bases[0]})
+        log.info(
+            "removing a segment below the log start (a retention a crash interrupted)",
+            extra={"event": "segment_deleted", "log": name, "reason": "retention", "base_offset": bases[0]},
+        )
         Segment.remove_files(fs, directory, bases[0])
         bases = bases[1:]
     return bases
@@ -194,11 +212,14 @@ def _refuse_missing(directory: str, what: str) -> None:
     raise CorruptLogError(
         f"partition {os.path.basename(directory)} is incomplete: {what}; nothing was changed. If the files "
         f"were moved, move them back; `tidelog check --repair --data-dir {os.path.dirname(directory)}` accepts "
-        f"the loss and resets the partition's recovery point", path=directory)
+        f"the loss and resets the partition's recovery point",
+        path=directory,
+    )
 
 
-def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bool,
-                  maps: MapCache | None = None, new: bool = False) -> tuple[list[Segment], RecoveryReport]:
+def open_segments(
+    fs: FileSystem, directory: str, config: TopicConfig, clean: bool, maps: MapCache | None = None, new: bool = False
+) -> tuple[list[Segment], RecoveryReport]:
     """Load every segment of a partition, recovering as needed; the last one is left active.
     new: the partition is being created (an empty segment 0 is made).
 
@@ -225,8 +246,9 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
             segments.append(seg)
             expected = segments[-2].next_offset if len(segments) > 1 else base
             if base != expected:
-                _refuse(directory, seg, 0, f"the segment starts at offset {base} but the previous one ends "
-                        f"at {expected}")
+                _refuse(
+                    directory, seg, 0, f"the segment starts at offset {base} but the previous one ends at {expected}"
+                )
             scanned_from_point = checkpoint is not None and base >= checkpoint[0]
             if scanned_from_point:
                 start = min(checkpoint[1] if base == checkpoint[0] else 0, seg.file_size)
@@ -234,25 +256,43 @@ def open_segments(fs: FileSystem, directory: str, config: TopicConfig, clean: bo
                 scanned += result.end_pos - start
                 rebuilt += 1
             else:
-                damaged = (seg.indexes_missing or seg.index.torn or seg.time_index.torn
-                           or not (seg.index.is_consistent(seg.file_size) and seg.time_index.is_consistent(1 << 31)))
+                damaged = (
+                    seg.indexes_missing
+                    or seg.index.torn
+                    or seg.time_index.torn
+                    or not (seg.index.is_consistent(seg.file_size) and seg.time_index.is_consistent(1 << 31))
+                )
                 if damaged:
-                    log.warning("rebuilding damaged or missing indexes", extra={
-                        "event": "indexes_rebuilt", "directory": directory, "base_offset": base})
+                    log.warning(
+                        "rebuilding damaged or missing indexes",
+                        extra={"event": "indexes_rebuilt", "directory": directory, "base_offset": base},
+                    )
                     result = seg.rebuild_indexes(verify=True)
                     rebuilt += 1
                 else:
                     result = seg.restore()
-            verdict = classify(result.reason, result.end_pos,
-                               durable_position=durable.position if durable is not None and base == durable.base else 0,
-                               whole=not (last and scanned_from_point), last=last, zeros_follow=seg.zeros_after)
+            verdict = classify(
+                result.reason,
+                result.end_pos,
+                durable_position=durable.position if durable is not None and base == durable.base else 0,
+                whole=not (last and scanned_from_point),
+                last=last,
+                zeros_follow=seg.zeros_after,
+            )
             if verdict.kind == CORRUPT:
                 _refuse(directory, seg, verdict.position, verdict.what)
             if verdict.kind == TORN_TAIL:
                 reason, truncated = verdict.what, verdict.position
-                log.warning("torn write past the last fsync: the log is cut there", extra={
-                    "event": "log_truncated", "directory": directory, "reason": verdict.what, "base_offset": base,
-                    "position": verdict.position})
+                log.warning(
+                    "torn write past the last fsync: the log is cut there",
+                    extra={
+                        "event": "log_truncated",
+                        "directory": directory,
+                        "reason": verdict.what,
+                        "base_offset": base,
+                        "position": verdict.position,
+                    },
+                )
             if last and verdict.position < seg.file_size:
                 seg.cut(verdict.position)  # a torn tail, or preallocated zeros to keep clear
             if not last:
@@ -269,7 +309,8 @@ def _refuse(directory: str, seg: Segment, pos: int, what: str) -> None:
         f"partition {os.path.basename(directory)} is corrupt: {what} at byte {pos} of {os.path.basename(seg.log_path)}"
         f" (records from offset {seg.base_offset} on may be affected); nothing was cut. Stop the broker "
         f"and run `tidelog check --repair --data-dir {os.path.dirname(directory)}` to cut the log there",
-        path=seg.log_path)
+        path=seg.log_path,
+    )
 
 
 def _finish_sealed(seg: Segment) -> None:
@@ -279,6 +320,8 @@ def _finish_sealed(seg: Segment) -> None:
         seg.seal()  # found untrimmed (a crash while rolling) or with rebuilt indexes
 
 
-def _finish(segments: list[Segment], scanned: int, truncated: int, rebuilt: int, reason: str) -> tuple[list[Segment], RecoveryReport]:
+def _finish(
+    segments: list[Segment], scanned: int, truncated: int, rebuilt: int, reason: str
+) -> tuple[list[Segment], RecoveryReport]:
     segments[-1].activate()
     return segments, RecoveryReport(len(segments), scanned, truncated, rebuilt, reason)

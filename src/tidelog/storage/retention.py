@@ -7,11 +7,12 @@ least retention_bytes large.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
-def segments_to_delete(sealed: Sequence[tuple[int, int]], total_bytes: int, now_ms: int,
-                       retention_ms: int, retention_bytes: int) -> int:
+def segments_to_delete(
+    sealed: Sequence[tuple[int, int]], total_bytes: int, now_ms: int, retention_ms: int, retention_bytes: int
+) -> int:
     """How many of the oldest sealed segments to delete.
 
     sealed: (size_bytes, max_timestamp_ms) of each sealed segment, oldest first.

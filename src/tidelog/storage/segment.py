@@ -76,8 +76,15 @@ class ScanResult(NamedTuple):
 
 
 class Segment:
-    def __init__(self, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
-                 create: bool, maps: MapCache | None = None) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        base_offset: int,
+        config: TopicConfig,
+        create: bool,
+        maps: MapCache | None = None,
+    ) -> None:
         self.fs = fs
         self._maps = maps if maps is not None else UNBOUNDED
         self.directory = directory
@@ -92,8 +99,7 @@ class Segment:
         try:
             self.index = OffsetIndex(fs, index_path, config.max_index_bytes, create or not fs.exists(index_path))
             try:
-                self.time_index = TimeIndex(fs, time_path, config.max_index_bytes,
-                                            create or not fs.exists(time_path))
+                self.time_index = TimeIndex(fs, time_path, config.max_index_bytes, create or not fs.exists(time_path))
             except BaseException:
                 self.index.close()
                 raise
@@ -121,8 +127,9 @@ class Segment:
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
-               maps: MapCache | None = None) -> "Segment":
+    def create(
+        cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig, maps: MapCache | None = None
+    ) -> Segment:
         seg = cls(fs, directory, base_offset, config, create=True, maps=maps)
         try:
             seg._map_file(config.segment_bytes)
@@ -133,8 +140,9 @@ class Segment:
         return seg
 
     @classmethod
-    def load(cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig,
-             maps: MapCache | None = None) -> "Segment":
+    def load(
+        cls, fs: FileSystem, directory: str, base_offset: int, config: TopicConfig, maps: MapCache | None = None
+    ) -> Segment:
         """Open existing files; the caller then calls `recover` or `restore` to find the contents."""
         seg = cls(fs, directory, base_offset, config, create=False, maps=maps)
         try:
@@ -170,8 +178,9 @@ class Segment:
         self._last_bucket = start // self.config.index_interval_bytes if self.index.entries else -1
         ts, _ = self.time_index.last()
         self.max_timestamp = ts
-        result = self.scan(start, verify=True, expected_offset=self.base_offset + rel if self.index.entries
-                           else self.base_offset)
+        result = self.scan(
+            start, verify=True, expected_offset=self.base_offset + rel if self.index.entries else self.base_offset
+        )
         self._set_end(result)
         self._load_first_timestamp()
         if result.reason in (batch_scan.END, batch_scan.ZERO):
@@ -196,8 +205,7 @@ class Segment:
         head = self.scan(0, verify=False, expected_offset=self.base_offset, stop=start_pos) if start_pos else None
         if head is not None and head.end_pos != start_pos:
             start_pos = head.end_pos  # the trusted part did not end on a batch boundary: validate from there
-        tail = self.scan(start_pos, verify=True,
-                         expected_offset=head.next_offset if head else self.base_offset)
+        tail = self.scan(start_pos, verify=True, expected_offset=head.next_offset if head else self.base_offset)
         self.rebuild_indexes(tail.end_pos)
         if start_pos == 0:
             self._verified = (0, tail.end_pos, self.next_offset)
@@ -229,8 +237,9 @@ class Segment:
         self.max_timestamp = max(self.max_timestamp, result.max_timestamp)
 
     # -- scanning ------------------------------------------------------------------------------------
-    def scan(self, start: int, verify: bool, expected_offset: int, stop: int | None = None,
-             on_batches=None) -> ScanResult:
+    def scan(
+        self, start: int, verify: bool, expected_offset: int, stop: int | None = None, on_batches=None
+    ) -> ScanResult:
         """Walk batches from start to the first invalid one (or `stop`), in chunks of headers.
 
         on_batches(rows) receives each chunk's rows (the batch_scan.COL_* columns).
@@ -265,8 +274,13 @@ class Segment:
         self.time_index.truncate_entries(0)
         self._last_bucket = -1
         self.max_timestamp = -1
-        result = self.scan(0, verify=verify, expected_offset=self.base_offset if verify else -1, stop=end_pos,
-                           on_batches=self._index_rows)
+        result = self.scan(
+            0,
+            verify=verify,
+            expected_offset=self.base_offset if verify else -1,
+            stop=end_pos,
+            on_batches=self._index_rows,
+        )
         if verify:
             self._verified = (0, result.end_pos, result.next_offset)
         self._set_end(result)
@@ -301,9 +315,13 @@ class Segment:
     # -- appending -----------------------------------------------------------------------------------
     def room_for(self, nbytes: int, nbatches: int, last_offset: int) -> bool:
         """Whether an append of this size fits without rolling."""
-        return (self.size + nbytes <= self._map_len and not self.sealed
-                and last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
-                and not self.index.is_full(nbatches) and not self.time_index.is_full(nbatches + 1))
+        return (
+            self.size + nbytes <= self._map_len
+            and not self.sealed
+            and last_offset - self.base_offset <= MAX_RELATIVE_OFFSET
+            and not self.index.is_full(nbatches)
+            and not self.time_index.is_full(nbatches + 1)
+        )
 
     def append(self, buffers: list, batches: list[AppendedBatch], nbytes: int) -> None:
         """Write buffers (whole batches, offsets already assigned) at the end and index them.
@@ -395,8 +413,7 @@ class Segment:
         """(position, base offset) of the batch holding offset, searching below end; (-1, -1) if none.
         buf: the buffer the caller took (see `buffer`)."""
         buf = self.buffer if buf is None else buf
-        pos, base, _ = batch_scan.find_batch(buf, self._index_start(offset - self.base_offset, end, buf),
-                                             end, offset)
+        pos, base, _ = batch_scan.find_batch(buf, self._index_start(offset - self.base_offset, end, buf), end, offset)
         return pos, base
 
     def _index_start(self, rel_offset: int, end: int, buf) -> int:
@@ -431,8 +448,11 @@ class Segment:
         if self.index_damaged:
             return
         self.index_damaged = True
-        log.warning("%s: the offset index has entries that do not match the log; searching without "
-                    "them, and the index files are removed so that the next open rebuilds them", self.log_path)
+        log.warning(
+            "%s: the offset index has entries that do not match the log; searching without "
+            "them, and the index files are removed so that the next open rebuilds them",
+            self.log_path,
+        )
         for path in (self.index.path, self.time_index.path):
             try:
                 self.fs.remove(path)
@@ -465,7 +485,9 @@ class Segment:
             raise CorruptLogError(
                 f"{self.log_path}: {batch_scan.STOP_NAMES[reason]} at byte {pos} (offsets from about "
                 f"{expected} on); the log is corrupt here: stop the broker and run `tidelog check --repair "
-                f"--data-dir {os.path.dirname(self.directory)}`", path=self.log_path)
+                f"--data-dir {os.path.dirname(self.directory)}`",
+                path=self.log_path,
+            )
         return stop, -1
 
     def position_of_time(self, timestamp: int, end: int, buf) -> int:
@@ -588,5 +610,4 @@ class Segment:
         self._close_fd()
 
     def __repr__(self) -> str:
-        return (f"Segment(base={self.base_offset}, size={self.size}, next={self.next_offset}, "
-                f"sealed={self.sealed})")
+        return f"Segment(base={self.base_offset}, size={self.size}, next={self.next_offset}, sealed={self.sealed})"

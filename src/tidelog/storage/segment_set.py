@@ -7,7 +7,7 @@ lock may keep using it after it is removed: removal never invalidates views alre
 from __future__ import annotations
 
 import bisect
-from typing import Iterator
+from collections.abc import Iterator
 
 from .segment import Segment
 

@@ -47,8 +47,12 @@ class TimeIndex(IndexFile):
         if len(e) == 0:
             return True
         rel = e["rel"].astype(np.int64)
-        return bool(rel[0] >= 0 and rel[-1] <= max_rel and np.all(np.diff(e["ts"].astype(np.int64)) > 0)
-                    and np.all(np.diff(rel) >= 0))
+        return bool(
+            rel[0] >= 0
+            and rel[-1] <= max_rel
+            and np.all(np.diff(e["ts"].astype(np.int64)) > 0)
+            and np.all(np.diff(rel) >= 0)
+        )
 
     @staticmethod
     def rows(timestamps, rel_offsets) -> np.ndarray:

@@ -61,12 +61,12 @@ def iter_fields(buf):
             length, pos = _read_varint(view, pos)
             if length > end - pos:
                 raise ValueError("a length-delimited field runs past the end of the message")
-            value = view[pos:pos + length]
+            value = view[pos : pos + length]
             pos += length
         elif wire_type == 1:
-            value, pos = bytes(view[pos:pos + 8]), pos + 8
+            value, pos = bytes(view[pos : pos + 8]), pos + 8
         elif wire_type == 5:
-            value, pos = bytes(view[pos:pos + 4]), pos + 4
+            value, pos = bytes(view[pos : pos + 4]), pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire_type}")
         if pos > end:
@@ -97,12 +97,19 @@ class BadFieldError(ValueError):
 
 def encode_produce_request(sequence: int, topic: str, partition: int, batches) -> bytes:
     topic_bytes = topic.encode()
-    head = b"".join([
-        _key(1, _VARINT), _varint(sequence),
-        _key(2, _LEN), _varint(len(topic_bytes)), topic_bytes,
-        _key(3, _VARINT), _varint(partition),
-        _key(4, _LEN), _varint(len(batches)),
-    ])
+    head = b"".join(
+        [
+            _key(1, _VARINT),
+            _varint(sequence),
+            _key(2, _LEN),
+            _varint(len(topic_bytes)),
+            topic_bytes,
+            _key(3, _VARINT),
+            _varint(partition),
+            _key(4, _LEN),
+            _varint(len(batches)),
+        ]
+    )
     return b"".join([head, batches])
 
 
@@ -127,35 +134,57 @@ def parse_produce_request(buf) -> ProduceRequestView:
     except UnicodeDecodeError as exc:
         raise BadFieldError(f"topic is not UTF-8: {exc}", sequence, "") from None
     if not INT32_MIN <= partition <= INT32_MAX:
-        raise BadFieldError(f"partition {partition} does not fit the int32 field (a partition is "
-                            f"{INT32_MIN} to {INT32_MAX})", sequence, topic)
+        raise BadFieldError(
+            f"partition {partition} does not fit the int32 field (a partition is {INT32_MIN} to {INT32_MAX})",
+            sequence,
+            topic,
+        )
     return ProduceRequestView(sequence, topic, partition, batches)
 
 
 # -- SubscribeResponse / FetchResponse ---------------------------------------------------------------
 
+
 def encode_subscribe_response(next_offset: int, high_watermark: int, log_start: int, batches) -> bytes:
     """SubscribeResponse{next_offset=1, high_watermark=2, batches=3, log_start=4}: one copy of batches."""
-    return b"".join([
-        _key(1, _VARINT), _varint(next_offset),
-        _key(2, _VARINT), _varint(high_watermark),
-        _key(4, _VARINT), _varint(log_start),
-        _key(3, _LEN), _varint(len(batches)), batches,
-    ])
+    return b"".join(
+        [
+            _key(1, _VARINT),
+            _varint(next_offset),
+            _key(2, _VARINT),
+            _varint(high_watermark),
+            _key(4, _VARINT),
+            _varint(log_start),
+            _key(3, _LEN),
+            _varint(len(batches)),
+            batches,
+        ]
+    )
 
 
-def encode_fetch_response(topic: str, partition: int, next_offset: int, high_watermark: int,
-                          log_start: int, batches) -> bytes:
+def encode_fetch_response(
+    topic: str, partition: int, next_offset: int, high_watermark: int, log_start: int, batches
+) -> bytes:
     """FetchResponse{topic=1, partition=2, next_offset=3, high_watermark=4, log_start=5, batches=6}."""
     topic_bytes = topic.encode()
-    return b"".join([
-        _key(1, _LEN), _varint(len(topic_bytes)), topic_bytes,
-        _key(2, _VARINT), _varint(partition),
-        _key(3, _VARINT), _varint(next_offset),
-        _key(4, _VARINT), _varint(high_watermark),
-        _key(5, _VARINT), _varint(log_start),
-        _key(6, _LEN), _varint(len(batches)), batches,
-    ])
+    return b"".join(
+        [
+            _key(1, _LEN),
+            _varint(len(topic_bytes)),
+            topic_bytes,
+            _key(2, _VARINT),
+            _varint(partition),
+            _key(3, _VARINT),
+            _varint(next_offset),
+            _key(4, _VARINT),
+            _varint(high_watermark),
+            _key(5, _VARINT),
+            _varint(log_start),
+            _key(6, _LEN),
+            _varint(len(batches)),
+            batches,
+        ]
+    )
 
 
 class BatchesResponseView(NamedTuple):

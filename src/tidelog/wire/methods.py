@@ -7,7 +7,8 @@ The client calls `/tidelog.v1.Admin/CreateTopic` and the server registers `Creat
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import message_factory
@@ -39,10 +40,14 @@ def method(service: str, name: str) -> Method:
     desc = _service(service).methods_by_name.get(name)
     if desc is None:
         raise KeyError(f"service {service} has no method {name!r}")
-    return Method(desc.containing_service.full_name, desc.name,
-                  message_factory.GetMessageClass(desc.input_type),
-                  message_factory.GetMessageClass(desc.output_type),
-                  desc.client_streaming, desc.server_streaming)
+    return Method(
+        desc.containing_service.full_name,
+        desc.name,
+        message_factory.GetMessageClass(desc.input_type),
+        message_factory.GetMessageClass(desc.output_type),
+        desc.client_streaming,
+        desc.server_streaming,
+    )
 
 
 def methods(service: str) -> list[Method]:
@@ -54,10 +59,13 @@ def handlers(service: str, table: dict[str, Callable[[Method], grpc.RpcMethodHan
     handler from its Method. A name the .proto lacks, or a method without a handler, is a ValueError."""
     names = {m.name for m in _service(service).methods}
     if set(table) != names:
-        raise ValueError(f"service {service}: handlers for {sorted(set(table) - names)} are not in the "
-                         f".proto and {sorted(names - set(table))} have none")
+        raise ValueError(
+            f"service {service}: handlers for {sorted(set(table) - names)} are not in the "
+            f".proto and {sorted(names - set(table))} have none"
+        )
     return grpc.method_handlers_generic_handler(
-        service_name(service), {name: build(method(service, name)) for name, build in table.items()})
+        service_name(service), {name: build(method(service, name)) for name, build in table.items()}
+    )
 
 
 def _service(service: str):

@@ -55,6 +55,7 @@ so a message echoing a hostile 100 KB name would turn NOT_FOUND into a transport
 
 # -- server → wire ------------------------------------------------------------------------------------
 
+
 def status_of(exc: errors.TidelogError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -73,7 +74,7 @@ def details(exc: errors.TidelogError) -> str:
     message = exc.message
     if len(message) <= MAX_DETAILS_CHARS:
         return message
-    return f"{message[:MAX_DETAILS_CHARS - 40]}... ({len(message)} characters, truncated)"
+    return f"{message[: MAX_DETAILS_CHARS - 40]}... ({len(message)} characters, truncated)"
 
 
 def error_message(exc: errors.TidelogError) -> pb.Error:
@@ -85,6 +86,7 @@ def error_message(exc: errors.TidelogError) -> pb.Error:
 
 
 # -- wire → client ------------------------------------------------------------------------------------
+
 
 def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
     """Turn a failed RPC back into the tidelog error the broker raised; a failure without the
