@@ -743,3 +743,39 @@ def test_with_auto_offset_reset_none_an_offset_outside_the_log_is_an_error_for_t
     assert len(out_of_range_warnings(caplog)) >= 1
     c.close()
     assert coord.committed("g") == {("single", 0): 3}
+
+
+def test_commit_async_runs_on_one_worker_in_the_order_asked_and_close_waits_for_it(engine, coord):
+    """A commit held up (a slow broker) must not be overtaken by a later one: the committed offset would
+    move back. And a loop of commit_async() calls costs one thread, not one each."""
+    tp = ("orders", 0)
+    for _ in range(80):
+        engine.produce("orders", [b"x"], partition=0)
+    consumer = EmbeddedGroupConsumer(coord, "async", ["orders"], auto_commit=False)
+    consumer.heartbeat_now()
+    consumer.poll(0)  # applies the grant
+    assert tp in consumer.assignment()
+    release, calls, done = threading.Event(), [], []
+    transport = consumer._commit
+
+    def held_first(member_id, generation, offsets):
+        calls.append(dict(offsets))
+        if len(calls) == 1:
+            assert release.wait(30)
+        transport(member_id, generation, offsets)
+
+    consumer._commit = held_first
+    futures = [consumer.commit_async({tp: 10 + i}, callback=done.append) for i in range(50)]
+    workers = [t for t in threading.enumerate() if t.name.startswith("tidelog-commit")]
+    assert len(workers) == 1
+    assert len(calls) <= 1  # the later commits wait behind the held one
+    release.set()
+    for future in futures:
+        assert future.result(timeout=30) is None
+    assert [c[tp] for c in calls] == list(range(10, 60))
+    assert done == [None] * 50
+    assert coord.committed("async") == {tp: 59}
+    consumer._commit = transport
+    consumer.commit_async({tp: 70})
+    consumer.close()  # waits for the pending commit before it leaves
+    assert coord.committed("async") == {tp: 70}

@@ -60,6 +60,7 @@ exchange with the coordinator at a time runs under `_membership`.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -145,6 +146,7 @@ class GroupMember:
         self._rotation = 0  # which partition a poll cut by max_poll_records starts with
         self._last_commit = time.monotonic()
         self._closed = False
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None  # commit_async's one worker
         self._stop = threading.Event()
         self._apply_state(*self._exchange(self._join, None, []))
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="tidelog-heartbeat", daemon=True)
@@ -629,23 +631,26 @@ class GroupMember:
         self,
         offsets: dict[TopicPartition, int] | None = None,
         callback: Callable[[BaseException | None], None] | None = None,
-    ) -> threading.Thread:
-        """Commit in a background thread; callback(error or None) when done."""
+    ) -> concurrent.futures.Future:
+        """Commit without waiting; callback(error or None) when done, and the returned future says the
+        same. One worker thread per member runs the commits in the order they were asked for, so a later
+        commit never lands before an earlier one (which would move the committed offset back), and a
+        loop of commit_async() calls costs one thread, not one each. close() waits for them."""
         offsets = dict(self._positions) if offsets is None else dict(offsets)
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidelog-commit")
 
-        def run():
+        def run() -> None:
             try:
                 self.commit(offsets)
-            except BaseException as exc:  # handed to the callback, never lost
+            except BaseException as exc:  # handed to the callback and the future, never lost
                 if callback:
                     callback(exc)
-                return
+                raise
             if callback:
                 callback(None)
 
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        return t
+        return self._committer.submit(run)
 
     def _try_commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
         offsets = dict(self._positions) if offsets is None else offsets
@@ -661,6 +666,8 @@ class GroupMember:
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)  # asynchronous commits land before the member leaves
         self._stop.set()
         self._heartbeats.join(timeout=10)
         try:
