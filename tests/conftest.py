@@ -59,7 +59,7 @@ def pytest_addoption(parser):
         "--adversarial-rounds",
         type=int,
         default=200,
-        help="broker kills of the long adversarial loop (-m slow; default 200)",
+        help="broker kills of the long adversarial loop (-m long; default 200)",
     )
     parser.addoption(
         "--adversarial-seed",
@@ -77,7 +77,7 @@ def pytest_addoption(parser):
         "--group-chaos-rounds",
         type=int,
         default=int(os.environ.get("TIDELOG_GROUP_CHAOS_ROUNDS", "40")),
-        help="adversary moves of the long group chaos run (-m slow; default 40)",
+        help="adversary moves of the long group chaos run (-m long; default 40)",
     )
     parser.addoption(
         "--group-chaos-seed",

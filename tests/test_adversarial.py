@@ -23,7 +23,7 @@ The checker, after a final clean stop:
 - `tidelog check` finds no problem.
 
 A short run is part of the suite; a long one:
-    python -m pytest tests/test_adversarial.py -m slow --adversarial-rounds 200 --adversarial-seed 7
+    python -m pytest tests/test_adversarial.py -m long --adversarial-rounds 200 --adversarial-seed 7
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from tidelog.examine import check, check_directory
 from .helpers import ownership
 from .helpers.child import Child
 from .server_process import ServerProcess
+
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
 
 KEPT, CHURNED = "kept", "churned"
 GROUP = "adversary"
@@ -374,6 +376,7 @@ def test_adversarial_short_run(tmp_path):
     assert not run.violations, summarize(run)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(12 * 3600)
 def test_adversarial_long_run(tmp_path, request):

@@ -26,6 +26,8 @@ from tests.helpers.crash_producer import value_for
 from tidelog import Engine
 from tidelog.groups.offset_store import OffsetStore
 
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
+
 
 class Round:
     """What the killed process reported before it died."""

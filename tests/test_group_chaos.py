@@ -13,7 +13,7 @@ delivery with its tenure (one uninterrupted ownership of a partition: a new one 
 - no delivery outside a tenure (a record of a partition the member was never assigned).
 
 The short run is part of the suite; the long one is marked slow:
-    python -m pytest tests/test_group_chaos.py -m slow --group-chaos-rounds 60 --group-chaos-seed 7
+    python -m pytest tests/test_group_chaos.py -m long --group-chaos-rounds 60 --group-chaos-seed 7
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from .helpers import ownership
 from .helpers.child import Child
 from .helpers.ownership import Delivery, read_deliveries
 from .server_process import ServerProcess
+
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
 
 TOPIC = "chaos"
 GROUP = "chaos-group"
@@ -204,6 +206,7 @@ def test_group_chaos_short_run_keeps_one_owner_per_partition_and_delivers_everyt
     assert not report.incidents, summarize(report, 6)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(6 * 3600)  # the suite's 300 s would cut it; the run bounds itself (~2 s a round + the drain)
 def test_group_chaos_long_run(tmp_path, request):

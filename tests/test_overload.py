@@ -312,6 +312,8 @@ def hold():
 stream = sub(hold())
 threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
 import time
+
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
 batch = tidelog.build_batch([b"v" * 100] * 10, timestamp=int(time.time() * 1000))
 def requests():
     i = 0

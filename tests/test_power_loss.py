@@ -27,6 +27,8 @@ from tidelog import Engine
 from tidelog.errors import TidelogError
 from tidelog.groups.offset_store import OffsetStore
 
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
+
 PARTITIONS = 2
 STEPS = 36
 SEED = 20261128
