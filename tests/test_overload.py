@@ -27,6 +27,8 @@ from tidelog.wire import framing
 
 from .server_process import ServerProcess
 
+pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
+
 TS = int(time.time() * 1000)  # now: older records would fall to 7-day retention on the next roll
 
 
@@ -312,8 +314,6 @@ def hold():
 stream = sub(hold())
 threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
 import time
-
-pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
 batch = tidelog.build_batch([b"v" * 100] * 10, timestamp=int(time.time() * 1000))
 def requests():
     i = 0
