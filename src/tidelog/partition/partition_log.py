@@ -87,6 +87,7 @@ class PartitionLog:
             fs.makedirs(directory)
         elif not fs.is_dir(directory):
             raise StorageError(f"partition directory {directory} does not exist", path=directory)
+        self._snapshots: list[int] = []  # producer snapshot offsets on disk, listed once (at load)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean, maps, new=create)
         self._segments = SegmentSet(segments)
         try:
@@ -239,6 +240,7 @@ class PartitionLog:
     def _load_producers(self) -> ProducerState:
         """The newest producer snapshot, then the batches after it (all of the log if there is none)."""
         state, start = producer_snapshot.load(self.fs, self.directory, self._offsets.log_end)
+        self._snapshots = producer_snapshot.list_snapshots(self.fs, self.directory)
         now = self._clock()
         for seg in self._segments:
             if seg.next_offset <= start or seg.size == 0:
@@ -265,7 +267,7 @@ class PartitionLog:
         """Write the producer state as of offset (under the lock); a failure costs replay, not state."""
         self._producers.expire(self._clock(), self.producer_id_expiration_ms)
         try:
-            producer_snapshot.write(self.fs, self.directory, self._producers, offset)
+            self._snapshots = producer_snapshot.write(self.fs, self.directory, self._producers, offset, self._snapshots)
         except StorageError as exc:
             log.warning(
                 "could not write a producer snapshot (%s); the next open replays more of the log",

@@ -80,11 +80,16 @@ def decode(data: bytes, offset: int) -> ProducerState:
     return state
 
 
-def write(fs: FileSystem, directory: str, state: ProducerState, offset: int) -> None:
-    """Write the snapshot at offset and delete all but the newest KEEP."""
+def write(fs: FileSystem, directory: str, state: ProducerState, offset: int, existing: list[int]) -> list[int]:
+    """Write the snapshot at offset and delete all but the newest KEEP; returns the offsets kept.
+
+    `existing` are the snapshots the partition knows of (listed once at open): a roll never lists the
+    directory, which holds three files per segment (a long-lived partition's tens of thousands)."""
     fs.write_file_atomic(snapshot_path(directory, offset), encode(state, offset))
-    for old in list_snapshots(fs, directory)[:-KEEP]:
+    snapshots = sorted(set(existing) | {offset})
+    for old in snapshots[:-KEEP]:
         fs.remove(snapshot_path(directory, old))
+    return snapshots[-KEEP:]
 
 
 def load(fs: FileSystem, directory: str, log_end: int) -> tuple[ProducerState, int]:
