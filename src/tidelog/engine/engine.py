@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
@@ -45,6 +45,9 @@ from .housekeeper import Housekeeper
 from .results import FetchResult
 from .topic import Topic, validate_topic_name
 from .topic_meta import TopicMeta
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger("tidelog.engine")
 
@@ -385,7 +388,7 @@ class Engine:
         first, last = plog.append([(data, infos)])
         return ProduceResult(topic, partition, first, last)
 
-    def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
+    def append_many(self, requests: Sequence[tuple[str, int, Buffer]]) -> list[ProduceResult | TidelogError]:
         """Append several pre-encoded requests, in order, sharing fsyncs (one per partition).
 
         Returns, per request, its ProduceResult or the TidelogError that refused it (a refused
