@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
 from ..errors import (
@@ -347,7 +349,7 @@ class Engine:
         now = self._clock() if timestamp is None else timestamp
         if partition is not None:
             t.partition(partition)  # validates it
-            groups = [(partition, None)]
+            groups: list[tuple[int, np.ndarray | None]] = [(partition, None)]
         else:
             groups = t.partitioner.split(len(t.partitions), keys)
         results = []
