@@ -1,12 +1,14 @@
-"""Quality gates run with the suite: ruff's lint and format check over the code, tests and benchmarks
-(configured in pyproject.toml). A failure prints what to fix; `ruff check --fix` and `ruff format`
-fix most of it."""
+"""Quality gates run with the suite: ruff's lint and format check over the code, tests and benchmarks,
+and mypy's type check of the package (all configured in pyproject.toml). A failure prints what to fix;
+`ruff check --fix` and `ruff format` fix most lint and format findings."""
 
 from __future__ import annotations
 
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TREES = ["src", "tests", "benchmarks"]
@@ -25,4 +27,13 @@ def test_ruff_finds_nothing_to_fix():
 
 def test_the_code_is_formatted():
     result = _ruff("format", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Not yet clean: errors remain in client/, cli/, loadgen/ and groups/assignor, groups/coordinator (issue 12,
+# item 7). strict: once mypy passes, this test reports XPASS as a failure, and the marker must go.
+@pytest.mark.xfail(strict=True, reason="mypy errors remain outside server/, codec/, engine/ and storage/")
+def test_mypy_finds_no_type_errors():
+    # mypy reads [tool.mypy] in pyproject.toml (files, Python version, the strict server/ and codec/)
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,6 +7,8 @@ change, the codes may not. Each class also says whether retrying the same reques
 
 from __future__ import annotations
 
+from typing import cast
+
 BY_CODE: dict[int, type[TidelogError]] = {}
 """Every error class by its code: the registry the client rebuilds errors from (wire/statuses.py)."""
 
@@ -73,11 +75,11 @@ class OffsetOutOfRangeError(TidelogError):
 
     @property
     def log_start(self) -> int:
-        return int(self.details.get("log_start", -1))
+        return int(cast(int, self.details.get("log_start", -1)))  # set as an int by whoever raised it
 
     @property
     def log_end(self) -> int:
-        return int(self.details.get("log_end", -1))
+        return int(cast(int, self.details.get("log_end", -1)))  # set as an int by whoever raised it
 
 
 class CorruptBatchError(TidelogError):

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -96,6 +97,11 @@ def _map(path: str):
         return (_FS.map_read(fd, size) or b""), _FS.data_end(fd, size)
     finally:
         _FS.close(fd)
+
+
+def _no_data_follows(pos: int) -> bool:
+    """A live log's last segment: what follows the data is the writer's preallocation."""
+    return True
 
 
 def _zeros_after(path: str, pos: int) -> bool:
@@ -291,13 +297,14 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
             if result.cut is None:  # keep the previous segment whole, drop this one and the rest
                 result.cut = (bases[i - 1], previous_end, expected)
         rows, end, reason, _ = _scan(buf, size, base, verify=True)
+        zeros_follow: Callable[[int], bool] = _no_data_follows if live and last else partial(_zeros_after, log_path)
         verdict = recovery.classify(
             reason,
             end,
             durable_position=point.position if point is not None and base == point.base else 0,
             whole=clean or not last,
             last=last,
-            zeros_follow=(lambda pos: True) if live and last else (lambda pos, path=log_path: _zeros_after(path, pos)),
+            zeros_follow=zeros_follow,
         )
         damaged = verdict.kind == CORRUPT
         first_lost = int(rows[-1, batch_scan.COL_LAST_OFFSET]) + 1 if len(rows) else base

@@ -22,8 +22,10 @@ class ProduceResult(NamedTuple):
     base_offset: int
     last_offset: int
 
+    # A public attribute that shadows tuple.count on purpose (the number of records acknowledged);
+    # mypy sees a property overriding a method.
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]
         return self.last_offset - self.base_offset + 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from ..config import FSYNC_POLICIES
 from .failures import CommandError, UsageError
@@ -70,9 +71,9 @@ def load_config(args: argparse.Namespace):
     settings: dict = {}
     path = args.config or os.environ.get("TIDELOG_CONFIG")
     if path:
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
+        else:  # Python 3.10: the tomli backport (a dependency there)
             import tomli as tomllib
         try:
             with open(path, "rb") as f:

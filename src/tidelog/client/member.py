@@ -65,6 +65,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ..errors import (
     BrokerUnavailableError,
@@ -76,7 +77,20 @@ from ..errors import (
 )
 from ..values import ConsumerRecord, MemberState, TopicPartition
 
+if TYPE_CHECKING:
+    from .._native.record_batch import Record
+
 log = logging.getLogger("tidelog.groups")
+
+
+class PartitionReader(Protocol):
+    """What reads one assigned partition for a member: a PartitionConsumer (gRPC), an embedded
+    engine reader, or a _Reopening standing in for one whose broker went away."""
+
+    def poll(self, timeout_s: float) -> list[Record]: ...
+
+    def close(self) -> None: ...
+
 
 LEASE_SAFETY = 0.1  # the lease ends this fraction of the session timeout early (clock rates, rounding)
 OFFSET_RESETS = ("earliest", "latest", "none")
@@ -136,7 +150,7 @@ class GroupMember:
         self._lost = False
         self._left = False  # left the group because the application did not poll in time; rejoins at poll()
         self._last_poll = time.monotonic()  # when the application last asked for records
-        self._readers: dict[TopicPartition, object] = {}
+        self._readers: dict[TopicPartition, PartitionReader] = {}
         # Fetched and not yet handed out: held back (lease, grant), or past max_poll_records. A reader is
         # read again only once its partition has nothing here, so its position is the member's position.
         self._kept: dict[TopicPartition, list[ConsumerRecord]] = {}
@@ -171,7 +185,7 @@ class GroupMember:
     def _start(self, tp, where):
         raise NotImplementedError
 
-    def _reader(self, tp, offset):
+    def _reader(self, tp: TopicPartition, offset: int) -> PartitionReader:
         raise NotImplementedError
 
     # -- membership (heartbeat thread) -------------------------------------------------------------
@@ -363,7 +377,7 @@ class GroupMember:
         if added:
             self._open_readers(added)
 
-    def _close_readers(self, readers: dict[TopicPartition, object]) -> None:
+    def _close_readers(self, readers: dict[TopicPartition, PartitionReader]) -> None:
         if self._ready and any((r.topic, r.partition) in readers for r in self._ready):
             self._ready = collections.deque(r for r in self._ready if (r.topic, r.partition) not in readers)
         for tp, reader in readers.items():
@@ -566,8 +580,18 @@ class GroupMember:
                     self._readers[tp] = _Reopening(self, tp)
                 continue
             if records:
+                # A member's readers copy (copy=True, their default): keys and values are bytes.
                 out[tp] = [
-                    ConsumerRecord(tp[0], tp[1], r.offset, r.timestamp, r.key, r.value, r.headers) for r in records
+                    ConsumerRecord(
+                        tp[0],
+                        tp[1],
+                        r.offset,
+                        r.timestamp,
+                        cast(bytes | None, r.key),
+                        cast(bytes | None, r.value),
+                        r.headers,
+                    )
+                    for r in records
                 ]
                 timeout_s = 0
         return out
@@ -705,7 +729,7 @@ class _Reopening:
         self.member, self.tp = member, tp
         self.next_try = time.monotonic() + 0.2
 
-    def poll(self, timeout_s: float):
+    def poll(self, timeout_s: float) -> list[Record]:
         if time.monotonic() < self.next_try:
             return []
         try:

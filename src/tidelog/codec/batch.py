@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
 from .._native import record_batch as _rb
 from ..errors import CorruptBatchError, InvalidRequestError, RecordTooLargeError
 from . import compression
+
+if TYPE_CHECKING:
+    from collections.abc import Sized
+
+    from typing_extensions import Buffer
+
+    class SizedBuffer(Buffer, Sized, Protocol):
+        """bytes, bytearray, memoryview, mmap: a buffer whose len() is its size in bytes."""
+
+
+_T = TypeVar("_T")
 
 HEADER_SIZE = _rb.HEADER_SIZE_
 LAST_OFFSET_DELTA_AT = _rb.OFF_LAST_OFFSET_DELTA_  # int32: last offset - base offset
@@ -38,7 +49,9 @@ class BatchInfo(NamedTuple):
 
     pos: int
     size: int
-    count: int
+    # The record count: the field shadows tuple.count on purpose (Kafka's name, read by the log and by
+    # callers of validate()), and a NamedTuple field may not override a method as far as mypy knows.
+    count: int  # type: ignore[assignment]
     first_timestamp: int
     max_timestamp: int
     attributes: int
@@ -79,10 +92,10 @@ def build_batches(
         )
     half = n // 2
 
-    def part(seq, lo, hi):
+    def part(seq: Sequence[_T] | None, lo: int, hi: int) -> Sequence[_T] | None:
         return None if seq is None else seq[lo:hi]
 
-    out = []
+    out: list[bytes] = []
     for lo, hi in ((0, half), (half, n)):
         out += build_batches(
             values[lo:hi],
@@ -96,7 +109,15 @@ def build_batches(
     return out
 
 
-def _encode(values, keys, headers, timestamps, timestamp, codec, producer=(-1, -1, -1)) -> bytes:
+def _encode(
+    values: Sequence,
+    keys: Sequence | None,
+    headers: Sequence | None,
+    timestamps: Sequence[int] | None,
+    timestamp: int,
+    codec: int,
+    producer: tuple[int, int, int] = (-1, -1, -1),
+) -> bytes:
     if codec == compression.NONE:
         return _rb.encode_batch(values, keys, headers, timestamps, timestamp, 0, *producer)
     payload, count, first_ts, max_ts = _rb.encode_records(values, keys, headers, timestamps, timestamp)
@@ -129,11 +150,11 @@ def build_batch(
         raise InvalidRequestError(str(exc)) from None
 
 
-def _decompress_for_validation(codec: int, payload) -> bytes:
+def _decompress_for_validation(codec: int, payload: Buffer) -> bytes:
     return compression.decompress(codec, payload)
 
 
-def validate(data, max_batch_bytes: int = 0) -> list[BatchInfo]:
+def validate(data: Buffer, max_batch_bytes: int = 0) -> list[BatchInfo]:
     """Check one or more concatenated batches as the log will store them; CorruptBatchError if not."""
     try:
         infos = _rb.validate_batches(data, _decompress_for_validation, max_batch_bytes)
@@ -171,9 +192,10 @@ class BatchView:
         "crc",
         "_records_buf",
         "_records_start",
+        "_records_end",
     )
 
-    def __init__(self, buffer, pos: int = 0) -> None:
+    def __init__(self, buffer: Buffer, pos: int = 0) -> None:
         try:
             (
                 base_offset,
@@ -204,8 +226,9 @@ class BatchView:
         self.max_timestamp = max_ts
         self.attributes = attributes
         self.crc = crc
-        self._records_buf = None
+        self._records_buf: Buffer | None = None
         self._records_start = 0
+        self._records_end = 0
 
     @property
     def codec(self) -> str:
@@ -229,23 +252,24 @@ class BatchView:
         stored, computed = _rb.crc_of_batch(self.buffer, self.pos, self.size)
         return stored == computed
 
-    def _section(self):
+    def _section(self) -> tuple[Buffer, int, int]:
         """(buffer, start, end) of the uncompressed records section."""
         if self._records_buf is None:
             codec = self.attributes & _rb.CODEC_MASK
             if codec == compression.NONE:
                 self._records_buf = self.buffer
                 self._records_start = self.pos + HEADER_SIZE
+                self._records_end = self.pos + self.size
             else:
                 raw = memoryview(self.buffer)[self.pos + HEADER_SIZE : self.pos + self.size]
                 try:
-                    self._records_buf = compression.decompress(codec, raw)
+                    section = compression.decompress(codec, raw)
                 except ValueError as exc:
                     raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
+                self._records_buf = section
                 self._records_start = 0
-        buf = self._records_buf
-        end = self.pos + self.size if buf is self.buffer else len(buf)
-        return buf, self._records_start, end
+                self._records_end = len(section)
+        return self._records_buf, self._records_start, self._records_end
 
     def table(self) -> np.ndarray:
         """One RECORD_DTYPE row per record (offsets, timestamps, key/value positions in `records_buffer`)."""
@@ -265,7 +289,7 @@ class BatchView:
             raise CorruptBatchError(f"batch at offset {self.base_offset}: {exc}") from None
 
     @property
-    def records_buffer(self):
+    def records_buffer(self) -> Buffer:
         """The buffer `table()` positions point into (the segment itself unless compressed)."""
         return self._section()[0]
 
@@ -300,7 +324,7 @@ class BatchView:
         )
 
 
-def iter_batches(buffer, start: int = 0, end: int | None = None) -> Iterator[BatchView]:
+def iter_batches(buffer: SizedBuffer, start: int = 0, end: int | None = None) -> Iterator[BatchView]:
     """Views of the consecutive batches in buffer[start:end] (which must hold whole batches)."""
     end = len(buffer) if end is None else end
     pos = start

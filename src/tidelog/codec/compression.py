@@ -7,7 +7,12 @@ GIL while it works.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lz4.frame
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 from ..errors import UnsupportedCompressionError
 
@@ -26,7 +31,7 @@ def codec_id(name: str) -> int:
         ) from None
 
 
-def compress(codec: int, payload) -> bytes:
+def compress(codec: int, payload: Buffer) -> bytes:
     if codec == LZ4:
         return lz4.frame.compress(
             payload,
@@ -44,7 +49,7 @@ MAX_DECOMPRESSED_BYTES = 256 << 20
 """A records section may not expand past this: a small hostile frame cannot exhaust memory."""
 
 
-def decompress(codec: int, payload, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+def decompress(codec: int, payload: Buffer, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Decompress a records section; malformed or oversize input raises ValueError."""
     if codec == LZ4:
         decompressor = lz4.frame.LZ4FrameDecompressor()

@@ -13,13 +13,16 @@ import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ..config import EngineConfig
 from ..errors import TidelogError
 from ..values import PartitionOffsets, ProduceResult, TopicDescription
 from .engine import Engine
 from .results import FetchResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 T = TypeVar("T")
 
@@ -61,7 +64,7 @@ class AsyncEngine:
         return await self._in_pool(self._engine.describe, name)
 
     # -- produce -----------------------------------------------------------------------------------
-    async def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
+    async def append_many(self, requests: Sequence[tuple[str, int, Buffer]]) -> list[ProduceResult | TidelogError]:
         return await self._in_pool(self._engine.append_many, requests)
 
     async def produce(
@@ -94,8 +97,13 @@ class AsyncEngine:
     async def list_offsets(self, topic: str, partition: int) -> PartitionOffsets:
         return await self._in_pool(self._engine.list_offsets, topic, partition)
 
+    @overload
+    async def offset_at(self, topic: str, partition: int, at: str) -> int: ...
+    @overload
+    async def offset_at(self, topic: str, partition: int, at: int) -> int | None: ...
     async def offset_at(self, topic: str, partition: int, at: int | str) -> int | None:
-        """The offset for "earliest", "latest" or a timestamp in ms (None: every record is older)."""
+        """The offset for "earliest", "latest" or a timestamp in ms (None: every record is older; never
+        for "earliest" or "latest", an offset or an error)."""
         return await self._in_pool(self._engine.list_offsets, topic, partition, at)
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

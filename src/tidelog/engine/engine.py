@@ -21,7 +21,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..codec import batch as batch_codec
 from ..config import EngineConfig, TopicConfig
@@ -45,6 +47,9 @@ from .housekeeper import Housekeeper
 from .results import FetchResult
 from .topic import Topic, validate_topic_name
 from .topic_meta import TopicMeta
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger("tidelog.engine")
 
@@ -344,7 +349,7 @@ class Engine:
         now = self._clock() if timestamp is None else timestamp
         if partition is not None:
             t.partition(partition)  # validates it
-            groups = [(partition, None)]
+            groups: list[tuple[int, np.ndarray | None]] = [(partition, None)]
         else:
             groups = t.partitioner.split(len(t.partitions), keys)
         results = []
@@ -385,7 +390,7 @@ class Engine:
         first, last = plog.append([(data, infos)])
         return ProduceResult(topic, partition, first, last)
 
-    def append_many(self, requests: Sequence[tuple[str, int, object]]) -> list[ProduceResult | TidelogError]:
+    def append_many(self, requests: Sequence[tuple[str, int, Buffer]]) -> list[ProduceResult | TidelogError]:
         """Append several pre-encoded requests, in order, sharing fsyncs (one per partition).
 
         Returns, per request, its ProduceResult or the TidelogError that refused it (a refused

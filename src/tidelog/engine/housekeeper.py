@@ -19,7 +19,7 @@ class Housekeeper:
         self,
         flush: Callable[[], None] | None,
         flush_interval_s: float,
-        retention: Callable[[], None],
+        retention: Callable[[], object],  # what it returns (records removed) is not used
         retention_interval_s: float,
     ) -> None:
         self._flush = flush
@@ -48,7 +48,7 @@ class Housekeeper:
                 self._guard("retention", self._retention)
                 next_retention = now + self._retention_interval
 
-    def _guard(self, what: str, job: Callable[[], None]) -> None:
+    def _guard(self, what: str, job: Callable[[], object]) -> None:
         try:
             job()
         except Exception:  # logged and retried next tick: a background job must not die silently

@@ -71,7 +71,7 @@ class TopicMeta:
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"its partition count {partitions!r} is not a positive integer")
         topic_id = "" if legacy else doc.get("topic_id")
-        if not legacy and (not isinstance(topic_id, str) or len(topic_id) != 32):
+        if not isinstance(topic_id, str) or (not legacy and len(topic_id) != 32):  # legacy: ""
             raise ValueError("it has no valid topic_id")
         state = READY if legacy else doc.get("state")
         if state not in (CREATING, READY):

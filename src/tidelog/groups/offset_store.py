@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from ..engine.engine import Engine
 from . import records
@@ -61,7 +61,8 @@ class OffsetStore:
                 break
             for rec in result:
                 try:
-                    self._apply(records.parse(rec.key, rec.value))
+                    # engine.fetch copies by default: keys and values are bytes, not memoryviews
+                    self._apply(records.parse(cast(bytes | None, rec.key), cast(bytes | None, rec.value)))
                 except MalformedRecord as exc:
                     self._skip(rec.offset, str(exc))
             offset = result.next_offset

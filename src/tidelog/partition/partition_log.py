@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ..values import PartitionInfo, PartitionStats
 from . import producer_snapshot
 from .offsets import Offsets
 from .producer_state import ProducerState
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger("tidelog.log")
 
@@ -106,7 +109,7 @@ class PartitionLog:
             raise
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, chunks: Sequence[tuple[object, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:
+    def append(self, chunks: Sequence[tuple[Buffer, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:
         """Append validated batches verbatim, assigning offsets; returns (first offset, last offset).
 
         chunks: (buffer, batch infos in that buffer). Returns once the data is acknowledged under the
@@ -544,7 +547,7 @@ class PartitionLog:
             result = self.peek(offset, 1)
         except OffsetOutOfRangeError:
             return None
-        if not result.data:
+        if result is None or not result.data:  # (a blocking peek always reads)
             return None
         table = BatchView(result.data).table()
         hits = np.flatnonzero(table["offset"] == offset)

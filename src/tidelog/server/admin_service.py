@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 
@@ -15,12 +17,13 @@ from ..wire import methods
 from . import requests, status
 from .consume_service import ConsumeService, check_timestamp
 
+_T = TypeVar("_T")
 _TOPIC_FIELDS = {f.name: f.type for f in dataclasses.fields(TopicConfig)}
 
 
-def parse_topic_config(settings) -> dict:
+def parse_topic_config(settings: Mapping[str, str]) -> dict[str, Any]:
     """Text values from the wire → typed TopicConfig overrides (validated by TopicConfig)."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, text in settings.items():
         if name not in _TOPIC_FIELDS:
             raise InvalidConfigError(f"unknown topic setting {name!r}; known: {', '.join(sorted(_TOPIC_FIELDS))}")
@@ -68,14 +71,16 @@ class AdminService:
             },
         )
 
-    async def _call(self, context, call):
+    async def _call(self, context: grpc.aio.ServicerContext, call: Awaitable[_T]) -> _T:
         """Await an engine call; its error ends the RPC with its status."""
         try:
             return await call
         except TidelogError as exc:
             await status.abort(context, exc)
 
-    async def create_topic(self, request, context):
+    async def create_topic(
+        self, request: pb.CreateTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TopicDescription:
         try:
             settings = parse_topic_config(request.config)
         except TidelogError as exc:
@@ -83,17 +88,25 @@ class AdminService:
         desc = await self._call(context, self.engine.create_topic(request.name, request.partitions or 1, **settings))
         return describe_message(desc)
 
-    async def delete_topic(self, request, context):
+    async def delete_topic(
+        self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteTopicResponse:
         await self._call(context, self.engine.delete_topic(request.name))
         return pb.DeleteTopicResponse()
 
-    async def list_topics(self, request, context):
+    async def list_topics(
+        self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTopicsResponse:
         return pb.ListTopicsResponse(topics=await self._call(context, self.engine.list_topics()))
 
-    async def describe_topic(self, request, context):
+    async def describe_topic(
+        self, request: pb.DescribeTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TopicDescription:
         return describe_message(await self._call(context, self.engine.describe(request.name)))
 
-    async def list_offsets(self, request, context):
+    async def list_offsets(
+        self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOffsetsResponse:
         offsets = await self._call(context, self.engine.list_offsets(request.topic, request.partition))
         response = pb.ListOffsetsResponse(
             offset=-1,

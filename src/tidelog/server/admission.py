@@ -22,7 +22,8 @@ the server's generic handler for every call). Event-loop only.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -115,7 +116,7 @@ class Admission:
 
         if inspect.isasyncgenfunction(behavior):
 
-            async def admitted(request, context):
+            async def admitted_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 peer = context.peer()
                 refusal = self._refusal(method, peer)
                 if refusal is not None:
@@ -130,10 +131,12 @@ class Admission:
                         await responses.aclose()  # the stream gives back its budgets before its slot
                     finally:
                         self._leave(conn)
+
+            admitted: Callable[[Any, grpc.aio.ServicerContext], Any] = admitted_stream
         else:
             assert inspect.iscoroutinefunction(behavior), f"{method}: tidelog handlers are coroutines"
 
-            async def admitted(request, context):
+            async def admitted_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 peer = context.peer()
                 refusal = self._refusal(method, peer)
                 if refusal is not None:
@@ -143,6 +146,8 @@ class Admission:
                     return await behavior(request, context)
                 finally:
                     self._leave(conn)
+
+            admitted = admitted_call
 
         return make(
             admitted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

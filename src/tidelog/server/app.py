@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
@@ -107,14 +110,14 @@ class Server:
         self.port = port
         await self._server.start()
         try:
-            await self._open_engine()
+            engine, groups = await self._open_engine()
             if self._stopped.is_set():  # stop() ran during recovery, before there was an engine to close
                 raise EngineClosedError("the server was stopped while it was starting")
         except BaseException:
             await self._server.stop(0)
             await self._close_engine()
             raise
-        self._groups.start()
+        groups.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
         log.info(
@@ -122,44 +125,46 @@ class Server:
             extra={
                 "event": "server_started",
                 "address": f"{self.config.host}:{port}",
-                "data_dir": self.engine.path,
-                "fsync": self.engine.config.fsync,
+                "data_dir": engine.path,
+                "fsync": engine.config.fsync,
                 "version": __version__,
-                "clean_start": self.engine.clean_start,
-                "recovery_ms": round(self.engine.recovery_seconds * 1000, 3),
+                "clean_start": engine.clean_start,
+                "recovery_ms": round(engine.recovery_seconds * 1000, 3),
                 "metrics_port": self.metrics_port,
             },
         )
         return port
 
-    async def _open_engine(self) -> None:
-        """Open (and recover) the log, then put the real services behind the bound port."""
+    async def _open_engine(self) -> tuple[Engine, groups_service.GroupsService]:
+        """Open (and recover) the log, then put the real services behind the bound port; the engine
+        and the groups service (not started yet)."""
         loop = asyncio.get_running_loop()
-        self.engine = await loop.run_in_executor(None, lambda: Engine.open(self.config.data_dir, self.config.engine))
-        self.async_engine = AsyncEngine(self.engine, self.config.io_threads)
-        self.coordinator = await loop.run_in_executor(
-            None,
-            lambda: GroupCoordinator(
-                self.engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms
-            ),
+        self.engine = engine = await loop.run_in_executor(
+            None, lambda: Engine.open(self.config.data_dir, self.config.engine)
         )
-        self._groups = groups_service.GroupsService(self.async_engine, self.coordinator)
+        self.async_engine = async_engine = AsyncEngine(engine, self.config.io_threads)
+        self.coordinator = coordinator = await loop.run_in_executor(
+            None,
+            lambda: GroupCoordinator(engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms),
+        )
+        self._groups = groups = groups_service.GroupsService(async_engine, coordinator)
         admission = Admission(
             self.config,
             (methods.service_name("Producer"), methods.service_name("Consumer")),
             self._rpc_metrics.refused if self._rpc_metrics is not None else None,
         )
-        self._consume = consume = consume_service.ConsumeService(self.async_engine, self.config)
-        self._produce = produce_service.ProduceService(self.async_engine, self.config, admission.connection)
+        self._consume = consume = consume_service.ConsumeService(async_engine, self.config)
+        self._produce = produce = produce_service.ProduceService(async_engine, self.config, admission.connection)
         self._services.ready(
             (
-                self._produce.handler(),
+                produce.handler(),
                 consume.handler(),
-                admin_service.AdminService(self.async_engine, consume).handler(),
-                self._groups.handler(),
+                admin_service.AdminService(async_engine, consume).handler(),
+                groups.handler(),
             ),
             admission,
         )
+        return engine, groups
 
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
@@ -207,7 +212,7 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(None, self._metrics_http.stop)
             self._metrics_http = None
 
-    async def _set_serving(self, state) -> None:
+    async def _set_serving(self, state: int) -> None:
         for name in ("", *SERVICE_NAMES):
             result = self._health.set(name, state)
             if asyncio.iscoroutine(result):
@@ -260,8 +265,7 @@ class _Starting(grpc.GenericRpcHandler):
     through the per-connection and data-path limits (server/admission.py)."""
 
     def __init__(self) -> None:
-        self._handlers: tuple[grpc.GenericRpcHandler, ...] | None = None
-        self._admission: Admission | None = None
+        self._ready: tuple[tuple[grpc.GenericRpcHandler, ...], Admission] | None = None  # set once by ready()
         self._unavailable = {
             f"/{service.full_name}/{method.name}": _unavailable(method)
             for service in pb.DESCRIPTOR.services_by_name.values()
@@ -269,27 +273,27 @@ class _Starting(grpc.GenericRpcHandler):
         }
 
     def ready(self, handlers: tuple[grpc.GenericRpcHandler, ...], admission: Admission) -> None:
-        self._admission = admission
-        self._handlers = handlers
+        self._ready = (handlers, admission)
 
-    def service(self, handler_call_details):
-        if self._handlers is None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if self._ready is None:
             return self._unavailable.get(handler_call_details.method)
-        for handler in self._handlers:
+        handlers, admission = self._ready
+        for handler in handlers:
             found = handler.service(handler_call_details)
             if found is not None:
-                return self._admission.wrap(handler_call_details.method, found)
+                return admission.wrap(handler_call_details.method, found)
         return None
 
 
-def _unavailable(method) -> grpc.RpcMethodHandler:
+def _unavailable(method: MethodDescriptor) -> grpc.RpcMethodHandler:
     """A handler of the method's shape that answers UNAVAILABLE without reading the request."""
     error = BrokerUnavailableError("the broker is starting (opening and recovering its log); retry shortly")
 
-    async def unary(request, context):
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
         await status.abort(context, error)
 
-    async def streaming(request, context):
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         await status.abort(context, error)
         yield b""  # unreachable: makes this an async generator, as streaming handlers are
 
@@ -302,7 +306,7 @@ def _unavailable(method) -> grpc.RpcMethodHandler:
     return make(unary)
 
 
-async def serve(config: ServerConfig, ready=None) -> None:
+async def serve(config: ServerConfig, ready: Callable[[Server], object] | None = None) -> None:
     """Run a server until SIGTERM or SIGINT. `ready(server)` is called once it serves (server.port and
     server.metrics_port are then the bound ports); if it raises, the server stops cleanly and the error
     goes on to the caller."""

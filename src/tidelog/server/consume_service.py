@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar, cast
 
 import grpc
 
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
+from ..engine.results import FetchResult
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..wire import framing, methods
@@ -30,6 +33,8 @@ from .budget import ByteBudget
 
 IDLE_WAKE_S = 1.0  # a waiting subscription re-checks its stream at least this often
 OVERDRAFT_BYTES = 64 * 1024  # what a subscription holding nothing may send while the shared budget is full
+
+_T = TypeVar("_T")
 
 
 def check_timestamp(timestamp_ms: int) -> None:
@@ -82,7 +87,7 @@ class ConsumeService:
         boundary = "latest" if kind == "boundary" and position.boundary == pb.LATEST else "earliest"
         return await self.engine.offset_at(topic, partition, boundary)
 
-    async def _long_poll(self, request: pb.FetchRequest):
+    async def _long_poll(self, request: pb.FetchRequest) -> FetchResult:
         """Fetch, waiting up to max_wait_ms for at least min_bytes (or any data when min_bytes is 0)."""
         max_bytes = request.max_bytes or self.config.default_fetch_bytes
         wait_s = min(max(request.max_wait_ms, 0), self.config.max_fetch_wait_ms) / 1000
@@ -95,7 +100,7 @@ class ConsumeService:
                 return result
             await self.engine.wait_for_data(request.topic, request.partition, result.next_offset, left)
 
-    async def fetch(self, request: pb.FetchRequest, context) -> bytes:
+    async def fetch(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> bytes:
         try:
             result = await self._long_poll(request)
         except TidelogError as exc:
@@ -104,7 +109,9 @@ class ConsumeService:
             request.topic, request.partition, result.next_offset, result.high_watermark, result.log_start, result.data
         )
 
-    async def fetch_records(self, request: pb.FetchRequest, context) -> pb.FetchRecordsResponse:
+    async def fetch_records(
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FetchRecordsResponse:
         try:
             result = await self._long_poll(request)
             # Decoding records into messages costs CPU in proportion to records and headers (a batch
@@ -113,8 +120,10 @@ class ConsumeService:
         except TidelogError as exc:
             await status.abort(context, exc)
 
-    async def subscribe(self, request_iterator, context):
-        request_iterator = requests.decoded(pb.SubscribeRequest, request_iterator)
+    async def subscribe(
+        self, raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        request_iterator = requests.decoded(pb.SubscribeRequest, raw_requests)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
@@ -168,7 +177,7 @@ class ConsumeService:
             control.cancel()
             sub.give_back(sub.held)
 
-    async def _fetch(self, sub: _Subscription, topic: str, partition: int, reserved: int):
+    async def _fetch(self, sub: _Subscription, topic: str, partition: int, reserved: int) -> FetchResult | None:
         """Read up to `reserved` bytes at the subscription's position (at least one whole batch); what was
         read replaces the reservation in the shared budget. None when a seek moved the position meanwhile."""
         generation, sent = sub.generation, 0
@@ -199,7 +208,9 @@ class ConsumeService:
         self._buffer.take(want)
         return want
 
-    async def _control(self, request_iterator, sub: _Subscription, topic: str, partition: int) -> None:
+    async def _control(
+        self, request_iterator: AsyncIterator[pb.SubscribeRequest], sub: _Subscription, topic: str, partition: int
+    ) -> None:
         """Apply the client's in-band credit grants and seeks; the stream's end closes the subscription."""
         try:
             async for request in request_iterator:
@@ -223,7 +234,7 @@ class ConsumeService:
             sub.changed.set()
 
 
-async def _first(a, b):
+async def _first(a: Awaitable[_T], b: Awaitable[object]) -> _T | None:
     """Wait for whichever of two coroutines finishes first and cancel the other; the first one's result
     (None when it was b)."""
     first, second = asyncio.ensure_future(a), asyncio.ensure_future(b)
@@ -235,14 +246,16 @@ async def _first(a, b):
         second.cancel()
 
 
-def _records_response(result) -> pb.FetchRecordsResponse:
+def _records_response(result: FetchResult) -> pb.FetchRecordsResponse:
     response = pb.FetchRecordsResponse(next_offset=result.next_offset, high_watermark=result.high_watermark)
     for rec in result:
         out = response.records.add(offset=rec.offset, timestamp_ms=rec.timestamp)
+        # AsyncEngine.fetch copies (copy=True), so keys and values are bytes, never memoryviews of the
+        # segment (which protobuf would refuse); Record's type allows both.
         if rec.key is not None:
-            out.key = rec.key
+            out.key = cast(bytes, rec.key)
         if rec.value is not None:
-            out.value = rec.value
+            out.value = cast(bytes, rec.value)
         for key, value in rec.headers:
             header = out.headers.add(key=key)
             if value is not None:

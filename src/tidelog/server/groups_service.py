@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -10,17 +12,20 @@ from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..groups.coordinator import DEFAULT_SESSION_TIMEOUT_MS, GroupCoordinator
 from ..v1 import tidelog_pb2 as pb
+from ..values import MemberState
 from ..wire import methods
 from . import requests, status
 
 EXPIRY_CHECK_S = 0.25  # how often dead members are looked for
 
+_T = TypeVar("_T")
 
-def _tps(items) -> list[tuple[str, int]]:
+
+def _tps(items: Iterable[pb.TopicPartition]) -> list[tuple[str, int]]:
     return [(tp.topic, tp.partition) for tp in items]
 
 
-def assignment_message(state) -> pb.MemberAssignment:
+def assignment_message(state: MemberState) -> pb.MemberAssignment:
     return pb.MemberAssignment(
         member_id=state.member_id,
         generation=state.generation,
@@ -33,7 +38,7 @@ class GroupsService:
     def __init__(self, engine: AsyncEngine, coordinator: GroupCoordinator) -> None:
         self.engine = engine
         self.coordinator = coordinator
-        self._expiry: asyncio.Task | None = None
+        self._expiry: asyncio.Future[None] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
         return methods.handlers(
@@ -54,7 +59,7 @@ class GroupsService:
     def start(self) -> None:
         """Remove members whose session timed out even when nobody calls in."""
 
-        async def expire_forever():
+        async def expire_forever() -> None:
             while True:
                 await asyncio.sleep(EXPIRY_CHECK_S)
                 await self.engine.offload(self.coordinator.expire)
@@ -65,13 +70,13 @@ class GroupsService:
         if self._expiry is not None:
             self._expiry.cancel()
 
-    async def _call(self, context, fn, *args, **kwargs):
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         try:
             return await self.engine.offload(fn, *args, **kwargs)
         except TidelogError as exc:
             await status.abort(context, exc)
 
-    async def join(self, request, context):
+    async def join(self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext) -> pb.MemberAssignment:
         state = await self._call(
             context,
             self.coordinator.join,
@@ -85,7 +90,7 @@ class GroupsService:
         )
         return assignment_message(state)
 
-    async def heartbeat(self, request, context):
+    async def heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.MemberAssignment:
         state = await self._call(
             context,
             self.coordinator.heartbeat,
@@ -96,11 +101,13 @@ class GroupsService:
         )
         return assignment_message(state)
 
-    async def leave(self, request, context):
+    async def leave(self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext) -> pb.LeaveGroupResponse:
         await self._call(context, self.coordinator.leave, request.group_id, request.member_id)
         return pb.LeaveGroupResponse()
 
-    async def commit(self, request, context):
+    async def commit(
+        self, request: pb.CommitOffsetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitOffsetsResponse:
         offsets = {(o.topic, o.partition): o.offset for o in request.offsets}
         await self._call(
             context,
@@ -113,7 +120,9 @@ class GroupsService:
         )
         return pb.CommitOffsetsResponse()
 
-    async def committed(self, request, context):
+    async def committed(
+        self, request: pb.FetchCommittedOffsetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FetchCommittedOffsetsResponse:
         found = await self._call(
             context, self.coordinator.committed, request.group_id, _tps(request.partitions) or None
         )
@@ -121,10 +130,14 @@ class GroupsService:
             offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(found.items())]
         )
 
-    async def list_groups(self, request, context):
+    async def list_groups(
+        self, request: pb.ListGroupsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListGroupsResponse:
         return pb.ListGroupsResponse(groups=await self._call(context, self.coordinator.list_groups))
 
-    async def describe(self, request, context):
+    async def describe(
+        self, request: pb.DescribeGroupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GroupDescription:
         info = await self._call(context, self.coordinator.describe, request.group_id)
         msg = pb.GroupDescription(
             group_id=info["group_id"],
@@ -147,11 +160,13 @@ class GroupsService:
                     setattr(part, name, p[name])
         return msg
 
-    async def delete(self, request, context):
+    async def delete(self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext) -> pb.DeleteGroupResponse:
         await self._call(context, self.coordinator.delete_group, request.group_id)
         return pb.DeleteGroupResponse()
 
-    async def reset(self, request, context):
+    async def reset(
+        self, request: pb.ResetOffsetsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResetOffsetsResponse:
         kind = request.WhichOneof("to")
         if kind is None:
             await status.abort(context, InvalidRequestError("reset needs a target: boundary, offset or timestamp_ms"))

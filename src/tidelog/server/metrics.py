@@ -25,13 +25,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ..engine.engine import Engine
@@ -82,7 +84,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             registry=registry,
         )
         self._peers: dict[str, int] = {}
-        self._wrapped: dict[str, tuple] = {}  # method -> (the service's handler, its timed wrapper)
+        # method -> (the service's handler, its timed wrapper)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         Gauge(
             "tidelog_connections", "Distinct client peers with an RPC in flight or a stream open", registry=registry
         ).set_function(lambda: len(self._peers))
@@ -91,7 +94,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         """Count a call refused by a tidelog limit (server/admission.py)."""
         self._refused.labels(method.lstrip("/"), setting).inc()
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED, nothing to label
             return None
@@ -107,7 +114,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             cached = self._wrapped[method] = (handler, wrapped)
         return cached[1]
 
-    def _enter(self, context) -> str:
+    def _enter(self, context: grpc.aio.ServicerContext) -> str:
         peer = context.peer() or ""
         self._peers[peer] = self._peers.get(peer, 0) + 1
         return peer
@@ -119,13 +126,13 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         else:
             del self._peers[peer]
 
-    def _wrap_unary(self, handler, method: str):
+    def _wrap_unary(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
         if not inspect.iscoroutinefunction(behavior):
             return handler  # a synchronous handler runs in a thread: leave it alone
         duration, inflight = self._requests.labels(method), self._inflight.labels(method)
 
-        async def timed(request, context):
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             peer = self._enter(context)
             inflight.inc()
             started = time.perf_counter()
@@ -140,7 +147,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
 
-    def _wrap_stream(self, handler, method: str):
+    def _wrap_stream(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.request_streaming and handler.response_streaming:
             behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
         elif handler.response_streaming:
@@ -151,7 +158,7 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
 
         if inspect.isasyncgenfunction(behavior):
 
-            async def timed(request, context):
+            async def timed_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 peer = self._enter(context)
                 open_streams.inc()
                 started = time.perf_counter()
@@ -162,9 +169,11 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     duration.observe(time.perf_counter() - started)
                     open_streams.dec()
                     self._leave(peer)
+
+            timed: Callable[[Any, grpc.aio.ServicerContext], Any] = timed_stream
         elif inspect.iscoroutinefunction(behavior):  # writes with context.write()
 
-            async def timed(request, context):
+            async def timed_call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 peer = self._enter(context)
                 open_streams.inc()
                 started = time.perf_counter()
@@ -174,6 +183,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                     duration.observe(time.perf_counter() - started)
                     open_streams.dec()
                     self._leave(peer)
+
+            timed = timed_call
         else:
             return handler
         return make(
@@ -196,7 +207,7 @@ class EngineCollector(Collector):
         self._ready = ready
         self.max_partitions = max_partitions
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "tidelog_ready",
             "1 while the broker serves; 0 while it recovers or shuts down",
@@ -227,9 +238,9 @@ class EngineCollector(Collector):
             yield from self._groups(coordinator, omitted)
         yield omitted
 
-    def _partitions(self, engine: Engine, omitted: GaugeMetricFamily):
+    def _partitions(self, engine: Engine, omitted: GaugeMetricFamily) -> Iterator[Metric]:
         labels = ["topic", "partition"]
-        families = {
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "produce_records": CounterMetricFamily(
                 "tidelog_produce_records", "Records appended to the partition", labels=labels
             ),
@@ -268,7 +279,7 @@ class EngineCollector(Collector):
         omitted.add_metric(["partition"], max(len(status) - self.max_partitions, 0))
         yield from families.values()
 
-    def _fsync(self, engine: Engine):
+    def _fsync(self, engine: Engine) -> Iterator[Metric]:
         stats = engine.fsync_stats
         if stats is None:
             return
@@ -276,7 +287,8 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "tidelog_fsync", "fsync calls on segment, index, metadata files and directories", value=count
         )
-        cumulative, running = [], 0
+        cumulative: list[tuple[str, float]] = []
+        running = 0
         for bound, n in zip((*map(str, FSYNC_BUCKETS_S), "+Inf"), buckets):
             running += n
             cumulative.append((bound, running))
@@ -284,7 +296,7 @@ class EngineCollector(Collector):
             "tidelog_fsync_duration_seconds", "Time an fsync took", buckets=cumulative, sum_value=total_s
         )
 
-    def _groups(self, coordinator: GroupCoordinator, omitted: GaugeMetricFamily):
+    def _groups(self, coordinator: GroupCoordinator, omitted: GaugeMetricFamily) -> Iterator[Metric]:
         labels = ["group", "topic", "partition"]
         lag = GaugeMetricFamily(
             "tidelog_consumer_group_lag_records", "High watermark minus the group's committed offset", labels=labels
@@ -344,7 +356,9 @@ class MetricsHttpServer:
         class _Server(HTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-            def process_request(self, request, client_address) -> None:
+            def process_request(
+                self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+            ) -> None:
                 # Bounded like everything else: past the limit the connection is closed unanswered.
                 if not slots.acquire(blocking=False):
                     self.shutdown_request(request)
@@ -353,7 +367,7 @@ class MetricsHttpServer:
                     target=self._serve, args=(request, client_address), name="tidelog-metrics-request", daemon=True
                 ).start()
 
-            def _serve(self, request, client_address) -> None:
+            def _serve(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
                 try:
                     self.finish_request(request, client_address)
                 except Exception:
@@ -380,7 +394,7 @@ class MetricsHttpServer:
             self._thread = None
         self._httpd.server_close()
 
-    def _handler_class(self):
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         registry, health = self._registry, self._health
 
         class Handler(BaseHTTPRequestHandler):
@@ -389,7 +403,7 @@ class MetricsHttpServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._send(200, content_type, encoder(registry))
                 elif path == "/healthz":
                     problem = health()
@@ -406,7 +420,7 @@ class MetricsHttpServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args) -> None:
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("metrics http: " + format, *args)
 
         return Handler

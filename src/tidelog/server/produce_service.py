@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 import grpc
@@ -73,8 +73,10 @@ class ProduceService:
             },
         )
 
-    async def produce(self, request_iterator, context):
-        queue: asyncio.Queue = asyncio.Queue()
+    async def produce(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProduceResponse]:
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         budget = ByteBudget(self.config.max_inflight_bytes_per_stream)
         connection = self._connection(context.peer())
         # Always taken in this order (stream, connection, server), so streams waiting for one another cannot
@@ -125,8 +127,10 @@ class ProduceService:
                 yield response
                 if self._stopping.is_set() and queue.empty():
                     break
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()
+            if reader.done() and not reader.cancelled():
+                error = reader.exception()
+                if error is not None:
+                    raise error
         finally:
             stopping.cancel()
             reader.cancel()
@@ -165,7 +169,9 @@ class ProduceService:
                 )
         return response
 
-    async def produce_records(self, request: pb.ProduceRecordsRequest, context) -> pb.ProduceRecordsResponse:
+    async def produce_records(
+        self, request: pb.ProduceRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProduceRecordsResponse:
         records = request.records
         values = [r.value if r.HasField("value") else None for r in records]
         keys = [r.key if r.HasField("key") else None for r in records]

@@ -7,20 +7,32 @@ loop; holds no state.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
 import grpc
+from google.protobuf.message import Message
 
 from ..errors import InvalidRequestError
 from ..wire.messages import decode
 from ..wire.methods import Method
 from . import status
 
+_M = TypeVar("_M", bound=Message)
 
-def unary(fn, *, raw_response: bool = False):
+UnaryFn = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+"""A unary method: (the decoded request, its context) → the response, a message or framed bytes."""
+StreamFn = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[Any]]
+"""A bidirectional-stream method: (the raw requests, the context) → the responses."""
+Builder = Callable[[Method], grpc.RpcMethodHandler]
+
+
+def unary(fn: UnaryFn, *, raw_response: bool = False) -> Builder:
     """A unary handler that decodes the request itself and answers INVALID_ARGUMENT to garbage.
     With raw_response, fn returns the response already framed (wire/framing.py)."""
 
     def build(method: Method) -> grpc.RpcMethodHandler:
-        async def handle(raw: bytes, context):
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
                 request = decode(method.request, raw)
             except InvalidRequestError as exc:
@@ -36,7 +48,7 @@ def unary(fn, *, raw_response: bool = False):
     return build
 
 
-def stream(fn, *, raw_response: bool = False):
+def stream(fn: StreamFn, *, raw_response: bool = False) -> Builder:
     """A bidirectional-stream handler that receives the requests as bytes (fn decodes them, with
     `decoded`, or frames them by hand) and sends responses serialized, or already framed."""
 
@@ -50,7 +62,7 @@ def stream(fn, *, raw_response: bool = False):
     return build
 
 
-async def decoded(request_type, request_iterator):
+async def decoded(request_type: type[_M], request_iterator: AsyncIterable[bytes]) -> AsyncIterator[_M]:
     """The messages of a request stream; a malformed one raises InvalidRequestError."""
     async for raw in request_iterator:
         yield decode(request_type, raw)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 import grpc
 
@@ -24,12 +26,16 @@ _BROKER_FAULTS = (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.Stat
 class MethodNames(grpc.aio.ServerInterceptor):
     """Remembers the method of the RPC being handled (one context-variable set per call)."""
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
         _method.set(handler_call_details.method)
         return await continuation(handler_call_details)
 
 
-async def abort(context, exc: errors.TidelogError):
+async def abort(context: grpc.aio.ServicerContext, exc: errors.TidelogError) -> NoReturn:
     """End the RPC with the status for exc (raises, as grpc.aio's abort does)."""
     code = status_of(exc)
     log.log(
@@ -46,3 +52,5 @@ async def abort(context, exc: errors.TidelogError):
     )
     context.set_trailing_metadata(trailing_metadata(exc))
     await context.abort(code, details(exc))
+    # grpc.aio's abort always raises (AbortError); grpc is untyped, so mypy cannot know it does.
+    raise AssertionError("context.abort returned")

@@ -32,7 +32,7 @@ class IndexFile:
         self.torn = not create and size % self._entry != 0
         """Found with a partial entry at the end: damaged, so the segment's indexes are rebuilt."""
         self._capacity_bytes = max(max_bytes - max_bytes % self._entry, self._entry)
-        self._map = None
+        self._map: memoryview | bytes | None = None
         self._map_len = 0
         self._closed = False
         # A new index is the active segment's and grows; an existing one is opened as it is (sealed

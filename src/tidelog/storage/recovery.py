@@ -250,7 +250,7 @@ def open_segments(
                     directory, seg, 0, f"the segment starts at offset {base} but the previous one ends at {expected}"
                 )
             scanned_from_point = checkpoint is not None and base >= checkpoint[0]
-            if scanned_from_point:
+            if scanned_from_point and checkpoint is not None:  # (the second test is implied by the first)
                 start = min(checkpoint[1] if base == checkpoint[0] else 0, seg.file_size)
                 result = seg.recover(start)
                 scanned += result.end_pos - start

@@ -114,7 +114,7 @@ class Segment:
         self.deleted = False
         self._closed = False
         self._last_bucket = -1
-        self._map = None
+        self._map: memoryview | bytes | None = None
         self._map_len = 0
         self._readable_end = 0
         """Bytes of the file that may be read through the map: written data, never the sparse rest."""

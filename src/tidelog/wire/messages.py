@@ -7,12 +7,16 @@ them with `decode`: a malformed message is a bad argument like any other.
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from ..errors import InvalidRequestError
 
+_M = TypeVar("_M", bound=Message)
 
-def decode(request_type, raw: bytes):
+
+def decode(request_type: type[_M], raw: bytes) -> _M:
     """The message in raw; InvalidRequestError when it is not a valid request_type."""
     try:
         return request_type.FromString(raw)

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from ..v1 import tidelog_pb2 as pb
 
@@ -19,8 +21,8 @@ from ..v1 import tidelog_pb2 as pb
 class Method(NamedTuple):
     service: str  # full service name: "tidelog.v1.Admin"
     name: str  # "CreateTopic"
-    request: type  # generated message class
-    response: type
+    request: type[Message]  # generated message class
+    response: type[Message]
     client_streaming: bool
     server_streaming: bool
 
@@ -68,7 +70,7 @@ def handlers(service: str, table: dict[str, Callable[[Method], grpc.RpcMethodHan
     )
 
 
-def _service(service: str):
+def _service(service: str) -> ServiceDescriptor:
     desc = pb.DESCRIPTOR.services_by_name.get(service)
     if desc is None:
         raise KeyError(f"the wire API has no service {service!r}")
