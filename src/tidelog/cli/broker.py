@@ -6,6 +6,7 @@ import argparse
 import os
 
 from .failures import UsageError
+from .parsing import Parser
 
 DEFAULT_SERVER = "localhost:50051"
 SERVER_HELP = f"broker address host:port (default: $TIDELOG_SERVER, else {DEFAULT_SERVER})"
@@ -17,7 +18,7 @@ def add_server_option(parser, root: bool = False) -> None:
     parser.add_argument("--server", metavar="HOST:PORT", default=None if root else argparse.SUPPRESS, help=SERVER_HELP)
 
 
-def talks_to_broker(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def talks_to_broker(parser: Parser) -> Parser:
     """Mark a command as a broker client: it takes --server."""
     add_server_option(parser.global_options)
     parser.set_defaults(talks_to_broker=True)

@@ -100,11 +100,11 @@ def _idle_too_long(args: argparse.Namespace, idle_since: float) -> bool:
 
 
 def _consume_as_group(args: argparse.Namespace) -> int:
-    from ..client import Consumer
+    from ..client import GroupConsumer
 
     with admin(args) as a:
         a.partitions(args.topic)  # a stopped broker or an unknown topic: one clear line now
-    consumer = Consumer(
+    consumer = GroupConsumer(
         args.server,
         group_id=args.group,
         topics=[args.topic],
@@ -135,7 +135,7 @@ def _consume_as_group(args: argparse.Namespace) -> int:
 
 
 def _consume_partitions(args: argparse.Namespace) -> int:
-    from ..client import Consumer
+    from ..client import PartitionConsumer
 
     with admin(args) as a:
         count = a.partitions(args.topic)
@@ -146,7 +146,7 @@ def _consume_partitions(args: argparse.Namespace) -> int:
         start = args.offset
     else:
         start = "earliest" if args.from_beginning else "latest"
-    consumers = [Consumer(args.server, args.topic, p, start) for p in partitions]
+    consumers = [PartitionConsumer(args.server, args.topic, p, start) for p in partitions]
     shown = 0
     idle_since = time.monotonic()
     try:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                         break
                     print(
                         f"read {res.topic}[{res.partition}] offset {rec.offset}: "
-                        f"key {bytes(rec.key).decode()} value {bytes(rec.value).decode()}"
+                        f"key {_text(rec.key)} value {_text(rec.value)}"
                     )
                     read += 1
                 if fetched.next_offset <= offset:  # nothing more to read (never expected right after a produce)
@@ -57,3 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 offset = fetched.next_offset
         print(f"read back {read} of {args.records} record(s); data directory: {engine.path}")
     return 0
+
+
+def _text(data: bytes | memoryview | None) -> str:
+    return "null" if data is None else bytes(data).decode(errors="replace")

@@ -15,6 +15,8 @@ from .failures import USAGE
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the usage block."""
 
+    global_options: argparse._ArgumentGroup  # a command's copy of the options also accepted before it
+
     def error(self, message: str):
         self.exit(USAGE, f"tidelog: error: {message} (see `{self.prog} --help`)\n")
 
@@ -35,6 +37,7 @@ def add_command(commands, name: str, summary: str, description: str | None = Non
     parser = commands.add_parser(
         name, help=summary, description=description or summary[:1].upper() + summary[1:], formatter_class=HelpFormatter
     )
+    assert isinstance(parser, Parser), "the root parser makes its subparsers Parsers"
     parser.global_options = parser.add_argument_group("global options (also accepted before the command)")
     add_log_options(parser.global_options, argparse.SUPPRESS)
     return parser

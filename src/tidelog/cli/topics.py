@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from .broker import admin, talks_to_broker
 from .failures import UsageError
@@ -47,7 +48,7 @@ def topic_settings(items: list[str]) -> dict[str, str]:
 
     defaults = TopicConfig()
     raw: dict[str, str] = {}
-    typed: dict[str, object] = {}
+    typed: dict[str, Any] = {}  # int or str per setting, checked by TopicConfig below
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:

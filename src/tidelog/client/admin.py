@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import InvalidRequestError
 from ..v1 import tidelog_pb2 as pb
 from ..values import PartitionDescription, PartitionOffsets
 from ..wire import methods
@@ -129,6 +130,8 @@ class Admin:
         if to in ("earliest", "latest"):
             request.boundary = pb.LATEST if to == "latest" else pb.EARLIEST
         elif to == "timestamp":
+            if timestamp_ms is None:
+                raise InvalidRequestError('to="timestamp" needs timestamp_ms')
             request.timestamp_ms = int(timestamp_ms)
         else:
             request.offset = int(to)

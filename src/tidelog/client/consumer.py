@@ -227,27 +227,29 @@ class AsyncConsumer:
                 max_message_bytes=max_message_bytes,
             )
         )
-        self._channel = None
-        self._call = None
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
 
-    async def _open(self) -> None:
-        self._channel = aio_channel(self.target)
-        stub = self._channel.stream_stream(
-            SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
-        )
-        self._call = stub()
-        await self._call.write(self._start)
+    async def _open(self) -> grpc.aio.StreamStreamCall:
+        """The Subscribe stream, opened on first use (iteration or a seek)."""
+        if self._call is None:
+            self._channel = aio_channel(self.target)
+            stub = self._channel.stream_stream(
+                SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
+            )
+            self._call = stub()
+            await self._call.write(self._start)
+        return self._call
 
     async def __aiter__(self) -> AsyncIterator[Record]:
-        if self._call is None:
-            await self._open()
+        call = await self._open()
         try:
             while True:
-                raw = await self._call.read()
+                raw = await call.read()
                 if raw is grpc.aio.EOF:
                     return
                 records, next_offset, self.high_watermark = _records(raw, self.position, self.copy)
-                await self._call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
+                await call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
                 for rec in records:
                     self.position = rec.offset + 1
                     yield rec
@@ -256,7 +258,8 @@ class AsyncConsumer:
 
     async def seek(self, offset: int | str, timestamp_ms: int | None = None) -> None:
         self.position = offset if isinstance(offset, int) else None
-        await self._call.write(pb.SubscribeRequest(seek=position_message(offset, timestamp_ms)))
+        call = await self._open()  # a seek before the first record opens the stream too
+        await call.write(pb.SubscribeRequest(seek=position_message(offset, timestamp_ms)))
 
     async def close(self) -> None:
         if self._call is not None:

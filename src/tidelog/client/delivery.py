@@ -144,9 +144,10 @@ class Delivery:
             size = len(item.raw) if item.raw is not None else item.buffered
             if self._flying and self._flying_bytes + size > self.max_in_flight_bytes:
                 return None  # acks make room
-            if item.raw is None:
+            raw = item.raw
+            if raw is None:
                 try:
-                    self._encode(item)
+                    raw = self._encode(item)
                 except TidelogError as exc:  # the records cannot be framed: nothing was sent
                     line.waiting.popleft()
                     self._refresh(key, line)
@@ -157,10 +158,10 @@ class Delivery:
             item.request_sequence = self._next_request
             self._next_request += 1
             self._flying[item.request_sequence] = item
-            self._flying_bytes += len(item.raw)
+            self._flying_bytes += len(raw)
             del self._ready[key]
             self._refresh(key, line)  # back at the end of the turn: partitions take turns
-            request = framing.encode_produce_request(item.request_sequence, item.topic, item.partition, item.raw)
+            request = framing.encode_produce_request(item.request_sequence, item.topic, item.partition, raw)
             return item, item.request_sequence, request
         return None
 
@@ -168,12 +169,12 @@ class Delivery:
     def is_flying(item: Outgoing, request_sequence: int) -> bool:
         return item.request_sequence == request_sequence
 
-    def _encode(self, item: Outgoing) -> None:
+    def _encode(self, item: Outgoing) -> bytes:
         values, keys, headers, timestamps = item.records
         idempotent = self.producer_id >= 0
         key = (item.topic, item.partition)
         base_seq = self._sequences.get(key, 0)
-        item.raw = batch_codec.build_batch(
+        raw = batch_codec.build_batch(
             values,
             keys if any(k is not None for k in keys) else None,
             headers if any(headers) else None,
@@ -185,8 +186,9 @@ class Delivery:
             base_sequence=base_seq if idempotent else -1,
         )
         self._sequences[key] = (base_seq + item.count) & SEQUENCE_MASK  # only once the batch exists
-        item.epoch = self.epoch
+        item.raw, item.epoch = raw, self.epoch
         item.records = None  # the encoded bytes are all a resend needs
+        return raw
 
     # -- answers ----------------------------------------------------------------------------------
     def acked(self, results) -> TidelogError | None:
@@ -230,6 +232,7 @@ class Delivery:
         """Take an acknowledged or given-up batch out of flight."""
         del self._flying[item.request_sequence]
         item.request_sequence = -1
+        assert item.raw is not None  # only an encoded batch is in flight
         self._flying_bytes -= len(item.raw)
         key = (item.topic, item.partition)
         line = self._lines[key]

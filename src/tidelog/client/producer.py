@@ -279,7 +279,7 @@ class Producer:
         )
         self._failures = 0  # streams broken in a row, for the back-off
         self._loop = asyncio.new_event_loop()
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # bound to the producer's loop when first awaited there
         self._flush_now = False
         self._idle = threading.Condition(self._lock)
         self._unfinished = 0
@@ -382,7 +382,6 @@ class Producer:
     # -- the network side (the producer's thread) ------------------------------------------------
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._wake = asyncio.Event()
         try:
             self._loop.run_until_complete(self._sender())
         except BaseException as exc:  # a bug: fail what is left rather than leave flush() waiting forever
@@ -459,8 +458,8 @@ class Producer:
                 return 0.0
             wait = min(self.linger_s, self.delivery_timeout_s)
             due.extend(b.created + wait for b in self._open.values())
-        due = [t for t in due if t is not None]
-        return max(min(due) - now, 0.0) if due else None
+        times = [t for t in due if t is not None]
+        return max(min(times) - now, 0.0) if times else None
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until woken (send, flush, close, an ack, a stream ending) or timeout seconds."""

@@ -80,15 +80,19 @@ def sticky_assign(
     floor_quota = {m: int(share[m]) for m in order}
     # 1. keep previous owners up to their floor quota
     for tp in all_tps:
-        m = owner_of.get(tp)
-        if m is not None and m in eligible[tp] and len(out[m]) < max(floor_quota[m], 1 if share[m] else 0):
-            out[m].append(tp)
+        owner = owner_of.get(tp)
+        if (
+            owner is not None
+            and owner in eligible[tp]
+            and len(out[owner]) < max(floor_quota[owner], 1 if share[owner] else 0)
+        ):
+            out[owner].append(tp)
     taken = {tp for tps in out.values() for tp in tps}
     # 2. previous owners may keep one more (up to the ceiling) where that still leaves balance possible
     for tp in all_tps:
-        m = owner_of.get(tp)
-        if tp not in taken and m is not None and len(out[m]) < quota[m]:
-            out[m].append(tp)
+        owner = owner_of.get(tp)
+        if tp not in taken and owner is not None and len(out[owner]) < quota[owner]:
+            out[owner].append(tp)
             taken.add(tp)
     # 3. the rest to the least-loaded eligible member (ties: name order)
     for tp in all_tps:

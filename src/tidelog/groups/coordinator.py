@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine.engine import Engine, is_internal_topic
 from ..errors import (
@@ -319,8 +320,8 @@ class GroupCoordinator:
 
     def _member(self, group_id: str, member_id: str) -> tuple[_Group, _Member]:
         group = self._groups.get(group_id)
-        member = group.members.get(member_id) if group else None
-        if member is None:
+        member = group.members.get(member_id) if group is not None else None
+        if group is None or member is None:
             raise UnknownMemberError(
                 f"group {group_id!r} has no member {member_id!r} (it left or its session "
                 f"timed out); rejoin as a new member",
@@ -495,7 +496,7 @@ class GroupCoordinator:
                 if not members
                 else ("stable" if all(m["assignment"] == m["target"] for m in members) else "rebalancing")
             )
-            info = {
+            info: dict[str, Any] = {
                 "group_id": group_id,
                 "state": state,
                 "generation": group.generation if group else 0,

@@ -100,7 +100,7 @@ def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engin
             sent += n
             _tick(counter, n)
         return {"records": sent, "seconds": (time.monotonic_ns() - start) / 1e9, "latency": latency.encode()}
-    producer = Producer(cfg.server, linger_ms=cfg.linger_ms, batch_bytes=cfg.batch_bytes, compression=cfg.compression)
+    producer = Producer(_server(cfg), linger_ms=cfg.linger_ms, batch_bytes=cfg.batch_bytes, compression=cfg.compression)
     lock = threading.Lock()
     interval_ns = int(1e9 / rate) if rate > 0 else 0
     try:
@@ -133,16 +133,18 @@ def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engin
 
 
 def _consume_worker(cfg: BenchConfig, index: int, count: int, ready=None, counter=None) -> dict:
-    from ..client import Consumer
+    from ..client import GroupConsumer, PartitionConsumer
 
     latency = Latency()
     stamp = cfg.scenario == "e2e"
     got = nbytes = 0
     if cfg.group:
-        consumers = [Consumer(cfg.server, group_id=cfg.group, topics=[cfg.topic], auto_commit=True)]
+        consumers: list[PartitionConsumer | GroupConsumer] = [
+            GroupConsumer(_server(cfg), group_id=cfg.group, topics=[cfg.topic], auto_commit=True)
+        ]
     else:
         mine = [p for p in range(cfg.partitions) if p % cfg.consumers == index]
-        consumers = [Consumer(cfg.server, cfg.topic, p, "latest" if stamp else "earliest") for p in mine]
+        consumers = [PartitionConsumer(_server(cfg), cfg.topic, p, "latest" if stamp else "earliest") for p in mine]
     if ready is not None:
         ready.set()
     start = time.monotonic_ns()
@@ -153,10 +155,11 @@ def _consume_worker(cfg: BenchConfig, index: int, count: int, ready=None, counte
             for c in consumers:
                 records = c.poll(0.05)
                 for rec in records:
+                    value = rec.value if rec.value is not None else b""  # the bench never sends a null value
                     got += 1
-                    nbytes += len(rec.value)
+                    nbytes += len(value)
                     if stamp:
-                        latency.record_ns(time.monotonic_ns() - _STAMP.unpack_from(rec.value)[0])
+                        latency.record_ns(time.monotonic_ns() - _STAMP.unpack_from(value)[0])
                 _tick(counter, len(records))
     finally:
         for c in consumers:
@@ -201,10 +204,16 @@ def _ensure_topic(cfg: BenchConfig, engine=None) -> None:
         else:
             from ..client import Admin
 
-            with Admin(cfg.server) as admin:
+            with Admin(_server(cfg)) as admin:
                 admin.create_topic(cfg.topic, cfg.partitions)
     except TopicExistsError:
         pass
+
+
+def _server(cfg: BenchConfig) -> str:
+    if cfg.server is None:
+        raise ValueError("this run needs --server")
+    return cfg.server
 
 
 def run(cfg: BenchConfig) -> BenchResult:
@@ -262,6 +271,8 @@ def _run_embedded(cfg: BenchConfig) -> BenchResult:
 
     if cfg.scenario != "produce" and cfg.scenario != "consume":
         raise ValueError("embedded runs produce and consume; e2e needs a server")
+    if cfg.data_dir is None:
+        raise ValueError("an embedded run needs --data-dir")
     with Engine.open(cfg.data_dir, fsync=cfg.fsync) as engine:
         _ensure_topic(cfg, engine)
         counter = [0]
