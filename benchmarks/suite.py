@@ -22,6 +22,7 @@ A peer that cannot be set up is skipped and the reason printed and recorded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import os
 import shutil
@@ -128,23 +129,7 @@ FULL = Mode(
         io_runs=0,
         cap_s=10.0,
     ),
-    grpc=grpc_bench.Profile(
-        "suite-full",
-        runs=3,
-        warmup=1,
-        raw_kib=256_000,
-        raw_small=2_000_000,
-        producer_kib=96_000,
-        producer_small=200_000,
-        redis_kib=60_000,
-        redis_small=100_000,
-        consume_kib=256_000,
-        consume_small=2_000_000,
-        redis_read=60_000,
-        ceiling_bytes=256 << 20,
-        window=8,
-        cap_s=10.0,
-    ),
+    grpc=dataclasses.replace(QUICK.grpc, name="suite-full", runs=3, warmup=1, cap_s=10.0),
     groups=groups_bench.Profile(
         "suite-full", runs=3, warmup=1, records=200_000, pool_batches=16, cap_s=30.0, join_timeout_s=30.0
     ),
