@@ -22,6 +22,8 @@ FORBIDDEN = {
     "client": {"server", "engine", "storage", "partition", "groups"},
     # the coordinator is the broker's: it uses the engine, never a transport or a member
     "groups": {"server", "client", "v1", "grpc", "wire"},
+    # membership in etcd: under the server, beside the engine; never a transport or a client
+    "cluster": {"server", "client", "v1", "grpc", "wire", "engine", "partition", "storage", "groups"},
     # the contract both sides share depends on neither: generated code, errors, grpc and protobuf only
     "wire": {"storage", "partition", "engine", "server", "client", "groups", "codec", "config"},
     # the tools: examine and repair read the directory through the storage layer, never a server;

@@ -231,6 +231,16 @@ class ServerConfig:
     group.initial.rebalance.delay.ms); each member joining meanwhile restarts the wait, up to 10 times
     the delay. Members starting together then share the partitions at once, instead of the first taking
     every partition and the others waiting for it to give them up. 0: assign at the first join."""
+    cluster: str = ""
+    """etcd://HOST:PORT[,HOST:PORT...] of the etcd that coordinates a cluster; empty (the default): a
+    single broker, no etcd."""
+    cluster_name: str = "tidelog"
+    """Name of the cluster in etcd (its keys live under /tidelog/<name>/): several clusters may share one etcd."""
+    broker_id: int = -1
+    """This broker's id in the cluster, unique among its live brokers; required with `cluster`."""
+    broker_session_timeout_ms: int = 3000
+    """How long a broker stays registered without a keepalive (its etcd lease, in whole seconds), default
+    3 s: the time a dead broker takes to be noticed. It stops acting as a member 10% earlier by its own clock."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Settings of the engine (fsync policy, topic defaults, limits)."""
 
@@ -274,6 +284,16 @@ class ServerConfig:
             _positive(self, name, minimum=1)
         _positive(self, "admin_reserved_rpcs", minimum=0)
         _positive(self, "group_initial_rebalance_delay_ms", minimum=0)
+        _positive(self, "broker_session_timeout_ms", minimum=1000)
+        if not isinstance(self.cluster, str) or not isinstance(self.cluster_name, str) or not self.cluster_name:
+            raise InvalidConfigError("cluster and cluster_name must be strings (cluster_name not empty)")
+        if "/" in self.cluster_name:
+            raise InvalidConfigError(f"cluster_name must not contain '/', got {self.cluster_name!r}")
+        if self.cluster:
+            from .cluster.etcd import endpoints
+
+            endpoints(self.cluster)
+            _positive(self, "broker_id", minimum=0)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
 

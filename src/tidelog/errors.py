@@ -220,6 +220,19 @@ class EngineClosedError(TidelogError):
     retriable = True
 
 
+class ClusterUnavailableError(TidelogError):
+    """The cluster's coordinator (etcd) cannot be reached or answered with an error."""
+
+    code = 1008
+    retriable = True
+
+
+class BrokerIdInUseError(TidelogError):
+    """Another live broker of the cluster is registered with this broker id."""
+
+    code = 1009
+
+
 BY_CODE[TidelogError.code] = TidelogError
 ALL_ERRORS: tuple[type[TidelogError], ...] = tuple(BY_CODE.values())
 

@@ -24,9 +24,11 @@ ENV_SETTINGS = {
     "TIDELOG_PORT": "port",
     "TIDELOG_DATA_DIR": "data_dir",
     "TIDELOG_METRICS_PORT": "metrics_port",
+    "TIDELOG_CLUSTER": "cluster",
+    "TIDELOG_BROKER_ID": "broker_id",
 }
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
-INTEGER_SETTINGS = ("port", "metrics_port")
+INTEGER_SETTINGS = ("port", "metrics_port", "broker_id")
 
 
 def register(commands) -> None:
@@ -61,6 +63,18 @@ def register(commands) -> None:
         metavar="FILE",
         help="once serving, write the metrics port to FILE, as --port-file (default: no file)",
     )
+    serve.add_argument(
+        "--cluster",
+        metavar="etcd://HOST:PORT[,...]",
+        help="join the cluster coordinated by this etcd (default: $TIDELOG_CLUSTER, else none: a single broker)",
+    )
+    serve.add_argument(
+        "--broker-id",
+        type=int,
+        metavar="N",
+        help="this broker's id in the cluster, unique among its live brokers (default: $TIDELOG_BROKER_ID; "
+        "required with --cluster)",
+    )
     serve.set_defaults(run=run)
 
 
@@ -90,7 +104,7 @@ def load_config(args: argparse.Namespace):
     for env, name in ENV_ENGINE_SETTINGS.items():
         if env in os.environ:
             engine[name] = os.environ[env]
-    for name in ("host", "port", "data_dir", "metrics_port"):
+    for name in ("host", "port", "data_dir", "metrics_port", "cluster", "broker_id"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fsync is not None:

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 
 from .. import __version__
+from ..cluster.membership import BrokerSession
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
@@ -53,6 +54,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._groups: groups_service.GroupsService | None = None
         self.coordinator: GroupCoordinator | None = None
+        self.cluster: BrokerSession | None = None  # with --cluster: this broker's membership
         self.metrics_port: int | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
         self._metrics_http: MetricsHttpServer | None = None
@@ -113,6 +115,8 @@ class Server:
             engine, groups = await self._open_engine()
             if self._stopped.is_set():  # stop() ran during recovery, before there was an engine to close
                 raise EngineClosedError("the server was stopped while it was starting")
+            if self.config.cluster:
+                self.cluster = await self._join_cluster(port)
         except BaseException:
             await self._server.stop(0)
             await self._close_engine()
@@ -134,6 +138,20 @@ class Server:
             },
         )
         return port
+
+    async def _join_cluster(self, port: int) -> BrokerSession:
+        """Register this broker in the cluster's etcd and stand for controller."""
+        from ..cluster import etcd
+
+        session = BrokerSession(
+            etcd.connect(self.config.cluster),
+            self.config.cluster_name,
+            self.config.broker_id,
+            f"{self.config.host}:{port}",
+            self.config.broker_session_timeout_ms,
+        )
+        await session.start()
+        return session
 
     async def _open_engine(self) -> tuple[Engine, groups_service.GroupsService]:
         """Open (and recover) the log, then put the real services behind the bound port; the engine
@@ -229,6 +247,8 @@ class Server:
             extra={"event": "server_stopping", "grace_s": self.config.shutdown_grace_s},
         )
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.cluster is not None:  # leave at once: the controller role moves without waiting for a lease
+            await self.cluster.close()
         if self._groups is not None:
             self._groups.stop()
         if self._server is not None:

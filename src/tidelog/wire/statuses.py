@@ -46,6 +46,8 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.BrokerUnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.RequestTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.DataDirLockedError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ClusterUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    errors.BrokerIdInUseError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 MAX_DETAILS_CHARS = 1024

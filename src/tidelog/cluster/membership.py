@@ -1,0 +1,242 @@
+"""A broker's membership of a cluster: its registration on an etcd lease, and the controller election.
+
+Keys, under `/tidelog/<cluster>/`:
+
+- `brokers/<id>` → {"endpoint", "incarnation"} on the broker's lease. Taken only if absent
+  (`create_revision == 0`), so two live brokers never share an id; its create_revision is the broker
+  epoch. The lease ends with the process (revoked at a clean stop, expired after a crash).
+- `controller` → {"broker_id"} on the controller's lease, taken the same way; its create_revision is
+  the controller epoch, which grows with every new controller.
+
+A lease says a holder was alive, not that it still is, so every effect is fenced: a broker counts
+itself a member (and the controller) only until its local deadline, the send time of its last
+successful keepalive + the session timeout - a margin, which passes before etcd can give its keys to
+another; and a controller's writes are transactions that compare the controller key's create_revision
+with its epoch, so a deposed controller's write fails instead of landing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BrokerIdInUseError, ClusterUnavailableError
+
+log = logging.getLogger("tidelog.cluster")
+
+DEADLINE_MARGIN = 0.1  # the local deadline ends this fraction of the session early (clock rates, rounding)
+
+
+def prefix(cluster: str) -> bytes:
+    return f"/tidelog/{cluster}/".encode()
+
+
+def broker_key(cluster: str, broker_id: int) -> bytes:
+    return prefix(cluster) + b"brokers/%d" % broker_id
+
+
+def controller_key(cluster: str) -> bytes:
+    return prefix(cluster) + b"controller"
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    broker_id: int
+    endpoint: str
+    incarnation: str
+    epoch: int  # create_revision of its registration
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    brokers: list[BrokerInfo]
+    controller_id: int | None
+    controller_epoch: int | None
+
+
+class BrokerSession:
+    """One broker's registration and its part in the controller election. Event-loop only."""
+
+    def __init__(
+        self,
+        client: Any,
+        cluster: str,
+        broker_id: int,
+        endpoint: str,
+        session_timeout_ms: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client, self.cluster, self.broker_id, self.endpoint = client, cluster, broker_id, endpoint
+        self.ttl_s = max(1, math.ceil(session_timeout_ms / 1000))  # etcd leases count whole seconds
+        self.incarnation = secrets.token_hex(8)  # tells this run of the broker from an earlier one
+        self._clock = clock
+        self._lease: Any = None
+        self._deadline = 0.0
+        self.epoch: int | None = None
+        self.controller_epoch: int | None = None
+        self._keepalive: asyncio.Task | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register (BrokerIdInUseError when a live broker holds the id), then stand for controller."""
+        key = broker_key(self.cluster, self.broker_id)
+        value = json.dumps({"endpoint": self.endpoint, "incarnation": self.incarnation}).encode()
+        try:
+            sent = self._clock()
+            self._lease = await self.client.lease(self.ttl_s)
+            tx = self.client.transactions
+            taken, _ = await self.client.transaction(
+                compare=[tx.create(key) == 0], success=[tx.put(key, value, lease=self._lease.id)], failure=[]
+            )
+            if not taken:
+                holder = await self.client.get(key)
+                await self._revoke()
+                raise BrokerIdInUseError(
+                    f"broker id {self.broker_id} is registered in cluster {self.cluster!r} by "
+                    f"{_endpoint_of(holder)}: another broker runs with this id, or the session of one that "
+                    f"stopped has not expired yet (up to {self.ttl_s} s)",
+                    broker_id=self.broker_id,
+                )
+            self._deadline = sent + self.ttl_s * (1 - DEADLINE_MARGIN)
+            self.epoch = (await self.client.get(key)).create_revision
+        except BrokerIdInUseError:
+            raise
+        except Exception as exc:  # aetcd raises its own errors for an unreachable or failing etcd
+            raise ClusterUnavailableError(f"cannot register with etcd: {exc}") from None
+        log.info(
+            "broker registered",
+            extra={"event": "broker_registered", "broker_id": self.broker_id, "broker_epoch": self.epoch},
+        )
+        await self.campaign()
+        self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    async def close(self) -> None:
+        """Leave the cluster at once (revoking the lease drops the registration and the controller key)."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._deadline = 0.0
+        self.controller_epoch = None
+        await self._revoke()
+
+    async def _revoke(self) -> None:
+        if self._lease is not None:
+            try:
+                await self.client.revoke_lease(self._lease.id)
+            except Exception as exc:  # the lease then expires on its own
+                log.warning("could not revoke the broker's etcd lease: %s", exc)
+            self._lease = None
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            sent = self._clock()
+            try:
+                reply = await self.client.refresh_lease(self._lease.id)
+            except Exception as exc:
+                log.warning("etcd keepalive failed: %s", exc, extra={"event": "broker_keepalive_failed"})
+                continue
+            if reply is None or reply.TTL <= 0:  # expired: its keys are gone, and maybe taken by others
+                self._lost("its etcd lease expired")
+                return
+            self._deadline = sent + self.ttl_s * (1 - DEADLINE_MARGIN)
+            if self.controller_epoch is None:
+                await self.campaign()
+
+    def _lost(self, why: str) -> None:
+        log.error(
+            "broker left the cluster: %s",
+            why,
+            extra={"event": "broker_session_lost", "broker_id": self.broker_id},
+        )
+        self._deadline = 0.0
+        self.controller_epoch = None
+
+    # -- the controller ----------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """Whether this broker may still act as a member: its local deadline has not passed."""
+        return self._clock() < self._deadline
+
+    @property
+    def is_controller(self) -> bool:
+        return self.controller_epoch is not None and self.alive
+
+    async def campaign(self) -> bool:
+        """Take the controller key if nobody holds it; True when this broker is (now) the controller."""
+        if not self.alive or self._lease is None:
+            return False
+        key = controller_key(self.cluster)
+        tx = self.client.transactions
+        value = json.dumps({"broker_id": self.broker_id}).encode()
+        try:
+            won, _ = await self.client.transaction(
+                compare=[tx.create(key) == 0], success=[tx.put(key, value, lease=self._lease.id)], failure=[]
+            )
+            if not won:
+                return self.is_controller
+            self.controller_epoch = (await self.client.get(key)).create_revision
+        except Exception as exc:
+            log.warning("controller election failed: %s", exc)
+            return False
+        log.info(
+            "controller elected",
+            extra={
+                "event": "controller_elected",
+                "broker_id": self.broker_id,
+                "controller_epoch": self.controller_epoch,
+            },
+        )
+        return True
+
+    async def fenced(self, operations: Sequence[Any]) -> bool:
+        """Apply etcd operations as the controller: in one transaction that lands only while the
+        controller key is still the one this broker created. False (nothing written) once deposed."""
+        if not self.is_controller:
+            return False
+        tx = self.client.transactions
+        done, _ = await self.client.transaction(
+            compare=[tx.create(controller_key(self.cluster)) == self.controller_epoch],
+            success=list(operations),
+            failure=[],
+        )
+        if not done:
+            self.controller_epoch = None
+        return bool(done)
+
+
+async def cluster_status(client: Any, cluster: str) -> ClusterStatus:
+    """The registered brokers and the controller, as etcd has them now."""
+    brokers = []
+    controller_id = controller_epoch = None
+    for kv in await client.get_prefix(prefix(cluster)):
+        key, meta = kv.key[len(prefix(cluster)) :], kv
+        try:
+            doc = json.loads(kv.value)
+        except ValueError:
+            continue  # not ours to judge here
+        if key.startswith(b"brokers/") and key[len(b"brokers/") :].isdigit():
+            brokers.append(
+                BrokerInfo(
+                    int(key[len(b"brokers/") :]),
+                    doc.get("endpoint", "?"),
+                    doc.get("incarnation", "?"),
+                    meta.create_revision,
+                )
+            )
+        elif key == b"controller":
+            controller_id, controller_epoch = doc.get("broker_id"), meta.create_revision
+    return ClusterStatus(sorted(brokers, key=lambda b: b.broker_id), controller_id, controller_epoch)
+
+
+def _endpoint_of(holder: Any) -> str:
+    try:
+        return str(json.loads(holder.value).get("endpoint", "?"))
+    except (AttributeError, ValueError):
+        return "?"

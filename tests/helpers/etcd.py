@@ -1,0 +1,132 @@
+"""A real etcd for the cluster tests: one member on 127.0.0.1, in a temporary directory, stopped by PID.
+
+etcd has no "any free port" mode whose port it reports, so its two ports are found by binding and
+releasing them just before it starts; if another process takes one meanwhile, etcd exits at once and
+is started again on new ports (bounded). Debian's `etcd-server` is installed when `etcd` is missing and
+the tests run as root (as CI does); otherwise the cluster tests skip, saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+START_ATTEMPTS = 3
+READY_TIMEOUT_S = 30.0
+
+
+def etcd_binary() -> str:
+    """The etcd executable, installing Debian's etcd-server first where that is possible."""
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the cluster tests need etcd (Debian: apt-get install etcd-server); not root, so not installed")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", "etcd-server"]
+    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:  # the package lists may be missing on a fresh machine
+        subprocess.run(
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=env, capture_output=True, timeout=900
+        )
+        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    found = shutil.which("etcd")
+    if not found:
+        pytest.skip(f"could not install etcd-server: {result.stderr.strip()[-300:]}")
+    return found
+
+
+def _two_ports() -> tuple[int, int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return sockets[0].getsockname()[1], sockets[1].getsockname()[1]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class EtcdProcess:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.client_port = 0
+        self.log_path = os.path.join(directory, "etcd.log")
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.client_port}"
+
+    def start(self) -> EtcdProcess:
+        binary = etcd_binary()
+        for _ in range(START_ATTEMPTS):
+            client, peer = _two_ports()
+            data = os.path.join(self.directory, f"data-{client}")
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        binary,
+                        "--name",
+                        "s1",
+                        "--data-dir",
+                        data,
+                        "--listen-client-urls",
+                        f"http://127.0.0.1:{client}",
+                        "--advertise-client-urls",
+                        f"http://127.0.0.1:{client}",
+                        "--listen-peer-urls",
+                        f"http://127.0.0.1:{peer}",
+                        "--initial-advertise-peer-urls",
+                        f"http://127.0.0.1:{peer}",
+                        "--initial-cluster",
+                        f"s1=http://127.0.0.1:{peer}",
+                        "--pre-vote=true",
+                        "--heartbeat-interval",
+                        "100",
+                        "--election-timeout",
+                        "1000",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            self.client_port = client
+            if self._wait_ready():
+                return self
+            self.stop()
+        raise RuntimeError(f"etcd did not start: {open(self.log_path, errors='replace').read()[-2000:]}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False  # exited: a port was taken meanwhile
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.client_port}/health", timeout=1) as r:
+                    if json.loads(r.read()).get("health") == "true":
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return False
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

@@ -1,0 +1,153 @@
+"""`tidelog serve --cluster`: real broker processes on a real etcd register, elect one controller, hand
+the role on when the controller's process is SIGKILLed, and refuse a second broker with a live id."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .helpers.etcd import EtcdProcess
+from .server_process import ServerProcess
+
+pytestmark = pytest.mark.slow  # real processes: a heavier suite
+
+SESSION_MS = 1000
+
+
+@pytest.fixture
+def etcd_server(tmp_path):
+    server = EtcdProcess(str(tmp_path / "etcd")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def status(url: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidelog", "cluster", "status", "--cluster", url, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def broker(tmp_path, url: str, broker_id: int) -> ServerProcess:
+    return ServerProcess(
+        str(tmp_path / f"b{broker_id}"),
+        "--cluster",
+        url,
+        "--broker-id",
+        str(broker_id),
+        "--config",
+        str(_config(tmp_path)),
+    )
+
+
+def _config(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text(f"broker_session_timeout_ms = {SESSION_MS}\n")
+    return path
+
+
+def wait_for(predicate, url: str, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = status(url)
+        if predicate(seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.2)
+
+
+def test_three_brokers_elect_one_controller_and_a_killed_controller_is_replaced(tmp_path, etcd_server):
+    url = etcd_server.url
+    brokers = {i: broker(tmp_path, url, i).start() for i in (1, 2, 3)}
+    try:
+        seen = status(url)
+        assert [(b["broker_id"], b["address"]) for b in seen["brokers"]] == [(i, brokers[i].target) for i in (1, 2, 3)]
+        first = seen["controller"]
+        assert first["broker_id"] in brokers
+
+        brokers[first["broker_id"]].kill()  # SIGKILL: no clean leave, the lease has to expire
+        after = wait_for(lambda s: s["controller"]["broker_id"] not in (None, first["broker_id"]), url)
+        assert after["controller"]["broker_id"] in set(brokers) - {first["broker_id"]}, after
+        assert after["controller"]["epoch"] > first["epoch"]
+        assert first["broker_id"] not in [b["broker_id"] for b in after["brokers"]]
+
+        survivor = after["controller"]["broker_id"]
+        assert brokers[survivor].stop() == 0  # a clean stop leaves at once
+        left = wait_for(lambda s: s["controller"]["broker_id"] not in (None, survivor), url)
+        assert [b["broker_id"] for b in left["brokers"]] == sorted(set(brokers) - {first["broker_id"], survivor})
+        assert left["controller"]["broker_id"] not in (None, survivor)
+    finally:
+        for b in brokers.values():
+            b.stop()
+
+
+def test_a_second_broker_with_a_live_id_is_refused_with_one_line(tmp_path, etcd_server):
+    url = etcd_server.url
+    first = broker(tmp_path, url, 5).start()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tidelog",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "other"),
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+                "--cluster",
+                url,
+                "--broker-id",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if "broker id 5 is registered" in line]
+        assert errors and first.target in errors[0], result.stderr
+        assert [b["broker_id"] for b in status(url)["brokers"]] == [5]
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cluster", "http://127.0.0.1:1", "--broker-id", "1"], "cluster must be etcd://"),
+        (["--cluster", "etcd://127.0.0.1:2379"], "broker_id must be"),
+    ],
+)
+def test_bad_cluster_settings_are_usage_errors(tmp_path, args, message):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tidelog",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
