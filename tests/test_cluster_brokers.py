@@ -56,6 +56,18 @@ def _config(tmp_path):
     return path
 
 
+def _gauges(server: ServerProcess) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        f.name: f.samples[0].value for f in text_string_to_metric_families(text) if f.name.startswith("tidelog_cluster")
+    }
+
+
 def wait_for(predicate, url: str, timeout_s: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -73,6 +85,9 @@ def test_three_brokers_elect_one_controller_and_a_killed_controller_is_replaced(
         assert [(b["broker_id"], b["address"]) for b in seen["brokers"]] == [(i, brokers[i].target) for i in (1, 2, 3)]
         first = seen["controller"]
         assert first["broker_id"] in brokers
+        gauges = {i: _gauges(b) for i, b in brokers.items()}
+        assert all(g["tidelog_cluster_member"] == 1 for g in gauges.values()), gauges
+        assert [i for i, g in gauges.items() if g["tidelog_cluster_controller"] == 1] == [first["broker_id"]]
 
         brokers[first["broker_id"]].kill()  # SIGKILL: no clean leave, the lease has to expire
         after = wait_for(lambda s: s["controller"]["broker_id"] not in (None, first["broker_id"]), url)

@@ -211,6 +211,17 @@ class Server:
             "broker's memory and subscriptions wait)",
             registry=registry,
         ).set_function(lambda: self._consume.buffered_bytes if self._consume is not None else 0)
+        Gauge(
+            "tidelog_cluster_member",
+            "1 while this broker counts itself a member of its cluster (registered in etcd, its local "
+            "deadline not passed); 0 for a single broker, or one that lost its session",
+            registry=registry,
+        ).set_function(lambda: int(self.cluster is not None and self.cluster.alive))
+        Gauge(
+            "tidelog_cluster_controller",
+            "1 while this broker is its cluster's controller (exactly one broker of a healthy cluster)",
+            registry=registry,
+        ).set_function(lambda: int(self.cluster is not None and self.cluster.is_controller))
         host = self.config.metrics_host or self.config.host
         try:
             self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)
