@@ -4,6 +4,7 @@ the role on when the controller's process is SIGKILLed, and refuse a second brok
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -166,3 +167,32 @@ def test_bad_cluster_settings_are_usage_errors(tmp_path, args, message):
     )
     assert result.returncode in (1, 2) and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_dev_cluster_runs_etcd_and_brokers_until_it_is_stopped(tmp_path):
+    """`tidelog dev-cluster`: ready line, a cluster of two, and every process gone after SIGTERM."""
+    import signal
+
+    from .helpers.etcd import etcd_binary
+
+    etcd_binary()  # installs or skips, as for the other cluster tests
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "dev-cluster", "--brokers", "2", "--dir", str(tmp_path / "dev")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("tidelog dev-cluster ready"), (line, proc.stderr.read() if proc.poll() else "")
+        fields = dict(item.split("=", 1) for item in line.split()[3:])
+        seen = status(fields["cluster"])
+        assert [b["address"] for b in seen["brokers"]] == fields["brokers"].split(",")
+        assert seen["controller"]["broker_id"] in (1, 2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 3  # etcd and two brokers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
