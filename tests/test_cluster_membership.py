@@ -127,3 +127,22 @@ def test_bad_cluster_urls_and_an_unreachable_etcd_are_clear_errors(tmp_path):
         run(scenario())
     finally:
         refused.close()
+
+
+def test_a_broker_whose_lease_expired_registers_again_with_a_new_epoch(etcd_url):
+    async def scenario():
+        a = await session(etcd_url, "rejoin", 4, timeout_ms=1000)
+        first_epoch = a.epoch
+        await a.client.revoke_lease(a._lease.id)  # as etcd does when the broker was out of reach too long
+        for _ in range(100):  # its keepalive finds the lease gone and registers again (bounded wait)
+            if a.epoch != first_epoch and a.alive:
+                break
+            await asyncio.sleep(0.1)
+        listed = await cluster_status(a.client, "rejoin")
+        result = (first_epoch, a.epoch, [b.broker_id for b in listed.brokers], a.is_controller)
+        await a.close()
+        return result
+
+    first_epoch, epoch, listed, controller = run(scenario())
+    assert epoch > first_epoch and listed == [4]
+    assert controller  # alone, it is elected again

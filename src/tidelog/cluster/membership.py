@@ -86,6 +86,11 @@ class BrokerSession:
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Register (BrokerIdInUseError when a live broker holds the id), then stand for controller."""
+        await self._register()
+        await self.campaign()
+        self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    async def _register(self) -> None:
         key = broker_key(self.cluster, self.broker_id)
         value = json.dumps({"endpoint": self.endpoint, "incarnation": self.incarnation}).encode()
         try:
@@ -114,8 +119,6 @@ class BrokerSession:
             "broker registered",
             extra={"event": "broker_registered", "broker_id": self.broker_id, "broker_epoch": self.epoch},
         )
-        await self.campaign()
-        self._keepalive = asyncio.ensure_future(self._keep_alive())
 
     async def close(self) -> None:
         """Leave the cluster at once (revoking the lease drops the registration and the controller key)."""
@@ -144,10 +147,23 @@ class BrokerSession:
                 continue
             if reply is None or reply.TTL <= 0:  # expired: its keys are gone, and maybe taken by others
                 self._lost("its etcd lease expired")
-                return
+                await self._rejoin()
+                continue
             self._deadline = sent + self.ttl_s * (1 - DEADLINE_MARGIN)
             if self.controller_epoch is None:
                 await self.campaign()
+
+    async def _rejoin(self) -> None:
+        """Register again after losing the session (a long pause, etcd out of reach), as a new epoch."""
+        self._lease = None  # expired: nothing to revoke
+        while True:
+            try:
+                await self._register()
+                await self.campaign()
+                return
+            except (BrokerIdInUseError, ClusterUnavailableError) as exc:
+                log.warning("could not rejoin the cluster yet: %s", exc.message)
+                await asyncio.sleep(self.ttl_s / 3)
 
     def _lost(self, why: str) -> None:
         log.error(
