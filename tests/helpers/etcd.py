@@ -19,6 +19,8 @@ import urllib.request
 
 import pytest
 
+from tidelog.cluster.etcd import server_command
+
 START_ATTEMPTS = 3
 READY_TIMEOUT_S = 30.0
 
@@ -74,30 +76,7 @@ class EtcdProcess:
             data = os.path.join(self.directory, f"data-{client}")
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [
-                        binary,
-                        "--name",
-                        "s1",
-                        "--data-dir",
-                        data,
-                        "--listen-client-urls",
-                        f"http://127.0.0.1:{client}",
-                        "--advertise-client-urls",
-                        f"http://127.0.0.1:{client}",
-                        "--listen-peer-urls",
-                        f"http://127.0.0.1:{peer}",
-                        "--initial-advertise-peer-urls",
-                        f"http://127.0.0.1:{peer}",
-                        "--initial-cluster",
-                        f"s1=http://127.0.0.1:{peer}",
-                        "--pre-vote=true",
-                        "--heartbeat-interval",
-                        "100",
-                        "--election-timeout",
-                        "1000",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    server_command(binary, "s1", data, client, peer), stdout=log, stderr=subprocess.STDOUT
                 )
             self.client_port = client
             if self._wait_ready():

@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 
+from ..cluster.etcd import server_command
 from .failures import CommandError
 from .parsing import add_command
 from .values import positive_int
@@ -77,24 +78,7 @@ def run(args: argparse.Namespace) -> int:
         with open(os.path.join(root, "etcd.log"), "ab") as log:
             procs.append(
                 subprocess.Popen(
-                    [
-                        etcd,
-                        "--name",
-                        "dev",
-                        "--data-dir",
-                        os.path.join(root, "etcd"),
-                        "--listen-client-urls",
-                        f"http://127.0.0.1:{client}",
-                        "--advertise-client-urls",
-                        f"http://127.0.0.1:{client}",
-                        "--listen-peer-urls",
-                        f"http://127.0.0.1:{peer}",
-                        "--initial-advertise-peer-urls",
-                        f"http://127.0.0.1:{peer}",
-                        "--initial-cluster",
-                        f"dev=http://127.0.0.1:{peer}",
-                        "--pre-vote=true",
-                    ],
+                    server_command(etcd, "dev", os.path.join(root, "etcd"), client, peer),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
