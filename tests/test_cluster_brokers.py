@@ -28,9 +28,11 @@ def etcd_server(tmp_path):
         server.stop()
 
 
-def status(url: str) -> dict:
+def status(url: str, *, server: str | None = None) -> dict:
+    """What `tidelog cluster status` says, read from etcd (url) or asked of a broker (server)."""
+    where = ["--server", server] if server else ["--cluster", url]
     result = subprocess.run(
-        [sys.executable, "-m", "tidelog", "cluster", "status", "--cluster", url, "--format", "json"],
+        [sys.executable, "-m", "tidelog", "cluster", "status", *where, "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -86,6 +88,8 @@ def test_three_brokers_elect_one_controller_and_a_killed_controller_is_replaced(
         assert [(b["broker_id"], b["address"]) for b in seen["brokers"]] == [(i, brokers[i].target) for i in (1, 2, 3)]
         first = seen["controller"]
         assert first["broker_id"] in brokers
+        for b in brokers.values():  # every broker answers with what etcd holds (Admin.DescribeCluster)
+            assert status(url, server=b.target) == seen
         gauges = {i: _gauges(b) for i, b in brokers.items()}
         assert all(g["tidelog_cluster_member"] == 1 for g in gauges.values()), gauges
         assert [i for i, g in gauges.items() if g["tidelog_cluster_controller"] == 1] == [first["broker_id"]]
@@ -196,3 +200,23 @@ def test_dev_cluster_runs_etcd_and_brokers_until_it_is_stopped(tmp_path):
         assert proc.wait(timeout=60) == 0
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_single_broker_describes_itself_as_no_cluster(tmp_path):
+    server = ServerProcess(str(tmp_path / "single")).start()
+    try:
+        seen = status("", server=server.target)
+        text = subprocess.run(
+            [sys.executable, "-m", "tidelog", "cluster", "status", "--server", server.target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert seen == {
+        "cluster": None,
+        "controller": {"broker_id": None, "epoch": None},
+        "brokers": [{"broker_id": -1, "address": server.target, "epoch": 0}],
+    }
+    assert text.returncode == 0 and "a single broker at" in text.stdout

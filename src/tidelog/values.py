@@ -114,3 +114,20 @@ class ConsumerRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple
+
+
+class ClusterBroker(NamedTuple):
+    broker_id: int
+    address: str
+    epoch: int
+
+
+class ClusterDescription(NamedTuple):
+    """What a broker says of its cluster (Admin.describe_cluster)."""
+
+    clustered: bool  # False: a single broker, listed alone in brokers
+    cluster_name: str
+    this_broker_id: int | None
+    brokers: list[ClusterBroker]
+    controller_id: int | None
+    controller_epoch: int | None

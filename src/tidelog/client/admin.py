@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import InvalidRequestError
 from ..v1 import tidelog_pb2 as pb
-from ..values import PartitionDescription, PartitionOffsets
+from ..values import ClusterBroker, ClusterDescription, PartitionDescription, PartitionOffsets
 from ..wire import methods
 from .channel import DEFAULT_TARGET, sync_channel, unary
 
@@ -24,6 +24,7 @@ class Admin:
         self._list = rpc("ListTopics")
         self._describe = rpc("DescribeTopic")
         self._offsets = rpc("ListOffsets")
+        self._describe_cluster = rpc("DescribeCluster")
 
         def grp(name):
             return unary(self._channel, methods.method("Groups", name), target, timeout_s)
@@ -41,6 +42,18 @@ class Admin:
 
     def delete_topic(self, name: str) -> None:
         self._delete(pb.DeleteTopicRequest(name=name))
+
+    def describe_cluster(self) -> ClusterDescription:
+        """The brokers of the broker's cluster and its controller (a single broker lists itself)."""
+        msg = self._describe_cluster(pb.DescribeClusterRequest())
+        return ClusterDescription(
+            msg.clustered,
+            msg.cluster_name,
+            None if msg.this_broker_id < 0 else msg.this_broker_id,
+            [ClusterBroker(b.broker_id, b.address, b.epoch) for b in msg.brokers],
+            None if msg.controller_id < 0 else msg.controller_id,
+            msg.controller_epoch or None,
+        )
 
     def list_topics(self) -> list[str]:
         return list(self._list(pb.ListTopicsRequest()).topics)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
+from ..cluster.membership import BrokerSession, cluster_status
 from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
-from ..errors import InvalidConfigError, TidelogError
+from ..errors import ClusterUnavailableError, InvalidConfigError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..values import TopicDescription
 from ..wire import methods
@@ -55,9 +56,17 @@ def describe_message(desc: TopicDescription) -> pb.TopicDescription:
 
 
 class AdminService:
-    def __init__(self, engine: AsyncEngine, consume: ConsumeService) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        consume: ConsumeService,
+        cluster: Callable[[], BrokerSession | None] = lambda: None,
+        address: str = "",
+    ) -> None:
         self.engine = engine
         self.consume = consume
+        self._cluster = cluster  # this broker's membership, when it is part of a cluster
+        self._address = address  # this broker's own host:port
 
     def handler(self) -> grpc.GenericRpcHandler:
         return methods.handlers(
@@ -68,6 +77,7 @@ class AdminService:
                 "ListTopics": requests.unary(self.list_topics),
                 "DescribeTopic": requests.unary(self.describe_topic),
                 "ListOffsets": requests.unary(self.list_offsets),
+                "DescribeCluster": requests.unary(self.describe_cluster),
             },
         )
 
@@ -131,3 +141,25 @@ class AdminService:
             except TidelogError as exc:
                 await status.abort(context, exc)
         return response
+
+    async def describe_cluster(self, request: pb.DescribeClusterRequest, context: Any) -> pb.ClusterDescription:
+        session = self._cluster()
+        if session is None:
+            return pb.ClusterDescription(
+                clustered=False,
+                this_broker_id=-1,
+                controller_id=-1,
+                brokers=[pb.ClusterBroker(broker_id=-1, address=self._address)],
+            )
+        try:
+            found = await cluster_status(session.client, session.cluster)
+        except Exception as exc:  # aetcd's own errors: etcd out of reach
+            await status.abort(context, ClusterUnavailableError(f"cannot read the cluster from etcd: {exc}"))
+        return pb.ClusterDescription(
+            clustered=True,
+            cluster_name=session.cluster,
+            this_broker_id=session.broker_id,
+            brokers=[pb.ClusterBroker(broker_id=b.broker_id, address=b.endpoint, epoch=b.epoch) for b in found.brokers],
+            controller_id=-1 if found.controller_id is None else found.controller_id,
+            controller_epoch=found.controller_epoch or 0,
+        )

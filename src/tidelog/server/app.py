@@ -177,7 +177,9 @@ class Server:
             (
                 produce.handler(),
                 consume.handler(),
-                admin_service.AdminService(async_engine, consume).handler(),
+                admin_service.AdminService(
+                    async_engine, consume, lambda: self.cluster, f"{self.config.host}:{self.port}"
+                ).handler(),
                 groups.handler(),
             ),
             admission,

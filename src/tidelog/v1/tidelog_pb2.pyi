@@ -215,6 +215,36 @@ class DeleteTopicResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DescribeClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterBroker(_message.Message):
+    __slots__ = ("broker_id", "address", "epoch")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    broker_id: int
+    address: str
+    epoch: int
+    def __init__(self, broker_id: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ClusterDescription(_message.Message):
+    __slots__ = ("clustered", "cluster_name", "this_broker_id", "brokers", "controller_id", "controller_epoch")
+    CLUSTERED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    THIS_BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    BROKERS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    clustered: bool
+    cluster_name: str
+    this_broker_id: int
+    brokers: _containers.RepeatedCompositeFieldContainer[ClusterBroker]
+    controller_id: int
+    controller_epoch: int
+    def __init__(self, clustered: _Optional[bool] = ..., cluster_name: _Optional[str] = ..., this_broker_id: _Optional[int] = ..., brokers: _Optional[_Iterable[_Union[ClusterBroker, _Mapping]]] = ..., controller_id: _Optional[int] = ..., controller_epoch: _Optional[int] = ...) -> None: ...
+
 class ListTopicsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
