@@ -233,6 +233,52 @@ class BrokerIdInUseError(TidelogError):
     code = 1009
 
 
+class NotLeaderError(TidelogError):
+    """This broker does not lead the partition (or, for replication, does not lead that epoch): ask the
+    leader it names, or refresh metadata when it names none."""
+
+    code = 6
+    retriable = True
+
+    @property
+    def leader_id(self) -> int:
+        return int(cast(int, self.details.get("leader_id", -1)))
+
+    @property
+    def leader_address(self) -> str:
+        return str(self.details.get("leader_address", ""))
+
+
+class NotEnoughReplicasError(TidelogError):
+    """Fewer replicas are in sync than the topic's min_insync_replicas: an acks=all produce is refused
+    before anything is appended."""
+
+    code = 19
+    retriable = True
+
+
+class NotEnoughReplicasAfterAppendError(TidelogError):
+    """Appended by the leader, but the in-sync replicas did not all copy it in time: the outcome is
+    unknown (it may still be committed); retry with the idempotent producer."""
+
+    code = 20
+    retriable = True
+
+
+class FencedLeaderEpochError(TidelogError):
+    """The request carries a leader epoch older than the partition's: its sender follows a deposed leader."""
+
+    code = 74
+    retriable = True
+
+
+class UnknownLeaderEpochError(TidelogError):
+    """The request carries a leader epoch newer than this broker knows: it has not caught up with etcd yet."""
+
+    code = 75
+    retriable = True
+
+
 BY_CODE[TidelogError.code] = TidelogError
 ALL_ERRORS: tuple[type[TidelogError], ...] = tuple(BY_CODE.values())
 

@@ -2,7 +2,8 @@
 
 A failed RPC carries the status code, the error's message as details, and trailing metadata:
 `tidelog-error-code` (the stable numeric code) and, for OffsetOutOfRangeError, `tidelog-log-start`
-and `tidelog-log-end` (the valid range). Errors inside a stream travel as an Error message with the
+and `tidelog-log-end` (the valid range), for NotLeaderError `tidelog-leader-id` and
+`tidelog-leader-address` (where to go instead). Errors inside a stream travel as an Error message with the
 same fields. The client rebuilds the error by its numeric code, so a class and its code survive the
 round trip (tests/test_wire_contract.py checks it for every error class).
 """
@@ -17,6 +18,8 @@ from ..v1 import tidelog_pb2 as pb
 CODE_KEY = "tidelog-error-code"
 LOG_START_KEY = "tidelog-log-start"
 LOG_END_KEY = "tidelog-log-end"
+LEADER_ID_KEY = "tidelog-leader-id"
+LEADER_ADDRESS_KEY = "tidelog-leader-address"
 
 STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.UnknownTopicError: grpc.StatusCode.NOT_FOUND,
@@ -48,6 +51,11 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.DataDirLockedError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ClusterUnavailableError: grpc.StatusCode.UNAVAILABLE,
     errors.BrokerIdInUseError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NotLeaderError: grpc.StatusCode.UNAVAILABLE,
+    errors.NotEnoughReplicasError: grpc.StatusCode.UNAVAILABLE,
+    errors.NotEnoughReplicasAfterAppendError: grpc.StatusCode.UNAVAILABLE,
+    errors.FencedLeaderEpochError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UnknownLeaderEpochError: grpc.StatusCode.UNAVAILABLE,
 }
 
 MAX_DETAILS_CHARS = 1024
@@ -69,6 +77,8 @@ def trailing_metadata(exc: errors.TidelogError) -> tuple[tuple[str, str], ...]:
     meta = [(CODE_KEY, str(exc.code))]
     if isinstance(exc, errors.OffsetOutOfRangeError):
         meta += [(LOG_START_KEY, str(exc.log_start)), (LOG_END_KEY, str(exc.log_end))]
+    if isinstance(exc, errors.NotLeaderError):
+        meta += [(LEADER_ID_KEY, str(exc.leader_id)), (LEADER_ADDRESS_KEY, exc.leader_address)]
     return tuple(meta)
 
 
@@ -84,6 +94,8 @@ def error_message(exc: errors.TidelogError) -> pb.Error:
     msg = pb.Error(code=exc.code, grpc_status=status_of(exc).value[0], message=details(exc))
     if isinstance(exc, errors.OffsetOutOfRangeError):
         msg.log_start, msg.log_end = exc.log_start, exc.log_end
+    if isinstance(exc, errors.NotLeaderError):
+        msg.leader_id, msg.leader_address = exc.leader_id, exc.leader_address
     return msg
 
 
@@ -97,9 +109,11 @@ def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
     text = (err.details() if hasattr(err, "details") else None) or str(err)
     meta = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
     if CODE_KEY in meta:
-        extra = {}
+        extra: dict[str, object] = {}
         if LOG_START_KEY in meta:
             extra = {"log_start": int(meta[LOG_START_KEY]), "log_end": int(meta[LOG_END_KEY])}
+        if LEADER_ID_KEY in meta:
+            extra = {"leader_id": int(meta[LEADER_ID_KEY]), "leader_address": meta.get(LEADER_ADDRESS_KEY, "")}
         return errors.from_code(int(meta[CODE_KEY]), text, **extra)
     if code == grpc.StatusCode.UNAVAILABLE:
         return errors.BrokerUnavailableError(f"cannot reach the broker{' at ' + target if target else ''}: {text}")
@@ -114,7 +128,9 @@ def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
 
 def error_from_message(msg: pb.Error) -> errors.TidelogError:
     """The error an in-stream Error message stands for."""
-    extra = {}
+    extra: dict[str, object] = {}
     if msg.code == errors.OffsetOutOfRangeError.code:
         extra = {"log_start": msg.log_start, "log_end": msg.log_end}
+    if msg.code == errors.NotLeaderError.code:
+        extra = {"leader_id": msg.leader_id, "leader_address": msg.leader_address}
     return errors.from_code(msg.code, msg.message, **extra)
