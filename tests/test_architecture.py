@@ -24,6 +24,8 @@ FORBIDDEN = {
     "groups": {"server", "client", "v1", "grpc", "wire"},
     # membership in etcd: under the server, beside the engine; never a transport or a client
     "cluster": {"server", "client", "v1", "grpc", "wire", "engine", "partition", "storage", "groups"},
+    # replicated partitions: the engine's partitions driven by the cluster's state; the transport is the server's
+    "replication": {"server", "client", "v1", "grpc", "wire", "groups"},
     # the contract both sides share depends on neither: generated code, errors, grpc and protobuf only
     "wire": {"storage", "partition", "engine", "server", "client", "groups", "codec", "config"},
     # the tools: examine and repair read the directory through the storage layer, never a server;

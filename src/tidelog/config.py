@@ -64,6 +64,10 @@ class TopicConfig:
     """Bytes of log between two entries of the sparse offset and time indexes."""
     max_index_bytes: int = 10 << 20
     """Size each index file is preallocated to; a full index rolls the segment."""
+    min_insync_replicas: int = 1
+    """In a cluster: an acks=all produce is refused (NOT_ENOUGH_REPLICAS, nothing written) while fewer
+    replicas than this are in sync (Kafka: min.insync.replicas). With replication factor 3, 2 keeps
+    every acknowledged record through the loss of any one broker."""
 
     def __post_init__(self) -> None:
         _positive(self, "segment_bytes", minimum=4096)
@@ -77,6 +81,7 @@ class TopicConfig:
         _positive(self, "max_batch_bytes", minimum=128)
         _positive(self, "index_interval_bytes", minimum=1)
         _positive(self, "max_index_bytes", minimum=64)
+        _positive(self, "min_insync_replicas", minimum=1)
         if self.compression not in COMPRESSIONS:
             raise InvalidConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.max_batch_bytes > self.segment_bytes:
@@ -238,6 +243,22 @@ class ServerConfig:
     """Name of the cluster in etcd (its keys live under /tidelog/<name>/): several clusters may share one etcd."""
     broker_id: int = -1
     """This broker's id in the cluster, unique among its live brokers; required with `cluster`."""
+    advertised_host: str = ""
+    """The host clients and other brokers reach this broker at (default: `host`, or this machine's name
+    when `host` listens on every address). Kafka: advertised.listeners."""
+    default_replication_factor: int = 3
+    """Copies of each partition of a topic created without a replication factor, capped at the number of
+    live brokers (a cluster of one or two brokers still creates topics)."""
+    replica_lag_time_max_ms: int = 10_000
+    """A follower that has not caught up with the leader's log end for this long leaves the ISR
+    (Kafka: replica.lag.time.max.ms). Keep it well above replica_fetch_wait_ms and a leader change."""
+    replica_fetch_wait_ms: int = 500
+    """How long a follower's fetch waits at the leader when there is nothing new."""
+    replica_fetch_max_bytes: int = 1 << 20
+    """Largest answer to one follower fetch (at least one batch)."""
+    replication_timeout_ms: int = 10_000
+    """How long an acks=all produce waits for the in-sync replicas before answering that the outcome
+    is unknown (REQUEST_TIMED_OUT: retry idempotently)."""
     broker_session_timeout_ms: int = 3000
     """How long a broker stays registered without a keepalive (its etcd lease, in whole seconds), default
     3 s: the time a dead broker takes to be noticed. It stops acting as a member 10% earlier by its own clock."""
@@ -285,6 +306,11 @@ class ServerConfig:
         _positive(self, "admin_reserved_rpcs", minimum=0)
         _positive(self, "group_initial_rebalance_delay_ms", minimum=0)
         _positive(self, "broker_session_timeout_ms", minimum=1000)
+        _positive(self, "default_replication_factor", minimum=1)
+        _positive(self, "replica_lag_time_max_ms", minimum=100)
+        _positive(self, "replica_fetch_wait_ms", minimum=0)
+        _positive(self, "replica_fetch_max_bytes", minimum=1024)
+        _positive(self, "replication_timeout_ms", minimum=1)
         if not isinstance(self.cluster, str) or not isinstance(self.cluster_name, str) or not self.cluster_name:
             raise InvalidConfigError("cluster and cluster_name must be strings (cluster_name not empty)")
         if "/" in self.cluster_name:

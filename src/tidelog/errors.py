@@ -265,6 +265,12 @@ class NotEnoughReplicasAfterAppendError(TidelogError):
     retriable = True
 
 
+class InvalidReplicationFactorError(TidelogError):
+    """The replication factor is below 1 or above the number of live brokers."""
+
+    code = 38
+
+
 class FencedLeaderEpochError(TidelogError):
     """The request carries a leader epoch older than the partition's: its sender follows a deposed leader."""
 

@@ -211,18 +211,20 @@ class BrokerSession:
         )
         return True
 
-    async def fenced(self, operations: Sequence[Any]) -> bool:
+    async def fenced(self, operations: Sequence[Any], compare: Sequence[Any] = ()) -> bool:
         """Apply etcd operations as the controller: in one transaction that lands only while the
-        controller key is still the one this broker created. False (nothing written) once deposed."""
+        controller key is still the one this broker created (and every `compare` holds). False
+        (nothing written) once deposed, or when a compare failed."""
         if not self.is_controller:
             return False
         tx = self.client.transactions
-        done, _ = await self.client.transaction(
-            compare=[tx.create(controller_key(self.cluster)) == self.controller_epoch],
-            success=list(operations),
-            failure=[],
-        )
-        if not done:
+        fence = tx.create(controller_key(self.cluster)) == self.controller_epoch
+        done, _ = await self.client.transaction(compare=[fence, *compare], success=list(operations), failure=[])
+        if not done and compare:  # which compare failed? re-check the fence alone
+            still, _ = await self.client.transaction(compare=[fence], success=[], failure=[])
+            if not still:
+                self.controller_epoch = None
+        elif not done:
             self.controller_epoch = None
         return bool(done)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ..config import EngineConfig
 from ..errors import TidelogError
 from ..values import PartitionOffsets, ProduceResult, TopicDescription
-from .engine import Engine
+from .engine import Admit, Engine
 from .results import FetchResult
 
 if TYPE_CHECKING:
@@ -64,8 +64,10 @@ class AsyncEngine:
         return await self._in_pool(self._engine.describe, name)
 
     # -- produce -----------------------------------------------------------------------------------
-    async def append_many(self, requests: Sequence[tuple[str, int, Buffer]]) -> list[ProduceResult | TidelogError]:
-        return await self._in_pool(self._engine.append_many, requests)
+    async def append_many(
+        self, requests: Sequence[tuple[str, int, Buffer]], admit: Admit | None = None
+    ) -> list[ProduceResult | TidelogError]:
+        return await self._in_pool(self._engine.append_many, requests, admit)
 
     async def produce(
         self,
@@ -76,9 +78,10 @@ class AsyncEngine:
         *,
         partition: int | None = None,
         timestamps: Sequence[int] | None = None,
+        admit: Admit | None = None,
     ) -> list[ProduceResult]:
         return await self._in_pool(
-            self._engine.produce, topic, values, keys, headers, partition=partition, timestamps=timestamps
+            self._engine.produce, topic, values, keys, headers, partition=partition, timestamps=timestamps, admit=admit
         )
 
     # -- fetch and offsets -------------------------------------------------------------------------

@@ -60,6 +60,10 @@ EARLIEST = -2
 LATEST = -1
 
 
+Admit = Callable[[str, int], "int | None"]
+"""Asked before appending to (topic, partition): raises to refuse, returns the leader epoch to stamp."""
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -302,6 +306,10 @@ class Engine:
     def partitions(self, name: str) -> int:
         return len(self._topic(name).partitions)
 
+    def partition_log(self, topic: str, partition: int) -> PartitionLog:
+        """One partition's log (the replication layer drives it directly)."""
+        return self._topic(topic).partition(partition)
+
     def _topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
@@ -327,6 +335,7 @@ class Engine:
         timestamps: Sequence[int] | None = None,
         timestamp: int | None = None,
         internal: bool = False,
+        admit: Admit | None = None,
     ) -> list[ProduceResult]:
         """Append records; returns one ProduceResult per partition written, by partition.
 
@@ -334,7 +343,8 @@ class Engine:
         timestamps (ms) are optional and one per value. Keyed records go to Kafka's murmur2 partition,
         keyless ones to one partition per call; `partition` overrides both. Records to one partition
         keep their order and get consecutive offsets. Internal topics ("__...") are written only by the
-        broker's own stores (internal=True).
+        broker's own stores (internal=True). `admit` (a cluster's leader check) is asked before each
+        partition is written; its error stops the call there.
         """
         _check_internal(topic, internal, "written")
         t = self._topic(topic)
@@ -372,7 +382,10 @@ class Engine:
                 max_batch_bytes=t.config.max_batch_bytes,
             )
             chunks = [(b, [_info(b)]) for b in batches]
-            first, last = t.partition(p).append(chunks)
+            epoch = admit(topic, p) if admit is not None else None
+            first, last = (
+                t.partition(p).append(chunks) if epoch is None else t.partition(p).append(chunks, leader_epoch=epoch)
+            )
             results.append(ProduceResult(topic, p, first, last))
         return results
 
@@ -390,11 +403,15 @@ class Engine:
         first, last = plog.append([(data, infos)])
         return ProduceResult(topic, partition, first, last)
 
-    def append_many(self, requests: Sequence[tuple[str, int, Buffer]]) -> list[ProduceResult | TidelogError]:
+    def append_many(
+        self, requests: Sequence[tuple[str, int, Buffer]], admit: Admit | None = None
+    ) -> list[ProduceResult | TidelogError]:
         """Append several pre-encoded requests, in order, sharing fsyncs (one per partition).
 
         Returns, per request, its ProduceResult or the TidelogError that refused it (a refused
-        request appends nothing and does not stop the others).
+        request appends nothing and does not stop the others). `admit(topic, partition)`, when given,
+        is asked first (a cluster's leader check): its error refuses the request, and the leader epoch
+        it returns is stamped on the batches.
         """
         results: list[ProduceResult | TidelogError] = []
         written_to: list[PartitionLog | None] = []  # per result: the partition it waits on
@@ -405,7 +422,12 @@ class Engine:
                 t = self._topic(topic)
                 plog = t.partition(partition)
                 infos = batch_codec.validate(data, t.config.max_batch_bytes)
-                first, last = plog.append([(data, infos)], sync=False)
+                epoch = admit(topic, partition) if admit is not None else None
+                first, last = (
+                    plog.append([(data, infos)], sync=False)
+                    if epoch is None
+                    else plog.append([(data, infos)], sync=False, leader_epoch=epoch)
+                )
                 pending[id(plog)] = (plog, max(last + 1, pending.get(id(plog), (plog, 0))[1]))
                 results.append(ProduceResult(topic, partition, first, last))
                 written_to.append(plog)

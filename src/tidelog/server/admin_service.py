@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
+from ..cluster import controller as etcd_writes
 from ..cluster.membership import BrokerSession, cluster_status
+from ..cluster.placement import NO_LEADER, TopicPlacement, assign_replicas
 from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
-from ..errors import ClusterUnavailableError, InvalidConfigError, TidelogError
+from ..engine.topic import validate_topic_name
+from ..errors import ClusterUnavailableError, InvalidConfigError, TidelogError, UnknownTopicError
+from ..replication.manager import ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..values import TopicDescription
 from ..wire import methods
@@ -61,12 +66,20 @@ class AdminService:
         engine: AsyncEngine,
         consume: ConsumeService,
         cluster: Callable[[], BrokerSession | None] = lambda: None,
-        address: str = "",
+        address: Callable[[], str] | str = "",
+        replicas: Callable[[], ReplicaManager | None] = lambda: None,
+        default_replication_factor: int = 3,
     ) -> None:
         self.engine = engine
         self.consume = consume
         self._cluster = cluster  # this broker's membership, when it is part of a cluster
-        self._address = address  # this broker's own host:port
+        self._address_of = address if callable(address) else (lambda: address)  # this broker's host:port
+        self._replicas = replicas
+        self._default_rf = default_replication_factor
+
+    @property
+    def _address(self) -> str:
+        return self._address_of()
 
     def handler(self) -> grpc.GenericRpcHandler:
         return methods.handlers(
@@ -78,6 +91,7 @@ class AdminService:
                 "DescribeTopic": requests.unary(self.describe_topic),
                 "ListOffsets": requests.unary(self.list_offsets),
                 "DescribeCluster": requests.unary(self.describe_cluster),
+                "Metadata": requests.unary(self.metadata),
             },
         )
 
@@ -95,12 +109,54 @@ class AdminService:
             settings = parse_topic_config(request.config)
         except TidelogError as exc:
             await status.abort(context, exc)
+        replicas = self._replicas()
+        if replicas is not None:
+            return await self._call(context, self._create_in_cluster(replicas, request, settings))
         desc = await self._call(context, self.engine.create_topic(request.name, request.partitions or 1, **settings))
         return describe_message(desc)
+
+    async def _create_in_cluster(
+        self, replicas: ReplicaManager, request: pb.CreateTopicRequest, settings: dict[str, Any]
+    ) -> pb.TopicDescription:
+        """Place the topic's replicas on the live brokers and write it to etcd; every broker hosting a
+        replica then creates its copy (the leaders first serve it once they have)."""
+        validate_topic_name(request.name)
+        if request.name.startswith("__"):
+            raise InvalidConfigError(f"topic names starting with '__' are the broker's own: {request.name!r}")
+        config = TopicConfig().with_overrides(settings)  # refuses bad settings before anything is written
+        partitions = request.partitions or 1
+        if partitions < 1 or partitions > self.engine.config.max_partitions_per_topic:
+            raise InvalidConfigError(
+                f"partitions must be 1 to {self.engine.config.max_partitions_per_topic}, got {request.partitions}"
+            )
+        session = replicas.session
+        found = await cluster_status(session.client, session.cluster)
+        live = [b.broker_id for b in found.brokers]
+        rf = request.replication_factor or min(self._default_rf, max(len(live), 1))
+        if config.min_insync_replicas > rf:
+            raise InvalidConfigError(
+                f"min_insync_replicas={config.min_insync_replicas} is above the replication factor {rf}: "
+                "no acks=all produce could ever succeed"
+            )
+        placement = TopicPlacement(request.name, partitions, rf, settings, self.engine.clock())
+        assignment = assign_replicas(live, partitions, rf, start=random.randrange(max(len(live), 1)))
+        await etcd_writes.create_topic(session.client, session.cluster, placement, assignment)
+        msg = pb.TopicDescription(name=request.name, created_ms=placement.created_ms)
+        for key, value in config.to_dict().items():
+            msg.config[key] = str(value)
+        for p, brokers in enumerate(assignment):
+            msg.partitions.add(partition=p, leader_id=brokers[0], leader_epoch=0, replicas=brokers, isr=brokers)
+        return msg
 
     async def delete_topic(
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteTopicResponse:
+        replicas = self._replicas()
+        if replicas is not None:
+            await self._call(
+                context, etcd_writes.delete_topic(replicas.session.client, replicas.session.cluster, request.name)
+            )
+            return pb.DeleteTopicResponse()
         await self._call(context, self.engine.delete_topic(request.name))
         return pb.DeleteTopicResponse()
 
@@ -112,7 +168,40 @@ class AdminService:
     async def describe_topic(
         self, request: pb.DescribeTopicRequest, context: grpc.aio.ServicerContext
     ) -> pb.TopicDescription:
-        return describe_message(await self._call(context, self.engine.describe(request.name)))
+        replicas = self._replicas()
+        if replicas is None:
+            return describe_message(await self._call(context, self.engine.describe(request.name)))
+        return await self._call(context, self._describe_in_cluster(replicas, request.name))
+
+    async def _describe_in_cluster(self, replicas: ReplicaManager, name: str) -> pb.TopicDescription:
+        """The topic's placement from etcd, with the offsets of the copies this broker holds (a leader's
+        are the partition's; a follower's may lag: clients ask each leader for exact offsets)."""
+        snapshot = replicas.snapshot
+        placement = snapshot.topics.get(name)
+        if placement is None:
+            raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
+        local = None
+        if name in await self.engine.list_topics():
+            local = {p.partition: p for p in (await self.engine.describe(name)).partitions}
+        msg = pb.TopicDescription(name=name, created_ms=placement.created_ms)
+        for key, value in TopicConfig().with_overrides(placement.config).to_dict().items():
+            msg.config[key] = str(value)
+        for p in range(placement.partitions):
+            state = snapshot.partitions.get((name, p))
+            part = msg.partitions.add(partition=p, leader_id=NO_LEADER)
+            if state is not None:
+                part.leader_id, part.leader_epoch = state.leader, state.leader_epoch
+                part.replicas.extend(state.replicas)
+                part.isr.extend(state.isr)
+            info = (
+                local.get(p)
+                if local is not None and state is not None and replicas.broker_id in state.replicas
+                else None
+            )
+            if info is not None:
+                part.log_start, part.log_end, part.high_watermark = info.log_start, info.log_end, info.high_watermark
+                part.flushed, part.size_bytes, part.segments = info.flushed, info.size_bytes, info.segments
+        return msg
 
     async def list_offsets(
         self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext
@@ -140,6 +229,50 @@ class AdminService:
                 response.offset = await self.consume.resolve(request.topic, request.partition, request.position)
             except TidelogError as exc:
                 await status.abort(context, exc)
+        return response
+
+    async def metadata(self, request: pb.MetadataRequest, context: Any) -> pb.MetadataResponse:
+        """Who leads each partition: what clients route by (a single broker leads everything)."""
+        wanted = set(request.topics)
+        replicas = self._replicas()
+        if replicas is None:
+            response = pb.MetadataResponse(
+                clustered=False, controller_id=-1, brokers=[pb.ClusterBroker(broker_id=-1, address=self._address)]
+            )
+            names = sorted(wanted) if wanted else await self._call(context, self.engine.list_topics())
+            for name in names:
+                count = await self._call(context, self.engine.describe(name))
+                topic = response.topics.add(name=name)
+                for part in count.partitions:
+                    topic.partitions.add(partition=part.partition, leader_id=-1, leader_address=self._address)
+            return response
+        snapshot = replicas.snapshot
+        response = pb.MetadataResponse(
+            clustered=True,
+            controller_id=-1 if snapshot.controller_id is None else snapshot.controller_id,
+            brokers=[
+                pb.ClusterBroker(broker_id=b.broker_id, address=b.endpoint, epoch=b.epoch)
+                for b in sorted(snapshot.brokers.values(), key=lambda b: b.broker_id)
+            ],
+        )
+        for name in sorted(wanted or snapshot.topics):
+            placement = snapshot.topics.get(name)
+            if placement is None:
+                await status.abort(context, UnknownTopicError(f"unknown topic {name!r}", topic=name))
+            topic = response.topics.add(name=name)
+            for p in range(placement.partitions):
+                state = snapshot.partitions.get((name, p))
+                if state is None:
+                    topic.partitions.add(partition=p, leader_id=NO_LEADER)
+                    continue
+                topic.partitions.add(
+                    partition=p,
+                    leader_id=state.leader,
+                    leader_address=snapshot.endpoint(state.leader) if state.leader != NO_LEADER else "",
+                    leader_epoch=state.leader_epoch,
+                    replicas=state.replicas,
+                    isr=state.isr,
+                )
         return response
 
     async def describe_cluster(self, request: pb.DescribeClusterRequest, context: Any) -> pb.ClusterDescription:

@@ -26,21 +26,25 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 
 from .. import __version__
+from ..cluster.controller import Controller
 from ..cluster.membership import BrokerSession
+from ..cluster.metadata import ClusterView, Snapshot
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
 from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..groups.coordinator import GroupCoordinator
+from ..replication.manager import ReplicaManager, ReplicationSettings
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
-from . import admin_service, consume_service, groups_service, produce_service, status
+from . import admin_service, consume_service, groups_service, produce_service, replication_service, status
 from .admission import Admission
 from .metrics import EngineCollector, MetricsHttpServer, RpcMetrics
+from .replica_link import LinkPool
 
 log = logging.getLogger("tidelog.server")
 
-SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups"))
+SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups", "Replication"))
 
 
 class Server:
@@ -55,6 +59,10 @@ class Server:
         self._groups: groups_service.GroupsService | None = None
         self.coordinator: GroupCoordinator | None = None
         self.cluster: BrokerSession | None = None  # with --cluster: this broker's membership
+        self.replicas: ReplicaManager | None = None  # with --cluster: the roles of its partitions
+        self._view: ClusterView | None = None
+        self.controller: Controller | None = None
+        self._links: LinkPool | None = None
         self.metrics_port: int | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
         self._metrics_http: MetricsHttpServer | None = None
@@ -117,7 +125,9 @@ class Server:
                 raise EngineClosedError("the server was stopped while it was starting")
             if self.config.cluster:
                 self.cluster = await self._join_cluster(port)
+                await self._start_replication(self.cluster)
         except BaseException:
+            await self._stop_replication()
             await self._server.stop(0)
             await self._close_engine()
             raise
@@ -147,11 +157,68 @@ class Server:
             etcd.connect(self.config.cluster),
             self.config.cluster_name,
             self.config.broker_id,
-            f"{self.config.host}:{port}",
+            self.advertised_address,
             self.config.broker_session_timeout_ms,
         )
         await session.start()
         return session
+
+    @property
+    def advertised_address(self) -> str:
+        """The host:port other brokers and clients reach this broker at."""
+        host = self.config.advertised_host or self.config.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            import socket
+
+            host = socket.getfqdn()
+        return f"{host}:{self.port}"
+
+    async def _start_replication(self, session: BrokerSession) -> None:
+        """Follow the cluster's state in etcd: the controller's elections, and this broker's roles."""
+        assert self.engine is not None and self.async_engine is not None
+        c = self.config
+        self._links = LinkPool(
+            session.broker_id,
+            lambda: session.epoch,
+            c.replica_fetch_max_bytes,
+            c.replica_fetch_wait_ms,
+            [
+                ("grpc.max_receive_message_length", c.max_message_bytes),
+                ("grpc.keepalive_time_ms", 1000),
+                ("grpc.keepalive_timeout_ms", 1000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        settings = ReplicationSettings(
+            c.replica_lag_time_max_ms, c.replica_fetch_max_bytes, c.replica_fetch_wait_ms, c.replication_timeout_ms
+        )
+        self.replicas = replicas = ReplicaManager(
+            self.engine,
+            self.async_engine.offload,
+            session,
+            self._links.link,
+            settings,
+            on_stale=lambda: self._view.changed() if self._view is not None else None,
+        )
+        controller = Controller(session)
+
+        async def on_change(snapshot: Snapshot) -> None:
+            if await controller.act(snapshot) and self._view is not None:
+                self._view.changed()
+            await replicas.apply(snapshot)
+
+        self.controller = controller
+        self._view = ClusterView(session.client, session.cluster, on_change)
+        replicas.start()
+        await self._view.start()
+
+    async def _stop_replication(self) -> None:
+        if self._view is not None:
+            await self._view.close()
+        if self.replicas is not None:
+            await self.replicas.close()
+        if self._links is not None:
+            await self._links.close()
 
     async def _open_engine(self) -> tuple[Engine, groups_service.GroupsService]:
         """Open (and recover) the log, then put the real services behind the bound port; the engine
@@ -171,16 +238,20 @@ class Server:
             (methods.service_name("Producer"), methods.service_name("Consumer")),
             self._rpc_metrics.refused if self._rpc_metrics is not None else None,
         )
-        self._consume = consume = consume_service.ConsumeService(async_engine, self.config)
-        self._produce = produce = produce_service.ProduceService(async_engine, self.config, admission.connection)
+        replicas = lambda: self.replicas  # noqa: E731 - set once the broker joined its cluster
+        self._consume = consume = consume_service.ConsumeService(async_engine, self.config, replicas)
+        self._produce = produce = produce_service.ProduceService(
+            async_engine, self.config, admission.connection, replicas
+        )
         self._services.ready(
             (
                 produce.handler(),
                 consume.handler(),
                 admin_service.AdminService(
-                    async_engine, consume, lambda: self.cluster, f"{self.config.host}:{self.port}"
+                    async_engine, consume, lambda: self.cluster, self.advertised_address, replicas
                 ).handler(),
                 groups.handler(),
+                replication_service.ReplicationService(replicas).handler(),
             ),
             admission,
         )
@@ -260,6 +331,7 @@ class Server:
             extra={"event": "server_stopping", "grace_s": self.config.shutdown_grace_s},
         )
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._stop_replication()
         if self.cluster is not None:  # leave at once: the controller role moves without waiting for a lease
             await self.cluster.close()
         if self._groups is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
 
 import grpc
@@ -26,6 +26,7 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.results import FetchResult
 from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
+from ..replication.manager import ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..wire import framing, methods
 from . import requests, status
@@ -44,9 +45,12 @@ def check_timestamp(timestamp_ms: int) -> None:
 
 
 class ConsumeService:
-    def __init__(self, engine: AsyncEngine, config: ServerConfig) -> None:
+    def __init__(
+        self, engine: AsyncEngine, config: ServerConfig, replicas: Callable[[], ReplicaManager | None] = lambda: None
+    ) -> None:
         self.engine = engine
         self.config = config
+        self._replicas = replicas  # in a cluster: only the leader serves reads
         self._buffer = ByteBudget(config.max_subscribe_buffer_bytes)
 
     @property
@@ -63,6 +67,12 @@ class ConsumeService:
                 "Subscribe": requests.stream(self.subscribe, raw_response=True),
             },
         )
+
+    def check_leader(self, topic: str, partition: int) -> None:
+        """In a cluster, NotLeaderError (naming the leader) unless this broker leads the partition now."""
+        replicas = self._replicas()
+        if replicas is not None:
+            replicas.leading(topic, partition)
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
         """An offset for a Position: an offset (checked against the log's range now, so a seek that
@@ -94,6 +104,7 @@ class ConsumeService:
         deadline = time.monotonic() + wait_s
         want = max(request.min_bytes, 1)
         while True:
+            self.check_leader(request.topic, request.partition)
             result = await self.engine.fetch(request.topic, request.partition, request.offset, max_bytes)
             left = deadline - time.monotonic()
             if len(result.data) >= want or left <= 0 or len(result.data) >= max_bytes or self.engine.stopping:
@@ -136,6 +147,7 @@ class ConsumeService:
         topic, partition = start.topic, start.partition
         sub = _Subscription(min(start.credit_bytes, self.config.max_subscribe_credit_bytes), self._buffer)
         try:
+            self.check_leader(topic, partition)
             sub.offset = await self.resolve(topic, partition, start.position)
         except TidelogError as exc:
             await status.abort(context, exc)
@@ -147,6 +159,10 @@ class ConsumeService:
             while not sub.closed:
                 if self.engine.stopping:
                     await status.abort(context, EngineClosedError("the broker is shutting down; reconnect later"))
+                try:
+                    self.check_leader(topic, partition)  # leadership moved: the client follows it
+                except TidelogError as exc:
+                    await status.abort(context, exc)
                 if sub.credit <= 0:
                     await sub.wait(IDLE_WAKE_S)
                     continue

@@ -23,6 +23,7 @@ import grpc
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
+from ..replication.manager import ACKS_LEADER, ACKS_NONE, ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..values import ProduceResult
 from ..wire import framing, methods
@@ -48,8 +49,10 @@ class ProduceService:
         engine: AsyncEngine,
         config: ServerConfig,
         connection: Callable[[str], Connection | None] = lambda peer: None,
+        replicas: Callable[[], ReplicaManager | None] = lambda: None,
     ) -> None:
         self.engine = engine
+        self._replicas = replicas  # in a cluster: the leader checks and acks=all waits
         self.config = config
         self._shared = ByteBudget(config.max_inflight_bytes)
         self._connection = connection  # the state of the connection a call came on (server/admission.py)
@@ -148,7 +151,14 @@ class ProduceService:
             except ValueError as exc:
                 parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
         requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
-        outcomes = iter(await self.engine.append_many(requests) if requests else [])
+        replicas = self._replicas()
+        if replicas is None:
+            outcomes = iter(await self.engine.append_many(requests) if requests else [])
+        else:
+            acks = {(p.topic, p.partition): p.acks for p in parsed if not isinstance(p, _Refused)}
+            outcomes = iter(
+                await self._replicate(replicas, requests, [p.acks for p in parsed if not isinstance(p, _Refused)], acks)
+            )
         response = pb.ProduceResponse()
         for p in parsed:
             if isinstance(p, _Refused):
@@ -169,6 +179,37 @@ class ProduceService:
                 )
         return response
 
+    async def _replicate(
+        self, replicas: ReplicaManager, requests: list, acks: list[int], by_partition: dict
+    ) -> list[ProduceResult | TidelogError]:
+        """Append as the partitions' leader (refusing what this broker does not lead, or acks=all below
+        min_insync_replicas), then wait for each request's acknowledgement level."""
+        epochs: dict[tuple[str, int], int] = {}
+
+        def admit(topic: str, partition: int) -> int:
+            epoch = replicas.admit(topic, partition, by_partition.get((topic, partition), 0))
+            epochs[(topic, partition)] = epoch
+            return epoch
+
+        outcomes = await self.engine.append_many(requests, admit) if requests else []
+        for key in {(r.topic, r.partition) for r in outcomes if isinstance(r, ProduceResult)}:
+            await replicas.appended(*key)
+        return list(await asyncio.gather(*(self._acked(replicas, o, a, epochs) for o, a in zip(outcomes, acks))))
+
+    @staticmethod
+    async def _acked(
+        replicas: ReplicaManager, outcome: ProduceResult | TidelogError, acks: int, epochs: dict
+    ) -> ProduceResult | TidelogError:
+        if not isinstance(outcome, ProduceResult) or acks in (ACKS_LEADER, ACKS_NONE):
+            return outcome
+        try:
+            await replicas.committed(
+                outcome.topic, outcome.partition, outcome.last_offset + 1, epochs[(outcome.topic, outcome.partition)]
+            )
+        except TidelogError as exc:
+            return exc
+        return outcome
+
     async def produce_records(
         self, request: pb.ProduceRecordsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ProduceRecordsResponse:
@@ -177,6 +218,14 @@ class ProduceService:
         keys = [r.key if r.HasField("key") else None for r in records]
         headers = [[(h.key, h.value if h.HasField("value") else None) for h in r.headers] for r in records]
         stamped = [r.HasField("timestamp_ms") for r in records]
+        replicas = self._replicas()
+        epochs: dict[tuple[str, int], int] = {}
+
+        def admit(topic: str, partition: int) -> int:
+            assert replicas is not None
+            epochs[(topic, partition)] = epoch = replicas.admit(topic, partition, request.acks)
+            return epoch
+
         try:
             timestamps = None
             if any(stamped):
@@ -189,7 +238,16 @@ class ProduceService:
                 headers if any(headers) else None,
                 partition=request.partition if request.HasField("partition") else None,
                 timestamps=timestamps,
+                admit=admit if replicas is not None else None,
             )
+            if replicas is not None:
+                for r in results:
+                    await replicas.appended(r.topic, r.partition)
+                for r in results:
+                    if request.acks not in (ACKS_LEADER, ACKS_NONE):
+                        await replicas.committed(
+                            r.topic, r.partition, r.last_offset + 1, epochs[(r.topic, r.partition)]
+                        )
         except TidelogError as exc:
             await status.abort(context, exc)
         response = pb.ProduceRecordsResponse()

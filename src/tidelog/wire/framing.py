@@ -84,6 +84,7 @@ class ProduceRequestView(NamedTuple):
     topic: str
     partition: int
     batches: memoryview
+    acks: int = 0  # the Acks enum's number (0: the broker's default)
 
 
 class BadFieldError(ValueError):
@@ -95,10 +96,11 @@ class BadFieldError(ValueError):
         self.sequence, self.topic = sequence, topic
 
 
-def encode_produce_request(sequence: int, topic: str, partition: int, batches) -> bytes:
+def encode_produce_request(sequence: int, topic: str, partition: int, batches, acks: int = 0) -> bytes:
     topic_bytes = topic.encode()
     head = b"".join(
         [
+            *((_key(5, _VARINT), _varint(acks)) if acks else ()),
             _key(1, _VARINT),
             _varint(sequence),
             _key(2, _LEN),
@@ -117,7 +119,7 @@ def parse_produce_request(buf) -> ProduceRequestView:
     """The request's fields; ValueError when it is not a ProduceRequest at all, BadFieldError when a
     field does not fit its type. Generated protobuf code would cut an out-of-range int32 to its low
     32 bits (partition 2**32 + 1 read as 1): here it is refused, never redirected to another partition."""
-    sequence, topic_bytes, partition, batches = 0, b"", 0, memoryview(b"")
+    sequence, topic_bytes, partition, batches, acks = 0, b"", 0, memoryview(b""), 0
     for field, wire_type, value in iter_fields(buf):
         if field == 1 and wire_type == _VARINT:
             sequence = value
@@ -129,6 +131,8 @@ def parse_produce_request(buf) -> ProduceRequestView:
                 partition -= 1 << 32  # an int32 written as a 32-bit value
         elif field == 4 and wire_type == _LEN:
             batches = value
+        elif field == 5 and wire_type == _VARINT:
+            acks = value
     try:
         topic = bytes(topic_bytes).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -139,7 +143,7 @@ def parse_produce_request(buf) -> ProduceRequestView:
             sequence,
             topic,
         )
-    return ProduceRequestView(sequence, topic, partition, batches)
+    return ProduceRequestView(sequence, topic, partition, batches, acks)
 
 
 # -- SubscribeResponse / FetchResponse ---------------------------------------------------------------

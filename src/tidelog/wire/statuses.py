@@ -55,6 +55,7 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.NotEnoughReplicasError: grpc.StatusCode.UNAVAILABLE,
     errors.NotEnoughReplicasAfterAppendError: grpc.StatusCode.UNAVAILABLE,
     errors.FencedLeaderEpochError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidReplicationFactorError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UnknownLeaderEpochError: grpc.StatusCode.UNAVAILABLE,
 }
 

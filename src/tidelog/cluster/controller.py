@@ -1,0 +1,116 @@
+"""The controller's work: whenever the live brokers change, give every partition whose leader died a
+new leader from its ISR, and take dead followers out of ISRs; and the topic records any broker writes.
+
+Each partition changes in its own transaction, fenced twice: on the controller epoch (a deposed
+controller writes nothing) and on the partition's mod_revision (a state changed since it was read,
+by a leader shrinking its ISR for instance, is read again, never overwritten).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import TopicExistsError, UnknownTopicError
+from .membership import BrokerSession
+from .metadata import Snapshot
+from .placement import (
+    NO_LEADER,
+    PartitionState,
+    TopicPlacement,
+    elect_leader,
+    partition_key,
+    partitions_prefix,
+    topic_key,
+)
+
+log = logging.getLogger("tidelog.cluster")
+
+
+class Controller:
+    """Runs on every broker; acts only while its broker is the controller."""
+
+    def __init__(self, session: BrokerSession) -> None:
+        self.session = session
+        self.elections = 0  # leaders this broker elected as controller (a metric)
+
+    async def act(self, snapshot: Snapshot) -> bool:
+        """Apply what the snapshot calls for; True when something was written (the caller reads again)."""
+        if not self.session.is_controller:
+            return False
+        live = set(snapshot.brokers)
+        tx = self.session.client.transactions
+        wrote = False
+        for (topic, partition), state in sorted(snapshot.partitions.items()):
+            new = elect_leader(state, live)
+            if new is None:
+                continue
+            key = partition_key(self.session.cluster, topic, partition)
+            if not await self.session.fenced([tx.put(key, new.encode())], [tx.mod(key) == state.version]):
+                if not self.session.is_controller:
+                    return wrote
+                continue  # changed meanwhile: the next snapshot shows it
+            wrote = True
+            _log_change(topic, partition, state, new)
+            if new.leader_epoch != state.leader_epoch:
+                self.elections += 1
+        return wrote
+
+
+def _log_change(topic: str, partition: int, old: PartitionState, new: PartitionState) -> None:
+    facts = {
+        "topic": topic,
+        "partition": partition,
+        "leader": new.leader,
+        "leader_epoch": new.leader_epoch,
+        "isr": list(new.isr),
+        "previous_leader": old.leader,
+    }
+    if new.leader == NO_LEADER:
+        log.error("partition offline: no in-sync replica is alive", extra={"event": "partition_offline", **facts})
+    elif new.leader_epoch != old.leader_epoch:
+        log.warning("leader elected", extra={"event": "leader_elected", **facts})
+    else:
+        log.info("ISR shrunk: dead brokers removed", extra={"event": "isr_shrunk", **facts})
+
+
+async def create_topic(client: Any, cluster: str, topic: TopicPlacement, replicas: Sequence[tuple[int, ...]]) -> None:
+    """Write a new topic and its partitions (leader: the first replica; epoch 0; ISR: every replica)
+    in one transaction that lands only if the topic does not exist."""
+    tx = client.transactions
+    key = topic_key(cluster, topic.name)
+    puts = [tx.put(key, topic.encode())]
+    for p, brokers in enumerate(replicas):
+        state = PartitionState(tuple(brokers), brokers[0], 0, tuple(brokers))
+        puts.append(tx.put(partition_key(cluster, topic.name, p), state.encode()))
+    done, _ = await client.transaction(compare=[tx.create(key) == 0], success=puts, failure=[])
+    if not done:
+        raise TopicExistsError(f"topic {topic.name!r} already exists", topic=topic.name)
+
+
+async def delete_topic(client: Any, cluster: str, name: str) -> None:
+    """Remove a topic's records from etcd; every broker then deletes its copies."""
+    tx = client.transactions
+    key = topic_key(cluster, name)
+    start = partitions_prefix(cluster, name)
+    end = start[:-1] + bytes([start[-1] + 1])
+    done, _ = await client.transaction(
+        compare=[tx.create(key) != 0], success=[tx.delete(key), tx.delete(start, range_end=end)], failure=[]
+    )
+    if not done:
+        raise UnknownTopicError(f"topic {name!r} does not exist", topic=name)
+
+
+async def write_isr(
+    client: Any, cluster: str, topic: str, partition: int, state: PartitionState, isr: Sequence[int]
+) -> PartitionState | None:
+    """A leader's change of its ISR, landing only on the state it read (None when it changed meanwhile:
+    a new leader, or the controller's edit; the leader then acts on the newer state)."""
+    tx = client.transactions
+    key = partition_key(cluster, topic, partition)
+    new = state.with_isr(isr)
+    done, _ = await client.transaction(
+        compare=[tx.mod(key) == state.version], success=[tx.put(key, new.encode())], failure=[]
+    )
+    return new if done else None
