@@ -493,3 +493,35 @@ def test_the_cap_spans_segments_and_truncation_lowers_it(tmp_path):
         assert read_all(plog)[-1] == (second + 2, b"more")
     finally:
         plog.close()
+
+
+# -- check and repair --------------------------------------------------------------------------------
+def test_check_reports_a_damaged_epoch_file_and_repair_rebuilds_it_from_the_log(tmp_path):
+    from tidelog import Engine
+    from tidelog.examine import check
+    from tidelog.repair import repair
+
+    data_dir = str(tmp_path / "data")
+    with Engine.open(data_dir) as eng:
+        eng.create_topic("t", 1, segment_bytes=4096)
+        eng.produce("t", [b"single node"])
+    plog = open_log(os.path.join(data_dir, "t-0"), clean=True)
+    plog.become_leader(3)
+    fill(plog, 20, 3)
+    plog.become_leader(4)  # wrote nothing: not in the log
+    plog.become_leader(5)
+    fill(plog, 5, 5, first_seq=40)
+    end = plog.log_end
+    plog.close()
+    assert [p.problems for p in check(data_dir)] == [[]]  # the file is the partition's, not a stray
+    path = os.path.join(data_dir, "t-0", FILE_NAME)
+    with open(path, "r+b") as f:
+        f.seek(20)
+        f.write(b"#")
+    [found] = check(data_dir)
+    assert found.epochs_damaged and FILE_NAME in found.problems[0]
+    assert any(FILE_NAME in action for action in repair(data_dir))
+    assert LeaderEpochFile.load(FileSystem(), os.path.dirname(path)).entries() == [(3, 1), (5, 41)]
+    assert [p.problems for p in check(data_dir)] == [[]]
+    with Engine.open(data_dir) as eng:
+        assert eng.list_offsets("t", 0).log_end == end
