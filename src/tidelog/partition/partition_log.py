@@ -100,6 +100,7 @@ class PartitionLog:
         elif not fs.is_dir(directory):
             raise StorageError(f"partition directory {directory} does not exist", path=directory)
         self._durable: tuple[int, int] = (0, 0)  # (segment base, position) the recovery point names
+        self._truncations = 0  # bumped by truncate_to: a sync that ran across one vouches for nothing
         self._snapshots: list[int] = []  # producer snapshot offsets on disk, listed once (at load)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean, maps, new=create)
         self._segments = SegmentSet(segments)
@@ -500,6 +501,7 @@ class PartitionLog:
             return cut
 
     def _truncate(self, seg: Segment, pos: int, cut: int) -> None:
+        self._truncations += 1
         vis_seg, vis_pos = self._visible
         readers_end = 0
         if seg is vis_seg:
@@ -547,7 +549,7 @@ class PartitionLog:
                         )
                     raise EngineClosedError(f"partition {self.directory} closed before this data was durable")
                 seg, pos, end = self._segments.active, self._segments.active.size, self._offsets.log_end
-                failed = self._failed
+                failed, truncations = self._failed, self._truncations
             if failed is not None:
                 raise StorageError(
                     f"partition {self.directory} cannot make data durable after a storage failure ({failed.message})",
@@ -568,6 +570,8 @@ class PartitionLog:
                         f"failure ({self._failed.message})",
                         path=self.directory,
                     )
+                if truncations != self._truncations:
+                    return  # the log was cut meanwhile (truncate_to set the flushed offset and recovery point)
                 self._offsets.advance_flushed(end)
                 if self.fsync_policy.syncs_each_append:
                     self._publish(seg, pos, end)
