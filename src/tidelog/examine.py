@@ -37,6 +37,7 @@ from .engine.topic_meta import (
 )
 from .errors import CorruptBatchError, CorruptLogError, StorageError
 from .groups import records as group_records
+from .partition import leader_epochs
 from .storage import recovery
 from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
@@ -238,6 +239,8 @@ class PartitionCheck:
     """Where the valid log ends early: (segment base offset, byte position, first offset lost)."""
     bad_indexes: list[int] = field(default_factory=list)
     """Base offsets of segments whose indexes are missing or wrong (rebuildable from the log)."""
+    epochs_damaged: bool = False
+    """The leader epoch file is damaged (rebuildable from the epochs stamped in the log's batches)."""
 
 
 def check_partition(topic: str, partition: int, directory: str, live: bool = False) -> PartitionCheck:
@@ -335,10 +338,24 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
         if index_problems:
             result.problems += index_problems
             result.bad_indexes.append(base)
+    _check_leader_epochs(result, directory)
     result.end_offset = expected
     if result.start_offset < 0 and expected >= 0:
         result.start_offset = expected  # an empty log starts where it ends
     return result
+
+
+def _check_leader_epochs(result: PartitionCheck, directory: str) -> None:
+    """The leader epoch file of a replicated partition, if it has one (opening refuses a damaged one)."""
+    path = os.path.join(directory, leader_epochs.FILE_NAME)
+    try:
+        leader_epochs.parse(_FS.read_file(path))
+    except ValueError as exc:
+        result.problems.append(f"{leader_epochs.FILE_NAME} is damaged ({exc}); repair rebuilds it from the log")
+        result.epochs_damaged = True
+    except StorageError as exc:
+        if not isinstance(exc.__cause__, FileNotFoundError):  # no file: the partition never had a leader epoch
+            raise
 
 
 def _check_group_records(buf, rows: np.ndarray) -> list[str]:

@@ -13,6 +13,7 @@ the explicit, logged way to accept the loss or restore what can be restored:
   invalid batch is truncated to the last valid one and every later segment deleted; indexes that are
   missing or wrong are rebuilt; and the recovery point is written again to describe the log as it now
   is (so missing first or last segments are accepted as lost).
+- Leader epochs: a damaged `leader-epochs` file is rebuilt from the epochs stamped in the log's batches.
 
 It takes the data directory's lock, so it cannot run while a broker has the directory open.
 """
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import os
 
+from .codec.batch import leader_epoch_of
 from .config import FsyncPolicy, TopicConfig
 from .engine.topic_meta import partition_dir, read_marker, read_topic_meta, write_marker, write_topic_meta
 from .errors import StorageError
-from .examine import check_directory, check_partition, partition_dirs
+from .examine import check_directory, check_partition, dump_batches, partition_dirs
+from .partition import leader_epochs
 from .partition.partition_log import PartitionLog
 from .storage.fs import FileSystem
 from .storage.recovery import Checkpoint, read_checkpoint, segment_bases, write_checkpoint
@@ -111,6 +114,13 @@ def _repair_partition(fs: FileSystem, data_dir: str, topic: str, partition: int,
         note = _reset_recovery_point(fs, directory, _topic_config(fs, data_dir, topic, directory))
         if note:
             actions.append(f"{topic}[{partition}]: {note}")
+    if found.epochs_damaged:  # after any cut: the epochs describe the log as it now is
+        stamped = [(leader_epoch_of(b.buffer, b.pos), b.base_offset) for b in dump_batches(directory)]
+        rebuilt = leader_epochs.rebuild(fs, directory, stamped)
+        actions.append(
+            f"{topic}[{partition}]: {leader_epochs.FILE_NAME} rebuilt from the log's batches "
+            f"({len(rebuilt.entries())} epochs; epochs whose leader wrote nothing are not in the log)"
+        )
     return actions
 
 

@@ -37,6 +37,9 @@ RECORD_DTYPE = _rb.RECORD_DTYPE
 Record = _rb.Record
 
 _BASE_OFFSET = struct.Struct(">q")
+PARTITION_LEADER_EPOCH_AT = 12  # int32, after base offset and batch length: outside the CRC, as they are
+_OFFSET_LENGTH_EPOCH = struct.Struct(">qii")
+_INT32 = struct.Struct(">i")
 
 # The broker remembers this many batches per idempotent producer and partition (partition/producer_state.py)
 # and recognizes a resend of any of them; an idempotent producer keeps at most this many requests of a
@@ -170,6 +173,21 @@ def validate(data: Buffer, max_batch_bytes: int = 0) -> list[BatchInfo]:
 def base_offset_header(base_offset: int) -> bytes:
     """The first 8 bytes of a batch carrying base_offset (outside the CRC, so patching is safe)."""
     return _BASE_OFFSET.pack(base_offset)
+
+
+def stamped_header(base_offset: int, size: int, leader_epoch: int) -> bytes:
+    """The first 16 bytes of a batch of `size` bytes carrying base_offset and the partition leader
+    epoch of the leader that appends it (all three fields are outside the CRC)."""
+    return _OFFSET_LENGTH_EPOCH.pack(base_offset, size - LOG_OVERHEAD, leader_epoch)
+
+
+def base_offset_of(buf: Buffer, pos: int = 0) -> int:
+    return int(_BASE_OFFSET.unpack_from(buf, pos)[0])
+
+
+def leader_epoch_of(buf: Buffer, pos: int = 0) -> int:
+    """The partition leader epoch stamped in the batch at pos (-1: appended without one)."""
+    return int(_INT32.unpack_from(buf, pos + PARTITION_LEADER_EPOCH_AT)[0])
 
 
 class BatchView:

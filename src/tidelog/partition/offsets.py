@@ -1,4 +1,5 @@
-"""The named offsets of a partition. Each only moves forward; they are never merged into one.
+"""The named offsets of a partition. Each only moves forward (except through `truncate`, when a
+replica cuts the records its leader never had); they are never merged into one.
 
 - log_start: the first offset still stored (moves when retention deletes segments).
 - log_end: the next offset to assign; everything below it is written to the segment files.
@@ -41,6 +42,14 @@ class Offsets:
     def advance_high_watermark(self, value: int) -> None:
         if value > self.high_watermark:
             self._advance("high_watermark", min(value, self.log_end))
+
+    def truncate(self, log_end: int) -> None:
+        """The log was cut at log_end (a replica whose log diverged from its leader's): nothing at or
+        past it is written, flushed or visible any more."""
+        assert self.log_start <= log_end <= self.log_end, f"cut at {log_end} outside {self.log_start}..{self.log_end}"
+        self.log_end = log_end
+        self.flushed = min(self.flushed, log_end)
+        self.high_watermark = min(self.high_watermark, log_end)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .._native import batch_scan
-from ..codec.batch import BatchInfo, BatchView, base_offset_header
+from ..codec import batch as batch_codec
+from ..codec.batch import BatchInfo, BatchView, base_offset_header, stamped_header
 from ..config import FsyncPolicy, TopicConfig
-from ..errors import CorruptLogError, EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, StorageError
+from ..errors import (
+    CorruptLogError,
+    EngineClosedError,
+    FencedLeaderEpochError,
+    InvalidRequestError,
+    OffsetOutOfRangeError,
+    StorageError,
+)
 from ..storage import recovery, retention
 from ..storage.fs import FileSystem
 from ..storage.map_cache import MapCache
@@ -33,6 +41,7 @@ from ..storage.segment import AppendedBatch, Segment
 from ..storage.segment_set import SegmentSet
 from ..values import PartitionInfo, PartitionStats
 from . import producer_snapshot
+from .leader_epochs import LeaderEpochFile
 from .offsets import Offsets
 from .producer_state import ProducerState
 
@@ -90,6 +99,8 @@ class PartitionLog:
             fs.makedirs(directory)
         elif not fs.is_dir(directory):
             raise StorageError(f"partition directory {directory} does not exist", path=directory)
+        self._durable: tuple[int, int] = (0, 0)  # (segment base, position) the recovery point names
+        self._truncations = 0  # bumped by truncate_to: a sync that ran across one vouches for nothing
         self._snapshots: list[int] = []  # producer snapshot offsets on disk, listed once (at load)
         segments, self.recovery = recovery.open_segments(fs, directory, config, clean, maps, new=create)
         self._segments = SegmentSet(segments)
@@ -100,6 +111,14 @@ class PartitionLog:
             self._offsets = Offsets(self._segments.first.base_offset, end, end, end)
             self._producers = self._load_producers()
             self._visible = (self._segments.active, self._segments.active.size)
+            # What the fsync policy lets readers see: (segment, position, offset). The high watermark
+            # is this, or less while replicas cap it (set_replicated_high_watermark).
+            self._local = (self._segments.active, self._segments.active.size, end)
+            self._cap: int | None = None
+            self.leader_epochs = LeaderEpochFile.load(fs, directory)
+            # recovery may have cut the log below epochs that were recorded before their records
+            self.leader_epochs.truncate_from_end(end)
+            self.leader_epochs.truncate_from_start(self._offsets.log_start)
             # Everything is on disk now: record it (a new partition durably, so its extent is known from
             # the start; otherwise this also upgrades a recovery point of the first format).
             self._write_checkpoint(self._segments.active, self._segments.active.size, durable=create)
@@ -109,15 +128,28 @@ class PartitionLog:
             raise
 
     # -- writing ---------------------------------------------------------------------------------
-    def append(self, chunks: Sequence[tuple[Buffer, Sequence[BatchInfo]]], sync: bool = True) -> tuple[int, int]:
+    def append(
+        self,
+        chunks: Sequence[tuple[Buffer, Sequence[BatchInfo]]],
+        sync: bool = True,
+        leader_epoch: int | None = None,
+    ) -> tuple[int, int]:
         """Append validated batches verbatim, assigning offsets; returns (first offset, last offset).
 
         chunks: (buffer, batch infos in that buffer). Returns once the data is acknowledged under the
         fsync policy (after the fsync under "always"), unless sync=False: then the caller calls
         `sync(last + 1)` before acknowledging (to share one fsync among several appends).
+        leader_epoch: the epoch of the leader appending (replicated partitions), stamped into every
+        batch; FencedLeaderEpochError if the partition knows a newer one.
         """
         with self._lock:
             self._check_writable()
+            if leader_epoch is not None and leader_epoch < self.leader_epochs.latest_epoch:
+                raise FencedLeaderEpochError(
+                    f"partition {self.name}: leader epoch {leader_epoch} is older than its epoch "
+                    f"{self.leader_epochs.latest_epoch}",
+                    leader_epoch=leader_epoch,
+                )
             first = next_offset = self._offsets.log_end
             iov: list = []
             batches: list[AppendedBatch] = []
@@ -138,8 +170,12 @@ class PartitionLog:
                         idempotent.append((info, next_offset, next_offset + info.count - 1))
                     last = next_offset + info.count - 1
                     batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
-                    iov.append(base_offset_header(next_offset))
-                    iov.append(view[info.pos + 8 : info.pos + info.size])
+                    if leader_epoch is None:
+                        iov.append(base_offset_header(next_offset))
+                        iov.append(view[info.pos + 8 : info.pos + info.size])
+                    else:
+                        iov.append(stamped_header(next_offset, info.size, leader_epoch))
+                        iov.append(view[info.pos + 16 : info.pos + info.size])
                     nbytes += info.size
                     next_offset = last + 1
             if retried and batches:
@@ -150,6 +186,8 @@ class PartitionLog:
             if retried:  # written before, its ack was lost: answer with the original offsets
                 first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
             else:
+                if leader_epoch is not None:
+                    self._assign_epoch(leader_epoch, first)
                 self._unrecorded = idempotent
                 try:
                     self._write(iov, batches, nbytes)
@@ -158,6 +196,63 @@ class PartitionLog:
         if sync and self.fsync_policy.syncs_each_append:
             self.sync(next_offset)
         return first, next_offset - 1
+
+    def append_replica(self, data: Buffer, sync: bool = True) -> int:
+        """Append batches copied from the leader as they are (base offsets, leader epochs); returns the
+        new log end. The first must start at the log end and the rest follow it without a gap.
+
+        Idempotent producers' batches are remembered as on the leader, so that a retry sent to this
+        replica once it leads is recognised; they are not checked: the leader decided. A batch of an
+        epoch newer than the partition knows starts that epoch. sync as for `append`.
+        """
+        infos = batch_codec.validate(data, self.config.max_batch_bytes)
+        view = memoryview(data)
+        with self._lock:
+            self._check_writable()
+            expected = self._offsets.log_end
+            first_epoch = self.leader_epochs.latest_epoch
+            iov: list = []
+            batches: list[AppendedBatch] = []
+            idempotent: list[tuple[BatchInfo, int, int]] = []
+            epochs: list[tuple[int, int]] = []
+            nbytes = 0
+            for info in infos:
+                base = batch_codec.base_offset_of(view, info.pos)
+                if base != expected:
+                    raise InvalidRequestError(
+                        f"partition {self.name}: a replicated batch starts at offset {base}, but "
+                        + (f"the log ends at {expected}" if not batches else f"the one before ends at {expected}"),
+                        offset=base,
+                        log_end=self._offsets.log_end,
+                    )
+                last = base + info.count - 1
+                epoch = batch_codec.leader_epoch_of(view, info.pos)
+                if epoch > max(first_epoch, epochs[-1][0] if epochs else -1):
+                    epochs.append((epoch, base))
+                if info.producer_id >= 0:
+                    idempotent.append((info, base, last))
+                batches.append(AppendedBatch(nbytes, info.size, base, last, info.max_timestamp))
+                iov.append(view[info.pos : info.pos + 8])  # two parts per batch, as `_write_split` expects
+                iov.append(view[info.pos + 8 : info.pos + info.size])
+                nbytes += info.size
+                expected = last + 1
+            for epoch, base in epochs:
+                self._assign_epoch(epoch, base)
+            self._unrecorded = idempotent
+            try:
+                self._write(iov, batches, nbytes)
+            finally:
+                self._unrecorded = []
+        if sync and self.fsync_policy.syncs_each_append:
+            self.sync(expected)
+        return expected
+
+    def _assign_epoch(self, epoch: int, start: int) -> None:
+        """Record a new epoch before the records stamped with it are written: after a crash, an epoch
+        starting past the log end is dropped at open, whereas records of an unrecorded epoch would be
+        taken for the previous epoch's (and a replica would keep them when it should cut them)."""
+        if epoch > self.leader_epochs.latest_epoch:
+            self.leader_epochs.assign(epoch, start)
 
     def _write(self, iov: list, batches: list[AppendedBatch], nbytes: int) -> None:
         """Write batches to the active segment (rolling first if needed) and advance the log end.
@@ -279,7 +374,16 @@ class PartitionLog:
             )
 
     def _publish(self, segment: Segment, position: int, offset: int) -> None:
-        """Make offsets below `offset` (bytes below `position` of `segment`) visible to readers."""
+        """Make offsets below `offset` (bytes below `position` of `segment`) visible to readers, as far
+        as the replicas' cap allows."""
+        if offset > self._local[2]:
+            self._local = (segment, position, offset)
+        if self._cap is None:
+            self._expose(segment, position, offset)
+        else:
+            self._expose_capped()
+
+    def _expose(self, segment: Segment, position: int, offset: int) -> None:
         self._offsets.advance_high_watermark(offset)
         vis_seg, vis_pos = self._visible
         if segment.base_offset > vis_seg.base_offset or (segment is vis_seg and position > vis_pos):
@@ -287,6 +391,29 @@ class PartitionLog:
         self._data_arrived.notify_all()
         for listener in self._listeners:
             listener()
+
+    def _expose_capped(self) -> None:
+        """Publish up to min(what the fsync policy allows, the cap), rounded down to a batch boundary
+        (reads are bounded by a byte position)."""
+        assert self._cap is not None
+        segment, position, offset = self._local
+        if self._cap < offset:
+            segment, position, offset = self._boundary_at_or_below(self._cap, segment, position)
+        if offset > self._offsets.high_watermark:
+            self._expose(segment, position, offset)
+
+    def _boundary_at_or_below(self, target: int, local_seg: Segment, local_pos: int) -> tuple[Segment, int, int]:
+        """(segment, position, offset) of the start of the batch holding target (written, below the
+        locally published end)."""
+        seg = self._segments.floor(target)
+        if target <= seg.base_offset:
+            return seg, 0, seg.base_offset
+        end = local_pos if seg is local_seg else seg.size
+        pos, base = seg.position_of(target, end)
+        if pos < 0:  # cannot be (target is below the published end): publish nothing more
+            vis_seg, vis_pos = self._visible
+            return vis_seg, vis_pos, self._offsets.high_watermark
+        return seg, pos, base
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -297,6 +424,111 @@ class PartitionLog:
                 f"({self._failed.message}); restart to recover",
                 path=self.directory,
             )
+
+    # -- replication -----------------------------------------------------------------------------------
+    @property
+    def log_end(self) -> int:
+        return self._offsets.log_end
+
+    def become_leader(self, epoch: int) -> None:
+        """This replica leads from `epoch` on: the epoch starts at the log end (durably recorded)."""
+        with self._lock:
+            self._check_writable()
+            self.leader_epochs.assign(epoch, self._offsets.log_end)
+
+    def epoch_end_offset(self, epoch: int) -> tuple[int, int]:
+        """(the largest known epoch <= epoch, where it ends): see LeaderEpochFile.end_offset_for."""
+        with self._lock:
+            return self.leader_epochs.end_offset_for(epoch, self._offsets.log_end)
+
+    def set_replicated_high_watermark(self, offset: int | None) -> None:
+        """Cap the high watermark at `offset` (what every in-sync replica has), or lift the cap (None,
+        the default: a single node). Readers and listeners then see no record past the cap; raising it
+        wakes them. A lower cap than the current one is ignored (only `truncate_to` lowers it)."""
+        with self._lock:
+            if offset is None:
+                self._cap = None
+                seg, pos, end = self._local
+                self._expose(seg, pos, end)
+                return
+            self._cap = offset if self._cap is None else max(self._cap, offset)
+            self._expose_capped()
+
+    @property
+    def replicated_high_watermark(self) -> int | None:
+        return self._cap
+
+    def truncate_to(self, offset: int) -> int:
+        """Drop every record at or after `offset` (a replica whose log diverged from its new leader's),
+        cutting at the start of the batch holding it; returns the new log end.
+
+        Crash-safe in this order: the recovery point goes below the cut first (durably), so no
+        recovery point ever names a deleted segment or bytes cut off; later segments are deleted
+        newest first (a crash leaves a shorter, gapless log); then the cut. The epochs are cut last:
+        an epoch that outlives its records starts past the log end and is dropped at open, whereas
+        records outliving their epoch would be taken for an older epoch's.
+        """
+        with self._lock:
+            self._check_writable()
+            o = self._offsets
+            if offset < o.log_start:
+                raise InvalidRequestError(
+                    f"partition {self.name}: cannot truncate to offset {offset}, below the log start {o.log_start}",
+                    offset=offset,
+                    log_start=o.log_start,
+                )
+            if offset >= o.log_end:
+                return o.log_end
+            seg = self._segments.floor(offset)
+            pos, cut = 0, seg.base_offset
+            if offset > seg.base_offset:
+                pos, cut = seg.position_of(offset, seg.size)
+                if pos < 0:
+                    raise CorruptLogError(
+                        f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt here: stop "
+                        f"the broker and run `tidelog check --repair --data-dir {os.path.dirname(self.directory)}`",
+                        path=seg.log_path,
+                    )
+            try:
+                self._truncate(seg, pos, cut)
+            except StorageError as exc:  # half done: what is in memory no longer matches the files
+                self._failed = exc
+                raise
+            log.info(
+                "log truncated",
+                extra={"event": "log_truncated", "log": self.name, "offset": cut, "reason": "replica diverged"},
+            )
+            return cut
+
+    def _truncate(self, seg: Segment, pos: int, cut: int) -> None:
+        self._truncations += 1
+        vis_seg, vis_pos = self._visible
+        readers_end = 0
+        if seg is vis_seg:
+            readers_end = vis_pos
+        elif seg.base_offset < vis_seg.base_offset:
+            readers_end = seg.size
+        durable_base, durable_pos = self._durable
+        if (durable_base, durable_pos) > (seg.base_offset, pos):
+            durable_base, durable_pos = seg.base_offset, pos
+        point = recovery.Checkpoint(self._segments.first.base_offset, durable_base, durable_pos)
+        recovery.write_checkpoint(self.fs, self.directory, point, durable=True)
+        self._durable = (durable_base, durable_pos)
+        for gone in reversed(self._segments.remove_after(seg)):
+            gone.delete()
+            self.fs.fsync_dir(self.directory)  # newest first: a crash leaves no gap
+        if seg.sealed:
+            seg.activate()
+        seg.truncate(pos, cut, readers_end)
+        self._offsets.truncate(cut)
+        if self._local[2] > cut:
+            self._local = (seg, pos, cut)
+        if vis_seg.base_offset > seg.base_offset or (vis_seg is seg and vis_pos > pos):
+            self._visible = (seg, pos)
+        if self._cap is not None:
+            self._cap = min(self._cap, cut)
+        self._producers = self._load_producers()  # (snapshots past the cut are deleted)
+        self.leader_epochs.truncate_from_end(cut)
 
     # -- durability ----------------------------------------------------------------------------------
     def sync(self, upto: int | None = None) -> None:
@@ -317,7 +549,7 @@ class PartitionLog:
                         )
                     raise EngineClosedError(f"partition {self.directory} closed before this data was durable")
                 seg, pos, end = self._segments.active, self._segments.active.size, self._offsets.log_end
-                failed = self._failed
+                failed, truncations = self._failed, self._truncations
             if failed is not None:
                 raise StorageError(
                     f"partition {self.directory} cannot make data durable after a storage failure ({failed.message})",
@@ -338,6 +570,8 @@ class PartitionLog:
                         f"failure ({self._failed.message})",
                         path=self.directory,
                     )
+                if truncations != self._truncations:
+                    return  # the log was cut meanwhile (truncate_to set the flushed offset and recovery point)
                 self._offsets.advance_flushed(end)
                 if self.fsync_policy.syncs_each_append:
                     self._publish(seg, pos, end)
@@ -477,10 +711,17 @@ class PartitionLog:
             self.config.retention_ms,
             self.config.retention_bytes,
         )
+        n = min(n, self._below_high_watermark())
         if n == 0:
             return 0
         self._delete_oldest(n, "retention")
         return n
+
+    def _below_high_watermark(self) -> int:
+        """How many sealed segments hold only offsets below the high watermark: never more are deleted,
+        so the log start never passes what readers see (replicas may hold it back)."""
+        hw = self._offsets.high_watermark
+        return sum(1 for seg in self._segments.sealed if seg.next_offset <= hw)
 
     def delete_before(self, offset: int) -> int:
         """Delete the sealed segments holding only offsets below `offset` (Kafka's DeleteRecords, by
@@ -488,7 +729,7 @@ class PartitionLog:
         with self._lock:
             n = 0
             for seg in self._segments.sealed:
-                if seg.next_offset > offset:
+                if seg.next_offset > min(offset, self._offsets.high_watermark):
                     break
                 n += 1
             if n == 0:
@@ -526,6 +767,14 @@ class PartitionLog:
                 "deleting a segment failed (%s); the next open removes what is left",
                 exc.message,
                 extra={"event": "segment_delete_failed", "log": self.name},
+            )
+        try:
+            self.leader_epochs.truncate_from_start(self._offsets.log_start)
+        except StorageError as exc:  # epochs below the log start answer no question: the next open drops them
+            log.warning(
+                "could not update the leader epochs (%s)",
+                exc.message,
+                extra={"event": "leader_epochs_write_failed", "log": self.name},
             )
 
     def info(self) -> PartitionInfo:

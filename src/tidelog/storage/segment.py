@@ -216,6 +216,27 @@ class Segment:
         if end_pos < self._map_len:
             self._zero_tail(end_pos)
 
+    def truncate(self, end_pos: int, next_offset: int, readers_end: int = 0) -> None:
+        """Drop the batches from end_pos (a batch boundary, where offset next_offset starts) on, and
+        their index entries: a replica whose log diverged from its leader's. The segment must be active.
+
+        Bytes below readers_end may be read meanwhile through maps taken before: they are overwritten
+        with zeros, not cut off (a map read past the end of its file faults: SIGBUS).
+        """
+        assert not self.sealed, "truncate an active segment"
+        self.rebuild_indexes(end_pos)
+        self.size, self.next_offset = end_pos, next_offset
+        if end_pos < HEADER_SIZE:
+            self.first_batch_timestamp = -1
+        lo, hi, _ = self._verified
+        if hi > end_pos:
+            self._verified = (lo, end_pos, next_offset) if lo <= end_pos else (0, 0, self.base_offset)
+        keep = min(max(readers_end, end_pos), self._readable_end, self._map_len)
+        zeros = bytes(min(keep - end_pos, 1 << 20)) if keep > end_pos else b""
+        for pos in range(end_pos, keep, len(zeros) or 1):
+            self.fs.pwrite(self._fd, zeros[: keep - pos], pos, self.log_path)
+        self._zero_tail(max(keep, end_pos))
+
     def _zero_tail(self, end_pos: int) -> None:
         # Cut everything after the last valid batch, then re-extend: the preallocated space reads as
         # zeros again, so no later scan can mistake old bytes for data. No view reaches past end_pos.

@@ -48,6 +48,13 @@ class SegmentSet:
         del self._segments[:n], self._bases[:n]
         return removed
 
+    def remove_after(self, segment: Segment) -> list[Segment]:
+        """Take out every segment after `segment` (a cut log), which becomes the last one."""
+        i = self._segments.index(segment) + 1
+        removed = self._segments[i:]
+        del self._segments[i:], self._bases[i:]
+        return removed
+
     @property
     def sealed(self) -> list[Segment]:
         return self._segments[:-1]
