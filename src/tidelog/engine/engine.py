@@ -383,9 +383,7 @@ class Engine:
             )
             chunks = [(b, [_info(b)]) for b in batches]
             epoch = admit(topic, p) if admit is not None else None
-            first, last = (
-                t.partition(p).append(chunks) if epoch is None else t.partition(p).append(chunks, leader_epoch=epoch)
-            )
+            first, last = t.partition(p).append(chunks, leader_epoch=epoch)
             results.append(ProduceResult(topic, p, first, last))
         return results
 
@@ -423,11 +421,7 @@ class Engine:
                 plog = t.partition(partition)
                 infos = batch_codec.validate(data, t.config.max_batch_bytes)
                 epoch = admit(topic, partition) if admit is not None else None
-                first, last = (
-                    plog.append([(data, infos)], sync=False)
-                    if epoch is None
-                    else plog.append([(data, infos)], sync=False, leader_epoch=epoch)
-                )
+                first, last = plog.append([(data, infos)], sync=False, leader_epoch=epoch)
                 pending[id(plog)] = (plog, max(last + 1, pending.get(id(plog), (plog, 0))[1]))
                 results.append(ProduceResult(topic, partition, first, last))
                 written_to.append(plog)

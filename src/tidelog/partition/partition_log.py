@@ -617,14 +617,14 @@ class PartitionLog:
             if self._closed:
                 raise EngineClosedError(f"partition {self.directory} is closed")
             start, hw = self._offsets.log_start, self._offsets.high_watermark
-            if offset < start or offset > hw:
+            if offset < start or offset > max(hw, self._offsets.log_end if self._cap is not None else hw):
                 raise OffsetOutOfRangeError(
                     f"offset {offset} is out of range; valid offsets are {start} to {hw}",
                     log_start=start,
                     log_end=hw,
                     offset=offset,
                 )
-            if offset == hw:
+            if offset >= hw:  # (past the high watermark of a replicated log: not committed yet, wait)
                 return ReadResult(memoryview(b""), offset, hw, start)
             seg = self._segments.floor(offset)
             vis_seg, vis_pos = self._visible
@@ -648,6 +648,39 @@ class PartitionLog:
         if valid < stop:  # damage further on: serve what precedes it (the next read reports it)
             stop, next_offset = valid, valid_next
         return ReadResult(seg.view(pos, stop, buf), next_offset, hw, start)
+
+    def read_replica(self, offset: int, max_bytes: int) -> bytes:
+        """Whole batches from `offset` (a batch boundary) up to what this broker has published locally,
+        past the high watermark: what a follower copies. Empty at the end."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError(f"partition {self.directory} is closed")
+            start = self._offsets.log_start
+            local_seg, local_pos, local_end = self._local
+            if offset < start or offset > local_end:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is out of range; this replica holds {start} to {local_end}",
+                    log_start=start,
+                    log_end=local_end,
+                    offset=offset,
+                )
+            if offset == local_end:
+                return b""
+            seg = self._segments.floor(offset)
+            end = local_pos if seg is local_seg else seg.size
+            buf = seg.buffer
+        pos, _ = seg.position_of(offset, end, buf)
+        stop, _ = batch_scan.span_batches(buf, pos, end, max_bytes) if pos >= 0 else (pos, -1)
+        if stop <= pos:
+            raise CorruptLogError(
+                f"{seg.log_path}: no valid batch holds offset {offset}; the log is corrupt here: stop the broker "
+                f"and run `tidelog check --repair --data-dir {os.path.dirname(self.directory)}`",
+                path=seg.log_path,
+            )
+        valid, _ = seg.verify(pos, stop, buf)
+        if valid <= pos:
+            raise CorruptLogError(f"{seg.log_path}: the batch at offset {offset} is damaged", path=seg.log_path)
+        return bytes(seg.view(pos, valid, buf))
 
     def wait_for_data(self, offset: int, timeout_s: float) -> bool:
         """Block until the high watermark passes offset (or timeout); True if data is there."""

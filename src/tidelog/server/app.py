@@ -39,7 +39,7 @@ from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import admin_service, consume_service, groups_service, produce_service, replication_service, status
 from .admission import Admission
-from .metrics import EngineCollector, MetricsHttpServer, RpcMetrics
+from .metrics import EngineCollector, MetricsHttpServer, ReplicationCollector, RpcMetrics
 from .replica_link import LinkPool
 
 log = logging.getLogger("tidelog.server")
@@ -271,6 +271,7 @@ class Server:
                 self.config.metrics_max_partitions,
             )
         )
+        registry.register(ReplicationCollector(lambda: self.replicas, lambda: self.controller))
         Gauge(
             "tidelog_produce_inflight_bytes",
             "Produce bytes read ahead of their acks on all streams "

@@ -36,9 +36,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ..cluster.controller import Controller
+from ..cluster.placement import NO_LEADER
 from ..engine.engine import Engine
 from ..errors import TidelogError
 from ..groups.coordinator import GroupCoordinator
+from ..replication.manager import ReplicaManager
 from ..storage.fs import FSYNC_BUCKETS_S
 
 log = logging.getLogger("tidelog.server")
@@ -424,3 +427,67 @@ class MetricsHttpServer:
                 log.debug("metrics http: " + format, *args)
 
         return Handler
+
+
+class ReplicationCollector(Collector):
+    """The cluster's health as this broker sees it, at scrape time: what it leads and how far its
+    followers lag, its ISR changes, and (on the controller) offline partitions and elections."""
+
+    def __init__(
+        self, replicas: Callable[[], ReplicaManager | None], controller: Callable[[], Controller | None]
+    ) -> None:
+        self._replicas, self._controller = replicas, controller
+
+    def collect(self) -> Iterator[Metric]:
+        manager = self._replicas()
+        if manager is None:
+            return
+        led = manager.led()
+        under = sum(1 for role in led.values() if len(role.state.isr) < len(role.state.replicas))
+        yield GaugeMetricFamily("tidelog_leader_partitions", "Partitions this broker leads now", value=len(led))
+        yield GaugeMetricFamily(
+            "tidelog_under_replicated_partitions",
+            "Partitions led here whose ISR is smaller than their replica list (a copy is missing or behind)",
+            value=under,
+        )
+        below = sum(1 for role in led.values() if len(role.state.isr) < role.plog.config.min_insync_replicas)
+        yield GaugeMetricFamily(
+            "tidelog_under_min_isr_partitions",
+            "Partitions led here with fewer in-sync replicas than min_insync_replicas (acks=all refused)",
+            value=below,
+        )
+        yield CounterMetricFamily(
+            "tidelog_isr_shrinks", "ISR shrinks by this broker as leader", value=manager.isr_shrinks
+        )
+        yield CounterMetricFamily(
+            "tidelog_isr_expands", "ISR expansions by this broker as leader", value=manager.isr_expands
+        )
+        lag = GaugeMetricFamily(
+            "tidelog_replica_lag_records",
+            "Records a follower is behind its leader",
+            labels=["topic", "partition", "replica"],
+        )
+        lag_s = GaugeMetricFamily(
+            "tidelog_replica_lag_seconds",
+            "Seconds since a follower last caught up",
+            labels=["topic", "partition", "replica"],
+        )
+        for (topic, partition), role in led.items():
+            for replica, (records, seconds) in role.leader.lag(role.plog.offset_range()[1]).items():
+                labels = [topic, str(partition), str(replica)]
+                lag.add_metric(labels, records)
+                lag_s.add_metric(labels, seconds)
+        yield lag
+        yield lag_s
+        controller = self._controller()
+        if controller is not None and controller.session.is_controller:
+            offline = sum(1 for s in manager.snapshot.partitions.values() if s.leader == NO_LEADER)
+            yield GaugeMetricFamily(
+                "tidelog_offline_partitions",
+                "Partitions with no live leader (reported by the controller)",
+                value=offline,
+            )
+        if controller is not None:
+            yield CounterMetricFamily(
+                "tidelog_leader_elections", "Leaders elected by this broker as controller", value=controller.elections
+            )

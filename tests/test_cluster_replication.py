@@ -1,0 +1,176 @@
+"""Replicated partitions on real processes: one etcd, three `tidelog serve --cluster` brokers.
+
+Every run logs each produce attempt and each poll in a History and, once the brokers are stopped,
+reads every replica's log from its data directory; the history checker (tests/helpers/history.py)
+then looks for lost or misplaced acknowledged records, divergent replicas and reads past the high
+watermark. The seed of each randomised run is printed, so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from tidelog.errors import NotEnoughReplicasError, NotLeaderError
+from tidelog.v1 import tidelog_pb2 as pb
+
+from .helpers.cluster import Cluster, dump
+from .helpers.history import History, check
+
+pytestmark = pytest.mark.slow  # real processes
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(str(tmp_path)).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def leaders_of(cluster: Cluster, topic: str) -> dict[int, str]:
+    return {p: m.leader_address for p, m in cluster.metadata(topic).items() if m.leader_address}
+
+
+def final_check(cluster: Cluster, history: History, topic: str, partitions: int):
+    """Stop every broker, dump every replica, and check the history against the committed logs."""
+    meta = cluster.wait_leaders(topic, partitions)
+    for b in cluster.brokers.values():
+        b.stop()
+    logs = {b: dump(cluster.data_dir(b), topic, partitions) for b in cluster.ids}
+    replica_logs = {(topic, p): {b: logs[b].get(p, []) for b in meta[p].replicas} for p in range(partitions)}
+    # committed: what the in-sync replicas all hold (after a clean stop every ISR member has caught up to the HW)
+    in_sync = {(topic, p): set(meta[p].isr) for p in range(partitions)}
+    committed = {
+        (topic, p): min(len(replica_logs[(topic, p)][b]) for b in in_sync[(topic, p)]) for p in range(partitions)
+    }
+    report = check(history, replica_logs, committed, in_sync)
+    return report, replica_logs
+
+
+def test_topics_are_placed_routed_and_copied_to_every_replica(cluster):
+    desc = cluster.create_topic("orders", partitions=3, rf=3, min_isr=2)
+    assert [sorted(p.replicas) for p in desc.partitions] == [[1, 2, 3]] * 3
+    meta = cluster.wait_leaders("orders", 3, isr=3)
+    assert len({m.leader_id for m in meta.values()}) == 3  # leaders spread over the brokers
+    for b in cluster.ids:  # every broker routes alike
+        seen = cluster.call(cluster.brokers[b].target, "Admin", "Metadata", pb.MetadataRequest(topics=["orders"]))
+        assert {p.partition: p.leader_address for p in seen.topics[0].partitions} == {
+            p: m.leader_address for p, m in meta.items()
+        }
+    history, leaders = History(), leaders_of(cluster, "orders")
+    assert len(leaders) == 3, cluster.metadata("orders")
+    for i in range(60):
+        cluster.send_acked(history, "p", "orders", i % 3, b"v%d" % i, leaders)
+    # a broker that does not lead the partition refuses, naming the leader
+    follower = next(b for b in cluster.ids if cluster.brokers[b].target != leaders[0])
+
+    with pytest.raises(NotLeaderError) as refused:
+        cluster.call(
+            cluster.brokers[follower].target,
+            "Producer",
+            "ProduceRecords",
+            pb.ProduceRecordsRequest(topic="orders", partition=0, records=[pb.Record(value=b"x")]),
+        )
+    assert refused.value.leader_address == leaders[0]
+    for p in range(3):
+        offset = 0
+        for _ in range(20):
+            offset = cluster.poll(history, "c", "orders", p, offset, leaders)
+            if offset >= 20:
+                break
+        assert offset == 20
+    report, logs = final_check(cluster, history, "orders", 3)
+    assert report.ok, str(report)
+    assert report.acknowledged == 60 and report.lost == 0 and report.failed + report.indeterminate < 10
+    for p in range(3):  # three identical copies, each record stamped with the first leader epoch
+        copies = list(logs[("orders", p)].values())
+        assert len(copies) == 3 and copies[0] == copies[1] == copies[2] and len(copies[0]) == 20
+        assert {epoch for _, _, epoch in copies[0]} == {0}
+
+
+def test_min_insync_replicas_refuses_acks_all_before_appending(cluster):
+    cluster.create_topic("strict", partitions=1, rf=3, min_isr=2)
+    meta = cluster.wait_leaders("strict", 1, isr=3)
+    leader = meta[0].leader_id
+    for b in cluster.ids:
+        if b != leader:
+            cluster.kill(b)
+    cluster.wait(lambda: len(cluster.metadata("strict")[0].isr) == 1, what="the ISR shrinking to the leader")
+    history, leaders = History(), leaders_of(cluster, "strict")
+
+    with pytest.raises(NotEnoughReplicasError):
+        cluster.call(
+            leaders[0],
+            "Producer",
+            "ProduceRecords",
+            pb.ProduceRecordsRequest(topic="strict", partition=0, records=[pb.Record(value=b"x")], acks=pb.ACKS_ALL),
+        )
+    assert cluster.send(history, "p", "strict", 0, b"one-copy", leaders, acks="1")  # acks=1 still works
+    end = cluster.call(leaders[0], "Admin", "ListOffsets", pb.ListOffsetsRequest(topic="strict", partition=0))
+    assert end.log_end == 1  # the refused record was never appended
+
+
+@pytest.mark.parametrize("victim", ["leader", "follower"])
+def test_a_killed_broker_loses_no_acknowledged_record(cluster, victim):
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    topic = "events"
+    cluster.create_topic(topic, partitions=2, rf=3, min_isr=2)
+    meta = cluster.wait_leaders(topic, 2, isr=3)
+    history = History()
+    stop = threading.Event()
+    acked = [0]
+
+    def produce() -> None:
+        leaders, n = leaders_of(cluster, topic), 0
+        while not stop.is_set() and n < 5000:
+            p = n % 2
+            if p not in leaders:
+                time.sleep(0.05)
+                try:
+                    leaders = leaders_of(cluster, topic)
+                except Exception:
+                    pass
+            elif cluster.send(history, "p1", topic, p, b"p1-%d" % n, leaders):
+                acked[0] += 1
+            n += 1
+
+    def consume() -> None:
+        leaders, offsets = leaders_of(cluster, topic), [0, 0]
+        while not stop.is_set():
+            for p in (0, 1):
+                if p not in leaders:
+                    try:
+                        leaders = leaders_of(cluster, topic)
+                    except Exception:
+                        time.sleep(0.05)
+                    continue
+                offsets[p] = cluster.poll(history, "c1", topic, p, offsets[p], leaders)
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for t in threads:
+        t.start()
+    try:
+        cluster.wait(lambda: acked[0] >= 50 + rng.randrange(100), what="acknowledged records before the kill")
+        leader = meta[0].leader_id
+        target = leader if victim == "leader" else next(b for b in meta[0].replicas if b != leader)
+        cluster.kill(target)
+        before = acked[0]
+        cluster.wait(lambda: acked[0] >= before + 100, timeout_s=60, what="acknowledgements after the kill")
+        cluster.restart(target)
+        cluster.wait_leaders(topic, 2, isr=3, timeout_s=60)
+        after = acked[0]
+        cluster.wait(lambda: acked[0] >= after + 50, timeout_s=60, what="acknowledgements after the restart")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    report, _ = final_check(cluster, history, topic, 2)
+    assert report.ok, f"seed={seed}: {report}"
+    assert report.acknowledged >= 200
