@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -78,10 +79,23 @@ class Cluster:
     def kill(self, broker_id: int) -> None:
         self.brokers[broker_id].kill()
 
+    def pause(self, broker_id: int) -> None:
+        """SIGSTOP: the process stays, silent (a long GC pause, a frozen VM)."""
+        proc = self.brokers[broker_id].proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+
+    def resume(self, broker_id: int) -> None:
+        proc = self.brokers[broker_id].proc
+        if proc is not None:
+            os.kill(proc.pid, signal.SIGCONT)
+
     def restart(self, broker_id: int) -> None:
         self.brokers[broker_id].start()
 
     def stop(self) -> None:
+        for i in self.brokers:
+            self.resume(i)  # a paused broker cannot stop
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -180,8 +194,17 @@ class Cluster:
         history.send_ok(op, reply.results[0].base_offset)
         return True
 
-    def send_acked(self, history: History, process: str, topic: str, partition: int, value: bytes,
-                   leaders: dict, acks: str = "all", attempts: int = 50) -> int:
+    def send_acked(
+        self,
+        history: History,
+        process: str,
+        topic: str,
+        partition: int,
+        value: bytes,
+        leaders: dict,
+        acks: str = "all",
+        attempts: int = 50,
+    ) -> int:
         """Send until acknowledged (each attempt its own value: value/1, value/2, ...), refreshing the
         leaders between attempts; the attempts it took."""
         for n in range(1, attempts + 1):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -67,12 +68,32 @@ class _Following:
     follower: Follower
 
 
+MUTATIONS = ("ack-before-replication", "skip-epoch-truncation")
+"""Deliberately broken variants, for the tests that prove the history checker catches them: set by the
+TIDELOG_TEST_MUTATION environment variable, never by configuration (tests/test_cluster_mutations.py)."""
+
+
 @dataclass(frozen=True)
 class ReplicationSettings:
     lag_time_ms: int = 10_000
     fetch_max_bytes: int = 1 << 20
     fetch_wait_ms: int = 500
     ack_timeout_ms: int = 10_000
+    mutation: str = ""  # one of MUTATIONS: a broken broker, for the checker's own tests
+
+
+def test_mutation() -> str:
+    """The mutation TIDELOG_TEST_MUTATION asks for ("" for none); an unknown name is refused."""
+    name = os.environ.get("TIDELOG_TEST_MUTATION", "")
+    if name and name not in MUTATIONS:
+        raise ValueError(f"TIDELOG_TEST_MUTATION must be one of {', '.join(MUTATIONS)}, got {name!r}")
+    if name:
+        log.error(
+            "THIS BROKER IS BROKEN ON PURPOSE (TIDELOG_TEST_MUTATION=%s): it may lose acknowledged records",
+            name,
+            extra={"event": "test_mutation", "mutation": name},
+        )
+    return name
 
 
 class ReplicaManager:
@@ -224,6 +245,7 @@ class ReplicaManager:
             key[0], key[1], state.leader_epoch, plog, self._link(address), self._offload, self._on_stale
         )
         follower.high_watermark = min(hw, plog.offset_range()[1])
+        follower.truncated = self.settings.mutation == "skip-epoch-truncation"
         self._following[key] = _Following(state, follower)
         follower.start()
 
@@ -302,6 +324,8 @@ class ReplicaManager:
     async def committed(self, topic: str, partition: int, end: int, epoch: int) -> None:
         """Wait until records below `end` (appended in `epoch`) are on every in-sync replica."""
         role = self._leading.get((topic, partition))
+        if self.settings.mutation == "ack-before-replication":
+            return
         if role is None or role.state.leader_epoch != epoch:
             raise NotLeaderError(
                 f"leadership of {topic}-{partition} changed before the records were replicated; "

@@ -34,7 +34,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
 from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
 from ..groups.coordinator import GroupCoordinator
-from ..replication.manager import ReplicaManager, ReplicationSettings
+from ..replication.manager import ReplicaManager, ReplicationSettings, test_mutation
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import admin_service, consume_service, groups_service, produce_service, replication_service, status
@@ -190,7 +190,11 @@ class Server:
             ],
         )
         settings = ReplicationSettings(
-            c.replica_lag_time_max_ms, c.replica_fetch_max_bytes, c.replica_fetch_wait_ms, c.replication_timeout_ms
+            c.replica_lag_time_max_ms,
+            c.replica_fetch_max_bytes,
+            c.replica_fetch_wait_ms,
+            c.replication_timeout_ms,
+            test_mutation(),
         )
         self.replicas = replicas = ReplicaManager(
             self.engine,
