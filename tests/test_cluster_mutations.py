@@ -35,7 +35,7 @@ def run_scenario(tmp_path, monkeypatch, mutation: str):
     if mutation:
         monkeypatch.setenv("TIDELOG_TEST_MUTATION", mutation)
     # a session long enough that the paused followers keep their place in the ISR (and their leases)
-    cluster = Cluster(str(tmp_path), 3, Settings(session_ms=6000, lag_ms=20_000, replication_timeout_ms=800)).start()
+    cluster = Cluster(str(tmp_path), 3, Settings(session_ms=6000, lag_ms=20_000, replication_timeout_ms=300)).start()
     history = History()
     try:
         cluster.create_topic(TOPIC, partitions=1, rf=3, min_isr=2)
@@ -47,7 +47,7 @@ def run_scenario(tmp_path, monkeypatch, mutation: str):
         followers = [b for b in meta.replicas if b != old]
         for b in followers:
             cluster.pause(b)
-        for i in range(5 + rng.randrange(5)):  # only the leader gets these
+        for i in range(3 + rng.randrange(3)):  # only the leader gets these (well within the followers' sessions)
             cluster.send(history, "p", TOPIC, 0, b"alone-%d" % i, dict(leaders))
         cluster.kill(old)
         for b in followers:
@@ -78,7 +78,7 @@ def run_scenario(tmp_path, monkeypatch, mutation: str):
 def test_the_real_broker_passes_the_scenario(tmp_path, monkeypatch):
     report, seed = run_scenario(tmp_path, monkeypatch, "")
     assert report.ok, f"seed={seed}: {report}"
-    assert report.indeterminate >= 5  # the records only the dead leader had were never acknowledged
+    assert report.indeterminate >= 3  # the records only the dead leader had were never acknowledged
 
 
 @pytest.mark.parametrize(

@@ -174,3 +174,79 @@ def test_a_killed_broker_loses_no_acknowledged_record(cluster, victim):
     report, _ = final_check(cluster, history, topic, 2)
     assert report.ok, f"seed={seed}: {report}"
     assert report.acknowledged >= 200
+
+
+def find_coordinator(cluster: Cluster, request) -> tuple[str, object]:
+    """Ask any broker; follow NOT_COORDINATOR to the broker it names (retrying while none is named)."""
+    from tidelog.errors import NotCoordinatorError
+
+    def attempt():
+        try:
+            return ("?", cluster.any_call("Groups", "JoinGroup", request))
+        except NotCoordinatorError as exc:
+            if not exc.leader_address:
+                return None
+            return (exc.leader_address, cluster.call(exc.leader_address, "Groups", "JoinGroup", request))
+
+    return cluster.wait(attempt, timeout_s=60, what="the group coordinator")
+
+
+def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
+    cluster.create_topic("jobs", partitions=2, rf=3, min_isr=2)
+    leaders = {p: m.leader_address for p, m in cluster.wait_leaders("jobs", 2, isr=3).items()}
+    history = History()
+    for i in range(100):
+        cluster.send_acked(history, "p", "jobs", i % 2, b"j%d" % i, leaders)
+    join = pb.JoinGroupRequest(group_id="billing", topics=["jobs"], session_timeout_ms=30_000)
+    _, joined = find_coordinator(cluster, join)
+    coordinator = cluster.metadata("__consumer_offsets")[0]
+    assert sorted(coordinator.replicas) == [1, 2, 3]  # the group state is replicated like any partition
+    address = coordinator.leader_address
+
+    def granted():
+        beat = cluster.call(
+            address,
+            "Groups",
+            "Heartbeat",
+            pb.HeartbeatRequest(
+                group_id="billing", member_id=joined.member_id, generation=joined.generation, owned=joined.partitions
+            ),
+        )
+        return beat if len(beat.partitions) == 2 else None
+
+    joined = cluster.wait(granted, what="the member's assignment")
+    commit = pb.CommitOffsetsRequest(
+        group_id="billing",
+        member_id=joined.member_id,
+        generation=joined.generation,
+        offsets=[pb.PartitionOffset(topic="jobs", partition=p, offset=40 + p) for p in (0, 1)],
+    )
+    cluster.call(address, "Groups", "CommitOffsets", commit)
+    cluster.kill(coordinator.leader_id)  # SIGKILL: the coordinator's broker dies
+    new = cluster.wait(
+        lambda: (m := cluster.metadata("__consumer_offsets")[0]).leader_id not in (-1, coordinator.leader_id) and m,
+        timeout_s=60,
+        what="a new coordinator",
+    )
+
+    def committed():
+        reply = cluster.call(
+            new.leader_address, "Groups", "FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest(group_id="billing")
+        )
+        return {(o.topic, o.partition): o.offset for o in reply.offsets} or None
+
+    assert cluster.wait(committed, what="the committed offsets on the new coordinator") == {
+        ("jobs", 0): 40,
+        ("jobs", 1): 41,
+    }
+    # the member carries on with the new coordinator: same member id, same generation, same partitions
+    beat = cluster.call(
+        new.leader_address,
+        "Groups",
+        "Heartbeat",
+        pb.HeartbeatRequest(
+            group_id="billing", member_id=joined.member_id, generation=joined.generation, owned=joined.partitions
+        ),
+    )
+    assert beat.member_id == joined.member_id and beat.generation == joined.generation
+    assert sorted((tp.topic, tp.partition) for tp in beat.partitions) == [("jobs", 0), ("jobs", 1)]

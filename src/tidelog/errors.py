@@ -249,6 +249,13 @@ class NotLeaderError(TidelogError):
         return str(self.details.get("leader_address", ""))
 
 
+class NotCoordinatorError(NotLeaderError):
+    """This broker does not coordinate consumer groups (in a cluster, the leader of the group-state
+    partition does): ask the broker it names (leader_id, leader_address), or look it up again."""
+
+    code = 16
+
+
 class NotEnoughReplicasError(TidelogError):
     """Fewer replicas are in sync than the topic's min_insync_replicas: an acks=all produce is refused
     before anything is appended."""

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..engine.engine import Engine, is_internal_topic
 from ..errors import (
@@ -151,6 +151,18 @@ class _Group:
         return group
 
 
+class Topics(Protocol):
+    """What the coordinator asks about the topics groups consume: the engine on a single broker; in a
+    cluster, a view of the whole cluster (the coordinator's broker may host none of those topics)."""
+
+    def list_topics(self) -> list[str]: ...
+    def partitions(self, name: str) -> int: ...
+    def list_offsets(self, topic: str, partition: int, at: Any = None) -> Any: ...
+    def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None: ...
+    def clock(self) -> int: ...
+    def on_topic_deleted(self, listener: Callable[[str], None]) -> None: ...
+
+
 class GroupCoordinator:
     def __init__(
         self,
@@ -159,6 +171,7 @@ class GroupCoordinator:
         clock: Callable[[], int] | None = None,
         *,
         initial_rebalance_delay_ms: int = 0,
+        topics: Topics | None = None,
     ) -> None:
         """initial_rebalance_delay_ms: how long a group without members waits before its first
         assignment (the broker passes group_initial_rebalance_delay_ms; embedded, 0: the application
@@ -169,7 +182,7 @@ class GroupCoordinator:
             or initial_rebalance_delay_ms < 0
         ):
             raise InvalidRequestError(f"initial_rebalance_delay_ms must be >= 0, got {initial_rebalance_delay_ms!r}")
-        self.engine = engine
+        self.engine: Topics = topics if topics is not None else engine
         self.offsets = offsets or OffsetStore(engine)
         self.clock = clock or monotonic_ms  # sessions only; record timestamps come from engine.clock()
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
@@ -188,9 +201,9 @@ class GroupCoordinator:
                     "members": sorted(group.members),
                 },
             )
-        for topic in sorted(self.offsets.topics() - set(engine.list_topics())):
+        for topic in sorted(self.offsets.topics() - set(self.engine.list_topics())):
             self._topic_deleted(topic)  # deleted while the broker was stopping, before its offsets were
-        engine.on_topic_deleted(self._topic_deleted)
+        self.engine.on_topic_deleted(self._topic_deleted)
 
     # -- membership ------------------------------------------------------------------------------
     def join(

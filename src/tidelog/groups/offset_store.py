@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from ..codec.batch import iter_batches
 from ..engine.engine import Engine
 from . import records
 from .records import OFFSETS_TOPIC, CommittedOffset, MalformedRecord, MembershipRecord
@@ -38,8 +39,11 @@ __all__ = ["OFFSETS_TOPIC", "CommittedOffset", "OffsetStore"]
 
 
 class OffsetStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, append: Callable[[list[bytes], list[bytes | None]], None] | None = None) -> None:
+        """append: how records reach the topic when it is replicated (a cluster: through its leader, and
+        acknowledged by every in-sync replica); by default the local engine's internal path."""
         self.engine = engine
+        self._append = append
         self._lock = threading.RLock()  # commit() compacts while holding it
         self._offsets: dict[str, dict[TopicPartition, CommittedOffset]] = {}
         self._memberships: dict[str, dict[str, Any]] = {}
@@ -54,18 +58,21 @@ class OffsetStore:
         self._snapshot_at = 0  # where the last snapshot starts: records before it are superseded
 
     def _load(self) -> None:
-        offset = self.engine.list_offsets(OFFSETS_TOPIC, 0).log_start
+        """Replay the whole log, up to its end: in a cluster a new coordinator may hold records past its
+        high watermark that the old one acknowledged (the new leader's log is the partition's)."""
+        plog = self.engine.partition_log(OFFSETS_TOPIC, 0)
+        offset = plog.offset_range()[0]
         while True:
-            result = self.engine.fetch(OFFSETS_TOPIC, 0, offset, max_bytes=8 << 20)
-            if not result:
+            data = plog.read_replica(offset, 8 << 20)
+            if not data:
                 break
-            for rec in result:
-                try:
-                    # engine.fetch copies by default: keys and values are bytes, not memoryviews
-                    self._apply(records.parse(cast(bytes | None, rec.key), cast(bytes | None, rec.value)))
-                except MalformedRecord as exc:
-                    self._skip(rec.offset, str(exc))
-            offset = result.next_offset
+            for batch in iter_batches(data):
+                for rec in batch.records(min_offset=offset):
+                    try:
+                        self._apply(records.parse(cast(bytes | None, rec.key), cast(bytes | None, rec.value)))
+                    except MalformedRecord as exc:
+                        self._skip(rec.offset, str(exc))
+                offset = batch.last_offset + 1
         if self.malformed > MALFORMED_LOGGED:
             log.warning(
                 "skipped %d malformed records of %s in all; run `tidelog check`",
@@ -103,6 +110,9 @@ class OffsetStore:
 
     def _write(self, keys: list[bytes], values: list[bytes | None]) -> None:
         """Append through the engine's internal path: the one writer of this topic."""
+        if self._append is not None:
+            self._append(keys, values)
+            return
         self.engine.produce(OFFSETS_TOPIC, values, keys=keys, partition=0, internal=True)
 
     def commit(self, group: str, offsets: dict[TopicPartition, int], metadata: str = "") -> None:

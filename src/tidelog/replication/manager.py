@@ -120,6 +120,15 @@ class ReplicaManager:
         self._hw: dict[tuple[str, int], int] = {}  # the last high watermark known per partition
         self._maintenance: asyncio.Task | None = None
         self.isr_shrinks = self.isr_expands = 0
+        # (topic, partition) → (called with the epoch when this broker starts leading it, called when it stops)
+        self._leadership: dict[tuple[str, int], tuple[Callable[[int], None], Callable[[], None]]] = {}
+
+    def on_leadership(
+        self, topic: str, partition: int, gained: Callable[[int], None], lost: Callable[[], None]
+    ) -> None:
+        """Be told when this broker starts and stops leading a partition (the group coordinator lives
+        with the leader of the group-state partition). Both run on the loop and must not block."""
+        self._leadership[(topic, partition)] = (gained, lost)
 
     @property
     def broker_id(self) -> int:
@@ -142,7 +151,7 @@ class ReplicaManager:
         await self._sync_topics(snapshot)
         hosted = set()
         for (topic, partition), state in snapshot.partitions.items():
-            if self.broker_id not in state.replicas or topic not in self.engine.list_topics():
+            if self.broker_id not in state.replicas or topic not in self.engine.list_topics(include_internal=True):
                 continue
             key = (topic, partition)
             hosted.add(key)
@@ -159,17 +168,23 @@ class ReplicaManager:
             await self._stop_following(key)
 
     async def _sync_topics(self, snapshot: Snapshot) -> None:
-        local = set(self.engine.list_topics())
+        local = set(self.engine.list_topics(include_internal=True))
         for name, placement in snapshot.topics.items():
             self._known_topics.add(name)
             mine = any(self.broker_id in s.replicas for (t, _), s in snapshot.partitions.items() if t == name)
             if mine and name not in local:
                 try:
-                    await self._offload(self.engine.create_topic, name, placement.partitions, **placement.config)
+                    await self._offload(
+                        self.engine.create_topic,
+                        name,
+                        placement.partitions,
+                        internal=name.startswith("__"),
+                        **placement.config,
+                    )
                 except TopicExistsError:
                     pass
                 log.info("topic copy created", extra={"event": "replica_topic_created", "topic": name})
-        for name in local & self._known_topics - set(snapshot.topics):
+        for name in sorted(local & self._known_topics - set(snapshot.topics)):
             # seen in etcd by this run and deleted there: the cluster deleted it
             self._known_topics.discard(name)
             for key in [k for k in self._leading if k[0] == name]:
@@ -210,6 +225,8 @@ class ReplicaManager:
         )
         role = _Leading(state, leader, plog, min(hw, epoch_start))
         self._leading[key] = role
+        if key in self._leadership:
+            self._leadership[key][0](state.leader_epoch)
         log.warning(
             "became leader",
             extra={
@@ -259,6 +276,8 @@ class ReplicaManager:
         role = self._leading.pop(key, None)
         if role is None:
             return
+        if key in self._leadership:
+            self._leadership[key][1]()
         self._hw[key] = max(self._hw.get(key, 0), role.high_watermark)
         if role.isr_write is not None:
             role.isr_write.cancel()

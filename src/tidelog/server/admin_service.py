@@ -206,6 +206,10 @@ class AdminService:
     async def list_offsets(
         self, request: pb.ListOffsetsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListOffsetsResponse:
+        try:
+            self.consume.check_leader(request.topic, request.partition)  # a follower's offsets may lag
+        except TidelogError as exc:
+            await status.abort(context, exc)
         offsets = await self._call(context, self.engine.list_offsets(request.topic, request.partition))
         response = pb.ListOffsetsResponse(
             offset=-1,

@@ -26,19 +26,32 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 
 from .. import __version__
+from ..cluster import controller as etcd_writes
 from ..cluster.controller import Controller
-from ..cluster.membership import BrokerSession
+from ..cluster.membership import BrokerSession, cluster_status
 from ..cluster.metadata import ClusterView, Snapshot
+from ..cluster.placement import TopicPlacement, assign_replicas
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
-from ..errors import BrokerUnavailableError, EngineClosedError, StorageError
+from ..errors import (
+    BrokerUnavailableError,
+    EngineClosedError,
+    NotCoordinatorError,
+    StorageError,
+    TidelogError,
+    TopicExistsError,
+)
 from ..groups.coordinator import GroupCoordinator
-from ..replication.manager import ReplicaManager, ReplicationSettings, test_mutation
+from ..groups.offset_store import SEGMENT_BYTES as GROUP_SEGMENT_BYTES
+from ..groups.offset_store import OffsetStore
+from ..groups.records import OFFSETS_TOPIC
+from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import admin_service, consume_service, groups_service, produce_service, replication_service, status
 from .admission import Admission
+from .cluster_topics import ClusterTopics
 from .metrics import EngineCollector, MetricsHttpServer, ReplicationCollector, RpcMetrics
 from .replica_link import LinkPool
 
@@ -62,6 +75,7 @@ class Server:
         self.replicas: ReplicaManager | None = None  # with --cluster: the roles of its partitions
         self._view: ClusterView | None = None
         self.controller: Controller | None = None
+        self._placing_offsets: asyncio.Future | None = None
         self._links: LinkPool | None = None
         self.metrics_port: int | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
@@ -212,9 +226,111 @@ class Server:
             await replicas.apply(snapshot)
 
         self.controller = controller
+        replicas.on_leadership(OFFSETS_TOPIC, 0, self._coordinate, self._stop_coordinating)
         self._view = ClusterView(session.client, session.cluster, on_change)
         replicas.start()
         await self._view.start()
+
+    # -- consumer groups in a cluster ------------------------------------------------------------------
+    def _coordinator_elsewhere(self) -> TidelogError:
+        """NOT_COORDINATOR naming the group coordinator (the leader of the group-state partition),
+        placing that partition in the cluster first if nobody has yet."""
+        replicas = self.replicas
+        if replicas is None:
+            return BrokerUnavailableError("the broker is joining its cluster; retry shortly")
+        state = replicas.snapshot.partitions.get((OFFSETS_TOPIC, 0))
+        if state is None:
+            if self._placing_offsets is None or self._placing_offsets.done():
+                self._placing_offsets = asyncio.ensure_future(self._place_offsets_topic(replicas))
+            return NotCoordinatorError("the group coordinator is being placed in the cluster; retry shortly")
+        error = replicas.leader_error(OFFSETS_TOPIC, 0)
+        return NotCoordinatorError(
+            f"broker {replicas.broker_id} does not coordinate consumer groups: "
+            + (f"broker {error.leader_id} at {error.leader_address} does" if error.leader_address else "none does now"),
+            leader_id=error.leader_id,
+            leader_address=error.leader_address,
+        )
+
+    async def _place_offsets_topic(self, replicas: ReplicaManager) -> None:
+        session = replicas.session
+        try:
+            found = await cluster_status(session.client, session.cluster)
+            live = [b.broker_id for b in found.brokers]
+            rf = min(self.config.default_replication_factor, len(live))
+            settings = {"retention_ms": -1, "retention_bytes": -1, "segment_bytes": GROUP_SEGMENT_BYTES}
+            placement = TopicPlacement(
+                OFFSETS_TOPIC, 1, rf, settings, self.async_engine.clock() if self.async_engine else 0
+            )
+            await etcd_writes.create_topic(session.client, session.cluster, placement, assign_replicas(live, 1, rf))
+            log.info("group-state partition placed", extra={"event": "offsets_topic_placed", "replication_factor": rf})
+        except TopicExistsError:
+            pass
+        except Exception as exc:
+            log.warning("could not place the group-state partition: %s", exc)
+        if self._view is not None:
+            self._view.changed()
+
+    def _coordinate(self, epoch: int) -> None:
+        """This broker now leads the group-state partition: load the groups from it and serve them."""
+
+        async def load() -> None:
+            assert self.engine is not None and self.async_engine is not None and self.replicas is not None
+            engine, replicas = self.engine, self.replicas
+            store_append = self._replicated_group_append(asyncio.get_running_loop())
+            try:
+                coordinator = await self.async_engine.offload(
+                    lambda: GroupCoordinator(
+                        engine,
+                        OffsetStore(engine, append=store_append),
+                        initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms,
+                        topics=ClusterTopics(engine, replicas),
+                    )
+                )
+            except TidelogError as exc:
+                log.error("could not load the consumer groups: %s", exc.message)
+                return
+            role = replicas.led().get((OFFSETS_TOPIC, 0))
+            if role is None or role.state.leader_epoch != epoch or self._groups is None:
+                return  # lost the leadership while loading
+            self.coordinator = self._groups.coordinator = coordinator
+            log.warning(
+                "group coordinator here",
+                extra={"event": "coordinator_loaded", "leader_epoch": epoch, "groups": len(coordinator.list_groups())},
+            )
+
+        asyncio.ensure_future(load())
+
+    def _stop_coordinating(self) -> None:
+        if self._groups is not None and self._groups.coordinator is not None:
+            log.warning("group coordinator moved away", extra={"event": "coordinator_unloaded"})
+        self.coordinator = None
+        if self._groups is not None:
+            self._groups.coordinator = None
+
+    def _replicated_group_append(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[list[bytes], list[bytes | None]], None]:
+        """The group store's writes in a cluster: appended as the leader, answered once every in-sync
+        replica has them (acks=all), so a committed offset survives the coordinator's death."""
+
+        def append(keys: list[bytes], values: list[bytes | None]) -> None:
+            replicas, engine = self.replicas, self.engine
+            assert replicas is not None and engine is not None
+            epochs: dict[tuple[str, int], int] = {}
+
+            def admit(topic: str, partition: int) -> int:
+                epochs[(topic, partition)] = epoch = replicas.admit(topic, partition, ACKS_ALL)
+                return epoch
+
+            result = engine.produce(OFFSETS_TOPIC, values, keys=keys, partition=0, internal=True, admit=admit)[0]
+
+            async def committed() -> None:
+                await replicas.appended(OFFSETS_TOPIC, 0)
+                await replicas.committed(OFFSETS_TOPIC, 0, result.last_offset + 1, epochs[(OFFSETS_TOPIC, 0)])
+
+            asyncio.run_coroutine_threadsafe(committed(), loop).result()
+
+        return append
 
     async def _stop_replication(self) -> None:
         if self._view is not None:
@@ -232,11 +348,16 @@ class Server:
             None, lambda: Engine.open(self.config.data_dir, self.config.engine)
         )
         self.async_engine = async_engine = AsyncEngine(engine, self.config.io_threads)
-        self.coordinator = coordinator = await loop.run_in_executor(
-            None,
-            lambda: GroupCoordinator(engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms),
-        )
-        self._groups = groups = groups_service.GroupsService(async_engine, coordinator)
+        if self.config.cluster:  # the coordinator comes with the leadership of the group-state partition
+            self._groups = groups = groups_service.GroupsService(async_engine, None, self._coordinator_elsewhere)
+        else:
+            self.coordinator = coordinator = await loop.run_in_executor(
+                None,
+                lambda: GroupCoordinator(
+                    engine, initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms
+                ),
+            )
+            self._groups = groups = groups_service.GroupsService(async_engine, coordinator)
         admission = Admission(
             self.config,
             (methods.service_name("Producer"), methods.service_name("Consumer")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -15,6 +16,8 @@ from ..v1 import tidelog_pb2 as pb
 from ..values import MemberState
 from ..wire import methods
 from . import requests, status
+
+log = logging.getLogger("tidelog.server")
 
 EXPIRY_CHECK_S = 0.25  # how often dead members are looked for
 
@@ -35,9 +38,18 @@ def assignment_message(state: MemberState) -> pb.MemberAssignment:
 
 
 class GroupsService:
-    def __init__(self, engine: AsyncEngine, coordinator: GroupCoordinator) -> None:
+    """In a cluster, `coordinator` is set only while this broker leads the group-state partition
+    (`coordinating`); elsewhere every call is answered NOT_COORDINATOR naming the broker that does."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        coordinator: GroupCoordinator | None,
+        elsewhere: Callable[[], TidelogError] | None = None,
+    ) -> None:
         self.engine = engine
         self.coordinator = coordinator
+        self._elsewhere = elsewhere  # the error naming the coordinator, when this broker is not it
         self._expiry: asyncio.Future[None] | None = None
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -62,7 +74,12 @@ class GroupsService:
         async def expire_forever() -> None:
             while True:
                 await asyncio.sleep(EXPIRY_CHECK_S)
-                await self.engine.offload(self.coordinator.expire)
+                coordinator = self.coordinator
+                if coordinator is not None:
+                    try:
+                        await self.engine.offload(coordinator.expire)
+                    except TidelogError as exc:  # e.g. leadership lost while recording the expiry
+                        log.warning("expiring group members failed: %s", exc.message)
 
         self._expiry = asyncio.ensure_future(expire_forever())
 
@@ -70,16 +87,20 @@ class GroupsService:
         if self._expiry is not None:
             self._expiry.cancel()
 
-    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    async def _call(self, context: grpc.aio.ServicerContext, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the coordinator's method `name` in the pool; its error (or NOT_COORDINATOR) ends the RPC."""
+        coordinator = self.coordinator
         try:
-            return await self.engine.offload(fn, *args, **kwargs)
+            if coordinator is None:
+                raise self._elsewhere() if self._elsewhere is not None else TidelogError("no group coordinator")
+            return await self.engine.offload(getattr(coordinator, name), *args, **kwargs)
         except TidelogError as exc:
             await status.abort(context, exc)
 
     async def join(self, request: pb.JoinGroupRequest, context: grpc.aio.ServicerContext) -> pb.MemberAssignment:
         state = await self._call(
             context,
-            self.coordinator.join,
+            "join",
             request.group_id,
             list(request.topics),
             session_timeout_ms=request.session_timeout_ms or DEFAULT_SESSION_TIMEOUT_MS,
@@ -93,7 +114,7 @@ class GroupsService:
     async def heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.MemberAssignment:
         state = await self._call(
             context,
-            self.coordinator.heartbeat,
+            "heartbeat",
             request.group_id,
             request.member_id,
             request.generation,
@@ -102,7 +123,7 @@ class GroupsService:
         return assignment_message(state)
 
     async def leave(self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext) -> pb.LeaveGroupResponse:
-        await self._call(context, self.coordinator.leave, request.group_id, request.member_id)
+        await self._call(context, "leave", request.group_id, request.member_id)
         return pb.LeaveGroupResponse()
 
     async def commit(
@@ -111,7 +132,7 @@ class GroupsService:
         offsets = {(o.topic, o.partition): o.offset for o in request.offsets}
         await self._call(
             context,
-            self.coordinator.commit,
+            "commit",
             request.group_id,
             request.member_id or None,
             request.generation,
@@ -123,9 +144,7 @@ class GroupsService:
     async def committed(
         self, request: pb.FetchCommittedOffsetsRequest, context: grpc.aio.ServicerContext
     ) -> pb.FetchCommittedOffsetsResponse:
-        found = await self._call(
-            context, self.coordinator.committed, request.group_id, _tps(request.partitions) or None
-        )
+        found = await self._call(context, "committed", request.group_id, _tps(request.partitions) or None)
         return pb.FetchCommittedOffsetsResponse(
             offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(found.items())]
         )
@@ -133,12 +152,12 @@ class GroupsService:
     async def list_groups(
         self, request: pb.ListGroupsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListGroupsResponse:
-        return pb.ListGroupsResponse(groups=await self._call(context, self.coordinator.list_groups))
+        return pb.ListGroupsResponse(groups=await self._call(context, "list_groups"))
 
     async def describe(
         self, request: pb.DescribeGroupRequest, context: grpc.aio.ServicerContext
     ) -> pb.GroupDescription:
-        info = await self._call(context, self.coordinator.describe, request.group_id)
+        info = await self._call(context, "describe", request.group_id)
         msg = pb.GroupDescription(
             group_id=info["group_id"],
             state=info["state"],
@@ -161,7 +180,7 @@ class GroupsService:
         return msg
 
     async def delete(self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext) -> pb.DeleteGroupResponse:
-        await self._call(context, self.coordinator.delete_group, request.group_id)
+        await self._call(context, "delete_group", request.group_id)
         return pb.DeleteGroupResponse()
 
     async def reset(
@@ -177,7 +196,7 @@ class GroupsService:
         }[kind]
         offsets = await self._call(
             context,
-            self.coordinator.reset_offsets,
+            "reset_offsets",
             request.group_id,
             request.topic,
             to,

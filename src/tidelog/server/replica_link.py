@@ -106,6 +106,9 @@ class GrpcLeaderLink:
         except asyncio.TimeoutError:
             self._reset()
             raise RequestTimeoutError(f"the leader at {self.address} did not answer a replica fetch in time") from None
+        except asyncio.InvalidStateError:  # the stream ended (the leader went away) between two fetches
+            self._reset()
+            raise BrokerUnavailableError(f"the replication stream to {self.address} ended") from None
         if reply is grpc.aio.EOF:
             self._reset()
             raise BrokerUnavailableError(f"the leader at {self.address} ended the replication stream")

@@ -132,6 +132,6 @@ def error_from_message(msg: pb.Error) -> errors.TidelogError:
     extra: dict[str, object] = {}
     if msg.code == errors.OffsetOutOfRangeError.code:
         extra = {"log_start": msg.log_start, "log_end": msg.log_end}
-    if msg.code == errors.NotLeaderError.code:
+    if msg.code in (errors.NotLeaderError.code, errors.NotCoordinatorError.code):
         extra = {"leader_id": msg.leader_id, "leader_address": msg.leader_address}
     return errors.from_code(msg.code, msg.message, **extra)

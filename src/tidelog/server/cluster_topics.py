@@ -1,0 +1,85 @@
+"""The group coordinator's view of a cluster's topics: which exist and how many partitions they have
+(from etcd, through the replica manager's snapshot), and their offsets (from this broker when it leads
+the partition, else asked of the leader). Called from the engine's thread pool, never the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ..engine.engine import Engine
+from ..errors import BrokerUnavailableError, UnknownTopicError
+from ..replication.manager import ReplicaManager
+from ..v1 import tidelog_pb2 as pb
+from ..values import PartitionOffsets
+from ..wire import methods
+from ..wire.statuses import error_from_rpc
+
+CALL_TIMEOUT_S = 5.0
+
+
+class ClusterTopics:
+    def __init__(self, engine: Engine, replicas: ReplicaManager) -> None:
+        self.engine, self.replicas = engine, replicas
+        self._channels: dict[str, grpc.Channel] = {}
+        method = methods.method("Admin", "ListOffsets")
+        self._method = method
+
+    def clock(self) -> int:
+        return self.engine.clock()
+
+    def list_topics(self) -> list[str]:
+        return sorted(t for t in self.replicas.snapshot.topics if not t.startswith("__"))
+
+    def partitions(self, name: str) -> int:
+        placement = self.replicas.snapshot.topics.get(name)
+        if placement is None:
+            raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
+        return placement.partitions
+
+    def on_topic_deleted(self, listener: Callable[[str], None]) -> None:
+        self.engine.on_topic_deleted(listener)
+
+    def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None:
+        if self.replicas.is_leader(topic, partition):
+            return self.engine.record_timestamp(topic, partition, offset)
+        return None  # (the time lag of a partition led elsewhere is not shown)
+
+    def list_offsets(self, topic: str, partition: int, at: Any = None) -> Any:
+        if self.replicas.is_leader(topic, partition):
+            return self.engine.list_offsets(topic, partition, at)
+        self.partitions(topic)  # UnknownTopicError first
+        error = self.replicas.leader_error(topic, partition)
+        if not error.leader_address:
+            raise BrokerUnavailableError(f"{topic}-{partition} has no leader now; retry shortly")
+        request = pb.ListOffsetsRequest(topic=topic, partition=partition)
+        if isinstance(at, int) and not isinstance(at, bool):
+            request.position.timestamp_ms = at
+        reply = self._call(error.leader_address, request)
+        offsets = PartitionOffsets(reply.log_start, reply.log_end, reply.high_watermark, reply.flushed)
+        if at is None:
+            return offsets
+        if at in ("earliest", "latest"):
+            return offsets.log_start if at == "earliest" else offsets.high_watermark
+        return None if reply.offset < 0 else reply.offset
+
+    def _call(self, address: str, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.insecure_channel(address)
+        stub = channel.unary_unary(
+            self._method.path,
+            request_serializer=self._method.request.SerializeToString,
+            response_deserializer=self._method.response.FromString,
+        )
+        try:
+            return stub(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err, address) from None
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
