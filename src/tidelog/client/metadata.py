@@ -68,6 +68,7 @@ class Metadata:
         self.home = self.bootstrap[0]
         """The broker that answered last: the one a single broker is reached at, and groups' coordinator."""
         self.clustered: bool | None = None  # None until a broker answered Metadata
+        self._coordinator = self.bootstrap[0]
         self._lock = threading.RLock()
         self._channels: dict[str, grpc.Channel] = {}
         self._leaders: dict[TopicPartition, str | None] = {}  # None: no leader now (an election)
@@ -122,6 +123,24 @@ class Metadata:
             if hasattr(err, "code") and err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return pb.MetadataResponse(clustered=False)
             raise error_from_rpc(err, address) from None
+
+    def call_coordinator(self, method: Method, request, timeout: float | None = None):
+        """A group call: to the bootstrap broker that answered the last one, else the next in the list
+        (groups live on one broker; a cluster's coordinator comes later)."""
+        with self._lock:
+            order = list(dict.fromkeys([self._coordinator, *self.bootstrap]))
+        last: TidelogError | None = None
+        for address in order:
+            try:
+                reply = self.call_at(address, method, request, timeout)
+            except BrokerUnavailableError as exc:
+                last = exc
+                continue
+            with self._lock:
+                self._coordinator = address
+            return reply
+        assert last is not None
+        raise last
 
     def call_at(self, address: str, method: Method, request, timeout: float | None = None):
         return unary(self.channel(address), method, address, self.timeout_s)(request, timeout=timeout)
