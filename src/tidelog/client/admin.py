@@ -94,7 +94,7 @@ class Admin:
                     p.flushed,
                     p.size_bytes,
                     p.segments,
-                    p.leader_id if p.leader_id >= 0 else None,
+                    p.leader_id if p.replicas and p.leader_id >= 0 else None,  # a single broker sets none
                     p.leader_epoch,
                     tuple(p.replicas),
                     tuple(p.isr),

@@ -314,10 +314,16 @@ class AsyncConsumer:
                         return
                     records, next_offset, self.high_watermark = _records(raw, self.position, self.copy)
                     self._failing_since = None
-                    await call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
+                    try:
+                        await call.write(pb.SubscribeRequest(credit_bytes=len(raw)))
+                        ended = False
+                    except (grpc.RpcError, asyncio.InvalidStateError):
+                        ended = True  # the call ended meanwhile; a failed write hides its status (INTERNAL)
                     for rec in records:
                         self.position = rec.offset + 1
                         yield rec
+                    if ended:
+                        raise BrokerUnavailableError(f"the subscribe stream to {self._address} ended")
             except grpc.RpcError as err:
                 exc = error_from_rpc(err, self._address or str(self.target))
             except TidelogError as err:

@@ -151,20 +151,23 @@ class Metadata:
         deadline = time.monotonic() + within_s
         pause = 0.05
         while True:
-            address = self.home
             try:
                 address = self.leader(topic, partition)
-                return self.call_at(address, method, request)
-            except NotLeaderError as exc:
-                self.not_leader(topic, partition, exc)
-                if exc.leader_address and self.clustered and time.monotonic() < deadline:
-                    continue  # named: go there at once
+            except BrokerUnavailableError as exc:  # no leader right now, or no broker answers
                 failure: TidelogError = exc
-            except BrokerUnavailableError as exc:
-                if not self.clustered:
-                    raise
-                self.unreachable(address)
-                failure = exc
+            else:
+                try:
+                    return self.call_at(address, method, request)
+                except NotLeaderError as exc:
+                    self.not_leader(topic, partition, exc)
+                    if exc.leader_address and self.clustered and time.monotonic() < deadline:
+                        continue  # named: go there at once
+                    failure = exc
+                except BrokerUnavailableError as exc:
+                    if not self.clustered:
+                        raise
+                    self.unreachable(address)
+                    failure = exc
             if time.monotonic() + pause > deadline:
                 raise failure
             time.sleep(pause)
@@ -199,10 +202,6 @@ class Metadata:
                 for p in topic.partitions:
                     self._leaders[(topic.name, p.partition)] = p.leader_address or None
 
-    def _ensure(self) -> None:
-        if self.clustered is None:
-            self.refresh()
-
     def partitions(self, topic: str) -> int:
         """The topic's partition count (UnknownTopicError when no broker knows it)."""
         with self._lock:
@@ -231,7 +230,7 @@ class Metadata:
         the map (an unknown topic, a new partition) goes to home, which answers with the error; without
         a leader now (an election), BrokerUnavailableError: retry after a short backoff."""
         known, address = self.cached_leader(topic, partition)
-        if not known:
+        if not known or address is None:  # not known, or no leader when last asked: ask again
             try:
                 self.refresh([topic])
             except UnknownTopicError:

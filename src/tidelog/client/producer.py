@@ -108,7 +108,8 @@ class RecordFuture:
             raise RequestTimeoutError(f"no acknowledgement within {timeout}s")
         if self._batch.error is not None:
             raise self._batch.error
-        return RecordMetadata(self._batch.topic, self._batch.partition, self._batch.base_offset + self._index)
+        base = self._batch.base_offset
+        return RecordMetadata(self._batch.topic, self._batch.partition, base + self._index if base >= 0 else -1)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._batch._done.wait(timeout):
