@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import time
 
 import grpc
@@ -398,3 +399,32 @@ def test_the_group_coordinator_is_the_first_reachable_bootstrap_broker(server, t
             member.close()
         with Admin(f"{dead},{server.target}") as a:
             assert a.committed_offsets(f"gc-{topic}")[(topic, 0)] == len(values)
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+
+def test_the_cli_takes_server_lists_replication_settings_and_acks(server):
+    from .test_cli import one_error_line, tidelog
+
+    with refused_address() as dead:
+        s = f"--server={dead},{server.target}"
+        out = tidelog("topics", "create", "cli-r", "--partitions", "2", "--replication-factor", "1", s)
+        assert out.returncode == 0, out.stderr
+        out = tidelog("topics", "create", "cli-m", "--min-insync-replicas", "1", s)
+        assert out.returncode == 0, out.stderr
+        out = tidelog("produce", "cli-r", "--acks", "1", "--partition", "1", s, input=b"a\nb\n")
+        assert out.returncode == 0, out.stderr
+        text = tidelog("topics", "describe", "cli-r", s).stdout.decode()
+        assert all(word in text for word in ("leader", "epoch", "replicas", "isr")), text
+        desc = json.loads(tidelog("topics", "describe", "cli-r", "--format", "json", s).stdout)
+        assert desc["partitions"][1]["log_end"] == 2
+        assert {"leader_id", "leader_epoch", "replicas", "isr"} <= set(desc["partitions"][0])
+    bad = tidelog("topics", "create", "x", "--replication-factor", "1", "--min-insync-replicas", "2", s)
+    assert bad.returncode == 2 and "min-insync-replicas" in one_error_line(bad)
+    bad = tidelog("topics", "list", f"--server={server.target},,")
+    assert bad.returncode == 2 and "--server" in one_error_line(bad)
+    bad = tidelog("produce", "cli-r", "--acks", "2", f"--server={server.target}")
+    assert bad.returncode == 2
+    bad = tidelog("health", f"--server={server.target},{server.target}")
+    assert bad.returncode == 2 and "one broker" in one_error_line(bad)

@@ -1,11 +1,13 @@
 """Where each batch of a Producer is on its way to the broker, and its one ending.
 
 From the moment the network side takes a batch from the producer's buffer until it finishes, the
-batch is in exactly one place: *waiting* (not on the current stream) or *in flight* (handed to the
-current stream, not yet acknowledged), in its partition's send order. It leaves that place once, by
-finishing once: acknowledged, refused for good, or past its delivery deadline. When the stream breaks,
-the batches in flight go back to the head of their partitions' waiting lines, in order, to be resent
-on the next stream; nothing else is resent.
+batch is in exactly one place: *waiting* (on no stream) or *in flight* (handed to the stream of its
+partition's leader, not yet acknowledged), in its partition's send order. It leaves that place once, by
+finishing once: acknowledged, refused for good, or past its delivery deadline (with acks none: once
+written). When a stream breaks, the batches in flight on it go back to the head of their partitions'
+waiting lines, in order, to be resent on the next stream to wherever the partition is led then;
+nothing else is resent. A partition's batches are in flight on one stream at a time, so a move of its
+leader never lets a later batch overtake an earlier one.
 
 Sequence numbers: a batch gets its producer epoch and per-partition sequence numbers when it is first
 handed to a stream (encoded), and keeps them, so that the broker recognizes a resend and answers it

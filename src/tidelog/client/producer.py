@@ -6,7 +6,12 @@ encoded once (RecordBatch v2, optionally lz4) by the same codec the engine uses,
 appends it verbatim. Keys pick partitions exactly as the engine does (Kafka's murmur2); keyless
 records stick to one partition until its batch is sent.
 
-Delivery: one bidirectional stream with many requests in flight, acked in order. The producer is
+Delivery: one bidirectional stream per broker leading a partition written to (client/metadata.py
+says which; a single broker leads all), with many requests in flight, acked in order. A broker that
+no longer leads a partition answers NotLeaderError: that stream is given up like a broken one and its
+requests go to the leader it names. acks: "all"/-1 (every in-sync replica), 1/"leader", 0/"none" (not
+waited for: futures resolve once written, offset -1, and nothing is resent), None (the broker's
+default: all in a cluster). The producer is
 idempotent: every batch carries a producer id and per-partition sequence numbers, so when the
 stream breaks, the unacknowledged requests are resent once each, in their original order, and the
 broker drops any it had already appended. Records of a partition are therefore never reordered or
