@@ -64,6 +64,11 @@ class PartitionDescription(NamedTuple):
     flushed: int
     size_bytes: int
     segments: int
+    # In a cluster: the partition's leader (None: offline, or a single broker), its epoch, replicas and ISR
+    leader_id: int | None = None
+    leader_epoch: int = 0
+    replicas: tuple[int, ...] = ()
+    isr: tuple[int, ...] = ()
 
 
 class TopicDescription(NamedTuple):
@@ -120,6 +125,31 @@ class ClusterBroker(NamedTuple):
     broker_id: int
     address: str
     epoch: int
+
+
+class PartitionMetadata(NamedTuple):
+    """Where a partition is led (Admin.metadata). leader_address None: no leader now (an election)."""
+
+    partition: int
+    leader_id: int | None
+    leader_address: str | None
+    leader_epoch: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+class TopicMetadata(NamedTuple):
+    name: str
+    partitions: list[PartitionMetadata]
+
+
+class ClusterMetadata(NamedTuple):
+    """What clients route by: the brokers and each partition's leader (a single broker leads all)."""
+
+    clustered: bool
+    brokers: list[ClusterBroker]
+    controller_id: int | None
+    topics: list[TopicMetadata]
 
 
 class ClusterDescription(NamedTuple):

@@ -136,6 +136,7 @@ def _consume_as_group(args: argparse.Namespace) -> int:
 
 def _consume_partitions(args: argparse.Namespace) -> int:
     from ..client import PartitionConsumer
+    from ..client.metadata import Metadata
 
     with admin(args) as a:
         count = a.partitions(args.topic)
@@ -146,7 +147,8 @@ def _consume_partitions(args: argparse.Namespace) -> int:
         start = args.offset
     else:
         start = "earliest" if args.from_beginning else "latest"
-    consumers = [PartitionConsumer(args.server, args.topic, p, start) for p in partitions]
+    metadata = Metadata(args.server)  # one lookup of leaders for all the partitions
+    consumers = [PartitionConsumer(args.server, args.topic, p, start, metadata=metadata) for p in partitions]
     shown = 0
     idle_since = time.monotonic()
     try:
@@ -169,4 +171,5 @@ def _consume_partitions(args: argparse.Namespace) -> int:
     finally:
         for consumer in consumers:
             consumer.close()
+        metadata.close()
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .broker import talks_to_broker
-from .failures import CommandError
+from .failures import CommandError, UsageError
 from .parsing import add_command, add_deprecated_alias
 from .values import positive_number
 
@@ -23,6 +23,9 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if "," in args.server:
+        raise UsageError(f"health checks one broker; --server names several: {args.server}")
 
     with grpc.insecure_channel(args.server) as channel:
         try:

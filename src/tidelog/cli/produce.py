@@ -29,6 +29,12 @@ def register(commands) -> None:
         type=non_negative_int,
         help="write every record to this partition (default: by key, else one partition per batch)",
     )
+    produce.add_argument(
+        "--acks",
+        choices=["all", "1", "0"],
+        help="when a record counts as written: all in-sync replicas have it, the leader has it, or once "
+        "sent without waiting (default: the broker's, all in a cluster)",
+    )
     produce.add_argument("--compression", choices=["none", "lz4"], default="none", help="batch compression")
     produce.add_argument(
         "--linger-ms",
@@ -67,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(unit=" records", file=sys.stderr, disable=not sys.stderr.isatty() or args.quiet)
     try:
         with Producer(
-            args.server, linger_ms=args.linger_ms, batch_bytes=args.batch_bytes, compression=args.compression
+            args.server,
+            acks=args.acks,
+            linger_ms=args.linger_ms,
+            batch_bytes=args.batch_bytes,
+            compression=args.compression,
         ) as producer:
             for line in source:
                 line = line.rstrip(b"\r\n")

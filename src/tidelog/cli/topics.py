@@ -20,6 +20,19 @@ def register(commands) -> None:
     create.add_argument("topic", help="topic name")
     create.add_argument("--partitions", type=positive_int, default=1, help="number of partitions")
     create.add_argument(
+        "--replication-factor",
+        type=positive_int,
+        metavar="R",
+        help="copies of each partition in a cluster (default: the cluster's default_replication_factor)",
+    )
+    create.add_argument(
+        "--min-insync-replicas",
+        type=positive_int,
+        metavar="M",
+        help="acks=all produces are refused while fewer replicas are in sync (the topic setting "
+        "min_insync_replicas; default: the broker's topic defaults)",
+    )
+    create.add_argument(
         "--set",
         action="append",
         default=[],
@@ -30,7 +43,9 @@ def register(commands) -> None:
 
     talks_to_broker(add_command(actions, "list", "list topics")).set_defaults(run=list_topics)
 
-    describe = talks_to_broker(add_command(actions, "describe", "partitions with start/end offsets and sizes"))
+    describe = talks_to_broker(
+        add_command(actions, "describe", "partitions: leader, epoch, replicas, in-sync replicas, offsets, sizes")
+    )
     describe.add_argument("topic", help="topic name")
     add_format_option(describe)
     describe.set_defaults(run=describe_topic)
@@ -72,9 +87,18 @@ def topic_settings(items: list[str]) -> dict[str, str]:
 
 
 def create_topic(args: argparse.Namespace) -> int:
-    settings = topic_settings(args.set)
+    items = list(args.set)
+    if args.min_insync_replicas is not None:
+        items.append(f"min_insync_replicas={args.min_insync_replicas}")
+    settings = topic_settings(items)
+    if args.replication_factor is not None and "min_insync_replicas" in settings:
+        if int(settings["min_insync_replicas"]) > args.replication_factor:
+            raise UsageError(
+                f"--min-insync-replicas {settings['min_insync_replicas']} is more than --replication-factor "
+                f"{args.replication_factor}: no produce with acks=all could ever succeed"
+            )
     with admin(args) as a:
-        desc = a.create_topic(args.topic, args.partitions, **settings)
+        desc = a.create_topic(args.topic, args.partitions, args.replication_factor, **settings)
     print(f"created topic {desc.name} with {len(desc.partitions)} partition(s)")
     return 0
 
@@ -94,11 +118,17 @@ def describe_topic(args: argparse.Namespace) -> int:
         return 0
     print(f"topic {desc['name']}  partitions {len(desc['partitions'])}")
     print("  " + "  ".join(f"{k}={v}" for k, v in sorted(desc["config"].items())))
-    print(f"  {'partition':>9} {'start':>12} {'end':>12} {'high_wm':>12} {'bytes':>14} {'segments':>8}")
+    print(
+        f"  {'partition':>9} {'leader':>6} {'epoch':>5} {'replicas':>12} {'isr':>12} {'start':>12} {'end':>12} "
+        f"{'high_wm':>12} {'bytes':>14} {'segments':>8}"
+    )
     for p in desc["partitions"]:
+        leader = "-" if p.leader_id is None else str(p.leader_id)
+        replicas = ",".join(map(str, p.replicas)) or "-"
+        isr = ",".join(map(str, p.isr)) or "-"
         print(
-            f"  {p.partition:>9} {p.log_start:>12} {p.log_end:>12} {p.high_watermark:>12} "
-            f"{p.size_bytes:>14} {p.segments:>8}"
+            f"  {p.partition:>9} {leader:>6} {p.leader_epoch:>5} {replicas:>12} {isr:>12} {p.log_start:>12} "
+            f"{p.log_end:>12} {p.high_watermark:>12} {p.size_bytes:>14} {p.segments:>8}"
         )
     return 0
 

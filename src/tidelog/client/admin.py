@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..errors import InvalidRequestError
 from ..v1 import tidelog_pb2 as pb
-from ..values import ClusterBroker, ClusterDescription, PartitionDescription, PartitionOffsets
+from ..values import ClusterBroker, ClusterDescription, ClusterMetadata, PartitionDescription, PartitionOffsets
 from ..wire import methods
-from .channel import DEFAULT_TARGET, sync_channel, unary
+from .channel import DEFAULT_TARGET
+from .metadata import Metadata
 
 
 class Admin:
-    """Topic management and offsets of a broker. Thread-safe; close() (or `with`) releases the channel."""
+    """Topic management and offsets. Thread-safe; close() (or `with`) releases the channels.
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout_s: float = 30.0) -> None:
+    target: one address or several ("host:port,host:port"), tried in order until one answers;
+    offsets are asked of the partition's leader."""
+
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *, timeout_s: float = 30.0) -> None:
         self.target = target
-        self._channel = sync_channel(target)
+        self._metadata = Metadata(target, timeout_s=timeout_s)
 
         def rpc(name):
-            return unary(self._channel, methods.method("Admin", name), target, timeout_s)
+            method = methods.method("Admin", name)
+            return lambda request: self._metadata.call(method, request)
 
         self._create = rpc("CreateTopic")
         self._delete = rpc("DeleteTopic")
         self._list = rpc("ListTopics")
         self._describe = rpc("DescribeTopic")
-        self._offsets = rpc("ListOffsets")
         self._describe_cluster = rpc("DescribeCluster")
+        self._list_offsets = methods.method("Admin", "ListOffsets")
 
         def grp(name):
-            return unary(self._channel, methods.method("Groups", name), target, timeout_s)
+            method = methods.method("Groups", name)
+            return lambda request: self._metadata.call(method, request)
 
         self._list_groups = grp("ListGroups")
         self._describe_group = grp("DescribeGroup")
@@ -35,10 +43,22 @@ class Admin:
         self._reset = grp("ResetOffsets")
         self._committed = grp("FetchCommittedOffsets")
 
-    def create_topic(self, name: str, partitions: int = 1, **config) -> pb.TopicDescription:
+    def create_topic(
+        self, name: str, partitions: int = 1, replication_factor: int | None = None, **config
+    ) -> pb.TopicDescription:
+        """replication_factor: copies of each partition in a cluster (None: the broker's default)."""
         return self._create(
-            pb.CreateTopicRequest(name=name, partitions=partitions, config={k: str(v) for k, v in config.items()})
+            pb.CreateTopicRequest(
+                name=name,
+                partitions=partitions,
+                replication_factor=replication_factor or 0,
+                config={k: str(v) for k, v in config.items()},
+            )
         )
+
+    def metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:
+        """The brokers and where each partition of `topics` (None: all) is led."""
+        return self._metadata.refresh(list(topics or ()))
 
     def delete_topic(self, name: str) -> None:
         self._delete(pb.DeleteTopicRequest(name=name))
@@ -67,7 +87,17 @@ class Admin:
             "created_ms": msg.created_ms,
             "partitions": [
                 PartitionDescription(
-                    p.partition, p.log_start, p.log_end, p.high_watermark, p.flushed, p.size_bytes, p.segments
+                    p.partition,
+                    p.log_start,
+                    p.log_end,
+                    p.high_watermark,
+                    p.flushed,
+                    p.size_bytes,
+                    p.segments,
+                    p.leader_id if p.replicas and p.leader_id >= 0 else None,  # a single broker sets none
+                    p.leader_epoch,
+                    tuple(p.replicas),
+                    tuple(p.isr),
                 )
                 for p in msg.partitions
             ],
@@ -83,7 +113,7 @@ class Admin:
             request.position.boundary = pb.LATEST if at == "latest" else pb.EARLIEST
         elif at is not None:
             request.position.timestamp_ms = int(at)
-        msg = self._offsets(request)
+        msg = self._metadata.call_leader(topic, partition, self._list_offsets, request)
         if at is None:
             return PartitionOffsets(msg.log_start, msg.log_end, msg.high_watermark, msg.flushed)
         return None if msg.offset < 0 else msg.offset
@@ -151,7 +181,7 @@ class Admin:
         return {(o.topic, o.partition): o.offset for o in self._reset(request).offsets}
 
     def close(self) -> None:
-        self._channel.close()
+        self._metadata.close()
 
     def __enter__(self) -> Admin:
         return self

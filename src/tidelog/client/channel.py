@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import grpc
 
+from ..errors import InvalidRequestError
 from ..wire.methods import Method
 from ..wire.statuses import error_from_rpc
 
@@ -23,6 +25,15 @@ OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.use_local_subchannel_pool", 1),
 ]
+
+
+def parse_targets(targets: str | Sequence[str]) -> list[str]:
+    """Bootstrap addresses from "host:port,host:port" (or a list), in order, without repeats."""
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    out = list(dict.fromkeys(t.strip() for t in items if t and t.strip()))
+    if not out:
+        raise InvalidRequestError(f"no broker address in {targets!r}")
+    return out
 
 
 def sync_channel(target: str) -> grpc.Channel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 from .channel import DEFAULT_TARGET
 from .consumer import PartitionConsumer
@@ -21,7 +22,7 @@ class Consumer(abc.ABC):  # noqa: B024 - no abstract method: both kinds are regi
 
     def __new__(
         cls,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         topic: str = "",
         partition: int = 0,
         offset: int | str | None = "earliest",

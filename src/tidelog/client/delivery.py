@@ -1,11 +1,13 @@
 """Where each batch of a Producer is on its way to the broker, and its one ending.
 
 From the moment the network side takes a batch from the producer's buffer until it finishes, the
-batch is in exactly one place: *waiting* (not on the current stream) or *in flight* (handed to the
-current stream, not yet acknowledged), in its partition's send order. It leaves that place once, by
-finishing once: acknowledged, refused for good, or past its delivery deadline. When the stream breaks,
-the batches in flight go back to the head of their partitions' waiting lines, in order, to be resent
-on the next stream; nothing else is resent.
+batch is in exactly one place: *waiting* (on no stream) or *in flight* (handed to the stream of its
+partition's leader, not yet acknowledged), in its partition's send order. It leaves that place once, by
+finishing once: acknowledged, refused for good, or past its delivery deadline (with acks none: once
+written). When a stream breaks, the batches in flight on it go back to the head of their partitions'
+waiting lines, in order, to be resent on the next stream to wherever the partition is led then;
+nothing else is resent. A partition's batches are in flight on one stream at a time, so a move of its
+leader never lets a later batch overtake an earlier one.
 
 Sequence numbers: a batch gets its producer epoch and per-partition sequence numbers when it is first
 handed to a stream (encoded), and keeps them, so that the broker recognizes a resend and answers it
@@ -30,7 +32,14 @@ import secrets
 from collections.abc import Callable
 
 from ..codec import batch as batch_codec
-from ..errors import InvalidProducerEpochError, OutOfOrderSequenceError, RequestTimeoutError, TidelogError
+from ..errors import (
+    InvalidProducerEpochError,
+    NotLeaderError,
+    OutOfOrderSequenceError,
+    RequestTimeoutError,
+    TidelogError,
+)
+from ..v1.tidelog_pb2 import ACKS_NONE
 from ..wire import framing
 from ..wire.statuses import error_from_message
 
@@ -55,6 +64,7 @@ class Outgoing:
         "deadline",
         "last_error",
         "request_sequence",
+        "address",
     )
 
     def __init__(self, topic: str, partition: int, records, result, count: int, buffered: int, deadline: float) -> None:
@@ -66,6 +76,7 @@ class Outgoing:
         self.count, self.buffered, self.deadline = count, buffered, deadline
         self.last_error: TidelogError | None = None
         self.request_sequence = -1  # of the stream request carrying it, while in flight
+        self.address = ""  # of the broker whose stream carries it, while in flight
 
 
 class _Line:
@@ -96,8 +107,10 @@ class Delivery:
         max_in_flight_requests_per_partition: int,
         delivery_timeout_s: float,
         on_finish: Callable[[Outgoing, int, TidelogError | None], None],
+        acks: int = 0,
     ) -> None:
         self.producer_id = producer_id
+        self.acks = acks  # the Acks enum's number, sent with every request
         self.epoch = 0
         self.compression = compression
         self.max_in_flight_bytes = max_in_flight_bytes
@@ -106,6 +119,8 @@ class Delivery:
         self._on_finish = on_finish
         self.last_error: TidelogError | None = None
         """Why the last stream broke; cleared when a stream acknowledges something."""
+        self.refused: tuple[str, int] | None = None
+        """The partition of the request whose retriable refusal acked() returned last."""
         self._sequences: dict[tuple[str, int], int] = {}
         self._lines: dict[tuple[str, int], _Line] = {}
         self._flying: dict[int, Outgoing] = {}  # by request sequence: what the current stream holds
@@ -132,14 +147,18 @@ class Delivery:
         return any(line.waiting for line in self._lines.values())
 
     # -- onto the stream --------------------------------------------------------------------------
-    def next_request(self) -> tuple[Outgoing, int, bytes] | None:
-        """The next batch for the current stream, now counted in flight, with the request sequence and
-        the ProduceRequest to write; None when every partition is at its limit, the bytes in flight
-        are, or nothing waits. Write it only while `is_flying(item, sequence)`: it may be given up
-        before its turn comes."""
-        while self._ready:
-            key = next(iter(self._ready))
+    def next_request(self, route: Callable[[str, int], str | None] | None = None) -> tuple[Outgoing, int, bytes] | None:
+        """The next batch to write, now counted in flight, with the request sequence and the ProduceRequest
+        to write on the stream to `item.address`; None when every partition is at its limit, the bytes in
+        flight are, or nothing waits. route(topic, partition) names the broker a partition's requests go
+        to (None: not now); a partition whose requests are in flight to another broker waits until they
+        are answered or lost, so that its batches never overtake each other. Write it only while
+        `is_flying(item, sequence)`: it may be given up before its turn comes."""
+        for key in list(self._ready):
             line = self._lines[key]
+            address = route(*key) if route is not None else ""
+            if address is None or (line.flying and line.flying[0].address != address):
+                continue
             item = line.waiting[0]
             size = len(item.raw) if item.raw is not None else item.buffered
             if self._flying and self._flying_bytes + size > self.max_in_flight_bytes:
@@ -156,14 +175,23 @@ class Delivery:
             line.waiting.popleft()
             line.flying.append(item)
             item.request_sequence = self._next_request
+            item.address = address
             self._next_request += 1
             self._flying[item.request_sequence] = item
             self._flying_bytes += len(raw)
             del self._ready[key]
             self._refresh(key, line)  # back at the end of the turn: partitions take turns
-            request = framing.encode_produce_request(item.request_sequence, item.topic, item.partition, raw)
+            request = framing.encode_produce_request(
+                item.request_sequence, item.topic, item.partition, raw, acks=self.acks
+            )
             return item, item.request_sequence, request
         return None
+
+    def written(self, item: Outgoing, request_sequence: int) -> None:
+        """The request went out. With acks none, that is its ending: offset unknown (-1), as in Kafka."""
+        if self.acks == ACKS_NONE and self.is_flying(item, request_sequence):
+            self._land(item)
+            self._on_finish(item, -1, None)
 
     @staticmethod
     def is_flying(item: Outgoing, request_sequence: int) -> bool:
@@ -197,6 +225,11 @@ class Delivery:
         for result in results:
             item = self._flying.get(result.sequence)
             if item is None:
+                if self.acks == ACKS_NONE and result.HasField("error"):
+                    err = error_from_message(result.error)
+                    if isinstance(err, NotLeaderError):  # finished when written, but the leader moved: follow it
+                        self.refused = (result.topic, result.partition)
+                        return err
                 continue  # given up meanwhile (its deadline passed), or not a request of ours
             if not result.HasField("error"):
                 self.last_error = None
@@ -206,6 +239,7 @@ class Delivery:
             err = error_from_message(result.error)
             if err.retriable:
                 item.last_error = err
+                self.refused = (item.topic, item.partition)
                 return err
             self._land(item)
             line = self._lines[(item.topic, item.partition)]
@@ -214,19 +248,22 @@ class Delivery:
             self._give_up(item, err)
         return None
 
-    def lost(self, err: TidelogError) -> None:
-        """The stream broke: what it held waits again, at the head of its partition's line, in order."""
+    def lost(self, err: TidelogError, address: str | None = None) -> None:
+        """A stream broke (the one to `address`; None: all): what it held waits again, at the head of its
+        partition's line, in order."""
         self.last_error = err
         for key, line in self._lines.items():
-            for item in line.flying:
-                item.request_sequence = -1
-            line.waiting.extendleft(reversed(line.flying))
-            line.flying.clear()
+            if line.flying and (address is None or line.flying[0].address == address):
+                for item in line.flying:
+                    del self._flying[item.request_sequence]
+                    assert item.raw is not None  # only an encoded batch is in flight
+                    self._flying_bytes -= len(item.raw)
+                    item.request_sequence = -1
+                line.waiting.extendleft(reversed(line.flying))
+                line.flying.clear()
             for item in line.waiting:
                 item.last_error = err
             self._refresh(key, line)
-        self._flying.clear()
-        self._flying_bytes = 0
 
     def _land(self, item: Outgoing) -> None:
         """Take an acknowledged or given-up batch out of flight."""

@@ -3,12 +3,15 @@ stream per assigned partition for records (see client/member.py for the protocol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..v1 import tidelog_pb2 as pb
 from ..values import MemberState
 from ..wire import methods
-from .channel import DEFAULT_TARGET, sync_channel, unary
+from .channel import DEFAULT_TARGET
 from .consumer import PartitionConsumer
 from .member import GroupMember
+from .metadata import Metadata
 
 
 def _tp_messages(tps):
@@ -18,7 +21,7 @@ def _tp_messages(tps):
 class GroupConsumer(GroupMember):
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         group_id: str = "",
         topics=(),
         *,
@@ -28,17 +31,18 @@ class GroupConsumer(GroupMember):
     ) -> None:
         self.target = target
         self.credit_bytes = credit_bytes
-        self._channel = sync_channel(target)
+        self._metadata = Metadata(target, timeout_s=timeout_s)
 
         def rpc(name):
-            return unary(self._channel, methods.method("Groups", name), target, timeout_s)
+            method = methods.method("Groups", name)
+            return lambda request: self._metadata.call_coordinator(method, request)
 
         self._rpc_join = rpc("JoinGroup")
         self._rpc_heartbeat = rpc("Heartbeat")
         self._rpc_leave = rpc("LeaveGroup")
         self._rpc_commit = rpc("CommitOffsets")
         self._rpc_committed = rpc("FetchCommittedOffsets")
-        self._rpc_offsets = unary(self._channel, methods.method("Admin", "ListOffsets"), target, timeout_s)
+        self._list_offsets = methods.method("Admin", "ListOffsets")
         super().__init__(group_id, topics, **options)
 
     @staticmethod
@@ -96,15 +100,15 @@ class GroupConsumer(GroupMember):
     def _start(self, tp, where):
         request = pb.ListOffsetsRequest(topic=tp[0], partition=tp[1])
         request.position.boundary = pb.LATEST if where == "latest" else pb.EARLIEST
-        return self._rpc_offsets(request).offset
+        return self._metadata.call_leader(tp[0], tp[1], self._list_offsets, request).offset
 
     def _reader(self, tp, offset):
         return PartitionConsumer(
-            self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes, channel=self._channel
+            self.target, tp[0], tp[1], offset, credit_bytes=self.credit_bytes, metadata=self._metadata
         )
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self._channel.close()
+            self._metadata.close()

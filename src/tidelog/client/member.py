@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from ..errors import (
     BrokerUnavailableError,
     EngineClosedError,
+    NotLeaderError,
     OffsetOutOfRangeError,
     StaleGenerationError,
     TidelogError,
@@ -566,8 +567,9 @@ class GroupMember:
                     self._readers[tp] = self._reader(tp, offset)
                 self._positions[tp] = offset
                 continue
-            except (BrokerUnavailableError, EngineClosedError) as exc:
-                # The broker went away (restart): read on from the delivered position once it is back.
+            except (BrokerUnavailableError, EngineClosedError, NotLeaderError) as exc:
+                # The broker went away (restart), or the leader moved and the reader gave up following
+                # it: read on from the delivered position once it is back.
                 log.info(
                     "group %s: reader of %s[%d] lost the broker (%s); reopening",
                     self.group_id,

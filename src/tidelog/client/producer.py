@@ -6,7 +6,12 @@ encoded once (RecordBatch v2, optionally lz4) by the same codec the engine uses,
 appends it verbatim. Keys pick partitions exactly as the engine does (Kafka's murmur2); keyless
 records stick to one partition until its batch is sent.
 
-Delivery: one bidirectional stream with many requests in flight, acked in order. The producer is
+Delivery: one bidirectional stream per broker leading a partition written to (client/metadata.py
+says which; a single broker leads all), with many requests in flight, acked in order. A broker that
+no longer leads a partition answers NotLeaderError: that stream is given up like a broken one and its
+requests go to the leader it names. acks: "all"/-1 (every in-sync replica), 1/"leader", 0/"none" (not
+waited for: futures resolve once written, offset -1, and nothing is resent), None (the broker's
+default: all in a cluster). The producer is
 idempotent: every batch carries a producer id and per-partition sequence numbers, so when the
 stream breaks, the unacknowledged requests are resent once each, in their original order, and the
 broker drops any it had already appended. Records of a partition are therefore never reordered or
@@ -26,6 +31,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import grpc
@@ -38,19 +44,22 @@ from ..errors import (
     EngineClosedError,
     InvalidConfigError,
     InvalidRequestError,
+    NotLeaderError,
     RequestTimeoutError,
     TidelogError,
+    UnknownTopicError,
 )
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from ..wire.statuses import error_from_rpc
-from .admin import Admin
 from .channel import DEFAULT_TARGET, aio_channel
 from .delivery import Delivery, Outgoing
+from .metadata import Metadata
 
 PRODUCE = methods.method("Producer", "Produce").path
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 1.0
+METADATA_REFRESH_MIN_S = 0.1  # between two lookups of leaders (an election takes a moment)
 CLOSE_WAIT_S = 5.0  # for the broker to end the stream after the last ack, on close()
 log = logging.getLogger("tidelog.client")
 
@@ -104,7 +113,8 @@ class RecordFuture:
             raise RequestTimeoutError(f"no acknowledgement within {timeout}s")
         if self._batch.error is not None:
             raise self._batch.error
-        return RecordMetadata(self._batch.topic, self._batch.partition, self._batch.base_offset + self._index)
+        base = self._batch.base_offset
+        return RecordMetadata(self._batch.topic, self._batch.partition, base + self._index if base >= 0 else -1)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._batch._done.wait(timeout):
@@ -141,8 +151,9 @@ class _Stream:
     flow control never holds up the producer's loop, so deadlines keep running); a reader task applies
     the acks. Either task ending wakes the loop: a stream whose reader ended is broken."""
 
-    def __init__(self, target: str, on_response, wake) -> None:
+    def __init__(self, target: str, on_response, wake, on_written) -> None:
         self.target = target
+        self.on_written = on_written
         self.channel = aio_channel(target)
         self.call = self.channel.stream_stream(
             PRODUCE, request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
@@ -158,6 +169,7 @@ class _Stream:
             item, sequence, request = entry
             if Delivery.is_flying(item, sequence):  # not given up (its deadline passed) while queued here
                 await self.call.write(request)
+                self.on_written(item, sequence)
         await self.call.done_writing()
 
     async def _read(self, on_response) -> None:
@@ -223,8 +235,9 @@ class Producer:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
+        acks: int | str | None = None,
         linger_ms: float = 5,
         batch_bytes: int = 1 << 20,
         compression: str = "none",
@@ -248,6 +261,9 @@ class Producer:
                 else "max_in_flight_requests_per_partition must be at least 1"
             )
         batch_codec.compression.codec_id(compression)  # fail early on an unknown codec
+        self.acks = acks_code(acks)
+        if self.acks == pb.ACKS_NONE:
+            idempotent = False  # nothing is acknowledged, so nothing is resent: no sequences (as Kafka)
         self.target = target
         self.linger_s = linger_ms / 1000
         self.batch_bytes = batch_bytes
@@ -262,7 +278,10 @@ class Producer:
         producer_id = secrets.randbits(62) if idempotent else -1
         self.reconnects = 0
         """Times the stream broke and was opened again (requests in flight were resent)."""
-        self._admin = Admin(target)
+        self._metadata = Metadata(target)
+        self._refreshing: asyncio.Future | None = None  # a metadata refresh running in a worker thread
+        self._refresh_topics: set[str] = set()  # topics whose leaders are wanted
+        self._refresh_at = 0.0
         self._partitions: dict[str, int] = {}
         self._sticky: dict[str, int] = {}
         self._open: dict[tuple[str, int], _OpenBatch] = {}
@@ -276,6 +295,7 @@ class Producer:
             max_in_flight_requests_per_partition=max_in_flight_requests_per_partition,
             delivery_timeout_s=delivery_timeout_s,
             on_finish=self._complete,
+            acks=self.acks,
         )
         self._failures = 0  # streams broken in a row, for the back-off
         self._loop = asyncio.new_event_loop()
@@ -339,7 +359,7 @@ class Producer:
     def _choose_partition(self, topic: str, key) -> int:
         count = self._partitions.get(topic)
         if count is None:
-            count = self._partitions[topic] = self._admin.partitions(topic)
+            count = self._partitions[topic] = self._metadata.partitions(topic)
         if key is not None:
             return key_partition(bytes(key), count)
         sticky = self._sticky.get(topic)
@@ -365,7 +385,7 @@ class Producer:
             self._closed = True
             self._loop.call_soon_threadsafe(self._kick)
             self._thread.join(timeout=timeout_s)
-            self._admin.close()
+            self._metadata.close()
 
     @property
     def producer_id(self) -> int:
@@ -404,10 +424,10 @@ class Producer:
         self._wake.set()
 
     async def _sender(self) -> None:
-        """The one loop that moves batches: buffer → delivery → stream, deadlines, reconnects."""
+        """The one loop that moves batches: buffer → delivery → a stream per leader, deadlines, reconnects."""
         delivery = self._delivery
-        stream: _Stream | None = None
-        retry_at = 0.0
+        streams: dict[str, _Stream] = {}
+        retry_at: dict[str, float] = {}  # per broker: when to open a stream again after one broke
         try:
             while True:
                 self._wake.clear()  # before looking: a wake-up from now on is seen by the next wait
@@ -416,28 +436,80 @@ class Producer:
                 for item in self._take_ready(everything, now):
                     delivery.add(item)
                 delivery.expire(now)
-                if stream is not None and (err := stream.failure()) is not None:
-                    await stream.close()
-                    stream = None
-                    delivery.lost(err)  # what it held waits again, in order, to be resent
-                    self.reconnects += 1
-                    self._failures += 1
-                    retry_at = time.monotonic() + _backoff_s(self._failures)
+                broken = False
+                for address, stream in list(streams.items()):
+                    if (err := stream.failure()) is not None:
+                        await stream.close()
+                        del streams[address]
+                        delivery.lost(err, address)  # what it held waits again, in order, to be resent
+                        self._rerouted(address, err)
+                        self.reconnects += 1
+                        self._failures += 1
+                        retry_at[address] = time.monotonic() + _backoff_s(self._failures)
+                        broken = True
+                if broken:
                     continue
                 if self._closed and delivery.idle and self._buffer_empty():
-                    if stream is not None:
-                        await stream.finish(CLOSE_WAIT_S)
-                        stream = None
+                    await asyncio.gather(*(stream.finish(CLOSE_WAIT_S) for stream in streams.values()))
+                    streams.clear()
                     return
-                if stream is None and delivery.has_waiting and now >= retry_at:
-                    stream = _Stream(self.target, self._on_response, self._wake.set)
-                if stream is not None:
-                    while (request := delivery.next_request()) is not None:
-                        stream.outbox.put_nowait(request)
-                await self._sleep(self._next_wake(retry_at if stream is None and delivery.has_waiting else None))
+
+                route = self._router(retry_at, now)
+                while (request := delivery.next_request(route)) is not None:
+                    address = request[0].address
+                    if address not in streams:
+                        streams[address] = _Stream(address, self._on_response, self._wake.set, delivery.written)
+                    streams[address].outbox.put_nowait(request)
+                self._start_refresh()
+                waits = [t for t in retry_at.values() if t > now] if delivery.has_waiting else []
+                if self._refresh_topics and self._refreshing is None:
+                    waits.append(self._refresh_at)
+                await self._sleep(self._next_wake(min(waits, default=None)))
         finally:
-            if stream is not None:
-                await stream.close()
+            await asyncio.gather(*(stream.close() for stream in streams.values()), return_exceptions=True)
+            if self._refreshing is not None:
+                self._refreshing.cancel()
+
+    def _router(self, retry_at: dict[str, float], now: float):
+        """route(topic, partition) for Delivery: the leader's address, None while it is unknown (a lookup
+        is asked for) or its broker is in its reconnect backoff."""
+
+        def route(topic: str, partition: int) -> str | None:
+            known, address = self._metadata.cached_leader(topic, partition)
+            if not known or address is None:
+                self._refresh_topics.add(topic)
+                return None
+            return address if retry_at.get(address, 0.0) <= now else None
+
+        return route
+
+    def _rerouted(self, address: str, err: TidelogError) -> None:
+        """A stream broke: learn where its partitions went (a leader moved, or the broker is gone)."""
+        if isinstance(err, NotLeaderError) and self._delivery.refused is not None:
+            topic, partition = self._delivery.refused
+            self._metadata.not_leader(topic, partition, err)
+            self._refresh_topics.add(topic)  # the named leader is used now; the rest is checked soon
+        elif isinstance(err, BrokerUnavailableError):
+            self._metadata.unreachable(address)
+        self._delivery.refused = None
+
+    def _start_refresh(self) -> None:
+        """Look up the leaders wanted, in a worker thread (the calls are blocking), one refresh at a time."""
+        if not self._refresh_topics or self._refreshing is not None or time.monotonic() < self._refresh_at:
+            return
+        topics, self._refresh_topics = sorted(self._refresh_topics), set()
+
+        def done(future: asyncio.Future) -> None:
+            self._refreshing = None
+            exc = None if future.cancelled() else future.exception()
+            if isinstance(exc, TidelogError) and not isinstance(exc, UnknownTopicError):
+                log.debug("metadata refresh for %s failed: %r", topics, exc)
+                self._delivery.last_error = exc  # what the waiting batches fail with if it lasts
+            self._wake.set()
+
+        self._refresh_at = time.monotonic() + METADATA_REFRESH_MIN_S
+        self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._metadata.refresh, topics))
+        self._refreshing.add_done_callback(done)
 
     def _on_response(self, response: pb.ProduceResponse) -> None:
         try:
@@ -517,6 +589,18 @@ class Producer:
             self._unfinished -= n
             self._buffered -= buffered
             self._idle.notify_all()
+
+
+ACKS = {"all": pb.ACKS_ALL, -1: pb.ACKS_ALL, "-1": pb.ACKS_ALL, "leader": pb.ACKS_LEADER, 1: pb.ACKS_LEADER}
+ACKS.update({"1": pb.ACKS_LEADER, "none": pb.ACKS_NONE, 0: pb.ACKS_NONE, "0": pb.ACKS_NONE, None: pb.ACKS_DEFAULT})
+ACKS["default"] = pb.ACKS_DEFAULT
+
+
+def acks_code(acks: int | str | None) -> int:
+    """Kafka's acks ("all"/-1, 1/"leader", 0/"none"; None: the broker's default) as the Acks enum."""
+    if isinstance(acks, bool) or acks not in ACKS:
+        raise InvalidConfigError(f'acks must be "all" (-1), 1 ("leader"), 0 ("none") or None, not {acks!r}')
+    return ACKS[acks]
 
 
 def _backoff_s(failures: int) -> float:
