@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import grpc
 
-from ..errors import BrokerUnavailableError, NotLeaderError, TidelogError, UnknownTopicError
+from ..errors import BrokerUnavailableError, NotCoordinatorError, NotLeaderError, TidelogError, UnknownTopicError
 from ..v1 import tidelog_pb2 as pb
 from ..values import ClusterBroker, ClusterMetadata, PartitionMetadata, TopicMetadata
 from ..wire import methods
@@ -124,23 +124,40 @@ class Metadata:
                 return pb.MetadataResponse(clustered=False)
             raise error_from_rpc(err, address) from None
 
-    def call_coordinator(self, method: Method, request, timeout: float | None = None):
-        """A group call: to the bootstrap broker that answered the last one, else the next in the list
-        (groups live on one broker; a cluster's coordinator comes later)."""
-        with self._lock:
-            order = list(dict.fromkeys([self._coordinator, *self.bootstrap]))
-        last: TidelogError | None = None
-        for address in order:
-            try:
-                reply = self.call_at(address, method, request, timeout)
-            except BrokerUnavailableError as exc:
-                last = exc
-                continue
+    def call_coordinator(self, method: Method, request, timeout: float | None = None, *, within_s: float = 30.0):
+        """A group call to the group coordinator: the broker that answered the last one, else the others
+        in turn. In a cluster a broker that does not coordinate answers NOT_COORDINATOR naming the one
+        that does (the leader of the group-state partition): the call goes there, for up to within_s
+        (while a coordinator is elected, none is named)."""
+        deadline = time.monotonic() + within_s
+        pause = 0.05
+        while True:
             with self._lock:
-                self._coordinator = address
-            return reply
-        assert last is not None
-        raise last
+                order = list(dict.fromkeys([self._coordinator, *self.bootstrap, *self._brokers]))
+            last: TidelogError | None = None
+            for address in order:
+                try:
+                    reply = self.call_at(address, method, request, timeout)
+                except NotCoordinatorError as exc:
+                    last = exc
+                    if exc.leader_address:
+                        with self._lock:
+                            self._coordinator = exc.leader_address
+                        break  # go there at once
+                    continue
+                except BrokerUnavailableError as exc:
+                    last = exc
+                    continue
+                with self._lock:
+                    self._coordinator = address
+                return reply
+            assert last is not None
+            if isinstance(last, NotCoordinatorError) and last.leader_address and time.monotonic() < deadline:
+                continue
+            if time.monotonic() + pause > deadline:
+                raise last
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def call_at(self, address: str, method: Method, request, timeout: float | None = None):
         return unary(self.channel(address), method, address, self.timeout_s)(request, timeout=timeout)

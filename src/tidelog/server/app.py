@@ -57,6 +57,7 @@ from .replica_link import LinkPool
 
 log = logging.getLogger("tidelog.server")
 
+CONTROLLER_TICK_S = 0.25  # how often the controller re-checks the cluster's state on its own
 SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups", "Replication"))
 
 
@@ -76,6 +77,7 @@ class Server:
         self._view: ClusterView | None = None
         self.controller: Controller | None = None
         self._placing_offsets: asyncio.Future | None = None
+        self._control: asyncio.Future | None = None
         self._links: LinkPool | None = None
         self.metrics_port: int | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
@@ -227,9 +229,24 @@ class Server:
 
         self.controller = controller
         replicas.on_leadership(OFFSETS_TOPIC, 0, self._coordinate, self._stop_coordinating)
-        self._view = ClusterView(session.client, session.cluster, on_change)
+        self._view = view = ClusterView(session.client, session.cluster, on_change)
         replicas.start()
-        await self._view.start()
+        await view.start()
+
+        async def control() -> None:
+            """The controller also acts on the newest state at a steady pace, not only when it changes:
+            a broker elected controller after the change it must act on (a dead leader's lease expired,
+            and that freed the controller key too) sees no further change."""
+            while True:
+                await asyncio.sleep(CONTROLLER_TICK_S)
+                if session.is_controller:
+                    try:
+                        if await controller.act(view.snapshot):
+                            view.changed()
+                    except Exception as exc:  # etcd out of reach: the next tick tries again
+                        log.warning("controller pass failed: %s", exc)
+
+        self._control = asyncio.ensure_future(control())
 
     # -- consumer groups in a cluster ------------------------------------------------------------------
     def _coordinator_elsewhere(self) -> TidelogError:
@@ -333,6 +350,8 @@ class Server:
         return append
 
     async def _stop_replication(self) -> None:
+        if self._control is not None:
+            self._control.cancel()
         if self._view is not None:
             await self._view.close()
         if self.replicas is not None:

@@ -81,7 +81,10 @@ class ConsumeService:
         kind = position.WhichOneof("kind")
         if kind == "offset":
             offsets = await self.engine.list_offsets(topic, partition)
-            if not offsets.log_start <= position.offset <= offsets.high_watermark:
+            # A new leader's high watermark may lag what its followers last saw: an offset up to its log
+            # end is valid there, and read once the high watermark passes it.
+            end = offsets.log_end if self._replicas() is not None else offsets.high_watermark
+            if not offsets.log_start <= position.offset <= end:
                 raise OffsetOutOfRangeError(
                     f"offset {position.offset} is out of range; valid offsets are {offsets.log_start} to "
                     f"{offsets.high_watermark}",
