@@ -8,7 +8,10 @@ watermark. The seed of each randomised run is printed, so a failure can be repla
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -113,10 +116,43 @@ def test_min_insync_replicas_refuses_acks_all_before_appending(cluster):
     assert cluster.send(history, "p", "strict", 0, b"one-copy", leaders, acks="1")  # acks=1 still works
     end = cluster.call(leaders[0], "Admin", "ListOffsets", pb.ListOffsetsRequest(topic="strict", partition=0))
     assert end.log_end == 1  # the refused record was never appended
+    # the operator sees it: the partition is under-replicated, from any broker and from etcd alike
+    for where in (["--server", leaders[0]], ["--cluster", cluster.etcd.url]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tidelog", "cluster", "status", *where, "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        health = json.loads(result.stdout)["partitions"]
+        assert health["under_replicated"] == ["strict-0"] and health["offline"] == [], health
+    gauges = scrape(cluster.brokers[leader].metrics_port)
+    assert gauges["tidelog_leader_partitions"] >= 1
+    assert gauges["tidelog_under_replicated_partitions"] == 1
+    assert gauges["tidelog_under_min_isr_partitions"] == 1
 
 
-@pytest.mark.parametrize("victim", ["leader", "follower"])
-def test_a_killed_broker_loses_no_acknowledged_record(cluster, victim):
+def scrape(port: int) -> dict[str, float]:
+    """The broker's metrics without labels, by sample name."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+@pytest.mark.parametrize(
+    "victims",
+    [["leader"], ["follower"], ["controller"], ["leader", "leader"]],
+    ids=["leader", "follower", "controller", "two-in-turn"],
+)
+def test_a_killed_broker_loses_no_acknowledged_record(cluster, victims):
+    """SIGKILL a broker (the leader of partition 0, one of its followers, the controller; or two
+    brokers in turn: the leader, then the new leader once the first is back in sync) while a producer
+    (acks=all) and a consumer run; the killed broker restarts, truncates and catches up."""
     seed = random.randrange(1 << 30)
     print(f"seed={seed}")
     rng = random.Random(seed)
@@ -158,15 +194,28 @@ def test_a_killed_broker_loses_no_acknowledged_record(cluster, victim):
         t.start()
     try:
         cluster.wait(lambda: acked[0] >= 50 + rng.randrange(100), what="acknowledged records before the kill")
-        leader = meta[0].leader_id
-        target = leader if victim == "leader" else next(b for b in meta[0].replicas if b != leader)
-        cluster.kill(target)
-        before = acked[0]
-        cluster.wait(lambda: acked[0] >= before + 100, timeout_s=60, what="acknowledgements after the kill")
-        cluster.restart(target)
-        cluster.wait_leaders(topic, 2, isr=3, timeout_s=60)
-        after = acked[0]
-        cluster.wait(lambda: acked[0] >= after + 50, timeout_s=60, what="acknowledgements after the restart")
+        killed = []
+        for victim in victims:
+            meta = cluster.wait_leaders(topic, 2, isr=3, timeout_s=60)
+            leader = meta[0].leader_id
+            if victim == "leader":
+                target = leader
+            elif victim == "follower":
+                target = next(b for b in meta[0].replicas if b != leader)
+            else:
+                target = cluster.any_call("Admin", "DescribeCluster", pb.DescribeClusterRequest()).controller_id
+            killed.append(target)
+            cluster.kill(target)
+            before = acked[0]
+            cluster.wait(
+                lambda: acked[0] >= before + 100, timeout_s=60, what=f"acknowledgements after killing {target}"
+            )
+            cluster.restart(target)
+            cluster.wait_leaders(topic, 2, isr=3, timeout_s=60)
+            after = acked[0]
+            cluster.wait(lambda: acked[0] >= after + 50, timeout_s=60, what="acknowledgements after the restart")
+        if len(victims) == 2:
+            assert killed[0] != killed[1]  # the second kill hit the leader elected after the first
     finally:
         stop.set()
         for t in threads:

@@ -32,26 +32,36 @@ def register(commands) -> None:
     status.set_defaults(run=run_status)
 
 
+# (topic, partition, leader or None, replicas, isr) for each partition of the cluster
+Partitions = list[tuple[str, int, "int | None", tuple[int, ...], tuple[int, ...]]]
+
+
 def run_status(args: argparse.Namespace) -> int:
     url = args.cluster or os.environ.get("TIDELOG_CLUSTER")
-    return _print(args, _from_etcd(args, url) if url else _from_broker(args))
+    return _print(args, *(_from_etcd(args, url) if url else _from_broker(args)))
 
 
-def _from_broker(args: argparse.Namespace) -> ClusterDescription:
+def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitions]:
     from ..errors import TidelogError
 
     try:
         with admin(args) as a:
-            return a.describe_cluster()
+            found = a.describe_cluster()
+            parts: Partitions = []
+            if found.clustered:
+                for topic in a.metadata().topics:
+                    parts += [(topic.name, p.partition, p.leader_id, p.replicas, p.isr) for p in topic.partitions]
+            return found, parts
     except TidelogError as exc:
         raise CommandError(exc.message) from None
 
 
-def _from_etcd(args: argparse.Namespace, url: str) -> ClusterDescription:
+def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions]:
     import asyncio
 
     from ..cluster import etcd
-    from ..cluster.membership import cluster_status
+    from ..cluster.membership import cluster_status, prefix
+    from ..cluster.metadata import parse
     from ..errors import InvalidConfigError
 
     try:
@@ -61,14 +71,19 @@ def _from_etcd(args: argparse.Namespace, url: str) -> ClusterDescription:
 
     async def read():
         try:
-            return await cluster_status(client, args.cluster_name)
+            found = await client.get_prefix(prefix(args.cluster_name))
+            return await cluster_status(client, args.cluster_name), parse(args.cluster_name, 0, found)
         finally:
             await client.close()
 
     try:
-        status = asyncio.run(asyncio.wait_for(read(), 15))
+        status, snapshot = asyncio.run(asyncio.wait_for(read(), 15))
     except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
         raise CommandError(f"cannot read cluster {args.cluster_name!r} from {url}: {exc or 'timed out'}") from None
+    parts: Partitions = [
+        (t, p, state.leader if state.leader >= 0 else None, state.replicas, state.isr)
+        for (t, p), state in sorted(snapshot.partitions.items())
+    ]
     return ClusterDescription(
         True,
         args.cluster_name,
@@ -76,10 +91,12 @@ def _from_etcd(args: argparse.Namespace, url: str) -> ClusterDescription:
         [ClusterBroker(b.broker_id, b.endpoint, b.epoch) for b in status.brokers],
         status.controller_id,
         status.controller_epoch,
-    )
+    ), parts
 
 
-def _print(args: argparse.Namespace, found: ClusterDescription) -> int:
+def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions) -> int:
+    offline = [f"{t}-{p}" for t, p, leader, _, _ in parts if leader is None]
+    under = [f"{t}-{p}" for t, p, leader, replicas, isr in parts if leader is not None and len(isr) < len(replicas)]
     if args.format == "json":
         brokers = [{"broker_id": b.broker_id, "address": b.address, "epoch": b.epoch} for b in found.brokers]
         print(
@@ -88,6 +105,7 @@ def _print(args: argparse.Namespace, found: ClusterDescription) -> int:
                     "cluster": found.cluster_name if found.clustered else None,
                     "controller": {"broker_id": found.controller_id, "epoch": found.controller_epoch},
                     "brokers": brokers,
+                    "partitions": {"total": len(parts), "under_replicated": under, "offline": offline},
                 }
             )
         )
@@ -102,4 +120,8 @@ def _print(args: argparse.Namespace, found: ClusterDescription) -> int:
     for b in found.brokers:
         role = "  controller" if b.broker_id == found.controller_id else ""
         print(f"  broker {b.broker_id}  {b.address}  epoch {b.epoch}{role}")
+    print(f"partitions: {len(parts)}, under-replicated: {len(under)}, offline: {len(offline)}")
+    for name, which in (("under-replicated", under), ("offline", offline)):
+        if which:
+            print(f"  {name}: {', '.join(which)}")
     return 0
