@@ -299,3 +299,41 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
     )
     assert beat.member_id == joined.member_id and beat.generation == joined.generation
     assert sorted((tp.topic, tp.partition) for tp in beat.partitions) == [("jobs", 0), ("jobs", 1)]
+
+
+def tidelog_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tidelog", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_an_offline_partition_waits_for_its_isr_and_unclean_election_is_explicit(cluster):
+    cluster.create_topic("fragile", partitions=1, rf=3, min_isr=1)
+    meta = cluster.wait_leaders("fragile", 1, isr=3)[0]
+    leader, followers = meta.leader_id, [b for b in meta.replicas if b != meta.leader_id]
+    history, leaders = History(), {0: meta.leader_address}
+    for i in range(20):
+        cluster.send_acked(history, "p", "fragile", 0, b"f%d" % i, leaders)
+    for b in followers:
+        cluster.kill(b)
+    cluster.wait(lambda: list(cluster.metadata("fragile")[0].isr) == [leader], what="the ISR down to the leader")
+    for i in range(5):  # acknowledged by the last in-sync replica alone
+        cluster.send_acked(history, "p", "fragile", 0, b"alone-%d" % i, leaders)
+    cluster.kill(leader)
+    cluster.restart(followers[0])  # alive, but not in the ISR: it must not lead on its own
+    cluster.wait(lambda: cluster.metadata("fragile")[0].leader_id == -1, what="the partition offline")
+    time.sleep(2)  # several controller passes
+    assert cluster.metadata("fragile")[0].leader_id == -1  # clean election only
+    status = tidelog_cli("cluster", "status", "--cluster", cluster.etcd.url, "--format", "json")
+    assert json.loads(status.stdout)["partitions"]["offline"] == ["fragile-0"], status.stderr
+
+    usage = tidelog_cli("cluster", "elect-leader", "fragile", "0", "--preferred", "--unclean")
+    assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
+    elected = tidelog_cli("cluster", "elect-leader", "fragile", "0", "--unclean", "--cluster", cluster.etcd.url)
+    assert elected.returncode == 0, elected.stderr
+    new = cluster.wait(
+        lambda: (m := cluster.metadata("fragile")[0]).leader_id == followers[0] and m, what="the unclean leader"
+    )
+    assert list(new.isr) == [followers[0]] and new.leader_epoch > meta.leader_epoch
+    leaders = {0: new.leader_address}
+    cluster.send_acked(history, "p", "fragile", 0, b"after", leaders)  # available again
+    again = tidelog_cli("cluster", "elect-leader", "fragile", "0", "--unclean", "--cluster", cluster.etcd.url)
+    assert again.returncode == 1 and "live leader" in again.stderr  # refused while a leader lives

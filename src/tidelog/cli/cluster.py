@@ -31,6 +31,74 @@ def register(commands) -> None:
     add_format_option(status)
     status.set_defaults(run=run_status)
 
+    elect = add_command(
+        actions,
+        "elect-leader",
+        "elect a partition's leader by hand, in etcd: the preferred replica again, or (unclean) a replica "
+        "outside the ISR for an offline partition, losing what it lacks",
+    )
+    elect.add_argument("topic")
+    elect.add_argument("partition", type=int)
+    kind = elect.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--preferred", action="store_true", help="lead from the first replica again (clean)")
+    kind.add_argument(
+        "--unclean",
+        action="store_true",
+        help="an offline partition led by a live replica outside the ISR: acknowledged records it lacks are lost",
+    )
+    elect.add_argument("--broker", type=int, help="with --unclean: the replica to elect (default: the first live one)")
+    elect.add_argument(
+        "--cluster", metavar="etcd://HOST:PORT[,...]", help="the cluster's etcd (default: $TIDELOG_CLUSTER)"
+    )
+    elect.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
+    elect.set_defaults(run=run_elect)
+
+
+def run_elect(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..cluster import etcd
+    from ..cluster.controller import elect_by_hand
+    from ..errors import InvalidConfigError, TidelogError
+
+    url = args.cluster or os.environ.get("TIDELOG_CLUSTER")
+    if not url:
+        raise UsageError("elect-leader writes to the cluster's etcd: give --cluster etcd://HOST:PORT")
+    if args.broker is not None and not args.unclean:
+        raise UsageError("--broker goes with --unclean")
+    try:
+        client = etcd.connect(url)
+    except InvalidConfigError as exc:
+        raise UsageError(exc.message) from None
+
+    async def elect():
+        try:
+            return await elect_by_hand(
+                client,
+                args.cluster_name,
+                args.topic,
+                args.partition,
+                "unclean" if args.unclean else "preferred",
+                args.broker,
+            )
+        finally:
+            await client.close()
+
+    try:
+        before, after = asyncio.run(asyncio.wait_for(elect(), 15))
+    except TidelogError as exc:
+        raise CommandError(exc.message) from None
+    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
+        raise CommandError(f"cannot reach the cluster's etcd at {url}: {exc or 'timed out'}") from None
+    if before == after:
+        print(f"{args.topic}-{args.partition}: broker {after.leader} already leads (epoch {after.leader_epoch})")
+        return 0
+    print(
+        f"{args.topic}-{args.partition}: leader {before.leader} -> {after.leader}, epoch {after.leader_epoch}, "
+        f"ISR {list(after.isr)}"
+    )
+    return 0
+
 
 # (topic, partition, leader or None, replicas, isr) for each partition of the cluster
 Partitions = list[tuple[str, int, "int | None", tuple[int, ...], tuple[int, ...]]]

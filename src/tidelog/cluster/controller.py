@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import TopicExistsError, UnknownTopicError
+from ..errors import ClusterUnavailableError, InvalidRequestError, TopicExistsError, UnknownTopicError
 from .membership import BrokerSession
 from .metadata import Snapshot
 from .placement import (
@@ -114,3 +114,75 @@ async def write_isr(
         compare=[tx.mod(key) == state.version], success=[tx.put(key, new.encode())], failure=[]
     )
     return new if done else None
+
+
+async def elect_by_hand(
+    client: Any, cluster: str, topic: str, partition: int, kind: str, broker: int | None = None
+) -> tuple[PartitionState, PartitionState]:
+    """An operator's election (Kafka's kafka-leader-election): (the state before, the state after).
+
+    - "preferred": lead from the first replica again (after restarts moved leaders around), only if it
+      is alive and in the ISR: nothing acknowledged can be lost.
+    - "unclean": an offline partition (no live leader) led by a live replica outside the ISR (`broker`,
+      or the first live replica): the partition becomes available again, and every acknowledged record
+      that replica lacks is lost. Refused while a clean choice exists.
+
+    Fenced on the partition's mod_revision: a state changed meanwhile is not overwritten (the caller
+    sees ClusterUnavailableError and may try again).
+    """
+    from .membership import cluster_status
+
+    key = partition_key(cluster, topic, partition)
+    found = await client.get(key)
+    if found is None:
+        raise UnknownTopicError(f"{topic}-{partition} is not placed in cluster {cluster!r}", topic=topic)
+    state = PartitionState.decode(found.value, found.mod_revision)
+    live = {b.broker_id for b in (await cluster_status(client, cluster)).brokers}
+    if kind == "preferred":
+        preferred = state.replicas[0]
+        if state.leader == preferred:
+            return state, state
+        if preferred not in live or preferred not in state.isr:
+            raise InvalidRequestError(
+                f"{topic}-{partition}: the preferred replica {preferred} is "
+                + ("not alive" if preferred not in live else f"not in the ISR {list(state.isr)}")
+                + "; nothing was changed"
+            )
+        new = state.with_leader(preferred, state.isr)
+    elif kind == "unclean":
+        if state.leader != NO_LEADER and state.leader in live:
+            raise InvalidRequestError(f"{topic}-{partition} has a live leader ({state.leader}): nothing to elect")
+        clean = [b for b in state.replicas if b in state.isr and b in live]
+        if clean:
+            raise InvalidRequestError(
+                f"{topic}-{partition}: in-sync replica {clean[0]} is alive and will be elected cleanly; "
+                "an unclean election is refused"
+            )
+        candidates = [b for b in state.replicas if b in live and (broker is None or b == broker)]
+        if not candidates:
+            raise InvalidRequestError(
+                f"{topic}-{partition}: no live replica{'' if broker is None else f' {broker}'} among "
+                f"{list(state.replicas)} to elect"
+            )
+        new = state.with_leader(candidates[0], [candidates[0]])
+    else:
+        raise InvalidRequestError(f"election kind must be preferred or unclean, not {kind!r}")
+    tx = client.transactions
+    done, _ = await client.transaction(
+        compare=[tx.mod(key) == state.version], success=[tx.put(key, new.encode())], failure=[]
+    )
+    if not done:
+        raise ClusterUnavailableError(f"{topic}-{partition} changed while electing; run the command again")
+    log.warning(
+        "leader elected by hand",
+        extra={
+            "event": "leader_elected",
+            "kind": kind,
+            "topic": topic,
+            "partition": partition,
+            "leader": new.leader,
+            "leader_epoch": new.leader_epoch,
+            "isr": list(new.isr),
+        },
+    )
+    return state, new
