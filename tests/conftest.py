@@ -80,6 +80,18 @@ def pytest_addoption(parser):
         help="adversary moves of the long group chaos run (-m long; default 40)",
     )
     parser.addoption(
+        "--cluster-chaos-rounds",
+        type=int,
+        default=int(os.environ.get("TIDELOG_CLUSTER_CHAOS_ROUNDS", "30")),
+        help="faults of the long cluster chaos run (-m long; default 30)",
+    )
+    parser.addoption(
+        "--cluster-chaos-seed",
+        type=int,
+        default=int(os.environ.get("TIDELOG_CLUSTER_CHAOS_SEED", "0")),
+        help="seed of the long cluster chaos run (default 0: a random one, printed)",
+    )
+    parser.addoption(
         "--group-chaos-seed",
         type=int,
         default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),
