@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import pytest
 from benchmarks.harness.machine import shared_machine_note
 from benchmarks.harness.processes import Processes, listening_ports
 from benchmarks.harness.rounds import Rounds, Sample, Stopwatch, ratio
+from benchmarks.harness.servers import cluster_config, start_cluster, start_etcd, start_tidelog_again
 from benchmarks.harness.tables import Compare, Section, sections_report, targets_table
 from benchmarks.rabbitmq_bench import Confirms
 
@@ -81,6 +84,51 @@ def test_a_port_held_by_another_process_is_not_taken_for_the_server(tmp_path):
                 timeout_s=2,
             )
         assert held.port in listening_ports(held.pid)
+    finally:
+        procs.stop_all()
+    assert procs.running == []
+
+
+def test_kill_is_a_sigkill_by_pid_and_the_process_is_reaped(tmp_path):
+    procs = Processes(str(tmp_path))
+    proc = procs.serve("listener", _server("child"), lambda port: True, timeout_s=30)
+    try:
+        t = procs.kill(proc)
+        assert t <= time.monotonic()
+        assert proc.popen.returncode == -signal.SIGKILL and procs.running == []
+        for _ in range(50):  # the child listener went with its process group
+            if _port_free(proc.port):
+                break
+            time.sleep(0.1)
+        assert _port_free(proc.port)
+    finally:
+        procs.stop_all()
+
+
+@pytest.mark.slow
+def test_a_cluster_of_one_on_its_own_etcd_and_a_broker_started_again_after_a_kill(tmp_path):
+    """The harness's etcd and clustered brokers: ready when they listen on their own ports and the cluster
+    lists the broker; a killed broker comes back on the same port with its data; all stopped by PID."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    from tidelog.client import Admin, Producer
+
+    procs = Processes(str(tmp_path))
+    try:
+        etcd = start_etcd(procs, str(tmp_path / "etcd"))
+        assert etcd.port in listening_ports(etcd.pid)
+        config = cluster_config(str(tmp_path / "c.toml"), "harness", 2000, replica_fetch_wait_ms=200)
+        assert 'cluster_name = "harness"' in open(config).read()
+        (broker,) = start_cluster(procs, str(tmp_path / "c"), etcd, 1, "h", config)
+        assert "--cluster" in broker.popen.args and broker.name == "h-b1"
+        with Admin(broker.target) as admin:
+            admin.create_topic("t", 1, replication_factor=1)
+            with Producer(broker.target, acks="all") as producer:
+                producer.send("t", b"kept", partition=0).result(30)
+            procs.kill(broker)
+            again = start_tidelog_again(procs, broker)
+            assert again.port == broker.port and again.pid != broker.pid
+            assert admin.list_offsets("t", 0).log_end == 1
     finally:
         procs.stop_all()
     assert procs.running == []

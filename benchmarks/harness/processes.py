@@ -200,6 +200,20 @@ class Processes:
             log(f"stopped {proc.name} (pid {proc.pid}, exit code {proc.popen.returncode})")
         self.running = [p for p in self.running if p is not proc]
 
+    def kill(self, proc: Proc, timeout_s: float = 10.0) -> float:
+        """SIGKILL by PID (with the process group it leads), as a crash: no graceful stop. Returns the
+        CLOCK_MONOTONIC time the signal was sent; the process is reaped before returning."""
+        t = time.monotonic()
+        if proc.popen.poll() is None:
+            try:
+                _signal(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.popen.wait(timeout_s)
+            log(f"killed {proc.name} (pid {proc.pid}, SIGKILL)")
+        self.running = [p for p in self.running if p is not proc]
+        return t
+
     def stop_all(self) -> None:
         for proc in reversed(list(self.running)):
             self.stop(proc)

@@ -1,4 +1,5 @@
-"""How each server a benchmark measures is started: tidelog, Redis, NATS, RabbitMQ, each a private process.
+"""How each server a benchmark measures is started: tidelog (alone or as clustered brokers with their own
+etcd), Redis, NATS, RabbitMQ, each a private process.
 
 Every server gets its own data directory under the benchmark's temporary directory and a free 127.0.0.1
 port it binds itself (processes.Processes.serve); none is ever a system-wide service. A peer that is not
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 from .processes import LOOPBACK, Proc, Processes, free_port, listening_ports, wait_until
@@ -69,12 +71,103 @@ def start_tidelog(
 def restart_tidelog(procs: Processes, old: Proc, timeout_s: float = 60.0) -> Proc:
     """Stop a broker (SIGTERM: a graceful stop) and start it again with the same arguments and port, so that
     its clients reconnect to it."""
-    argv = old.popen.args
     procs.stop(old, timeout_s)
-    proc = procs.start(old.name, list(argv))
-    proc.port = old.port
-    wait_until(proc, lambda: old.port in listening_ports(proc.pid) and grpc_serving(old.port), timeout_s)
+    return start_tidelog_again(procs, old, timeout_s)
+
+
+def start_tidelog_again(procs: Processes, old: Proc, timeout_s: float = 60.0) -> Proc:
+    """Start a broker that has exited (stopped, or killed with `Processes.kill`) again with the same
+    arguments, data directory and port; ready when it listens there and answers SERVING. A clustered broker
+    killed moments ago exits at once (its id stays registered until its etcd session expires, up to
+    broker_session_timeout_ms): it is started again, every 0.5 s, until `timeout_s` has passed."""
+    if old.popen.poll() is None:
+        raise RuntimeError(f"{old.name} (pid {old.pid}) is still running")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc = procs.start(old.name, list(old.popen.args))
+        proc.port = old.port
+        try:
+            wait_until(
+                proc,
+                lambda: old.port in listening_ports(proc.pid) and grpc_serving(old.port),
+                max(deadline - time.monotonic(), 1.0),
+            )
+            return proc
+        except RuntimeError:
+            exited = proc.popen.poll() is not None
+            procs.stop(proc)
+            if not exited or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def start_etcd(procs: Processes, data_dir: str, name: str = "etcd") -> Proc:
+    """A one-member etcd (`tidelog.cluster.etcd.server_command`: pre-vote, 100 ms heartbeats) listening for
+    clients on a 127.0.0.1 port it bound, its peer port another free one; ready when /health says true.
+    Proc.target is then host:port; the brokers' --cluster is `etcd://` + that."""
+    exe = shutil.which("etcd")
+    if exe is None:
+        raise Unavailable("etcd is not installed (Debian: apt-get install etcd-server)")
+    from tidelog.cluster.etcd import server_command
+
+    os.makedirs(data_dir, exist_ok=True)
+    proc = procs.serve(
+        name,
+        lambda port: server_command(exe, name, os.path.join(data_dir, f"data-{port}"), port, free_port()),
+        _etcd_healthy,
+    )
+    proc.version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
     return proc
+
+
+def _etcd_healthy(port: int) -> bool:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=1) as r:
+        return json.loads(r.read()).get("health") == "true"
+
+
+def cluster_config(path: str, cluster_name: str, session_ms: int = 3000, **settings: int) -> str:
+    """A server config file (TOML) for clustered brokers: the cluster's name in etcd (several clusters may
+    share one etcd), broker_session_timeout_ms and any other integer setting (replica_lag_time_max_ms,
+    replication_timeout_ms, replica_fetch_wait_ms, ...)."""
+    with open(path, "w") as f:
+        f.write(f'cluster_name = "{cluster_name}"\nbroker_session_timeout_ms = {session_ms}\n')
+        for key, value in settings.items():
+            f.write(f"{key} = {int(value)}\n")
+    return path
+
+
+def start_cluster(
+    procs: Processes,
+    base: str,
+    etcd: Proc,
+    brokers: int,
+    name: str,
+    config: str,
+    fsync: str = "never",
+    timeout_s: float = 60.0,
+) -> list[Proc]:
+    """`brokers` clustered `tidelog serve --cluster etcd://... --broker-id N --config FILE` (ids 1..N, each
+    its own data directory under `base`; `config` from `cluster_config`, which names the cluster), named
+    `<name>-b<N>`; ready once every broker answers SERVING and the cluster lists all of them."""
+    from tidelog.client import Admin
+
+    out = []
+    for i in range(1, brokers + 1):
+        out.append(
+            start_tidelog(
+                procs,
+                os.path.join(base, f"b{i}"),
+                fsync,
+                ("--cluster", f"etcd://{etcd.target}", "--broker-id", str(i), "--config", config),
+                name=f"{name}-b{i}",
+            )
+        )
+    with Admin(",".join(p.target for p in out)) as admin:
+        wait_until(out[0], lambda: len(admin.describe_cluster().brokers) == brokers, timeout_s)
+    return out
 
 
 def start_redis(procs: Processes, data_dir: str, *config: str, name: str = "redis-server") -> tuple[Proc, object]:
