@@ -431,8 +431,10 @@ def test_the_cap_bounds_reads_and_raising_it_wakes_waiters(tmp_path):
         assert plog.offset_range() == (0, 10, 1, plog.offset_range()[3])
         assert read_all(plog) == [(0, b"solo")]
         assert plog.info().high_watermark == 1
+        # past the cap but written: nothing yet (a consumer waits there); past the log end: out of range
+        assert plog.peek(2, 100).data.nbytes == 0 and plog.peek(10, 100).data.nbytes == 0
         with pytest.raises(Exception, match="out of range"):
-            plog.peek(2, 100)
+            plog.peek(11, 100)
         plog.set_replicated_high_watermark(5)  # inside the batch 4-6: rounds down to its start
         assert plog.offset_range()[2] == 4
         assert [o for o, _ in read_all(plog)] == [0, 1, 2, 3]

@@ -20,6 +20,7 @@ from ..errors import FencedLeaderEpochError, NotLeaderError, TidelogError, Unkno
 log = logging.getLogger("tidelog.replication")
 
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+STOP_WAIT_S = 2.0
 
 
 class LeaderLink(Protocol):
@@ -55,22 +56,26 @@ class Follower:
         self.high_watermark = 0
         self.truncated = False
         self._task: asyncio.Task | None = None
+        # Checked after every await: asyncio.wait_for can swallow a cancellation that races its result
+        # (Python 3.11), and a copy loop that outlived its role must never write to the partition.
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
+        """End the copy loop. Never waits long: the stream is cancelled first (a task blocked reading a
+        gRPC stream may not end on its own cancellation until the stream does), and the task is given
+        STOP_WAIT_S to finish; the role change that called this must not stall on it."""
+        self._stopped = True
+        await self.link.close()
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self.link.close()
+            await asyncio.wait([self._task], timeout=STOP_WAIT_S)
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopped:
             try:
                 if not self.truncated:
                     await self._truncate()
@@ -127,6 +132,8 @@ class Follower:
                 return
 
     async def _cut(self, offset: int, why: str) -> None:
+        if self._stopped:
+            raise asyncio.CancelledError
         end = self.plog.offset_range()[1]
         new_end = await self._offload(self.plog.truncate_to, offset)
         log.warning(
@@ -149,9 +156,11 @@ class Follower:
     async def _fetch_once(self) -> None:
         end = self.plog.offset_range()[1]
         batches, high_watermark, _ = await self.link.fetch(self.topic, self.partition, self.leader_epoch, end)
+        if self._stopped:
+            return
         if batches:
             end = await self._offload(self.plog.append_replica, batches)
         cap = min(high_watermark, end)
-        if cap > self.high_watermark:
+        if cap > self.high_watermark and not self._stopped:
             self.high_watermark = cap
             await self._offload(self.plog.set_replicated_high_watermark, cap)

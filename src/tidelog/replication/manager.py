@@ -34,6 +34,7 @@ from ..cluster.placement import NO_LEADER, PartitionState, partition_key
 from ..engine.engine import Engine
 from ..errors import (
     FencedLeaderEpochError,
+    InvalidPartitionError,
     NotEnoughReplicasAfterAppendError,
     NotEnoughReplicasError,
     NotLeaderError,
@@ -316,8 +317,21 @@ class ReplicaManager:
         """The partition's leader role here, while this broker may act on it."""
         role = self._leading.get((topic, partition))
         if role is None or not self.session.alive:
-            if (topic, partition) not in self.snapshot.partitions and topic not in self.snapshot.topics:
-                raise UnknownTopicError(f"unknown topic {topic!r}", topic=topic)
+            if topic not in self.snapshot.topics:
+                # Maybe created a moment ago and not read from etcd here yet (clients route by another
+                # broker's metadata): retriable, and the state is read again now. A client's metadata
+                # lookup tells a topic that does not exist at all (UNKNOWN_TOPIC).
+                self._on_stale()
+                raise NotLeaderError(
+                    f"broker {self.broker_id} does not know topic {topic!r} (yet): ask for metadata again",
+                    leader_id=NO_LEADER,
+                    leader_address="",
+                )
+            if not 0 <= partition < self.snapshot.topics[topic].partitions:
+                raise InvalidPartitionError(
+                    f"topic {topic!r} has {self.snapshot.topics[topic].partitions} partitions, not {partition}",
+                    topic=topic,
+                )
             raise self.leader_error(topic, partition)
         return role
 

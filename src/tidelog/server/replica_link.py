@@ -56,6 +56,7 @@ class GrpcLeaderLink:
     def __init__(self, pool: LinkPool, address: str) -> None:
         self.pool, self.address = pool, address
         self._call: Any = None
+        self._closed = False
         replicate = methods.method("Replication", "Replicate")
         epoch = methods.method("Replication", "EpochEndOffset")
         channel = pool.channel(address)
@@ -85,6 +86,8 @@ class GrpcLeaderLink:
         return reply.epoch, reply.end_offset
 
     async def fetch(self, topic: str, partition: int, leader_epoch: int, fetch_offset: int) -> tuple[bytes, int, int]:
+        if self._closed:
+            raise BrokerUnavailableError(f"the replication link to {self.address} is closed")
         if self._call is None:
             self._call = self._replicate()
         request = pb.ReplicaFetchRequest(
@@ -122,4 +125,5 @@ class GrpcLeaderLink:
             self._call = None
 
     async def close(self) -> None:
+        self._closed = True
         self._reset()
