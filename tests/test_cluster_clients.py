@@ -42,10 +42,21 @@ def test_producer_and_group_carry_on_through_a_leader_kill(cluster):
     read: dict[int, list[tuple[int, bytes]]] = {0: [], 1: [], 2: []}
     stop = threading.Event()
 
+    failures: list[BaseException] = []
+    holder: list = []
+
     def consume() -> None:
+        try:
+            read_forever()
+        except BaseException as exc:  # the test fails with it, not with a silent stop
+            failures.append(exc)
+            raise
+
+    def read_forever() -> None:
         with Consumer(
             bootstrap, group_id="g", topics=[TOPIC], auto_offset_reset="earliest", session_timeout_ms=10_000
         ) as group:
+            holder.append(group)
             while not stop.is_set():
                 records = group.poll(0.5)
                 by_partition: dict[int, list] = {}
@@ -80,21 +91,26 @@ def test_producer_and_group_carry_on_through_a_leader_kill(cluster):
                 if i % 50 == 0:
                     time.sleep(0.05)
             producer.flush(120)
+            errors = []
             for op, future in pending:
                 try:
                     history.send_ok(op, future.result(0).offset)
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, the checker judges it
                     history.send_info(op, repr(exc))
+                    errors.append(repr(exc))
+        # the idempotent producer retries through the failover: every send succeeds
+        assert not errors, f"{len(errors)} sends failed, e.g. {errors[:3]}"
         total = n_before + n_after
         cluster.wait(
-            lambda: sum(len(v) for v in read.values()) >= total,
+            lambda: failures or sum(len(v) for v in read.values()) >= total,
             timeout_s=90,
-            what="the group reading every acknowledged record",
+            what=lambda: f"the group reading every acknowledged record ({_progress(read, holder)})",
         )
     finally:
         stop.set()
         reader.join(timeout=60)
-    assert {len({v for _, v in read[p]}) for p in read} and sum(len(read[p]) for p in read) >= total
+    assert not failures, f"the group consumer failed: {failures[0]!r}"
+    assert sum(len(read[p]) for p in read) >= total
     final = cluster.wait_leaders(TOPIC, 3)
     for b in cluster.brokers.values():
         b.stop()
@@ -148,3 +164,11 @@ def _produce_more(bootstrap: str) -> None:
         for i in range(100):
             producer.send(TOPIC, b"b%d" % i, partition=0)
         producer.flush(90)
+
+
+def _progress(read, holder) -> str:
+    group = holder[0] if holder else None
+    state = ""
+    if group is not None:
+        state = f"; assignment {group.assignment()}, positions {[group.position((TOPIC, p)) for p in range(3)]}"
+    return f"read per partition {[len(read[p]) for p in sorted(read)]}{state}"

@@ -157,7 +157,7 @@ class Cluster:
                 if last:
                     return last
             time.sleep(0.1)
-        raise AssertionError(f"{what}: not reached in {timeout_s} s (last: {last})")
+        raise AssertionError(f"{what() if callable(what) else what}: not reached in {timeout_s} s (last: {last})")
 
     def wait_leaders(self, topic: str, partitions: int, isr: int | None = None, timeout_s: float = 30.0):
         """Until every partition has a live leader (and, if given, an ISR of that size)."""

@@ -45,6 +45,10 @@ class AsyncEngine:
         """The engine's clock in ms (never blocks)."""
         return self._engine.clock()
 
+    def has_topic(self, name: str) -> bool:
+        """Whether the topic exists here (a dict lookup, without the engine's lock: never blocks)."""
+        return self._engine.has_topic(name)
+
     def high_watermark(self, topic: str, partition: int) -> int:
         """Read without the partition lock (never blocks)."""
         return self._engine.high_watermark(topic, partition)

@@ -303,6 +303,10 @@ class Engine:
         parts = [PartitionDescription(i, *plog.info()) for i, plog in enumerate(topic.partitions)]
         return TopicDescription(topic.name, topic.config, parts, topic.created_ms)
 
+    def has_topic(self, name: str) -> bool:
+        """Whether the topic exists (internal ones too); without the lock, so it may be a moment late."""
+        return name in self._topics
+
     def partitions(self, name: str) -> int:
         return len(self._topic(name).partitions)
 

@@ -191,7 +191,17 @@ class ProduceService:
             epochs[(topic, partition)] = epoch
             return epoch
 
-        outcomes = await self.engine.append_many(requests, admit) if requests else []
+        # Refused before the engine sees them: what this broker does not lead, also a topic it has not
+        # created its copy of yet (the engine would call that unknown, which is not retriable).
+        refused: dict[int, TidelogError] = {}
+        for i, (topic, partition, _) in enumerate(requests):
+            try:
+                replicas.leading(topic, partition)
+            except TidelogError as exc:
+                refused[i] = exc
+        admitted = [r for i, r in enumerate(requests) if i not in refused]
+        appended = iter(await self.engine.append_many(admitted, admit) if admitted else [])
+        outcomes = [refused[i] if i in refused else next(appended) for i in range(len(requests))]
         for key in {(r.topic, r.partition) for r in outcomes if isinstance(r, ProduceResult)}:
             await replicas.appended(*key)
         return list(await asyncio.gather(*(self._acked(replicas, o, a, epochs) for o, a in zip(outcomes, acks))))
@@ -227,6 +237,9 @@ class ProduceService:
             return epoch
 
         try:
+            if replicas is not None and not self.engine.has_topic(request.topic):
+                # not read from etcd here yet, or its copy not created yet: NOT_LEADER (retriable)
+                raise replicas.leader_error(request.topic, request.partition if request.HasField("partition") else 0)
             timestamps = None
             if any(stamped):
                 now = self.engine.clock()
