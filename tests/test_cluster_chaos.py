@@ -117,5 +117,6 @@ def test_cluster_chaos_short(tmp_path, request):
 
 
 @pytest.mark.long
+@pytest.mark.timeout(6 * 3600)  # the suite's 300 s would cut it; each round bounds itself (~5 s a fault)
 def test_cluster_chaos_long(tmp_path, request):
     run(tmp_path, request.config.getoption("--cluster-chaos-rounds"), request.config.getoption("--cluster-chaos-seed"))
