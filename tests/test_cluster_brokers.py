@@ -221,3 +221,22 @@ def test_a_single_broker_describes_itself_as_no_cluster(tmp_path):
         "partitions": {"total": 0, "under_replicated": [], "offline": []},
     }
     assert text.returncode == 0 and "a single broker at" in text.stdout
+
+
+def test_a_broker_restarted_right_after_a_kill_waits_for_its_old_session(tmp_path, etcd_server):
+    """Its previous run still holds the id until the lease expires: the new run waits for that (up to
+    two sessions), then registers as a new epoch, instead of exiting."""
+    url = etcd_server.url
+    config = tmp_path / "long-session.toml"
+    config.write_text("broker_session_timeout_ms = 4000\n")  # the old lease outlives the restart
+    first = ServerProcess(str(tmp_path / "b7"), "--cluster", url, "--broker-id", "7", "--config", str(config))
+    first.start()
+    try:
+        before = status(url)["brokers"]
+        first.kill()
+        first.start()  # at once
+        after = status(url)["brokers"]
+        assert [b["broker_id"] for b in after] == [7] and after[0]["epoch"] > before[0]["epoch"]
+        assert "waiting for it to expire" in first.log()
+    finally:
+        first.stop()

@@ -85,8 +85,19 @@ class BrokerSession:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Register (BrokerIdInUseError when a live broker holds the id), then stand for controller."""
-        await self._register()
+        """Register, then stand for controller. The id may still be held by this broker's previous run
+        (killed less than a session ago): wait up to two sessions for it to expire, then refuse
+        (BrokerIdInUseError: another live broker has the id)."""
+        deadline = self._clock() + 2 * self.ttl_s
+        while True:
+            try:
+                await self._register()
+                break
+            except BrokerIdInUseError as exc:
+                if self._clock() >= deadline:
+                    raise
+                log.warning("%s; waiting for it to expire", exc.message, extra={"event": "broker_id_held"})
+                await asyncio.sleep(min(0.5, self.ttl_s / 3))
         await self.campaign()
         self._keepalive = asyncio.ensure_future(self._keep_alive())
 
