@@ -102,3 +102,15 @@ def pytest_addoption(parser):
 def pytest_generate_tests(metafunc):
     if "crash_round" in metafunc.fixturenames:
         metafunc.parametrize("crash_round", range(metafunc.config.getoption("--crash-rounds")))
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """One etcd and three `tidelog serve --cluster` brokers (tests/helpers/cluster.py), stopped by PID."""
+    from .helpers.cluster import Cluster
+
+    c = Cluster(str(tmp_path)).start()
+    try:
+        yield c
+    finally:
+        c.stop()

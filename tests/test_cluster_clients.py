@@ -14,21 +14,12 @@ import pytest
 
 from tidelog.client import AsyncConsumer, Consumer, Producer
 
-from .helpers.cluster import Cluster, dump
+from .helpers.cluster import dump
 from .helpers.history import History, check
 
 pytestmark = pytest.mark.slow  # real processes
 
 TOPIC = "orders"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(str(tmp_path)).start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_producer_and_group_carry_on_through_a_leader_kill(cluster):

@@ -26,15 +26,6 @@ from .helpers.history import History, check
 pytestmark = pytest.mark.slow  # real processes
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(str(tmp_path)).start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def leaders_of(cluster: Cluster, topic: str) -> dict[int, str]:
     return {p: m.leader_address for p, m in cluster.metadata(topic).items() if m.leader_address}
 

@@ -54,42 +54,47 @@ def register(commands) -> None:
     elect.set_defaults(run=run_elect)
 
 
-def run_elect(args: argparse.Namespace) -> int:
+def _with_etcd(url: str, work, what: str):
+    """Run `await work(client)` against the cluster's etcd at url (15 s at most): a bad URL is a usage
+    error, a tidelog error or an unreachable etcd a runtime error (one line each)."""
     import asyncio
 
     from ..cluster import etcd
-    from ..cluster.controller import elect_by_hand
     from ..errors import InvalidConfigError, TidelogError
+
+    try:
+        client = etcd.connect(url)
+    except InvalidConfigError as exc:
+        raise UsageError(exc.message) from None
+
+    async def run():
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(asyncio.wait_for(run(), 15))
+    except TidelogError as exc:
+        raise CommandError(exc.message) from None
+    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
+        raise CommandError(f"cannot {what} at {url}: {exc or 'timed out'}") from None
+
+
+def run_elect(args: argparse.Namespace) -> int:
+    from ..cluster.controller import elect_by_hand
 
     url = args.cluster or os.environ.get("TIDELOG_CLUSTER")
     if not url:
         raise UsageError("elect-leader writes to the cluster's etcd: give --cluster etcd://HOST:PORT")
     if args.broker is not None and not args.unclean:
         raise UsageError("--broker goes with --unclean")
-    try:
-        client = etcd.connect(url)
-    except InvalidConfigError as exc:
-        raise UsageError(exc.message) from None
-
-    async def elect():
-        try:
-            return await elect_by_hand(
-                client,
-                args.cluster_name,
-                args.topic,
-                args.partition,
-                "unclean" if args.unclean else "preferred",
-                args.broker,
-            )
-        finally:
-            await client.close()
-
-    try:
-        before, after = asyncio.run(asyncio.wait_for(elect(), 15))
-    except TidelogError as exc:
-        raise CommandError(exc.message) from None
-    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
-        raise CommandError(f"cannot reach the cluster's etcd at {url}: {exc or 'timed out'}") from None
+    kind = "unclean" if args.unclean else "preferred"
+    before, after = _with_etcd(
+        url,
+        lambda client: elect_by_hand(client, args.cluster_name, args.topic, args.partition, kind, args.broker),
+        "elect a leader in the cluster's etcd",
+    )
     if before == after:
         print(f"{args.topic}-{args.partition}: broker {after.leader} already leads (epoch {after.leader_epoch})")
         return 0
@@ -125,29 +130,14 @@ def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitio
 
 
 def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions]:
-    import asyncio
-
-    from ..cluster import etcd
     from ..cluster.membership import cluster_status, prefix
     from ..cluster.metadata import parse
-    from ..errors import InvalidConfigError
 
-    try:
-        client = etcd.connect(url)
-    except InvalidConfigError as exc:
-        raise UsageError(exc.message) from None
+    async def read(client):
+        found = await client.get_prefix(prefix(args.cluster_name))
+        return await cluster_status(client, args.cluster_name), parse(args.cluster_name, 0, found)
 
-    async def read():
-        try:
-            found = await client.get_prefix(prefix(args.cluster_name))
-            return await cluster_status(client, args.cluster_name), parse(args.cluster_name, 0, found)
-        finally:
-            await client.close()
-
-    try:
-        status, snapshot = asyncio.run(asyncio.wait_for(read(), 15))
-    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
-        raise CommandError(f"cannot read cluster {args.cluster_name!r} from {url}: {exc or 'timed out'}") from None
+    status, snapshot = _with_etcd(url, read, f"read cluster {args.cluster_name!r} from etcd")
     parts: Partitions = [
         (t, p, state.leader if state.leader >= 0 else None, state.replicas, state.isr)
         for (t, p), state in sorted(snapshot.partitions.items())

@@ -188,11 +188,7 @@ class PartitionLog:
             else:
                 if leader_epoch is not None:
                     self._assign_epoch(leader_epoch, first)
-                self._unrecorded = idempotent
-                try:
-                    self._write(iov, batches, nbytes)
-                finally:
-                    self._unrecorded = []
+                self._write_recording(iov, batches, nbytes, idempotent)
         if sync and self.fsync_policy.syncs_each_append:
             self.sync(next_offset)
         return first, next_offset - 1
@@ -238,14 +234,20 @@ class PartitionLog:
                 expected = last + 1
             for epoch, base in epochs:
                 self._assign_epoch(epoch, base)
-            self._unrecorded = idempotent
-            try:
-                self._write(iov, batches, nbytes)
-            finally:
-                self._unrecorded = []
+            self._write_recording(iov, batches, nbytes, idempotent)
         if sync and self.fsync_policy.syncs_each_append:
             self.sync(expected)
         return expected
+
+    def _write_recording(
+        self, iov: list, batches: list[AppendedBatch], nbytes: int, idempotent: list[tuple[BatchInfo, int, int]]
+    ) -> None:
+        """Write, and remember the idempotent producers' batches as far as they were written."""
+        self._unrecorded = idempotent
+        try:
+            self._write(iov, batches, nbytes)
+        finally:
+            self._unrecorded = []
 
     def _assign_epoch(self, epoch: int, start: int) -> None:
         """Record a new epoch before the records stamped with it are written: after a crash, an epoch
