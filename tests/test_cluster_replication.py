@@ -328,3 +328,24 @@ def test_an_offline_partition_waits_for_its_isr_and_unclean_election_is_explicit
     cluster.send_acked(history, "p", "fragile", 0, b"after", leaders)  # available again
     again = tidelog_cli("cluster", "elect-leader", "fragile", "0", "--unclean", "--cluster", cluster.etcd.url)
     assert again.returncode == 1 and "live leader" in again.stderr  # refused while a leader lives
+
+
+def test_topics_deleted_and_created_in_turn_keep_every_broker_working(cluster):
+    """Deleting a topic stops its followers' copy loops; that must never wedge a broker's handling of the
+    cluster's state (the next topic must get its leaders) nor its shutdown."""
+    from tidelog.client import Admin, Producer
+
+    bootstrap = ",".join(cluster.brokers[b].target for b in cluster.ids)
+    with Admin(bootstrap) as admin:
+        for cycle in range(4):
+            name = f"cycle-{cycle}"
+            admin.create_topic(name, 3, replication_factor=3, min_insync_replicas="2")
+            cluster.wait_leaders(name, 3, isr=3, timeout_s=20)
+            with Producer(bootstrap, acks="all", delivery_timeout_s=30) as producer:
+                futures = [producer.send(name, b"x" * 512, partition=i % 3) for i in range(3000)]
+                producer.flush(60)
+            assert all(f.exception(0) is None for f in futures)
+            admin.delete_topic(name)
+            cluster.wait(lambda n=name: n not in admin.list_topics(), what=f"{name} deleted")
+    for b in cluster.brokers.values():
+        assert b.stop(timeout_s=15) == 0, b.log()  # a clean, prompt stop
