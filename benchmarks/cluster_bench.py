@@ -704,8 +704,8 @@ def report(ctx: Ctx, rounds: Rounds, info: dict, settings: dict, fo: dict | None
         f"- records of exactly {RECORD_BYTES} B (seeded JSON-like payloads); produce: `Producer(bootstrap, acks, "
         f"linger_ms={LINGER_MS}, batch_bytes=1 MiB)` (idempotent, no compression) in the benchmark's process, "
         f"{p.records:,} records per run over {PARTITIONS} partitions (record i to partition i % 3), appended to "
-        "one topic per system created beforehand (topics are not deleted between runs: in a cluster, creating a "
-        "topic just after deleting one stalled a broker, see PROBLEMS/README); the plain broker and the cluster of 1 with acks=1; timed from after one record per partition "
+        "one topic per system created beforehand and appended to by every run (the growth of its end offsets "
+        "is checked against the acknowledgements); the plain broker and the cluster of 1 with acks=1; timed from after one record per partition "
         "was acknowledged to the end of flush(); only records whose futures succeeded count, and the end offsets "
         "are checked against them after every run",
         f"- medians of {p.runs} runs after {p.warmup} warm-up round(s), systems interleaved round by round; "
