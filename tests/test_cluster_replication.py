@@ -56,6 +56,15 @@ def test_topics_are_placed_routed_and_copied_to_every_replica(cluster):
         assert {p.partition: p.leader_address for p in seen.topics[0].partitions} == {
             p: m.leader_address for p, m in meta.items()
         }
+    cluster.create_topic("solo", partitions=1, rf=1)  # one copy, on one broker only
+    for b in cluster.ids:  # every broker lists the cluster's topics, also those it has no copy of
+        target = cluster.brokers[b].target
+        cluster.wait(
+            lambda t=target: (
+                list(cluster.call(t, "Admin", "ListTopics", pb.ListTopicsRequest()).topics) == ["orders", "solo"]
+            ),
+            what=f"broker {b} listing both topics",
+        )
     history, leaders = History(), leaders_of(cluster, "orders")
     assert len(leaders) == 3, cluster.metadata("orders")
     for i in range(60):
@@ -289,6 +298,11 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
         ),
     )
     assert beat.member_id == joined.member_id and beat.generation == joined.generation
+    from tidelog.client import Admin
+
+    others = [cluster.brokers[b].target for b in cluster.live() if cluster.brokers[b].target != new.leader_address]
+    with Admin(",".join([*others, new.leader_address])) as admin:  # group admin follows NOT_COORDINATOR
+        assert admin.list_groups() == ["billing"]
     assert sorted((tp.topic, tp.partition) for tp in beat.partitions) == [("jobs", 0), ("jobs", 1)]
 
 

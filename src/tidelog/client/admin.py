@@ -33,9 +33,9 @@ class Admin:
         self._describe_cluster = rpc("DescribeCluster")
         self._list_offsets = methods.method("Admin", "ListOffsets")
 
-        def grp(name):
+        def grp(name):  # to the group coordinator (in a cluster: the broker NOT_COORDINATOR names)
             method = methods.method("Groups", name)
-            return lambda request: self._metadata.call(method, request)
+            return lambda request: self._metadata.call_coordinator(method, request)
 
         self._list_groups = grp("ListGroups")
         self._describe_group = grp("DescribeGroup")

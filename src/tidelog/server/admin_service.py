@@ -163,6 +163,9 @@ class AdminService:
     async def list_topics(
         self, request: pb.ListTopicsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTopicsResponse:
+        replicas = self._replicas()
+        if replicas is not None:  # the cluster's topics, not only those with a copy here
+            return pb.ListTopicsResponse(topics=sorted(t for t in replicas.snapshot.topics if not t.startswith("__")))
         return pb.ListTopicsResponse(topics=await self._call(context, self.engine.list_topics()))
 
     async def describe_topic(
