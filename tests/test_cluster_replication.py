@@ -87,6 +87,14 @@ def test_topics_are_placed_routed_and_copied_to_every_replica(cluster):
             if offset >= 20:
                 break
         assert offset == 20
+    from tidelog.client import Admin
+
+    with Admin(cluster.brokers[follower].target) as admin:  # asked of one broker: each leader's offsets
+        described = admin.describe("orders")["partitions"]
+    assert [(d.leader_id, d.log_end, d.high_watermark) for d in described] == [
+        (meta[p].leader_id, 20, 20) for p in range(3)
+    ]
+    assert all(sorted(d.replicas) == [1, 2, 3] and len(d.isr) == 3 for d in described)
     report, logs = final_check(cluster, history, "orders", 3)
     assert report.ok, str(report)
     assert report.acknowledged == 60 and report.lost == 0 and report.failed + report.indeterminate < 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
 from ..values import ClusterBroker, ClusterDescription, ClusterMetadata, PartitionDescription, PartitionOffsets
 from ..wire import methods
@@ -85,23 +85,28 @@ class Admin:
             "name": msg.name,
             "config": dict(msg.config),
             "created_ms": msg.created_ms,
-            "partitions": [
-                PartitionDescription(
-                    p.partition,
-                    p.log_start,
-                    p.log_end,
-                    p.high_watermark,
-                    p.flushed,
-                    p.size_bytes,
-                    p.segments,
-                    p.leader_id if p.replicas and p.leader_id >= 0 else None,  # a single broker sets none
-                    p.leader_epoch,
-                    tuple(p.replicas),
-                    tuple(p.isr),
-                )
-                for p in msg.partitions
-            ],
+            "partitions": [self._partition(name, p) for p in msg.partitions],
         }
+
+    def _partition(self, topic: str, p: pb.PartitionDescription) -> PartitionDescription:
+        """A partition as described; in a cluster with the offsets its leader reports (the broker that
+        answered may hold no copy, or a follower's that lags)."""
+        offsets = (p.log_start, p.log_end, p.high_watermark, p.flushed)
+        if p.replicas and p.leader_id >= 0:
+            try:
+                offsets = tuple(self.list_offsets(topic, p.partition))
+            except TidelogError:
+                pass  # the leader is away: what the answering broker knows
+        return PartitionDescription(
+            p.partition,
+            *offsets,
+            p.size_bytes,
+            p.segments,
+            p.leader_id if p.replicas and p.leader_id >= 0 else None,  # a single broker sets none
+            p.leader_epoch,
+            tuple(p.replicas),
+            tuple(p.isr),
+        )
 
     def partitions(self, name: str) -> int:
         return len(self._describe(pb.DescribeTopicRequest(name=name)).partitions)
