@@ -371,3 +371,40 @@ def test_topics_deleted_and_created_in_turn_keep_every_broker_working(cluster):
             cluster.wait(lambda n=name: n not in admin.list_topics(), what=f"{name} deleted")
     for b in cluster.brokers.values():
         assert b.stop(timeout_s=15) == 0, b.log()  # a clean, prompt stop
+
+
+def test_the_cli_creates_produces_consumes_and_describes_on_a_cluster(cluster):
+    """The README's session against three brokers, each command given every broker's address."""
+    servers = ",".join(cluster.brokers[b].target for b in cluster.ids)
+    created = tidelog_cli(
+        "topics",
+        "create",
+        "orders",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+        "--min-insync-replicas",
+        "2",
+        "--server",
+        servers,
+    )
+    assert created.returncode == 0, created.stderr
+    cluster.wait_leaders("orders", 3, isr=3)
+    produced = subprocess.run(
+        [sys.executable, "-m", "tidelog", "produce", "orders", "--acks", "all", "--server", servers],
+        input="".join(f"line-{i}\n" for i in range(30)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert produced.returncode == 0, produced.stderr
+    consumed = tidelog_cli("consume", "orders", "--from-beginning", "--max", "30", "--server", servers)
+    assert consumed.returncode == 0, consumed.stderr
+    values = [line.split()[-1] for line in consumed.stdout.splitlines() if line.strip()]
+    assert sorted(values) == sorted(f"line-{i}" for i in range(30)), consumed.stdout
+    described = tidelog_cli("topics", "describe", "orders", "--format", "json", "--server", servers)
+    assert described.returncode == 0, described.stderr
+    parts = json.loads(described.stdout)["partitions"]
+    assert sum(p["high_watermark"] for p in parts) == 30
+    assert all(sorted(p["replicas"]) == [1, 2, 3] and len(p["isr"]) == 3 for p in parts)
