@@ -377,6 +377,11 @@ class ReplicaManager:
             finally:
                 if not future.done():
                     future.cancel()
+        if not self.session.alive or self._leading.get((topic, partition)) is not role:
+            raise NotLeaderError(  # past its lease deadline a leader answers nothing as acknowledged
+                f"broker {self.broker_id} stopped leading {topic}-{partition} while the records were replicated; "
+                "they may or may not be kept: retry (idempotently)"
+            )
         needed = role.plog.config.min_insync_replicas
         if len(role.state.isr) < needed:
             raise NotEnoughReplicasAfterAppendError(
