@@ -54,9 +54,16 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float, what: str
 
 
 class ServerProcess:
-    def __init__(self, data_dir: str, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str, *extra: str, port: int | None = None, host: str = "127.0.0.1", wrapper: tuple = ()
+    ) -> None:
         self.data_dir = data_dir
         self.extra = extra
+        self.host = host
+        """The address it listens on (and clients reach it at)."""
+        self.wrapper = tuple(wrapper)
+        """A command the server runs under, e.g. ("ip", "netns", "exec", NS): it must exec the server, so
+        that the PID is the server's."""
         self.port = port
         """The gRPC port: given, or picked by the server at its first start (then kept for restarts)."""
         self.metrics_port: int | None = None
@@ -72,7 +79,7 @@ class ServerProcess:
     def target(self) -> str:
         if self.port is None:
             raise RuntimeError("the server has not been started yet: its port is not known")
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         """Start and return once the server serves (it writes its port file only then)."""
@@ -83,6 +90,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "tidelog",
@@ -90,7 +98,7 @@ class ServerProcess:
                 "--data-dir",
                 self.data_dir,
                 "--host",
-                "127.0.0.1",
+                self.host,
                 "--port",
                 str(self.port or 0),
                 "--port-file",

@@ -43,10 +43,13 @@ class Settings:
 
 
 class Cluster:
-    def __init__(self, directory: str, brokers: int = 3, settings: Settings | None = None, *extra: str) -> None:
+    def __init__(
+        self, directory: str, brokers: int = 3, settings: Settings | None = None, *extra: str, etcd=None
+    ) -> None:
         self.directory = directory
         self.settings = settings or Settings()
-        self.etcd = EtcdProcess(os.path.join(directory, "etcd"))
+        self.etcd = etcd or EtcdProcess(os.path.join(directory, "etcd"))
+        """Anything with start(), stop() and url (etcd://host:port): EtcdProcess by default."""
         self.ids = list(range(1, brokers + 1))
         self.brokers: dict[int, ServerProcess] = {}
         self.extra = extra
@@ -58,17 +61,21 @@ class Cluster:
         with open(config, "w") as f:
             f.write(self.settings.toml())
         for i in self.ids:
-            self.brokers[i] = ServerProcess(
-                os.path.join(self.directory, f"b{i}"),
-                "--cluster",
-                self.etcd.url,
-                "--broker-id",
-                str(i),
-                "--config",
-                config,
-                *self.extra,
-            ).start()
+            self.brokers[i] = self.broker_process(i, config).start()
         return self
+
+    def broker_process(self, broker_id: int, config: str) -> ServerProcess:
+        """The (not yet started) process of one broker; a subclass may place it elsewhere (tests/helpers/netns.py)."""
+        return ServerProcess(
+            os.path.join(self.directory, f"b{broker_id}"),
+            "--cluster",
+            self.etcd.url,
+            "--broker-id",
+            str(broker_id),
+            "--config",
+            config,
+            *self.extra,
+        )
 
     def data_dir(self, broker_id: int) -> str:
         return self.brokers[broker_id].data_dir
