@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tidelog.errors import TidelogError
+from tidelog.errors import BrokerUnavailableError, TidelogError
 
 from .helpers.cluster import Settings, dump
 from .helpers.history import History, check
@@ -471,13 +471,6 @@ def test_follower_cut_off(net, tmp_path):
     assert report.ok, f"seed={run.seed}: {report}"
 
 
-@pytest.mark.xfail(
-    reason="known issue (reported): a leader cut off from etcd keeps its last view: past its deadline its "
-    "Metadata still names it the leader, and its NOT_LEADER_OR_FOLLOWER names itself, so a client that follows "
-    "it (tidelog's call_leader goes to the named leader at once, no pause) comes straight back for as long as the "
-    "cut lasts, or until its own within_s runs out",
-    strict=False,
-)
 def test_a_leader_cut_off_from_etcd_does_not_name_itself(net, tmp_path):
     """Past its deadline the deposed leader must not send clients back to itself: its NOT_LEADER answer
     and its Metadata name another broker (or none)."""
@@ -489,7 +482,11 @@ def test_a_leader_cut_off_from_etcd_does_not_name_itself(net, tmp_path):
         t_fault = time.monotonic()
         run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
         answer = probe_produce(run, old)
-        said = run.meta_of(old)
-        print(f"the old leader answers a produce: {answer}; its metadata: leader {said.leader_id}")
+        try:
+            said = run.meta_of(old)
+        except BrokerUnavailableError as exc:  # out of its cluster: it sends clients to other brokers
+            said = None
+            print(f"the old leader's metadata: refused ({exc.message})")
+        print(f"the old leader answers a produce: {answer}")
         assert f"led by broker {old} " not in answer, answer
-        assert said.leader_id != old, f"broker {old} still says it leads (epoch {said.leader_epoch})"
+        assert said is None or said.leader_id != old, f"broker {old} still says it leads (epoch {said.leader_epoch})"

@@ -305,6 +305,10 @@ class ReplicaManager:
     def leader_error(self, topic: str, partition: int) -> NotLeaderError:
         state = self.snapshot.partitions.get((topic, partition))
         leader = state.leader if state is not None else NO_LEADER
+        if leader == self.broker_id:
+            # etcd may name this broker, but it does not lead now (its session lapsed, or the role is not
+            # taken yet): never send a client back here, let it look the leader up elsewhere
+            leader = NO_LEADER
         address = self.snapshot.endpoint(leader) if leader != NO_LEADER else ""
         where = f"broker {leader} at {address}" if address else "no broker now (an election is under way)"
         return NotLeaderError(

@@ -15,7 +15,13 @@ from ..cluster.placement import NO_LEADER, TopicPlacement, assign_replicas
 from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.topic import validate_topic_name
-from ..errors import ClusterUnavailableError, InvalidConfigError, TidelogError, UnknownTopicError
+from ..errors import (
+    BrokerUnavailableError,
+    ClusterUnavailableError,
+    InvalidConfigError,
+    TidelogError,
+    UnknownTopicError,
+)
 from ..replication.manager import ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..values import TopicDescription
@@ -253,6 +259,14 @@ class AdminService:
                 for part in count.partitions:
                     topic.partitions.add(partition=part.partition, leader_id=-1, leader_address=self._address)
             return response
+        if not replicas.session.alive:  # cut off from etcd: what it knows may be stale
+            await status.abort(
+                context,
+                BrokerUnavailableError(
+                    f"broker {replicas.broker_id} is not in its cluster now (its etcd session lapsed): "
+                    "ask another broker"
+                ),
+            )
         snapshot = replicas.snapshot
         response = pb.MetadataResponse(
             clustered=True,
