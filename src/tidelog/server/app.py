@@ -57,7 +57,8 @@ from .replica_link import LinkPool
 
 log = logging.getLogger("tidelog.server")
 
-CONTROLLER_TICK_S = 0.25  # how often the controller re-checks the cluster's state on its own
+CONTROLLER_TICK_S = 0.25
+HAND_OVER_S = 5.0  # at most this long handing leaderships over at a clean stop  # how often the controller re-checks the cluster's state on its own
 SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups", "Replication"))
 
 
@@ -476,6 +477,17 @@ class Server:
             extra={"event": "server_stopping", "grace_s": self.config.shutdown_grace_s},
         )
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._control is not None:
+            self._control.cancel()
+        if self._view is not None:  # no new roles from here on (a handed-over partition is not followed)
+            await self._view.close()
+            self._view = None
+        if self.replicas is not None:  # controlled shutdown: leaderships move before anything stops
+            try:
+                moved = await asyncio.wait_for(self.replicas.hand_over(), HAND_OVER_S)
+                log.info("leaderships handed over", extra={"event": "leaders_handed_over", "partitions": moved})
+            except asyncio.TimeoutError:
+                log.warning("handing leaderships over took too long; their leases move them instead")
         await self._stop_replication()
         if self.cluster is not None:  # leave at once: the controller role moves without waiting for a lease
             await self.cluster.close()
