@@ -10,6 +10,8 @@ The short run (3 faults) is in the suite; the long one is asked for:
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -78,6 +80,27 @@ def run(tmp_path, rounds: int, seed: int, faults: tuple[str, ...] = FAULTS) -> N
                         cluster.wait(lambda: acked[0] >= before + 20, timeout_s=60, what=f"acks without {target}")
                         cluster.restart(target)
                         cluster.wait_leaders(TOPIC, PARTITIONS, isr=3, timeout_s=90)
+                    # the restarts moved leaders around: put each back on its preferred replica, under load
+                    result = subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "tidelog",
+                            "cluster",
+                            "rebalance-leaders",
+                            "--cluster",
+                            cluster.etcd.url,
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                    )
+                    assert result.returncode == 0, result.stderr
+                    print(result.stdout.strip())
+                    cluster.wait(
+                        lambda: all(m.leader_id == m.replicas[0] for m in cluster.metadata(TOPIC).values()),
+                        what="every partition led by its preferred replica",
+                    )
                     continue
                 fault = rng.choice(faults)
                 part = rng.randrange(PARTITIONS)

@@ -53,6 +53,31 @@ def register(commands) -> None:
     elect.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
     elect.set_defaults(run=run_elect)
 
+    rebalance = add_command(
+        actions,
+        "rebalance-leaders",
+        "move every partition's leadership back to its preferred (first) replica where it is alive and in "
+        "sync, in etcd (after restarts left leaders piled up on some brokers)",
+    )
+    rebalance.add_argument(
+        "--cluster", metavar="etcd://HOST:PORT[,...]", help="the cluster's etcd (default: $TIDELOG_CLUSTER)"
+    )
+    rebalance.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
+    rebalance.set_defaults(run=run_rebalance)
+
+
+def run_rebalance(args: argparse.Namespace) -> int:
+    from ..cluster.controller import rebalance_leaders
+
+    url = args.cluster or os.environ.get("TIDELOG_CLUSTER")
+    if not url:
+        raise UsageError("rebalance-leaders writes to the cluster's etcd: give --cluster etcd://HOST:PORT")
+    moved = _with_etcd(url, lambda client: rebalance_leaders(client, args.cluster_name), "rebalance leaders")
+    for topic, partition, before, after in moved:
+        print(f"{topic}-{partition}: leader {before} -> {after}")
+    print(f"{len(moved)} partition(s) moved to their preferred leader")
+    return 0
+
 
 def _with_etcd(url: str, work, what: str):
     """Run `await work(client)` against the cluster's etcd at url (15 s at most): a bad URL is a usage

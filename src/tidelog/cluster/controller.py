@@ -186,3 +186,27 @@ async def elect_by_hand(
         },
     )
     return state, new
+
+
+async def rebalance_leaders(client: Any, cluster: str) -> list[tuple[str, int, int, int]]:
+    """Move every partition's leadership back to its preferred (first) replica where that replica is
+    alive and in the ISR (after restarts piled leaders up on a few brokers): [(topic, partition, from,
+    to)] for each partition moved. Each move is one fenced preferred election; a partition whose
+    preferred replica cannot lead cleanly is left as it is."""
+    from .membership import prefix
+    from .metadata import parse
+
+    snapshot = parse(cluster, 0, await client.get_prefix(prefix(cluster)))
+    moved = []
+    for (topic, partition), state in sorted(snapshot.partitions.items()):
+        preferred = state.replicas[0]
+        if state.leader == preferred or preferred not in state.isr or preferred not in snapshot.brokers:
+            continue
+        try:
+            before, after = await elect_by_hand(client, cluster, topic, partition, "preferred")
+        except (InvalidRequestError, ClusterUnavailableError) as exc:
+            log.warning("%s-%d: preferred leader not elected: %s", topic, partition, exc.message)
+            continue
+        if after.leader != before.leader:
+            moved.append((topic, partition, before.leader, after.leader))
+    return moved
