@@ -135,11 +135,14 @@ class Metadata:
             with self._lock:
                 order = list(dict.fromkeys([self._coordinator, *self.bootstrap, *self._brokers]))
             last: TidelogError | None = None
+            refused: NotCoordinatorError | None = None  # a broker answered: the cluster is there
+            tried: set[str] = set()
             for address in order:
+                tried.add(address)
                 try:
                     reply = self.call_at(address, method, request, timeout)
                 except NotCoordinatorError as exc:
-                    last = exc
+                    last = refused = exc
                     if exc.leader_address:
                         with self._lock:
                             self._coordinator = exc.leader_address
@@ -152,10 +155,12 @@ class Metadata:
                     self._coordinator = address
                 return reply
             assert last is not None
-            if isinstance(last, NotCoordinatorError) and last.leader_address and time.monotonic() < deadline:
-                continue
+            if refused is None:
+                raise last  # no broker could be reached at all: say so now
+            if refused.leader_address not in tried and time.monotonic() < deadline:
+                continue  # named a broker not asked yet: go there at once
             if time.monotonic() + pause > deadline:
-                raise last
+                raise refused
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
