@@ -64,8 +64,9 @@ class Cluster:
             self.brokers[i] = self.broker_process(i, config).start()
         return self
 
-    def broker_process(self, broker_id: int, config: str) -> ServerProcess:
-        """The (not yet started) process of one broker; a subclass may place it elsewhere (tests/helpers/netns.py)."""
+    def broker_process(self, broker_id: int, config: str, **where) -> ServerProcess:
+        """The (not yet started) process of one broker; a subclass may place it elsewhere (`where`: the
+        ServerProcess's port, host and wrapper; tests/helpers/netns.py)."""
         return ServerProcess(
             os.path.join(self.directory, f"b{broker_id}"),
             "--cluster",
@@ -75,6 +76,7 @@ class Cluster:
             "--config",
             config,
             *self.extra,
+            **where,
         )
 
     def data_dir(self, broker_id: int) -> str:

@@ -46,6 +46,23 @@ def etcd_binary() -> str:
     return found
 
 
+def wait_healthy(proc: subprocess.Popen, host: str, port: int, timeout_s: float) -> bool:
+    """Whether the etcd process answers healthy on host:port within timeout_s (False once it exited:
+    a port was taken meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=1) as r:
+                if json.loads(r.read()).get("health") == "true":
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def _two_ports() -> tuple[int, int]:
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
     try:
@@ -85,18 +102,7 @@ class EtcdProcess:
         raise RuntimeError(f"etcd did not start: {open(self.log_path, errors='replace').read()[-2000:]}")
 
     def _wait_ready(self) -> bool:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                return False  # exited: a port was taken meanwhile
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.client_port}/health", timeout=1) as r:
-                    if json.loads(r.read()).get("health") == "true":
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
+        return self.proc is not None and wait_healthy(self.proc, "127.0.0.1", self.client_port, READY_TIMEOUT_S)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -34,7 +34,6 @@ import asyncio
 import atexit
 import contextlib
 import ipaddress
-import json
 import os
 import random
 import secrets
@@ -43,7 +42,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import grpc
@@ -53,7 +51,7 @@ from tidelog.cluster.etcd import server_command
 
 from ..server_process import ServerProcess
 from .cluster import Cluster, Settings
-from .etcd import etcd_binary
+from .etcd import etcd_binary, wait_healthy
 
 HOST = "host"
 """The name of the test process's side (clients) in drop rules."""
@@ -431,15 +429,8 @@ class NetEtcd:
         argv = [a.replace("127.0.0.1", self.node.ip) for a in argv]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*self.node.exec, *argv], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://{self.node.ip}:{ETCD_CLIENT_PORT}/health", timeout=1) as r:
-                    if json.loads(r.read()).get("health") == "true":
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
+        if wait_healthy(self.proc, self.node.ip, ETCD_CLIENT_PORT, 30):
+            return self
         self.stop()
         raise RuntimeError(f"etcd did not start: {open(self.log_path, errors='replace').read()[-2000:]}")
 
@@ -484,19 +475,7 @@ class NetCluster(Cluster):
         own = os.path.join(self.directory, f"b{broker_id}.toml")
         with open(config) as f, open(own, "w") as out:
             out.write(f.read() + f'advertised_host = "{node.ip}"\n')
-        return ServerProcess(
-            os.path.join(self.directory, f"b{broker_id}"),
-            "--cluster",
-            self.etcd.url,
-            "--broker-id",
-            str(broker_id),
-            "--config",
-            own,
-            *self.extra,
-            port=BROKER_PORT,
-            host=node.ip,
-            wrapper=node.exec,
-        )
+        return super().broker_process(broker_id, own, port=BROKER_PORT, host=node.ip, wrapper=node.exec)
 
     def node(self, broker_id: int) -> str:
         return f"b{broker_id}"
