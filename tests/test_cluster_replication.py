@@ -366,7 +366,8 @@ def test_topics_deleted_and_created_in_turn_keep_every_broker_working(cluster):
             with Producer(bootstrap, acks="all", delivery_timeout_s=30) as producer:
                 futures = [producer.send(name, b"x" * 512, partition=i % 3) for i in range(3000)]
                 producer.flush(60)
-            assert all(f.exception(0) is None for f in futures)
+            failed = [repr(f.exception(0)) for f in futures if f.exception(0) is not None]
+            assert not failed, f"{len(failed)} sends failed, e.g. {failed[:3]}"
             admin.delete_topic(name)
             cluster.wait(lambda n=name: n not in admin.list_topics(), what=f"{name} deleted")
     for b in cluster.brokers.values():

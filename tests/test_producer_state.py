@@ -11,6 +11,9 @@ def test_idempotent_sequences_wrap_at_two_to_the_31():
 
     state = ProducerState()
     top = (1 << 31) - 3
+    with pytest.raises(OutOfOrderSequenceError, match="not 0"):
+        state.check(7, 0, top, 3, {})  # a producer's first batch here starts at 0
+    state.record(7, 0, top - 3, 3, 97, 99, 0)  # (as replayed from the log)
     assert state.check(7, 0, top, 3, {}) is None
     state.record(7, 0, top, 3, 100, 102, 0)
     assert state.check(7, 0, 0, 2, {}) is None  # 2^31-3 .. 2^31-1, then 0 .. 1

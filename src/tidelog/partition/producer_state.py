@@ -79,6 +79,14 @@ class ProducerState:
                 raise OutOfOrderSequenceError(
                     f"producer {producer_id}: sequence {first_seq} does not follow {expected}", producer_id=producer_id
                 )
+        elif (known is None or epoch != known.epoch) and first_seq != 0:
+            # a producer (or an epoch) the partition does not know starts at sequence 0: a later one
+            # means an earlier batch of it did not land here (refused, or on a leader that is gone), and
+            # taking it would make that batch's retry a "duplicate" and lose it
+            raise OutOfOrderSequenceError(
+                f"producer {producer_id} epoch {epoch}: its first batch here has sequence {first_seq}, not 0",
+                producer_id=producer_id,
+            )
         pending[producer_id] = last_seq
         return None
 
