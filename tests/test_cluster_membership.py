@@ -146,3 +146,41 @@ def test_a_broker_whose_lease_expired_registers_again_with_a_new_epoch(etcd_url)
     first_epoch, epoch, listed, controller = run(scenario())
     assert epoch > first_epoch and listed == [4]
     assert controller  # alone, it is elected again
+
+
+def test_a_lease_clock_jumped_forward_fences_the_broker_until_its_next_renewal(etcd_url, tmp_path, monkeypatch):
+    """The clock-jump test hook: a broker whose lease clock jumps past its deadline stops counting itself
+    a member (and the controller) at once; its next successful renewal, read on the same clock, makes it
+    a member again. A jump backward cannot outlast etcd: the session is still renewed on etcd's terms."""
+    from tidelog.cluster.membership import SkewedClock, lease_clock
+
+    skew = tmp_path / "skew"
+    monkeypatch.setenv("TIDELOG_TEST_CLOCK_FILE", str(skew))
+    clock = lease_clock()
+    assert isinstance(clock, SkewedClock)
+    monkeypatch.delenv("TIDELOG_TEST_CLOCK_FILE")
+    assert lease_clock() is __import__("time").monotonic
+
+    async def scenario():
+        s = BrokerSession(etcd.connect(etcd_url), "skew", 1, "127.0.0.1:50001", 3000, clock)
+        await s.start()
+        before = (s.alive, s.is_controller)
+        skew.write_text("30")
+        await asyncio.sleep(0.1)  # the file is read again at most every 50 ms
+        jumped = (s.alive, s.is_controller)
+        for _ in range(60):  # renewed every session/3 = 1 s (bounded wait)
+            if s.alive:
+                break
+            await asyncio.sleep(0.1)
+        renewed = s.alive
+        skew.write_text("-30")
+        await asyncio.sleep(0.1)
+        back = s.alive
+        await s.close()
+        return before, jumped, renewed, back, s.alive
+
+    before, jumped, renewed, back, closed = run(scenario())
+    assert before == (True, True)
+    assert jumped == (False, False)
+    assert renewed
+    assert back and not closed  # a clean close ends membership whatever the clock says

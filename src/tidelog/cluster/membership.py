@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,42 @@ from ..errors import BrokerIdInUseError, ClusterUnavailableError
 log = logging.getLogger("tidelog.cluster")
 
 DEADLINE_MARGIN = 0.1  # the local deadline ends this fraction of the session early (clock rates, rounding)
+
+
+class SkewedClock:
+    """time.monotonic() plus an offset read from a file, for the tests that jump one broker's lease
+    clock (TIDELOG_TEST_CLOCK_FILE; never set by configuration). The file holds seconds as text; it is
+    read again at most every 50 ms, and a missing or unreadable file counts as no offset."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._offset = 0.0
+        self._read_at = -1.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._read_at >= 0.05:
+            self._read_at = now
+            try:
+                with open(self.path) as f:
+                    self._offset = float(f.read().strip() or 0)
+            except (OSError, ValueError):
+                self._offset = 0.0
+        return now + self._offset
+
+
+def lease_clock() -> Callable[[], float]:
+    """The clock a broker's session deadline is kept on: monotonic (a wall-clock jump cannot move it),
+    or, for the clock-jump tests only, SkewedClock."""
+    path = os.environ.get("TIDELOG_TEST_CLOCK_FILE", "")
+    if not path:
+        return time.monotonic
+    log.error(
+        "the lease clock is skewed by the file %s (TIDELOG_TEST_CLOCK_FILE: a test hook)",
+        path,
+        extra={"event": "test_clock", "path": path},
+    )
+    return SkewedClock(path)
 
 
 def prefix(cluster: str) -> bytes:

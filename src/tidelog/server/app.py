@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from .. import __version__
 from ..cluster import controller as etcd_writes
 from ..cluster.controller import Controller
-from ..cluster.membership import BrokerSession, cluster_status
+from ..cluster.membership import BrokerSession, cluster_status, lease_clock
 from ..cluster.metadata import ClusterView, Snapshot
 from ..cluster.placement import TopicPlacement, assign_replicas
 from ..config import ServerConfig
@@ -176,6 +176,7 @@ class Server:
             self.config.broker_id,
             self.advertised_address,
             self.config.broker_session_timeout_ms,
+            lease_clock(),
         )
         await session.start()
         return session
