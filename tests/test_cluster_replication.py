@@ -409,3 +409,67 @@ def test_the_cli_creates_produces_consumes_and_describes_on_a_cluster(cluster):
     parts = json.loads(described.stdout)["partitions"]
     assert sum(p["high_watermark"] for p in parts) == 30
     assert all(sorted(p["replicas"]) == [1, 2, 3] and len(p["isr"]) == 3 for p in parts)
+
+
+def test_a_broker_back_on_an_emptied_disk_never_leads_before_it_has_caught_up(cluster):
+    """The last in-sync replica restarts on an emptied data directory, under its old broker id. Before the
+    ISR recorded each member's data directory it was elected at once, and every acknowledged record was
+    gone. Now the partition stays offline (the repair is named: an unclean election of a replica that
+    still holds the records), and the emptied broker copies everything back before it counts again."""
+    import shutil
+
+    cluster.create_topic("wiped", partitions=1, rf=2, min_isr=1)
+    meta = cluster.wait_leaders("wiped", 1, isr=2)[0]
+    first, second = meta.leader_id, next(b for b in meta.replicas if b != meta.leader_id)
+    history, leaders = History(), {0: meta.leader_address}
+    for i in range(30):
+        cluster.send_acked(history, "p", "wiped", 0, b"w%d" % i, leaders)
+    cluster.kill(first)  # the second replica leads, alone in the ISR, with every acknowledged record
+    cluster.wait(
+        lambda: (m := cluster.metadata("wiped")[0]).leader_id == second and list(m.isr) == [second],
+        what="the second replica leading alone",
+    )
+    cluster.kill(second)
+    cluster.wait(lambda: cluster.metadata("wiped")[0].leader_id == -1, what="the partition offline")
+    shutil.rmtree(cluster.data_dir(second))  # its disk replaced by an empty one
+    cluster.restart(second)
+    cluster.wait(lambda: second in [b.broker_id for b in _brokers(cluster)], what="the emptied broker registered")
+    time.sleep(2)  # several controller passes: it must not be elected
+    after = cluster.metadata("wiped")[0]
+    assert after.leader_id == -1, f"broker {second} leads from an emptied disk (epoch {after.leader_epoch})"
+    status = tidelog_cli("cluster", "status", "--cluster", cluster.etcd.url, "--format", "json")
+    assert json.loads(status.stdout)["partitions"]["offline"] == ["wiped-0"], status.stderr
+
+    cluster.restart(first)  # still holds every acknowledged record, but is not in the ISR: explicit
+    cluster.wait(lambda: first in [b.broker_id for b in _brokers(cluster)], what="the first replica back")
+    elected = tidelog_cli(
+        "cluster", "elect-leader", "wiped", "0", "--unclean", "--broker", str(first), "--cluster", cluster.etcd.url
+    )
+    assert elected.returncode == 0, elected.stderr
+    new = cluster.wait(lambda: (m := cluster.metadata("wiped")[0]).leader_id == first and m, what="the new leader")
+    leaders = {0: new.leader_address}
+    cluster.send_acked(history, "p", "wiped", 0, b"after", leaders)
+    cluster.wait(lambda: len(cluster.metadata("wiped")[0].isr) == 2, what="the emptied broker caught up, in sync")
+    offset = 0
+    for _ in range(100):  # bounded: the 31 acknowledged records
+        if offset >= 31:
+            break
+        offset = cluster.poll(history, "c", "wiped", 0, offset, leaders)
+    assert offset == 31
+    cluster.stop()
+    logs = {b: dump(cluster.data_dir(b), "wiped", 1).get(0, []) for b in (first, second)}
+    report = check(history, {("wiped", 0): logs}, {("wiped", 0): len(logs[first])}, {("wiped", 0): {first, second}})
+    assert report.ok, report
+    assert [v for _, v, _ in logs[second]] == [v for _, v, _ in logs[first]]  # copied back whole
+
+
+def _brokers(cluster):
+    import asyncio
+
+    from tidelog.cluster import etcd
+    from tidelog.cluster.membership import cluster_status
+
+    async def read():
+        return (await cluster_status(etcd.connect(cluster.etcd.url), "tidelog")).brokers
+
+    return asyncio.run(read())

@@ -632,3 +632,23 @@ def test_a_fetch_that_races_retention_reads_the_segment_it_started_with(data_dir
         monkeypatch.setattr(Segment, "position_of", retention_strikes)
         got = eng.fetch("t", 0, 0)
         assert [r.value for r in got][:1] == [b"r0" * 1000]
+
+
+def test_a_data_directory_keeps_one_storage_id_and_a_damaged_one_is_refused(data_dir, clock):
+    """The storage id tells a cluster that a broker came back on another (emptied) disk: it must stay
+    the same across opens, differ between directories, and never be silently replaced when damaged."""
+    from tidelog.engine.storage_identity import STORAGE_FILE
+
+    with Engine.open(data_dir, clock=clock) as eng:
+        first = eng.storage_id
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.storage_id == first
+    with Engine.open(data_dir + "-other", clock=clock) as eng:
+        assert eng.storage_id != first
+    path = os.path.join(data_dir, STORAGE_FILE)
+    flip(path, os.path.getsize(path) // 2)
+    with pytest.raises(CorruptLogError, match="storage.json is damaged.*Remove the file"):
+        Engine.open(data_dir, clock=clock)
+    os.remove(path)  # the named repair: the directory is opened as new storage
+    with Engine.open(data_dir, clock=clock) as eng:
+        assert eng.storage_id != first

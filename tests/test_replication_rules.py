@@ -87,3 +87,46 @@ def test_with_no_live_isr_member_the_partition_goes_offline_keeping_its_last_isr
     assert elect_leader(offline, {2, 3}) is None  # stays offline
     back = elect_leader(offline, {1, 2, 3})
     assert (back.leader, back.isr, back.leader_epoch) == (1, (1,), 5)
+
+
+def test_a_replica_back_on_another_data_directory_is_out_of_sync_and_never_elected():
+    """The ISR records the data directory each member was in sync from: a broker registered now with
+    another id (restarted on an emptied disk) neither leads nor stays in the ISR, and when it was the
+    last member the partition stays offline instead of being led by a copy that lost records."""
+    state = PartitionState((1, 2, 3), 1, 4, ()).with_isr((1, 2, 3), {1: "d1", 2: "d2", 3: "d3"})
+    assert state.storage_of(2) == "d2" and state.storage_of(9) == ""
+    same = {1: "d1", 2: "d2", 3: "d3"}
+    assert elect_leader(state, {1, 2, 3}, same) is None
+    # the leader came back on a fresh disk before anyone saw it gone: a new leader from the rest
+    new = elect_leader(state, {1, 2, 3}, {**same, 1: "fresh"})
+    assert new is not None and new.leader == 2 and new.leader_epoch == 5 and new.isr == (2, 3)
+    assert dict(new.storage) == {2: "d2", 3: "d3"}
+    # a follower back on a fresh disk leaves the ISR like a dead one
+    new = elect_leader(state, {1, 2, 3}, {**same, 3: "fresh"})
+    assert new is not None and new.leader == 1 and new.leader_epoch == 4 and new.isr == (1, 2)
+    # the last in-sync member back on a fresh disk: offline, its place kept, never elected
+    alone = PartitionState((1, 2), NO_LEADER, 6, ()).with_isr((1,), {1: "d1"})
+    assert elect_leader(alone, {1, 2}, {1: "fresh", 2: "d2"}) is None
+    last = PartitionState((1, 2), 1, 6, ()).with_isr((1,), {1: "d1"})
+    offline = elect_leader(last, {1, 2}, {1: "fresh", 2: "d2"})
+    assert offline is not None and offline.leader == NO_LEADER and offline.isr == (1,)
+    # ids not recorded (state written before they existed), or a broker that does not say: taken at its word
+    unrecorded = PartitionState((1, 2, 3), 1, 4, (1, 2, 3))
+    assert elect_leader(unrecorded, {1, 2, 3}, {1: "fresh"}) is None
+    assert elect_leader(state, {1, 2, 3}, {1: ""}) is None
+
+
+def test_the_recorded_data_directories_follow_the_isr_and_survive_encoding():
+    state = PartitionState((1, 2, 3), 1, 0, ()).with_isr((1, 2, 3), {1: "a", 2: "b", 3: "c"})
+    shrunk = state.with_isr((1, 3))
+    assert dict(shrunk.storage) == {1: "a", 3: "c"}
+    grown = shrunk.with_isr((1, 3, 2), {2: "b2"})  # back in sync, from the directory it fetched into
+    assert dict(grown.storage) == {1: "a", 2: "b2", 3: "c"}
+    moved = grown.with_leader(3, (3, 2))
+    assert moved.leader_epoch == 1 and dict(moved.storage) == {2: "b2", 3: "c"}
+    again = PartitionState.decode(moved.encode(), 7)
+    assert again == PartitionState(moved.replicas, 3, 1, (3, 2), 7, moved.storage)
+    plain = PartitionState((1,), 1, 0, (1,))
+    assert b"storage" not in plain.encode() and PartitionState.decode(plain.encode(), 1).storage == ()
+    with pytest.raises(ValueError):
+        PartitionState.decode(b'{"replicas": [1], "leader": 1, "leader_epoch": 0, "isr": [1], "storage": [1]}', 1)

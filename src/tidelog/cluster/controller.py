@@ -9,7 +9,8 @@ by a leader shrinking its ISR for instance, is read again, never overwritten).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import ClusterUnavailableError, InvalidRequestError, TopicExistsError, UnknownTopicError
@@ -39,11 +40,11 @@ class Controller:
         """Apply what the snapshot calls for; True when something was written (the caller reads again)."""
         if not self.session.is_controller:
             return False
-        live = set(snapshot.brokers)
+        live, storage = set(snapshot.brokers), snapshot.storage()
         tx = self.session.client.transactions
         wrote = False
         for (topic, partition), state in sorted(snapshot.partitions.items()):
-            new = elect_leader(state, live)
+            new = elect_leader(state, live, storage)
             if new is None:
                 continue
             key = partition_key(self.session.cluster, topic, partition)
@@ -75,14 +76,21 @@ def _log_change(topic: str, partition: int, old: PartitionState, new: PartitionS
         log.info("ISR shrunk: dead brokers removed", extra={"event": "isr_shrunk", **facts})
 
 
-async def create_topic(client: Any, cluster: str, topic: TopicPlacement, replicas: Sequence[tuple[int, ...]]) -> None:
-    """Write a new topic and its partitions (leader: the first replica; epoch 0; ISR: every replica)
-    in one transaction that lands only if the topic does not exist."""
+async def create_topic(
+    client: Any,
+    cluster: str,
+    topic: TopicPlacement,
+    replicas: Sequence[tuple[int, ...]],
+    storage: Mapping[int, str] | None = None,
+) -> None:
+    """Write a new topic and its partitions (leader: the first replica; epoch 0; ISR: every replica,
+    each with the data directory it registered, `storage`) in one transaction that lands only if the
+    topic does not exist."""
     tx = client.transactions
     key = topic_key(cluster, topic.name)
     puts = [tx.put(key, topic.encode())]
     for p, brokers in enumerate(replicas):
-        state = PartitionState(tuple(brokers), brokers[0], 0, tuple(brokers))
+        state = PartitionState(tuple(brokers), brokers[0], 0, ()).with_isr(brokers, storage)
         puts.append(tx.put(partition_key(cluster, topic.name, p), state.encode()))
     done, _ = await client.transaction(compare=[tx.create(key) == 0], success=puts, failure=[])
     if not done:
@@ -103,13 +111,20 @@ async def delete_topic(client: Any, cluster: str, name: str) -> None:
 
 
 async def write_isr(
-    client: Any, cluster: str, topic: str, partition: int, state: PartitionState, isr: Sequence[int]
+    client: Any,
+    cluster: str,
+    topic: str,
+    partition: int,
+    state: PartitionState,
+    isr: Sequence[int],
+    storage: Mapping[int, str] | None = None,
 ) -> PartitionState | None:
-    """A leader's change of its ISR, landing only on the state it read (None when it changed meanwhile:
-    a new leader, or the controller's edit; the leader then acts on the newer state)."""
+    """A leader's change of its ISR (`storage`: the data directory of each member it adds), landing
+    only on the state it read (None when it changed meanwhile: a new leader, or the controller's edit;
+    the leader then acts on the newer state)."""
     tx = client.transactions
     key = partition_key(cluster, topic, partition)
-    new = state.with_isr(isr)
+    new = state.with_isr(isr, storage)
     done, _ = await client.transaction(
         compare=[tx.mod(key) == state.version], success=[tx.put(key, new.encode())], failure=[]
     )
@@ -137,7 +152,8 @@ async def elect_by_hand(
     if found is None:
         raise UnknownTopicError(f"{topic}-{partition} is not placed in cluster {cluster!r}", topic=topic)
     state = PartitionState.decode(found.value, found.mod_revision)
-    live = {b.broker_id for b in (await cluster_status(client, cluster)).brokers}
+    registered = {b.broker_id: b.storage for b in (await cluster_status(client, cluster)).brokers}
+    live = {b for b in registered if not state.stale(b, registered)}  # back on an emptied disk: not clean
     if kind == "preferred":
         preferred = state.replicas[0]
         if state.leader == preferred:
@@ -145,7 +161,11 @@ async def elect_by_hand(
         if preferred not in live or preferred not in state.isr:
             raise InvalidRequestError(
                 f"{topic}-{partition}: the preferred replica {preferred} is "
-                + ("not alive" if preferred not in live else f"not in the ISR {list(state.isr)}")
+                + (
+                    ("back on another data directory" if preferred in registered else "not alive")
+                    if preferred not in live
+                    else f"not in the ISR {list(state.isr)}"
+                )
                 + "; nothing was changed"
             )
         new = state.with_leader(preferred, state.isr)
@@ -158,13 +178,15 @@ async def elect_by_hand(
                 f"{topic}-{partition}: in-sync replica {clean[0]} is alive and will be elected cleanly; "
                 "an unclean election is refused"
             )
-        candidates = [b for b in state.replicas if b in live and (broker is None or b == broker)]
+        candidates = [b for b in state.replicas if b in registered and (broker is None or b == broker)]
         if not candidates:
             raise InvalidRequestError(
                 f"{topic}-{partition}: no live replica{'' if broker is None else f' {broker}'} among "
                 f"{list(state.replicas)} to elect"
             )
-        new = state.with_leader(candidates[0], [candidates[0]])
+        chosen = candidates[0]
+        new = replace(state.with_leader(chosen, [chosen]), storage=())
+        new = new.with_isr([chosen], {chosen: registered[chosen]})
     else:
         raise InvalidRequestError(f"election kind must be preferred or unclean, not {kind!r}")
     tx = client.transactions

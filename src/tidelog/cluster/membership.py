@@ -2,7 +2,8 @@
 
 Keys, under `/tidelog/<cluster>/`:
 
-- `brokers/<id>` → {"endpoint", "incarnation"} on the broker's lease. Taken only if absent
+- `brokers/<id>` → {"endpoint", "incarnation", "storage"} on the broker's lease (storage: its data
+  directory's id, engine/storage_identity.py). Taken only if absent
   (`create_revision == 0`), so two live brokers never share an id; its create_revision is the broker
   epoch. The lease ends with the process (revoked at a clean stop, expired after a crash).
 - `controller` → {"broker_id"} on the controller's lease, taken the same way; its create_revision is
@@ -89,6 +90,7 @@ class BrokerInfo:
     endpoint: str
     incarnation: str
     epoch: int  # create_revision of its registration
+    storage: str = ""  # its data directory's id ("": a broker that does not say)
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,10 @@ class BrokerSession:
         endpoint: str,
         session_timeout_ms: int,
         clock: Callable[[], float] = time.monotonic,
+        storage_id: str = "",
     ) -> None:
         self.client, self.cluster, self.broker_id, self.endpoint = client, cluster, broker_id, endpoint
+        self.storage_id = storage_id
         self.ttl_s = max(1, math.ceil(session_timeout_ms / 1000))  # etcd leases count whole seconds
         self.incarnation = secrets.token_hex(8)  # tells this run of the broker from an earlier one
         self._clock = clock
@@ -140,7 +144,9 @@ class BrokerSession:
 
     async def _register(self) -> None:
         key = broker_key(self.cluster, self.broker_id)
-        value = json.dumps({"endpoint": self.endpoint, "incarnation": self.incarnation}).encode()
+        value = json.dumps(
+            {"endpoint": self.endpoint, "incarnation": self.incarnation, "storage": self.storage_id}
+        ).encode()
         try:
             sent = self._clock()
             self._lease = await self.client.lease(self.ttl_s)
@@ -294,6 +300,7 @@ async def cluster_status(client: Any, cluster: str) -> ClusterStatus:
                     doc.get("endpoint", "?"),
                     doc.get("incarnation", "?"),
                     meta.create_revision,
+                    str(doc.get("storage", "")),
                 )
             )
         elif key == b"controller":

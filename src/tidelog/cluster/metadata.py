@@ -30,6 +30,10 @@ class Snapshot:
     topics: dict[str, TopicPlacement] = field(default_factory=dict)
     partitions: dict[tuple[str, int], PartitionState] = field(default_factory=dict)
 
+    def storage(self) -> dict[int, str]:
+        """Each live broker's data-directory id, as it registered it."""
+        return {b: info.storage for b, info in self.brokers.items()}
+
     def endpoint(self, broker_id: int) -> str:
         info = self.brokers.get(broker_id)
         return info.endpoint if info is not None else ""
@@ -49,7 +53,9 @@ def parse(cluster: str, revision: int, kvs: Any) -> Snapshot:
             if key.startswith("brokers/"):
                 doc = json.loads(kv.value)
                 bid = int(key[len("brokers/") :])
-                brokers[bid] = BrokerInfo(bid, doc["endpoint"], doc.get("incarnation", ""), kv.create_revision)
+                brokers[bid] = BrokerInfo(
+                    bid, doc["endpoint"], doc.get("incarnation", ""), kv.create_revision, str(doc.get("storage", ""))
+                )
             elif key == "controller":
                 controller_id, controller_epoch = int(json.loads(kv.value)["broker_id"]), kv.create_revision
             elif key.startswith("topics/"):

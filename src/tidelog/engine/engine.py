@@ -9,6 +9,7 @@ Data directory layout (see docs/FORMAT.md):
     .lock                      held by the process that has the directory open
     .clean_shutdown            present only between a clean close and the next open
     meta/topics/<topic>.json   a topic exists iff this file does (checksummed; see engine/catalog.py)
+    meta/storage.json          the directory's identity (engine/storage_identity.py)
     <topic>-<partition>/       partition.meta (the proof it is ours), segments: <base>.log, <base>.index,
                                <base>.timeindex, <base>.snapshot, recovery-point
     .trash/                    partition directories of deleted topics, being removed
@@ -42,6 +43,7 @@ from ..partition.partition_log import PartitionLog
 from ..storage.fs import FileSystem, FsyncStats
 from ..storage.map_cache import MapCache
 from ..values import PartitionDescription, PartitionOffsets, PartitionStatus, ProduceResult, TopicDescription
+from . import storage_identity
 from .catalog import Catalog
 from .housekeeper import Housekeeper
 from .results import FetchResult
@@ -85,6 +87,7 @@ class Engine:
         self._lock_fd = fs.lock_dir(self.path)
         try:
             self.clean_start = self._marker_consumed = False
+            self.storage_id = storage_identity.load_or_create(fs, self.path)
             self.clean_start = self._consume_clean_marker()
             started = time.monotonic()
             self._load_topics()

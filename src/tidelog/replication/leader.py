@@ -19,6 +19,7 @@ class FollowerProgress:
     log_end: int = -1  # -1: has not fetched in this epoch
     last_fetch: float = 0.0
     last_caught_up: float = 0.0
+    replica_epoch: int = 0  # the broker epoch (registration) it last fetched as: who vouches for its disk
 
 
 class LeaderState:
@@ -40,12 +41,12 @@ class LeaderState:
         # every follower starts with a full lag window: it has had no chance to fetch from this leader yet
         self.followers = {b: FollowerProgress(last_caught_up=now, last_fetch=now) for b in replicas if b != broker_id}
 
-    def fetched(self, replica: int, log_end: int, leader_log_end: int) -> None:
+    def fetched(self, replica: int, log_end: int, leader_log_end: int, replica_epoch: int = 0) -> None:
         progress = self.followers.get(replica)
         if progress is None:
             return
         now = self._clock()
-        progress.log_end, progress.last_fetch = log_end, now
+        progress.log_end, progress.last_fetch, progress.replica_epoch = log_end, now, replica_epoch
         if log_end >= leader_log_end:
             progress.last_caught_up = now
 

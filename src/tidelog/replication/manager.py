@@ -135,6 +135,10 @@ class ReplicaManager:
     def broker_id(self) -> int:
         return self.session.broker_id
 
+    @property
+    def _own_storage(self) -> dict[int, str]:
+        return {self.broker_id: self.session.storage_id}
+
     def start(self) -> None:
         self._maintenance = asyncio.ensure_future(self._maintain())
 
@@ -156,7 +160,17 @@ class ReplicaManager:
                 continue
             key = (topic, partition)
             hosted.add(key)
-            if state.leader == self.broker_id:
+            if state.leader == self.broker_id and state.stale(self.broker_id, self._own_storage):
+                # named leader, but from the data directory this broker had before a restart on an
+                # emptied disk: leading now would lose every record it once held. The controller sees
+                # the new registration and elects another in-sync replica.
+                await self._stop_following(key)
+                self._stop_leading(key, "this broker restarted on another data directory")
+                log.error(
+                    "not leading: this broker was in sync from another data directory",
+                    extra={"event": "leadership_refused", "topic": topic, "partition": partition},
+                )
+            elif state.leader == self.broker_id:
                 await self._lead(key, state)
             elif state.leader != NO_LEADER:
                 await self._follow(key, state)
@@ -305,7 +319,12 @@ class ReplicaManager:
         moved = 0
         for (topic, partition), role in list(self._leading.items()):
             state = role.state
-            others = [b for b in state.isr if b != self.broker_id and b in self.snapshot.brokers]
+            storage = self.snapshot.storage()
+            others = [
+                b
+                for b in state.isr
+                if b != self.broker_id and b in self.snapshot.brokers and not state.stale(b, storage)
+            ]
             if not others:
                 continue  # the only in-sync copy: it keeps leading until its lease ends
             new = state.with_leader(others[0], [b for b in state.isr if b != self.broker_id])
@@ -468,15 +487,17 @@ class ReplicaManager:
         fetch_offset: int,
         max_bytes: int,
         max_wait_ms: int,
+        replica_epoch: int = 0,
     ) -> tuple[bytes, int, int]:
-        """A follower's fetch: record how far it has copied, and answer the batches after that."""
+        """A follower's fetch: record how far it has copied (and as which registration of its broker),
+        and answer the batches after that."""
         role = self._fetch_role(topic, partition, leader_epoch)
         start, end = role.plog.offset_range()[:2]
         if fetch_offset > end:
             raise TidelogError(
                 f"{topic}-{partition}: replica {replica} fetches from {fetch_offset}, past the leader's log end {end}"
             )
-        role.leader.fetched(replica, fetch_offset, end)
+        role.leader.fetched(replica, fetch_offset, end, replica_epoch)
         await self._advance((topic, partition), role)
         self._maybe_change_isr((topic, partition), role)
         if fetch_offset == end and max_wait_ms > 0:
@@ -498,20 +519,38 @@ class ReplicaManager:
         if role.isr_write is not None and not role.isr_write.done():
             return
         shrink = role.leader.to_shrink()
-        expand = role.leader.to_expand(role.high_watermark)
+        vouched = self._vouched(role.leader.to_expand(role.high_watermark), role)
+        expand = list(vouched)
         if not shrink and not expand:
             return
         isr = [b for b in role.state.isr if b not in shrink] + [b for b in expand if b not in role.state.isr]
-        role.isr_write = asyncio.ensure_future(self._write_isr(key, role, isr, shrink, expand))
+        role.isr_write = asyncio.ensure_future(self._write_isr(key, role, isr, shrink, expand, vouched))
+
+    def _vouched(self, caught_up: list[int], role: _Leading) -> dict[int, str]:
+        """The caught-up followers this leader can vouch for, with the data directory each copied into:
+        the one registered by the broker epoch it fetched as (a follower whose registration the leader
+        has not read yet waits for the next check: it may have restarted on another disk since)."""
+        vouched = {}
+        for b in caught_up:
+            info = self.snapshot.brokers.get(b)
+            if info is not None and info.epoch == role.leader.followers[b].replica_epoch:
+                vouched[b] = info.storage
+        return vouched
 
     async def _write_isr(
-        self, key: tuple[str, int], role: _Leading, isr: list[int], shrink: list[int], expand: list[int]
+        self,
+        key: tuple[str, int],
+        role: _Leading,
+        isr: list[int],
+        shrink: list[int],
+        expand: list[int],
+        storage: dict[int, str],
     ) -> None:
         if not self.session.alive:
             return
         try:
             new = await etcd_writes.write_isr(
-                self.session.client, self.session.cluster, key[0], key[1], role.state, isr
+                self.session.client, self.session.cluster, key[0], key[1], role.state, isr, storage
             )
         except Exception as exc:
             log.warning("%s-%d: cannot change the ISR in etcd: %s", key[0], key[1], exc)

@@ -146,7 +146,8 @@ class AdminService:
             )
         placement = TopicPlacement(request.name, partitions, rf, settings, self.engine.clock())
         assignment = assign_replicas(live, partitions, rf, start=random.randrange(max(len(live), 1)))
-        await etcd_writes.create_topic(session.client, session.cluster, placement, assignment)
+        storage = {b.broker_id: b.storage for b in found.brokers}
+        await etcd_writes.create_topic(session.client, session.cluster, placement, assignment, storage)
         msg = pb.TopicDescription(name=request.name, created_ms=placement.created_ms)
         for key, value in config.to_dict().items():
             msg.config[key] = str(value)

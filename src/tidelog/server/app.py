@@ -177,6 +177,7 @@ class Server:
             self.advertised_address,
             self.config.broker_session_timeout_ms,
             lease_clock(),
+            self.engine.storage_id if self.engine is not None else "",
         )
         await session.start()
         return session
@@ -280,7 +281,9 @@ class Server:
             placement = TopicPlacement(
                 OFFSETS_TOPIC, 1, rf, settings, self.async_engine.clock() if self.async_engine else 0
             )
-            await etcd_writes.create_topic(session.client, session.cluster, placement, assign_replicas(live, 1, rf))
+            storage = {b.broker_id: b.storage for b in found.brokers}
+            assignment = assign_replicas(live, 1, rf)
+            await etcd_writes.create_topic(session.client, session.cluster, placement, assignment, storage)
             log.info("group-state partition placed", extra={"event": "offsets_topic_placed", "replication_factor": rf})
         except TopicExistsError:
             pass

@@ -50,6 +50,7 @@ class ReplicationService:
                     request.fetch_offset,
                     request.max_bytes,
                     min(max(request.max_wait_ms, 0), MAX_WAIT_MS),
+                    request.replica_epoch,
                 )
             except TidelogError as exc:
                 yield pb.ReplicaFetchResponse(fetch_offset=request.fetch_offset, error=error_message(exc))
