@@ -26,6 +26,9 @@ MAX_WAIT_S = 1.0
 """Longest wait of one fetch for tokens: a fetch still in debt after it answers with no batches
 (the follower asks again at once), well within the follower's read timeout."""
 
+MIN_WAIT_S = 0.001
+"""Shortest wait for tokens: a wait the clock cannot tell from none (a fraction of a token) would spin."""
+
 
 class TokenBucket:
     """`rate` tokens (bytes) per second, holding at most one second's worth; may go into debt."""
@@ -69,7 +72,7 @@ class TokenBucket:
         self._refill()
         if self._rate == 0 or self._tokens >= 1:
             return 0.0
-        return (1 - self._tokens) / self._rate
+        return max((1 - self._tokens) / self._rate, MIN_WAIT_S)
 
     def take(self, amount: int) -> None:
         """Spend `amount` tokens (the bytes sent), going into debt if the bucket holds fewer."""
