@@ -13,7 +13,7 @@ from tidelog.cluster.alter import plan_alter
 from tidelog.cluster.placement import TopicPlacement, assign_added_replicas, assign_replicas
 from tidelog.engine.topic_meta import write_marker
 from tidelog.errors import CorruptLogError, InvalidConfigError, InvalidPartitionError
-from tidelog.storage.fs import FileSystem
+from tidelog.storage.fs import TMP_PREFIX, FileSystem
 
 from .server_process import ServerProcess
 from .test_cli import one_error_line, tidelog
@@ -197,3 +197,77 @@ def test_topics_alter_bad_usage_exit_2(server, args, message):
     out = tidelog("topics", "alter", "t", *args, f"--server={server.target}")
     assert out.returncode == 2
     assert message in one_error_line(out)
+
+
+def test_a_crash_at_any_step_of_a_partition_increase_leaves_the_topic_whole_before_or_after(tmp_path):
+    """Every file operation of an increase 2 → 4, failed in turn (the process dies there): the next
+    open holds the topic with 2 or 4 partitions, every record it had, and nothing past its count."""
+
+    class Crash(BaseException):
+        pass
+
+    class CrashAt(FileSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.k, self.n = 0, 0
+
+        def _tick(self) -> None:
+            self.n += 1
+            if self.n == self.k:
+                raise Crash()
+
+        def write_file_atomic(self, *a, **kw):
+            self._tick()
+            return super().write_file_atomic(*a, **kw)
+
+        def makedirs(self, *a):
+            self._tick()
+            return super().makedirs(*a)
+
+        def open(self, *a, **kw):
+            self._tick()
+            return super().open(*a, **kw)
+
+        def remove(self, *a):
+            self._tick()
+            return super().remove(*a)
+
+    seen = set()
+    for k in range(1, 200):
+        d = str(tmp_path / f"k{k}")
+        with Engine.open(d) as engine:
+            engine.create_topic("t", 2)
+            engine.produce("t", [b"a", b"b"], partition=0)
+            engine.produce("t", [b"c"], partition=1)
+        fs = CrashAt()
+        engine = Engine.open(d, fs=fs)
+        fs.n, fs.k = 0, k  # count the increase's operations only
+        try:
+            engine.alter_topic("t", 4)
+            finished = True
+        except Crash:
+            finished = False
+        engine._housekeeper.stop()
+        engine._catalog.trash.stop()
+        for t in engine._topics.values():
+            for plog in t.partitions:
+                plog.close_files()
+        fs.unlock_dir(engine._lock_fd)
+        with Engine.open(d) as again:
+            count = again.partitions("t")
+            seen.add(count)
+            assert count in (2, 4)
+            assert [again.list_offsets("t", p).log_end for p in range(count)] == [2, 1] + [0] * (count - 2)
+        leftover = os.path.join(d, f"t-{count}")
+        # past the count: nothing, or a directory the crash left before its marker, holding no file of its own
+        assert not os.path.exists(leftover) or all(n.startswith(TMP_PREFIX) for n in os.listdir(leftover))
+        if finished:
+            assert count == 4
+            break
+        if count == 2:  # the operator runs the command again: it completes
+            with Engine.open(d) as again:
+                assert len(again.alter_topic("t", 4).partitions) == 4
+                assert [again.list_offsets("t", p).log_end for p in range(4)] == [2, 1, 0, 0]
+    else:
+        raise AssertionError("the increase never finished")
+    assert seen == {2, 4}

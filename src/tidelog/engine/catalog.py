@@ -332,7 +332,13 @@ class Catalog:
         Before the commit a failure removes the directories it made (each proved ours by its marker);
         a crash leaves them, and the next open's `_roll_back_growth` removes them."""
         for p in range(old, meta.partitions):
-            if self.fs.exists(partition_dir(self.path, meta.name, p)):
+            directory = partition_dir(self.path, meta.name, p)
+            if self._unmarked_leftover(directory):
+                # an increase that crashed before this directory's marker was written: it holds nothing
+                # but tidelog's temporary files, so it is taken over (never deleted without proof)
+                for name in self.fs.listdir(directory):
+                    self.fs.remove(os.path.join(directory, name))
+            elif self.fs.exists(directory):
                 raise TopicExistsError(
                     f"cannot add partition {p} to topic {meta.name!r}: {partition_dir(self.path, meta.name, p)} "
                     "already exists in the data directory and is not this topic's; move it away first",
@@ -359,8 +365,15 @@ class Catalog:
                     extra={"event": "topic_growth_rolled_back", "topic": meta.name},
                 )
             raise
-        for p in range(old):
-            write_marker(self.fs, partition_dir(self.path, meta.name, p), meta, p)
+        try:
+            for p in range(old):
+                write_marker(self.fs, partition_dir(self.path, meta.name, p), meta, p)
+        except StorageError as exc:  # committed already: an older marker only serves a later repair
+            log.warning(
+                "could not rewrite a partition marker after altering the topic (%s); the topic file is right",
+                exc.message,
+                extra={"event": "marker_rewrite_failed", "topic": meta.name},
+            )
         return logs
 
     def _roll_back_growth(self, metas: list[TopicMeta]) -> None:
@@ -390,6 +403,9 @@ class Catalog:
                 "removed a partition of an increase that a crash interrupted",
                 extra={"event": "topic_growth_rolled_back", "topic": owner.name, "partition": marker.partition},
             )
+
+    def _unmarked_leftover(self, directory: str) -> bool:
+        return self.fs.is_dir(directory) and all(name.startswith(TMP_PREFIX) for name in self.fs.listdir(directory))
 
     def _holds_no_record(self, directory: str) -> bool:
         for name in self.fs.listdir(directory):
