@@ -5,6 +5,8 @@ replication throttling of a catching-up follower. Every run is checked by the hi
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -198,16 +200,28 @@ def test_a_producer_with_keys_uses_the_added_partitions_after_its_metadata_refre
 
 @dataclass
 class Throttled(Settings):
-    throttle_bytes_per_s: int = 200_000
+    throttle_bytes_per_s: int = 50_000_000  # each broker's own setting: far above what the test sends
 
     def toml(self) -> str:
         return super().toml() + f"replication_throttle_bytes_per_s = {self.throttle_bytes_per_s}\n"
 
 
+def set_throttle(cluster: Cluster, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "tidelog", "cluster", "throttle", *args, "--cluster", cluster.etcd.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_a_follower_catching_up_is_throttled_and_rejoins_while_producers_keep_their_acks(tmp_path):
-    """A follower is killed, about 1.5 MB is produced, and the follower restarts under a 200 kB/s
-    replication throttle: it catches up and rejoins the ISR while the producer keeps getting acks
-    (acks=all, min_insync_replicas 2), and the leader's metrics show the throttling. No timing asserted."""
+    """A follower is killed, about 1.5 MB is produced, the throttle is lowered to 200 kB/s at runtime
+    (`tidelog cluster throttle`) and the follower restarted: it catches up and rejoins the ISR while
+    the producer keeps getting acks (acks=all, min_insync_replicas 2), and the leader's metrics show
+    the throttling. Cleared, each broker's own setting applies again. No timing asserted."""
     seed = random.randrange(1 << 30)
     print(f"seed={seed}")
     rng = random.Random(seed)
@@ -217,6 +231,8 @@ def test_a_follower_catching_up_is_throttled_and_rejoins_while_producers_keep_th
         cluster.create_topic(topic, partitions=1, rf=3, min_isr=2)
         meta = cluster.wait_leaders(topic, 1, isr=3)
         leader = meta[0].leader_id
+        port = cluster.brokers[leader].metrics_port
+        assert scrape(port)["tidelog_replication_throttle_bytes_per_second"] == 50_000_000
         victim = rng.choice([b for b in meta[0].replicas if b != leader])
         cluster.kill(victim)
         cluster.wait(lambda: victim not in cluster.metadata(topic)[0].isr, what=f"broker {victim} leaving the ISR")
@@ -224,6 +240,11 @@ def test_a_follower_catching_up_is_throttled_and_rejoins_while_producers_keep_th
         blob = bytes(rng.randrange(256) for _ in range(8192))
         for i in range(180):  # about 1.5 MB the follower lacks
             cluster.send_acked(history, "bulk", topic, 0, b"%d:" % i + blob, leaders)
+        assert "-> 200000 bytes/s" in set_throttle(cluster, "--rate", "200000")
+        cluster.wait(
+            lambda: scrape(port)["tidelog_replication_throttle_bytes_per_second"] == 200_000,
+            what="the leader applying the runtime throttle",
+        )
         cluster.restart(victim)
         acked_while_catching_up = 0
         n = 0
@@ -236,10 +257,14 @@ def test_a_follower_catching_up_is_throttled_and_rejoins_while_producers_keep_th
                 leaders = leaders_of(cluster, topic)
             n += 1
         assert acked_while_catching_up > 0
-        gauges = scrape(cluster.brokers[leader].metrics_port)
-        assert gauges["tidelog_replication_throttle_bytes_per_second"] == 200_000
+        gauges = scrape(port)
         assert gauges["tidelog_replication_throttled_bytes_total"] > 0
         assert gauges["tidelog_replication_throttled_seconds_total"] > 0
+        set_throttle(cluster, "--clear")
+        cluster.wait(
+            lambda: scrape(port)["tidelog_replication_throttle_bytes_per_second"] == 50_000_000,
+            what="the leader going back to its own setting",
+        )
         report, _ = final_check(cluster, history, topic, 1)
         assert report.ok, f"seed={seed}: {report}"
         assert report.acknowledged >= 180 + acked_while_catching_up

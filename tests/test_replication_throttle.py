@@ -93,3 +93,24 @@ def test_the_setting_is_validated():
     assert ServerConfig().replication_throttle_bytes_per_s == 0
     with pytest.raises(InvalidConfigError, match="replication_throttle_bytes_per_s must be at least 0"):
         ServerConfig(replication_throttle_bytes_per_s=-1)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "one of the arguments --rate --clear is required"),
+        (["--rate", "-1"], "--rate"),
+        (["--rate", "10", "--clear"], "not allowed with argument"),
+        (["--rate", "10"], "give --cluster etcd://HOST:PORT"),
+        (["--rate", "10", "--cluster", "http://x:1"], "cluster must be etcd://"),
+    ],
+)
+def test_cluster_throttle_bad_usage_exit_2(args, message):
+    import os
+
+    from .test_cli import one_error_line, tidelog
+
+    env = {k: v for k, v in os.environ.items() if k != "TIDELOG_CLUSTER"}
+    out = tidelog("cluster", "throttle", *args, env=env)
+    assert out.returncode == 2, out.stderr
+    assert message in one_error_line(out)

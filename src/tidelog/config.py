@@ -261,7 +261,7 @@ class ServerConfig:
     high watermark: a broker back from an outage, a new replica), over all its partitions together; 0
     (the default): no limit (Kafka: leader.replication.throttled.rate). In-sync followers are never
     throttled, so acks=all latency does not suffer. Keep it above the produce rate, or a catching-up
-    follower never catches up. Read at start (a change takes a rolling restart)."""
+    follower never catches up. `tidelog cluster throttle --rate N` overrides it on every broker at runtime."""
     replication_timeout_ms: int = 10_000
     """How long an acks=all produce waits for the in-sync replicas before answering that the outcome
     is unknown (REQUEST_TIMED_OUT: retry idempotently)."""

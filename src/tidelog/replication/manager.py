@@ -31,6 +31,7 @@ from ..cluster import controller as etcd_writes
 from ..cluster.membership import BrokerSession
 from ..cluster.metadata import Snapshot
 from ..cluster.placement import NO_LEADER, PartitionState, partition_key
+from ..cluster.settings import THROTTLE, parse_rate
 from ..engine.engine import Engine
 from ..errors import (
     FencedLeaderEpochError,
@@ -152,6 +153,7 @@ class ReplicaManager:
     # -- acting on the cluster's state ---------------------------------------------------------------
     async def apply(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self._apply_throttle(snapshot)
         await self._sync_topics(snapshot)
         hosted = set()
         for (topic, partition), state in snapshot.partitions.items():
@@ -204,6 +206,23 @@ class ReplicaManager:
             except UnknownTopicError:
                 pass
             log.info("topic copy deleted", extra={"event": "replica_topic_deleted", "topic": name})
+
+    def _apply_throttle(self, snapshot: Snapshot) -> None:
+        """The replication throttle set in etcd at runtime (`tidelog cluster throttle`), else this
+        broker's own setting; applied at once, logged when it changes."""
+        stored = parse_rate(snapshot.settings.get(THROTTLE))
+        rate = self.settings.throttle_bytes_per_s if stored is None else stored
+        if rate != self.throttle.bucket.rate:
+            log.warning(
+                "replication throttle changed",
+                extra={
+                    "event": "replication_throttle_changed",
+                    "bytes_per_s": rate,
+                    "previous": self.throttle.bucket.rate,
+                    "source": "broker config" if stored is None else "cluster (etcd)",
+                },
+            )
+            self.throttle.bucket.set_rate(rate)
 
     async def _grow_copy(self, name: str, partitions: int) -> None:
         """The topic gained partitions (`topics alter`): add them to the local copy, as a create would
