@@ -185,17 +185,22 @@ class AdminService:
         self, replicas: ReplicaManager, name: str, partitions: int | None, min_insync: int | None
     ) -> pb.TopicDescription:
         session = replicas.session
-        live = [b.broker_id for b in (await cluster_status(session.client, session.cluster)).brokers]
-        await topic_changes.alter_topic(
-            session.client,
-            session.cluster,
-            name,
-            live,
-            partitions,
-            min_insync,
-            self.engine.config.max_partitions_per_topic,
-        )
-        return await self._describe_from_etcd(replicas, name)
+        try:
+            live = [b.broker_id for b in (await cluster_status(session.client, session.cluster)).brokers]
+            await topic_changes.alter_topic(
+                session.client,
+                session.cluster,
+                name,
+                live,
+                partitions,
+                min_insync,
+                self.engine.config.max_partitions_per_topic,
+            )
+            return await self._describe_from_etcd(replicas, name)
+        except TidelogError:
+            raise
+        except Exception as exc:  # aetcd's own errors: etcd out of reach (the change may or may not have landed)
+            raise ClusterUnavailableError(f"cannot alter topic {name!r} in etcd: {exc}") from None
 
     async def _describe_from_etcd(self, replicas: ReplicaManager, name: str) -> pb.TopicDescription:
         """The topic as etcd has it now (this broker's snapshot may not have the change yet)."""
