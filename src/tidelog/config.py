@@ -256,6 +256,12 @@ class ServerConfig:
     """How long a follower's fetch waits at the leader when there is nothing new."""
     replica_fetch_max_bytes: int = 1 << 20
     """Largest answer to one follower fetch (at least one batch)."""
+    replication_throttle_bytes_per_s: int = 0
+    """Bytes per second a leader sends to followers that are catching up (outside the ISR and behind the
+    high watermark: a broker back from an outage, a new replica), over all its partitions together; 0
+    (the default): no limit (Kafka: leader.replication.throttled.rate). In-sync followers are never
+    throttled, so acks=all latency does not suffer. Keep it above the produce rate, or a catching-up
+    follower never catches up. `tidelog cluster throttle --rate N` overrides it on every broker at runtime."""
     replication_timeout_ms: int = 10_000
     """How long an acks=all produce waits for the in-sync replicas before answering that the outcome
     is unknown (REQUEST_TIMED_OUT: retry idempotently)."""
@@ -311,6 +317,7 @@ class ServerConfig:
         _positive(self, "replica_fetch_wait_ms", minimum=0)
         _positive(self, "replica_fetch_max_bytes", minimum=1024)
         _positive(self, "replication_timeout_ms", minimum=1)
+        _positive(self, "replication_throttle_bytes_per_s", minimum=0)
         if not isinstance(self.cluster, str) or not isinstance(self.cluster_name, str) or not self.cluster_name:
             raise InvalidConfigError("cluster and cluster_name must be strings (cluster_name not empty)")
         if "/" in self.cluster_name:

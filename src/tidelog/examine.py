@@ -511,7 +511,12 @@ def check_directory(data_dir: str) -> DirectoryCheck:
         owner = topics.get(name)
         if owner is not None and owner.topic_id == topic_id:
             extra = sorted(p for p in parts if p >= owner.partitions)
-            if extra:
+            if extra and all(parts[p].partitions > owner.partitions for p in extra):
+                out.notes.append(
+                    f"topic {name!r}: an increase to partitions {extra} was interrupted before it was committed; "
+                    "the next open removes them if they hold no record"
+                )
+            elif extra:
                 out.problems.append(
                     f"topic {name!r}: its metadata says {owner.partitions} partitions, but the "
                     f"directories of partitions {extra} exist (repair does not guess which is right)"

@@ -10,6 +10,7 @@ from ..values import ClusterBroker, ClusterDescription
 from .broker import admin, talks_to_broker
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
+from .values import non_negative_int
 
 
 def register(commands) -> None:
@@ -64,6 +65,39 @@ def register(commands) -> None:
     )
     rebalance.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
     rebalance.set_defaults(run=run_rebalance)
+
+    throttle = add_command(
+        actions,
+        "throttle",
+        "limit replication to catching-up followers on every broker, at runtime, in etcd (the setting "
+        "replication_throttle_bytes_per_s; in-sync followers are never throttled)",
+    )
+    rate = throttle.add_mutually_exclusive_group(required=True)
+    rate.add_argument("--rate", type=non_negative_int, metavar="BYTES_PER_S", help="the limit per broker; 0: none")
+    rate.add_argument(
+        "--clear", action="store_true", help="remove the runtime limit: each broker's own setting applies again"
+    )
+    throttle.add_argument(
+        "--cluster", metavar="etcd://HOST:PORT[,...]", help="the cluster's etcd (default: $TIDELOG_CLUSTER)"
+    )
+    throttle.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
+    throttle.set_defaults(run=run_throttle)
+
+
+def run_throttle(args: argparse.Namespace) -> int:
+    from ..cluster.settings import THROTTLE, set_setting
+
+    url = args.cluster or os.environ.get("TIDELOG_CLUSTER")
+    if not url:
+        raise UsageError("throttle writes to the cluster's etcd: give --cluster etcd://HOST:PORT")
+    value = None if args.clear else args.rate
+    before = _with_etcd(
+        url, lambda client: set_setting(client, args.cluster_name, THROTTLE, value), "set the replication throttle"
+    )
+    was = "each broker's own" if before is None else f"{before} bytes/s"
+    now = "each broker's own" if value is None else f"{value} bytes/s" + (" (no limit)" if value == 0 else "")
+    print(f"replication throttle: {was} -> {now}")
+    return 0
 
 
 def run_rebalance(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`tidelog topics create|list|describe|delete`."""
+"""`tidelog topics create|list|describe|alter|delete`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .values import positive_int
 
 
 def register(commands) -> None:
-    topics = talks_to_broker(add_command(commands, "topics", "create, list, describe and delete topics"))
+    topics = talks_to_broker(add_command(commands, "topics", "create, list, describe, alter and delete topics"))
     actions = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     create = talks_to_broker(add_command(actions, "create", "create a topic"))
@@ -49,6 +49,26 @@ def register(commands) -> None:
     describe.add_argument("topic", help="topic name")
     add_format_option(describe)
     describe.set_defaults(run=describe_topic)
+
+    alter = talks_to_broker(
+        add_command(actions, "alter", "add partitions to a topic, or change its min_insync_replicas")
+    )
+    alter.add_argument("topic", help="topic name")
+    alter.add_argument(
+        "--partitions",
+        type=positive_int,
+        metavar="N",
+        help="the new partition count, more than the current one (the count never shrinks; keyed records "
+        "may map to another partition afterwards; default: unchanged)",
+    )
+    alter.add_argument(
+        "--min-insync-replicas",
+        type=positive_int,
+        metavar="M",
+        help="acks=all produces are refused while fewer replicas are in sync (1 to the replication factor; "
+        "default: unchanged)",
+    )
+    alter.set_defaults(run=alter_topic)
 
     delete = talks_to_broker(add_command(actions, "delete", "delete a topic and its data"))
     delete.add_argument("topic", help="topic name")
@@ -130,6 +150,18 @@ def describe_topic(args: argparse.Namespace) -> int:
             f"  {p.partition:>9} {leader:>6} {p.leader_epoch:>5} {replicas:>12} {isr:>12} {p.log_start:>12} "
             f"{p.log_end:>12} {p.high_watermark:>12} {p.size_bytes:>14} {p.segments:>8}"
         )
+    return 0
+
+
+def alter_topic(args: argparse.Namespace) -> int:
+    if args.partitions is None and args.min_insync_replicas is None:
+        raise UsageError("topics alter: give --partitions and/or --min-insync-replicas")
+    with admin(args) as a:
+        desc = a.alter_topic(args.topic, partitions=args.partitions, min_insync_replicas=args.min_insync_replicas)
+    print(
+        f"altered topic {desc.name}: {len(desc.partitions)} partition(s), "
+        f"min_insync_replicas={desc.config.get('min_insync_replicas', '?')}"
+    )
     return 0
 
 

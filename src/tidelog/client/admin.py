@@ -28,6 +28,7 @@ class Admin:
 
         self._create = rpc("CreateTopic")
         self._delete = rpc("DeleteTopic")
+        self._alter = rpc("AlterTopic")
         self._list = rpc("ListTopics")
         self._describe = rpc("DescribeTopic")
         self._describe_cluster = rpc("DescribeCluster")
@@ -54,6 +55,16 @@ class Admin:
                 replication_factor=replication_factor or 0,
                 config={k: str(v) for k, v in config.items()},
             )
+        )
+
+    def alter_topic(
+        self, name: str, *, partitions: int | None = None, min_insync_replicas: int | None = None
+    ) -> pb.TopicDescription:
+        """Grow a topic to `partitions` (only ever more: InvalidPartitionError names the current count)
+        and/or set its min_insync_replicas (in a cluster: 1 to its replication factor). Keyed records
+        may map to another partition once producers see the new count, as in Kafka."""
+        return self._alter(
+            pb.AlterTopicRequest(name=name, partitions=partitions or 0, min_insync_replicas=min_insync_replicas or 0)
         )
 
     def metadata(self, topics: Sequence[str] | None = None) -> ClusterMetadata:

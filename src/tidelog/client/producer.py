@@ -231,6 +231,9 @@ class Producer:
       flush() and close() therefore return within about delivery_timeout_s of the last send().
     - idempotent (True): batches carry a producer id and sequence numbers, so resends are never
       appended twice; with False a resend after a lost acknowledgement may be.
+    - metadata_max_age_s (300, Kafka's metadata.max.age.ms): the topics written to are looked up again
+      this often, so partitions added by `topics alter` start getting records (keyed records may then
+      map to another partition, as in Kafka).
     """
 
     def __init__(
@@ -247,7 +250,10 @@ class Producer:
         delivery_timeout_s: float = 120.0,
         idempotent: bool = True,
         max_in_flight_requests_per_partition: int = BATCHES_REMEMBERED,
+        metadata_max_age_s: float = 300.0,
     ) -> None:
+        if not metadata_max_age_s > 0:
+            raise InvalidConfigError(f"metadata_max_age_s must be positive, not {metadata_max_age_s}")
         if batch_bytes < 1 or linger_ms < 0:
             raise InvalidRequestError("batch_bytes must be positive and linger_ms not negative")
         if not delivery_timeout_s > 0:
@@ -283,6 +289,10 @@ class Producer:
         self._refresh_topics: set[str] = set()  # topics whose leaders are wanted
         self._refresh_at = 0.0
         self._partitions: dict[str, int] = {}
+        self.metadata_max_age_s = metadata_max_age_s
+        """How often the topics written to are looked up again even when nothing failed (Kafka's
+        metadata.max.age.ms): how soon partitions added by `topics alter` get records."""
+        self._max_age_at = time.monotonic() + metadata_max_age_s
         self._sticky: dict[str, int] = {}
         self._open: dict[tuple[str, int], _OpenBatch] = {}
         self._full: list[tuple[str, int, _OpenBatch]] = []  # closed at batch_bytes, waiting to be sent
@@ -357,9 +367,8 @@ class Producer:
         return future
 
     def _choose_partition(self, topic: str, key) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            count = self._partitions[topic] = self._metadata.partitions(topic)
+        # the metadata's count, refreshed every metadata_max_age_s: a topic may gain partitions
+        count = self._partitions[topic] = self._metadata.partitions(topic)
         if key is not None:
             return key_partition(bytes(key), count)
         sticky = self._sticky.get(topic)
@@ -460,10 +469,15 @@ class Producer:
                     if address not in streams:
                         streams[address] = _Stream(address, self._on_response, self._wake.set, delivery.written)
                     streams[address].outbox.put_nowait(request)
+                if now >= self._max_age_at:
+                    self._refresh_topics.update(self._partitions)
+                    self._max_age_at = now + self.metadata_max_age_s
                 self._start_refresh()
                 waits = [t for t in retry_at.values() if t > now] if delivery.has_waiting else []
                 if self._refresh_topics and self._refreshing is None:
                     waits.append(self._refresh_at)
+                if self._partitions:
+                    waits.append(self._max_age_at)
                 await self._sleep(self._next_wake(min(waits, default=None)))
         finally:
             await asyncio.gather(*(stream.close() for stream in streams.values()), return_exceptions=True)

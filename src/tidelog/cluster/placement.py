@@ -163,6 +163,18 @@ def assign_replicas(
     return [tuple(live[(start + p + i) % n] for i in range(replication_factor)) for p in range(partitions)]
 
 
+def assign_added_replicas(
+    brokers: Sequence[int], existing: Sequence[Sequence[int]], added: int, replication_factor: int
+) -> list[tuple[int, ...]]:
+    """Replica lists for `added` new partitions of a topic whose partitions have the replica lists
+    `existing`: the same spread rule as `assign_replicas`, its start continuing the round robin of
+    the preferred leaders (after the last partition's), so that leaders stay spread over the brokers."""
+    live = sorted(set(brokers))
+    last = existing[-1][0] if existing and existing[-1] else None
+    start = live.index(last) + 1 if last in live else len(existing)
+    return assign_replicas(live, added, replication_factor, start=start % max(len(live), 1))
+
+
 def elect_leader(
     state: PartitionState, live: set[int], storage: Mapping[int, str] | None = None
 ) -> PartitionState | None:

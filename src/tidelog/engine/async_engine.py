@@ -58,6 +58,12 @@ class AsyncEngine:
         """A topic; settings not given come from the engine's topic defaults."""
         return await self._in_pool(self._engine.create_topic, name, partitions, **settings)
 
+    async def alter_topic(
+        self, name: str, partitions: int | None = None, overrides: dict[str, Any] | None = None
+    ) -> TopicDescription:
+        """More partitions and/or new settings (Engine.alter_topic)."""
+        return await self._in_pool(self._engine.alter_topic, name, partitions, overrides)
+
     async def delete_topic(self, name: str) -> None:
         await self._in_pool(self._engine.delete_topic, name)
 

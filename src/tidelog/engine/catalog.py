@@ -26,10 +26,14 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
+from ..config import TopicConfig
 from ..errors import CorruptLogError, InvalidTopicError, StorageError, TopicExistsError
 from ..storage.fs import TMP_PREFIX, FileSystem
+from ..storage.segment import LOG_SUFFIX
 from .topic_meta import (
     CREATING,
     MARKER_FILE,
@@ -63,6 +67,7 @@ class Catalog:
         topic is damaged.
         """
         metas = self._read_topic_files()
+        self._roll_back_growth(metas)
         topics, rollbacks, unfinished_deletes, upgrades = [], [], [], []
         for meta in metas:
             if meta.state == CREATING:
@@ -317,6 +322,96 @@ class Catalog:
         ready = meta.ready()
         write_topic_meta(self.fs, self.path, ready)  # the topic exists from this write on
         return ready
+
+    def grow(self, meta: TopicMeta, old: int, open_log: Callable[[str, TopicConfig], Any]) -> list[Any]:
+        """Commit a topic's new document `meta` (more partitions than `old`, and/or new settings):
+        make and mark the directories of partitions old.., open their logs with `open_log`, then
+        replace the topic file (the commit point); the older markers are rewritten after it so that a
+        repair restores the new document. Returns the new partitions' logs.
+
+        Before the commit a failure removes the directories it made (each proved ours by its marker);
+        a crash leaves them, and the next open's `_roll_back_growth` removes them."""
+        for p in range(old, meta.partitions):
+            directory = partition_dir(self.path, meta.name, p)
+            if self._unmarked_leftover(directory):
+                # an increase that crashed before this directory's marker was written: it holds nothing
+                # but tidelog's temporary files, so it is taken over (never deleted without proof)
+                for name in self.fs.listdir(directory):
+                    self.fs.remove(os.path.join(directory, name))
+            elif self.fs.exists(directory):
+                raise TopicExistsError(
+                    f"cannot add partition {p} to topic {meta.name!r}: {partition_dir(self.path, meta.name, p)} "
+                    "already exists in the data directory and is not this topic's; move it away first",
+                    topic=meta.name,
+                )
+        logs: list[Any] = []
+        made: list[str] = []
+        try:
+            for p in range(old, meta.partitions):
+                made.append(self.make_partition_dir(meta, p))
+                logs.append(open_log(made[-1], meta.config))
+            self.fs.fsync_dir(self.path)
+            write_topic_meta(self.fs, self.path, meta)  # the new count exists from this write on
+        except BaseException:
+            for plog in logs:
+                plog.close_files()
+            try:
+                for directory in made:
+                    remove_partition_dir(self.fs, directory)
+                self.fs.fsync_dir(self.path)
+            except StorageError:
+                log.warning(
+                    "could not undo a failed partition increase; the next open removes what is left",
+                    extra={"event": "topic_growth_rolled_back", "topic": meta.name},
+                )
+            raise
+        try:
+            for p in range(old):
+                write_marker(self.fs, partition_dir(self.path, meta.name, p), meta, p)
+        except StorageError as exc:  # committed already: an older marker only serves a later repair
+            log.warning(
+                "could not rewrite a partition marker after altering the topic (%s); the topic file is right",
+                exc.message,
+                extra={"event": "marker_rewrite_failed", "topic": meta.name},
+            )
+        return logs
+
+    def _roll_back_growth(self, metas: list[TopicMeta]) -> None:
+        """Remove the partition directories of an increase a crash interrupted: marked with a topic's
+        id and name, past its count, and holding no record (a partition exists, and may be written,
+        only once the topic file names it). Anything else past the count is refused by
+        `_check_unclaimed`, as before."""
+        by_id = {m.topic_id: m for m in metas if m.topic_id and m.state != CREATING}
+        for entry in self.fs.listdir(self.path):
+            directory = os.path.join(self.path, entry)
+            if entry in ("meta", TRASH_DIR) or entry.startswith(".") or not self.fs.is_dir(directory):
+                continue
+            marker = self._marker(directory)
+            owner = None if marker is None else by_id.get(marker.meta.topic_id)
+            if (
+                marker is None
+                or owner is None
+                or owner.name != marker.meta.name
+                or marker.partition < owner.partitions
+                or entry != f"{owner.name}-{marker.partition}"
+                or not self._holds_no_record(directory)
+            ):
+                continue
+            remove_partition_dir(self.fs, directory)
+            self.fs.fsync_dir(self.path)
+            log.warning(
+                "removed a partition of an increase that a crash interrupted",
+                extra={"event": "topic_growth_rolled_back", "topic": owner.name, "partition": marker.partition},
+            )
+
+    def _unmarked_leftover(self, directory: str) -> bool:
+        return self.fs.is_dir(directory) and all(name.startswith(TMP_PREFIX) for name in self.fs.listdir(directory))
+
+    def _holds_no_record(self, directory: str) -> bool:
+        for name in self.fs.listdir(directory):
+            if name.endswith(LOG_SUFFIX) and os.path.getsize(os.path.join(directory, name)) > 0:
+                return False
+        return True
 
     def abort_create(self, meta: TopicMeta) -> None:
         """Undo a create that failed while running (best effort: the next open rolls back the rest)."""

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..config import EngineConfig, TopicConfig
 from ..errors import (
     CorruptLogError,
     EngineClosedError,
+    InvalidPartitionError,
     InvalidRequestError,
     InvalidTopicError,
     ResourceLimitError,
@@ -273,6 +275,64 @@ class Engine:
             self._topics[name] = topic
         log.info("topic created", extra={"event": "topic_created", "topic": name, "partitions": partitions})
         return self.describe(name)
+
+    def alter_topic(
+        self, name: str, partitions: int | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> TopicDescription:
+        """Grow a topic to `partitions` (never shrink: InvalidPartitionError names the current count)
+        and/or change its settings (TopicConfig overrides), as one change of its topic file.
+
+        Crash-safe like a create: the new partition directories get their markers (naming the new
+        count) first, then the topic file is replaced atomically (the commit point). A crash before it
+        leaves marked directories past the topic's count, which the next open removes (they hold no
+        record: nothing could write to them before the commit). Keyed records may map to another
+        partition afterwards (the partitioner hashes over the new count), as in Kafka.
+        """
+        _check_internal(name, False, "altered")
+        with self._lock:
+            self._check_open()
+            topic = self._topic(name)
+            old = len(topic.partitions)
+            if partitions is not None:
+                if isinstance(partitions, bool) or not isinstance(partitions, int):
+                    raise InvalidRequestError(f"partitions must be an integer, got {partitions!r}")
+                if partitions <= old:
+                    raise InvalidPartitionError(
+                        f"topic {name!r} has {old} partitions; the count can only grow, so {partitions} is refused",
+                        topic=name,
+                    )
+                if partitions > self.config.max_partitions_per_topic:
+                    raise ResourceLimitError(
+                        f"{partitions} partitions is over max_partitions_per_topic="
+                        f"{self.config.max_partitions_per_topic}"
+                    )
+                self._catalog.check_name_fits(name, partitions)
+            count = old if partitions is None else partitions
+            config = topic.config.with_overrides(overrides)
+            meta = replace(topic.meta, partitions=count, config=config)
+            logs = self._catalog.grow(meta, old, self._new_partition_log)
+            for plog in topic.partitions:
+                plog.config = config
+            topic.meta, topic.config = meta, config
+            topic.partitions.extend(logs)
+        log.info(
+            "topic altered",
+            extra={"event": "topic_altered", "topic": name, "partitions": count, "previous_partitions": old},
+        )
+        return self.describe(name)
+
+    def _new_partition_log(self, directory: str, config: TopicConfig) -> PartitionLog:
+        return PartitionLog(
+            self._fs,
+            directory,
+            config,
+            self.config.fsync,
+            self._clock,
+            clean=True,
+            maps=self._maps,
+            create=True,
+            producer_id_expiration_ms=self.config.producer_id_expiration_ms,
+        )
 
     def delete_topic(self, name: str) -> None:
         """Delete a topic: its partitions go to the trash at once (a topic of the same name can be

@@ -31,6 +31,7 @@ from ..cluster import controller as etcd_writes
 from ..cluster.membership import BrokerSession
 from ..cluster.metadata import Snapshot
 from ..cluster.placement import NO_LEADER, PartitionState, partition_key
+from ..cluster.settings import THROTTLE, parse_rate
 from ..engine.engine import Engine
 from ..errors import (
     FencedLeaderEpochError,
@@ -46,6 +47,7 @@ from ..errors import (
 )
 from .follower import Follower, LeaderLink
 from .leader import LeaderState
+from .throttle import MAX_WAIT_S, ReplicationThrottle
 
 log = logging.getLogger("tidelog.replication")
 
@@ -81,6 +83,7 @@ class ReplicationSettings:
     fetch_wait_ms: int = 500
     ack_timeout_ms: int = 10_000
     mutation: str = ""  # one of MUTATIONS: a broken broker, for the checker's own tests
+    throttle_bytes_per_s: int = 0  # replication to catching-up followers (0: no limit; throttle.py)
 
 
 def test_mutation() -> str:
@@ -121,6 +124,7 @@ class ReplicaManager:
         self._hw: dict[tuple[str, int], int] = {}  # the last high watermark known per partition
         self._maintenance: asyncio.Task | None = None
         self.isr_shrinks = self.isr_expands = 0
+        self.throttle = ReplicationThrottle(settings.throttle_bytes_per_s, clock)
         # (topic, partition) → (called with the epoch when this broker starts leading it, called when it stops)
         self._leadership: dict[tuple[str, int], tuple[Callable[[int], None], Callable[[], None]]] = {}
 
@@ -153,11 +157,14 @@ class ReplicaManager:
     # -- acting on the cluster's state ---------------------------------------------------------------
     async def apply(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self._apply_throttle(snapshot)
         await self._sync_topics(snapshot)
         hosted = set()
         for (topic, partition), state in snapshot.partitions.items():
             if self.broker_id not in state.replicas or topic not in self.engine.list_topics(include_internal=True):
                 continue
+            if partition >= self.engine.partitions(topic):
+                continue  # added by `topics alter` and not (yet) in the local copy
             key = (topic, partition)
             hosted.add(key)
             if state.leader == self.broker_id and state.stale(self.broker_id, self._own_storage):
@@ -199,6 +206,8 @@ class ReplicaManager:
                 except TopicExistsError:
                     pass
                 log.info("topic copy created", extra={"event": "replica_topic_created", "topic": name})
+            elif mine and not name.startswith("__") and self.engine.partitions(name) < placement.partitions:
+                await self._grow_copy(name, placement.partitions)
         for name in sorted(local & self._known_topics - set(snapshot.topics)):
             # seen in etcd by this run and deleted there: the cluster deleted it
             self._known_topics.discard(name)
@@ -211,6 +220,42 @@ class ReplicaManager:
             except UnknownTopicError:
                 pass
             log.info("topic copy deleted", extra={"event": "replica_topic_deleted", "topic": name})
+
+    def _apply_throttle(self, snapshot: Snapshot) -> None:
+        """The replication throttle set in etcd at runtime (`tidelog cluster throttle`), else this
+        broker's own setting; applied at once, logged when it changes."""
+        stored = parse_rate(snapshot.settings.get(THROTTLE))
+        rate = self.settings.throttle_bytes_per_s if stored is None else stored
+        if rate != self.throttle.bucket.rate:
+            log.warning(
+                "replication throttle changed",
+                extra={
+                    "event": "replication_throttle_changed",
+                    "bytes_per_s": rate,
+                    "previous": self.throttle.bucket.rate,
+                    "source": "broker config" if stored is None else "cluster (etcd)",
+                },
+            )
+            self.throttle.bucket.set_rate(rate)
+
+    async def _grow_copy(self, name: str, partitions: int) -> None:
+        """The topic gained partitions (`topics alter`): add them to the local copy, as a create would
+        have made them (every broker with a replica of the topic holds all its partitions)."""
+        try:
+            await self._offload(self.engine.alter_topic, name, partitions)
+        except InvalidPartitionError:
+            return  # grown meanwhile by an earlier snapshot
+        log.info(
+            "topic copy grown",
+            extra={"event": "replica_topic_grown", "topic": name, "partitions": partitions},
+        )
+
+    def min_insync_replicas(self, topic: str, plog: Any) -> int:
+        """The topic's min_insync_replicas as etcd has it now (`topics alter` changes it there, and the
+        next snapshot applies it without a restart); the local copy's setting when etcd names none."""
+        placement = self.snapshot.topics.get(topic)
+        value = placement.config.get("min_insync_replicas") if placement is not None else None
+        return int(value) if value is not None else plog.config.min_insync_replicas
 
     async def _lead(self, key: tuple[str, int], state: PartitionState) -> None:
         current = self._leading.get(key)
@@ -395,7 +440,7 @@ class ReplicaManager:
         """Before appending: the leader epoch to stamp; NotLeader / NotEnoughReplicas refuse."""
         role = self.leading(topic, partition)
         if acks in (ACKS_ALL, ACKS_DEFAULT):
-            needed = role.plog.config.min_insync_replicas
+            needed = self.min_insync_replicas(topic, role.plog)
             if len(role.state.isr) < needed:
                 raise NotEnoughReplicasError(
                     f"{topic}-{partition} has {len(role.state.isr)} in-sync replicas "
@@ -433,7 +478,7 @@ class ReplicaManager:
         if not self.session.alive or self._leading.get((topic, partition)) is not role:
             # past its lease deadline a leader answers nothing as acknowledged
             raise _unknown_outcome(topic, partition, f"broker {self.broker_id} stopped leading it meanwhile")
-        needed = role.plog.config.min_insync_replicas
+        needed = self.min_insync_replicas(topic, role.plog)
         if len(role.state.isr) < needed:
             raise NotEnoughReplicasAfterAppendError(
                 f"{topic}-{partition}: the records are committed, but the ISR shrank to {len(role.state.isr)} "
@@ -507,7 +552,20 @@ class ReplicaManager:
             except asyncio.TimeoutError:
                 pass
             role = self._fetch_role(topic, partition, leader_epoch)
-        data = await self._offload(role.plog.read_replica, fetch_offset, max_bytes or self.settings.fetch_max_bytes)
+        max_bytes = max_bytes or self.settings.fetch_max_bytes
+        throttled = self.throttle.applies(replica, role.state.isr, fetch_offset, role.high_watermark)
+        if throttled:
+            delay = min(self.throttle.bucket.delay(), MAX_WAIT_S)
+            if delay > 0:
+                await asyncio.sleep(delay)
+                self.throttle.waited(delay)
+                role = self._fetch_role(topic, partition, leader_epoch)  # the epoch may have ended meanwhile
+                if self.throttle.bucket.delay() > 0:
+                    return b"", role.high_watermark, start  # still in debt: ask again
+            max_bytes = self.throttle.budget(max_bytes)
+        data = await self._offload(role.plog.read_replica, fetch_offset, max_bytes)
+        if throttled:
+            self.throttle.spent(len(data))
         return data, role.high_watermark, start
 
     def epoch_end_offset(self, topic: str, partition: int, leader_epoch: int, requested: int) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from ..cluster import alter as topic_changes
 from ..cluster import controller as etcd_writes
 from ..cluster.membership import BrokerSession, cluster_status
 from ..cluster.placement import NO_LEADER, TopicPlacement, assign_replicas
@@ -98,6 +99,7 @@ class AdminService:
                 "ListOffsets": requests.unary(self.list_offsets),
                 "DescribeCluster": requests.unary(self.describe_cluster),
                 "Metadata": requests.unary(self.metadata),
+                "AlterTopic": requests.unary(self.alter_topic),
             },
         )
 
@@ -153,6 +155,75 @@ class AdminService:
             msg.config[key] = str(value)
         for p, brokers in enumerate(assignment):
             msg.partitions.add(partition=p, leader_id=brokers[0], leader_epoch=0, replicas=brokers, isr=brokers)
+        return msg
+
+    async def alter_topic(
+        self, request: pb.AlterTopicRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TopicDescription:
+        """More partitions and/or a new min_insync_replicas: in etcd for a cluster (every broker then
+        applies it), else in this broker's engine."""
+        replicas = self._replicas()
+        partitions = request.partitions or None
+        min_insync = request.min_insync_replicas or None
+        try:
+            if request.partitions < 0 or request.min_insync_replicas < 0:
+                raise InvalidConfigError(
+                    "partitions and min_insync_replicas must be positive (0: unchanged), got "
+                    f"{request.partitions} and {request.min_insync_replicas}"
+                )
+            if partitions is None and min_insync is None:
+                raise InvalidConfigError("nothing to alter: give a new partition count and/or min_insync_replicas")
+            if request.name.startswith("__"):
+                raise InvalidConfigError(f"topics named '__...' are the broker's own: {request.name!r}")
+        except TidelogError as exc:
+            await status.abort(context, exc)
+        if replicas is not None:
+            return await self._call(context, self._alter_in_cluster(replicas, request.name, partitions, min_insync))
+        overrides = {} if min_insync is None else {"min_insync_replicas": min_insync}
+        return describe_message(await self._call(context, self.engine.alter_topic(request.name, partitions, overrides)))
+
+    async def _alter_in_cluster(
+        self, replicas: ReplicaManager, name: str, partitions: int | None, min_insync: int | None
+    ) -> pb.TopicDescription:
+        session = replicas.session
+        try:
+            registered = (await cluster_status(session.client, session.cluster)).brokers
+            await topic_changes.alter_topic(
+                session.client,
+                session.cluster,
+                name,
+                [b.broker_id for b in registered],
+                partitions,
+                min_insync,
+                self.engine.config.max_partitions_per_topic,
+                {b.broker_id: b.storage for b in registered},
+            )
+            return await self._describe_from_etcd(replicas, name)
+        except TidelogError:
+            raise
+        except Exception as exc:  # aetcd's own errors: etcd out of reach (the change may or may not have landed)
+            raise ClusterUnavailableError(f"cannot alter topic {name!r} in etcd: {exc}") from None
+
+    async def _describe_from_etcd(self, replicas: ReplicaManager, name: str) -> pb.TopicDescription:
+        """The topic as etcd has it now (this broker's snapshot may not have the change yet)."""
+        from ..cluster.membership import prefix
+        from ..cluster.metadata import parse
+
+        session = replicas.session
+        snapshot = parse(session.cluster, 0, await session.client.get_prefix(prefix(session.cluster)))
+        placement = snapshot.topics.get(name)
+        if placement is None:
+            raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
+        msg = pb.TopicDescription(name=name, created_ms=placement.created_ms)
+        for key, value in TopicConfig().with_overrides(placement.config).to_dict().items():
+            msg.config[key] = str(value)
+        for p in range(placement.partitions):
+            state = snapshot.partitions.get((name, p))
+            part = msg.partitions.add(partition=p, leader_id=NO_LEADER)
+            if state is not None:
+                part.leader_id, part.leader_epoch = state.leader, state.leader_epoch
+                part.replicas.extend(state.replicas)
+                part.isr.extend(state.isr)
         return msg
 
     async def delete_topic(

@@ -214,6 +214,7 @@ class Server:
             c.replica_fetch_wait_ms,
             c.replication_timeout_ms,
             test_mutation(),
+            c.replication_throttle_bytes_per_s,
         )
         self.replicas = replicas = ReplicaManager(
             self.engine,

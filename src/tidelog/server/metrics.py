@@ -450,11 +450,29 @@ class ReplicationCollector(Collector):
             "Partitions led here whose ISR is smaller than their replica list (a copy is missing or behind)",
             value=under,
         )
-        below = sum(1 for role in led.values() if len(role.state.isr) < role.plog.config.min_insync_replicas)
+        below = sum(
+            1 for (topic, _), role in led.items() if len(role.state.isr) < manager.min_insync_replicas(topic, role.plog)
+        )
         yield GaugeMetricFamily(
             "tidelog_under_min_isr_partitions",
             "Partitions led here with fewer in-sync replicas than min_insync_replicas (acks=all refused)",
             value=below,
+        )
+        throttle = manager.throttle
+        yield GaugeMetricFamily(
+            "tidelog_replication_throttle_bytes_per_second",
+            "Limit on replication to catching-up followers, bytes per second (0: none)",
+            value=throttle.bucket.rate,
+        )
+        yield CounterMetricFamily(
+            "tidelog_replication_throttled_bytes",
+            "Bytes sent to catching-up followers under the replication throttle",
+            value=throttle.throttled_bytes,
+        )
+        yield CounterMetricFamily(
+            "tidelog_replication_throttled_seconds",
+            "Time replica fetches of catching-up followers waited for the replication throttle",
+            value=throttle.throttled_seconds,
         )
         yield CounterMetricFamily(
             "tidelog_isr_shrinks", "ISR shrinks by this broker as leader", value=manager.isr_shrinks

@@ -207,6 +207,16 @@ class SubscribeResponse(_message.Message):
     log_start: int
     def __init__(self, next_offset: _Optional[int] = ..., high_watermark: _Optional[int] = ..., batches: _Optional[bytes] = ..., log_start: _Optional[int] = ...) -> None: ...
 
+class AlterTopicRequest(_message.Message):
+    __slots__ = ("name", "partitions", "min_insync_replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_INSYNC_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    partitions: int
+    min_insync_replicas: int
+    def __init__(self, name: _Optional[str] = ..., partitions: _Optional[int] = ..., min_insync_replicas: _Optional[int] = ...) -> None: ...
+
 class CreateTopicRequest(_message.Message):
     __slots__ = ("name", "partitions", "config", "replication_factor")
     class ConfigEntry(_message.Message):
