@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ClusterUnavailableError, InvalidRequestError, TopicExistsError, UnknownTopicError
+from . import reassignment
 from .membership import BrokerSession
 from .metadata import Snapshot
 from .placement import (
@@ -55,6 +56,29 @@ class Controller:
             _log_change(topic, partition, state, new)
             if new.leader_epoch != state.leader_epoch:
                 self.elections += 1
+        return await self._reassign(snapshot, live) or wrote
+
+    async def _reassign(self, snapshot: Snapshot, live: set[int]) -> bool:
+        """Carry every reassignment in progress one step on (cluster/reassignment.py), each step fenced
+        on the partition's mod_revision: a partition this pass already changed is not matched and waits
+        for the next snapshot."""
+        tx = self.session.client.transactions
+        wrote = False
+        for (topic, partition), state in sorted(snapshot.partitions.items()):
+            if not state.reassigning:
+                continue
+            new = reassignment.step(state, live)
+            if new is None:
+                continue
+            key = partition_key(self.session.cluster, topic, partition)
+            if not await self.session.fenced([tx.put(key, new.encode())], [tx.mod(key) == state.version]):
+                if not self.session.is_controller:
+                    return wrote
+                continue
+            wrote = True
+            if new.leader_epoch != state.leader_epoch:
+                self.elections += 1
+            _log_reassignment_step(topic, partition, state, new)
         return wrote
 
 
@@ -73,6 +97,27 @@ def _log_change(topic: str, partition: int, old: PartitionState, new: PartitionS
         log.warning("leader elected", extra={"event": "leader_elected", **facts})
     else:
         log.info("ISR shrunk: dead brokers removed", extra={"event": "isr_shrunk", **facts})
+
+
+def _log_reassignment_step(topic: str, partition: int, old: PartitionState, new: PartitionState) -> None:
+    facts = {
+        "topic": topic,
+        "partition": partition,
+        "leader": new.leader,
+        "leader_epoch": new.leader_epoch,
+        "replicas": list(new.replicas),
+        "isr": list(new.isr),
+    }
+    if new.leader_epoch != old.leader_epoch:
+        log.warning(
+            "leader moved to a target replica of a reassignment",
+            extra={"event": "leader_elected", "kind": "reassignment", "previous_leader": old.leader, **facts},
+        )
+    else:
+        log.warning(
+            "reassignment completed",
+            extra={"event": "reassignment_completed", "removed": list(old.removing), **facts},
+        )
 
 
 async def create_topic(client: Any, cluster: str, topic: TopicPlacement, replicas: Sequence[tuple[int, ...]]) -> None:

@@ -4,7 +4,8 @@ are spread over brokers.
 Keys, under `/tidelog/<cluster>/`:
 
 - `topics/<name>` → {"partitions", "replication_factor", "config", "created_ms"}
-- `partitions/<name>/<p>` → {"replicas", "leader", "leader_epoch", "isr"}
+- `partitions/<name>/<p>` → {"replicas", "leader", "leader_epoch", "isr"}, and while a reassignment
+  moves the partition (cluster/reassignment.py) also "adding" and "removing"
 
 A partition record changes only through transactions that compare its mod_revision with the one the
 writer read (`PartitionState.version`): two writers (the controller electing a leader, the leader
@@ -80,16 +81,24 @@ class PartitionState:
     leader_epoch: int
     isr: tuple[int, ...]
     version: int = 0  # the key's mod_revision when read (0: not written yet)
+    # A reassignment in progress (cluster/reassignment.py): replicas being copied to, and replicas that
+    # leave once every target replica is in sync. Empty when none runs; written only when non-empty,
+    # so records of brokers that know nothing of reassignment stay what they were.
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "replicas": list(self.replicas),
-                "leader": self.leader,
-                "leader_epoch": self.leader_epoch,
-                "isr": list(self.isr),
-            }
-        ).encode()
+        doc: dict[str, Any] = {
+            "replicas": list(self.replicas),
+            "leader": self.leader,
+            "leader_epoch": self.leader_epoch,
+            "isr": list(self.isr),
+        }
+        if self.adding:
+            doc["adding"] = list(self.adding)
+        if self.removing:
+            doc["removing"] = list(self.removing)
+        return json.dumps(doc).encode()
 
     @classmethod
     def decode(cls, raw: bytes, version: int) -> PartitionState:
@@ -100,7 +109,13 @@ class PartitionState:
             int(doc["leader_epoch"]),
             tuple(int(b) for b in doc["isr"]),
             version,
+            tuple(int(b) for b in doc.get("adding", ())),
+            tuple(int(b) for b in doc.get("removing", ())),
         )
+
+    @property
+    def reassigning(self) -> bool:
+        return bool(self.adding or self.removing)
 
     def with_leader(self, leader: int, isr: Sequence[int]) -> PartitionState:
         """A new leadership: the epoch grows even when the same broker leads again (it may have lost
