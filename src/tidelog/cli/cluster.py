@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 
 from ..values import ClusterBroker, ClusterDescription
 from .broker import admin, talks_to_broker
@@ -65,6 +66,10 @@ def register(commands) -> None:
     rebalance.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
     rebalance.set_defaults(run=run_rebalance)
 
+    from .reassign import register_decommission
+
+    register_decommission(actions)
+
 
 def run_rebalance(args: argparse.Namespace) -> int:
     from ..cluster.controller import rebalance_leaders
@@ -79,9 +84,9 @@ def run_rebalance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_etcd(url: str, work, what: str):
-    """Run `await work(client)` against the cluster's etcd at url (15 s at most): a bad URL is a usage
-    error, a tidelog error or an unreachable etcd a runtime error (one line each)."""
+def _with_etcd(url: str, work, what: str, timeout_s: float = 15):
+    """Run `await work(client)` against the cluster's etcd at url (15 s at most by default): a bad URL
+    is a usage error, a tidelog error or an unreachable etcd a runtime error (one line each)."""
     import asyncio
 
     from ..cluster import etcd
@@ -99,9 +104,11 @@ def _with_etcd(url: str, work, what: str):
             await client.close()
 
     try:
-        return asyncio.run(asyncio.wait_for(run(), 15))
+        return asyncio.run(asyncio.wait_for(run(), timeout_s))
     except TidelogError as exc:
         raise CommandError(exc.message) from None
+    except CommandError:
+        raise
     except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
         raise CommandError(f"cannot {what} at {url}: {exc or 'timed out'}") from None
 
@@ -154,7 +161,7 @@ def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitio
         raise CommandError(exc.message) from None
 
 
-def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions]:
+def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions, list[str]]:
     from ..cluster.membership import cluster_status, prefix
     from ..cluster.metadata import parse
 
@@ -167,17 +174,27 @@ def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, 
         (t, p, state.leader if state.leader >= 0 else None, state.replicas, state.isr)
         for (t, p), state in sorted(snapshot.partitions.items())
     ]
-    return ClusterDescription(
-        True,
-        args.cluster_name,
-        None,
-        [ClusterBroker(b.broker_id, b.endpoint, b.epoch) for b in status.brokers],
-        status.controller_id,
-        status.controller_epoch,
-    ), parts
+    moving = [
+        f"{t}-{p} (adding {','.join(map(str, state.adding)) or '-'}, removing {','.join(map(str, state.removing)) or '-'})"
+        for (t, p), state in sorted(snapshot.partitions.items())
+        if state.reassigning
+    ]
+    return (
+        ClusterDescription(
+            True,
+            args.cluster_name,
+            None,
+            [ClusterBroker(b.broker_id, b.endpoint, b.epoch) for b in status.brokers],
+            status.controller_id,
+            status.controller_epoch,
+        ),
+        parts,
+        moving,
+    )
 
 
-def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions) -> int:
+def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions, moving: Sequence[str] = ()) -> int:
+    """`moving`: the reassignments in progress (read from etcd only)."""
     offline = [f"{t}-{p}" for t, p, leader, _, _ in parts if leader is None]
     under = [f"{t}-{p}" for t, p, leader, replicas, isr in parts if leader is not None and len(isr) < len(replicas)]
     if args.format == "json":
@@ -188,7 +205,12 @@ def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partition
                     "cluster": found.cluster_name if found.clustered else None,
                     "controller": {"broker_id": found.controller_id, "epoch": found.controller_epoch},
                     "brokers": brokers,
-                    "partitions": {"total": len(parts), "under_replicated": under, "offline": offline},
+                    "partitions": {
+                        "total": len(parts),
+                        "under_replicated": under,
+                        "offline": offline,
+                        "reassigning": list(moving),
+                    },
                 }
             )
         )
@@ -204,6 +226,10 @@ def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partition
         role = "  controller" if b.broker_id == found.controller_id else ""
         print(f"  broker {b.broker_id}  {b.address}  epoch {b.epoch}{role}")
     print(f"partitions: {len(parts)}, under-replicated: {len(under)}, offline: {len(offline)}")
+    if moving:
+        print(f"reassignments in progress: {len(moving)}")
+        for item in moving:
+            print(f"  {item}")
     for name, which in (("under-replicated", under), ("offline", offline)):
         if which:
             print(f"  {name}: {', '.join(which)}")
