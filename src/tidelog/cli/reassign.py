@@ -39,14 +39,22 @@ def register_reassign(actions) -> None:
         "(new replicas copy the log and join the ISR before the old ones leave)",
     )
     reassign.add_argument("topic", nargs="?", help="the topic (with --partition and --replicas)")
-    reassign.add_argument("--partition", type=non_negative_int, metavar="P", help="the partition to move")
     reassign.add_argument(
-        "--replicas", metavar="B1,B2,...", help="the target broker ids; the first is the preferred leader"
+        "--partition",
+        type=non_negative_int,
+        metavar="P",
+        help="the partition to move (no default: required with TOPIC)",
+    )
+    reassign.add_argument(
+        "--replicas",
+        metavar="B1,B2,...",
+        help="the target broker ids; the first is the preferred leader (no default: required, except with --cancel)",
     )
     reassign.add_argument(
         "--plan",
         metavar="FILE",
-        help='many partitions at once: {"partitions": [{"topic": T, "partition": P, "replicas": [B, ...]}, ...]}',
+        help='many partitions at once: {"partitions": [{"topic": T, "partition": P, "replicas": [B, ...]}, ...]} '
+        "(default: the one partition TOPIC --partition names)",
     )
     mode = reassign.add_mutually_exclusive_group()
     mode.add_argument("--verify", action="store_true", help="show each partition's progress; change nothing")
