@@ -309,6 +309,8 @@ def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_can
         assert "pair-0: in progress" in verify.stdout and f"adding {spare}" in verify.stdout, verify.stdout
         status = cli("cluster", "status", "--cluster", url, env=env)
         assert "reassignments in progress: 1" in status.stdout, status.stdout + status.stderr
+        under = [line for line in status.stdout.splitlines() if "under-replicated:" in line]
+        assert not any("pair-0" in line for line in under), status.stdout  # counted against its target
         described = cli("topics", "describe", "pair", "--server", c.brokers[original[0]].target, env=env)
         assert "being reassigned: adding" in described.stdout, described.stdout + described.stderr
         cancelled = cli(*base, "pair", "--partition", "0", "--cancel", "--cluster", url, env=env)

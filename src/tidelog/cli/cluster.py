@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ..values import ClusterBroker, ClusterDescription
 from .broker import admin, talks_to_broker
+from .etcd_access import with_etcd as _with_etcd
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
 
@@ -84,35 +85,6 @@ def run_rebalance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_etcd(url: str, work, what: str, timeout_s: float = 15):
-    """Run `await work(client)` against the cluster's etcd at url (15 s at most by default): a bad URL
-    is a usage error, a tidelog error or an unreachable etcd a runtime error (one line each)."""
-    import asyncio
-
-    from ..cluster import etcd
-    from ..errors import InvalidConfigError, TidelogError
-
-    try:
-        client = etcd.connect(url)
-    except InvalidConfigError as exc:
-        raise UsageError(exc.message) from None
-
-    async def run():
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-
-    try:
-        return asyncio.run(asyncio.wait_for(run(), timeout_s))
-    except TidelogError as exc:
-        raise CommandError(exc.message) from None
-    except CommandError:
-        raise
-    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
-        raise CommandError(f"cannot {what} at {url}: {exc or 'timed out'}") from None
-
-
 def run_elect(args: argparse.Namespace) -> int:
     from ..cluster.controller import elect_by_hand
 
@@ -164,14 +136,17 @@ def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitio
 def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions, list[str]]:
     from ..cluster.membership import cluster_status, prefix
     from ..cluster.metadata import parse
+    from ..cluster.reassignment import target_of
 
     async def read(client):
         found = await client.get_prefix(prefix(args.cluster_name))
         return await cluster_status(client, args.cluster_name), parse(args.cluster_name, 0, found)
 
     status, snapshot = _with_etcd(url, read, f"read cluster {args.cluster_name!r} from etcd")
+    # a partition being moved counts against its target (Kafka's rule): new replicas still copying do
+    # not make it under-replicated
     parts: Partitions = [
-        (t, p, state.leader if state.leader >= 0 else None, state.replicas, state.isr)
+        (t, p, state.leader if state.leader >= 0 else None, target_of(state), state.isr)
         for (t, p), state in sorted(snapshot.partitions.items())
     ]
     moving = [

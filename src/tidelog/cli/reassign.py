@@ -171,7 +171,7 @@ def _ids(brokers: Sequence[int]) -> str:
 
 def run_reassign(args: argparse.Namespace) -> int:
     from ..cluster import reassignment as r
-    from .cluster import _with_etcd
+    from .etcd_access import with_etcd as _with_etcd
 
     if args.wait and (args.verify or args.cancel):
         raise UsageError("--wait goes with submitting a reassignment, not with --verify or --cancel")
@@ -218,7 +218,7 @@ def _wait(url: str, name: str, targets: Targets, timeout: float) -> None:
     import asyncio
 
     from ..cluster import reassignment as r
-    from .cluster import _with_etcd
+    from .etcd_access import with_etcd as _with_etcd
 
     async def until_done(client):
         loop = asyncio.get_running_loop()
@@ -250,7 +250,7 @@ def run_decommission(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..cluster import reassignment as r
-    from .cluster import _with_etcd
+    from .etcd_access import with_etcd as _with_etcd
 
     url = _url(args, "decommission")
     name, broker = args.cluster_name, args.broker
