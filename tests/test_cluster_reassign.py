@@ -5,6 +5,7 @@ off its partition, the controller killed mid-move, a broker emptied and stopped,
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -265,7 +266,7 @@ def test_decommission_empties_a_broker_under_load_and_stopping_it_loses_nothing(
     assert logs[broker] == {}, "the decommissioned broker's copy should be deleted"
 
 
-def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_cancelled(cluster):
+def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_cancelled(cluster, capsys, monkeypatch):
     """Three brokers: the refusals (exit 2 for the command line, 1 for the cluster's state, one line on
     stderr each), then a move held in progress (its new replica frozen) shown by describe, status and
     --verify, refused a second time, and cancelled back to the original replicas."""
@@ -275,10 +276,21 @@ def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_can
     meta = c.wait_leaders("pair", 1, isr=2)[0]
     original = list(meta.replicas)
     spare = next(b for b in c.ids if b not in original)
-    env = {k: v for k, v in os.environ.items() if k != "TIDELOG_CLUSTER"}
+    monkeypatch.delenv("TIDELOG_CLUSTER", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        """The CLI in this process (each run in a subprocess would cost a second of start-up)."""
+        from tidelog.cli.app import main
+
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own usage errors
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
 
     def refused(code: int, needle: str, *args: str) -> None:
-        out = cli(*args, env=env)
+        out = run(*args)
         assert out.returncode == code and needle in out.stderr, (args, out.returncode, out.stdout, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -304,19 +316,83 @@ def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_can
         asyncio.run(submit(url, {("pair", 0): tuple(target)}))
         refused(1, "already in progress", *base, "pair", "--partition", "0", "--replicas", ",".join(map(str, original)),
                 "--cluster", url)  # fmt: skip
-        verify = cli(*base, "pair", "--partition", "0", "--replicas", ",".join(map(str, target)), "--verify",
-                     "--cluster", url, env=env)  # fmt: skip
+        verify = run(*base, "pair", "--partition", "0", "--replicas", ",".join(map(str, target)), "--verify",
+                     "--cluster", url)  # fmt: skip
         assert "pair-0: in progress" in verify.stdout and f"adding {spare}" in verify.stdout, verify.stdout
-        status = cli("cluster", "status", "--cluster", url, env=env)
+        status = run("cluster", "status", "--cluster", url)
         assert "reassignments in progress: 1" in status.stdout, status.stdout + status.stderr
         under = [line for line in status.stdout.splitlines() if "under-replicated:" in line]
         assert not any("pair-0" in line for line in under), status.stdout  # counted against its target
-        described = cli("topics", "describe", "pair", "--server", c.brokers[original[0]].target, env=env)
+        server = c.brokers[original[0]].target
+        from_broker = c.wait(
+            lambda: "reassignments in progress: 1" in (o := run("cluster", "status", "--server", server)).stdout and o,
+            what="the move in a broker's cluster status",
+        )
+        assert f"pair-0 (adding {spare}" in from_broker.stdout, from_broker.stdout
+        described = run("topics", "describe", "pair", "--server", c.brokers[original[0]].target)
         assert "being reassigned: adding" in described.stdout, described.stdout + described.stderr
-        cancelled = cli(*base, "pair", "--partition", "0", "--cancel", "--cluster", url, env=env)
+        cancelled = run(*base, "pair", "--partition", "0", "--cancel", "--cluster", url)
         assert cancelled.returncode == 0 and "reassignment cancelled" in cancelled.stdout, cancelled.stderr
     finally:
         c.resume(spare)
     back = c.metadata("pair")[0]
     assert sorted(back.replicas) == sorted(original) and back.leader_id in original
     refused(1, "no reassignment is in progress", *base, "pair", "--partition", "0", "--cancel", "--cluster", url)
+
+
+def test_the_coordinator_keeps_a_topics_committed_offsets_when_its_copy_moves_off(cluster, tmp_path):
+    """A copy dropped by a reassignment is not a deleted topic: the group coordinator whose broker
+    loses its copy of a topic keeps the groups' committed offsets of it. Moved with a --plan file."""
+    from .test_cluster_replication import find_coordinator
+
+    c = cluster
+    c.create_topic("solo", partitions=1, rf=1)
+    c.wait_leaders("solo", 1)
+    _, joined = find_coordinator(c, pb.JoinGroupRequest(group_id="g", topics=["solo"], session_timeout_ms=30_000))
+    coordinator = c.wait_leaders("__consumer_offsets", 1)[0]
+    home, elsewhere = coordinator.leader_id, next(b for b in c.ids if b != coordinator.leader_id)
+
+    def move_to(broker: int) -> None:
+        plan = tmp_path / f"plan-{broker}.json"
+        plan.write_text(
+            json.dumps({"version": 1, "partitions": [{"topic": "solo", "partition": 0, "replicas": [broker]}]})
+        )
+        out = cli("topics", "reassign", "--plan", str(plan), "--wait", "--timeout", "60", "--cluster", c.etcd.url)
+        assert out.returncode == 0, out.stderr
+        c.wait(lambda: list(c.metadata("solo")[0].replicas) == [broker], what=f"solo-0 on broker {broker}")
+
+    if list(c.metadata("solo")[0].replicas) != [home]:
+        move_to(home)  # the topic's only copy on the coordinator's broker
+    leaders = leaders_of(c, "solo")
+    history = History()
+    for i in range(5):
+        c.send_acked(history, "p", "solo", 0, b"s%d" % i, leaders)
+
+    def granted():
+        beat = c.call(
+            coordinator.leader_address,
+            "Groups",
+            "Heartbeat",
+            pb.HeartbeatRequest(group_id="g", member_id=joined.member_id, generation=joined.generation),
+        )
+        return beat if len(beat.partitions) == 1 else None
+
+    member = c.wait(granted, what="the member's assignment")
+    commit = pb.CommitOffsetsRequest(
+        group_id="g",
+        member_id=member.member_id,
+        generation=member.generation,
+        offsets=[pb.PartitionOffset(topic="solo", partition=0, offset=3)],
+    )
+    c.call(coordinator.leader_address, "Groups", "CommitOffsets", commit)
+    move_to(elsewhere)
+    c.wait(lambda: dump_absent(c, home), what=f"broker {home}'s copy of solo deleted")
+    reply = c.call(
+        coordinator.leader_address, "Groups", "FetchCommittedOffsets", pb.FetchCommittedOffsetsRequest(group_id="g")
+    )
+    assert {(o.topic, o.partition): o.offset for o in reply.offsets} == {("solo", 0): 3}
+
+
+def dump_absent(cluster: Cluster, broker: int) -> bool:
+    """Whether the broker no longer lists a copy of topic `solo` among its partition directories."""
+    return not any(name.startswith("solo-") for name in os.listdir(cluster.data_dir(broker)))

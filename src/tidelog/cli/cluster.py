@@ -118,17 +118,22 @@ def run_status(args: argparse.Namespace) -> int:
     return _print(args, *(_from_etcd(args, url) if url else _from_broker(args)))
 
 
-def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitions]:
+def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitions, list[str]]:
     from ..errors import TidelogError
 
     try:
         with admin(args) as a:
             found = a.describe_cluster()
             parts: Partitions = []
+            moving: list[str] = []
             if found.clustered:
                 for topic in a.metadata().topics:
-                    parts += [(topic.name, p.partition, p.leader_id, p.replicas, p.isr) for p in topic.partitions]
-            return found, parts
+                    for p in topic.partitions:
+                        target = tuple(b for b in p.replicas if b not in p.removing)  # what a move counts against
+                        parts.append((topic.name, p.partition, p.leader_id, target, p.isr))
+                        if p.adding or p.removing:
+                            moving.append(_moving(topic.name, p.partition, p.adding, p.removing))
+            return found, parts, moving
     except TidelogError as exc:
         raise CommandError(exc.message) from None
 
@@ -150,7 +155,7 @@ def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, 
         for (t, p), state in sorted(snapshot.partitions.items())
     ]
     moving = [
-        f"{t}-{p} (adding {','.join(map(str, state.adding)) or '-'}, removing {','.join(map(str, state.removing)) or '-'})"
+        _moving(t, p, state.adding, state.removing)
         for (t, p), state in sorted(snapshot.partitions.items())
         if state.reassigning
     ]
@@ -168,8 +173,12 @@ def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, 
     )
 
 
+def _moving(topic: str, partition: int, adding: Sequence[int], removing: Sequence[int]) -> str:
+    return f"{topic}-{partition} (adding {','.join(map(str, adding)) or '-'}, removing {','.join(map(str, removing)) or '-'})"
+
+
 def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions, moving: Sequence[str] = ()) -> int:
-    """`moving`: the reassignments in progress (read from etcd only)."""
+    """`moving`: the reassignments in progress."""
     offline = [f"{t}-{p}" for t, p, leader, _, _ in parts if leader is None]
     under = [f"{t}-{p}" for t, p, leader, replicas, isr in parts if leader is not None and len(isr) < len(replicas)]
     if args.format == "json":

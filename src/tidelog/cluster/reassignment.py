@@ -250,7 +250,7 @@ async def submit(
     for topic, partition, state, new in planned:
         if new != state:
             await _write(client, cluster, topic, partition, state, new)
-            log.warning(
+            log.info(  # the command prints its own line
                 "reassignment started",
                 extra={
                     "event": "reassignment_started",

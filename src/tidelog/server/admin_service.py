@@ -295,6 +295,8 @@ class AdminService:
                     leader_epoch=state.leader_epoch,
                     replicas=state.replicas,
                     isr=state.isr,
+                    adding_replicas=state.adding,
+                    removing_replicas=state.removing,
                 )
         return response
 
