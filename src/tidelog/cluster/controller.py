@@ -43,6 +43,7 @@ class Controller:
         live = set(snapshot.brokers)
         tx = self.session.client.transactions
         wrote = False
+        elected: set[tuple[str, int]] = set()
         for (topic, partition), state in sorted(snapshot.partitions.items()):
             new = elect_leader(state, live)
             if new is None:
@@ -53,19 +54,20 @@ class Controller:
                     return wrote
                 continue  # changed meanwhile: the next snapshot shows it
             wrote = True
+            elected.add((topic, partition))
             _log_change(topic, partition, state, new)
             if new.leader_epoch != state.leader_epoch:
                 self.elections += 1
-        return await self._reassign(snapshot, live) or wrote
+        return await self._reassign(snapshot, live, elected) or wrote
 
-    async def _reassign(self, snapshot: Snapshot, live: set[int]) -> bool:
+    async def _reassign(self, snapshot: Snapshot, live: set[int], skip: set[tuple[str, int]]) -> bool:
         """Carry every reassignment in progress one step on (cluster/reassignment.py), each step fenced
-        on the partition's mod_revision: a partition this pass already changed is not matched and waits
-        for the next snapshot."""
+        on the partition's mod_revision. A partition this pass already changed (`skip`) waits for the
+        next snapshot: its state here is stale and the write could not land anyway."""
         tx = self.session.client.transactions
         wrote = False
         for (topic, partition), state in sorted(snapshot.partitions.items()):
-            if not state.reassigning:
+            if not state.reassigning or (topic, partition) in skip:
                 continue
             new = reassignment.step(state, live)
             if new is None:
