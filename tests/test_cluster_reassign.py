@@ -396,3 +396,73 @@ def test_the_coordinator_keeps_a_topics_committed_offsets_when_its_copy_moves_of
 def dump_absent(cluster: Cluster, broker: int) -> bool:
     """Whether the broker no longer lists a copy of topic `solo` among its partition directories."""
     return not any(name.startswith("solo-") for name in os.listdir(cluster.data_dir(broker)))
+
+
+async def progress(url: str, targets: dict) -> dict:
+    from tidelog.cluster import etcd, reassignment
+
+    client = etcd.connect(url)
+    try:
+        return {k: status for k, (status, _) in (await reassignment.progress_of(client, "tidelog", targets)).items()}
+    finally:
+        await client.close()
+
+
+@pytest.mark.long
+def test_reassignments_under_broker_kills_and_pauses_lose_nothing(cluster4):
+    """Seeded rounds: a random move of a random partition, and meanwhile a fault (SIGKILL of the leader,
+    the controller or a new replica, restarted at once; or the controller paused past its session),
+    while a producer (acks=all) and a consumer run; the history checker at the end.
+    TIDELOG_REASSIGN_ROUNDS (default 20) and TIDELOG_REASSIGN_SEED replay a run."""
+    from tidelog.cluster import reassignment
+
+    seed = int(os.environ.get("TIDELOG_REASSIGN_SEED") or random.randrange(1 << 30))
+    rounds = int(os.environ.get("TIDELOG_REASSIGN_ROUNDS", "20"))
+    print(f"seed={seed} rounds={rounds}")
+    rng = random.Random(seed)
+    c = cluster4
+    c.create_topic("chaos", partitions=2, rf=3, min_isr=2)
+    c.wait_leaders("chaos", 2, isr=3)
+    faults: dict[str, int] = {}
+    with Load(c, "chaos", 2) as load:
+        for n in range(rounds):
+            c.wait(
+                lambda: len(c.any_call("Admin", "DescribeCluster", pb.DescribeClusterRequest()).brokers) == 4,
+                timeout_s=60,
+                what="every broker registered",
+            )
+            p = rng.randrange(2)
+            meta = c.wait_leaders("chaos", 2, timeout_s=60)[p]
+            target = tuple(rng.sample(c.ids, 3))
+            asyncio.run(submit(c.etcd.url, {("chaos", p): target}))
+            time.sleep(rng.uniform(0, 0.5))
+            fault = rng.choice(["none", "kill-leader", "kill-controller", "kill-new", "pause-controller"])
+            new = [b for b in target if b not in meta.replicas]
+            victim = {
+                "kill-leader": meta.leader_id,
+                "kill-controller": controller_id(c),
+                "kill-new": new[0] if new else None,
+                "pause-controller": controller_id(c),
+            }.get(fault)
+            if victim is not None and victim in c.ids:
+                faults[fault] = faults.get(fault, 0) + 1
+                print(f"round {n}: {fault} {victim} at t=+{time.monotonic() - load.history.start:.3f}s")
+                if fault == "pause-controller":
+                    c.pause(victim)
+                    time.sleep(rng.uniform(0.5, 2.0))
+                    c.resume(victim)
+                else:
+                    c.kill(victim)
+                    c.restart(victim)
+            print(f"round {n}: chaos-{p} {list(meta.replicas)} -> {list(target)}, {fault} {victim}")
+            c.wait(
+                lambda: asyncio.run(progress(c.etcd.url, {("chaos", p): target}))[("chaos", p)] == reassignment.DONE,
+                timeout_s=90,
+                what=f"round {n}: the move of chaos-{p} to {list(target)}",
+            )
+            load.wait_acked(20, f"round {n}: acknowledgements after the move")
+    print(f"faults: {faults}")
+    c.wait_leaders("chaos", 2, isr=3, timeout_s=60)
+    report, _, _, _ = final_check(c, load)
+    print(f"acknowledged={report.acknowledged} polled={report.polled} committed={report.committed}")
+    assert report.ok, f"seed={seed}: {report}"
