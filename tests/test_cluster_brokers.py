@@ -218,7 +218,7 @@ def test_a_single_broker_describes_itself_as_no_cluster(tmp_path):
         "cluster": None,
         "controller": {"broker_id": None, "epoch": None},
         "brokers": [{"broker_id": -1, "address": server.target, "epoch": 0}],
-        "partitions": {"total": 0, "under_replicated": [], "offline": []},
+        "partitions": {"total": 0, "under_replicated": [], "offline": [], "reassigning": []},
     }
     assert text.returncode == 0 and "a single broker at" in text.stdout
 

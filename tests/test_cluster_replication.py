@@ -473,3 +473,29 @@ def _brokers(cluster):
         return (await cluster_status(etcd.connect(cluster.etcd.url), "tidelog")).brokers
 
     return asyncio.run(read())
+
+
+def test_a_leader_restarted_within_its_session_acknowledges_nothing_before_it_rejoins(cluster):
+    """SIGKILL the leader and start it again at once: its previous session still holds its id, so it
+    waits for that to expire before joining. Its port is bound meanwhile, and clients still routed to it
+    (etcd names it leader until the old session expires) must not be answered as by a standalone broker:
+    records it acknowledged then would be cut when it rejoins as a follower."""
+    cluster.create_topic("quick", partitions=1, rf=3, min_isr=2)
+    meta = cluster.wait_leaders("quick", 1, isr=3)[0]
+    history, leaders = History(), {0: meta.leader_address}
+    for i in range(20):
+        cluster.send_acked(history, "p", "quick", 0, b"before-%d" % i, leaders)
+    cluster.kill(meta.leader_id)
+    restarting = threading.Thread(target=cluster.restart, args=(meta.leader_id,))
+    restarting.start()
+    n = 0
+    while restarting.is_alive():  # keep asking the old leader's address, as a client with stale metadata does
+        cluster.send(history, "p", "quick", 0, b"during-%d" % n, {0: meta.leader_address})
+        n += 1
+        time.sleep(0.01)
+    restarting.join()
+    leaders = {}
+    for i in range(20):
+        cluster.send_acked(history, "p", "quick", 0, b"after-%d" % i, leaders)
+    report, _ = final_check(cluster, history, "quick", 1)
+    assert report.ok, str(report)

@@ -69,6 +69,9 @@ class PartitionDescription(NamedTuple):
     leader_epoch: int = 0
     replicas: tuple[int, ...] = ()
     isr: tuple[int, ...] = ()
+    # A reassignment in progress (empty when none): replicas being added, and replicas leaving
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
 
 
 class TopicDescription(NamedTuple):
@@ -136,6 +139,9 @@ class PartitionMetadata(NamedTuple):
     leader_epoch: int
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
+    # A reassignment in progress (empty when none): replicas being added, and replicas leaving
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
 
 
 class TopicMetadata(NamedTuple):

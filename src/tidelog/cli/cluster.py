@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 
 from ..values import ClusterBroker, ClusterDescription
 from .broker import admin, talks_to_broker
+from .etcd_access import with_etcd as _with_etcd
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
 from .values import non_negative_int
@@ -83,6 +85,10 @@ def register(commands) -> None:
     throttle.add_argument("--cluster-name", default="tidelog", help="the cluster's name in etcd")
     throttle.set_defaults(run=run_throttle)
 
+    from .reassign import register_decommission
+
+    register_decommission(actions)
+
 
 def run_throttle(args: argparse.Namespace) -> int:
     from ..cluster.settings import THROTTLE, set_setting
@@ -111,33 +117,6 @@ def run_rebalance(args: argparse.Namespace) -> int:
         print(f"{topic}-{partition}: leader {before} -> {after}")
     print(f"{len(moved)} partition(s) moved to their preferred leader")
     return 0
-
-
-def _with_etcd(url: str, work, what: str):
-    """Run `await work(client)` against the cluster's etcd at url (15 s at most): a bad URL is a usage
-    error, a tidelog error or an unreachable etcd a runtime error (one line each)."""
-    import asyncio
-
-    from ..cluster import etcd
-    from ..errors import InvalidConfigError, TidelogError
-
-    try:
-        client = etcd.connect(url)
-    except InvalidConfigError as exc:
-        raise UsageError(exc.message) from None
-
-    async def run():
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-
-    try:
-        return asyncio.run(asyncio.wait_for(run(), 15))
-    except TidelogError as exc:
-        raise CommandError(exc.message) from None
-    except (Exception, asyncio.TimeoutError) as exc:  # aetcd's own errors for an unreachable etcd
-        raise CommandError(f"cannot {what} at {url}: {exc or 'timed out'}") from None
 
 
 def run_elect(args: argparse.Namespace) -> int:
@@ -173,45 +152,67 @@ def run_status(args: argparse.Namespace) -> int:
     return _print(args, *(_from_etcd(args, url) if url else _from_broker(args)))
 
 
-def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitions]:
+def _from_broker(args: argparse.Namespace) -> tuple[ClusterDescription, Partitions, list[str]]:
     from ..errors import TidelogError
 
     try:
         with admin(args) as a:
             found = a.describe_cluster()
             parts: Partitions = []
+            moving: list[str] = []
             if found.clustered:
                 for topic in a.metadata().topics:
-                    parts += [(topic.name, p.partition, p.leader_id, p.replicas, p.isr) for p in topic.partitions]
-            return found, parts
+                    for p in topic.partitions:
+                        target = tuple(b for b in p.replicas if b not in p.removing)  # what a move counts against
+                        parts.append((topic.name, p.partition, p.leader_id, target, p.isr))
+                        if p.adding or p.removing:
+                            moving.append(_moving(topic.name, p.partition, p.adding, p.removing))
+            return found, parts, moving
     except TidelogError as exc:
         raise CommandError(exc.message) from None
 
 
-def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions]:
+def _from_etcd(args: argparse.Namespace, url: str) -> tuple[ClusterDescription, Partitions, list[str]]:
     from ..cluster.membership import cluster_status, prefix
     from ..cluster.metadata import parse
+    from ..cluster.reassignment import target_of
 
     async def read(client):
         found = await client.get_prefix(prefix(args.cluster_name))
         return await cluster_status(client, args.cluster_name), parse(args.cluster_name, 0, found)
 
     status, snapshot = _with_etcd(url, read, f"read cluster {args.cluster_name!r} from etcd")
+    # a partition being moved counts against its target (Kafka's rule): new replicas still copying do
+    # not make it under-replicated
     parts: Partitions = [
-        (t, p, state.leader if state.leader >= 0 else None, state.replicas, state.isr)
+        (t, p, state.leader if state.leader >= 0 else None, target_of(state), state.isr)
         for (t, p), state in sorted(snapshot.partitions.items())
     ]
-    return ClusterDescription(
-        True,
-        args.cluster_name,
-        None,
-        [ClusterBroker(b.broker_id, b.endpoint, b.epoch) for b in status.brokers],
-        status.controller_id,
-        status.controller_epoch,
-    ), parts
+    moving = [
+        _moving(t, p, state.adding, state.removing)
+        for (t, p), state in sorted(snapshot.partitions.items())
+        if state.reassigning
+    ]
+    return (
+        ClusterDescription(
+            True,
+            args.cluster_name,
+            None,
+            [ClusterBroker(b.broker_id, b.endpoint, b.epoch) for b in status.brokers],
+            status.controller_id,
+            status.controller_epoch,
+        ),
+        parts,
+        moving,
+    )
 
 
-def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions) -> int:
+def _moving(topic: str, partition: int, adding: Sequence[int], removing: Sequence[int]) -> str:
+    return f"{topic}-{partition} (adding {','.join(map(str, adding)) or '-'}, removing {','.join(map(str, removing)) or '-'})"
+
+
+def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partitions, moving: Sequence[str] = ()) -> int:
+    """`moving`: the reassignments in progress."""
     offline = [f"{t}-{p}" for t, p, leader, _, _ in parts if leader is None]
     under = [f"{t}-{p}" for t, p, leader, replicas, isr in parts if leader is not None and len(isr) < len(replicas)]
     if args.format == "json":
@@ -222,7 +223,12 @@ def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partition
                     "cluster": found.cluster_name if found.clustered else None,
                     "controller": {"broker_id": found.controller_id, "epoch": found.controller_epoch},
                     "brokers": brokers,
-                    "partitions": {"total": len(parts), "under_replicated": under, "offline": offline},
+                    "partitions": {
+                        "total": len(parts),
+                        "under_replicated": under,
+                        "offline": offline,
+                        "reassigning": list(moving),
+                    },
                 }
             )
         )
@@ -238,6 +244,10 @@ def _print(args: argparse.Namespace, found: ClusterDescription, parts: Partition
         role = "  controller" if b.broker_id == found.controller_id else ""
         print(f"  broker {b.broker_id}  {b.address}  epoch {b.epoch}{role}")
     print(f"partitions: {len(parts)}, under-replicated: {len(under)}, offline: {len(offline)}")
+    if moving:
+        print(f"reassignments in progress: {len(moving)}")
+        for item in moving:
+            print(f"  {item}")
     for name, which in (("under-replicated", under), ("offline", offline)):
         if which:
             print(f"  {name}: {', '.join(which)}")

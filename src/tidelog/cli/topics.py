@@ -74,6 +74,10 @@ def register(commands) -> None:
     delete.add_argument("topic", help="topic name")
     delete.set_defaults(run=delete_topic)
 
+    from .reassign import register_reassign
+
+    register_reassign(actions)
+
 
 def topic_settings(items: list[str]) -> dict[str, str]:
     """--set NAME=VALUE items, checked against TopicConfig here (exit 2) rather than by the broker (exit 1):
@@ -150,6 +154,12 @@ def describe_topic(args: argparse.Namespace) -> int:
             f"  {p.partition:>9} {leader:>6} {p.leader_epoch:>5} {replicas:>12} {isr:>12} {p.log_start:>12} "
             f"{p.log_end:>12} {p.high_watermark:>12} {p.size_bytes:>14} {p.segments:>8}"
         )
+    for p in desc["partitions"]:
+        if p.adding or p.removing:
+            print(
+                f"  partition {p.partition} is being reassigned: adding {','.join(map(str, p.adding)) or '-'}, "
+                f"removing {','.join(map(str, p.removing)) or '-'}"
+            )
     return 0
 
 

@@ -117,6 +117,8 @@ class Admin:
             p.leader_epoch,
             tuple(p.replicas),
             tuple(p.isr),
+            tuple(p.adding_replicas),
+            tuple(p.removing_replicas),
         )
 
     def partitions(self, name: str) -> int:

@@ -50,6 +50,8 @@ def cluster_metadata(msg: pb.MetadataResponse) -> ClusterMetadata:
                         p.leader_epoch,
                         tuple(p.replicas),
                         tuple(p.isr),
+                        tuple(p.adding_replicas),
+                        tuple(p.removing_replicas),
                     )
                     for p in t.partitions
                 ],

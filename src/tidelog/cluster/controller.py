@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import ClusterUnavailableError, InvalidRequestError, TopicExistsError, UnknownTopicError
+from . import reassignment
 from .membership import BrokerSession
 from .metadata import Snapshot
 from .placement import (
@@ -43,6 +44,7 @@ class Controller:
         live, storage = set(snapshot.brokers), snapshot.storage()
         tx = self.session.client.transactions
         wrote = False
+        elected: set[tuple[str, int]] = set()
         for (topic, partition), state in sorted(snapshot.partitions.items()):
             new = elect_leader(state, live, storage)
             if new is None:
@@ -53,9 +55,34 @@ class Controller:
                     return wrote
                 continue  # changed meanwhile: the next snapshot shows it
             wrote = True
+            elected.add((topic, partition))
             _log_change(topic, partition, state, new)
             if new.leader_epoch != state.leader_epoch:
                 self.elections += 1
+        return await self._reassign(snapshot, live, elected) or wrote
+
+    async def _reassign(self, snapshot: Snapshot, live: set[int], skip: set[tuple[str, int]]) -> bool:
+        """Carry every reassignment in progress one step on (cluster/reassignment.py), each step fenced
+        on the partition's mod_revision. A partition this pass already changed (`skip`) waits for the
+        next snapshot: its state here is stale and the write could not land anyway."""
+        tx = self.session.client.transactions
+        wrote = False
+        for (topic, partition), state in sorted(snapshot.partitions.items()):
+            if not state.reassigning or (topic, partition) in skip:
+                continue
+            storage = snapshot.storage()
+            new = reassignment.step(state, {b for b in live if not state.stale(b, storage)})
+            if new is None:
+                continue
+            key = partition_key(self.session.cluster, topic, partition)
+            if not await self.session.fenced([tx.put(key, new.encode())], [tx.mod(key) == state.version]):
+                if not self.session.is_controller:
+                    return wrote
+                continue
+            wrote = True
+            if new.leader_epoch != state.leader_epoch:
+                self.elections += 1
+            _log_reassignment_step(topic, partition, state, new)
         return wrote
 
 
@@ -74,6 +101,27 @@ def _log_change(topic: str, partition: int, old: PartitionState, new: PartitionS
         log.warning("leader elected", extra={"event": "leader_elected", **facts})
     else:
         log.info("ISR shrunk: dead brokers removed", extra={"event": "isr_shrunk", **facts})
+
+
+def _log_reassignment_step(topic: str, partition: int, old: PartitionState, new: PartitionState) -> None:
+    facts = {
+        "topic": topic,
+        "partition": partition,
+        "leader": new.leader,
+        "leader_epoch": new.leader_epoch,
+        "replicas": list(new.replicas),
+        "isr": list(new.isr),
+    }
+    if new.leader_epoch != old.leader_epoch:
+        log.warning(
+            "leader moved to a target replica of a reassignment",
+            extra={"event": "leader_elected", "kind": "reassignment", "previous_leader": old.leader, **facts},
+        )
+    else:
+        log.warning(
+            "reassignment completed",
+            extra={"event": "reassignment_completed", "removed": list(old.removing), **facts},
+        )
 
 
 async def create_topic(

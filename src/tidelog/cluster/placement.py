@@ -4,7 +4,8 @@ are spread over brokers.
 Keys, under `/tidelog/<cluster>/`:
 
 - `topics/<name>` → {"partitions", "replication_factor", "config", "created_ms"}
-- `partitions/<name>/<p>` → {"replicas", "leader", "leader_epoch", "isr", "storage"}
+- `partitions/<name>/<p>` → {"replicas", "leader", "leader_epoch", "isr", "storage"}, and while a
+  reassignment moves the partition (cluster/reassignment.py) also "adding" and "removing"
 
 A partition record changes only through transactions that compare its mod_revision with the one the
 writer read (`PartitionState.version`): two writers (the controller electing a leader, the leader
@@ -87,6 +88,11 @@ class PartitionState:
     isr: tuple[int, ...]
     version: int = 0  # the key's mod_revision when read (0: not written yet)
     storage: tuple[tuple[int, str], ...] = ()  # (ISR member, the data-directory id it was in sync from)
+    # A reassignment in progress (cluster/reassignment.py): replicas being copied to, and replicas that
+    # leave once every target replica is in sync. Empty when none runs; written only when non-empty,
+    # so records of brokers that know nothing of reassignment stay what they were.
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -97,6 +103,10 @@ class PartitionState:
         }
         if self.storage:
             doc["storage"] = {str(b): s for b, s in self.storage}
+        if self.adding:
+            doc["adding"] = list(self.adding)
+        if self.removing:
+            doc["removing"] = list(self.removing)
         return json.dumps(doc).encode()
 
     @classmethod
@@ -112,7 +122,13 @@ class PartitionState:
             tuple(int(b) for b in doc["isr"]),
             version,
             tuple(sorted((int(b), str(s)) for b, s in storage.items())),
+            tuple(int(b) for b in doc.get("adding", ())),
+            tuple(int(b) for b in doc.get("removing", ())),
         )
+
+    @property
+    def reassigning(self) -> bool:
+        return bool(self.adding or self.removing)
 
     def storage_of(self, broker: int) -> str:
         """The data-directory id `broker` was in sync from ("": not recorded)."""

@@ -41,6 +41,19 @@ class LeaderState:
         # every follower starts with a full lag window: it has had no chance to fetch from this leader yet
         self.followers = {b: FollowerProgress(last_caught_up=now, last_fetch=now) for b in replicas if b != broker_id}
 
+    def set_replicas(self, replicas: tuple[int, ...]) -> None:
+        """The replica list changed within this epoch (a reassignment added or removed brokers): a new
+        follower starts with a full lag window like those at the epoch's start; a removed one is forgotten."""
+        if replicas == self.replicas:
+            return
+        now = self._clock()
+        for b in replicas:
+            if b != self.broker_id and b not in self.followers:
+                self.followers[b] = FollowerProgress(last_caught_up=now, last_fetch=now)
+        for b in [b for b in self.followers if b not in replicas]:
+            del self.followers[b]
+        self.replicas = replicas
+
     def fetched(self, replica: int, log_end: int, leader_log_end: int, replica_epoch: int = 0) -> None:
         progress = self.followers.get(replica)
         if progress is None:

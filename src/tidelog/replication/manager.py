@@ -121,6 +121,7 @@ class ReplicaManager:
         self._leading: dict[tuple[str, int], _Leading] = {}
         self._following: dict[tuple[str, int], _Following] = {}
         self._known_topics: set[str] = set()  # topics seen in etcd by this run (deleted locally when they go)
+        self._named: set[str] = set()  # topics this run saw name this broker as a replica
         self._hw: dict[tuple[str, int], int] = {}  # the last high watermark known per partition
         self._maintenance: asyncio.Task | None = None
         self.isr_shrinks = self.isr_expands = 0
@@ -188,6 +189,39 @@ class ReplicaManager:
             self._stop_leading(key, "this broker no longer hosts the partition")
         for key in set(self._following) - hosted:
             await self._stop_following(key)
+        await self._drop_moved_copies(snapshot)
+
+    async def _drop_moved_copies(self, snapshot: Snapshot) -> None:
+        """Delete the local copy of a topic that a reassignment moved entirely off this broker (its roles
+        have just stopped). Only a topic this run saw name this broker as a replica and that names it in
+        no partition now (the snapshot is one etcd revision); the engine only opened and so only deletes
+        partition directories whose markers prove them this topic's. A broker that still holds another
+        partition of the topic keeps the copy (the engine keeps topics whole). Internal topics are never
+        deleted (the engine refuses): their copy stays, unused."""
+        named = {t for (t, _), s in snapshot.partitions.items() if self.broker_id in s.replicas}
+        local = set(self.engine.list_topics())
+        retry = set()
+        for name in sorted(self._named - named):
+            if name not in snapshot.topics or name.startswith("__") or name not in local:
+                continue  # deleted in the cluster (_sync_topics deletes it), internal, or no copy here
+            if any(k[0] == name for k in [*self._leading, *self._following]):
+                retry.add(name)
+                continue
+            try:
+                await self._offload(self.engine.delete_topic, name)
+            except UnknownTopicError:
+                continue
+            except TidelogError as exc:
+                log.warning("cannot delete the copy of %s moved off this broker: %s", name, exc.message)
+                retry.add(name)
+                continue
+            for key in [k for k in self._hw if k[0] == name]:
+                del self._hw[key]
+            log.warning(
+                "topic copy deleted: a reassignment moved its replicas off this broker",
+                extra={"event": "replica_topic_moved_off", "topic": name},
+            )
+        self._named = named | retry
 
     async def _sync_topics(self, snapshot: Snapshot) -> None:
         local = set(self.engine.list_topics(include_internal=True))
@@ -262,8 +296,9 @@ class ReplicaManager:
         if current is not None and current.state.leader_epoch == state.leader_epoch:
             if state.version < current.state.version:
                 return  # read before this leader's own ISR change landed
-            current.state = state  # the ISR or version changed
+            current.state = state  # the ISR, replicas (a reassignment) or version changed
             current.leader.isr = state.isr
+            current.leader.set_replicas(state.replicas)
             await self._advance(key, current)
             return
         await self._stop_following(key)
@@ -628,6 +663,7 @@ class ReplicaManager:
             return
         role.state = now
         role.leader.isr = now.isr
+        role.leader.set_replicas(now.replicas)
         event = "isr_shrunk" if shrink else "isr_expanded"
         if shrink:
             self.isr_shrinks += 1

@@ -274,6 +274,8 @@ class AdminService:
                 part.leader_id, part.leader_epoch = state.leader, state.leader_epoch
                 part.replicas.extend(state.replicas)
                 part.isr.extend(state.isr)
+                part.adding_replicas.extend(state.adding)
+                part.removing_replicas.extend(state.removing)
             info = (
                 local.get(p)
                 if local is not None and state is not None and replicas.broker_id in state.replicas
@@ -365,6 +367,8 @@ class AdminService:
                     leader_epoch=state.leader_epoch,
                     replicas=state.replicas,
                     isr=state.isr,
+                    adding_replicas=state.adding,
+                    removing_replicas=state.removing,
                 )
         return response
 

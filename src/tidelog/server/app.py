@@ -85,6 +85,7 @@ class Server:
         self._metrics_http: MetricsHttpServer | None = None
         self._rpc_metrics: RpcMetrics | None = None
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
+        self._pending_services: tuple[Any, Any] = ((), None)  # a cluster member's, until it has joined
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
         self._consume: consume_service.ConsumeService | None = None
@@ -143,6 +144,7 @@ class Server:
             if self.config.cluster:
                 self.cluster = await self._join_cluster(port)
                 await self._start_replication(self.cluster)
+                self._services.ready(*self._pending_services)
         except BaseException:
             await self._stop_replication()
             await self._server.stop(0)
@@ -393,18 +395,23 @@ class Server:
         self._produce = produce = produce_service.ProduceService(
             async_engine, self.config, admission.connection, replicas
         )
-        self._services.ready(
-            (
-                produce.handler(),
-                consume.handler(),
-                admin_service.AdminService(
-                    async_engine, consume, lambda: self.cluster, self.advertised_address, replicas
-                ).handler(),
-                groups.handler(),
-                replication_service.ReplicationService(replicas).handler(),
-            ),
-            admission,
+        handlers = (
+            produce.handler(),
+            consume.handler(),
+            admin_service.AdminService(
+                async_engine, consume, lambda: self.cluster, self.advertised_address, replicas
+            ).handler(),
+            groups.handler(),
+            replication_service.ReplicationService(replicas).handler(),
         )
+        if self.config.cluster:
+            # Served only once the broker has joined (_start): until then there is no replica manager,
+            # and the services would answer as a single broker, acknowledging records no replica has.
+            # A broker restarted within its previous session waits here for it to expire, on its old
+            # port, while clients with stale metadata still send to it.
+            self._pending_services = (handlers, admission)
+        else:
+            self._services.ready(handlers, admission)
         return engine, groups
 
     def _start_metrics(self) -> None:
@@ -555,7 +562,7 @@ class _Starting(grpc.GenericRpcHandler):
 
 def _unavailable(method: MethodDescriptor) -> grpc.RpcMethodHandler:
     """A handler of the method's shape that answers UNAVAILABLE without reading the request."""
-    error = BrokerUnavailableError("the broker is starting (opening and recovering its log); retry shortly")
+    error = BrokerUnavailableError("the broker is starting (opening its log, or joining its cluster); retry shortly")
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
         await status.abort(context, error)

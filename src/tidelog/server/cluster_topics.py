@@ -40,7 +40,14 @@ class ClusterTopics:
         return placement.partitions
 
     def on_topic_deleted(self, listener: Callable[[str], None]) -> None:
-        self.engine.on_topic_deleted(listener)
+        """Tell `listener` of topics deleted in the cluster. A local copy dropped because a reassignment
+        moved its replicas elsewhere is not a deleted topic: its groups' committed offsets stay."""
+
+        def deleted(name: str) -> None:
+            if name not in self.replicas.snapshot.topics:
+                listener(name)
+
+        self.engine.on_topic_deleted(deleted)
 
     def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None:
         if self.replicas.is_leader(topic, partition):

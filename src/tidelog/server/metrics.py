@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from ..cluster.controller import Controller
 from ..cluster.placement import NO_LEADER
+from ..cluster.reassignment import target_of
 from ..engine.engine import Engine
 from ..errors import TidelogError
 from ..groups.coordinator import GroupCoordinator
@@ -443,12 +444,19 @@ class ReplicationCollector(Collector):
         if manager is None:
             return
         led = manager.led()
-        under = sum(1 for role in led.values() if len(role.state.isr) < len(role.state.replicas))
+        # a partition being reassigned counts against its target (Kafka's rule): new replicas still
+        # copying do not make it under-replicated
+        under = sum(1 for role in led.values() if len(role.state.isr) < len(target_of(role.state)))
         yield GaugeMetricFamily("tidelog_leader_partitions", "Partitions this broker leads now", value=len(led))
         yield GaugeMetricFamily(
             "tidelog_under_replicated_partitions",
-            "Partitions led here whose ISR is smaller than their replica list (a copy is missing or behind)",
+            "Partitions led here whose ISR is smaller than their (target) replica list (a copy is missing or behind)",
             value=under,
+        )
+        yield GaugeMetricFamily(
+            "tidelog_reassigning_partitions",
+            "Partitions led here with a reassignment in progress (replicas being added or removed)",
+            value=sum(1 for role in led.values() if role.state.reassigning),
         )
         below = sum(
             1 for (topic, _), role in led.items() if len(role.state.isr) < manager.min_insync_replicas(topic, role.plog)
