@@ -185,14 +185,20 @@ class BrokerSession:
             self._lease = None
 
     async def _keep_alive(self) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            # after a failure, try once again soon: the round robin sends it to another etcd member
+            await asyncio.sleep(0.1 if failures == 1 else self.ttl_s / 3)
+            failures += 1
             sent = self._clock()
             try:
-                reply = await self.client.refresh_lease(self._lease.id)
+                # Bounded by the renewal period: a member that went silent (its link cut) holds the call
+                # until the client's timeout, past the deadline; the next try goes to another member.
+                reply = await asyncio.wait_for(self.client.refresh_lease(self._lease.id), self.ttl_s / 3)
             except Exception as exc:
                 log.warning("etcd keepalive failed: %s", exc, extra={"event": "broker_keepalive_failed"})
                 continue
+            failures = 0
             if reply is None or reply.TTL <= 0:  # expired: its keys are gone, and maybe taken by others
                 self._lost("its etcd lease expired")
                 await self._rejoin()
