@@ -29,8 +29,8 @@ import pytest
 
 from tidelog.v1 import tidelog_pb2 as pb
 
-from .helpers.netns import network
-from .helpers.netrun import SESSION_MS, scenario
+from .helpers.netns import DelayProxy, network
+from .helpers.netrun import SESSION_MS, probe_produce, scenario
 
 pytestmark = pytest.mark.slow  # real processes, real namespaces
 
@@ -116,3 +116,237 @@ def test_an_etcd_member_cut_from_its_quorum_but_not_from_the_brokers(net, tmp_pa
         print(f"acks go on: first {first_ack_after(run, t):.2f} s after; {run.views()}")
         report = run.finish()
     assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- a minority and a majority ----------------------------------------------------------------------------
+def test_a_minority_side_stops_and_the_majority_elects(net, tmp_path):
+    """{the leader, one etcd member} | {the other brokers, the other two etcd members}; the clients hear
+    both sides. The minority's member has no quorum, so the leader's keepalives fail and it stops
+    acknowledging at its local deadline; the majority elects one of its brokers; healed, nothing
+    acknowledged is lost."""
+    with scenario(net, tmp_path, etcd_members=3) as run:
+        meta = run.start()
+        old = meta.leader_id
+        etcds = run.cluster.etcd_nodes
+        lonely = run.rng.choice(etcds)
+        minority = [f"b{old}", lonely]
+        majority = [f"b{b}" for b in run.cluster.ids if b != old] + [e for e in etcds if e != lonely]
+        for a in minority:
+            net.isolate(a, majority)
+        run.avoid.add(old)
+        t_fault = time.monotonic()
+        print(f"partition {minority} | {majority} at {t_fault - run.history.start:.2f}")
+        run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
+        new_first = min(a.t_done for a in run.acked(after=t_fault) if a.broker != old)
+        late = run.acked(old, after=t_fault)
+        deadline = t_fault + 0.9 * SESSION_S
+        stale = [a for a in late if a.t_invoke > deadline or a.t_done > deadline + 0.5]
+        print(f"acks by the minority's leader after the cut: {len(late)}; first by the majority's after "
+              f"{new_first - t_fault:.2f} s")  # fmt: skip
+        assert not stale, f"seed={run.seed}: the minority's leader acknowledged past its deadline: {stale[:5]}"
+        assert max((a.t_done for a in late), default=t_fault) < new_first, f"seed={run.seed}: two leaders acked"
+        assert new_first - t_fault < BOUND_S, f"seed={run.seed}: unavailable {new_first - t_fault:.1f} s"
+        print(f"a produce to the minority's leader: {probe_produce(run, old)}")
+        run.wait_acks(20)
+        time.sleep(run.rng.uniform(0, 2))
+        net.heal_drops()
+        t_heal = time.monotonic()
+        print(f"first ack after the heal: {first_ack_after(run, t_heal):.2f} s")
+        report = run.finish()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- an asymmetric link -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("direction", ["leader-to-follower", "follower-to-leader"])
+def test_an_asymmetric_link(net, tmp_path, direction):
+    """One direction of one leader-follower link drops every packet (the other still carries them; TCP
+    needs both, so the follower stops copying either way): the ISR drops the follower, acks=all goes on
+    with two copies; healed, it catches up and nothing acknowledged is lost."""
+    with scenario(net, tmp_path) as run:
+        meta = run.start()
+        leader = meta.leader_id
+        follower = run.rng.choice([b for b in meta.replicas if b != leader])
+        src, dst = (leader, follower) if direction == "leader-to-follower" else (follower, leader)
+        net.drop(f"b{src}", f"b{dst}")
+        t_fault = time.monotonic()
+        print(f"b{src} -> b{dst} dropped at {t_fault - run.history.start:.2f} (leader b{leader})")
+        run.wait(lambda: follower not in run.meta().isr, 2 + 15, "the follower out of the ISR")
+        t = time.monotonic()
+        print(f"ISR without b{follower} {t - t_fault:.2f} s after; {run.views()}")
+        print(f"first ack after the drop: {first_ack_after(run, t_fault):.2f} s")
+        run.wait_acks(20)
+        net.heal_drops()
+        report = run.finish()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- the controller isolated ------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["cut-from-etcd", "link-down"])
+def test_the_controller_isolated_another_takes_over(net, tmp_path, how):
+    """The controller cut off: another broker becomes controller and still elects leaders: the
+    partition's leader (when it is not the cut-off controller) is then killed and a new one must be
+    elected (with min_insync_replicas 1, so the one broker left acknowledges)."""
+    with scenario(net, tmp_path, min_isr=1) as run:
+        meta = run.start()
+        old = controller(run)
+        run.avoid.add(old)
+        if how == "link-down":
+            net.link_down(f"b{old}")
+        else:
+            net.isolate(f"b{old}", run.cluster.etcd_nodes)
+        t_fault = time.monotonic()
+        print(f"controller b{old} {how} at {t_fault - run.history.start:.2f}; partition led by {meta.leader_id}")
+        others = [b for b in run.cluster.ids if b != old]
+
+        def new_controller():
+            reply = run.cluster.call(
+                run.cluster.brokers[others[0]].target, "Admin", "DescribeCluster", pb.DescribeClusterRequest(), 2
+            )
+            return reply.controller_id > 0 and reply.controller_id != old and reply.controller_id
+
+        took_over = run.wait(new_controller, BOUND_S, "a new controller")
+        print(f"b{took_over} controls {time.monotonic() - t_fault:.2f} s after the cut")
+        victim = run.wait(lambda: (m := run.meta()).leader_id not in (0, old) and m, BOUND_S, "a leader").leader_id
+        run.avoid.add(victim)
+        run.cluster.kill(victim)
+        t_kill = time.monotonic()
+        print(f"b{victim} (leader) killed at {t_kill - run.history.start:.2f}")
+        last = [b for b in run.cluster.ids if b not in (old, victim)][0]
+        run.wait(lambda: run.meta_of(last).leader_id == last, BOUND_S, f"b{last} elected")
+        print(f"b{last} leads {time.monotonic() - t_kill:.2f} s after the kill")
+        print(f"first ack after the kill: {first_ack_after(run, t_kill):.2f} s")
+        run.cluster.restart(victim)
+        net.heal()
+        report = run.finish()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- a slow link ------------------------------------------------------------------------------------------
+def test_a_slow_link_on_a_follower_then_on_the_leader(net, tmp_path):
+    with scenario(net, tmp_path) as run:
+        meta = run.start()
+        for role, b in (("follower", [r for r in meta.replicas if r != meta.leader_id][0]), ("leader", meta.leader_id)):
+            net.rate_limit(f"b{b}", "256kbit")
+            t = time.monotonic()
+            print(f"{role} b{b} at 256 kbit/s at {t - run.history.start:.2f}")
+            print(f"first ack after: {first_ack_after(run, t):.2f} s")
+            run.wait_acks(20)
+            net.unrate(f"b{b}")
+            run.wait_isr(3, timeout_s=BOUND_S)
+        report = run.finish()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+def test_a_delayed_client_and_a_delayed_etcd(net, tmp_path):
+    """Every broker reaches etcd through a delay proxy, and the producer reaches the leader through one:
+    200 ms each way to etcd (a keepalive's round trip is 400 ms of its 667 ms period), 300 ms to the
+    leader: producing goes on, no broker loses its session, nothing acknowledged is lost."""
+    with scenario(net, tmp_path) as run:
+        etcd_ip = run.cluster.etcd.node.ip
+        proxies = {b: DelayProxy(net.host_ip, etcd_ip, 2379).start() for b in run.cluster.ids}
+        try:
+            for b, proxy in proxies.items():
+                run.cluster.etcd_urls[b] = f"etcd://{proxy.address}"
+            meta = run.start()
+            leader = run.cluster.brokers[meta.leader_id].target
+            to_leader = DelayProxy(net.host_ip, *leader.rsplit(":", 1)[0:1], 9092).start()
+            proxies[0] = to_leader
+            run.via[leader] = to_leader.address
+            for proxy in proxies.values():
+                proxy.delay_s = 0.2
+            to_leader.delay_s = 0.3
+            t = time.monotonic()
+            print(f"delays on at {t - run.history.start:.2f}")
+            print(f"first ack after: {first_ack_after(run, t):.2f} s")
+            run.wait_acks(10, timeout_s=30)
+            time.sleep(3 * SESSION_S)  # several lease renewals through the delay
+            now = run.wait_isr(3, timeout_s=BOUND_S)
+            assert now.leader_id == meta.leader_id, f"seed={run.seed}: a session was lost: {run.views()}"
+            via = [a for a in run.acked(after=t) if a.broker == meta.leader_id]
+            assert via, f"seed={run.seed}: nothing acknowledged through the delayed link"
+            for proxy in proxies.values():
+                proxy.delay_s = 0
+            report = run.finish()
+        finally:
+            for proxy in proxies.values():
+                proxy.stop()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- clock jumps ------------------------------------------------------------------------------------------
+def test_the_leaders_clock_jumps_ahead(net, tmp_path):
+    """+30 s on the leader's lease clock: its deadline has passed at once, so it stops acting as a member
+    until its next renewal (within a third of the session) restores it; producing goes on."""
+    with scenario(net, tmp_path) as run:
+        meta = run.start()
+        run.cluster.jump_clock(meta.leader_id, 30)
+        t = time.monotonic()
+        print(f"b{meta.leader_id}'s clock +30 s at {t - run.history.start:.2f}")
+        print(f"first ack after: {first_ack_after(run, t):.2f} s")
+        run.wait_acks(30)
+        run.cluster.jump_clock(meta.leader_id, 0)  # back: now 30 s behind its own deadline
+        t = time.monotonic()
+        print(f"first ack after the clock went back: {first_ack_after(run, t):.2f} s")
+        report = run.finish()
+        log = open(run.cluster.brokers[meta.leader_id].log_path, errors="replace").read()
+    assert report.ok, f"seed={run.seed}: {report}"
+    assert "test_clock" in log or "skewed" in log
+
+
+def test_the_leaders_clock_jumps_back_while_cut_from_etcd(net, tmp_path):
+    """-30 s on the leader's lease clock, then the leader cut from etcd: it believes its lease valid 30 s
+    longer than etcd does. Etcd expires it, a follower is elected, the followers follow etcd and stop
+    fetching from it: with min_insync_replicas 2 it cannot acknowledge acks=all alone (and it cannot
+    shrink its ISR, a write to etcd). Nothing it acknowledged after the new leader's election is lost,
+    and the two never acknowledge at once."""
+    with scenario(net, tmp_path) as run:
+        meta = run.start()
+        old = meta.leader_id
+        run.cluster.jump_clock(old, -30)
+        time.sleep(0.2)  # the broker reads the file within 50 ms
+        net.isolate(f"b{old}", run.cluster.etcd_nodes)
+        run.avoid.add(old)
+        t_fault = time.monotonic()
+        print(f"b{old}'s clock -30 s, then cut from etcd at {t_fault - run.history.start:.2f}")
+        run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
+        new_first = min(a.t_done for a in run.acked(after=t_fault) if a.broker != old)
+        late = run.acked(old, after=t_fault)
+        print(f"acks by the old leader after the cut: {len(late)}; the new leader's first after "
+              f"{new_first - t_fault:.2f} s")  # fmt: skip
+        assert max((a.t_done for a in late), default=t_fault) < new_first, f"seed={run.seed}: two leaders acked"
+        assert new_first - t_fault < BOUND_S, f"seed={run.seed}: unavailable {new_first - t_fault:.1f} s"
+        print(f"a produce to the old leader now: {probe_produce(run, old)}")
+        run.wait_acks(20)
+        run.cluster.jump_clock(old, 0)
+        net.heal_drops()
+        report = run.finish()
+    assert report.ok, f"seed={run.seed}: {report}"
+
+
+# -- the scenarios can fail ------------------------------------------------------------------------------
+@pytest.mark.parametrize("mutation", ["", "ack-before-replication"])
+def test_a_leader_cut_from_followers_and_etcd(net, tmp_path, monkeypatch, mutation):
+    """The leader hears only the clients: its followers cannot copy, etcd elects another. The real
+    broker never acknowledges acks=all alone (timeouts: indeterminate); a broker that acknowledges
+    before replicating (TIDELOG_TEST_MUTATION) loses those records, and the checker must say so."""
+    if mutation:
+        monkeypatch.setenv("TIDELOG_TEST_MUTATION", mutation)
+    with scenario(net, tmp_path) as run:
+        meta = run.start()
+        old = meta.leader_id
+        net.isolate(f"b{old}", [f"b{b}" for b in meta.replicas if b != old] + run.cluster.etcd_nodes)
+        run.avoid.add(old)
+        t_fault = time.monotonic()
+        print(f"mutation={mutation or 'none'}: b{old} hears only the clients from {t_fault - run.history.start:.2f}")
+        run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
+        alone = run.acked(old, after=t_fault + 0.2)
+        print(f"acknowledged by the cut-off leader: {len(alone)}")
+        run.wait_acks(20)
+        net.heal_drops()
+        report = run.finish()
+    if not mutation:
+        assert report.ok, f"seed={run.seed}: {report}"
+        assert not alone, f"seed={run.seed}: acknowledged with one copy: {alone[:5]}"
+    else:
+        assert not report.ok, f"seed={run.seed}: the checker missed {mutation}"
+        assert {"lost-write", "divergent-replicas"} & set(report.kinds), f"seed={run.seed}: {report}"

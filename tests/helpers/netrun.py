@@ -52,6 +52,8 @@ class Run:
         self.avoid: set[int] = set()
         """Brokers not to ask for metadata (cut off: their view is stale, or they do not answer)."""
         self.min_isr = min_isr
+        self.via: dict[str, str] = {}
+        """Broker address -> the address the producer sends to instead (a DelayProxy's)."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -135,7 +137,8 @@ class Run:
             request = pb.ProduceRecordsRequest(
                 topic=TOPIC, partition=0, records=[pb.Record(value=value)], acks=pb.ACKS_ALL
             )
-            reply = self.cluster.call(leader[1], "Producer", "ProduceRecords", request, timeout_s=4)
+            target = self.via.get(leader[1], leader[1])
+            reply = self.cluster.call(target, "Producer", "ProduceRecords", request, timeout_s=4)
         except TidelogError as exc:
             attempt.t_done = time.monotonic()
             attempt.code, attempt.error = exc.code, f"{type(exc).__name__}: {exc.message}"
