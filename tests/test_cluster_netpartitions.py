@@ -53,6 +53,16 @@ def first_ack_after(run, t: float, timeout_s: float = 30, broker: int | None = N
     return took
 
 
+def sessions_lost(run) -> dict[int, int]:
+    """How many times each broker logged losing its etcd session (none should, with one etcd member
+    of three down: the other two still make a quorum)."""
+    out = {}
+    for i, b in run.cluster.brokers.items():
+        with open(b.log_path, errors="replace") as f:
+            out[i] = f.read().count("broker left the cluster")
+    return out
+
+
 def controller(run) -> int:
     return run.cluster.any_call("Admin", "DescribeCluster", pb.DescribeClusterRequest(), 3).controller_id
 
@@ -74,6 +84,8 @@ def test_an_etcd_member_killed_and_restarted(net, tmp_path):
         member.restart()
         t_heal = time.monotonic()
         print(f"first ack after the restart: {first_ack_after(run, t_heal):.2f} s")
+        lost = sessions_lost(run)
+        assert not any(lost.values()), f"seed={run.seed}: sessions lost: {lost}"
         report = run.finish()
     assert report.ok, f"seed={run.seed}: {report}"
 
@@ -96,6 +108,8 @@ def test_an_etcd_member_isolated(net, tmp_path):
         t = time.monotonic()
         print(f"acks go on: first {first_ack_after(run, t):.2f} s after {t - run.history.start:.2f}")
         net.link_up(name)
+        lost = sessions_lost(run)
+        assert not any(lost.values()), f"seed={run.seed}: sessions lost: {lost}"
         report = run.finish()
     assert report.ok, f"seed={run.seed}: {report}"
 
@@ -114,6 +128,8 @@ def test_an_etcd_member_cut_from_its_quorum_but_not_from_the_brokers(net, tmp_pa
         run.wait_isr(3, timeout_s=BOUND_S)
         t = time.monotonic()
         print(f"acks go on: first {first_ack_after(run, t):.2f} s after; {run.views()}")
+        lost = sessions_lost(run)
+        assert not any(lost.values()), f"seed={run.seed}: sessions lost: {lost}"
         report = run.finish()
     assert report.ok, f"seed={run.seed}: {report}"
 

@@ -119,6 +119,7 @@ class BrokerSession:
         self.epoch: int | None = None
         self.controller_epoch: int | None = None
         self._keepalive: asyncio.Task | None = None
+        self._campaign: asyncio.Future | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,6 +173,8 @@ class BrokerSession:
         """Leave the cluster at once (revoking the lease drops the registration and the controller key)."""
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._campaign is not None:
+            self._campaign.cancel()
         self._deadline = 0.0
         self.controller_epoch = None
         await self._revoke()
@@ -204,8 +207,10 @@ class BrokerSession:
                 await self._rejoin()
                 continue
             self._deadline = sent + self.ttl_s * (1 - DEADLINE_MARGIN)
-            if self.controller_epoch is None:
-                await self.campaign()
+            if self.controller_epoch is None and (self._campaign is None or self._campaign.done()):
+                # beside the renewals, not in their way: a campaign sent to a member that lost its
+                # quorum waits for the call timeout, longer than the session
+                self._campaign = asyncio.ensure_future(self.campaign())
 
     async def _rejoin(self) -> None:
         """Register again after losing the session (a long pause, etcd out of reach), as a new epoch."""
@@ -213,7 +218,7 @@ class BrokerSession:
         while True:
             try:
                 await self._register()
-                await self.campaign()
+                self._campaign = asyncio.ensure_future(self.campaign())
                 return
             except (BrokerIdInUseError, ClusterUnavailableError) as exc:
                 log.warning("could not rejoin the cluster yet: %s", exc.message)
