@@ -412,6 +412,29 @@ def run(directory: str, faults: int, seed: int = 0, hold_s=(1.0, 5.0), log=print
     return figures
 
 
+def markdown(figures: dict) -> str:
+    """The figures as docs/RELIABILITY.md shows them."""
+    lines = [
+        f"Seed {figures['seed']}, {figures['faults']} faults in {figures['duration_s'] / 60:.0f} min: "
+        f"**{figures['acknowledged']:,} acknowledged, {figures['anomalies']} anomalies** "
+        f"({figures['indeterminate']} indeterminate), {figures['group_never_delivered']} acknowledged records "
+        f"never delivered to the group, {figures['group_reprocessed']} delivered again "
+        f"({figures['group_deliveries']:,} deliveries); longest pause between two acknowledgements of a "
+        f"partition {figures['producer_longest_pause_s']} s, between two deliveries of a partition to the group "
+        f"{figures['consumer_longest_pause_s']} s.",
+        "",
+        "| Fault | Injected | Fault → first ack (longest) | Heal → first ack (longest) | Heal → full ISRs (longest) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in KINDS:
+        k = figures["per_kind"].get(kind)
+        if k:
+            lines.append(
+                f"| {kind} | {k['faults']} | {k['from_fault_s']} s | {k['from_heal_s']} s | {k['settle_s']} s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.net_chaos", description=__doc__.split("\n")[0])
     ap.add_argument("--faults", type=int, default=200, help="faults to inject (default 200)")
@@ -429,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(figures, f, indent=1)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown(figures))
     summary = {k: v for k, v in figures.items() if k not in ("fault_log", "report", "anomaly_examples")}
     print(json.dumps(summary, indent=1))
     print(f"results: {out}")
