@@ -120,6 +120,7 @@ class BrokerSession:
         self.controller_epoch: int | None = None
         self._keepalive: asyncio.Task | None = None
         self._campaign: asyncio.Future | None = None
+        self._unsure = False  # a campaign was cut short: whether it took the controller key is unknown
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -210,7 +211,7 @@ class BrokerSession:
             if self.controller_epoch is None and (self._campaign is None or self._campaign.done()):
                 # beside the renewals, not in their way: a campaign sent to a member that lost its
                 # quorum waits for the call timeout, longer than the session
-                self._campaign = asyncio.ensure_future(self.campaign())
+                self._campaign = asyncio.ensure_future(self._bounded_campaign())
 
     async def _rejoin(self) -> None:
         """Register again after losing the session (a long pause, etcd out of reach), as a new epoch."""
@@ -218,7 +219,7 @@ class BrokerSession:
         while True:
             try:
                 await self._register()
-                self._campaign = asyncio.ensure_future(self.campaign())
+                self._campaign = asyncio.ensure_future(self._bounded_campaign())
                 return
             except (BrokerIdInUseError, ClusterUnavailableError) as exc:
                 log.warning("could not rejoin the cluster yet: %s", exc.message)
@@ -243,6 +244,15 @@ class BrokerSession:
     def is_controller(self) -> bool:
         return self.controller_epoch is not None and self.alive
 
+    async def _bounded_campaign(self) -> None:
+        """A campaign cut short after a session: a call that hangs (an etcd member gone silent) must not
+        keep this broker from standing again (one campaign runs at a time)."""
+        try:
+            await asyncio.wait_for(self.campaign(), self.ttl_s)
+        except asyncio.TimeoutError:
+            self._unsure = True
+            log.warning("controller election timed out", extra={"event": "controller_campaign_timeout"})
+
     async def campaign(self) -> bool:
         """Take the controller key if nobody holds it; True when this broker is (now) the controller."""
         if not self.alive or self._lease is None:
@@ -254,6 +264,11 @@ class BrokerSession:
             won, _ = await self.client.transaction(
                 compare=[tx.create(key) == 0], success=[tx.put(key, value, lease=self._lease.id)], failure=[]
             )
+            if not won and self._unsure:
+                # an earlier campaign was cut short: it may have taken the key before its answer came
+                held = await self.client.get(key)
+                won = held is not None and held.lease == self._lease.id
+            self._unsure = False
             if not won:
                 return self.is_controller
             self.controller_epoch = (await self.client.get(key)).create_revision
