@@ -92,6 +92,18 @@ def pytest_addoption(parser):
         help="seed of the long cluster chaos run (default 0: a random one, printed)",
     )
     parser.addoption(
+        "--net-chaos-faults",
+        type=int,
+        default=int(os.environ.get("TIDELOG_NET_CHAOS_FAULTS", "200")),
+        help="faults of the long network chaos run (-m long; default 200)",
+    )
+    parser.addoption(
+        "--net-chaos-seed",
+        type=int,
+        default=int(os.environ.get("TIDELOG_NET_CHAOS_SEED", "0")),
+        help="seed of the network chaos runs (default 0: a random one, printed)",
+    )
+    parser.addoption(
         "--group-chaos-seed",
         type=int,
         default=int(os.environ.get("TIDELOG_GROUP_CHAOS_SEED", "0")),

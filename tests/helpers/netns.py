@@ -417,22 +417,51 @@ class NetEtcd:
         os.makedirs(directory, exist_ok=True)
         self.log_path = os.path.join(directory, "etcd.log")
         self.proc: subprocess.Popen | None = None
+        self._initial_cluster: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
         return f"etcd://{self.node.ip}:{ETCD_CLIENT_PORT}"
 
-    def start(self) -> NetEtcd:
+    @property
+    def names(self) -> list[str]:
+        return [self.node.name]
+
+    def start(self, initial_cluster: dict[str, str] | None = None, wait: bool = True) -> NetEtcd:
         argv = server_command(
-            etcd_binary(), "s1", os.path.join(self.directory, "data"), ETCD_CLIENT_PORT, ETCD_PEER_PORT
+            etcd_binary(),
+            self.node.name,
+            os.path.join(self.directory, "data"),
+            ETCD_CLIENT_PORT,
+            ETCD_PEER_PORT,
+            host=self.node.ip,
+            initial_cluster=initial_cluster,
         )
-        argv = [a.replace("127.0.0.1", self.node.ip) for a in argv]
+        self._initial_cluster = initial_cluster
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([*self.node.exec, *argv], stdout=log, stderr=subprocess.STDOUT)
-        if wait_healthy(self.proc, self.node.ip, ETCD_CLIENT_PORT, 30):
+        return self.wait_started() if wait else self
+
+    def wait_started(self, timeout_s: float = 30) -> NetEtcd:
+        assert self.proc is not None
+        if wait_healthy(self.proc, self.node.ip, ETCD_CLIENT_PORT, timeout_s):
             return self
         self.stop()
         raise RuntimeError(f"etcd did not start: {open(self.log_path, errors='replace').read()[-2000:]}")
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.node.ip}:{ETCD_PEER_PORT}"
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): its data directory stays, restart() brings the same member back."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> NetEtcd:
+        return self.start(self._initial_cluster)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -448,6 +477,37 @@ class NetEtcd:
         self.proc = None
 
 
+class NetEtcdCluster:
+    """`members` etcd members, nodes "etcd1".."etcdN", each in its own namespace (so each can be cut,
+    killed or isolated alone); `url` names every member, as a broker's `cluster` setting does."""
+
+    def __init__(self, net: Network, directory: str, members: int = 3) -> None:
+        self.members = [NetEtcd(net, os.path.join(directory, f"etcd{i}"), f"etcd{i}") for i in range(1, members + 1)]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"{m.node.ip}:{ETCD_CLIENT_PORT}" for m in self.members)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.node.name for m in self.members]
+
+    def member(self, name: str) -> NetEtcd:
+        return next(m for m in self.members if m.node.name == name)
+
+    def start(self) -> NetEtcdCluster:
+        initial = {m.node.name: m.peer_url for m in self.members}
+        for m in self.members:  # all at once: none is healthy before a quorum runs
+            m.start(initial, wait=False)
+        for m in self.members:
+            m.wait_started()
+        return self
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+
 # Clients reconnect within a second after a heal (gRPC's default backoff grows to two minutes).
 CLIENT_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -461,21 +521,57 @@ CLIENT_CHANNEL_OPTIONS = [
 
 
 class NetCluster(Cluster):
-    """Cluster (tests/helpers/cluster.py) with etcd and each broker in a namespace of `net`: node "etcd",
-    nodes "b1".."bN"; each broker listens on its namespace's address, port 9092, and advertises it."""
+    """Cluster (tests/helpers/cluster.py) with etcd and each broker in a namespace of `net`: node "etcd"
+    (or, with etcd_members > 1, "etcd1".."etcdN"), nodes "b1".."bN"; each broker listens on its
+    namespace's address, port 9092, and advertises it.
 
-    def __init__(self, net: Network, directory: str, brokers: int = 3, settings: Settings | None = None, *extra: str):
+    Each broker's lease clock reads the file `clock_file(id)` (TIDELOG_TEST_CLOCK_FILE; see
+    `jump_clock`), and `etcd_urls` may give one broker another etcd URL (a DelayProxy's)."""
+
+    def __init__(
+        self,
+        net: Network,
+        directory: str,
+        brokers: int = 3,
+        settings: Settings | None = None,
+        *extra: str,
+        etcd_members: int = 1,
+    ):
         self.net = net
-        super().__init__(directory, brokers, settings, *extra, etcd=NetEtcd(net, os.path.join(directory, "etcd")))
+        etcd_dir = os.path.join(directory, "etcd")
+        etcd = NetEtcd(net, etcd_dir) if etcd_members == 1 else NetEtcdCluster(net, etcd_dir, etcd_members)
+        super().__init__(directory, brokers, settings, *extra, etcd=etcd)
+        self.etcd_urls: dict[int, str] = {}
         for i in self.ids:
             net.nodes.get(f"b{i}") or net.add_node(f"b{i}")
+
+    @property
+    def etcd_nodes(self) -> list[str]:
+        """The network node names of the etcd members."""
+        return self.etcd.names
+
+    def cluster_url(self, broker_id: int) -> str:
+        return self.etcd_urls.get(broker_id) or self.etcd.url
+
+    def clock_file(self, broker_id: int) -> str:
+        return os.path.join(self.directory, f"b{broker_id}.clock")
+
+    def jump_clock(self, broker_id: int, offset_s: float) -> None:
+        """Broker `broker_id`'s lease clock runs `offset_s` ahead (behind, if negative) from now on (it
+        reads the file within 50 ms); 0 puts it back."""
+        path = self.clock_file(broker_id)
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{offset_s}\n")
+        os.replace(path + ".tmp", path)
 
     def broker_process(self, broker_id: int, config: str) -> ServerProcess:
         node = self.net.nodes[f"b{broker_id}"]
         own = os.path.join(self.directory, f"b{broker_id}.toml")
         with open(config) as f, open(own, "w") as out:
             out.write(f.read() + f'advertised_host = "{node.ip}"\n')
-        return super().broker_process(broker_id, own, port=BROKER_PORT, host=node.ip, wrapper=node.exec)
+        # `env` execs the server, so the PID stays the server's
+        clock = ("env", f"TIDELOG_TEST_CLOCK_FILE={self.clock_file(broker_id)}")
+        return super().broker_process(broker_id, own, port=BROKER_PORT, host=node.ip, wrapper=(*node.exec, *clock))
 
     def node(self, broker_id: int) -> str:
         return f"b{broker_id}"

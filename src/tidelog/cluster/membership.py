@@ -123,6 +123,8 @@ class BrokerSession:
         self.epoch: int | None = None
         self.controller_epoch: int | None = None
         self._keepalive: asyncio.Task | None = None
+        self._campaign: asyncio.Future | None = None
+        self._unsure = False  # a campaign was cut short: whether it took the controller key is unknown
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,6 +180,8 @@ class BrokerSession:
         """Leave the cluster at once (revoking the lease drops the registration and the controller key)."""
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._campaign is not None:
+            self._campaign.cancel()
         self._deadline = 0.0
         self.controller_epoch = None
         await self._revoke()
@@ -191,21 +195,29 @@ class BrokerSession:
             self._lease = None
 
     async def _keep_alive(self) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            # after a failure, try once again soon: the round robin sends it to another etcd member
+            await asyncio.sleep(0.1 if failures == 1 else self.ttl_s / 3)
+            failures += 1
             sent = self._clock()
             try:
-                reply = await self.client.refresh_lease(self._lease.id)
+                # Bounded by the renewal period: a member that went silent (its link cut) holds the call
+                # until the client's timeout, past the deadline; the next try goes to another member.
+                reply = await asyncio.wait_for(self.client.refresh_lease(self._lease.id), self.ttl_s / 3)
             except Exception as exc:
                 log.warning("etcd keepalive failed: %s", exc, extra={"event": "broker_keepalive_failed"})
                 continue
+            failures = 0
             if reply is None or reply.TTL <= 0:  # expired: its keys are gone, and maybe taken by others
                 self._lost("its etcd lease expired")
                 await self._rejoin()
                 continue
             self._deadline = sent + self.ttl_s * (1 - DEADLINE_MARGIN)
-            if self.controller_epoch is None:
-                await self.campaign()
+            if self.controller_epoch is None and (self._campaign is None or self._campaign.done()):
+                # beside the renewals, not in their way: a campaign sent to a member that lost its
+                # quorum waits for the call timeout, longer than the session
+                self._campaign = asyncio.ensure_future(self._bounded_campaign())
 
     async def _rejoin(self) -> None:
         """Register again after losing the session (a long pause, etcd out of reach), as a new epoch."""
@@ -213,7 +225,7 @@ class BrokerSession:
         while True:
             try:
                 await self._register()
-                await self.campaign()
+                self._campaign = asyncio.ensure_future(self._bounded_campaign())
                 return
             except (BrokerIdInUseError, ClusterUnavailableError) as exc:
                 log.warning("could not rejoin the cluster yet: %s", exc.message)
@@ -238,6 +250,15 @@ class BrokerSession:
     def is_controller(self) -> bool:
         return self.controller_epoch is not None and self.alive
 
+    async def _bounded_campaign(self) -> None:
+        """A campaign cut short after a session: a call that hangs (an etcd member gone silent) must not
+        keep this broker from standing again (one campaign runs at a time)."""
+        try:
+            await asyncio.wait_for(self.campaign(), self.ttl_s)
+        except asyncio.TimeoutError:
+            self._unsure = True
+            log.warning("controller election timed out", extra={"event": "controller_campaign_timeout"})
+
     async def campaign(self) -> bool:
         """Take the controller key if nobody holds it; True when this broker is (now) the controller."""
         if not self.alive or self._lease is None:
@@ -249,6 +270,11 @@ class BrokerSession:
             won, _ = await self.client.transaction(
                 compare=[tx.create(key) == 0], success=[tx.put(key, value, lease=self._lease.id)], failure=[]
             )
+            if not won and self._unsure:
+                # an earlier campaign was cut short: it may have taken the key before its answer came
+                held = await self.client.get(key)
+                won = held is not None and held.lease == self._lease.id
+            self._unsure = False
             if not won:
                 return self.is_controller
             self.controller_epoch = (await self.client.get(key)).create_revision

@@ -322,6 +322,9 @@ class AdminService:
         """Who leads each partition: what clients route by (a single broker leads everything)."""
         wanted = set(request.topics)
         replicas = self._replicas()
+        if replicas is None and self.consume.config.cluster:
+            # a member of a cluster that has not joined it yet: not a single broker that leads everything
+            await status.abort(context, BrokerUnavailableError("the broker is joining its cluster; retry shortly"))
         if replicas is None:
             response = pb.MetadataResponse(
                 clustered=False, controller_id=-1, brokers=[pb.ClusterBroker(broker_id=-1, address=self._address)]

@@ -25,7 +25,13 @@ import grpc
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.results import FetchResult
-from ..errors import EngineClosedError, InvalidRequestError, OffsetOutOfRangeError, TidelogError
+from ..errors import (
+    BrokerUnavailableError,
+    EngineClosedError,
+    InvalidRequestError,
+    OffsetOutOfRangeError,
+    TidelogError,
+)
 from ..replication.manager import ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..wire import framing, methods
@@ -73,6 +79,8 @@ class ConsumeService:
         replicas = self._replicas()
         if replicas is not None:
             replicas.leading(topic, partition)
+        elif self.config.cluster:  # not a member yet: its log may hold records no longer committed
+            raise BrokerUnavailableError("the broker is joining its cluster; retry shortly")
 
     async def resolve(self, topic: str, partition: int, position: pb.Position) -> int:
         """An offset for a Position: an offset (checked against the log's range now, so a seek that

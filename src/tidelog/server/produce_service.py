@@ -22,7 +22,7 @@ import grpc
 
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
-from ..errors import InvalidRequestError, TidelogError
+from ..errors import BrokerUnavailableError, InvalidRequestError, TidelogError
 from ..replication.manager import ACKS_LEADER, ACKS_NONE, ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..values import ProduceResult
@@ -33,6 +33,9 @@ from .admission import Connection
 from .budget import ByteBudget
 
 log = logging.getLogger("tidelog.server")
+
+
+JOINING = "the broker is joining its cluster; retry shortly"
 
 
 class _Refused(NamedTuple):
@@ -150,8 +153,13 @@ class ProduceService:
                 parsed.append(_Refused(InvalidRequestError(f"invalid ProduceRequest: {exc}"), exc.sequence, exc.topic))
             except ValueError as exc:
                 parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
-        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
         replicas = self._replicas()
+        if replicas is None and self.config.cluster:
+            # Not a member yet (a restart waits for its previous session to expire): its log may be
+            # behind a newer leader epoch, so nothing is appended outside replication. Retriable.
+            joining = BrokerUnavailableError(JOINING)
+            parsed = [p if isinstance(p, _Refused) else _Refused(joining, p.sequence, p.topic) for p in parsed]
+        requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
         if replicas is None:
             outcomes = iter(await self.engine.append_many(requests) if requests else [])
         else:
@@ -237,6 +245,8 @@ class ProduceService:
             return epoch
 
         try:
+            if replicas is None and self.config.cluster:
+                raise BrokerUnavailableError(JOINING)
             if replicas is not None and not self.engine.has_topic(request.topic):
                 # not read from etcd here yet, or its copy not created yet: NOT_LEADER (retriable)
                 raise replicas.leader_error(request.topic, request.partition if request.HasField("partition") else 0)
