@@ -38,15 +38,22 @@ class Controller:
         self.elections = 0  # leaders this broker elected as controller (a metric)
 
     async def act(self, snapshot: Snapshot) -> bool:
-        """Apply what the snapshot calls for; True when something was written (the caller reads again)."""
+        """Apply what the snapshot calls for; True when something was written (the caller reads again).
+
+        Per partition, one change per pass: an election (or dead followers out of the ISR) first; only
+        a partition that needs none carries its reassignment one step on (cluster/reassignment.py). A
+        partition changed in this pass waits for the next snapshot (its state here is stale, and the
+        write could not land anyway)."""
         if not self.session.is_controller:
             return False
         live, storage = set(snapshot.brokers), snapshot.storage()
         tx = self.session.client.transactions
         wrote = False
-        elected: set[tuple[str, int]] = set()
         for (topic, partition), state in sorted(snapshot.partitions.items()):
-            new = elect_leader(state, live, storage)
+            new, report = elect_leader(state, live, storage), _log_change
+            if new is None and state.reassigning:
+                new = reassignment.step(state, {b for b in live if not state.stale(b, storage)})
+                report = _log_reassignment_step
             if new is None:
                 continue
             key = partition_key(self.session.cluster, topic, partition)
@@ -55,34 +62,9 @@ class Controller:
                     return wrote
                 continue  # changed meanwhile: the next snapshot shows it
             wrote = True
-            elected.add((topic, partition))
-            _log_change(topic, partition, state, new)
+            report(topic, partition, state, new)
             if new.leader_epoch != state.leader_epoch:
                 self.elections += 1
-        return await self._reassign(snapshot, live, elected) or wrote
-
-    async def _reassign(self, snapshot: Snapshot, live: set[int], skip: set[tuple[str, int]]) -> bool:
-        """Carry every reassignment in progress one step on (cluster/reassignment.py), each step fenced
-        on the partition's mod_revision. A partition this pass already changed (`skip`) waits for the
-        next snapshot: its state here is stale and the write could not land anyway."""
-        tx = self.session.client.transactions
-        wrote = False
-        for (topic, partition), state in sorted(snapshot.partitions.items()):
-            if not state.reassigning or (topic, partition) in skip:
-                continue
-            storage = snapshot.storage()
-            new = reassignment.step(state, {b for b in live if not state.stale(b, storage)})
-            if new is None:
-                continue
-            key = partition_key(self.session.cluster, topic, partition)
-            if not await self.session.fenced([tx.put(key, new.encode())], [tx.mod(key) == state.version]):
-                if not self.session.is_controller:
-                    return wrote
-                continue
-            wrote = True
-            if new.leader_epoch != state.leader_epoch:
-                self.elections += 1
-            _log_reassignment_step(topic, partition, state, new)
         return wrote
 
 

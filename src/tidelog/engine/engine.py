@@ -252,19 +252,7 @@ class Engine:
             try:
                 for p in range(partitions):
                     directory = self._catalog.make_partition_dir(meta, p)
-                    logs.append(
-                        PartitionLog(
-                            self._fs,
-                            directory,
-                            topic_config,
-                            self.config.fsync,
-                            self._clock,
-                            clean=True,
-                            maps=self._maps,
-                            create=True,
-                            producer_id_expiration_ms=self.config.producer_id_expiration_ms,
-                        )
-                    )
+                    logs.append(self._new_partition_log(directory, topic_config))
                 meta = self._catalog.commit_create(meta)
             except BaseException:
                 for plog in logs:

@@ -12,6 +12,7 @@ import grpc
 from ..cluster import alter as topic_changes
 from ..cluster import controller as etcd_writes
 from ..cluster.membership import BrokerSession, cluster_status
+from ..cluster.metadata import Snapshot
 from ..cluster.placement import NO_LEADER, TopicPlacement, assign_replicas
 from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
@@ -211,20 +212,7 @@ class AdminService:
 
         session = replicas.session
         snapshot = parse(session.cluster, 0, await session.client.get_prefix(prefix(session.cluster)))
-        placement = snapshot.topics.get(name)
-        if placement is None:
-            raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
-        msg = pb.TopicDescription(name=name, created_ms=placement.created_ms)
-        for key, value in TopicConfig().with_overrides(placement.config).to_dict().items():
-            msg.config[key] = str(value)
-        for p in range(placement.partitions):
-            state = snapshot.partitions.get((name, p))
-            part = msg.partitions.add(partition=p, leader_id=NO_LEADER)
-            if state is not None:
-                part.leader_id, part.leader_epoch = state.leader, state.leader_epoch
-                part.replicas.extend(state.replicas)
-                part.isr.extend(state.isr)
-        return msg
+        return await self._describe_in_cluster(replicas, name, snapshot)
 
     async def delete_topic(
         self, request: pb.DeleteTopicRequest, context: grpc.aio.ServicerContext
@@ -254,10 +242,13 @@ class AdminService:
             return describe_message(await self._call(context, self.engine.describe(request.name)))
         return await self._call(context, self._describe_in_cluster(replicas, request.name))
 
-    async def _describe_in_cluster(self, replicas: ReplicaManager, name: str) -> pb.TopicDescription:
-        """The topic's placement from etcd, with the offsets of the copies this broker holds (a leader's
-        are the partition's; a follower's may lag: clients ask each leader for exact offsets)."""
-        snapshot = replicas.snapshot
+    async def _describe_in_cluster(
+        self, replicas: ReplicaManager, name: str, snapshot: Snapshot | None = None
+    ) -> pb.TopicDescription:
+        """The topic's placement from etcd (this broker's snapshot unless given), with the offsets of the
+        copies this broker holds (a leader's are the partition's; a follower's may lag: clients ask each
+        leader for exact offsets)."""
+        snapshot = snapshot or replicas.snapshot
         placement = snapshot.topics.get(name)
         if placement is None:
             raise UnknownTopicError(f"unknown topic {name!r}", topic=name)
