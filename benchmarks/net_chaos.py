@@ -18,7 +18,9 @@ healed, then every ISR must be full again (as every broker says) before the next
 - etcd-member-killed (SIGKILL, restarted at the heal), etcd-member-isolated (its link down);
 - rate-limit: a token bucket (256 kbit/s) on a leader's or a follower's link;
 - clock-jump: a broker's lease clock 30 s ahead or behind (TIDELOG_TEST_CLOCK_FILE), put back at the heal;
-- broker-kill: SIGKILL of a broker, restarted at the heal.
+- broker-kill: SIGKILL of a broker, restarted at the heal;
+- broker-wipe: SIGKILL of a broker, its data directory emptied (a replaced disk), restarted at the heal:
+  it must not lead or count as in sync before it has copied everything back.
 
 Figures: faults per kind; records acknowledged; anomalies (the history checker: must be 0); per kind,
 the longest time from the fault (and from its heal) to the first acknowledgement of a record sent after
@@ -36,6 +38,7 @@ import datetime
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -58,6 +61,7 @@ KINDS = (
     "rate-limit",
     "clock-jump",
     "broker-kill",
+    "broker-wipe",
 )
 SETTLE_TIMEOUT_S = 90
 
@@ -255,6 +259,11 @@ class Chaos:
             b = leader if rng.random() < 0.7 else follower
             cluster.kill(b)
             return f"b{b} SIGKILL", lambda: cluster.restart(b)
+        if kind == "broker-wipe":
+            b = leader if rng.random() < 0.5 else follower
+            cluster.kill(b)
+            shutil.rmtree(cluster.data_dir(b))
+            return f"b{b} SIGKILL, data directory emptied", lambda: cluster.restart(b)
         raise ValueError(kind)
 
     def run(self, faults: int, hold_s: tuple[float, float], log) -> None:
