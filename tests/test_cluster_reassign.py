@@ -335,8 +335,12 @@ def test_bad_reassignments_are_refused_clearly_and_a_move_in_progress_can_be_can
         assert cancelled.returncode == 0 and "reassignment cancelled" in cancelled.stdout, cancelled.stderr
     finally:
         c.resume(spare)
-    back = c.metadata("pair")[0]
-    assert sorted(back.replicas) == sorted(original) and back.leader_id in original
+    # the cancel is in etcd; a broker's metadata shows it once its watch has delivered it
+    back = c.wait(
+        lambda: (m := c.metadata("pair")[0]) and sorted(m.replicas) == sorted(original) and m,
+        what="the cancelled move gone from the metadata",
+    )
+    assert back.leader_id in original
     refused(1, "no reassignment is in progress", *base, "pair", "--partition", "0", "--cancel", "--cluster", url)
 
 
