@@ -109,6 +109,45 @@ def test_a_controller_whose_lease_expires_loses_the_role_and_another_takes_it(et
     assert b_controller and higher
 
 
+def test_a_campaign_whose_answer_was_lost_still_makes_its_broker_the_controller(etcd_url):
+    """The campaign's transaction lands in etcd but its answer never arrives (the stream cut mid-call):
+    the key is held by this broker's lease, so no other broker can take it while the lease is renewed.
+    The next campaign must find it is the controller; before, the cluster had no acting controller
+    (no elections) for as long as that broker lived."""
+
+    async def scenario():
+        client = etcd.connect(etcd_url)
+        real = client.transaction
+        calls, lost = [], []
+
+        async def answer_lost(*args, **kwargs):
+            result = await real(*args, **kwargs)
+            calls.append(result)
+            if len(calls) == 2:  # the first registers the broker, the second is its campaign
+                lost.append(result)
+                raise ConnectionError("Stream removed (the answer was lost)")
+            return result
+
+        client.transaction = answer_lost
+        a = BrokerSession(client, "lost", 1, "127.0.0.1:50001", 1000)
+        await a.start()
+        first = a.is_controller
+        b = await session(etcd_url, "lost", 2, timeout_ms=1000)
+        for _ in range(50):  # a's keepalive campaigns again after its next renewal (bounded wait)
+            if a.is_controller:
+                break
+            await asyncio.sleep(0.1)
+        result = (bool(lost), first, a.is_controller, b.is_controller, (await cluster_status(b.client, "lost")))
+        await a.close()
+        await b.close()
+        return result
+
+    landed, first, a_controller, b_controller, status = run(scenario())
+    assert landed and not first  # the answer was lost: it could not know yet
+    assert status.controller_id == 1  # the key is a's
+    assert a_controller and not b_controller
+
+
 def test_bad_cluster_urls_and_an_unreachable_etcd_are_clear_errors(tmp_path):
     for url in ("http://127.0.0.1:2379", "etcd://", "etcd://127.0.0.1", "etcd://127.0.0.1:99999", "etcd://h:1/x"):
         with pytest.raises(InvalidConfigError, match="cluster"):

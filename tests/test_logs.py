@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import os
+import signal
+import time
 
 import pytest
 
@@ -214,6 +216,11 @@ def test_a_json_logging_server_writes_one_event_per_line_from_start_to_shutdown(
                 break
         assert [bytes(r.value) for r in got] == [b"v"]
         consumer.close()
+        os.kill(srv.proc.pid, signal.SIGUSR1)  # where each task waits, in the log
+        for _ in range(100):
+            if "tasks dumped" in srv.log():
+                break
+            time.sleep(0.05)
     finally:
         assert srv.stop() == 0
     with open(srv.log_path) as f:
@@ -228,6 +235,9 @@ def test_a_json_logging_server_writes_one_event_per_line_from_start_to_shutdown(
     assert {(e["topic"], e["partitions"]) for e in by_event["topic_created"]} >= {("orders", 2)}
     (failed,) = [e for e in by_event["rpc_error"] if e["method"] == "/tidelog.v1.Admin/DescribeTopic"]
     assert failed["code"] == "NOT_FOUND" and "missing" in failed["error"] and failed["peer"]
+    *tasks, summary = by_event["task_dump"]
+    assert summary["message"] == f"{len(tasks)} tasks dumped"
+    assert any("serve (" in t["message"] and "app.py" in t["message"] for t in tasks), tasks  # the main task
     (joined,) = by_event["member_joined"]
     assert joined["group"] == "billing" and joined["topics"] == ["orders"]
     first = by_event["rebalance"][0]

@@ -124,7 +124,6 @@ class BrokerSession:
         self.controller_epoch: int | None = None
         self._keepalive: asyncio.Task | None = None
         self._campaign: asyncio.Future | None = None
-        self._unsure = False  # a campaign was cut short: whether it took the controller key is unknown
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -256,31 +255,36 @@ class BrokerSession:
         try:
             await asyncio.wait_for(self.campaign(), self.ttl_s)
         except asyncio.TimeoutError:
-            self._unsure = True
             log.warning("controller election timed out", extra={"event": "controller_campaign_timeout"})
 
     async def campaign(self) -> bool:
-        """Take the controller key if nobody holds it; True when this broker is (now) the controller."""
+        """Take the controller key if nobody holds it; True when this broker is (now) the controller.
+
+        The key is read back in the same transaction, won or not, and counts as won when this broker's
+        lease holds it: an earlier campaign whose answer was lost (a timeout, a stream cut mid-call) may
+        have taken it, and a key held by this broker's own lease but not believed won would keep every
+        broker, this one included, from ever acting as controller while the lease is renewed."""
         if not self.alive or self._lease is None:
             return False
         key = controller_key(self.cluster)
         tx = self.client.transactions
         value = json.dumps({"broker_id": self.broker_id}).encode()
+        lease = self._lease.id
         try:
-            won, _ = await self.client.transaction(
-                compare=[tx.create(key) == 0], success=[tx.put(key, value, lease=self._lease.id)], failure=[]
+            _, responses = await self.client.transaction(
+                compare=[tx.create(key) == 0],
+                success=[tx.put(key, value, lease=lease), tx.get(key)],
+                failure=[tx.get(key)],
             )
-            if not won and self._unsure:
-                # an earlier campaign was cut short: it may have taken the key before its answer came
-                held = await self.client.get(key)
-                won = held is not None and held.lease == self._lease.id
-            self._unsure = False
-            if not won:
-                return self.is_controller
-            self.controller_epoch = (await self.client.get(key)).create_revision
         except Exception as exc:
             log.warning("controller election failed: %s", exc)
             return False
+        held = responses[-1][0][1] if responses and responses[-1] else None
+        if held is None or held.lease != lease:
+            return self.is_controller
+        if self.controller_epoch == held.create_revision:
+            return self.is_controller
+        self.controller_epoch = held.create_revision
         log.info(
             "controller elected",
             extra={

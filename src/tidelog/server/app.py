@@ -580,6 +580,18 @@ def _unavailable(method: MethodDescriptor) -> grpc.RpcMethodHandler:
     return make(unary)
 
 
+def log_tasks() -> None:
+    """On SIGUSR1: where every coroutine of the server waits (what a thread dump shows for threads,
+    which a profiler cannot show for asyncio tasks), to find a wait that never ends."""
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        # by hand: Task.print_stack fails on a frame without a line number (compiled coroutines)
+        frames = [f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in task.get_stack(limit=16)]
+        log.warning("task %s: %s", task.get_name(), " <- ".join(reversed(frames)) or repr(task),
+                    extra={"event": "task_dump"})  # fmt: skip
+    log.warning("%d tasks dumped", len(tasks), extra={"event": "task_dump"})
+
+
 async def serve(config: ServerConfig, ready: Callable[[Server], object] | None = None) -> None:
     """Run a server until SIGTERM or SIGINT. `ready(server)` is called once it serves (server.port and
     server.metrics_port are then the bound ports); if it raises, the server stops cleanly and the error
@@ -591,6 +603,7 @@ async def serve(config: ServerConfig, ready: Callable[[Server], object] | None =
     # (recovery itself cannot be interrupted half-way), instead of killing it mid-recovery.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)
     await server.start()
     try:
         if ready is not None and not stop.is_set():
