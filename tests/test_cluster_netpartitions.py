@@ -152,13 +152,8 @@ def test_a_minority_side_stops_and_the_majority_elects(net, tmp_path):
         run.avoid.add(old)
         t_fault = time.monotonic()
         print(f"partition {minority} | {majority} at {t_fault - run.history.start:.2f}")
-        try:
-            run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
-        except AssertionError as exc:  # availability: a known defect (below); safety is still checked
-            stalled = str(exc)
-        else:
-            stalled = ""
-        new_first = min((a.t_done for a in run.acked(after=t_fault) if a.broker != old), default=t_fault + 30)
+        run.wait(lambda: [a for a in run.acked(after=t_fault) if a.broker != old], 30, "an ack by a new leader")
+        new_first = min(a.t_done for a in run.acked(after=t_fault) if a.broker != old)
         late = run.acked(old, after=t_fault)
         deadline = t_fault + 0.9 * SESSION_S
         stale = [a for a in late if a.t_invoke > deadline or a.t_done > deadline + 0.5]
@@ -166,22 +161,15 @@ def test_a_minority_side_stops_and_the_majority_elects(net, tmp_path):
               f"{new_first - t_fault:.2f} s")  # fmt: skip
         assert not stale, f"seed={run.seed}: the minority's leader acknowledged past its deadline: {stale[:5]}"
         assert max((a.t_done for a in late), default=t_fault) < new_first, f"seed={run.seed}: two leaders acked"
-        assert stalled or new_first - t_fault < BOUND_S, f"seed={run.seed}: unavailable {new_first - t_fault:.1f} s"
+        assert new_first - t_fault < BOUND_S, f"seed={run.seed}: unavailable {new_first - t_fault:.1f} s"
         print(f"a produce to the minority's leader: {probe_produce(run, old)}")
-        if not stalled:
-            run.wait_acks(20)
+        run.wait_acks(20)
         time.sleep(run.rng.uniform(0, 2))
         net.heal_drops()
         t_heal = time.monotonic()
         print(f"first ack after the heal: {first_ack_after(run, t_heal):.2f} s")
         report = run.finish()
     assert report.ok, f"seed={run.seed}: {report}"
-    if stalled:
-        # Seen in about 1 run of 4: after one failed call (TCP "Connection timed out"), the majority's
-        # brokers log no renewal and no campaign until the heal, so there is no controller and no
-        # election. Not traced yet; a guess: an etcd call to the minority's member that neither its
-        # deadline nor asyncio cancellation ends, holding the renewal loop.
-        pytest.xfail(f"seed={run.seed}: known defect, the majority elected no leader within 30 s: {stalled}")
 
 
 # -- an asymmetric link -----------------------------------------------------------------------------------
