@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -259,6 +261,35 @@ def test_a_client_without_tidelog_code_uses_reflection(server, topic):
 
     values = [base64.b64decode(r["value"]) for r in fetched["records"]]
     assert values == [b"hello", b"world"]
+
+
+IDLE_PINGER = """
+import sys, time, grpc
+from tidelog.v1 import tidelog_pb2 as pb
+options = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 1000),
+           ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+with grpc.insecure_channel(sys.argv[1], options=options) as channel:
+    topics = channel.unary_unary("/tidelog.v1.Admin/ListTopics",
+                                 request_serializer=pb.ListTopicsRequest.SerializeToString,
+                                 response_deserializer=pb.ListTopicsResponse.FromString)
+    topics(pb.ListTopicsRequest(), timeout=10)
+    time.sleep(5)  # idle, five pings
+    topics(pb.ListTopicsRequest(), timeout=10)
+print("done")
+"""
+
+
+def test_a_client_that_pings_every_second_on_an_idle_connection_is_not_sent_away(server):
+    """Replica links, and clients that must notice a dead broker within seconds, ping every second,
+    also between calls. With gRPC's server defaults the broker answered GOAWAY too_many_pings after a
+    few (gRPC logs it on the client's stderr), dropping the connection: a call started at that moment
+    fails."""
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    out = subprocess.run(
+        [sys.executable, "-c", IDLE_PINGER, server.target], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr
+    assert "too_many_pings" not in out.stderr, out.stderr
 
 
 def test_unreachable_server_is_a_clear_error():

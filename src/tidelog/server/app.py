@@ -110,6 +110,11 @@ class Server:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_allowed_incoming_connections", self.config.max_connections),
+                # Replica links and clients that must notice a dead broker within seconds ping every
+                # second, also on an idle connection: gRPC's default (every 5 min at most, only during
+                # calls) answered them GOAWAY too_many_pings, a reconnect that fails calls just started.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 500),
             ],
             interceptors=(status.MethodNames(), *([self._rpc_metrics] if self._rpc_metrics is not None else [])),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
