@@ -8,29 +8,24 @@ exactly as durable as any produce under the engine's fsync policy (`always`: on 
 returns; `interval`: survives a process crash at once, a power cut once the next flush ran), and
 survives a broker restart or SIGKILL. Only this store writes the topic (clients are refused): a
 record that does not parse anyway is skipped on replay, counted in `malformed`, and logged once
-with its offset, never a reason not to start.
-
-Compaction keeps the topic from growing forever: once it holds many more records than live keys,
-the live state is written again as a snapshot at the end, made durable (fsync), and then the whole
-segments before the snapshot are deleted; a replay of what is left still ends with the latest value
-of every key. Thread-safe.
+with its offset, never a reason not to start. Compaction by snapshot keeps the topic from growing
+forever (engine/state_topic.py). Thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
-from ..codec.batch import iter_batches
 from ..engine.engine import Engine
+from ..engine.state_topic import Append, StateTopic
 from . import records
 from .records import OFFSETS_TOPIC, CommittedOffset, MalformedRecord, MembershipRecord
 
 log = logging.getLogger("tidelog.groups")
 
-COMPACT_MIN_RECORDS = 10_000  # compact when superseded records pass this and 4x the live keys
 SEGMENT_BYTES = 8 << 20
 MALFORMED_LOGGED = 10  # malformed records logged one by one; the rest are counted in one line
 TopicPartition = tuple[str, int]
@@ -39,40 +34,21 @@ __all__ = ["OFFSETS_TOPIC", "CommittedOffset", "OffsetStore"]
 
 
 class OffsetStore:
-    def __init__(self, engine: Engine, append: Callable[[list[bytes], list[bytes | None]], None] | None = None) -> None:
+    def __init__(self, engine: Engine, append: Append | None = None) -> None:
         """append: how records reach the topic when it is replicated (a cluster: through its leader, and
         acknowledged by every in-sync replica); by default the local engine's internal path."""
         self.engine = engine
-        self._append = append
         self._lock = threading.RLock()  # commit() compacts while holding it
         self._offsets: dict[str, dict[TopicPartition, CommittedOffset]] = {}
         self._memberships: dict[str, dict[str, Any]] = {}
         self.malformed = 0
         """Records of the topic that did not parse on load (skipped; `tidelog check` lists them)."""
-        if OFFSETS_TOPIC not in engine.list_topics(include_internal=True):
-            engine.create_topic(
-                OFFSETS_TOPIC, 1, retention_ms=-1, retention_bytes=-1, segment_bytes=SEGMENT_BYTES, internal=True
-            )
-        self._load()
-        self.compact_min_records = COMPACT_MIN_RECORDS
-        self._snapshot_at = 0  # where the last snapshot starts: records before it are superseded
-
-    def _load(self) -> None:
-        """Replay the whole log, up to its end: in a cluster a new coordinator may hold records past its
-        high watermark that the old one acknowledged (the new leader's log is the partition's)."""
-        plog = self.engine.partition_log(OFFSETS_TOPIC, 0)
-        offset = plog.offset_range()[0]
-        while True:
-            data = plog.read_replica(offset, 8 << 20)
-            if not data:
-                break
-            for batch in iter_batches(data):
-                for rec in batch.records(min_offset=offset):
-                    try:
-                        self._apply(records.parse(cast(bytes | None, rec.key), cast(bytes | None, rec.value)))
-                    except MalformedRecord as exc:
-                        self._skip(rec.offset, str(exc))
-                offset = batch.last_offset + 1
+        self.topic = StateTopic(engine, OFFSETS_TOPIC, SEGMENT_BYTES, append)
+        for offset, key, value in self.topic.replay():
+            try:
+                self._apply(records.parse(key, value))
+            except MalformedRecord as exc:
+                self._skip(offset, str(exc))
         if self.malformed > MALFORMED_LOGGED:
             log.warning(
                 "skipped %d malformed records of %s in all; run `tidelog check`",
@@ -80,6 +56,14 @@ class OffsetStore:
                 OFFSETS_TOPIC,
                 extra={"event": "group_state_malformed_total", "count": self.malformed},
             )
+
+    @property
+    def compact_min_records(self) -> int:
+        return self.topic.compact_min_records
+
+    @compact_min_records.setter
+    def compact_min_records(self, n: int) -> None:
+        self.topic.compact_min_records = n
 
     def _skip(self, offset: int, reason: str) -> None:
         self.malformed += 1
@@ -109,11 +93,7 @@ class OffsetStore:
             self._offsets.setdefault(group, {})[tp] = committed
 
     def _write(self, keys: list[bytes], values: list[bytes | None]) -> None:
-        """Append through the engine's internal path: the one writer of this topic."""
-        if self._append is not None:
-            self._append(keys, values)
-            return
-        self.engine.produce(OFFSETS_TOPIC, values, keys=keys, partition=0, internal=True)
+        self.topic.write(keys, values)
 
     def commit(self, group: str, offsets: dict[TopicPartition, int], metadata: str = "") -> None:
         """Store offsets (the next offset to consume, per partition); returns once acknowledged."""
@@ -146,16 +126,13 @@ class OffsetStore:
         return sum(len(v) for v in self._offsets.values()) + len(self._memberships)
 
     def _maybe_compact(self) -> None:
-        o = self.engine.list_offsets(OFFSETS_TOPIC, 0)
-        written_since = o.log_end - max(o.log_start, self._snapshot_at)
-        if written_since - self._live() > max(self.compact_min_records, 4 * self._live()):
+        if self.topic.due(self._live()):
             self.compact()
 
     def compact(self) -> int:
         """Rewrite the live state at the end, fsync, delete the segments before; returns segments deleted."""
         with self._lock:
-            snapshot_start = self._snapshot_at = self.engine.list_offsets(OFFSETS_TOPIC, 0).log_end
-            items = [
+            items: list[tuple[bytes, bytes | None]] = [
                 (records.offset_key(g, t, p), records.offset_value(c))
                 for g, tps in sorted(self._offsets.items())
                 for (t, p), c in sorted(tps.items())
@@ -163,11 +140,7 @@ class OffsetStore:
             items += [
                 (records.membership_key(g), records.membership_value(s)) for g, s in sorted(self._memberships.items())
             ]
-            for i in range(0, len(items), 10_000):
-                chunk = items[i : i + 10_000]
-                self._write([k for k, _ in chunk], [v for _, v in chunk])
-            self.engine.flush()  # the snapshot is durable before anything it replaces goes
-            return self.engine.delete_records(OFFSETS_TOPIC, 0, snapshot_start)
+            return self.topic.compact(items)
 
     def fetch(
         self, group: str, partitions: Iterable[TopicPartition] | None = None
