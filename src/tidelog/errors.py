@@ -118,6 +118,19 @@ class UnknownGroupError(TidelogError):
     code = 69
 
 
+class UnknownQueueError(TidelogError):
+    """The queue does not exist (no consumer declared it, or it was deleted)."""
+
+    code = 1010
+
+
+class QueueConfigMismatchError(TidelogError):
+    """A consumer declared a queue with settings other than the queue's own (change them with
+    `tidelog queues alter`, or delete the queue)."""
+
+    code = 1011
+
+
 class UnknownMemberError(TidelogError):
     """The group has no such member (it left, or was removed after missing its session timeout)."""
 

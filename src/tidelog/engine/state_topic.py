@@ -11,7 +11,7 @@ under the engine's fsync policy. Thread-safe as far as the engine is; the store 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 from ..codec.batch import iter_batches
@@ -20,7 +20,7 @@ from .engine import Engine
 COMPACT_MIN_RECORDS = 10_000  # compact when superseded records pass this and 4x the live entries
 SNAPSHOT_CHUNK = 10_000  # records per append while writing a snapshot
 
-Append = Callable[[list[bytes], list[bytes | None]], None]
+Append = Callable[[Sequence[bytes], Sequence[bytes | None]], None]
 
 
 class StateTopic:
@@ -49,12 +49,12 @@ class StateTopic:
                     yield rec.offset, cast(bytes | None, rec.key), cast(bytes | None, rec.value)
                 offset = batch.last_offset + 1
 
-    def write(self, keys: list[bytes], values: list[bytes | None]) -> None:
+    def write(self, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
         """Append (returns once acknowledged): the one writer of this topic."""
         if self._append is not None:
             self._append(keys, values)
         else:
-            self.engine.produce(self.name, values, keys=keys, partition=0, internal=True)
+            self.engine.produce(self.name, list(values), keys=list(keys), partition=0, internal=True)
 
     def due(self, live: int) -> bool:
         """Whether the records superseded since the last snapshot call for a compaction."""

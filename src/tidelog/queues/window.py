@@ -207,8 +207,10 @@ class PartitionWindow:
     # -- inside -----------------------------------------------------------------------------------------
     def _answerable(self, consumer: str, offset: int, deliveries: int, late_ok: bool) -> tuple[Entry | None, str]:
         e = self.entries.get(offset)
+        if e is None and offset < self.start:
+            return None, "already complete (acknowledged or archived)"
         if e is None:
-            return None, "not in the window (completed, or never delivered)"
+            return None, "never delivered"
         if e.state in COMPLETE:
             return None, f"already {e.state}"
         if e.deliveries != deliveries:

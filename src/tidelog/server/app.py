@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from ..cluster.placement import TopicPlacement, assign_replicas
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
+from ..engine.state_topic import Append
 from ..errors import (
     BrokerUnavailableError,
     EngineClosedError,
@@ -337,13 +338,11 @@ class Server:
         if self._groups is not None:
             self._groups.coordinator = None
 
-    def _replicated_group_append(
-        self, loop: asyncio.AbstractEventLoop
-    ) -> Callable[[list[bytes], list[bytes | None]], None]:
+    def _replicated_group_append(self, loop: asyncio.AbstractEventLoop) -> Append:
         """The group store's writes in a cluster: appended as the leader, answered once every in-sync
         replica has them (acks=all), so a committed offset survives the coordinator's death."""
 
-        def append(keys: list[bytes], values: list[bytes | None]) -> None:
+        def append(keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
             replicas, engine = self.replicas, self.engine
             assert replicas is not None and engine is not None
             epochs: dict[tuple[str, int], int] = {}
@@ -352,7 +351,9 @@ class Server:
                 epochs[(topic, partition)] = epoch = replicas.admit(topic, partition, ACKS_ALL)
                 return epoch
 
-            result = engine.produce(OFFSETS_TOPIC, values, keys=keys, partition=0, internal=True, admit=admit)[0]
+            result = engine.produce(
+                OFFSETS_TOPIC, list(values), keys=list(keys), partition=0, internal=True, admit=admit
+            )[0]
 
             async def committed() -> None:
                 await replicas.appended(OFFSETS_TOPIC, 0)

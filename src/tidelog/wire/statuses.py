@@ -39,6 +39,8 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.DuplicateSequenceError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidProducerEpochError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnknownGroupError: grpc.StatusCode.NOT_FOUND,
+    errors.UnknownQueueError: grpc.StatusCode.NOT_FOUND,
+    errors.QueueConfigMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnknownMemberError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.StaleGenerationError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.GroupNotEmptyError: grpc.StatusCode.FAILED_PRECONDITION,
