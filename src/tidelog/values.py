@@ -6,7 +6,8 @@ without importing the engine (tests/test_architecture.py).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .config import TopicConfig
 
@@ -167,3 +168,77 @@ class ClusterDescription(NamedTuple):
     brokers: list[ClusterBroker]
     controller_id: int | None
     controller_epoch: int | None
+
+
+class QueueMessage(NamedTuple):
+    """A record handed to a queue consumer (queues): answer for it with (topic, partition, offset,
+    delivery_count)."""
+
+    topic: str
+    partition: int
+    offset: int
+    delivery_count: int
+    lock_until_ms: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple
+
+
+class Answer(NamedTuple):
+    """A consumer's answer for one delivery."""
+
+    topic: str
+    partition: int
+    offset: int
+    delivery_count: int
+
+
+class AnswerRefused(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    why: str
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A queue's settings (queues: what its consumers declared first)."""
+
+    topics: tuple[str, ...]
+    lock_ms: int = 30_000
+    max_deliveries: int = 5
+    dead_letter_topic: str = ""
+    max_in_flight: int = 1000
+    created_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topics": list(self.topics),
+            "lock_ms": self.lock_ms,
+            "max_deliveries": self.max_deliveries,
+            "dead_letter_topic": self.dead_letter_topic,
+            "max_in_flight": self.max_in_flight,
+            "created_ms": self.created_ms,
+        }
+
+
+class QueuePartitionState(NamedTuple):
+    """What `describe` says of one partition of a queue."""
+
+    topic: str
+    partition: int
+    start: int  # everything before is complete
+    log_end: int
+    in_flight: int
+    available: int  # read and ready now
+    delayed: int
+    unread: int  # past what the window read so far
+    oldest_unacked_ms: int | None  # the age of the record at `start`, when one is outstanding
+
+
+class QueueDescription(NamedTuple):
+    name: str
+    config: QueueConfig
+    partitions: list[QueuePartitionState]
+    totals: dict[str, int]  # acked, released, rejected, expired, dead_lettered, archived, skipped

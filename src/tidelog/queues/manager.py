@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, cast
+from typing import cast
 
 from .. import headers as hdr
 from ..codec.batch import Record
@@ -39,8 +39,9 @@ from ..errors import (
     UnknownQueueError,
     UnknownTopicError,
 )
+from ..values import Answer, AnswerRefused, QueueConfig, QueueDescription, QueueMessage, QueuePartitionState
 from . import records
-from .records import QUEUE_STATE_TOPIC, QueueConfig, QueueRecord, RedriveRecord, WindowRecord
+from .records import QUEUE_STATE_TOPIC, QueueRecord, RedriveRecord, WindowRecord
 from .window import ACQUIRED, AVAILABLE, Entry, PartitionWindow, Refused
 
 log = logging.getLogger("tidelog.queues")
@@ -49,57 +50,6 @@ SEGMENT_BYTES = 8 << 20
 READ_BYTES = 1 << 20  # per partition per receive
 MAX_RECEIVE = 10_000
 QueuePartition = tuple[str, str, int]  # queue, topic, partition
-
-
-class QueueMessage(NamedTuple):
-    """A record handed to a queue consumer: answer for it with (topic, partition, offset, delivery_count)."""
-
-    topic: str
-    partition: int
-    offset: int
-    delivery_count: int
-    lock_until_ms: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple
-
-
-class Answer(NamedTuple):
-    """A consumer's answer for one delivery."""
-
-    topic: str
-    partition: int
-    offset: int
-    delivery_count: int
-
-
-class AnswerRefused(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    why: str
-
-
-class PartitionState(NamedTuple):
-    """What `describe` says of one partition of a queue."""
-
-    topic: str
-    partition: int
-    start: int  # everything before is complete
-    log_end: int
-    in_flight: int
-    available: int  # read and ready now
-    delayed: int
-    unread: int  # past what the window read so far
-    oldest_unacked_ms: int | None  # the age of the record at `start`, when one is outstanding
-
-
-class QueueDescription(NamedTuple):
-    name: str
-    config: QueueConfig
-    partitions: list[PartitionState]
-    totals: dict[str, int]  # acked, released, rejected, expired, dead_lettered, archived, skipped
 
 
 COUNTERS = ("delivered", "acked", "released", "rejected", "expired", "dead_lettered", "archived", "skipped")
@@ -328,7 +278,7 @@ class QueueManager:
                     ts = self.engine.record_timestamp(t, p, w.start)
                     oldest = None if ts is None else max(0, now - ts)
                 out.append(
-                    PartitionState(
+                    QueuePartitionState(
                         t, p, w.start, log_end, counts["in_flight"], counts["available"], counts["delayed"],
                         max(0, log_end - w.end), oldest,
                     )

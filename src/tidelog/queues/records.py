@@ -23,9 +23,9 @@ write this topic) is a `MalformedRecord`: replay skips it and `tidelog check` re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ..values import QueueConfig
 from .window import STATES, Change
 
 QUEUE_STATE_TOPIC = "__queue_state"
@@ -33,26 +33,6 @@ QUEUE_STATE_TOPIC = "__queue_state"
 
 class MalformedRecord(ValueError):
     """A record of `__queue_state` that is not one of the kinds above."""
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    topics: tuple[str, ...]
-    lock_ms: int = 30_000
-    max_deliveries: int = 5
-    dead_letter_topic: str = ""
-    max_in_flight: int = 1000
-    created_ms: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "topics": list(self.topics),
-            "lock_ms": self.lock_ms,
-            "max_deliveries": self.max_deliveries,
-            "dead_letter_topic": self.dead_letter_topic,
-            "max_in_flight": self.max_in_flight,
-            "created_ms": self.created_ms,
-        }
 
 
 class QueueRecord(NamedTuple):
