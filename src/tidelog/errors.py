@@ -131,6 +131,12 @@ class QueueConfigMismatchError(TidelogError):
     code = 1011
 
 
+class UnsupportedError(TidelogError):
+    """What was asked is not available on this broker (e.g. queues on a member of a cluster, for now)."""
+
+    code = 1012
+
+
 class UnknownMemberError(TidelogError):
     """The group has no such member (it left, or was removed after missing its session timeout)."""
 

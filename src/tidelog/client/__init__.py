@@ -1,9 +1,21 @@
-"""Python client of a tidelog server: Producer, Consumer (sync and asyncio) and Admin."""
+"""Python client of a tidelog server: Producer, Consumer (sync and asyncio), GroupConsumer,
+QueueConsumer and Admin."""
 
 from .admin import Admin
 from .consumer import AsyncConsumer, PartitionConsumer
 from .consumers import Consumer
 from .group_consumer import GroupConsumer
 from .producer import Producer, RecordMetadata
+from .queue_consumer import Message, QueueConsumer
 
-__all__ = ["Admin", "AsyncConsumer", "Consumer", "GroupConsumer", "PartitionConsumer", "Producer", "RecordMetadata"]
+__all__ = [
+    "Admin",
+    "AsyncConsumer",
+    "Consumer",
+    "GroupConsumer",
+    "Message",
+    "PartitionConsumer",
+    "Producer",
+    "QueueConsumer",
+    "RecordMetadata",
+]

@@ -64,6 +64,7 @@ class QueueManager:
         # engine calls the data listener under a partition's lock, which receives take after _lock
         self._signal = threading.Condition(threading.Lock())
         self._seq = 0
+        self._wakers: set[Callable[[], None]] = set()  # called on every wake (the server's event loop)
         self._queues: dict[str, QueueConfig] = {}
         self._windows: dict[QueuePartition, PartitionWindow] = {}
         self._redrive: dict[tuple[str, str], dict[int, int]] = {}
@@ -528,6 +529,23 @@ class QueueManager:
         with self._signal:
             self._seq += 1
             self._signal.notify_all()
+            for waker in self._wakers:
+                waker()
+
+    def on_wake(self, waker: Callable[[], None]) -> None:
+        """Call waker() (quick, non-blocking: it runs under locks) whenever a waiting receive could now
+        get records; for receivers that wait elsewhere than in receive() (an event loop)."""
+        with self._signal:
+            self._wakers.add(waker)
+
+    def off_wake(self, waker: Callable[[], None]) -> None:
+        with self._signal:
+            self._wakers.discard(waker)
+
+    def next_due_s(self, queue: str) -> float:
+        """How long a receiver may wait before a lock ends or a delay passes, at most 1 s."""
+        with self._lock:
+            return self._next_due_s(queue)
 
     def _maybe_compact(self) -> None:
         live = len(self._queues) + len(self._windows) + len(self._redrive)

@@ -42,15 +42,25 @@ from ..errors import (
     StorageError,
     TidelogError,
     TopicExistsError,
+    UnsupportedError,
 )
 from ..groups.coordinator import GroupCoordinator
 from ..groups.offset_store import SEGMENT_BYTES as GROUP_SEGMENT_BYTES
 from ..groups.offset_store import OffsetStore
 from ..groups.records import OFFSETS_TOPIC
+from ..queues.manager import QueueManager
 from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
-from . import admin_service, consume_service, groups_service, produce_service, replication_service, status
+from . import (
+    admin_service,
+    consume_service,
+    groups_service,
+    produce_service,
+    queue_service,
+    replication_service,
+    status,
+)
 from .admission import Admission
 from .cluster_topics import ClusterTopics
 from .metrics import EngineCollector, MetricsHttpServer, ReplicationCollector, RpcMetrics
@@ -60,7 +70,9 @@ log = logging.getLogger("tidelog.server")
 
 CONTROLLER_TICK_S = 0.25
 HAND_OVER_S = 5.0  # at most this long handing leaderships over at a clean stop  # how often the controller re-checks the cluster's state on its own
-SERVICE_NAMES = tuple(methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups", "Replication"))
+SERVICE_NAMES = tuple(
+    methods.service_name(s) for s in ("Producer", "Consumer", "Admin", "Groups", "Queue", "Replication")
+)
 
 
 class Server:
@@ -73,6 +85,8 @@ class Server:
         self._health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self._stopped = asyncio.Event()
         self._groups: groups_service.GroupsService | None = None
+        self._queue_service: queue_service.QueueService | None = None
+        self.queues: QueueManager | None = None
         self.coordinator: GroupCoordinator | None = None
         self.cluster: BrokerSession | None = None  # with --cluster: this broker's membership
         self.replicas: ReplicaManager | None = None  # with --cluster: the roles of its partitions
@@ -157,6 +171,8 @@ class Server:
             await self._close_engine()
             raise
         groups.start()
+        if self._queue_service is not None:
+            self._queue_service.start()
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
         log.info(
@@ -391,6 +407,8 @@ class Server:
                 ),
             )
             self._groups = groups = groups_service.GroupsService(async_engine, coordinator)
+            self.queues = await loop.run_in_executor(None, lambda: QueueManager(engine))
+        self._queue_service = queue_service.QueueService(async_engine, self.queues, _no_queues_in_a_cluster)
         admission = Admission(
             self.config,
             (methods.service_name("Producer"), methods.service_name("Consumer")),
@@ -408,6 +426,7 @@ class Server:
                 async_engine, consume, lambda: self.cluster, self.advertised_address, replicas
             ).handler(),
             groups.handler(),
+            self._queue_service.handler(),
             replication_service.ReplicationService(replicas).handler(),
         )
         if self.config.cluster:
@@ -511,6 +530,8 @@ class Server:
             await self.cluster.close()
         if self._groups is not None:
             self._groups.stop()
+        if self._queue_service is not None:
+            self._queue_service.stop()
         if self._server is not None:
             stopping = asyncio.ensure_future(self._server.stop(self.config.shutdown_grace_s))
             if self.async_engine is not None:
@@ -584,6 +605,13 @@ def _unavailable(method: MethodDescriptor) -> grpc.RpcMethodHandler:
         return make(streaming)
     make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
     return make(unary)
+
+
+def _no_queues_in_a_cluster() -> TidelogError:
+    return UnsupportedError(
+        "queues are served by a single broker for now: this broker is a member of a cluster (a cluster's "
+        "queues are not built yet)"
+    )
 
 
 def log_tasks() -> None:

@@ -18,12 +18,23 @@ class Boundary(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EARLIEST: _ClassVar[Boundary]
     LATEST: _ClassVar[Boundary]
+
+class AnswerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACK: _ClassVar[AnswerKind]
+    RELEASE: _ClassVar[AnswerKind]
+    REJECT: _ClassVar[AnswerKind]
+    EXTEND: _ClassVar[AnswerKind]
 ACKS_DEFAULT: Acks
 ACKS_LEADER: Acks
 ACKS_ALL: Acks
 ACKS_NONE: Acks
 EARLIEST: Boundary
 LATEST: Boundary
+ACK: AnswerKind
+RELEASE: AnswerKind
+REJECT: AnswerKind
+EXTEND: AnswerKind
 
 class ProduceRequest(_message.Message):
     __slots__ = ("sequence", "topic", "partition", "batches", "acks")
@@ -664,3 +675,258 @@ class EpochEndOffsetResponse(_message.Message):
     epoch: int
     end_offset: int
     def __init__(self, epoch: _Optional[int] = ..., end_offset: _Optional[int] = ...) -> None: ...
+
+class QueueSettings(_message.Message):
+    __slots__ = ("topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "created_ms")
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    lock_ms: int
+    max_deliveries: int
+    dead_letter_topic: str
+    max_in_flight: int
+    created_ms: int
+    def __init__(self, topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., created_ms: _Optional[int] = ...) -> None: ...
+
+class DeclareQueueRequest(_message.Message):
+    __slots__ = ("queue", "topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "start")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    lock_ms: int
+    max_deliveries: int
+    dead_letter_topic: str
+    max_in_flight: int
+    start: str
+    def __init__(self, queue: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., start: _Optional[str] = ...) -> None: ...
+
+class QueueRecord(_message.Message):
+    __slots__ = ("topic", "partition", "offset", "delivery_count", "lock_until_ms", "timestamp_ms", "key", "value", "headers")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOCK_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offset: int
+    delivery_count: int
+    lock_until_ms: int
+    timestamp_ms: int
+    key: bytes
+    value: bytes
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., delivery_count: _Optional[int] = ..., lock_until_ms: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+
+class ReceiveRequest(_message.Message):
+    __slots__ = ("queue", "consumer_id", "max_messages", "wait_ms")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    consumer_id: str
+    max_messages: int
+    wait_ms: int
+    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class ReceiveResponse(_message.Message):
+    __slots__ = ("records", "error")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[QueueRecord]
+    error: Error
+    def __init__(self, records: _Optional[_Iterable[_Union[QueueRecord, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ConsumeQueueRequest(_message.Message):
+    __slots__ = ("start", "credit")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    start: ConsumeQueueStart
+    credit: int
+    def __init__(self, start: _Optional[_Union[ConsumeQueueStart, _Mapping]] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class ConsumeQueueStart(_message.Message):
+    __slots__ = ("queue", "consumer_id", "credit")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    consumer_id: str
+    credit: int
+    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class AnswerRange(_message.Message):
+    __slots__ = ("topic", "partition", "first_offset", "last_offset", "delivery_count")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FIRST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    delivery_count: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., first_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., delivery_count: _Optional[int] = ...) -> None: ...
+
+class AnswerRequest(_message.Message):
+    __slots__ = ("queue", "consumer_id", "kind", "ranges", "delay_ms", "reason", "lock_ms")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LOCK_MS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    consumer_id: str
+    kind: AnswerKind
+    ranges: _containers.RepeatedCompositeFieldContainer[AnswerRange]
+    delay_ms: int
+    reason: str
+    lock_ms: int
+    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ..., kind: _Optional[_Union[AnswerKind, str]] = ..., ranges: _Optional[_Iterable[_Union[AnswerRange, _Mapping]]] = ..., delay_ms: _Optional[int] = ..., reason: _Optional[str] = ..., lock_ms: _Optional[int] = ...) -> None: ...
+
+class RefusedAnswer(_message.Message):
+    __slots__ = ("topic", "partition", "offset", "reason")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("refused",)
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedAnswer]
+    def __init__(self, refused: _Optional[_Iterable[_Union[RefusedAnswer, _Mapping]]] = ...) -> None: ...
+
+class LeaveQueueRequest(_message.Message):
+    __slots__ = ("queue", "consumer_id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    consumer_id: str
+    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ...) -> None: ...
+
+class LeaveQueueResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class ListQueuesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListQueuesResponse(_message.Message):
+    __slots__ = ("queues",)
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queues: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DescribeQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class QueuePartitionState(_message.Message):
+    __slots__ = ("topic", "partition", "start", "log_end", "in_flight", "available", "delayed", "unread", "oldest_unacked_ms")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LOG_END_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_UNACKED_MS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    start: int
+    log_end: int
+    in_flight: int
+    available: int
+    delayed: int
+    unread: int
+    oldest_unacked_ms: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., start: _Optional[int] = ..., log_end: _Optional[int] = ..., in_flight: _Optional[int] = ..., available: _Optional[int] = ..., delayed: _Optional[int] = ..., unread: _Optional[int] = ..., oldest_unacked_ms: _Optional[int] = ...) -> None: ...
+
+class QueueDescription(_message.Message):
+    __slots__ = ("name", "settings", "partitions", "totals")
+    class TotalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    settings: QueueSettings
+    partitions: _containers.RepeatedCompositeFieldContainer[QueuePartitionState]
+    totals: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., settings: _Optional[_Union[QueueSettings, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[QueuePartitionState, _Mapping]]] = ..., totals: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class DeleteQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class DeleteQueueResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResetQueueRequest(_message.Message):
+    __slots__ = ("queue", "to", "offsets")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    to: str
+    offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
+    def __init__(self, queue: _Optional[str] = ..., to: _Optional[str] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ...) -> None: ...
+
+class ResetQueueResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RedriveRequest(_message.Message):
+    __slots__ = ("source", "target", "limit")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    limit: int
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RedriveResponse(_message.Message):
+    __slots__ = ("moved",)
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    moved: int
+    def __init__(self, moved: _Optional[int] = ...) -> None: ...

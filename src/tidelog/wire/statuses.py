@@ -41,6 +41,7 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.UnknownGroupError: grpc.StatusCode.NOT_FOUND,
     errors.UnknownQueueError: grpc.StatusCode.NOT_FOUND,
     errors.QueueConfigMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
     errors.UnknownMemberError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.StaleGenerationError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.GroupNotEmptyError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -1,0 +1,133 @@
+"""The QueueConsumer, embedded (over an engine's QueueManager, worker threads) and over gRPC (a real
+broker process): each record to one worker at a time, answers by message and in batches, locks kept
+alive while a handler runs, held records given back on close, and errors as statuses."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from tidelog import Engine
+from tidelog.client import Admin, Producer, QueueConsumer
+from tidelog.errors import QueueConfigMismatchError, UnknownQueueError, UnknownTopicError
+from tidelog.queues.manager import QueueManager
+from tidelog.v1 import tidelog_pb2 as pb
+
+from .server_process import ServerProcess
+
+
+@pytest.fixture
+def manager(data_dir):
+    eng = Engine.open(data_dir)
+    eng.create_topic("jobs", 2)
+    yield QueueManager(eng)
+    eng.close()
+
+
+def test_worker_threads_share_the_jobs_each_acknowledged_once(manager):
+    manager.engine.produce("jobs", [f"j{i}".encode() for i in range(300)])
+    done: list[bytes] = []
+    lock = threading.Lock()
+
+    def work(stop: threading.Event) -> None:
+        with QueueConsumer(manager, queue="w", topics=["jobs"], prefetch=5, wait_ms=50) as q:
+            while not stop.is_set():
+                for msg in q.receive(5, wait_ms=50):
+                    assert msg.ack()
+                    with lock:
+                        done.append(bytes(msg.value))
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=work, args=(stop,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(done) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(done) == sorted(f"j{i}".encode() for i in range(300))  # each once, none lost
+
+
+def test_a_long_handler_keeps_its_lock_and_close_gives_back_what_is_held(manager):
+    manager.engine.produce("jobs", [b"long", b"other"], partition=0)
+    slow = QueueConsumer(manager, queue="w", topics=["jobs"], lock_ms=300, wait_ms=0)
+    (msg,) = slow.receive(1)
+    time.sleep(1.2)  # four locks long: the extender keeps it
+    other = QueueConsumer(manager, queue="w", topics=["jobs"], wait_ms=0)
+    assert [bytes(m.value) for m in other.receive(5)] == [b"other"]
+    assert msg.ack() and msg.refused is None
+    assert slow.receive(1, wait_ms=0) == []  # nothing left
+    manager.engine.produce("jobs", [b"third"], partition=0)
+    (third,) = slow.receive(1, wait_ms=1000)
+    slow.close()  # unanswered: available to others at once, not after its lock
+    (again,) = other.receive(1, wait_ms=1000)
+    assert again.value == b"third" and again.delivery_count == 2
+    other.close()
+
+
+def test_a_lost_lock_makes_ack_return_false_and_batches_answer_many(manager):
+    manager.engine.produce("jobs", [b"a", b"b", b"c"], partition=1)
+    q1 = QueueConsumer(manager, queue="w", topics=["jobs"], lock_ms=100, wait_ms=0, auto_extend=False)
+    q2 = QueueConsumer(manager, queue="w", topics=["jobs"], wait_ms=0)
+    first = q1.receive(3)
+    time.sleep(0.2)
+    second = q2.receive(3)
+    assert [m.offset for m in second] == [0, 1, 2]
+    assert not first[0].ack() and "delivered again" in first[0].refused
+    assert q2.ack(second) == []
+    assert q2.receive(3) == []
+    q1.close()
+    q2.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(str(tmp_path_factory.mktemp("queues") / "data")).start()
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+def test_over_grpc_the_same_queue_semantics_and_clear_errors(server):
+    with Admin(server.target) as admin:
+        admin.create_topic("tasks", 2)
+    with Producer(server.target) as p:
+        for i in range(6):
+            p.send("tasks", f"t{i}".encode(), key=f"k{i}".encode(), headers=[("h", b"v")])
+        p.flush()
+    with pytest.raises(UnknownTopicError):
+        QueueConsumer(server.target, queue="q", topics=["nope"])
+    with QueueConsumer(server.target, queue="q", topics=["tasks"], lock_ms=5000, dead_letter_topic="tasks.dlq") as q:
+        msgs = q.receive(10, wait_ms=2000)
+        while len(msgs) < 6:
+            more = q.receive(10, wait_ms=2000)
+            assert more, msgs
+            msgs += more
+        assert sorted(m.value for m in msgs) == [f"t{i}".encode() for i in range(6)]
+        assert all(m.headers == (("h", b"v"),) and m.key.startswith(b"k") for m in msgs)
+        assert q.ack(msgs[:4]) == []
+        assert msgs[4].reject(reason="bad input")
+        assert msgs[5].release(delay_ms=60_000)
+        with pytest.raises(QueueConfigMismatchError, match="lock_ms=5000"):
+            QueueConsumer(server.target, queue="q", topics=["tasks"], lock_ms=1000)
+    channel = grpc.insecure_channel(server.target)
+    describe = channel.unary_unary(
+        "/tidelog.v1.Queue/DescribeQueue",
+        request_serializer=pb.DescribeQueueRequest.SerializeToString,
+        response_deserializer=pb.QueueDescription.FromString,
+    )
+    d = describe(pb.DescribeQueueRequest(queue="q"), timeout=10)
+    assert d.totals["acked"] == 4 and d.totals["dead_lettered"] == 1
+    assert sum(p.delayed for p in d.partitions) == 1 and d.settings.dead_letter_topic == "tasks.dlq"
+    with pytest.raises(grpc.RpcError) as err:
+        describe(pb.DescribeQueueRequest(queue="missing"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown queue" in err.value.details()
+    channel.close()
+    with pytest.raises(UnknownQueueError):
+        from tidelog.client.queue_backend import GrpcQueues
+
+        GrpcQueues(server.target, 10).receive("missing", "c", 1, 0)
