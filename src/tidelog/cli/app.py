@@ -12,12 +12,42 @@ import os
 import sys
 
 from .. import __version__
-from . import bench, check, cluster, consume, demo, dev_cluster, dump, groups, health, produce, serve, top, topics
+from . import (
+    bench,
+    check,
+    cluster,
+    consume,
+    demo,
+    dev_cluster,
+    dump,
+    groups,
+    health,
+    produce,
+    queues,
+    serve,
+    top,
+    topics,
+)
 from .broker import add_server_option, resolve_server
 from .failures import FAILED, USAGE, CommandError, UsageError
 from .parsing import LOG_FORMATS, LOG_LEVELS, HelpFormatter, Parser, add_log_options
 
-COMMANDS = (serve, topics, produce, consume, groups, cluster, top, health, bench, check, dump, demo, dev_cluster)
+COMMANDS = (
+    serve,
+    topics,
+    produce,
+    consume,
+    groups,
+    queues,
+    cluster,
+    top,
+    health,
+    bench,
+    check,
+    dump,
+    demo,
+    dev_cluster,
+)
 """In the order `tidelog --help` lists them; each module's register() adds its subparser and handler."""
 
 log = logging.getLogger("tidelog.cli")

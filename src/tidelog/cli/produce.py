@@ -43,6 +43,13 @@ def register(commands) -> None:
         help="how long a batch waits for more records before it is sent",
     )
     produce.add_argument("--batch-bytes", type=positive_int, default=1 << 20, help="largest batch sent")
+    produce.add_argument(
+        "--delay-ms",
+        type=non_negative_int,
+        default=0,
+        help="queue consumers do not receive the records before this long from now (a header; plain "
+        "consumers see them at once)",
+    )
     produce.add_argument("--quiet", action="store_true", help="no progress or summary on stderr")
     produce.set_defaults(run=run)
 
@@ -89,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
                             f"line {sent + 1} has {len(fields)} field(s); --key-field is {args.key_field}"
                         )
                     key = fields[args.key_field - 1]
-                producer.send(args.topic, line, key=key, partition=args.partition).add_done_callback(check)
+                producer.send(
+                    args.topic, line, key=key, partition=args.partition, delay_ms=args.delay_ms
+                ).add_done_callback(check)
                 sent += 1
                 progress.update(1)
                 if failures:

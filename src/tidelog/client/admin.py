@@ -6,7 +6,16 @@ from collections.abc import Sequence
 
 from ..errors import InvalidRequestError, TidelogError
 from ..v1 import tidelog_pb2 as pb
-from ..values import ClusterBroker, ClusterDescription, ClusterMetadata, PartitionDescription, PartitionOffsets
+from ..values import (
+    ClusterBroker,
+    ClusterDescription,
+    ClusterMetadata,
+    PartitionDescription,
+    PartitionOffsets,
+    QueueConfig,
+    QueueDescription,
+    QueuePartitionState,
+)
 from ..wire import methods
 from .channel import DEFAULT_TARGET
 from .metadata import Metadata
@@ -43,6 +52,16 @@ class Admin:
         self._delete_group = grp("DeleteGroup")
         self._reset = grp("ResetOffsets")
         self._committed = grp("FetchCommittedOffsets")
+
+        def queue(name):
+            method = methods.method("Queue", name)
+            return lambda request: self._metadata.call(method, request)
+
+        self._list_queues = queue("ListQueues")
+        self._describe_queue = queue("DescribeQueue")
+        self._delete_queue = queue("DeleteQueue")
+        self._reset_queue = queue("ResetQueue")
+        self._redrive = queue("Redrive")
 
     def create_topic(
         self, name: str, partitions: int = 1, replication_factor: int | None = None, **config
@@ -173,6 +192,44 @@ class Admin:
     def committed_offsets(self, group_id: str) -> dict[tuple[str, int], int]:
         reply = self._committed(pb.FetchCommittedOffsetsRequest(group_id=group_id))
         return {(o.topic, o.partition): o.offset for o in reply.offsets}
+
+    # -- queues ------------------------------------------------------------------------------------------
+    def list_queues(self) -> list[str]:
+        return list(self._list_queues(pb.ListQueuesRequest()).queues)
+
+    def describe_queue(self, queue: str) -> QueueDescription:
+        """Settings, totals, and per partition start, in flight, available, delayed, oldest unacked age."""
+        d = self._describe_queue(pb.DescribeQueueRequest(queue=queue))
+        s = d.settings
+        return QueueDescription(
+            d.name,
+            QueueConfig(tuple(s.topics), s.lock_ms, s.max_deliveries, s.dead_letter_topic, s.max_in_flight, s.created_ms),
+            [
+                QueuePartitionState(
+                    p.topic, p.partition, p.start, p.log_end, p.in_flight, p.available, p.delayed, p.unread,
+                    p.oldest_unacked_ms if p.HasField("oldest_unacked_ms") else None,
+                )
+                for p in d.partitions
+            ],
+            dict(d.totals),
+        )  # fmt: skip
+
+    def delete_queue(self, queue: str) -> None:
+        """Forget a queue's state (its records stay in their topics)."""
+        self._delete_queue(pb.DeleteQueueRequest(queue=queue))
+
+    def reset_queue(self, queue: str, to: str | dict[tuple[str, int], int]) -> None:
+        """Move a queue's start: "earliest", "latest", or {(topic, partition): offset}; forgets its locks,
+        delays and delivery counts."""
+        if isinstance(to, str):
+            self._reset_queue(pb.ResetQueueRequest(queue=queue, to=to))
+        else:
+            offsets = [pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(to.items())]
+            self._reset_queue(pb.ResetQueueRequest(queue=queue, offsets=offsets))
+
+    def redrive(self, source: str, target: str, limit: int = 0) -> int:
+        """Move the dead letters of `source` back to `target` (each once); returns how many moved."""
+        return self._redrive(pb.RedriveRequest(source=source, target=target, limit=limit)).moved
 
     def delete_group(self, group_id: str) -> None:
         self._delete_group(pb.DeleteGroupRequest(group_id=group_id))

@@ -49,6 +49,7 @@ from ..errors import (
     TidelogError,
     UnknownTopicError,
 )
+from ..headers import with_not_before
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from ..wire.statuses import error_from_rpc
@@ -329,10 +330,18 @@ class Producer:
         partition: int | None = None,
         headers=None,
         timestamp_ms: int | None = None,
+        delay_ms: int = 0,
     ) -> RecordFuture:
-        """Queue one record; the future resolves to RecordMetadata(topic, partition, offset)."""
+        """Queue one record; the future resolves to RecordMetadata(topic, partition, offset).
+
+        delay_ms: queue consumers do not receive it before that long from now (a header: plain log
+        consumers see it at once)."""
         if self._closed:
             raise EngineClosedError("the producer is closed")
+        if delay_ms:
+            if delay_ms < 0:
+                raise InvalidRequestError(f"delay_ms must be >= 0, got {delay_ms}")
+            headers = with_not_before(headers or (), time.time_ns() // 1_000_000 + delay_ms)
         if partition is None:
             partition = self._choose_partition(topic, key)
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + 16

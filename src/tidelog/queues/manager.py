@@ -93,7 +93,10 @@ class QueueManager:
         topics = tuple(dict.fromkeys(topics))
         _check_name(queue)
         if not topics:
-            raise InvalidRequestError("a queue reads at least one topic")
+            with self._lock:
+                if queue in self._queues:  # joining an existing queue: its topics
+                    return self._queues[queue]
+            raise UnknownQueueError(f"unknown queue {queue!r}: name the topics it reads to create it")
         for t in topics:
             if is_internal_topic(t):
                 raise InvalidRequestError(f"{t} is internal: a queue cannot read it")
