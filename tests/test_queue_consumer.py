@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -127,6 +128,9 @@ def test_over_grpc_the_same_queue_semantics_and_clear_errors(server):
         describe(pb.DescribeQueueRequest(queue="missing"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown queue" in err.value.details()
     channel.close()
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'tidelog_queue_records_total{outcome="acked",queue="q"} 4.0' in scraped, scraped
+    assert 'tidelog_queue_delayed{queue="q"} 1.0' in scraped
     with pytest.raises(UnknownQueueError):
         from tidelog.client.queue_backend import GrpcQueues
 

@@ -63,7 +63,7 @@ from . import (
 )
 from .admission import Admission
 from .cluster_topics import ClusterTopics
-from .metrics import EngineCollector, MetricsHttpServer, ReplicationCollector, RpcMetrics
+from .metrics import EngineCollector, MetricsHttpServer, QueueCollector, ReplicationCollector, RpcMetrics
 from .replica_link import LinkPool
 
 log = logging.getLogger("tidelog.server")
@@ -454,6 +454,7 @@ class Server:
             )
         )
         registry.register(ReplicationCollector(lambda: self.replicas, lambda: self.controller))
+        registry.register(QueueCollector(lambda: self.queues))
         Gauge(
             "tidelog_produce_inflight_bytes",
             "Produce bytes read ahead of their acks on all streams "

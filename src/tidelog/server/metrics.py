@@ -42,6 +42,7 @@ from ..cluster.reassignment import target_of
 from ..engine.engine import Engine
 from ..errors import TidelogError
 from ..groups.coordinator import GroupCoordinator
+from ..queues.manager import QueueManager
 from ..replication.manager import ReplicaManager
 from ..storage.fs import FSYNC_BUCKETS_S
 
@@ -341,6 +342,55 @@ class EngineCollector(Collector):
                     lag_s.add_metric(values, p["time_lag_ms"] / 1000)
         omitted.add_metric(["group_partition"], skipped)
         yield from (lag, lag_s, committed, members, rebalances)
+
+
+class QueueCollector(Collector):
+    """Per queue, at scrape time: records in flight, available, delayed, the oldest unacknowledged
+    record's age, and the totals of answers since the broker started (queues/manager.py)."""
+
+    def __init__(self, manager: Callable[[], QueueManager | None]) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        manager = self._manager()
+        if manager is None:
+            return
+        gauges = {
+            "in_flight": GaugeMetricFamily("tidelog_queue_in_flight", "Records locked by a consumer", labels=["queue"]),
+            "available": GaugeMetricFamily(
+                "tidelog_queue_available", "Records read and ready to hand out now", labels=["queue"]
+            ),
+            "delayed": GaugeMetricFamily(
+                "tidelog_queue_delayed", "Records waiting for their not-before time", labels=["queue"]
+            ),
+            "unread": GaugeMetricFamily(
+                "tidelog_queue_unread", "Records past what the queue's windows read so far", labels=["queue"]
+            ),
+        }
+        oldest = GaugeMetricFamily(
+            "tidelog_queue_oldest_unacked_seconds",
+            "Age of the oldest record not yet acknowledged or dead-lettered (0 when none)",
+            labels=["queue"],
+        )
+        totals = CounterMetricFamily(
+            "tidelog_queue_records",
+            "Records by what became of them since the broker started: delivered, acked, released, rejected, "
+            "expired (lock ended), dead_lettered, archived (given up without a dead-letter topic), skipped "
+            "(removed by retention before completed)",
+            labels=["queue", "outcome"],
+        )
+        for name in manager.queues():
+            try:
+                d = manager.describe(name)
+            except TidelogError:  # deleted between the listing and now
+                continue
+            for field, family in gauges.items():
+                family.add_metric([name], sum(getattr(p, field) for p in d.partitions))
+            ages = [p.oldest_unacked_ms for p in d.partitions if p.oldest_unacked_ms is not None]
+            oldest.add_metric([name], max(ages, default=0) / 1000)
+            for outcome, n in sorted(d.totals.items()):
+                totals.add_metric([name, outcome], n)
+        yield from (*gauges.values(), oldest, totals)
 
 
 class MetricsHttpServer:
