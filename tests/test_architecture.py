@@ -19,9 +19,12 @@ FORBIDDEN = {
     "engine": {"server", "client", "v1", "grpc"},
     "server": {"client"},
     # the wire contract, the codec and shared values only
-    "client": {"server", "engine", "storage", "partition", "groups"},
+    "client": {"server", "engine", "storage", "partition", "groups", "queues"},
     # the coordinator is the broker's: it uses the engine, never a transport or a member
     "groups": {"server", "client", "v1", "grpc", "wire"},
+    # queues, like the coordinator, are the broker's: over the engine, never a transport or a client
+    "queues": {"server", "client", "v1", "grpc", "wire", "groups", "cluster", "replication"},
+    "headers.py": {"storage", "partition", "engine", "server", "client", "groups", "queues", "wire", "v1", "grpc"},
     # membership in etcd: under the server, beside the engine; never a transport or a client
     "cluster": {"server", "client", "v1", "grpc", "wire", "engine", "partition", "storage", "groups"},
     # replicated partitions: the engine's partitions driven by the cluster's state; the transport is the server's
