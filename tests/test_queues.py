@@ -226,6 +226,13 @@ def test_declaring_checks_its_input_and_the_queue_settings(engine):
     assert q.declare("w", ["jobs"], lock_ms=700).lock_ms == 700  # anew
 
 
+def test_the_state_topic_exists_only_once_a_queue_does(engine):
+    q = QueueManager(engine)  # every broker makes one: a broker without queues pays no topic for it
+    assert QUEUE_STATE_TOPIC not in engine.list_topics(include_internal=True) and q.queues() == []
+    q.declare("w", ["jobs"])
+    assert QUEUE_STATE_TOPIC in engine.list_topics(include_internal=True)
+
+
 def test_a_new_queue_starts_at_the_earliest_record_or_only_new_ones(engine):
     produce(engine, 2)
     q = QueueManager(engine)

@@ -24,20 +24,33 @@ Append = Callable[[Sequence[bytes], Sequence[bytes | None]], None]
 
 
 class StateTopic:
-    def __init__(self, engine: Engine, name: str, segment_bytes: int, append: Append | None = None) -> None:
+    def __init__(
+        self, engine: Engine, name: str, segment_bytes: int, append: Append | None = None, *, lazy: bool = False
+    ) -> None:
         """append: how records reach the topic when it is replicated (a cluster: through its leader, and
-        acknowledged by every in-sync replica); by default the local engine's internal path."""
+        acknowledged by every in-sync replica); by default the local engine's internal path. lazy: the
+        topic is created by the first write, not now (a store most brokers never use costs no topic)."""
         self.engine, self.name, self._append = engine, name, append
-        if name not in engine.list_topics(include_internal=True):
-            engine.create_topic(
-                name, 1, retention_ms=-1, retention_bytes=-1, segment_bytes=segment_bytes, internal=True
-            )
+        self._segment_bytes = segment_bytes
+        if not lazy:
+            self._create()
         self.compact_min_records = COMPACT_MIN_RECORDS
         self._snapshot_at = 0  # where the last snapshot starts: records before it are superseded
+
+    def exists(self) -> bool:
+        return self.engine.has_topic(self.name)
+
+    def _create(self) -> None:
+        if not self.exists():
+            self.engine.create_topic(
+                self.name, 1, retention_ms=-1, retention_bytes=-1, segment_bytes=self._segment_bytes, internal=True
+            )
 
     def replay(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         """(offset, key, value) of every record, in order, up to the log's end: in a cluster a new leader
         may hold records past its high watermark that the old one acknowledged (its log is the topic's)."""
+        if not self.exists():
+            return
         plog = self.engine.partition_log(self.name, 0)
         offset = plog.offset_range()[0]
         while True:
@@ -51,6 +64,7 @@ class StateTopic:
 
     def write(self, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
         """Append (returns once acknowledged): the one writer of this topic."""
+        self._create()
         if self._append is not None:
             self._append(keys, values)
         else:
@@ -58,6 +72,8 @@ class StateTopic:
 
     def due(self, live: int) -> bool:
         """Whether the records superseded since the last snapshot call for a compaction."""
+        if not self.exists():
+            return False
         o = self.engine.list_offsets(self.name, 0)
         written_since = o.log_end - max(o.log_start, self._snapshot_at)
         return written_since - live > max(self.compact_min_records, 4 * live)

@@ -72,7 +72,7 @@ class QueueManager:
         self._listening: set[tuple[str, int]] = set()
         self._turn = 0  # which partition a receive looks at first (round robin)
         self.malformed = 0
-        self.topic = StateTopic(engine, QUEUE_STATE_TOPIC, SEGMENT_BYTES, append)
+        self.topic = StateTopic(engine, QUEUE_STATE_TOPIC, SEGMENT_BYTES, append, lazy=True)
         self._replay()
 
     # -- queues -------------------------------------------------------------------------------------------
