@@ -4,6 +4,7 @@ alive while a handler runs, held records given back on close, and errors as stat
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import urllib.request
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from tidelog import Engine
-from tidelog.client import Admin, Producer, QueueConsumer
+from tidelog.client import Admin, AsyncQueueConsumer, Producer, QueueConsumer
 from tidelog.errors import QueueConfigMismatchError, UnknownQueueError, UnknownTopicError
 from tidelog.queues.manager import QueueManager
 from tidelog.v1 import tidelog_pb2 as pb
@@ -84,6 +85,27 @@ def test_a_lost_lock_makes_ack_return_false_and_batches_answer_many(manager):
     assert q2.receive(3) == []
     q1.close()
     q2.close()
+
+
+def test_the_asyncio_form_takes_and_answers_records(manager):
+    manager.engine.produce("jobs", [b"x", b"y", b"z"], partition=0)
+
+    async def work():
+        got = []
+        async with AsyncQueueConsumer(manager, queue="w", topics=["jobs"], wait_ms=100) as q:
+            async for msg in q:
+                got.append((bytes(msg.value), msg.delivery_count))
+                if msg.value == b"y" and msg.delivery_count == 1:
+                    assert await msg.release()
+                else:
+                    assert await msg.ack()
+                if len(got) == 4:
+                    break
+            assert await q.receive(5, wait_ms=0) == []
+        return got
+
+    got = asyncio.run(asyncio.wait_for(work(), 30))
+    assert sorted(got) == [(b"x", 1), (b"y", 1), (b"y", 2), (b"z", 1)]
 
 
 @pytest.fixture(scope="module")

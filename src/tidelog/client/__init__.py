@@ -2,6 +2,7 @@
 QueueConsumer and Admin."""
 
 from .admin import Admin
+from .async_queue_consumer import AsyncMessage, AsyncQueueConsumer
 from .consumer import AsyncConsumer, PartitionConsumer
 from .consumers import Consumer
 from .group_consumer import GroupConsumer
@@ -10,6 +11,8 @@ from .queue_consumer import Message, QueueConsumer
 
 __all__ = [
     "Admin",
+    "AsyncMessage",
+    "AsyncQueueConsumer",
     "AsyncConsumer",
     "Consumer",
     "GroupConsumer",

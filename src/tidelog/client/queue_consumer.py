@@ -223,6 +223,10 @@ class QueueConsumer:
         finally:
             self._backend.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise InvalidRequestError("the queue consumer is closed")
