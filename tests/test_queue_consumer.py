@@ -5,6 +5,7 @@ alive while a handler runs, held records given back on close, and errors as stat
 from __future__ import annotations
 
 import asyncio
+import queue as queue_module
 import threading
 import time
 import urllib.request
@@ -157,3 +158,45 @@ def test_over_grpc_the_same_queue_semantics_and_clear_errors(server):
         from tidelog.client.queue_backend import GrpcQueues
 
         GrpcQueues(server.target, 10).receive("missing", "c", 1, 0)
+
+
+def test_the_consume_stream_never_sends_more_than_the_credit(server):
+    with Admin(server.target) as admin:
+        admin.create_topic("streamed", 1)
+    with QueueConsumer(server.target, queue="s", topics=["streamed"]):  # creates the queue
+        pass
+    with Producer(server.target) as p:
+        for i in range(5):
+            p.send("streamed", f"r{i}".encode())
+        p.flush()
+    requests: queue_module.Queue = queue_module.Queue()
+    requests.put(pb.ConsumeQueueRequest(start=pb.ConsumeQueueStart(queue="s", consumer_id="c1", credit=3)))
+
+    def feed():
+        while (item := requests.get()) is not None:
+            yield item
+
+    channel = grpc.insecure_channel(server.target)
+    consume = channel.stream_stream(
+        "/tidelog.v1.Queue/Consume",
+        request_serializer=pb.ConsumeQueueRequest.SerializeToString,
+        response_deserializer=pb.ReceiveResponse.FromString,
+    )
+    responses = consume(feed(), timeout=30)
+    got = []
+    while len(got) < 3:
+        got += next(responses).records
+    assert [r.value for r in got] == [b"r0", b"r1", b"r2"]
+    time.sleep(1.5)  # two more are available, but no credit is left: they stay in the queue
+    with Admin(server.target) as admin:
+        (part,) = admin.describe_queue("s").partitions
+    assert (part.in_flight, part.available) == (3, 2)
+    requests.put(pb.ConsumeQueueRequest(credit=5))
+    more = next(responses).records
+    assert [r.value for r in more] == [b"r3", b"r4"]
+    requests.put(None)
+    responses.cancel()
+    bad = consume(iter([pb.ConsumeQueueRequest(start=pb.ConsumeQueueStart(queue="nope", consumer_id="c", credit=1))]))
+    first = next(bad)
+    assert first.error.code == 1010 and "unknown queue" in first.error.message
+    channel.close()
