@@ -17,8 +17,9 @@ import pytest
 
 from tidelog.v1 import tidelog_pb2 as pb
 
-from .helpers.cluster import Cluster, dump
-from .helpers.history import History, check
+from .helpers.cluster import Cluster
+from .helpers.history import History
+from .test_cluster_replication import check_replicas
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -93,19 +94,9 @@ class Load:
         self.cluster.wait(lambda: self.acked >= before + more, timeout_s=60, what=what)
 
 
-def final_check(cluster: Cluster, load: Load, stopped: set[int] = frozenset()):  # type: ignore[assignment]
+def final_check(cluster: Cluster, load: Load):
     """Stop the brokers, dump every replica the cluster names, and run the history checker."""
-    topic, partitions = load.topic, load.partitions
-    meta = cluster.wait_leaders(topic, partitions)
-    for b in cluster.brokers.values():
-        b.stop()
-    logs = {b: dump(cluster.data_dir(b), topic, partitions) for b in cluster.ids}
-    replica_logs = {(topic, p): {b: logs[b].get(p, []) for b in meta[p].replicas} for p in range(partitions)}
-    in_sync = {(topic, p): set(meta[p].isr) for p in range(partitions)}
-    committed = {
-        (topic, p): min(len(replica_logs[(topic, p)][b]) for b in in_sync[(topic, p)]) for p in range(partitions)
-    }
-    return check(load.history, replica_logs, committed, in_sync), replica_logs, logs, meta
+    return check_replicas(cluster, load.history, load.topic, load.partitions)
 
 
 def off(meta: dict, broker: int) -> dict | None:

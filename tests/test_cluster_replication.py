@@ -32,6 +32,12 @@ def leaders_of(cluster: Cluster, topic: str) -> dict[int, str]:
 
 def final_check(cluster: Cluster, history: History, topic: str, partitions: int):
     """Stop every broker, dump every replica, and check the history against the committed logs."""
+    report, replica_logs, _, _ = check_replicas(cluster, history, topic, partitions)
+    return report, replica_logs
+
+
+def check_replicas(cluster: Cluster, history: History, topic: str, partitions: int):
+    """final_check, also returning every broker's dump and the last metadata."""
     meta = cluster.wait_leaders(topic, partitions)
     for b in cluster.brokers.values():
         b.stop()
@@ -42,8 +48,7 @@ def final_check(cluster: Cluster, history: History, topic: str, partitions: int)
     committed = {
         (topic, p): min(len(replica_logs[(topic, p)][b]) for b in in_sync[(topic, p)]) for p in range(partitions)
     }
-    report = check(history, replica_logs, committed, in_sync)
-    return report, replica_logs
+    return check(history, replica_logs, committed, in_sync), replica_logs, logs, meta
 
 
 def test_topics_are_placed_routed_and_copied_to_every_replica(cluster):
