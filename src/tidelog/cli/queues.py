@@ -38,10 +38,19 @@ def register(commands) -> None:
         add_command(actions, "receive", "print records of a queue and acknowledge each one printed")
     )
     receive.add_argument("queue", help="queue name (created on first use, reading --topic)")
-    receive.add_argument("--topic", action="append", help="topic the queue reads (repeatable; needed to create it)")
-    receive.add_argument("--max", type=positive_int, metavar="N", help="stop after this many records")
     receive.add_argument(
-        "--timeout-ms", type=positive_number, metavar="MS", help="stop after this long without a record"
+        "--topic",
+        action="append",
+        help="topic the queue reads (repeatable; default: the queue's own, needed only to create it)",
+    )
+    receive.add_argument(
+        "--max", type=positive_int, metavar="N", help="stop after this many records (default: no limit)"
+    )
+    receive.add_argument(
+        "--timeout-ms",
+        type=positive_number,
+        metavar="MS",
+        help="stop after this long without a record (default: wait forever)",
     )
     receive.add_argument("--lock-ms", type=non_negative_int, default=0, help="a new queue's lock (default 30000)")
     receive.add_argument(
@@ -61,9 +70,12 @@ def register(commands) -> None:
     target.add_argument("--to-earliest", action="store_true", help="to each partition's earliest offset")
     target.add_argument("--to-latest", action="store_true", help="to each partition's end: skip everything there")
     target.add_argument("--to-offset", type=non_negative_int, metavar="N", help="to offset N (with --topic)")
-    reset.add_argument("--topic", help="with --to-offset: the topic whose partitions move")
+    reset.add_argument("--topic", help="with --to-offset: the topic whose partitions move (default: none)")
     reset.add_argument(
-        "--partition", type=non_negative_int, action="append", help="with --to-offset: only this partition"
+        "--partition",
+        type=non_negative_int,
+        action="append",
+        help="with --to-offset: only this partition (repeatable; default: every partition)",
     )
     reset.set_defaults(run=reset_queue)
 
