@@ -243,3 +243,24 @@ def test_a_new_queue_starts_at_the_earliest_record_or_only_new_ones(engine):
     assert values(q.receive("new", "a", 10)) == [b"n0"]
     q.reset("new", "earliest")
     assert values(q.receive("new", "a", 10)) == [b"j0", b"j1", b"n0"]
+
+
+def test_a_malformed_state_record_is_skipped_on_load_and_reported_by_check(data_dir, clock):
+    from tidelog.examine import check
+
+    eng = Engine.open(data_dir, clock=clock)
+    eng.create_topic("jobs", 1)
+    q = QueueManager(eng)
+    q.declare("workers", ["jobs"])
+    produce(eng, 3)
+    q.ack("workers", "a", answers(q.receive("workers", "a", 2)))
+    # as only a bug or a hand-made write could make it
+    bad = eng.produce(QUEUE_STATE_TOPIC, [b"{}"], keys=[b'["workers", "jobs"]'], partition=0, internal=True)
+    eng.close()
+    eng = Engine.open(data_dir, clock=clock)
+    q = QueueManager(eng)
+    assert q.malformed == 1
+    assert [m.offset for m in q.receive("workers", "b", 10)] == [2]  # the rest of the state is kept
+    eng.close()
+    (result,) = [r for r in check(data_dir) if r.topic == QUEUE_STATE_TOPIC]
+    assert any(f"record at offset {bad[0].base_offset} is not queue state" in p for p in result.problems)

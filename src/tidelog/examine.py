@@ -38,6 +38,7 @@ from .engine.topic_meta import (
 from .errors import CorruptBatchError, CorruptLogError, StorageError
 from .groups import records as group_records
 from .partition import leader_epochs
+from .queues import records as queue_records
 from .storage import recovery
 from .storage.fs import FileSystem
 from .storage.offset_index import OffsetIndex
@@ -320,8 +321,8 @@ def _check_partition(topic: str, partition: int, directory: str, live: bool) -> 
                 f"segment {name}: a torn write ({verdict.what}) at byte {end}, past the last "
                 f"fsync: the next open cuts the log there (offset {first_lost} on, never durable)"
             )
-        if topic == group_records.OFFSETS_TOPIC:
-            result.problems += _check_group_records(buf, rows)
+        if topic in STATE_RECORDS:
+            result.problems += _check_state_records(topic, buf, rows)
         if len(rows):
             if result.start_offset < 0:
                 result.start_offset = int(rows[0, batch_scan.COL_BASE_OFFSET])
@@ -358,8 +359,26 @@ def _check_leader_epochs(result: PartitionCheck, directory: str) -> None:
             raise
 
 
-def _check_group_records(buf, rows: np.ndarray) -> list[str]:
-    """Records of `__consumer_offsets` that are not group state: the broker skips them on load."""
+# The broker's state topics: how each is parsed, and what a record it skips on load loses
+STATE_RECORDS = {
+    group_records.OFFSETS_TOPIC: (
+        group_records.parse,
+        group_records.MalformedRecord,
+        "group state",
+        "commit or membership",
+    ),
+    queue_records.QUEUE_STATE_TOPIC: (
+        queue_records.parse,
+        queue_records.MalformedRecord,
+        "queue state",
+        "queue change",
+    ),
+}
+
+
+def _check_state_records(topic: str, buf, rows: np.ndarray) -> list[str]:
+    """Records of a state topic that do not parse: the broker skips them on load."""
+    parse, malformed, what, meant = STATE_RECORDS[topic]
     problems = []
     for pos in rows[:, batch_scan.COL_POS].tolist():
         try:
@@ -369,11 +388,11 @@ def _check_group_records(buf, rows: np.ndarray) -> list[str]:
             continue
         for rec in recs:
             try:
-                group_records.parse(rec.key, rec.value)
-            except group_records.MalformedRecord as exc:
+                parse(rec.key, rec.value)
+            except malformed as exc:
                 problems.append(
-                    f"record at offset {rec.offset} is not group state ({exc}); the broker skips it "
-                    f"on load, so the commit or membership it meant is lost"
+                    f"record at offset {rec.offset} is not {what} ({exc}); the broker skips it "
+                    f"on load, so the {meant} it meant is lost"
                 )
     return problems
 
