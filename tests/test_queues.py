@@ -264,3 +264,14 @@ def test_a_malformed_state_record_is_skipped_on_load_and_reported_by_check(data_
     eng.close()
     (result,) = [r for r in check(data_dir) if r.topic == QUEUE_STATE_TOPIC]
     assert any(f"record at offset {bad[0].base_offset} is not queue state" in p for p in result.problems)
+
+
+def test_a_topic_created_again_is_read_from_its_beginning(engine, clock):
+    q = QueueManager(engine)
+    q.declare("workers", ["jobs"])
+    produce(engine, 5)
+    q.ack("workers", "a", answers(q.receive("workers", "a", 5)))
+    engine.delete_topic("jobs")
+    engine.create_topic("jobs", 2)
+    produce(engine, 2, prefix="new")
+    assert values(q.receive("workers", "a", 10)) == [b"new0", b"new1"]  # not held back at offset 5

@@ -338,7 +338,7 @@ class QueueManager:
             t, p = parts[(first + i) % len(parts)]
             w = self._window(queue, t, p, config)
             self._count(queue, "expired", w.expire(now, config.max_deliveries))
-            self._read(w, t, p)
+            w = self._read(queue, config, w, t, p)
             got = w.acquire(consumer, left, now, config.lock_ms)
             if got:
                 chosen.append((t, p, got))
@@ -364,18 +364,31 @@ class QueueManager:
             self._settle(queue, config)
         return out
 
-    def _read(self, w: PartitionWindow, topic: str, partition: int) -> None:
-        """Bring the window's unread records in, as far as it has room."""
+    def _read(self, queue: str, config: QueueConfig, w: PartitionWindow, topic: str, partition: int) -> PartitionWindow:
+        """Bring the window's unread records in, as far as it has room; returns the window (a new one
+        when the log is now shorter than what the queue read: the topic was deleted and created again,
+        so the queue starts over at its beginning)."""
         o = self.engine.list_offsets(topic, partition)
+        if w.end > o.log_end:
+            log.warning(
+                "the log of %s[%d] ends before what queue %s read: the topic was created again; the queue "
+                "starts over at its beginning",
+                topic, partition, queue,
+                extra={"event": "queue_partition_reset", "queue": queue, "topic": topic, "partition": partition,
+                       "was": w.end, "log_end": o.log_end},
+            )  # fmt: skip
+            w = self._windows[(queue, topic, partition)] = PartitionWindow(o.log_start, config.max_in_flight)
+            self.topic.write([records.window_key(queue, topic, partition)], [records.window_value(w.start, [], True)])
         if w.end < o.log_start:
             w.log_starts_at(o.log_start)
         room = w.room()
         if room <= 0 or w.end >= o.log_end:
-            return
+            return w
         result = self.engine.fetch(topic, partition, w.end, READ_BYTES)
         recs = [r for r in result.records() if r.offset >= w.end][:room]
         if recs:
             w.add([(r.offset, hdr.not_before_ms(r.headers)) for r in recs], recs[-1].offset + 1)
+        return w
 
     def _records(self, topic: str, partition: int, offsets: list[int]) -> dict[int, Record]:
         """The records at these offsets (read again from the log: a redelivery needs them too)."""
