@@ -22,6 +22,7 @@ CONSUMERS = ("a", "b", "c")
 @dataclass
 class Rec:
     not_before: int  # from the record's header
+    group: int | None = None  # its key, for fifo
     state: str = AVAILABLE
     deliveries: int = 0
     owner: str = ""
@@ -67,11 +68,13 @@ class Model:
 
 
 class WindowMachine(RuleBasedStateMachine):
+    fifo = False
+
     def __init__(self) -> None:
         super().__init__()
         self.now = 1_000
         self.model = Model()
-        self.window = PartitionWindow(0, MAX_IN_FLIGHT)
+        self.window = PartitionWindow(0, MAX_IN_FLIGHT, self.fifo)
         self.persisted: list[Change] = []
         self.handed: list[tuple[str, Delivery]] = []  # every delivery ever made (stale ones too)
         self.archived_model: list[int] = []
@@ -81,23 +84,39 @@ class WindowMachine(RuleBasedStateMachine):
         self.archived_window += [o for o, _ in self.window.take_archived()]
         self.persisted += self.window.take_changes()
 
-    @rule(n=st.integers(1, 4), delay=st.sampled_from([0, 0, 0, 50, 300]))
-    def produce(self, n, delay):
+    @rule(n=st.integers(1, 4), delay=st.sampled_from([0, 0, 0, 50, 300]), group=st.sampled_from([None, 1, 2]))
+    def produce(self, n, delay, group):
         for _ in range(n):
-            self.model.log.append(Rec(self.now + delay if delay else 0))
+            self.model.log.append(Rec(self.now + delay if delay else 0, group))
 
     @rule()
     def read(self):
         w = self.window
         upto = min(len(self.model.log), w.end + w.room())
-        w.add([(o, self.model.log[o].not_before) for o in range(w.end, upto)], upto)
+        log = self.model.log
+        w.add([(o, log[o].not_before, log[o].group if self.fifo else None) for o in range(w.end, upto)], upto)
         self.model.read_upto = max(self.model.read_upto, upto)
 
     @rule(consumer=st.sampled_from(CONSUMERS), n=st.integers(1, 4))
     def acquire(self, consumer, n):
         got = self.window.acquire(consumer, n, self.now, LOCK_MS)
         m = self.model
-        want = [o for o in range(m.read_upto) if m.available_at(o, self.now)][:n]
+        if self.fifo:  # per group: nothing while one is held; else the first not yet complete, if ready
+            waiting = {r.group for r in m.log if r.state == ACQUIRED and r.group is not None}
+            want = []
+            for o in range(m.read_upto):
+                r = m.log[o]
+                if r.state != AVAILABLE:
+                    continue
+                if r.group is not None:
+                    if r.group in waiting:
+                        continue
+                    waiting.add(r.group)
+                if m.available_at(o, self.now):
+                    want.append(o)
+            want = want[:n]
+        else:
+            want = [o for o in range(m.read_upto) if m.available_at(o, self.now)][:n]
         assert [d.offset for d in got] == want
         for d in got:
             r = m.log[d.offset]
@@ -156,7 +175,7 @@ class WindowMachine(RuleBasedStateMachine):
         """A broker restart: the window is rebuilt from what was persisted; the log is read again."""
         self._persist()
         start = self.window.start
-        self.window = PartitionWindow(0, MAX_IN_FLIGHT)
+        self.window = PartitionWindow(0, MAX_IN_FLIGHT, self.fifo)
         self.window.restore(start, self.persisted)
         self.model.read_upto = start  # unread, except what the persisted changes carry
         # the model keeps every record's state: nothing acknowledged or counted is forgotten
@@ -173,5 +192,11 @@ class WindowMachine(RuleBasedStateMachine):
         assert w.end - w.start <= MAX_IN_FLIGHT or w.end == w.start
 
 
+class FifoWindowMachine(WindowMachine):
+    fifo = True
+
+
 TestWindow = WindowMachine.TestCase
 TestWindow.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestFifoWindow = FifoWindowMachine.TestCase
+TestFifoWindow.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)

@@ -275,3 +275,25 @@ def test_a_topic_created_again_is_read_from_its_beginning(engine, clock):
     engine.create_topic("jobs", 2)
     produce(engine, 2, prefix="new")
     assert values(q.receive("workers", "a", 10)) == [b"new0", b"new1"]  # not held back at offset 5
+
+
+def test_a_fifo_queue_hands_out_one_record_per_key_at_a_time_in_order(engine, clock):
+    q = QueueManager(engine)
+    q.declare("orders", ["jobs"], fifo=True, lock_ms=100)
+    engine.produce(
+        "jobs", [b"a1", b"b1", b"a2", b"b2", b"x", b"a3"], keys=[b"a", b"b", b"a", b"b", None, b"a"], partition=0
+    )
+    first = q.receive("orders", "w1", 10)
+    assert values(first) == [b"a1", b"b1", b"x"]  # a2, b2, a3 wait for the ones of their key
+    assert q.receive("orders", "w2", 10) == []
+    q.ack("orders", "w1", answers([m for m in first if m.value == b"a1"]))
+    (a2,) = q.receive("orders", "w2", 10)
+    assert a2.value == b"a2"
+    q.release("orders", "w2", answers([a2]))  # released: a2 again before a3
+    (again,) = q.receive("orders", "w2", 10)
+    assert again.value == b"a2" and again.delivery_count == 2
+    clock.advance(100)  # every lock ends: a2 and b1 come back, before a3 and b2
+    assert values(q.receive("orders", "w3", 10)) == [b"a2", b"b1", b"x"]
+    with pytest.raises(QueueConfigMismatchError, match="fifo"):
+        q.declare("plain", ["jobs"]) and q.declare("plain", ["jobs"], fifo=True)
+    assert q.describe("orders").config.fifo

@@ -211,6 +211,7 @@ class QueueConfig:
     dead_letter_topic: str = ""
     max_in_flight: int = 1000
     created_ms: int = 0
+    fifo: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -220,6 +221,7 @@ class QueueConfig:
             "dead_letter_topic": self.dead_letter_topic,
             "max_in_flight": self.max_in_flight,
             "created_ms": self.created_ms,
+            "fifo": self.fifo,
         }
 
 

@@ -57,6 +57,9 @@ def register(commands) -> None:
         "--max-deliveries", type=non_negative_int, default=0, help="a new queue's delivery limit (default 5)"
     )
     receive.add_argument("--dead-letter-topic", help="a new queue's dead-letter topic (default: none)")
+    receive.add_argument(
+        "--fifo", action="store_true", help="a new queue: one record per key at a time, in order (default: off)"
+    )
     add_format_option(
         receive, ("text", "json", "value"), "text: partition, offset, key, value (tab-separated); json; value"
     )
@@ -115,6 +118,7 @@ def describe_queue(args: argparse.Namespace) -> int:
     print(
         f"queue {d.name}  topics {','.join(c.topics)}  lock_ms {c.lock_ms}  max_deliveries {c.max_deliveries}  "
         f"dead_letter_topic {c.dead_letter_topic or '-'}  max_in_flight {c.max_in_flight}"
+        f"{'  fifo' if c.fifo else ''}"
     )
     print("  " + "  ".join(f"{k} {v}" for k, v in sorted(d.totals.items())))
     header = ("topic", "partition", "start", "end", "in_flight", "available", "delayed", "unread", "oldest_ms")
@@ -142,6 +146,7 @@ def receive_queue(args: argparse.Namespace) -> int:
         lock_ms=args.lock_ms,
         max_deliveries=args.max_deliveries,
         dead_letter_topic=args.dead_letter_topic,
+        fifo=args.fifo,
         wait_ms=200,
     ) as q:
         shown = 0

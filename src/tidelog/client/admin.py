@@ -12,13 +12,13 @@ from ..values import (
     ClusterMetadata,
     PartitionDescription,
     PartitionOffsets,
-    QueueConfig,
     QueueDescription,
     QueuePartitionState,
 )
 from ..wire import methods
 from .channel import DEFAULT_TARGET
 from .metadata import Metadata
+from .queue_backend import settings_of
 
 
 class Admin:
@@ -203,7 +203,7 @@ class Admin:
         s = d.settings
         return QueueDescription(
             d.name,
-            QueueConfig(tuple(s.topics), s.lock_ms, s.max_deliveries, s.dead_letter_topic, s.max_in_flight, s.created_ms),
+            settings_of(s),
             [
                 QueuePartitionState(
                     p.topic, p.partition, p.start, p.log_end, p.in_flight, p.available, p.delayed, p.unread,

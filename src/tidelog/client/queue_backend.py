@@ -26,6 +26,7 @@ class QueueBackend(Protocol):
         dead_letter_topic: str | None,
         max_in_flight: int,
         start: str,
+        fifo: bool,
     ) -> QueueConfig: ...
 
     def receive(self, queue: str, consumer: str, max_messages: int, wait_ms: int) -> list[QueueMessage]: ...
@@ -50,7 +51,9 @@ class EmbeddedQueues:
     def __init__(self, manager: Any) -> None:
         self.manager = manager
 
-    def declare(self, queue, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start) -> QueueConfig:
+    def declare(
+        self, queue, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo
+    ) -> QueueConfig:
         return self.manager.declare(
             queue,
             topics,
@@ -59,6 +62,7 @@ class EmbeddedQueues:
             dead_letter_topic=dead_letter_topic,
             max_in_flight=max_in_flight,
             start=start,
+            fifo=fifo,
         )
 
     def receive(self, queue: str, consumer: str, max_messages: int, wait_ms: int) -> list[QueueMessage]:
@@ -89,7 +93,9 @@ class GrpcQueues:
             call(n) for n in ("Declare", "Receive", "Answer", "Leave")
         )
 
-    def declare(self, queue, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start) -> QueueConfig:
+    def declare(
+        self, queue, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo
+    ) -> QueueConfig:
         s = self._declare(
             pb.DeclareQueueRequest(
                 queue=queue,
@@ -99,6 +105,7 @@ class GrpcQueues:
                 dead_letter_topic=dead_letter_topic,
                 max_in_flight=max_in_flight,
                 start=start,
+                fifo=fifo,
             )
         )
         return settings_of(s)
@@ -148,7 +155,9 @@ def ranges(answers: list[Answer]) -> list[pb.AnswerRange]:
 
 
 def settings_of(s: pb.QueueSettings) -> QueueConfig:
-    return QueueConfig(tuple(s.topics), s.lock_ms, s.max_deliveries, s.dead_letter_topic, s.max_in_flight, s.created_ms)
+    return QueueConfig(
+        tuple(s.topics), s.lock_ms, s.max_deliveries, s.dead_letter_topic, s.max_in_flight, s.created_ms, s.fifo
+    )
 
 
 def message_of(r: pb.QueueRecord) -> QueueMessage:

@@ -90,15 +90,17 @@ class QueueConsumer:
         dead_letter_topic: str | None = None,
         max_in_flight: int = 0,
         start: str = "earliest",
+        fifo: bool = False,
         prefetch: int = 10,
         wait_ms: int = 1000,
         auto_extend: bool = True,
         consumer_id: str | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        """lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start: the queue's settings when
-        this consumer creates it (0/None: the defaults, 30 s, 5, none, 1000, earliest); an existing
-        queue keeps its own, and a different value is refused. prefetch: records held ahead of the
+        """lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo: the queue's settings
+        when this consumer creates it (0/None: the defaults, 30 s, 5, none, 1000, earliest, not fifo);
+        an existing queue keeps its own, and a different value is refused. fifo: per key, one record
+        at a time, in offset order (as SQS FIFO message groups). prefetch: records held ahead of the
         handler while iterating; wait_ms: how long one receive waits for records."""
         if not queue:
             raise InvalidRequestError("a queue name is needed")
@@ -111,7 +113,7 @@ class QueueConsumer:
         self.prefetch, self.wait_ms = prefetch, wait_ms
         self._backend: QueueBackend = backend_for(broker, timeout_s)
         self.config: QueueConfig = self._backend.declare(
-            queue, list(topics), lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start
+            queue, list(topics), lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo
         )
         self._lock = threading.Lock()
         self._held: dict[tuple[str, int, int], tuple[Message, float]] = {}  # -> (message, local lock start)

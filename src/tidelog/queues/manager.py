@@ -15,7 +15,8 @@ a receive's deliveries before the records are handed out, so a crash or restart 
 acknowledgement and no delivery count; locks survive a restart too (a consumer's ack after it still
 counts). A dead letter is written before the record is marked archived: a crash between writes it
 again (at least once). Order is best effort: records are handed out in offset order per partition, but
-a released or expired record comes back after later ones were delivered.
+a released or expired record comes back after later ones were delivered; a fifo queue hands out one record
+per key at a time, in offset order.
 
 The window holds at most `max_in_flight` offsets from its start: a record not yet complete at the start
 holds back the records `max_in_flight` past it (they are read once the start moves).
@@ -86,6 +87,7 @@ class QueueManager:
         dead_letter_topic: str | None = None,
         max_in_flight: int = 0,
         start: str = "earliest",
+        fifo: bool = False,
     ) -> QueueConfig:
         """The queue's configuration, creating the queue when it does not exist (0 or None: the
         default; else it must match the queue's). A new queue starts at the topics' earliest records
@@ -110,7 +112,7 @@ class QueueManager:
         with self._lock:
             have = self._queues.get(queue)
             if have is not None:
-                _check_same(queue, have, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight)
+                _check_same(queue, have, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, fifo)
                 return have
             default = QueueConfig(topics)
             config = QueueConfig(
@@ -120,6 +122,7 @@ class QueueManager:
                 dead_letter_topic or "",
                 max_in_flight or default.max_in_flight,
                 self.clock(),
+                bool(fifo),
             )
             if config.dead_letter_topic:
                 if is_internal_topic(config.dead_letter_topic) or config.dead_letter_topic in topics:
@@ -133,7 +136,7 @@ class QueueManager:
                     at = o.log_start if start == "earliest" else o.log_end
                     keys.append(records.window_key(queue, t, p))
                     values.append(records.window_value(at, [], snapshot=True))
-                    self._windows[(queue, t, p)] = PartitionWindow(at, config.max_in_flight)
+                    self._windows[(queue, t, p)] = _window_for(config, at)
             self.topic.write(keys, values)
             self._queues[queue] = config
             self._totals[queue] = dict.fromkeys(COUNTERS, 0)
@@ -176,7 +179,7 @@ class QueueManager:
                     raise InvalidRequestError(f"reset to earliest, latest or offsets, not {to!r}")
                 keys.append(records.window_key(queue, t, p))
                 values.append(records.window_value(at, [], snapshot=True))
-                self._windows[(queue, t, p)] = PartitionWindow(at, config.max_in_flight)
+                self._windows[(queue, t, p)] = _window_for(config, at)
             self.topic.write(keys, values)
             self._wake_receivers()
 
@@ -377,7 +380,7 @@ class QueueManager:
                 extra={"event": "queue_partition_reset", "queue": queue, "topic": topic, "partition": partition,
                        "was": w.end, "log_end": o.log_end},
             )  # fmt: skip
-            w = self._windows[(queue, topic, partition)] = PartitionWindow(o.log_start, config.max_in_flight)
+            w = self._windows[(queue, topic, partition)] = _window_for(config, o.log_start)
             self.topic.write([records.window_key(queue, topic, partition)], [records.window_value(w.start, [], True)])
         if w.end < o.log_start:
             w.log_starts_at(o.log_start)
@@ -387,7 +390,11 @@ class QueueManager:
         result = self.engine.fetch(topic, partition, w.end, READ_BYTES)
         recs = [r for r in result.records() if r.offset >= w.end][:room]
         if recs:
-            w.add([(r.offset, hdr.not_before_ms(r.headers)) for r in recs], recs[-1].offset + 1)
+            fifo = config.fifo
+            w.add(
+                [(r.offset, hdr.not_before_ms(r.headers), _group(r.key) if fifo else None) for r in recs],
+                recs[-1].offset + 1,
+            )
         return w
 
     def _records(self, topic: str, partition: int, offsets: list[int]) -> dict[int, Record]:
@@ -506,7 +513,7 @@ class QueueManager:
     def _window(self, queue: str, topic: str, partition: int, config: QueueConfig) -> PartitionWindow:
         w = self._windows.get((queue, topic, partition))
         if w is None:  # a partition added since (it starts at its beginning: all of it is new)
-            w = self._windows[(queue, topic, partition)] = PartitionWindow(0, config.max_in_flight)
+            w = self._windows[(queue, topic, partition)] = _window_for(config, 0)
         return w
 
     def _windows_of(self, queue: str) -> list[PartitionWindow]:
@@ -615,7 +622,7 @@ class QueueManager:
             config = self._queues.get(q)
             if config is None:
                 continue
-            w = PartitionWindow(0, config.max_in_flight)
+            w = _window_for(config, 0)
             changes = {}
             for r in recs:
                 for c in r.changes:
@@ -629,13 +636,25 @@ def _check_name(queue: object) -> None:
         raise InvalidRequestError(f"a queue name is 1-249 characters, not starting with '__', got {queue!r}")
 
 
-def _check_same(queue, have: QueueConfig, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight) -> None:
+def _window_for(config: QueueConfig, start: int) -> PartitionWindow:
+    return PartitionWindow(start, config.max_in_flight, config.fifo)
+
+
+def _group(key: object) -> int | None:
+    """A fifo record's group: its key (keyless records keep no order)."""
+    return None if key is None else hash(bytes(key))  # type: ignore[call-overload]
+
+
+def _check_same(
+    queue, have: QueueConfig, topics, lock_ms, max_deliveries, dead_letter_topic, max_in_flight, fifo=False
+) -> None:
     asked = {
         "topics": (topics, have.topics),
         "lock_ms": (lock_ms, have.lock_ms),
         "max_deliveries": (max_deliveries, have.max_deliveries),
         "dead_letter_topic": (dead_letter_topic, have.dead_letter_topic),
         "max_in_flight": (max_in_flight, have.max_in_flight),
+        "fifo": (fifo, have.fifo),
     }
     for name, (want, got) in asked.items():
         if want not in (0, None) and want != got:

@@ -6,7 +6,7 @@ Three kinds of record, told apart by the shape of the key (both JSON, UTF-8):
     queue        key   {"queue": name}
                  value {"topics": [str, ...], "lock_ms": int > 0, "max_deliveries": int > 0,
                         "dead_letter_topic": str ("" = none), "max_in_flight": int > 0,
-                        "created_ms": int}, or null (the queue was deleted: forget its windows)
+                        "created_ms": int, "fifo": bool (absent: false)}, or null (the queue was deleted: forget its windows)
     window       key   [queue, topic, partition]
                  value {"start": int >= 0, "snapshot": bool,
                         "records": [[offset, state, deliveries, not_before_ms, owner, lock_until_ms], ...]}
@@ -110,6 +110,7 @@ def _config(v: Any) -> QueueConfig:
         and all(_int(v.get(f)) and v[f] > 0 for f in ("lock_ms", "max_deliveries", "max_in_flight"))
         and isinstance(v.get("dead_letter_topic"), str)
         and _int(v.get("created_ms"))
+        and isinstance(v.get("fifo", False), bool)
     )
     if not ok:
         raise MalformedRecord(f"a queue value is its configuration, not {_short(v)}")
@@ -120,6 +121,7 @@ def _config(v: Any) -> QueueConfig:
         v["dead_letter_topic"],
         v["max_in_flight"],
         v["created_ms"],
+        v.get("fifo", False),
     )
 
 

@@ -37,6 +37,7 @@ class Entry:
     owner: str = ""  # ACQUIRED: the consumer holding the lock
     lock_until_ms: int = 0  # ACQUIRED: when the lock ends
     reason: str = ""  # the last release or rejection reason (for a dead letter's headers)
+    group: int | None = None  # fifo: the record's key (hashed); None: no order to keep
 
 
 class Change(NamedTuple):
@@ -64,9 +65,10 @@ class Refused(NamedTuple):
 
 
 class PartitionWindow:
-    def __init__(self, start: int = 0, max_in_flight: int = 1000) -> None:
+    def __init__(self, start: int = 0, max_in_flight: int = 1000, fifo: bool = False) -> None:
         self.start = self.end = start
         self.max_in_flight = max_in_flight
+        self.fifo = fifo  # per key, one record at a time, in offset order (SQS FIFO's message groups)
         self.entries: dict[int, Entry] = {}
         self.changes: list[Change] = []  # since the last take_changes()
         self.archived: list[tuple[int, Entry]] = []  # to dead-letter, since the last take_archived()
@@ -78,12 +80,17 @@ class PartitionWindow:
         from `start` (a record not yet complete at `start` holds the rest back)."""
         return max(0, self.start + self.max_in_flight - self.end)
 
-    def add(self, records: Iterable[tuple[int, int]], next_offset: int) -> None:
-        """Records read from the log at `end`: (offset, not_before_ms) each; `next_offset` is where the
-        read stopped. An offset with a restored entry keeps it."""
-        for offset, not_before in records:
-            if offset >= self.end and offset not in self.entries:
-                self.entries[offset] = Entry(AVAILABLE, not_before_ms=not_before)
+    def add(self, records: Iterable[tuple[int, int, int | None]], next_offset: int) -> None:
+        """Records read from the log at `end`: (offset, not_before_ms, group) each; `next_offset` is where
+        the read stopped. An offset with a restored entry keeps its state (and learns its group)."""
+        for offset, not_before, group in records:
+            if offset < self.end:
+                continue
+            e = self.entries.get(offset)
+            if e is None:
+                self.entries[offset] = Entry(AVAILABLE, not_before_ms=not_before, group=group)
+            else:
+                e.group = group
         self.end = max(self.end, next_offset)
         self._sort()
         self._advance()
@@ -103,11 +110,19 @@ class PartitionWindow:
 
     # -- consumers ------------------------------------------------------------------------------------
     def acquire(self, consumer: str, n: int, now_ms: int, lock_ms: int) -> list[Delivery]:
-        """Up to n available records, in offset order, locked for `consumer` until now + lock_ms."""
+        """Up to n available records, in offset order, locked for `consumer` until now + lock_ms. In fifo
+        mode a record waits while an earlier one of its group is held or not yet complete."""
         out: list[Delivery] = []
+        waiting: set[int] = set()  # fifo: groups with a record held or ahead in line
+        if self.fifo:
+            waiting = {e.group for e in self.entries.values() if e.state == ACQUIRED and e.group is not None}
         for offset, e in self.entries.items():
             if len(out) >= n or offset >= self.end:
                 break
+            if self.fifo and e.group is not None and e.state == AVAILABLE:
+                if e.group in waiting:
+                    continue
+                waiting.add(e.group)
             if e.state == AVAILABLE and e.not_before_ms <= now_ms:
                 e.state, e.owner, e.lock_until_ms, e.not_before_ms = ACQUIRED, consumer, now_ms + lock_ms, 0
                 e.deliveries += 1

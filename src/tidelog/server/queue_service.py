@@ -97,6 +97,7 @@ class QueueService:
             dead_letter_topic=request.dead_letter_topic if request.HasField("dead_letter_topic") else None,
             max_in_flight=request.max_in_flight,
             start=request.start or "earliest",
+            fifo=request.fifo,
         )
         return settings_message(config)
 
@@ -249,6 +250,7 @@ def settings_message(c: QueueConfig) -> pb.QueueSettings:
         dead_letter_topic=c.dead_letter_topic,
         max_in_flight=c.max_in_flight,
         created_ms=c.created_ms,
+        fifo=c.fifo,
     )
 
 

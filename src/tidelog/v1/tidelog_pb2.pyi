@@ -677,23 +677,25 @@ class EpochEndOffsetResponse(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., end_offset: _Optional[int] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "created_ms")
+    __slots__ = ("topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "created_ms", "fifo")
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     LOCK_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    FIFO_FIELD_NUMBER: _ClassVar[int]
     topics: _containers.RepeatedScalarFieldContainer[str]
     lock_ms: int
     max_deliveries: int
     dead_letter_topic: str
     max_in_flight: int
     created_ms: int
-    def __init__(self, topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., created_ms: _Optional[int] = ...) -> None: ...
+    fifo: bool
+    def __init__(self, topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., created_ms: _Optional[int] = ..., fifo: _Optional[bool] = ...) -> None: ...
 
 class DeclareQueueRequest(_message.Message):
-    __slots__ = ("queue", "topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "start")
+    __slots__ = ("queue", "topics", "lock_ms", "max_deliveries", "dead_letter_topic", "max_in_flight", "start", "fifo")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     LOCK_MS_FIELD_NUMBER: _ClassVar[int]
@@ -701,6 +703,7 @@ class DeclareQueueRequest(_message.Message):
     DEAD_LETTER_TOPIC_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
+    FIFO_FIELD_NUMBER: _ClassVar[int]
     queue: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     lock_ms: int
@@ -708,7 +711,8 @@ class DeclareQueueRequest(_message.Message):
     dead_letter_topic: str
     max_in_flight: int
     start: str
-    def __init__(self, queue: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., start: _Optional[str] = ...) -> None: ...
+    fifo: bool
+    def __init__(self, queue: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., lock_ms: _Optional[int] = ..., max_deliveries: _Optional[int] = ..., dead_letter_topic: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., start: _Optional[str] = ..., fifo: _Optional[bool] = ...) -> None: ...
 
 class QueueRecord(_message.Message):
     __slots__ = ("topic", "partition", "offset", "delivery_count", "lock_until_ms", "timestamp_ms", "key", "value", "headers")
