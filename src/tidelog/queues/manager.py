@@ -335,23 +335,24 @@ class QueueManager:
             return []
         self._turn += 1
         first = self._turn % len(parts)
-        chosen: list[tuple[str, int, list]] = []
+        chosen: list[tuple[str, int, list, dict[int, Record]]] = []
         left = n
         for i in range(len(parts)):
             t, p = parts[(first + i) % len(parts)]
             w = self._window(queue, t, p, config)
             self._count(queue, "expired", w.expire(now, config.max_deliveries))
-            w = self._read(queue, config, w, t, p)
+            w, fresh = self._read(queue, config, w, t, p)
             got = w.acquire(consumer, left, now, config.lock_ms)
             if got:
-                chosen.append((t, p, got))
+                chosen.append((t, p, got, fresh))
                 left -= len(got)
             if left <= 0:
                 break
         self._settle(queue, config)  # the deliveries are durable before anyone sees them
         out = []
-        for t, p, deliveries in chosen:
-            by_offset = self._records(t, p, [d.offset for d in deliveries])
+        for t, p, deliveries, fresh in chosen:
+            again = [d.offset for d in deliveries if d.offset not in fresh]  # redeliveries: read them again
+            by_offset = {**fresh, **self._records(t, p, again)} if again else fresh
             for d in deliveries:
                 r = by_offset.get(d.offset)
                 if r is None:  # gone (retention) after it was read: complete it, there is nothing to hand out
@@ -363,14 +364,17 @@ class QueueManager:
                     QueueMessage(t, p, d.offset, d.deliveries, d.lock_until_ms, r.timestamp, key, value, r.headers)
                 )
         self._count(queue, "delivered", len(out))
-        if len(out) != sum(len(d) for _, _, d in chosen):
+        if len(out) != sum(len(d) for _, _, d, _ in chosen):
             self._settle(queue, config)
         return out
 
-    def _read(self, queue: str, config: QueueConfig, w: PartitionWindow, topic: str, partition: int) -> PartitionWindow:
+    def _read(
+        self, queue: str, config: QueueConfig, w: PartitionWindow, topic: str, partition: int
+    ) -> tuple[PartitionWindow, dict[int, Record]]:
         """Bring the window's unread records in, as far as it has room; returns the window (a new one
         when the log is now shorter than what the queue read: the topic was deleted and created again,
-        so the queue starts over at its beginning)."""
+        so the queue starts over at its beginning) and the records read, by offset (handed out at once,
+        they are not read twice)."""
         o = self.engine.list_offsets(topic, partition)
         if w.end > o.log_end:
             log.warning(
@@ -386,7 +390,7 @@ class QueueManager:
             w.log_starts_at(o.log_start)
         room = w.room()
         if room <= 0 or w.end >= o.log_end:
-            return w
+            return w, {}
         result = self.engine.fetch(topic, partition, w.end, READ_BYTES)
         recs = [r for r in result.records() if r.offset >= w.end][:room]
         if recs:
@@ -395,7 +399,7 @@ class QueueManager:
                 [(r.offset, hdr.not_before_ms(r.headers), _group(r.key) if fifo else None) for r in recs],
                 recs[-1].offset + 1,
             )
-        return w
+        return w, {r.offset: r for r in recs}
 
     def _records(self, topic: str, partition: int, offsets: list[int]) -> dict[int, Record]:
         """The records at these offsets (read again from the log: a redelivery needs them too)."""
