@@ -200,3 +200,19 @@ def test_the_consume_stream_never_sends_more_than_the_credit(server):
     first = next(bad)
     assert first.error.code == 1010 and "unknown queue" in first.error.message
     channel.close()
+
+
+def test_an_extension_refused_leaves_the_ack_to_the_broker_and_a_second_answer_is_false(manager):
+    manager.engine.produce("jobs", [b"a", b"b"], partition=0)
+    q = QueueConsumer(manager, queue="w", topics=["jobs"], lock_ms=100, wait_ms=0, auto_extend=False)
+    a, b = q.receive(2)
+    time.sleep(0.25)
+    manager.tick()  # both locks ended; nobody took them since
+    assert not a.extend() and "expired" in a.refused
+    assert a.ack() and a.refused is None  # a late ack still counts: nobody holds the record
+    assert not a.ack()  # answered already
+    other = QueueConsumer(manager, queue="w", topics=["jobs"], wait_ms=0)
+    (again,) = other.receive(1)
+    assert again.value == b"b" and not b.ack() and "delivered again" in b.refused
+    q.close()
+    other.close()

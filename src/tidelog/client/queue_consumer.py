@@ -52,17 +52,23 @@ class Message:
 
     def ack(self) -> bool:
         """Done: never delivered to this queue again. False when the broker refused (the lock was lost
-        and the record handed to another consumer: this work may be done twice)."""
-        return not self._consumer.ack([self])
+        and the record handed to another consumer: this work may be done twice; `refused` says why),
+        or when this message was answered already."""
+        return self._final("ack")
 
     def release(self, delay_ms: int = 0, reason: str = "") -> bool:
         """Back to the queue, for any consumer, not before delay_ms (dead-lettered instead once it was
         delivered max_deliveries times)."""
-        return not self._consumer.release([self], delay_ms=delay_ms, reason=reason)
+        return self._final("release", delay_ms=delay_ms, reason=reason)
 
     def reject(self, reason: str = "") -> bool:
         """Give up on it: to the dead-letter topic now (archived, without one)."""
-        return not self._consumer.reject([self], reason=reason)
+        return self._final("reject", reason=reason)
+
+    def _final(self, kind: str, **options: Any) -> bool:
+        if self.answered:
+            return False
+        return not self._consumer._answer(kind, [self], **options) and self.refused is None
 
     def extend(self, lock_ms: int = 0) -> bool:
         """Hold the lock lock_ms longer from now (0: the queue's lock_ms)."""
@@ -185,14 +191,19 @@ class QueueConsumer:
         return refused
 
     def _mark(self, msgs: list[Message], refused: list[AnswerRefused], final: bool) -> None:
+        """After an answer: a final one (ack, release, reject) ends the message; a refused extension only
+        stops extending it (its lock ended: an ack may still count if nobody took the record since)."""
         why = {(r.topic, r.partition, r.offset): r.why for r in refused}
         with self._lock:
             for m in msgs:
                 key = (m.topic, m.partition, m.offset)
                 if key in why:
                     m.refused = why[key]
-                if final or key in why:
+                elif final:
+                    m.refused = None
+                if final:
                     m.answered = True
+                if final or key in why:
                     held = self._held.get(key)
                     if held is not None and held[0] is m:
                         del self._held[key]
