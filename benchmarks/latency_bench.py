@@ -129,8 +129,8 @@ def measure(consumer, args: tuple, produce: Callable[[], int], n: int, timeout_s
     """Start `consumer(*args, n, timeout_s, ready)` in a spawned process, wait until it set `ready`, run
     `produce()` here (returns how many it sent), then merge the consumer's histogram ({"received",
     "latency": Latency.encode()})."""
-    ctx = multiprocessing.get_context("spawn")
-    with multiprocessing.Manager() as manager, ctx.Pool(1) as pool:
+    ctx = multiprocessing.get_context("spawn")  # the Manager's process too: no fork of a process using gRPC
+    with ctx.Manager() as manager, ctx.Pool(1) as pool:
         ready = manager.Event()
         res = pool.apply_async(consumer, args + (n, timeout_s, ready))
         if not ready.wait(60):
