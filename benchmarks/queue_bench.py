@@ -1147,7 +1147,9 @@ def run(p: Profile, tmp_parent: str, parts: set[str], systems: set[str], tuned: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = cli.parser("python -m benchmarks.queue_bench", __doc__, "10k records, 3 runs, 4 s latency runs (~3-4 minutes)")
+    ap = cli.parser(
+        "python -m benchmarks.queue_bench", __doc__, "10k records, 3 runs, 4 s latency runs (about 2 minutes here)"
+    )
     ap.add_argument("--only", default="ack,latency", help="comma-separated subset of: ack, latency")
     ap.add_argument(
         "--systems",
