@@ -164,14 +164,16 @@ def _worker_main(conn, index: int, tuned: bool) -> None:
 
 
 class Members:
-    """A fixed set of member processes (spawned once; reused by every run of both systems)."""
+    """A fixed set of member processes (spawned once; reused by every run of both systems). `target` is the
+    member's main, `target(conn, index, tuned)`: it answers each command with ("ok", value) or ("error", text)
+    (queue_bench.py has its own)."""
 
-    def __init__(self, n: int, tuned: bool) -> None:
+    def __init__(self, n: int, tuned: bool, target=None, name: str = "groups-bench-member") -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork after grpc threads exist in the parent
         self.procs, self.conns = [], []
         for i in range(n):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(child, i, tuned), name=f"groups-bench-member-{i}", daemon=True)
+            p = ctx.Process(target=target or _worker_main, args=(child, i, tuned), name=f"{name}-{i}", daemon=True)
             p.start()
             child.close()
             self.procs.append(p)
@@ -212,27 +214,29 @@ class Members:
 
 
 # -- preload -------------------------------------------------------------------------------------------
-def preload_tidelog(target: str, pool: list[list[bytes]], n: int, partitions: int) -> tuple[dict, float]:
-    """n records, partition i % partitions, through the client Producer (1 MiB batches); returns the end
-    offsets {(topic, partition): end} and the seconds it took."""
+def preload_tidelog(
+    target: str, pool: list[list[bytes]], n: int, partitions: int, topic: str = TOPIC
+) -> tuple[dict, float]:
+    """n records into a new topic, partition i % partitions, through the client Producer (1 MiB batches);
+    returns the end offsets {(topic, partition): end} and the seconds it took."""
     from tidelog.client import Admin, Producer
 
     t0 = now()
     with Admin(target) as admin:
-        admin.create_topic(TOPIC, partitions)
+        admin.create_topic(topic, partitions)
     npool = len(pool)
     with Producer(target, linger_ms=5, batch_bytes=MiB) as producer:
         send = producer.send
         step = BATCH * partitions
         for start in range(0, n, step):
             for i in range(start, min(start + step, n)):
-                send(TOPIC, pool[(i // BATCH) % npool][i % BATCH], partition=i % partitions)
+                send(topic, pool[(i // BATCH) % npool][i % BATCH], partition=i % partitions)
             # Flushing every 1000 records per partition keeps each batch at 1000 records: send() does not
             # start a new batch when the open one is full, so a caller faster than the network thread
             # could otherwise grow a batch past the broker's 8 MiB max_batch_bytes.
             producer.flush(timeout_s=120)
     with Admin(target) as admin:
-        ends = {(TOPIC, p): admin.list_offsets(TOPIC, p).high_watermark for p in range(partitions)}
+        ends = {(topic, p): admin.list_offsets(topic, p).high_watermark for p in range(partitions)}
     if sum(ends.values()) != n:
         raise RuntimeError(f"tidelog preload: the topic holds {sum(ends.values())} records, expected {n}")
     return ends, now() - t0
@@ -277,6 +281,27 @@ class GroupSample(Sample):
         }
 
 
+def timed(members: Members, k: int, op: str, args: dict, server, setup_s: float, timeout_s: float) -> GroupSample:
+    """The first k members' run (`op`), from the start signal to the last member's end (`t_end`, each
+    member's CLOCK_MONOTONIC stamp of its last commit/ack); `server` is what `.cpu_s()` is measured on."""
+    cpu0, busy0 = server.cpu_s(), machine_busy_s()
+    t0 = now()
+    results = members.call(range(k), op, args, timeout_s=timeout_s)
+    cpu, busy = server.cpu_s() - cpu0, machine_busy_s() - busy0
+    for m in results:  # seconds from the start signal to the member's first record
+        m["first_record_s"] = None if m["t_first"] is None else m["t_first"] - t0
+    return GroupSample(
+        sum(m["records"] for m in results),
+        sum(m["bytes"] for m in results),
+        max(m["t_end"] for m in results) - t0,
+        any(m["capped"] for m in results),
+        setup_s,
+        [{key: v for key, v in m.items() if key not in ("t_end", "t_first", "bytes")} for m in results],
+        cpu,
+        busy,
+    )
+
+
 class Runner:
     def __init__(self, profile: Profile, members: Members, n: int) -> None:
         self.p, self.members, self.n = profile, members, n
@@ -285,23 +310,7 @@ class Runner:
         self.max_polls = 20 * (n // BATCH) + 10_000
 
     def _timed(self, k: int, op: str, args: dict, server, setup_s: float) -> GroupSample:
-        """The members' run, from the start signal to the last member's final commit/ack."""
-        cpu0, busy0 = server.cpu_s(), machine_busy_s()
-        t0 = now()
-        results = self.members.call(range(k), op, args, timeout_s=self.p.cap_s + 60)
-        cpu, busy = server.cpu_s() - cpu0, machine_busy_s() - busy0
-        for m in results:  # seconds from the start signal to the member's first record
-            m["first_record_s"] = None if m["t_first"] is None else m["t_first"] - t0
-        return GroupSample(
-            sum(m["records"] for m in results),
-            sum(m["bytes"] for m in results),
-            max(m["t_end"] for m in results) - t0,
-            any(m["capped"] for m in results),
-            setup_s,
-            [{k: v for k, v in m.items() if k not in ("t_end", "t_first", "bytes")} for m in results],
-            cpu,
-            busy,
-        )
+        return timed(self.members, k, op, args, server, setup_s, self.p.cap_s + 60)
 
     def tidelog_run(self, k: int) -> GroupSample:
         group = f"bench-{k}-{uuid.uuid4().hex[:8]}"

@@ -125,9 +125,12 @@ def _nats_consumer(url: str, stream: str, n: int, timeout_s: float, ready) -> di
     return asyncio.run(_nats_consumer_async(url, stream, n, timeout_s, ready))
 
 
-def _run(consumer, args: tuple, produce: Callable[[], int], n: int, timeout_s: float) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    with multiprocessing.Manager() as manager, ctx.Pool(1) as pool:
+def measure(consumer, args: tuple, produce: Callable[[], int], n: int, timeout_s: float) -> dict:
+    """Start `consumer(*args, n, timeout_s, ready)` in a spawned process, wait until it set `ready`, run
+    `produce()` here (returns how many it sent), then merge the consumer's histogram ({"received",
+    "latency": Latency.encode()})."""
+    ctx = multiprocessing.get_context("spawn")  # the Manager's process too: no fork of a process using gRPC
+    with ctx.Manager() as manager, ctx.Pool(1) as pool:
         ready = manager.Event()
         res = pool.apply_async(consumer, args + (n, timeout_s, ready))
         if not ready.wait(60):
@@ -140,24 +143,32 @@ def _run(consumer, args: tuple, produce: Callable[[], int], n: int, timeout_s: f
     return {"sent": sent, "received": out["received"], "latency_ms": lat.summary_ms()}
 
 
-def redis_e2e(client, port: int, key: str, values: list[bytes], rate: float, n: int, cap_s: float) -> dict:
+def redis_e2e(
+    client, port: int, key: str, values: list[bytes], rate: float, n: int, cap_s: float, consumer=_redis_consumer
+) -> dict:
+    """One XADD per message at `rate`; `consumer(port, key, n, timeout_s, ready)` reads them in its process."""
+
     def produce() -> int:
         return fixed_rate(lambda v: client.xadd(key, {b"v": v}), values, rate, n, cap_s)
 
     try:
-        return _run(_redis_consumer, (port, key), produce, n, cap_s + 5)
+        return measure(consumer, (port, key), produce, n, cap_s + 5)
     finally:
         client.delete(key)
 
 
-def nats_e2e(url: str, values: list[bytes], rate: float, n: int, cap_s: float) -> dict:
+def nats_e2e(
+    url: str, values: list[bytes], rate: float, n: int, cap_s: float, consumer=_nats_consumer, **stream_config
+) -> dict:
+    """One acked js.publish per message at `rate` into a fresh stream (`stream_config`: more StreamConfig
+    fields); `consumer(url, stream, n, timeout_s, ready)` reads them in its process."""
     import nats
 
     from benchmarks.nats_bench import new_stream
 
     async def setup():
         nc = await nats.connect(url)
-        stream = await new_stream(nc.jetstream())
+        stream = await new_stream(nc.jetstream(), **stream_config)
         await nc.close()
         return stream
 
@@ -188,7 +199,7 @@ def nats_e2e(url: str, values: list[bytes], rate: float, n: int, cap_s: float) -
         return asyncio.run(go())
 
     try:
-        return _run(_nats_consumer, (url, stream), produce, n, cap_s + 5)
+        return measure(consumer, (url, stream), produce, n, cap_s + 5)
     finally:
 
         async def drop():

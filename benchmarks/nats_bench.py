@@ -37,12 +37,13 @@ def url(server: Proc) -> str:
     return f"nats://{server.target}"
 
 
-async def new_stream(js) -> str:
-    """A fresh file-store stream whose one subject has the stream's name."""
+async def new_stream(js, **config) -> str:
+    """A fresh file-store stream whose one subject has the stream's name (`config`: more StreamConfig
+    fields, e.g. retention=RetentionPolicy.WORK_QUEUE)."""
     from nats.js.api import StorageType
 
     name = f"bench{uuid.uuid4().hex[:8]}"
-    await js.add_stream(name=name, subjects=[name], storage=StorageType.FILE)
+    await js.add_stream(name=name, subjects=[name], storage=StorageType.FILE, **config)
     return name
 
 

@@ -32,7 +32,7 @@ SETTINGS = (
 )
 
 
-def _run(server: Proc, on_channel, timeout_s: float) -> None:
+def run_channel(server: Proc, on_channel, timeout_s: float) -> None:
     """Open a SelectConnection and a channel, hand `on_channel` the channel and a `finish` that closes the
     connection, and run the I/O loop until it closes (or timeout_s passes: an error)."""
     import pika
@@ -110,7 +110,7 @@ class Confirms:
             self.nacked += settled
 
 
-def _publish(server: Proc, values: list[bytes], n: int, cap_s: float, queue: str, delete: bool) -> Sample:
+def publish(server: Proc, values: list[bytes], n: int, cap_s: float, queue: str, delete: bool) -> Sample:
     """n persistent messages into a fresh durable queue, confirms asynchronous; timed from the first publish
     to the last confirm."""
     import pika
@@ -147,20 +147,20 @@ def _publish(server: Proc, values: list[bytes], n: int, cap_s: float, queue: str
 
         ch.queue_declare(queue, durable=True, callback=lambda _: ch.confirm_delivery(on_confirm, callback=start))
 
-    _run(server, on_channel, cap_s + 120)
+    run_channel(server, on_channel, cap_s + 120)
     if confirms.nacked:
         raise RuntimeError(f"RabbitMQ nacked {confirms.nacked} of {confirms.published} publishes")
     return state["sample"]
 
 
 def produce(server: Proc, values: list[bytes], n: int, cap_s: float) -> Sample:
-    return _publish(server, values, n, cap_s, f"bench-{uuid.uuid4().hex[:8]}", delete=True)
+    return publish(server, values, n, cap_s, f"bench-{uuid.uuid4().hex[:8]}", delete=True)
 
 
 def consume(server: Proc, values: list[bytes], n: int, cap_s: float) -> Sample:
     """Fill a fresh durable queue with n messages (confirmed, untimed), then consume them all."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    _publish(server, values, n, 1e9, queue, delete=False)
+    publish(server, values, n, 1e9, queue, delete=False)
     state = {"got": 0, "bytes": 0, "clock": None, "sample": None}
 
     def on_channel(ch, finish) -> None:
@@ -182,5 +182,5 @@ def consume(server: Proc, values: list[bytes], n: int, cap_s: float) -> Sample:
 
         ch.basic_qos(prefetch_count=PREFETCH, callback=ready)
 
-    _run(server, on_channel, cap_s + 120)
+    run_channel(server, on_channel, cap_s + 120)
     return state["sample"]

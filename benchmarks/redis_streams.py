@@ -32,7 +32,7 @@ def xadd(r, key: str, values: list[bytes], n_records: int, cap_s: float) -> tupl
     return done, clock.elapsed(), clock.capped
 
 
-def _entries(reply) -> list:
+def stream_entries(reply) -> list:
     """Entries of an XREADGROUP reply on one stream, RESP2 ([[name, entries]]) or RESP3 ({name: entries})."""
     if not reply:
         return []
@@ -41,20 +41,23 @@ def _entries(reply) -> list:
     return reply[0][1]
 
 
-def read_group(r, key: str, group: str, consumer: str, cap_s: float, max_reads: int) -> dict:
-    """Consume the group's entries until a read comes back empty: XREADGROUP > COUNT 1000, len() of every
-    value, each read pipelined with the XACK of the previous batch (the empty read acks the last one)."""
+def read_group(r, key: str, group: str, consumer: str, cap_s: float, max_reads: int, count: int = COUNT) -> dict:
+    """Consume the group's entries until a read comes back empty: XREADGROUP > COUNT `count` (1000), len() of
+    every value, each read pipelined with the XACK of the previous batch (the empty read acks the last one).
+    `t_end` is when the last XACK was answered."""
     n = nbytes = reads = 0
     pending: list = []
-    t_first = None
+    t_first = t_end = None
     clock = Stopwatch(cap_s)
     while True:
         pipe = r.pipeline(transaction=False)
         if pending:
             pipe.xack(key, group, *pending)
-        pipe.xreadgroup(group, consumer, {key: ">"}, count=COUNT)
-        entries = _entries(pipe.execute()[-1])
+        pipe.xreadgroup(group, consumer, {key: ">"}, count=count)
+        entries = stream_entries(pipe.execute()[-1])
         reads += 1
+        if pending:
+            t_end = time.clock_gettime(time.CLOCK_MONOTONIC)
         if not entries:
             break
         if t_first is None:
@@ -66,6 +69,7 @@ def read_group(r, key: str, group: str, consumer: str, cap_s: float, max_reads: 
         n += len(entries)
         if clock.expired(0, 1) or reads >= max_reads:
             r.xack(key, group, *pending)
+            t_end = time.clock_gettime(time.CLOCK_MONOTONIC)
             clock.capped = True
             break
     return {
@@ -75,4 +79,5 @@ def read_group(r, key: str, group: str, consumer: str, cap_s: float, max_reads: 
         "capped": clock.capped,
         "seconds": clock.elapsed(),
         "t_first": t_first,
+        "t_end": t_end,
     }

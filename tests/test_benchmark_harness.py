@@ -215,6 +215,14 @@ def test_targets_show_what_was_not_measured_and_whether_each_was_met():
     assert "| missing peer | not measured | >= 3.00x | - |" in lines
 
 
+def test_a_time_target_is_a_maximum():
+    rows = [("latency", "p99 fast", 4.2, 5.0, "ms"), ("latency", "p99 slow", 7.5, 5.0, "ms")]
+    lines, results = targets_table(rows, ["latency"])
+    assert [t["met"] for t in results] == [True, False]
+    assert "| p99 fast | 4.20 ms | <= 5.00 ms | yes |" in lines
+    assert "| p99 slow | 7.50 ms | <= 5.00 ms | NO |" in lines
+
+
 def test_confirms_settle_each_publish_once_in_any_order():
     c = Confirms()
     for _ in range(10):

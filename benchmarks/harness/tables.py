@@ -99,23 +99,37 @@ def sections_report(rounds: Rounds, secs: list[Section], notes: dict | None = No
 
 def targets_table(targets: list[tuple], ran: list[str]) -> tuple[list[str], list[dict]]:
     """Targets (section, name, measured, goal, unit): `measured` is a number, a ratio dict (`Rounds.paired`)
-    or None (not measured). Shown for the sections that ran; met means measured >= goal."""
+    or None (not measured). Shown for the sections that ran; met means measured >= goal, except for a time
+    (unit "ms"), where the goal is a maximum: met means measured <= goal."""
     rows = [t for t in targets if t[2] is not None or t[0] in ran]
     if not rows:
         return [], []
     out = ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     results = []
     for _, name, value, goal, unit in rows:
-        want = f"{goal:.2f}x" if unit == "x" else f"{goal:,.0f} MB/s" if unit == "MB/s" else fmt(goal, unit)
+        at_most = unit == "ms"
+        if unit == "x":
+            want = f"{goal:.2f}x"
+        elif unit == "MB/s":
+            want = f"{goal:,.0f} MB/s"
+        elif at_most:
+            want = f"{goal:.2f} ms"
+        else:
+            want = fmt(goal, unit)
+        want = ("<= " if at_most else ">= ") + want
         if value is None:
-            out.append(f"| {name} | not measured | >= {want} | - |")
+            out.append(f"| {name} | not measured | {want} | - |")
             results.append({"target": name, "measured": None, "goal": goal, "unit": unit, "met": None})
             continue
         if isinstance(value, dict):
             shown, measured = fmt_ratio(value), value["ratio"]
+        elif unit == "MB/s":
+            shown, measured = f"{value:,.0f} MB/s", value
+        elif at_most:
+            shown, measured = f"{value:.2f} ms", value
         else:
-            shown, measured = (f"{value:,.0f} MB/s" if unit == "MB/s" else fmt(value, unit)), value
-        met = measured >= goal
-        out.append(f"| {name} | {shown} | >= {want} | {'yes' if met else 'NO'} |")
+            shown, measured = fmt(value, unit), value
+        met = measured <= goal if at_most else measured >= goal
+        out.append(f"| {name} | {shown} | {want} | {'yes' if met else 'NO'} |")
         results.append({"target": name, "measured": measured, "goal": goal, "unit": unit, "met": met})
     return out, results
