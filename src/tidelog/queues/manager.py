@@ -71,6 +71,9 @@ class QueueManager:
         self._redrive: dict[tuple[str, str], dict[int, int]] = {}
         self._totals: dict[str, dict[str, int]] = {}
         self._listening: set[tuple[str, int]] = set()
+        # Records decoded and not yet complete, and the rest of the last fetch (read ahead): a fetch
+        # returns whole batches, and a receive wants only what fits its window
+        self._cache: dict[QueuePartition, dict[int, Record]] = {}
         self._turn = 0  # which partition a receive looks at first (round robin)
         self.malformed = 0
         self.topic = StateTopic(engine, QUEUE_STATE_TOPIC, SEGMENT_BYTES, append, lazy=True)
@@ -137,6 +140,7 @@ class QueueManager:
                     keys.append(records.window_key(queue, t, p))
                     values.append(records.window_value(at, [], snapshot=True))
                     self._windows[(queue, t, p)] = _window_for(config, at)
+                self._cache.pop((queue, t, p), None)
             self.topic.write(keys, values)
             self._queues[queue] = config
             self._totals[queue] = dict.fromkeys(COUNTERS, 0)
@@ -180,6 +184,7 @@ class QueueManager:
                 keys.append(records.window_key(queue, t, p))
                 values.append(records.window_value(at, [], snapshot=True))
                 self._windows[(queue, t, p)] = _window_for(config, at)
+                self._cache.pop((queue, t, p), None)
             self.topic.write(keys, values)
             self._wake_receivers()
 
@@ -385,21 +390,32 @@ class QueueManager:
                        "was": w.end, "log_end": o.log_end},
             )  # fmt: skip
             w = self._windows[(queue, topic, partition)] = _window_for(config, o.log_start)
+            self._cache.pop((queue, topic, partition), None)
             self.topic.write([records.window_key(queue, topic, partition)], [records.window_value(w.start, [], True)])
         if w.end < o.log_start:
             w.log_starts_at(o.log_start)
+        cache = self._cache.setdefault((queue, topic, partition), {})
+        for stale in [k for k in cache if k < w.start]:
+            del cache[stale]
         room = w.room()
         if room <= 0 or w.end >= o.log_end:
-            return w, {}
-        result = self.engine.fetch(topic, partition, w.end, READ_BYTES)
-        recs = [r for r in result.records() if r.offset >= w.end][:room]
+            return w, cache
+        ahead = [r for k, r in cache.items() if k >= w.end]
+        if len(ahead) < room:
+            at = ahead[-1].offset + 1 if ahead else w.end
+            if at < o.log_end:
+                fetched = [r for r in self.engine.fetch(topic, partition, at, READ_BYTES).records() if r.offset >= at]
+                for r in fetched:
+                    cache[r.offset] = r
+                ahead += fetched
+        recs = ahead[:room]
         if recs:
             fifo = config.fifo
             w.add(
                 [(r.offset, hdr.not_before_ms(r.headers), _group(r.key) if fifo else None) for r in recs],
                 recs[-1].offset + 1,
             )
-        return w, {r.offset: r for r in recs}
+        return w, cache
 
     def _records(self, topic: str, partition: int, offsets: list[int]) -> dict[int, Record]:
         """The records at these offsets (read again from the log: a redelivery needs them too)."""
@@ -525,6 +541,8 @@ class QueueManager:
 
     def _forget(self, queue: str) -> None:
         self._queues.pop(queue, None)
+        for key in [k for k in self._cache if k[0] == queue]:
+            del self._cache[key]
         self._totals.pop(queue, None)
         for key in [k for k in self._windows if k[0] == queue]:
             del self._windows[key]

@@ -117,18 +117,23 @@ class QueueService:
         woken = asyncio.Event()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(woken.set)
+            if not woken.is_set():  # one hop to the loop per wait, not one per change
+                loop.call_soon_threadsafe(woken.set)
+
+        def attempt() -> tuple[list[QueueMessage], float]:
+            got = manager.receive(queue, consumer, n, 0)
+            return got, 0.0 if got else manager.next_due_s(queue)  # in the pool: it takes the lock
 
         manager.on_wake(wake)
         try:
             while True:
                 woken.clear()
-                got = await self.engine.offload(manager.receive, queue, consumer, n, 0)
+                got, pause = await self.engine.offload(attempt)
                 left = deadline - loop.time()
                 if got or left <= 0:
                     return got
                 try:
-                    await asyncio.wait_for(woken.wait(), min(left, manager.next_due_s(queue)))
+                    await asyncio.wait_for(woken.wait(), min(left, pause))
                 except asyncio.TimeoutError:
                     pass
         finally:
