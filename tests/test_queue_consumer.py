@@ -157,7 +157,7 @@ def test_over_grpc_the_same_queue_semantics_and_clear_errors(server):
     with pytest.raises(UnknownQueueError):
         from tidelog.client.queue_backend import GrpcQueues
 
-        GrpcQueues(server.target, 10).receive("missing", "c", 1, 0)
+        GrpcQueues(server.target, 10).receive("missing", "c", 1, 0, [])
 
 
 def test_the_consume_stream_never_sends_more_than_the_credit(server):
@@ -216,3 +216,29 @@ def test_an_extension_refused_leaves_the_ack_to_the_broker_and_a_second_answer_i
     assert again.value == b"b" and not b.ack() and "delivered again" in b.refused
     q.close()
     other.close()
+
+
+def test_a_receive_carries_the_acks_of_the_previous_batch(server):
+    with Admin(server.target) as admin:
+        admin.create_topic("piggy", 1)
+    with Producer(server.target) as p:
+        for i in range(30):
+            p.send("piggy", f"p{i}".encode())
+        p.flush()
+    with QueueConsumer(server.target, queue="pg", topics=["piggy"], lock_ms=10_000) as q:
+        seen, batch = [], q.receive(10, wait_ms=2000)
+        while batch:
+            seen += [m.value for m in batch]
+            batch = q.receive(10, wait_ms=300, ack=batch)  # acknowledges the batch it hands back
+        assert sorted(seen) == sorted(f"p{i}".encode() for i in range(30))
+        with Admin(server.target) as admin:
+            d = admin.describe_queue("pg")
+        assert d.totals["acked"] == 30 and d.partitions[0].start == 30 and d.partitions[0].in_flight == 0
+    with QueueConsumer(server.target, queue="pg", topics=["piggy"]) as q:
+        stale = q.consumer_id
+    with QueueConsumer(server.target, queue="pg", topics=["piggy"], consumer_id=stale) as q:
+        from tidelog.client.queue_consumer import Message
+        from tidelog.values import QueueMessage
+
+        ghost = Message(q, QueueMessage("piggy", 0, 3, 1, 0, 0, None, b"p3", ()))
+        assert q.receive(1, wait_ms=0, ack=[ghost]) == [] and "already complete" in ghost.refused

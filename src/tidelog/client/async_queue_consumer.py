@@ -58,9 +58,11 @@ class AsyncQueueConsumer:
             self.consumer = await asyncio.to_thread(QueueConsumer, *self._args, **self._options)
         return self
 
-    async def receive(self, max_messages: int = 1, wait_ms: int | None = None) -> list[AsyncMessage]:
+    async def receive(
+        self, max_messages: int = 1, wait_ms: int | None = None, ack: Iterable[AsyncMessage] = ()
+    ) -> list[AsyncMessage]:
         consumer = await self._started()
-        got = await asyncio.to_thread(consumer.receive, max_messages, wait_ms)
+        got = await asyncio.to_thread(consumer.receive, max_messages, wait_ms, [m.message for m in ack])
         return [AsyncMessage(m) for m in got]
 
     async def __aiter__(self) -> AsyncIterator[AsyncMessage]:

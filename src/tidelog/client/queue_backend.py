@@ -29,7 +29,9 @@ class QueueBackend(Protocol):
         fifo: bool,
     ) -> QueueConfig: ...
 
-    def receive(self, queue: str, consumer: str, max_messages: int, wait_ms: int) -> list[QueueMessage]: ...
+    def receive(
+        self, queue: str, consumer: str, max_messages: int, wait_ms: int, acks: list[Answer]
+    ) -> tuple[list[QueueMessage], list[AnswerRefused]]: ...
 
     def answer(
         self, kind: str, queue: str, consumer: str, answers: list[Answer], **options: Any
@@ -65,8 +67,11 @@ class EmbeddedQueues:
             fifo=fifo,
         )
 
-    def receive(self, queue: str, consumer: str, max_messages: int, wait_ms: int) -> list[QueueMessage]:
-        return self.manager.receive(queue, consumer, max_messages, wait_ms)
+    def receive(
+        self, queue: str, consumer: str, max_messages: int, wait_ms: int, acks: list[Answer]
+    ) -> tuple[list[QueueMessage], list[AnswerRefused]]:
+        refused = self.manager.ack(queue, consumer, acks) if acks else []
+        return self.manager.receive(queue, consumer, max_messages, wait_ms), refused
 
     def answer(
         self, kind: str, queue: str, consumer: str, answers: list[Answer], **options: Any
@@ -110,10 +115,15 @@ class GrpcQueues:
         )
         return settings_of(s)
 
-    def receive(self, queue: str, consumer: str, max_messages: int, wait_ms: int) -> list[QueueMessage]:
-        request = pb.ReceiveRequest(queue=queue, consumer_id=consumer, max_messages=max_messages, wait_ms=wait_ms)
+    def receive(
+        self, queue: str, consumer: str, max_messages: int, wait_ms: int, acks: list[Answer]
+    ) -> tuple[list[QueueMessage], list[AnswerRefused]]:
+        request = pb.ReceiveRequest(
+            queue=queue, consumer_id=consumer, max_messages=max_messages, wait_ms=wait_ms, acks=ranges(acks)
+        )
         response = self._receive(request, timeout=self.timeout_s + wait_ms / 1000)
-        return [message_of(r) for r in response.records]
+        refused = [AnswerRefused(r.topic, r.partition, r.offset, r.reason) for r in response.refused]
+        return [message_of(r) for r in response.records], refused
 
     def answer(
         self, kind: str, queue: str, consumer: str, answers: list[Answer], **options: Any

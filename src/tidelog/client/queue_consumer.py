@@ -131,12 +131,22 @@ class QueueConsumer:
             self._extender.start()
 
     # -- receiving --------------------------------------------------------------------------------------
-    def receive(self, max_messages: int = 1, wait_ms: int | None = None) -> list[Message]:
-        """Up to max_messages records, waiting up to wait_ms (default: the consumer's) for the first."""
+    def receive(self, max_messages: int = 1, wait_ms: int | None = None, ack: Iterable[Message] = ()) -> list[Message]:
+        """Up to max_messages records, waiting up to wait_ms (default: the consumer's) for the first.
+
+        ack: messages to acknowledge first, in the same call (a worker's loop: `batch = q.receive(100,
+        ack=batch)`, one round trip per batch); a refused one has `refused` set."""
         self._check_open()
-        raw = self._backend.receive(
-            self.queue, self.consumer_id, max_messages, self.wait_ms if wait_ms is None else wait_ms
+        done = [m for m in ack if not m.answered]
+        raw, refused = self._backend.receive(
+            self.queue,
+            self.consumer_id,
+            max_messages,
+            self.wait_ms if wait_ms is None else wait_ms,
+            [m.answer() for m in done],
         )
+        if done:
+            self._mark(done, refused, final=True)
         now = time.monotonic()
         out = [Message(self, r) for r in raw]
         with self._lock:

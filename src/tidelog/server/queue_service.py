@@ -102,11 +102,17 @@ class QueueService:
         return settings_message(config)
 
     async def receive(self, request: pb.ReceiveRequest, context: grpc.aio.ServicerContext) -> pb.ReceiveResponse:
+        refused: list[AnswerRefused] = []
         try:
+            if request.acks:
+                acks = list(expand(request.acks))
+                refused = await self.engine.offload(self._manager().ack, request.queue, request.consumer_id, acks)
             got = await self._receive(request.queue, request.consumer_id, request.max_messages, request.wait_ms)
         except TidelogError as exc:
             await status.abort(context, exc)
-        return pb.ReceiveResponse(records=[record_message(m) for m in got])
+        return pb.ReceiveResponse(
+            records=[record_message(m) for m in got], refused=[refused_message(r) for r in refused]
+        )
 
     async def _receive(self, queue: str, consumer: str, n: int, wait_ms: int) -> list[QueueMessage]:
         """A long poll: try in the pool at once, then wait here (not in a thread) until the manager says

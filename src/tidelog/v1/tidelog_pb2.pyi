@@ -737,24 +737,28 @@ class QueueRecord(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., delivery_count: _Optional[int] = ..., lock_until_ms: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
 
 class ReceiveRequest(_message.Message):
-    __slots__ = ("queue", "consumer_id", "max_messages", "wait_ms")
+    __slots__ = ("queue", "consumer_id", "max_messages", "wait_ms", "acks")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     consumer_id: str
     max_messages: int
     wait_ms: int
-    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    acks: _containers.RepeatedCompositeFieldContainer[AnswerRange]
+    def __init__(self, queue: _Optional[str] = ..., consumer_id: _Optional[str] = ..., max_messages: _Optional[int] = ..., wait_ms: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[AnswerRange, _Mapping]]] = ...) -> None: ...
 
 class ReceiveResponse(_message.Message):
-    __slots__ = ("records", "error")
+    __slots__ = ("records", "error", "refused")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[QueueRecord]
     error: Error
-    def __init__(self, records: _Optional[_Iterable[_Union[QueueRecord, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    refused: _containers.RepeatedCompositeFieldContainer[RefusedAnswer]
+    def __init__(self, records: _Optional[_Iterable[_Union[QueueRecord, _Mapping]]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., refused: _Optional[_Iterable[_Union[RefusedAnswer, _Mapping]]] = ...) -> None: ...
 
 class ConsumeQueueRequest(_message.Message):
     __slots__ = ("start", "credit")
