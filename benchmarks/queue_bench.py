@@ -9,7 +9,7 @@ tidelog's queues (per-message acknowledgement) next to its peers, in the same ru
 1. Per-message ack throughput: N records of exactly 1 KiB are produced beforehand (untimed), then 1, 4 and
    16 workers take every record once and acknowledge it; the figure is records acknowledged per second,
    from the start signal (every worker connected) to the last worker's last acknowledgement.
-   - tidelog: `QueueConsumer(target, queue, topics)` over gRPC, `receive(100)` + `ack(batch)`, a
+   - tidelog: `QueueConsumer(target, queue, topics)` over gRPC, `batch = receive(100, ack=batch)`, a
      4-partition topic (one worker process each), and the embedded `QueueManager` (one thread each);
    - RabbitMQ: durable queue, persistent messages (filled with publisher confirms, 4,096 in flight),
      `basic_consume`, manual acks, prefetch 100;
@@ -84,8 +84,8 @@ PARTS = {"ack", "latency"}
 
 SETTINGS = {
     T_GRPC: f"`tidelog serve --fsync never`, a topic of {PARTITIONS} partitions; each worker a process with "
-    f"`QueueConsumer(target, queue=..., topics=[topic], prefetch={RECEIVE})`: `receive({RECEIVE}, wait_ms=500)` "
-    "then `ack(batch)` (sent as offset ranges; returns once the broker recorded it); queue defaults (lock 30 s, "
+    f"`QueueConsumer(target, queue=..., topics=[topic], prefetch={RECEIVE})`: `batch = receive({RECEIVE}, wait_ms=500, ack=batch)` "
+    "(the previous batch acknowledged in the same call, as offset ranges, recorded before the answer); queue defaults (lock 30 s, "
     "max_in_flight 1000 per partition, auto_extend on); a fresh queue per run from the earliest records",
     T_EMB: f"`Engine.open(fsync='never')` + `QueueManager(engine)` in the benchmark's process, the same "
     f"{PARTITIONS}-partition data; each worker a thread with `QueueConsumer(manager, ...)`, the same loop",
@@ -103,7 +103,7 @@ SETTINGS = {
 }
 LATENCY_SETTINGS = {
     T_GRPC: "Producer(linger_ms=0) in the benchmark's process (keyless, 4 partitions); the worker "
-    f"`receive({RECEIVE}, wait_ms=100)` (a long poll woken by new records), stamps, then `ack(batch)`",
+    f"`receive({RECEIVE}, wait_ms=100, ack=the previous batch)` (a long poll woken by new records), stamps",
     RABBIT: "persistent messages published on the schedule by pika's ioloop, confirms asynchronous; the worker "
     f"`basic_consume`, prefetch {RECEIVE}, multiple acks at the end of each burst",
     REDIS: "one XADD per job (no pipeline); the worker XREADGROUP BLOCK 100 COUNT 100 '>' pipelined with the "
