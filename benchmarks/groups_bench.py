@@ -108,16 +108,15 @@ def _redis_consume(r, group: str, name: str, cap_s: float, max_reads: int) -> di
     return {**out, "t_end": now(), "cpu_s": time.process_time() - cpu0}
 
 
-def _worker_main(conn, index: int, tuned: bool) -> None:
-    """One member process: commands from the parent over a pipe, one at a time."""
+def serve_commands(conn, index: int, tuned: bool, handle) -> None:
+    """A worker process's main loop: commands from the parent over a pipe, one at a time, each answered
+    ("ok", handle(state, index, conn, op, args)) or ("error", text); "exit" ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     if tuned:
         from tidelog.tuning import tune_malloc
 
         tune_malloc()
-    from tidelog.client import Consumer
-
-    member = r = None
+    state: dict = {}
     conn.send(("ok", os.getpid()))
     while True:
         try:
@@ -128,39 +127,51 @@ def _worker_main(conn, index: int, tuned: bool) -> None:
             if op == "exit":
                 conn.send(("ok", None))
                 return
-            if op == "t_join":
-                member = Consumer(
-                    args["target"],
-                    group_id=args["group"],
-                    topics=[TOPIC],
-                    auto_commit=False,
-                    client_id=f"bench-{index}",
-                )
-                out = member.member_id
-            elif op == "t_heartbeat":
-                member.heartbeat_now()
-                out = member.generation
-            elif op == "t_run":
-                out = _tidelog_consume(member, args["ends"], args["cap_s"], args["max_polls"])
-            elif op == "t_close":
-                if member is not None:
-                    member.close()
-                member, out = None, None
-            elif op == "r_connect":
-                r = redis_client(args["port"])
-                r.ping()  # the connection is open before the clock starts
-                out = None
-            elif op == "r_run":
-                out = _redis_consume(r, args["group"], f"c{index}", args["cap_s"], args["max_reads"])
-            elif op == "r_close":
-                if r is not None:
-                    r.close()
-                r, out = None, None
-            else:
-                raise ValueError(f"unknown command {op!r}")
-            conn.send(("ok", out))
+            conn.send(("ok", handle(state, index, conn, op, args)))
         except BaseException as exc:  # reported to the parent, which stops the benchmark
             conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def _member_op(state: dict, index: int, conn, op: str, args: dict):
+    """One command of a group member process."""
+    from tidelog.client import Consumer
+
+    if op == "t_join":
+        state["member"] = member = Consumer(
+            args["target"],
+            group_id=args["group"],
+            topics=[TOPIC],
+            auto_commit=False,
+            client_id=f"bench-{index}",
+        )
+        return member.member_id
+    if op == "t_heartbeat":
+        state["member"].heartbeat_now()
+        return state["member"].generation
+    if op == "t_run":
+        return _tidelog_consume(state["member"], args["ends"], args["cap_s"], args["max_polls"])
+    if op == "t_close":
+        member = state.pop("member", None)
+        if member is not None:
+            member.close()
+        return None
+    if op == "r_connect":
+        state["r"] = r = redis_client(args["port"])
+        r.ping()  # the connection is open before the clock starts
+        return None
+    if op == "r_run":
+        return _redis_consume(state["r"], args["group"], f"c{index}", args["cap_s"], args["max_reads"])
+    if op == "r_close":
+        r = state.pop("r", None)
+        if r is not None:
+            r.close()
+        return None
+    raise ValueError(f"unknown command {op!r}")
+
+
+def _worker_main(conn, index: int, tuned: bool) -> None:
+    """One member process."""
+    serve_commands(conn, index, tuned, _member_op)
 
 
 class Members:

@@ -32,18 +32,16 @@ import dataclasses
 import datetime
 import gc
 import os
-import signal
 import statistics
 import sys
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 from . import latency_bench, nats_bench, rabbitmq_bench, redis_streams
-from .groups_bench import GroupSample, Members, preload_tidelog, timed
+from .groups_bench import GroupSample, Members, preload_tidelog, serve_commands, timed
 from .harness import cli
 from .harness.machine import announce, machine_busy_s, machine_info, machine_line, shared_machine_note
 from .harness.payloads import BATCH, SEED, make_pool
@@ -353,26 +351,8 @@ def _op(state: dict, index: int, conn, op: str, args: dict):
 
 
 def worker_main(conn, index: int, tuned: bool) -> None:
-    """One worker process (groups_bench.Members): commands from the parent over a pipe, one at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
-    if tuned:
-        from tidelog.tuning import tune_malloc
-
-        tune_malloc()
-    state: dict = {}
-    conn.send(("ok", os.getpid()))
-    while True:
-        try:
-            op, args = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            if op == "exit":
-                conn.send(("ok", None))
-                return
-            conn.send(("ok", _op(state, index, conn, op, args)))
-        except BaseException as exc:  # reported to the parent, which stops the benchmark
-            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    """One worker process (groups_bench.Members)."""
+    serve_commands(conn, index, tuned, _op)
 
 
 # -- the latency workers (each in a spawned process: latency_bench.measure) ---------------------------------
