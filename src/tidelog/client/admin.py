@@ -53,9 +53,9 @@ class Admin:
         self._reset = grp("ResetOffsets")
         self._committed = grp("FetchCommittedOffsets")
 
-        def queue(name):
+        def queue(name):  # to the queue coordinator (in a cluster: the broker NOT_COORDINATOR names)
             method = methods.method("Queue", name)
-            return lambda request: self._metadata.call(method, request)
+            return lambda request: self._metadata.call_coordinator(method, request, role="queues")
 
         self._list_queues = queue("ListQueues")
         self._describe_queue = queue("DescribeQueue")

@@ -70,7 +70,7 @@ class Metadata:
         self.home = self.bootstrap[0]
         """The broker that answered last: the one a single broker is reached at, and groups' coordinator."""
         self.clustered: bool | None = None  # None until a broker answered Metadata
-        self._coordinator = self.bootstrap[0]
+        self._coordinators: dict[str, str] = {}  # "groups"/"queues" → the broker that answered last
         self._lock = threading.RLock()
         self._channels: dict[str, grpc.Channel] = {}
         self._leaders: dict[TopicPartition, str | None] = {}  # None: no leader now (an election)
@@ -126,16 +126,19 @@ class Metadata:
                 return pb.MetadataResponse(clustered=False)
             raise error_from_rpc(err, address) from None
 
-    def call_coordinator(self, method: Method, request, timeout: float | None = None, *, within_s: float = 30.0):
-        """A group call to the group coordinator: the broker that answered the last one, else the others
-        in turn. In a cluster a broker that does not coordinate answers NOT_COORDINATOR naming the one
-        that does (the leader of the group-state partition): the call goes there, for up to within_s
-        (while a coordinator is elected, none is named)."""
+    def call_coordinator(
+        self, method: Method, request, timeout: float | None = None, *, within_s: float = 30.0, role: str = "groups"
+    ):
+        """A call to the coordinator of consumer groups (role "groups") or of queues ("queues"): the
+        broker that answered the last one, else the others in turn. In a cluster a broker that does not
+        coordinate answers NOT_COORDINATOR naming the one that does (the leader of the state partition):
+        the call goes there, for up to within_s (while a coordinator is elected, none is named)."""
         deadline = time.monotonic() + within_s
         pause = 0.05
         while True:
             with self._lock:
-                order = list(dict.fromkeys([self._coordinator, *self.bootstrap, *self._brokers]))
+                first = self._coordinators.get(role, self.bootstrap[0])
+                order = list(dict.fromkeys([first, *self.bootstrap, *self._brokers]))
             last: TidelogError | None = None
             refused: NotCoordinatorError | None = None  # a broker answered: the cluster is there
             tried: set[str] = set()
@@ -147,14 +150,14 @@ class Metadata:
                     last = refused = exc
                     if exc.leader_address:
                         with self._lock:
-                            self._coordinator = exc.leader_address
+                            self._coordinators[role] = exc.leader_address
                         break  # go there at once
                     continue
                 except BrokerUnavailableError as exc:
                     last = exc
                     continue
                 with self._lock:
-                    self._coordinator = address
+                    self._coordinators[role] = address
                 return reply
             assert last is not None
             if refused is None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from ..v1 import tidelog_pb2 as pb
 from ..values import Answer, AnswerRefused, QueueConfig, QueueMessage
 from ..wire import methods
-from .channel import parse_targets, sync_channel, unary
+from .metadata import Metadata
 
 KINDS = {"ack": pb.ACK, "release": pb.RELEASE, "reject": pb.REJECT, "extend": pb.EXTEND}
 
@@ -86,13 +86,18 @@ class EmbeddedQueues:
 
 
 class GrpcQueues:
+    """Over gRPC, to the broker that runs the queues: the one named, or in a cluster the queue
+    coordinator (the leader of the queue-state partition), followed when it moves."""
+
     def __init__(self, target: str | Sequence[str], timeout_s: float) -> None:
-        self.target = parse_targets(target)[0]
         self.timeout_s = timeout_s
-        self._channel = sync_channel(self.target)
+        self._metadata = Metadata(target, timeout_s=timeout_s)
 
         def call(name: str):
-            return unary(self._channel, methods.method("Queue", name), self.target, timeout_s)
+            method = methods.method("Queue", name)
+            return lambda request, timeout=None: self._metadata.call_coordinator(
+                method, request, timeout, within_s=timeout_s, role="queues"
+            )
 
         self._declare, self._receive, self._answer, self._leave = (
             call(n) for n in ("Declare", "Receive", "Answer", "Leave")
@@ -137,7 +142,7 @@ class GrpcQueues:
         return self._leave(pb.LeaveQueueRequest(queue=queue, consumer_id=consumer)).released
 
     def close(self) -> None:
-        self._channel.close()
+        self._metadata.close()
 
 
 def ranges(answers: list[Answer]) -> list[pb.AnswerRange]:

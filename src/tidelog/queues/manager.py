@@ -36,12 +36,15 @@ from ..engine.engine import Engine, is_internal_topic
 from ..engine.state_topic import Append, StateTopic
 from ..errors import (
     InvalidRequestError,
+    OffsetOutOfRangeError,
     QueueConfigMismatchError,
+    TidelogError,
     UnknownQueueError,
     UnknownTopicError,
 )
 from ..values import Answer, AnswerRefused, QueueConfig, QueueDescription, QueueMessage, QueuePartitionState
 from . import records
+from .data import LocalData, QueueData
 from .records import QUEUE_STATE_TOPIC, QueueRecord, RedriveRecord, WindowRecord
 from .window import ACQUIRED, AVAILABLE, Entry, PartitionWindow, Refused
 
@@ -57,8 +60,17 @@ COUNTERS = ("delivered", "acked", "released", "rejected", "expired", "dead_lette
 
 
 class QueueManager:
-    def __init__(self, engine: Engine, append: Append | None = None, clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        append: Append | None = None,
+        clock_ms: Callable[[], int] | None = None,
+        data: QueueData | None = None,
+    ) -> None:
+        """engine: where `__queue_state` is (written through `append` when given: a cluster's replicated
+        write); data: where the queues' topics are (default: the same engine)."""
         self.engine = engine
+        self.data: QueueData = data or LocalData(engine)
         self.clock = clock_ms or engine.clock
         self._lock = threading.RLock()
         # Wakes waiting receives: a leaf lock (nothing else is taken while holding it), because the
@@ -105,7 +117,7 @@ class QueueManager:
         for t in topics:
             if is_internal_topic(t):
                 raise InvalidRequestError(f"{t} is internal: a queue cannot read it")
-            if not self.engine.has_topic(t):
+            if not self.data.has_topic(t):
                 raise UnknownTopicError(f"unknown topic {t!r}")
         if start not in ("earliest", "latest"):
             raise InvalidRequestError(f"start is earliest or latest, not {start!r}")
@@ -130,12 +142,12 @@ class QueueManager:
             if config.dead_letter_topic:
                 if is_internal_topic(config.dead_letter_topic) or config.dead_letter_topic in topics:
                     raise InvalidRequestError(f"{config.dead_letter_topic} cannot be the queue's dead-letter topic")
-                if not self.engine.has_topic(config.dead_letter_topic):
-                    self.engine.create_topic(config.dead_letter_topic, 1)
+                if not self.data.has_topic(config.dead_letter_topic):
+                    self.data.create_topic(config.dead_letter_topic, 1)
             keys, values = [records.queue_key(queue)], [records.queue_value(config)]
             for t in topics:
-                for p in range(self.engine.partitions(t)):
-                    o = self.engine.list_offsets(t, p)
+                for p in range(self.data.partitions(t)):
+                    o = self.data.offsets(t, p)
                     at = o.log_start if start == "earliest" else o.log_end
                     keys.append(records.window_key(queue, t, p))
                     values.append(records.window_value(at, [], snapshot=True))
@@ -170,7 +182,7 @@ class QueueManager:
             config = self._config(queue)
             keys, values = [], []
             for t, p in self._partitions(config):
-                o = self.engine.list_offsets(t, p)
+                o = self.data.offsets(t, p)
                 if isinstance(to, dict):
                     if (t, p) not in to:
                         continue
@@ -284,10 +296,10 @@ class QueueManager:
             for t, p in self._partitions(config):
                 w = self._window(queue, t, p, config)
                 counts = w.counts(now)
-                log_end = self.engine.list_offsets(t, p).log_end
+                log_end = self.data.offsets(t, p).log_end
                 oldest = None
                 if w.start < log_end:
-                    ts = self.engine.record_timestamp(t, p, w.start)
+                    ts = self.data.record_timestamp(t, p, w.start)
                     oldest = None if ts is None else max(0, now - ts)
                 out.append(
                     QueuePartitionState(
@@ -302,25 +314,28 @@ class QueueManager:
         `target`, without their dead-letter and delay headers; returns how many. Moved once each: the
         progress is kept in `__queue_state`."""
         for t in (source, target):
-            if not self.engine.has_topic(t):
+            if not self.data.has_topic(t):
                 raise UnknownTopicError(f"unknown topic {t!r}")
             if is_internal_topic(t):
                 raise InvalidRequestError(f"{t} is internal")
         moved = 0
         with self._lock:
             progress = self._redrive.setdefault((source, target), {})
-            for p in range(self.engine.partitions(source)):
-                o = self.engine.list_offsets(source, p)
+            for p in range(self.data.partitions(source)):
+                o = self.data.offsets(source, p)
                 at = max(progress.get(p, 0), o.log_start)
                 while at < o.log_end and not (limit and moved >= limit):
-                    recs = self.engine.fetch(source, p, at, READ_BYTES).records()
+                    recs = self.data.read(source, p, at, READ_BYTES)
                     if limit:
                         recs = recs[: limit - moved]
                     if not recs:
                         break
-                    for r in recs:
-                        heads = hdr.without(r.headers, (*hdr.DLQ_HEADERS, hdr.NOT_BEFORE))
-                        self.engine.produce(target, [r.value], keys=[r.key], headers=[heads])
+                    self.data.produce(
+                        target,
+                        [cast(bytes | None, r.value) for r in recs],
+                        [cast(bytes | None, r.key) for r in recs],
+                        [hdr.without(r.headers, (*hdr.DLQ_HEADERS, hdr.NOT_BEFORE)) for r in recs],
+                    )
                     at = recs[-1].offset + 1
                     moved += len(recs)
                     progress[p] = at
@@ -380,7 +395,12 @@ class QueueManager:
         when the log is now shorter than what the queue read: the topic was deleted and created again,
         so the queue starts over at its beginning) and the records read, by offset (handed out at once,
         they are not read twice)."""
-        o = self.engine.list_offsets(topic, partition)
+        try:
+            o = self.data.offsets(topic, partition)
+        except TidelogError as exc:
+            if not exc.retriable:
+                raise
+            return w, self._cache.get((queue, topic, partition), {})  # (a leader away: its records wait)
         if w.end > o.log_end:
             log.warning(
                 "the log of %s[%d] ends before what queue %s read: the topic was created again; the queue "
@@ -398,13 +418,18 @@ class QueueManager:
         for stale in [k for k in cache if k < w.start]:
             del cache[stale]
         room = w.room()
-        if room <= 0 or w.end >= o.log_end:
+        if room <= 0 or w.end >= o.high_watermark:  # (records past it are not committed yet)
             return w, cache
         ahead = [r for k, r in cache.items() if k >= w.end]
         if len(ahead) < room:
             at = ahead[-1].offset + 1 if ahead else w.end
-            if at < o.log_end:
-                fetched = [r for r in self.engine.fetch(topic, partition, at, READ_BYTES).records() if r.offset >= at]
+            if at < o.high_watermark:
+                try:
+                    fetched = [r for r in self.data.read(topic, partition, at, READ_BYTES) if r.offset >= at]
+                except TidelogError as exc:
+                    if not exc.retriable:
+                        raise
+                    fetched = []
                 for r in fetched:
                     cache[r.offset] = r
                 ahead += fetched
@@ -424,8 +449,8 @@ class QueueManager:
         while i < len(want):
             start = want[i]
             try:
-                recs = self.engine.fetch(topic, partition, start, READ_BYTES).records()
-            except Exception:  # noqa: BLE001 - out of range (retention): the caller skips it
+                recs = self.data.read(topic, partition, start, READ_BYTES)
+            except OffsetOutOfRangeError:  # gone (retention): the caller skips it
                 i += 1
                 continue
             if not recs:
@@ -458,15 +483,22 @@ class QueueManager:
         return refused
 
     def _settle(self, queue: str, config: QueueConfig) -> None:
-        """Write the dead letters, then every window's changes (one append)."""
-        keys: list[bytes] = []
-        values: list[bytes | None] = []
-        for (q, t, p), w in self._windows.items():
-            if q != queue:
-                continue
+        """Write the dead letters, then every window's changes (one append). When a write fails (a full
+        disk; in a cluster, an unreachable leader), what it was to write is kept for the next settle:
+        a dead letter is written before any state saying so, and no change is forgotten in memory."""
+        windows = [(t, p, w) for (q, t, p), w in self._windows.items() if q == queue]
+        for t, p, w in windows:
             archived = w.take_archived()
             if archived:
-                self._dead_letter(queue, config, t, p, archived)
+                try:
+                    self._dead_letter(queue, config, t, p, archived)
+                except BaseException:
+                    w.archived[:0] = archived
+                    raise
+        keys: list[bytes] = []
+        values: list[bytes | None] = []
+        taken: list[tuple[PartitionWindow, list]] = []
+        for t, p, w in windows:
             changes = w.take_changes()
             if changes or w.skipped:
                 if w.skipped:
@@ -474,8 +506,14 @@ class QueueManager:
                     w.skipped = 0
                 keys.append(records.window_key(queue, t, p))
                 values.append(records.window_value(w.start, changes))
+                taken.append((w, changes))
         if keys:
-            self.topic.write(keys, values)
+            try:
+                self.topic.write(keys, values)
+            except BaseException:
+                for w, changes in taken:
+                    w.changes[:0] = changes
+                raise
             self._maybe_compact()
 
     def _dead_letter(
@@ -491,13 +529,15 @@ class QueueManager:
                 )  # fmt: skip
             return
         by_offset = self._records(topic, partition, [o for o, _ in archived])
-        values, keys, heads = [], [], []
+        values: list[bytes | None] = []
+        keys: list[bytes | None] = []
+        heads: list[list] = []
         for offset, e in archived:
             r = by_offset.get(offset)
             if r is None:
                 continue
-            values.append(r.value)
-            keys.append(r.key)
+            values.append(cast(bytes | None, r.value))  # fetched as copies
+            keys.append(cast(bytes | None, r.key))
             heads.append(
                 [
                     *hdr.without(r.headers, hdr.DLQ_HEADERS),
@@ -516,9 +556,9 @@ class QueueManager:
                        "dead_letter_topic": config.dead_letter_topic},
             )  # fmt: skip
         if values:
-            if not self.engine.has_topic(config.dead_letter_topic):
-                self.engine.create_topic(config.dead_letter_topic, 1)
-            self.engine.produce(config.dead_letter_topic, values, keys=keys, headers=heads)
+            if not self.data.has_topic(config.dead_letter_topic):
+                self.data.create_topic(config.dead_letter_topic, 1)
+            self.data.produce(config.dead_letter_topic, values, keys, heads)
         self._count(queue, "dead_lettered", len(values))
 
     def _config(self, queue: str) -> QueueConfig:
@@ -528,7 +568,7 @@ class QueueManager:
         return config
 
     def _partitions(self, config: QueueConfig) -> list[tuple[str, int]]:
-        return [(t, p) for t in config.topics if self.engine.has_topic(t) for p in range(self.engine.partitions(t))]
+        return [(t, p) for t in config.topics if self.data.has_topic(t) for p in range(self.data.partitions(t))]
 
     def _window(self, queue: str, topic: str, partition: int, config: QueueConfig) -> PartitionWindow:
         w = self._windows.get((queue, topic, partition))
@@ -561,6 +601,8 @@ class QueueManager:
                     due = min(due, e.lock_until_ms - now)
                 elif e.state == AVAILABLE and e.not_before_ms:
                     due = min(due, e.not_before_ms - now)
+        if self.data.poll_s is not None:
+            due = min(due, int(self.data.poll_s * 1000))
         return max(10, due) / 1000
 
     def _listen(self, config: QueueConfig) -> None:
@@ -568,7 +610,18 @@ class QueueManager:
         for t, p in self._partitions(config):
             if (t, p) not in self._listening:
                 self._listening.add((t, p))
-                self.engine.add_listener(t, p, self._wake_receivers)
+                self.data.add_listener(t, p, self._wake_receivers)
+
+    def close(self) -> None:
+        """Stop listening to the topics (a broker that no longer runs the queues: another one does)."""
+        with self._lock:
+            for t, p in self._listening:
+                try:
+                    self.data.remove_listener(t, p, self._wake_receivers)
+                except TidelogError:  # the topic is gone
+                    pass
+            self._listening.clear()
+        self._wake_receivers()
 
     def _wake_receivers(self) -> None:
         with self._signal:

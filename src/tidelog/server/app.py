@@ -39,16 +39,18 @@ from ..errors import (
     BrokerUnavailableError,
     EngineClosedError,
     NotCoordinatorError,
+    NotLeaderError,
     StorageError,
     TidelogError,
     TopicExistsError,
-    UnsupportedError,
 )
 from ..groups.coordinator import GroupCoordinator
 from ..groups.offset_store import SEGMENT_BYTES as GROUP_SEGMENT_BYTES
 from ..groups.offset_store import OffsetStore
 from ..groups.records import OFFSETS_TOPIC
+from ..queues.manager import SEGMENT_BYTES as QUEUE_SEGMENT_BYTES
 from ..queues.manager import QueueManager
+from ..queues.records import QUEUE_STATE_TOPIC
 from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
@@ -62,6 +64,7 @@ from . import (
     status,
 )
 from .admission import Admission
+from .cluster_queue_data import ClusterQueueData
 from .cluster_topics import ClusterTopics
 from .metrics import EngineCollector, MetricsHttpServer, QueueCollector, ReplicationCollector, RpcMetrics
 from .replica_link import LinkPool
@@ -92,7 +95,7 @@ class Server:
         self.replicas: ReplicaManager | None = None  # with --cluster: the roles of its partitions
         self._view: ClusterView | None = None
         self.controller: Controller | None = None
-        self._placing_offsets: asyncio.Future | None = None
+        self._placing: dict[str, asyncio.Future] = {}  # state topics being placed in the cluster
         self._control: asyncio.Future | None = None
         self._links: LinkPool | None = None
         self.metrics_port: int | None = None
@@ -257,6 +260,7 @@ class Server:
 
         self.controller = controller
         replicas.on_leadership(OFFSETS_TOPIC, 0, self._coordinate, self._stop_coordinating)
+        replicas.on_leadership(QUEUE_STATE_TOPIC, 0, self._run_queues, self._stop_queues)
         self._view = view = ClusterView(session.client, session.cluster, on_change)
         replicas.start()
         await view.start()
@@ -276,44 +280,55 @@ class Server:
 
         self._control = asyncio.ensure_future(control())
 
-    # -- consumer groups in a cluster ------------------------------------------------------------------
-    def _coordinator_elsewhere(self) -> TidelogError:
-        """NOT_COORDINATOR naming the group coordinator (the leader of the group-state partition),
+    # -- consumer groups and queues in a cluster ---------------------------------------------------------
+    # Each has one coordinator: the leader of its state partition (`__consumer_offsets`-0, `__queue_state`-0).
+    # Its writes are replicated acks=all, so the state survives its death; the next leader loads it.
+    def _not_coordinator(self, topic: str, what: str) -> TidelogError:
+        """NOT_COORDINATOR naming the broker that coordinates `what` (the leader of `topic`-0),
         placing that partition in the cluster first if nobody has yet."""
         replicas = self.replicas
         if replicas is None:
             return BrokerUnavailableError("the broker is joining its cluster; retry shortly")
-        state = replicas.snapshot.partitions.get((OFFSETS_TOPIC, 0))
+        state = replicas.snapshot.partitions.get((topic, 0))
         if state is None:
-            if self._placing_offsets is None or self._placing_offsets.done():
-                self._placing_offsets = asyncio.ensure_future(self._place_offsets_topic(replicas))
-            return NotCoordinatorError("the group coordinator is being placed in the cluster; retry shortly")
-        error = replicas.leader_error(OFFSETS_TOPIC, 0)
+            placing = self._placing.get(topic)
+            if placing is None or placing.done():
+                self._placing[topic] = asyncio.ensure_future(self._place_state_topic(replicas, topic))
+            return NotCoordinatorError(f"the coordinator of {what} is being placed in the cluster; retry shortly")
+        error = replicas.leader_error(topic, 0)
         return NotCoordinatorError(
-            f"broker {replicas.broker_id} does not coordinate consumer groups: "
+            f"broker {replicas.broker_id} does not coordinate {what}: "
             + (f"broker {error.leader_id} at {error.leader_address} does" if error.leader_address else "none does now"),
             leader_id=error.leader_id,
             leader_address=error.leader_address,
         )
 
-    async def _place_offsets_topic(self, replicas: ReplicaManager) -> None:
+    def _coordinator_elsewhere(self) -> TidelogError:
+        return self._not_coordinator(OFFSETS_TOPIC, "consumer groups")
+
+    def _queues_elsewhere(self) -> TidelogError:
+        return self._not_coordinator(QUEUE_STATE_TOPIC, "queues")
+
+    async def _place_state_topic(self, replicas: ReplicaManager, topic: str) -> None:
         session = replicas.session
         try:
             found = await cluster_status(session.client, session.cluster)
             live = [b.broker_id for b in found.brokers]
             rf = min(self.config.default_replication_factor, len(live))
-            settings = {"retention_ms": -1, "retention_bytes": -1, "segment_bytes": GROUP_SEGMENT_BYTES}
-            placement = TopicPlacement(
-                OFFSETS_TOPIC, 1, rf, settings, self.async_engine.clock() if self.async_engine else 0
-            )
+            segment = GROUP_SEGMENT_BYTES if topic == OFFSETS_TOPIC else QUEUE_SEGMENT_BYTES
+            settings = {"retention_ms": -1, "retention_bytes": -1, "segment_bytes": segment}
+            placement = TopicPlacement(topic, 1, rf, settings, self.async_engine.clock() if self.async_engine else 0)
             storage = {b.broker_id: b.storage for b in found.brokers}
             assignment = assign_replicas(live, 1, rf)
             await etcd_writes.create_topic(session.client, session.cluster, placement, assignment, storage)
-            log.info("group-state partition placed", extra={"event": "offsets_topic_placed", "replication_factor": rf})
+            log.info(
+                "state partition placed",
+                extra={"event": "state_topic_placed", "topic": topic, "replication_factor": rf},
+            )
         except TopicExistsError:
             pass
         except Exception as exc:
-            log.warning("could not place the group-state partition: %s", exc)
+            log.warning("could not place %s in the cluster: %s", topic, exc)
         if self._view is not None:
             self._view.changed()
 
@@ -323,7 +338,7 @@ class Server:
         async def load() -> None:
             assert self.engine is not None and self.async_engine is not None and self.replicas is not None
             engine, replicas = self.engine, self.replicas
-            store_append = self._replicated_group_append(asyncio.get_running_loop())
+            store_append = self._replicated_append(OFFSETS_TOPIC, asyncio.get_running_loop())
             try:
                 coordinator = await self.async_engine.offload(
                     lambda: GroupCoordinator(
@@ -354,9 +369,10 @@ class Server:
         if self._groups is not None:
             self._groups.coordinator = None
 
-    def _replicated_group_append(self, loop: asyncio.AbstractEventLoop) -> Append:
-        """The group store's writes in a cluster: appended as the leader, answered once every in-sync
-        replica has them (acks=all), so a committed offset survives the coordinator's death."""
+    def _replicated_append(self, state_topic: str, loop: asyncio.AbstractEventLoop) -> Append:
+        """A coordinator's writes to its state partition in a cluster: appended as the leader, answered
+        once every in-sync replica has them (acks=all), so what it acknowledged survives its death. A
+        leader that lost the partition answers NOT_COORDINATOR: its clients go to the new one."""
 
         def append(keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
             replicas, engine = self.replicas, self.engine
@@ -367,17 +383,66 @@ class Server:
                 epochs[(topic, partition)] = epoch = replicas.admit(topic, partition, ACKS_ALL)
                 return epoch
 
-            result = engine.produce(
-                OFFSETS_TOPIC, list(values), keys=list(keys), partition=0, internal=True, admit=admit
-            )[0]
+            try:
+                result = engine.produce(
+                    state_topic, list(values), keys=list(keys), partition=0, internal=True, admit=admit
+                )[0]
 
-            async def committed() -> None:
-                await replicas.appended(OFFSETS_TOPIC, 0)
-                await replicas.committed(OFFSETS_TOPIC, 0, result.last_offset + 1, epochs[(OFFSETS_TOPIC, 0)])
+                async def committed() -> None:
+                    await replicas.appended(state_topic, 0)
+                    await replicas.committed(state_topic, 0, result.last_offset + 1, epochs[(state_topic, 0)])
 
-            asyncio.run_coroutine_threadsafe(committed(), loop).result()
+                asyncio.run_coroutine_threadsafe(committed(), loop).result()
+            except NotCoordinatorError:
+                raise
+            except NotLeaderError as exc:
+                raise NotCoordinatorError(
+                    f"this broker no longer leads {state_topic}-0: {exc.message}",
+                    leader_id=exc.leader_id,
+                    leader_address=exc.leader_address,
+                ) from None
 
         return append
+
+    def _run_queues(self, epoch: int) -> None:
+        """This broker now leads the queue-state partition: load the queues from it and serve them."""
+
+        async def load() -> None:
+            assert self.engine is not None and self.async_engine is not None and self.replicas is not None
+            engine, replicas = self.engine, self.replicas
+            append = self._replicated_append(QUEUE_STATE_TOPIC, asyncio.get_running_loop())
+            data = ClusterQueueData(engine, replicas, lambda: self.advertised_address)
+            try:
+                manager = await self.async_engine.offload(lambda: QueueManager(engine, append, data=data))
+            except TidelogError as exc:
+                log.error("could not load the queues: %s", exc.message)
+                data.close()
+                return
+            role = replicas.led().get((QUEUE_STATE_TOPIC, 0))
+            if role is None or role.state.leader_epoch != epoch or self._queue_service is None:
+                manager.close()
+                data.close()
+                return  # lost the leadership while loading
+            self._stop_queues()
+            self.queues = self._queue_service.manager = manager
+            log.warning(
+                "queue coordinator here",
+                extra={"event": "queues_loaded", "leader_epoch": epoch, "queues": len(manager.queues())},
+            )
+
+        asyncio.ensure_future(load())
+
+    def _stop_queues(self) -> None:
+        manager = self.queues
+        if manager is None:
+            return
+        log.warning("queue coordinator moved away", extra={"event": "queues_unloaded"})
+        self.queues = None
+        if self._queue_service is not None:
+            self._queue_service.manager = None
+        manager.close()
+        if isinstance(manager.data, ClusterQueueData):
+            manager.data.close()
 
     async def _stop_replication(self) -> None:
         if self._control is not None:
@@ -408,7 +473,8 @@ class Server:
             )
             self._groups = groups = groups_service.GroupsService(async_engine, coordinator)
             self.queues = await loop.run_in_executor(None, lambda: QueueManager(engine))
-        self._queue_service = queue_service.QueueService(async_engine, self.queues, _no_queues_in_a_cluster)
+        # (in a cluster the queues come with the leadership of the queue-state partition)
+        self._queue_service = queue_service.QueueService(async_engine, self.queues, self._queues_elsewhere)
         admission = Admission(
             self.config,
             (methods.service_name("Producer"), methods.service_name("Consumer")),
@@ -606,13 +672,6 @@ def _unavailable(method: MethodDescriptor) -> grpc.RpcMethodHandler:
         return make(streaming)
     make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
     return make(unary)
-
-
-def _no_queues_in_a_cluster() -> TidelogError:
-    return UnsupportedError(
-        "queues are served by a single broker for now: this broker is a member of a cluster (a cluster's "
-        "queues are not built yet)"
-    )
 
 
 def log_tasks() -> None:

@@ -6,8 +6,10 @@ pool thread, so a thousand waiting consumers hold no threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -26,6 +28,7 @@ KINDS = {pb.ACK: "ack", pb.RELEASE: "release", pb.REJECT: "reject", pb.EXTEND: "
 MAX_RANGE = 100_000  # offsets one answer range may cover
 STREAM_BATCH = 500  # records per pushed response, at most
 TICK_S = 0.25  # how often ended locks are looked for
+QUEUE_THREADS = 4  # the manager serialises its calls: a few threads only keep its lock busy
 
 log = logging.getLogger("tidelog.server")
 
@@ -39,6 +42,13 @@ class QueueService:
     ) -> None:
         self.engine, self.manager, self._unavailable = engine, manager, unavailable
         self._ticker: asyncio.Future[None] | None = None
+        # The manager's calls run in threads of their own, not the engine's pool: in a cluster a call
+        # holding the manager's lock waits for its write to be replicated, which needs the engine's
+        # pool; queue calls queued on that lock must not be the ones holding every pool thread.
+        self._pool = ThreadPoolExecutor(QUEUE_THREADS, thread_name_prefix="tidelog-queues")
+
+    async def _offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     def start(self) -> None:
         """Release ended locks (and dead-letter what they exhaust) even when nobody calls in."""
@@ -48,7 +58,7 @@ class QueueService:
                 await asyncio.sleep(TICK_S)
                 if self.manager is not None:
                     try:
-                        await self.engine.offload(self.manager.tick)
+                        await self._offload(self.manager.tick)
                     except TidelogError as exc:  # e.g. the disk is full: the next tick tries again
                         log.warning("releasing ended queue locks failed: %s", exc.message)
 
@@ -57,6 +67,7 @@ class QueueService:
     def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        self._pool.shutdown(wait=False)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return methods.handlers(
@@ -77,7 +88,7 @@ class QueueService:
 
     async def _call(self, context: grpc.aio.ServicerContext, name: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await self.engine.offload(getattr(self._manager(), name), *args, **kwargs)
+            return await self._offload(getattr(self._manager(), name), *args, **kwargs)
         except TidelogError as exc:
             await status.abort(context, exc)
 
@@ -106,7 +117,7 @@ class QueueService:
         try:
             if request.acks:
                 acks = list(expand(request.acks))
-                refused = await self.engine.offload(self._manager().ack, request.queue, request.consumer_id, acks)
+                refused = await self._offload(self._manager().ack, request.queue, request.consumer_id, acks)
             got = await self._receive(request.queue, request.consumer_id, request.max_messages, request.wait_ms)
         except TidelogError as exc:
             await status.abort(context, exc)
@@ -133,8 +144,10 @@ class QueueService:
         manager.on_wake(wake)
         try:
             while True:
+                if self.manager is not manager:  # the queues moved to another broker (a cluster)
+                    raise self._unavailable()
                 woken.clear()
-                got, pause = await self.engine.offload(attempt)
+                got, pause = await self._offload(attempt)
                 left = deadline - loop.time()
                 if got or left <= 0:
                     return got
