@@ -132,8 +132,9 @@ class WindowMachine(RuleBasedStateMachine):
         action=st.sampled_from(["ack", "release", "reject", "extend"]),
         who=st.sampled_from([None, *CONSUMERS]),  # None: the consumer it was handed to
         delay=st.sampled_from([0, 0, 200]),
+        lock=st.sampled_from([LOCK_MS, 20, 3 * LOCK_MS]),  # an extension may also shorten the lock
     )
-    def answer(self, pick, action, who, delay):
+    def answer(self, pick, action, who, delay, lock):
         owner, d = self.handed[pick % len(self.handed)]
         consumer = who or owner
         w, m = self.window, self.model
@@ -154,10 +155,10 @@ class WindowMachine(RuleBasedStateMachine):
                 r.state, r.owner = ARCHIVED, ""
                 self.archived_model.append(d.offset)
         else:
-            refused = w.extend(consumer, d.offset, d.deliveries, self.now, LOCK_MS)
+            refused = w.extend(consumer, d.offset, d.deliveries, self.now, lock)
             r = m.answer(consumer, d.offset, d.deliveries, late_ok=False)
             if r is not None:
-                r.lock_until = self.now + LOCK_MS
+                r.lock_until = self.now + lock
         assert (refused is None) == (r is not None), (action, d, consumer, refused)
         self._persist()
 
@@ -200,3 +201,18 @@ TestWindow = WindowMachine.TestCase
 TestWindow.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 TestFifoWindow = FifoWindowMachine.TestCase
 TestFifoWindow.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+def test_a_shortened_lock_ends_when_it_says():
+    """An extension may shorten a lock; expire (which skips its scan until the earliest lock end it
+    knows of) must still release it then, and a restored window must know its locks' ends."""
+    w = PartitionWindow(0, 10)
+    w.add([(0, 0, None), (1, 0, None)], 2)
+    first, second = w.acquire("a", 2, 0, 100)
+    assert w.extend("a", first.offset, first.deliveries, 10, 20) is None  # ends at 30 now, not 100
+    assert w.expire(29, MAX_DELIVERIES) == 0
+    assert w.expire(30, MAX_DELIVERIES) == 1
+    restored = PartitionWindow(0, 10)
+    restored.restore(0, w.take_changes())
+    assert restored.expire(99, MAX_DELIVERIES) == 0
+    assert restored.expire(100, MAX_DELIVERIES) == 1

