@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-
 from .._native.record_batch import Record
 from ..codec.batch import iter_batches
 from ..codec.partitioner import Partitioner
@@ -21,11 +19,8 @@ from ..errors import BrokerUnavailableError, TopicExistsError
 from ..replication.manager import ReplicaManager
 from ..v1 import tidelog_pb2 as pb
 from ..values import PartitionOffsets
-from ..wire import methods
-from ..wire.statuses import error_from_rpc
 from .cluster_topics import ClusterTopics
 
-CALL_TIMEOUT_S = 5.0
 POLL_S = 0.05  # how often a waiting receiver looks for records at other brokers
 OFFSETS_FRESH_S = 0.02  # a remote partition's offsets are asked again after this long
 CREATED_WAIT_S = 10.0  # a dead-letter topic created here: how long its leader may take to appear
@@ -39,7 +34,6 @@ class ClusterQueueData:
         which places them in etcd as any client's would be)."""
         self.engine, self.replicas, self._address = engine, replicas, address
         self._topics = ClusterTopics(engine, replicas)
-        self._channels: dict[str, grpc.Channel] = {}
         self._partitioners: dict[str, Partitioner] = {}
         self._offsets: dict[tuple[str, int], tuple[float, PartitionOffsets]] = {}
         self._lock = threading.Lock()
@@ -143,26 +137,8 @@ class ClusterQueueData:
     def remove_listener(self, topic: str, partition: int, listener: Callable[[], None]) -> None:
         pass
 
-    # -- calls ------------------------------------------------------------------------------------------
     def _call(self, address: str, service: str, name: str, request: Any) -> Any:
-        method = methods.method(service, name)
-        with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
-        stub = channel.unary_unary(
-            method.path,
-            request_serializer=method.request.SerializeToString,
-            response_deserializer=method.response.FromString,
-        )
-        try:
-            return stub(request, timeout=CALL_TIMEOUT_S)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err, address) from None
+        return self._topics.call(address, service, name, request)
 
     def close(self) -> None:
         self._topics.close()
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()

@@ -4,6 +4,7 @@ the partition, else asked of the leader). Called from the engine's thread pool, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,7 @@ class ClusterTopics:
     def __init__(self, engine: Engine, replicas: ReplicaManager) -> None:
         self.engine, self.replicas = engine, replicas
         self._channels: dict[str, grpc.Channel] = {}
-        method = methods.method("Admin", "ListOffsets")
-        self._method = method
+        self._lock = threading.Lock()
 
     def clock(self) -> int:
         return self.engine.clock()
@@ -64,7 +64,7 @@ class ClusterTopics:
         request = pb.ListOffsetsRequest(topic=topic, partition=partition)
         if isinstance(at, int) and not isinstance(at, bool):
             request.position.timestamp_ms = at
-        reply = self._call(error.leader_address, request)
+        reply = self.call(error.leader_address, "Admin", "ListOffsets", request)
         offsets = PartitionOffsets(reply.log_start, reply.log_end, reply.high_watermark, reply.flushed)
         if at is None:
             return offsets
@@ -72,14 +72,17 @@ class ClusterTopics:
             return offsets.log_start if at == "earliest" else offsets.high_watermark
         return None if reply.offset < 0 else reply.offset
 
-    def _call(self, address: str, request: pb.ListOffsetsRequest) -> pb.ListOffsetsResponse:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+    def call(self, address: str, service: str, name: str, request: Any) -> Any:
+        """One unary call to another broker (a channel kept per address); its error as tidelog's."""
+        method = methods.method(service, name)
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(address)
         stub = channel.unary_unary(
-            self._method.path,
-            request_serializer=self._method.request.SerializeToString,
-            response_deserializer=self._method.response.FromString,
+            method.path,
+            request_serializer=method.request.SerializeToString,
+            response_deserializer=method.response.FromString,
         )
         try:
             return stub(request, timeout=CALL_TIMEOUT_S)
@@ -87,6 +90,7 @@ class ClusterTopics:
             raise error_from_rpc(err, address) from None
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        for channel in channels.values():
             channel.close()
-        self._channels.clear()
