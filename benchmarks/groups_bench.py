@@ -292,6 +292,21 @@ class GroupSample(Sample):
         }
 
 
+def member_row(k: int, system: str, samples: list[GroupSample], calls: str) -> str:
+    """A table row of how the work spread: records per member (median run), `calls` per run (the
+    members' "polls" or "receives"), when the last member had its first record, and the CPU split."""
+    mid = sorted(samples, key=lambda s: s.rps)[len(samples) // 2]
+    shares = ", ".join(f"{m['records']:,}" for m in mid.members)
+    n = statistics.median(sum(m[calls] for m in s.members) for s in samples)
+    first = statistics.median(max(m["first_record_s"] or 0 for m in s.members) for s in samples)
+    return (
+        f"| {k} | {system} | {shares} | {n:,.0f} | {first * 1e3:.0f} ms | "
+        f"{statistics.median(s.broker_cores for s in samples):.2f} | "
+        f"{statistics.median(s.member_cores for s in samples):.2f} | "
+        f"{statistics.median(s.machine_cores for s in samples):.2f} |"
+    )
+
+
 def timed(members: Members, k: int, op: str, args: dict, server, setup_s: float, timeout_s: float) -> GroupSample:
     """The first k members' run (`op`), from the start signal to the last member's end (`t_end`, each
     member's CLOCK_MONOTONIC stamp of its last commit/ack); `server` is what `.cpu_s()` is measured on."""
@@ -299,6 +314,11 @@ def timed(members: Members, k: int, op: str, args: dict, server, setup_s: float,
     t0 = now()
     results = members.call(range(k), op, args, timeout_s=timeout_s)
     cpu, busy = server.cpu_s() - cpu0, machine_busy_s() - busy0
+    return sample_of(results, t0, setup_s, cpu, busy)
+
+
+def sample_of(results: list[dict], t0: float, setup_s: float, cpu: float, busy: float) -> GroupSample:
+    """One run's figure from its members' reports (started at t0)."""
     for m in results:  # seconds from the start signal to the member's first record
         m["first_record_s"] = None if m["t_first"] is None else m["t_first"] - t0
     return GroupSample(
@@ -461,17 +481,7 @@ def report(rounds: Rounds, p: Profile, info: dict, settings: dict, elapsed: floa
     ]
     for k in GROUP_SIZES:
         for system in systems:
-            samples = rounds.samples(section(k), system)
-            mid = sorted(samples, key=lambda s: s.rps)[len(samples) // 2]
-            shares = ", ".join(f"{m['records']:,}" for m in mid.members)
-            polls = statistics.median(sum(m["polls"] for m in s.members) for s in samples)
-            first = statistics.median(max(m["first_record_s"] or 0 for m in s.members) for s in samples)
-            out.append(
-                f"| {k} | {system} | {shares} | {polls:,.0f} | {first * 1e3:.0f} ms | "
-                f"{statistics.median(s.broker_cores for s in samples):.2f} | "
-                f"{statistics.median(s.member_cores for s in samples):.2f} | "
-                f"{statistics.median(s.machine_cores for s in samples):.2f} |"
-            )
+            out.append(member_row(k, system, rounds.samples(section(k), system), "polls"))
     out += ["", f"Total benchmark time: {elapsed:.0f} s"]
     results["elapsed_s"] = elapsed
     results["cpu"] = rounds.meter.sections

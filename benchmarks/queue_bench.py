@@ -32,7 +32,6 @@ import dataclasses
 import datetime
 import gc
 import os
-import statistics
 import sys
 import threading
 import time
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from . import latency_bench, nats_bench, rabbitmq_bench, redis_streams
-from .groups_bench import GroupSample, Members, preload_tidelog, serve_commands, timed
+from .groups_bench import GroupSample, Members, member_row, preload_tidelog, sample_of, serve_commands, timed
 from .harness import cli
 from .harness.machine import announce, machine_busy_s, machine_info, machine_line, shared_machine_note
 from .harness.payloads import BATCH, SEED, make_pool
@@ -627,18 +626,7 @@ class Runner:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise RuntimeError(f"{T_EMB}: a worker failed: {errors[0]!r}") from errors[0]
-        for m in results:
-            m["first_record_s"] = None if m["t_first"] is None else m["t_first"] - t0
-        sample = GroupSample(
-            sum(m["records"] for m in results),
-            sum(m["bytes"] for m in results),
-            max(m["t_end"] for m in results) - t0,
-            any(m["capped"] for m in results),
-            setup_s,
-            [{key: v for key, v in m.items() if key not in ("t_end", "t_first", "bytes")} for m in results],
-            cpu,
-            busy,
-        )
+        sample = sample_of(results, t0, setup_s, cpu, busy)
         problems = [] if sample.capped else _queue_left(self.manager.describe(queue), self.n)
         self.manager.delete(queue)
         return self._check(k, T_EMB, sample, problems)
@@ -943,17 +931,7 @@ def report(rounds: Rounds, runner: Runner, p: Profile, info: dict, skipped: dict
         ]
         for k in ran:
             for system in rounds.systems(section(k)):
-                samples = rounds.samples(section(k), system)
-                mid = sorted(samples, key=lambda s: s.rps)[len(samples) // 2]
-                shares = ", ".join(f"{m['records']:,}" for m in mid.members)
-                receives = statistics.median(sum(m["receives"] for m in s.members) for s in samples)
-                first = statistics.median(max(m["first_record_s"] or 0 for m in s.members) for s in samples)
-                out.append(
-                    f"| {k} | {system} | {shares} | {receives:,.0f} | {first * 1e3:.0f} ms | "
-                    f"{statistics.median(s.broker_cores for s in samples):.2f} | "
-                    f"{statistics.median(s.member_cores for s in samples):.2f} | "
-                    f"{statistics.median(s.machine_cores for s in samples):.2f} |"
-                )
+                out.append(member_row(k, system, rounds.samples(section(k), system), "receives"))
         out += [
             "",
             "CPU cores = CPU seconds / wall seconds of the timed window: the server's process tree (tidelog "
