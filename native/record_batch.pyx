@@ -34,6 +34,7 @@ cdef enum:
     ATTR_CONTROL = 0x20
     CODEC_NONE = 0
     CODEC_LZ4 = 3
+    CODEC_ZSTD = 4
 
 MAGIC = 2
 CODEC_MASK = ATTR_CODEC_MASK
@@ -509,8 +510,9 @@ def validate_batches(const unsigned char[::1] buf, decompress=None, Py_ssize_t m
         codec = attrs & ATTR_CODEC_MASK
         if attrs & (ATTR_CONTROL | ATTR_TRANSACTIONAL):
             raise ValueError(f"batch {bi}: transactional and control batches are not supported")
-        if codec != CODEC_NONE and codec != CODEC_LZ4:
-            raise ValueError(f"batch {bi}: compression {_codec_name(codec)} is not supported (use none or lz4)")
+        if codec > CODEC_ZSTD:
+            # gzip, snappy, lz4 and zstd sections are decompressed (and so checked) by the caller's decompress
+            raise ValueError(f"batch {bi}: compression {_codec_name(codec)} is unknown (Kafka's codecs are 0-4)")
         count = <int32_t>tl_ld32(p + OFF_RECORD_COUNT)
         lod = <int32_t>tl_ld32(p + OFF_LAST_OFFSET_DELTA)
         if count < 1:

@@ -452,11 +452,12 @@ def test_max_timestamp_disagreeing_with_the_records_is_rejected(max_ts, codec):
         validate(bad)
 
 
-@pytest.mark.parametrize("codec_id,name", [(1, "gzip"), (2, "snappy"), (4, "zstd"), (5, "codec 5")])
-def test_unsupported_codecs_are_rejected(codec_id, name):
+@pytest.mark.parametrize("codec_id,match", [(1, "gzip"), (2, "snappy"), (4, "zstd"), (5, "codec 5"), (7, "codec 7")])
+def test_unknown_codecs_and_sections_not_in_their_codec_are_rejected(codec_id, match):
+    """Codecs past zstd are unknown; a section flagged gzip, snappy or zstd must decompress as one."""
     bad = bytearray(TEMPLATE)
     struct.pack_into(">h", bad, 21, codec_id)
-    with pytest.raises(CorruptBatchError, match=name):
+    with pytest.raises(CorruptBatchError, match=match):
         validate(_recrc(bad))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidConfigError
 
-COMPRESSIONS = ("none", "lz4")
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")  # Kafka's codecs (codec/compression.py)
 
 
 class FsyncPolicy(str, enum.Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import FSYNC_POLICIES
+from ..config import COMPRESSIONS, FSYNC_POLICIES
 from .broker import talks_to_broker
 from .failures import UsageError
 from .parsing import add_command, add_deprecated_alias, add_format_option
@@ -29,7 +29,7 @@ def register(commands) -> None:
         default=5.0,
         help="how long a batch waits for more records before it is sent",
     )
-    bench.add_argument("--compression", choices=["none", "lz4"], default="none", help="batch compression")
+    bench.add_argument("--compression", choices=COMPRESSIONS, default="none", help="batch compression")
     bench.add_argument(
         "--rate",
         type=positive_number,

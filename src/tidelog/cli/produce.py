@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import COMPRESSIONS
 from .broker import admin, talks_to_broker
 from .failures import CommandError
 from .parsing import add_command
@@ -35,7 +36,7 @@ def register(commands) -> None:
         help="when a record counts as written: all in-sync replicas have it, the leader has it, or once "
         "sent without waiting (default: the broker's, all in a cluster)",
     )
-    produce.add_argument("--compression", choices=["none", "lz4"], default="none", help="batch compression")
+    produce.add_argument("--compression", choices=COMPRESSIONS, default="none", help="batch compression")
     produce.add_argument(
         "--linger-ms",
         type=non_negative_number,

@@ -2,7 +2,7 @@
 
 `send()` adds a record to its partition's open batch and returns a Future of RecordMetadata
 (partition, offset). A batch goes out when it reaches batch_bytes or has waited linger_ms; it is
-encoded once (RecordBatch v2, optionally lz4) by the same codec the engine uses, and the broker
+encoded once (RecordBatch v2, optionally compressed with gzip, snappy, lz4 or zstd) by the same codec the engine uses, and the broker
 appends it verbatim. Keys pick partitions exactly as the engine does (Kafka's murmur2); keyless
 records stick to one partition until its batch is sent.
 
@@ -214,7 +214,7 @@ class Producer:
 
     - linger_ms (5), batch_bytes (1 MiB): a partition's batch goes out when it holds batch_bytes or its
       first record has waited linger_ms.
-    - compression ("none" or "lz4").
+    - compression ("none", "gzip", "snappy", "lz4" or "zstd"; lz4 is the fastest here, zstd the smallest).
     - max_in_flight_bytes (64 MiB): encoded bytes written and not yet acknowledged, over all partitions.
     - max_in_flight_requests_per_partition (BATCHES_REMEMBERED, 5): requests of one partition written and
       not yet acknowledged. An idempotent producer may not go above BATCHES_REMEMBERED, the number of

@@ -193,8 +193,8 @@ def leader_epoch_of(buf: Buffer, pos: int = 0) -> int:
 class BatchView:
     """Zero-copy view of one batch in a buffer (a segment's mmap, a fetch result, a received message).
 
-    Header fields are read on construction; records are decoded on demand. For lz4 batches the records
-    section is decompressed once, on first use.
+    Header fields are read on construction; records are decoded on demand. For compressed batches
+    (gzip, snappy, lz4, zstd) the records section is decompressed once, on first use.
     """
 
     __slots__ = (
