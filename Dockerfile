@@ -1,7 +1,7 @@
 # tidelog broker image.
 #
 #   docker build -t tidelog .                        (podman: add --format docker to keep the HEALTHCHECK)
-#   docker run -d -p 50051:50051 -v tidelog-data:/data tidelog
+#   docker run -d -p 50051:50051 -p 9092:9092 -v tidelog-data:/data tidelog
 #
 # Stage "build" compiles the Cython core and builds the tidelog wheel (build deps from pyproject's
 # build-system, fetched by pip into an isolated environment). The runtime stage installs that wheel and
@@ -37,10 +37,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONUNBUFFERED=1 \
     TIDELOG_DATA_DIR=/data \
-    TIDELOG_HOST=0.0.0.0
+    TIDELOG_HOST=0.0.0.0 \
+    TIDELOG_KAFKA_PORT=9092 \
+    TIDELOG_ADVERTISED_HOST=localhost
 
 COPY --from=build /wheels /tmp/wheels
-RUN pip install /tmp/wheels/tidelog-*.whl \
+RUN pip install "$(ls /tmp/wheels/tidelog-*.whl)[kafka]" \
  && rm -rf /tmp/wheels /root/.cache \
  && tidelog --version \
  && python3 -c "import tidelog._native.record_batch, tidelog._native.checksum" \
@@ -53,7 +55,9 @@ RUN pip install /tmp/wheels/tidelog-*.whl \
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 50051 9464
+# gRPC, metrics, Kafka clients. Kafka clients connect to the host the broker advertises: localhost
+# (for -p 9092:9092 on the same machine) unless TIDELOG_ADVERTISED_HOST says otherwise.
+EXPOSE 50051 9464 9092
 
 # SERVING only after the engine has opened (and recovered) the log and the port is bound; NOT_SERVING
 # as soon as a graceful shutdown starts.

@@ -55,7 +55,13 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float, what: str
 
 class ServerProcess:
     def __init__(
-        self, data_dir: str, *extra: str, port: int | None = None, host: str = "127.0.0.1", wrapper: tuple = ()
+        self,
+        data_dir: str,
+        *extra: str,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        wrapper: tuple = (),
+        kafka: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.extra = extra
@@ -68,12 +74,16 @@ class ServerProcess:
         """The gRPC port: given, or picked by the server at its first start (then kept for restarts)."""
         self.metrics_port: int | None = None
         """The metrics port of the current run (a new one at each start), unless extra sets --metrics-port."""
+        self.kafka = kafka
+        self.kafka_port: int | None = None
+        """With kafka=True: the Kafka listener's port, picked at the first start and kept for restarts."""
         self.proc: subprocess.Popen | None = None
         parent = os.path.dirname(os.path.abspath(data_dir))
         name = f"{os.path.basename(os.path.abspath(data_dir))}-{os.getpid()}-{next(_SERIAL)}"
         self.log_path = os.path.join(parent, f"{name}-server.log")
         self._port_file = os.path.join(parent, f"{name}.port")
         self._metrics_port_file = os.path.join(parent, f"{name}.metrics-port")
+        self._kafka_port_file = os.path.join(parent, f"{name}.kafka-port")
 
     @property
     def target(self) -> str:
@@ -81,10 +91,17 @@ class ServerProcess:
             raise RuntimeError("the server has not been started yet: its port is not known")
         return f"{self.host}:{self.port}"
 
+    @property
+    def kafka_target(self) -> str:
+        """host:port of the Kafka listener (bootstrap.servers)."""
+        if self.kafka_port is None:
+            raise RuntimeError("the server has not been started with kafka=True")
+        return f"{self.host}:{self.kafka_port}"
+
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         """Start and return once the server serves (it writes its port file only then)."""
         own_metrics = "--metrics-port" in self.extra
-        for path in (self._port_file, self._metrics_port_file):
+        for path in (self._port_file, self._metrics_port_file, self._kafka_port_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by a SIGKILLed run
         self._log = open(self.log_path, "ab")
@@ -105,6 +122,11 @@ class ServerProcess:
                 self._port_file,
                 # never the fixed default metrics port: tests and other servers run side by side
                 *(() if own_metrics else ("--metrics-port", "0", "--metrics-port-file", self._metrics_port_file)),
+                *(
+                    ("--kafka-port", str(self.kafka_port or 0), "--kafka-port-file", self._kafka_port_file)
+                    if self.kafka
+                    else ()
+                ),
                 # stdout holds only the "tidelog serving" line: the port files say the same
                 *self.extra,
             ],
@@ -116,6 +138,8 @@ class ServerProcess:
             self.port = int(wait_for_file(self._port_file, self.proc, timeout_s, "the server"))
             if not own_metrics:
                 self.metrics_port = int(wait_for_file(self._metrics_port_file, self.proc, timeout_s, "the server"))
+            if self.kafka:
+                self.kafka_port = int(wait_for_file(self._kafka_port_file, self.proc, timeout_s, "the server"))
         except RuntimeError as exc:
             self.kill()
             raise RuntimeError(f"{exc}: {self.log()}") from None

@@ -36,6 +36,9 @@ FORBIDDEN = {
     "examine.py": {"server", "client", "v1", "grpc", "wire"},
     "repair.py": {"server", "client", "v1", "grpc", "wire"},
     "top.py": {"server", "engine", "storage", "partition", "groups", "wire", "v1"},
+    # Kafka's wire protocol: an edge beside the gRPC server, over the engine and the offset store; it
+    # shares the server's byte budget and metric buckets, never gRPC, tidelog's wire contract or a client
+    "kafka_protocol": {"client", "v1", "grpc", "wire", "cluster", "replication", "queues"},
     "values.py": {"storage", "partition", "engine", "server", "client", "groups", "wire", "v1", "grpc"},
 }
 

@@ -1,8 +1,8 @@
 """The README's examples run as pasted, and the README points at nothing outside the repository.
 
-The setup is what the README itself states: a broker serving (`tidelog serve`, here on a port of its
-own, so `localhost:50051` in the examples is replaced by its address and `$TIDELOG_SERVER` points the
-CLI at it), the Quick start's CLI session first, then every Python block in order, each in a fresh
+The setup is what the README itself states: a broker serving (`tidelog serve`, here on ports of its
+own, so `localhost:50051` and the Kafka listener's `localhost:9092` in the examples are replaced by its
+addresses and `$TIDELOG_SERVER` points the CLI at it), the Quick start's CLI session first, then every Python block in order, each in a fresh
 interpreter.
 """
 
@@ -37,7 +37,7 @@ def test_the_readme_points_at_nothing_outside_the_repository():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(str(tmp_path_factory.mktemp("readme") / "data")).start()
+    srv = ServerProcess(str(tmp_path_factory.mktemp("readme") / "data"), kafka=True).start()
     yield srv
     assert srv.stop() == 0, srv.log()
 
@@ -72,7 +72,7 @@ def test_the_readme_has_its_python_examples():
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_each_python_example_runs_as_pasted(index, server, session, tmp_path_factory):
-    code = PYTHON_BLOCKS[index].replace("localhost:50051", server.target)
+    code = PYTHON_BLOCKS[index].replace("localhost:50051", server.target).replace("localhost:9092", server.kafka_target)
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -268,6 +268,18 @@ class ServerConfig:
     broker_session_timeout_ms: int = 3000
     """How long a broker stays registered without a keepalive (its etcd lease, in whole seconds), default
     3 s: the time a dead broker takes to be noticed. It stops acting as a member 10% earlier by its own clock."""
+    kafka_port: int = -1
+    """Port of the Kafka-protocol listener (Kafka clients and tools); -1 (the default): off; 0: any free port."""
+    kafka_host: str = ""
+    """Address the Kafka listener listens on; empty: the same as `host`. Clients are told `advertised_host`."""
+    kafka_advertised_port: int = 0
+    """The port Kafka clients are told to connect to, when it differs from the one listened on (a
+    container's published port, a proxy); 0 (the default): the listening port. Kafka: advertised.listeners."""
+    kafka_auto_create_topics: bool = True
+    """Create a topic a Kafka client's metadata request names and allows creating, with the engine's topic
+    defaults (Kafka: auto.create.topics.enable, on by default there too)."""
+    kafka_idle_timeout_ms: int = 600_000
+    """Close a Kafka connection with no request for this long, default 10 min (Kafka: connections.max.idle.ms)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Settings of the engine (fsync policy, topic defaults, limits)."""
 
@@ -290,6 +302,26 @@ class ServerConfig:
             raise InvalidConfigError(
                 f"metrics_port must be a port (0: any free one) or -1 (off), got {self.metrics_port!r}"
             )
+        if (
+            isinstance(self.kafka_port, bool)
+            or not isinstance(self.kafka_port, int)
+            or not -1 <= self.kafka_port <= 65535
+        ):
+            raise InvalidConfigError(
+                f"kafka_port must be a port (0: any free one) or -1 (off), got {self.kafka_port!r}"
+            )
+        if (
+            isinstance(self.kafka_advertised_port, bool)
+            or not isinstance(self.kafka_advertised_port, int)
+            or not 0 <= self.kafka_advertised_port <= 65535
+        ):
+            raise InvalidConfigError(f"kafka_advertised_port must be a port or 0, got {self.kafka_advertised_port!r}")
+        if not isinstance(self.kafka_host, str) or not isinstance(self.kafka_auto_create_topics, bool):
+            raise InvalidConfigError("kafka_host must be a string and kafka_auto_create_topics true or false")
+        if self.kafka_port != -1 and self.cluster:
+            raise InvalidConfigError(
+                "the Kafka listener serves a single broker for now: kafka_port cannot be set with cluster"
+            )
         if not isinstance(self.metrics_host, str):
             raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
         for name in (
@@ -307,6 +339,7 @@ class ServerConfig:
             "max_concurrent_rpcs_per_connection",
             "max_connections",
             "io_threads",
+            "kafka_idle_timeout_ms",
         ):
             _positive(self, name, minimum=1)
         _positive(self, "admin_reserved_rpcs", minimum=0)

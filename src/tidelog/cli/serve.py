@@ -26,9 +26,11 @@ ENV_SETTINGS = {
     "TIDELOG_METRICS_PORT": "metrics_port",
     "TIDELOG_CLUSTER": "cluster",
     "TIDELOG_BROKER_ID": "broker_id",
+    "TIDELOG_KAFKA_PORT": "kafka_port",
+    "TIDELOG_ADVERTISED_HOST": "advertised_host",
 }
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
-INTEGER_SETTINGS = ("port", "metrics_port", "broker_id")
+INTEGER_SETTINGS = ("port", "metrics_port", "broker_id", "kafka_port")
 
 
 def register(commands) -> None:
@@ -37,7 +39,8 @@ def register(commands) -> None:
         "serve",
         "run the broker (gRPC) on a local data directory",
         "Run the broker. Settings: flags > TIDELOG_* environment > --config TOML file > defaults. "
-        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT]` "
+        "Once it serves it prints `tidelog serving address=HOST:PORT [metrics_address=HOST:PORT] "
+        "[kafka_address=HOST:PORT]` "
         "on stdout (with --log-format json: a JSON object with event, address, metrics_address).",
     )
     serve.add_argument("--data-dir", help="data directory (default: $TIDELOG_DATA_DIR, else ./data)")
@@ -51,6 +54,12 @@ def register(commands) -> None:
         help="Prometheus /metrics and /healthz port; 0: any free port; -1: off "
         "(default: $TIDELOG_METRICS_PORT, else 9464)",
     )
+    serve.add_argument(
+        "--kafka-port",
+        type=metrics_port_number,
+        help="serve Kafka clients on this port (Kafka's wire protocol); 0: any free port; -1: off "
+        "(default: $TIDELOG_KAFKA_PORT, else off)",
+    )
     serve.add_argument("--fsync", choices=FSYNC_POLICIES, help="fsync policy (default: $TIDELOG_FSYNC, else interval)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (default: $TIDELOG_CONFIG, else none)")
     serve.add_argument(
@@ -62,6 +71,11 @@ def register(commands) -> None:
         "--metrics-port-file",
         metavar="FILE",
         help="once serving, write the metrics port to FILE, as --port-file (default: no file)",
+    )
+    serve.add_argument(
+        "--kafka-port-file",
+        metavar="FILE",
+        help="once serving, write the Kafka listener's port to FILE, as --port-file (default: no file)",
     )
     serve.add_argument(
         "--cluster",
@@ -104,7 +118,7 @@ def load_config(args: argparse.Namespace):
     for env, name in ENV_ENGINE_SETTINGS.items():
         if env in os.environ:
             engine[name] = os.environ[env]
-    for name in ("host", "port", "data_dir", "metrics_port", "cluster", "broker_id"):
+    for name in ("host", "port", "data_dir", "metrics_port", "cluster", "broker_id", "kafka_port"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fsync is not None:
@@ -133,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     if args.metrics_port_file and config.metrics_port == -1:
         raise UsageError("--metrics-port-file: the metrics endpoint is off (metrics port -1)")
+    if args.kafka_port_file and config.kafka_port == -1:
+        raise UsageError("--kafka-port-file: the Kafka listener is off (give --kafka-port)")
     written: list[str] = []
 
     def ready(server) -> None:
@@ -140,11 +156,17 @@ def run(args: argparse.Namespace) -> int:
         where = {"address": f"{config.host}:{server.port}"}
         if server.metrics_port is not None:
             where["metrics_address"] = f"{config.metrics_host or config.host}:{server.metrics_port}"
+        if server.kafka_port is not None:
+            where["kafka_address"] = f"{config.kafka_host or config.host}:{server.kafka_port}"
         if args.log_format == "json":
             print(json.dumps({"event": "serving", **where}), flush=True)
         else:
             print(" ".join(["tidelog serving", *(f"{k}={v}" for k, v in where.items())]), flush=True)
-        for path, port in ((args.port_file, server.port), (args.metrics_port_file, server.metrics_port)):
+        for path, port in (
+            (args.port_file, server.port),
+            (args.metrics_port_file, server.metrics_port),
+            (args.kafka_port_file, server.kafka_port),
+        ):
             if path:
                 write_atomically(path, f"{port}\n")
                 written.append(path)

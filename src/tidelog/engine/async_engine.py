@@ -119,6 +119,14 @@ class AsyncEngine:
         for "earliest" or "latest", an offset or an error)."""
         return await self._in_pool(self._engine.list_offsets, topic, partition, at)
 
+    async def record_timestamp(self, topic: str, partition: int, offset: int) -> int | None:
+        """The timestamp of the record at offset (None past the high watermark)."""
+        return await self._in_pool(self._engine.record_timestamp, topic, partition, offset)
+
+    async def delete_records(self, topic: str, partition: int, before_offset: int) -> int:
+        """Drop whole segments below before_offset (Engine.delete_records); segments deleted."""
+        return await self._in_pool(self._engine.delete_records, topic, partition, before_offset)
+
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work built on the engine outside it (the group coordinator, decoding records)
         in the same bounded pool."""

@@ -186,6 +186,8 @@ class GroupCoordinator:
         self.offsets = offsets or OffsetStore(engine)
         self.clock = clock or monotonic_ms  # sessions only; record timestamps come from engine.clock()
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
+        self.foreign_members: Callable[[str], bool] = lambda group_id: False
+        """Whether a group has members of another protocol (the Kafka listener's): they may not mix."""
         self._lock = threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
@@ -232,6 +234,10 @@ class GroupCoordinator:
         _refuse_internal(topics, "consumed by a group (its offsets could not be committed)")
         for t in topics:
             self.engine.partitions(t)  # UnknownTopicError for a topic that does not exist
+        if self.foreign_members(group_id):
+            raise InvalidRequestError(
+                f"group {group_id!r} has members of Kafka's group protocol (Kafka clients); one group id, one protocol"
+            )
         with self._lock:
             self.expire()
             group = self._groups.setdefault(group_id, _Group(group_id, assignor))
@@ -618,6 +624,13 @@ class GroupCoordinator:
             },
         )
         return offsets
+
+    def has_members(self, group_id: str) -> bool:
+        """Whether the group has members now (of tidelog's own protocol)."""
+        with self._lock:
+            self.expire()
+            group = self._groups.get(group_id)
+            return group is not None and bool(group.members)
 
     def rebalances(self, group_id: str) -> int:
         with self._lock:

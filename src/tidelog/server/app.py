@@ -107,6 +107,10 @@ class Server:
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
         self._consume: consume_service.ConsumeService | None = None
+        self._kafka: Any = None  # with kafka_port: the Kafka-protocol listener (kafka_protocol/listener.py)
+        self._kafka_metrics: Any = None
+        self.kafka_port: int | None = None
+        """The port Kafka clients are served on once started (None when the listener is off)."""
 
     async def start(self) -> int:
         """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
@@ -176,6 +180,12 @@ class Server:
         groups.start()
         if self._queue_service is not None:
             self._queue_service.start()
+        if self.config.kafka_port != -1:
+            try:
+                await self._start_kafka()
+            except BaseException:
+                await self.stop()
+                raise
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
         log.info(
@@ -192,6 +202,59 @@ class Server:
             },
         )
         return port
+
+    async def _start_kafka(self) -> None:
+        """Serve Kafka clients on the same engine and offset store (kafka_protocol/)."""
+        from ..kafka_protocol.apis import KafkaApis, Node
+        from ..kafka_protocol.classic_groups import ClassicGroups
+        from ..kafka_protocol.listener import KafkaListener
+
+        assert self.async_engine is not None and self.coordinator is not None and self._produce is not None
+        engine, coordinator, c = self.async_engine, self.coordinator, self.config
+        groups = ClassicGroups(
+            c.group_initial_rebalance_delay_ms,
+            busy=lambda group_id: engine.offload(coordinator.has_members, group_id),
+        )
+        coordinator.foreign_members = groups.has_members
+        metrics = self._kafka_metrics
+        apis = KafkaApis(
+            engine,
+            coordinator,
+            groups,
+            lambda: Node(
+                max(c.broker_id, 0),
+                self._advertised_host(c.kafka_host or c.host),
+                c.kafka_advertised_port or self.kafka_port or 0,
+            ),
+            f"tidelog-{self.engine.storage_id if self.engine is not None else ''}",
+            auto_create_topics=c.kafka_auto_create_topics,
+            max_fetch_bytes=min(c.engine.max_fetch_bytes, c.max_message_bytes),
+            max_fetch_wait_ms=c.max_fetch_wait_ms,
+            errors=metrics.error if metrics is not None else (lambda api, code: None),
+        )
+        listener = KafkaListener(
+            apis,
+            self._produce.budget,
+            max_message_bytes=c.max_message_bytes,
+            max_connection_bytes=c.max_inflight_bytes_per_connection,
+            max_connections=c.max_connections,
+            idle_timeout_s=c.kafka_idle_timeout_ms / 1000,
+            metrics=metrics,
+        )
+        self.kafka_port = await listener.start(c.kafka_host or c.host, c.kafka_port)
+        groups.start()
+        self._kafka = (listener, groups)
+        log.info(
+            "serving Kafka clients",
+            extra={"event": "kafka_started", "address": f"{c.kafka_host or c.host}:{self.kafka_port}"},
+        )
+
+    async def _stop_kafka(self) -> None:
+        if self._kafka is not None:
+            listener, groups = self._kafka
+            self._kafka = None
+            groups.close()
+            await listener.stop()
 
     async def _join_cluster(self, port: int) -> BrokerSession:
         """Register this broker in the cluster's etcd and stand for controller."""
@@ -212,12 +275,15 @@ class Server:
     @property
     def advertised_address(self) -> str:
         """The host:port other brokers and clients reach this broker at."""
-        host = self.config.advertised_host or self.config.host
+        return f"{self._advertised_host(self.config.host)}:{self.port}"
+
+    def _advertised_host(self, listening: str) -> str:
+        host = self.config.advertised_host or listening
         if host in ("0.0.0.0", "::", "[::]", ""):
             import socket
 
             host = socket.getfqdn()
-        return f"{host}:{self.port}"
+        return host
 
     async def _start_replication(self, session: BrokerSession) -> None:
         """Follow the cluster's state in etcd: the controller's elections, and this broker's roles."""
@@ -521,6 +587,10 @@ class Server:
         )
         registry.register(ReplicationCollector(lambda: self.replicas, lambda: self.controller))
         registry.register(QueueCollector(lambda: self.queues))
+        if self.config.kafka_port != -1:
+            from ..kafka_protocol.metrics import KafkaMetrics
+
+            self._kafka_metrics = KafkaMetrics(registry)
         Gauge(
             "tidelog_produce_inflight_bytes",
             "Produce bytes read ahead of their acks on all streams "
@@ -599,6 +669,9 @@ class Server:
             self._groups.stop()
         if self._queue_service is not None:
             self._queue_service.stop()
+        if self.async_engine is not None and self._kafka is not None:
+            self.async_engine.wake_all()  # long-polling fetches answer at once
+        await self._stop_kafka()
         if self._server is not None:
             stopping = asyncio.ensure_future(self._server.stop(self.config.shutdown_grace_s))
             if self.async_engine is not None:

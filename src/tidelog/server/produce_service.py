@@ -66,6 +66,11 @@ class ProduceService:
         self._stopping.set()
 
     @property
+    def budget(self) -> ByteBudget:
+        """The produce bytes read ahead of their acks on the whole broker (shared with the Kafka listener)."""
+        return self._shared
+
+    @property
     def inflight_bytes(self) -> int:
         """Produce bytes read ahead of their acks on all streams."""
         return self._shared.used

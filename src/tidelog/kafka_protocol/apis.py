@@ -1,0 +1,626 @@
+"""One handler per Kafka API, translating to the engine, the offset store and the classic groups.
+
+Handlers are thin: a request in (decoded by the codec, or walked by hand for Produce), the engine
+called through its async facade, a response out (fields for the codec, or parts for Fetch). Errors of
+one partition, topic or group go into that entry's error code (errors.code_of); nothing a client sends
+raises out of here except a MalformedError, on which the connection is closed.
+
+Event-loop only; blocking work (engine calls, offset-store writes) runs in the engine's pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..engine.async_engine import AsyncEngine
+from ..engine.engine import is_internal_topic
+from ..errors import (
+    InvalidConfigError,
+    OffsetOutOfRangeError,
+    TidelogError,
+    TopicExistsError,
+    UnknownGroupError,
+    UnknownTopicError,
+)
+from ..groups.coordinator import GroupCoordinator
+from ..values import ProduceResult
+from . import classic_groups, codec, produce, topic_configs
+from . import errors as kerr
+from .fetch import PartitionFetch, response_parts
+
+log = logging.getLogger("tidelog.kafka")
+
+# Authorized operations, as the set of their bits (the codec's form): everything, as there are no ACLs yet.
+ALL_TOPIC_OPERATIONS = {3, 4, 5, 6, 7, 8, 10, 11}  # read, write, create, delete, alter, describe, configs
+ALL_CLUSTER_OPERATIONS = {5, 7, 8, 9, 10, 11, 12}
+ALL_GROUP_OPERATIONS = {3, 6, 8}  # read, delete, describe
+NOT_REQUESTED = None  # the codec writes INT32_MIN, Kafka's "not requested"
+EARLIEST, LATEST = -2, -1
+TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
+GROUP_KEY, TRANSACTION_KEY = 0, 1
+MAX_PRODUCER_EPOCH = 32767
+
+
+class Node(NamedTuple):
+    node_id: int
+    host: str
+    port: int
+
+
+class FetchParts(NamedTuple):
+    """A response written by hand: its parts (bytes and segment memoryviews) and their total size."""
+
+    parts: list
+    size: int
+
+
+class KafkaApis:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        coordinator: GroupCoordinator,
+        groups: classic_groups.ClassicGroups,
+        node: Callable[[], Node],
+        cluster_id: str,
+        *,
+        auto_create_topics: bool,
+        max_fetch_bytes: int,
+        max_fetch_wait_ms: int,
+        errors: Callable[[str, int], None] = lambda api, code: None,
+    ) -> None:
+        self.engine = engine
+        self.coordinator = coordinator
+        self.groups = groups
+        self.node = node
+        self.cluster_id = cluster_id
+        self.auto_create_topics = auto_create_topics
+        self.max_fetch_bytes = max_fetch_bytes
+        self.max_fetch_wait_ms = max_fetch_wait_ms
+        self._errors = errors  # (api name, error code): counted per API on the metrics endpoint
+
+    def _error(self, api: str, code: int) -> int:
+        if code:
+            self._errors(api, code)
+        return code
+
+    # -- metadata ---------------------------------------------------------------------------------
+    async def api_versions(self, req: Any, version: int) -> dict:
+        return {
+            "error_code": 0,
+            "api_keys": [
+                {"api_key": a.key, "min_version": a.min_version, "max_version": a.max_version}
+                for a in sorted(codec.SERVED.values())
+            ],
+            "throttle_time_ms": 0,
+        }
+
+    async def metadata(self, req: Any, version: int) -> dict:
+        node = self.node()
+        if req.topics is None or (version == 0 and not req.topics):
+            names = await self.engine.list_topics()
+        else:
+            names = [t.name for t in req.topics]
+        auto = self.auto_create_topics and (req.allow_auto_topic_creation if version >= 4 else True)
+        topics = [await self._topic_metadata(name, auto, node.node_id, req) for name in names]
+        out: dict[str, Any] = {
+            "throttle_time_ms": 0,
+            "brokers": [{"node_id": node.node_id, "host": node.host, "port": node.port, "rack": None}],
+            "cluster_id": self.cluster_id,
+            "controller_id": node.node_id,
+            "topics": topics,
+        }
+        if 8 <= version <= 10:
+            out["authorized_operations"] = (
+                ALL_CLUSTER_OPERATIONS if req.include_cluster_authorized_operations else NOT_REQUESTED
+            )
+        return out
+
+    async def _topic_metadata(self, name: str | None, auto: bool, node_id: int, req: Any) -> dict:
+        operations = (
+            ALL_TOPIC_OPERATIONS if getattr(req, "include_topic_authorized_operations", False) else NOT_REQUESTED
+        )
+        entry: dict[str, Any] = {
+            "name": name,
+            "is_internal": False,
+            "partitions": [],
+            "authorized_operations": operations,
+        }
+        if name is None:
+            entry["error_code"] = self._error("Metadata", kerr.UNKNOWN_TOPIC_OR_PARTITION)
+            return entry
+        try:
+            if not self.engine.has_topic(name):
+                if not auto:
+                    raise UnknownTopicError(f"unknown topic {name!r}")
+                try:
+                    await self.engine.create_topic(name)
+                    log.info(
+                        "topic created for a Kafka client", extra={"event": "kafka_topic_auto_created", "topic": name}
+                    )
+                except TopicExistsError:
+                    pass
+            described = await self.engine.describe(name)
+        except TidelogError as exc:
+            entry["error_code"] = self._error("Metadata", kerr.code_of(exc))
+            return entry
+        entry["error_code"] = 0
+        entry["is_internal"] = is_internal_topic(name)
+        entry["partitions"] = [
+            {
+                "error_code": 0,
+                "partition_index": p,
+                "leader_id": node_id,
+                "leader_epoch": -1,
+                "replica_nodes": [node_id],
+                "isr_nodes": [node_id],
+                "offline_replicas": [],
+            }
+            for p in range(len(described.partitions))
+        ]
+        return entry
+
+    async def find_coordinator(self, req: Any, version: int) -> dict:
+        node = self.node()
+
+        def one(key_type: int) -> dict:
+            if key_type == TRANSACTION_KEY:
+                code = self._error("FindCoordinator", kerr.COORDINATOR_NOT_AVAILABLE)
+                return {"error_code": code, "error_message": "transactions are not supported", "node_id": -1,
+                        "host": "", "port": -1}  # fmt: skip
+            return {
+                "error_code": 0,
+                "error_message": None,
+                "node_id": node.node_id,
+                "host": node.host,
+                "port": node.port,
+            }
+
+        if version >= 4:
+            return {
+                "throttle_time_ms": 0,
+                "coordinators": [{"key": key, **one(req.key_type)} for key in req.coordinator_keys],
+            }
+        return {"throttle_time_ms": 0, **one(req.key_type if version >= 1 else GROUP_KEY)}
+
+    # -- produce ----------------------------------------------------------------------------------
+    async def produce(self, requests: list[produce.ProduceRequest]) -> list[list[produce.Outcome]]:
+        """Several Produce requests of one connection, appended in one engine call (in their order, one
+        fsync under fsync="always"); the outcomes of each."""
+        appends: list[tuple[str, int, memoryview]] = []
+        slots: list[list[produce.Outcome | int]] = []
+        for request in requests:
+            slot: list[produce.Outcome | int] = []
+            for p in request.partitions:
+                if request.transactional_id is not None:
+                    slot.append(
+                        produce.Outcome(p.topic, p.partition, kerr.INVALID_REQUEST, -1, produce.NO_TRANSACTIONS)
+                    )
+                elif p.records is None or not len(p.records):
+                    slot.append(produce.Outcome(p.topic, p.partition, kerr.CORRUPT_MESSAGE, -1, "no records"))
+                elif not self.engine.has_topic(p.topic):
+                    slot.append(produce.Outcome(p.topic, p.partition, kerr.UNKNOWN_TOPIC_OR_PARTITION, -1, None))
+                else:
+                    slot.append(len(appends))
+                    appends.append((p.topic, p.partition, p.records))
+            slots.append(slot)
+        results = await self.engine.append_many(appends) if appends else []
+        out = []
+        for request, slot in zip(requests, slots):
+            outcomes = []
+            for p, s in zip(request.partitions, slot):
+                if isinstance(s, produce.Outcome):
+                    outcomes.append(s)
+                    continue
+                result = results[s]
+                if isinstance(result, ProduceResult):
+                    outcomes.append(produce.Outcome(p.topic, p.partition, 0, result.base_offset))
+                else:
+                    outcomes.append(
+                        produce.Outcome(p.topic, p.partition, kerr.code_of(result), -1, kerr.message_of(result))
+                    )
+            for o in outcomes:
+                self._error("Produce", o.error)
+            out.append(outcomes)
+        return out
+
+    async def init_producer_id(self, req: Any, version: int) -> dict:
+        """A producer id for an idempotent producer: random 62 bits, as tidelog's own producer picks
+        (nothing to store: each partition dedups by producer id, epoch and sequence). A producer that
+        asks again with its id (KIP-360, after an unknown outcome) gets the next epoch: a fresh
+        sequence, the old epoch fenced."""
+        if req.transactional_id is not None:
+            return {"throttle_time_ms": 0, "error_code": self._error("InitProducerId", kerr.INVALID_REQUEST),
+                    "producer_id": -1, "producer_epoch": -1}  # fmt: skip
+        producer_id, epoch = secrets.randbits(62), 0
+        if version >= 3 and req.producer_id >= 0 and 0 <= req.producer_epoch < MAX_PRODUCER_EPOCH:
+            producer_id, epoch = req.producer_id, req.producer_epoch + 1
+        return {"throttle_time_ms": 0, "error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
+
+    # -- fetch and offsets ------------------------------------------------------------------------
+    async def fetch(self, req: Any, version: int) -> FetchParts:
+        """Whole batches from each partition's fetch offset; waits (on the partitions' append signals,
+        never spinning) up to max_wait_ms until min_bytes have come."""
+        wanted = [
+            (t.topic, p.partition, p.fetch_offset, p.partition_max_bytes) for t in req.topics for p in t.partitions
+        ]
+        max_bytes = min(req.max_bytes if version >= 3 else self.max_fetch_bytes, self.max_fetch_bytes)
+        answers = await self._read(wanted, max_bytes)
+        waited = min(max(req.max_wait_ms, 0), self.max_fetch_wait_ms) / 1000
+        if waited > 0 and sum(len(a.records) for a in answers) < max(req.min_bytes, 1):
+            waits = [
+                asyncio.ensure_future(self.engine.wait_for_data(t, p, o, waited))
+                for (t, p, o, _), a in zip(wanted, answers)
+                if a.error == 0 and not len(a.records)
+            ]
+            if waits:
+                try:
+                    await asyncio.wait(waits, timeout=waited, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                answers = await self._read(wanted, max_bytes)
+        by_topic: dict[str, list[PartitionFetch]] = {}
+        for (topic, *_), answer in zip(wanted, answers):
+            by_topic.setdefault(topic, []).append(answer)
+            self._error("Fetch", answer.error)
+        parts, size = response_parts(version, list(by_topic.items()))
+        return FetchParts(parts, size)
+
+    async def _read(self, wanted: list[tuple[str, int, int, int]], max_bytes: int) -> list[PartitionFetch]:
+        out = []
+        budget = max_bytes
+        for topic, partition, offset, partition_max in wanted:
+            if not self.engine.has_topic(topic):
+                out.append(PartitionFetch(partition, kerr.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""))
+                continue
+            try:
+                hw = self.engine.high_watermark(topic, partition)
+                if offset == hw or budget <= 0:
+                    offsets = await self.engine.list_offsets(topic, partition)
+                    if offset != hw and not offsets.log_start <= offset <= offsets.high_watermark:
+                        raise OffsetOutOfRangeError(f"offset {offset} is out of range")
+                    out.append(PartitionFetch(partition, 0, offsets.high_watermark, offsets.log_start, b""))
+                    continue
+                # the first batch may exceed the limits, so that a consumer always progresses
+                result = await self.engine.fetch(topic, partition, offset, max(min(partition_max, budget), 1))
+            except TidelogError as exc:
+                out.append(PartitionFetch(partition, kerr.code_of(exc), -1, -1, b""))
+                continue
+            budget -= len(result.data)
+            out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, result.data))
+        return out
+
+    async def list_offsets(self, req: Any, version: int) -> dict:
+        topics = []
+        for t in req.topics:
+            partitions = []
+            for p in t.partitions:
+                entry = {"partition_index": p.partition_index, "error_code": 0, "timestamp": -1, "offset": -1,
+                         "leader_epoch": -1}  # fmt: skip
+                try:
+                    if p.timestamp in (EARLIEST, LATEST):
+                        entry["offset"] = await self.engine.offset_at(
+                            t.name, p.partition_index, "earliest" if p.timestamp == EARLIEST else "latest"
+                        )
+                    elif p.timestamp >= 0:
+                        found = await self.engine.offset_at(t.name, p.partition_index, p.timestamp)
+                        if found is not None:
+                            entry["offset"] = found
+                            stamp = await self.engine.record_timestamp(t.name, p.partition_index, found)
+                            entry["timestamp"] = -1 if stamp is None else stamp
+                    else:
+                        entry["error_code"] = kerr.INVALID_REQUEST
+                except TidelogError as exc:
+                    entry["error_code"] = kerr.code_of(exc)
+                self._error("ListOffsets", entry["error_code"])
+                partitions.append(entry)
+            topics.append({"name": t.name, "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def offset_for_leader_epoch(self, req: Any, version: int) -> dict:
+        """A single broker has one leader epoch (none stamped): every epoch ends at the log end."""
+        topics = []
+        for t in req.topics:
+            partitions = []
+            for p in t.partitions:
+                entry = {"error_code": 0, "partition": p.partition, "leader_epoch": p.leader_epoch, "end_offset": -1}
+                try:
+                    offsets = await self.engine.list_offsets(t.topic, p.partition)
+                    entry["end_offset"] = offsets.log_end
+                except TidelogError as exc:
+                    entry["error_code"] = self._error("OffsetForLeaderEpoch", kerr.code_of(exc))
+                partitions.append(entry)
+            topics.append({"topic": t.topic, "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    async def delete_records(self, req: Any, version: int) -> dict:
+        """Kafka's DeleteRecords, by whole segments: the low watermark is where the log now starts (at
+        or below the offset asked for; the records between stay readable until their segment goes)."""
+        topics = []
+        for t in req.topics:
+            partitions = []
+            for p in t.partitions:
+                entry = {"partition_index": p.partition_index, "low_watermark": -1, "error_code": 0}
+                try:
+                    if is_internal_topic(t.name):
+                        entry["error_code"] = kerr.INVALID_TOPIC_EXCEPTION
+                    else:
+                        before = p.offset
+                        if before == -1:
+                            before = self.engine.high_watermark(t.name, p.partition_index)
+                        offsets = await self.engine.list_offsets(t.name, p.partition_index)
+                        if not 0 <= before <= offsets.high_watermark:
+                            raise OffsetOutOfRangeError(f"offset {before} is past the high watermark")
+                        await self.engine.delete_records(t.name, p.partition_index, before)
+                        entry["low_watermark"] = (await self.engine.list_offsets(t.name, p.partition_index)).log_start
+                except TidelogError as exc:
+                    entry["error_code"] = kerr.code_of(exc)
+                self._error("DeleteRecords", entry["error_code"])
+                partitions.append(entry)
+            topics.append({"name": t.name, "partitions": partitions})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    # -- topics -----------------------------------------------------------------------------------
+    async def create_topics(self, req: Any, version: int) -> dict:
+        results = []
+        for t in req.topics:
+            entry: dict[str, Any] = {"name": t.name, "error_code": 0, "error_message": None, "num_partitions": -1,
+                                     "replication_factor": -1, "configs": []}  # fmt: skip
+            try:
+                if t.assignments:
+                    raise InvalidConfigError("replica assignments are not supported: give num_partitions")
+                if t.replication_factor not in (-1, 1):
+                    entry["error_code"] = kerr.INVALID_REPLICATION_FACTOR
+                    entry["error_message"] = f"a single broker keeps 1 copy, not {t.replication_factor}"
+                else:
+                    settings = topic_configs.overrides([(c.name, c.value) for c in t.configs])
+                    partitions = t.num_partitions if t.num_partitions != -1 else 1
+                    if req.validate_only:
+                        if self.engine.has_topic(t.name):
+                            raise TopicExistsError(f"topic {t.name!r} already exists")
+                        entry["num_partitions"], entry["replication_factor"] = partitions, 1
+                    else:
+                        described = await self.engine.create_topic(t.name, partitions, **settings)
+                        entry["num_partitions"], entry["replication_factor"] = len(described.partitions), 1
+                        entry["configs"] = [
+                            {k: c[k] for k in ("name", "value", "read_only", "config_source", "is_sensitive")}
+                            for c in topic_configs.describe(described.config, self.engine.config.topic_defaults, None)
+                        ]
+            except TidelogError as exc:
+                entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
+            self._error("CreateTopics", entry["error_code"])
+            results.append(entry)
+        return {"throttle_time_ms": 0, "topics": results}
+
+    async def delete_topics(self, req: Any, version: int) -> dict:
+        names = [t.name for t in req.topics] if version >= 6 else list(req.topic_names)
+        responses = []
+        for name in names:
+            entry: dict[str, Any] = {"name": name, "error_code": 0, "error_message": None}
+            try:
+                if name is None:
+                    raise UnknownTopicError("topics are named here, not addressed by id")
+                await self.engine.delete_topic(name)
+            except TidelogError as exc:
+                entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
+            self._error("DeleteTopics", entry["error_code"])
+            responses.append(entry)
+        return {"throttle_time_ms": 0, "responses": responses}
+
+    async def describe_configs(self, req: Any, version: int) -> dict:
+        results = []
+        for r in req.resources:
+            entry: dict[str, Any] = {"error_code": 0, "error_message": None, "resource_type": r.resource_type,
+                                     "resource_name": r.resource_name, "configs": []}  # fmt: skip
+            try:
+                if r.resource_type == TOPIC_RESOURCE:
+                    described = await self.engine.describe(r.resource_name)
+                    entry["configs"] = topic_configs.describe(
+                        described.config, self.engine.config.topic_defaults, r.configuration_keys
+                    )
+                elif r.resource_type != BROKER_RESOURCE:
+                    entry["error_code"] = kerr.INVALID_REQUEST
+                    entry["error_message"] = f"resource type {r.resource_type} is not described by tidelog"
+            except TidelogError as exc:
+                entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
+            self._error("DescribeConfigs", entry["error_code"])
+            results.append(entry)
+        return {"throttle_time_ms": 0, "results": results}
+
+    # -- groups -----------------------------------------------------------------------------------
+    async def join_group(self, req: Any, version: int, client_id: str, host: str) -> dict:
+        result = await self.groups.join(
+            req.group_id,
+            req.member_id,
+            req.group_instance_id if version >= 5 else None,
+            client_id,
+            host,
+            req.session_timeout_ms,
+            req.rebalance_timeout_ms if version >= 1 else req.session_timeout_ms,
+            req.protocol_type,
+            [(p.name, bytes(p.metadata)) for p in req.protocols],
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": self._error("JoinGroup", result.error),
+            "generation_id": result.generation,
+            "protocol_type": result.protocol_type,
+            "protocol_name": result.protocol or ("" if version < 7 else None),
+            "leader": result.leader,
+            "skip_assignment": False,
+            "member_id": result.member_id,
+            "members": [
+                {"member_id": m, "group_instance_id": instance, "metadata": metadata}
+                for m, instance, metadata in result.members
+            ],
+        }
+
+    async def sync_group(self, req: Any, version: int) -> dict:
+        result = await self.groups.sync(
+            req.group_id,
+            req.generation_id,
+            req.member_id,
+            {a.member_id: bytes(a.assignment) for a in req.assignments},
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": self._error("SyncGroup", result.error),
+            "protocol_type": result.protocol_type,
+            "protocol_name": result.protocol,
+            "assignment": result.assignment,
+        }
+
+    async def heartbeat(self, req: Any, version: int) -> dict:
+        code = self.groups.heartbeat(req.group_id, req.generation_id, req.member_id)
+        return {"throttle_time_ms": 0, "error_code": self._error("Heartbeat", code)}
+
+    async def leave_group(self, req: Any, version: int) -> dict:
+        if version < 3:
+            code = self.groups.leave(req.group_id, [req.member_id])[0]
+            return {"throttle_time_ms": 0, "error_code": self._error("LeaveGroup", code)}
+        codes = self.groups.leave(req.group_id, [m.member_id for m in req.members])
+        return {
+            "throttle_time_ms": 0,
+            "error_code": 0,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "group_instance_id": m.group_instance_id,
+                    "error_code": self._error("LeaveGroup", c),
+                }  # fmt: skip
+                for m, c in zip(req.members, codes)
+            ],
+        }
+
+    async def offset_commit(self, req: Any, version: int) -> dict:
+        code = self.groups.check_commit(req.group_id, req.generation_id_or_member_epoch, req.member_id)
+        offsets = {(t.name, p.partition_index): p.committed_offset for t in req.topics for p in t.partitions}
+        metadata = next((p.committed_metadata or "" for t in req.topics for p in t.partitions), "")
+        if code == kerr.NONE and offsets:
+            try:
+                await self.engine.offload(self.coordinator.commit, req.group_id, None, -1, offsets, metadata)
+            except TidelogError as exc:
+                code = kerr.code_of(exc)
+        self._error("OffsetCommit", code)
+        return {
+            "throttle_time_ms": 0,
+            "topics": [
+                {
+                    "name": t.name,
+                    "partitions": [{"partition_index": p.partition_index, "error_code": code} for p in t.partitions],
+                }  # fmt: skip
+                for t in req.topics
+            ],
+        }
+
+    async def offset_fetch(self, req: Any, version: int) -> dict:
+        if version >= 8:
+            groups = []
+            for g in req.groups:
+                topics, code = await self._committed(g.group_id, g.topics)
+                groups.append({"group_id": g.group_id, "topics": topics, "error_code": code})
+            return {"throttle_time_ms": 0, "groups": groups}
+        topics, code = await self._committed(req.group_id, req.topics)
+        return {"throttle_time_ms": 0, "topics": topics, "error_code": code}
+
+    async def _committed(self, group_id: str, topics: Any) -> tuple[list[dict], int]:
+        wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
+        try:
+            committed = await self.engine.offload(self.coordinator.offsets.fetch, group_id, wanted)
+        except TidelogError as exc:
+            return [], self._error("OffsetFetch", kerr.code_of(exc))
+        by_topic: dict[str, list[dict]] = {}
+        for tp in wanted if wanted is not None else sorted(committed):
+            c = committed.get(tp)
+            by_topic.setdefault(tp[0], []).append(
+                {
+                    "partition_index": tp[1],
+                    "committed_offset": -1 if c is None else c.offset,
+                    "committed_leader_epoch": -1,
+                    "metadata": "" if c is None else c.metadata,
+                    "error_code": 0,
+                }
+            )
+        return [{"name": t, "partitions": parts} for t, parts in by_topic.items()], 0
+
+    async def describe_groups(self, req: Any, version: int) -> dict:
+        out = []
+        operations = ALL_GROUP_OPERATIONS if getattr(req, "include_authorized_operations", False) else NOT_REQUESTED
+        for group_id in req.groups:
+            entry: dict[str, Any] = {"error_code": 0, "error_message": None, "group_id": group_id, "group_state": "Dead",
+                                     "protocol_type": "", "protocol_data": "", "members": [],
+                                     "authorized_operations": operations}  # fmt: skip
+            group = self.groups.get(group_id)
+            if group is not None and group.members:
+                entry.update(group_state=group.state, protocol_type=group.protocol_type or "",
+                             protocol_data=group.protocol or "")  # fmt: skip
+                entry["members"] = [
+                    {
+                        "member_id": m.member_id,
+                        "group_instance_id": m.group_instance_id,
+                        "client_id": m.client_id,
+                        "client_host": m.client_host,
+                        "member_metadata": m.metadata(group.protocol),
+                        "member_assignment": m.assignment,
+                    }  # fmt: skip
+                    for m in group.members.values()
+                ]
+            else:
+                try:
+                    described = await self.engine.offload(self.coordinator.describe, group_id)
+                    tidelog_members = described["members"]
+                    entry.update(group_state="Stable" if tidelog_members else "Empty",
+                                 protocol_type="tidelog" if tidelog_members else "consumer")  # fmt: skip
+                    entry["members"] = [
+                        {
+                            "member_id": m["member_id"],
+                            "client_id": m["client_id"],
+                            "client_host": "",
+                            "member_metadata": b"",
+                            "member_assignment": b"",
+                        }  # fmt: skip
+                        for m in tidelog_members
+                    ]
+                except UnknownGroupError:
+                    pass  # Kafka describes an unknown group as Dead, without an error
+                except TidelogError as exc:
+                    entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
+            self._error("DescribeGroups", entry["error_code"])
+            out.append(entry)
+        return {"throttle_time_ms": 0, "groups": out}
+
+    async def list_groups(self, req: Any, version: int) -> dict:
+        listed: dict[str, dict] = {}
+        for group_id in await self.engine.offload(self.coordinator.list_groups):
+            listed[group_id] = {"group_id": group_id, "protocol_type": "consumer", "group_state": "Empty",
+                                "group_type": "classic"}  # fmt: skip
+        for group in self.groups.groups():
+            listed[group.group_id] = {"group_id": group.group_id, "protocol_type": group.protocol_type or "",
+                                      "group_state": group.state, "group_type": "classic"}  # fmt: skip
+        states = {s.lower() for s in (req.states_filter or [])} if version >= 4 else set()
+        types = {t.lower() for t in (req.types_filter or [])} if version >= 5 else set()
+        groups = [
+            g
+            for g in listed.values()
+            if (not states or g["group_state"].lower() in states) and (not types or g["group_type"] in types)
+        ]
+        return {"throttle_time_ms": 0, "error_code": 0, "groups": sorted(groups, key=lambda g: g["group_id"])}
+
+    async def delete_groups(self, req: Any, version: int) -> dict:
+        results = []
+        for group_id in req.groups_names:
+            code = 0
+            if self.groups.has_members(group_id):
+                code = kerr.NON_EMPTY_GROUP
+            else:
+                try:
+                    await self.engine.offload(self.coordinator.delete_group, group_id)
+                    self.groups.forget(group_id)
+                except TidelogError as exc:
+                    code = kerr.code_of(exc)
+            results.append({"group_id": group_id, "error_code": self._error("DeleteGroups", code)})
+        return {"throttle_time_ms": 0, "results": results}
