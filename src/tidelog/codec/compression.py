@@ -21,8 +21,8 @@ the codec is attribute bits 0-2. What each codec is on the wire, and why we read
 
 Decompression is bounded: a records section may not expand past `limit` (MAX_DECOMPRESSED_BYTES), and
 a small hostile input makes us allocate at most about that much. gzip and lz4 decompress with an output
-budget; snappy's raw blocks state their uncompressed length up front, which is checked before anything
-is allocated; zstd is fed a little input at a time, so each step's output stays within the budget (a
+budget (lz4 in steps of 8 MiB: its decoder allocates what it is allowed up front); snappy's raw blocks
+state their uncompressed length up front, which is checked before anything is allocated; zstd is fed a little input at a time, so each step's output stays within the budget (a
 zstd block yields at most 128 KiB from at least 4 bytes), and the decoder's window is capped. Malformed
 or truncated input raises ValueError. cramjam and zstandard are imported on first use, so `import
 tidelog` stays quick; if one is missing, using its codec raises UnsupportedCompressionError that says
@@ -130,18 +130,7 @@ MAX_DECOMPRESSED_BYTES = 256 << 20
 def decompress(codec: int, payload: Buffer, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Decompress a records section; malformed or oversize input raises ValueError."""
     if codec == LZ4:
-        decompressor = lz4.frame.LZ4FrameDecompressor()
-        try:
-            out = decompressor.decompress(payload, max_length=limit)
-        except RuntimeError as exc:  # python-lz4 reports bad frames as RuntimeError
-            raise ValueError(f"lz4 frame is corrupt: {exc}") from None
-        if not decompressor.eof:
-            if decompressor.needs_input:
-                raise ValueError("lz4 frame is truncated")
-            raise ValueError(f"lz4 records section expands past {limit} bytes")
-        if decompressor.unused_data:
-            raise ValueError("bytes follow the lz4 frame")
-        return out
+        return _unlz4(payload, limit)
     if codec == NONE:
         return bytes(payload)
     if codec == GZIP:
@@ -151,6 +140,34 @@ def decompress(codec: int, payload: Buffer, limit: int = MAX_DECOMPRESSED_BYTES)
     if codec == ZSTD:
         return _unzstd(payload, limit)
     raise _unsupported(codec)
+
+
+_LZ4_STEP = 8 << 20
+"""Output asked of the lz4 decoder per call. python-lz4 allocates the whole max_length up front: asking
+for the limit (256 MiB) at once made every batch an allocation the size of the limit (an mmap, faulted
+in), 0.58 ms per MiB decompressed instead of 0.12 ms with this step."""
+
+
+def _unlz4(payload: Buffer, limit: int) -> bytes:
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    try:
+        parts = [decompressor.decompress(payload, max_length=min(limit, _LZ4_STEP))]
+        total = len(parts[0])
+        while not decompressor.eof and not decompressor.needs_input and total < limit:
+            more = decompressor.decompress(b"", max_length=min(limit - total, _LZ4_STEP))
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+    except RuntimeError as exc:  # python-lz4 reports bad frames as RuntimeError
+        raise ValueError(f"lz4 frame is corrupt: {exc}") from None
+    if not decompressor.eof:
+        if decompressor.needs_input:
+            raise ValueError("lz4 frame is truncated")
+        raise ValueError(f"lz4 records section expands past {limit} bytes")
+    if decompressor.unused_data:
+        raise ValueError("bytes follow the lz4 frame")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _gunzip(payload: Buffer, limit: int) -> bytes:
