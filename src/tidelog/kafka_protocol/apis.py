@@ -261,6 +261,8 @@ class KafkaApis:
                     await asyncio.wait(waits, timeout=waited, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for w in waits:
+                        if w.done() and not w.cancelled():
+                            w.exception()  # a topic deleted meanwhile: the read below answers for it
                         w.cancel()
                 answers = await self._read(wanted, max_bytes)
         by_topic: dict[str, list[PartitionFetch]] = {}

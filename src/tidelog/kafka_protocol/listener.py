@@ -114,6 +114,8 @@ class KafkaListener:
             self._metrics.connections.inc()
         try:
             await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly (asyncio would log a cancelled connection callback as an error)
         finally:
             self._connections.discard(task)
             if self._metrics is not None:
