@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -40,32 +42,85 @@ def grpc_serving(port: int) -> bool:
 
 
 def start_tidelog(
-    procs: Processes, data_dir: str, fsync: str = "never", extra: tuple[str, ...] = (), name: str = "tidelog-server"
+    procs: Processes,
+    data_dir: str,
+    fsync: str = "never",
+    extra: tuple[str, ...] = (),
+    name: str = "tidelog-server",
+    *,
+    kafka: bool = False,
 ) -> Proc:
-    """`tidelog serve --fsync <fsync>`, ready when its gRPC health check answers SERVING."""
-    return procs.serve(
-        name,
-        lambda port: (
-            tidelog_command()
-            + [
-                "serve",
-                "--data-dir",
-                data_dir,
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "--fsync",
-                fsync,
-                "--log-level",
-                "warning",
-                "--metrics-port",
-                "0",
-                *extra,
-            ]
-        ),
-        grpc_serving,
-    )
+    """`tidelog serve --fsync <fsync>`, ready when its gRPC health check answers SERVING.
+
+    kafka=True: also `--kafka-port 0 --kafka-port-file FILE` (the broker picks the Kafka listener's port
+    itself); then ready once it wrote that file, its own process tree listens on the port in it and a Kafka
+    ApiVersions request is answered there, and
+    `Proc.kafka_port` holds that port (the gRPC port stays `Proc.port`, checked as before)."""
+    kafka_files: dict[int, str] = {}
+
+    def argv(port: int) -> list[str]:
+        kafka_args: list[str] = []
+        if kafka:
+            kafka_files[port] = os.path.join(procs.tmp, f"{name}-{port}.kafka-port")
+            kafka_args = ["--kafka-port", "0", "--kafka-port-file", kafka_files[port]]
+        return tidelog_command() + [
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--fsync",
+            fsync,
+            "--log-level",
+            "warning",
+            "--metrics-port",
+            "0",
+            *kafka_args,
+            *extra,
+        ]
+
+    proc = procs.serve(name, argv, grpc_serving)
+    if kafka:
+        try:
+            proc.kafka_port = _kafka_port(proc, kafka_files[proc.port])  # type: ignore[attr-defined]
+        except RuntimeError:
+            procs.stop(proc)
+            raise
+    return proc
+
+
+def _kafka_port(proc: Proc, port_file: str, timeout_s: float = 30.0) -> int:
+    """The Kafka listener's port from the broker's --kafka-port-file, once its own process tree listens
+    there and a Kafka ApiVersions request is answered on it."""
+    found: list[int] = []
+
+    def listening() -> bool:
+        with open(port_file) as f:
+            port = int(f.read())
+        if port in listening_ports(proc.pid) and kafka_answers(port):
+            found.append(port)
+            return True
+        return False
+
+    wait_until(proc, listening, timeout_s)
+    return found[-1]
+
+
+def kafka_answers(port: int) -> bool:
+    """An ApiVersions v0 request (header v1, no client id) answered with its correlation id."""
+    correlation = 0x7E1D
+    request = struct.pack(">hhih", 18, 0, correlation, -1)
+    with socket.create_connection((LOOPBACK, port), timeout=1.0) as s:
+        s.sendall(struct.pack(">i", len(request)) + request)
+        head = b""
+        while len(head) < 8:
+            chunk = s.recv(8 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    return struct.unpack(">ii", head)[1] == correlation
 
 
 def restart_tidelog(procs: Processes, old: Proc, timeout_s: float = 60.0) -> Proc:
