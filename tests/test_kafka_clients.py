@@ -16,6 +16,7 @@ import pytest
 from tests.server_process import ServerProcess
 from tidelog import Engine
 from tidelog.client import Admin, Consumer, Producer
+from tidelog.errors import InvalidRequestError
 
 confluent_kafka = pytest.importorskip("confluent_kafka", reason="confluent-kafka is a test dependency")
 confluent_admin = pytest.importorskip("confluent_kafka.admin", reason="confluent-kafka is a test dependency")
@@ -325,3 +326,37 @@ def test_kcat_lists_topics_and_reads_records(broker):
         ["kcat", "-b", broker.kafka_target, "-C", "-t", topic, "-e", "-q"], capture_output=True, text=True, timeout=30
     )
     assert read.stdout.split() == ["one", "two"]
+
+
+def test_one_group_id_is_not_shared_by_kafka_members_and_tidelog_members(broker):
+    """The two group protocols never split one group's partitions between them: whichever comes second
+    is refused while the other has members."""
+    topic = name("one-protocol")
+    produce_confluent(confluent_producer(broker), topic, [b"x"])
+    kafka_first, tidelog_first = name("kafka-first"), name("tidelog-first")
+
+    member = confluent_consumer(broker, kafka_first)
+    member.subscribe([topic])
+    assert len(poll_confluent(member, 1)) == 1  # it has joined and been given the partition
+    try:
+        with pytest.raises(InvalidRequestError, match="Kafka's group protocol"):
+            Consumer(broker.target, group_id=kafka_first, topics=[topic]).close()
+    finally:
+        member.close()
+
+    own = Consumer(broker.target, group_id=tidelog_first, topics=[topic], auto_offset_reset="earliest")
+    try:
+        deadline = time.monotonic() + 20
+        while not own.poll(0.5) and time.monotonic() < deadline:
+            pass
+        refused = confluent_consumer(broker, tidelog_first)
+        refused.subscribe([topic])
+        deadline = time.monotonic() + 20
+        error = None
+        while error is None and time.monotonic() < deadline:
+            msg = refused.poll(0.5)
+            error = msg.error() if msg is not None and msg.error() else None
+        refused.close()
+        assert error is not None and error.code() == confluent_kafka.KafkaError.INCONSISTENT_GROUP_PROTOCOL, error
+    finally:
+        own.close()
