@@ -224,6 +224,13 @@ def test_two_members_split_the_partitions_and_the_survivor_takes_them_all(broker
     assert split[0] and split[1], f"both members own partitions: {split}"
     assert not split[0] & split[1], "no partition has two owners"
     assert split[0] | split[1] == {0, 1, 2, 3}
+    with Admin(broker.target) as tidelog_admin:  # tidelog's own tools see the Kafka group as they see theirs
+        described = tidelog_admin.describe_group(group)
+    assert described["state"] == "stable" and len(described["members"]) == 2
+    assert sorted(sorted(p for _, p in m["assignment"]) for m in described["members"]) == sorted(
+        sorted(s) for s in split
+    )
+    assert all(m["topics"] == [topic] for m in described["members"])
 
     members[1].close()
     deadline = time.monotonic() + 30

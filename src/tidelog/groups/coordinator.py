@@ -188,6 +188,9 @@ class GroupCoordinator:
         self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self.foreign_members: Callable[[str], bool] = lambda group_id: False
         """Whether a group has members of another protocol (the Kafka listener's): they may not mix."""
+        self.foreign_describe: Callable[[str], dict | None] = lambda group_id: None
+        """The members of a group of another protocol, described as `describe` lists its own (state,
+        generation, assignor, members), or None: `tidelog groups describe` shows Kafka groups too."""
         self._lock = threading.RLock()
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count(1)
@@ -490,7 +493,8 @@ class GroupCoordinator:
             self.expire()
             group = self._groups.get(group_id)
             committed = self.offsets.fetch(group_id)
-            if (group is None or not group.members) and not committed:
+            foreign = self.foreign_describe(group_id) if group is None or not group.members else None
+            if (group is None or not group.members) and not committed and foreign is None:
                 raise UnknownGroupError(f"unknown group {group_id!r}", group=group_id)
             members = (
                 []
@@ -524,6 +528,10 @@ class GroupCoordinator:
                 "members": members,
                 "partitions": [],
             }
+            if foreign is not None:
+                info.update(foreign)
+                owners = {tp: m["member_id"] for m in foreign["members"] for tp in m["assignment"]}
+                topics |= {t for m in foreign["members"] for t in m["topics"]}
         now = self.engine.clock()  # compared with record timestamps
         for topic in sorted(topics):
             try:

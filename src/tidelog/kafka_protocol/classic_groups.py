@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import consumer_protocol
 from . import errors as kerr
 
 EMPTY, PREPARING, COMPLETING, STABLE = "Empty", "PreparingRebalance", "CompletingRebalance", "Stable"
@@ -373,6 +374,25 @@ class ClassicGroups:
 
     def get(self, group_id: str) -> Group | None:
         return self._groups.get(group_id)
+
+    def describe(self, group_id: str) -> dict | None:
+        """The group as tidelog's own coordinator describes its groups (`tidelog groups describe`), its
+        members' subscriptions and assignments read from the consumer protocol; None without members.
+        Called from the engine's threads: reads a copy of the members, never changes anything."""
+        group = self._groups.get(group_id)
+        members = list(group.members.values()) if group is not None else []
+        if group is None or not members:
+            return None
+        described = []
+        for m in sorted(members, key=lambda m: m.member_id):
+            topics = (
+                consumer_protocol.subscription(m.metadata(group.protocol)) if group.protocol_type == "consumer" else []
+            )
+            assignment = consumer_protocol.assignment(m.assignment) if group.protocol_type == "consumer" else []
+            described.append({"member_id": m.member_id, "client_id": m.client_id, "topics": topics,
+                              "assignment": assignment, "target": assignment})  # fmt: skip
+        state = {STABLE: "stable", EMPTY: "empty"}.get(group.state, "rebalancing")
+        return {"state": state, "generation": group.generation, "assignor": group.protocol or "", "members": described}
 
     def forget(self, group_id: str) -> None:
         """Drop an empty group (DeleteGroups)."""

@@ -216,6 +216,7 @@ class Server:
             busy=lambda group_id: engine.offload(coordinator.has_members, group_id),
         )
         coordinator.foreign_members = groups.has_members
+        coordinator.foreign_describe = groups.describe
         metrics = self._kafka_metrics
         apis = KafkaApis(
             engine,
