@@ -36,7 +36,7 @@ from .harness.machine import announce, machine_info, machine_line
 from .harness.payloads import SEED, MiB, Payloads
 from .harness.processes import LOOPBACK, Processes, log, workspace
 from .harness.rounds import Rounds, Sample, Stopwatch
-from .harness.servers import Unavailable, redis_version, start_redis, start_tidelog
+from .harness.servers import redis_if_wanted, start_tidelog
 from .harness.tables import Compare, Section, sections_report, targets_table
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -686,15 +686,7 @@ def run(profile: Profile, tmp_parent: str, only: set[str], sizes: set[str], with
         announce(info)
         server = start_tidelog(procs, os.path.join(procs.tmp, "tidelog-data"))
         ceiling = start_ceiling(procs)
-        redis_client, redis_note = None, "left out (--no-redis)"
-        if with_redis:
-            try:
-                _, redis_client = start_redis(procs, os.path.join(procs.tmp, "redis"))
-                closing.callback(redis_client.close)
-                redis_note = redis_version(redis_client)
-            except Unavailable as exc:
-                log(f"skipping Redis: {exc}")
-                redis_note = f"skipped: {exc}"
+        _, redis_client, redis_note = redis_if_wanted(procs, closing, with_redis)
         log("building payloads...")
         pay_kib = Payloads(1024, 32_000, SEED) if "1k" in sizes else None
         pay_small = Payloads(100, 96_000, SEED + 1) if "100" in sizes else None

@@ -29,7 +29,7 @@ from .harness.machine import announce, machine_info, machine_line
 from .harness.payloads import SEED, MiB, Payloads
 from .harness.processes import log, workspace
 from .harness.rounds import Rounds, Sample, Stopwatch
-from .harness.servers import Unavailable, redis_version, start_redis, start_tidelog
+from .harness.servers import Unavailable, redis_if_wanted, start_tidelog
 from .harness.tables import Compare, Section, sections_report, targets_table
 
 SIZE = 1024
@@ -543,16 +543,7 @@ def run(profile: Profile, tmp_parent: str, only: set[str], with_redis: bool) -> 
         server = start_tidelog(procs, os.path.join(procs.tmp, "tidelog-data"), kafka=True)
         bootstrap = f"{server.target.rsplit(':', 1)[0]}:{server.kafka_port}"
         log(f"tidelog serves gRPC on {server.target}, Kafka clients on {bootstrap}")
-        redis_proc = redis_client = None
-        redis_note = "left out (--no-redis)"
-        if with_redis:
-            try:
-                redis_proc, redis_client = start_redis(procs, os.path.join(procs.tmp, "redis"))
-                closing.callback(redis_client.close)
-                redis_note = redis_version(redis_client)
-            except Unavailable as exc:
-                log(f"skipping Redis: {exc}")
-                redis_note = f"skipped: {exc}"
+        redis_proc, redis_client, redis_note = redis_if_wanted(procs, closing, with_redis)
         log("building payloads...")
         pay = Payloads(SIZE, 32_000, SEED)
         ctx = Ctx(profile, Rounds(profile.runs, profile.warmup), loop, server.target, bootstrap, redis_client)

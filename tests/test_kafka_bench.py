@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import time
 
 import pytest
@@ -15,19 +14,11 @@ from benchmarks.harness.payloads import Payloads
 from benchmarks.harness.processes import Processes, listening_ports
 from benchmarks.harness.rounds import Rounds, Sample
 from benchmarks.harness.servers import kafka_answers, start_tidelog
+from tests.test_benchmark_harness import _port_free
 
 pytest.importorskip("confluent_kafka", reason="confluent-kafka is a test dependency")
 
 from benchmarks import kafka_bench  # noqa: E402  (needs confluent-kafka)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _freed(port: int) -> bool:

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 
-from .processes import LOOPBACK, Proc, Processes, free_port, listening_ports, wait_until
+from .processes import LOOPBACK, Proc, Processes, free_port, listening_ports, log, wait_until
 
 SETUP_HINT = "run: bash benchmarks/setup_peers.sh"
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
@@ -282,6 +282,20 @@ def redis_version(client) -> str:
         f"Redis {v['redis_server']}, redis-py {v['redis_py']} with "
         f"{'hiredis' if v['hiredis'] else 'pure-Python parser'}"
     )
+
+
+def redis_if_wanted(procs: Processes, closing, wanted: bool) -> tuple[Proc | None, object | None, str]:
+    """(process, client, note) of a Redis for a benchmark's Redis rows: started unless not wanted
+    (--no-redis), skipped with the reason when it cannot be; closing (an ExitStack) closes the client."""
+    if not wanted:
+        return None, None, "left out (--no-redis)"
+    try:
+        proc, client = start_redis(procs, os.path.join(procs.tmp, "redis"))
+    except Unavailable as exc:
+        log(f"skipping Redis: {exc}")
+        return None, None, f"skipped: {exc}"
+    closing.callback(client.close)
+    return proc, client, redis_version(client)
 
 
 def install_peers() -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from ..engine.async_engine import AsyncEngine
@@ -296,74 +296,83 @@ class KafkaApis:
             out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, result.data))
         return out
 
-    async def list_offsets(self, req: Any, version: int) -> dict:
-        topics = []
-        for t in req.topics:
-            partitions = []
+    async def _each_partition(
+        self,
+        api: str,
+        topics: Any,
+        topic_key: str,
+        answer: Callable[[str, Any], Awaitable[dict]],
+        failed: Callable[[Any, int], dict],
+    ) -> list[dict]:
+        """Per topic of a request, its partitions' entries: answer(topic, partition) gives one; a
+        TidelogError it raises becomes that partition's error entry, failed(partition, code)."""
+        out = []
+        for t in topics:
+            name = getattr(t, topic_key)
+            entries = []
             for p in t.partitions:
-                entry = {"partition_index": p.partition_index, "error_code": 0, "timestamp": -1, "offset": -1,
-                         "leader_epoch": -1}  # fmt: skip
                 try:
-                    if p.timestamp in (EARLIEST, LATEST):
-                        entry["offset"] = await self.engine.offset_at(
-                            t.name, p.partition_index, "earliest" if p.timestamp == EARLIEST else "latest"
-                        )
-                    elif p.timestamp >= 0:
-                        found = await self.engine.offset_at(t.name, p.partition_index, p.timestamp)
-                        if found is not None:
-                            entry["offset"] = found
-                            stamp = await self.engine.record_timestamp(t.name, p.partition_index, found)
-                            entry["timestamp"] = -1 if stamp is None else stamp
-                    else:
-                        entry["error_code"] = kerr.INVALID_REQUEST
+                    entry = await answer(name, p)
                 except TidelogError as exc:
-                    entry["error_code"] = kerr.code_of(exc)
-                self._error("ListOffsets", entry["error_code"])
-                partitions.append(entry)
-            topics.append({"name": t.name, "partitions": partitions})
+                    entry = failed(p, kerr.code_of(exc))
+                self._error(api, entry["error_code"])
+                entries.append(entry)
+            out.append({topic_key: name, "partitions": entries})
+        return out
+
+    async def list_offsets(self, req: Any, version: int) -> dict:
+        def failed(p: Any, code: int) -> dict:
+            return {"partition_index": p.partition_index, "error_code": code, "timestamp": -1, "offset": -1,
+                    "leader_epoch": -1}  # fmt: skip
+
+        async def answer(topic: str, p: Any) -> dict:
+            entry = failed(p, 0)
+            if p.timestamp in (EARLIEST, LATEST):
+                at = "earliest" if p.timestamp == EARLIEST else "latest"
+                entry["offset"] = await self.engine.offset_at(topic, p.partition_index, at)
+            elif p.timestamp >= 0:
+                found = await self.engine.offset_at(topic, p.partition_index, p.timestamp)
+                if found is not None:
+                    stamp = await self.engine.record_timestamp(topic, p.partition_index, found)
+                    entry["offset"], entry["timestamp"] = found, -1 if stamp is None else stamp
+            else:  # -3 (max timestamp) and the tiered-storage specs need ListOffsets v7+, not served
+                entry["error_code"] = kerr.INVALID_REQUEST
+            return entry
+
+        topics = await self._each_partition("ListOffsets", req.topics, "name", answer, failed)
         return {"throttle_time_ms": 0, "topics": topics}
 
     async def offset_for_leader_epoch(self, req: Any, version: int) -> dict:
         """A single broker has one leader epoch (none stamped): every epoch ends at the log end."""
-        topics = []
-        for t in req.topics:
-            partitions = []
-            for p in t.partitions:
-                entry = {"error_code": 0, "partition": p.partition, "leader_epoch": p.leader_epoch, "end_offset": -1}
-                try:
-                    offsets = await self.engine.list_offsets(t.topic, p.partition)
-                    entry["end_offset"] = offsets.log_end
-                except TidelogError as exc:
-                    entry["error_code"] = self._error("OffsetForLeaderEpoch", kerr.code_of(exc))
-                partitions.append(entry)
-            topics.append({"topic": t.topic, "partitions": partitions})
+
+        def failed(p: Any, code: int) -> dict:
+            return {"error_code": code, "partition": p.partition, "leader_epoch": p.leader_epoch, "end_offset": -1}
+
+        async def answer(topic: str, p: Any) -> dict:
+            return {**failed(p, 0), "end_offset": (await self.engine.list_offsets(topic, p.partition)).log_end}
+
+        topics = await self._each_partition("OffsetForLeaderEpoch", req.topics, "topic", answer, failed)
         return {"throttle_time_ms": 0, "topics": topics}
 
     async def delete_records(self, req: Any, version: int) -> dict:
         """Kafka's DeleteRecords, by whole segments: the low watermark is where the log now starts (at
         or below the offset asked for; the records between stay readable until their segment goes)."""
-        topics = []
-        for t in req.topics:
-            partitions = []
-            for p in t.partitions:
-                entry = {"partition_index": p.partition_index, "low_watermark": -1, "error_code": 0}
-                try:
-                    if is_internal_topic(t.name):
-                        entry["error_code"] = kerr.INVALID_TOPIC_EXCEPTION
-                    else:
-                        before = p.offset
-                        if before == -1:
-                            before = self.engine.high_watermark(t.name, p.partition_index)
-                        offsets = await self.engine.list_offsets(t.name, p.partition_index)
-                        if not 0 <= before <= offsets.high_watermark:
-                            raise OffsetOutOfRangeError(f"offset {before} is past the high watermark")
-                        await self.engine.delete_records(t.name, p.partition_index, before)
-                        entry["low_watermark"] = (await self.engine.list_offsets(t.name, p.partition_index)).log_start
-                except TidelogError as exc:
-                    entry["error_code"] = kerr.code_of(exc)
-                self._error("DeleteRecords", entry["error_code"])
-                partitions.append(entry)
-            topics.append({"name": t.name, "partitions": partitions})
+
+        def failed(p: Any, code: int) -> dict:
+            return {"partition_index": p.partition_index, "low_watermark": -1, "error_code": code}
+
+        async def answer(topic: str, p: Any) -> dict:
+            if is_internal_topic(topic):
+                return failed(p, kerr.INVALID_TOPIC_EXCEPTION)
+            offsets = await self.engine.list_offsets(topic, p.partition_index)
+            before = offsets.high_watermark if p.offset == -1 else p.offset
+            if not 0 <= before <= offsets.high_watermark:
+                raise OffsetOutOfRangeError(f"offset {before} is past the high watermark {offsets.high_watermark}")
+            await self.engine.delete_records(topic, p.partition_index, before)
+            log_start = (await self.engine.list_offsets(topic, p.partition_index)).log_start
+            return {**failed(p, 0), "low_watermark": log_start}
+
+        topics = await self._each_partition("DeleteRecords", req.topics, "name", answer, failed)
         return {"throttle_time_ms": 0, "topics": topics}
 
     # -- topics -----------------------------------------------------------------------------------
