@@ -15,6 +15,7 @@ import pytest
 from tests.server_process import ServerProcess
 from tidelog.codec import batch as batch_codec
 from tidelog.kafka_protocol import codec, fetch, framing, produce
+from tidelog.kafka_protocol import errors as kerr
 
 pytest.importorskip("kafka", reason="kafka-python is a test dependency")
 from kafka.protocol.consumer import FetchResponse  # noqa: E402
@@ -102,6 +103,17 @@ def test_a_produce_response_reads_back_with_kafkas_spec():
 def test_a_malformed_produce_body_is_refused_as_malformed(body):
     with pytest.raises(framing.MalformedError):
         produce.parse(memoryview(body), 9 if body.startswith(b"\x00\x00\xff") else 3)
+
+
+def test_tidelog_errors_map_to_the_kafka_codes_clients_act_on():
+    from tidelog import errors
+
+    assert kerr.code_of(errors.InvalidPartitionError("no such partition")) == kerr.UNKNOWN_TOPIC_OR_PARTITION
+    assert kerr.code_of(errors.DiskFullError("full")) == kerr.KAFKA_STORAGE_ERROR
+    assert kerr.code_of(errors.NotCoordinatorError("elsewhere")) == kerr.NOT_COORDINATOR
+    assert kerr.code_of(errors.OutOfOrderSequenceError("gap")) == 45
+    assert kerr.code_of(errors.EngineClosedError("stopping")) == kerr.BROKER_NOT_AVAILABLE
+    assert kerr.code_of(ValueError("a bug")) == kerr.UNKNOWN_SERVER_ERROR
 
 
 # -- a live broker ---------------------------------------------------------------------------------

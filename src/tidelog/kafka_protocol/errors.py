@@ -1,7 +1,7 @@
 """Kafka error codes for tidelog's errors: the one place the mapping lives.
 
-tidelog's error codes below 1000 are Kafka's own (errors.py), so they pass through; the others map to
-the Kafka code a Kafka client acts on the same way (retry, refresh metadata, or give up).
+tidelog's error codes below 1000 are Kafka's own (errors.py), so they pass through unless mapped here;
+the others map to the Kafka code a Kafka client acts on the same way (retry, refresh metadata, or give up).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ GROUP_MAX_SIZE_REACHED = 81
 POLICY_VIOLATION = 44
 
 _BEYOND_KAFKA: dict[type[errors.TidelogError], int] = {
+    # a partition the topic does not have: Kafka's clients refresh metadata on this one (37 is for
+    # CreatePartitions, which is not served)
+    errors.InvalidPartitionError: UNKNOWN_TOPIC_OR_PARTITION,
     errors.StorageError: KAFKA_STORAGE_ERROR,  # also DiskFull, TooManyOpenFiles, CorruptLog
     errors.DataDirLockedError: KAFKA_STORAGE_ERROR,
     errors.BrokerUnavailableError: BROKER_NOT_AVAILABLE,
@@ -54,12 +57,12 @@ _BEYOND_KAFKA: dict[type[errors.TidelogError], int] = {
 def code_of(exc: BaseException) -> int:
     """The Kafka error code for an exception raised while serving a request."""
     if isinstance(exc, errors.TidelogError):
-        if 0 <= exc.code < 1000:
-            return exc.code
         for cls in type(exc).__mro__:
             code = _BEYOND_KAFKA.get(cls)
             if code is not None:
                 return code
+        if 0 <= exc.code < 1000:
+            return exc.code
         return INVALID_REQUEST if exc.retriable is False else BROKER_NOT_AVAILABLE
     return UNKNOWN_SERVER_ERROR
 
