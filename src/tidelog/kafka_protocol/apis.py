@@ -16,10 +16,13 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import is_internal_topic
+from ..engine.topic import validate_topic_name
 from ..errors import (
     InvalidConfigError,
+    InvalidTopicError,
     OffsetOutOfRangeError,
     TidelogError,
     TopicExistsError,
@@ -42,7 +45,14 @@ NOT_REQUESTED = None  # the codec writes INT32_MIN, Kafka's "not requested"
 EARLIEST, LATEST = -2, -1
 TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
 GROUP_KEY, TRANSACTION_KEY = 0, 1
-MAX_PRODUCER_EPOCH = 32767
+MAX_METADATA_BYTES = 4096  # a committed offset's metadata (Kafka: offset.metadata.max.bytes)
+
+
+def _group_id_error(group_id: object) -> int:
+    """INVALID_GROUP_ID for a group id tidelog's groups cannot hold (as its own coordinator's rule)."""
+    if not isinstance(group_id, str) or not group_id or len(group_id) > classic_groups.MAX_GROUP_ID_CHARS:
+        return kerr.INVALID_GROUP_ID
+    return kerr.NONE
 
 
 class Node(NamedTuple):
@@ -229,16 +239,14 @@ class KafkaApis:
 
     async def init_producer_id(self, req: Any, version: int) -> dict:
         """A producer id for an idempotent producer: random 62 bits, as tidelog's own producer picks
-        (nothing to store: each partition dedups by producer id, epoch and sequence). A producer that
-        asks again with its id (KIP-360, after an unknown outcome) gets the next epoch: a fresh
-        sequence, the old epoch fenced."""
+        (nothing to store: each partition dedups by producer id, epoch and sequence). Always a new one,
+        also when the request names the producer's current id and epoch (KIP-360), as Kafka does
+        without a transactional id: bumping the epoch of a named id would let any client that read a
+        batch (whose header carries the id) fence that producer."""
         if req.transactional_id is not None:
             return {"throttle_time_ms": 0, "error_code": self._error("InitProducerId", kerr.INVALID_REQUEST),
                     "producer_id": -1, "producer_epoch": -1}  # fmt: skip
-        producer_id, epoch = secrets.randbits(62), 0
-        if version >= 3 and req.producer_id >= 0 and 0 <= req.producer_epoch < MAX_PRODUCER_EPOCH:
-            producer_id, epoch = req.producer_id, req.producer_epoch + 1
-        return {"throttle_time_ms": 0, "error_code": 0, "producer_id": producer_id, "producer_epoch": epoch}
+        return {"throttle_time_ms": 0, "error_code": 0, "producer_id": secrets.randbits(62), "producer_epoch": 0}
 
     # -- fetch and offsets ------------------------------------------------------------------------
     async def fetch(self, req: Any, version: int) -> FetchParts:
@@ -390,7 +398,15 @@ class KafkaApis:
                 else:
                     settings = topic_configs.overrides([(c.name, c.value) for c in t.configs])
                     partitions = t.num_partitions if t.num_partitions != -1 else 1
-                    if req.validate_only:
+                    most = self.engine.config.max_partitions_per_topic
+                    if not 1 <= partitions <= most:
+                        entry["error_code"] = kerr.INVALID_PARTITIONS
+                        entry["error_message"] = f"num_partitions must be 1 to {most}, got {partitions}"
+                    elif req.validate_only:  # everything the create would check, nothing created
+                        validate_topic_name(t.name)
+                        if is_internal_topic(t.name):
+                            raise InvalidTopicError(f"topic names starting with '__' are the broker's own: {t.name!r}")
+                        TopicConfig().with_overrides(settings)
                         if self.engine.has_topic(t.name):
                             raise TopicExistsError(f"topic {t.name!r} already exists")
                         entry["num_partitions"], entry["replication_factor"] = partitions, 1
@@ -508,25 +524,32 @@ class KafkaApis:
         }
 
     async def offset_commit(self, req: Any, version: int) -> dict:
-        code = self.groups.check_commit(req.group_id, req.generation_id_or_member_epoch, req.member_id)
-        offsets = {(t.name, p.partition_index): p.committed_offset for t in req.topics for p in t.partitions}
-        metadata = next((p.committed_metadata or "" for t in req.topics for p in t.partitions), "")
-        if code == kerr.NONE and offsets:
-            try:
-                await self.engine.offload(self.coordinator.commit, req.group_id, None, -1, offsets, metadata)
-            except TidelogError as exc:
-                code = kerr.code_of(exc)
-        self._error("OffsetCommit", code)
-        return {
-            "throttle_time_ms": 0,
-            "topics": [
-                {
-                    "name": t.name,
-                    "partitions": [{"partition_index": p.partition_index, "error_code": code} for p in t.partitions],
-                }  # fmt: skip
-                for t in req.topics
-            ],
-        }
+        code = _group_id_error(req.group_id) or self.groups.check_commit(
+            req.group_id, req.generation_id_or_member_epoch, req.member_id
+        )
+        codes: dict[tuple[str, int], int] = {}
+        by_metadata: dict[str, dict[tuple[str, int], int]] = {}  # one write per metadata string
+        for t in req.topics:
+            for p in t.partitions:
+                metadata = p.committed_metadata or ""
+                if code == kerr.NONE and len(metadata.encode()) > MAX_METADATA_BYTES:
+                    codes[(t.name, p.partition_index)] = kerr.OFFSET_METADATA_TOO_LARGE
+                else:
+                    by_metadata.setdefault(metadata, {})[(t.name, p.partition_index)] = p.committed_offset
+        if code == kerr.NONE:
+            for metadata, offsets in by_metadata.items():
+                try:
+                    await self.engine.offload(self.coordinator.commit, req.group_id, None, -1, offsets, metadata)
+                except TidelogError as exc:
+                    codes.update(dict.fromkeys(offsets, kerr.code_of(exc)))
+        topics = []
+        for t in req.topics:
+            parts = [{"partition_index": p.partition_index, "error_code": codes.get((t.name, p.partition_index), code)}
+                     for p in t.partitions]  # fmt: skip
+            for part in parts:
+                self._error("OffsetCommit", part["error_code"])
+            topics.append({"name": t.name, "partitions": parts})
+        return {"throttle_time_ms": 0, "topics": topics}
 
     async def offset_fetch(self, req: Any, version: int) -> dict:
         if version >= 8:

@@ -37,6 +37,9 @@ MIN_SESSION_TIMEOUT_MS = 1000
 MAX_SESSION_TIMEOUT_MS = 30 * 60 * 1000  # Kafka's group.max.session.timeout.ms
 INITIAL_DELAY_MAX_FACTOR = 10
 EXPIRY_TICK_S = 0.25
+MAX_GROUP_ID_CHARS = 249  # as tidelog's own groups
+MEMBER_ID_CLIENT_CHARS = 64  # of the client id, in a member id (a client id may be 32 KiB)
+MAX_METADATA_BYTES = 1 << 20  # one member's protocol metadata (its subscription)
 
 
 @dataclass
@@ -131,14 +134,20 @@ class ClassicGroups:
         protocol_type: str,
         protocols: list[tuple[str, bytes]],
     ) -> JoinResult:
-        if not group_id:
-            return JoinResult(kerr.INVALID_REQUEST)  # Kafka: INVALID_GROUP_ID (24)
+        if not group_id or len(group_id) > MAX_GROUP_ID_CHARS:
+            return JoinResult(kerr.INVALID_GROUP_ID)
         if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
             return JoinResult(kerr.INVALID_SESSION_TIMEOUT)
         if not protocols or not protocol_type:
             return JoinResult(kerr.INCONSISTENT_GROUP_PROTOCOL)
+        names = [protocol_type, group_instance_id or "", *(n for n, _ in protocols)]
+        if any(len(n) > MAX_GROUP_ID_CHARS for n in names) or any(len(m) > MAX_METADATA_BYTES for _, m in protocols):
+            # stored and sent back in JoinGroup and DescribeGroups answers, also of classic versions
+            return JoinResult(kerr.INVALID_REQUEST)
         if not self.has_members(group_id) and self._busy is not None and await self._busy(group_id):
             return JoinResult(kerr.INCONSISTENT_GROUP_PROTOCOL)
+        if member_id and member_id not in (self._groups.get(group_id) or Group(group_id)).members:
+            return JoinResult(kerr.UNKNOWN_MEMBER_ID, member_id=member_id)  # (no group made for it)
         group = self._groups.setdefault(group_id, Group(group_id))
         if group.members and (
             protocol_type != group.protocol_type or not self._common({n for n, _ in protocols}, group, skip=member_id)
@@ -150,7 +159,7 @@ class ClassicGroups:
         if member_id and member is None:
             return JoinResult(kerr.UNKNOWN_MEMBER_ID, member_id=member_id)
         if member is None:
-            member_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+            member_id = f"{client_id[:MEMBER_ID_CLIENT_CHARS] or 'member'}-{uuid.uuid4()}"
             member = Member(
                 member_id, group_instance_id, client_id, client_host, session_timeout_ms, rebalance_timeout_ms,
                 list(protocols), now,

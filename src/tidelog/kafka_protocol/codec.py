@@ -136,13 +136,49 @@ def served(api_key: int, version: int) -> Api | None:
 
 
 def decode_request(api: Api, version: int, body: memoryview) -> Any:
-    """The request body as a kafka.protocol container (attributes named as in the spec, snake_case)."""
+    """The request body as a kafka.protocol container (attributes named as in the spec, snake_case).
+    MalformedError for bytes that are not one, including a null where the spec allows none (the
+    generated decoders read a -1 length as null whatever the field, and a handler must never see one)."""
     try:
-        return api.request.decode(body, version=version)
+        request = api.request.decode(body, version=version)
     except MalformedError:
         raise
     except Exception as exc:  # the generated decoders raise whatever a short or bad buffer gives them
         raise MalformedError(f"{api.name} v{version}: {type(exc).__name__}: {exc}") from None
+    entries = [0]
+    _check(request, api.request._struct.fields.values(), version, api.name, entries)
+    return request
+
+
+MAX_REQUEST_ENTRIES = 10_000
+"""Array items (topics, partitions, groups, resources, ...) in one request, at most: each costs the
+broker work, and a small request repeating one entry 100,000 times must not hold it for minutes."""
+
+
+def _check(container: Any, fields: Any, version: int, path: str, entries: list[int]) -> None:
+    """No null where the spec allows none, no null item in an array, and at most MAX_REQUEST_ENTRIES
+    array items in all."""
+    for field in fields:
+        if not field.for_version_q(version) or field._tag is not None:  # absent in this version, or tagged
+            continue
+        value = getattr(container, field.name)
+        if value is None:
+            # (the codec reads the all-zero uuid, "no topic id", as None)
+            if not field.nullable_for_version_q(version) and field._type_str != "uuid":
+                raise MalformedError(f"{path}.{field.name} is null, which v{version} does not allow")
+            continue
+        if field.is_array():
+            entries[0] += len(value)
+            if entries[0] > MAX_REQUEST_ENTRIES:
+                raise MalformedError(f"{path} has more than {MAX_REQUEST_ENTRIES} entries")
+        if field.is_struct_array():
+            for item in value:
+                _check(item, field.fields.values(), version, f"{path}.{field.name}[]", entries)
+        elif field.is_array():
+            if any(item is None for item in value):
+                raise MalformedError(f"{path}.{field.name} holds a null")
+        elif field.is_struct():
+            _check(value, field.fields.values(), version, f"{path}.{field.name}", entries)
 
 
 def build(cls: Any, fields: Mapping[str, Any]) -> Any:

@@ -191,17 +191,25 @@ class _Connection:
                     self.room.clear()
                     await self.room.wait()
                 idle = loop.call_later(self.listener.idle_timeout_s, self._idle)
-                try:  # a whole frame: one begun and never finished is idleness too
+                try:
                     head = await self.reader.readexactly(4)
-                    size = INT32.unpack(head)[0]
-                    if not 8 <= size <= limit:
-                        reason = "oversize" if size > limit else "malformed"
-                        self._refuse(reason, f"a frame of {size} bytes (limit {limit})")
-                        return
-                    data = await self.reader.readexactly(size)
                 finally:
                     idle.cancel()
+                size = INT32.unpack(head)[0]
+                if not 8 <= size <= limit:
+                    reason = "oversize" if size > limit else "malformed"
+                    self._refuse(reason, f"a frame of {size} bytes (limit {limit})")
+                    return
+                # the budget first, then the bytes: what waits for the budget waits in the socket
                 await self.listener._budget.acquire(size)
+                idle = loop.call_later(self.listener.idle_timeout_s, self._idle)
+                try:  # a frame begun and never finished is idleness too
+                    data = await self.reader.readexactly(size)
+                except BaseException:
+                    self.listener._budget.release(size)
+                    raise
+                finally:
+                    idle.cancel()
                 self.queue.append(_Frame(data))
                 self.queued_bytes += size
                 self.arrived.set()
