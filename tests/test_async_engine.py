@@ -91,3 +91,36 @@ def test_a_fetch_at_the_tail_reads_on_the_loop_when_the_partition_is_free(engine
     seen, loop_thread, result = asyncio.run(scenario())
     assert seen == [loop_thread]
     assert [r.offset for r in result] == [1]
+
+
+def test_fetch_many_reads_every_partition_in_one_trip_within_the_byte_budget(tmp_path):
+    """The Kafka listener's fetch: each partition from its offset, the budget shared in order (the first
+    partition always gets a batch), partitions at their end or past the budget get their offsets only,
+    and an error stays with its own partition."""
+    from tidelog.engine.results import FetchResult
+    from tidelog.errors import InvalidPartitionError, OffsetOutOfRangeError
+    from tidelog.values import PartitionOffsets
+
+    with Engine.open(str(tmp_path / "data"), {"fsync": "never"}) as engine:
+        engine.create_topic("m", 4)
+        for p in range(3):
+            engine.produce("m", [b"x" * 3000] * 2, partition=p)  # one batch of ~6 KB each
+
+        async def scenario():
+            facade = AsyncEngine(engine, 2)
+            try:
+                return await facade.fetch_many(
+                    [("m", 0, 0, 1 << 20), ("m", 1, 1, 1 << 20), ("m", 2, 0, 1 << 20), ("m", 3, 0, 1 << 20),
+                     ("m", 9, 0, 1 << 20), ("m", 0, 5, 1 << 20)],
+                    7000,
+                )  # fmt: skip
+            finally:
+                facade.close()
+
+        first, second, third, empty, missing, beyond = asyncio.run(scenario())
+    assert isinstance(first, FetchResult) and first.next_offset == 2  # the whole first batch
+    assert isinstance(second, FetchResult) and len(second.data) > 0  # what was left of 7000 still takes a batch
+    assert isinstance(third, PartitionOffsets) and third.high_watermark == 2  # the budget is spent
+    assert isinstance(empty, PartitionOffsets) and empty.high_watermark == 0
+    assert isinstance(missing, InvalidPartitionError)
+    assert isinstance(beyond, OffsetOutOfRangeError)

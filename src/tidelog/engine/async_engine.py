@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ..config import EngineConfig
-from ..errors import TidelogError
+from ..errors import OffsetOutOfRangeError, TidelogError
 from ..values import PartitionOffsets, ProduceResult, TopicDescription
 from .engine import Admit, Engine
 from .results import FetchResult
@@ -106,6 +106,41 @@ class AsyncEngine:
             if result is not None:
                 return result
         return await self._in_pool(self._engine.fetch, topic, partition, offset, max_bytes)
+
+    async def fetch_many(
+        self, wanted: Sequence[tuple[str, int, int, int]], max_bytes: int
+    ) -> list[FetchResult | PartitionOffsets | TidelogError]:
+        """Several partitions' fetches in one trip to the pool (a Kafka consumer's fetch names every
+        partition it reads from this broker): for each (topic, partition, offset, its max bytes), whole
+        batches from offset, up to its max and what is left of max_bytes (at least one batch while any is
+        left); a partition at its high watermark, or past max_bytes, gets its offsets only; an error of
+        one partition is its item."""
+        return await self._in_pool(self._fetch_many, wanted, max_bytes)
+
+    def _fetch_many(
+        self, wanted: Sequence[tuple[str, int, int, int]], max_bytes: int
+    ) -> list[FetchResult | PartitionOffsets | TidelogError]:
+        out: list[FetchResult | PartitionOffsets | TidelogError] = []
+        left = max_bytes
+        for topic, partition, offset, partition_max in wanted:
+            try:
+                if left <= 0 or offset == self._engine.high_watermark(topic, partition):
+                    offsets = self._engine.list_offsets(topic, partition)
+                    if not offsets.log_start <= offset <= offsets.high_watermark:
+                        raise OffsetOutOfRangeError(
+                            f"offset {offset} is out of range: {offsets.log_start} to {offsets.high_watermark}",
+                            log_start=offsets.log_start,
+                            log_end=offsets.high_watermark,
+                        )
+                    out.append(offsets)
+                    continue
+                result = self._engine.fetch(topic, partition, offset, max(min(partition_max, left), 1))
+            except TidelogError as exc:
+                out.append(exc)
+                continue
+            left -= len(result.data)
+            out.append(result)
+        return out
 
     async def list_offsets(self, topic: str, partition: int) -> PartitionOffsets:
         return await self._in_pool(self._engine.list_offsets, topic, partition)

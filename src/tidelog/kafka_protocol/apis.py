@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from ..config import TopicConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import is_internal_topic
+from ..engine.results import FetchResult
 from ..engine.topic import validate_topic_name
 from ..errors import (
     InvalidConfigError,
@@ -281,27 +282,23 @@ class KafkaApis:
         return FetchParts(parts, size)
 
     async def _read(self, wanted: list[tuple[str, int, int, int]], max_bytes: int) -> list[PartitionFetch]:
+        """One trip to the engine's pool for all the partitions (the first batch may exceed the limits,
+        so that a consumer always progresses)."""
+        exists = [self.engine.has_topic(w[0]) for w in wanted]  # once: a topic may go while this runs
+        known = [w for w, e in zip(wanted, exists) if e]
+        results = iter(await self.engine.fetch_many(known, max_bytes) if known else [])
         out = []
-        budget = max_bytes
-        for topic, partition, offset, partition_max in wanted:
-            if not self.engine.has_topic(topic):
+        for (_, partition, _, _), e in zip(wanted, exists):
+            if not e:
                 out.append(PartitionFetch(partition, kerr.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""))
                 continue
-            try:
-                hw = self.engine.high_watermark(topic, partition)
-                if offset == hw or budget <= 0:
-                    offsets = await self.engine.list_offsets(topic, partition)
-                    if offset != hw and not offsets.log_start <= offset <= offsets.high_watermark:
-                        raise OffsetOutOfRangeError(f"offset {offset} is out of range")
-                    out.append(PartitionFetch(partition, 0, offsets.high_watermark, offsets.log_start, b""))
-                    continue
-                # the first batch may exceed the limits, so that a consumer always progresses
-                result = await self.engine.fetch(topic, partition, offset, max(min(partition_max, budget), 1))
-            except TidelogError as exc:
-                out.append(PartitionFetch(partition, kerr.code_of(exc), -1, -1, b""))
-                continue
-            budget -= len(result.data)
-            out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, result.data))
+            result = next(results)
+            if isinstance(result, TidelogError):
+                out.append(PartitionFetch(partition, kerr.code_of(result), -1, -1, b""))
+            elif isinstance(result, FetchResult):
+                out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, result.data))
+            else:  # at the high watermark, or past max_bytes: its offsets only
+                out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, b""))
         return out
 
     async def _each_partition(
