@@ -207,11 +207,6 @@ BAD_INVOCATIONS = [
     ),
     (["serve", "--kafka-port-file", "{data}/k", "--port", "0"], 2, "--kafka-port-file: the Kafka listener is off"),
     (["serve", "--kafka-port", "65536"], 2, "--kafka-port: must be -1 (off), 0 (any free port) or a port"),
-    (
-        ["serve", "--kafka-port", "0", "--cluster", "etcd://{nowhere}", "--broker-id", "1"],
-        1,
-        "the Kafka listener serves a single broker for now",
-    ),
     (["--server", "{nowhere}", "check", "--data-dir", "{data}"], 2, "--server does not apply to `tidelog check`"),
     (["topics", "create"], 2, "the following arguments are required: topic"),
     (["no-such-command"], 2, "invalid choice: 'no-such-command'"),

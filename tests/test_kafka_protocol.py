@@ -31,14 +31,16 @@ def batch(values: list[bytes], producer_id: int = -1, epoch: int = -1, sequence:
     return bytes(builder.build())
 
 
-def produce_frame(version: int, topic: str, records: bytes, correlation_id: int = 7, acks: int = -1) -> bytes:
+def produce_frame(
+    version: int, topic: str, records: bytes, correlation_id: int = 7, acks: int = -1, partition: int = 0
+) -> bytes:
     request = codec.build(
         ProduceRequest[version],
         {
             "transactional_id": None,
             "acks": acks,
             "timeout_ms": 5000,
-            "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": records}]}],
+            "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": records}]}],
         },
     )
     request.with_header(correlation_id=correlation_id, client_id="test")

@@ -318,10 +318,6 @@ class ServerConfig:
             raise InvalidConfigError(f"kafka_advertised_port must be a port or 0, got {self.kafka_advertised_port!r}")
         if not isinstance(self.kafka_host, str) or not isinstance(self.kafka_auto_create_topics, bool):
             raise InvalidConfigError("kafka_host must be a string and kafka_auto_create_topics true or false")
-        if self.kafka_port != -1 and self.cluster:
-            raise InvalidConfigError(
-                "the Kafka listener serves a single broker for now: kafka_port cannot be set with cluster"
-            )
         if not isinstance(self.metrics_host, str):
             raise InvalidConfigError(f"metrics_host must be a string, got {self.metrics_host!r}")
         for name in (

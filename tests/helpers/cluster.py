@@ -44,7 +44,13 @@ class Settings:
 
 class Cluster:
     def __init__(
-        self, directory: str, brokers: int = 3, settings: Settings | None = None, *extra: str, etcd=None
+        self,
+        directory: str,
+        brokers: int = 3,
+        settings: Settings | None = None,
+        *extra: str,
+        etcd=None,
+        kafka: bool = False,
     ) -> None:
         self.directory = directory
         self.settings = settings or Settings()
@@ -53,6 +59,8 @@ class Cluster:
         self.ids = list(range(1, brokers + 1))
         self.brokers: dict[int, ServerProcess] = {}
         self.extra = extra
+        self.kafka = kafka
+        """Each broker also serves Kafka clients (ServerProcess.kafka_target)."""
         self._channels: dict[str, grpc.Channel] = {}
 
     def start(self) -> Cluster:
@@ -76,6 +84,7 @@ class Cluster:
             "--config",
             config,
             *self.extra,
+            kafka=self.kafka,
             **where,
         )
 

@@ -2,8 +2,8 @@
 
 Keys, under `/tidelog/<cluster>/`:
 
-- `brokers/<id>` → {"endpoint", "incarnation", "storage"} on the broker's lease (storage: its data
-  directory's id, engine/storage_identity.py). Taken only if absent
+- `brokers/<id>` → {"endpoint", "incarnation", "storage"[, "kafka"]} on the broker's lease (storage: its
+  data directory's id, engine/storage_identity.py; kafka: host:port of its Kafka listener, when on). Taken only if absent
   (`create_revision == 0`), so two live brokers never share an id; its create_revision is the broker
   epoch. The lease ends with the process (revoked at a clean stop, expired after a crash).
 - `controller` → {"broker_id"} on the controller's lease, taken the same way; its create_revision is
@@ -91,6 +91,7 @@ class BrokerInfo:
     incarnation: str
     epoch: int  # create_revision of its registration
     storage: str = ""  # its data directory's id ("": a broker that does not say)
+    kafka: str = ""  # host:port Kafka clients reach it at ("": its Kafka listener is off)
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,11 @@ class BrokerSession:
         session_timeout_ms: int,
         clock: Callable[[], float] = time.monotonic,
         storage_id: str = "",
+        kafka_endpoint: str = "",
     ) -> None:
         self.client, self.cluster, self.broker_id, self.endpoint = client, cluster, broker_id, endpoint
         self.storage_id = storage_id
+        self.kafka_endpoint = kafka_endpoint
         self.ttl_s = max(1, math.ceil(session_timeout_ms / 1000))  # etcd leases count whole seconds
         self.incarnation = secrets.token_hex(8)  # tells this run of the broker from an earlier one
         self._clock = clock
@@ -145,9 +148,10 @@ class BrokerSession:
 
     async def _register(self) -> None:
         key = broker_key(self.cluster, self.broker_id)
-        value = json.dumps(
-            {"endpoint": self.endpoint, "incarnation": self.incarnation, "storage": self.storage_id}
-        ).encode()
+        doc = {"endpoint": self.endpoint, "incarnation": self.incarnation, "storage": self.storage_id}
+        if self.kafka_endpoint:
+            doc["kafka"] = self.kafka_endpoint
+        value = json.dumps(doc).encode()
         try:
             sent = self._clock()
             self._lease = await self.client.lease(self.ttl_s)
@@ -331,6 +335,7 @@ async def cluster_status(client: Any, cluster: str) -> ClusterStatus:
                     doc.get("incarnation", "?"),
                     meta.create_revision,
                     str(doc.get("storage", "")),
+                    str(doc.get("kafka", "")),
                 )
             )
         elif key == b"controller":

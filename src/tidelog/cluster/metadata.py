@@ -56,7 +56,12 @@ def parse(cluster: str, revision: int, kvs: Any) -> Snapshot:
                 doc = json.loads(kv.value)
                 bid = int(key[len("brokers/") :])
                 brokers[bid] = BrokerInfo(
-                    bid, doc["endpoint"], doc.get("incarnation", ""), kv.create_revision, str(doc.get("storage", ""))
+                    bid,
+                    doc["endpoint"],
+                    doc.get("incarnation", ""),
+                    kv.create_revision,
+                    str(doc.get("storage", "")),
+                    str(doc.get("kafka", "")),
                 )
             elif key == "controller":
                 controller_id, controller_epoch = int(json.loads(kv.value)["broker_id"]), kv.create_revision

@@ -1,7 +1,8 @@
 """One handler per Kafka API, translating to the engine, the offset store and the classic groups.
 
 Handlers are thin: a request in (decoded by the codec, or walked by hand for Produce), the engine
-called through its async facade, a response out (fields for the codec, or parts for Fetch). Errors of
+called through its async facade (and, in a cluster, the Topology: leaders, placement, the group
+coordinator, topology.py), a response out (fields for the codec, or parts for Fetch). Errors of
 one partition, topic or group go into that entry's error code (errors.code_of); nothing a client sends
 raises out of here except a MalformedError, on which the connection is closed.
 
@@ -24,6 +25,7 @@ from ..engine.topic import validate_topic_name
 from ..errors import (
     InvalidConfigError,
     InvalidTopicError,
+    NotCoordinatorError,
     OffsetOutOfRangeError,
     TidelogError,
     TopicExistsError,
@@ -35,6 +37,7 @@ from ..values import ProduceResult
 from . import classic_groups, codec, produce, topic_configs
 from . import errors as kerr
 from .fetch import PartitionFetch, response_parts
+from .topology import Node, Topology
 
 log = logging.getLogger("tidelog.kafka")
 
@@ -56,12 +59,6 @@ def _group_id_error(group_id: object) -> int:
     return kerr.NONE
 
 
-class Node(NamedTuple):
-    node_id: int
-    host: str
-    port: int
-
-
 class FetchParts(NamedTuple):
     """A response written by hand: its parts (bytes and segment memoryviews) and their total size."""
 
@@ -73,7 +70,7 @@ class KafkaApis:
     def __init__(
         self,
         engine: AsyncEngine,
-        coordinator: GroupCoordinator,
+        coordinator: Callable[[], GroupCoordinator | None],
         groups: classic_groups.ClassicGroups,
         node: Callable[[], Node],
         cluster_id: str,
@@ -82,9 +79,11 @@ class KafkaApis:
         max_fetch_bytes: int,
         max_fetch_wait_ms: int,
         errors: Callable[[str, int], None] = lambda api, code: None,
+        topology: Topology | None = None,
     ) -> None:
         self.engine = engine
-        self.coordinator = coordinator
+        self._coordinator = coordinator  # None in a cluster while another broker coordinates the groups
+        self.topology = topology  # in a cluster: where partitions, topics and the coordinator are
         self.groups = groups
         self.node = node
         self.cluster_id = cluster_id
@@ -111,17 +110,20 @@ class KafkaApis:
 
     async def metadata(self, req: Any, version: int) -> dict:
         node = self.node()
+        brokers, controller_id = [node], node.node_id
+        if self.topology is not None:
+            brokers, controller_id = self.topology.brokers(), self.topology.controller_id()
         if req.topics is None or (version == 0 and not req.topics):
-            names = await self.engine.list_topics()
+            names = self.topology.topic_names() if self.topology is not None else await self.engine.list_topics()
         else:
             names = [t.name for t in req.topics]
         auto = self.auto_create_topics and (req.allow_auto_topic_creation if version >= 4 else True)
         topics = [await self._topic_metadata(name, auto, node.node_id, req) for name in names]
         out: dict[str, Any] = {
             "throttle_time_ms": 0,
-            "brokers": [{"node_id": node.node_id, "host": node.host, "port": node.port, "rack": None}],
+            "brokers": [{"node_id": b.node_id, "host": b.host, "port": b.port, "rack": None} for b in brokers],
             "cluster_id": self.cluster_id,
-            "controller_id": node.node_id,
+            "controller_id": controller_id,
             "topics": topics,
         }
         if 8 <= version <= 10:
@@ -143,6 +145,8 @@ class KafkaApis:
         if name is None:
             entry["error_code"] = self._error("Metadata", kerr.UNKNOWN_TOPIC_OR_PARTITION)
             return entry
+        if self.topology is not None:
+            return await self._placed_topic_metadata(self.topology, name, auto, entry)
         try:
             if not self.engine.has_topic(name):
                 if not auto:
@@ -174,14 +178,62 @@ class KafkaApis:
         ]
         return entry
 
+    async def _placed_topic_metadata(self, topology: Topology, name: str, auto: bool, entry: dict) -> dict:
+        """A topic of a cluster: each partition's leader, its epoch and replicas, from etcd's state. A
+        topic created here (auto-creation) is answered LEADER_NOT_AVAILABLE until its leaders are
+        elected, as Kafka does: the client asks again."""
+        try:
+            try:
+                placement = topology.placement(name)
+            except UnknownTopicError:
+                if not auto or is_internal_topic(name):
+                    raise
+                try:
+                    await topology.create_topic(name, 1, -1, {}, False)  # as a single broker's: 1 partition
+                    log.info(
+                        "topic created for a Kafka client", extra={"event": "kafka_topic_auto_created", "topic": name}
+                    )
+                except TopicExistsError:
+                    pass
+                entry["error_code"] = self._error("Metadata", kerr.LEADER_NOT_AVAILABLE)
+                return entry
+        except TidelogError as exc:
+            entry["error_code"] = self._error("Metadata", kerr.code_of(exc))
+            return entry
+        entry["error_code"] = 0
+        entry["is_internal"] = is_internal_topic(name)
+        entry["partitions"] = [
+            {
+                "error_code": kerr.LEADER_NOT_AVAILABLE if p.leader == -1 else 0,
+                "partition_index": p.partition,
+                "leader_id": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "replica_nodes": p.replicas,
+                "isr_nodes": p.isr,
+                "offline_replicas": p.offline,
+            }
+            for p in placement
+        ]
+        return entry
+
     async def find_coordinator(self, req: Any, version: int) -> dict:
         node = self.node()
+        elsewhere: TidelogError | None = None
+        if self.topology is not None:
+            try:
+                node = self.topology.coordinator()
+            except TidelogError as exc:
+                elsewhere = exc
 
         def one(key_type: int) -> dict:
             if key_type == TRANSACTION_KEY:
+                elsewhere_now: TidelogError | None = None
+            else:
+                elsewhere_now = elsewhere
+            if key_type == TRANSACTION_KEY or elsewhere_now is not None:
                 code = self._error("FindCoordinator", kerr.COORDINATOR_NOT_AVAILABLE)
-                return {"error_code": code, "error_message": "transactions are not supported", "node_id": -1,
-                        "host": "", "port": -1}  # fmt: skip
+                why = kerr.message_of(elsewhere_now) if elsewhere_now is not None else "transactions are not supported"
+                return {"error_code": code, "error_message": why, "node_id": -1, "host": "", "port": -1}
             return {
                 "error_code": 0,
                 "error_message": None,
@@ -200,8 +252,10 @@ class KafkaApis:
     # -- produce ----------------------------------------------------------------------------------
     async def produce(self, requests: list[produce.ProduceRequest]) -> list[list[produce.Outcome]]:
         """Several Produce requests of one connection, appended in one engine call (in their order, one
-        fsync under fsync="always"); the outcomes of each."""
+        fsync under fsync="always"); the outcomes of each. In a cluster, appended as the partitions'
+        leader and answered at each request's acks level (all: once every in-sync replica has them)."""
         appends: list[tuple[str, int, memoryview]] = []
+        acks: list[int] = []
         slots: list[list[produce.Outcome | int]] = []
         for request in requests:
             slot: list[produce.Outcome | int] = []
@@ -212,13 +266,19 @@ class KafkaApis:
                     )
                 elif p.records is None or not len(p.records):
                     slot.append(produce.Outcome(p.topic, p.partition, kerr.CORRUPT_MESSAGE, -1, "no records"))
-                elif not self.engine.has_topic(p.topic):
+                elif self.topology is None and not self.engine.has_topic(p.topic):
                     slot.append(produce.Outcome(p.topic, p.partition, kerr.UNKNOWN_TOPIC_OR_PARTITION, -1, None))
                 else:
                     slot.append(len(appends))
                     appends.append((p.topic, p.partition, p.records))
+                    acks.append(request.acks)
             slots.append(slot)
-        results = await self.engine.append_many(appends) if appends else []
+        results: list[ProduceResult | TidelogError] = []
+        if appends:
+            if self.topology is not None:
+                results = await self.topology.append(appends, acks)
+            else:
+                results = await self.engine.append_many(appends)
         out = []
         for request, slot in zip(requests, slots):
             outcomes = []
@@ -256,8 +316,9 @@ class KafkaApis:
         wanted = [
             (t.topic, p.partition, p.fetch_offset, p.partition_max_bytes) for t in req.topics for p in t.partitions
         ]
+        epochs = [p.current_leader_epoch if version >= 9 else -1 for t in req.topics for p in t.partitions]
         max_bytes = min(req.max_bytes if version >= 3 else self.max_fetch_bytes, self.max_fetch_bytes)
-        answers = await self._read(wanted, max_bytes)
+        answers = await self._read(wanted, epochs, max_bytes)
         waited = min(max(req.max_wait_ms, 0), self.max_fetch_wait_ms) / 1000
         if waited > 0 and sum(len(a.records) for a in answers) < max(req.min_bytes, 1):
             waits = [
@@ -273,7 +334,7 @@ class KafkaApis:
                         if w.done() and not w.cancelled():
                             w.exception()  # a topic deleted meanwhile: the read below answers for it
                         w.cancel()
-                answers = await self._read(wanted, max_bytes)
+                answers = await self._read(wanted, epochs, max_bytes)
         by_topic: dict[str, list[PartitionFetch]] = {}
         for (topic, *_), answer in zip(wanted, answers):
             by_topic.setdefault(topic, []).append(answer)
@@ -281,16 +342,28 @@ class KafkaApis:
         parts, size = response_parts(version, list(by_topic.items()))
         return FetchParts(parts, size)
 
-    async def _read(self, wanted: list[tuple[str, int, int, int]], max_bytes: int) -> list[PartitionFetch]:
+    def _readable(self, topic: str, partition: int, leader_epoch: int) -> int:
+        """0 when this broker may answer reads of the partition now, else the error code to answer."""
+        if self.topology is not None:
+            try:
+                self.topology.check_leader(topic, partition, leader_epoch)
+            except TidelogError as exc:
+                return kerr.code_of(exc)
+        return kerr.NONE if self.engine.has_topic(topic) else kerr.UNKNOWN_TOPIC_OR_PARTITION
+
+    async def _read(
+        self, wanted: list[tuple[str, int, int, int]], epochs: list[int], max_bytes: int
+    ) -> list[PartitionFetch]:
         """One trip to the engine's pool for all the partitions (the first batch may exceed the limits,
         so that a consumer always progresses)."""
-        exists = [self.engine.has_topic(w[0]) for w in wanted]  # once: a topic may go while this runs
-        known = [w for w, e in zip(wanted, exists) if e]
+        # checked once: a topic may go, or a leadership move, while this runs
+        errors = [self._readable(w[0], w[1], e) for w, e in zip(wanted, epochs)]
+        known = [w for w, e in zip(wanted, errors) if not e]
         results = iter(await self.engine.fetch_many(known, max_bytes) if known else [])
         out = []
-        for (_, partition, _, _), e in zip(wanted, exists):
-            if not e:
-                out.append(PartitionFetch(partition, kerr.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""))
+        for (_, partition, _, _), e in zip(wanted, errors):
+            if e:
+                out.append(PartitionFetch(partition, e, -1, -1, b""))
                 continue
             result = next(results)
             if isinstance(result, TidelogError):
@@ -300,6 +373,11 @@ class KafkaApis:
             else:  # at the high watermark, or past max_bytes: its offsets only
                 out.append(PartitionFetch(partition, 0, result.high_watermark, result.log_start, b""))
         return out
+
+    def _check_leader(self, topic: str, partition: int, leader_epoch: int) -> None:
+        """In a cluster, raise unless this broker leads the partition (a follower's offsets may lag)."""
+        if self.topology is not None:
+            self.topology.check_leader(topic, partition, leader_epoch)
 
     async def _each_partition(
         self,
@@ -331,6 +409,7 @@ class KafkaApis:
                     "leader_epoch": -1}  # fmt: skip
 
         async def answer(topic: str, p: Any) -> dict:
+            self._check_leader(topic, p.partition_index, p.current_leader_epoch if version >= 4 else -1)
             entry = failed(p, 0)
             if p.timestamp in (EARLIEST, LATEST):
                 at = "earliest" if p.timestamp == EARLIEST else "latest"
@@ -348,12 +427,18 @@ class KafkaApis:
         return {"throttle_time_ms": 0, "topics": topics}
 
     async def offset_for_leader_epoch(self, req: Any, version: int) -> dict:
-        """A single broker has one leader epoch (none stamped): every epoch ends at the log end."""
+        """Where a leader epoch ends, on the partition's leader (a consumer checks that what it read
+        was not truncated). A single broker has one leader epoch (none stamped): every epoch ends at
+        the log end."""
 
         def failed(p: Any, code: int) -> dict:
             return {"error_code": code, "partition": p.partition, "leader_epoch": p.leader_epoch, "end_offset": -1}
 
         async def answer(topic: str, p: Any) -> dict:
+            if self.topology is not None:
+                current = p.current_leader_epoch if version >= 2 else -1
+                epoch, end = await self.topology.epoch_end_offset(topic, p.partition, current, p.leader_epoch)
+                return {**failed(p, 0), "leader_epoch": epoch, "end_offset": end}
             return {**failed(p, 0), "end_offset": (await self.engine.list_offsets(topic, p.partition)).log_end}
 
         topics = await self._each_partition("OffsetForLeaderEpoch", req.topics, "topic", answer, failed)
@@ -369,6 +454,8 @@ class KafkaApis:
         async def answer(topic: str, p: Any) -> dict:
             if is_internal_topic(topic):
                 return failed(p, kerr.INVALID_TOPIC_EXCEPTION)
+            if self.topology is not None:  # the followers would keep them: refused, nothing deleted
+                return failed(p, kerr.POLICY_VIOLATION)
             offsets = await self.engine.list_offsets(topic, p.partition_index)
             before = offsets.high_watermark if p.offset == -1 else p.offset
             if not 0 <= before <= offsets.high_watermark:
@@ -389,17 +476,29 @@ class KafkaApis:
             try:
                 if t.assignments:
                     raise InvalidConfigError("replica assignments are not supported: give num_partitions")
-                if t.replication_factor not in (-1, 1):
+                partitions = t.num_partitions if t.num_partitions != -1 else 1
+                most = self.engine.config.max_partitions_per_topic
+                if not 1 <= partitions <= most:
+                    entry["error_code"] = kerr.INVALID_PARTITIONS
+                    entry["error_message"] = f"num_partitions must be 1 to {most}, got {partitions}"
+                elif self.topology is not None:
+                    validate_topic_name(t.name)
+                    if is_internal_topic(t.name):
+                        raise InvalidTopicError(f"topic names starting with '__' are the broker's own: {t.name!r}")
+                    settings = topic_configs.overrides([(c.name, c.value) for c in t.configs])
+                    created = await self.topology.create_topic(
+                        t.name, partitions, t.replication_factor, settings, req.validate_only
+                    )
+                    entry["num_partitions"], entry["replication_factor"] = created
+                    if not req.validate_only:
+                        defaults = self.engine.config.topic_defaults
+                        entry["configs"] = self._created_configs(defaults.with_overrides(settings))
+                elif t.replication_factor not in (-1, 1):
                     entry["error_code"] = kerr.INVALID_REPLICATION_FACTOR
                     entry["error_message"] = f"a single broker keeps 1 copy, not {t.replication_factor}"
                 else:
                     settings = topic_configs.overrides([(c.name, c.value) for c in t.configs])
-                    partitions = t.num_partitions if t.num_partitions != -1 else 1
-                    most = self.engine.config.max_partitions_per_topic
-                    if not 1 <= partitions <= most:
-                        entry["error_code"] = kerr.INVALID_PARTITIONS
-                        entry["error_message"] = f"num_partitions must be 1 to {most}, got {partitions}"
-                    elif req.validate_only:  # everything the create would check, nothing created
+                    if req.validate_only:  # everything the create would check, nothing created
                         validate_topic_name(t.name)
                         if is_internal_topic(t.name):
                             raise InvalidTopicError(f"topic names starting with '__' are the broker's own: {t.name!r}")
@@ -410,15 +509,19 @@ class KafkaApis:
                     else:
                         described = await self.engine.create_topic(t.name, partitions, **settings)
                         entry["num_partitions"], entry["replication_factor"] = len(described.partitions), 1
-                        entry["configs"] = [
-                            {k: c[k] for k in ("name", "value", "read_only", "config_source", "is_sensitive")}
-                            for c in topic_configs.describe(described.config, self.engine.config.topic_defaults, None)
-                        ]
+                        entry["configs"] = self._created_configs(described.config)
             except TidelogError as exc:
                 entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
             self._error("CreateTopics", entry["error_code"])
             results.append(entry)
         return {"throttle_time_ms": 0, "topics": results}
+
+    def _created_configs(self, config: TopicConfig) -> list[dict]:
+        """CreateTopics' account of a new topic's settings."""
+        return [
+            {k: c[k] for k in ("name", "value", "read_only", "config_source", "is_sensitive")}
+            for c in topic_configs.describe(config, self.engine.config.topic_defaults, None)
+        ]
 
     async def delete_topics(self, req: Any, version: int) -> dict:
         names = [t.name for t in req.topics] if version >= 6 else list(req.topic_names)
@@ -428,7 +531,10 @@ class KafkaApis:
             try:
                 if name is None:
                     raise UnknownTopicError("topics are named here, not addressed by id")
-                await self.engine.delete_topic(name)
+                if self.topology is not None:
+                    await self.topology.delete_topic(name)
+                else:
+                    await self.engine.delete_topic(name)
             except TidelogError as exc:
                 entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
             self._error("DeleteTopics", entry["error_code"])
@@ -442,10 +548,12 @@ class KafkaApis:
                                      "resource_name": r.resource_name, "configs": []}  # fmt: skip
             try:
                 if r.resource_type == TOPIC_RESOURCE:
-                    described = await self.engine.describe(r.resource_name)
-                    entry["configs"] = topic_configs.describe(
-                        described.config, self.engine.config.topic_defaults, r.configuration_keys
-                    )
+                    defaults = self.engine.config.topic_defaults
+                    if self.topology is not None:
+                        config = defaults.with_overrides(self.topology.topic_settings(r.resource_name))
+                    else:
+                        config = (await self.engine.describe(r.resource_name)).config
+                    entry["configs"] = topic_configs.describe(config, defaults, r.configuration_keys)
                 elif r.resource_type != BROKER_RESOURCE:
                     entry["error_code"] = kerr.INVALID_REQUEST
                     entry["error_message"] = f"resource type {r.resource_type} is not described by tidelog"
@@ -456,18 +564,19 @@ class KafkaApis:
         return {"throttle_time_ms": 0, "results": results}
 
     # -- groups -----------------------------------------------------------------------------------
+    def _coordinator_here(self) -> GroupCoordinator:
+        """The group coordinator, when this broker is it (always, for a single broker); else
+        NotCoordinatorError, on which a client looks the coordinator up again."""
+        coordinator = self._coordinator()
+        if coordinator is None:
+            raise NotCoordinatorError("this broker does not coordinate consumer groups now: find the coordinator")
+        return coordinator
+
     async def join_group(self, req: Any, version: int, client_id: str, host: str) -> dict:
-        result = await self.groups.join(
-            req.group_id,
-            req.member_id,
-            req.group_instance_id if version >= 5 else None,
-            client_id,
-            host,
-            req.session_timeout_ms,
-            req.rebalance_timeout_ms if version >= 1 else req.session_timeout_ms,
-            req.protocol_type,
-            [(p.name, bytes(p.metadata)) for p in req.protocols],
-        )
+        if self._coordinator() is None:
+            result = classic_groups.JoinResult(kerr.NOT_COORDINATOR)
+        else:
+            result = await self._join(req, version, client_id, host)
         return {
             "throttle_time_ms": 0,
             "error_code": self._error("JoinGroup", result.error),
@@ -483,13 +592,29 @@ class KafkaApis:
             ],
         }
 
-    async def sync_group(self, req: Any, version: int) -> dict:
-        result = await self.groups.sync(
+    async def _join(self, req: Any, version: int, client_id: str, host: str) -> classic_groups.JoinResult:
+        return await self.groups.join(
             req.group_id,
-            req.generation_id,
             req.member_id,
-            {a.member_id: bytes(a.assignment) for a in req.assignments},
+            req.group_instance_id if version >= 5 else None,
+            client_id,
+            host,
+            req.session_timeout_ms,
+            req.rebalance_timeout_ms if version >= 1 else req.session_timeout_ms,
+            req.protocol_type,
+            [(p.name, bytes(p.metadata)) for p in req.protocols],
         )
+
+    async def sync_group(self, req: Any, version: int) -> dict:
+        if self._coordinator() is None:
+            result = classic_groups.SyncResult(kerr.NOT_COORDINATOR)
+        else:
+            result = await self.groups.sync(
+                req.group_id,
+                req.generation_id,
+                req.member_id,
+                {a.member_id: bytes(a.assignment) for a in req.assignments},
+            )
         return {
             "throttle_time_ms": 0,
             "error_code": self._error("SyncGroup", result.error),
@@ -499,10 +624,17 @@ class KafkaApis:
         }
 
     async def heartbeat(self, req: Any, version: int) -> dict:
-        code = self.groups.heartbeat(req.group_id, req.generation_id, req.member_id)
+        code = (
+            kerr.NOT_COORDINATOR
+            if self._coordinator() is None
+            else self.groups.heartbeat(req.group_id, req.generation_id, req.member_id)
+        )
         return {"throttle_time_ms": 0, "error_code": self._error("Heartbeat", code)}
 
     async def leave_group(self, req: Any, version: int) -> dict:
+        if self._coordinator() is None:
+            return {"throttle_time_ms": 0, "error_code": self._error("LeaveGroup", kerr.NOT_COORDINATOR),
+                    "members": []}  # fmt: skip
         if version < 3:
             code = self.groups.leave(req.group_id, [req.member_id])[0]
             return {"throttle_time_ms": 0, "error_code": self._error("LeaveGroup", code)}
@@ -521,8 +653,11 @@ class KafkaApis:
         }
 
     async def offset_commit(self, req: Any, version: int) -> dict:
-        code = _group_id_error(req.group_id) or self.groups.check_commit(
-            req.group_id, req.generation_id_or_member_epoch, req.member_id
+        coordinator = self._coordinator()
+        code = _group_id_error(req.group_id) or (
+            kerr.NOT_COORDINATOR
+            if coordinator is None
+            else self.groups.check_commit(req.group_id, req.generation_id_or_member_epoch, req.member_id)
         )
         codes: dict[tuple[str, int], int] = {}
         by_metadata: dict[str, dict[tuple[str, int], int]] = {}  # one write per metadata string
@@ -533,10 +668,10 @@ class KafkaApis:
                     codes[(t.name, p.partition_index)] = kerr.OFFSET_METADATA_TOO_LARGE
                 else:
                     by_metadata.setdefault(metadata, {})[(t.name, p.partition_index)] = p.committed_offset
-        if code == kerr.NONE:
+        if code == kerr.NONE and coordinator is not None:
             for metadata, offsets in by_metadata.items():
                 try:
-                    await self.engine.offload(self.coordinator.commit, req.group_id, None, -1, offsets, metadata)
+                    await self.engine.offload(coordinator.commit, req.group_id, None, -1, offsets, metadata)
                 except TidelogError as exc:
                     codes.update(dict.fromkeys(offsets, kerr.code_of(exc)))
         topics = []
@@ -561,7 +696,7 @@ class KafkaApis:
     async def _committed(self, group_id: str, topics: Any) -> tuple[list[dict], int]:
         wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
         try:
-            committed = await self.engine.offload(self.coordinator.offsets.fetch, group_id, wanted)
+            committed = await self.engine.offload(self._coordinator_here().offsets.fetch, group_id, wanted)
         except TidelogError as exc:
             return [], self._error("OffsetFetch", kerr.code_of(exc))
         by_topic: dict[str, list[dict]] = {}
@@ -581,12 +716,15 @@ class KafkaApis:
     async def describe_groups(self, req: Any, version: int) -> dict:
         out = []
         operations = ALL_GROUP_OPERATIONS if getattr(req, "include_authorized_operations", False) else NOT_REQUESTED
+        coordinator = self._coordinator()
         for group_id in req.groups:
             entry: dict[str, Any] = {"error_code": 0, "error_message": None, "group_id": group_id, "group_state": "Dead",
                                      "protocol_type": "", "protocol_data": "", "members": [],
                                      "authorized_operations": operations}  # fmt: skip
             group = self.groups.get(group_id)
-            if group is not None and group.members:
+            if coordinator is None:
+                entry["error_code"] = kerr.NOT_COORDINATOR
+            elif group is not None and group.members:
                 entry.update(group_state=group.state, protocol_type=group.protocol_type or "",
                              protocol_data=group.protocol or "")  # fmt: skip
                 entry["members"] = [
@@ -602,7 +740,7 @@ class KafkaApis:
                 ]
             else:
                 try:
-                    described = await self.engine.offload(self.coordinator.describe, group_id)
+                    described = await self.engine.offload(coordinator.describe, group_id)
                     tidelog_members = described["members"]
                     entry.update(group_state="Stable" if tidelog_members else "Empty",
                                  protocol_type="tidelog" if tidelog_members else "consumer")  # fmt: skip
@@ -625,11 +763,15 @@ class KafkaApis:
         return {"throttle_time_ms": 0, "groups": out}
 
     async def list_groups(self, req: Any, version: int) -> dict:
+        """The groups this broker coordinates (an admin client asks every broker and joins the lists;
+        in a cluster, every broker but the coordinator answers none)."""
         listed: dict[str, dict] = {}
-        for group_id in await self.engine.offload(self.coordinator.list_groups):
+        coordinator = self._coordinator()
+        stored = await self.engine.offload(coordinator.list_groups) if coordinator is not None else []
+        for group_id in stored:
             listed[group_id] = {"group_id": group_id, "protocol_type": "consumer", "group_state": "Empty",
                                 "group_type": "classic"}  # fmt: skip
-        for group in self.groups.groups():
+        for group in self.groups.groups() if coordinator is not None else []:
             listed[group.group_id] = {"group_id": group.group_id, "protocol_type": group.protocol_type or "",
                                       "group_state": group.state, "group_type": "classic"}  # fmt: skip
         states = {s.lower() for s in (req.states_filter or [])} if version >= 4 else set()
@@ -649,7 +791,7 @@ class KafkaApis:
                 code = kerr.NON_EMPTY_GROUP
             else:
                 try:
-                    await self.engine.offload(self.coordinator.delete_group, group_id)
+                    await self.engine.offload(self._coordinator_here().delete_group, group_id)
                     self.groups.forget(group_id)
                 except TidelogError as exc:
                     code = kerr.code_of(exc)

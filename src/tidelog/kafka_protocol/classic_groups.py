@@ -114,12 +114,18 @@ class ClassicGroups:
     def close(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
-        for group in self._groups.values():
+        self.drop_all(kerr.COORDINATOR_NOT_AVAILABLE)
+
+    def drop_all(self, error: int = kerr.NOT_COORDINATOR) -> None:
+        """Forget every group (the broker stops, or in a cluster the coordination moved to another
+        broker): members waiting for a round are answered `error`, and find the coordinator again."""
+        groups, self._groups = self._groups, {}
+        for group in groups.values():
             if group.round_ends is not None:
                 group.round_ends.cancel()
             for m in group.members.values():
-                self._answer_join(m, JoinResult(kerr.COORDINATOR_NOT_AVAILABLE))
-                self._answer_sync(m, SyncResult(kerr.COORDINATOR_NOT_AVAILABLE))
+                self._answer_join(m, JoinResult(error))
+                self._answer_sync(m, SyncResult(error))
 
     # -- joining ----------------------------------------------------------------------------------
     async def join(

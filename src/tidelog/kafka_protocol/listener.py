@@ -81,13 +81,21 @@ class KafkaListener:
             codec.FETCH: apis.fetch,
         }
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, serving: bool = True) -> int:
+        """Bind the port (and accept clients unless serving=False: then from serve() on, e.g. once a
+        cluster member has joined; until then connections wait in the backlog); returns the port."""
         try:
-            self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._accept, host, port, reuse_address=True, start_serving=serving
+            )
         except OSError as exc:
             raise OSError(f"cannot listen for Kafka clients on {host}:{port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    async def serve(self) -> None:
+        if self._server is not None:
+            await self._server.start_serving()
 
     async def stop(self) -> None:
         """Stop accepting, then close every connection (what was acknowledged is in the log; a client

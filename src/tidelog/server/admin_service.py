@@ -22,6 +22,7 @@ from ..errors import (
     ClusterUnavailableError,
     InvalidConfigError,
     TidelogError,
+    TopicExistsError,
     UnknownTopicError,
 )
 from ..replication.manager import ReplicaManager
@@ -66,6 +67,45 @@ def describe_message(desc: TopicDescription) -> pb.TopicDescription:
             segments=p.segments,
         )
     return msg
+
+
+async def create_in_cluster(
+    engine: AsyncEngine,
+    replicas: ReplicaManager,
+    name: str,
+    partitions: int,
+    replication_factor: int,
+    settings: dict[str, Any],
+    default_replication_factor: int,
+    validate_only: bool = False,
+) -> tuple[TopicPlacement, list[tuple[int, ...]], TopicConfig]:
+    """Place a topic's replicas on the live brokers (replication_factor 0 or less: the default, capped
+    at the live brokers) and write it to etcd, unless validate_only; every broker hosting a replica
+    then creates its copy (the leaders serve it once they have). Shared by gRPC and the Kafka listener."""
+    validate_topic_name(name)
+    if name.startswith("__"):
+        raise InvalidConfigError(f"topic names starting with '__' are the broker's own: {name!r}")
+    config = TopicConfig().with_overrides(settings)  # refuses bad settings before anything is written
+    most = engine.config.max_partitions_per_topic
+    if not 1 <= partitions <= most:
+        raise InvalidConfigError(f"partitions must be 1 to {most}, got {partitions}")
+    session = replicas.session
+    found = await cluster_status(session.client, session.cluster)
+    live = [b.broker_id for b in found.brokers]
+    rf = replication_factor if replication_factor > 0 else min(default_replication_factor, max(len(live), 1))
+    if config.min_insync_replicas > rf:
+        raise InvalidConfigError(
+            f"min_insync_replicas={config.min_insync_replicas} is above the replication factor {rf}: "
+            "no acks=all produce could ever succeed"
+        )
+    placement = TopicPlacement(name, partitions, rf, settings, engine.clock())
+    assignment = assign_replicas(live, partitions, rf, start=random.randrange(max(len(live), 1)))
+    if name in replicas.snapshot.topics:
+        raise TopicExistsError(f"topic {name!r} already exists")
+    if not validate_only:
+        storage = {b.broker_id: b.storage for b in found.brokers}
+        await etcd_writes.create_topic(session.client, session.cluster, placement, assignment, storage)
+    return placement, assignment, config
 
 
 class AdminService:
@@ -127,30 +167,10 @@ class AdminService:
     async def _create_in_cluster(
         self, replicas: ReplicaManager, request: pb.CreateTopicRequest, settings: dict[str, Any]
     ) -> pb.TopicDescription:
-        """Place the topic's replicas on the live brokers and write it to etcd; every broker hosting a
-        replica then creates its copy (the leaders first serve it once they have)."""
-        validate_topic_name(request.name)
-        if request.name.startswith("__"):
-            raise InvalidConfigError(f"topic names starting with '__' are the broker's own: {request.name!r}")
-        config = TopicConfig().with_overrides(settings)  # refuses bad settings before anything is written
-        partitions = request.partitions or 1
-        if partitions < 1 or partitions > self.engine.config.max_partitions_per_topic:
-            raise InvalidConfigError(
-                f"partitions must be 1 to {self.engine.config.max_partitions_per_topic}, got {request.partitions}"
-            )
-        session = replicas.session
-        found = await cluster_status(session.client, session.cluster)
-        live = [b.broker_id for b in found.brokers]
-        rf = request.replication_factor or min(self._default_rf, max(len(live), 1))
-        if config.min_insync_replicas > rf:
-            raise InvalidConfigError(
-                f"min_insync_replicas={config.min_insync_replicas} is above the replication factor {rf}: "
-                "no acks=all produce could ever succeed"
-            )
-        placement = TopicPlacement(request.name, partitions, rf, settings, self.engine.clock())
-        assignment = assign_replicas(live, partitions, rf, start=random.randrange(max(len(live), 1)))
-        storage = {b.broker_id: b.storage for b in found.brokers}
-        await etcd_writes.create_topic(session.client, session.cluster, placement, assignment, storage)
+        placement, assignment, config = await create_in_cluster(
+            self.engine, replicas, request.name, request.partitions or 1, request.replication_factor, settings,
+            self._default_rf,
+        )  # fmt: skip
         msg = pb.TopicDescription(name=request.name, created_ms=placement.created_ms)
         for key, value in config.to_dict().items():
             msg.config[key] = str(value)

@@ -168,24 +168,28 @@ class Server:
             engine, groups = await self._open_engine()
             if self._stopped.is_set():  # stop() ran during recovery, before there was an engine to close
                 raise EngineClosedError("the server was stopped while it was starting")
+            if self.config.kafka_port != -1:  # bound before joining: its address is registered with the broker
+                await self._start_kafka()
             if self.config.cluster:
                 self.cluster = await self._join_cluster(port)
                 await self._start_replication(self.cluster)
                 self._services.ready(*self._pending_services)
         except BaseException:
             await self._stop_replication()
+            await self._stop_kafka()
             await self._server.stop(0)
             await self._close_engine()
             raise
         groups.start()
         if self._queue_service is not None:
             self._queue_service.start()
-        if self.config.kafka_port != -1:
-            try:
-                await self._start_kafka()
-            except BaseException:
-                await self.stop()
-                raise
+        if self._kafka is not None:
+            await self._kafka[0].serve()
+            log.info(
+                "serving Kafka clients",
+                extra={"event": "kafka_started", "address": f"{self.config.kafka_host or self.config.host}:"
+                       f"{self.kafka_port}"},
+            )  # fmt: skip
         await self._set_serving(health_pb2.HealthCheckResponse.SERVING)
         self._not_ready = None
         log.info(
@@ -204,34 +208,42 @@ class Server:
         return port
 
     async def _start_kafka(self) -> None:
-        """Serve Kafka clients on the same engine and offset store (kafka_protocol/)."""
-        from ..kafka_protocol.apis import KafkaApis, Node
+        """Bind the Kafka listener, on the same engine and offset store (kafka_protocol/); it accepts
+        clients once the broker serves (in a cluster: once it has joined)."""
+        from ..kafka_protocol.apis import KafkaApis
         from ..kafka_protocol.classic_groups import ClassicGroups
         from ..kafka_protocol.listener import KafkaListener
+        from ..kafka_protocol.topology import Node
+        from .kafka_cluster import KafkaCluster
 
-        assert self.async_engine is not None and self.coordinator is not None and self._produce is not None
-        engine, coordinator, c = self.async_engine, self.coordinator, self.config
-        groups = ClassicGroups(
-            c.group_initial_rebalance_delay_ms,
-            busy=lambda group_id: engine.offload(coordinator.has_members, group_id),
-        )
-        coordinator.foreign_members = groups.has_members
-        coordinator.foreign_describe = groups.describe
+        assert self.async_engine is not None and self._produce is not None
+        engine, c = self.async_engine, self.config
+
+        async def busy(group_id: str) -> bool:
+            coordinator = self.coordinator
+            return coordinator is not None and await engine.offload(coordinator.has_members, group_id)
+
+        groups = ClassicGroups(c.group_initial_rebalance_delay_ms, busy=busy)
         metrics = self._kafka_metrics
+        topology = None
+        if c.cluster:
+            replicas = lambda: self.replicas  # noqa: E731 - set once the broker joined its cluster
+            topology = KafkaCluster(engine, replicas, self._coordinator_elsewhere, c.default_replication_factor)
         apis = KafkaApis(
             engine,
-            coordinator,
+            lambda: self.coordinator,
             groups,
             lambda: Node(
                 max(c.broker_id, 0),
                 self._advertised_host(c.kafka_host or c.host),
                 c.kafka_advertised_port or self.kafka_port or 0,
             ),
-            f"tidelog-{self.engine.storage_id if self.engine is not None else ''}",
+            f"tidelog-{c.cluster_name}" if c.cluster else f"tidelog-{self.engine.storage_id if self.engine else ''}",
             auto_create_topics=c.kafka_auto_create_topics,
             max_fetch_bytes=min(c.engine.max_fetch_bytes, c.max_message_bytes),
             max_fetch_wait_ms=c.max_fetch_wait_ms,
             errors=metrics.error if metrics is not None else (lambda api, code: None),
+            topology=topology,
         )
         listener = KafkaListener(
             apis,
@@ -242,13 +254,26 @@ class Server:
             idle_timeout_s=c.kafka_idle_timeout_ms / 1000,
             metrics=metrics,
         )
-        self.kafka_port = await listener.start(c.kafka_host or c.host, c.kafka_port)
+        self.kafka_port = await listener.start(c.kafka_host or c.host, c.kafka_port, serving=False)
         groups.start()
         self._kafka = (listener, groups)
-        log.info(
-            "serving Kafka clients",
-            extra={"event": "kafka_started", "address": f"{c.kafka_host or c.host}:{self.kafka_port}"},
-        )
+        if self.coordinator is not None:
+            self._share_groups(self.coordinator)
+
+    def _share_groups(self, coordinator: GroupCoordinator) -> None:
+        """One group id, one protocol: the coordinator sees the Kafka listener's classic groups."""
+        if self._kafka is not None:
+            groups = self._kafka[1]
+            coordinator.foreign_members = groups.has_members
+            coordinator.foreign_describe = groups.describe
+
+    @property
+    def kafka_address(self) -> str:
+        """The host:port Kafka clients reach this broker at ("" while its listener is off)."""
+        if self.kafka_port is None:
+            return ""
+        c = self.config
+        return f"{self._advertised_host(c.kafka_host or c.host)}:{c.kafka_advertised_port or self.kafka_port}"
 
     async def _stop_kafka(self) -> None:
         if self._kafka is not None:
@@ -269,6 +294,7 @@ class Server:
             self.config.broker_session_timeout_ms,
             lease_clock(),
             self.engine.storage_id if self.engine is not None else "",
+            self.kafka_address,
         )
         await session.start()
         return session
@@ -422,6 +448,7 @@ class Server:
             if role is None or role.state.leader_epoch != epoch or self._groups is None:
                 return  # lost the leadership while loading
             self.coordinator = self._groups.coordinator = coordinator
+            self._share_groups(coordinator)
             log.warning(
                 "group coordinator here",
                 extra={"event": "coordinator_loaded", "leader_epoch": epoch, "groups": len(coordinator.list_groups())},
@@ -435,6 +462,8 @@ class Server:
         self.coordinator = None
         if self._groups is not None:
             self._groups.coordinator = None
+        if self._kafka is not None:  # its Kafka members find the new coordinator and join there
+            self._kafka[1].drop_all()
 
     def _replicated_append(self, state_topic: str, loop: asyncio.AbstractEventLoop) -> Append:
         """A coordinator's writes to its state partition in a cluster: appended as the leader, answered

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -170,7 +170,9 @@ class ProduceService:
         else:
             acks = {(p.topic, p.partition): p.acks for p in parsed if not isinstance(p, _Refused)}
             outcomes = iter(
-                await self._replicate(replicas, requests, [p.acks for p in parsed if not isinstance(p, _Refused)], acks)
+                await append_replicated(
+                    self.engine, replicas, requests, [p.acks for p in parsed if not isinstance(p, _Refused)], acks
+                )
             )
         response = pb.ProduceResponse()
         for p in parsed:
@@ -191,47 +193,6 @@ class ProduceService:
                     sequence=p.sequence, topic=p.topic, partition=p.partition, error=error_message(outcome)
                 )
         return response
-
-    async def _replicate(
-        self, replicas: ReplicaManager, requests: list, acks: list[int], by_partition: dict
-    ) -> list[ProduceResult | TidelogError]:
-        """Append as the partitions' leader (refusing what this broker does not lead, or acks=all below
-        min_insync_replicas), then wait for each request's acknowledgement level."""
-        epochs: dict[tuple[str, int], int] = {}
-
-        def admit(topic: str, partition: int) -> int:
-            epoch = replicas.admit(topic, partition, by_partition.get((topic, partition), 0))
-            epochs[(topic, partition)] = epoch
-            return epoch
-
-        # Refused before the engine sees them: what this broker does not lead, also a topic it has not
-        # created its copy of yet (the engine would call that unknown, which is not retriable).
-        refused: dict[int, TidelogError] = {}
-        for i, (topic, partition, _) in enumerate(requests):
-            try:
-                replicas.leading(topic, partition)
-            except TidelogError as exc:
-                refused[i] = exc
-        admitted = [r for i, r in enumerate(requests) if i not in refused]
-        appended = iter(await self.engine.append_many(admitted, admit) if admitted else [])
-        outcomes = [refused[i] if i in refused else next(appended) for i in range(len(requests))]
-        for key in {(r.topic, r.partition) for r in outcomes if isinstance(r, ProduceResult)}:
-            await replicas.appended(*key)
-        return list(await asyncio.gather(*(self._acked(replicas, o, a, epochs) for o, a in zip(outcomes, acks))))
-
-    @staticmethod
-    async def _acked(
-        replicas: ReplicaManager, outcome: ProduceResult | TidelogError, acks: int, epochs: dict
-    ) -> ProduceResult | TidelogError:
-        if not isinstance(outcome, ProduceResult) or acks in (ACKS_LEADER, ACKS_NONE):
-            return outcome
-        try:
-            await replicas.committed(
-                outcome.topic, outcome.partition, outcome.last_offset + 1, epochs[(outcome.topic, outcome.partition)]
-            )
-        except TidelogError as exc:
-            return exc
-        return outcome
 
     async def produce_records(
         self, request: pb.ProduceRecordsRequest, context: grpc.aio.ServicerContext
@@ -284,3 +245,50 @@ class ProduceService:
                 topic=r.topic, partition=r.partition, base_offset=r.base_offset, last_offset=r.last_offset
             )
         return response
+
+
+async def append_replicated(
+    engine: AsyncEngine,
+    replicas: ReplicaManager,
+    requests: Sequence[tuple[str, int, Any]],
+    acks: Sequence[int],
+    by_partition: dict[tuple[str, int], int],
+) -> list[ProduceResult | TidelogError]:
+    """Append as the partitions' leader (refusing what this broker does not lead, or acks=all below
+    min_insync_replicas), then wait for each request's acknowledgement level (tidelog's ACKS_*;
+    by_partition: the level each partition is admitted at). Shared by gRPC and the Kafka listener."""
+    epochs: dict[tuple[str, int], int] = {}
+
+    def admit(topic: str, partition: int) -> int:
+        epoch = replicas.admit(topic, partition, by_partition.get((topic, partition), 0))
+        epochs[(topic, partition)] = epoch
+        return epoch
+
+    # Refused before the engine sees them: what this broker does not lead, also a topic it has not
+    # created its copy of yet (the engine would call that unknown, which is not retriable).
+    refused: dict[int, TidelogError] = {}
+    for i, (topic, partition, _) in enumerate(requests):
+        try:
+            replicas.leading(topic, partition)
+        except TidelogError as exc:
+            refused[i] = exc
+    admitted = [r for i, r in enumerate(requests) if i not in refused]
+    appended = iter(await engine.append_many(admitted, admit) if admitted else [])
+    outcomes = [refused[i] if i in refused else next(appended) for i in range(len(requests))]
+    for key in {(r.topic, r.partition) for r in outcomes if isinstance(r, ProduceResult)}:
+        await replicas.appended(*key)
+    return list(await asyncio.gather(*(_acked(replicas, o, a, epochs) for o, a in zip(outcomes, acks))))
+
+
+async def _acked(
+    replicas: ReplicaManager, outcome: ProduceResult | TidelogError, acks: int, epochs: dict
+) -> ProduceResult | TidelogError:
+    if not isinstance(outcome, ProduceResult) or acks in (ACKS_LEADER, ACKS_NONE):
+        return outcome
+    try:
+        await replicas.committed(
+            outcome.topic, outcome.partition, outcome.last_offset + 1, epochs[(outcome.topic, outcome.partition)]
+        )
+    except TidelogError as exc:
+        return exc
+    return outcome
