@@ -64,6 +64,7 @@ KAFKA = "Kafka listener"
 K_NONE = f"{KAFKA}: confluent-kafka Producer, compression none"
 K_LZ4 = f"{KAFKA}: confluent-kafka Producer, compression lz4"
 K_IDEMPOTENT = f"{KAFKA}: confluent-kafka Producer, idempotent (acks all), compression none"
+K_RAW = f"{KAFKA}: raw Produce frames, ~1 MiB batches (no client library)"
 KC_NONE = f"{KAFKA}: confluent-kafka Consumer, data set none"
 KC_LZ4 = f"{KAFKA}: confluent-kafka Consumer, data set lz4"
 E_KAFKA = f"{KAFKA}: confluent-kafka Producer (linger.ms 0, acks 1) -> Consumer (assigned)"
@@ -178,6 +179,73 @@ def kafka_produce(ctx: Ctx, topic: str, values: list[bytes], n: int, settings: d
     left = producer.flush(cap_s + 60)
     dt = clock.elapsed()
     return done, len(failed) + left, dt, clock.capped
+
+
+def raw_frames_produce(bootstrap: str, topic: str, batches: list[bytes], n: int, window: int, cap_s: float) -> tuple:
+    """The listener's own produce ceiling, without a client library's per-record cost: the gRPC raw
+    loop's pre-built batches sent as Produce v8 frames (acks 1), `window` requests in flight on one
+    connection, answers read by a second thread. (records sent, seconds, capped)."""
+    import socket
+    import struct
+    import threading
+
+    from kafka.protocol.producer import ProduceRequest
+
+    from tidelog.kafka_protocol import codec
+
+    frames = []
+    for i, records in enumerate(batches):
+        request = codec.build(
+            ProduceRequest[8],
+            {"transactional_id": None, "acks": 1, "timeout_ms": 30_000,
+             "topic_data": [{"name": topic, "partition_data": [{"index": 0, "records": records}]}]},
+        )  # fmt: skip
+        request.with_header(correlation_id=i, client_id="bench")
+        frames.append(bytes(request.encode(header=True, framed=True)))
+    host, _, port = bootstrap.rpartition(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    slots = threading.Semaphore(window)
+    answered = [0]
+
+    def read_answers() -> None:
+        stream = sock.makefile("rb")
+        for _ in range(n):
+            (size,) = struct.unpack(">i", stream.read(4))
+            stream.read(size)  # (errors show in the log's end offset, checked by the caller)
+            answered[0] += 1
+            slots.release()
+
+    clock = Stopwatch(cap_s)
+    reader = threading.Thread(target=read_answers, daemon=True)
+    reader.start()
+    sent = 0
+    try:
+        for i in range(n):
+            slots.acquire()
+            sock.sendall(frames[i % len(frames)])
+            sent += 1
+            if clock.expired(sent, n):
+                break
+        while answered[0] < sent and reader.is_alive():
+            time.sleep(0.0005)
+        return sent, clock.elapsed(), clock.capped
+    finally:
+        sock.close()
+
+
+def kafka_raw_run(ctx: Ctx, pay: Payloads, n_records: int) -> Sample:
+    n_batches = max(1, n_records // pay.records_per_batch)
+    topic = ctx.new_topic("kafka-raw")
+    try:
+        sent, dt, capped = raw_frames_produce(
+            ctx.bootstrap, topic, [b for b, _ in pay.batches], n_batches, ctx.p.window, ctx.kp.cap_s
+        )
+        records = sum(pay.batches[i % len(pay.batches)][1] for i in range(sent))
+        ctx.check_end(topic, records, "raw Kafka frames")
+        return Sample(records, records * pay.size, dt, capped)
+    finally:
+        ctx.admin.delete_topic(topic)
 
 
 def kafka_produce_run(ctx: Ctx, pay: Payloads, n: int, settings: dict, system: str) -> Sample:
@@ -299,6 +367,7 @@ def run_produce(ctx: Ctx, pay: Payloads) -> None:
         systems[K_IDEMPOTENT] = lambda: kafka_produce_run(
             ctx, pay, p.kafka_kib, {**IDEMPOTENT, "compression.type": "none"}, K_IDEMPOTENT
         )
+    systems[K_RAW] = lambda: kafka_raw_run(ctx, pay, p.raw_kib)
     systems[T_RAW] = lambda: grpc_bench.raw_produce_run(ctx, pay, p.raw_kib)
     systems[T_PRODUCER] = lambda: grpc_bench.producer_run(ctx, PRODUCE, pay, p.producer_kib)
     if ctx.redis is not None:
@@ -381,6 +450,7 @@ def sections(p: Profile, pay: Payloads) -> list[Section]:
     produce_vs = (
         Compare("Kafka none / this", K_NONE, None, KAFKA),
         Compare("Kafka lz4 / this", K_LZ4, None, KAFKA),
+        Compare("Kafka raw frames / this", K_RAW, None, KAFKA),
     )
     consume_vs = (
         Compare("Kafka none / this", KC_NONE, None, KAFKA),
@@ -419,6 +489,13 @@ def targets(r: Rounds) -> list[tuple]:
             CONSUME,
             "Kafka-protocol consume / tidelog gRPC Subscribe consume (raw)",
             r.paired(CONSUME, KC_NONE, T_SUB_RAW),
+            0.75,
+            "x",
+        ),
+        (
+            PRODUCE,
+            "Kafka-protocol raw Produce frames / tidelog gRPC raw-batch produce (the listener, no client)",
+            r.paired(PRODUCE, K_RAW, T_RAW),
             0.75,
             "x",
         ),

@@ -37,7 +37,7 @@ from ..values import ProduceResult
 from . import classic_groups, codec, produce, topic_configs
 from . import errors as kerr
 from .fetch import PartitionFetch, response_parts
-from .topology import Node, Topology
+from .topology import Node, PartitionPlacement, Topology
 
 log = logging.getLogger("tidelog.kafka")
 
@@ -145,60 +145,16 @@ class KafkaApis:
         if name is None:
             entry["error_code"] = self._error("Metadata", kerr.UNKNOWN_TOPIC_OR_PARTITION)
             return entry
-        if self.topology is not None:
-            return await self._placed_topic_metadata(self.topology, name, auto, entry)
         try:
-            if not self.engine.has_topic(name):
-                if not auto:
-                    raise UnknownTopicError(f"unknown topic {name!r}")
-                try:
-                    await self.engine.create_topic(name)
-                    log.info(
-                        "topic created for a Kafka client", extra={"event": "kafka_topic_auto_created", "topic": name}
-                    )
-                except TopicExistsError:
-                    pass
-            described = await self.engine.describe(name)
+            if self.topology is not None:
+                placement = await self._placement(self.topology, name, auto)
+            else:
+                placement = await self._local_placement(name, auto, node_id)
         except TidelogError as exc:
             entry["error_code"] = self._error("Metadata", kerr.code_of(exc))
             return entry
-        entry["error_code"] = 0
-        entry["is_internal"] = is_internal_topic(name)
-        entry["partitions"] = [
-            {
-                "error_code": 0,
-                "partition_index": p,
-                "leader_id": node_id,
-                "leader_epoch": -1,
-                "replica_nodes": [node_id],
-                "isr_nodes": [node_id],
-                "offline_replicas": [],
-            }
-            for p in range(len(described.partitions))
-        ]
-        return entry
-
-    async def _placed_topic_metadata(self, topology: Topology, name: str, auto: bool, entry: dict) -> dict:
-        """A topic of a cluster: each partition's leader, its epoch and replicas, from etcd's state. A
-        topic created here (auto-creation) is answered LEADER_NOT_AVAILABLE until its leaders are
-        elected, as Kafka does: the client asks again."""
-        try:
-            try:
-                placement = topology.placement(name)
-            except UnknownTopicError:
-                if not auto or is_internal_topic(name):
-                    raise
-                try:
-                    await topology.create_topic(name, 1, -1, {}, False)  # as a single broker's: 1 partition
-                    log.info(
-                        "topic created for a Kafka client", extra={"event": "kafka_topic_auto_created", "topic": name}
-                    )
-                except TopicExistsError:
-                    pass
-                entry["error_code"] = self._error("Metadata", kerr.LEADER_NOT_AVAILABLE)
-                return entry
-        except TidelogError as exc:
-            entry["error_code"] = self._error("Metadata", kerr.code_of(exc))
+        if placement is None:  # created a moment ago in a cluster: no leaders yet, as Kafka answers
+            entry["error_code"] = self._error("Metadata", kerr.LEADER_NOT_AVAILABLE)
             return entry
         entry["error_code"] = 0
         entry["is_internal"] = is_internal_topic(name)
@@ -215,6 +171,36 @@ class KafkaApis:
             for p in placement
         ]
         return entry
+
+    async def _auto_create(self, name: str) -> None:
+        try:
+            if self.topology is not None:
+                await self.topology.create_topic(name, 1, -1, {}, False)  # as a single broker's: 1 partition
+            else:
+                await self.engine.create_topic(name)
+            log.info("topic created for a Kafka client", extra={"event": "kafka_topic_auto_created", "topic": name})
+        except TopicExistsError:
+            pass
+
+    async def _local_placement(self, name: str, auto: bool, node_id: int) -> list[PartitionPlacement]:
+        """A single broker's topic (created first when allowed): this broker leads every partition."""
+        if not self.engine.has_topic(name):
+            if not auto:
+                raise UnknownTopicError(f"unknown topic {name!r}")
+            await self._auto_create(name)
+        described = await self.engine.describe(name)
+        return [PartitionPlacement(p, node_id, -1, [node_id], [node_id], []) for p in range(len(described.partitions))]
+
+    async def _placement(self, topology: Topology, name: str, auto: bool) -> list[PartitionPlacement] | None:
+        """A cluster's topic: each partition's leader, epoch and replicas from etcd's state; None for a
+        topic auto-created here (the client asks again once its leaders are elected)."""
+        try:
+            return topology.placement(name)
+        except UnknownTopicError:
+            if not auto or is_internal_topic(name):
+                raise
+        await self._auto_create(name)
+        return None
 
     async def find_coordinator(self, req: Any, version: int) -> dict:
         node = self.node()
