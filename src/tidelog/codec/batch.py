@@ -9,7 +9,7 @@ so there is one implementation to keep right.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -157,10 +157,30 @@ def _decompress_for_validation(codec: int, payload: Buffer) -> bytes:
     return compression.decompress(codec, payload)
 
 
-def validate(data: Buffer, max_batch_bytes: int = 0) -> list[BatchInfo]:
+class _Compressed(Exception):
+    """Raised through the validator by `validate_uncompressed` at the first compressed batch."""
+
+
+def _refuse_compressed(codec: int, payload: Buffer) -> bytes:
+    raise _Compressed
+
+
+def validate_uncompressed(data: Buffer, max_batch_bytes: int = 0) -> list[BatchInfo] | None:
+    """validate(), or None when a batch is compressed (its check would decompress it: not cheap)."""
+    try:
+        return validate(data, max_batch_bytes, _refuse_compressed)
+    except _Compressed:
+        return None
+
+
+def validate(
+    data: Buffer,
+    max_batch_bytes: int = 0,
+    decompress: Callable[[int, Buffer], bytes] = _decompress_for_validation,
+) -> list[BatchInfo]:
     """Check one or more concatenated batches as the log will store them; CorruptBatchError if not."""
     try:
-        infos = _rb.validate_batches(data, _decompress_for_validation, max_batch_bytes)
+        infos = _rb.validate_batches(data, decompress, max_batch_bytes)
     except OverflowError as exc:
         raise RecordTooLargeError(str(exc), limit=max_batch_bytes) from None
     except ValueError as exc:

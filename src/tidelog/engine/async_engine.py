@@ -79,6 +79,14 @@ class AsyncEngine:
     ) -> list[ProduceResult | TidelogError]:
         return await self._in_pool(self._engine.append_many, requests, admit)
 
+    def try_append(self, topic: str, partition: int, data: Buffer) -> ProduceResult | TidelogError | None:
+        """Engine.try_append on the loop (it never blocks): the result, the error that refused the data,
+        or None when the append must go to the pool (append_many)."""
+        try:
+            return self._engine.try_append(topic, partition, data)
+        except TidelogError as exc:
+            return exc
+
     async def produce(
         self,
         topic: str,
@@ -171,13 +179,17 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    async def wait_for_data(self, topic: str, partition: int, offset: int, timeout_s: float) -> bool:
-        """Until the partition's high watermark passes offset (True) or the timeout (False)."""
+    async def wait_for_data(
+        self, topic: str, partition: int, offset: int, timeout_s: float, wake: asyncio.Future | None = None
+    ) -> bool:
+        """Until the partition's high watermark passes offset (True) or the timeout (False). wake: a
+        future of the caller's that something else may resolve to end the wait early (one future per
+        wait, rather than a second task raced against this one)."""
         self._loop = asyncio.get_running_loop()
         if self.stopping:
             return False
         key = (topic, partition)
-        fut = self._loop.create_future()
+        fut = wake if wake is not None else self._loop.create_future()
         self._waiters.setdefault(key, set()).add(fut)
         if key not in self._listeners:
             listener = functools.partial(self._notify, key)

@@ -62,6 +62,7 @@ CLEAN_MARKER_RESERVE = ".clean_shutdown.next"
 """Made at open and renamed to the marker at a clean close: a stop on a full disk needs no new file."""
 EARLIEST = -2
 LATEST = -1
+INLINE_APPEND_BYTES = 64 << 10  # try_append's limit: a copy into the page cache of at most this much
 
 
 Admit = Callable[[str, int], "int | None"]
@@ -455,6 +456,21 @@ class Engine:
         infos = batch_codec.validate(data, t.config.max_batch_bytes)
         first, last = plog.append([(data, infos)])
         return ProduceResult(topic, partition, first, last)
+
+    def try_append(self, topic: str, partition: int, data: Buffer) -> ProduceResult | None:
+        """append(), if it is cheap and cannot block: None, nothing written, when the data is larger
+        than INLINE_APPEND_BYTES or compressed, the fsync policy syncs each append, the partition's
+        lock is busy or a segment would roll. An event loop appends a lone small batch itself this way,
+        sparing the trip to a thread and back (a message's latency); errors raise as append()'s."""
+        if len(memoryview(data)) > INLINE_APPEND_BYTES or self.config.fsync.syncs_each_append:
+            return None
+        _check_internal(topic, False, "written")
+        t = self._topic(topic)
+        infos = batch_codec.validate_uncompressed(data, t.config.max_batch_bytes)
+        if infos is None:
+            return None
+        appended = t.partition(partition).try_append([(data, infos)])
+        return None if appended is None else ProduceResult(topic, partition, *appended)
 
     def append_many(
         self, requests: Sequence[tuple[str, int, Buffer]], admit: Admit | None = None

@@ -143,55 +143,78 @@ class PartitionLog:
         batch; FencedLeaderEpochError if the partition knows a newer one.
         """
         with self._lock:
-            self._check_writable()
-            if leader_epoch is not None and leader_epoch < self.leader_epochs.latest_epoch:
-                raise FencedLeaderEpochError(
-                    f"partition {self.name}: leader epoch {leader_epoch} is older than its epoch "
-                    f"{self.leader_epochs.latest_epoch}",
-                    leader_epoch=leader_epoch,
-                )
-            first = next_offset = self._offsets.log_end
-            iov: list = []
-            batches: list[AppendedBatch] = []
-            idempotent: list[tuple[BatchInfo, int, int]] = []
-            retried: list = []
-            pending: dict[int, int] = {}
-            nbytes = 0
-            for data, infos in chunks:
-                view = memoryview(data)
-                for info in infos:
-                    if info.producer_id >= 0:
-                        original = self._producers.check(
-                            info.producer_id, info.producer_epoch, info.base_sequence, info.count, pending
-                        )
-                        if original is not None:
-                            retried.append(original)
-                            continue
-                        idempotent.append((info, next_offset, next_offset + info.count - 1))
-                    last = next_offset + info.count - 1
-                    batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
-                    if leader_epoch is None:
-                        iov.append(base_offset_header(next_offset))
-                        iov.append(view[info.pos + 8 : info.pos + info.size])
-                    else:
-                        iov.append(stamped_header(next_offset, info.size, leader_epoch))
-                        iov.append(view[info.pos + 16 : info.pos + info.size])
-                    nbytes += info.size
-                    next_offset = last + 1
-            if retried and batches:
-                raise InvalidRequestError(
-                    "an append mixes batches already written (retries of an idempotent "
-                    "producer) with new ones; send them separately"
-                )
-            if retried:  # written before, its ack was lost: answer with the original offsets
-                first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
-            else:
-                if leader_epoch is not None:
-                    self._assign_epoch(leader_epoch, first)
-                self._write_recording(iov, batches, nbytes, idempotent)
+            first, end = self._append_locked(chunks, leader_epoch, may_roll=True)
         if sync and self.fsync_policy.syncs_each_append:
-            self.sync(next_offset)
-        return first, next_offset - 1
+            self.sync(end)
+        return first, end - 1
+
+    def try_append(self, chunks: Sequence[tuple[Buffer, Sequence[BatchInfo]]]) -> tuple[int, int] | None:
+        """append(chunks, sync=False) if it cannot block: None at once, nothing written, when the lock
+        is busy or the append would roll a segment (a roll fsyncs). For an event loop appending a small
+        batch itself, sparing the trip to a thread and back."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            first, end = self._append_locked(chunks, None, may_roll=False)
+        except _WouldRoll:
+            return None
+        finally:
+            self._lock.release()
+        return first, end - 1
+
+    def _append_locked(
+        self, chunks: Sequence[tuple[Buffer, Sequence[BatchInfo]]], leader_epoch: int | None, may_roll: bool
+    ) -> tuple[int, int]:
+        """append() under the lock: (first offset, the new log end)."""
+        self._check_writable()
+        if leader_epoch is not None and leader_epoch < self.leader_epochs.latest_epoch:
+            raise FencedLeaderEpochError(
+                f"partition {self.name}: leader epoch {leader_epoch} is older than its epoch "
+                f"{self.leader_epochs.latest_epoch}",
+                leader_epoch=leader_epoch,
+            )
+        first = next_offset = self._offsets.log_end
+        iov: list = []
+        batches: list[AppendedBatch] = []
+        idempotent: list[tuple[BatchInfo, int, int]] = []
+        retried: list = []
+        pending: dict[int, int] = {}
+        nbytes = 0
+        for data, infos in chunks:
+            view = memoryview(data)
+            for info in infos:
+                if info.producer_id >= 0:
+                    original = self._producers.check(
+                        info.producer_id, info.producer_epoch, info.base_sequence, info.count, pending
+                    )
+                    if original is not None:
+                        retried.append(original)
+                        continue
+                    idempotent.append((info, next_offset, next_offset + info.count - 1))
+                last = next_offset + info.count - 1
+                batches.append(AppendedBatch(nbytes, info.size, next_offset, last, info.max_timestamp))
+                if leader_epoch is None:
+                    iov.append(base_offset_header(next_offset))
+                    iov.append(view[info.pos + 8 : info.pos + info.size])
+                else:
+                    iov.append(stamped_header(next_offset, info.size, leader_epoch))
+                    iov.append(view[info.pos + 16 : info.pos + info.size])
+                nbytes += info.size
+                next_offset = last + 1
+        if retried and batches:
+            raise InvalidRequestError(
+                "an append mixes batches already written (retries of an idempotent "
+                "producer) with new ones; send them separately"
+            )
+        if retried:  # written before, its ack was lost: answer with the original offsets
+            first, next_offset = retried[0].base_offset, retried[-1].last_offset + 1
+        else:
+            if not may_roll and not self._fits(batches, nbytes):
+                raise _WouldRoll
+            if leader_epoch is not None:
+                self._assign_epoch(leader_epoch, first)
+            self._write_recording(iov, batches, nbytes, idempotent)
+        return first, next_offset
 
     def append_replica(self, data: Buffer, sync: bool = True) -> int:
         """Append batches copied from the leader as they are (base offsets, leader epochs); returns the
@@ -255,6 +278,13 @@ class PartitionLog:
         taken for the previous epoch's (and a replica would keep them when it should cut them)."""
         if epoch > self.leader_epochs.latest_epoch:
             self.leader_epochs.assign(epoch, start)
+
+    def _fits(self, batches: list[AppendedBatch], nbytes: int) -> bool:
+        """Whether the active segment takes these batches without rolling (as `_write` decides)."""
+        seg = self._segments.active
+        return not (seg.size and self._roll_due(seg, batches)) and seg.room_for(
+            nbytes, len(batches), batches[-1].last_offset
+        )
 
     def _write(self, iov: list, batches: list[AppendedBatch], nbytes: int) -> None:
         """Write batches to the active segment (rolling first if needed) and advance the log end.
@@ -892,3 +922,7 @@ class PartitionLog:
             self._data_arrived.notify_all()
             for seg in self._segments:
                 seg.close()
+
+
+class _WouldRoll(Exception):
+    """A non-blocking append that would roll a segment: nothing written, the caller appends in a thread."""

@@ -193,11 +193,15 @@ class ConsumeService:
                     yield framing.encode_subscribe_response(
                         result.next_offset, result.high_watermark, result.log_start, result.data
                     )
+                elif sub.changed.is_set():  # credit or a seek came meanwhile: look again first
+                    sub.changed.clear()
                 else:
-                    appended = await _first(
-                        self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S), sub.wait(IDLE_WAKE_S)
-                    )
-                    sub.at_tail = bool(appended)
+                    sub.wake = asyncio.get_running_loop().create_future()
+                    try:
+                        await self.engine.wait_for_data(topic, partition, sub.offset, IDLE_WAKE_S, wake=sub.wake)
+                    finally:
+                        sub.wake = None
+                    sub.changed.clear()
             if sub.error is not None:
                 await status.abort(context, sub.error)
         finally:
@@ -209,15 +213,21 @@ class ConsumeService:
         read replaces the reservation in the shared budget. None when a seek moved the position meanwhile."""
         generation, sent = sub.generation, 0
         try:
-            # Woken by an append, the bytes sit in the page cache: read on the loop if the partition
-            # is free at once (latency), else in the pool.
+            # At the tail the bytes were just appended and sit in the page cache: read on the loop if the
+            # partition is free at once (latency), else in the pool (older data may fault pages in).
             result = await self.engine.fetch(topic, partition, sub.offset, reserved, at_tail=sub.at_tail)
             if generation != sub.generation:
+                sub.at_tail = False
                 return None
             sent = len(result.data)
+            # Read up to the high watermark: what comes next is appended from now on, hot in the page
+            # cache, and read on the loop too (no trip to the pool for a subscriber that keeps up).
+            sub.at_tail = result.next_offset >= result.high_watermark
             return result
-        finally:
+        except BaseException:
             sub.at_tail = False
+            raise
+        finally:
             self._buffer.settle(reserved, sent)
             sub.held += sent
 
@@ -249,16 +259,17 @@ class ConsumeService:
                 elif kind == "seek":
                     sub.offset = await self.resolve(topic, partition, request.seek)
                     sub.generation += 1
+                    sub.at_tail = False
                 else:
                     raise InvalidRequestError("after SubscribeStart, send only credit_bytes or seek")
-                sub.changed.set()
+                sub.notify()
         except TidelogError as exc:
             sub.error = exc
         except (asyncio.CancelledError, grpc.RpcError):
             pass
         finally:
             sub.closed = True
-            sub.changed.set()
+            sub.notify()
 
 
 async def _first(a: Awaitable[_T], b: Awaitable[object]) -> _T | None:
@@ -303,7 +314,14 @@ class _Subscription:
         self.closed = False
         self.error: TidelogError | None = None
         self.changed = asyncio.Event()
-        self.at_tail = False  # the last wait ended because new records were appended
+        self.at_tail = False  # the last read reached the high watermark: the next records are fresh appends
+        self.wake: asyncio.Future | None = None  # set while the stream waits for data at the tail
+
+    def notify(self) -> None:
+        """Credit, a seek or the stream's end arrived: the stream looks again (also when at the tail)."""
+        self.changed.set()
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(False)
 
     def give_back(self, n: int) -> None:
         """Return up to n bytes of what this stream holds to the shared budget."""
