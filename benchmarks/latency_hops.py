@@ -1,6 +1,7 @@
 """Where a message's time goes, hop by hop: brackets of the end-to-end path, each measured alone.
 
     python -m benchmarks.latency_hops [--runs N] [--rate R] [--messages N] [--json PATH] [--tmp DIR]
+                                      [--rates 1000,5000,10000,50000 [--seconds S]]
 
 One `tidelog serve --fsync never` and the raw grpcio ceiling server (grpc_bench's: a grpc.aio server
 that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one at a time:
@@ -13,6 +14,8 @@ that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one a
   both (their hops). From the scheduled send time with the Producer (time.sleep is precise, and its
   lateness is the client's); from the moment of the write with the raw producer (asyncio's timers wake
   up to 1 ms late: epoll counts milliseconds).
+
+--rates adds Producer(linger_ms=0) -> Consumer at each fixed rate (received / sent, percentiles).
 
 The differences between brackets are the hops: Producer RTT - raw RTT is the producer's thread and loop;
 raw e2e - (raw RTT) is the broker's append-to-subscriber path; Producer -> Consumer - raw e2e is the two
@@ -127,6 +130,8 @@ def producer_rtt(target: str, topic: str, n: int, rate: float) -> list[float]:
 
 
 def client_produce(target: str, topic: str, n: int, rate: float) -> None:
+    """Producer(linger_ms=0), one send() per record at `rate`; each stamped with its scheduled time (or
+    the moment of sending, when that is earlier: a sleep under 0.1 ms overshoots more than it waits)."""
     from tidelog.client import Producer
 
     with Producer(target, linger_ms=0) as producer:
@@ -134,9 +139,9 @@ def client_produce(target: str, topic: str, n: int, rate: float) -> None:
         for i in range(n):
             due = start + int(i * 1e9 / rate)
             now = time.monotonic_ns()
-            if due > now:
+            if due - now > 100_000:
                 time.sleep((due - now) / 1e9)
-            producer.send(topic, _value(due), partition=0)
+            producer.send(topic, _value(min(due, time.monotonic_ns())), partition=0)
 
 
 # -- consumers (spawned processes) ---------------------------------------------------------------------------
@@ -217,6 +222,19 @@ def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
     return got
 
 
+def at_rates(target: str, rates: list[float], seconds: float) -> dict[str, list[float]]:
+    """Producer -> Consumer at each rate for `seconds` (received / sent is checked by the caller)."""
+    out: dict[str, list[float]] = {}
+    for rate in rates:
+        n = int(rate * seconds)
+        BRACKETS_AT_RATE[rate] = n
+        out[f"Producer -> Consumer at {rate:,.0f} msgs/s"] = end_to_end(target, "Producer -> Consumer", n, rate)
+    return out
+
+
+BRACKETS_AT_RATE: dict[float, int] = {}  # rate -> messages sent per run
+
+
 def measure(target: str, ceiling: str, n: int, rate: float) -> dict[str, list[float]]:
     """Every bracket once, in a fixed order."""
     from tidelog.client import Admin
@@ -257,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="rounds of every bracket (default 3)")
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second (default 1000)")
     parser.add_argument("--messages", type=int, default=3000, help="messages per bracket and run (default 3000)")
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="also Producer -> Consumer at these msgs/s, comma-separated (e.g. 1000,5000,10000,50000)",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each --rates run (default 5)")
     parser.add_argument("--json", help="also write every run's percentiles here")
     parser.add_argument("--tmp", default="/tmp", help="where the servers' data goes (default /tmp)")
     args = parser.parse_args(argv)
@@ -265,15 +289,26 @@ def main(argv: list[str] | None = None) -> int:
     with workspace("tidelog-hops-", args.tmp) as procs:
         server = start_tidelog(procs, f"{procs.tmp}/data")
         ceiling = start_ceiling(procs)
-        runs = []
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        runs, rate_runs = [], []
         for i in range(args.runs):
             log(f"round {i + 1} of {args.runs}")
             runs.append(measure(server.target, ceiling.target, args.messages, args.rate))
+            if rates:
+                rate_runs.append(at_rates(server.target, rates, args.seconds))
     text, data = table(runs)
     print(f"# where a message's time goes ({args.rate:,.0f} msgs/s, 1 KiB, one at a time)\n")
     print(f"- {machine_line(machine_info(args.tmp, False, grpcio=grpc.__version__))}")
     print(f"- {args.runs} runs of {args.messages:,} messages per bracket; median run (min - max)\n")
     print(text)
+    if rate_runs:
+        rate_text, rate_data = table(rate_runs)
+        data.update(rate_data)
+        print(f"\n## fixed rates: Producer(linger_ms=0) -> Consumer, {args.seconds:g} s per rate\n")
+        print(rate_text.replace("| messages |", "| received (sent) |"))
+        sent = {f"Producer -> Consumer at {r:,.0f} msgs/s": n for r, n in BRACKETS_AT_RATE.items()}
+        for name, n in sent.items():
+            print(f"- {name}: sent {n:,} per run")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rate": args.rate, "messages": args.messages, "brackets": data}, f, indent=1)

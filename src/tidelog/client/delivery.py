@@ -142,6 +142,15 @@ class Delivery:
         """Nothing waiting and nothing in flight."""
         return not self._flying and not any(line.waiting for line in self._lines.values())
 
+    def backed_up(self, topic: str, partition: int, limit: int | None = None) -> bool:
+        """Whether a batch handed over now would wait: the partition has batches waiting, or `limit`
+        (default: the most allowed) requests in flight. The producer keeps adding records to its open
+        batch meanwhile, so that a busy partition sends fewer, fuller requests (adaptive batching)."""
+        line = self._lines.get((topic, partition))
+        if line is None:
+            return False
+        return bool(line.waiting) or len(line.flying) >= (self.max_per_partition if limit is None else limit)
+
     @property
     def has_waiting(self) -> bool:
         return any(line.waiting for line in self._lines.values())

@@ -58,6 +58,11 @@ from .delivery import Delivery, Outgoing
 from .metadata import Metadata
 
 PRODUCE = methods.method("Producer", "Produce").path
+ADAPTIVE_IN_FLIGHT = 2
+"""With linger_ms=0, a partition's records go at once while fewer than this many of its requests are
+in flight, and coalesce into one batch while this many are (one being appended, one queued behind it:
+a third would only wait at the broker). Measured (benchmarks/README.md, latency_hops): 1 added a wait
+to lone records at 1,000 msgs/s, 5 sent a request per record up to 10,000 msgs/s."""
 RETRY_BACKOFF_S = 0.05
 RETRY_BACKOFF_MAX_S = 1.0
 METADATA_REFRESH_MIN_S = 0.1  # between two lookups of leaders (an election takes a moment)
@@ -213,7 +218,10 @@ class Producer:
     Settings (units last):
 
     - linger_ms (5), batch_bytes (1 MiB): a partition's batch goes out when it holds batch_bytes or its
-      first record has waited linger_ms.
+      first record has waited linger_ms, and its partition can send it: while the partition has its
+      most requests in flight (max_in_flight_requests_per_partition; 2 with linger_ms=0), its batch
+      goes on taking records and leaves with the next ack. So linger_ms=0 sends a lone record at once
+      and coalesces records that arrive while the broker is busy (adaptive batching, no linger needed).
     - compression ("none", "gzip", "snappy", "lz4" or "zstd"; lz4 is the fastest here, zstd the smallest).
     - max_in_flight_bytes (64 MiB): encoded bytes written and not yet acknowledged, over all partitions.
     - max_in_flight_requests_per_partition (BATCHES_REMEMBERED, 5): requests of one partition written and
@@ -548,11 +556,12 @@ class Producer:
         """Seconds until something is due: a lingering batch, a deadline, a reconnect (None: nothing)."""
         now = time.monotonic()
         due = [retry_at, self._delivery.next_deadline()]
+        backed_up = self._backed_up
         with self._lock:
             if self._full:
                 return 0.0
             wait = min(self.linger_s, self.delivery_timeout_s)
-            due.extend(b.created + wait for b in self._open.values())
+            due.extend(b.created + wait for (t, p), b in self._open.items() if not backed_up(t, p))
         times = [t for t in due if t is not None]
         return max(min(times) - now, 0.0) if times else None
 
@@ -565,12 +574,19 @@ class Producer:
         if timer is not None:
             timer.cancel()
 
+    def _backed_up(self, topic: str, partition: int) -> bool:
+        """Whether the partition's next batch would only queue behind its requests in flight."""
+        return self._delivery.backed_up(topic, partition, ADAPTIVE_IN_FLIGHT if self.linger_s == 0 else None)
+
     def _take_ready(self, everything: bool, now: float) -> list[Outgoing]:
         wait = min(self.linger_s, self.delivery_timeout_s)
+        backed_up = self._backed_up
         with self._lock:
             ready, self._full = self._full, []
             for (topic, partition), batch in list(self._open.items()):
-                if everything or now - batch.created >= wait:
+                # A batch past its linger goes when its partition can send it; while the partition's
+                # requests are backed up it keeps taking records (an ack wakes the loop to send it).
+                if everything or (now - batch.created >= wait and not backed_up(topic, partition)):
                     del self._open[(topic, partition)]
                     self._rotate_sticky(topic, partition)
                     ready.append((topic, partition, batch))

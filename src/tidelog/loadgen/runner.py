@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 
 from .histogram import Latency
 
-_STAMP = struct.Struct(">q")  # e2e records start with their scheduled send time (monotonic ns)
+_STAMP = struct.Struct(">q")
+TICK_S = 0.25  # how often a worker adds its progress to the shared counter
+PACE_SLEEP_NS = 100_000  # a fixed-rate producer ahead of its schedule by less than this sends at once  # e2e records start with their scheduled send time (monotonic ns)
 
 
 @dataclass
@@ -109,15 +111,16 @@ def _produce_worker(cfg: BenchConfig, index: int, count: int, rate: float, engin
             if now >= deadline:
                 break
             scheduled = start + sent * interval_ns if interval_ns else now
-            if scheduled > now:
+            if scheduled - now > PACE_SLEEP_NS:  # a shorter sleep overshoots by more than it waits
                 time.sleep((scheduled - now) / 1e9)
             value = values[sent % len(values)]
+            since = min(scheduled, time.monotonic_ns())  # the schedule, or the send when earlier (not slept)
             if stamp:
-                value = _STAMP.pack(scheduled) + value[_STAMP.size :]
+                value = _STAMP.pack(since) + value[_STAMP.size :]
             fut = producer.send(cfg.topic, value, partition=(index + sent) % cfg.partitions)
             if not stamp:
 
-                def done(f, t=scheduled):
+                def done(f, t=since):
                     elapsed = time.monotonic_ns() - t
                     with lock:
                         latency.record_ns(elapsed)
@@ -150,18 +153,21 @@ def _consume_worker(cfg: BenchConfig, index: int, count: int, ready=None, counte
     start = time.monotonic_ns()
     # e2e: the consumer starts first and waits for the producers' last records a little longer
     deadline = start + int((cfg.duration_s + (5 if stamp else 0)) * 1e9)
+    ticker = _Ticker(counter)
     try:
         while got < count and time.monotonic_ns() < deadline:
             for c in consumers:
                 records = c.poll(0.05)
+                now = time.monotonic_ns()  # once per poll: the records arrived together
                 for rec in records:
                     value = rec.value if rec.value is not None else b""  # the bench never sends a null value
                     got += 1
                     nbytes += len(value)
                     if stamp:
-                        latency.record_ns(time.monotonic_ns() - _STAMP.unpack_from(value)[0])
-                _tick(counter, len(records))
+                        latency.record_ns(now - _STAMP.unpack_from(value)[0])
+                ticker.add(len(records))
     finally:
+        ticker.flush()
         for c in consumers:
             c.close()
     return {
@@ -180,6 +186,24 @@ def _tick(counter, n: int) -> None:
         counter[0] += n
     else:
         counter.value += n
+
+
+class _Ticker:
+    """Progress counted locally and added to the shared counter at most every TICK_S: a Manager value
+    costs two round trips to another process per update, which a consumer's loop must not pay per poll
+    (it delayed the records behind it)."""
+
+    def __init__(self, counter) -> None:
+        self._counter, self._pending, self._at = counter, 0, time.monotonic()
+
+    def add(self, n: int) -> None:
+        self._pending += n
+        if time.monotonic() - self._at >= TICK_S:
+            self.flush()
+
+    def flush(self) -> None:
+        _tick(self._counter, self._pending)
+        self._pending, self._at = 0, time.monotonic()
 
 
 def _run_in_processes(target, args_list) -> list[dict]:
