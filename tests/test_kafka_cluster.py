@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import random
 import struct
-import threading
 import time
 
 import pytest
 
 from tests.helpers.cluster import Cluster
+from tests.helpers.kafka_stream import NumberedStream
 from tests.test_kafka_protocol import batch, call, produce_frame, read_frame
 from tidelog.kafka_protocol import codec
 from tidelog.kafka_protocol import errors as kerr
@@ -247,22 +247,9 @@ def test_an_idempotent_acks_all_producer_and_a_group_go_through_leader_and_coord
             **QUIET,
         }
     )
-    delivered: dict[int, object] = {}
-
-    def report(err, msg) -> None:
-        delivered[int(msg.value()[:8])] = err
-
-    def produce_all() -> None:
-        for i in range(total):
-            while True:
-                try:
-                    producer.produce("failover", b"%08d" % i + b"." * 100, on_delivery=report)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-            if i % 10 == 0:
-                time.sleep(0.01)  # ~1,000 records/s: the stream spans both kills
+    # ~1,000 records/s: the stream spans both kills
+    stream = NumberedStream(producer, "failover", total, b"." * 100, pause_every=10)
+    delivered = stream.delivered
 
     consumer = confluent_kafka.Consumer(
         {
@@ -291,7 +278,7 @@ def test_an_idempotent_acks_all_producer_and_a_group_go_through_leader_and_coord
                     except confluent_kafka.KafkaException:
                         pass  # a commit refused mid-move (NOT_COORDINATOR, a rebalance): the next one lands
 
-    streaming = threading.Thread(target=produce_all)
+    streaming = stream.thread
     killed = []
     try:
         streaming.start()
@@ -320,7 +307,7 @@ def test_an_idempotent_acks_all_producer_and_a_group_go_through_leader_and_coord
         consumer.close()
     print(f"killed (broker, records acknowledged before) {killed}")
     assert 0 < killed[0][1] and killed[-1][1] < total, f"seed={seed}: the kills missed the stream: nothing tested"
-    failed = [(i, e) for i, e in delivered.items() if e is not None]
+    failed = stream.failed()
     assert len(delivered) == total and not failed, f"seed={seed}: failed deliveries {failed[:5]}"
     assert set(consumed) == set(range(total)), f"seed={seed}: the group missed {total - len(set(consumed))}"
 

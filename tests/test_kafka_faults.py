@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.helpers.kafka_stream import NumberedStream
 from tests.server_process import ServerProcess
 from tidelog.client import Consumer
 
@@ -44,23 +45,8 @@ def test_an_idempotent_producer_writes_each_record_once_through_broker_kills(tmp
             **QUIET,
         }
     )
-    delivered: dict[int, object] = {}
-    padding = b"." * 200
-
-    def report(err, msg) -> None:
-        delivered[int(msg.value()[:8])] = err
-
-    def produce_all() -> None:
-        for i in range(total):
-            while True:
-                try:
-                    producer.produce("exactly-once", b"%08d" % i + padding, on_delivery=report)
-                    break
-                except BufferError:  # the client's queue is full while the broker is down
-                    producer.poll(0.05)
-            producer.poll(0)
-
-    streaming = threading.Thread(target=produce_all)
+    stream = NumberedStream(producer, "exactly-once", total, b"." * 200)
+    delivered, streaming = stream.delivered, stream.thread
     try:
         streaming.start()
         for _ in range(3):
@@ -72,9 +58,7 @@ def test_an_idempotent_producer_writes_each_record_once_through_broker_kills(tmp
         assert producer.flush(120) == 0, "records left undelivered"
     finally:
         server.stop()
-    assert len(delivered) == total and all(err is None for err in delivered.values()), (
-        f"seed={seed}: failed deliveries {[(i, e) for i, e in delivered.items() if e is not None][:5]}"
-    )
+    assert len(delivered) == total and not stream.failed(), f"seed={seed}: failed deliveries {stream.failed()[:5]}"
 
     server.start()
     try:
