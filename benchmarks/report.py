@@ -293,6 +293,46 @@ def chart(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def rate_chart(result: dict, path: str) -> bool:
+    """Latency against rate, one line per system and percentile (p50 solid, p99 dashed; median of the
+    runs), log-log; a point where fewer messages arrived than were sent is marked with an x. False
+    (nothing written) when fewer than two rates were measured."""
+    by_system: dict[str, list[dict]] = {}
+    for e in result.get("latency", []):
+        by_system.setdefault(e["system"], []).append(e)
+    if len({e["rate"] for e in result.get("latency", [])}) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for i, (system, entries) in enumerate(sorted(by_system.items())):
+        entries = sorted(entries, key=lambda e: e["rate"])
+        color = "tab:blue" if entries[0].get("tidelog") else f"C{1 + i % 8}"
+        for pct, style in (("p50", "-"), ("p99", "--")):
+            points = [(e["rate"], e[pct]["median"], e) for e in entries if e.get(pct)]
+            if not points:
+                continue
+            ax.plot([r for r, _, _ in points], [v for _, v, _ in points], style, color=color, marker="o",
+                    label=f"{system} {pct}", linewidth=2 if entries[0].get("tidelog") else 1)  # fmt: skip
+            for r, v, e in points:
+                if sum(e.get("received", [])) < sum(e.get("sent", [])):
+                    ax.plot([r], [v], "x", color="black", markersize=10)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("messages/s (1 KiB, one per send)")
+    ax.set_ylabel("ms from the scheduled send (log)")
+    ax.set_title("End-to-end latency against rate (x: fewer received than sent)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write(result: dict, out_dir: str, stem: str | None = None) -> list[str]:
     """Add comparisons and the suite's targets, then write <stem>.json, .md and .png; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -309,6 +349,8 @@ def write(result: dict, out_dir: str, stem: str | None = None) -> list[str]:
         f.write(markdown(result))
     chart(result, base + ".png")
     paths = [base + ".json", base + ".md", base + ".png"]
+    if rate_chart(result, base + "-latency.png"):
+        paths.append(base + "-latency.png")
     if logs:
         with open(base + ".log", "w") as f:
             for name, text in logs.items():

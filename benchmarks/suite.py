@@ -107,7 +107,7 @@ QUICK = Mode(
     ),
     peer_n=_peer_n(nats=40_000, rabbit=20_000),
     durable_n=32_000,
-    rates=(1000, 5000),
+    rates=(1000, 5000, 10000, 50000),
     e2e_s=3.0,
     cap_s=5.0,
 )
@@ -135,7 +135,7 @@ FULL = Mode(
     ),
     peer_n=_peer_n(nats=100_000, rabbit=60_000),
     durable_n=32_000,
-    rates=(1000, 5000),
+    rates=(1000, 5000, 10000, 50000),
     e2e_s=5.0,
     cap_s=10.0,
 )

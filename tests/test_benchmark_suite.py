@@ -104,6 +104,16 @@ def test_report_writes_json_markdown_and_png(tmp_path, synthetic):
 
     png = (tmp_path / "2000-01-02.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not (tmp_path / "2000-01-02-latency.png").exists(), "one rate: no latency-vs-rate chart"
+
+
+def test_latency_against_rate_is_charted_when_several_rates_were_measured(tmp_path, synthetic):
+    synthetic["latency"] += [_lat("tidelog", 2.0, 9.0, True, rate=10_000), _lat("Redis Streams", 0.5, 3, False, 10_000)]
+    paths = report.write(synthetic, str(tmp_path))
+    chart = tmp_path / "2000-01-02-latency.png"
+    assert str(chart) in paths
+    png = chart.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_full_mode_stem_and_no_tidelog_scenario(tmp_path, synthetic):
