@@ -218,10 +218,10 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_and_its_par
     finally:
         stop.set()
         release.set()
+        for o in others:  # first: the partitions go back to the busy member, which then sees records
+            o.close()
         produce(server.target, 1)  # a record for each, so that the busy loop sees `stop`
         worker.join(30)
-        for o in others:
-            o.close()
 
 
 def test_members_that_start_together_share_the_partitions_from_their_first_assignment(server):
