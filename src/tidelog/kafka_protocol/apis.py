@@ -212,13 +212,11 @@ class KafkaApis:
                 elsewhere = exc
 
         def one(key_type: int) -> dict:
-            if key_type == TRANSACTION_KEY:
-                elsewhere_now: TidelogError | None = None
-            else:
-                elsewhere_now = elsewhere
-            if key_type == TRANSACTION_KEY or elsewhere_now is not None:
+            why = "transactions are not supported" if key_type == TRANSACTION_KEY else None
+            if why is None and elsewhere is not None:
+                why = kerr.message_of(elsewhere)
+            if why is not None:
                 code = self._error("FindCoordinator", kerr.COORDINATOR_NOT_AVAILABLE)
-                why = kerr.message_of(elsewhere_now) if elsewhere_now is not None else "transactions are not supported"
                 return {"error_code": code, "error_message": why, "node_id": -1, "host": "", "port": -1}
             return {
                 "error_code": 0,

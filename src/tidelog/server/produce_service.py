@@ -166,8 +166,11 @@ class ProduceService:
             parsed = [p if isinstance(p, _Refused) else _Refused(joining, p.sequence, p.topic) for p in parsed]
         requests = [(p.topic, p.partition, p.batches) for p in parsed if not isinstance(p, _Refused)]
         if replicas is None:
-            now = self.engine.try_append(*requests[0]) if len(requests) == 1 else None
-            outcomes = iter([now] if now is not None else await self.engine.append_many(requests) if requests else [])
+            now = self.engine.try_append(*requests[0]) if len(requests) == 1 else None  # (no pool hop)
+            if now is not None:
+                outcomes = iter([now])
+            else:
+                outcomes = iter(await self.engine.append_many(requests) if requests else [])
         else:
             acks = {(p.topic, p.partition): p.acks for p in parsed if not isinstance(p, _Refused)}
             outcomes = iter(
