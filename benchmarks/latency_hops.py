@@ -1,7 +1,7 @@
 """Where a message's time goes, hop by hop: brackets of the end-to-end path, each measured alone.
 
     python -m benchmarks.latency_hops [--runs N] [--rate R] [--messages N] [--json PATH] [--tmp DIR]
-                                      [--rates 1000,5000,10000,50000 [--seconds S]]
+                                      [--rates 1000,5000,10000,50000 [--seconds S] [--fsync never,interval,always]]
 
 One `tidelog serve --fsync never` and the raw grpcio ceiling server (grpc_bench's: a grpc.aio server
 that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one at a time:
@@ -15,7 +15,8 @@ that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one a
   lateness is the client's); from the moment of the write with the raw producer (asyncio's timers wake
   up to 1 ms late: epoll counts milliseconds).
 
---rates adds Producer(linger_ms=0) -> Consumer at each fixed rate (received / sent, percentiles).
+--rates adds Producer(linger_ms=0) -> Consumer at each fixed rate (received / sent, percentiles), against a
+broker of each `--fsync` policy (one more `tidelog serve` per policy other than never).
 
 The differences between brackets are the hops: Producer RTT - raw RTT is the producer's thread and loop;
 raw e2e - (raw RTT) is the broker's append-to-subscriber path; Producer -> Consumer - raw e2e is the two
@@ -222,17 +223,23 @@ def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
     return got
 
 
-def at_rates(target: str, rates: list[float], seconds: float) -> dict[str, list[float]]:
-    """Producer -> Consumer at each rate for `seconds` (received / sent is checked by the caller)."""
+def at_rates(target: str, rates: list[float], seconds: float, fsync: str) -> dict[str, list[float]]:
+    """Producer -> Consumer at each rate for `seconds` against a broker running `--fsync fsync`
+    (received / sent is checked by the caller)."""
     out: dict[str, list[float]] = {}
     for rate in rates:
         n = int(rate * seconds)
-        BRACKETS_AT_RATE[rate] = n
-        out[f"Producer -> Consumer at {rate:,.0f} msgs/s"] = end_to_end(target, "Producer -> Consumer", n, rate)
+        name = rate_bracket(rate, fsync)
+        BRACKETS_AT_RATE[name] = n
+        out[name] = end_to_end(target, "Producer -> Consumer", n, rate)
     return out
 
 
-BRACKETS_AT_RATE: dict[float, int] = {}  # rate -> messages sent per run
+def rate_bracket(rate: float, fsync: str) -> str:
+    return f"Producer -> Consumer at {rate:,.0f} msgs/s, fsync {fsync}"
+
+
+BRACKETS_AT_RATE: dict[str, int] = {}  # bracket -> messages sent per run
 
 
 def measure(target: str, ceiling: str, n: int, rate: float) -> dict[str, list[float]]:
@@ -281,21 +288,38 @@ def main(argv: list[str] | None = None) -> int:
         help="also Producer -> Consumer at these msgs/s, comma-separated (e.g. 1000,5000,10000,50000)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each --rates run (default 5)")
+    parser.add_argument(
+        "--fsync",
+        default="never",
+        help="the --rates runs against a broker with each of these fsync policies, comma-separated "
+        "(never, interval, always; default never)",
+    )
     parser.add_argument("--json", help="also write every run's percentiles here")
     parser.add_argument("--tmp", default="/tmp", help="where the servers' data goes (default /tmp)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.messages < 100 or args.rate <= 0:
         parser.error("--runs must be >= 1, --messages >= 100 and --rate > 0")
+    policies = [p.strip() for p in args.fsync.split(",") if p.strip()]
+    if not policies or set(policies) - {"never", "interval", "always"}:
+        parser.error(f"--fsync takes never, interval and always, not {args.fsync!r}")
     with workspace("tidelog-hops-", args.tmp) as procs:
         server = start_tidelog(procs, f"{procs.tmp}/data")
         ceiling = start_ceiling(procs)
+        others = {
+            policy: start_tidelog(procs, f"{procs.tmp}/data-{policy}", fsync=policy, name=f"tidelog-{policy}")
+            for policy in policies
+            if policy != "never"
+        }
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         runs, rate_runs = [], []
         for i in range(args.runs):
             log(f"round {i + 1} of {args.runs}")
             runs.append(measure(server.target, ceiling.target, args.messages, args.rate))
             if rates:
-                rate_runs.append(at_rates(server.target, rates, args.seconds))
+                both: dict[str, list[float]] = {}
+                for policy in policies:
+                    both.update(at_rates(others.get(policy, server).target, rates, args.seconds, policy))
+                rate_runs.append(both)
     text, data = table(runs)
     print(f"# where a message's time goes ({args.rate:,.0f} msgs/s, 1 KiB, one at a time)\n")
     print(f"- {machine_line(machine_info(args.tmp, False, grpcio=grpc.__version__))}")
@@ -306,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         data.update(rate_data)
         print(f"\n## fixed rates: Producer(linger_ms=0) -> Consumer, {args.seconds:g} s per rate\n")
         print(rate_text.replace("| messages |", "| received (sent) |"))
-        sent = {f"Producer -> Consumer at {r:,.0f} msgs/s": n for r, n in BRACKETS_AT_RATE.items()}
-        for name, n in sent.items():
+        for name, n in BRACKETS_AT_RATE.items():
             print(f"- {name}: sent {n:,} per run")
     if args.json:
         with open(args.json, "w") as f:
