@@ -1,7 +1,7 @@
 """Where a message's time goes, hop by hop: brackets of the end-to-end path, each measured alone.
 
     python -m benchmarks.latency_hops [--runs N] [--rate R] [--messages N] [--json PATH] [--tmp DIR]
-                                      [--rates 1000,5000,10000,50000 [--seconds S] [--fsync never,interval,always]]
+                                      [--rates 1000,5000,10000,50000 [--seconds S] [--fsync never,interval,always]] [--kafka]
 
 One `tidelog serve --fsync never` and the raw grpcio ceiling server (grpc_bench's: a grpc.aio server
 that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one at a time:
@@ -16,7 +16,8 @@ that acks each message and does nothing else) on 127.0.0.1. 1 KiB records, one a
   up to 1 ms late: epoll counts milliseconds).
 
 --rates adds Producer(linger_ms=0) -> Consumer at each fixed rate (received / sent, percentiles), against a
-broker of each `--fsync` policy (one more `tidelog serve` per policy other than never).
+broker of each `--fsync` policy (one more `tidelog serve` per policy other than never). --kafka adds the
+same brackets through the broker's Kafka listener, confluent-kafka (librdkafka) producing and consuming.
 
 The differences between brackets are the hops: Producer RTT - raw RTT is the producer's thread and loop;
 raw e2e - (raw RTT) is the broker's append-to-subscriber path; Producer -> Consumer - raw e2e is the two
@@ -186,15 +187,83 @@ def client_consumer(target: str, topic: str, n: int, timeout_s: float, out, read
     out.put(got)
 
 
+# -- through the Kafka listener, with librdkafka (confluent-kafka) on both ends --------------------------------
+KAFKA_PRODUCER = {"linger.ms": 0, "acks": 1, "enable.idempotence": False, "socket.nagle.disable": True}
+"""One request per record while none is in flight (librdkafka batches what queues behind one), the
+leader's ack: as Producer(linger_ms=0) against a single broker."""
+KAFKA_CONSUMER = {"fetch.wait.max.ms": 100, "fetch.min.bytes": 1, "socket.nagle.disable": True}
+"""A fetch waits at the broker for the next record (woken by the append), up to 100 ms."""
+
+
+def kafka_rtt(bootstrap: str, topic: str, n: int, rate: float) -> list[float]:
+    from confluent_kafka import Producer as KafkaProducer
+
+    producer = KafkaProducer({"bootstrap.servers": bootstrap, **KAFKA_PRODUCER})
+    out: list[float] = []
+    producer.produce(topic, _value(0), partition=0)
+    producer.flush(10)
+    for _ in range(n):
+        t0 = time.monotonic_ns()
+        producer.produce(topic, _value(t0), partition=0)
+        producer.flush(10)
+        out.append((time.monotonic_ns() - t0) / 1e6)
+        time.sleep(max(0.0, 1 / rate - (time.monotonic_ns() - t0) / 1e9))
+    return out
+
+
+def kafka_produce(bootstrap: str, topic: str, n: int, rate: float) -> None:
+    """confluent-kafka, one produce() per record at `rate`, stamped as client_produce does."""
+    from confluent_kafka import Producer as KafkaProducer
+
+    producer = KafkaProducer({"bootstrap.servers": bootstrap, **KAFKA_PRODUCER})
+    producer.list_topics(topic, timeout=10)  # the metadata is there before the clock starts
+    start = time.monotonic_ns()
+    for i in range(n):
+        due = start + int(i * 1e9 / rate)
+        now = time.monotonic_ns()
+        if due - now > 100_000:
+            time.sleep((due - now) / 1e9)
+        producer.produce(topic, _value(min(due, time.monotonic_ns())), partition=0)
+        producer.poll(0)
+    if producer.flush(30):
+        raise RuntimeError("confluent-kafka did not deliver everything within 30 s")
+
+
+def kafka_consumer(bootstrap: str, topic: str, n: int, timeout_s: float, out, ready) -> None:
+    from confluent_kafka import OFFSET_END, TopicPartition
+    from confluent_kafka import Consumer as KafkaConsumer
+
+    consumer = KafkaConsumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"hops-{topic}", "enable.auto.commit": False, **KAFKA_CONSUMER}
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+    settle = time.monotonic() + 1.0  # the end offset is looked up and the first fetch is waiting
+    while time.monotonic() < settle:
+        consumer.poll(0.1)
+    ready.set()
+    got: list[float] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        message = consumer.poll(0.05)
+        if message is not None and message.error() is None:
+            got.append((time.monotonic_ns() - STAMP.unpack_from(message.value())[0]) / 1e6)
+    consumer.close()
+    out.put(got)
+
+
 BRACKETS = {
     "raw produce -> raw Subscribe": (raw_consumer, "raw"),
     "raw produce -> Consumer": (client_consumer, "raw"),
     "Producer -> raw Subscribe": (raw_consumer, "client"),
     "Producer -> Consumer": (client_consumer, "client"),
 }
+KAFKA_BRACKET = "confluent-kafka -> confluent-kafka, through the Kafka listener"
+BRACKETS[KAFKA_BRACKET] = (kafka_consumer, "kafka")
 
 
-def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
+def end_to_end(target: str, name: str, n: int, rate: float, kafka: str | None = None) -> list[float]:
+    """One bracket: a consumer in a spawned process, then the producer here at `rate`. `kafka`: the
+    Kafka listener's address (the Kafka bracket only)."""
     from tidelog.client import Admin
 
     consumer, producer = BRACKETS[name]
@@ -203,7 +272,8 @@ def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
         admin.create_topic(topic, 1)
     ctx = multiprocessing.get_context("spawn")  # never fork a process that uses gRPC
     out, ready = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=consumer, args=(target, topic, n, n / rate + 15, out, ready))
+    where = kafka if producer == "kafka" else target
+    proc = ctx.Process(target=consumer, args=(where, topic, n, n / rate + 15, out, ready))
     proc.start()
     try:
         if not ready.wait(60):
@@ -211,6 +281,9 @@ def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
         time.sleep(0.5)  # the subscription reaches the broker
         if producer == "raw":
             asyncio.run(raw_produce(target, topic, n, rate))
+        elif producer == "kafka":
+            assert kafka is not None
+            kafka_produce(kafka, topic, n, rate)
         else:
             client_produce(target, topic, n, rate)
         got = out.get(timeout=n / rate + 30)
@@ -223,27 +296,26 @@ def end_to_end(target: str, name: str, n: int, rate: float) -> list[float]:
     return got
 
 
-def at_rates(target: str, rates: list[float], seconds: float, fsync: str) -> dict[str, list[float]]:
-    """Producer -> Consumer at each rate for `seconds` against a broker running `--fsync fsync`
-    (received / sent is checked by the caller)."""
+def at_rates(
+    target: str, rates: list[float], seconds: float, fsync: str, kafka: str | None = None
+) -> dict[str, list[float]]:
+    """Producer -> Consumer at each rate for `seconds` against a broker running `--fsync fsync`, and
+    with `kafka` the Kafka bracket too (received / sent is checked by the caller)."""
     out: dict[str, list[float]] = {}
     for rate in rates:
         n = int(rate * seconds)
-        name = rate_bracket(rate, fsync)
-        BRACKETS_AT_RATE[name] = n
-        out[name] = end_to_end(target, "Producer -> Consumer", n, rate)
+        for bracket in ("Producer -> Consumer", *([KAFKA_BRACKET] if kafka else [])):
+            name = f"{bracket} at {rate:,.0f} msgs/s, fsync {fsync}"
+            BRACKETS_AT_RATE[name] = n
+            out[name] = end_to_end(target, bracket, n, rate, kafka)
     return out
-
-
-def rate_bracket(rate: float, fsync: str) -> str:
-    return f"Producer -> Consumer at {rate:,.0f} msgs/s, fsync {fsync}"
 
 
 BRACKETS_AT_RATE: dict[str, int] = {}  # bracket -> messages sent per run
 
 
-def measure(target: str, ceiling: str, n: int, rate: float) -> dict[str, list[float]]:
-    """Every bracket once, in a fixed order."""
+def measure(target: str, ceiling: str, n: int, rate: float, kafka: str | None = None) -> dict[str, list[float]]:
+    """Every bracket once, in a fixed order (the Kafka ones with `kafka`, the listener's address)."""
     from tidelog.client import Admin
 
     topic = f"rtt-{time.monotonic_ns()}"
@@ -255,8 +327,11 @@ def measure(target: str, ceiling: str, n: int, rate: float) -> dict[str, list[fl
     asyncio.run(raw_produce(target, topic, n, rate, raw))
     out["RTT: tidelog Produce, pre-encoded request"] = raw
     out["RTT: Producer(linger_ms=0).send().result()"] = producer_rtt(target, topic, n, rate)
+    if kafka:
+        out["RTT: confluent-kafka produce() + flush(), Kafka listener"] = kafka_rtt(kafka, topic, n, rate)
     for name in BRACKETS:
-        out[f"e2e: {name}"] = end_to_end(target, name, n, rate)
+        if kafka or name != KAFKA_BRACKET:
+            out[f"e2e: {name}"] = end_to_end(target, name, n, rate, kafka)
     return out
 
 
@@ -294,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the --rates runs against a broker with each of these fsync policies, comma-separated "
         "(never, interval, always; default never)",
     )
+    parser.add_argument(
+        "--kafka",
+        action="store_true",
+        help="also the brackets through the Kafka listener, confluent-kafka (librdkafka) on both ends",
+    )
     parser.add_argument("--json", help="also write every run's percentiles here")
     parser.add_argument("--tmp", default="/tmp", help="where the servers' data goes (default /tmp)")
     args = parser.parse_args(argv)
@@ -303,22 +383,29 @@ def main(argv: list[str] | None = None) -> int:
     if not policies or set(policies) - {"never", "interval", "always"}:
         parser.error(f"--fsync takes never, interval and always, not {args.fsync!r}")
     with workspace("tidelog-hops-", args.tmp) as procs:
-        server = start_tidelog(procs, f"{procs.tmp}/data")
+        server = start_tidelog(procs, f"{procs.tmp}/data", kafka=args.kafka)
         ceiling = start_ceiling(procs)
         others = {
-            policy: start_tidelog(procs, f"{procs.tmp}/data-{policy}", fsync=policy, name=f"tidelog-{policy}")
+            policy: start_tidelog(
+                procs, f"{procs.tmp}/data-{policy}", fsync=policy, name=f"tidelog-{policy}", kafka=args.kafka
+            )
             for policy in policies
             if policy != "never"
         }
+
+        def kafka_of(proc) -> str | None:
+            return f"{proc.target.rsplit(':', 1)[0]}:{proc.kafka_port}" if args.kafka else None
+
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         runs, rate_runs = [], []
         for i in range(args.runs):
             log(f"round {i + 1} of {args.runs}")
-            runs.append(measure(server.target, ceiling.target, args.messages, args.rate))
+            runs.append(measure(server.target, ceiling.target, args.messages, args.rate, kafka_of(server)))
             if rates:
                 both: dict[str, list[float]] = {}
                 for policy in policies:
-                    both.update(at_rates(others.get(policy, server).target, rates, args.seconds, policy))
+                    broker = others.get(policy, server)
+                    both.update(at_rates(broker.target, rates, args.seconds, policy, kafka_of(broker)))
                 rate_runs.append(both)
     text, data = table(runs)
     print(f"# where a message's time goes ({args.rate:,.0f} msgs/s, 1 KiB, one at a time)\n")
@@ -328,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if rate_runs:
         rate_text, rate_data = table(rate_runs)
         data.update(rate_data)
-        print(f"\n## fixed rates: Producer(linger_ms=0) -> Consumer, {args.seconds:g} s per rate\n")
+        print(f"\n## fixed rates, {args.seconds:g} s per rate\n")
         print(rate_text.replace("| messages |", "| received (sent) |"))
         for name, n in BRACKETS_AT_RATE.items():
             print(f"- {name}: sent {n:,} per run")
