@@ -1,7 +1,11 @@
 # tidelog broker image.
 #
 #   docker build -t tidelog .                        (podman: add --format docker to keep the HEALTHCHECK)
-#   docker run -d -p 50051:50051 -p 9092:9092 -v tidelog-data:/data tidelog
+#   docker run -d -p 50051:50051 -p 9092:9092 -v tidelog-data:/data -v ./secrets:/secrets:ro \
+#       -e TIDELOG_TLS_CERT_FILE=/secrets/server.crt -e TIDELOG_TLS_KEY_FILE=/secrets/server.key \
+#       -e TIDELOG_USERS_FILE=/secrets/users.json -e TIDELOG_CA_FILE=/secrets/ca.pem tidelog
+#   (listening on 0.0.0.0 it refuses to start without TLS and authentication; -e TIDELOG_INSECURE=1 serves
+#   it open, for a network you trust. README: Security, Container)
 #
 # Stage "build" compiles the Cython core and builds the tidelog wheel (build deps from pyproject's
 # build-system, fetched by pip into an isolated environment). The runtime stage installs that wheel and
@@ -60,7 +64,8 @@ VOLUME ["/data"]
 EXPOSE 50051 9464 9092
 
 # SERVING only after the engine has opened (and recovered) the log and the port is bound; NOT_SERVING
-# as soon as a graceful shutdown starts.
+# as soon as a graceful shutdown starts. Under TLS it reads TIDELOG_CA_FILE (and TIDELOG_SERVER_NAME when
+# the certificate does not name 127.0.0.1) from the environment; the health service needs no token.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["tidelog", "health", "--server", "127.0.0.1:50051", "--timeout-ms", "3000"]
 

@@ -39,6 +39,21 @@ FORBIDDEN = {
     # Kafka's wire protocol: an edge beside the gRPC server, over the engine and the offset store; it
     # shares the server's byte budget and metric buckets, never gRPC, tidelog's wire contract or a client
     "kafka_protocol": {"client", "v1", "grpc", "wire", "cluster", "replication", "queues"},
+    # the broker's TLS material and users: files and crypto, never a transport's handlers or the data path
+    "security": {
+        "client",
+        "server",
+        "engine",
+        "storage",
+        "partition",
+        "groups",
+        "queues",
+        "cluster",
+        "replication",
+        "kafka_protocol",
+        "v1",
+        "wire",
+    },
     "values.py": {"storage", "partition", "engine", "server", "client", "groups", "wire", "v1", "grpc"},
 }
 

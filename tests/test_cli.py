@@ -327,7 +327,9 @@ def test_serve_on_port_0_says_where_it_serves_and_writes_the_ports_to_files(tmp_
         port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
         metrics_port = int(wait_for_file(metrics_file, proc, 60, "tidelog serve"))
         line = proc.stdout.readline().strip()
-        assert line == f"tidelog serving address=127.0.0.1:{port} metrics_address=127.0.0.1:{metrics_port}"
+        assert line == (
+            f"tidelog serving address=127.0.0.1:{port} metrics_address=127.0.0.1:{metrics_port} security=open"
+        )
         assert port > 0 and metrics_port > 0 and port != metrics_port
         out = tidelog("health", f"--server=127.0.0.1:{port}")
         assert out.returncode == 0 and out.stdout.strip() == b"SERVING"
@@ -366,7 +368,11 @@ def test_serve_says_where_it_serves_in_json_when_it_logs_json(tmp_path):
     )
     try:
         port = int(wait_for_file(port_file, proc, 60, "tidelog serve"))
-        assert json.loads(proc.stdout.readline()) == {"event": "serving", "address": f"127.0.0.1:{port}"}
+        assert json.loads(proc.stdout.readline()) == {
+            "event": "serving",
+            "address": f"127.0.0.1:{port}",
+            "security": "open",
+        }
         proc.terminate()
         assert proc.wait(timeout=60) == 0
     finally:

@@ -280,6 +280,23 @@ class ServerConfig:
     defaults (Kafka: auto.create.topics.enable, on by default there too)."""
     kafka_idle_timeout_ms: int = 600_000
     """Close a Kafka connection with no request for this long, default 10 min (Kafka: connections.max.idle.ms)."""
+    tls_cert_file: str = ""
+    """PEM certificate chain every listener (gRPC, metrics, Kafka) presents; with tls_key_file turns TLS on.
+    Read again when the file changes or on SIGHUP: a renewed certificate serves the next connection."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
+    tls_client_ca_file: str = ""
+    """PEM CA certificates a client certificate must chain to: mutual TLS, every client must present one,
+    and its common name is its principal when it sends no token."""
+    users_file: str = ""
+    """The users file (`tidelog users add ...`): with it every tidelog call must carry a user's token; empty
+    (the default): no tokens (and no authentication at all unless tls_client_ca_file is given)."""
+    auth_max_failures: int = 10
+    """Authentication failures from one address within 10 s after which its new tokens are refused
+    unchecked until the failures age out (tokens verified before keep working)."""
+    insecure: bool = False
+    """Serve an address other than loopback without TLS and authentication, knowingly. Without it such a
+    broker refuses to start: anyone reaching the port could read, write and delete every topic."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Settings of the engine (fsync policy, topic defaults, limits)."""
 
@@ -339,6 +356,7 @@ class ServerConfig:
         ):
             _positive(self, name, minimum=1)
         _positive(self, "admin_reserved_rpcs", minimum=0)
+        _positive(self, "auth_max_failures", minimum=1)
         _positive(self, "group_initial_rebalance_delay_ms", minimum=0)
         _positive(self, "broker_session_timeout_ms", minimum=1000)
         _positive(self, "default_replication_factor", minimum=1)
@@ -358,6 +376,45 @@ class ServerConfig:
             _positive(self, "broker_id", minimum=0)
         if not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise InvalidConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+        self._check_security()
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether every tidelog call must say who it is (a token, or a client certificate)."""
+        return bool(self.users_file or self.tls_client_ca_file)
+
+    def _check_security(self) -> None:
+        names = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "users_file")
+        if not all(isinstance(getattr(self, n), str) for n in names) or not isinstance(self.insecure, bool):
+            raise InvalidConfigError(f"{', '.join(names)} must be paths (strings) and insecure true or false")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidConfigError("tls_cert_file and tls_key_file go together: give both, or neither")
+        if self.tls_client_ca_file and not self.tls:
+            raise InvalidConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.cluster and (self.tls or self.authenticates):
+            raise InvalidConfigError(
+                "TLS and authentication are not available in a cluster yet (brokers would need credentials "
+                "for each other); run the cluster on a private network, or a single broker with them"
+            )
+        if self.kafka_port != -1 and self.users_file and not self.tls_client_ca_file:
+            raise InvalidConfigError(
+                "the Kafka listener cannot check tokens yet (no SASL): with users_file, Kafka clients must be "
+                "identified by client certificates (tls_client_ca_file), or turn the Kafka listener off"
+            )
+        exposed = [h for h in (self.host, self.metrics_host, self.kafka_host) if h and not is_loopback(h)]
+        if exposed and not (self.tls and self.authenticates) and not self.insecure:
+            missing = " and ".join(
+                what for what, on in (("TLS", self.tls), ("authentication", self.authenticates)) if not on
+            )
+            raise InvalidConfigError(
+                f"refusing to listen on {exposed[0]} without {missing}: anyone who reaches it could read, write "
+                "and delete every topic. Give --tls-cert/--tls-key and --users-file (or --tls-client-ca), listen "
+                "on 127.0.0.1, or pass --insecure to serve it open anyway"
+            )
 
     @property
     def data_path_rpcs(self) -> int:
@@ -366,3 +423,16 @@ class ServerConfig:
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServerConfig:
         return _replace(self, overrides)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only ever reaches this machine: localhost or a loopback address (a host name
+    that could resolve elsewhere is not)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

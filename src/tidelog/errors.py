@@ -311,6 +311,13 @@ class UnknownLeaderEpochError(TidelogError):
     retriable = True
 
 
+class AuthenticationError(TidelogError):
+    """The call carried no credentials, or ones the broker does not accept (Kafka's
+    SASL_AUTHENTICATION_FAILED). Deliberately vague about which part was wrong."""
+
+    code = 58
+
+
 BY_CODE[TidelogError.code] = TidelogError
 ALL_ERRORS: tuple[type[TidelogError], ...] = tuple(BY_CODE.values())
 

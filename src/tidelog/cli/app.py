@@ -27,6 +27,7 @@ from . import (
     serve,
     top,
     topics,
+    users,
 )
 from .broker import add_server_option, resolve_server
 from .failures import FAILED, USAGE, CommandError, UsageError
@@ -35,6 +36,7 @@ from .parsing import LOG_FORMATS, LOG_LEVELS, HelpFormatter, Parser, add_log_opt
 COMMANDS = (
     serve,
     topics,
+    users,
     produce,
     consume,
     groups,

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from .broker import admin, talks_to_broker
+from .broker import admin, security, talks_to_broker
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
 from .values import non_negative_int, positive_int, positive_number
@@ -110,6 +110,7 @@ def _consume_as_group(args: argparse.Namespace) -> int:
         topics=[args.topic],
         auto_commit=True,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
+        security=security(args),
     )
     shown = 0
     idle_since = time.monotonic()
@@ -147,7 +148,7 @@ def _consume_partitions(args: argparse.Namespace) -> int:
         start = args.offset
     else:
         start = "earliest" if args.from_beginning else "latest"
-    metadata = Metadata(args.server)  # one lookup of leaders for all the partitions
+    metadata = Metadata(args.server, security=security(args))  # one lookup of leaders for all the partitions
     consumers = [PartitionConsumer(args.server, args.topic, p, start, metadata=metadata) for p in partitions]
     shown = 0
     idle_since = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .broker import talks_to_broker
+from .broker import security, talks_to_broker
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_deprecated_alias
 from .values import positive_number
@@ -24,10 +24,12 @@ def run(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from ..client.channel import sync_channel
+
     if "," in args.server:
         raise UsageError(f"health checks one broker; --server names several: {args.server}")
 
-    with grpc.insecure_channel(args.server) as channel:
+    with sync_channel(args.server, security(args)) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout_ms / 1000

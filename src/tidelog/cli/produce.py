@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import COMPRESSIONS
-from .broker import admin, talks_to_broker
+from .broker import admin, security, talks_to_broker
 from .failures import CommandError
 from .parsing import add_command
 from .values import non_empty, non_negative_int, non_negative_number, positive_int
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             linger_ms=args.linger_ms,
             batch_bytes=args.batch_bytes,
             compression=args.compression,
+            security=security(args),
         ) as producer:
             for line in source:
                 line = line.rstrip(b"\r\n")

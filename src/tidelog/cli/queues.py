@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from .broker import admin, talks_to_broker
+from .broker import admin, security, talks_to_broker
 from .consume import format_record
 from .failures import UsageError
 from .parsing import add_command, add_format_option
@@ -148,6 +148,7 @@ def receive_queue(args: argparse.Namespace) -> int:
         dead_letter_topic=args.dead_letter_topic,
         fifo=args.fifo,
         wait_ms=200,
+        security=security(args),
     ) as q:
         shown = 0
         idle_since = time.monotonic()

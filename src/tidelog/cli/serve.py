@@ -28,9 +28,15 @@ ENV_SETTINGS = {
     "TIDELOG_BROKER_ID": "broker_id",
     "TIDELOG_KAFKA_PORT": "kafka_port",
     "TIDELOG_ADVERTISED_HOST": "advertised_host",
+    "TIDELOG_TLS_CERT_FILE": "tls_cert_file",
+    "TIDELOG_TLS_KEY_FILE": "tls_key_file",
+    "TIDELOG_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    "TIDELOG_USERS_FILE": "users_file",
+    "TIDELOG_INSECURE": "insecure",
 }
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
 INTEGER_SETTINGS = ("port", "metrics_port", "broker_id", "kafka_port")
+SECURITY_SETTINGS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "users_file", "insecure")
 
 
 def register(commands) -> None:
@@ -89,6 +95,37 @@ def register(commands) -> None:
         help="this broker's id in the cluster, unique among its live brokers (default: $TIDELOG_BROKER_ID; "
         "required with --cluster)",
     )
+    security = serve.add_argument_group("security (README: Security)")
+    security.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        metavar="PEM",
+        help="certificate chain every listener presents: turns TLS on (with --tls-key). Re-read when the file "
+        "changes or on SIGHUP (default: $TIDELOG_TLS_CERT_FILE, else no TLS)",
+    )
+    security.add_argument(
+        "--tls-key", dest="tls_key_file", metavar="PEM", help="its private key (default: $TIDELOG_TLS_KEY_FILE)"
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        dest="tls_client_ca_file",
+        metavar="PEM",
+        help="mutual TLS: every client presents a certificate signed by these CAs; its common name is its "
+        "principal (default: $TIDELOG_TLS_CLIENT_CA_FILE, else no client certificates)",
+    )
+    security.add_argument(
+        "--users-file",
+        metavar="FILE",
+        help="every call must carry a token of a user in this file (`tidelog users add`; default: "
+        "$TIDELOG_USERS_FILE, else no tokens)",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="listen on an address other than loopback without TLS and authentication anyway "
+        "(default: $TIDELOG_INSECURE=1, else refuse): anyone who reaches it may read, write and delete every topic",
+    )
     serve.set_defaults(run=run)
 
 
@@ -118,7 +155,16 @@ def load_config(args: argparse.Namespace):
     for env, name in ENV_ENGINE_SETTINGS.items():
         if env in os.environ:
             engine[name] = os.environ[env]
-    for name in ("host", "port", "data_dir", "metrics_port", "cluster", "broker_id", "kafka_port"):
+    for name in (
+        "host",
+        "port",
+        "data_dir",
+        "metrics_port",
+        "cluster",
+        "broker_id",
+        "kafka_port",
+        *SECURITY_SETTINGS,
+    ):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fsync is not None:
@@ -130,6 +176,10 @@ def load_config(args: argparse.Namespace):
 
 def _env_value(env: str, name: str):
     value = os.environ[env]
+    if name == "insecure":
+        if value.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+            raise UsageError(f"${env} must be 1 or 0, got {value!r}")
+        return value.lower() in ("1", "true", "yes")
     if name not in INTEGER_SETTINGS:
         return value
     try:
@@ -158,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             where["metrics_address"] = f"{config.metrics_host or config.host}:{server.metrics_port}"
         if server.kafka_port is not None:
             where["kafka_address"] = f"{config.kafka_host or config.host}:{server.kafka_port}"
+        where["security"] = server.security  # "open": anyone who reaches the ports may do anything
         if args.log_format == "json":
             print(json.dumps({"event": "serving", **where}), flush=True)
         else:

@@ -19,6 +19,7 @@ from ..wire import methods
 from .channel import DEFAULT_TARGET
 from .metadata import Metadata
 from .queue_backend import settings_of
+from .security import ClientSecurity
 
 
 class Admin:
@@ -27,9 +28,15 @@ class Admin:
     target: one address or several ("host:port,host:port"), tried in order until one answers;
     offsets are asked of the partition's leader."""
 
-    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        timeout_s: float = 30.0,
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.target = target
-        self._metadata = Metadata(target, timeout_s=timeout_s)
+        self._metadata = Metadata(target, timeout_s=timeout_s, security=security)
 
         def rpc(name):
             method = methods.method("Admin", name)

@@ -10,6 +10,7 @@ import grpc
 from ..errors import InvalidRequestError
 from ..wire.methods import Method
 from ..wire.statuses import error_from_rpc
+from .security import ClientSecurity
 
 MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_TARGET = "localhost:50051"
@@ -36,12 +37,20 @@ def parse_targets(targets: str | Sequence[str]) -> list[str]:
     return out
 
 
-def sync_channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=OPTIONS)
+def sync_channel(target: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    credentials = security.channel_credentials(target) if security is not None else None
+    if credentials is None:
+        return grpc.insecure_channel(target, options=OPTIONS)
+    assert security is not None
+    return grpc.secure_channel(target, credentials, options=OPTIONS + security.options())
 
 
-def aio_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=OPTIONS)
+def aio_channel(target: str, security: ClientSecurity | None = None) -> grpc.aio.Channel:
+    credentials = security.channel_credentials(target) if security is not None else None
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=OPTIONS)
+    assert security is not None
+    return grpc.aio.secure_channel(target, credentials, options=OPTIONS + security.options())
 
 
 def unary(channel, method: Method, target: str, timeout_s: float):

@@ -27,6 +27,7 @@ from ..wire import framing, methods
 from ..wire.statuses import error_from_rpc
 from .channel import DEFAULT_TARGET, aio_channel
 from .metadata import Metadata
+from .security import ClientSecurity
 
 SUBSCRIBE = methods.method("Consumer", "Subscribe").path
 GRANT_IDLE_S = 0.005  # a consumer that has handed out everything and hears nothing this long grants it all back
@@ -89,6 +90,7 @@ class PartitionConsumer:
         channel=None,
         metadata: Metadata | None = None,
         failover_s: float = 30.0,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
         self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
@@ -96,7 +98,7 @@ class PartitionConsumer:
         self.failover_s = failover_s
         self._channel = channel  # given: that broker alone (no failover)
         self._own_metadata = metadata is None and channel is None  # a group member shares its own
-        self._metadata = Metadata(target) if self._own_metadata else metadata
+        self._metadata = Metadata(target, security=security) if self._own_metadata else metadata
         self._pending: list[Record] = []
         self._closed = False
         self._credit_bytes = credit_bytes
@@ -269,6 +271,7 @@ class AsyncConsumer:
         max_message_bytes: int = 4 << 20,
         copy: bool = True,
         failover_s: float = 30.0,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.target, self.topic, self.partition, self.copy = target, topic, partition, copy
         self.position: int | None = offset if isinstance(offset, int) and not isinstance(offset, bool) else None
@@ -276,7 +279,7 @@ class AsyncConsumer:
         self.failover_s = failover_s
         self._start_position = position_message(offset, timestamp_ms)
         self._credit_bytes, self._max_message_bytes = credit_bytes, max_message_bytes
-        self._metadata = Metadata(target)  # blocking lookups, run in a worker thread
+        self._metadata = Metadata(target, security=security)  # blocking lookups, run in a worker thread
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._address = ""
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -288,7 +291,7 @@ class AsyncConsumer:
             self._address = await asyncio.to_thread(self._metadata.leader, self.topic, self.partition)
             channel = self._channels.get(self._address)
             if channel is None:
-                channel = self._channels[self._address] = aio_channel(self._address)
+                channel = self._channels[self._address] = aio_channel(self._address, self._metadata.security)
             stub = channel.stream_stream(
                 SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None
             )

@@ -12,6 +12,7 @@ from .channel import DEFAULT_TARGET
 from .consumer import PartitionConsumer
 from .member import GroupMember
 from .metadata import Metadata
+from .security import ClientSecurity
 
 
 def _tp_messages(tps):
@@ -27,11 +28,12 @@ class GroupConsumer(GroupMember):
         *,
         timeout_s: float = 30.0,
         credit_bytes: int = 8 << 20,
+        security: ClientSecurity | None = None,
         **options,
     ) -> None:
         self.target = target
         self.credit_bytes = credit_bytes
-        self._metadata = Metadata(target, timeout_s=timeout_s)
+        self._metadata = Metadata(target, timeout_s=timeout_s, security=security)
 
         def rpc(name):
             method = methods.method("Groups", name)

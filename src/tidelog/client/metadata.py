@@ -26,6 +26,7 @@ from ..wire import methods
 from ..wire.methods import Method
 from ..wire.statuses import error_from_rpc
 from .channel import parse_targets, sync_channel, unary
+from .security import ClientSecurity
 
 METADATA = methods.method("Admin", "Metadata")
 DESCRIBE = methods.method("Admin", "DescribeTopic")
@@ -64,9 +65,13 @@ def cluster_metadata(msg: pb.MetadataResponse) -> ClusterMetadata:
 class Metadata:
     """The client's view of the cluster: bootstrap list, leaders by partition, a channel per broker."""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, bootstrap: str | Sequence[str], *, timeout_s: float = 10.0, security: ClientSecurity | None = None
+    ) -> None:
         self.bootstrap = parse_targets(bootstrap)
         self.timeout_s = timeout_s
+        self.security = security
+        """TLS and the token every channel to every broker is made with (None: plain)."""
         self.home = self.bootstrap[0]
         """The broker that answered last: the one a single broker is reached at, and groups' coordinator."""
         self.clustered: bool | None = None  # None until a broker answered Metadata
@@ -86,7 +91,7 @@ class Metadata:
                 raise BrokerUnavailableError("the client is closed")
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = sync_channel(address)
+                channel = self._channels[address] = sync_channel(address, self.security)
             return channel
 
     def candidates(self) -> list[str]:

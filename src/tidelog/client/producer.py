@@ -56,6 +56,7 @@ from ..wire.statuses import error_from_rpc
 from .channel import DEFAULT_TARGET, aio_channel
 from .delivery import Delivery, Outgoing
 from .metadata import Metadata
+from .security import ClientSecurity
 
 PRODUCE = methods.method("Producer", "Produce").path
 ADAPTIVE_IN_FLIGHT = 2
@@ -157,10 +158,10 @@ class _Stream:
     flow control never holds up the producer's loop, so deadlines keep running); a reader task applies
     the acks. Either task ending wakes the loop: a stream whose reader ended is broken."""
 
-    def __init__(self, target: str, on_response, wake, on_written) -> None:
+    def __init__(self, target: str, on_response, wake, on_written, security: ClientSecurity | None) -> None:
         self.target = target
         self.on_written = on_written
-        self.channel = aio_channel(target)
+        self.channel = aio_channel(target, security)
         self.call = self.channel.stream_stream(
             PRODUCE, request_serializer=None, response_deserializer=pb.ProduceResponse.FromString
         )()
@@ -243,6 +244,7 @@ class Producer:
     - metadata_max_age_s (300, Kafka's metadata.max.age.ms): the topics written to are looked up again
       this often, so partitions added by `topics alter` start getting records (keyed records may then
       map to another partition, as in Kafka).
+    - security (None): TLS and a token for a secured broker (client/security.py).
     """
 
     def __init__(
@@ -260,6 +262,7 @@ class Producer:
         idempotent: bool = True,
         max_in_flight_requests_per_partition: int = BATCHES_REMEMBERED,
         metadata_max_age_s: float = 300.0,
+        security: ClientSecurity | None = None,
     ) -> None:
         if not metadata_max_age_s > 0:
             raise InvalidConfigError(f"metadata_max_age_s must be positive, not {metadata_max_age_s}")
@@ -293,7 +296,7 @@ class Producer:
         producer_id = secrets.randbits(62) if idempotent else -1
         self.reconnects = 0
         """Times the stream broke and was opened again (requests in flight were resent)."""
-        self._metadata = Metadata(target)
+        self._metadata = Metadata(target, security=security)
         self._refreshing: asyncio.Future | None = None  # a metadata refresh running in a worker thread
         self._refresh_topics: set[str] = set()  # topics whose leaders are wanted
         self._refresh_at = 0.0
@@ -484,7 +487,9 @@ class Producer:
                 while (request := delivery.next_request(route)) is not None:
                     address = request[0].address
                     if address not in streams:
-                        streams[address] = _Stream(address, self._on_response, self._wake.set, delivery.written)
+                        streams[address] = _Stream(
+                            address, self._on_response, self._wake.set, delivery.written, self._metadata.security
+                        )
                     streams[address].outbox.put_nowait(request)
                 if now >= self._max_age_at:
                     self._refresh_topics.update(self._partitions)

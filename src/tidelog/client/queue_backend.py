@@ -12,6 +12,7 @@ from ..v1 import tidelog_pb2 as pb
 from ..values import Answer, AnswerRefused, QueueConfig, QueueMessage
 from ..wire import methods
 from .metadata import Metadata
+from .security import ClientSecurity
 
 KINDS = {"ack": pb.ACK, "release": pb.RELEASE, "reject": pb.REJECT, "extend": pb.EXTEND}
 
@@ -42,10 +43,11 @@ class QueueBackend(Protocol):
     def close(self) -> None: ...
 
 
-def backend_for(broker: Any, timeout_s: float) -> QueueBackend:
-    """A broker address ("host:port") → gRPC; a QueueManager (anything with `receive`) → embedded."""
+def backend_for(broker: Any, timeout_s: float, security: ClientSecurity | None = None) -> QueueBackend:
+    """A broker address ("host:port") → gRPC (with `security`); a QueueManager (anything with `receive`)
+    → embedded."""
     if isinstance(broker, (str, list, tuple)):
-        return GrpcQueues(broker, timeout_s)
+        return GrpcQueues(broker, timeout_s, security)
     return EmbeddedQueues(broker)
 
 
@@ -89,9 +91,9 @@ class GrpcQueues:
     """Over gRPC, to the broker that runs the queues: the one named, or in a cluster the queue
     coordinator (the leader of the queue-state partition), followed when it moves."""
 
-    def __init__(self, target: str | Sequence[str], timeout_s: float) -> None:
+    def __init__(self, target: str | Sequence[str], timeout_s: float, security: ClientSecurity | None = None) -> None:
         self.timeout_s = timeout_s
-        self._metadata = Metadata(target, timeout_s=timeout_s)
+        self._metadata = Metadata(target, timeout_s=timeout_s, security=security)
 
         def call(name: str):
             method = methods.method("Queue", name)

@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import InvalidRequestError
 from ..values import Answer, AnswerRefused, QueueConfig, QueueMessage
 from .queue_backend import QueueBackend, backend_for
+from .security import ClientSecurity
 
 
 class Message:
@@ -102,6 +103,7 @@ class QueueConsumer:
         auto_extend: bool = True,
         consumer_id: str | None = None,
         timeout_s: float = 30.0,
+        security: ClientSecurity | None = None,
     ) -> None:
         """lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo: the queue's settings
         when this consumer creates it (0/None: the defaults, 30 s, 5, none, 1000, earliest, not fifo);
@@ -117,7 +119,7 @@ class QueueConsumer:
         self.queue = queue
         self.consumer_id = consumer_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.prefetch, self.wait_ms = prefetch, wait_ms
-        self._backend: QueueBackend = backend_for(broker, timeout_s)
+        self._backend: QueueBackend = backend_for(broker, timeout_s, security)
         self.config: QueueConfig = self._backend.declare(
             queue, list(topics), lock_ms, max_deliveries, dead_letter_topic, max_in_flight, start, fifo
         )

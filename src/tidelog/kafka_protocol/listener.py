@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -81,12 +82,13 @@ class KafkaListener:
             codec.FETCH: apis.fetch,
         }
 
-    async def start(self, host: str, port: int, serving: bool = True) -> int:
+    async def start(self, host: str, port: int, serving: bool = True, ssl_context: ssl.SSLContext | None = None) -> int:
         """Bind the port (and accept clients unless serving=False: then from serve() on, e.g. once a
-        cluster member has joined; until then connections wait in the backlog); returns the port."""
+        cluster member has joined; until then connections wait in the backlog); returns the port.
+        ssl_context: clients connect with TLS (Kafka's SSL listener)."""
         try:
             self._server = await asyncio.start_server(
-                self._accept, host, port, reuse_address=True, start_serving=serving
+                self._accept, host, port, reuse_address=True, start_serving=serving, ssl=ssl_context
             )
         except OSError as exc:
             raise OSError(f"cannot listen for Kafka clients on {host}:{port}: {exc.strerror or exc}") from None

@@ -31,6 +31,7 @@ from ..config import ServerConfig
 from ..errors import ResourceLimitError
 from . import status
 from .budget import ByteBudget
+from .handler_shape import behavior_of, rebuilt
 
 
 class Connection:
@@ -105,14 +106,7 @@ class Admission:
             del self._connections[conn.peer]
 
     def _admitted(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.request_streaming and handler.response_streaming:
-            behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        elif handler.response_streaming:
-            behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        elif handler.request_streaming:
-            behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        else:
-            behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        behavior = behavior_of(handler)[0]
 
         if inspect.isasyncgenfunction(behavior):
 
@@ -149,6 +143,4 @@ class Admission:
 
             admitted = admitted_call
 
-        return make(
-            admitted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return rebuilt(handler, admitted)

@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .. import __version__
 from ..cluster import controller as etcd_writes
@@ -52,6 +52,8 @@ from ..queues.manager import SEGMENT_BYTES as QUEUE_SEGMENT_BYTES
 from ..queues.manager import QueueManager
 from ..queues.records import QUEUE_STATE_TOPIC
 from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
+from ..security.authenticator import Authenticator
+from ..security.tls import ServerTls
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import (
@@ -64,6 +66,7 @@ from . import (
     status,
 )
 from .admission import Admission
+from .authentication import AuthenticationGate
 from .cluster_queue_data import ClusterQueueData
 from .cluster_topics import ClusterTopics
 from .metrics import EngineCollector, MetricsHttpServer, QueueCollector, ReplicationCollector, RpcMetrics
@@ -99,11 +102,14 @@ class Server:
         self._control: asyncio.Future | None = None
         self._links: LinkPool | None = None
         self.metrics_port: int | None = None
+        self._auth_failures: Counter | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
         self._metrics_http: MetricsHttpServer | None = None
         self._rpc_metrics: RpcMetrics | None = None
         self._not_ready: str | None = "recovering"  # why /healthz answers 503; None while serving
         self._pending_services: tuple[Any, Any] = ((), None)  # a cluster member's, until it has joined
+        self.tls: ServerTls | None = None  # with tls_cert_file: the certificate every listener serves
+        self.authenticator: Authenticator | None = None  # with users_file or tls_client_ca_file
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
         self._consume: consume_service.ConsumeService | None = None
@@ -115,6 +121,7 @@ class Server:
     async def start(self) -> int:
         """Bind the port (health NOT_SERVING), open the engine (recovering if needed), then serve;
         returns the port."""
+        self._open_security()
         self._start_metrics()
         try:
             return await self._start()
@@ -154,7 +161,10 @@ class Server:
         await self._set_serving(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{self.config.host}:{self.config.port}"
         try:
-            port = self._server.add_insecure_port(address)
+            if self.tls is not None:
+                port = self._server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
             port = 0
             detail = str(exc)
@@ -197,6 +207,7 @@ class Server:
             extra={
                 "event": "server_started",
                 "address": f"{self.config.host}:{port}",
+                "security": self.security,
                 "data_dir": engine.path,
                 "fsync": engine.config.fsync,
                 "version": __version__,
@@ -254,7 +265,12 @@ class Server:
             idle_timeout_s=c.kafka_idle_timeout_ms / 1000,
             metrics=metrics,
         )
-        self.kafka_port = await listener.start(c.kafka_host or c.host, c.kafka_port, serving=False)
+        self.kafka_port = await listener.start(
+            c.kafka_host or c.host,
+            c.kafka_port,
+            serving=False,
+            ssl_context=self.tls.ssl_context() if self.tls is not None else None,
+        )
         groups.start()
         self._kafka = (listener, groups)
         if self.coordinator is not None:
@@ -601,6 +617,39 @@ class Server:
             self._services.ready(handlers, admission)
         return engine, groups
 
+    def _open_security(self) -> None:
+        """The TLS material and the users, before any listener: unreadable files stop the start here."""
+        c = self.config
+        if c.tls:
+            self.tls = ServerTls(c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
+        if c.authenticates:
+            self.authenticator = Authenticator(
+                c.users_file, bool(c.tls_client_ca_file), self._count_auth_failure, max_failures=c.auth_max_failures
+            )
+            self._services.gate = AuthenticationGate(self.authenticator)
+
+    @property
+    def security(self) -> str:
+        """What protects the listeners, for the start line: "open" when nothing does."""
+        c = self.config
+        parts = (
+            (["tls"] if c.tls else [])
+            + (["mtls"] if c.tls_client_ca_file else [])
+            + (["tokens"] if c.users_file else [])
+        )
+        return "+".join(parts) or "open"
+
+    def reload_security(self) -> None:
+        """SIGHUP: read the certificate and the users file again now."""
+        if self.tls is not None:
+            self.tls.reload()
+        if self.authenticator is not None:
+            self.authenticator.reload()
+
+    def _count_auth_failure(self, principal: str, reason: str) -> None:
+        if self._auth_failures is not None:
+            self._auth_failures.labels(principal, reason).inc()
+
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
         if self.config.metrics_port == -1:
@@ -645,9 +694,28 @@ class Server:
             "1 while this broker is its cluster's controller (exactly one broker of a healthy cluster)",
             registry=registry,
         ).set_function(lambda: int(self.cluster is not None and self.cluster.is_controller))
+        self._auth_failures = Counter(
+            "tidelog_authentication_failures",
+            "Calls refused as unauthenticated, by principal (? when unknown) and reason",
+            ("principal", "reason"),
+            registry=registry,
+        )
         host = self.config.metrics_host or self.config.host
+        authenticate = None
+        if self.authenticator is not None:
+            check = self.authenticator.principal_blocking
+            authenticate = lambda header, names, peer: check(  # noqa: E731
+                [("authorization", header)] if header else [], names, peer
+            )
         try:
-            self._metrics_http = MetricsHttpServer(host, self.config.metrics_port, registry, lambda: self._not_ready)
+            self._metrics_http = MetricsHttpServer(
+                host,
+                self.config.metrics_port,
+                registry,
+                lambda: self._not_ready,
+                self.tls.ssl_context() if self.tls is not None else None,
+                authenticate,
+            )
         except OSError as exc:
             raise OSError(f"cannot serve metrics on {host}:{self.config.metrics_port}: {exc.strerror or exc}") from None
         self._metrics_http.start()
@@ -737,6 +805,7 @@ class _Starting(grpc.GenericRpcHandler):
 
     def __init__(self) -> None:
         self._ready: tuple[tuple[grpc.GenericRpcHandler, ...], Admission] | None = None  # set once by ready()
+        self.gate: AuthenticationGate | None = None  # with authentication: checked before admission
         self._unavailable = {
             f"/{service.full_name}/{method.name}": _unavailable(method)
             for service in pb.DESCRIPTOR.services_by_name.values()
@@ -753,7 +822,9 @@ class _Starting(grpc.GenericRpcHandler):
         for handler in handlers:
             found = handler.service(handler_call_details)
             if found is not None:
-                return admission.wrap(handler_call_details.method, found)
+                method = handler_call_details.method
+                admitted = admission.wrap(method, found)
+                return admitted if self.gate is None else self.gate.wrap(method, admitted)
         return None
 
 
@@ -801,6 +872,7 @@ async def serve(config: ServerConfig, ready: Callable[[Server], object] | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, log_tasks)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_security)
     await server.start()
     try:
         if ready is not None and not stop.is_set():

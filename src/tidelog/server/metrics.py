@@ -20,9 +20,11 @@ only read (the engine and coordinator are thread-safe; prometheus_client objects
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,7 +42,7 @@ from ..cluster.controller import Controller
 from ..cluster.placement import NO_LEADER
 from ..cluster.reassignment import target_of
 from ..engine.engine import Engine
-from ..errors import TidelogError
+from ..errors import AuthenticationError, TidelogError
 from ..groups.coordinator import GroupCoordinator
 from ..queues.manager import QueueManager
 from ..replication.manager import ReplicaManager
@@ -400,10 +402,22 @@ class MetricsHttpServer:
     down) otherwise. At most HTTP_MAX_CONCURRENT requests are served at once.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        health: Callable[[], str | None],
+        ssl_context: ssl.SSLContext | None = None,
+        authenticate: Callable[[str | None, dict, str], object] | None = None,
+    ) -> None:
+        """ssl_context: serve HTTPS (the handshake runs in the request's thread). authenticate(authorization
+        header, client certificate names, peer): raises AuthenticationError to refuse /metrics with 401
+        (/healthz stays open for probes)."""
         self.host = host
         self._registry = registry
         self._health = health
+        self._authenticate = authenticate
         self._slots = threading.BoundedSemaphore(HTTP_MAX_CONCURRENT)
         slots = self._slots
 
@@ -423,6 +437,10 @@ class MetricsHttpServer:
 
             def _serve(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
                 try:
+                    if ssl_context is not None:
+                        assert isinstance(request, socket.socket)
+                        request.settimeout(HTTP_TIMEOUT_S)  # a client that never finishes its handshake
+                        request = ssl_context.wrap_socket(request, server_side=True)
                     self.finish_request(request, client_address)
                 except Exception:
                     self.handle_error(request, client_address)
@@ -449,7 +467,7 @@ class MetricsHttpServer:
         self._httpd.server_close()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        registry, health = self._registry, self._health
+        registry, health, authenticate = self._registry, self._health, self._authenticate
 
         class Handler(BaseHTTPRequestHandler):
             timeout = HTTP_TIMEOUT_S
@@ -457,6 +475,8 @@ class MetricsHttpServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
+                    if authenticate is not None and not self._authenticated():
+                        return
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._send(200, content_type, encoder(registry))
                 elif path == "/healthz":
@@ -466,6 +486,27 @@ class MetricsHttpServer:
                     )
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+            def _authenticated(self) -> bool:
+                """Bearer user:secret or Basic (Prometheus' basic_auth, the same token), or a client certificate."""
+                assert authenticate is not None
+                names: dict[str, list] = {}
+                if isinstance(self.connection, ssl.SSLSocket):
+                    subject: Any = (self.connection.getpeercert() or {}).get("subject", ())
+                    names["x509_common_name"] = [pair[1] for rdn in subject for pair in rdn if pair[0] == "commonName"]
+                try:
+                    authenticate(
+                        bearer_of(self.headers.get("Authorization")), names, f"ipv4:{self.client_address[0]}:0"
+                    )
+                except AuthenticationError as exc:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="tidelog", Basic realm="tidelog"')
+                    body = f"{exc.message}\n".encode()
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return False
+                return True
 
             def _send(self, code: int, content_type: str, body: bytes) -> None:
                 self.send_response(code)
@@ -478,6 +519,17 @@ class MetricsHttpServer:
                 log.debug("metrics http: " + format, *args)
 
         return Handler
+
+
+def bearer_of(header: str | None) -> str | None:
+    """An Authorization header as `Bearer user:secret`: Basic credentials (base64 of user:secret) are
+    the same token; anything else is passed on as it is, to be refused."""
+    if header is None or not header[:6].lower() == "basic ":
+        return header
+    try:
+        return "Bearer " + base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return "Bearer -"  # malformed: refused as such
 
 
 class ReplicationCollector(Collector):

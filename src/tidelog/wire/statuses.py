@@ -60,6 +60,7 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.FencedLeaderEpochError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidReplicationFactorError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UnknownLeaderEpochError: grpc.StatusCode.UNAVAILABLE,
+    errors.AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 MAX_DETAILS_CHARS = 1024
@@ -125,6 +126,8 @@ def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
         return errors.RequestTimeoutError(f"request timed out: {text}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return errors.ResourceLimitError(text)
+    if code == grpc.StatusCode.UNAUTHENTICATED:  # refused before a tidelog handler ran (e.g. the TLS layer)
+        return errors.AuthenticationError(text)
     if code == grpc.StatusCode.CANCELLED:
         return errors.BrokerUnavailableError(f"the call was cancelled: {text}")
     return errors.TidelogError(f"{code.name if code else 'error'}: {text}")

@@ -1,0 +1,109 @@
+"""`tidelog users add|list|remove|rotate`: the users file a broker started with --users-file checks tokens
+against. It works on the file directly (no broker needed); running brokers see the change within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+from .failures import UsageError
+from .parsing import add_command, add_format_option
+
+USERS_FILE_HELP = "the users file (default: $TIDELOG_USERS_FILE)"
+
+
+def register(commands) -> None:
+    users = add_command(commands, "users", "add, list, remove and rotate the users tokens are checked against")
+    actions = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    add = add_command(actions, "add", "add a user and print its token, once (the file keeps no secret)")
+    add.add_argument("name", help="user name: letters, digits, '.', '_', '@', '-' (up to 128)")
+    _secret_options(add)
+    add.set_defaults(run=add_user)
+
+    rotate = add_command(actions, "rotate", "give a user a new secret and print its token; the old one stops working")
+    rotate.add_argument("name", help="user name")
+    _secret_options(rotate)
+    rotate.set_defaults(run=rotate_user)
+
+    remove = add_command(actions, "remove", "remove a user: its token stops working")
+    remove.add_argument("name", help="user name")
+    remove.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    remove.set_defaults(run=remove_user)
+
+    listing = add_command(actions, "list", "list users (names and dates; never secrets)")
+    listing.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    add_format_option(listing)
+    listing.set_defaults(run=list_users)
+
+
+def _secret_options(parser) -> None:
+    parser.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the secret from the first line of stdin instead of generating one (256 random bits)",
+    )
+
+
+def _file(args: argparse.Namespace):
+    from ..security.users import UsersFile
+
+    path = args.users_file or os.environ.get("TIDELOG_USERS_FILE")
+    if not path:
+        raise UsageError("which users file? give --users-file FILE or set $TIDELOG_USERS_FILE")
+    return UsersFile(path)
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    if not args.password_stdin:
+        return None
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise UsageError("--password-stdin: the first line of stdin is empty")
+    return secret
+
+
+def add_user(args: argparse.Namespace) -> int:
+    token = _file(args).add(args.name, _secret(args))
+    print(token)
+    return 0
+
+
+def rotate_user(args: argparse.Namespace) -> int:
+    token = _file(args).rotate(args.name, _secret(args))
+    print(token)
+    return 0
+
+
+def remove_user(args: argparse.Namespace) -> int:
+    _file(args).remove(args.name)
+    return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    users = sorted(_file(args).load().values(), key=lambda u: u.name)
+    rows = [
+        {
+            "name": u.name,
+            "mechanisms": sorted(u.credentials),
+            "created": _when(u.created_ms),
+            "secret_set": _when(u.rotated_ms),
+        }
+        for u in users
+    ]
+    if args.format == "json":
+        print(json.dumps(rows))
+        return 0
+    print(f"{'NAME':<24} {'SECRET SET':<20} CREATED")
+    for row in rows:
+        print(f"{row['name']:<24} {row['secret_set']:<20} {row['created']}")
+    return 0
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

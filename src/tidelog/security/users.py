@@ -1,0 +1,251 @@
+"""Principals and their secrets: the users file, managed by `tidelog users`.
+
+A user's secret is a token the broker's CLI generates (or a password given on stdin). The file never
+holds the secret: per mechanism, SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802 / 7677, what Kafka keeps for
+SASL/SCRAM), a random salt, an iteration count and the StoredKey / ServerKey derived from the secret with
+PBKDF2 (made by `scramp`). One record serves both listeners: gRPC clients present the secret (over TLS, or
+on loopback) and the broker derives StoredKey from it to compare; Kafka clients will prove it with a SCRAM
+exchange without sending it. A stolen file costs an attacker PBKDF2's iterations per guess, and a
+generated token (256 random bits) cannot be guessed at all.
+
+The file is JSON, written whole to a temporary file and renamed over the old one (mode 0600), under an
+exclusive lock so that two `tidelog users` commands never lose each other's change. The broker reads it and
+notices changes by itself. A file that does not parse is refused with its path and the reason: never
+guessed at, never rewritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import scramp
+
+from ..errors import InvalidConfigError, InvalidRequestError
+
+FORMAT_VERSION = 1
+MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+"""SCRAM mechanism -> the hashlib name of its hash."""
+ITERATIONS = 8192
+"""PBKDF2 iterations per credential: twice SCRAM's minimum of 4096 (Kafka's default); a check costs the
+broker ~5 ms once per client (verified secrets are remembered), a guess costs an attacker as much."""
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
+"""User names: no ':' (it separates the name from the secret in a token), no spaces, at most 128 characters."""
+MAX_SECRET_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class ScramCredential:
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    def matches(self, secret: str, hash_name: str) -> bool:
+        """Whether `secret` derives this StoredKey (RFC 5802: H(HMAC(PBKDF2(secret), "Client Key")))."""
+        salted = hashlib.pbkdf2_hmac(hash_name, secret.encode(), self.salt, self.iterations)
+        client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+        return hmac.compare_digest(hashlib.new(hash_name, client_key).digest(), self.stored_key)
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    credentials: dict[str, ScramCredential]  # by mechanism
+    created_ms: int
+    rotated_ms: int
+
+    def matches(self, secret: str) -> bool:
+        credential = self.credentials.get("SCRAM-SHA-256")
+        return credential is not None and credential.matches(secret, "sha256")
+
+
+def new_secret() -> str:
+    """256 random bits, URL-safe text."""
+    return secrets.token_urlsafe(32)
+
+
+def make_token(name: str, secret: str) -> str:
+    """What a client presents: `name:secret`."""
+    return f"{name}:{secret}"
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """(name, secret) of a well-formed token, else None."""
+    name, sep, secret = token.partition(":")
+    if not sep or not NAME.match(name) or not secret or len(secret) > MAX_SECRET_CHARS or not secret.isprintable():
+        return None
+    return name, secret
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise InvalidRequestError(
+            f"a user name is 1-128 letters, digits, '.', '_', '@' or '-' (starting with a letter or digit), "
+            f"not {name!r}"
+        )
+    return name
+
+
+def credentials_for(secret: str) -> dict[str, ScramCredential]:
+    if not secret or len(secret) > MAX_SECRET_CHARS or not secret.isprintable():
+        raise InvalidRequestError(f"a secret is 1-{MAX_SECRET_CHARS} printable characters")
+    out = {}
+    for mechanism in MECHANISMS:
+        salt, stored_key, server_key, iterations = scramp.ScramMechanism(mechanism).make_auth_info(
+            secret, iteration_count=ITERATIONS
+        )
+        out[mechanism] = ScramCredential(salt, iterations, stored_key, server_key)
+    return out
+
+
+class UsersFile:
+    """The users file at `path` (it need not exist yet: `add` creates it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """What changes when the file is replaced (None: there is no file)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def load(self) -> dict[str, User]:
+        """Every user; {} when there is no file. A damaged file raises InvalidConfigError naming it."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise InvalidConfigError(f"cannot read the users file {self.path}: {exc}") from None
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {doc.get('version')!r}, this tidelog reads {FORMAT_VERSION}")
+            return {name: _user(name, entry) for name, entry in doc["users"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidConfigError(
+                f"the users file {self.path} is damaged ({exc!s}); restore it from a backup, or move it away "
+                "and add the users again"
+            ) from None
+
+    def add(self, name: str, secret: str | None = None) -> str:
+        """A new user; returns its token (the only time the secret is shown)."""
+        check_name(name)
+        secret = secret or new_secret()
+        with self._changing() as users:
+            if name in users:
+                raise InvalidRequestError(f"user {name!r} exists; `tidelog users rotate {name}` gives it a new secret")
+            now = _now_ms()
+            users[name] = User(name, credentials_for(secret), now, now)
+        return make_token(name, secret)
+
+    def rotate(self, name: str, secret: str | None = None) -> str:
+        """A new secret for a user (the old one stops working as soon as brokers see the file); its token."""
+        secret = secret or new_secret()
+        with self._changing() as users:
+            old = self._existing(users, name)
+            users[name] = User(name, credentials_for(secret), old.created_ms, _now_ms())
+        return make_token(name, secret)
+
+    def remove(self, name: str) -> None:
+        with self._changing() as users:
+            self._existing(users, name)
+            del users[name]
+
+    @staticmethod
+    def _existing(users: dict[str, User], name: str) -> User:
+        user = users.get(name)
+        if user is None:
+            raise InvalidRequestError(f"there is no user {name!r}")
+        return user
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, User]]:
+        """Load under an exclusive lock, let the caller change the users, write them back atomically."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            users = self.load()
+            yield users
+            self._write(users)
+
+    def _write(self, users: dict[str, User]) -> None:
+        doc = {"version": FORMAT_VERSION, "users": {name: _entry(user) for name, user in sorted(users.items())}}
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _entry(user: User) -> dict:
+    return {
+        "created_ms": user.created_ms,
+        "rotated_ms": user.rotated_ms,
+        "scram": {
+            mechanism: {
+                "salt": _b64(c.salt),
+                "iterations": c.iterations,
+                "stored_key": _b64(c.stored_key),
+                "server_key": _b64(c.server_key),
+            }
+            for mechanism, c in user.credentials.items()
+        },
+    }
+
+
+def _user(name: str, entry: dict) -> User:
+    if not NAME.match(name):
+        raise ValueError(f"bad user name {name!r}")
+    credentials = {}
+    for mechanism, c in entry["scram"].items():
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"user {name!r}: unknown mechanism {mechanism!r}")
+        iterations = c["iterations"]
+        if not isinstance(iterations, int) or iterations < 4096:
+            raise ValueError(f"user {name!r}: {mechanism} iterations must be an integer >= 4096")
+        credentials[mechanism] = ScramCredential(
+            base64.b64decode(c["salt"], validate=True),
+            iterations,
+            base64.b64decode(c["stored_key"], validate=True),
+            base64.b64decode(c["server_key"], validate=True),
+        )
+    if "SCRAM-SHA-256" not in credentials:
+        raise ValueError(f"user {name!r} has no SCRAM-SHA-256 credential")
+    return User(name, credentials, int(entry["created_ms"]), int(entry["rotated_ms"]))
