@@ -291,6 +291,11 @@ class ServerConfig:
     users_file: str = ""
     """The users file (`tidelog users add ...`): with it every tidelog call must carry a user's token; empty
     (the default): no tokens (and no authentication at all unless tls_client_ca_file is given)."""
+    acls_file: str = ""
+    """The ACL file (`tidelog acls add ...`): with it, a call is refused unless an ACL allows it (needs
+    authentication); empty (the default): every authenticated caller may do anything."""
+    superusers: tuple[str, ...] = ()
+    """Principals the ACLs do not apply to: they may do anything."""
     auth_max_failures: int = 10
     """Authentication failures from one address within 10 s after which its new tokens are refused
     unchecked until the failures age out (tokens verified before keep working)."""
@@ -393,9 +398,20 @@ class ServerConfig:
             raise InvalidConfigError(f"{', '.join(names)} must be paths (strings) and insecure true or false")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidConfigError("tls_cert_file and tls_key_file go together: give both, or neither")
+        if isinstance(self.superusers, str):
+            object.__setattr__(self, "superusers", tuple(u.strip() for u in self.superusers.split(",") if u.strip()))
+        if not isinstance(self.superusers, (list, tuple)) or not all(isinstance(u, str) for u in self.superusers):
+            raise InvalidConfigError(f"superusers must be a list of user names, got {self.superusers!r}")
+        object.__setattr__(self, "superusers", tuple(self.superusers))
+        if not isinstance(self.acls_file, str):
+            raise InvalidConfigError("acls_file must be a path")
+        if self.acls_file and not self.authenticates:
+            raise InvalidConfigError(
+                "acls_file needs authentication (users_file or tls_client_ca_file): ACLs name who may do what"
+            )
         if self.tls_client_ca_file and not self.tls:
             raise InvalidConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
-        if self.cluster and (self.tls or self.authenticates):
+        if self.cluster and (self.tls or self.authenticates or self.acls_file):
             raise InvalidConfigError(
                 "TLS and authentication are not available in a cluster yet (brokers would need credentials "
                 "for each other); run the cluster on a private network, or a single broker with them"

@@ -318,6 +318,37 @@ class AuthenticationError(TidelogError):
     code = 58
 
 
+class AuthorizationError(TidelogError):
+    """The caller is who it says, and may not do this (PERMISSION_DENIED): the message names the
+    operation and the resource. Subclasses per kind of resource carry Kafka's codes."""
+
+    code = 1013
+
+
+class TopicAuthorizationError(AuthorizationError):
+    """Not allowed on this topic (Kafka's TOPIC_AUTHORIZATION_FAILED)."""
+
+    code = 29
+
+
+class GroupAuthorizationError(AuthorizationError):
+    """Not allowed on this consumer group (Kafka's GROUP_AUTHORIZATION_FAILED)."""
+
+    code = 30
+
+
+class ClusterAuthorizationError(AuthorizationError):
+    """Not allowed on the cluster (Kafka's CLUSTER_AUTHORIZATION_FAILED)."""
+
+    code = 31
+
+
+class QueueAuthorizationError(AuthorizationError):
+    """Not allowed on this queue."""
+
+    code = 1014
+
+
 BY_CODE[TidelogError.code] = TidelogError
 ALL_ERRORS: tuple[type[TidelogError], ...] = tuple(BY_CODE.values())
 

@@ -13,6 +13,7 @@ import sys
 
 from .. import __version__
 from . import (
+    acls,
     bench,
     check,
     cluster,
@@ -37,6 +38,7 @@ COMMANDS = (
     serve,
     topics,
     users,
+    acls,
     produce,
     consume,
     groups,

@@ -33,10 +33,20 @@ ENV_SETTINGS = {
     "TIDELOG_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
     "TIDELOG_USERS_FILE": "users_file",
     "TIDELOG_INSECURE": "insecure",
+    "TIDELOG_ACLS_FILE": "acls_file",
+    "TIDELOG_SUPERUSERS": "superusers",
 }
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
 INTEGER_SETTINGS = ("port", "metrics_port", "broker_id", "kafka_port")
-SECURITY_SETTINGS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "users_file", "insecure")
+SECURITY_SETTINGS = (
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "users_file",
+    "acls_file",
+    "superusers",
+    "insecure",
+)
 
 
 def register(commands) -> None:
@@ -118,6 +128,17 @@ def register(commands) -> None:
         metavar="FILE",
         help="every call must carry a token of a user in this file (`tidelog users add`; default: "
         "$TIDELOG_USERS_FILE, else no tokens)",
+    )
+    security.add_argument(
+        "--acls-file",
+        metavar="FILE",
+        help="refuse whatever no ACL in this file allows (`tidelog acls add`; needs --users-file or "
+        "--tls-client-ca; default: $TIDELOG_ACLS_FILE, else every authenticated caller may do anything)",
+    )
+    security.add_argument(
+        "--superusers",
+        metavar="NAME[,NAME...]",
+        help="principals the ACLs do not apply to (default: $TIDELOG_SUPERUSERS, else none)",
     )
     security.add_argument(
         "--insecure",

@@ -22,8 +22,21 @@ def register(commands) -> None:
 
     add = add_command(actions, "add", "add a user and print its token, once (the file keeps no secret)")
     add.add_argument("name", help="user name: letters, digits, '.', '_', '@', '-' (up to 128)")
+    add.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="a group the user belongs to: ACLs for group:GROUP apply to it (repeatable; default: none)",
+    )
     _secret_options(add)
     add.set_defaults(run=add_user)
+
+    groups = add_command(actions, "groups", "set the groups a user belongs to (none: leave every group)")
+    groups.add_argument("name", help="user name")
+    groups.add_argument("groups", nargs="*", metavar="GROUP", help="group names")
+    groups.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    groups.set_defaults(run=set_groups)
 
     rotate = add_command(actions, "rotate", "give a user a new secret and print its token; the old one stops working")
     rotate.add_argument("name", help="user name")
@@ -69,8 +82,13 @@ def _secret(args: argparse.Namespace) -> str | None:
 
 
 def add_user(args: argparse.Namespace) -> int:
-    token = _file(args).add(args.name, _secret(args))
+    token = _file(args).add(args.name, _secret(args), tuple(args.group))
     print(token)
+    return 0
+
+
+def set_groups(args: argparse.Namespace) -> int:
+    _file(args).set_groups(args.name, tuple(args.groups))
     return 0
 
 
@@ -93,15 +111,16 @@ def list_users(args: argparse.Namespace) -> int:
             "mechanisms": sorted(u.credentials),
             "created": _when(u.created_ms),
             "secret_set": _when(u.rotated_ms),
+            "groups": list(u.groups),
         }
         for u in users
     ]
     if args.format == "json":
         print(json.dumps(rows))
         return 0
-    print(f"{'NAME':<24} {'SECRET SET':<20} CREATED")
+    print(f"{'NAME':<24} {'SECRET SET':<20} {'CREATED':<20} GROUPS")
     for row in rows:
-        print(f"{row['name']:<24} {row['secret_set']:<20} {row['created']}")
+        print(f"{row['name']:<24} {row['secret_set']:<20} {row['created']:<20} {','.join(row['groups'])}")
     return 0
 
 

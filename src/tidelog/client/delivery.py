@@ -309,6 +309,14 @@ class Delivery:
         deadlines = [item.deadline for line in self._lines.values() if (item := line.oldest()) is not None]
         return min(deadlines, default=None)
 
+    def refuse(self, topics: set[str], err: TidelogError) -> None:
+        """These topics are refused to this producer (no permission): their batches not in flight fail now."""
+        for key, line in self._lines.items():
+            if key[0] in topics and line.waiting:
+                while line.waiting:
+                    self._give_up(line.waiting.popleft(), err)
+                self._refresh(key, line)
+
     def _give_up(self, item: Outgoing, err: TidelogError) -> None:
         if item.raw is not None and self.producer_id >= 0:
             self._lines[(item.topic, item.partition)].gap = (item.epoch, err)

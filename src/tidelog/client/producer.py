@@ -40,6 +40,8 @@ from ..codec import batch as batch_codec
 from ..codec.batch import BATCHES_REMEMBERED
 from ..codec.partitioner import key_partition
 from ..errors import (
+    AuthenticationError,
+    AuthorizationError,
     BrokerUnavailableError,
     EngineClosedError,
     InvalidConfigError,
@@ -300,6 +302,7 @@ class Producer:
         self._refreshing: asyncio.Future | None = None  # a metadata refresh running in a worker thread
         self._refresh_topics: set[str] = set()  # topics whose leaders are wanted
         self._refresh_at = 0.0
+        self._refused: dict[str, TidelogError] = {}  # topics whose lookup was refused: their batches fail
         self._partitions: dict[str, int] = {}
         self.metadata_max_age_s = metadata_max_age_s
         """How often the topics written to are looked up again even when nothing failed (Kafka's
@@ -465,11 +468,19 @@ class Producer:
                 for item in self._take_ready(everything, now):
                     delivery.add(item)
                 delivery.expire(now)
+                for topic, refusal in self._refused.items():
+                    delivery.refuse({topic}, refusal)
+                self._refused.clear()
                 broken = False
                 for address, stream in list(streams.items()):
                     if (err := stream.failure()) is not None:
                         await stream.close()
                         del streams[address]
+                        if isinstance(err, (AuthenticationError, AuthorizationError)):
+                            # every broker answers the same to these credentials: retrying cannot help
+                            for item in delivery.drop_all() + self._take_ready(True, time.monotonic()):
+                                self._complete(item, -1, err)
+                            continue
                         delivery.lost(err, address)  # what it held waits again, in order, to be resent
                         self._rerouted(address, err)
                         self.reconnects += 1
@@ -538,6 +549,8 @@ class Producer:
         def done(future: asyncio.Future) -> None:
             self._refreshing = None
             exc = None if future.cancelled() else future.exception()
+            if isinstance(exc, (AuthenticationError, AuthorizationError)):  # fails their batches (_sender)
+                self._refused.update(dict.fromkeys(topics, exc))
             if isinstance(exc, TidelogError) and not isinstance(exc, UnknownTopicError):
                 log.debug("metadata refresh for %s failed: %r", topics, exc)
                 self._delivery.last_error = exc  # what the waiting batches fail with if it lasts

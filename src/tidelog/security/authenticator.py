@@ -63,6 +63,11 @@ class Authenticator:
     def users(self) -> int:
         return len(self._users)
 
+    def groups_of(self, principal: str) -> tuple[str, ...]:
+        """The groups of a user in the users file (a certificate's name without an entry has none)."""
+        user = self._users.get(principal)
+        return user.groups if user is not None else ()
+
     def reload(self) -> None:
         """Read the users file again now (SIGHUP)."""
         self._checked = self._clock() - CHECK_FILE_EVERY_S

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -64,6 +65,8 @@ class User:
     credentials: dict[str, ScramCredential]  # by mechanism
     created_ms: int
     rotated_ms: int
+    groups: tuple[str, ...] = ()
+    """Groups the user belongs to: ACLs for `group:NAME` apply to it."""
 
     def matches(self, secret: str) -> bool:
         credential = self.credentials.get("SCRAM-SHA-256")
@@ -143,15 +146,16 @@ class UsersFile:
                 "and add the users again"
             ) from None
 
-    def add(self, name: str, secret: str | None = None) -> str:
+    def add(self, name: str, secret: str | None = None, groups: tuple[str, ...] = ()) -> str:
         """A new user; returns its token (the only time the secret is shown)."""
         check_name(name)
+        groups = _groups(groups)
         secret = secret or new_secret()
         with self._changing() as users:
             if name in users:
                 raise InvalidRequestError(f"user {name!r} exists; `tidelog users rotate {name}` gives it a new secret")
             now = _now_ms()
-            users[name] = User(name, credentials_for(secret), now, now)
+            users[name] = User(name, credentials_for(secret), now, now, groups)
         return make_token(name, secret)
 
     def rotate(self, name: str, secret: str | None = None) -> str:
@@ -159,8 +163,13 @@ class UsersFile:
         secret = secret or new_secret()
         with self._changing() as users:
             old = self._existing(users, name)
-            users[name] = User(name, credentials_for(secret), old.created_ms, _now_ms())
+            users[name] = dataclasses.replace(old, credentials=credentials_for(secret), rotated_ms=_now_ms())
         return make_token(name, secret)
+
+    def set_groups(self, name: str, groups: tuple[str, ...]) -> None:
+        groups = _groups(groups)
+        with self._changing() as users:
+            users[name] = dataclasses.replace(self._existing(users, name), groups=groups)
 
     def remove(self, name: str) -> None:
         with self._changing() as users:
@@ -187,23 +196,35 @@ class UsersFile:
 
     def _write(self, users: dict[str, User]) -> None:
         doc = {"version": FORMAT_VERSION, "users": {name: _entry(user) for name, user in sorted(users.items())}}
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json_atomically(self.path, doc)
+
+
+def write_json_atomically(path: str, doc: dict) -> None:
+    """Through a temporary file (mode 0600) fsynced and renamed over `path`, then the directory fsynced:
+    a reader sees the old file or the new one, whole, even after a crash."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _groups(groups: tuple[str, ...]) -> tuple[str, ...]:
+    for group in groups:
+        check_name(group)
+    return tuple(sorted(set(groups)))
 
 
 def _now_ms() -> int:
@@ -218,6 +239,7 @@ def _entry(user: User) -> dict:
     return {
         "created_ms": user.created_ms,
         "rotated_ms": user.rotated_ms,
+        "groups": list(user.groups),
         "scram": {
             mechanism: {
                 "salt": _b64(c.salt),
@@ -248,4 +270,7 @@ def _user(name: str, entry: dict) -> User:
         )
     if "SCRAM-SHA-256" not in credentials:
         raise ValueError(f"user {name!r} has no SCRAM-SHA-256 credential")
-    return User(name, credentials, int(entry["created_ms"]), int(entry["rotated_ms"]))
+    groups = entry.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) and NAME.match(g) for g in groups):
+        raise ValueError(f"user {name!r}: groups must be a list of names")
+    return User(name, credentials, int(entry["created_ms"]), int(entry["rotated_ms"]), tuple(groups))

@@ -53,6 +53,7 @@ from ..queues.manager import QueueManager
 from ..queues.records import QUEUE_STATE_TOPIC
 from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
 from ..security.authenticator import Authenticator
+from ..security.authorizer import Authorizer
 from ..security.tls import ServerTls
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
@@ -65,8 +66,8 @@ from . import (
     replication_service,
     status,
 )
+from .access import AccessGate
 from .admission import Admission
-from .authentication import AuthenticationGate
 from .cluster_queue_data import ClusterQueueData
 from .cluster_topics import ClusterTopics
 from .metrics import EngineCollector, MetricsHttpServer, QueueCollector, ReplicationCollector, RpcMetrics
@@ -103,6 +104,7 @@ class Server:
         self._links: LinkPool | None = None
         self.metrics_port: int | None = None
         self._auth_failures: Counter | None = None
+        self._denials: Counter | None = None
         """The port /metrics and /healthz are served on once started (None when turned off)."""
         self._metrics_http: MetricsHttpServer | None = None
         self._rpc_metrics: RpcMetrics | None = None
@@ -110,6 +112,8 @@ class Server:
         self._pending_services: tuple[Any, Any] = ((), None)  # a cluster member's, until it has joined
         self.tls: ServerTls | None = None  # with tls_cert_file: the certificate every listener serves
         self.authenticator: Authenticator | None = None  # with users_file or tls_client_ca_file
+        self.authorizer: Authorizer | None = None  # with acls_file
+        self._topic_refusal: Callable[[str], TidelogError | None] | None = None  # with ACLs: for Produce streams
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
         self._consume: consume_service.ConsumeService | None = None
@@ -597,6 +601,7 @@ class Server:
         self._produce = produce = produce_service.ProduceService(
             async_engine, self.config, admission.connection, replicas
         )
+        produce.topic_refusal = self._topic_refusal
         handlers = (
             produce.handler(),
             consume.handler(),
@@ -626,7 +631,13 @@ class Server:
             self.authenticator = Authenticator(
                 c.users_file, bool(c.tls_client_ca_file), self._count_auth_failure, max_failures=c.auth_max_failures
             )
-            self._services.gate = AuthenticationGate(self.authenticator)
+            if c.acls_file:
+                self.authorizer = Authorizer(
+                    c.acls_file, c.superusers, self.authenticator.groups_of, self._count_denial
+                )
+            self._services.gate = AccessGate(self.authenticator, self.authorizer)
+            if self.authorizer is not None:
+                self._topic_refusal = self._services.gate.topic_refusal
 
     @property
     def security(self) -> str:
@@ -636,6 +647,7 @@ class Server:
             (["tls"] if c.tls else [])
             + (["mtls"] if c.tls_client_ca_file else [])
             + (["tokens"] if c.users_file else [])
+            + (["acls"] if c.acls_file else [])
         )
         return "+".join(parts) or "open"
 
@@ -645,10 +657,16 @@ class Server:
             self.tls.reload()
         if self.authenticator is not None:
             self.authenticator.reload()
+        if self.authorizer is not None:
+            self.authorizer.reload()
 
     def _count_auth_failure(self, principal: str, reason: str) -> None:
         if self._auth_failures is not None:
             self._auth_failures.labels(principal, reason).inc()
+
+    def _count_denial(self, principal: str, operation: str, resource: str) -> None:
+        if self._denials is not None:
+            self._denials.labels(principal, operation, resource).inc()
 
     def _start_metrics(self) -> None:
         """Serve /metrics and /healthz (503 until the broker serves); OSError if the port is taken."""
@@ -698,6 +716,12 @@ class Server:
             "tidelog_authentication_failures",
             "Calls refused as unauthenticated, by principal (? when unknown) and reason",
             ("principal", "reason"),
+            registry=registry,
+        )
+        self._denials = Counter(
+            "tidelog_authorization_denials",
+            "Requests refused by the ACLs, by principal, operation and kind of resource",
+            ("principal", "operation", "resource"),
             registry=registry,
         )
         host = self.config.metrics_host or self.config.host
@@ -805,7 +829,7 @@ class _Starting(grpc.GenericRpcHandler):
 
     def __init__(self) -> None:
         self._ready: tuple[tuple[grpc.GenericRpcHandler, ...], Admission] | None = None  # set once by ready()
-        self.gate: AuthenticationGate | None = None  # with authentication: checked before admission
+        self.gate: AccessGate | None = None  # with authentication: checked before admission
         self._unavailable = {
             f"/{service.full_name}/{method.name}": _unavailable(method)
             for service in pb.DESCRIPTOR.services_by_name.values()

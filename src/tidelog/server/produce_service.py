@@ -56,6 +56,9 @@ class ProduceService:
     ) -> None:
         self.engine = engine
         self._replicas = replicas  # in a cluster: the leader checks and acks=all waits
+        self.topic_refusal: Callable[[str], TidelogError | None] | None = None
+        """With ACLs (server/access.py): why the caller may not produce to a topic, checked per request
+        of a stream and answered in the stream (the others go on), as Kafka answers per partition."""
         self.config = config
         self._shared = ByteBudget(config.max_inflight_bytes)
         self._connection = connection  # the state of the connection a call came on (server/admission.py)
@@ -158,6 +161,12 @@ class ProduceService:
                 parsed.append(_Refused(InvalidRequestError(f"invalid ProduceRequest: {exc}"), exc.sequence, exc.topic))
             except ValueError as exc:
                 parsed.append(_Refused(InvalidRequestError(f"malformed ProduceRequest: {exc}")))
+        refusal_of = self.topic_refusal
+        if refusal_of is not None:
+            for i, p in enumerate(parsed):
+                refusal = None if isinstance(p, _Refused) else refusal_of(p.topic)
+                if refusal is not None:
+                    parsed[i] = _Refused(refusal, p.sequence, p.topic)
         replicas = self._replicas()
         if replicas is None and self.config.cluster:
             # Not a member yet (a restart waits for its previous session to expire): its log may be

@@ -61,6 +61,7 @@ STATUS: dict[type[errors.TidelogError], grpc.StatusCode] = {
     errors.InvalidReplicationFactorError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UnknownLeaderEpochError: grpc.StatusCode.UNAVAILABLE,
     errors.AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.AuthorizationError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 MAX_DETAILS_CHARS = 1024
@@ -128,6 +129,8 @@ def error_from_rpc(err: grpc.RpcError, target: str = "") -> errors.TidelogError:
         return errors.ResourceLimitError(text)
     if code == grpc.StatusCode.UNAUTHENTICATED:  # refused before a tidelog handler ran (e.g. the TLS layer)
         return errors.AuthenticationError(text)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return errors.AuthorizationError(text)
     if code == grpc.StatusCode.CANCELLED:
         return errors.BrokerUnavailableError(f"the call was cancelled: {text}")
     return errors.TidelogError(f"{code.name if code else 'error'}: {text}")
