@@ -14,7 +14,10 @@ import time
 import pytest
 
 from tidelog.client import Admin, Consumer, Producer
-from tidelog.errors import StaleGenerationError, UnknownGroupError
+from tidelog.client.metadata import Metadata
+from tidelog.errors import StaleGenerationError, UnknownGroupError, UnknownMemberError
+from tidelog.v1 import tidelog_pb2 as pb
+from tidelog.wire import methods
 
 from .server_process import ServerProcess
 
@@ -296,3 +299,50 @@ def test_a_member_keeps_its_id_and_partitions_across_a_broker_sigkill_without_a_
         c.close()
     finally:
         srv.stop()
+
+
+def test_a_member_id_read_from_describe_group_is_not_enough_to_act_as_the_member(server):
+    """DescribeGroup shows member ids; a caller who reads one and tries to commit, heartbeat, rejoin or
+    leave as that member is refused as if there were no such member, and nothing changes. The member
+    itself, which holds its session token, goes on."""
+    with Admin(server.target) as admin:
+        admin.create_topic("ledger", 2)
+    produce(server.target, "ledger", 0, 10)
+    member = Consumer(server.target, group_id="accounts", topics=["ledger"], auto_commit=False)
+    try:
+        wait_until(lambda: member.poll(0.1) is not None and member.assignment(), what="the member's partitions")
+        member.commit({tp: 1 for tp in member.assignment()})
+        with Admin(server.target) as admin:
+            info = admin.describe_group("accounts")
+            (seen,) = info["members"]
+            before = admin.committed_offsets("accounts")
+        stolen, generation = seen["member_id"], info["generation"]
+        assert stolen == member.member_id
+        metadata = Metadata(server.target)
+        try:
+
+            def call(name, **fields):
+                method = methods.method("Groups", name)
+                return metadata.call_coordinator(method, method.request(group_id="accounts", **fields))
+
+            for token in ("", "guessed-token"):
+                offsets = [pb.PartitionOffset(topic=t, partition=p, offset=999) for t, p in seen["assignment"]]
+                attempts = {
+                    "CommitOffsets": dict(member_id=stolen, generation=generation, offsets=offsets),
+                    "Heartbeat": dict(member_id=stolen, generation=generation),
+                    "JoinGroup": dict(member_id=stolen, topics=["ledger"]),
+                    "LeaveGroup": dict(member_id=stolen),
+                }
+                for name, fields in attempts.items():
+                    with pytest.raises(UnknownMemberError):
+                        call(name, session_token=token, **fields)
+        finally:
+            metadata.close()
+        with Admin(server.target) as admin:
+            assert admin.committed_offsets("accounts") == before
+            assert [m["member_id"] for m in admin.describe_group("accounts")["members"]] == [stolen]
+        member.commit({tp: 2 for tp in member.assignment()})  # the real member still can
+        with Admin(server.target) as admin:
+            assert set(admin.committed_offsets("accounts").values()) == {2}
+    finally:
+        member.close()

@@ -111,6 +111,9 @@ class MemberState(NamedTuple):
     generation: int
     assignment: list[TopicPartition]
     heartbeat_interval_ms: int
+    session_token: str = ""
+    """The member's secret, given by the join that made it a member ("" otherwise): a caller across the
+    network must show it to act as the member."""
 
 
 class ConsumerRecord(NamedTuple):

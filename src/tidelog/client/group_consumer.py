@@ -34,6 +34,7 @@ class GroupConsumer(GroupMember):
         self.target = target
         self.credit_bytes = credit_bytes
         self._metadata = Metadata(target, timeout_s=timeout_s, security=security)
+        self._session_token = ""  # given by the join that made this member (groups_service: session_token)
 
         def rpc(name):
             method = methods.method("Groups", name)
@@ -47,8 +48,9 @@ class GroupConsumer(GroupMember):
         self._list_offsets = methods.method("Admin", "ListOffsets")
         super().__init__(group_id, topics, **options)
 
-    @staticmethod
-    def _state(msg):
+    def _state(self, msg):
+        if msg.session_token:  # the join that made this member: its secret for every call as the member
+            self._session_token = msg.session_token
         return MemberState(
             msg.member_id,
             msg.generation,
@@ -67,6 +69,7 @@ class GroupConsumer(GroupMember):
                     client_id=self.client_id,
                     member_id=member_id or "",
                     owned=_tp_messages(owned),
+                    session_token=self._session_token if member_id else "",
                 )
             )
         )
@@ -75,13 +78,19 @@ class GroupConsumer(GroupMember):
         return self._state(
             self._rpc_heartbeat(
                 pb.HeartbeatRequest(
-                    group_id=self.group_id, member_id=member_id, generation=generation, owned=_tp_messages(owned)
+                    group_id=self.group_id,
+                    member_id=member_id,
+                    generation=generation,
+                    owned=_tp_messages(owned),
+                    session_token=self._session_token,
                 )
             )
         )
 
     def _leave(self, member_id):
-        self._rpc_leave(pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id))
+        self._rpc_leave(
+            pb.LeaveGroupRequest(group_id=self.group_id, member_id=member_id, session_token=self._session_token)
+        )
 
     def _commit(self, member_id, generation, offsets):
         self._rpc_commit(
@@ -90,6 +99,7 @@ class GroupConsumer(GroupMember):
                 member_id=member_id,
                 generation=generation,
                 offsets=[pb.PartitionOffset(topic=t, partition=p, offset=o) for (t, p), o in sorted(offsets.items())],
+                session_token=self._session_token if member_id else "",
             )
         )
 

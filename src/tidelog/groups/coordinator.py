@@ -37,6 +37,8 @@ Thread-safe (one lock). Time is injected, so tests move a manual clock instead o
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import logging
 import secrets
@@ -85,9 +87,20 @@ class _Member:
     last_seen_ms: int
     granted: list[TopicPartition] = field(default_factory=list)
     reported: set[TopicPartition] = field(default_factory=set)
+    token_hash: str | None = None  # SHA-256 of its session token (None: restored from an older record)
 
     def holding(self) -> set[TopicPartition]:
         return set(self.granted) | self.reported
+
+    def shows(self, token: str | None) -> bool:
+        """Whether a caller showing `token` is this member (None: a caller in this process, trusted)."""
+        if token is None:
+            return True
+        return self.token_hash is not None and hmac.compare_digest(self.token_hash, _token_hash(token))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -121,6 +134,7 @@ class _Group:
                     "session_timeout_ms": m.session_timeout_ms,
                     "granted": [list(tp) for tp in sorted(m.granted)],
                     "reported": [list(tp) for tp in sorted(m.reported)],
+                    "token_hash": m.token_hash,
                 }
                 for m in sorted(self.members.values(), key=lambda m: m.member_id)
             ],
@@ -147,6 +161,7 @@ class _Group:
                 now_ms,
                 [(t, p) for t, p in m["granted"]],
                 {(t, p) for t, p in m["reported"]},
+                m.get("token_hash"),
             )
         return group
 
@@ -221,8 +236,11 @@ class GroupCoordinator:
         client_id: str = "",
         member_id: str | None = None,
         owned: Iterable[TopicPartition] = (),
+        token: str | None = None,
     ) -> MemberState:
-        """Join (or rejoin with member_id) and get the member's current grant."""
+        """Join (or rejoin with member_id) and get the member's current grant. A new member's state
+        carries its session token. token: what a caller across the network showed ("" for none); a
+        rejoin, heartbeat, commit or leave must show the member's (None: a caller in this process)."""
         _check_group_id(group_id)
         if assignor not in ASSIGNORS:
             raise InvalidRequestError(f"assignor must be one of {', '.join(ASSIGNORS)}, got {assignor!r}")
@@ -245,15 +263,18 @@ class GroupCoordinator:
             self.expire()
             group = self._groups.setdefault(group_id, _Group(group_id, assignor))
             member = group.members.get(member_id) if member_id else None
-            if member_id and member is None:
+            if member_id and (member is None or not member.shows(token)):
                 raise UnknownMemberError(
                     f"group {group_id!r} has no member {member_id!r}; join as a new member", group=group_id
                 )
             now = self.clock()
+            new_token = ""
             if member is None:
                 self._postpone_first_assignment(group, now)
                 member_id = f"{client_id or 'member'}-{next(self._ids)}-{secrets.token_hex(4)}"
+                new_token = secrets.token_urlsafe(24)
                 member = _Member(member_id, client_id, topics, session_timeout_ms, now)
+                member.token_hash = _token_hash(new_token)
                 group.members[member_id] = member
                 log.info(
                     "member joined",
@@ -275,9 +296,16 @@ class GroupCoordinator:
                     self._rebalance(group, "subscription_changed")
             state = self._grant(group, member)
             self._store(group)  # before the grant leaves: a restarted broker must know who holds what
-            return state
+            return state._replace(session_token=new_token)
 
-    def heartbeat(self, group_id: str, member_id: str, generation: int, owned: Iterable[TopicPartition]) -> MemberState:
+    def heartbeat(
+        self,
+        group_id: str,
+        member_id: str,
+        generation: int,
+        owned: Iterable[TopicPartition],
+        token: str | None = None,
+    ) -> MemberState:
         """Keep the member alive and report what it consumes; returns its grant for this generation.
 
         A member whose generation is behind gets StaleGenerationError and rejoins (join with its
@@ -285,7 +313,7 @@ class GroupCoordinator:
         """
         with self._lock:
             self.expire()
-            group, member = self._member(group_id, member_id)
+            group, member = self._member(group_id, member_id, token)
             member.last_seen_ms = self.clock()
             member.reported = set(owned)
             self._check_partition_counts(group)
@@ -300,9 +328,9 @@ class GroupCoordinator:
             self._store(group)  # before the grant leaves: a restarted broker must know who holds what
             return state
 
-    def leave(self, group_id: str, member_id: str) -> None:
+    def leave(self, group_id: str, member_id: str, token: str | None = None) -> None:
         with self._lock:
-            group, member = self._member(group_id, member_id)
+            group, member = self._member(group_id, member_id, token)
             del group.members[member_id]
             log.info("member left", extra={"event": "member_left", "group": group_id, "member": member_id})
             self._rebalance(group, "member_left")
@@ -340,10 +368,12 @@ class GroupCoordinator:
             self.offsets.save_membership(group.group_id, snapshot)
             group.stored = snapshot
 
-    def _member(self, group_id: str, member_id: str) -> tuple[_Group, _Member]:
+    def _member(self, group_id: str, member_id: str, token: str | None = None) -> tuple[_Group, _Member]:
+        """The member, when the caller shows its token; otherwise the same refusal as for no such member,
+        so that a member id read from DescribeGroup tells a caller nothing more."""
         group = self._groups.get(group_id)
         member = group.members.get(member_id) if group is not None else None
-        if group is None or member is None:
+        if group is None or member is None or not member.shows(token):
             raise UnknownMemberError(
                 f"group {group_id!r} has no member {member_id!r} (it left or its session "
                 f"timed out); rejoin as a new member",
@@ -444,6 +474,7 @@ class GroupCoordinator:
         generation: int,
         offsets: dict[TopicPartition, int],
         metadata: str = "",
+        token: str | None = None,
     ) -> None:
         """Commit offsets (next to consume). Members must be current and own the partitions; with no
         member_id, only a group without active members may be committed to (admin tools)."""
@@ -452,7 +483,7 @@ class GroupCoordinator:
             self.expire()
             group = self._groups.get(group_id)
             if member_id:
-                group, member = self._member(group_id, member_id)
+                group, member = self._member(group_id, member_id, token)
                 if generation != group.generation:
                     raise StaleGenerationError(
                         f"commit from generation {generation}; group {group_id!r} is at {group.generation}",

@@ -34,6 +34,7 @@ def assignment_message(state: MemberState) -> pb.MemberAssignment:
         generation=state.generation,
         heartbeat_interval_ms=state.heartbeat_interval_ms,
         partitions=[pb.TopicPartition(topic=t, partition=p) for t, p in state.assignment],
+        session_token=state.session_token,
     )
 
 
@@ -108,6 +109,7 @@ class GroupsService:
             client_id=request.client_id,
             member_id=request.member_id or None,
             owned=_tps(request.owned),
+            token=request.session_token,  # a caller over the network shows the member's token
         )
         return assignment_message(state)
 
@@ -119,11 +121,12 @@ class GroupsService:
             request.member_id,
             request.generation,
             _tps(request.owned),
+            token=request.session_token,
         )
         return assignment_message(state)
 
     async def leave(self, request: pb.LeaveGroupRequest, context: grpc.aio.ServicerContext) -> pb.LeaveGroupResponse:
-        await self._call(context, "leave", request.group_id, request.member_id)
+        await self._call(context, "leave", request.group_id, request.member_id, token=request.session_token)
         return pb.LeaveGroupResponse()
 
     async def commit(
@@ -138,6 +141,7 @@ class GroupsService:
             request.generation,
             offsets,
             request.metadata,
+            token=request.session_token,
         )
         return pb.CommitOffsetsResponse()
 

@@ -441,7 +441,7 @@ class PartitionOffset(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class JoinGroupRequest(_message.Message):
-    __slots__ = ("group_id", "topics", "session_timeout_ms", "assignor", "client_id", "member_id", "owned")
+    __slots__ = ("group_id", "topics", "session_timeout_ms", "assignor", "client_id", "member_id", "owned", "session_token")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TOPICS_FIELD_NUMBER: _ClassVar[int]
     SESSION_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -449,6 +449,7 @@ class JoinGroupRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     topics: _containers.RepeatedScalarFieldContainer[str]
     session_timeout_ms: int
@@ -456,57 +457,66 @@ class JoinGroupRequest(_message.Message):
     client_id: str
     member_id: str
     owned: _containers.RepeatedCompositeFieldContainer[TopicPartition]
-    def __init__(self, group_id: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., session_timeout_ms: _Optional[int] = ..., assignor: _Optional[str] = ..., client_id: _Optional[str] = ..., member_id: _Optional[str] = ..., owned: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ...) -> None: ...
+    session_token: str
+    def __init__(self, group_id: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., session_timeout_ms: _Optional[int] = ..., assignor: _Optional[str] = ..., client_id: _Optional[str] = ..., member_id: _Optional[str] = ..., owned: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class MemberAssignment(_message.Message):
-    __slots__ = ("member_id", "generation", "partitions", "heartbeat_interval_ms")
+    __slots__ = ("member_id", "generation", "partitions", "heartbeat_interval_ms", "session_token")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     generation: int
     partitions: _containers.RepeatedCompositeFieldContainer[TopicPartition]
     heartbeat_interval_ms: int
-    def __init__(self, member_id: _Optional[str] = ..., generation: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    session_token: str
+    def __init__(self, member_id: _Optional[str] = ..., generation: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("group_id", "member_id", "generation", "owned")
+    __slots__ = ("group_id", "member_id", "generation", "owned", "session_token")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     member_id: str
     generation: int
     owned: _containers.RepeatedCompositeFieldContainer[TopicPartition]
-    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., generation: _Optional[int] = ..., owned: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ...) -> None: ...
+    session_token: str
+    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., generation: _Optional[int] = ..., owned: _Optional[_Iterable[_Union[TopicPartition, _Mapping]]] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class LeaveGroupRequest(_message.Message):
-    __slots__ = ("group_id", "member_id")
+    __slots__ = ("group_id", "member_id", "session_token")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     member_id: str
-    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ...) -> None: ...
+    session_token: str
+    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class LeaveGroupResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CommitOffsetsRequest(_message.Message):
-    __slots__ = ("group_id", "member_id", "generation", "offsets", "metadata")
+    __slots__ = ("group_id", "member_id", "generation", "offsets", "metadata", "session_token")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     member_id: str
     generation: int
     offsets: _containers.RepeatedCompositeFieldContainer[PartitionOffset]
     metadata: str
-    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., generation: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., metadata: _Optional[str] = ...) -> None: ...
+    session_token: str
+    def __init__(self, group_id: _Optional[str] = ..., member_id: _Optional[str] = ..., generation: _Optional[int] = ..., offsets: _Optional[_Iterable[_Union[PartitionOffset, _Mapping]]] = ..., metadata: _Optional[str] = ..., session_token: _Optional[str] = ...) -> None: ...
 
 class CommitOffsetsResponse(_message.Message):
     __slots__ = ()
