@@ -154,6 +154,11 @@ def test_a_group_of_users_and_a_superuser(broker):
             admin.delete_topic("carols")
     with Admin(broker.target, security=as_(broker, "admin")) as admin:
         admin.delete_topic("carols")
+    log = broker.log()
+    # an audit line for each change done and each refusal, naming who
+    assert "tidelog.audit done principal=carol method=Admin/CreateTopic" in log and "create topic carols" in log
+    assert "tidelog.audit done principal=admin method=Admin/DeleteTopic" in log and "delete topic carols" in log
+    assert "tidelog.audit denied principal=carol operation=delete resource=topic resource_name=carols" in log
 
 
 def test_a_deny_beats_an_allow_and_acl_changes_apply_without_a_restart(broker):

@@ -404,3 +404,28 @@ def test_a_users_file_with_a_token_needs_tls_or_loopback():
     with pytest.raises(InvalidConfigError, match="never sent in the clear"):
         security.channel_credentials("broker.example:50051")
     assert security.channel_credentials("127.0.0.1:50051") is not None
+
+
+def test_huge_or_binary_credentials_are_refused_and_the_broker_goes_on(secured, certs, users):
+    """Metadata far past any token's size, and a header of binary junk: refused (by gRPC's header limit
+    or by the check), never a crash; the broker serves the next call."""
+    import grpc
+
+    from tidelog.client.channel import sync_channel
+    from tidelog.wire import methods
+
+    method = methods.method("Admin", "ListTopics")
+    with sync_channel(secured.target, ClientSecurity(ca_file=certs.ca_file)) as channel:
+        stub = channel.unary_unary(method.path, request_serializer=None, response_deserializer=None)
+        for metadata in (
+            (("authorization", "Bearer alice:" + "x" * 200_000),),
+            (("authorization", "Bearer " + "é" * 3000),),
+            (("authorization-bin", bytes(range(256)) * 10),),
+            tuple((f"x-junk-{i}", "y" * 100) for i in range(300)),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub(b"", metadata=metadata, timeout=10)
+            assert caught.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                           grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+    assert secured.proc.poll() is None
+    assert isinstance(topics(secured, certs, users[1]["alice"]), list)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -29,6 +30,9 @@ from ..wire.messages import decode
 from . import status
 from .handler_shape import behavior_of, rebuilt
 
+audit = logging.getLogger("tidelog.audit")
+AUDITED = {"create", "delete", "alter"}
+"""Operations every one of which leaves an audit line once done (denials always do: security/authorizer.py)."""
 ANONYMOUS = "ANONYMOUS"
 """The principal of every call when authentication is off (Kafka's name for it)."""
 principal: contextvars.ContextVar[str] = contextvars.ContextVar("tidelog_principal", default=ANONYMOUS)
@@ -162,21 +166,33 @@ class AccessGate:
         if handler.request_streaming:
             return rebuilt(handler, self._checked_stream(method, behavior))
         request_type, needs = NEEDS.get(method, (None, None))
-        if self.authorizer is not None and needs is None:
+        if needs is None:
             raise AssertionError(f"{method}: no authorization rule (server/access.py NEEDS)")
 
         async def checked_call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             who = await self._enter(context)
-            if self.authorizer is not None and needs is not None:
-                request: Any = None
+            asked: list[Need] = []
+            if needs is not None:
                 try:
-                    request = decode(request_type, raw) if request_type is not None else None
+                    asked = needs(decode(request_type, raw)) if request_type is not None else []
                 except InvalidRequestError:
                     pass  # the handler refuses it, having done nothing
-                refusal = self._refusal(who, needs(request)) if request is not None else None
-                if refusal is not None:
-                    await status.abort(context, refusal)
-            return await behavior(raw, context)
+            refusal = self._refusal(who, asked)
+            if refusal is not None:
+                await status.abort(context, refusal)
+            response = await behavior(raw, context)
+            changes = [need for need in asked if need[0] in AUDITED]
+            if changes:
+                audit.info(
+                    "done",
+                    extra={
+                        "event": "audit_done",
+                        "principal": who,
+                        "method": method,
+                        "changes": [f"{op} {kind} {name}" for op, kind, name in changes],
+                    },
+                )
+            return response
 
         return rebuilt(handler, checked_call)
 
