@@ -193,14 +193,25 @@ async def _cancel(call) -> None:
         pass
 
 
-async def _aio_channel(target: str, options) -> grpc.aio.Channel:
-    channel = grpc.aio.insecure_channel(target, options=options)
+async def _aio_channel(target: str, options, security=None) -> grpc.aio.Channel:
+    """security: a tidelog ClientSecurity (TLS, token) for a secured broker (security_bench.py)."""
+    credentials = security.channel_credentials(target) if security is not None else None
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(target, options=options)
+    else:
+        channel = grpc.aio.secure_channel(target, credentials, options=options + security.options())
     await asyncio.wait_for(channel.channel_ready(), 10)
     return channel
 
 
 async def stream_produce(
-    target: str, messages: list[tuple[bytes, int]], n_messages: int, window: int, cap_s: float, topic: str | None
+    target: str,
+    messages: list[tuple[bytes, int]],
+    n_messages: int,
+    window: int,
+    cap_s: float,
+    topic: str | None,
+    security=None,
 ) -> tuple[int, int, float, bool]:
     """Write n_messages on one bidi stream, at most `window` unacknowledged; (records, messages, s, capped).
 
@@ -209,7 +220,7 @@ async def stream_produce(
     ceiling, messages sent as they are, one 2-byte ack each.
     """
     method = PRODUCE if topic is not None else CEIL_PRODUCE
-    channel = await _aio_channel(target, TIDELOG_CHANNEL_OPTIONS if topic is not None else CEIL_OPTIONS)
+    channel = await _aio_channel(target, TIDELOG_CHANNEL_OPTIONS if topic is not None else CEIL_OPTIONS, security)
     try:
         call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)()
         room = asyncio.Semaphore(window)
@@ -331,10 +342,10 @@ def consumer_run(ctx: Ctx, topic: str, size: int, expect: int) -> Sample:
     return check_count("Consumer", sample, expect)
 
 
-async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float) -> tuple[int, float, bool]:
+async def raw_subscribe(target: str, topic: str, expect: int, cap_s: float, security=None) -> tuple[int, float, bool]:
     """Subscribe over grpc.aio, responses as raw bytes: credit handed back on arrival, then
     parse_subscribe_response + iter_batches, counting BatchView.count (no object per record)."""
-    channel = await _aio_channel(target, TIDELOG_CHANNEL_OPTIONS)
+    channel = await _aio_channel(target, TIDELOG_CHANNEL_OPTIONS, security)
     try:
         call = channel.stream_stream(
             SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString, response_deserializer=None

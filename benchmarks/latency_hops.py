@@ -97,9 +97,14 @@ async def ceiling_rtt(target: str, n: int, rate: float) -> list[float]:
         return out
 
 
-async def raw_produce(target: str, topic: str, n: int, rate: float, rtt: list[float] | None = None) -> None:
-    """Pre-encoded Produce requests on one stream at `rate`; with rtt, one in flight and each round trip kept."""
-    async with grpc.aio.insecure_channel(target) as channel:
+async def raw_produce(
+    target: str, topic: str, n: int, rate: float, rtt: list[float] | None = None, security=None
+) -> None:
+    """Pre-encoded Produce requests on one stream at `rate`; with rtt, one in flight and each round trip kept.
+    security: a ClientSecurity for a secured broker (security_bench.py)."""
+    from tidelog.client.channel import aio_channel
+
+    async with aio_channel(target, security) as channel:
         call = channel.stream_stream(PRODUCE, request_serializer=None, response_deserializer=None)()
 
         async def step(i: int, due: int) -> None:

@@ -49,10 +49,12 @@ def start_tidelog(
     name: str = "tidelog-server",
     *,
     kafka: bool = False,
+    ready=grpc_serving,
 ) -> Proc:
     """`tidelog serve --fsync <fsync>`, ready when its gRPC health check answers SERVING.
 
-    kafka=True: also `--kafka-port 0 --kafka-port-file FILE` (the broker picks the Kafka listener's port
+    ready(port): whether it serves (default: the gRPC health check over a plain channel; a broker with
+    TLS needs one that speaks TLS). kafka=True: also `--kafka-port 0 --kafka-port-file FILE` (the broker picks the Kafka listener's port
     itself); then ready once it wrote that file, its own process tree listens on the port in it and a Kafka
     ApiVersions request is answered there, and
     `Proc.kafka_port` holds that port (the gRPC port stays `Proc.port`, checked as before)."""
@@ -81,7 +83,7 @@ def start_tidelog(
             *extra,
         ]
 
-    proc = procs.serve(name, argv, grpc_serving)
+    proc = procs.serve(name, argv, ready)
     if kafka:
         try:
             proc.kafka_port = _kafka_port(proc, kafka_files[proc.port])  # type: ignore[attr-defined]
