@@ -2,9 +2,10 @@
 
     python -m benchmarks.security_bench [--rounds 3] [--records 256000] [--json out.json]
 
-Two `tidelog serve --fsync never` on 127.0.0.1, started together: "plain" (no security) and "secured"
-(TLS with a trustme-made certificate, `--users-file`, `--acls-file` allowing the benchmark's user
-everything on topics). Each round runs, against each broker in turn (the order alternates by round):
+Three `tidelog serve --fsync never` on 127.0.0.1, started together: "plain" (no security), "tls" (TLS
+only, with a trustme-made certificate) and "secured" (TLS, `--users-file`, `--acls-file` allowing the
+benchmark's user everything on topics): tls against secured isolates what tokens and ACLs add. Each
+round runs, against each broker in turn (the order rotates by round):
 
 - produce: pre-built ~1 MiB RecordBatch v2 of 1 KiB records on one Produce stream, 8 in flight
   (grpc_bench's raw produce: every request goes through the access check);
@@ -120,10 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.records < 2000:
         parser.error("--rounds must be >= 1 and --records >= 2000")
     pay = Payloads(1024, 32_000, SEED)
-    runs: dict[str, list[dict[str, float]]] = {"plain": [], "secured": []}
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "tls": [], "secured": []}
     with workspace("tidelog-security-", args.tmp) as procs:
         files = secure_files(procs.tmp)
         plain = start_tidelog(procs, f"{procs.tmp}/plain", name="tidelog-plain")
+        tls_only = start_tidelog(
+            procs,
+            f"{procs.tmp}/tls",
+            name="tidelog-tls",
+            extra=("--tls-cert", files["server.crt"], "--tls-key", files["server.key"]),
+            ready=tls_serving(files["ca.pem"]),
+        )
         secured = start_tidelog(
             procs,
             f"{procs.tmp}/secured",
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         brokers = {
             "plain": (plain.target, None, None),
+            "tls": (tls_only.target, ClientSecurity(ca_file=files["ca.pem"]), ClientSecurity(ca_file=files["ca.pem"])),
             "secured": (
                 secured.target,
                 ClientSecurity(ca_file=files["ca.pem"], token=files["bench"]),
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         for i in range(args.rounds):
-            order = ["plain", "secured"] if i % 2 == 0 else ["secured", "plain"]
+            order = ["plain", "tls", "secured"][i % 3 :] + ["plain", "tls", "secured"][: i % 3]
             for name in order:
                 log(f"round {i + 1} of {args.rounds}: {name}")
                 target, security, admin_security = brokers[name]
@@ -153,21 +162,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- {args.rounds} rounds; produce: {args.records:,} records in ~1 MiB batches, {WINDOW} in flight; "
         f"consume: raw Subscribe of the same; RTT: {LATENCY_MESSAGES:,} single-record Produce round trips at "
-        f"{LATENCY_RATE:,.0f}/s; both brokers `--fsync never`\n"
+        f"{LATENCY_RATE:,.0f}/s; every broker `--fsync never`\n"
     )
-    print("| figure | plain | TLS + tokens + ACLs | secured / plain (per round) |")
-    print("|---|---:|---:|---:|")
+    print("| figure | plain | TLS | TLS + tokens + ACLs | TLS / plain | secured / plain (per round) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for key, label, higher_better in (
         ("produce_mb_s", "produce MB/s", True),
         ("consume_mb_s", "consume MB/s", True),
         ("rtt_p50_ms", "Produce RTT p50 ms", False),
         ("rtt_p99_ms", "Produce RTT p99 ms", False),
     ):
-        a = [r[key] for r in runs["plain"]]
-        b = [r[key] for r in runs["secured"]]
-        ratios = [y / x if higher_better else x / y for x, y in zip(a, b)]
+        a, t, b = ([r[key] for r in runs[name]] for name in ("plain", "tls", "secured"))
+
+        def ratios(xs: list[float], ys: list[float]) -> list[float]:
+            return [y / x if higher_better else x / y for x, y in zip(xs, ys)]
+
         digits = 0 if higher_better else 3
-        print(f"| {label} | {cell(a, digits)} | {cell(b, digits)} | {cell(ratios, 2)}x |")
+        print(
+            f"| {label} | {cell(a, digits)} | {cell(t, digits)} | {cell(b, digits)} | {cell(ratios(a, t), 2)}x "
+            f"| {cell(ratios(a, b), 2)}x |"
+        )
     print("\nRatios above 1 mean the secured broker did better (for latency: plain / secured).")
     if args.json:
         with open(args.json, "w") as f:
