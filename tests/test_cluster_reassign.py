@@ -220,7 +220,12 @@ def test_decommission_empties_a_broker_under_load_and_stopping_it_loses_nothing(
             address,
             "Groups",
             "Heartbeat",
-            pb.HeartbeatRequest(group_id="g", member_id=joined.member_id, generation=joined.generation),
+            pb.HeartbeatRequest(
+                group_id="g",
+                member_id=joined.member_id,
+                generation=joined.generation,
+                session_token=joined.session_token,
+            ),
         )
         return beat if len(beat.partitions) == 3 else None
 
@@ -232,6 +237,7 @@ def test_decommission_empties_a_broker_under_load_and_stopping_it_loses_nothing(
             member_id=member.member_id,
             generation=member.generation,
             offsets=[pb.PartitionOffset(topic="load", partition=p, offset=p + 1) for p in range(3)],
+            session_token=joined.session_token,
         )
         c.call(address, "Groups", "CommitOffsets", commit)
         out = cli("cluster", "decommission", str(broker), "--wait", "--timeout", "90", "--cluster", c.etcd.url)
@@ -368,7 +374,12 @@ def test_the_coordinator_keeps_a_topics_committed_offsets_when_its_copy_moves_of
             coordinator.leader_address,
             "Groups",
             "Heartbeat",
-            pb.HeartbeatRequest(group_id="g", member_id=joined.member_id, generation=joined.generation),
+            pb.HeartbeatRequest(
+                group_id="g",
+                member_id=joined.member_id,
+                generation=joined.generation,
+                session_token=joined.session_token,
+            ),
         )
         return beat if len(beat.partitions) == 1 else None
 
@@ -378,6 +389,7 @@ def test_the_coordinator_keeps_a_topics_committed_offsets_when_its_copy_moves_of
         member_id=member.member_id,
         generation=member.generation,
         offsets=[pb.PartitionOffset(topic="solo", partition=0, offset=3)],
+        session_token=joined.session_token,
     )
     c.call(coordinator.leader_address, "Groups", "CommitOffsets", commit)
     move_to(elsewhere)

@@ -261,6 +261,7 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
         cluster.send_acked(history, "p", "jobs", i % 2, b"j%d" % i, leaders)
     join = pb.JoinGroupRequest(group_id="billing", topics=["jobs"], session_timeout_ms=30_000)
     _, joined = find_coordinator(cluster, join)
+    token = joined.session_token  # the member's secret: every call as the member shows it
     coordinator = cluster.metadata("__consumer_offsets")[0]
     assert sorted(coordinator.replicas) == [1, 2, 3]  # the group state is replicated like any partition
     address = coordinator.leader_address
@@ -271,7 +272,11 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
             "Groups",
             "Heartbeat",
             pb.HeartbeatRequest(
-                group_id="billing", member_id=joined.member_id, generation=joined.generation, owned=joined.partitions
+                group_id="billing",
+                member_id=joined.member_id,
+                generation=joined.generation,
+                owned=joined.partitions,
+                session_token=token,
             ),
         )
         return beat if len(beat.partitions) == 2 else None
@@ -282,6 +287,7 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
         member_id=joined.member_id,
         generation=joined.generation,
         offsets=[pb.PartitionOffset(topic="jobs", partition=p, offset=40 + p) for p in (0, 1)],
+        session_token=token,
     )
     cluster.call(address, "Groups", "CommitOffsets", commit)
     cluster.kill(coordinator.leader_id)  # SIGKILL: the coordinator's broker dies
@@ -301,13 +307,17 @@ def test_committed_offsets_and_members_survive_the_coordinators_death(cluster):
         ("jobs", 0): 40,
         ("jobs", 1): 41,
     }
-    # the member carries on with the new coordinator: same member id, same generation, same partitions
+    # the member carries on with the new coordinator: same member id, token, generation, partitions
     beat = cluster.call(
         new.leader_address,
         "Groups",
         "Heartbeat",
         pb.HeartbeatRequest(
-            group_id="billing", member_id=joined.member_id, generation=joined.generation, owned=joined.partitions
+            group_id="billing",
+            member_id=joined.member_id,
+            generation=joined.generation,
+            owned=joined.partitions,
+            session_token=token,
         ),
     )
     assert beat.member_id == joined.member_id and beat.generation == joined.generation

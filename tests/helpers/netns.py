@@ -568,7 +568,9 @@ class NetCluster(Cluster):
         node = self.net.nodes[f"b{broker_id}"]
         own = os.path.join(self.directory, f"b{broker_id}.toml")
         with open(config) as f, open(own, "w") as out:
-            out.write(f.read() + f'advertised_host = "{node.ip}"\n')
+            # a private network of namespaces this test made: served open on purpose (without it a broker
+            # refuses to listen beyond loopback with no TLS and authentication)
+            out.write(f.read() + f'advertised_host = "{node.ip}"\ninsecure = true\n')
         # `env` execs the server, so the PID stays the server's
         clock = ("env", f"TIDELOG_TEST_CLOCK_FILE={self.clock_file(broker_id)}")
         return super().broker_process(broker_id, own, port=BROKER_PORT, host=node.ip, wrapper=(*node.exec, *clock))
