@@ -9,20 +9,18 @@ An ACL is (principal, resource, operation, allow or deny):
   delete and alter imply describe of the same resource (as Kafka's WRITE and READ imply DESCRIBE).
 
 With an ACL file a broker refuses whatever no ACL allows; a deny beats any allow; superusers (a server
-setting) skip the check. The file is JSON written whole and renamed, under a lock, as the users file is.
+setting) skip the check. The file is JSON, written and read as every security file is (json_file.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from ..errors import InvalidConfigError, InvalidRequestError
-from .users import NAME, write_json_atomically
+from ..errors import InvalidRequestError
+from . import json_file
+from .users import NAME
 
 FORMAT_VERSION = 1
 RESOURCES = ("topic", "group", "queue", "cluster")
@@ -86,31 +84,13 @@ class AclFile:
         self.path = path
 
     def stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return json_file.stamp(self.path)
 
     def load(self) -> list[Acl]:
         """Every ACL; [] when there is no file. A damaged file raises InvalidConfigError naming it."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise InvalidConfigError(f"cannot read the ACL file {self.path}: {exc}") from None
-        try:
-            doc = json.loads(raw)
-            if doc.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format version {doc.get('version')!r}, this tidelog reads {FORMAT_VERSION}")
-            return [Acl(**entry) for entry in doc["acls"]]
-        except (ValueError, KeyError, TypeError, AttributeError, InvalidRequestError) as exc:
-            raise InvalidConfigError(
-                f"the ACL file {self.path} is damaged ({exc!s}); restore it from a backup, or move it away and "
-                "add the ACLs again"
-            ) from None
+        return json_file.read_document(
+            self.path, "ACL file", FORMAT_VERSION, lambda doc: [Acl(**entry) for entry in doc["acls"]], []
+        )
 
     def add(self, acl: Acl) -> bool:
         """False when the same ACL is there already."""
@@ -129,9 +109,7 @@ class AclFile:
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[list[Acl]]:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(f"{self.path}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with json_file.locked(self.path):
             acls = self.load()
             yield acls
-            write_json_atomically(self.path, {"version": FORMAT_VERSION, "acls": [asdict(a) for a in acls]})
+            json_file.write_json_atomically(self.path, {"version": FORMAT_VERSION, "acls": [asdict(a) for a in acls]})

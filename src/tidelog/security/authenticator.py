@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..errors import AuthenticationError, TidelogError
+from ..errors import AuthenticationError
+from . import json_file
 from .users import NAME, User, UsersFile, split_token
 
 log = logging.getLogger("tidelog.security")
 
 MAX_FAILURES = 10
 WINDOW_S = 10.0
-CHECK_FILE_EVERY_S = 1.0
 REMEMBERED = 10_000
 """Verified tokens remembered at most (then the oldest go): memory stays bounded whatever clients do."""
 MAX_HEADER_CHARS = 2048
@@ -50,18 +50,27 @@ class Authenticator:
     ) -> None:
         self.mutual = mutual
         self.max_failures = max_failures
-        self._file = UsersFile(users_path) if users_path else None
-        self._users: dict[str, User] = self._file.load() if self._file is not None else {}
-        self._stamp = self._file.stamp() if self._file is not None else None
-        self._checked = clock()
+        self._file = (
+            json_file.Watched(users_path, UsersFile(users_path).load, "users file", self._forget, clock)
+            if users_path
+            else None
+        )
         self._verified: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._failures: dict[str, collections.deque[float]] = {}
         self._on_failure = on_failure
         self._clock = clock
 
     @property
+    def _users(self) -> dict[str, User]:
+        """The users as the file says now (re-read when it changes)."""
+        return self._file.current() if self._file is not None else {}
+
+    @property
     def users(self) -> int:
         return len(self._users)
+
+    def _forget(self, users: dict[str, User]) -> None:
+        self._verified.clear()  # a removed or rotated user's token stops working now
 
     def groups_of(self, principal: str) -> tuple[str, ...]:
         """The groups of a user in the users file (a certificate's name without an entry has none)."""
@@ -70,8 +79,8 @@ class Authenticator:
 
     def reload(self) -> None:
         """Read the users file again now (SIGHUP)."""
-        self._checked = self._clock() - CHECK_FILE_EVERY_S
-        self._look_at_file()
+        if self._file is not None:
+            self._file.reload()
 
     async def principal(self, metadata: Iterable[tuple[str, str | bytes]], auth_context: dict, peer: str) -> str:
         """The caller's principal, or AuthenticationError; a secret not seen yet is checked in a worker thread."""
@@ -109,14 +118,14 @@ class Authenticator:
         if parts is None:
             raise self._refuse(host, "?", "malformed token", now)
         name, secret = parts
-        self._look_at_file()
         key = hashlib.sha256(token.encode()).digest()
-        if self._verified.get(key) == name and name in self._users:
+        users = self._users  # first: a reload of the file forgets the verified tokens
+        if self._verified.get(key) == name and name in users:
             self._verified.move_to_end(key)
             return name  # checked before: a peer that is being refused keeps its clients already in
         if self._limited(host, now):
             raise self._refuse(host, name, "too many failures from this peer", now, count=False)
-        user = self._users.get(name)
+        user = users.get(name)
         if user is None:
             raise self._refuse(host, name, "unknown user", now)
         return _Check(user, secret, key, host, now)
@@ -129,27 +138,6 @@ class Authenticator:
             while len(self._verified) > REMEMBERED:
                 self._verified.popitem(last=False)
         return check.user.name
-
-    def _look_at_file(self) -> None:
-        """Pick up `tidelog users` changes (at most one stat per second). A file that became unreadable
-        keeps the users last read, with an error logged: a broken edit never opens the broker."""
-        if self._file is None:
-            return
-        now = self._clock()
-        if now - self._checked < CHECK_FILE_EVERY_S:
-            return
-        self._checked = now
-        stamp = self._file.stamp()
-        if stamp == self._stamp:
-            return
-        try:
-            users = self._file.load()
-        except TidelogError as exc:
-            log.error("%s; the users read before stay in force", exc.message, extra={"event": "users_reload_failed"})
-            return
-        self._users, self._stamp = users, stamp
-        self._verified.clear()  # a removed or rotated user's token stops working now
-        log.info("users file reloaded", extra={"event": "users_reloaded", "users": len(users)})
 
     def _limited(self, host: str, now: float) -> bool:
         times = self._failures.get(host)

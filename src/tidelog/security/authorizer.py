@@ -12,14 +12,13 @@ from ..errors import (
     ClusterAuthorizationError,
     GroupAuthorizationError,
     QueueAuthorizationError,
-    TidelogError,
     TopicAuthorizationError,
 )
+from . import json_file
 from .acls import Acl, AclFile, decide
 
 log = logging.getLogger("tidelog.audit")
 
-CHECK_FILE_EVERY_S = 1.0
 REFUSALS: dict[str, type[AuthorizationError]] = {
     "topic": TopicAuthorizationError,
     "group": GroupAuthorizationError,
@@ -39,26 +38,24 @@ class Authorizer:
         on_denied: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._file = AclFile(acl_path)
-        self._acls: list[Acl] = self._file.load()
-        self._stamp = self._file.stamp()
-        self._checked = clock()
+        self._acls: json_file.Watched[list[Acl]] = json_file.Watched(
+            acl_path, AclFile(acl_path).load, "ACL file", clock=clock
+        )
         self.superusers = frozenset(superusers)
         self._groups_of = groups_of
         self._on_denied = on_denied
         self._clock = clock
 
     def reload(self) -> None:
-        self._checked = self._clock() - CHECK_FILE_EVERY_S
-        self._look_at_file()
+        """Read the ACL file again now (SIGHUP)."""
+        self._acls.reload()
 
     def check(self, principal: str, operation: str, resource: str, name: str) -> None:
         """Raises the AuthorizationError of the resource's kind, naming the operation and the resource."""
         if principal in self.superusers:
             return
-        self._look_at_file()
         principals = {principal, "*", *(f"group:{g}" for g in self._groups_of(principal))}
-        if decide(self._acls, principals, resource, name, operation):
+        if decide(self._acls.current(), principals, resource, name, operation):
             return
         what = "the cluster" if resource == "cluster" else f"{resource} {name!r}"
         log.warning(
@@ -74,23 +71,3 @@ class Authorizer:
         if self._on_denied is not None:
             self._on_denied(principal, operation, resource)
         raise REFUSALS[resource](f"{principal} may not {operation} {what}")
-
-    def _look_at_file(self) -> None:
-        now = self._clock()
-        if now - self._checked < CHECK_FILE_EVERY_S:
-            return
-        self._checked = now
-        stamp = self._file.stamp()
-        if stamp == self._stamp:
-            return
-        try:
-            acls = self._file.load()
-        except TidelogError as exc:
-            logging.getLogger("tidelog.security").error(
-                "%s; the ACLs read before stay in force", exc.message, extra={"event": "acls_reload_failed"}
-            )
-            return
-        self._acls, self._stamp = acls, stamp
-        logging.getLogger("tidelog.security").info(
-            "ACL file reloaded", extra={"event": "acls_reloaded", "acls": len(acls)}
-        )

@@ -8,10 +8,8 @@ on loopback) and the broker derives StoredKey from it to compare; Kafka clients 
 exchange without sending it. A stolen file costs an attacker PBKDF2's iterations per guess, and a
 generated token (256 random bits) cannot be guessed at all.
 
-The file is JSON, written whole to a temporary file and renamed over the old one (mode 0600), under an
-exclusive lock so that two `tidelog users` commands never lose each other's change. The broker reads it and
-notices changes by itself. A file that does not parse is refused with its path and the reason: never
-guessed at, never rewritten.
+The file is JSON, written and read as every security file is (json_file.py): whole, 0600, under a lock,
+refused with its path when damaged, never rewritten.
 """
 
 from __future__ import annotations
@@ -19,11 +17,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
 import time
@@ -32,7 +27,8 @@ from dataclasses import dataclass
 
 import scramp
 
-from ..errors import InvalidConfigError, InvalidRequestError
+from ..errors import InvalidRequestError
+from . import json_file
 
 FORMAT_VERSION = 1
 MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
@@ -119,32 +115,17 @@ class UsersFile:
         self.path = path
 
     def stamp(self) -> tuple[int, int, int] | None:
-        """What changes when the file is replaced (None: there is no file)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return json_file.stamp(self.path)
 
     def load(self) -> dict[str, User]:
         """Every user; {} when there is no file. A damaged file raises InvalidConfigError naming it."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise InvalidConfigError(f"cannot read the users file {self.path}: {exc}") from None
-        try:
-            doc = json.loads(raw)
-            if doc.get("version") != FORMAT_VERSION:
-                raise ValueError(f"format version {doc.get('version')!r}, this tidelog reads {FORMAT_VERSION}")
-            return {name: _user(name, entry) for name, entry in doc["users"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InvalidConfigError(
-                f"the users file {self.path} is damaged ({exc!s}); restore it from a backup, or move it away "
-                "and add the users again"
-            ) from None
+        return json_file.read_document(
+            self.path,
+            "users file",
+            FORMAT_VERSION,
+            lambda doc: {name: _user(name, entry) for name, entry in doc["users"].items()},
+            {},
+        )
 
     def add(self, name: str, secret: str | None = None, groups: tuple[str, ...] = ()) -> str:
         """A new user; returns its token (the only time the secret is shown)."""
@@ -186,39 +167,11 @@ class UsersFile:
     @contextlib.contextmanager
     def _changing(self) -> Iterator[dict[str, User]]:
         """Load under an exclusive lock, let the caller change the users, write them back atomically."""
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        with open(f"{self.path}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with json_file.locked(self.path):
             users = self.load()
             yield users
-            self._write(users)
-
-    def _write(self, users: dict[str, User]) -> None:
-        doc = {"version": FORMAT_VERSION, "users": {name: _entry(user) for name, user in sorted(users.items())}}
-        write_json_atomically(self.path, doc)
-
-
-def write_json_atomically(path: str, doc: dict) -> None:
-    """Through a temporary file (mode 0600) fsynced and renamed over `path`, then the directory fsynced:
-    a reader sees the old file or the new one, whole, even after a crash."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            doc = {"version": FORMAT_VERSION, "users": {name: _entry(u) for name, u in sorted(users.items())}}
+            json_file.write_json_atomically(self.path, doc)
 
 
 def _groups(groups: tuple[str, ...]) -> tuple[str, ...]:
