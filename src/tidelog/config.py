@@ -416,6 +416,11 @@ class ServerConfig:
                 "TLS and authentication are not available in a cluster yet (brokers would need credentials "
                 "for each other); run the cluster on a private network, or a single broker with them"
             )
+        if self.kafka_port != -1 and self.acls_file:
+            raise InvalidConfigError(
+                "ACLs do not apply to the Kafka listener yet: with acls_file, Kafka clients could do what the ACLs "
+                "refuse over gRPC; turn the Kafka listener off"
+            )
         if self.kafka_port != -1 and self.users_file and not self.tls_client_ca_file:
             raise InvalidConfigError(
                 "the Kafka listener cannot check tokens yet (no SASL): with users_file, Kafka clients must be "
