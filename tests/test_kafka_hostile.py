@@ -327,6 +327,9 @@ def sample(api_key: int, group: str) -> dict:
             "include_documentation": True,
         },
         codec.DELETE_GROUPS: {"groups_names": [group]},
+        # this broker has no SASL: a handshake is answered UNSUPPORTED_SASL_MECHANISM, an exchange ILLEGAL_SASL_STATE
+        codec.SASL_HANDSHAKE: {"mechanism": "SCRAM-SHA-256"},
+        codec.SASL_AUTHENTICATE: {"auth_bytes": b"n,,n=user,r=nonce"},
     }[api_key]
 
 

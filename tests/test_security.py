@@ -432,3 +432,52 @@ def test_huge_or_binary_credentials_are_refused_and_the_broker_goes_on(secured, 
                                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)  # fmt: skip
     assert secured.proc.poll() is None
     assert isinstance(topics(secured, certs, users[1]["alice"]), list)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["sasl-plaintext", "sasl-ssl"])
+def test_kafka_clients_authenticate_with_scram_against_the_same_users(tmp_path, certs, users, tls):
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import Producer as KafkaProducer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    extra = ("--tls-cert", certs.server_cert, "--tls-key", certs.server_key) if tls else ()
+    server = ServerProcess(str(tmp_path / "data"), "--users-file", users[0], *extra, kafka=True).start()
+    try:
+        name, secret = users[1]["alice"].split(":", 1)
+        base = {"bootstrap.servers": server.kafka_target, "socket.timeout.ms": 5000}
+        if tls:
+            base.update({"ssl.ca.location": certs.ca_file})
+        protocol = "SASL_SSL" if tls else "SASL_PLAINTEXT"
+
+        def sasl(mechanism: str, password: str) -> dict:
+            return {**base, "security.protocol": protocol, "sasl.mechanism": mechanism, "sasl.username": name,
+                    "sasl.password": password}  # fmt: skip
+
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            producer = KafkaProducer({**sasl(mechanism, secret), "linger.ms": 0})
+            producer.produce("scram-topic", b"hello " + mechanism.encode(), partition=0)
+            assert producer.flush(20) == 0
+        consumer = KafkaConsumer({**sasl("SCRAM-SHA-256", secret), "group.id": "scram", "enable.auto.commit": False})
+        consumer.assign([TopicPartition("scram-topic", 0, 0)])
+        got = []
+        deadline = time.monotonic() + 20
+        while len(got) < 2 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                got.append(message.value())
+        consumer.close()
+        assert got == [b"hello SCRAM-SHA-256", b"hello SCRAM-SHA-512"]
+        for config in (sasl("SCRAM-SHA-256", secret + "x"), {**base, **({"security.protocol": "SSL"} if tls else {})}):
+            refused = AdminClient(config)  # kept: a collected client fails its futures with _DESTROY
+            with pytest.raises(KafkaException, match="[Aa]uthentication|transport|[Tt]imed out"):
+                refused.create_topics([NewTopic("never", 1, 1)], request_timeout=3)["never"].result(5)
+        with Admin(server.target, security=ClientSecurity(ca_file=certs.ca_file if tls else None,
+                                                           token=users[1]["alice"])) as admin:  # fmt: skip
+            assert "never" not in admin.list_topics()
+        with open(server.log_path) as f:
+            log = f.read()
+        assert "Kafka SASL authentication failed" in log  # the wrong secret
+        assert "before SASL authentication" in log  # the client without SASL
+    finally:
+        server.stop()

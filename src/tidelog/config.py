@@ -421,11 +421,6 @@ class ServerConfig:
                 "ACLs do not apply to the Kafka listener yet: with acls_file, Kafka clients could do what the ACLs "
                 "refuse over gRPC; turn the Kafka listener off"
             )
-        if self.kafka_port != -1 and self.users_file and not self.tls_client_ca_file:
-            raise InvalidConfigError(
-                "the Kafka listener cannot check tokens yet (no SASL): with users_file, Kafka clients must be "
-                "identified by client certificates (tls_client_ca_file), or turn the Kafka listener off"
-            )
         exposed = [h for h in (self.host, self.metrics_host, self.kafka_host) if h and not is_loopback(h)]
         if exposed and not (self.tls and self.authenticates) and not self.insecure:
             missing = " and ".join(

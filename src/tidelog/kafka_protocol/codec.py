@@ -66,6 +66,12 @@ try:
         ProduceRequest,
         ProduceResponse,
     )
+    from kafka.protocol.sasl import (
+        SaslAuthenticateRequest,
+        SaslAuthenticateResponse,
+        SaslHandshakeRequest,
+        SaslHandshakeResponse,
+    )
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         f"the Kafka listener needs kafka-python 3.0 ({exc}); install it with: pip install 'tidelog[kafka]'"
@@ -113,6 +119,9 @@ SERVED: dict[int, Api] = {
         _api(OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, 2, 4),
         _api(DescribeConfigsRequest, DescribeConfigsResponse, 1, 4),
         _api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 2),
+        # v1 only: v0 would carry the SASL tokens as bare frames outside Kafka's request format
+        _api(SaslHandshakeRequest, SaslHandshakeResponse, 1, 1),
+        _api(SaslAuthenticateRequest, SaslAuthenticateResponse, 0, 2),
     )
 }
 
@@ -121,6 +130,9 @@ OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP = 8, 9, 10, 11
 HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS = 12, 13, 14, 15, 16
 API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS, DELETE_RECORDS = 18, 19, 20, 21
 INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH, DESCRIBE_CONFIGS, DELETE_GROUPS = 22, 23, 32, 42
+SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
+BEFORE_AUTHENTICATION = {API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE}
+"""What a client may send on a SASL listener before it has authenticated (anything else closes the connection)."""
 
 
 def flexible(api: Api, version: int) -> bool:

@@ -25,9 +25,11 @@ import ssl
 import time
 from typing import Any
 
+from ..errors import TidelogError
 from ..server.budget import ByteBudget
 from . import codec, produce
 from .apis import FetchParts, KafkaApis
+from .errors import ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM
 from .framing import INT32, MalformedError, parse_header, peek_header, response_prefix
 from .metrics import KafkaMetrics
 
@@ -49,8 +51,12 @@ class KafkaListener:
         max_connections: int,
         idle_timeout_s: float,
         metrics: KafkaMetrics | None = None,
+        sasl: Any = None,
     ) -> None:
+        """sasl: a security.sasl.SaslServer; then every connection authenticates first (SaslHandshake v1,
+        SaslAuthenticate), and anything else before that closes it."""
         self.apis = apis
+        self.sasl = sasl
         self._budget = budget
         self.max_message_bytes = max_message_bytes
         self.max_connection_bytes = max_connection_bytes
@@ -168,6 +174,8 @@ class _Connection:
         self.room.set()
         self.reading_done = False
         self.serving = False  # a request is being served: the connection is not idle
+        self.principal: str | None = None if listener.sasl is not None else "ANONYMOUS"
+        self.exchange: Any = None  # the SASL exchange under way
 
     async def run(self) -> None:
         reading = asyncio.ensure_future(self._read_ahead())
@@ -274,6 +282,10 @@ class _Connection:
                 self.room.set()
             api = codec.SERVED.get(frame.api_key)
             name = api.name if api is not None else str(frame.api_key)
+            if self.principal is None and frame.api_key not in codec.BEFORE_AUTHENTICATION:
+                for f in frames:
+                    self.listener._budget.release(len(f.data))
+                raise _Closed("unauthenticated", f"{name} before SASL authentication")
             self.serving = True
             try:
                 if frame.api_key == codec.PRODUCE:
@@ -316,6 +328,8 @@ class _Connection:
             raise _Closed("malformed", f"{api.name} v{frame.version}: {exc}") from None
         if frame.api_key == codec.JOIN_GROUP:
             fields = await self.listener.apis.join_group(request, frame.version, header.client_id or "", self.host)
+        elif frame.api_key in (codec.SASL_HANDSHAKE, codec.SASL_AUTHENTICATE):
+            fields = self._sasl(frame.api_key, request)
         else:
             fields = await self.listener._handlers[frame.api_key](request, frame.version)
         if isinstance(fields, FetchParts):
@@ -324,6 +338,36 @@ class _Connection:
             body = codec.encode_response(api, frame.version, fields)
             parts, size = [body], len(body)
         await self._write(frame.correlation_id, codec.response_header_flexible(api, frame.version), parts, size)
+        if frame.api_key == codec.SASL_AUTHENTICATE and fields["error_code"]:
+            raise _Closed("unauthenticated", "SASL authentication failed")
+
+    def _sasl(self, api_key: int, request: Any) -> dict:
+        """SaslHandshake picks the mechanism; SaslAuthenticate carries the exchange's messages. A failed
+        exchange is answered SASL_AUTHENTICATION_FAILED, and the connection then closed."""
+        sasl = self.listener.sasl
+        if api_key == codec.SASL_HANDSHAKE:
+            offered = list(sasl.mechanisms) if sasl is not None else []
+            if self.principal is not None and sasl is not None:
+                return {"error_code": ILLEGAL_SASL_STATE, "mechanisms": offered}
+            self.exchange = sasl.start(request.mechanism) if sasl is not None else None
+            return {"error_code": 0 if self.exchange is not None else UNSUPPORTED_SASL_MECHANISM, "mechanisms": offered}
+        failed = {"error_code": SASL_AUTHENTICATION_FAILED, "error_message": "authentication failed", "auth_bytes": b""}
+        if self.exchange is None:
+            return {**failed, "error_code": ILLEGAL_SASL_STATE, "error_message": "SaslHandshake first"}
+        try:
+            reply, principal = self.exchange.step(bytes(request.auth_bytes))
+        except TidelogError:
+            log.warning(
+                "Kafka SASL authentication failed",
+                extra={"event": "auth_failed", "peer": self.host, "reason": "sasl"},
+            )
+            if sasl is not None and sasl.on_failure is not None:
+                sasl.on_failure("sasl")
+            self.exchange = None
+            return failed
+        if principal is not None:
+            self.principal, self.exchange = principal, None
+        return {"error_code": 0, "error_message": None, "auth_bytes": reply, "session_lifetime_ms": 0}
 
     async def _produce(self, frames: list[_Frame]) -> None:
         api = codec.SERVED[codec.PRODUCE]

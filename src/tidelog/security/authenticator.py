@@ -69,6 +69,10 @@ class Authenticator:
     def users(self) -> int:
         return len(self._users)
 
+    def known_users(self) -> dict[str, User]:
+        """The users as the file says now (the Kafka listener's SCRAM exchanges check against them)."""
+        return self._users
+
     def _forget(self, users: dict[str, User]) -> None:
         self._verified.clear()  # a removed or rotated user's token stops working now
 

@@ -268,6 +268,7 @@ class Server:
             max_connections=c.max_connections,
             idle_timeout_s=c.kafka_idle_timeout_ms / 1000,
             metrics=metrics,
+            sasl=self._kafka_sasl(),
         )
         self.kafka_port = await listener.start(
             c.kafka_host or c.host,
@@ -279,6 +280,14 @@ class Server:
         self._kafka = (listener, groups)
         if self.coordinator is not None:
             self._share_groups(self.coordinator)
+
+    def _kafka_sasl(self) -> Any:
+        """With a users file: Kafka clients authenticate with SASL/SCRAM against the same users."""
+        if self.authenticator is None or not self.config.users_file:
+            return None
+        from ..security.sasl import SaslServer
+
+        return SaslServer(self.authenticator.known_users, lambda reason: self._count_auth_failure("?", reason))
 
     def _share_groups(self, coordinator: GroupCoordinator) -> None:
         """One group id, one protocol: the coordinator sees the Kafka listener's classic groups."""
