@@ -53,6 +53,20 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout_s: float, what: str
     raise RuntimeError(f"{what} did not write {path} within {timeout_s}s")
 
 
+QUICK_GROUPS = "group_initial_rebalance_delay_ms = 200\n"
+"""A broker setting for tests whose groups need not wait the default 3 s before their first assignment
+(as the Kafka listener's tests: a new group's members join within 200 ms, or rebalance as they come).
+The tests of that delay itself run on the default."""
+
+
+def config_file(directory, text: str = QUICK_GROUPS) -> str:
+    """A `--config` TOML file in `directory` holding `text`; its path."""
+    path = os.path.join(str(directory), "tidelog.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 class ServerProcess:
     def __init__(
         self,

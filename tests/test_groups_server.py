@@ -19,7 +19,7 @@ from tidelog.errors import StaleGenerationError, UnknownGroupError, UnknownMembe
 from tidelog.v1 import tidelog_pb2 as pb
 from tidelog.wire import methods
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,7 @@ def wait_until(predicate, timeout_s=40.0, what="condition"):
 
 @pytest.fixture
 def server(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     yield srv
     srv.stop()
 
@@ -152,7 +152,7 @@ def test_a_killed_member_loses_its_partitions_to_the_others_and_no_record_is_los
 
 
 def test_committed_offsets_survive_a_broker_restart(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     try:
         with Admin(srv.target) as admin:
             admin.create_topic("orders", 6)
@@ -186,7 +186,7 @@ def test_a_stale_generation_commit_is_rejected_over_grpc(server):
         admin.create_topic("orders", 6)
     produce(server.target, "orders", 0, 12)
     first = Consumer(server.target, group_id="g", topics=["orders"], auto_commit=False)
-    # a new group's first assignment waits group_initial_rebalance_delay_ms (3 s by default)
+    # a new group's first assignment waits group_initial_rebalance_delay_ms (200 ms here)
     wait_until(lambda: first.poll(0.1) is not None and first.assignment(), what="the first member's partitions")
     old_generation = first.generation
     second = Consumer(server.target, group_id="g", topics=["orders"], auto_commit=False)
@@ -224,7 +224,7 @@ def test_groups_cli(server):
 
 
 def test_members_reconnect_and_rejoin_after_a_broker_restart(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     try:
         with Admin(srv.target) as admin:
             admin.create_topic("orders", 2)
@@ -274,7 +274,7 @@ def test_reset_offsets_to_a_negative_timestamp_is_refused_over_grpc(server, time
 
 
 def test_a_member_keeps_its_id_and_partitions_across_a_broker_sigkill_without_a_rebalance(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     try:
         with Admin(srv.target) as admin:
             admin.create_topic("orders", 2)
