@@ -20,7 +20,7 @@ import pytest
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.errors import UnknownGroupError, UnknownMemberError
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 PARTITIONS = 6
 PER_PARTITION = 100
@@ -29,6 +29,15 @@ TIMEOUT_S = 60.0  # generous: only a broken build waits this long
 
 @pytest.fixture
 def server(tmp_path):
+    """A broker whose new groups wait 200 ms for their first assignment: a member alone takes all six."""
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def default_server(tmp_path):
+    """A broker on the default group_initial_rebalance_delay_ms (3 s)."""
     srv = ServerProcess(str(tmp_path / "data")).start()
     yield srv
     srv.stop()
@@ -224,8 +233,9 @@ def test_a_member_that_does_not_poll_within_max_poll_interval_leaves_and_its_par
         worker.join(30)
 
 
-def test_members_that_start_together_share_the_partitions_from_their_first_assignment(server):
+def test_members_that_start_together_share_the_partitions_from_their_first_assignment(default_server):
     """The broker's default group_initial_rebalance_delay_ms (3 s): nobody takes all six first."""
+    server = default_server
     with Admin(server.target) as admin:
         admin.create_topic("orders", PARTITIONS)
     produce(server.target, 10)
