@@ -15,7 +15,7 @@ import time
 
 from tidelog.client import Admin, Producer
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 1000
@@ -61,7 +61,7 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 
 def test_the_readme_loop_redelivers_everything_not_handled_when_its_worker_is_killed_mid_record(tmp_path):
-    server = ServerProcess(str(tmp_path / "data")).start()
+    server = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()  # groups: 200 ms
     first_log, second_log = str(tmp_path / "first.log"), str(tmp_path / "second.log")
     workers = []
     try:

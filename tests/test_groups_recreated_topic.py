@@ -18,9 +18,10 @@ from tidelog import Engine
 from tidelog.client import Admin, Consumer, Producer
 from tidelog.errors import OffsetOutOfRangeError
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 TIMEOUT_S = 60.0
+# the brokers: tests/server_process.py's QUICK_GROUPS (each consume() is a new group's only member)
 
 
 def produce(target: str, *values: bytes) -> None:
@@ -43,7 +44,7 @@ def consume(target: str, count: int, **options) -> list:
 
 
 def test_a_recreated_topic_keeps_no_committed_offset_of_the_old_one_across_a_broker_restart(tmp_path):
-    server = ServerProcess(str(tmp_path / "data")).start()
+    server = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     try:
         with Admin(server.target) as admin:
             admin.create_topic("orders", 1)
@@ -68,7 +69,7 @@ def test_a_recreated_topic_keeps_no_committed_offset_of_the_old_one_across_a_bro
 def test_a_committed_offset_past_the_log_end_is_reset_with_a_warning_or_raised(tmp_path, caplog, policy):
     """The broker's tombstones are bypassed: the topic is recreated on disk while it is stopped."""
     data = str(tmp_path / "data")
-    server = ServerProcess(data).start()
+    server = ServerProcess(data, "--config", config_file(tmp_path)).start()
     try:
         with Admin(server.target) as admin:
             admin.create_topic("orders", 1)
