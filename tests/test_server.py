@@ -386,6 +386,9 @@ def _produce_across_a_crash(srv):
         for i in range(3000):
             futures.append(p.send("retry", b"%06d" % i, partition=0))
             if i == 1000:
+                # the stream is up (a record acknowledged) before the kill: on a loaded machine the producer's
+                # thread could otherwise open its first stream only to the restarted broker, with nothing to resend
+                futures[500].result(timeout=30)
                 srv.kill()  # SIGKILL: acks in flight are lost; the producer must resend
                 srv.start()
             if i % 200 == 0:
