@@ -32,6 +32,9 @@ class Settings:
     session_ms: int = 1000
     lag_ms: int = 4000
     replication_timeout_ms: int = 5000
+    group_delay_ms: int = 200
+    """group_initial_rebalance_delay_ms: a new group's first assignment waits this long (the broker's
+    default, 3 s, is a pause before every group test's first record; no cluster test is about it)."""
 
     def toml(self) -> str:
         return (
@@ -39,6 +42,7 @@ class Settings:
             f"replica_lag_time_max_ms = {self.lag_ms}\n"
             f"replication_timeout_ms = {self.replication_timeout_ms}\n"
             "replica_fetch_wait_ms = 200\n"
+            f"group_initial_rebalance_delay_ms = {self.group_delay_ms}\n"
         )
 
 
