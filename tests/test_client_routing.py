@@ -21,12 +21,13 @@ from tidelog.errors import InvalidConfigError, NotLeaderError, UnknownTopicError
 from tidelog.v1 import tidelog_pb2 as pb
 from tidelog.wire import framing, methods, statuses
 
-from .server_process import ServerProcess, refused_address
+from .server_process import ServerProcess, config_file, refused_address
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(str(tmp_path_factory.mktemp("routing") / "data")).start()
+    directory = tmp_path_factory.mktemp("routing")
+    srv = ServerProcess(str(directory / "data"), "--config", config_file(directory)).start()
     yield srv
     assert srv.stop() == 0, srv.log()
 

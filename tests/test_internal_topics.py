@@ -20,7 +20,7 @@ from tidelog.v1 import tidelog_pb2 as pb
 from tidelog.wire import framing
 from tidelog.wire.statuses import CODE_KEY
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def wait_for_partitions(consumer, timeout_s: float = 30.0) -> None:
 
 
 def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_broker_still_restarts(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     try:
         with Admin(srv.target) as admin:
             admin.create_topic("orders", 2)
@@ -131,7 +131,7 @@ def test_clients_cannot_write_create_delete_or_commit_internal_topics_and_the_br
 
 def test_a_broker_with_a_malformed_offsets_record_starts_keeps_the_rest_and_check_reports_it(tmp_path):
     data = str(tmp_path / "data")
-    srv = ServerProcess(data).start()
+    srv = ServerProcess(data, "--config", config_file(tmp_path)).start()
     try:
         with Admin(srv.target) as admin:
             admin.create_topic("orders", 2)

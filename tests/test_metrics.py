@@ -22,7 +22,7 @@ from tidelog.groups.coordinator import GroupCoordinator
 from tidelog.server import app
 from tidelog.server.metrics import EngineCollector
 
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 N0, N1 = 37, 21  # records produced to partitions 0 and 1
@@ -83,7 +83,7 @@ def check_documented(text: str) -> None:
 
 @pytest.fixture
 def served(tmp_path):
-    srv = ServerProcess(str(tmp_path / "data")).start()
+    srv = ServerProcess(str(tmp_path / "data"), "--config", config_file(tmp_path)).start()
     yield srv
     srv.stop()
 
