@@ -33,7 +33,7 @@ from tidelog.errors import TidelogError, UnknownGroupError
 from .helpers import ownership
 from .helpers.child import Child
 from .helpers.ownership import Delivery, read_deliveries
-from .server_process import ServerProcess
+from .server_process import ServerProcess, config_file
 
 pytestmark = pytest.mark.slow  # a heavier suite: left out by -m 'not slow'
 
@@ -104,7 +104,8 @@ def run_chaos(base_dir: str, seed: int, rounds: int) -> Report:
     rng = random.Random(seed)
     log_dir = os.path.join(base_dir, "deliveries")
     report = Report(seed, log_dir=log_dir)
-    server = ServerProcess(os.path.join(base_dir, "data")).start()
+    # a new group waits 200 ms for its first assignment, not 3 s: members rebalance as they come
+    server = ServerProcess(os.path.join(base_dir, "data"), "--config", config_file(base_dir)).start()
     os.makedirs(log_dir)
     members: list[MemberProcess] = []
     names = iter(f"m{i}" for i in range(1000))
