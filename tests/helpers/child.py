@@ -34,11 +34,17 @@ class Child:
         self.signal(signal.SIGKILL)
         self.proc.wait()
 
+    def finish(self) -> None:
+        """Close its stdin: it finishes and exits (`stop` then waits for it); several children told at
+        once finish side by side."""
+        self.signal(signal.SIGCONT)
+        if self.alive() and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
     def stop(self, timeout_s: float = 30) -> None:
         """Close its stdin (it finishes and exits); SIGKILL it if it takes longer than timeout_s."""
-        self.signal(signal.SIGCONT)
+        self.finish()
         if self.alive():
-            self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
