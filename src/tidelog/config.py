@@ -416,11 +416,6 @@ class ServerConfig:
                 "TLS and authentication are not available in a cluster yet (brokers would need credentials "
                 "for each other); run the cluster on a private network, or a single broker with them"
             )
-        if self.kafka_port != -1 and self.acls_file:
-            raise InvalidConfigError(
-                "ACLs do not apply to the Kafka listener yet: with acls_file, Kafka clients could do what the ACLs "
-                "refuse over gRPC; turn the Kafka listener off"
-            )
         exposed = [h for h in (self.host, self.metrics_host, self.kafka_host) if h and not is_loopback(h)]
         if exposed and not (self.tls and self.authenticates) and not self.insecure:
             missing = " and ".join(

@@ -33,18 +33,17 @@ from ..errors import (
     UnknownTopicError,
 )
 from ..groups.coordinator import GroupCoordinator
+from ..security.acls import CLUSTER
+from ..security.authorizer import audit_done, caller
 from ..values import ProduceResult
 from . import classic_groups, codec, produce, topic_configs
 from . import errors as kerr
+from .access import KafkaAccess
 from .fetch import PartitionFetch, response_parts
 from .topology import Node, PartitionPlacement, Topology
 
 log = logging.getLogger("tidelog.kafka")
 
-# Authorized operations, as the set of their bits (the codec's form): everything, as there are no ACLs yet.
-ALL_TOPIC_OPERATIONS = {3, 4, 5, 6, 7, 8, 10, 11}  # read, write, create, delete, alter, describe, configs
-ALL_CLUSTER_OPERATIONS = {5, 7, 8, 9, 10, 11, 12}
-ALL_GROUP_OPERATIONS = {3, 6, 8}  # read, delete, describe
 NOT_REQUESTED = None  # the codec writes INT32_MIN, Kafka's "not requested"
 EARLIEST, LATEST = -2, -1
 TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
@@ -80,8 +79,10 @@ class KafkaApis:
         max_fetch_wait_ms: int,
         errors: Callable[[str, int], None] = lambda api, code: None,
         topology: Topology | None = None,
+        access: KafkaAccess | None = None,
     ) -> None:
         self.engine = engine
+        self.access = access if access is not None else KafkaAccess(None)  # who may do what (the ACLs)
         self._coordinator = coordinator  # None in a cluster while another broker coordinates the groups
         self.topology = topology  # in a cluster: where partitions, topics and the coordinator are
         self.groups = groups
@@ -115,6 +116,7 @@ class KafkaApis:
             brokers, controller_id = self.topology.brokers(), self.topology.controller_id()
         if req.topics is None or (version == 0 and not req.topics):
             names = self.topology.topic_names() if self.topology is not None else await self.engine.list_topics()
+            names = [n for n in names if self.access.allows("describe", "topic", n)]  # the others unlisted
         else:
             names = [t.name for t in req.topics]
         auto = self.auto_create_topics and (req.allow_auto_topic_creation if version >= 4 else True)
@@ -128,14 +130,14 @@ class KafkaApis:
         }
         if 8 <= version <= 10:
             out["authorized_operations"] = (
-                ALL_CLUSTER_OPERATIONS if req.include_cluster_authorized_operations else NOT_REQUESTED
+                self.access.operations("cluster") if req.include_cluster_authorized_operations else NOT_REQUESTED
             )
         return out
 
     async def _topic_metadata(self, name: str | None, auto: bool, node_id: int, req: Any) -> dict:
-        operations = (
-            ALL_TOPIC_OPERATIONS if getattr(req, "include_topic_authorized_operations", False) else NOT_REQUESTED
-        )
+        operations = NOT_REQUESTED
+        if name is not None and getattr(req, "include_topic_authorized_operations", False):
+            operations = self.access.operations("topic", name)
         entry: dict[str, Any] = {
             "name": name,
             "is_internal": False,
@@ -145,6 +147,11 @@ class KafkaApis:
         if name is None:
             entry["error_code"] = self._error("Metadata", kerr.UNKNOWN_TOPIC_OR_PARTITION)
             return entry
+        refused = self.access.code("describe", "topic", name)
+        if refused:
+            entry["error_code"] = self._error("Metadata", refused)
+            return entry
+        auto = auto and self.access.allows("create", "topic", name)
         try:
             if self.topology is not None:
                 placement = await self._placement(self.topology, name, auto)
@@ -211,8 +218,12 @@ class KafkaApis:
             except TidelogError as exc:
                 elsewhere = exc
 
-        def one(key_type: int) -> dict:
+        def one(key_type: int, key: str) -> dict:
             why = "transactions are not supported" if key_type == TRANSACTION_KEY else None
+            refused = self.access.refusal("describe", "group", key) if why is None else None
+            if refused is not None:
+                code = self._error("FindCoordinator", refused.code)
+                return {"error_code": code, "error_message": refused.message, "node_id": -1, "host": "", "port": -1}
             if why is None and elsewhere is not None:
                 why = kerr.message_of(elsewhere)
             if why is not None:
@@ -229,9 +240,9 @@ class KafkaApis:
         if version >= 4:
             return {
                 "throttle_time_ms": 0,
-                "coordinators": [{"key": key, **one(req.key_type)} for key in req.coordinator_keys],
+                "coordinators": [{"key": key, **one(req.key_type, key)} for key in req.coordinator_keys],
             }
-        return {"throttle_time_ms": 0, **one(req.key_type if version >= 1 else GROUP_KEY)}
+        return {"throttle_time_ms": 0, **one(req.key_type if version >= 1 else GROUP_KEY, req.key)}
 
     # -- produce ----------------------------------------------------------------------------------
     async def produce(self, requests: list[produce.ProduceRequest]) -> list[list[produce.Outcome]]:
@@ -241,10 +252,16 @@ class KafkaApis:
         appends: list[tuple[str, int, memoryview]] = []
         acks: list[int] = []
         slots: list[list[produce.Outcome | int]] = []
+        refusals: dict[str, Any] = {}  # per topic, asked once for all the requests
         for request in requests:
             slot: list[produce.Outcome | int] = []
             for p in request.partitions:
-                if request.transactional_id is not None:
+                if p.topic not in refusals:
+                    refusals[p.topic] = self.access.refusal("produce", "topic", p.topic)
+                refused = refusals[p.topic]
+                if refused is not None:
+                    slot.append(produce.Outcome(p.topic, p.partition, refused.code, -1, refused.message))
+                elif request.transactional_id is not None:
                     slot.append(
                         produce.Outcome(p.topic, p.partition, kerr.INVALID_REQUEST, -1, produce.NO_TRANSACTIONS)
                     )
@@ -303,7 +320,8 @@ class KafkaApis:
         ]
         epochs = [p.current_leader_epoch if version >= 9 else -1 for t in req.topics for p in t.partitions]
         max_bytes = min(req.max_bytes if version >= 3 else self.max_fetch_bytes, self.max_fetch_bytes)
-        answers = await self._read(wanted, epochs, max_bytes)
+        refused = {topic: self.access.code("consume", "topic", topic) for topic in {w[0] for w in wanted}}
+        answers = await self._read(wanted, epochs, max_bytes, refused)
         waited = min(max(req.max_wait_ms, 0), self.max_fetch_wait_ms) / 1000
         if waited > 0 and sum(len(a.records) for a in answers) < max(req.min_bytes, 1):
             waits = [
@@ -319,7 +337,7 @@ class KafkaApis:
                         if w.done() and not w.cancelled():
                             w.exception()  # a topic deleted meanwhile: the read below answers for it
                         w.cancel()
-                answers = await self._read(wanted, epochs, max_bytes)
+                answers = await self._read(wanted, epochs, max_bytes, refused)
         by_topic: dict[str, list[PartitionFetch]] = {}
         for (topic, *_), answer in zip(wanted, answers):
             by_topic.setdefault(topic, []).append(answer)
@@ -337,12 +355,12 @@ class KafkaApis:
         return kerr.NONE if self.engine.has_topic(topic) else kerr.UNKNOWN_TOPIC_OR_PARTITION
 
     async def _read(
-        self, wanted: list[tuple[str, int, int, int]], epochs: list[int], max_bytes: int
+        self, wanted: list[tuple[str, int, int, int]], epochs: list[int], max_bytes: int, refused: dict[str, int]
     ) -> list[PartitionFetch]:
         """One trip to the engine's pool for all the partitions (the first batch may exceed the limits,
-        so that a consumer always progresses)."""
+        so that a consumer always progresses). refused: per topic, the code of an ACL refusal (or 0)."""
         # checked once: a topic may go, or a leadership move, while this runs
-        errors = [self._readable(w[0], w[1], e) for w, e in zip(wanted, epochs)]
+        errors = [refused[w[0]] or self._readable(w[0], w[1], e) for w, e in zip(wanted, epochs)]
         known = [w for w, e in zip(wanted, errors) if not e]
         results = iter(await self.engine.fetch_many(known, max_bytes) if known else [])
         out = []
@@ -371,16 +389,19 @@ class KafkaApis:
         topic_key: str,
         answer: Callable[[str, Any], Awaitable[dict]],
         failed: Callable[[Any, int], dict],
+        needs: str,
     ) -> list[dict]:
         """Per topic of a request, its partitions' entries: answer(topic, partition) gives one; a
-        TidelogError it raises becomes that partition's error entry, failed(partition, code)."""
+        TidelogError it raises becomes that partition's error entry, failed(partition, code). needs: the
+        operation on each topic the caller must be allowed (else every partition's entry says so)."""
         out = []
         for t in topics:
             name = getattr(t, topic_key)
+            refused = self.access.code(needs, "topic", name)
             entries = []
             for p in t.partitions:
                 try:
-                    entry = await answer(name, p)
+                    entry = failed(p, refused) if refused else await answer(name, p)
                 except TidelogError as exc:
                     entry = failed(p, kerr.code_of(exc))
                 self._error(api, entry["error_code"])
@@ -408,7 +429,7 @@ class KafkaApis:
                 entry["error_code"] = kerr.INVALID_REQUEST
             return entry
 
-        topics = await self._each_partition("ListOffsets", req.topics, "name", answer, failed)
+        topics = await self._each_partition("ListOffsets", req.topics, "name", answer, failed, "describe")
         return {"throttle_time_ms": 0, "topics": topics}
 
     async def offset_for_leader_epoch(self, req: Any, version: int) -> dict:
@@ -426,7 +447,7 @@ class KafkaApis:
                 return {**failed(p, 0), "leader_epoch": epoch, "end_offset": end}
             return {**failed(p, 0), "end_offset": (await self.engine.list_offsets(topic, p.partition)).log_end}
 
-        topics = await self._each_partition("OffsetForLeaderEpoch", req.topics, "topic", answer, failed)
+        topics = await self._each_partition("OffsetForLeaderEpoch", req.topics, "topic", answer, failed, "describe")
         return {"throttle_time_ms": 0, "topics": topics}
 
     async def delete_records(self, req: Any, version: int) -> dict:
@@ -446,10 +467,11 @@ class KafkaApis:
             if not 0 <= before <= offsets.high_watermark:
                 raise OffsetOutOfRangeError(f"offset {before} is past the high watermark {offsets.high_watermark}")
             await self.engine.delete_records(topic, p.partition_index, before)
+            audit_done(caller.get(), "Kafka/DeleteRecords", [f"delete topic {topic} records before {before}"])
             log_start = (await self.engine.list_offsets(topic, p.partition_index)).log_start
             return {**failed(p, 0), "low_watermark": log_start}
 
-        topics = await self._each_partition("DeleteRecords", req.topics, "name", answer, failed)
+        topics = await self._each_partition("DeleteRecords", req.topics, "name", answer, failed, "delete")
         return {"throttle_time_ms": 0, "topics": topics}
 
     # -- topics -----------------------------------------------------------------------------------
@@ -459,6 +481,9 @@ class KafkaApis:
             entry: dict[str, Any] = {"name": t.name, "error_code": 0, "error_message": None, "num_partitions": -1,
                                      "replication_factor": -1, "configs": []}  # fmt: skip
             try:
+                refused = self.access.refusal("create", "topic", t.name)
+                if refused is not None:
+                    raise refused
                 if t.assignments:
                     raise InvalidConfigError("replica assignments are not supported: give num_partitions")
                 partitions = t.num_partitions if t.num_partitions != -1 else 1
@@ -498,6 +523,8 @@ class KafkaApis:
             except TidelogError as exc:
                 entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
             self._error("CreateTopics", entry["error_code"])
+            if not entry["error_code"] and not req.validate_only:
+                audit_done(caller.get(), "Kafka/CreateTopics", [f"create topic {t.name}"])
             results.append(entry)
         return {"throttle_time_ms": 0, "topics": results}
 
@@ -516,6 +543,9 @@ class KafkaApis:
             try:
                 if name is None:
                     raise UnknownTopicError("topics are named here, not addressed by id")
+                refused = self.access.refusal("delete", "topic", name)
+                if refused is not None:
+                    raise refused
                 if self.topology is not None:
                     await self.topology.delete_topic(name)
                 else:
@@ -523,6 +553,8 @@ class KafkaApis:
             except TidelogError as exc:
                 entry["error_code"], entry["error_message"] = kerr.code_of(exc), kerr.message_of(exc)
             self._error("DeleteTopics", entry["error_code"])
+            if not entry["error_code"]:
+                audit_done(caller.get(), "Kafka/DeleteTopics", [f"delete topic {name}"])
             responses.append(entry)
         return {"throttle_time_ms": 0, "responses": responses}
 
@@ -532,6 +564,12 @@ class KafkaApis:
             entry: dict[str, Any] = {"error_code": 0, "error_message": None, "resource_type": r.resource_type,
                                      "resource_name": r.resource_name, "configs": []}  # fmt: skip
             try:
+                if r.resource_type in (TOPIC_RESOURCE, BROKER_RESOURCE):
+                    is_topic = r.resource_type == TOPIC_RESOURCE
+                    refused = self.access.refusal("describe", "topic" if is_topic else "cluster",
+                                                  r.resource_name if is_topic else CLUSTER)  # fmt: skip
+                    if refused is not None:
+                        raise refused
                 if r.resource_type == TOPIC_RESOURCE:
                     defaults = self.engine.config.topic_defaults
                     if self.topology is not None:
@@ -558,8 +596,9 @@ class KafkaApis:
         return coordinator
 
     async def join_group(self, req: Any, version: int, client_id: str, host: str) -> dict:
-        if self._coordinator() is None:
-            result = classic_groups.JoinResult(kerr.NOT_COORDINATOR)
+        refused = self.access.code("consume", "group", req.group_id)
+        if refused or self._coordinator() is None:
+            result = classic_groups.JoinResult(refused or kerr.NOT_COORDINATOR)
         else:
             result = await self._join(req, version, client_id, host)
         return {
@@ -591,8 +630,9 @@ class KafkaApis:
         )
 
     async def sync_group(self, req: Any, version: int) -> dict:
-        if self._coordinator() is None:
-            result = classic_groups.SyncResult(kerr.NOT_COORDINATOR)
+        refused = self.access.code("consume", "group", req.group_id)
+        if refused or self._coordinator() is None:
+            result = classic_groups.SyncResult(refused or kerr.NOT_COORDINATOR)
         else:
             result = await self.groups.sync(
                 req.group_id,
@@ -609,7 +649,7 @@ class KafkaApis:
         }
 
     async def heartbeat(self, req: Any, version: int) -> dict:
-        code = (
+        code = self.access.code("consume", "group", req.group_id) or (
             kerr.NOT_COORDINATOR
             if self._coordinator() is None
             else self.groups.heartbeat(req.group_id, req.generation_id, req.member_id)
@@ -617,8 +657,9 @@ class KafkaApis:
         return {"throttle_time_ms": 0, "error_code": self._error("Heartbeat", code)}
 
     async def leave_group(self, req: Any, version: int) -> dict:
-        if self._coordinator() is None:
-            return {"throttle_time_ms": 0, "error_code": self._error("LeaveGroup", kerr.NOT_COORDINATOR),
+        refused = self.access.code("consume", "group", req.group_id)
+        if refused or self._coordinator() is None:
+            return {"throttle_time_ms": 0, "error_code": self._error("LeaveGroup", refused or kerr.NOT_COORDINATOR),
                     "members": []}  # fmt: skip
         if version < 3:
             code = self.groups.leave(req.group_id, [req.member_id])[0]
@@ -639,17 +680,24 @@ class KafkaApis:
 
     async def offset_commit(self, req: Any, version: int) -> dict:
         coordinator = self._coordinator()
-        code = _group_id_error(req.group_id) or (
-            kerr.NOT_COORDINATOR
-            if coordinator is None
-            else self.groups.check_commit(req.group_id, req.generation_id_or_member_epoch, req.member_id)
+        code = (
+            _group_id_error(req.group_id)
+            or self.access.code("consume", "group", req.group_id)
+            or (
+                kerr.NOT_COORDINATOR
+                if coordinator is None
+                else self.groups.check_commit(req.group_id, req.generation_id_or_member_epoch, req.member_id)
+            )
         )
         codes: dict[tuple[str, int], int] = {}
         by_metadata: dict[str, dict[tuple[str, int], int]] = {}  # one write per metadata string
         for t in req.topics:
+            refused = self.access.code("consume", "topic", t.name) if code == kerr.NONE else 0
             for p in t.partitions:
                 metadata = p.committed_metadata or ""
-                if code == kerr.NONE and len(metadata.encode()) > MAX_METADATA_BYTES:
+                if refused:
+                    codes[(t.name, p.partition_index)] = refused
+                elif code == kerr.NONE and len(metadata.encode()) > MAX_METADATA_BYTES:
                     codes[(t.name, p.partition_index)] = kerr.OFFSET_METADATA_TOO_LARGE
                 else:
                     by_metadata.setdefault(metadata, {})[(t.name, p.partition_index)] = p.committed_offset
@@ -679,35 +727,47 @@ class KafkaApis:
         return {"throttle_time_ms": 0, "topics": topics, "error_code": code}
 
     async def _committed(self, group_id: str, topics: Any) -> tuple[list[dict], int]:
+        refused = self.access.code("describe", "group", group_id)
+        if refused:
+            return [], self._error("OffsetFetch", refused)
         wanted = None if topics is None else [(t.name, p) for t in topics for p in t.partition_indexes]
         try:
             committed = await self.engine.offload(self._coordinator_here().offsets.fetch, group_id, wanted)
         except TidelogError as exc:
             return [], self._error("OffsetFetch", kerr.code_of(exc))
         by_topic: dict[str, list[dict]] = {}
-        for tp in wanted if wanted is not None else sorted(committed):
-            c = committed.get(tp)
+        if wanted is None:  # all the group's offsets: those of topics the caller may not describe unlisted
+            wanted = [tp for tp in sorted(committed) if self.access.allows("describe", "topic", tp[0])]
+            refusals = {}
+        else:
+            refusals = {topic: self.access.code("describe", "topic", topic) for topic, _ in wanted}
+        for tp in wanted:
+            c = None if refusals.get(tp[0]) else committed.get(tp)
             by_topic.setdefault(tp[0], []).append(
                 {
                     "partition_index": tp[1],
                     "committed_offset": -1 if c is None else c.offset,
                     "committed_leader_epoch": -1,
                     "metadata": "" if c is None else c.metadata,
-                    "error_code": 0,
+                    "error_code": self._error("OffsetFetch", refusals.get(tp[0], 0)),
                 }
             )
         return [{"name": t, "partitions": parts} for t, parts in by_topic.items()], 0
 
     async def describe_groups(self, req: Any, version: int) -> dict:
         out = []
-        operations = ALL_GROUP_OPERATIONS if getattr(req, "include_authorized_operations", False) else NOT_REQUESTED
+        asked = getattr(req, "include_authorized_operations", False)
         coordinator = self._coordinator()
         for group_id in req.groups:
+            operations = self.access.operations("group", group_id) if asked else NOT_REQUESTED
             entry: dict[str, Any] = {"error_code": 0, "error_message": None, "group_id": group_id, "group_state": "Dead",
                                      "protocol_type": "", "protocol_data": "", "members": [],
                                      "authorized_operations": operations}  # fmt: skip
             group = self.groups.get(group_id)
-            if coordinator is None:
+            refused = self.access.refusal("describe", "group", group_id)
+            if refused is not None:
+                entry["error_code"], entry["error_message"] = refused.code, refused.message
+            elif coordinator is None:
                 entry["error_code"] = kerr.NOT_COORDINATOR
             elif group is not None and group.members:
                 entry.update(group_state=group.state, protocol_type=group.protocol_type or "",
@@ -761,23 +821,29 @@ class KafkaApis:
                                       "group_state": group.state, "group_type": "classic"}  # fmt: skip
         states = {s.lower() for s in (req.states_filter or [])} if version >= 4 else set()
         types = {t.lower() for t in (req.types_filter or [])} if version >= 5 else set()
+        everything = self.access.allows("describe", "cluster")  # else only the groups it may describe, as Kafka
         groups = [
             g
             for g in listed.values()
-            if (not states or g["group_state"].lower() in states) and (not types or g["group_type"] in types)
+            if (not states or g["group_state"].lower() in states)
+            and (not types or g["group_type"] in types)
+            and (everything or self.access.allows("describe", "group", g["group_id"]))
         ]
         return {"throttle_time_ms": 0, "error_code": 0, "groups": sorted(groups, key=lambda g: g["group_id"])}
 
     async def delete_groups(self, req: Any, version: int) -> dict:
         results = []
         for group_id in req.groups_names:
-            code = 0
-            if self.groups.has_members(group_id):
+            code = self.access.code("delete", "group", group_id)
+            if code:
+                pass
+            elif self.groups.has_members(group_id):
                 code = kerr.NON_EMPTY_GROUP
             else:
                 try:
                     await self.engine.offload(self._coordinator_here().delete_group, group_id)
                     self.groups.forget(group_id)
+                    audit_done(caller.get(), "Kafka/DeleteGroups", [f"delete group {group_id}"])
                 except TidelogError as exc:
                     code = kerr.code_of(exc)
             results.append({"group_id": group_id, "error_code": self._error("DeleteGroups", code)})

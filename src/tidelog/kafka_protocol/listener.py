@@ -26,6 +26,8 @@ import time
 from typing import Any
 
 from ..errors import TidelogError
+from ..security.authenticator import peer_certificate_name
+from ..security.authorizer import ANONYMOUS, caller
 from ..server.budget import ByteBudget
 from . import codec, produce
 from .apis import FetchParts, KafkaApis
@@ -174,7 +176,11 @@ class _Connection:
         self.room.set()
         self.reading_done = False
         self.serving = False  # a request is being served: the connection is not idle
-        self.principal: str | None = None if listener.sasl is not None else "ANONYMOUS"
+        # SASL when the broker has users; else a client certificate's name (mutual TLS), else anonymous
+        self.principal: str | None = None
+        if listener.sasl is None:
+            self.principal = peer_certificate_name(writer.get_extra_info("peercert")) or ANONYMOUS
+            caller.set(self.principal)  # the connection's task: every handler it awaits sees it
         self.exchange: Any = None  # the SASL exchange under way
 
     async def run(self) -> None:
@@ -367,6 +373,7 @@ class _Connection:
             return failed
         if principal is not None:
             self.principal, self.exchange = principal, None
+            caller.set(principal)
         return {"error_code": 0, "error_message": None, "auth_bytes": reply, "session_lifetime_ms": 0}
 
     async def _produce(self, frames: list[_Frame]) -> None:

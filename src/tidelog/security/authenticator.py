@@ -215,3 +215,9 @@ def _certificate_name(auth_context: dict) -> str | None:
         return None
     name = names[0].decode("utf-8", "replace") if isinstance(names[0], bytes) else str(names[0])
     return name if NAME.match(name) else None
+
+
+def peer_certificate_name(peercert: dict | None) -> str | None:
+    """The same for a certificate Python's ssl verified (the Kafka listener's): its one common name."""
+    names = [value for rdn in (peercert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if len(names) == 1 and NAME.match(names[0]) else None

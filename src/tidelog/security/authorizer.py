@@ -3,9 +3,10 @@ changes. Every denial is logged as an audit line and counted."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import (
     AuthorizationError,
@@ -18,6 +19,11 @@ from . import json_file
 from .acls import Acl, AclFile, decide
 
 log = logging.getLogger("tidelog.audit")
+ANONYMOUS = "ANONYMOUS"
+"""The principal of every call when authentication is off (Kafka's name for it)."""
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("tidelog_principal", default=ANONYMOUS)
+"""Who is calling: set by the gRPC gate (server/access.py) and by each Kafka connection, in the task
+that serves the call."""
 
 REFUSALS: dict[str, type[AuthorizationError]] = {
     "topic": TopicAuthorizationError,
@@ -50,12 +56,17 @@ class Authorizer:
         """Read the ACL file again now (SIGHUP)."""
         self._acls.reload()
 
+    def allows(self, principal: str, operation: str, resource: str, name: str) -> bool:
+        """Whether it may, silently: for filtering what a listing shows (Kafka leaves out the topics a
+        caller may not describe rather than refusing the listing)."""
+        if principal in self.superusers:
+            return True
+        principals = {principal, "*", *(f"group:{g}" for g in self._groups_of(principal))}
+        return decide(self._acls.current(), principals, resource, name, operation)
+
     def check(self, principal: str, operation: str, resource: str, name: str) -> None:
         """Raises the AuthorizationError of the resource's kind, naming the operation and the resource."""
-        if principal in self.superusers:
-            return
-        principals = {principal, "*", *(f"group:{g}" for g in self._groups_of(principal))}
-        if decide(self._acls.current(), principals, resource, name, operation):
+        if self.allows(principal, operation, resource, name):
             return
         what = "the cluster" if resource == "cluster" else f"{resource} {name!r}"
         log.warning(
@@ -71,3 +82,8 @@ class Authorizer:
         if self._on_denied is not None:
             self._on_denied(principal, operation, resource)
         raise REFUSALS[resource](f"{principal} may not {operation} {what}")
+
+
+def audit_done(principal: str, method: str, changes: Iterable[str]) -> None:
+    """The audit line of a create, delete or alter that was done ("create topic orders")."""
+    log.info("done", extra={"event": "audit_done", "principal": principal, "method": method, "changes": list(changes)})

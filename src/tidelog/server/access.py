@@ -5,7 +5,7 @@
 is checked with its request; a stream with each request before the handler sees it: a Produce stream
 writing to a topic it may not is ended with PERMISSION_DENIED at that request, having appended only
 what came before it. `NEEDS` says, per method, what a request asks: (operation, resource kind, name).
-The caller's principal is in `principal` (a context variable of the RPC's task).
+The caller's principal is in `security.authorizer.caller` (a context variable of the RPC's task).
 
 Health checks and reflection are not tidelog services and stay open: a probe needs no secret, and they
 say nothing about the data.
@@ -13,9 +13,7 @@ say nothing about the data.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
-import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -24,18 +22,14 @@ import grpc
 from ..errors import AuthenticationError, AuthorizationError, InvalidRequestError, TidelogError
 from ..security.acls import CLUSTER
 from ..security.authenticator import Authenticator
-from ..security.authorizer import Authorizer
+from ..security.authorizer import Authorizer, audit_done, caller
 from ..v1 import tidelog_pb2 as pb
 from ..wire.messages import decode
 from . import status
 from .handler_shape import behavior_of, rebuilt
 
-audit = logging.getLogger("tidelog.audit")
 AUDITED = {"create", "delete", "alter"}
 """Operations every one of which leaves an audit line once done (denials always do: security/authorizer.py)."""
-ANONYMOUS = "ANONYMOUS"
-"""The principal of every call when authentication is off (Kafka's name for it)."""
-principal: contextvars.ContextVar[str] = contextvars.ContextVar("tidelog_principal", default=ANONYMOUS)
 
 Need = tuple[str, str, str]  # (operation, resource kind, name)
 
@@ -144,12 +138,12 @@ class AccessGate:
             )
         except AuthenticationError as exc:
             await status.abort(context, exc)
-        principal.set(name)
+        caller.set(name)
         return name
 
     def topic_refusal(self, topic: str) -> AuthorizationError | None:
         """Why the caller of this task may not produce to `topic` (None: it may)."""
-        return self._refusal(principal.get(), [("produce", "topic", topic)])
+        return self._refusal(caller.get(), [("produce", "topic", topic)])
 
     def _refusal(self, who: str, needs: list[Need]) -> AuthorizationError | None:
         if self.authorizer is None:
@@ -181,17 +175,9 @@ class AccessGate:
             if refusal is not None:
                 await status.abort(context, refusal)
             response = await behavior(raw, context)
-            changes = [need for need in asked if need[0] in AUDITED]
+            changes = [f"{op} {kind} {name}" for op, kind, name in asked if op in AUDITED]
             if changes:
-                audit.info(
-                    "done",
-                    extra={
-                        "event": "audit_done",
-                        "principal": who,
-                        "method": method,
-                        "changes": [f"{op} {kind} {name}" for op, kind, name in changes],
-                    },
-                )
+                audit_done(who, method, changes)
             return response
 
         return rebuilt(handler, checked_call)

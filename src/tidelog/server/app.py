@@ -225,6 +225,7 @@ class Server:
     async def _start_kafka(self) -> None:
         """Bind the Kafka listener, on the same engine and offset store (kafka_protocol/); it accepts
         clients once the broker serves (in a cluster: once it has joined)."""
+        from ..kafka_protocol.access import KafkaAccess
         from ..kafka_protocol.apis import KafkaApis
         from ..kafka_protocol.classic_groups import ClassicGroups
         from ..kafka_protocol.listener import KafkaListener
@@ -259,6 +260,7 @@ class Server:
             max_fetch_wait_ms=c.max_fetch_wait_ms,
             errors=metrics.error if metrics is not None else (lambda api, code: None),
             topology=topology,
+            access=KafkaAccess(self.authorizer),
         )
         listener = KafkaListener(
             apis,
