@@ -296,6 +296,17 @@ class ServerConfig:
     authentication); empty (the default): every authenticated caller may do anything."""
     superusers: tuple[str, ...] = ()
     """Principals the ACLs do not apply to: they may do anything."""
+    etcd_users: bool = False
+    """In a cluster: every tidelog call must carry a token of a user kept in the cluster's etcd
+    (`tidelog users add --etcd URL`), the same users on every broker (a cluster has no users_file)."""
+    etcd_acls: bool = False
+    """In a cluster: refuse whatever no ACL kept in the cluster's etcd allows (`tidelog acls add --etcd URL`)."""
+    tls_ca_file: str = ""
+    """In a cluster with TLS: PEM CA certificates the other brokers' certificates chain to (default: the
+    system's roots). A broker connecting to another checks its certificate against them."""
+    broker_token_file: str = ""
+    """In a cluster with etcd_users: a file holding the token (user:secret) this broker shows the others
+    (replication, forwarded calls); its user should be among `superusers`."""
     auth_max_failures: int = 10
     """Authentication failures from one address within 10 s after which its new tokens are refused
     unchecked until the failures age out (tokens verified before keep working)."""
@@ -390,12 +401,27 @@ class ServerConfig:
     @property
     def authenticates(self) -> bool:
         """Whether every tidelog call must say who it is (a token, or a client certificate)."""
-        return bool(self.users_file or self.tls_client_ca_file)
+        return bool(self.users_file or self.etcd_users or self.tls_client_ca_file)
+
+    @property
+    def authorizes(self) -> bool:
+        """Whether ACLs decide what each caller may do."""
+        return bool(self.acls_file or self.etcd_acls)
 
     def _check_security(self) -> None:
-        names = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "users_file")
-        if not all(isinstance(getattr(self, n), str) for n in names) or not isinstance(self.insecure, bool):
-            raise InvalidConfigError(f"{', '.join(names)} must be paths (strings) and insecure true or false")
+        names = (
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_client_ca_file",
+            "users_file",
+            "tls_ca_file",
+            "broker_token_file",
+        )
+        flags = ("insecure", "etcd_users", "etcd_acls")
+        if not all(isinstance(getattr(self, n), str) for n in names) or not all(
+            isinstance(getattr(self, f), bool) for f in flags
+        ):
+            raise InvalidConfigError(f"{', '.join(names)} must be paths (strings) and {', '.join(flags)} true or false")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidConfigError("tls_cert_file and tls_key_file go together: give both, or neither")
         if isinstance(self.superusers, str):
@@ -405,17 +431,14 @@ class ServerConfig:
         object.__setattr__(self, "superusers", tuple(self.superusers))
         if not isinstance(self.acls_file, str):
             raise InvalidConfigError("acls_file must be a path")
-        if self.acls_file and not self.authenticates:
+        if self.authorizes and not self.authenticates:
             raise InvalidConfigError(
-                "acls_file needs authentication (users_file or tls_client_ca_file): ACLs name who may do what"
+                f"{'acls_file' if self.acls_file else 'etcd_acls'} needs authentication (users_file, etcd_users or "
+                "tls_client_ca_file): ACLs name who may do what"
             )
         if self.tls_client_ca_file and not self.tls:
             raise InvalidConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
-        if self.cluster and (self.tls or self.authenticates or self.acls_file):
-            raise InvalidConfigError(
-                "TLS and authentication are not available in a cluster yet (brokers would need credentials "
-                "for each other); run the cluster on a private network, or a single broker with them"
-            )
+        self._check_cluster_security()
         exposed = [h for h in (self.host, self.metrics_host, self.kafka_host) if h and not is_loopback(h)]
         if exposed and not (self.tls and self.authenticates) and not self.insecure:
             missing = " and ".join(
@@ -425,6 +448,34 @@ class ServerConfig:
                 f"refusing to listen on {exposed[0]} without {missing}: anyone who reaches it could read, write "
                 "and delete every topic. Give --tls-cert/--tls-key and --users-file (or --tls-client-ca), listen "
                 "on 127.0.0.1, or pass --insecure to serve it open anyway"
+            )
+
+    def _check_cluster_security(self) -> None:
+        if not self.cluster:
+            if self.etcd_users or self.etcd_acls or self.broker_token_file or self.tls_ca_file:
+                raise InvalidConfigError(
+                    "etcd_users, etcd_acls, broker_token_file and tls_ca_file are a cluster's settings (with "
+                    "--cluster); a single broker takes users_file and acls_file"
+                )
+            return
+        if self.users_file or self.acls_file:
+            raise InvalidConfigError(
+                "in a cluster, users and ACLs live in etcd so that every broker applies the same ones: use "
+                "etcd_users / etcd_acls (--etcd-users, --etcd-acls) and `tidelog users|acls ... --etcd URL`"
+            )
+        if self.authenticates and not self.tls:
+            raise InvalidConfigError(
+                "a cluster with authentication needs TLS (tls_cert_file, tls_key_file): brokers show each other "
+                "credentials, which must not cross the network in the clear"
+            )
+        if self.etcd_users and not self.broker_token_file:
+            raise InvalidConfigError(
+                "with etcd_users, brokers show each other a token: give broker_token_file (a file holding the "
+                "token of a user among superusers)"
+            )
+        if self.tls_client_ca_file and not self.etcd_users:
+            raise InvalidConfigError(
+                "a cluster with mutual TLS also needs etcd_users: brokers identify each other by broker_token_file"
             )
 
     @property

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from .failures import CommandError, UsageError
 from .parsing import add_command, add_format_option
+from .security_store import add_store_options, in_store
 
 ACLS_FILE_HELP = "the ACL file (default: $TIDELOG_ACLS_FILE)"
 RESOURCE_OPTIONS = ("topic", "group", "queue")
@@ -42,22 +42,20 @@ def register(commands) -> None:
         where.add_argument("--cluster", action="store_true", help="the cluster (list topics, groups, queues)")
         parser.add_argument("--prefix", action="store_true", help="the name is a prefix (default: the exact name)")
         parser.add_argument("--deny", action="store_true", help="a deny, which beats any allow (default: allow)")
-        parser.add_argument("--acls-file", metavar="FILE", help=ACLS_FILE_HELP)
+        add_store_options(parser, "acls", ACLS_FILE_HELP)
         parser.set_defaults(run=run)
     listing = add_command(actions, "list", "list ACLs")
     listing.add_argument("--principal", help="only this principal's (default: every ACL)")
-    listing.add_argument("--acls-file", metavar="FILE", help=ACLS_FILE_HELP)
+    add_store_options(listing, "acls", ACLS_FILE_HELP)
     add_format_option(listing)
     listing.set_defaults(run=list_acls)
 
 
-def _file(args: argparse.Namespace):
-    from ..security.acls import AclFile
+def _acls(args: argparse.Namespace, work):
+    """work(AclFile) on the ACL file given, or on the cluster's ACLs in etcd."""
+    from ..security.acls import AclFile, parse_acls
 
-    path = args.acls_file or os.environ.get("TIDELOG_ACLS_FILE")
-    if not path:
-        raise UsageError("which ACL file? give --acls-file FILE or set $TIDELOG_ACLS_FILE")
-    return AclFile(path)
+    return in_store(args, "acls", AclFile, parse_acls, work)
 
 
 def _acl(args: argparse.Namespace):
@@ -75,13 +73,13 @@ def _acl(args: argparse.Namespace):
 
 def add_acl(args: argparse.Namespace) -> int:
     acl = _acl(args)
-    print(("added: " if _file(args).add(acl) else "already there: ") + acl.describe())
+    print(("added: " if _acls(args, lambda acls: acls.add(acl)) else "already there: ") + acl.describe())
     return 0
 
 
 def remove_acl(args: argparse.Namespace) -> int:
     acl = _acl(args)
-    if not _file(args).remove(acl):
+    if not _acls(args, lambda acls: acls.remove(acl)):
         raise CommandError(f"no such ACL: {acl.describe()}")
     print("removed: " + acl.describe())
     return 0
@@ -90,7 +88,7 @@ def remove_acl(args: argparse.Namespace) -> int:
 def list_acls(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    acls = [a for a in _file(args).load() if args.principal in (None, a.principal)]
+    acls = [a for a in _acls(args, lambda acls: acls.load()) if args.principal in (None, a.principal)]
     if args.format == "json":
         print(json.dumps([asdict(a) for a in acls]))
         return 0

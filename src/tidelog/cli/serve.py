@@ -35,6 +35,10 @@ ENV_SETTINGS = {
     "TIDELOG_INSECURE": "insecure",
     "TIDELOG_ACLS_FILE": "acls_file",
     "TIDELOG_SUPERUSERS": "superusers",
+    "TIDELOG_ETCD_USERS": "etcd_users",
+    "TIDELOG_ETCD_ACLS": "etcd_acls",
+    "TIDELOG_TLS_CA_FILE": "tls_ca_file",
+    "TIDELOG_BROKER_TOKEN_FILE": "broker_token_file",
 }
 ENV_ENGINE_SETTINGS = {"TIDELOG_FSYNC": "fsync"}
 INTEGER_SETTINGS = ("port", "metrics_port", "broker_id", "kafka_port")
@@ -46,7 +50,12 @@ SECURITY_SETTINGS = (
     "acls_file",
     "superusers",
     "insecure",
+    "etcd_users",
+    "etcd_acls",
+    "tls_ca_file",
+    "broker_token_file",
 )
+FLAG_SETTINGS = ("insecure", "etcd_users", "etcd_acls")
 
 
 def register(commands) -> None:
@@ -147,6 +156,33 @@ def register(commands) -> None:
         help="listen on an address other than loopback without TLS and authentication anyway "
         "(default: $TIDELOG_INSECURE=1, else refuse): anyone who reaches it may read, write and delete every topic",
     )
+    cluster = serve.add_argument_group("security in a cluster (README: Security)")
+    cluster.add_argument(
+        "--etcd-users",
+        action="store_true",
+        default=None,
+        help="every call must carry a token of a user kept in the cluster's etcd (`tidelog users add --etcd "
+        "URL`), the same on every broker (default: $TIDELOG_ETCD_USERS=1, else no tokens)",
+    )
+    cluster.add_argument(
+        "--etcd-acls",
+        action="store_true",
+        default=None,
+        help="refuse whatever no ACL kept in the cluster's etcd allows (`tidelog acls add --etcd URL`; "
+        "default: $TIDELOG_ETCD_ACLS=1)",
+    )
+    cluster.add_argument(
+        "--tls-ca",
+        dest="tls_ca_file",
+        metavar="PEM",
+        help="the CAs the other brokers' certificates chain to (default: $TIDELOG_TLS_CA_FILE, else the system's)",
+    )
+    cluster.add_argument(
+        "--broker-token-file",
+        metavar="FILE",
+        help="the token this broker shows the other brokers: a user among --superusers "
+        "(default: $TIDELOG_BROKER_TOKEN_FILE; required with --etcd-users)",
+    )
     serve.set_defaults(run=run)
 
 
@@ -197,7 +233,7 @@ def load_config(args: argparse.Namespace):
 
 def _env_value(env: str, name: str):
     value = os.environ[env]
-    if name == "insecure":
+    if name in FLAG_SETTINGS:
         if value.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
             raise UsageError(f"${env} must be 1 or 0, got {value!r}")
         return value.lower() in ("1", "true", "yes")

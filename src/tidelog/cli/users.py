@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 
 from .failures import UsageError
 from .parsing import add_command, add_format_option
+from .security_store import add_store_options, in_store
 
 USERS_FILE_HELP = "the users file (default: $TIDELOG_USERS_FILE)"
 
@@ -35,7 +35,7 @@ def register(commands) -> None:
     groups = add_command(actions, "groups", "set the groups a user belongs to (none: leave every group)")
     groups.add_argument("name", help="user name")
     groups.add_argument("groups", nargs="*", metavar="GROUP", help="group names")
-    groups.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    add_store_options(groups, "users", USERS_FILE_HELP)
     groups.set_defaults(run=set_groups)
 
     rotate = add_command(actions, "rotate", "give a user a new secret and print its token; the old one stops working")
@@ -45,17 +45,17 @@ def register(commands) -> None:
 
     remove = add_command(actions, "remove", "remove a user: its token stops working")
     remove.add_argument("name", help="user name")
-    remove.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    add_store_options(remove, "users", USERS_FILE_HELP)
     remove.set_defaults(run=remove_user)
 
     listing = add_command(actions, "list", "list users (names and dates; never secrets)")
-    listing.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    add_store_options(listing, "users", USERS_FILE_HELP)
     add_format_option(listing)
     listing.set_defaults(run=list_users)
 
 
 def _secret_options(parser) -> None:
-    parser.add_argument("--users-file", metavar="FILE", help=USERS_FILE_HELP)
+    add_store_options(parser, "users", USERS_FILE_HELP)
     parser.add_argument(
         "--password-stdin",
         action="store_true",
@@ -63,13 +63,11 @@ def _secret_options(parser) -> None:
     )
 
 
-def _file(args: argparse.Namespace):
-    from ..security.users import UsersFile
+def _users(args: argparse.Namespace, work):
+    """work(UsersFile) on the users file given, or on the cluster's users in etcd."""
+    from ..security.users import UsersFile, parse_users
 
-    path = args.users_file or os.environ.get("TIDELOG_USERS_FILE")
-    if not path:
-        raise UsageError("which users file? give --users-file FILE or set $TIDELOG_USERS_FILE")
-    return UsersFile(path)
+    return in_store(args, "users", UsersFile, parse_users, work)
 
 
 def _secret(args: argparse.Namespace) -> str | None:
@@ -82,29 +80,31 @@ def _secret(args: argparse.Namespace) -> str | None:
 
 
 def add_user(args: argparse.Namespace) -> int:
-    token = _file(args).add(args.name, _secret(args), tuple(args.group))
+    secret = _secret(args)
+    token = _users(args, lambda users: users.add(args.name, secret, tuple(args.group)))
     print(token)
     return 0
 
 
 def set_groups(args: argparse.Namespace) -> int:
-    _file(args).set_groups(args.name, tuple(args.groups))
+    _users(args, lambda users: users.set_groups(args.name, tuple(args.groups)))
     return 0
 
 
 def rotate_user(args: argparse.Namespace) -> int:
-    token = _file(args).rotate(args.name, _secret(args))
+    secret = _secret(args)
+    token = _users(args, lambda users: users.rotate(args.name, secret))
     print(token)
     return 0
 
 
 def remove_user(args: argparse.Namespace) -> int:
-    _file(args).remove(args.name)
+    _users(args, lambda users: users.remove(args.name))
     return 0
 
 
 def list_users(args: argparse.Namespace) -> int:
-    users = sorted(_file(args).load().values(), key=lambda u: u.name)
+    users = sorted(_users(args, lambda users: users.load()).values(), key=lambda u: u.name)
     rows = [
         {
             "name": u.name,

@@ -30,6 +30,7 @@ class Snapshot:
     topics: dict[str, TopicPlacement] = field(default_factory=dict)
     partitions: dict[tuple[str, int], PartitionState] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)  # `config/<name>`: cluster-wide settings set at runtime
+    security: dict[str, bytes] = field(default_factory=dict)  # `security/users`, `security/acls` (security_docs.py)
 
     def storage(self) -> dict[int, str]:
         """Each live broker's data-directory id, as it registered it."""
@@ -49,6 +50,7 @@ def parse(cluster: str, revision: int, kvs: Any) -> Snapshot:
     partitions: dict[tuple[str, int], PartitionState] = {}
     controller_id = controller_epoch = None
     settings: dict[str, str] = {}
+    security: dict[str, bytes] = {}
     for kv in kvs:
         key = kv.key[len(root) :].decode("utf-8", "replace")
         try:
@@ -70,12 +72,14 @@ def parse(cluster: str, revision: int, kvs: Any) -> Snapshot:
                 topics[name] = TopicPlacement.decode(name, kv.value)
             elif key.startswith("config/"):
                 settings[key[len("config/") :]] = kv.value.decode()
+            elif key.startswith("security/"):
+                security[key[len("security/") :]] = bytes(kv.value)
             elif key.startswith("partitions/"):
                 name, _, number = key[len("partitions/") :].rpartition("/")
                 partitions[(name, int(number))] = PartitionState.decode(kv.value, kv.mod_revision)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("skipping a malformed cluster key %s: %s", key, exc)
-    return Snapshot(revision, brokers, controller_id, controller_epoch, topics, partitions, settings)
+    return Snapshot(revision, brokers, controller_id, controller_epoch, topics, partitions, settings, security)
 
 
 class ClusterView:

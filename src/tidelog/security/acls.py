@@ -79,6 +79,15 @@ def decide(acls: Iterable[Acl], principals: set[str], resource: str, name: str, 
     return allowed
 
 
+def parse_acls(raw: bytes, where: str, otherwise: str) -> list[Acl]:
+    """The ACLs of a document held elsewhere than in a file (a cluster's, in etcd)."""
+    return json_file.parse_document(raw, where, FORMAT_VERSION, _acls, otherwise)
+
+
+def _acls(doc: dict) -> list[Acl]:
+    return [Acl(**entry) for entry in doc["acls"]]
+
+
 class AclFile:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -88,9 +97,7 @@ class AclFile:
 
     def load(self) -> list[Acl]:
         """Every ACL; [] when there is no file. A damaged file raises InvalidConfigError naming it."""
-        return json_file.read_document(
-            self.path, "ACL file", FORMAT_VERSION, lambda doc: [Acl(**entry) for entry in doc["acls"]], []
-        )
+        return json_file.read_document(self.path, "ACL file", FORMAT_VERSION, _acls, [])
 
     def add(self, acl: Acl) -> bool:
         """False when the same ACL is there already."""

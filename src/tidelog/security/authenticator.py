@@ -37,12 +37,13 @@ FAILED = "authentication failed"
 
 
 class Authenticator:
-    """users_path: the users file ("" for none: tokens are refused); mutual: client certificates
-    identify callers. `on_failure(principal, reason)` counts refusals (metrics)."""
+    """users: the users file ("" for none: tokens are refused), or the users a cluster's etcd holds
+    (a json_file.Pushed); mutual: client certificates identify callers. `on_failure(principal, reason)`
+    counts refusals (metrics)."""
 
     def __init__(
         self,
-        users_path: str,
+        users: str | json_file.Pushed[dict[str, User]],
         mutual: bool,
         on_failure: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -50,11 +51,13 @@ class Authenticator:
     ) -> None:
         self.mutual = mutual
         self.max_failures = max_failures
-        self._file = (
-            json_file.Watched(users_path, UsersFile(users_path).load, "users file", self._forget, clock)
-            if users_path
-            else None
-        )
+        self._file: json_file.Watched[dict[str, User]] | json_file.Pushed[dict[str, User]] | None = None
+        if isinstance(users, json_file.Pushed):
+            self._file = users
+        elif users:
+            self._file = json_file.Watched(users, UsersFile(users).load, "users file", clock=clock)
+        if self._file is not None:
+            self._file.on_change = self._forget
         self._verified: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._failures: dict[str, collections.deque[float]] = {}
         self._on_failure = on_failure

@@ -34,18 +34,21 @@ REFUSALS: dict[str, type[AuthorizationError]] = {
 
 
 class Authorizer:
-    """acl_path: the ACL file; superusers: principals allowed everything; groups_of(principal): its groups."""
+    """acls: the ACL file, or the ACLs a cluster's etcd holds (a json_file.Pushed); superusers: principals
+    allowed everything; groups_of(principal): its groups."""
 
     def __init__(
         self,
-        acl_path: str,
+        acls: str | json_file.Pushed[list[Acl]],
         superusers: Sequence[str],
         groups_of: Callable[[str], tuple[str, ...]],
         on_denied: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._acls: json_file.Watched[list[Acl]] = json_file.Watched(
-            acl_path, AclFile(acl_path).load, "ACL file", clock=clock
+        self._acls: json_file.Watched[list[Acl]] | json_file.Pushed[list[Acl]] = (
+            acls
+            if isinstance(acls, json_file.Pushed)
+            else json_file.Watched(acls, AclFile(acls).load, "ACL file", clock=clock)
         )
         self.superusers = frozenset(superusers)
         self._groups_of = groups_of

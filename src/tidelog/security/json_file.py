@@ -46,15 +46,19 @@ def read_document(path: str, what: str, version: int, parse: Callable[[dict], T]
         return empty
     except OSError as exc:
         raise InvalidConfigError(f"cannot read the {what} {path}: {exc}") from None
+    return parse_document(raw, f"the {what} {path}", version, parse, "move it away and start it again")
+
+
+def parse_document(raw: bytes, where: str, version: int, parse: Callable[[dict], T], otherwise: str) -> T:
+    """parse(the JSON document in raw bytes); InvalidConfigError naming `where` and the repair (restore
+    a backup, or `otherwise`) when it is not JSON, has another format version or does not parse."""
     try:
         doc = json.loads(raw)
         if doc.get("version") != version:
             raise ValueError(f"format version {doc.get('version')!r}, this tidelog reads {version}")
         return parse(doc)
     except (ValueError, KeyError, TypeError, AttributeError, InvalidRequestError) as exc:
-        raise InvalidConfigError(
-            f"the {what} {path} is damaged ({exc!s}); restore it from a backup, or move it away and start it again"
-        ) from None
+        raise InvalidConfigError(f"{where} is damaged ({exc!s}); restore it from a backup, or {otherwise}") from None
 
 
 @contextlib.contextmanager
@@ -102,7 +106,7 @@ class Watched(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path, self._load, self.what = path, load, what
-        self._on_change, self._clock = on_change, clock
+        self.on_change, self._clock = on_change, clock
         self._stamp = stamp(path)
         self.content: T = load()
         self._checked = clock()
@@ -129,5 +133,39 @@ class Watched(Generic[T]):
             return
         self.content, self._stamp = content, new_stamp
         log.info(f"{self.what} reloaded", extra={"event": "security_file_reloaded", "path": self.path})
-        if self._on_change is not None:
-            self._on_change(content)
+        if self.on_change is not None:
+            self.on_change(content)
+
+
+class Pushed(Generic[T]):
+    """A document a broker is handed rather than reads (a cluster's users and ACLs, from its snapshots of
+    etcd): each new value is parsed; one that does not parse keeps what was in force before, with an
+    error logged, as a broken edit of a file does. Until a first value comes, `empty` (for users and
+    ACLs: nobody, nothing allowed). on_change(content) runs after each change."""
+
+    def __init__(self, parse: Callable[[bytes], T], what: str, empty: T) -> None:
+        self._parse, self.what, self._empty = parse, what, empty
+        self.content: T = empty
+        self.on_change: Callable[[T], None] | None = None
+        self._raw: bytes | None = None
+
+    def current(self) -> T:
+        return self.content
+
+    def reload(self) -> None:
+        """Nothing to read: the next snapshot brings the newest value."""
+
+    def push(self, raw: bytes | None) -> None:
+        """The value as etcd has it now (None: no such key)."""
+        if raw == self._raw:
+            return
+        self._raw = raw
+        try:
+            content = self._empty if raw is None else self._parse(raw)
+        except TidelogError as exc:
+            log.error("%s; what was read before stays in force", exc.message, extra={"event": "reload_failed"})
+            return
+        self.content = content
+        log.info(f"{self.what} loaded", extra={"event": "security_document_loaded"})
+        if self.on_change is not None:
+            self.on_change(content)

@@ -119,13 +119,7 @@ class UsersFile:
 
     def load(self) -> dict[str, User]:
         """Every user; {} when there is no file. A damaged file raises InvalidConfigError naming it."""
-        return json_file.read_document(
-            self.path,
-            "users file",
-            FORMAT_VERSION,
-            lambda doc: {name: _user(name, entry) for name, entry in doc["users"].items()},
-            {},
-        )
+        return json_file.read_document(self.path, "users file", FORMAT_VERSION, _users, {})
 
     def add(self, name: str, secret: str | None = None, groups: tuple[str, ...] = ()) -> str:
         """A new user; returns its token (the only time the secret is shown)."""
@@ -172,6 +166,15 @@ class UsersFile:
             yield users
             doc = {"version": FORMAT_VERSION, "users": {name: _entry(u) for name, u in sorted(users.items())}}
             json_file.write_json_atomically(self.path, doc)
+
+
+def parse_users(raw: bytes, where: str, otherwise: str) -> dict[str, User]:
+    """The users of a document held elsewhere than in a file (a cluster's, in etcd)."""
+    return json_file.parse_document(raw, where, FORMAT_VERSION, _users, otherwise)
+
+
+def _users(doc: dict) -> dict[str, User]:
+    return {name: _user(name, entry) for name, entry in doc["users"].items()}
 
 
 def _groups(groups: tuple[str, ...]) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from ..cluster.controller import Controller
 from ..cluster.membership import BrokerSession, cluster_status, lease_clock
 from ..cluster.metadata import ClusterView, Snapshot
 from ..cluster.placement import TopicPlacement, assign_replicas
+from ..cluster.security_docs import ACLS, REPAIR, USERS, where
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.engine import Engine
@@ -52,9 +53,13 @@ from ..queues.manager import SEGMENT_BYTES as QUEUE_SEGMENT_BYTES
 from ..queues.manager import QueueManager
 from ..queues.records import QUEUE_STATE_TOPIC
 from ..replication.manager import ACKS_ALL, ReplicaManager, ReplicationSettings, test_mutation
+from ..security import json_file
+from ..security.acls import parse_acls
 from ..security.authenticator import Authenticator
 from ..security.authorizer import Authorizer
+from ..security.peers import peer_credentials
 from ..security.tls import ServerTls
+from ..security.users import parse_users
 from ..v1 import tidelog_pb2 as pb
 from ..wire import methods
 from . import (
@@ -112,7 +117,10 @@ class Server:
         self._pending_services: tuple[Any, Any] = ((), None)  # a cluster member's, until it has joined
         self.tls: ServerTls | None = None  # with tls_cert_file: the certificate every listener serves
         self.authenticator: Authenticator | None = None  # with users_file or tls_client_ca_file
-        self.authorizer: Authorizer | None = None  # with acls_file
+        self.authorizer: Authorizer | None = None  # with acls_file or etcd_acls
+        self._etcd_users: json_file.Pushed | None = None  # a cluster's users and ACLs, from its snapshots
+        self._etcd_acls: json_file.Pushed | None = None
+        self._peer_credentials: grpc.ChannelCredentials | None = None  # what this broker shows the others
         self._topic_refusal: Callable[[str], TidelogError | None] | None = None  # with ACLs: for Produce streams
         self._services = _Starting()
         self._produce: produce_service.ProduceService | None = None
@@ -358,6 +366,7 @@ class Server:
                 ("grpc.keepalive_timeout_ms", 1000),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
+            self._peer_credentials,
         )
         settings = ReplicationSettings(
             c.replica_lag_time_max_ms,
@@ -378,6 +387,7 @@ class Server:
         controller = Controller(session)
 
         async def on_change(snapshot: Snapshot) -> None:
+            self._push_security(snapshot)
             if await controller.act(snapshot) and self._view is not None:
                 self._view.changed()
             await replicas.apply(snapshot)
@@ -469,7 +479,7 @@ class Server:
                         engine,
                         OffsetStore(engine, append=store_append),
                         initial_rebalance_delay_ms=self.config.group_initial_rebalance_delay_ms,
-                        topics=ClusterTopics(engine, replicas),
+                        topics=ClusterTopics(engine, replicas, self._peer_credentials),
                     )
                 )
             except TidelogError as exc:
@@ -538,7 +548,7 @@ class Server:
             assert self.engine is not None and self.async_engine is not None and self.replicas is not None
             engine, replicas = self.engine, self.replicas
             append = self._replicated_append(QUEUE_STATE_TOPIC, asyncio.get_running_loop())
-            data = ClusterQueueData(engine, replicas, lambda: self.advertised_address)
+            data = ClusterQueueData(engine, replicas, lambda: self.advertised_address, self._peer_credentials)
             try:
                 manager = await self.async_engine.offload(lambda: QueueManager(engine, append, data=data))
             except TidelogError as exc:
@@ -638,17 +648,34 @@ class Server:
         c = self.config
         if c.tls:
             self.tls = ServerTls(c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
+            if c.cluster:
+                self._peer_credentials = peer_credentials(c.tls_ca_file, c.broker_token_file)
         if c.authenticates:
-            self.authenticator = Authenticator(
-                c.users_file, bool(c.tls_client_ca_file), self._count_auth_failure, max_failures=c.auth_max_failures
-            )
-            if c.acls_file:
-                self.authorizer = Authorizer(
-                    c.acls_file, c.superusers, self.authenticator.groups_of, self._count_denial
+            users: str | json_file.Pushed = c.users_file
+            if c.etcd_users:  # the users etcd holds, handed over with each snapshot (_push_security)
+                users = self._etcd_users = json_file.Pushed(
+                    lambda raw: parse_users(raw, where(c.cluster_name, USERS), REPAIR), "users", {}
                 )
+            self.authenticator = Authenticator(
+                users, bool(c.tls_client_ca_file), self._count_auth_failure, max_failures=c.auth_max_failures
+            )
+            if c.authorizes:
+                acls: str | json_file.Pushed = c.acls_file
+                if c.etcd_acls:
+                    acls = self._etcd_acls = json_file.Pushed(
+                        lambda raw: parse_acls(raw, where(c.cluster_name, ACLS), REPAIR), "ACLs", []
+                    )
+                self.authorizer = Authorizer(acls, c.superusers, self.authenticator.groups_of, self._count_denial)
             self._services.gate = AccessGate(self.authenticator, self.authorizer)
             if self.authorizer is not None:
                 self._topic_refusal = self._services.gate.topic_refusal
+
+    def _push_security(self, snapshot: Snapshot) -> None:
+        """A cluster's users and ACLs as etcd has them now, to the checks (within a second of a change)."""
+        if self._etcd_users is not None:
+            self._etcd_users.push(snapshot.security.get(USERS))
+        if self._etcd_acls is not None:
+            self._etcd_acls.push(snapshot.security.get(ACLS))
 
     @property
     def security(self) -> str:
@@ -657,8 +684,8 @@ class Server:
         parts = (
             (["tls"] if c.tls else [])
             + (["mtls"] if c.tls_client_ca_file else [])
-            + (["tokens"] if c.users_file else [])
-            + (["acls"] if c.acls_file else [])
+            + (["tokens"] if c.users_file or c.etcd_users else [])
+            + (["acls"] if c.authorizes else [])
         )
         return "+".join(parts) or "open"
 

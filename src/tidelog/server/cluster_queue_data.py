@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from .._native.record_batch import Record
 from ..codec.batch import iter_batches
 from ..codec.partitioner import Partitioner
@@ -29,11 +31,18 @@ CREATED_WAIT_S = 10.0  # a dead-letter topic created here: how long its leader m
 class ClusterQueueData:
     poll_s: float | None = POLL_S
 
-    def __init__(self, engine: Engine, replicas: ReplicaManager, address: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        replicas: ReplicaManager,
+        address: Callable[[], str],
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         """address: this broker's own gRPC address (topics are created through its Admin service,
-        which places them in etcd as any client's would be)."""
+        which places them in etcd as any client's would be); credentials: what it shows the brokers it
+        calls (security/peers.py)."""
         self.engine, self.replicas, self._address = engine, replicas, address
-        self._topics = ClusterTopics(engine, replicas)
+        self._topics = ClusterTopics(engine, replicas, credentials)
         self._partitioners: dict[str, Partitioner] = {}
         self._offsets: dict[tuple[str, int], tuple[float, PartitionOffsets]] = {}
         self._lock = threading.Lock()

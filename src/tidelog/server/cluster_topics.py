@@ -22,8 +22,11 @@ CALL_TIMEOUT_S = 5.0
 
 
 class ClusterTopics:
-    def __init__(self, engine: Engine, replicas: ReplicaManager) -> None:
-        self.engine, self.replicas = engine, replicas
+    def __init__(
+        self, engine: Engine, replicas: ReplicaManager, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """credentials: what this broker shows the others (security/peers.py); None: plain channels."""
+        self.engine, self.replicas, self._credentials = engine, replicas, credentials
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -78,7 +81,11 @@ class ClusterTopics:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = self._channels[address] = grpc.insecure_channel(address)
+                channel = self._channels[address] = (
+                    grpc.secure_channel(address, self._credentials)
+                    if self._credentials is not None
+                    else grpc.insecure_channel(address)
+                )
         stub = channel.unary_unary(
             method.path,
             request_serializer=method.request.SerializeToString,

@@ -27,8 +27,11 @@ class LinkPool:
         max_bytes: int,
         max_wait_ms: int,
         channel_options: list[tuple[str, Any]],
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """credentials: what this broker shows the leaders it follows (security/peers.py); None: plain."""
         self.replica_id, self._replica_epoch = replica_id, replica_epoch
+        self._credentials = credentials
         self.max_bytes, self.max_wait_ms = max_bytes, max_wait_ms
         self._options = channel_options
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -36,7 +39,11 @@ class LinkPool:
     def channel(self, address: str) -> grpc.aio.Channel:
         found = self._channels.get(address)
         if found is None:
-            found = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+            found = self._channels[address] = (
+                grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                if self._credentials is not None
+                else grpc.aio.insecure_channel(address, options=self._options)
+            )
         return found
 
     def link(self, address: str) -> GrpcLeaderLink:
