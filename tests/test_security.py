@@ -480,3 +480,33 @@ def test_kafka_clients_authenticate_with_scram_against_the_same_users(tmp_path, 
         assert "before SASL authentication" in log  # the client without SASL
     finally:
         server.stop()
+
+
+def test_a_queue_consumer_id_learned_by_another_user_answers_nothing(secured, certs, users):
+    """Consumer ids are chosen by clients: bob using alice's id is a different consumer. His ack, release
+    and leave for her delivery change nothing, and her ack of it still counts."""
+    from tidelog.client import QueueConsumer
+
+    alice = ClientSecurity(ca_file=certs.ca_file, token=users[1]["alice"])
+    bob = ClientSecurity(ca_file=certs.ca_file, token=users[1]["bob"])
+    with Admin(secured.target, security=alice) as admin:
+        admin.create_topic("jobs", 1)
+    with Producer(secured.target, security=alice) as producer:
+        producer.send("jobs", b"job", partition=0)
+    with QueueConsumer(secured.target, "work", "jobs", consumer_id="worker-1", auto_extend=False,
+                       security=alice) as hers:  # fmt: skip
+        (message,) = hers.receive(1, wait_ms=10_000)
+        with QueueConsumer(secured.target, "work", "jobs", consumer_id="worker-1", auto_extend=False,
+                           security=bob) as his:  # fmt: skip
+            assert his.receive(1, wait_ms=200) == []  # alice holds the only record
+            for answer in (his.ack, his.release, his.reject):
+                refused = answer([message])
+                assert [r.offset for r in refused] == [message.offset]
+                message.refused, message.answered = None, False  # the same object is alice's: hers to answer
+        # bob's consumer left on closing: had it been alice's "worker-1", her record would be available
+        with Admin(secured.target, security=alice) as admin:
+            assert admin.describe_queue("work").partitions[0].in_flight == 1
+        assert hers.ack([message]) == []
+    with Admin(secured.target, security=alice) as admin:
+        state = admin.describe_queue("work").partitions[0]
+        assert (state.in_flight, state.start) == (0, 1)

@@ -117,7 +117,7 @@ class QueueConsumer:
         if prefetch < 1:
             raise InvalidRequestError(f"prefetch must be at least 1, got {prefetch}")
         self.queue = queue
-        self.consumer_id = consumer_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.consumer_id = consumer_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}"
         self.prefetch, self.wait_ms = prefetch, wait_ms
         self._backend: QueueBackend = backend_for(broker, timeout_s, security)
         self.config: QueueConfig = self._backend.declare(

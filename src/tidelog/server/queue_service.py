@@ -17,6 +17,7 @@ import grpc
 from ..engine.async_engine import AsyncEngine
 from ..errors import InvalidRequestError, TidelogError
 from ..queues.manager import QueueManager
+from ..security.authorizer import ANONYMOUS, caller
 from ..v1 import tidelog_pb2 as pb
 from ..values import Answer, AnswerRefused, QueueConfig, QueueMessage
 from ..wire import methods
@@ -117,8 +118,8 @@ class QueueService:
         try:
             if request.acks:
                 acks = list(expand(request.acks))
-                refused = await self._offload(self._manager().ack, request.queue, request.consumer_id, acks)
-            got = await self._receive(request.queue, request.consumer_id, request.max_messages, request.wait_ms)
+                refused = await self._offload(self._manager().ack, request.queue, owned(request.consumer_id), acks)
+            got = await self._receive(request.queue, owned(request.consumer_id), request.max_messages, request.wait_ms)
         except TidelogError as exc:
             await status.abort(context, exc)
         return receive_response(got, refused)
@@ -172,6 +173,7 @@ class QueueService:
             yield pb.ReceiveResponse(error=error_message(exc))
             return
         credit = [start.credit]
+        consumer = owned(start.consumer_id)
         more = asyncio.Event()
 
         async def read_credit() -> None:
@@ -190,7 +192,7 @@ class QueueService:
                     await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
-                got = await self._receive(start.queue, start.consumer_id, min(credit[0], STREAM_BATCH), 1000)
+                got = await self._receive(start.queue, consumer, min(credit[0], STREAM_BATCH), 1000)
                 if got:
                     credit[0] -= len(got)
                     yield receive_response(got)
@@ -214,11 +216,12 @@ class QueueService:
             options = {"reason": request.reason}
         elif kind == "extend":
             options = {"lock_ms": request.lock_ms}
-        refused = await self._call(context, kind, request.queue, request.consumer_id, answers, **options)
+        refused = await self._call(context, kind, request.queue, owned(request.consumer_id), answers, **options)
         return pb.AnswerResponse(refused=[refused_message(r) for r in refused])
 
     async def leave(self, request: pb.LeaveQueueRequest, context: grpc.aio.ServicerContext) -> pb.LeaveQueueResponse:
-        return pb.LeaveQueueResponse(released=await self._call(context, "leave", request.queue, request.consumer_id))
+        released = await self._call(context, "leave", request.queue, owned(request.consumer_id))
+        return pb.LeaveQueueResponse(released=released)
 
     async def list_queues(
         self, request: pb.ListQueuesRequest, context: grpc.aio.ServicerContext
@@ -254,6 +257,14 @@ class QueueService:
     async def redrive(self, request: pb.RedriveRequest, context: grpc.aio.ServicerContext) -> pb.RedriveResponse:
         moved = await self._call(context, "redrive", request.source, request.target, request.limit)
         return pb.RedriveResponse(moved=moved)
+
+
+def owned(consumer_id: str) -> str:
+    """A consumer id as the broker keys it. With authentication, the caller's principal comes first: a
+    user who learns another's id (they are chosen by clients, and never shown) acts as a different
+    consumer, and cannot answer for its deliveries or release them. Without, the id as given."""
+    who = caller.get()
+    return consumer_id if who == ANONYMOUS or not consumer_id else f"{who}/{consumer_id}"
 
 
 def expand(ranges: Iterable[pb.AnswerRange]) -> Iterable[Answer]:
