@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from tidelog.cluster import etcd
-from tidelog.cluster.membership import BrokerSession, cluster_status, controller_key
+from tidelog.cluster.membership import BrokerSession, cluster_status, controller_key, prefix
+from tidelog.cluster.metadata import ClusterView
 from tidelog.errors import BrokerIdInUseError, ClusterUnavailableError, InvalidConfigError
 
 from .helpers.etcd import EtcdProcess
@@ -223,3 +224,40 @@ def test_a_lease_clock_jumped_forward_fences_the_broker_until_its_next_renewal(e
     assert jumped == (False, False)
     assert renewed
     assert back and not closed  # a clean close ends membership whatever the clock says
+
+
+def test_a_change_between_the_views_first_read_and_its_watch_is_not_missed(etcd_url):
+    """A broker's view reads the state, then opens its watch: a topic created in between must be seen at
+    once, not at the next periodic refresh (here never: refresh_s is 1000)."""
+
+    async def scenario():
+        real = etcd.connect(etcd_url)
+
+        class WriteInTheGap:
+            """The real client, but someone writes just before the view's watch opens."""
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            async def watch_prefix(self, key, **options):
+                await real.put(prefix("gap") + b"config/late", b"1")
+                return await real.watch_prefix(key, **options)
+
+        seen: list[dict] = []
+
+        async def on_change(snapshot):
+            seen.append(dict(snapshot.settings))
+
+        view = ClusterView(WriteInTheGap(), "gap", on_change, refresh_s=1000)
+        try:
+            await view.start()
+            for _ in range(100):
+                if any("late" in s for s in seen):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await view.close()
+            await real.close()
+        return seen
+
+    assert any(s.get("late") == "1" for s in run(scenario()))

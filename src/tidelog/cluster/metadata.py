@@ -146,7 +146,10 @@ class ClusterView:
     async def _watch(self) -> None:
         while True:
             try:
-                watch = await self.client.watch_prefix(prefix(self.cluster))
+                # from the revision after the last read: a change made between that read and this watch
+                # is reported too, not left for the next refresh
+                since = self.snapshot.revision + 1 if self.snapshot.revision else None
+                watch = await self.client.watch_prefix(prefix(self.cluster), start_revision=since)
                 try:
                     async for _ in watch:
                         self._changed.set()
