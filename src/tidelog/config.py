@@ -401,7 +401,12 @@ class ServerConfig:
     @property
     def authenticates(self) -> bool:
         """Whether every tidelog call must say who it is (a token, or a client certificate)."""
-        return bool(self.users_file or self.etcd_users or self.tls_client_ca_file)
+        return bool(self.has_users or self.tls_client_ca_file)
+
+    @property
+    def has_users(self) -> bool:
+        """Whether callers show tokens of users (a users file, or a cluster's users in etcd)."""
+        return bool(self.users_file or self.etcd_users)
 
     @property
     def authorizes(self) -> bool:

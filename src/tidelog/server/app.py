@@ -293,7 +293,7 @@ class Server:
 
     def _kafka_sasl(self) -> Any:
         """With a users file: Kafka clients authenticate with SASL/SCRAM against the same users."""
-        if self.authenticator is None or not self.config.users_file:
+        if self.authenticator is None or not self.config.has_users:
             return None
         from ..security.sasl import SaslServer
 
@@ -684,7 +684,7 @@ class Server:
         parts = (
             (["tls"] if c.tls else [])
             + (["mtls"] if c.tls_client_ca_file else [])
-            + (["tokens"] if c.users_file or c.etcd_users else [])
+            + (["tokens"] if c.has_users else [])
             + (["acls"] if c.authorizes else [])
         )
         return "+".join(parts) or "open"
