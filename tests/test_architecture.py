@@ -55,6 +55,22 @@ FORBIDDEN = {
         "wire",
     },
     "values.py": {"storage", "partition", "engine", "server", "client", "groups", "wire", "v1", "grpc"},
+    # the web console reads a broker through the client alone, as top does, never the broker's internals
+    "console": {
+        "server",
+        "engine",
+        "storage",
+        "partition",
+        "groups",
+        "queues",
+        "cluster",
+        "replication",
+        "kafka_protocol",
+        "security",
+        "wire",
+        "v1",
+        "grpc",
+    },  # fmt: skip
 }
 
 

@@ -114,6 +114,25 @@ def register(commands) -> None:
         help="this broker's id in the cluster, unique among its live brokers (default: $TIDELOG_BROKER_ID; "
         "required with --cluster)",
     )
+    console = serve.add_argument_group("web console (README: Console)")
+    console.add_argument(
+        "--console-port",
+        type=metrics_port_number,
+        help="serve the web console on this port; 0: any free port; -1: off (default: $TIDELOG_CONSOLE_PORT, else off)",
+    )
+    console.add_argument(
+        "--console-host", help="address the console listens on (default: $TIDELOG_CONSOLE_HOST, else 127.0.0.1)"
+    )
+    console.add_argument(
+        "--console-port-file",
+        metavar="FILE",
+        help="once serving, write the console's port to FILE, as --port-file (default: no file)",
+    )
+    console.add_argument(
+        "--console-write",
+        action="store_true",
+        help="let the console act: create and delete topics, reset offsets, produce, redrive (default: read-only)",
+    )
     security = serve.add_argument_group("security (README: Security)")
     security.add_argument(
         "--tls-cert",
@@ -256,11 +275,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--metrics-port-file: the metrics endpoint is off (metrics port -1)")
     if args.kafka_port_file and config.kafka_port == -1:
         raise UsageError("--kafka-port-file: the Kafka listener is off (give --kafka-port)")
+    console_port, console_host = _console_where(args, config)
     written: list[str] = []
+    consoles: list = []
 
     def ready(server) -> None:
         """Say where the broker serves: a line on stdout, and the port files asked for."""
         where = {"address": f"{config.host}:{server.port}"}
+        if console_port != -1:
+            consoles.append(_start_console(config, server, console_host, console_port, args.console_write))
+            where["console_address"] = f"{console_host}:{consoles[0].port}"
         if server.metrics_port is not None:
             where["metrics_address"] = f"{config.metrics_host or config.host}:{server.metrics_port}"
         if server.kafka_port is not None:
@@ -274,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             (args.port_file, server.port),
             (args.metrics_port_file, server.metrics_port),
             (args.kafka_port_file, server.kafka_port),
+            (args.console_port_file, consoles[0].port if consoles else None),
         ):
             if path:
                 write_atomically(path, f"{port}\n")
@@ -283,12 +308,59 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(config, ready))
     finally:
+        for console in consoles:
+            console.stop()
         for path in written:
             try:
                 os.unlink(path)
             except OSError:
                 pass
     return 0
+
+
+def _console_where(args: argparse.Namespace, config) -> tuple[int, str]:
+    """The console's port (-1: off) and host, from flags or $TIDELOG_CONSOLE_PORT/HOST; refusals first."""
+    from ..config import is_loopback
+
+    port = args.console_port
+    if port is None:
+        value = os.environ.get("TIDELOG_CONSOLE_PORT", "-1")
+        try:
+            port = metrics_port_number(value)
+        except argparse.ArgumentTypeError:
+            raise UsageError(f"$TIDELOG_CONSOLE_PORT must be a port or -1, got {value!r}") from None
+    host = args.console_host or os.environ.get("TIDELOG_CONSOLE_HOST") or "127.0.0.1"
+    if port == -1:
+        if args.console_port_file or args.console_write:
+            raise UsageError("--console-port-file and --console-write need the console (give --console-port)")
+        return -1, host
+    if config.tls or config.authenticates:
+        raise UsageError(
+            "the console does not take part in TLS and authentication yet: run it on a broker without them"
+        )
+    if not is_loopback(host) and not config.insecure:
+        raise UsageError(
+            f"refusing to serve the console on {host}: it has no authentication yet; keep it on 127.0.0.1 "
+            "(reach it through an SSH tunnel), or pass --insecure"
+        )
+    return port, host
+
+
+def _start_console(config, server, host: str, port: int, write: bool):
+    """The console, reading from this broker through its gRPC port (and its /metrics, when on)."""
+    import dataclasses
+
+    from ..config import is_loopback
+    from ..console import start_console
+
+    broker_host = config.host if is_loopback(config.host) else "127.0.0.1"
+    metrics_url = None
+    if server.metrics_port is not None:
+        metrics_host = config.metrics_host or config.host
+        metrics_host = metrics_host if is_loopback(metrics_host) else "127.0.0.1"
+        metrics_url = f"http://{metrics_host}:{server.metrics_port}/metrics"
+    settings = dataclasses.asdict(config)
+    return start_console(f"{broker_host}:{server.port}", metrics_url, host, port, settings, write=write)
 
 
 def write_atomically(path: str, text: str) -> None:

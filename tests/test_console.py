@@ -1,0 +1,258 @@
+"""The web console in a real browser: headless Chromium (Debian's) driven by Playwright, against `tidelog
+serve --console-port`. Every page loads without a console error; what the pages show is checked against
+what was produced and committed; the message browser pages through a partition; each action works with
+--console-write and is refused without it. Screenshots of the main pages go to the test's directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tidelog.client import Admin, Consumer, Producer, QueueConsumer
+from tidelog.console.server import CHART_JS
+
+from .helpers.browser import chromium_binary
+from .server_process import ServerProcess, config_file, wait_for_file
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+expect = playwright_api.expect
+
+CHART_JS_INSTALLED = any(os.path.exists(p) for p in CHART_JS)
+RECORDS = {0: 45, 1: 5}
+COMMITTED = {0: 10, 1: 0}
+LAG = sum(RECORDS[p] - COMMITTED[p] for p in RECORDS)
+
+
+class ConsoleBroker:
+    def __init__(self, root, write: bool) -> None:
+        self.port_file = str(root / "console.port")
+        extra = ["--console-port", "0", "--console-port-file", self.port_file] + (["--console-write"] if write else [])
+        self.server = ServerProcess(str(root / "data"), "--config", config_file(root), *extra).start()
+        self.url = f"http://127.0.0.1:{int(wait_for_file(self.port_file, self.server.proc, 30, 'the console'))}"
+
+
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory):
+    """A broker with --console-write, holding orders (45 + 5 records), the group billing 40 behind, and a
+    queue jobs-q with one dead letter."""
+    broker = ConsoleBroker(tmp_path_factory.mktemp("console"), write=True)
+    target = broker.server.target
+    with Admin(target) as admin:
+        admin.create_topic("orders", 2)
+        admin.create_topic("jobs", 1)
+        admin.create_topic("jobs.dlq", 1)
+    with Producer(target, linger_ms=0) as producer:
+        for partition, n in RECORDS.items():
+            for i in range(n):
+                producer.send("orders", json.dumps({"n": i}).encode(), key=b"k%d" % i, partition=partition)
+        producer.send("jobs", b"bad job", partition=0)
+    with Consumer(target, group_id="billing", topics=["orders"], auto_commit=False) as consumer:
+        for _ in range(100):
+            consumer.poll(0.1)
+            if len(consumer.assignment()) == 2:
+                break
+        consumer.commit({("orders", p): o for p, o in COMMITTED.items()})
+    with QueueConsumer(target, "jobs-q", "jobs", dead_letter_topic="jobs.dlq", auto_extend=False) as queue:
+        (message,) = queue.receive(1, wait_ms=10_000)
+        message.reject("unparsable")
+    yield broker
+    broker.server.stop()
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory):
+    broker = ConsoleBroker(tmp_path_factory.mktemp("console-ro"), write=False)
+    with Admin(broker.server.target) as admin:
+        admin.create_topic("kept", 1)
+    yield broker
+    broker.server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_binary()
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page that records console errors and failed requests; the test fails on any."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.errors = []
+    tab.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: tab.errors.append(str(e)))
+    yield tab
+    context.close()
+    assert tab.errors == []
+
+
+def visit(page, url: str) -> None:
+    page.goto(url)
+    path = url.split("://", 1)[1].split("/", 1)[1].split("?")[0] if "/" in url.split("://", 1)[1] else ""
+    page.wait_for_selector(f'body[data-loaded="/{path}"]', state="attached")
+
+
+def test_every_page_loads_without_a_console_error(writable, page, tmp_path):
+    for name, path in (
+        ("overview", "/"),
+        ("topics", "/topics"),
+        ("topic", "/topics/orders"),
+        ("messages", "/topics/orders/messages"),
+        ("groups", "/groups"),
+        ("group", "/groups/billing"),
+        ("queues", "/queues"),
+        ("queue", "/queues/jobs-q"),
+        ("settings", "/settings"),
+    ):
+        visit(page, writable.url + path)
+        assert not page.locator(".error").count(), f"{path}: {page.locator('.error').all_inner_texts()}"
+        if path in ("/", "/topics/orders", "/groups/billing"):  # the pages with a chart
+            charts = page.locator("canvas").count()
+            assert charts == 1 if CHART_JS_INSTALLED else "apt-get install libjs-chart.js" in page.content()
+        page.screenshot(path=str(tmp_path / f"console-{name}.png"), full_page=True)
+
+
+def test_the_pages_show_the_brokers_figures(writable, page):
+    visit(page, writable.url + "/topics/orders")
+    assert page.inner_text("#topic-records") == f"{sum(RECORDS.values()):,}"
+    ends = page.locator("#partitions tbody tr").all_inner_texts()
+    assert len(ends) == 2 and "45" in ends[0] and "5" in ends[1]
+    visit(page, writable.url + "/groups/billing")
+    assert page.inner_text("#group-lag") == f"{LAG:,}"
+    visit(page, writable.url + "/topics")
+    page.fill("#topic-search", "jobs")
+    names = [row.split("\t")[0] for row in page.locator("#topics tbody tr").all_inner_texts()]
+    assert names == ["jobs", "jobs.dlq"]
+    visit(page, writable.url + "/queues")
+    assert "jobs-q" in page.inner_text("#queues") and "jobs.dlq" in page.inner_text("#queues")
+    visit(page, writable.url + "/")
+    assert page.inner_text("#topics-count") == "3"
+
+
+def test_the_message_browser_pages_through_a_partition(writable, page):
+    visit(page, writable.url + "/topics/orders/messages")
+
+    def offsets() -> list[int]:
+        return [int(row.split("\t")[0]) for row in page.locator("#messages tbody tr").all_inner_texts()]
+
+    assert offsets() == list(range(20))
+    assert '"n": 0' in page.inner_text("#messages")  # JSON, pretty-printed
+    first = page.locator("#messages tbody tr td").first
+    page.click("#next")
+    expect(first).to_have_text("20")
+    assert offsets() == list(range(20, 40))
+    page.click("#next")
+    expect(first).to_have_text("40")
+    assert offsets() == list(range(40, 45)) and page.is_disabled("#next")
+    page.click("#previous")
+    expect(first).to_have_text("20")
+    page.select_option("#partition", "1")
+    page.fill("input[name=offset]", "3")
+    page.click("#show")
+    expect(page.locator("#page-info")).to_contain_text("partition 1")
+    assert offsets() == [3, 4]
+
+
+def test_each_action_works_with_the_write_switch(writable, page):
+    target = writable.server.target
+    visit(page, writable.url + "/topics")
+    page.fill("input[name=name]", "made-here")
+    page.fill("input[name=partitions]", "3")
+    page.click("button:has-text('Create')")
+    page.wait_for_selector("form .ok")
+    with Admin(target) as admin:
+        assert admin.partitions("made-here") == 3
+
+    visit(page, writable.url + "/topics/made-here")
+    page.fill("input[name=value]", "hello from the console")
+    page.fill("input[name=partition]", "2")
+    page.click("button:has-text('Send')")
+    page.wait_for_selector("form .ok")
+    assert "offset 0 of partition 2" in page.inner_text("form .ok")
+    page.fill("input[name=confirm]", "not-the-name")
+    page.click("button.danger")
+    page.wait_for_selector("form .error")
+    assert [e for e in page.errors if "status of 400" in e] == page.errors and len(page.errors) == 1
+    page.errors.clear()  # the refusal the test asked for (the browser logs every 4xx)
+    with Admin(target) as admin:
+        assert "made-here" in admin.list_topics()  # a wrong confirmation deletes nothing
+    page.fill("input[name=confirm]", "made-here")
+    page.click("button.danger")
+    page.wait_for_url(writable.url + "/topics")
+    with Admin(target) as admin:
+        assert "made-here" not in admin.list_topics()
+
+    visit(page, writable.url + "/groups/billing")
+    page.locator("form").nth(0).locator("input[name=topic]").fill("orders")
+    page.locator("form").nth(0).locator("button").click()
+    page.wait_for_selector("#reset-preview table")
+    assert "would be" in page.inner_text("#reset-preview")
+    with Admin(target) as admin:
+        assert admin.committed_offsets("billing")[("orders", 0)] == COMMITTED[0]  # a preview changes nothing
+    page.locator("form").nth(1).locator("input[name=topic]").fill("orders")
+    page.locator("form").nth(1).locator("input[name=to]").fill("latest")
+    page.locator("form").nth(1).locator("button").click()
+    page.wait_for_selector("text=offsets reset")
+    with Admin(target) as admin:
+        assert admin.committed_offsets("billing") == {("orders", p): n for p, n in RECORDS.items()}
+
+    visit(page, writable.url + "/queues/jobs-q")
+    page.click("button:has-text('Redrive')")
+    page.wait_for_selector("form .ok")
+    assert page.inner_text("form .ok") == "1 moved to jobs"
+
+
+def test_actions_are_refused_without_the_write_switch(read_only, page):
+    visit(page, read_only.url + "/topics")
+    assert page.locator("form").count() == 0  # no action offered
+    visit(page, read_only.url + "/topics/kept")
+    assert page.locator("form").count() == 0
+    for path, body in (
+        ("/api/topics", {"name": "sneaky", "partitions": 1}),
+        ("/api/topics/kept/delete", {"confirm": "kept"}),
+        ("/api/topics/kept/produce", {"value": "x"}),
+    ):
+        request = urllib.request.Request(
+            read_only.url + path, json.dumps(body).encode(), {"X-Tidelog-Console": "1"}, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403 and "--console-write" in json.loads(refused.value.read())["error"]
+    with Admin(read_only.server.target) as admin:
+        assert admin.list_topics() == ["kept"] and admin.list_offsets("kept", 0).log_end == 0
+
+
+def test_an_action_without_the_consoles_header_is_refused(writable):
+    """A form on another site can POST here, but cannot add the header: nothing happens."""
+    request = urllib.request.Request(
+        writable.url + "/api/topics", b'{"name": "cross-site"}', {"Content-Type": "application/json"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    with Admin(writable.server.target) as admin:
+        assert "cross-site" not in admin.list_topics()
+
+
+def test_console_settings_that_cannot_work_are_refused(tmp_path):
+    import subprocess
+    import sys
+
+    for args, message in (
+        (["--console-host", "0.0.0.0", "--console-port", "0"], "refusing to serve the console on 0.0.0.0"),
+        (["--console-write"], "need the console"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "tidelog", "serve", "--data-dir", str(tmp_path / "d"), "--port", "0", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not os.path.exists(tmp_path / "d")
