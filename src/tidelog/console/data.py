@@ -2,10 +2,12 @@
 top` and the CLI), so that any broker of a cluster shows the whole cluster, and nothing here reaches into
 the broker's internals.
 
-Rates and lag over time come from samples taken every SAMPLE_S while someone looks (a page asked in the
-last IDLE_S): a console nobody has open costs the broker nothing. A sample is the topics' high watermarks
-and sizes (DescribeTopic), the groups' lag (DescribeGroup), and the broker's own counters from its
-`/metrics` when that endpoint is on (bytes fetched: the out rate). HISTORY samples are kept (5 minutes).
+The broker is read at most once per SAMPLE_S, whatever the number of open pages: one View (the cluster,
+every topic described, every group described) serves every page until it is SAMPLE_S old. Rates and lag
+over time come from the views taken while someone looks (a page asked in the last IDLE_S): a console
+nobody has open costs the broker nothing. A sample is the topics' high watermarks and sizes, the groups'
+lag, and the broker's own counters from its `/metrics` when that endpoint is on (bytes fetched: the out
+rate). HISTORY samples are kept (5 minutes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ PAGE_BYTES = 1 << 20
 
 
 @dataclass
+class View:
+    """What the pages show of the broker, read at once."""
+
+    at: float
+    cluster: Any
+    topics: dict[str, dict[str, Any]]  # name -> Admin.describe()
+    groups: dict[str, dict[str, Any]]  # id -> Admin.describe_group()
+
+
+@dataclass
 class Sample:
     at: float  # time.time()
     topics: dict[str, tuple[int, int]] = field(default_factory=dict)  # topic -> (sum of high watermarks, bytes)
@@ -49,6 +61,8 @@ class ConsoleData:
         self._looked_at = 0.0
         self._wake = threading.Event()
         self._closed = threading.Event()
+        self._view: View | None = None
+        self._view_lock = threading.Lock()
         self._thread = threading.Thread(target=self._sample_forever, name="tidelog-console-sampler", daemon=True)
         self._thread.start()
 
@@ -78,19 +92,37 @@ class ConsoleData:
                 pass
             self._closed.wait(SAMPLE_S)
 
-    def _take(self) -> Sample:
-        sample = Sample(self._clock())
+    def view(self, fresh: bool = False) -> View:
+        """The newest view; read again when it is SAMPLE_S old (or fresh=True: after an action). Pages
+        asking at once share one read."""
+        with self._view_lock:
+            view = self._view
+            if fresh or view is None or self._clock() - view.at >= SAMPLE_S:
+                view = self._view = self._read_view()
+            return view
+
+    def _read_view(self) -> View:
+        topics: dict[str, dict[str, Any]] = {}
         for name in self.admin.list_topics():
             try:
-                parts = self.admin.describe(name)["partitions"]
+                topics[name] = self.admin.describe(name)
             except UnknownTopicError:
                 continue
-            sample.topics[name] = (sum(p.high_watermark for p in parts), sum(p.size_bytes for p in parts))
+        groups: dict[str, dict[str, Any]] = {}
         for group in self.admin.list_groups():
             try:
-                info = self.admin.describe_group(group)
+                groups[group] = self.admin.describe_group(group)
             except UnknownGroupError:
                 continue
+        return View(self._clock(), self.admin.describe_cluster(), topics, groups)
+
+    def _take(self) -> Sample:
+        view = self.view()
+        sample = Sample(view.at)
+        for name, described in view.topics.items():
+            parts = described["partitions"]
+            sample.topics[name] = (sum(p.high_watermark for p in parts), sum(p.size_bytes for p in parts))
+        for group, info in view.groups.items():
             sample.lag[group] = sum(p["lag"] or 0 for p in info["partitions"])
         if self.metrics_url is not None:
             sample.fetched_bytes = _counter_sum(self.metrics_url, "tidelog_fetch_bytes_total")
@@ -127,7 +159,8 @@ class ConsoleData:
         return out
 
     def overview(self) -> dict[str, Any]:
-        cluster = self.admin.describe_cluster()
+        view = self.view()
+        cluster = view.cluster
         topics = self.topics()
         alerts = []
         for t in topics:
@@ -148,17 +181,13 @@ class ConsoleData:
             "partitions": sum(t["partitions"] for t in topics),
             "records": sum(t["records"] for t in topics),
             "size_bytes": sum(t["size_bytes"] for t in topics),
-            "groups": len(self.admin.list_groups()),
+            "groups": len(view.groups),
             "alerts": alerts,
         }
 
     def topics(self) -> list[dict[str, Any]]:
         out = []
-        for name in self.admin.list_topics():
-            try:
-                d = self.admin.describe(name)
-            except UnknownTopicError:
-                continue
+        for name, d in sorted(self.view().topics.items()):
             parts = d["partitions"]
             out.append(
                 {
@@ -174,7 +203,7 @@ class ConsoleData:
         return out
 
     def topic(self, name: str) -> dict[str, Any]:
-        d = self.admin.describe(name)
+        d = self.view().topics.get(name) or self.admin.describe(name)  # (one created since the view)
         return {
             "name": name,
             "config": d["config"],
@@ -197,11 +226,7 @@ class ConsoleData:
 
     def groups(self) -> list[dict[str, Any]]:
         out = []
-        for group in self.admin.list_groups():
-            try:
-                info = self.admin.describe_group(group)
-            except UnknownGroupError:
-                continue
+        for group, info in sorted(self.view().groups.items()):
             lags = [p["time_lag_ms"] for p in info["partitions"] if p["time_lag_ms"] is not None]
             out.append(
                 {
@@ -215,7 +240,7 @@ class ConsoleData:
         return out
 
     def group(self, group_id: str) -> dict[str, Any]:
-        return self.admin.describe_group(group_id)
+        return self.view().groups.get(group_id) or self.admin.describe_group(group_id)
 
     def queues(self) -> list[dict[str, Any]]:
         out = []

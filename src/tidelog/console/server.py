@@ -11,6 +11,7 @@ pages show their tables and say how to get the charts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -129,6 +130,13 @@ class ConsoleServer:
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
         if not self.write:
             return _json(403, {"error": "the console is read-only: start the broker with --console-write to act"})
+        try:
+            return self._act(path, body)
+        finally:
+            with contextlib.suppress(TidelogError):
+                self.data.view(fresh=True)  # the pages show what the action changed
+
+    def _act(self, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
         parts = [urllib.parse.unquote(p) for p in path.removeprefix("/api/").split("/")]
         admin = self.actions.admin
         if parts == ["topics"]:
