@@ -256,3 +256,34 @@ def test_console_settings_that_cannot_work_are_refused(tmp_path):
         )  # fmt: skip
         assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not os.path.exists(tmp_path / "d")
+
+
+def test_any_broker_of_a_cluster_shows_the_whole_cluster(tmp_path, page):
+    """Three brokers; a topic of three replicas made through broker 1; broker 3's console shows every
+    broker, the controller, and each partition's leader, replicas and ISR."""
+    from .helpers.cluster import Cluster
+
+    class ConsoleCluster(Cluster):
+        def broker_process(self, broker_id, config, **where):
+            proc = super().broker_process(broker_id, config, **where)
+            proc.extra = (*proc.extra, "--console-port", "0", "--console-port-file", str(tmp_path / f"c{broker_id}"))
+            return proc
+
+    cluster = ConsoleCluster(str(tmp_path), 3).start()
+    try:
+        cluster.create_topic("spread", partitions=3, rf=3)
+        meta = cluster.wait_leaders("spread", 3, isr=3)
+        url = f"http://127.0.0.1:{int(wait_for_file(str(tmp_path / 'c3'), cluster.brokers[3].proc, 30, 'console'))}"
+        with urllib.request.urlopen(url + "/api/overview", timeout=30) as reply:
+            overview = json.loads(reply.read())
+        assert overview["clustered"] and sorted(b["id"] for b in overview["brokers"]) == [1, 2, 3]
+        assert overview["controller"] in (1, 2, 3) and overview["this_broker"] == 3
+        with urllib.request.urlopen(url + "/api/topics/spread", timeout=30) as reply:
+            parts = json.loads(reply.read())["partitions"]
+        assert {p["partition"]: p["leader"] for p in parts} == {p: meta[p].leader_id for p in range(3)}
+        assert all(sorted(p["replicas"]) == [1, 2, 3] and sorted(p["isr"]) == [1, 2, 3] for p in parts)
+        visit(page, url + "/topics/spread")
+        header = page.inner_text("#partitions thead")
+        assert "leader" in header and "in sync" in header
+    finally:
+        cluster.stop()
