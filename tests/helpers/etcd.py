@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 
-import pytest
-
 from tidelog.cluster.etcd import server_command
+
+from .debian import debian_binary
 
 START_ATTEMPTS = 3
 READY_TIMEOUT_S = 30.0
@@ -27,23 +26,7 @@ READY_TIMEOUT_S = 30.0
 
 def etcd_binary() -> str:
     """The etcd executable, installing Debian's etcd-server first where that is possible."""
-    found = shutil.which("etcd")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("the cluster tests need etcd (Debian: apt-get install etcd-server); not root, so not installed")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends", "etcd-server"]
-    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:  # the package lists may be missing on a fresh machine
-        subprocess.run(
-            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "update"], env=env, capture_output=True, timeout=900
-        )
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    found = shutil.which("etcd")
-    if not found:
-        pytest.skip(f"could not install etcd-server: {result.stderr.strip()[-300:]}")
-    return found
+    return debian_binary("etcd", "etcd-server", "the cluster tests")
 
 
 def wait_healthy(proc: subprocess.Popen, host: str, port: int, timeout_s: float) -> bool:
