@@ -42,7 +42,7 @@ def server(tmp_path_factory):
 def test_topics_produce_consume_describe_delete_round_trip(server):
     s = f"--server={server.target}"
     assert tidelog("topics", "create", "orders", "--partitions", "4", s).returncode == 0
-    assert tidelog("topics", "list", s).stdout.split() == [b"orders"]
+    assert b"orders" in tidelog("topics", "list", s).stdout.split()  # (other tests of this module share the broker)
     lines = b"".join(b"user%d\tevent %d\n" % (i % 7, i) for i in range(1000))
     out = tidelog("produce", "orders", "--key-field", "1", s, input=lines)
     assert out.returncode == 0, out.stderr
@@ -64,7 +64,7 @@ def test_topics_produce_consume_describe_delete_round_trip(server):
     one = tidelog("consume", "orders", "--partition", "0", "--offset", "0", "--max", "2", s)
     assert len(one.stdout.splitlines()) == 2
     assert tidelog("topics", "delete", "orders", s).returncode == 0
-    assert tidelog("topics", "list", s).stdout == b""
+    assert b"orders" not in tidelog("topics", "list", s).stdout.split()
 
 
 def test_global_options_go_before_or_after_the_command(server):

@@ -5,6 +5,7 @@ what was produced and committed; the message browser pages through a partition; 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -287,3 +288,74 @@ def test_any_broker_of_a_cluster_shows_the_whole_cluster(tmp_path, page):
         assert "leader" in header and "in sync" in header
     finally:
         cluster.stop()
+
+
+def test_a_secured_brokers_console_asks_who_is_looking_and_applies_their_acls(tmp_path, browser):
+    """TLS, users and ACLs: the console serves HTTPS, asks the browser for a user (401 without one or
+    with a wrong secret), and reads the broker as that user: alice, who may describe the cluster and the
+    topic seen, sees it; bob, who may do nothing, is refused; the admin (a superuser) sees everything."""
+    import ssl
+    import subprocess
+    import sys
+
+    from tidelog.client import ClientSecurity
+
+    from .test_security import Certs
+
+    certs = Certs(str(tmp_path))
+    users, acls = str(tmp_path / "users.json"), str(tmp_path / "acls.json")
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "tidelog", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    tokens = {name: cli("users", "add", name, "--users-file", users) for name in ("admin", "alice", "bob")}
+    cli("acls", "add", "--principal", "alice", "--operation", "describe", "--cluster", "--acls-file", acls)
+    cli("acls", "add", "--principal", "alice", "--operation", "describe", "--topic", "seen", "--acls-file", acls)
+    port_file = str(tmp_path / "console.port")
+    server = ServerProcess(
+        str(tmp_path / "data"), "--tls-cert", certs.server_cert, "--tls-key", certs.server_key,
+        "--tls-ca", certs.ca_file, "--users-file", users, "--acls-file", acls, "--superusers", "admin",
+        "--console-port", "0", "--console-port-file", port_file,
+    ).start()  # fmt: skip
+    try:
+        with Admin(server.target, security=ClientSecurity(ca_file=certs.ca_file, token=tokens["admin"])) as admin:
+            admin.create_topic("seen", 1)
+            admin.create_topic("hidden", 1)
+        url = f"https://127.0.0.1:{int(wait_for_file(port_file, server.proc, 30, 'the console'))}"
+        context = ssl.create_default_context(cafile=certs.ca_file)
+
+        def status(path: str, token: str | None) -> tuple[int, dict]:
+            headers = {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()} if token else {}
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), context=context,
+                                            timeout=30) as reply:  # fmt: skip
+                    return reply.status, json.loads(reply.read()) if path.startswith("/api/") else {}
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        assert status("/", None)[0] == 401 and status("/api/topics", None)[0] == 401
+        assert status("/api/topics", "alice:wrong-secret")[0] == 401
+        code, seen = status("/api/topics/seen", tokens["alice"])
+        assert code == 200 and seen["name"] == "seen"
+        assert status("/api/topics/hidden", tokens["alice"])[0] == 403
+        assert status("/api/overview", tokens["bob"])[0] == 403
+        code, everything = status("/api/topics", tokens["admin"])
+        assert code == 200 and {t["name"] for t in everything} == {"hidden", "seen"}
+
+        user, secret = tokens["alice"].split(":", 1)
+        context_ = browser.new_context(
+            http_credentials={"username": user, "password": secret}, ignore_https_errors=True
+        )
+        try:
+            tab = context_.new_page()
+            errors: list[str] = []
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.goto(url + "/topics/seen")
+            tab.wait_for_selector('body[data-loaded="/topics/seen"]', state="attached")
+            assert "seen" in tab.inner_text("h1") and errors == []
+        finally:
+            context_.close()
+    finally:
+        server.stop()

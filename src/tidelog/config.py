@@ -302,8 +302,9 @@ class ServerConfig:
     etcd_acls: bool = False
     """In a cluster: refuse whatever no ACL kept in the cluster's etcd allows (`tidelog acls add --etcd URL`)."""
     tls_ca_file: str = ""
-    """In a cluster with TLS: PEM CA certificates the other brokers' certificates chain to (default: the
-    system's roots). A broker connecting to another checks its certificate against them."""
+    """With TLS: PEM CA certificates the brokers' certificates chain to (default: the system's roots). A
+    broker connecting to another of its cluster, and the console connecting to its broker, check the
+    certificate against them."""
     broker_token_file: str = ""
     """In a cluster with etcd_users: a file holding the token (user:secret) this broker shows the others
     (replication, forwarded calls); its user should be among `superusers`."""
@@ -457,10 +458,10 @@ class ServerConfig:
 
     def _check_cluster_security(self) -> None:
         if not self.cluster:
-            if self.etcd_users or self.etcd_acls or self.broker_token_file or self.tls_ca_file:
+            if self.etcd_users or self.etcd_acls or self.broker_token_file:
                 raise InvalidConfigError(
-                    "etcd_users, etcd_acls, broker_token_file and tls_ca_file are a cluster's settings (with "
-                    "--cluster); a single broker takes users_file and acls_file"
+                    "etcd_users, etcd_acls and broker_token_file are a cluster's settings (with --cluster); a "
+                    "single broker takes users_file and acls_file"
                 )
             return
         if self.users_file or self.acls_file:

@@ -334,14 +334,14 @@ def _console_where(args: argparse.Namespace, config) -> tuple[int, str]:
         if args.console_port_file or args.console_write:
             raise UsageError("--console-port-file and --console-write need the console (give --console-port)")
         return -1, host
-    if config.tls or config.authenticates:
+    if config.tls_client_ca_file:
+        raise UsageError("the console does not present a client certificate yet: run it without --tls-client-ca")
+    if config.tls and not config.tls_ca_file:
+        raise UsageError("a console on a broker with TLS checks its certificate: give --tls-ca (the CA that signed it)")
+    if not is_loopback(host) and not (config.tls and config.has_users) and not config.insecure:
         raise UsageError(
-            "the console does not take part in TLS and authentication yet: run it on a broker without them"
-        )
-    if not is_loopback(host) and not config.insecure:
-        raise UsageError(
-            f"refusing to serve the console on {host}: it has no authentication yet; keep it on 127.0.0.1 "
-            "(reach it through an SSH tunnel), or pass --insecure"
+            f"refusing to serve the console on {host} without TLS and users: anyone reaching it could read "
+            "every topic; keep it on 127.0.0.1 (reach it through an SSH tunnel), or pass --insecure"
         )
     return port, host
 
@@ -351,16 +351,21 @@ def _start_console(config, server, host: str, port: int, write: bool):
     import dataclasses
 
     from ..config import is_loopback
-    from ..console import start_console
+    from ..console import ConsoleSecurity, start_console
 
     broker_host = config.host if is_loopback(config.host) else "127.0.0.1"
     metrics_url = None
     if server.metrics_port is not None:
         metrics_host = config.metrics_host or config.host
         metrics_host = metrics_host if is_loopback(metrics_host) else "127.0.0.1"
-        metrics_url = f"http://{metrics_host}:{server.metrics_port}/metrics"
+        metrics_url = f"{'https' if config.tls else 'http'}://{metrics_host}:{server.metrics_port}/metrics"
+    security = ConsoleSecurity(
+        config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.advertised_host, config.has_users
+    )
     settings = dataclasses.asdict(config)
-    return start_console(f"{broker_host}:{server.port}", metrics_url, host, port, settings, write=write)
+    return start_console(
+        f"{broker_host}:{server.port}", metrics_url, host, port, settings, write=write, security=security
+    )
 
 
 def write_atomically(path: str, text: str) -> None:

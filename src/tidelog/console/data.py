@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import ssl
 import threading
 import time
 import urllib.request
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import TidelogError, UnknownGroupError, UnknownQueueError, UnknownTopicError
+from ..errors import AuthorizationError, TidelogError, UnknownGroupError, UnknownQueueError, UnknownTopicError
 
 SAMPLE_S = 2.0
 IDLE_S = 60.0
@@ -52,10 +53,20 @@ class Sample:
 
 
 class ConsoleData:
-    """admin: a tidelog.client.Admin on the broker; metrics_url: its /metrics (None: off)."""
+    """admin: a tidelog.client.Admin on the broker; metrics_url: its /metrics (None: off), asked with
+    `headers` (a token) over `ssl_context` (HTTPS)."""
 
-    def __init__(self, admin: Any, metrics_url: str | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        admin: Any,
+        metrics_url: str | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        headers: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.admin, self.metrics_url, self._clock = admin, metrics_url, clock
+        self._metrics_headers, self._ssl_context = headers or {}, ssl_context
         self.samples: collections.deque[Sample] = collections.deque(maxlen=HISTORY)
         self._lock = threading.Lock()
         self._looked_at = 0.0
@@ -106,13 +117,13 @@ class ConsoleData:
         for name in self.admin.list_topics():
             try:
                 topics[name] = self.admin.describe(name)
-            except UnknownTopicError:
-                continue
+            except (UnknownTopicError, AuthorizationError):
+                continue  # deleted since the listing, or one this user may not describe: not shown
         groups: dict[str, dict[str, Any]] = {}
         for group in self.admin.list_groups():
             try:
                 groups[group] = self.admin.describe_group(group)
-            except UnknownGroupError:
+            except (UnknownGroupError, AuthorizationError):
                 continue
         return View(self._clock(), self.admin.describe_cluster(), topics, groups)
 
@@ -125,7 +136,9 @@ class ConsoleData:
         for group, info in view.groups.items():
             sample.lag[group] = sum(p["lag"] or 0 for p in info["partitions"])
         if self.metrics_url is not None:
-            sample.fetched_bytes = _counter_sum(self.metrics_url, "tidelog_fetch_bytes_total")
+            sample.fetched_bytes = _counter_sum(
+                self.metrics_url, "tidelog_fetch_bytes_total", self._metrics_headers, self._ssl_context
+            )
         return sample
 
     # -- what the pages show ---------------------------------------------------------------------------
@@ -247,7 +260,7 @@ class ConsoleData:
         for name in self.admin.list_queues():
             try:
                 q = self.admin.describe_queue(name)
-            except UnknownQueueError:
+            except (UnknownQueueError, AuthorizationError):
                 continue
             ages = [p.oldest_unacked_ms for p in q.partitions if p.oldest_unacked_ms is not None]
             out.append(
@@ -337,12 +350,12 @@ def _shown(data: bytes | memoryview | None) -> dict[str, Any] | None:
     return {"kind": "hex", "text": raw[:4096].hex(" "), "size": len(raw), "base64": base64.b64encode(raw).decode()}
 
 
-def _counter_sum(url: str, name: str) -> float | None:
+def _counter_sum(url: str, name: str, headers: dict[str, str], context: ssl.SSLContext | None) -> float | None:
     """The sum over all labels of one counter on a /metrics page (prometheus_client's parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2, context=context) as reply:
             text = reply.read().decode("utf-8", "replace")
     except OSError:
         return None

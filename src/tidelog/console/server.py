@@ -11,11 +11,13 @@ pages show their tables and say how to get the charts.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import os
 import re
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from importlib import resources
 from typing import Any
 
 from ..errors import (
+    AuthenticationError,
     AuthorizationError,
     InvalidRequestError,
     TidelogError,
@@ -32,7 +35,6 @@ from ..errors import (
     UnknownQueueError,
     UnknownTopicError,
 )
-from .data import ConsoleData
 
 log = logging.getLogger("tidelog.console")
 
@@ -58,23 +60,19 @@ class Actions:
 
 
 class ConsoleServer:
-    def __init__(
-        self,
-        data: ConsoleData,
-        actions: Actions,
-        consumer_for: Callable[..., Any],
-        settings: dict[str, Any],
-        *,
-        write: bool = False,
-    ) -> None:
-        self.data, self.actions, self.consumer_for = data, actions, consumer_for
+    """sessions: whose console a request is (console/__init__.py Sessions: one for everybody, or one per
+    user of the broker)."""
+
+    def __init__(self, sessions: Any, settings: dict[str, Any], *, write: bool = False) -> None:
+        self.sessions = sessions
         self.settings, self.write = settings, write
         self.chart_js = next((p for p in CHART_JS if os.path.exists(p)), None)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
-    def start(self, host: str, port: int) -> int:
+    def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """ssl_context: serve HTTPS (each connection's handshake on its own thread)."""
         console = self
 
         class Handler(_Handler):
@@ -85,6 +83,10 @@ class ConsoleServer:
         except OSError as exc:
             raise OSError(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}") from None
         self._httpd.daemon_threads = True
+        if ssl_context is not None:
+            self._httpd.socket = ssl_context.wrap_socket(
+                self._httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="tidelog-console", daemon=True)
         self._thread.start()
@@ -94,12 +96,13 @@ class ConsoleServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-        self.data.close()
-        self.actions.close()
+        self.sessions.close()
 
     # -- routing ---------------------------------------------------------------------------------------
-    def get(self, path: str, query: dict[str, str]) -> tuple[int, str, bytes]:
+    def get(self, path: str, query: dict[str, str], token: str | None = None) -> tuple[int, str, bytes]:
         if PAGES.match(path):
+            if self.sessions.users:
+                self.sessions.get(token)  # no user yet: the browser asks for one (401) before the page
             return 200, "text/html; charset=utf-8", self._shell()
         if path.startswith("/static/"):
             return self._static(path[len("/static/") :])
@@ -107,9 +110,10 @@ class ConsoleServer:
             return self._static("favicon.svg")
         if not path.startswith("/api/"):
             return _json(404, {"error": f"no page {path}"})
-        self.data.looked_at()
+        session = self.sessions.get(token)
+        session.data.looked_at()
         parts = [urllib.parse.unquote(p) for p in path[len("/api/") :].split("/")]
-        d = self.data
+        d = session.data
         routes: dict[tuple[str, ...], Callable[[], Any]] = {
             ("overview",): d.overview,
             ("series",): d.series,
@@ -124,21 +128,22 @@ class ConsoleServer:
             one = {"topics": d.topic, "groups": d.group, "queues": d.queue}[parts[0]]
             return _json(200, one(parts[1]))
         if len(parts) == 3 and parts[0] == "topics" and parts[2] == "messages":
-            return _json(200, self._messages(parts[1], query))
+            return _json(200, self._messages(session, parts[1], query))
         return _json(404, {"error": f"no data at {path}"})
 
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    def post(self, path: str, body: dict[str, Any], token: str | None = None) -> tuple[int, str, bytes]:
         if not self.write:
             return _json(403, {"error": "the console is read-only: start the broker with --console-write to act"})
+        session = self.sessions.get(token)
         try:
-            return self._act(path, body)
+            return self._act(session, path, body)
         finally:
             with contextlib.suppress(TidelogError):
-                self.data.view(fresh=True)  # the pages show what the action changed
+                session.data.view(fresh=True)  # the pages show what the action changed
 
-    def _act(self, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    def _act(self, session: Any, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
         parts = [urllib.parse.unquote(p) for p in path.removeprefix("/api/").split("/")]
-        admin = self.actions.admin
+        admin = session.actions.admin
         if parts == ["topics"]:
             name = _text(body, "name")
             rf = body.get("replication_factor")
@@ -156,7 +161,7 @@ class ConsoleServer:
         if len(parts) == 3 and parts[0] == "topics" and parts[2] == "produce":
             partition = body.get("partition")
             key = body.get("key")
-            sent = self.actions.produce(
+            sent = session.actions.produce(
                 parts[1],
                 None if partition in (None, "") else int(partition),
                 None if key in (None, "") else str(key).encode(),
@@ -164,7 +169,7 @@ class ConsoleServer:
             )
             return _json(200, {"partition": sent.partition, "offset": sent.offset})
         if len(parts) == 3 and parts[0] == "groups" and parts[2] == "reset":
-            return _json(200, self._reset(parts[1], body))
+            return _json(200, self._reset(admin, parts[1], body))
         if len(parts) == 3 and parts[0] == "queues" and parts[2] == "redrive":
             queue = admin.describe_queue(parts[1])
             source = queue.config.dead_letter_topic
@@ -179,7 +184,7 @@ class ConsoleServer:
             return _json(200, {"moved": moved, "source": source, "target": target})
         return _json(404, {"error": f"no action at {path}"})
 
-    def _messages(self, topic: str, query: dict[str, str]) -> dict[str, Any]:
+    def _messages(self, session: Any, topic: str, query: dict[str, str]) -> dict[str, Any]:
         def number(name: str) -> int | None:
             value = query.get(name, "")
             if value == "":
@@ -189,8 +194,8 @@ class ConsoleServer:
             except ValueError:
                 raise InvalidRequestError(f"{name} must be a whole number, got {value!r}") from None
 
-        return self.data.messages(
-            self.consumer_for,
+        return session.data.messages(
+            session.consumer_for,
             topic,
             number("partition") or 0,
             number("offset"),
@@ -198,9 +203,8 @@ class ConsoleServer:
             number("limit") or 20,
         )
 
-    def _reset(self, group_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _reset(self, admin: Any, group_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """A preview (each partition's committed offset and where it would go) unless body["apply"]."""
-        admin = self.actions.admin
         topic, to = _text(body, "topic"), str(body.get("to", "earliest"))
         partitions = admin.partitions(topic)
         committed = admin.committed_offsets(group_id) if group_id in admin.list_groups() else {}
@@ -245,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        self._answer(lambda: self.server_console.get(url.path, query))
+        self._answer(lambda: self.server_console.get(url.path, query, self._token()))
 
     def do_POST(self) -> None:  # noqa: N802
         url = urllib.parse.urlsplit(self.path)
@@ -262,19 +266,38 @@ class _Handler(BaseHTTPRequestHandler):
                 return _json(400, {"error": "the request body is not JSON"})
             if not isinstance(body, dict):
                 return _json(400, {"error": "the request body is a JSON object"})
-            return self.server_console.post(url.path, body)
+            return self.server_console.post(url.path, body, self._token())
 
         self._answer(act)
 
+    def _token(self) -> str | None:
+        """The user's token: HTTP Basic (the browser asks for a user and its secret) or Bearer."""
+        header = self.headers.get("Authorization") or ""
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return value.strip() or None
+        if scheme.lower() == "basic":
+            try:
+                return base64.b64decode(value.strip(), validate=True).decode("utf-8") or None
+            except (ValueError, UnicodeDecodeError):
+                return None
+        return None
+
     def _answer(self, work: Callable[[], tuple[int, str, bytes]]) -> None:
+        challenge = False
         try:
             status, kind, payload = work()
+        except AuthenticationError as exc:
+            challenge = True
+            status, kind, payload = _json(401, {"error": exc.message})
         except TidelogError as exc:
             status, kind, payload = _json(_status_of(exc), {"error": exc.message})
         except Exception as exc:  # a bug of the console: logged, the broker goes on
             log.exception("console request failed", extra={"event": "console_failed", "path": self.path})
             status, kind, payload = _json(500, {"error": f"the console failed: {exc}"})
         self.send_response(status)
+        if challenge:
+            self.send_header("WWW-Authenticate", 'Basic realm="tidelog", charset="UTF-8"')
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")
