@@ -7,7 +7,9 @@ Two `tidelog serve --fsync never --console-port 0` on 127.0.0.1, started togethe
 group (so that the console's samples describe one). Against the "open" broker a thread in this process
 plays a console page refreshing faster than the real one (every second: overview, series, topics and the
 group, where a page asks every 3 s), from WARM_S before the round to its end, so that the console
-samples throughout; the other's console is never asked (its sampler sleeps). Each round (the order rotates) produces ~1 MiB batches of 1 KiB records, 8 in flight, and reads
+samples throughout; the other's console is never asked (its sampler sleeps). Halfway the two brokers swap roles, once the open one's console has gone idle, so that one
+broker being faster than the other in a run does not pass for the console's cost. Each round (the order
+rotates) produces ~1 MiB batches of 1 KiB records, 8 in flight, and reads
 them back with a raw Subscribe (grpc_bench's clients). The issue's target: open / closed >= 0.95.
 """
 
@@ -25,6 +27,7 @@ import urllib.request
 import grpc
 
 from tidelog.client import Admin, Consumer, Producer
+from tidelog.console.data import IDLE_S
 
 from .grpc_bench import raw_subscribe, stream_produce
 from .harness.machine import machine_info, machine_line
@@ -91,7 +94,7 @@ def prepare(target: str, pay: Payloads) -> None:
         consumer.commit({("console-seen", p): 100 for p in range(4)})
 
 
-def one_round(target: str, pay: Payloads, records: int, viewer_url: str | None) -> dict[str, float]:
+def one_round(target: str, pay: Payloads, records: int, viewer_url: str | None, every_s: float) -> dict[str, float]:
     topic = f"bench-{time.monotonic_ns()}"
     with Admin(target) as admin:
         admin.create_topic(topic, 1)
@@ -99,7 +102,7 @@ def one_round(target: str, pay: Payloads, records: int, viewer_url: str | None) 
     loop = asyncio.new_event_loop()
     calls = 0
     try:
-        viewer = Viewer(viewer_url) if viewer_url else None
+        viewer = Viewer(viewer_url, every_s) if viewer_url else None
         if viewer is not None:
             viewer.__enter__()
             time.sleep(WARM_S)  # the page is open and the console sampling before the data path starts
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--records", type=int, default=1_024_000, help="1 KiB records per produce run (default 1024000)"
     )
+    parser.add_argument("--every-s", type=float, default=1.0, help="the open page's refresh (default 1; a page: 3)")
     parser.add_argument("--json", help="also write every round's figures here")
     parser.add_argument("--tmp", default="/tmp", help="where the brokers' data goes (default /tmp)")
     args = parser.parse_args(argv)
@@ -149,16 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             brokers[name] = (proc.target, f"http://127.0.0.1:{console_port(port_file)}")
             prepare(proc.target, pay)
         for i in range(args.rounds):
+            if i == args.rounds // 2 and i:
+                # the brokers swap roles halfway (each broker's own speed differs from run to run): once the
+                # open one's console has gone idle (it samples IDLE_S after the last page), it is the closed one
+                log(f"swapping the brokers' roles: waiting {IDLE_S + 5:.0f} s for the open console to go idle")
+                time.sleep(IDLE_S + 5)
+                brokers = {"closed": brokers["open"], "open": brokers["closed"]}
             for name in ("closed", "open") if i % 2 == 0 else ("open", "closed"):
                 log(f"round {i + 1} of {args.rounds}: console {name}")
                 target, url = brokers[name]
-                runs[name].append(one_round(target, pay, args.records, url if name == "open" else None))
+                runs[name].append(one_round(target, pay, args.records, url if name == "open" else None, args.every_s))
     print("# an open console's cost to the data path (1 KiB records)\n")
     print(f"- {machine_line(machine_info(args.tmp, False, grpcio=grpc.__version__))}")
     print(
         f"- {args.rounds} rounds; produce: {args.records:,} records in ~1 MiB batches, {WINDOW} in flight; "
         "consume: raw Subscribe of the same; the open console is asked for "
-        f"{', '.join(PAGE_CALLS)} every second; every broker `--fsync never`\n"
+        f"{', '.join(PAGE_CALLS)} every {args.every_s:g} s; every broker `--fsync never`\n"
     )
     print("| figure | console closed | console open | open / closed (per round) |")
     print("|---|---:|---:|---:|")

@@ -121,6 +121,24 @@ def test_every_page_loads_without_a_console_error(writable, page, tmp_path):
         page.screenshot(path=str(tmp_path / f"console-{name}.png"), full_page=True)
 
 
+def test_the_pages_fit_a_phone_and_read_in_dark(writable, browser, tmp_path):
+    """A phone's width in the dark scheme: no page is wider than the screen (tables scroll in their
+    own box), and the dark colours apply."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
+    try:
+        tab = context.new_page()
+        for name, path in (("overview", "/"), ("topic", "/topics/orders"), ("messages", "/topics/orders/messages")):
+            tab.goto(writable.url + path)
+            tab.wait_for_selector(f'body[data-loaded="{path}"]', state="attached")
+            width, screen = tab.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert width <= screen, f"{path} is {width} px wide on a {screen} px screen"
+            background = tab.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(13, 17, 23)"  # the dark scheme's
+            tab.screenshot(path=str(tmp_path / f"console-phone-dark-{name}.png"), full_page=True)
+    finally:
+        context.close()
+
+
 def test_the_pages_show_the_brokers_figures(writable, page):
     visit(page, writable.url + "/topics/orders")
     assert page.inner_text("#topic-records") == f"{sum(RECORDS.values()):,}"

@@ -42,7 +42,15 @@ function bytes(n) {
 }
 const count = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en"));
 const rate = (n) => (n === null || n === undefined ? "–" : Number(n).toFixed(n < 10 ? 1 : 0) + "/s");
-const ms = (n) => (n === null || n === undefined ? "–" : n < 1000 ? n + " ms" : (n / 1000).toFixed(1) + " s");
+function ms(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "–";
+  if (n < 0) return "none";
+  if (n < 1000) return n + " ms";
+  for (const [unit, size] of [["d", 86400000], ["h", 3600000], ["min", 60000]]) {
+    if (n >= 2 * size) return (n / size).toFixed(n % size ? 1 : 0) + " " + unit;
+  }
+  return (n / 1000).toFixed(1) + " s";
+}
 const when = (t) => new Date(t).toISOString().replace("T", " ").replace("Z", "");
 
 function table(columns, rows, id) {
