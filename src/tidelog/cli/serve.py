@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from ..config import FSYNC_POLICIES
@@ -346,26 +347,82 @@ def _console_where(args: argparse.Namespace, config) -> tuple[int, str]:
     return port, host
 
 
-def _start_console(config, server, host: str, port: int, write: bool):
-    """The console, reading from this broker through its gRPC port (and its /metrics, when on)."""
+def _start_console(config, server, host: str, port: int, write: bool) -> ConsoleProcess:
+    """`tidelog console` beside the broker, in a process of its own (its work never holds the broker's
+    GIL), reading this broker through its gRPC port (and its /metrics, when on); it ends with the broker."""
     import dataclasses
+    import tempfile
 
     from ..config import is_loopback
-    from ..console import ConsoleSecurity, start_console
 
     broker_host = config.host if is_loopback(config.host) else "127.0.0.1"
-    metrics_url = None
+    command = [sys.executable, "-m", "tidelog", "--server", f"{broker_host}:{server.port}"]
+    if config.tls:
+        command += ["--ca-file", config.tls_ca_file] + (
+            ["--server-name", config.advertised_host] if config.advertised_host else []
+        )
+    port_file = os.path.join(tempfile.mkdtemp(prefix="tidelog-console-"), "port")
+    command += ["console", "--host", host, "--port", str(port), "--port-file", port_file]
     if server.metrics_port is not None:
         metrics_host = config.metrics_host or config.host
         metrics_host = metrics_host if is_loopback(metrics_host) else "127.0.0.1"
-        metrics_url = f"{'https' if config.tls else 'http'}://{metrics_host}:{server.metrics_port}/metrics"
-    security = ConsoleSecurity(
-        config.tls_cert_file, config.tls_key_file, config.tls_ca_file, config.advertised_host, config.has_users
-    )
-    settings = dataclasses.asdict(config)
-    return start_console(
-        f"{broker_host}:{server.port}", metrics_url, host, port, settings, write=write, security=security
-    )
+        command += [
+            "--metrics-url",
+            f"{'https' if config.tls else 'http'}://{metrics_host}:{server.metrics_port}/metrics",
+        ]
+    if config.tls:
+        command += ["--https-cert", config.tls_cert_file, "--https-key", config.tls_key_file]
+    command += (["--write"] if write else []) + (["--ask-users"] if config.has_users else [])
+    command += ["--insecure"] if config.insecure else []
+    settings = json.dumps(dataclasses.asdict(config), default=str)
+    return ConsoleProcess(command, {**os.environ, "TIDELOG_CONSOLE_SETTINGS": settings}, port_file)
+
+
+class ConsoleProcess:
+    """The console's process: started, its port read from the file it writes once it serves; stopped
+    (SIGTERM, then SIGKILL) with the broker, and told to end if the broker dies first."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port_file: str, timeout_s: float = 60.0) -> None:
+        import subprocess
+        import time
+
+        self.port_file = port_file
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_end_with_parent)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with open(port_file) as f:
+                    self.port = int(f.read())
+                return
+            except (OSError, ValueError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise CommandError("the console did not start (its error is above)")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        import shutil
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(os.path.dirname(self.port_file), ignore_errors=True)
+
+
+def _end_with_parent() -> None:
+    """In the console's process, before it runs: SIGTERM when the broker's process dies (Linux)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def write_atomically(path: str, text: str) -> None:

@@ -34,6 +34,8 @@ class ConsoleSecurity:
     ca_file: str = ""
     server_name: str = ""
     users: bool = False
+    token: str = ""
+    """Without users: the one token every page reads with (the CLI's --token-file), if any."""
 
 
 class Session:
@@ -128,7 +130,9 @@ def start_console(
     from .server import ConsoleServer
 
     security = security or ConsoleSecurity()
-    sessions = Sessions(lambda token: Session(broker, metrics_url, security, token), security.users)
+    sessions = Sessions(
+        lambda token: Session(broker, metrics_url, security, token or security.token or None), security.users
+    )
     context = None
     if security.cert_file:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
