@@ -377,3 +377,41 @@ def test_a_secured_brokers_console_asks_who_is_looking_and_applies_their_acls(tm
             context_.close()
     finally:
         server.stop()
+
+
+def test_the_console_runs_apart_and_ends_with_its_broker(tmp_path, read_only):
+    """`tidelog console` serves any broker it can reach; the one `serve` starts ends when the broker is
+    killed; refusals are usage errors."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port_file = str(tmp_path / "standalone.port")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidelog", "--server", read_only.server.target, "console", "--port", "0",
+         "--port-file", port_file], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{int(wait_for_file(port_file, proc, 30, 'tidelog console'))}"
+        with urllib.request.urlopen(url + "/api/topics", timeout=30) as reply:
+            assert [t["name"] for t in json.loads(reply.read())] == ["kept"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not os.path.exists(port_file)
+    done = subprocess.run(
+        [sys.executable, "-m", "tidelog", "--server", read_only.server.target, "console", "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "refusing to serve the console on 0.0.0.0" in done.stderr
+
+    (tmp_path / "killed").mkdir()
+    broker = ConsoleBroker(tmp_path / "killed", write=False)
+    children = subprocess.run(["pgrep", "-P", str(broker.server.proc.pid)], capture_output=True, text=True)
+    (console_pid,) = [int(p) for p in children.stdout.split()]
+    broker.server.kill()
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{console_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{console_pid}") or "Z" in open(f"/proc/{console_pid}/stat").read().split()[2]
