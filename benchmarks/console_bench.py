@@ -15,7 +15,6 @@ them back with a raw Subscribe (grpc_bench's clients). The issue's target: open 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -30,6 +29,7 @@ from tidelog.client import Admin, Consumer, Producer
 from tidelog.console.data import IDLE_S
 
 from .grpc_bench import raw_subscribe, stream_produce
+from .harness import cli
 from .harness.machine import machine_info, machine_line
 from .harness.payloads import SEED, Payloads
 from .harness.processes import log, workspace
@@ -129,17 +129,9 @@ def one_round(target: str, pay: Payloads, records: int, viewer_url: str | None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=4, help="rounds against both brokers (default 4)")
-    parser.add_argument(
-        "--records", type=int, default=1_024_000, help="1 KiB records per produce run (default 1024000)"
-    )
+    parser = cli.rounds_parser(__doc__, 4, 1_024_000)
     parser.add_argument("--every-s", type=float, default=1.0, help="the open page's refresh (default 1; a page: 3)")
-    parser.add_argument("--json", help="also write every round's figures here")
-    parser.add_argument("--tmp", default="/tmp", help="where the brokers' data goes (default /tmp)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.records < 2000:
-        parser.error("--rounds must be >= 1 and --records >= 2000")
+    args = cli.rounds_args(parser, argv)
     pay = Payloads(1024, 32_000, SEED)
     runs: dict[str, list[dict[str, float]]] = {"closed": [], "open": []}
     with workspace("tidelog-console-", args.tmp) as procs:

@@ -18,7 +18,6 @@ min - max). The issue's target: >= 0.8x for 1 MiB batches.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -31,6 +30,7 @@ import trustme
 from tidelog.client import Admin, ClientSecurity
 
 from .grpc_bench import raw_subscribe, stream_produce
+from .harness import cli
 from .harness.machine import machine_info, machine_line
 from .harness.payloads import SEED, Payloads
 from .harness.processes import LOOPBACK, log, workspace
@@ -119,14 +119,7 @@ def cell(values: list[float], digits: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds against both brokers (default 3)")
-    parser.add_argument("--records", type=int, default=256_000, help="1 KiB records per produce run (default 256000)")
-    parser.add_argument("--json", help="also write every round's figures here")
-    parser.add_argument("--tmp", default="/tmp", help="where the brokers' data goes (default /tmp)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.records < 2000:
-        parser.error("--rounds must be >= 1 and --records >= 2000")
+    args = cli.rounds_args(cli.rounds_parser(__doc__, 3, 256_000), argv)
     pay = Payloads(1024, 32_000, SEED)
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "tls": [], "secured": []}
     with workspace("tidelog-security-", args.tmp) as procs:

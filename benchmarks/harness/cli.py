@@ -26,6 +26,24 @@ def parser(prog: str, doc: str, quick_help: str) -> argparse.ArgumentParser:
     return ap
 
 
+def rounds_parser(doc: str, rounds: int, records: int) -> argparse.ArgumentParser:
+    """The options of a side-by-side benchmark (brokers compared round by round): --rounds, --records
+    (1 KiB records per produce run), --json, --tmp; parse with rounds_args."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=rounds, help=f"rounds against each broker (default {rounds})")
+    ap.add_argument("--records", type=int, default=records, help=f"1 KiB records per produce run (default {records})")
+    ap.add_argument("--json", help="also write every round's figures here")
+    ap.add_argument("--tmp", default="/tmp", help="where the brokers' data goes (default /tmp)")
+    return ap
+
+
+def rounds_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.records < 2000:
+        ap.error("--rounds must be >= 1 and --records >= 2000")
+    return args
+
+
 def profile(ap: argparse.ArgumentParser, args: argparse.Namespace, quick, default, runs_fields=("runs",)):
     """The profile the options ask for: --quick or the default, with --runs (>= 3) applied."""
     chosen = quick if args.quick else default
