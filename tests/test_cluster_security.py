@@ -248,3 +248,32 @@ def test_cluster_security_settings_that_cannot_work_are_refused(tmp_path):
     done = tidelog("users", "add", "x", "--etcd", "etcd://127.0.0.1:1", "--users-file", str(tmp_path / "u"), ok=False)
     assert done.returncode == 2 and "not both" in done.stderr
     assert not os.path.exists(tmp_path / "u")
+
+
+def test_users_added_at_once_through_etcd_are_all_kept(secured):
+    """Six `tidelog users add --etcd` race on one document: each compare-and-swap that loses reads again,
+    so every user lands, and each printed token works."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tidelog", "users", "add", f"racer{i}", "--etcd", secured.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(6)
+    ]
+    tokens = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        tokens.append(out.strip())
+    listed = tidelog("users", "list", "--etcd", secured.url, "--format", "json").stdout
+    assert {f"racer{i}" for i in range(6)} <= {u["name"] for u in __import__("json").loads(listed)}
+    tidelog("acls", "add", "--principal", "racer5", "--operation", "describe", "--cluster", "--etcd", secured.url)
+    as_last = ClientSecurity(ca_file=secured.certs.ca_file, token=tokens[5])
+
+    def lists() -> bool:
+        with Admin(targets(secured)[0], security=as_last, timeout_s=5) as admin:
+            return isinstance(admin.list_topics(), list)
+
+    until(lists, "the last racer let in")

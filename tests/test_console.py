@@ -415,3 +415,32 @@ def test_the_console_runs_apart_and_ends_with_its_broker(tmp_path, read_only):
     while os.path.exists(f"/proc/{console_pid}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{console_pid}") or "Z" in open(f"/proc/{console_pid}/stat").read().split()[2]
+
+
+def test_bad_input_gets_a_clear_error_and_the_console_goes_on(writable):
+    def get(path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(writable.url + path, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    for path, code, words in (
+        ("/api/topics/orders/messages?offset=abc", 400, "offset must be a whole number"),
+        ("/api/topics/orders/messages?partition=7", 400, "partition"),
+        ("/api/topics/nope/messages", 404, "nope"),
+        ("/api/topics/nope", 404, "nope"),
+        ("/api/groups/nope", 404, "nope"),
+        ("/api/nothing-here", 404, "no data"),
+    ):
+        status, body = get(path)
+        assert status == code and words in body["error"], (path, status, body)
+    status, page = get("/api/topics/orders/messages?offset=999999")
+    assert status == 200 and page["records"] == []  # past the end: an empty page, not an error
+    request = urllib.request.Request(
+        writable.url + "/api/topics", b"{not json", {"X-Tidelog-Console": "1"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert get("/api/topics")[0] == 200
