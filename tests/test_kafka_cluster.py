@@ -96,8 +96,15 @@ def test_every_broker_answers_one_placement_and_only_leaders_serve_partitions(ka
     for partition, state in placed.items():
         leader = state.leader_id
         for broker_id in c.ids:
-            with connect(c, broker_id) as s:
-                code = _produce(s, partition, b"v%d-%d" % (partition, broker_id))
+            deadline = time.monotonic() + 10
+            while True:
+                with connect(c, broker_id) as s:
+                    code = _produce(s, partition, b"v%d-%d" % (partition, broker_id))
+                # etcd names the leader a moment before it has taken the role up: until then it answers
+                # the retriable NOT_LEADER_OR_FOLLOWER, as Kafka's does (a client refreshes and retries)
+                if broker_id != leader or code != kerr.NOT_LEADER_OR_FOLLOWER or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             expected = kerr.NONE if broker_id == leader else kerr.NOT_LEADER_OR_FOLLOWER
             assert code == expected, f"produce to routed-{partition} at broker {broker_id} (leader {leader})"
         for broker_id in c.ids:
